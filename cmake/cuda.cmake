@@ -1,0 +1,16 @@
+# The CUDA backend: csrc/kernels/**/*.cu plus the thin csrc/torch/*_device.cpp glue, compiled for
+# TORCH_CUDA_ARCH_LIST (default 8.0;9.0). Needs a CUDA build of torch and nvcc; never asks for a GPU.
+set(FASTAR_WITH_CUDA OFF)
+if(FASTAR_CUDA STREQUAL "on" AND TORCH_CUDA_VERSION STREQUAL "")
+  message(FATAL_ERROR "FASTAR_CUDA=on but torch at ${TORCH_ROOT} is not a CUDA build")
+endif()
+if(NOT FASTAR_CUDA STREQUAL "off" AND NOT TORCH_CUDA_VERSION STREQUAL "")
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    set(FASTAR_WITH_CUDA ON)
+  elseif(FASTAR_CUDA STREQUAL "on")
+    message(FATAL_ERROR "FASTAR_CUDA=on but no CUDA compiler was found (set CUDACXX or CUDA_HOME)")
+  endif()
+endif()
+message(STATUS "fastar: CUDA backend ${FASTAR_WITH_CUDA}")

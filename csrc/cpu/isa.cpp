@@ -1,0 +1,36 @@
+#include "cpu/isa.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace fastar::cpu {
+namespace base { extern const Isa kIsa; }
+namespace avx2 { extern const Isa kIsa; }
+namespace avx512 { extern const Isa kIsa; }
+
+static const Isa& pick() {
+  __builtin_cpu_init();
+  const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const Isa* best = has_avx512 ? &avx512::kIsa : has_avx2 ? &avx2::kIsa : &base::kIsa;
+  if (const char* want = std::getenv("FASTAR_CPU_ISA")) {
+    for (const Isa* cand : {&avx512::kIsa, &avx2::kIsa, &base::kIsa}) {
+      if (std::strcmp(want, cand->name) != 0) continue;
+      if ((cand == &avx512::kIsa && !has_avx512) || (cand == &avx2::kIsa && !has_avx2))
+        throw std::runtime_error(std::string("FASTAR_CPU_ISA=") + want + ": this CPU does not support it");
+      return *cand;
+    }
+    throw std::runtime_error(std::string("FASTAR_CPU_ISA must be base, avx2 or avx512, got ") + want);
+  }
+  return *best;
+}
+
+const Isa& isa() {
+  static const Isa& chosen = pick();
+  return chosen;
+}
+
+}  // namespace fastar::cpu

@@ -1,0 +1,36 @@
+#include "cpu/quantize.h"
+
+#include <ATen/Parallel.h>
+
+#include "cpu/isa.h"
+
+namespace fastar::cpu {
+
+// LlamaGen's cosine metric: both sides L2-normalized as F.normalize does (norm clamped at 1e-12).
+static at::Tensor normalize_rows(const at::Tensor& t) { return t / t.norm(2, -1, true).clamp_min(1e-12); }
+
+std::tuple<at::Tensor, at::Tensor> vq_nearest(const at::Tensor& x, const at::Tensor& codebook, bool cosine) {
+  at::Tensor xf = x.to(at::kFloat).contiguous();         // (N, D)
+  at::Tensor ef = codebook.to(at::kFloat).contiguous();  // (K, D)
+  if (cosine) xf = normalize_rows(xf), ef = normalize_rows(ef);
+  const int64_t N = xf.size(0), K = ef.size(0), D = ef.size(1);
+  at::Tensor idx = at::empty({N}, x.options().dtype(at::kLong));
+  at::Tensor dist = at::empty({N}, x.options().dtype(at::kFloat));
+  if (N == 0) return {idx, dist};
+
+  const Isa& isa = cpu::isa();
+  const int64_t padded = (K + isa.lanes - 1) / isa.lanes * isa.lanes;
+  // at::empty is 64-byte aligned, as the micro-kernel's vector loads need.
+  at::Tensor codes = at::empty({padded * D}, ef.options());
+  at::Tensor norms = at::empty({padded}, ef.options());
+  isa.vq_pack(ef.data_ptr<float>(), K, D, codes.data_ptr<float>(), norms.data_ptr<float>());
+
+  const VqPacked packed{codes.data_ptr<float>(), norms.data_ptr<float>(), K, D};
+  const VqRows rows{xf.data_ptr<float>(), idx.data_ptr<int64_t>(), dist.data_ptr<float>()};
+  // Enough rows per task to amortize the codebook sweep, enough tasks to balance the threads.
+  const int64_t grain = std::max<int64_t>(48, N / (8 * at::get_num_threads()) / 48 * 48);
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) { isa.vq_search(packed, rows, begin, end); });
+  return {idx, dist};
+}
+
+}  // namespace fastar::cpu

@@ -1,0 +1,24 @@
+// fastar._C: importing it registers torch.ops.fastar.*; its only Python function reports what was built.
+#include <pybind11/pybind11.h>
+
+#include "cpu/isa.h"
+
+#ifndef FASTAR_CUDA_ARCHS
+#define FASTAR_CUDA_ARCHS ""
+#endif
+
+PYBIND11_MODULE(_C, m) {
+  m.def("build_info", [] {
+    pybind11::dict info;
+    info["version"] = FASTAR_VERSION;
+#ifdef FASTAR_WITH_CUDA
+    info["cuda"] = true;
+#else
+    info["cuda"] = false;
+#endif
+    info["cuda_archs"] = FASTAR_CUDA_ARCHS;
+    info["cpu_isa"] = fastar::cpu::isa().name;
+    info["compiler"] = __VERSION__;
+    return info;
+  });
+}

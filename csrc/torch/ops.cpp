@@ -1,0 +1,3 @@
+#include "torch/ops.h"
+
+TORCH_LIBRARY(fastar, m) { fastar::define_ops(m); }

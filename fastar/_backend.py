@@ -1,0 +1,75 @@
+"""Which kernels are built, which one an op runs, and the reference fallback (warned once, never silent).
+
+Backends: "cpu" and "cuda" are torch.ops.fastar.* for tensors on that device; "simt" is the CUDA kernels run
+by the CPU emulator (torch.ops.fastar_simt.*, a test build: FASTAR_SIMT=1); "reference" is fastar.reference.
+"""
+import contextlib
+import importlib
+import warnings
+
+import torch
+
+BACKENDS = ("cpu", "cuda", "simt", "reference")
+
+
+def _load(module):
+    try:
+        return importlib.import_module(module), None
+    except ImportError as e:  # not built: reported by backends() and warned about when an op needs it
+        return None, e
+
+
+_C, _C_error = _load("fastar._C")
+_simt, _simt_error = _load("fastar._simt")
+
+_forced = None  # set by use_backend
+_last = {}  # op name -> backend that ran it last
+_warned = set()
+
+
+def build_info() -> dict:
+    """What the compiled extension contains: version, cuda, cuda_archs, cpu_isa, compiler."""
+    if _C is None:
+        return {"error": f"fastar._C is not built: {_C_error}"}
+    return dict(_C.build_info())
+
+
+def backends() -> dict:
+    """Which backends are built: {'cpu': bool, 'cuda': bool, 'simt': bool}."""
+    return {"cpu": _C is not None, "cuda": _C is not None and bool(_C.build_info()["cuda"]), "simt": _simt is not None}
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run every fastar op in this block on `name` ('cpu', 'cuda', 'simt' or 'reference'); errors if not built."""
+    global _forced
+    if name not in BACKENDS:
+        raise ValueError(f"use_backend: name must be one of {BACKENDS}, got {name!r}")
+    if name != "reference" and not backends()[name]:
+        raise RuntimeError(f"use_backend: the {name!r} backend is not built (fastar.backends() = {backends()})")
+    previous, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def last_backend(op: str) -> str | None:
+    """The backend that ran the last call of `op` ('cpu', 'cuda', 'simt' or 'reference'), None before any call."""
+    return _last.get(op)
+
+
+def resolve(op: str, device: torch.device):
+    """(torch.ops namespace or None for the reference, backend name) for running `op` on `device`."""
+    name = _forced
+    if name is None:
+        name = device.type if device.type in ("cpu", "cuda") and backends()[device.type] else "reference"
+        if name == "reference" and (op, device.type) not in _warned:
+            _warned.add((op, device.type))
+            warnings.warn(f"fastar.ops.{op}: no fastar kernel for {device.type} tensors is built "
+                          f"(backends: {backends()}); running the pure-PyTorch reference", stacklevel=3)
+    elif name in ("cpu", "simt") and device.type != "cpu" or name == "cuda" and device.type != "cuda":
+        raise RuntimeError(f"fastar.ops.{op}: backend {name!r} cannot run tensors on {device}")
+    _last[op] = name
+    namespace = {"cpu": "fastar", "cuda": "fastar", "simt": "fastar_simt"}.get(name)
+    return (getattr(torch.ops, namespace) if namespace else None), name

@@ -1,0 +1,27 @@
+"""Argument checks shared by the ops: each error names the argument, what was expected and what was given."""
+import torch
+
+FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_tensor(op, name, t, *, min_dim=None, dim=None, dtypes=FLOATS):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if dim is not None and t.dim() != dim:
+        raise ValueError(f"{op}: {name} must have {dim} dims, got shape {tuple(t.shape)}")
+    if min_dim is not None and t.dim() < min_dim:
+        raise ValueError(f"{op}: {name} must have at least {min_dim} dims, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{op}: {name} must be one of {[str(d) for d in dtypes]}, got {t.dtype}")
+
+
+def check_same_device(op, **tensors):
+    (first, t0), *rest = tensors.items()
+    for name, t in rest:
+        if t.device != t0.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {first} is on {t0.device}")
+
+
+def check_choice(op, name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{op}: {name} must be one of {choices}, got {value!r}")
