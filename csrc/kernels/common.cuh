@@ -1,0 +1,77 @@
+// The portable layer every kernel includes: one source serves nvcc (GPU code) and g++ under the
+// SIMT emulator (csrc/simt/, injected by the test build, which defines SIMT_CPU).
+//   LAUNCH(kernel, grid, block[, smem[, stream]])(args...)   instead of kernel<<<...>>>(args...);
+//                         a templated kernel is parenthesised: LAUNCH((k<T, 256>), grid, block)(...)
+//   DYNAMIC_SHARED(T, name)  declares `T* name` pointing at the block's dynamic shared memory
+//   mma_m16n8k16_bf16 / _f16  D = A*B + C, A 16x16 row-major, B 16x8 col-major, fp32 accumulate
+//   ldmatrix_x4 / ldmatrix_x4_trans  four 8x8 b16 matrices from shared memory
+// Fragment layouts are those of the PTX ISA (summarised in csrc/simt/mma.h).
+#pragma once
+#include <cstdint>
+
+#ifdef SIMT_CPU
+
+#define LAUNCH(kernel, ...) ::simt::launcher(kernel, #kernel, __FILE__, __LINE__, __VA_ARGS__)
+#define DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(::simt::detail::dynamic_smem())
+#define FASTAR_SITE_PARAMS , const char *file_ = __builtin_FILE(), int line_ = __builtin_LINE()
+
+#else
+
+#include <cuda_runtime.h>
+#define LAUNCH(kernel, ...) kernel<<<__VA_ARGS__>>>
+// A byte array, so templated kernels with different T do not redeclare it incompatibly.
+#define DYNAMIC_SHARED(T, name)                                         \
+  extern __shared__ __align__(16) unsigned char fastar_dynamic_smem_[]; \
+  T* name = reinterpret_cast<T*>(fastar_dynamic_smem_)
+#define FASTAR_SITE_PARAMS
+
+#endif
+
+// The emulator needs every lane's operands (a warp collective); under nvcc these are single
+// instructions, present from sm_80 on.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define FASTAR_MMA_PTX(type)                                                                              \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." type "." type ".f32 "                            \
+               "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"                                \
+               : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])                                           \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), \
+                 "f"(c[2]), "f"(c[3]))
+#define FASTAR_LDMATRIX_PTX(suffix, trans)                                             \
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4" suffix ".shared.b16 {%0,%1,%2,%3}, [%4];" \
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])                      \
+               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(row))))
+#elif defined(SIMT_CPU)
+#define FASTAR_MMA_PTX(type) ::simt::detail::mma_m16n8k16<type>(d, a, b, c, {file_, line_})
+#define FASTAR_LDMATRIX_PTX(suffix, trans) ::simt::detail::ldmatrix_x4(r, row, trans, {file_, line_})
+#elif defined(__CUDA_ARCH__)
+#define FASTAR_MMA_PTX(type) __trap()
+#define FASTAR_LDMATRIX_PTX(suffix, trans) __trap()
+#else  // nvcc's host pass never runs device code
+#define FASTAR_MMA_PTX(type)
+#define FASTAR_LDMATRIX_PTX(suffix, trans)
+#endif
+
+#ifdef SIMT_CPU
+#define FASTAR_BF16 __nv_bfloat16
+#define FASTAR_F16 __half
+#else
+#define FASTAR_BF16 "bf16"
+#define FASTAR_F16 "f16"
+#endif
+
+// a: 4 registers of packed A pairs, b: 2 of B, c/d: 4 fp32 accumulators (d may alias c).
+__device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2],
+                                                  const float c[4] FASTAR_SITE_PARAMS) {
+  FASTAR_MMA_PTX(FASTAR_BF16);
+}
+__device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const uint32_t a[4], const uint32_t b[2],
+                                                 const float c[4] FASTAR_SITE_PARAMS) {
+  FASTAR_MMA_PTX(FASTAR_F16);
+}
+// row: this lane's row address (lanes 8j..8j+7 address the 8 rows of matrix j), 16-byte aligned.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row FASTAR_SITE_PARAMS) {
+  FASTAR_LDMATRIX_PTX("", false);
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row FASTAR_SITE_PARAMS) {
+  FASTAR_LDMATRIX_PTX(".trans", true);
+}

@@ -1,0 +1,268 @@
+// Runs one thread block: its CUDA threads are fibers on the calling OS thread, `__syncthreads`
+// and warp collectives are rendezvous points. A fiber that blocks switches straight to the
+// next ready fiber; the scheduler loop only runs when none is ready, and then either releases
+// a complete barrier, finishes the block, or reports divergence / deadlock (never hangs).
+#pragma once
+#include <vector_types.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "config.h"
+#include "fiber.h"
+
+namespace simt::detail {
+
+struct Site {
+  const char* file;
+  int line;
+  bool operator==(const Site& o) const {
+    return line == o.line && (file == o.file || std::strcmp(file, o.file) == 0);
+  }
+  std::string str() const { return std::string(file) + ":" + std::to_string(line); }
+};
+
+enum class State : unsigned char { ready, running, barrier, warp, exited };
+
+struct Fiber {
+  Context ctx;
+  Stack stack;
+  uint3 tid;
+  int id = 0;              // linear thread index in the block
+  State state = State::exited;
+  Site site{"", 0};        // where it waits
+  int pred = 0;            // __syncthreads_count predicate
+  void* warp_data = nullptr;  // this lane's operands of the pending warp collective
+};
+
+// fn runs once, on the last lane to arrive, over the operands of all lanes in `mask`.
+using WarpFn = void (*)(Fiber* warp_lanes, unsigned mask);
+
+struct WarpOp {
+  unsigned mask = 0, arrived = 0;
+  const char* kind = nullptr;
+  Site site{"", 0};
+};
+
+// Disjoint partial masks may rendezvous at the same time (e.g. two half-warps).
+constexpr int kMaxWarpOps = 8;
+
+struct Warp {
+  unsigned valid = 0;   // lanes that exist (a partial last warp has fewer)
+  unsigned exited = 0;
+  int nops = 0;
+  WarpOp ops[kMaxWarpOps];
+};
+
+struct Worker;
+inline thread_local Worker* tl_worker = nullptr;
+
+// What every block of a launch needs; shared by the OS threads of the launch.
+struct LaunchInfo {
+  dim3 grid, block;
+  size_t smem = 0;
+  Schedule schedule = Schedule::fwd;
+  uint64_t seed = 0;
+  size_t stack_bytes = 0;
+  void (*body)(const void*) = nullptr;  // calls the kernel with the launch arguments
+  const void* bound = nullptr;
+};
+
+[[noreturn]] void fiber_entry();
+
+struct Worker {
+  Context sched;
+  std::unique_ptr<Fiber[]> fibers{new Fiber[1024]};
+  int allocated = 0;             // fibers with a stack of stack_bytes
+  size_t stack_bytes = 0;
+  int n = 0;                     // threads in the current block
+  std::unique_ptr<int[]> queue{new int[1024]};
+  int head = 0, count = 0;
+  Warp warps[32];
+  int exited = 0, at_barrier = 0, barrier_result = 0;
+  Fiber* current = nullptr;
+  uint64_t rng = 0;
+  const LaunchInfo* launch = nullptr;
+  uint3 block_idx{0, 0, 0};
+  unsigned char* smem = nullptr;
+  size_t smem_cap = 0;
+  bool failed = false;
+  std::string error;
+
+  ~Worker() {
+    for (int i = 0; i < allocated; ++i) fibers[i].stack.release();
+    std::free(smem);
+  }
+
+  uint64_t next_random() {  // splitmix64: cheap, and no instrumented library code
+    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+
+  void push(int id) { queue[(head + count++) % 1024] = id; }
+
+  Fiber* pop() {
+    if (!count) return nullptr;
+    if (launch->schedule == Schedule::shuffle && count > 1) {
+      int k = (head + int(next_random() % unsigned(count))) % 1024;
+      std::swap(queue[k], queue[head]);
+    }
+    Fiber* f = &fibers[queue[head]];
+    head = (head + 1) % 1024, --count;
+    return f;
+  }
+
+  // Makes fibers [first, first+len) with the given state ready, in schedule order.
+  void wake(int first, int len, State from) {
+    bool rev = launch->schedule == Schedule::rev;
+    for (int k = 0; k < len; ++k) {
+      Fiber& f = fibers[rev ? first + len - 1 - k : first + k];
+      if (f.state == from) f.state = State::ready, push(f.id);
+    }
+  }
+
+  // The current fiber stops running (its state says why) and the next ready one, or the
+  // scheduler, takes over. Returns when the fiber is resumed.
+  void suspend(bool exiting = false) {
+    Fiber* me = current;
+    Fiber* next = pop();
+    Context* to = &sched;
+    if (next) next->state = State::running, current = next, to = &next->ctx;
+    switch_context(me->ctx, *to, exiting);
+  }
+
+  [[noreturn]] void fail(const std::string& what) {
+    failed = true;
+    error = what;
+    switch_context(current->ctx, sched, true);
+    __builtin_unreachable();
+  }
+
+  bool ensure_fibers(size_t bytes) {
+    if (bytes != stack_bytes) {
+      for (int i = 0; i < allocated; ++i) fibers[i].stack.release();
+      allocated = 0, stack_bytes = bytes;
+    }
+    for (; allocated < n; ++allocated)
+      if (!fibers[allocated].stack.allocate(bytes)) return false;
+    return true;
+  }
+
+  std::string describe_waiters() const;
+  bool resolve();
+  bool run_block(const LaunchInfo& l, uint3 bidx);
+};
+
+// Called with no ready fiber. Returns false when the block is done or has failed.
+inline bool Worker::resolve() {
+  if (exited == n) return false;
+  bool waiting_only_at_barrier = at_barrier + exited == n;
+  if (!waiting_only_at_barrier) {
+    failed = true, error = "warp-collective deadlock: " + describe_waiters();
+    return false;
+  }
+  const Fiber* first = nullptr;
+  int count_pred = 0;
+  for (int i = 0; i < n; ++i) {
+    const Fiber& f = fibers[i];
+    if (f.state != State::barrier) continue;
+    if (first && !(f.site == first->site)) {
+      failed = true, error = "threads wait at different __syncthreads: " + describe_waiters();
+      return false;
+    }
+    first = &f, count_pred += f.pred != 0;
+  }
+  if (exited) {
+    failed = true;
+    error = "barrier divergence: " + std::to_string(exited) + " of " + std::to_string(n) +
+            " threads exited while " + describe_waiters();
+    return false;
+  }
+  barrier_result = count_pred, at_barrier = 0;
+  wake(0, n, State::barrier);
+  return true;
+}
+
+// "<k> threads wait at __syncthreads (file:line); ..." grouped by site, then warp ops.
+inline std::string Worker::describe_waiters() const {
+  std::string out;
+  std::unique_ptr<bool[]> done(new bool[n]());
+  for (int i = 0; i < n; ++i) {
+    if (done[i] || fibers[i].state != State::barrier) continue;
+    int k = 0;
+    for (int j = i; j < n; ++j)
+      if (!done[j] && fibers[j].state == State::barrier && fibers[j].site == fibers[i].site) done[j] = true, ++k;
+    out += (out.empty() ? "" : "; ") + std::to_string(k) + " waiting at __syncthreads (" + fibers[i].site.str() + ")";
+  }
+  char buf[160];
+  for (int w = 0; w < (n + 31) / 32; ++w)
+    for (int o = 0; o < warps[w].nops; ++o) {
+      const WarpOp& op = warps[w].ops[o];
+      std::snprintf(buf, sizeof buf, "warp %d: lanes 0x%08x of mask 0x%08x waiting in %s (", w, op.arrived, op.mask,
+                    op.kind);
+      out += (out.empty() ? "" : "; ") + std::string(buf) + op.site.str() + ")";
+      if (op.mask & warps[w].exited) {
+        std::snprintf(buf, sizeof buf, ", lanes 0x%08x of the mask have exited", op.mask & warps[w].exited);
+        out += buf;
+      }
+    }
+  return out;
+}
+
+inline bool Worker::run_block(const LaunchInfo& l, uint3 bidx) {
+  launch = &l, block_idx = bidx;
+  n = int(l.block.x * l.block.y * l.block.z);
+  if (!ensure_fibers(l.stack_bytes)) {
+    failed = true, error = "cannot map fiber stacks (lower SIMT_STACK_KB)";
+    return false;
+  }
+  if (l.smem > smem_cap) {
+    std::free(smem);
+    smem_cap = (l.smem + 127) / 128 * 128;
+    smem = static_cast<unsigned char*>(std::aligned_alloc(128, smem_cap));
+  }
+  if (l.smem) std::memset(smem, 0xFF, l.smem);  // NaN / -1: uninitialised reads show
+  uint64_t linear_block = bidx.x + uint64_t(l.grid.x) * (bidx.y + uint64_t(l.grid.y) * bidx.z);
+  rng = l.seed ^ (linear_block * 0xd1b54a32d192ed03ull);
+  head = count = exited = at_barrier = 0;
+  failed = false;
+  for (int w = 0; w < (n + 31) / 32; ++w)
+    warps[w] = Warp{}, warps[w].valid = n - 32 * w >= 32 ? ~0u : (1u << (n - 32 * w)) - 1;
+  for (int i = 0; i < n; ++i) {
+    Fiber& f = fibers[i];
+    f.id = i, f.state = State::ready;
+    f.tid = uint3{unsigned(i % l.block.x), unsigned(i / l.block.x % l.block.y), unsigned(i / (l.block.x * l.block.y))};
+    prepare_context(f.ctx, f.stack, fiber_entry);
+  }
+  wake(0, n, State::ready);
+  while (Fiber* f = pop()) {
+    f->state = State::running, current = f;
+    switch_context(sched, f->ctx);
+    if (failed || !resolve()) break;
+  }
+  return !failed;
+}
+
+// A CUDA thread's life: run the kernel, then leave the block for good.
+[[noreturn]] inline void fiber_entry() {
+  fiber_started();
+  Worker& w = *tl_worker;
+  w.launch->body(w.launch->bound);
+  Fiber* me = w.current;
+  int lane = me->id & 31;
+  Warp& warp = w.warps[me->id >> 5];
+  me->state = State::exited, ++w.exited;
+  warp.exited |= 1u << lane;
+  for (int o = 0; o < warp.nops; ++o)
+    if (warp.ops[o].mask >> lane & 1)
+      w.fail("thread " + std::to_string(me->id) + " (warp " + std::to_string(me->id >> 5) + " lane " +
+             std::to_string(lane) + ") exited while its warp waits for it; " + w.describe_waiters());
+  w.suspend(true);
+  __builtin_unreachable();
+}
+
+}  // namespace simt::detail

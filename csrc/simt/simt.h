@@ -1,0 +1,49 @@
+// SIMT emulator: runs CUDA kernels on the CPU for tests (see README.md beside this file).
+// Injected by the test build, never included by a kernel:
+//   g++ -std=c++17 -O2 -I/usr/local/cuda/include -I<repo>/csrc -include <repo>/csrc/simt/simt.h
+//       -x c++ kernel.cu -x none -pthread
+// Kernels include kernels/common.cuh for LAUNCH, DYNAMIC_SHARED and the tensor-core wrappers.
+#pragma once
+#define SIMT_CPU 1
+
+// The real CUDA headers give the host types (dim3, float4, __half, __nv_bfloat16, cudaError_t);
+// for a non-nvcc compiler they define __global__, __device__, __host__, __shared__ as nothing.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+#include <driver_types.h>
+#include <vector_functions.h>
+#include <vector_types.h>
+
+#include "simt/intrinsics.h"
+#include "simt/launch.h"
+#include "simt/mma.h"
+#include "simt/runtime.h"
+#include "simt/warp.h"
+
+// Static shared memory: one array per OS thread = per running block (fibers of a block share
+// the OS thread). It persists across blocks and is not poisoned; dynamic shared memory is.
+#undef __shared__
+#define __shared__ static thread_local
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+#undef __forceinline__
+#define __forceinline__ inline __attribute__((always_inline))
+#ifndef __noinline__
+#define __noinline__ __attribute__((noinline))
+#endif
+
+namespace simt::detail {
+inline const uint3& thread_idx() { return tl_worker->current->tid; }
+inline const uint3& block_idx() { return tl_worker->block_idx; }
+inline const dim3& block_dim() { return tl_worker->launch->block; }
+inline const dim3& grid_dim() { return tl_worker->launch->grid; }
+// 128-byte aligned, refilled with 0xFF for every block so reads before writes show up.
+inline void* dynamic_smem() { return tl_worker->smem; }
+}  // namespace simt::detail
+
+#define threadIdx (::simt::detail::thread_idx())
+#define blockIdx (::simt::detail::block_idx())
+#define blockDim (::simt::detail::block_dim())
+#define gridDim (::simt::detail::grid_dim())
+constexpr int warpSize = 32;  // not a macro, so `prop.warpSize` still compiles

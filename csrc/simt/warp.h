@@ -1,0 +1,182 @@
+// Block barriers and warp collectives of the emulator. Every warp collective is one rendezvous
+// (warp_collective): each lane leaves a pointer to its operands on its own stack and waits; the
+// last lane to arrive computes every lane's result and readies the others. Call sites are
+// recorded through default arguments (__builtin_FILE/LINE) so reports name file:line.
+#pragma once
+#include "block.h"
+
+namespace simt::detail {
+
+inline Worker& worker() { return *tl_worker; }
+
+inline int syncthreads_impl(int pred, Site site) {
+  Worker& w = worker();
+  Fiber* me = w.current;
+  me->state = State::barrier, me->site = site, me->pred = pred;
+  ++w.at_barrier;
+  w.suspend();
+  return w.barrier_result;
+}
+
+inline std::string lane_str(const Fiber* f) {
+  return "thread " + std::to_string(f->id) + " (warp " + std::to_string(f->id >> 5) + " lane " +
+         std::to_string(f->id & 31) + ")";
+}
+
+// check_site: lanes of one rendezvous must be at the same statement (not so for __syncwarp).
+inline void warp_collective(unsigned mask, const char* kind, Site site, void* data, WarpFn fn, bool check_site = true) {
+  Worker& w = worker();
+  Fiber* me = w.current;
+  int lane = me->id & 31;
+  Warp& warp = w.warps[me->id >> 5];
+  auto what = [&] {  // only built on failure: this is the hot path of every shuffle
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " with mask 0x%08x", mask);
+    return std::string(kind) + buf + " at " + site.str();
+  };
+  if (!(mask >> lane & 1)) w.fail(what() + ": the mask excludes the calling " + lane_str(me));
+  if (mask & warp.valid & warp.exited) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, ": lanes 0x%08x of the mask have already exited (deadlock)", mask & warp.exited);
+    w.fail(what() + " by " + lane_str(me) + buf);
+  }
+  mask &= warp.valid;
+  me->warp_data = data;
+  WarpOp* op = nullptr;
+  for (int o = 0; o < warp.nops; ++o) {
+    WarpOp& x = warp.ops[o];
+    if (x.mask == mask && (x.kind == kind || !std::strcmp(x.kind, kind)) && (!check_site || x.site == site)) {
+      op = &x;
+    } else if (x.mask & mask) {
+      w.fail(what() + " by " + lane_str(me) + " does not match the pending " + x.kind + " at " + x.site.str() +
+             " of the same warp");
+    }
+  }
+  if (!op) {
+    if (warp.nops == kMaxWarpOps) w.fail(what() + ": too many concurrent partial-mask warp operations");
+    op = &warp.ops[warp.nops++];
+    *op = WarpOp{mask, 0, kind, site};
+  }
+  op->arrived |= 1u << lane;
+  if (op->arrived != op->mask) {
+    me->state = State::warp, me->site = site;
+    w.suspend();
+    return;
+  }
+  Fiber* lanes = me - lane;
+  fn(lanes, mask);
+  *op = warp.ops[--warp.nops];
+  bool rev = w.launch->schedule == Schedule::rev;
+  for (int k = 0; k < 32; ++k) {
+    int l = rev ? 31 - k : k;
+    if (l != lane && (mask >> l & 1)) lanes[l].state = State::ready, w.push(lanes[l].id);
+  }
+}
+
+template <class T>
+struct ShflArgs {
+  T value;
+  int src;  // lane to read; the caller's own lane when out of its segment
+};
+
+template <class T>
+void shfl_fn(Fiber* lanes, unsigned mask) {
+  T out[32];
+  for (int l = 0; l < 32; ++l) {
+    if (!(mask >> l & 1)) continue;
+    auto* me = static_cast<ShflArgs<T>*>(lanes[l].warp_data);
+    // reading a lane outside the mask is undefined in CUDA: return the caller's own value
+    int src = (mask >> me->src & 1) ? me->src : l;
+    out[l] = static_cast<ShflArgs<T>*>(lanes[src].warp_data)->value;
+  }
+  for (int l = 0; l < 32; ++l)
+    if (mask >> l & 1) static_cast<ShflArgs<T>*>(lanes[l].warp_data)->value = out[l];
+}
+
+template <class T>
+T shfl(unsigned mask, T v, int src, const char* kind, Site site) {
+  static_assert(std::is_trivially_copyable<T>::value, "shuffled types must be trivially copyable");
+  ShflArgs<T> args{v, src & 31};
+  warp_collective(mask, kind, site, &args, shfl_fn<T>);
+  return args.value;
+}
+
+inline int lane_id() { return worker().current->id & 31; }
+
+struct BallotArgs {
+  int pred;
+  unsigned result;
+};
+
+inline void ballot_fn(Fiber* lanes, unsigned mask) {
+  unsigned bits = 0;
+  for (int l = 0; l < 32; ++l)
+    if ((mask >> l & 1) && static_cast<BallotArgs*>(lanes[l].warp_data)->pred) bits |= 1u << l;
+  for (int l = 0; l < 32; ++l)
+    if (mask >> l & 1) static_cast<BallotArgs*>(lanes[l].warp_data)->result = bits;
+}
+
+inline unsigned ballot(unsigned mask, int pred, const char* kind, Site site) {
+  BallotArgs args{pred, 0};
+  warp_collective(mask, kind, site, &args, ballot_fn);
+  return args.result & mask;
+}
+
+}  // namespace simt::detail
+
+#define SIMT_SITE_PARAMS const char *file_ = __builtin_FILE(), int line_ = __builtin_LINE()
+#define SIMT_SITE ::simt::detail::Site{file_, line_}
+
+inline void __syncthreads(SIMT_SITE_PARAMS) { ::simt::detail::syncthreads_impl(0, SIMT_SITE); }
+inline int __syncthreads_count(int p, SIMT_SITE_PARAMS) { return ::simt::detail::syncthreads_impl(p, SIMT_SITE); }
+inline int __syncthreads_and(int p, SIMT_SITE_PARAMS) {
+  return ::simt::detail::syncthreads_impl(p, SIMT_SITE) == ::simt::detail::worker().n;
+}
+inline int __syncthreads_or(int p, SIMT_SITE_PARAMS) { return ::simt::detail::syncthreads_impl(p, SIMT_SITE) > 0; }
+
+// Segment rules of the CUDA guide: `width` splits the warp into independent segments; a
+// source outside the caller's segment yields the caller's own value.
+template <class T>
+T __shfl_sync(unsigned mask, T v, int src, int width = 32, SIMT_SITE_PARAMS) {
+  int lane = ::simt::detail::lane_id();
+  return ::simt::detail::shfl(mask, v, (lane & ~(width - 1)) + (src & (width - 1)), "__shfl_sync", SIMT_SITE);
+}
+template <class T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32, SIMT_SITE_PARAMS) {
+  int lane = ::simt::detail::lane_id();
+  int src = (lane & (width - 1)) >= int(delta) ? lane - int(delta) : lane;
+  return ::simt::detail::shfl(mask, v, src, "__shfl_up_sync", SIMT_SITE);
+}
+template <class T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32, SIMT_SITE_PARAMS) {
+  int lane = ::simt::detail::lane_id();
+  int src = (lane & (width - 1)) + int(delta) < width ? lane + int(delta) : lane;
+  return ::simt::detail::shfl(mask, v, src, "__shfl_down_sync", SIMT_SITE);
+}
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, SIMT_SITE_PARAMS) {
+  int lane = ::simt::detail::lane_id();
+  int src = lane ^ lane_mask;
+  if ((src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;
+  return ::simt::detail::shfl(mask, v, src, "__shfl_xor_sync", SIMT_SITE);
+}
+inline unsigned __ballot_sync(unsigned mask, int pred, SIMT_SITE_PARAMS) {
+  return ::simt::detail::ballot(mask, pred, "__ballot_sync", SIMT_SITE);
+}
+inline int __any_sync(unsigned mask, int pred, SIMT_SITE_PARAMS) {
+  return ::simt::detail::ballot(mask, pred, "__any_sync", SIMT_SITE) != 0;
+}
+inline int __all_sync(unsigned mask, int pred, SIMT_SITE_PARAMS) {
+  unsigned m = mask & ::simt::detail::worker().warps[::simt::detail::worker().current->id >> 5].valid;
+  return ::simt::detail::ballot(mask, pred, "__all_sync", SIMT_SITE) == m;
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu, SIMT_SITE_PARAMS) {
+  ::simt::detail::warp_collective(mask, "__syncwarp", SIMT_SITE, nullptr, [](::simt::detail::Fiber*, unsigned) {},
+                                  false);
+}
+// Not-exited lanes: the emulator runs every lane diverged, so convergence is not modelled.
+inline unsigned __activemask() {
+  auto& w = ::simt::detail::worker();
+  const auto& warp = w.warps[w.current->id >> 5];
+  return warp.valid & ~warp.exited;
+}
