@@ -1,0 +1,137 @@
+// vq_nearest: a blocked x . codebook^T product whose epilogue keeps, per row, the running
+// (distance, index) minimum in registers, so the N x K distances never reach memory.
+// Block: 64 rows of x against the codebook in tiles of 64 codes; 16 x 16 threads, each owning
+// 4 rows x 4 codes of every tile; D is staged through shared memory 8 elements at a time.
+#include "kernels/quantize/vq_nearest.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "kernels/common.cuh"
+
+namespace fastar::kernels {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kSide = 16;          // threads per row group and per code group
+constexpr int kRows = 64;          // rows of x per block (4 per thread)
+constexpr int kCodes = 64;         // codes per tile (4 per thread)
+constexpr int kDepth = 8;          // elements of D per staging step
+constexpr int kStride = kRows + 4; // staged row length: conflict-free transposed stores, float4-aligned loads
+static_assert(kRows == kCodes && kRows == 4 * kSide && kSide * kSide == kThreads, "one staging shape for both");
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+// (a, ka) ranks before (b, kb): smaller distance, a NaN distance counting as +inf, then lower index.
+__device__ __forceinline__ bool better(float a, int ka, float b, int kb) {
+  a = a != a ? INFINITY : a;
+  b = b != b ? INFINITY : b;
+  return a < b || (a == b && ka < kb);
+}
+
+// tile[j][r] = src[first + r][d0 + j] as fp32, 0 outside the (count, D) matrix.
+template <class T>
+__device__ __forceinline__ void stage(float (*tile)[kStride], const T* src, int64_t first, int64_t count, int D,
+                                      int d0) {
+#pragma unroll
+  for (int i = 0; i < kRows * kDepth / kThreads; ++i) {
+    const int e = threadIdx.x + i * kThreads, r = e / kDepth, j = e % kDepth;
+    const int64_t row = first + r;
+    tile[j][r] = row < count && d0 + j < D ? to_float(src[row * D + d0 + j]) : 0.f;
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) vq_nearest_kernel(const VqNearestParams p) {
+  __shared__ __align__(16) float xs[kDepth][kStride];  // rows of x, transposed
+  __shared__ __align__(16) float es[kDepth][kStride];  // codes of the tile, transposed
+  __shared__ float norm_s[kCodes + kRows];             // squared norms (after normalization): codes, then rows
+  __shared__ float scale_s[kCodes + kRows];            // 1/||v|| for cosine, 1 for l2
+  const T* x = static_cast<const T*>(p.x);
+  const T* codebook = static_cast<const T*>(p.codebook);
+  const int tid = threadIdx.x, ty = tid / kSide, tx = tid % kSide;
+  const int64_t row0 = int64_t(blockIdx.x) * kRows;
+  // Threads 0..63 sum the squares of a code of the tile, 64..127 of a row, while all do the product.
+  const bool sums = tid < kCodes + kRows;
+  float(*sum_src)[kStride] = tid < kCodes ? es : xs;
+  const int sum_col = tid % kRows;
+
+  float best_d[4];
+  int best_k[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) best_d[i] = INFINITY, best_k[i] = INT32_MAX;
+
+  for (int64_t k0 = 0; k0 < p.k; k0 += kCodes) {
+    float acc[4][4] = {};
+    float sq = 0.f;
+    for (int d0 = 0; d0 < p.d; d0 += kDepth) {
+      __syncthreads();  // the previous step's reads are done
+      stage(xs, x, row0, p.n, p.d, d0);
+      stage(es, codebook, k0, p.k, p.d, d0);
+      __syncthreads();
+#pragma unroll
+      for (int j = 0; j < kDepth; ++j) {
+        const float4 a = *reinterpret_cast<const float4*>(&xs[j][4 * ty]);
+        const float4 b = *reinterpret_cast<const float4*>(&es[j][4 * tx]);
+        const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc[r][c] += av[r] * bv[c];
+        if (sums) sq += sum_src[j][sum_col] * sum_src[j][sum_col];
+      }
+    }
+    if (sums) {
+      const float s = p.cosine ? 1.f / fmaxf(sqrtf(sq), 1e-12f) : 1.f;
+      scale_s[tid] = s;
+      norm_s[tid] = sq * s * s;
+    }
+    __syncthreads();
+    // Codes in ascending order per thread, so the strict order keeps the lowest index on ties.
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float xn = norm_s[kCodes + 4 * ty + r], sx = scale_s[kCodes + 4 * ty + r];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int code = 4 * tx + c;
+        const float dist = (xn + norm_s[code]) - 2.f * (acc[r][c] * (sx * scale_s[code]));
+        if (k0 + code < p.k && better(dist, int(k0) + code, best_d[r], best_k[r]))
+          best_d[r] = dist, best_k[r] = int(k0) + code;
+      }
+    }
+    __syncthreads();  // norm_s and scale_s are rewritten by the next tile
+  }
+
+  // The 16 threads of a row group are 16 lanes of one warp: butterfly to the row's winner.
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+#pragma unroll
+    for (int off = kSide / 2; off > 0; off /= 2) {
+      const float od = __shfl_xor_sync(0xffffffffu, best_d[r], off);
+      const int ok = __shfl_xor_sync(0xffffffffu, best_k[r], off);
+      if (better(od, ok, best_d[r], best_k[r])) best_d[r] = od, best_k[r] = ok;
+    }
+    const int64_t row = row0 + 4 * ty + r;
+    if (tx == 0 && row < p.n) p.indices[row] = best_k[r], p.distances[row] = best_d[r];
+  }
+}
+
+}  // namespace
+
+cudaError_t vq_nearest_launch(const VqNearestParams& p, cudaStream_t stream) {
+  if (p.n < 0 || p.k < 1 || p.d < 0 || (p.n + kRows - 1) / kRows > INT32_MAX) return cudaErrorInvalidValue;
+  if (p.n == 0) return cudaSuccess;
+  const dim3 grid(unsigned((p.n + kRows - 1) / kRows));
+  switch (p.dtype) {
+    case VqDtype::f32: LAUNCH(vq_nearest_kernel<float>, grid, kThreads, 0, stream)(p); break;
+    case VqDtype::bf16: LAUNCH(vq_nearest_kernel<__nv_bfloat16>, grid, kThreads, 0, stream)(p); break;
+    case VqDtype::f16: LAUNCH(vq_nearest_kernel<__half>, grid, kThreads, 0, stream)(p); break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace fastar::kernels
