@@ -135,9 +135,12 @@ struct Worker {
     switch_context(me->ctx, *to, exiting);
   }
 
-  [[noreturn]] void fail(const std::string& what) {
+  // Abandons the block. The message is built by a callable so that no string temporaries are
+  // alive on the fiber stack, which is never unwound (they would leak).
+  template <class F>
+  [[noreturn]] void fail(F&& make_message) {
     failed = true;
-    error = what;
+    error = make_message();
     switch_context(current->ctx, sched, true);
     __builtin_unreachable();
   }
@@ -259,8 +262,10 @@ inline bool Worker::run_block(const LaunchInfo& l, uint3 bidx) {
   warp.exited |= 1u << lane;
   for (int o = 0; o < warp.nops; ++o)
     if (warp.ops[o].mask >> lane & 1)
-      w.fail("thread " + std::to_string(me->id) + " (warp " + std::to_string(me->id >> 5) + " lane " +
-             std::to_string(lane) + ") exited while its warp waits for it; " + w.describe_waiters());
+      w.fail([&] {
+        return "thread " + std::to_string(me->id) + " (warp " + std::to_string(me->id >> 5) + " lane " +
+               std::to_string(lane) + ") exited while its warp waits for it; " + w.describe_waiters();
+      });
   w.suspend(true);
   __builtin_unreachable();
 }

@@ -34,11 +34,13 @@ inline void warp_collective(unsigned mask, const char* kind, Site site, void* da
     std::snprintf(buf, sizeof buf, " with mask 0x%08x", mask);
     return std::string(kind) + buf + " at " + site.str();
   };
-  if (!(mask >> lane & 1)) w.fail(what() + ": the mask excludes the calling " + lane_str(me));
+  if (!(mask >> lane & 1)) w.fail([&] { return what() + ": the mask excludes the calling " + lane_str(me); });
   if (mask & warp.valid & warp.exited) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, ": lanes 0x%08x of the mask have already exited (deadlock)", mask & warp.exited);
-    w.fail(what() + " by " + lane_str(me) + buf);
+    w.fail([&] {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, ": lanes 0x%08x of the mask have already exited (deadlock)", mask & warp.exited);
+      return what() + " by " + lane_str(me) + buf;
+    });
   }
   mask &= warp.valid;
   me->warp_data = data;
@@ -48,12 +50,14 @@ inline void warp_collective(unsigned mask, const char* kind, Site site, void* da
     if (x.mask == mask && (x.kind == kind || !std::strcmp(x.kind, kind)) && (!check_site || x.site == site)) {
       op = &x;
     } else if (x.mask & mask) {
-      w.fail(what() + " by " + lane_str(me) + " does not match the pending " + x.kind + " at " + x.site.str() +
-             " of the same warp");
+      w.fail([&] {
+        return what() + " by " + lane_str(me) + " does not match the pending " + x.kind + " at " + x.site.str() +
+               " of the same warp";
+      });
     }
   }
   if (!op) {
-    if (warp.nops == kMaxWarpOps) w.fail(what() + ": too many concurrent partial-mask warp operations");
+    if (warp.nops == kMaxWarpOps) w.fail([&] { return what() + ": too many concurrent partial-mask warp operations"; });
     op = &warp.ops[warp.nops++];
     *op = WarpOp{mask, 0, kind, site};
   }

@@ -1,0 +1,170 @@
+"""The SIMT emulator (csrc/simt/) on its own test programs (csrc/simt/tests/*.cu).
+
+Each program is compiled with g++ under the emulator and runs under the forward, reverse and
+shuffled schedules: correct kernels must print bit-identical digests, the planted race must
+print different results, and each planted barrier / warp bug must be reported with its
+file:line (the `// SITE:<name>` markers in negative.cu). Binaries are cached in the temp dir,
+keyed by a hash of the sources and flags, so reruns are fast. nvcc compiles every program for
+sm_80 and sm_90 where it is installed.
+"""
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CSRC = REPO / "csrc"
+TESTS = CSRC / "simt" / "tests"
+CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
+CORRECT = ("reduce", "matmul", "mma", "features")
+NEGATIVE = "negative"
+SCHEDULES = {  # name: environment
+    "fwd": {"SIMT_SCHED": "fwd"},
+    "rev": {"SIMT_SCHED": "rev"},
+    "shuffle1": {"SIMT_SCHED": "shuffle", "SIMT_SEED": "1"},
+    "shuffle2": {"SIMT_SCHED": "shuffle", "SIMT_SEED": "2"},
+    "threads2": {"SIMT_SCHED": "fwd", "SIMT_THREADS": "2"},
+}
+SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer")
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux" or shutil.which("g++") is None or not (CUDA_INCLUDE / "cuda_fp16.h").exists(),
+    reason="needs Linux, g++ and the CUDA headers",
+)
+
+
+def _sources_hash():
+    h = hashlib.sha256()
+    for path in sorted([*(CSRC / "simt").glob("*.h"), *TESTS.glob("*"), CSRC / "kernels" / "common.cuh"]):
+        if path.is_file():
+            h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+BUILD_DIR = Path(tempfile.gettempdir()) / f"fastar-simt-{_sources_hash()}"
+
+
+@lru_cache(maxsize=None)
+def build(name, sanitize=False):
+    """Path of the emulator binary of tests/<name>.cu, compiled on first use."""
+    flags = ["-O1", "-g", *SANITIZE] if sanitize else ["-O2"]
+    out = BUILD_DIR / (name + ("-asan" if sanitize else ""))
+    if not out.exists():
+        BUILD_DIR.mkdir(exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        cmd = ["g++", "-std=c++17", *flags, f"-I{CUDA_INCLUDE}", f"-I{CSRC}", "-include", str(CSRC / "simt" / "simt.h"),
+               "-x", "c++", str(TESTS / f"{name}.cu"), "-x", "none", "-pthread", "-o", str(tmp)]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        tmp.rename(out)  # atomic: concurrent test runs never see half a binary
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def build_all():
+    """Compiles all programs two at a time (the test machines have 2 cores)."""
+    jobs = [(n, False) for n in (*CORRECT, NEGATIVE)] + [(n, True) for n in (*CORRECT, NEGATIVE)]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda job: build(*job), jobs))
+
+
+def run(binary, *args, env=None):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SIMT_")}
+    full_env.update(env or {})
+    return subprocess.run([str(binary), *args], env=full_env, capture_output=True, text=True, timeout=60)
+
+
+def digest(proc):
+    assert proc.returncode == 0, proc.stderr
+    return re.search(r"digest (\w+)", proc.stdout).group(1)
+
+
+@pytest.mark.parametrize("name", CORRECT)
+def test_correct_kernels_identical_under_every_schedule(name):
+    digests = {sched: digest(run(build(name), env=env)) for sched, env in SCHEDULES.items()}
+    assert len(set(digests.values())) == 1, digests
+
+
+@pytest.mark.parametrize("name", CORRECT)
+def test_correct_kernels_clean_under_asan_ubsan(name):
+    for sched in ("fwd", "shuffle1"):
+        proc = run(build(name, sanitize=True), env=SCHEDULES[sched])
+        assert proc.returncode == 0 and "runtime error" not in proc.stderr, proc.stderr
+
+
+def test_missing_syncthreads_race_changes_with_schedule():
+    results = {sched: run(build(NEGATIVE), "race", env=env).stdout for sched, env in SCHEDULES.items()
+               if sched != "threads2"}
+    assert len(set(results.values())) > 1, results
+
+
+def site_lines(marker):
+    lines = (TESTS / f"{NEGATIVE}.cu").read_text().splitlines()
+    return [i + 1 for i, line in enumerate(lines) if line.rstrip().endswith(f"// SITE:{marker}")]
+
+
+@pytest.mark.parametrize("mode, markers, words", [
+    ("exit", ["exit"], "barrier divergence: 28 of 128 threads exited"),
+    ("two_sites", ["two_a", "two_b"], "different __syncthreads"),
+    ("shfl", ["shfl"], "__shfl_sync"),
+])
+@pytest.mark.parametrize("sanitize", [False, True], ids=["plain", "asan"])
+def test_planted_bug_is_reported_with_its_lines(mode, markers, words, sanitize):
+    for sched in ("fwd", "rev", "shuffle1"):
+        proc = run(build(NEGATIVE, sanitize), mode, env=SCHEDULES[sched])
+        # the program itself checks the launch failed and that a later launch still works
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        report = re.search(r"report: (.*)", proc.stdout).group(1)
+        assert words in report
+        for marker in markers:
+            (line,) = site_lines(marker)
+            assert f"{NEGATIVE}.cu:{line}" in report, report
+
+
+NVCC = shutil.which("nvcc") or next((p for p in ["/usr/local/cuda/bin/nvcc"] if Path(p).exists()), None)
+
+
+def cuobjdump():
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        import triton
+    except ImportError:
+        return None
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return str(tool) if tool.exists() else None
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("name", (*CORRECT, NEGATIVE))
+def test_nvcc_compiles(name, arch, tmp_path):
+    obj = tmp_path / f"{name}.o"
+    subprocess.run([NVCC, f"-arch={arch}", "-std=c++17", f"-I{CSRC}", "-c", str(TESTS / f"{name}.cu"), "-o", str(obj)],
+                   check=True, capture_output=True, text=True)
+
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found")
+def test_nvcc_emits_tensor_core_instructions(tmp_path):
+    src = str(TESTS / "mma.cu")
+    ptx = subprocess.run([NVCC, "-arch=sm_80", "-std=c++17", f"-I{CSRC}", "-ptx", src, "-o", "-"],
+                         check=True, capture_output=True, text=True).stdout
+    for instr in ("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", "mma.sync.aligned.m16n8k16.row.col.f32.f16",
+                  "ldmatrix.sync.aligned.m8n8.x4.shared.b16", "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"):
+        assert instr in ptx
+    tool = cuobjdump()
+    if tool is None:
+        pytest.skip("PTX checked; no cuobjdump (triton's wheel carries one) to check the SASS")
+    obj = tmp_path / "mma.o"
+    subprocess.run([NVCC, "-arch=sm_80", "-std=c++17", f"-I{CSRC}", "-c", src, "-o", str(obj)], check=True)
+    sass = subprocess.run([tool, "-sass", str(obj)], check=True, capture_output=True, text=True).stdout
+    assert "HMMA.16816.F32.BF16" in sass and "LDSM" in sass
