@@ -34,9 +34,12 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
+_BUILT = {"cpu": _C is not None, "cuda": _C is not None and bool(_C.build_info()["cuda"]), "simt": _simt is not None}
+
+
 def backends() -> dict:
     """Which backends are built: {'cpu': bool, 'cuda': bool, 'simt': bool}."""
-    return {"cpu": _C is not None, "cuda": _C is not None and bool(_C.build_info()["cuda"]), "simt": _simt is not None}
+    return dict(_BUILT)
 
 
 @contextlib.contextmanager
@@ -63,11 +66,11 @@ def resolve(op: str, device: torch.device):
     """(torch.ops namespace or None for the reference, backend name) for running `op` on `device`."""
     name = _forced
     if name is None:
-        name = device.type if device.type in ("cpu", "cuda") and backends()[device.type] else "reference"
+        name = device.type if device.type in ("cpu", "cuda") and _BUILT[device.type] else "reference"
         if name == "reference" and (op, device.type) not in _warned:
             _warned.add((op, device.type))
             warnings.warn(f"fastar.ops.{op}: no fastar kernel for {device.type} tensors is built "
-                          f"(backends: {backends()}); running the pure-PyTorch reference", stacklevel=3)
+                          f"(backends: {_BUILT}); running the pure-PyTorch reference", stacklevel=3)
     elif name in ("cpu", "simt") and device.type != "cpu" or name == "cuda" and device.type != "cuda":
         raise RuntimeError(f"fastar.ops.{op}: backend {name!r} cannot run tensors on {device}")
     _last[op] = name

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test command of README.md: set up (scripts/setup.sh), then the whole pytest suite on the CPU.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+.venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"

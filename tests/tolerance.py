@@ -1,0 +1,22 @@
+"""The one tolerance rule of fastar's tests (habit 10, after FlashAttention's tests).
+
+An output is compared with the float64 reference; its error may be at most K[op] times the error of the same
+reference computed in the tested precision, plus a floor of a few float32 ulps of the result's scale for the
+case where the low-precision reference happens to be exact.
+"""
+import torch
+
+K = {"vq_nearest": 2.0}
+
+
+def assert_close(op, out, ref64, ref_lowp):
+    out, ref64, ref_lowp = out.double(), ref64.double(), ref_lowp.double()
+    assert out.shape == ref64.shape, f"{op}: shape {tuple(out.shape)} != reference {tuple(ref64.shape)}"
+    assert torch.equal(out.isnan(), ref64.isnan()), f"{op}: NaNs differ from the reference"
+    finite = ref64.isfinite()
+    err = (out - ref64)[finite].abs().max().item() if finite.any() else 0.0
+    ref_err = (ref_lowp - ref64)[finite].abs().max().item() if finite.any() else 0.0
+    scale = ref64[finite].abs().max().item() if finite.any() else 0.0
+    bound = K[op] * ref_err + 4 * torch.finfo(torch.float32).eps * scale
+    assert err <= bound, f"{op}: max error {err:.3g} > {K[op]} x reference error {ref_err:.3g} (+ floor)"
+    return err, ref_err
