@@ -26,6 +26,7 @@ TESTS = CSRC / "simt" / "tests"
 CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
 CORRECT = ("reduce", "matmul", "mma", "features")
 NEGATIVE = "negative"
+BENCH = "bench"  # timings for csrc/simt/README.md; here only run small, for its argmin check
 SCHEDULES = {  # name: environment
     "fwd": {"SIMT_SCHED": "fwd"},
     "rev": {"SIMT_SCHED": "rev"},
@@ -70,7 +71,7 @@ def build(name, sanitize=False):
 @pytest.fixture(scope="module", autouse=True)
 def build_all():
     """Compiles all programs two at a time (the test machines have 2 cores)."""
-    jobs = [(n, False) for n in (*CORRECT, NEGATIVE)] + [(n, True) for n in (*CORRECT, NEGATIVE)]
+    jobs = [(n, False) for n in (*CORRECT, NEGATIVE, BENCH)] + [(n, True) for n in (*CORRECT, NEGATIVE)]
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda job: build(*job), jobs))
 
@@ -97,6 +98,10 @@ def test_correct_kernels_clean_under_asan_ubsan(name):
     for sched in ("fwd", "shuffle1"):
         proc = run(build(name, sanitize=True), env=SCHEDULES[sched])
         assert proc.returncode == 0 and "runtime error" not in proc.stderr, proc.stderr
+
+
+def test_bench_runs_small():
+    digest(run(build(BENCH), "300", "1000"))
 
 
 def test_missing_syncthreads_race_changes_with_schedule():
@@ -145,7 +150,7 @@ def cuobjdump():
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("name", (*CORRECT, NEGATIVE))
+@pytest.mark.parametrize("name", (*CORRECT, NEGATIVE, BENCH))
 def test_nvcc_compiles(name, arch, tmp_path):
     obj = tmp_path / f"{name}.o"
     subprocess.run([NVCC, f"-arch={arch}", "-std=c++17", f"-I{CSRC}", "-c", str(TESTS / f"{name}.cu"), "-o", str(obj)],

@@ -63,6 +63,22 @@ inline std::vector<float> random_floats(size_t n, uint32_t seed) {
   return v;
 }
 
+// Checks c (M, N) against a double matmul of a (M, K) and b (K, N), all row-major: the fp32
+// error may reach ~1e-6 of the sum of |terms|, whatever the summation order.
+inline void check_matmul(const std::vector<float>& c, const std::vector<float>& a, const std::vector<float>& b, int M,
+                         int N, int K) {
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      double ref = 0, mag = 0;
+      for (int k = 0; k < K; ++k) {
+        double term = double(a[size_t(i) * K + k]) * b[size_t(k) * N + j];
+        ref += term, mag += term < 0 ? -term : term;
+      }
+      double err = c[size_t(i) * N + j] - ref;
+      CHECK((err < 0 ? -err : err) <= 1e-6 * mag + 1e-7);
+    }
+}
+
 inline int finish(const Digest& d) {
   std::printf("digest %016llx\n", (unsigned long long)d.h);
   if (g_failures) std::fprintf(stderr, "%d checks failed\n", g_failures);

@@ -4,7 +4,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cmath>
 #include <type_traits>
 
 #include "check.h"
@@ -70,12 +69,7 @@ static void test_mma(int M, int N, int K, Digest& digest) {
   LAUNCH((mma_matmul<T, kLdmatrix>), dim3(N / 16, M / 16), 32)(da.ptr, db.ptr, dc.ptr, N, K);
   CHECK_CUDA(cudaGetLastError());
   auto c = dc.download();
-  for (int i = 0; i < M; ++i)
-    for (int j = 0; j < N; ++j) {
-      double ref = 0, mag = 0;
-      for (int k = 0; k < K; ++k) ref += double(af[i * K + k]) * bf[k * N + j], mag += std::fabs(af[i * K + k] * bf[k * N + j]);
-      CHECK(std::fabs(c[i * N + j] - ref) <= 1e-6 * mag + 1e-30);  // fp32 accumulation, 1e-6 relative to sum |terms|
-    }
+  check_matmul(c, af, bf, M, N, K);
   digest.add(c);
 }
 
