@@ -13,6 +13,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent.resolve()
+SIMT = os.environ.get("FASTAR_SIMT", "0") in ("1", "on", "ON")
 
 
 class CMakeExtension(Extension):
@@ -22,6 +23,9 @@ class CMakeExtension(Extension):
 
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
+        if getattr(self, "_cmake_done", False):  # one CMake build makes every module
+            return
+        self._cmake_done = True
         out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()  # the fastar/ package dir
         # One persistent build dir per Python environment, so rebuilds are incremental (pip's temp dir is not).
         env_key = hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]
@@ -34,7 +38,7 @@ class CMakeBuild(build_ext):
             f"-DFASTAR_OUTPUT_DIR={out_dir}",
             f"-DFASTAR_VERSION={version['__version__']}",
             f"-DFASTAR_CUDA={os.environ.get('FASTAR_CUDA', 'auto')}",
-            f"-DFASTAR_SIMT={'ON' if os.environ.get('FASTAR_SIMT', '0') in ('1', 'on', 'ON') else 'OFF'}",
+            f"-DFASTAR_SIMT={'ON' if SIMT else 'OFF'}",
             f"-DCMAKE_BUILD_TYPE={os.environ.get('FASTAR_BUILD_TYPE', 'Release')}",
         ]
         if "TORCH_CUDA_ARCH_LIST" in os.environ:
@@ -44,4 +48,5 @@ class CMakeBuild(build_ext):
         subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)
 
 
-setup(ext_modules=[CMakeExtension("fastar._C")], cmdclass={"build_ext": CMakeBuild})
+modules = ["fastar._C"] + (["fastar._simt"] if SIMT else [])
+setup(ext_modules=[CMakeExtension(m) for m in modules], cmdclass={"build_ext": CMakeBuild})

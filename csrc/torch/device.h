@@ -1,0 +1,49 @@
+// What the *_device.cpp glue needs to serve two builds from one source:
+//   CUDA (fastar._C, FASTAR_WITH_CUDA): TORCH_LIBRARY_IMPL(fastar, CUDA), launches on torch's current stream;
+//   simt (fastar._simt, FASTAR_SIMT_BUILD): TORCH_LIBRARY_IMPL(fastar_simt, CPU), the same kernels on CPU tensors
+//   under the emulator, whose launch errors carry its report (barrier divergence, deadlock, file:line).
+#pragma once
+#include <ATen/ATen.h>
+#include <cuda_runtime_api.h>
+
+#ifdef FASTAR_SIMT_BUILD
+#include "simt/config.h"
+#define FASTAR_DEVICE_LIBRARY fastar_simt
+#define FASTAR_DEVICE_KEY CPU
+#else
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define FASTAR_DEVICE_LIBRARY fastar
+#define FASTAR_DEVICE_KEY CUDA
+#endif
+
+namespace fastar {
+
+// The device tensors of this build live on; check functions compare against it.
+constexpr c10::DeviceType kDeviceType = c10::DeviceType::FASTAR_DEVICE_KEY;
+
+// Makes `t`'s device current for the scope and gives the stream to launch on.
+class DeviceScope {
+ public:
+#ifdef FASTAR_SIMT_BUILD
+  explicit DeviceScope(const at::Tensor&) {}
+  cudaStream_t stream() const { return nullptr; }  // emulated launches are synchronous
+#else
+  explicit DeviceScope(const at::Tensor& t) : guard_(t.device()) {}
+  cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream(); }
+
+ private:
+  c10::cuda::CUDAGuard guard_;
+#endif
+};
+
+// Raises (RuntimeError in Python) when a kernel launch failed, with the emulator's report under simt.
+inline void check_launch(cudaError_t e, const char* op) {
+#ifdef FASTAR_SIMT_BUILD
+  TORCH_CHECK(e == cudaSuccess, op, ": kernel launch failed under the SIMT emulator: ", simt::last_error_message());
+#else
+  TORCH_CHECK(e == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(e));
+#endif
+}
+
+}  // namespace fastar

@@ -1,0 +1,24 @@
+// fastar._simt: importing it registers torch.ops.fastar_simt.* (the CUDA kernels run by the CPU emulator on CPU
+// tensors, a test backend) and gives tests the emulator's schedule, so a race shows as a diff between orders.
+#include <pybind11/pybind11.h>
+
+#include "simt/config.h"
+#include "torch/ops.h"
+
+TORCH_LIBRARY(fastar_simt, m) { fastar::define_ops(m); }
+
+PYBIND11_MODULE(_simt, m) {
+  m.def(
+      "set_schedule",
+      [](const std::string& mode, uint64_t seed) {
+        simt::Config c = simt::config();
+        if (mode == "fwd") c.schedule = simt::Schedule::fwd;
+        else if (mode == "rev") c.schedule = simt::Schedule::rev;
+        else if (mode == "shuffle") c.schedule = simt::Schedule::shuffle;
+        else throw pybind11::value_error("set_schedule: mode must be 'fwd', 'rev' or 'shuffle', got '" + mode + "'");
+        c.seed = seed;
+        simt::set_config(c);
+      },
+      pybind11::arg("mode"), pybind11::arg("seed") = 0,
+      "Order in which the emulator runs the CUDA threads of a block from now on ('fwd', 'rev', 'shuffle').");
+}
