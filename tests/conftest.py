@@ -34,3 +34,43 @@ def backend(request):
 @pytest.fixture(params=DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 def dtype(request):
     return request.param
+
+
+class ScheduleCheck:
+    """An op of torch.ops.fastar_simt that runs under forward, reversed and shuffled thread order and requires
+    bit-identical outputs: a result that depends on the order of CUDA threads is a race."""
+
+    SCHEDULES = (("rev", 0), ("shuffle", 1), ("shuffle", 2))
+
+    def __init__(self, op):
+        self.op = op
+
+    def __getattr__(self, name):  # .default and the other overloads stay the plain op (opcheck uses them)
+        return getattr(self.op, name)
+
+    def __call__(self, *args):
+        simt = fastar._backend._simt
+        out = self.op(*args)
+        for mode, seed in self.SCHEDULES:
+            simt.set_schedule(mode, seed)
+            try:
+                again = self.op(*args)
+            finally:
+                simt.set_schedule("fwd", 0)
+            assert all(_bits(a).equal(_bits(b)) for a, b in zip(out, again)), f"{self.op}: {mode} order differs"
+        return out
+
+
+def _bits(t):
+    return t.contiguous().view(torch.uint8)  # NaN == NaN, -0 != 0
+
+
+@pytest.fixture(autouse=True)
+def simt_schedules(request, monkeypatch):
+    """Every simt op call of a test on the simt backend goes through ScheduleCheck."""
+    if "backend" in request.fixturenames and request.getfixturevalue("backend") == "simt":
+        ns = torch.ops.fastar_simt
+        for schema in torch._C._jit_get_all_schemas():
+            if schema.name.startswith("fastar_simt::"):
+                name = schema.name.split("::")[1]
+                monkeypatch.setattr(ns, name, ScheduleCheck(getattr(ns, name)))
