@@ -15,11 +15,11 @@ namespace fastar::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kSide = 16;          // threads per row group and per code group
-constexpr int kRows = 64;          // rows of x per block (4 per thread)
-constexpr int kCodes = 64;         // codes per tile (4 per thread)
-constexpr int kDepth = 8;          // elements of D per staging step
-constexpr int kStride = kRows + 4; // staged row length: conflict-free transposed stores, float4-aligned loads
+constexpr int kSide = 16;           // threads per row group and per code group
+constexpr int kRows = 64;           // rows of x per block (4 per thread)
+constexpr int kCodes = 64;          // codes per tile (4 per thread)
+constexpr int kDepth = 8;           // elements of D per staging step
+constexpr int kStride = kRows + 4;  // staged row length: conflict-free transposed stores, float4-aligned loads
 static_assert(kRows == kCodes && kRows == 4 * kSide && kSide * kSide == kThreads, "one staging shape for both");
 
 __device__ __forceinline__ float to_float(float v) { return v; }

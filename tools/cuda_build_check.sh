@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The CUDA build check (no GPU needed): install fastar into a venv holding a CUDA build of torch, then import it
+# and require the CUDA backend and a CUDA kernel of every op in the dispatcher.
+#   tools/cuda_build_check.sh
+# Env: FASTAR_CUDA_VENV (default $HOME/.cache/fastar/cuda-venv, outside the clone so CI runs reuse it; created
+# when missing or not a CUDA torch), CUDA_HOME (default /usr/local/cuda-13.0), MAX_JOBS (default 2),
+# TORCH_CUDA_ARCH_LIST (default 8.0;9.0).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${FASTAR_CUDA_VENV:-$HOME/.cache/fastar/cuda-venv}
+# The toolkit root, not the directory of the nvcc wrapper on PATH, or linking finds no libcudart.
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda-13.0}
+export MAX_JOBS=${MAX_JOBS:-2} FASTAR_CUDA=on TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.0;9.0}
+start=$SECONDS
+
+if ! "$VENV/bin/python" -c "import torch, cmake, ninja; assert torch.version.cuda" 2>/dev/null; then
+  echo "cuda_build_check: creating $VENV (torch 2.14.1, CUDA; ~5.5 GB)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q torch==2.14.1 numpy ninja cmake pybind11 setuptools pytest
+fi
+echo "cuda_build_check: venv ready after $((SECONDS - start)) s"
+
+# ninja and cmake of the venv, not whatever is on PATH.
+PATH="$VENV/bin:$PATH" "$VENV/bin/pip" install -q --no-build-isolation --no-deps "$ROOT"
+echo "cuda_build_check: built and installed after $((SECONDS - start)) s"
+
+# Import from outside the clone, so the installed package is the one tested.
+cd "$(mktemp -d)"
+"$VENV/bin/python" - <<'PY'
+import os
+
+import torch
+import fastar
+
+info = fastar.build_info()
+assert fastar.backends()["cuda"], f"fastar.backends() = {fastar.backends()}"
+assert info["cuda_archs"] == os.environ["TORCH_CUDA_ARCH_LIST"], info
+schemas = [s.name for s in torch._C._jit_get_all_schemas() if s.name.startswith("fastar::")]
+assert schemas, "no fastar ops registered"
+missing = [op for op in schemas if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")]
+assert not missing, f"ops without a CUDA kernel: {missing}"
+print(f"cuda_build_check: ok, torch {torch.__version__}, fastar {info}, CUDA kernels for {schemas}")
+PY
+echo "cuda_build_check: passed in $((SECONDS - start)) s"
