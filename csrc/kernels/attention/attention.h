@@ -1,0 +1,55 @@
+// Attention on the GPU: the boundary between the torch glue and the kernels (no torch types here).
+// One forward kernel serves training, inference and KV-cache decode (split over keys when the
+// queries alone cannot fill the GPU); the backward is FlashAttention-2's, dq by fp32 atomics.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/attention/mask.h"
+
+namespace fastar::kernels {
+
+// Element type of q, k, v, out and the gradients; the math is fp32 for all.
+enum class AttnDtype : int { f32, bf16, f16 };
+
+struct AttentionParams {
+  const void* q;          // (B, H, Lq, D) of `dtype`, last dim contiguous, rows 16-byte aligned
+  const void* k;          // (B, Hk, >= Lk, D) likewise (a KV cache may hold more rows than Lk)
+  const void* v;          // (B, Hk, >= Lk, D) likewise
+  int64_t q_strides[3];   // elements between batch rows, heads and sequence rows of q
+  int64_t k_strides[3];   // same for k
+  int64_t v_strides[3];   // same for v
+  void* out;              // (B, H, Lq, D) contiguous: forward output, backward input
+  float* lse;             // (B, H, Lq) contiguous: natural-log logsumexp of the scaled scores, -inf for a row
+                          // that sees no key (its output is 0)
+  int B, H, Hk, Lq, Lk;   // H % Hk == 0: head h reads k/v head h / (H / Hk)
+  int D;                  // head dim: 32, 64 or 128
+  float scale;            // softmax(scale * q k^T)
+  AttnDtype dtype;
+  MaskParams mask;        // device pointers; kv_end (Lq,), key_len (B,)
+  void* workspace;        // *_workspace_bytes(p) bytes of device memory, 256-byte aligned, any content
+};
+
+struct AttentionBwdParams : AttentionParams {
+  const void* dout;  // (B, H, Lq, D) contiguous, of dtype
+  void* dq;          // (B, H, Lq, D) contiguous out, of dtype
+  void* dk;          // (B, H, Lk, D) contiguous out: per query head, of dtype, or float32 when dkv_float
+  void* dv;          // same as dk
+  bool dkv_float;    // grouped heads: the glue sums the H / Hk query heads of each k/v head in fp32
+};
+
+size_t attention_fwd_workspace_bytes(const AttentionParams& p);
+size_t attention_bwd_workspace_bytes(const AttentionBwdParams& p);
+
+// Enqueue on `stream`; return the launch error (cudaErrorInvalidValue for unsupported sizes).
+cudaError_t attention_fwd_launch(const AttentionParams& p, cudaStream_t stream);
+cudaError_t attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t stream);
+
+// flags (ceil(Lq / tile_q), ceil(Lk / tile_k)) <- the TileKind of every tile pair, key_len ignored; a key tile
+// that runs past Lk is never full (its padding must be masked). Shared by the forward and backward launchers.
+cudaError_t attention_tile_flags_launch(const MaskParams& mask, int Lq, int Lk, int tile_q, int tile_k,
+                                        uint8_t* flags, cudaStream_t stream);
+
+}  // namespace fastar::kernels

@@ -1,0 +1,195 @@
+// Attention backward (FlashAttention-2). With P = exp(scale Q K^T - lse) recomputed from the forward's lse and
+// delta = rowsum(dO * O) (a pre-pass):
+//   dV = P^T dO,  dP = dO V^T,  dS = scale P * (dP - delta),  dK = dS^T Q,  dQ = dS K.
+// A block owns 64 keys of one query head (16 per warp, as rows of S^T = K Q^T, so dK and dV stay in
+// registers) and walks the query tiles the mask shows; dQ is added to an fp32 buffer with atomics (one add per
+// element per key block, in key-block order under the emulator) and converted to the output type at the end.
+#include "kernels/attention/flash_tile.cuh"
+
+namespace fastar::kernels {
+namespace {
+
+using namespace attn;
+
+constexpr int kTileK = 64;  // keys per block, 16 per warp
+template <int D>
+constexpr int kTileQ = D == 128 ? 32 : 64;  // queries per step: bounds S^T and dP^T beside 128-wide dK and dV
+
+struct Plan {
+  int n_qt, n_kt;
+  size_t delta_offset, dq_offset, bytes;  // workspace: tile flags, delta (B*H*Lq), dq_accum (B*H*Lq, D) fp32
+};
+
+Plan plan(const AttentionParams& p) {
+  Plan s{};
+  s.n_qt = cdiv(p.Lq, p.D == 128 ? kTileQ<128> : kTileQ<64>), s.n_kt = cdiv(p.Lk, kTileK);
+  const size_t rows = size_t(p.B) * p.H * p.Lq;
+  s.delta_offset = align256(size_t(s.n_qt) * s.n_kt);
+  s.dq_offset = s.delta_offset + align256(rows * sizeof(float));
+  s.bytes = s.dq_offset + align256(rows * p.D * sizeof(float));
+  return s;
+}
+
+template <class T, int D>
+constexpr size_t bwd_smem() {  // k, v (64 x D); q, dO (kTileQ x D); P^T, dS^T (64 x kTileQ); lse, delta
+  return sizeof(T) * (2 * (kTileK + kTileQ<D>) * kStride<T, D> + 2 * kTileK * kStride<T, kTileQ<D>>) +
+         2 * kTileQ<D> * sizeof(float);
+}
+
+// One warp per row of (B*H*Lq): delta = sum_d dO * O, and zeroes the row of dq_accum.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) attention_bwd_prep_kernel(const AttentionBwdParams p, float* delta,
+                                                                      float* dq_accum) {
+  const int64_t rows = int64_t(p.B) * p.H * p.Lq, row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const T* o = static_cast<const T*>(p.out) + row * D;
+  const T* dout = static_cast<const T*>(p.dout) + row * D;
+  float sum = 0.f;
+  for (int c = lane; c < D; c += 32) {
+    sum += to_float(o[c]) * to_float(dout[c]);
+    dq_accum[row * D + c] = 0.f;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (lane == 0) delta[row] = sum;
+}
+
+// Grid (B * H, key tiles). flags: (n_qt, n_kt) tile kinds for (kTileQ, kTileK) tiles.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) attention_bwd_kernel(const AttentionBwdParams p, const uint8_t* flags,
+                                                                 const float* delta, float* dq_accum) {
+  constexpr int kM = kTileQ<D>, S = kStride<T, D>, SM = kStride<T, kM>;
+  DYNAMIC_SHARED(T, k_s);        // (64, S)
+  T* v_s = k_s + kTileK * S;     // (64, S)
+  T* q_s = v_s + kTileK * S;     // (kM, S)
+  T* do_s = q_s + kM * S;        // (kM, S)
+  T* pt_s = do_s + kM * S;       // (64, SM): P^T
+  T* dst_s = pt_s + kTileK * SM;  // (64, SM): dS^T
+  float* lse_s = reinterpret_cast<float*>(dst_s + kTileK * SM);  // (kM,): lse * log2(e), +inf past Lq
+  float* delta_s = lse_s + kM;                                    // (kM,)
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
+  const int bh = blockIdx.x, kt = blockIdx.y, b = bh / p.H, h = bh % p.H, hk = h / (p.H / p.Hk);
+  const int k0 = kt * kTileK, n_qt = cdiv(p.Lq, kM), n_kt = gridDim.y;
+  const float scale_log2 = p.scale * kLog2e;
+  const int64_t row0 = int64_t(bh) * p.Lq;  // first (b, h) row of q, out, lse, delta
+  const T* q = static_cast<const T*>(p.q) + row0 * D;
+  const T* dout = static_cast<const T*>(p.dout) + row0 * D;
+
+  load_tile<T, kTileK, D>(k_s, head_base<T>(p.k, p.k_strides, b, hk), p.k_strides[2], k0, p.Lk, tid);
+  load_tile<T, kTileK, D>(v_s, head_base<T>(p.v, p.v_strides, b, hk), p.v_strides[2], k0, p.Lk, tid);
+  float dk[D / 8][4] = {}, dv[D / 8][4] = {};
+  for (int qt = 0; qt < n_qt; ++qt) {
+    const int q0 = qt * kM;
+    const uint8_t kind = tile_with_key_len(flags[qt * n_kt + kt], p.mask, b, k0, k0 + kTileK);
+    if (kind == kTileSkip) continue;  // uniform over the block
+    __syncthreads();                  // the previous step's reads of q_s, do_s, dst_s are done
+    load_tile<T, kM, D>(q_s, q, D, q0, p.Lq, tid);
+    load_tile<T, kM, D>(do_s, dout, D, q0, p.Lq, tid);
+    for (int i = tid; i < kM; i += kThreads) {
+      const bool in = q0 + i < p.Lq;
+      lse_s[i] = in ? p.lse[row0 + q0 + i] * kLog2e : INFINITY;
+      delta_s[i] = in ? delta[row0 + q0 + i] : 0.f;
+    }
+    __syncthreads();
+
+    float st[kM / 8][4] = {}, dpt[kM / 8][4] = {};  // S^T and dP^T: this warp's 16 keys x kM queries
+    warp_gemm<T, kM / 8, D, false, false>(st, k_s + warp * 16 * S, S, q_s, S, lane);
+    warp_gemm<T, kM / 8, D, false, false>(dpt, v_s + warp * 16 * S, S, do_s, S, lane);
+#pragma unroll
+    for (int nt = 0; nt < kM / 8; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int kl = warp * 16 + g + 8 * (i >> 1), ql = 8 * nt + 2 * t + (i & 1);
+        const int key = k0 + kl, qi = q0 + ql;
+        const bool shown = kind == kTileFull ||
+                           (qi < p.Lq && key < p.Lk && visible(p.mask, b, qi, key, p.Lq, p.Lk));
+        const float pr = shown ? exp2f(st[nt][i] * scale_log2 - lse_s[ql]) : 0.f;
+        pt_s[kl * SM + ql] = from_float<T>(pr);
+        dst_s[kl * SM + ql] = from_float<T>(p.scale * pr * (dpt[nt][i] - delta_s[ql]));
+      }
+    __syncwarp();  // dV and dK read this warp's own rows of P^T and dS^T
+    warp_gemm<T, D / 8, kM, false, true>(dv, pt_s + warp * 16 * SM, SM, do_s, S, lane);
+    warp_gemm<T, D / 8, kM, false, true>(dk, dst_s + warp * 16 * SM, SM, q_s, S, lane);
+    __syncthreads();  // dQ reads every warp's dS^T
+
+    // dQ (kM x D) += dS K, as (kM/16) x (D/32) chunks of 16 x 32 spread over the warps.
+    for (int c = warp; c < (kM / 16) * (D / 32); c += kWarps) {
+      const int mr = c / (D / 32) * 16, dc = c % (D / 32) * 32;
+      float dq[4][4] = {};
+      warp_gemm<T, 4, kTileK, true, true>(dq, dst_s + mr, SM, k_s + dc, S, lane);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int qi = q0 + mr + g + 8 * (i >> 1);
+        if (qi >= p.Lq) continue;
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) atomicAdd(&dq_accum[(row0 + qi) * D + dc + 8 * nt + 2 * t + (i & 1)], dq[nt][i]);
+      }
+    }
+  }
+
+  // dK, dV rows of this block: (B, H, Lk, D), one per query head.
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int key = k0 + warp * 16 + g + 8 * (i >> 1);
+    if (key >= p.Lk) continue;
+    const int64_t at = (int64_t(bh) * p.Lk + key) * D + 2 * t + (i & 1);
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      if (p.dkv_float) {
+        static_cast<float*>(p.dk)[at + 8 * dt] = dk[dt][i];
+        static_cast<float*>(p.dv)[at + 8 * dt] = dv[dt][i];
+      } else {
+        static_cast<T*>(p.dk)[at + 8 * dt] = from_float<T>(dk[dt][i]);
+        static_cast<T*>(p.dv)[at + 8 * dt] = from_float<T>(dv[dt][i]);
+      }
+    }
+  }
+}
+
+// dq = dq_accum in the output type, (B*H*Lq*D) elements.
+template <class T>
+__global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttentionBwdParams p,
+                                                                    const float* dq_accum, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += int64_t(gridDim.x) * kThreads)
+    static_cast<T*>(p.dq)[i] = from_float<T>(dq_accum[i]);
+}
+
+}  // namespace
+
+size_t attention_bwd_workspace_bytes(const AttentionBwdParams& p) { return plan(p).bytes; }
+
+cudaError_t attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t stream) {
+  if (p.B < 0 || p.H < 1 || p.Hk < 1 || p.H % p.Hk || p.Lq < 0 || p.Lk < 0) return cudaErrorInvalidValue;
+  if (cdiv(p.Lk, kTileK) > 65535) return cudaErrorInvalidValue;  // gridDim.y
+  if (p.B == 0 || (p.Lq == 0 && p.Lk == 0)) return cudaSuccess;
+  const Plan s = plan(p);
+  auto* ws = static_cast<unsigned char*>(p.workspace);
+  auto* delta = reinterpret_cast<float*>(ws + s.delta_offset);
+  auto* dq_accum = reinterpret_cast<float*>(ws + s.dq_offset);
+  const int64_t rows = int64_t(p.B) * p.H * p.Lq;
+  return dispatch(p.dtype, p.D, [&](auto spec) {
+    using T = typename decltype(spec)::Elem;
+    constexpr int D = decltype(spec)::kDim;
+    if (cudaError_t e = attention_tile_flags_launch(p.mask, p.Lq, p.Lk, kTileQ<D>, kTileK, ws, stream)) return e;
+    if (rows > 0) {
+      LAUNCH((attention_bwd_prep_kernel<T, D>), unsigned((rows + kWarps - 1) / kWarps), kThreads, 0,
+             stream)(p, delta, dq_accum);
+      if (cudaError_t e = cudaGetLastError()) return e;
+    }
+    if (p.Lk > 0) {
+      const dim3 grid(p.B * p.H, s.n_kt);
+      if (cudaError_t e = launch_with_smem(attention_bwd_kernel<T, D>, grid, bwd_smem<T, D>(), stream, p,
+                                           static_cast<const uint8_t*>(ws), static_cast<const float*>(delta),
+                                           dq_accum))
+        return e;
+    }
+    if (rows == 0) return cudaSuccess;
+    const int64_t n = rows * D;
+    const unsigned blocks = unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 4096));
+    LAUNCH(attention_bwd_dq_kernel<T>, blocks, kThreads, 0, stream)(p, static_cast<const float*>(dq_accum), n);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace fastar::kernels

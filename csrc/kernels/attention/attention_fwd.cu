@@ -1,0 +1,192 @@
+// Attention forward (FlashAttention-2): a block owns 64 queries of one head, each of its 4 warps 16 of them,
+// and walks the key tiles the mask shows, never holding more than one tile of scores:
+//   S = Q K_j^T,  m' = max(m, rowmax S),  P = exp(scale (S - m')),  l' = l e^{scale (m - m')} + rowsum P,
+//   O' = O e^{scale (m - m')} + P V_j;   at the end out = O / l, lse = scale m + log l.
+// Skipped tiles (all hidden) read no k/v; full tiles skip the per-element mask. When (batch x heads x query
+// tiles) cannot fill the GPU (decode, small batches) the key tiles are split over gridDim.z and a second
+// kernel merges the partial (out, lse) pairs: out = sum_s e^{lse_s - lse} out_s, lse = log sum_s e^{lse_s}.
+#include "kernels/attention/flash_tile.cuh"
+
+namespace fastar::kernels {
+namespace {
+
+using namespace attn;
+
+constexpr int kTileQ = 64;  // queries per block, 16 per warp
+constexpr int kMaxSplits = 16;
+constexpr int kFillBlocks = 264;  // two waves of a 132-SM H100: below this, split the keys
+
+template <int D>
+constexpr int kTileK = D == 128 ? 32 : 64;  // keys per tile: bounds the score fragments beside a 128-wide O
+
+struct Plan {
+  int n_qt, n_kt, splits, kt_per_split;
+  size_t accum_offset, lse_offset, bytes;  // workspace: tile flags, then split partials (splits > 1)
+};
+
+Plan plan(const AttentionParams& p) {
+  Plan s{};
+  const int tile_k = p.D == 128 ? kTileK<128> : kTileK<64>;
+  s.n_qt = cdiv(p.Lq, kTileQ), s.n_kt = cdiv(p.Lk, tile_k);
+  const int64_t blocks = int64_t(p.B) * p.H * s.n_qt;
+  s.splits = blocks >= kFillBlocks ? 1 : int(std::min<int64_t>({kMaxSplits, s.n_kt, cdiv(kFillBlocks, int(blocks))}));
+  s.kt_per_split = std::max(1, cdiv(s.n_kt, std::max(s.splits, 1)));
+  s.splits = std::max(1, cdiv(s.n_kt, s.kt_per_split));  // no empty split
+  const size_t rows = size_t(p.B) * p.H * p.Lq;
+  s.accum_offset = align256(size_t(s.n_qt) * s.n_kt);
+  s.lse_offset = s.accum_offset + (s.splits > 1 ? align256(s.splits * rows * p.D * sizeof(float)) : 0);
+  s.bytes = s.lse_offset + (s.splits > 1 ? align256(s.splits * rows * sizeof(float)) : 0);
+  return s;
+}
+
+template <class T, int D>
+constexpr size_t fwd_smem() {  // q (64 x D), k and v (kTileK x D), p (64 x kTileK)
+  return sizeof(T) * ((kTileQ + 2 * kTileK<D>) * kStride<T, D> + kTileQ * kStride<T, kTileK<D>>);
+}
+
+// Grid (B * H, query tiles, splits). flags: (n_qt, n_kt) tile kinds. With one split it writes out (of T) and lse;
+// with several, out_accum (splits, B*H*Lq, D) normalized partial outputs and lse_accum (splits, B*H*Lq).
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttentionParams p, const uint8_t* flags,
+                                                                 int kt_per_split, float* out_accum,
+                                                                 float* lse_accum) {
+  constexpr int kN = kTileK<D>, S = kStride<T, D>, SP = kStride<T, kN>;
+  DYNAMIC_SHARED(T, q_s);       // (64, S)
+  T* k_s = q_s + kTileQ * S;    // (kN, S)
+  T* v_s = k_s + kN * S;        // (kN, S)
+  T* p_s = v_s + kN * S;        // (64, SP): probabilities, the A operand of P V
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
+  const int bh = blockIdx.x, qt = blockIdx.y, split = blockIdx.z;
+  const int b = bh / p.H, h = bh % p.H, hk = h / (p.H / p.Hk);
+  const int q0 = qt * kTileQ, n_kt = cdiv(p.Lk, kN);
+  const int64_t rows = int64_t(p.B) * p.H * p.Lq;  // of out_accum and lse_accum
+  const float scale_log2 = p.scale * kLog2e;
+
+  load_tile<T, kTileQ, D>(q_s, head_base<T>(p.q, p.q_strides, b, h), p.q_strides[2], q0, p.Lq, tid);
+  const T* k = head_base<T>(p.k, p.k_strides, b, hk);
+  const T* v = head_base<T>(p.v, p.v_strides, b, hk);
+
+  float o[D / 8][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // rows g and g + 8 of the warp: raw-score max, sum
+  const int kt_end = min(n_kt, (split + 1) * kt_per_split);
+  for (int kt = split * kt_per_split; kt < kt_end; ++kt) {
+    const int k0 = kt * kN;
+    const uint8_t kind = tile_with_key_len(flags[qt * n_kt + kt], p.mask, b, k0, k0 + kN);
+    if (kind == kTileSkip) continue;  // uniform over the block
+    __syncthreads();                  // the previous tile's k_s / v_s reads are done (and q_s is loaded)
+    load_tile<T, kN, D>(k_s, k, p.k_strides[2], k0, p.Lk, tid);
+    load_tile<T, kN, D>(v_s, v, p.v_strides[2], k0, p.Lk, tid);
+    __syncthreads();
+
+    float s[kN / 8][4] = {};
+    warp_gemm<T, kN / 8, D, false, false>(s, q_s + warp * 16 * S, S, k_s, S, lane);
+    if (kind == kTilePartial) {
+#pragma unroll
+      for (int nt = 0; nt < kN / 8; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int q = q0 + warp * 16 + g + 8 * (i >> 1), key = k0 + 8 * nt + 2 * t + (i & 1);
+          if (q >= p.Lq || key >= p.Lk || !visible(p.mask, b, q, key, p.Lq, p.Lk)) s[nt][i] = -INFINITY;
+        }
+    }
+    T* p_w = p_s + warp * 16 * SP;  // this warp's 16 rows of P
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = m[r];
+#pragma unroll
+      for (int nt = 0; nt < kN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      mx = quad_max(mx);
+      const float base = mx == -INFINITY ? 0.f : mx * scale_log2;  // a row with nothing visible yet stays 0
+      const float alpha = exp2f(m[r] * scale_log2 - base);
+      m[r] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kN / 8; ++nt)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float pr = exp2f(s[nt][2 * r + c] * scale_log2 - base);
+          sum += pr;
+          p_w[(g + 8 * r) * SP + 8 * nt + 2 * t + c] = from_float<T>(pr);
+        }
+      l[r] = l[r] * alpha + sum;  // per-lane partial sums; the quad is summed once at the end
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) o[dt][2 * r] *= alpha, o[dt][2 * r + 1] *= alpha;
+    }
+    __syncwarp();  // P rows are read across the warp's lanes
+    warp_gemm<T, D / 8, kN, false, true>(o, p_w, SP, v_s, S, lane);
+    __syncwarp();  // before the next tile overwrites P
+  }
+
+  const bool split_out = gridDim.z > 1;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float sum = quad_sum(l[r]);
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    const int q = q0 + warp * 16 + g + 8 * r;
+    if (q >= p.Lq) continue;
+    const int64_t row = int64_t(bh) * p.Lq + q;
+    const float lse = sum > 0.f ? m[r] * p.scale + logf(sum) : -INFINITY;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int col = 8 * dt + 2 * t + c;
+        const float val = o[dt][2 * r + c] * inv;
+        if (split_out) out_accum[(split * rows + row) * D + col] = val;
+        else static_cast<T*>(p.out)[row * D + col] = from_float<T>(val);
+      }
+    if (t == 0) (split_out ? lse_accum[split * rows + row] : p.lse[row]) = lse;
+  }
+}
+
+// One warp per row of (B*H*Lq): merges the `splits` partial outputs (splits, rows, D) and lse (splits, rows).
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) attention_combine_kernel(const AttentionParams p, int splits,
+                                                                     const float* out_accum,
+                                                                     const float* lse_accum) {
+  const int64_t rows = int64_t(p.B) * p.H * p.Lq, row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  float mx = -INFINITY;
+  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, lse_accum[s * rows + row]);
+  float sum = 0.f;
+  for (int s = 0; s < splits; ++s) sum += mx == -INFINITY ? 0.f : expf(lse_accum[s * rows + row] - mx);
+  const float lse = sum > 0.f ? mx + logf(sum) : -INFINITY;
+  for (int c = lane; c < D; c += 32) {
+    float acc = 0.f;
+    for (int s = 0; s < splits; ++s)
+      if (sum > 0.f) acc += expf(lse_accum[s * rows + row] - lse) * out_accum[(s * rows + row) * D + c];
+    static_cast<T*>(p.out)[row * D + c] = from_float<T>(acc);
+  }
+  if (lane == 0) p.lse[row] = lse;
+}
+
+}  // namespace
+
+size_t attention_fwd_workspace_bytes(const AttentionParams& p) { return plan(p).bytes; }
+
+cudaError_t attention_fwd_launch(const AttentionParams& p, cudaStream_t stream) {
+  if (p.B < 0 || p.H < 1 || p.Hk < 1 || p.H % p.Hk || p.Lq < 0 || p.Lk < 0) return cudaErrorInvalidValue;
+  if (cdiv(p.Lq, kTileQ) > 65535) return cudaErrorInvalidValue;  // gridDim.y
+  if (p.B == 0 || p.Lq == 0) return cudaSuccess;
+  const Plan s = plan(p);
+  auto* ws = static_cast<unsigned char*>(p.workspace);
+  auto* flags = ws;
+  auto* out_accum = reinterpret_cast<float*>(ws + s.accum_offset);
+  auto* lse_accum = reinterpret_cast<float*>(ws + s.lse_offset);
+  return dispatch(p.dtype, p.D, [&](auto spec) {
+    using T = typename decltype(spec)::Elem;
+    constexpr int D = decltype(spec)::kDim;
+    if (cudaError_t e = attention_tile_flags_launch(p.mask, p.Lq, p.Lk, kTileQ, kTileK<D>, flags, stream)) return e;
+    const dim3 grid(p.B * p.H, s.n_qt, s.splits);
+    if (cudaError_t e = launch_with_smem(attention_fwd_kernel<T, D>, grid, fwd_smem<T, D>(), stream, p,
+                                         static_cast<const uint8_t*>(flags), s.kt_per_split, out_accum, lse_accum))
+      return e;
+    if (s.splits == 1) return cudaSuccess;
+    const dim3 rows(unsigned(cdiv(int(int64_t(p.B) * p.H * p.Lq), kWarps)));
+    LAUNCH((attention_combine_kernel<T, D>), rows, kThreads, 0, stream)(p, s.splits, out_accum, lse_accum);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace fastar::kernels

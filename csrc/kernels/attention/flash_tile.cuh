@@ -1,0 +1,161 @@
+// Device pieces shared by the attention kernels: element types, tile loads into shared memory, a warp GEMM
+// and the dtype x head-dim switch. The warp GEMM's accumulator is always the m16n8 C fragment of
+// mma.sync (lane l holds rows l/4 and l/4 + 8, columns 2(l%4) and 2(l%4)+1 of every 8-column block):
+// tensor cores compute it for 16-bit types, FMAs from shared memory for float32, so each kernel has one
+// softmax / mask / epilogue for all dtypes.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/attention/attention.h"
+#include "kernels/common.cuh"
+
+namespace fastar::kernels::attn {
+
+constexpr int kThreads = 128;  // 4 warps per block in every attention kernel
+constexpr int kWarps = kThreads / 32;
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+template <class T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
+
+// Row stride of a shared tile with C columns: 16 bytes of padding put the 8 rows an ldmatrix reads (and the 8
+// rows a float32 quad reads) in distinct banks.
+template <class T, int C>
+constexpr int kStride = C + 16 / int(sizeof(T));
+
+// tile[r][:] = rows[r0 + r][0, D) for r < R, zeros past row `rows` (R x D elements, row stride kStride<T, D>).
+// src rows are `ld` elements apart and 16-byte aligned; each thread moves 16 bytes at a time.
+template <class T, int R, int D>
+__device__ __forceinline__ void load_tile(T* tile, const T* src, int64_t ld, int r0, int rows, int tid) {
+  constexpr int kVec = 16 / sizeof(T), kPerRow = D / kVec;
+  for (int e = tid; e < R * kPerRow; e += kThreads) {
+    const int r = e / kPerRow, c = e % kPerRow * kVec;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r0 + r < rows) v = *reinterpret_cast<const uint4*>(src + (r0 + r) * ld + c);
+    *reinterpret_cast<uint4*>(tile + r * kStride<T, D> + c) = v;
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t* b) {
+  if constexpr (std::is_same<T, __half>::value) mma_m16n8k16_f16(d, a, b, d);
+  else mma_m16n8k16_bf16(d, a, b, d);
+}
+
+// acc (16 x 8*NT) += A (16 x K) B (K x 8*NT), both operands in shared memory, one warp:
+//   A(m, k) = a[m * lda + k], or a[k * lda + m] when kATrans;
+//   B(k, n) = b[n * ldb + k], or b[k * ldb + n] when kBTrans.
+// 16-bit types: ldmatrix (transposed where the operand's contiguous dim is not k) feeding mma.m16n8k16;
+// float32: each lane sums its own fragment elements with FMAs.
+template <class T, int NT, int K, bool kATrans, bool kBTrans>
+__device__ __forceinline__ void warp_gemm(float (&acc)[NT][4], const T* a, int lda, const T* b, int ldb, int lane) {
+  if constexpr (std::is_same<T, float>::value) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll 4
+    for (int k = 0; k < K; ++k) {
+      const float a0 = kATrans ? a[k * lda + g] : a[g * lda + k];
+      const float a1 = kATrans ? a[k * lda + g + 8] : a[(g + 8) * lda + k];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int n = 8 * nt + 2 * t + c;
+          const float bv = kBTrans ? b[k * ldb + n] : b[n * ldb + k];
+          acc[nt][c] += a0 * bv;
+          acc[nt][2 + c] += a1 * bv;
+        }
+      }
+    }
+  } else {
+    static_assert(NT % 2 == 0 && K % 16 == 0, "ldmatrix.x4 loads two 8-column blocks of B");
+    // Lanes 8j..8j+7 address the rows of 8x8 matrix j; (lo, hi) = its offsets along (the operand's stored
+    // rows, stored columns), chosen so that the registers come out in mma fragment order.
+    const int r = lane % 8, j = lane / 8, lo = 8 * (j & 1), hi = 8 * (j >> 1);
+#pragma unroll
+    for (int k0 = 0; k0 < K; k0 += 16) {
+      uint32_t af[4];
+      if constexpr (kATrans) ldmatrix_x4_trans(af, a + (k0 + hi + r) * lda + lo);
+      else ldmatrix_x4(af, a + (lo + r) * lda + k0 + hi);
+#pragma unroll
+      for (int nt = 0; nt < NT; nt += 2) {
+        uint32_t bf[4];
+        if constexpr (kBTrans) ldmatrix_x4_trans(bf, b + (k0 + lo + r) * ldb + 8 * nt + hi);
+        else ldmatrix_x4(bf, b + (8 * nt + hi + r) * ldb + k0 + lo);
+        mma<T>(acc[nt], af, bf);
+        mma<T>(acc[nt + 1], af, bf + 2);
+      }
+    }
+  }
+}
+
+// Max and sum over the 4 lanes of a quad (the lanes holding one fragment row).
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Base of head h of batch row b in a (B, heads, L, D) tensor with element strides {batch, head, row}.
+template <class T>
+__device__ __forceinline__ const T* head_base(const void* p, const int64_t (&s)[3], int b, int h) {
+  return static_cast<const T*>(p) + b * s[0] + h * s[1];
+}
+
+template <class T, int D>
+struct Spec {
+  using Elem = T;
+  static constexpr int kDim = D;
+};
+
+// f(Spec<T, D>{}) for the runtime dtype and head dim: the one place kernels are specialised.
+template <class F>
+cudaError_t dispatch(AttnDtype dtype, int D, F&& f) {
+  auto by_dim = [&](auto elem) {
+    using T = decltype(elem);
+    switch (D) {
+      case 32: return f(Spec<T, 32>{});
+      case 64: return f(Spec<T, 64>{});
+      case 128: return f(Spec<T, 128>{});
+      default: return cudaErrorInvalidValue;
+    }
+  };
+  switch (dtype) {
+    case AttnDtype::f32: return by_dim(float{});
+    case AttnDtype::bf16: return by_dim(__nv_bfloat16{});
+    case AttnDtype::f16: return by_dim(__half{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+inline size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+__host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+// Launches `kernel` with `smem` bytes of dynamic shared memory, raising the 48 KB default limit when needed.
+template <class Kernel, class... Args>
+cudaError_t launch_with_smem(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, const Args&... args) {
+  if (smem > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (e != cudaSuccess) return e;
+  }
+  LAUNCH(kernel, grid, kThreads, smem, stream)(args...);
+  return cudaGetLastError();
+}
+
+}  // namespace fastar::kernels::attn

@@ -1,0 +1,126 @@
+// CUDA (and simt) registrations of the attention family: shared checks, then the params struct of the kernels.
+#include "kernels/attention/attention.h"
+#include "torch/attention.h"
+#include "torch/device.h"
+
+#include <torch/library.h>
+
+namespace fastar {
+namespace {
+
+kernels::AttnDtype attn_dtype(at::ScalarType t) {
+  return t == at::kBFloat16 ? kernels::AttnDtype::bf16 : t == at::kHalf ? kernels::AttnDtype::f16
+                                                                         : kernels::AttnDtype::f32;
+}
+
+// The kernels read 16-byte vectors: last dim contiguous and every row 16-byte aligned, else a contiguous copy.
+at::Tensor rows_aligned(const at::Tensor& t) {
+  const int64_t bytes = t.element_size();
+  const bool ok = t.stride(3) == 1 && t.stride(2) * bytes % 16 == 0 && t.stride(1) * bytes % 16 == 0 &&
+                  t.stride(0) * bytes % 16 == 0 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  return ok ? t : t.contiguous();
+}
+
+void check_device_ints(const char* op, const std::optional<at::Tensor>& t, const char* name, const at::Tensor& q) {
+  TORCH_CHECK(!t || t->device() == q.device(), op, ": ", name, " is on ", t ? t->device() : q.device(),
+              " but q is on ", q.device());
+}
+
+// The params shared by forward, backward and decode; q, k, v already rows_aligned. Fills everything but the
+// outputs and workspace.
+kernels::AttentionParams params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t Lk,
+                                const kernels::MaskParams& mask, double scale) {
+  TORCH_CHECK(q.size(3) == 32 || q.size(3) == 64 || q.size(3) == 128,
+              "attention: the CUDA kernels take head dim 32, 64 or 128, got ", q.size(3));
+  kernels::AttentionParams p{};
+  p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr();
+  for (int i = 0; i < 3; ++i) p.q_strides[i] = q.stride(i), p.k_strides[i] = k.stride(i), p.v_strides[i] = v.stride(i);
+  p.B = int(q.size(0)), p.H = int(q.size(1)), p.Hk = int(k.size(1)), p.Lq = int(q.size(2)), p.Lk = int(Lk);
+  p.D = int(q.size(3)), p.scale = float(scale), p.dtype = attn_dtype(q.scalar_type()), p.mask = mask;
+  return p;
+}
+
+at::Tensor workspace(size_t bytes, const at::Tensor& like) {
+  return at::empty({int64_t(bytes)}, like.options().dtype(at::kByte));
+}
+
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                                           int64_t Lk, const kernels::MaskParams& mask, double scale,
+                                           const char* op) {
+  DeviceScope scope(q_in);
+  const at::Tensor q = rows_aligned(q_in), k = rows_aligned(k_in), v = rows_aligned(v_in);
+  at::Tensor out = at::empty(q.sizes(), q.options());                        // (B, H, Lq, D)
+  at::Tensor lse = at::empty(q.sizes().slice(0, 3), q.options().dtype(at::kFloat));  // (B, H, Lq)
+  kernels::AttentionParams p = params(q, k, v, Lk, mask, scale);
+  p.out = out.data_ptr(), p.lse = lse.data_ptr<float>();
+  const at::Tensor ws = workspace(kernels::attention_fwd_workspace_bytes(p), q);
+  p.workspace = ws.data_ptr();
+  check_launch(kernels::attention_fwd_launch(p, scope.stream()), op);
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_fwd_device(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                        int64_t mask_kind, at::IntArrayRef mask_ints,
+                                                        const std::optional<at::Tensor>& kv_end,
+                                                        const std::optional<at::Tensor>& key_len, double scale) {
+  check_attention_qkv("attention_fwd", q, k, v, kDeviceType, false);
+  check_device_ints("attention_fwd", kv_end, "kv_end", q), check_device_ints("attention_fwd", key_len, "key_len", q);
+  const auto mask = attention_mask("attention_fwd", mask_kind, mask_ints, kv_end, key_len, q.size(0), q.size(2));
+  return forward(q, k, v, k.size(2), mask, scale, "attention_fwd");
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_decode_device(const at::Tensor& q, const at::Tensor& k_cache,
+                                                           const at::Tensor& v_cache, int64_t cache_len,
+                                                           double scale) {
+  check_attention_qkv("attention_decode", q, k_cache, v_cache, kDeviceType, false);
+  TORCH_CHECK(cache_len >= 0 && cache_len <= k_cache.size(2), "attention_decode: cache_len must be in [0, ",
+              k_cache.size(2), "], got ", cache_len);
+  // Only the first cache_len rows are read, through the cache's strides: no copy of the cache.
+  return forward(q, k_cache, v_cache, cache_len, kernels::MaskParams{kernels::kFull, 0, 0, 0, nullptr, nullptr},
+                 scale, "attention_decode");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_device(
+    const at::Tensor& dout, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& out, const at::Tensor& lse, int64_t mask_kind, at::IntArrayRef mask_ints,
+    const std::optional<at::Tensor>& kv_end, const std::optional<at::Tensor>& key_len, double scale) {
+  check_attention_qkv("attention_bwd", q_in, k_in, v_in, kDeviceType, false);
+  check_attention_bwd(dout, q_in, out, lse);
+  check_device_ints("attention_bwd", kv_end, "kv_end", q_in);
+  check_device_ints("attention_bwd", key_len, "key_len", q_in);
+  const auto mask = attention_mask("attention_bwd", mask_kind, mask_ints, kv_end, key_len, q_in.size(0),
+                                   q_in.size(2));
+  DeviceScope scope(q_in);
+  // The backward indexes q, out, dout, lse as contiguous (B, H, L, ...) rows.
+  const at::Tensor q = q_in.contiguous(), k = rows_aligned(k_in), v = rows_aligned(v_in);
+  const at::Tensor out_c = out.contiguous(), dout_c = dout.to(q.scalar_type()).contiguous();
+  const at::Tensor lse_c = lse.to(at::kFloat).contiguous();
+  const int64_t B = q.size(0), H = q.size(1), Hk = k.size(1), Lk = k.size(2), D = q.size(3);
+  const bool grouped = H != Hk;  // dk, dv per query head in fp32, summed over each group below
+  const auto dkv_options = grouped ? q.options().dtype(at::kFloat) : q.options();
+  at::Tensor dq = at::empty(q.sizes(), q.options());                 // (B, H, Lq, D)
+  at::Tensor dk = at::empty({B, H, Lk, D}, dkv_options);            // (B, H, Lk, D)
+  at::Tensor dv = at::empty({B, H, Lk, D}, dkv_options);            // (B, H, Lk, D)
+  kernels::AttentionBwdParams p{};
+  static_cast<kernels::AttentionParams&>(p) = params(q, k, v, Lk, mask, scale);
+  p.out = const_cast<void*>(out_c.data_ptr()), p.lse = lse_c.data_ptr<float>();
+  p.dout = dout_c.data_ptr(), p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
+  p.dkv_float = grouped;
+  const at::Tensor ws = workspace(kernels::attention_bwd_workspace_bytes(p), q);
+  p.workspace = ws.data_ptr();
+  check_launch(kernels::attention_bwd_launch(p, scope.stream()), "attention_bwd");
+  if (grouped) {  // (B, Hk, H / Hk, Lk, D) -> (B, Hk, Lk, D)
+    dk = dk.view({B, Hk, H / Hk, Lk, D}).sum(2).to(q.scalar_type());
+    dv = dv.view({B, Hk, H / Hk, Lk, D}).sum(2).to(q.scalar_type());
+  }
+  return {dq, dk, dv};
+}
+
+}  // namespace
+}  // namespace fastar
+
+TORCH_LIBRARY_IMPL(FASTAR_DEVICE_LIBRARY, FASTAR_DEVICE_KEY, m) {
+  m.impl("attention_fwd", &fastar::attention_fwd_device);
+  m.impl("attention_bwd", &fastar::attention_bwd_device);
+  m.impl("attention_decode", &fastar::attention_decode_device);
+}
