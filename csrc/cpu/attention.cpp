@@ -1,11 +1,11 @@
 // Flash-style CPU attention (FlashAttention-2, Dao 2023): query tiles x key tiles with an online softmax,
 // never an Lq x Lk array. Tiles the mask hides are skipped before their keys are read, fully visible
-// tiles skip the per-element mask. The tile products run on ATen's cpublas (MKL / OpenBLAS), the softmax
-// between them on the per-ISA micro-kernels of cpu/attention_isa.cpp.
+// tiles skip the per-element mask. The tile products run on the BLAS that libtorch_cpu carries and exports
+// (MKL or OpenBLAS; at::native::cpublas::gemm is not exported), the softmax between them on the per-ISA
+// micro-kernels of cpu/attention_isa.cpp.
 #include "cpu/attention.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
 #include <cmath>
@@ -19,6 +19,14 @@
 
 #include "cpu/attention_isa.h"
 #include "cpu/isa.h"
+
+extern "C" {  // Fortran BLAS, column-major, LP64
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+}
 
 namespace fastar::cpu {
 namespace base { extern const AttentionIsa kAttentionIsa; }
@@ -51,12 +59,11 @@ const AttentionKernels<T>& micro() {
 // Row-major C (M, N) = alpha op(A) op(B) + beta C, op(A) (M, K), op(B) (K, N): column-major BLAS on the
 // transposes, C^T = op(B)^T op(A)^T.
 template <class T>
-void mm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-        const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  using at::native::TransposeType;
-  at::native::cpublas::gemm(trans_b ? TransposeType::Transpose : TransposeType::NoTranspose,
-                            trans_a ? TransposeType::Transpose : TransposeType::NoTranspose, N, M, K, alpha, B, ldb,
-                            A, lda, beta, C, ldc);
+void mm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
+        T* C, int ldc) {
+  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+  if constexpr (std::is_same_v<T, float>) sgemm_(&tb, &ta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
+  else dgemm_(&tb, &ta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
 }
 
 // One (B, H, L, D) operand whose rows are contiguous: element (b, h, l, d) at b * sb + h * sh + l * D + d.
