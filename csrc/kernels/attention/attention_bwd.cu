@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_prep_kernel(const Atte
 
 // Grid (B * H, key tiles). flags: (n_qt, n_kt) tile kinds for (kTileQ, kTileK) tiles.
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads) attention_bwd_kernel(const AttentionBwdParams p, const uint8_t* flags,
+__global__ void __launch_bounds__(kThreads, 1) attention_bwd_kernel(const AttentionBwdParams p, const uint8_t* flags,
                                                                  const float* delta, float* dq_accum) {
   constexpr int kM = kTileQ<D>, S = kStride<T, D>, SM = kStride<T, kM>;
   DYNAMIC_SHARED(T, k_s);        // (64, S)

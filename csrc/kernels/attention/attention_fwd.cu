@@ -47,7 +47,7 @@ constexpr size_t fwd_smem() {  // q (64 x D), k and v (kTileK x D), p (64 x kTil
 // Grid (B * H, query tiles, splits). flags: (n_qt, n_kt) tile kinds. With one split it writes out (of T) and lse;
 // with several, out_accum (splits, B*H*Lq, D) normalized partial outputs and lse_accum (splits, B*H*Lq).
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttentionParams p, const uint8_t* flags,
+__global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const AttentionParams p, const uint8_t* flags,
                                                                  int kt_per_split, float* out_accum,
                                                                  float* lse_accum) {
   constexpr int kN = kTileK<D>, S = kStride<T, D>, SP = kStride<T, kN>;
