@@ -27,6 +27,8 @@ def test_every_kernel_at_both_archs_without_spills(tmp_path):
         assert r["spill_store_bytes"] == r["spill_load_bytes"] == r["stack_bytes"] == 0, r
     assert all(a == set(nvcc_gate.ARCHS) for a in archs.values()), archs
     assert sum("vq_nearest_kernel" in k for k in archs) == 3  # float, bf16, fp16
+    for kernel in ("attention_fwd_kernel", "attention_bwd_kernel", "attention_combine_kernel"):
+        assert sum(kernel in k for k in archs) == 9, kernel  # 3 dtypes x head dims 32, 64, 128
 
 
 def test_gate_reads_spills_from_ptxas():
@@ -48,3 +50,14 @@ def test_sass_shows_the_instructions_used():
     vq = ROOT / "csrc" / "kernels" / "quantize" / "vq_nearest.cu"
     assert sass.has_instruction(vq, "vq_nearest_kernel<float>", 90, "FFMA")
     assert not sass.has_instruction(vq, "vq_nearest_kernel<float>", 90, "HMMA")
+
+
+@pytest.mark.skipif(sass.tool_dir() is None, reason="no cuobjdump + nvdisasm (triton wheel or nvidia pip packages)")
+def test_attention_uses_tensor_cores_for_16_bit_types():
+    attention = ROOT / "csrc" / "kernels" / "attention"
+    for cu, kernel, arch in (("attention_fwd.cu", "attention_fwd_kernel", 80),
+                             ("attention_bwd.cu", "attention_bwd_kernel", 90)):
+        for dtype in ("__nv_bfloat16", "__half"):
+            assert sass.has_instruction(attention / cu, f"{kernel}<{dtype}, 64>", arch, "HMMA"), (kernel, dtype)
+            assert sass.has_instruction(attention / cu, f"{kernel}<{dtype}, 128>", arch, "LDSM"), (kernel, dtype)
+        assert not sass.has_instruction(attention / cu, f"{kernel}<float, 64>", arch, "HMMA"), kernel
