@@ -47,7 +47,7 @@ def check(q, k, v, mask, backward=True):
         r[3].backward(dout.to(r[3].dtype))
     for name, got, r64, rlow in zip(("dq", "dk", "dv"), grads, refs["64"][:3], refs["lowp"][:3]):
         assert got.shape == r64.shape and got.dtype == q.dtype, name
-        assert_close("attention_bwd", got.cpu(), r64.grad, rlow.grad)
+        assert_close("attention_grad", got.cpu(), r64.grad, rlow.grad)
 
 
 # (Lq, Lk): one query, one short of / at / one past the 64-row tiles, Lq > Lk (rows that see no key under the
@@ -101,9 +101,15 @@ def test_decode_reads_the_cache_in_place(backend, dtype, cache_len):
         assert_close("attention", lse.cpu(), l64.float(), llow)
 
 
-def test_unsupported_head_dim_names_the_kernels(backend):
-    q, k, v = _inputs(1, 1, 1, 8, 8, 48, torch.float32, backend_device(backend), 0)
-    with pytest.raises(RuntimeError, match="head dim 32, 64 or 128"):
+@pytest.mark.parametrize("D", [8, 48, 80])
+def test_other_head_dims_run_padded(backend, D):
+    """Head dims between the kernels' 32 / 64 / 128 run zero-padded to the next one."""
+    check(*_inputs(2, 2, 1, 40, 70, D, torch.float16, backend_device(backend), D), AttentionMask.causal())
+
+
+def test_head_dim_above_128_names_the_limit(backend):
+    q, k, v = _inputs(1, 1, 1, 8, 8, 160, torch.float32, backend_device(backend), 0)
+    with pytest.raises(RuntimeError, match="head dims up to 128, got 160"):
         fastar.ops.attention(q, k, v)
 
 
@@ -115,3 +121,15 @@ def test_scale_is_applied_before_the_mask(backend):
     assert_close("attention", out.cpu(), o64, ref.attention(*(t.cpu() for t in (q, k, v)), AttentionMask.causal(),
                                                             scale=0.3))
     assert math.isclose(out[0, 0, 0, 0].item(), v[0, 0, 0, 0].item(), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 1, 5, 5), (2, 0, 1, 5, 5), (1, 2, 1, 0, 5), (1, 2, 1, 5, 0)], ids=str)
+def test_empty(backend, shape):
+    """No batch rows, no query heads, no queries, no keys (out 0 and lse -inf; zero gradients)."""
+    B, H, Hk, Lq, Lk = shape
+    q, k, v = (t.requires_grad_() for t in _inputs(B, H, Hk, Lq, Lk, 32, torch.float32, backend_device(backend), 0))
+    out, lse = fastar.ops.attention(q, k, v, return_lse=True)
+    assert out.shape == q.shape and lse.shape == q.shape[:3]
+    assert (out == 0).all() and (lse == -math.inf).all()
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(g.shape == t.shape and (g == 0).all() for g, t in zip(grads, (q, k, v)))

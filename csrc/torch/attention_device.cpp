@@ -26,12 +26,22 @@ void check_device_ints(const char* op, const std::optional<at::Tensor>& t, const
               " but q is on ", q.device());
 }
 
-// The params shared by forward, backward and decode; q, k, v already rows_aligned. Fills everything but the
-// outputs and workspace.
+// The kernels are built for head dims 32, 64 and 128; others run zero-padded to the next one (zeros change no
+// dot product and give zero output columns, sliced off).
+int64_t kernel_dim(const char* op, int64_t D) {
+  TORCH_CHECK(D <= 128, op, ": the CUDA kernels take head dims up to 128, got ", D);
+  return D <= 32 ? 32 : D <= 64 ? 64 : 128;
+}
+
+at::Tensor pad_dim(const at::Tensor& t, int64_t D) {
+  return t.size(3) == D ? t : at::constant_pad_nd(t, {0, D - t.size(3)});
+}
+at::Tensor unpad_dim(const at::Tensor& t, int64_t D) { return t.size(3) == D ? t : t.narrow(3, 0, D).contiguous(); }
+
+// The params shared by forward, backward and decode; q, k, v already padded and rows_aligned. Fills
+// everything but the outputs and workspace.
 kernels::AttentionParams params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t Lk,
                                 const kernels::MaskParams& mask, double scale) {
-  TORCH_CHECK(q.size(3) == 32 || q.size(3) == 64 || q.size(3) == 128,
-              "attention: the CUDA kernels take head dim 32, 64 or 128, got ", q.size(3));
   kernels::AttentionParams p{};
   p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr();
   for (int i = 0; i < 3; ++i) p.q_strides[i] = q.stride(i), p.k_strides[i] = k.stride(i), p.v_strides[i] = v.stride(i);
@@ -48,7 +58,9 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q_in, const at::Ten
                                            int64_t Lk, const kernels::MaskParams& mask, double scale,
                                            const char* op) {
   DeviceScope scope(q_in);
-  const at::Tensor q = rows_aligned(q_in), k = rows_aligned(k_in), v = rows_aligned(v_in);
+  const int64_t D = kernel_dim(op, q_in.size(3));
+  const at::Tensor q = rows_aligned(pad_dim(q_in, D)), k = rows_aligned(pad_dim(k_in, D));
+  const at::Tensor v = rows_aligned(pad_dim(v_in, D));
   at::Tensor out = at::empty(q.sizes(), q.options());                        // (B, H, Lq, D)
   at::Tensor lse = at::empty(q.sizes().slice(0, 3), q.options().dtype(at::kFloat));  // (B, H, Lq)
   kernels::AttentionParams p = params(q, k, v, Lk, mask, scale);
@@ -56,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q_in, const at::Ten
   const at::Tensor ws = workspace(kernels::attention_fwd_workspace_bytes(p), q);
   p.workspace = ws.data_ptr();
   check_launch(kernels::attention_fwd_launch(p, scope.stream()), op);
-  return {out, lse};
+  return {unpad_dim(out, q_in.size(3)), lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_fwd_device(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -91,11 +103,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_device(
   const auto mask = attention_mask("attention_bwd", mask_kind, mask_ints, kv_end, key_len, q_in.size(0),
                                    q_in.size(2));
   DeviceScope scope(q_in);
+  const int64_t B = q_in.size(0), H = q_in.size(1), Hk = k_in.size(1), Lk = k_in.size(2), D_in = q_in.size(3);
+  const int64_t D = kernel_dim("attention_bwd", D_in);
   // The backward indexes q, out, dout, lse as contiguous (B, H, L, ...) rows.
-  const at::Tensor q = q_in.contiguous(), k = rows_aligned(k_in), v = rows_aligned(v_in);
-  const at::Tensor out_c = out.contiguous(), dout_c = dout.to(q.scalar_type()).contiguous();
+  const at::Tensor q = pad_dim(q_in, D).contiguous(), k = rows_aligned(pad_dim(k_in, D));
+  const at::Tensor v = rows_aligned(pad_dim(v_in, D)), out_c = pad_dim(out, D).contiguous();
+  const at::Tensor dout_c = pad_dim(dout.to(q.scalar_type()), D).contiguous();
   const at::Tensor lse_c = lse.to(at::kFloat).contiguous();
-  const int64_t B = q.size(0), H = q.size(1), Hk = k.size(1), Lk = k.size(2), D = q.size(3);
   const bool grouped = H != Hk;  // dk, dv per query head in fp32, summed over each group below
   const auto dkv_options = grouped ? q.options().dtype(at::kFloat) : q.options();
   at::Tensor dq = at::empty(q.sizes(), q.options());                 // (B, H, Lq, D)
@@ -113,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_device(
     dk = dk.view({B, Hk, H / Hk, Lk, D}).sum(2).to(q.scalar_type());
     dv = dv.view({B, Hk, H / Hk, Lk, D}).sum(2).to(q.scalar_type());
   }
-  return {dq, dk, dv};
+  return {unpad_dim(dq, D_in), unpad_dim(dk, D_in), unpad_dim(dv, D_in)};
 }
 
 }  // namespace

@@ -160,9 +160,9 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const Attent
 size_t attention_bwd_workspace_bytes(const AttentionBwdParams& p) { return plan(p).bytes; }
 
 cudaError_t attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t stream) {
-  if (p.B < 0 || p.H < 1 || p.Hk < 1 || p.H % p.Hk || p.Lq < 0 || p.Lk < 0) return cudaErrorInvalidValue;
+  if (p.B < 0 || p.H < 0 || p.Hk < 1 || p.H % p.Hk || p.Lq < 0 || p.Lk < 0) return cudaErrorInvalidValue;
   if (cdiv(p.Lk, kTileK) > 65535) return cudaErrorInvalidValue;  // gridDim.y
-  if (p.B == 0 || (p.Lq == 0 && p.Lk == 0)) return cudaSuccess;
+  if (int64_t(p.B) * p.H * (p.Lq + p.Lk) == 0) return cudaSuccess;
   const Plan s = plan(p);
   auto* ws = static_cast<unsigned char*>(p.workspace);
   auto* delta = reinterpret_cast<float*>(ws + s.delta_offset);

@@ -29,7 +29,9 @@ Plan plan(const AttentionParams& p) {
   const int tile_k = p.D == 128 ? kTileK<128> : kTileK<64>;
   s.n_qt = cdiv(p.Lq, kTileQ), s.n_kt = cdiv(p.Lk, tile_k);
   const int64_t blocks = int64_t(p.B) * p.H * s.n_qt;
-  s.splits = blocks >= kFillBlocks ? 1 : int(std::min<int64_t>({kMaxSplits, s.n_kt, cdiv(kFillBlocks, int(blocks))}));
+  s.splits = 1;
+  if (blocks > 0 && blocks < kFillBlocks)
+    s.splits = int(std::min<int64_t>({kMaxSplits, s.n_kt, cdiv(kFillBlocks, int(blocks))}));
   s.kt_per_split = std::max(1, cdiv(s.n_kt, std::max(s.splits, 1)));
   s.splits = std::max(1, cdiv(s.n_kt, s.kt_per_split));  // no empty split
   const size_t rows = size_t(p.B) * p.H * p.Lq;
@@ -166,9 +168,9 @@ __global__ void __launch_bounds__(kThreads) attention_combine_kernel(const Atten
 size_t attention_fwd_workspace_bytes(const AttentionParams& p) { return plan(p).bytes; }
 
 cudaError_t attention_fwd_launch(const AttentionParams& p, cudaStream_t stream) {
-  if (p.B < 0 || p.H < 1 || p.Hk < 1 || p.H % p.Hk || p.Lq < 0 || p.Lk < 0) return cudaErrorInvalidValue;
+  if (p.B < 0 || p.H < 0 || p.Hk < 1 || p.H % p.Hk || p.Lq < 0 || p.Lk < 0) return cudaErrorInvalidValue;
   if (cdiv(p.Lq, kTileQ) > 65535) return cudaErrorInvalidValue;  // gridDim.y
-  if (p.B == 0 || p.Lq == 0) return cudaSuccess;
+  if (int64_t(p.B) * p.H * p.Lq == 0) return cudaSuccess;
   const Plan s = plan(p);
   auto* ws = static_cast<unsigned char*>(p.workspace);
   auto* flags = ws;
