@@ -160,23 +160,39 @@ void scores(const T* Q, const T* K, const Tiles& t, int b, int i0, int i1, int j
   for (int r = 0; r < q1 - q0; ++r) std::fill(S + r * ld + k1 - k0, S + (r + 1) * ld, neg_inf);
 }
 
-// Forward over the key tiles of split s of every (b, h, query tile): out (splits, B, H, Lq, D) and lse
+// Query blocks of the forward: runs of up to kBlockQ query tiles whose tile flags are equal, so a block
+// visits exactly the key tiles each of its tiles would, with products over more rows (MKL packs each key
+// block once per product). Returns the first tile of each block, then nq.
+constexpr int kBlockQ = 4;
+std::vector<int> query_blocks(const uint8_t* flags, int nq, int nk) {
+  std::vector<int> starts = {0};
+  for (int i = 1; i < nq; ++i)
+    if (i - starts.back() == kBlockQ || std::memcmp(flags + i * nk, flags + (i - 1) * nk, nk) != 0)
+      starts.push_back(i);
+  starts.push_back(nq);
+  return starts;
+}
+
+// Forward over the key tiles of split s of every (b, h, query block): out (splits, B, H, Lq, D) and lse
 // (splits, B, H, Lq), each split normalized on its own keys (combined by the caller). Runs of up to
-// kRunK visible key tiles go through one product pair, as long as SDPA's key blocks.
+// kRunK visible key tiles go through one product pair.
 template <class T>
-void forward(Heads<T> q, Heads<T> k, Heads<T> v, const Tiles& t, T scale, int splits, T* out, T* lse) {
-  constexpr int kRunK = 8;
+void forward(Heads<T> q, Heads<T> k, Heads<T> v, const Tiles& t, const std::vector<int>& blocks, T scale,
+             int splits, T* out, T* lse) {
+  constexpr int kRunK = 4, kRows = kBlockQ * kTileQ;
   const Dims& d = t.d;
-  const int64_t items = d.B * d.H * d.nq * splits, group = d.H / d.Hk;
+  const int n_blocks = int(blocks.size()) - 1;
+  const int64_t items = d.B * d.H * n_blocks * splits, group = d.H / d.Hk;
   const int per_split = (d.nk + splits - 1) / splits;
   const auto& kern = micro<T>();
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const SerialBlas serial;
-    std::vector<T> S(kTileQ * kRunK * kTileK), m(kTileQ), l(kTileQ);
+    std::vector<T> S(kRows * kRunK * kTileK), m(kRows), l(kRows);
     for (int64_t item = begin; item < end; ++item) {
-      const int i = int(item % d.nq), s = int(item / d.nq % splits);
-      const int64_t bh = item / d.nq / splits, b = bh / d.H, h = bh % d.H;
-      const int q0 = i * kTileQ, rows = int(std::min<int64_t>(kTileQ, d.Lq - q0));
+      const int blk = int(item % n_blocks), s = int(item / n_blocks % splits);
+      const int64_t bh = item / n_blocks / splits, b = bh / d.H, h = bh % d.H;
+      const int i0 = blocks[blk], i1 = blocks[blk + 1];
+      const int q0 = i0 * kTileQ, rows = int(std::min<int64_t>(i1 * kTileQ, d.Lq)) - q0;
       const T *Q = q.at(b, h), *K = k.at(b, h / group), *V = v.at(b, h / group);
       T* o = out + ((s * d.B * d.H + bh) * d.Lq + q0) * d.D;  // (rows, D), the running accumulator
       std::fill(o, o + rows * d.D, T(0));
@@ -184,11 +200,11 @@ void forward(Heads<T> q, Heads<T> k, Heads<T> v, const Tiles& t, T scale, int sp
       std::fill(l.begin(), l.end(), T(0));
       const int j_end = std::min(d.nk, (s + 1) * per_split);
       for (int j = s * per_split; j < j_end;) {
-        auto visible = [&](int jj) { return t.kind(int(b), i, jj) != kernels::kTileSkip; };
+        auto visible = [&](int jj) { return t.kind(int(b), i0, jj) != kernels::kTileSkip; };
         if (!visible(j)) { ++j; continue; }
         const int j1 = Tiles::run_end(j, j_end, kRunK, visible), ld = (j1 - j) * kTileK;
         const int k0 = j * kTileK, cols = int(std::min<int64_t>(j1 * kTileK, d.Lk)) - k0;
-        scores<T>(Q, K, t, int(b), i, i + 1, j, j1, scale, S.data(), ld);
+        scores<T>(Q, K, t, int(b), i0, i1, j, j1, scale, S.data(), ld);
         kern.online_softmax(S.data(), rows, ld, m.data(), l.data(), o, int(d.D));
         mm<T>(false, false, rows, int(d.D), cols, T(1), S.data(), ld, V + k0 * d.D, int(d.D), T(1), o, int(d.D));
         j = j1;
@@ -203,11 +219,11 @@ void forward(Heads<T> q, Heads<T> k, Heads<T> v, const Tiles& t, T scale, int sp
   });
 }
 
-// Splits of the keys so that (B, H, query tiles, splits) gives every thread a few items: decoding one
-// scale (or one token) for a small batch has too few query tiles alone.
-int key_splits(const Dims& d) {
-  const int64_t items = d.B * d.H * d.nq, want = 4 * at::get_num_threads();
-  return items >= want ? 1 : int(std::min<int64_t>(d.nk, (want + items - 1) / items));
+// Splits of the keys so that (B, H, query blocks, splits) gives every thread a few items: decoding one
+// scale (or one token) for a small batch has too few query blocks alone.
+int key_splits(const Dims& d, int n_blocks) {
+  const int64_t items = std::max<int64_t>(1, d.B * d.H * n_blocks), want = 4 * at::get_num_threads();
+  return items >= want ? 1 : int(std::max<int64_t>(1, std::min<int64_t>(d.nk, (want + items - 1) / items)));
 }
 
 // Merges per-split results: lse = logsumexp over splits, out = sum of exp(lse_s - lse) out_s.
@@ -220,27 +236,25 @@ std::tuple<at::Tensor, at::Tensor> combine(const at::Tensor& out_s, const at::Te
 
 template <class T>
 std::tuple<at::Tensor, at::Tensor> forward_heads(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                 int64_t Lk, const MaskParams& mask, double scale, bool split) {
+                                                 int64_t Lk, const MaskParams& mask, double scale) {
   const Dims d = dims(q, k, Lk);
-  const int splits = split ? key_splits(d) : 1;
+  const auto flags = tile_flags(mask, int(d.Lq), int(d.Lk));
+  const auto blocks = query_blocks(flags->data(), d.nq, d.nk);
+  const int splits = key_splits(d, int(blocks.size()) - 1);
   at::Tensor out = at::empty({splits, d.B, d.H, d.Lq, d.D}, q.options());  // (splits, B, H, Lq, D)
   at::Tensor lse = at::empty({splits, d.B, d.H, d.Lq}, q.options());       // (splits, B, H, Lq)
-  if (out.numel() > 0) {
-    const auto flags = tile_flags(mask, int(d.Lq), int(d.Lk));
-    forward<T>(heads<T>(q), heads<T>(k), heads<T>(v), Tiles{flags->data(), mask, d}, T(scale), splits,
+  if (out.numel() > 0)
+    forward<T>(heads<T>(q), heads<T>(k), heads<T>(v), Tiles{flags->data(), mask, d}, blocks, T(scale), splits,
                out.data_ptr<T>(), lse.data_ptr<T>());
-  } else if (lse.numel() > 0) {
-    lse.fill_(-std::numeric_limits<double>::infinity());  // D = 0 still has rows and keys: no visible value
-  }
   return combine(out, lse);
 }
 
 std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                               int64_t Lk, const MaskParams& mask, double scale, bool split) {
+                                               int64_t Lk, const MaskParams& mask, double scale) {
   const auto dt = compute_dtype(q);
   const at::Tensor qc = q.to(dt).contiguous(), kc = operand(k, dt), vc = operand(v, dt);
   auto [out, lse] = AT_DISPATCH_FLOATING_TYPES(dt, "attention_fwd", [&] {
-    return forward_heads<scalar_t>(qc, kc, vc, Lk, mask, scale, split);
+    return forward_heads<scalar_t>(qc, kc, vc, Lk, mask, scale);
   });
   return {out.to(q.scalar_type()), lse};
 }
@@ -289,7 +303,7 @@ void backward(Heads<T> q, Heads<T> k, Heads<T> v, Heads<T> dout, const T* lse, c
 
 std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                  const MaskParams& mask, double scale) {
-  auto [out, lse] = run_forward(q, k, v, k.size(2), mask, scale, /*split=*/true);
+  auto [out, lse] = run_forward(q, k, v, k.size(2), mask, scale);
   return {out, lse.to(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat)};
 }
 
@@ -297,7 +311,7 @@ std::tuple<at::Tensor, at::Tensor> attention_decode(const at::Tensor& q, const a
                                                     const at::Tensor& v_cache, int64_t cache_len, double scale) {
   const MaskParams full{kernels::kFull, 0, 0, 0, nullptr, nullptr};
   auto [out, lse] = run_forward(q, k_cache.narrow(2, 0, cache_len), v_cache.narrow(2, 0, cache_len), cache_len,
-                                full, scale, /*split=*/true);
+                                full, scale);
   return {out, lse.to(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat)};
 }
 
