@@ -179,7 +179,7 @@ std::vector<int> query_blocks(const uint8_t* flags, int nq, int nk) {
 template <class T>
 void forward(Heads<T> q, Heads<T> k, Heads<T> v, const Tiles& t, const std::vector<int>& blocks, T scale,
              int splits, T* out, T* lse) {
-  constexpr int kRunK = 4, kRows = kBlockQ * kTileQ;
+  constexpr int kRunK = 8, kRows = kBlockQ * kTileQ;
   const Dims& d = t.d;
   const int n_blocks = int(blocks.size()) - 1;
   const int64_t items = d.B * d.H * n_blocks * splits, group = d.H / d.Hk;
