@@ -83,7 +83,7 @@ def check(q, k, v, mask, backend, grads=True, **kw):
         scale = max(a.abs().max().item() for a in g64 if a.numel())  # dq and dk cancel to 0 for a single key
         for name, a, a64, a_lp in zip("qkv", g, g64, g_lp):
             assert a.dtype == q.dtype, f"d{name} dtype"
-            assert_close("attention_grad", a, a64, a_lp, scale=scale)
+            assert_close("attention_bwd", a, a64, a_lp, scale=scale)
     return out, lse
 
 
