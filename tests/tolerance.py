@@ -6,11 +6,7 @@ case where the low-precision reference happens to be exact.
 """
 import torch
 
-K = {
-    "vq_nearest": 2.0,
-    "attention": 2.0,  # out and lse, FlashAttention's forward factor
-    "attention_grad": 3.0,  # dq, dk, dv, FlashAttention's backward factor
-}
+K = {"vq_nearest": 2.0, "attention": 2.0, "attention_bwd": 3.0}
 
 
 def assert_close(op, out, ref64, ref_lowp, scale=None):
