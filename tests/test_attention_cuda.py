@@ -47,7 +47,7 @@ def check(q, k, v, mask, backward=True):
         r[3].backward(dout.to(r[3].dtype))
     for name, got, r64, rlow in zip(("dq", "dk", "dv"), grads, refs["64"][:3], refs["lowp"][:3]):
         assert got.shape == r64.shape and got.dtype == q.dtype, name
-        assert_close("attention_grad", got.cpu(), r64.grad, rlow.grad)
+        assert_close("attention_bwd", got.cpu(), r64.grad, rlow.grad)
 
 
 # (Lq, Lk): one query, one short of / at / one past the 64-row tiles, Lq > Lk (rows that see no key under the

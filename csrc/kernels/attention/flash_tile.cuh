@@ -60,25 +60,37 @@ __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], const
 //   A(m, k) = a[m * lda + k], or a[k * lda + m] when kATrans;
 //   B(k, n) = b[n * ldb + k], or b[k * ldb + n] when kBTrans.
 // 16-bit types: ldmatrix (transposed where the operand's contiguous dim is not k) feeding mma.m16n8k16;
-// float32: each lane sums its own fragment elements with FMAs.
+// float32: each lane sums its own fragment elements with FMAs, into a fresh partial per call that is then added
+// to acc (two-level summation: dK and dV gather thousands of terms at L = 2240, the error of one running sum grows
+// with their number); 4 column blocks at a time, so the partial costs 16 registers.
 template <class T, int NT, int K, bool kATrans, bool kBTrans>
 __device__ __forceinline__ void warp_gemm(float (&acc)[NT][4], const T* a, int lda, const T* b, int ldb, int lane) {
   if constexpr (std::is_same<T, float>::value) {
+    constexpr int kGroup = NT < 4 ? NT : 4;
+    static_assert(NT % kGroup == 0, "column blocks come in groups of 4");
     const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int n0 = 0; n0 < NT; n0 += kGroup) {
+      float part[kGroup][4] = {};
 #pragma unroll 4
-    for (int k = 0; k < K; ++k) {
-      const float a0 = kATrans ? a[k * lda + g] : a[g * lda + k];
-      const float a1 = kATrans ? a[k * lda + g + 8] : a[(g + 8) * lda + k];
+      for (int k = 0; k < K; ++k) {
+        const float a0 = kATrans ? a[k * lda + g] : a[g * lda + k];
+        const float a1 = kATrans ? a[k * lda + g + 8] : a[(g + 8) * lda + k];
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
+        for (int nt = 0; nt < kGroup; ++nt) {
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int n = 8 * nt + 2 * t + c;
-          const float bv = kBTrans ? b[k * ldb + n] : b[n * ldb + k];
-          acc[nt][c] += a0 * bv;
-          acc[nt][2 + c] += a1 * bv;
+          for (int c = 0; c < 2; ++c) {
+            const int n = 8 * (n0 + nt) + 2 * t + c;
+            const float bv = kBTrans ? b[k * ldb + n] : b[n * ldb + k];
+            part[nt][c] += a0 * bv;
+            part[nt][2 + c] += a1 * bv;
+          }
         }
       }
+#pragma unroll
+      for (int nt = 0; nt < kGroup; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[n0 + nt][i] += part[nt][i];
     }
   } else {
     static_assert(NT % 2 == 0 && K % 16 == 0, "ldmatrix.x4 loads two 8-column blocks of B");
