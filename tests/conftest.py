@@ -51,6 +51,8 @@ class ScheduleCheck:
     def __call__(self, *args):
         simt = fastar._backend._simt
         out = self.op(*args)
+        if any(isinstance(a, torch.Tensor) and type(a) is not torch.Tensor for a in args):
+            return out  # fake or functional tensors (opcheck, torch.compile tracing): no kernel ran
         for mode, seed in self.SCHEDULES:
             simt.set_schedule(mode, seed)
             try:
