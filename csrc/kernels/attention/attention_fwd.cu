@@ -41,32 +41,45 @@ Plan plan(const AttentionParams& p) {
   return s;
 }
 
+template <class T>
+constexpr bool kF32 = std::is_same<T, float>::value;  // the SIMT path: Q and P stay in shared memory
+
 template <class T, int D>
-constexpr size_t fwd_smem() {  // q (64 x D), k and v (kTileK x D), p (64 x kTileK)
-  return sizeof(T) * ((kTileQ + 2 * kTileK<D>) * kStride<T, D> + kTileQ * kStride<T, kTileK<D>>);
+constexpr size_t fwd_smem() {  // q (64 x D), k and v (kTileK x D), p (64 x kTileK) for float32
+  return sizeof(T) * ((kTileQ + 2 * kTileK<D>) * kStride<T, D> + (kF32<T> ? kTileQ * kStride<T, kTileK<D>> : 0));
 }
 
 // Grid (B * H, query tiles, splits). flags: (n_qt, n_kt) tile kinds. With one split it writes out (of T) and lse;
 // with several, out_accum (splits, B*H*Lq, D) normalized partial outputs and lse_accum (splits, B*H*Lq).
+// 16-bit types keep Q and P in registers as mma A fragments (P's C fragment of S is its A fragment for P V);
+// float32 reads both from shared memory.
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const AttentionParams p, const uint8_t* flags,
-                                                                 int kt_per_split, float* out_accum,
-                                                                 float* lse_accum) {
+                                                                    int kt_per_split, float* out_accum,
+                                                                    float* lse_accum) {
   constexpr int kN = kTileK<D>, S = kStride<T, D>, SP = kStride<T, kN>;
   DYNAMIC_SHARED(T, q_s);       // (64, S)
   T* k_s = q_s + kTileQ * S;    // (kN, S)
   T* v_s = k_s + kN * S;        // (kN, S)
-  T* p_s = v_s + kN * S;        // (64, SP): probabilities, the A operand of P V
+  T* p_s = v_s + kN * S;        // (64, SP), float32 only: probabilities, the A operand of P V
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
   const int bh = blockIdx.x, qt = blockIdx.y, split = blockIdx.z;
   const int b = bh / p.H, h = bh % p.H, hk = h / (p.H / p.Hk);
   const int q0 = qt * kTileQ, n_kt = cdiv(p.Lk, kN);
   const int64_t rows = int64_t(p.B) * p.H * p.Lq;  // of out_accum and lse_accum
   const float scale_log2 = p.scale * kLog2e;
+  const T* q_w = q_s + warp * 16 * S;  // this warp's 16 query rows
+  T* p_w = p_s + warp * 16 * SP;       // and of P
 
   load_tile<T, kTileQ, D>(q_s, head_base<T>(p.q, p.q_strides, b, h), p.q_strides[2], q0, p.Lq, tid);
   const T* k = head_base<T>(p.k, p.k_strides, b, hk);
   const T* v = head_base<T>(p.v, p.v_strides, b, hk);
+  uint32_t qf[kF32<T> ? 1 : D / 16][4];  // 16-bit: the warp's Q rows as A fragments
+  if constexpr (!kF32<T>) {
+    __syncthreads();
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) load_a_frag<false>(qf[kc], q_w, S, 16 * kc, LdsmLane(lane));
+  }
 
   float o[D / 8][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // rows g and g + 8 of the warp: raw-score max, sum
@@ -80,8 +93,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
     load_tile<T, kN, D>(v_s, v, p.v_strides[2], k0, p.Lk, tid);
     __syncthreads();
 
-    float s[kN / 8][4] = {};
-    warp_gemm<T, kN / 8, D, false, false>(s, q_s + warp * 16 * S, S, k_s, S, lane);
+    float s[kN / 8][4] = {};  // scores, then probabilities
+    if constexpr (kF32<T>) warp_gemm<T, kN / 8, D, false, false>(s, q_w, S, k_s, S, lane);
+    else warp_gemm_a_frags<T, kN / 8, D, false>(s, qf, k_s, S, lane);
     if (kind == kTilePartial) {
 #pragma unroll
       for (int nt = 0; nt < kN / 8; ++nt)
@@ -91,7 +105,6 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
           if (q >= p.Lq || key >= p.Lk || !visible(p.mask, b, q, key, p.Lq, p.Lk)) s[nt][i] = -INFINITY;
         }
     }
-    T* p_w = p_s + warp * 16 * SP;  // this warp's 16 rows of P
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float mx = m[r];
@@ -106,17 +119,33 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
       for (int nt = 0; nt < kN / 8; ++nt)
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
-          const float pr = exp2f(s[nt][2 * r + c] * scale_log2 - base);
+          float& pr = s[nt][2 * r + c];
+          pr = exp2f(pr * scale_log2 - base);
           sum += pr;
-          p_w[(g + 8 * r) * SP + 8 * nt + 2 * t + c] = from_float<T>(pr);
         }
       l[r] = l[r] * alpha + sum;  // per-lane partial sums; the quad is summed once at the end
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt) o[dt][2 * r] *= alpha, o[dt][2 * r + 1] *= alpha;
     }
-    __syncwarp();  // P rows are read across the warp's lanes
-    warp_gemm<T, D / 8, kN, false, true>(o, p_w, SP, v_s, S, lane);
-    __syncwarp();  // before the next tile overwrites P
+    if constexpr (kF32<T>) {
+#pragma unroll
+      for (int nt = 0; nt < kN / 8; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) p_w[(g + 8 * (i >> 1)) * SP + 8 * nt + 2 * t + (i & 1)] = s[nt][i];
+      __syncwarp();  // P rows are read across the warp's lanes
+      warp_gemm<T, D / 8, kN, false, true>(o, p_w, SP, v_s, S, lane);
+      __syncwarp();  // before the next tile overwrites P
+    } else {
+      uint32_t pf[kN / 16][4];  // columns 16c..16c+15 of P: the C fragments of column blocks 2c and 2c+1
+#pragma unroll
+      for (int c = 0; c < kN / 16; ++c)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float* pair = &s[2 * c + i / 2][2 * (i % 2)];  // rows g (i even) or g + 8, columns 2t, 2t + 1
+          pf[c][i] = pack2<T>(pair[0], pair[1]);
+        }
+      warp_gemm_a_frags<T, D / 8, kN, true>(o, pf, v_s, S, lane);
+    }
   }
 
   const bool split_out = gridDim.z > 1;

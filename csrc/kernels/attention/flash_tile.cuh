@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/attention/attention.h"
@@ -56,13 +57,53 @@ __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], const
   else mma_m16n8k16_bf16(d, a, b, d);
 }
 
+// 16-bit operands through ldmatrix (transposed where the operand's contiguous dim is not k): lanes 8j..8j+7
+// address the rows of 8x8 matrix j, at offsets (lo, hi) along the operand's (stored rows, stored columns) that
+// make the registers come out in mma fragment order.
+struct LdsmLane {
+  int r, lo, hi;
+  __device__ __forceinline__ explicit LdsmLane(int lane) : r(lane % 8), lo(8 * (lane / 8 & 1)), hi(8 * (lane / 16)) {}
+};
+
+// af <- the A fragment of columns [k0, k0 + 16) of A (16 x K): A(m, k) = a[m * lda + k], or a[k * lda + m] when
+// kATrans.
+template <bool kATrans, class T>
+__device__ __forceinline__ void load_a_frag(uint32_t (&af)[4], const T* a, int lda, int k0, LdsmLane l) {
+  if constexpr (kATrans) ldmatrix_x4_trans(af, a + (k0 + l.hi + l.r) * lda + l.lo);
+  else ldmatrix_x4(af, a + (l.lo + l.r) * lda + k0 + l.hi);
+}
+
+// acc (16 x 8*NT) += A[:, k0:k0+16] (fragment af) B[k0:k0+16, :]: B(k, n) = b[n * ldb + k], or b[k * ldb + n]
+// when kBTrans.
+template <class T, int NT, bool kBTrans>
+__device__ __forceinline__ void mma_k16(float (&acc)[NT][4], const uint32_t (&af)[4], const T* b, int ldb, int k0,
+                                        LdsmLane l) {
+  static_assert(NT % 2 == 0, "ldmatrix.x4 loads two 8-column blocks of B");
+#pragma unroll
+  for (int nt = 0; nt < NT; nt += 2) {
+    uint32_t bf[4];
+    if constexpr (kBTrans) ldmatrix_x4_trans(bf, b + (k0 + l.lo + l.r) * ldb + 8 * nt + l.hi);
+    else ldmatrix_x4(bf, b + (8 * nt + l.hi + l.r) * ldb + k0 + l.lo);
+    mma<T>(acc[nt], af, bf);
+    mma<T>(acc[nt + 1], af, bf + 2);
+  }
+}
+
+// acc (16 x 8*NT) += A (16 x K) B (K x 8*NT) for 16-bit types, A already in registers as K/16 fragments.
+template <class T, int NT, int K, bool kBTrans>
+__device__ __forceinline__ void warp_gemm_a_frags(float (&acc)[NT][4], const uint32_t (&af)[K / 16][4], const T* b,
+                                                  int ldb, int lane) {
+#pragma unroll
+  for (int kc = 0; kc < K / 16; ++kc) mma_k16<T, NT, kBTrans>(acc, af[kc], b, ldb, 16 * kc, LdsmLane(lane));
+}
+
 // acc (16 x 8*NT) += A (16 x K) B (K x 8*NT), both operands in shared memory, one warp:
 //   A(m, k) = a[m * lda + k], or a[k * lda + m] when kATrans;
 //   B(k, n) = b[n * ldb + k], or b[k * ldb + n] when kBTrans.
-// 16-bit types: ldmatrix (transposed where the operand's contiguous dim is not k) feeding mma.m16n8k16;
-// float32: each lane sums its own fragment elements with FMAs, into a fresh partial per call that is then added
-// to acc (two-level summation: dK and dV gather thousands of terms at L = 2240, the error of one running sum grows
-// with their number); 4 column blocks at a time, so the partial costs 16 registers.
+// 16-bit types: ldmatrix feeding mma.m16n8k16. float32: each lane sums its own fragment elements with FMAs, into
+// a fresh partial per call that is then added to acc (two-level summation: dK and dV gather thousands of terms at
+// L = 2240, the error of one running sum grows with their number); 4 column blocks at a time, so the partial
+// costs 16 registers.
 template <class T, int NT, int K, bool kATrans, bool kBTrans>
 __device__ __forceinline__ void warp_gemm(float (&acc)[NT][4], const T* a, int lda, const T* b, int ldb, int lane) {
   if constexpr (std::is_same<T, float>::value) {
@@ -93,25 +134,24 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[NT][4], const T* a, int l
         for (int i = 0; i < 4; ++i) acc[n0 + nt][i] += part[nt][i];
     }
   } else {
-    static_assert(NT % 2 == 0 && K % 16 == 0, "ldmatrix.x4 loads two 8-column blocks of B");
-    // Lanes 8j..8j+7 address the rows of 8x8 matrix j; (lo, hi) = its offsets along (the operand's stored
-    // rows, stored columns), chosen so that the registers come out in mma fragment order.
-    const int r = lane % 8, j = lane / 8, lo = 8 * (j & 1), hi = 8 * (j >> 1);
+    static_assert(K % 16 == 0, "mma.m16n8k16 steps 16 along k");
+    const LdsmLane l(lane);
 #pragma unroll
     for (int k0 = 0; k0 < K; k0 += 16) {
       uint32_t af[4];
-      if constexpr (kATrans) ldmatrix_x4_trans(af, a + (k0 + hi + r) * lda + lo);
-      else ldmatrix_x4(af, a + (lo + r) * lda + k0 + hi);
-#pragma unroll
-      for (int nt = 0; nt < NT; nt += 2) {
-        uint32_t bf[4];
-        if constexpr (kBTrans) ldmatrix_x4_trans(bf, b + (k0 + lo + r) * ldb + 8 * nt + hi);
-        else ldmatrix_x4(bf, b + (8 * nt + hi + r) * ldb + k0 + lo);
-        mma<T>(acc[nt], af, bf);
-        mma<T>(acc[nt + 1], af, bf + 2);
-      }
+      load_a_frag<kATrans>(af, a, lda, k0, l);
+      mma_k16<T, NT, kBTrans>(acc, af, b, ldb, k0, l);
     }
   }
+}
+
+// Two floats as one packed register of 16-bit T, lo in the low half (the mma fragment order).
+template <class T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  const T pair[2] = {from_float<T>(lo), from_float<T>(hi)};
+  uint32_t r;
+  memcpy(&r, pair, sizeof r);
+  return r;
 }
 
 // Max and sum over the 4 lanes of a quad (the lanes holding one fragment row).
