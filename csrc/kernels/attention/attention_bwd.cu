@@ -31,8 +31,8 @@ Plan plan(const AttentionParams& p) {
 }
 
 template <class T, int D>
-constexpr size_t bwd_smem() {  // k, v (64 x D); q, dO (kTileQ x D); P^T, dS^T (64 x kTileQ); lse, delta
-  return sizeof(T) * (2 * (kTileK + kTileQ<D>) * kStride<T, D> + 2 * kTileK * kStride<T, kTileQ<D>>) +
+constexpr size_t bwd_smem() {  // k, v (64 x D); q, dO (kTileQ x D); dS^T and for float32 P^T (64 x kTileQ); lse, delta
+  return sizeof(T) * (2 * (kTileK + kTileQ<D>) * kStride<T, D> + (kF32<T> ? 2 : 1) * kTileK * kStride<T, kTileQ<D>>) +
          2 * kTileQ<D> * sizeof(float);
 }
 
@@ -55,7 +55,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_prep_kernel(const Atte
   if (lane == 0) delta[row] = sum;
 }
 
-// Grid (B * H, key tiles). flags: (n_qt, n_kt) tile kinds for (kTileQ, kTileK) tiles.
+// Grid (B * H, key tiles). flags: (n_qt, n_kt) tile kinds for (kTileQ, kTileK) tiles. 16-bit types feed P^T and
+// dS^T to the dV and dK products from registers (their C fragments as A fragments); float32 from shared memory.
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads, 1) attention_bwd_kernel(const AttentionBwdParams p, const uint8_t* flags,
                                                                  const float* delta, float* dq_accum) {
@@ -64,9 +65,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_kernel(const Attent
   T* v_s = k_s + kTileK * S;     // (64, S)
   T* q_s = v_s + kTileK * S;     // (kM, S)
   T* do_s = q_s + kM * S;        // (kM, S)
-  T* pt_s = do_s + kM * S;       // (64, SM): P^T
-  T* dst_s = pt_s + kTileK * SM;  // (64, SM): dS^T
-  float* lse_s = reinterpret_cast<float*>(dst_s + kTileK * SM);  // (kM,): lse * log2(e), +inf past Lq
+  T* dst_s = do_s + kM * S;                         // (64, SM): dS^T, the A operand of dQ for every warp
+  T* pt_s = dst_s + kTileK * SM;                    // (64, SM), float32 only: P^T
+  float* lse_s = reinterpret_cast<float*>(pt_s + (kF32<T> ? kTileK * SM : 0));  // (kM,): lse log2(e), +inf past Lq
   float* delta_s = lse_s + kM;                                    // (kM,)
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
   const int bh = blockIdx.x, kt = blockIdx.y, b = bh / p.H, h = bh % p.H, hk = h / (p.H / p.Hk);
@@ -104,13 +105,24 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_kernel(const Attent
         const int key = k0 + kl, qi = q0 + ql;
         const bool shown = kind == kTileFull ||
                            (qi < p.Lq && key < p.Lk && visible(p.mask, b, qi, key, p.Lq, p.Lk));
-        const float pr = shown ? exp2f(st[nt][i] * scale_log2 - lse_s[ql]) : 0.f;
-        pt_s[kl * SM + ql] = from_float<T>(pr);
-        dst_s[kl * SM + ql] = from_float<T>(p.scale * pr * (dpt[nt][i] - delta_s[ql]));
+        float& pr = st[nt][i];   // S^T becomes P^T
+        float& ds = dpt[nt][i];  // dP^T becomes dS^T
+        pr = shown ? exp2f(pr * scale_log2 - lse_s[ql]) : 0.f;
+        ds = p.scale * pr * (ds - delta_s[ql]);
+        dst_s[kl * SM + ql] = from_float<T>(ds);
+        if constexpr (kF32<T>) pt_s[kl * SM + ql] = pr;
       }
-    __syncwarp();  // dV and dK read this warp's own rows of P^T and dS^T
-    warp_gemm<T, D / 8, kM, false, true>(dv, pt_s + warp * 16 * SM, SM, do_s, S, lane);
-    warp_gemm<T, D / 8, kM, false, true>(dk, dst_s + warp * 16 * SM, SM, q_s, S, lane);
+    if constexpr (kF32<T>) {
+      __syncwarp();  // dV and dK read this warp's own rows of P^T and dS^T
+      warp_gemm<T, D / 8, kM, false, true>(dv, pt_s + warp * 16 * SM, SM, do_s, S, lane);
+      warp_gemm<T, D / 8, kM, false, true>(dk, dst_s + warp * 16 * SM, SM, q_s, S, lane);
+    } else {
+      uint32_t af[kM / 16][4];
+      c_to_a_frags<T>(af, st);
+      warp_gemm_a_frags<T, D / 8, kM, true>(dv, af, do_s, S, lane);
+      c_to_a_frags<T>(af, dpt);
+      warp_gemm_a_frags<T, D / 8, kM, true>(dk, af, q_s, S, lane);
+    }
     __syncthreads();  // dQ reads every warp's dS^T
 
     // dQ (kM x D) += dS K, as (kM/16) x (D/32) chunks of 16 x 32 spread over the warps.

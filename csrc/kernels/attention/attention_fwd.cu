@@ -41,9 +41,6 @@ Plan plan(const AttentionParams& p) {
   return s;
 }
 
-template <class T>
-constexpr bool kF32 = std::is_same<T, float>::value;  // the SIMT path: Q and P stay in shared memory
-
 template <class T, int D>
 constexpr size_t fwd_smem() {  // q (64 x D), k and v (kTileK x D), p (64 x kTileK) for float32
   return sizeof(T) * ((kTileQ + 2 * kTileK<D>) * kStride<T, D> + (kF32<T> ? kTileQ * kStride<T, kTileK<D>> : 0));
@@ -136,14 +133,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
       warp_gemm<T, D / 8, kN, false, true>(o, p_w, SP, v_s, S, lane);
       __syncwarp();  // before the next tile overwrites P
     } else {
-      uint32_t pf[kN / 16][4];  // columns 16c..16c+15 of P: the C fragments of column blocks 2c and 2c+1
-#pragma unroll
-      for (int c = 0; c < kN / 16; ++c)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float* pair = &s[2 * c + i / 2][2 * (i % 2)];  // rows g (i even) or g + 8, columns 2t, 2t + 1
-          pf[c][i] = pack2<T>(pair[0], pair[1]);
-        }
+      uint32_t pf[kN / 16][4];
+      c_to_a_frags<T>(pf, s);
       warp_gemm_a_frags<T, D / 8, kN, true>(o, pf, v_s, S, lane);
     }
   }

@@ -21,6 +21,9 @@ constexpr int kThreads = 128;  // 4 warps per block in every attention kernel
 constexpr int kWarps = kThreads / 32;
 constexpr float kLog2e = 1.4426950408889634f;
 
+template <class T>
+constexpr bool kF32 = std::is_same<T, float>::value;  // the SIMT path: no A operand in registers
+
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
@@ -152,6 +155,19 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   uint32_t r;
   memcpy(&r, pair, sizeof r);
   return r;
+}
+
+// The C fragments of a 16 x 8*NT result, rounded to T, as the A fragments of the same 16 x 8*NT matrix:
+// columns 16c..16c+15 are column blocks 2c and 2c+1 (FlashAttention-2's register reuse of P).
+template <class T, int NT>
+__device__ __forceinline__ void c_to_a_frags(uint32_t (&af)[NT / 2][4], const float (&c)[NT][4]) {
+#pragma unroll
+  for (int k = 0; k < NT / 2; ++k)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float* pair = &c[2 * k + i / 2][2 * (i % 2)];  // rows g (i even) or g + 8, columns 2t, 2t + 1
+      af[k][i] = pack2<T>(pair[0], pair[1]);
+    }
 }
 
 // Max and sum over the 4 lanes of a quad (the lanes holding one fragment row).
