@@ -1,7 +1,4 @@
 """attention / attention_decode on every backend against the float64 reference, forward and the three gradients."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -9,7 +6,7 @@ import torch
 import fastar
 from fastar.ops import AttentionMask
 from fastar.reference import attention as ref
-from tests.conftest import backend_device
+from tests.conftest import backend_device, run_with_cpu_isa
 from tests.tolerance import assert_close
 
 KINDS = ("full", "causal", "block_causal", "row", "column", "conv")
@@ -192,24 +189,27 @@ def test_attention_compiles_fullgraph():
     assert q.grad is not None and k.grad is not None and v.grad is not None
 
 
+# Run in a child process per instruction set: the float32 exp polynomial and the float64 path of each.
+ISA_CHILD = """
+import torch, fastar
+from fastar.reference import attention as ref
+assert fastar.build_info()["cpu_isa"] == "%s"
+g = torch.Generator().manual_seed(29)
+q, k, v = (torch.randn(2, 3, 77, 40, generator=g) for _ in range(3))
+mask = fastar.ops.AttentionMask.causal()
+q.requires_grad_()
+fastar.ops.attention(q, k, v, mask).sum().backward()
+q64 = q.detach().double().requires_grad_()
+ref.attention(q64, k.double(), v.double(), mask).sum().backward()
+assert (q.grad - q64.grad).abs().max() < 1e-5, (q.grad - q64.grad).abs().max()
+torch.autograd.gradcheck(lambda q: fastar.ops.attention(q, k.double(), v.double(), mask), (q64[:, :, :9],))
+"""
+
+
 @pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
 def test_attention_every_cpu_isa(isa):
     """Each instruction-set variant of the softmax micro-kernels matches the reference."""
-    code = (
-        "import torch, fastar; from fastar.reference import attention as ref; g = torch.Generator().manual_seed(29);"
-        "q, k, v = (torch.randn(2, 3, 77, 40, generator=g) for _ in range(3));"
-        "m = fastar.ops.AttentionMask.causal(); assert fastar.build_info()['cpu_isa'] == '%s';"
-        "q.requires_grad_(); out = fastar.ops.attention(q, k, v, m); out.sum().backward();"
-        "o64 = ref.attention(q.double(), k.double(), v.double(), m);"
-        "assert (out - o64).abs().max() < 1e-5, (out - o64).abs().max();"
-        "q64 = q.detach().double().requires_grad_(); ref.attention(q64, k.double(), v.double(), m).sum().backward();"
-        "assert (q.grad - q64.grad).abs().max() < 1e-5" % isa
-    )
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTAR_CPU_ISA": isa},
-                       capture_output=True, text=True)
-    if "this CPU does not support it" in r.stderr:
-        pytest.skip(f"this CPU lacks {isa}")
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_with_cpu_isa(isa, ISA_CHILD % isa)
 
 
 def _qkv(Lq=8, Lk=8, D=16, H=2, Hk=2, dtype=torch.float32):

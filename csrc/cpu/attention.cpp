@@ -50,7 +50,7 @@ namespace {
 
 using kernels::MaskParams;
 // 32 query rows keep block-causal VAR's visited fraction near the element count (0.67 of L^2 at L = 680,
-// against 0.62 visible); 64 keys fill a score row with whole vectors. ld of the score tile = kTileK.
+// against 0.62 visible); 64 keys fill a score row with whole vectors (score rows are multiples of kTileK).
 constexpr int kTileQ = 32, kTileK = 64;
 
 template <class T>

@@ -1,12 +1,12 @@
 // Element-wise micro-kernels of the CPU attention (torch-free; compiled per ISA like cpu/isa.h's table).
-// The tile matrix products run through ATen's cpublas in cpu/attention.cpp; these do what lies between
+// The tile matrix products run through the BLAS libtorch exports (cpu/attention.cpp); these do what lies between
 // them, where a scalar exp would cost as much as the products themselves.
 #pragma once
 #include <cstdint>
 
 namespace fastar::cpu {
 
-// One row tile of scores: rows x ld values, row stride ld, ld a multiple of 16 so every row is whole
+// A block of scores: rows x ld values, row stride ld, ld a multiple of 16 so every row is whole
 // vectors; columns past the tile's keys and masked keys hold -inf.
 template <class T>
 struct AttentionKernels {

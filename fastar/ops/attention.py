@@ -102,15 +102,14 @@ def attention(q, k, v, mask=None, *, scale=None, return_lse=False):
     _check_qkv(op, q, k, v)
     if mask is not None and not isinstance(mask, AttentionMask):
         raise TypeError(f"{op}: mask must be a fastar.ops.AttentionMask or None, got {type(mask).__name__}")
-    scale = 1 / math.sqrt(q.shape[3]) if scale is None else float(scale)
-    ops, _ = _backend.resolve(op, q.device)
-    if ops is None:
-        out, lse = reference.attention(q, k, v, mask, scale=scale, return_lse=True)
-    else:
-        kind, ints, kv_end, key_len = (mask or AttentionMask.full()).op_args(op, q.shape[0], q.shape[2], k.shape[2],
-                                                                               q.device)
-        out, lse = ops.attention_fwd(q, k, v, kind, ints, kv_end, key_len, scale)
-    return (out, lse) if return_lse else out
+
+    def kernel(ops, scale):
+        B, _, Lq, _ = q.shape
+        kind, ints, kv_end, key_len = (mask or AttentionMask.full()).op_args(op, B, Lq, k.shape[2], q.device)
+        return ops.attention_fwd(q, k, v, kind, ints, kv_end, key_len, scale)
+
+    return _run(op, q, scale, return_lse, kernel,
+                lambda scale: reference.attention(q, k, v, mask, scale=scale, return_lse=True))
 
 
 def attention_decode(q, k_cache, v_cache, cache_len, *, scale=None, return_lse=False):
@@ -123,12 +122,16 @@ def attention_decode(q, k_cache, v_cache, cache_len, *, scale=None, return_lse=F
     _check_qkv(op, q, k_cache, v_cache)
     if not 0 <= cache_len <= k_cache.shape[2]:
         raise ValueError(f"{op}: cache_len must be in [0, {k_cache.shape[2]}], got {cache_len}")
+    return _run(op, q, scale, return_lse,
+                lambda ops, scale: ops.attention_decode(q, k_cache, v_cache, cache_len, scale),
+                lambda scale: reference.attention_decode(q, k_cache, v_cache, cache_len, scale=scale, return_lse=True))
+
+
+def _run(op, q, scale, return_lse, kernel, fallback):
+    """scale defaulted to 1/sqrt(D), then kernel(ops, scale) on the backend's ops or fallback(scale) (reference)."""
     scale = 1 / math.sqrt(q.shape[3]) if scale is None else float(scale)
     ops, _ = _backend.resolve(op, q.device)
-    if ops is None:
-        out, lse = reference.attention_decode(q, k_cache, v_cache, cache_len, scale=scale, return_lse=True)
-    else:
-        out, lse = ops.attention_decode(q, k_cache, v_cache, cache_len, scale)
+    out, lse = fallback(scale) if ops is None else kernel(ops, scale)
     return (out, lse) if return_lse else out
 
 
