@@ -137,6 +137,14 @@ def _residual_steps(ops, f_BChw, codebook, phi, patch_nums):
         yield idx_Bl, f_hat, h
 
 
+def _check_encode(op, f_BChw, codebook, phi_weight, phi_bias, patch_nums):
+    """Checks the arguments of the functions that quantize f_BChw; returns the backend's ops (None: reference)."""
+    _check_map(op, "f_BChw", f_BChw)
+    _check_msq(op, codebook, phi_weight, phi_bias, patch_nums, C=f_BChw.shape[1], H=f_BChw.shape[2])
+    check_same_device(op, f_BChw=f_BChw, codebook=codebook)
+    return _resolve(op, f_BChw)
+
+
 def _resolve(op, tensor):
     return _backend.resolve(op, tensor.device)[0]
 
@@ -174,10 +182,7 @@ def f_to_idxBl_or_fhat(f_BChw, codebook, phi_weight, phi_bias, patch_nums, *, to
     """Encode f_BChw (B, C, H, W): per scale, indices (B, pn^2) int64, or the cumulative f_hat (B, C, H, W)
     float32 after that scale when to_fhat. As VectorQuantizer2.f_to_idxBl_or_fhat."""
     op = "f_to_idxBl_or_fhat"
-    _check_map(op, "f_BChw", f_BChw)
-    _check_msq(op, codebook, phi_weight, phi_bias, patch_nums, C=f_BChw.shape[1], H=f_BChw.shape[2])
-    check_same_device(op, f_BChw=f_BChw, codebook=codebook)
-    ops = _resolve(op, f_BChw)
+    ops = _check_encode(op, f_BChw, codebook, phi_weight, phi_bias, patch_nums)
     if ops is None:
         return reference.f_to_idxBl_or_fhat(f_BChw, codebook, phi_weight, phi_bias, patch_nums, to_fhat=to_fhat,
                                             resi_ratio=resi_ratio)
@@ -290,10 +295,7 @@ def msq_forward(f_BChw, codebook, phi_weight, phi_bias, patch_nums, *, beta=0.25
     mean over scales of beta MSE(f_hat.detach(), f) + MSE(f_hat, f.detach()); it trains f (commitment), the
     codebook and the Phi convs. Computes in float32, or float64 when f_BChw is float64 (for gradcheck)."""
     op = "msq_forward"
-    _check_map(op, "f_BChw", f_BChw)
-    _check_msq(op, codebook, phi_weight, phi_bias, patch_nums, C=f_BChw.shape[1], H=f_BChw.shape[2])
-    check_same_device(op, f_BChw=f_BChw, codebook=codebook)
-    ops = _resolve(op, f_BChw)
+    ops = _check_encode(op, f_BChw, codebook, phi_weight, phi_bias, patch_nums)
     if ops is None:
         return reference.msq_forward(f_BChw, codebook, phi_weight, phi_bias, patch_nums, beta=beta,
                                      resi_ratio=resi_ratio)
