@@ -47,7 +47,8 @@ SCHEDULES = {  # name -> (patch_nums, B); C = 32, V = 4096 as the released VQVAE
     "256px B=32": ((1, 2, 3, 4, 5, 6, 8, 10, 13, 16), 32),
     "512px B=8": ((1, 2, 3, 4, 6, 9, 13, 18, 24, 32), 8),
 }
-MSQ_STEPS = {"encode": "f_to_idxBl_or_fhat", "decode": "idxBl_to_fhat", "teacher-forcing input": "idxBl_to_var_input",
+MSQ_STEPS = {"encode": "f_to_idxBl_or_fhat", "decode": "idxBl_to_fhat", "decode (last f_hat)": "idxBl_to_fhat",
+             "teacher-forcing input": "idxBl_to_var_input",
              "10 inference steps": "get_next_autoregressive_input"}  # step -> the op it times
 
 
@@ -76,15 +77,19 @@ def _steps(impl, f, codebook, w, b, patch_nums, ms_idx_Bl):
     return {
         "encode": lambda: impl.f_to_idxBl_or_fhat(f, codebook, w, b, patch_nums),
         "decode": lambda: impl.idxBl_to_fhat(ms_idx_Bl, codebook, w, b, patch_nums),
+        "decode (last f_hat)": lambda: impl.idxBl_to_fhat(ms_idx_Bl, codebook, w, b, patch_nums, last_one=True),
         "teacher-forcing input": lambda: impl.idxBl_to_var_input(ms_idx_Bl, codebook, w, b, patch_nums),
         "10 inference steps": infer,
     }
 
 
 def _phi_convs(step, f, w, b, patch_nums):
-    """The Phi convolutions a step runs, as fastar runs them (channels_last, runs of scales sharing a Phi batched)."""
+    """The Phi convolutions a step runs, as fastar runs them (channels_last, runs of scales sharing a Phi batched,
+    or summed first when only the last f_hat is wanted)."""
     SN, B = len(patch_nums), f.shape[0]
     up = f.contiguous(memory_format=torch.channels_last)
+    if step == "decode (last f_hat)":
+        return lambda: [torch.nn.functional.conv2d(up, w[k], b[k], padding=1) for k in set(ref.phi_index(SN, 4))]
     if step in ("decode", "teacher-forcing input"):
         n = SN if step == "decode" else SN - 1
         ks = ref.phi_index(SN, 4)[:n]

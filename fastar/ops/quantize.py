@@ -108,17 +108,23 @@ def _phi_folded(phi_weight, phi_bias, resi_ratio, dtype):
     return w, phi_bias.to(dtype) * resi_ratio
 
 
-def _up_phi(ops, src, idx, patch_nums, scales, SN, H, phi):
+def _up_phi(ops, src, idx, patch_nums, scales, SN, H, phi, *, summed=False):
     """h = Phi_k(bicubic-up(codes)) of the given scales, a list of (B, C, H, H) channels_last maps: one fused
-    gather + upsample for all scales, then one conv per run of scales sharing a Phi (batched, no copy)."""
+    gather + upsample for all scales, then one conv per run of scales sharing a Phi (batched, no copy).
+    summed: one map per run, its sum. Phi_k is affine, so that is conv_k(sum of the ups) + n b_k: one conv per run."""
     w, b = phi
     up = ops.msq_up(src, idx, list(patch_nums), H)  # (S * B, C, H, H), scale-major
     B = up.shape[0] // len(scales)
     ks = [phi_index(SN, w.shape[0])[si] for si in scales]
     hs, s = [], 0
     while s < len(ks):
-        n = next((j for j in range(s, len(ks)) if ks[j] != ks[s]), len(ks)) - s
-        hs += F.conv2d(up[s * B:(s + n) * B], w[ks[s]], b[ks[s]], padding=1).split(B)
+        k = ks[s]
+        n = next((j for j in range(s, len(ks)) if ks[j] != k), len(ks)) - s
+        up_run = up[s * B:(s + n) * B]  # (n * B, C, H, H)
+        if summed:
+            hs.append(F.conv2d(up_run.view(n, B, *up.shape[1:]).sum(0), w[k], b[k] * n, padding=1))
+        else:
+            hs += F.conv2d(up_run, w[k], b[k], padding=1).split(B)
         s += n
     return [h.contiguous(memory_format=CL) for h in hs]  # no-op on the conv's own channels_last output
 
@@ -194,12 +200,13 @@ def f_to_idxBl_or_fhat(f_BChw, codebook, phi_weight, phi_bias, patch_nums, *, to
 
 
 def _accumulate(ops, src, idx, patch_nums, phi, last_one):
-    """embed_to_fhat on compiled ops: h of every scale, then one pass adding them up (copies of f_hat per scale)."""
+    """embed_to_fhat on compiled ops: h of every scale (of every run of scales sharing a Phi when only the last
+    f_hat is wanted), then one pass adding them up (copies of f_hat per scale)."""
     SN, H = len(patch_nums), patch_nums[-1]
-    hs = _up_phi(ops, src, idx, patch_nums, range(SN), SN, H, phi)
+    hs = _up_phi(ops, src, idx, patch_nums, range(SN), SN, H, phi, summed=last_one)
     B, C = hs[0].shape[:2]
     f_hat = torch.zeros_like(hs[0])  # (B, C, H, H) channels_last
-    rows = ops.msq_add_down(f_hat, hs, [0 if last_one else H] * SN)  # at pn = H the rows are a copy of f_hat
+    rows = ops.msq_add_down(f_hat, hs, [0 if last_one else H] * len(hs))  # at pn = H the rows copy f_hat
     if last_one:
         return f_hat
     return [r.view(B, H, H, C).permute(0, 3, 1, 2) for r in rows.split(H * H, dim=1)]  # (B, C, H, H) each
