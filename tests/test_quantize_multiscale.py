@@ -14,13 +14,14 @@ from tests.conftest import backend_device
 from tests.tolerance import K, assert_close
 
 # (patch_nums, B, C, V): VAR's 256 px and 512 px schedules, then odd sizes: B = 1, C and V off every tile, one
-# scale, pn not dividing H (overlapping area bins), repeated patch sizes.
+# scale, pn not dividing H (overlapping area bins), repeated patch sizes, an empty batch.
 CASES = {
     "256px": ((1, 2, 3, 4, 5, 6, 8, 10, 13, 16), 2, 32, 4096),
     "512px": ((1, 2, 3, 4, 6, 9, 13, 18, 24, 32), 1, 32, 512),
     "odd": ((1, 3, 5, 7), 3, 5, 37),
     "one-scale": ((3,), 1, 4, 9),
     "repeat": ((1, 2, 2, 5, 5), 1, 7, 20),
+    "empty": ((1, 2, 4), 0, 3, 5),
 }
 
 

@@ -2,8 +2,10 @@
 // and every inner loop runs over C (vectorized by the compiler); the nearest-code search is vq_nearest's.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <vector>
 
 #include "cpu/quantize.h"
 
@@ -96,14 +98,17 @@ void up(const at::Tensor& src, const std::optional<at::Tensor>& idx, c10::IntArr
   int64_t cells = 0;
   std::vector<int64_t> offset(S);  // first cell of scale s in idx / src rows
   std::vector<std::vector<Taps<T>>> taps(S);
-  for (int64_t s = 0; s < S; ++s) offset[s] = cells, cells += patch_nums[s] * patch_nums[s],
-                                  taps[s] = bicubic_taps<T>(patch_nums[s], H);
+  for (int64_t s = 0; s < S; ++s) {
+    offset[s] = cells;
+    cells += patch_nums[s] * patch_nums[s];
+    taps[s] = bicubic_taps<T>(patch_nums[s], H);
+  }
   const T* src_p = src.data_ptr<T>();
   const int64_t* idx_p = idx ? idx->data_ptr<int64_t>() : nullptr;
   T* out_p = out.data_ptr<T>();
   std::atomic<bool> out_of_range{false};
   at::parallel_for(0, S * B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> tmp(H * H * C);
+    std::vector<T> tmp(H * H * C);  // (pn, H, C) for any pn <= H
     for (int64_t sb = begin; sb < end; ++sb) {
       const int64_t s = sb / B, b = sb % B, pn = patch_nums[s], first = b * cells + offset[s];
       auto row = [&](int64_t p) -> const T* {

@@ -229,7 +229,8 @@ def idxBl_to_fhat(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, *, last
 
 def _rows(h_BChw):
     """(B, pn^2, C) float32 rows of a (B, C, pn, pn) map."""
-    return h_BChw.to(torch.float32).permute(0, 2, 3, 1).reshape(h_BChw.shape[0], -1, h_BChw.shape[1])
+    B, C, pn, _ = h_BChw.shape
+    return h_BChw.to(torch.float32).permute(0, 2, 3, 1).reshape(B, pn * pn, C)
 
 
 def embed_to_fhat(ms_h_BChw, phi_weight, phi_bias, patch_nums, *, last_one=False, resi_ratio=0.5):

@@ -116,7 +116,8 @@ def idxBl_to_var_input(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, *,
     for si in range(SN - 1):
         h_BChw = embed(ms_idx_Bl[si], codebook, patch_nums[si])
         f_hat.add_(_up_phi(h_BChw, si, SN, H, phi_weight, phi_bias, resi_ratio))
-        next_scales.append(area_down(f_hat, patch_nums[si + 1]).reshape(B, C, -1).transpose(1, 2))
+        pn_next = patch_nums[si + 1]
+        next_scales.append(area_down(f_hat, pn_next).reshape(B, C, pn_next * pn_next).transpose(1, 2))
     return torch.cat(next_scales, dim=1) if next_scales else codebook.new_zeros(B, 0, C)
 
 
