@@ -22,6 +22,7 @@ CASES = {
     "one-scale": ((3,), 1, 4, 9),
     "repeat": ((1, 2, 2, 5, 5), 1, 7, 20),
     "empty": ((1, 2, 4), 0, 3, 5),
+    "40-scales": ((1,) * 20 + (2,) * 19 + (3,), 2, 3, 6),  # more scales than one CUDA launch takes (32)
 }
 
 
