@@ -31,7 +31,8 @@ inline void check_vq_nearest(const at::Tensor& x, const at::Tensor& codebook, c1
 inline void check_msq_map(const char* op, const char* name, const at::Tensor& t, c10::DeviceType device,
                           const at::Tensor* like = nullptr) {
   TORCH_CHECK(t.dim() == 4 && t.size(2) == t.size(3), op, ": ", name, " must be (B, C, H, H), got ", t.sizes());
-  if (like) TORCH_CHECK(t.sizes() == like->sizes(), op, ": ", name, " has shape ", t.sizes(), ", expected ", like->sizes());
+  if (like)
+    TORCH_CHECK(t.sizes() == like->sizes(), op, ": ", name, " has shape ", t.sizes(), ", expected ", like->sizes());
   TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t.scalar_type());
   TORCH_CHECK(t.is_contiguous(at::MemoryFormat::ChannelsLast), op, ": ", name, " must be channels_last contiguous");
   TORCH_CHECK(t.device().type() == device, op, ": ", name, " is on ", t.device(), ", expected ", device);
