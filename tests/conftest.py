@@ -4,6 +4,8 @@ Backends: cpu, simt (the CUDA kernels under the CPU emulator) and cuda. cuda is 
 simt is skipped when fastar._simt is not built, unless FASTAR_REQUIRE_SIMT=1 (CI), where that is a failure.
 """
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -87,3 +89,13 @@ def simt_schedules(request, monkeypatch):
             if schema.name.startswith("fastar_simt::"):
                 name = schema.name.split("::")[1]
                 monkeypatch.setattr(ns, name, ScheduleCheck(getattr(ns, name)))
+
+
+def run_with_cpu_isa(isa, code):
+    """Runs python code in a fresh process whose CPU kernels use instruction set `isa` (FASTAR_CPU_ISA);
+    skips when this CPU lacks it, fails with the child's stderr."""
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTAR_CPU_ISA": isa},
+                       capture_output=True, text=True)
+    if "this CPU does not support it" in r.stderr:
+        pytest.skip(f"this CPU lacks {isa}")
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -1,14 +1,11 @@
 """vq_nearest on every backend against the float64 reference: indices exact except on detected ties."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import fastar
 from fastar.reference import quantize as ref
-from tests.conftest import backend_device
+from tests.conftest import backend_device, run_with_cpu_isa
 from tests.tolerance import K, assert_close
 
 # (N, K, D): empty, single code, D of 1 and non-multiples of the vector width, tails of the row tiling,
@@ -148,11 +145,7 @@ def test_vq_nearest_every_cpu_isa(isa):
         "assert fastar.build_info()['cpu_isa'] == '%s';"
         "assert torch.equal(fastar.ops.vq_nearest(x, e), ref.vq_nearest(x.double(), e.double()))" % isa
     )
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FASTAR_CPU_ISA": isa},
-                       capture_output=True, text=True)
-    if "this CPU does not support it" in r.stderr:
-        pytest.skip(f"this CPU lacks {isa}")
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_with_cpu_isa(isa, code)
 
 
 @pytest.mark.parametrize("make, match", [

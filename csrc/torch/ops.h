@@ -17,6 +17,18 @@ inline void define_ops(torch::Library& m) {
   m.def("msq_up(Tensor src, Tensor? idx, int[] patch_nums, int H) -> Tensor");
   // Per scale s: f_hat += h[s], then area-down(f_hat, patch_nums[s]) unless 0 -> rows (B, sum pn_s^2, C).
   m.def("msq_add_down(Tensor(a!) f_hat, Tensor[] h, int[] patch_nums) -> Tensor");
+  // q (B, H, Lq, D), k and v (B, Hk, Lk, D) with H % Hk == 0; mask_kind a kernels::MaskKind (kernels/attention/mask.h),
+  // mask_ints [text_len, grid, conv_kernel], kv_end (Lq,) int32 for block-causal, key_len (B,) int32 or None
+  // -> out (B, H, Lq, D) like q, lse (B, H, Lq) float32 (-inf on rows that see no key).
+  m.def("attention_fwd(Tensor q, Tensor k, Tensor v, int mask_kind, int[] mask_ints, Tensor? kv_end, "
+        "Tensor? key_len, float scale) -> (Tensor out, Tensor lse)");
+  // dout (B, H, Lq, D) and the forward's inputs and outputs -> dq like q, dk and dv like k and v.
+  m.def("attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int mask_kind, "
+        "int[] mask_ints, Tensor? kv_end, Tensor? key_len, float scale) -> (Tensor dq, Tensor dk, Tensor dv)");
+  // q (B, H, Lq, D) against the first cache_len keys of k_cache, v_cache (B, Hk, Lmax, D), no mask
+  // -> out (B, H, Lq, D) like q, lse (B, H, Lq) float32.
+  m.def("attention_decode(Tensor q, Tensor k_cache, Tensor v_cache, int cache_len, float scale) "
+        "-> (Tensor out, Tensor lse)");
 }
 
 }  // namespace fastar

@@ -1,0 +1,90 @@
+"""attention at VAR-d16's training shapes (block-causal, L = 680) and a DALL-E layer (256 text + 32 x 32 image,
+row mask), forward and forward + backward, and VAR's KV-cache decode, against SDPA with the dense boolean mask,
+compiled flex_attention (forward only: it has no CPU backward) and the reference."""
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+import fastar
+from benchmarks.harness import compare
+from fastar.ops import AttentionMask
+from fastar.reference import attention as ref
+
+VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+# name: (B, H, L, D, mask); DALL-E has 62 heads, too many for a 2-core machine: 8 keep the layer's shape.
+CASES = {
+    "VAR-d16 B=8 H=16 L=680 D=64 block-causal": (8, 16, 680, 64, AttentionMask.block_causal(
+        [pn * pn for pn in VAR_PATCH_NUMS])),
+    "DALL-E B=1 H=8 L=256+1024 D=64 row": (1, 8, 1280, 64, AttentionMask.dalle("row", 256, 32)),
+}
+
+
+@functools.cache
+def compiled_flex():
+    """torch.compile(flex_attention), built once per session: compiling takes 20 s on 2 cores."""
+    return torch.compile(flex_attention)
+
+
+def inputs(B, H, L, D, mask, requires_grad=False):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, L, D, generator=g).requires_grad_(requires_grad) for _ in range(3))
+    return q, k, v, ref.dense_mask(mask, L, L)[0]  # dense (L, L) bool for SDPA
+
+
+def flops(vis, B, H, D):
+    return 4 * B * H * D * int(vis.sum())  # two products over the visible (q, k) pairs
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_attention_forward(benchmark, case, peak_gflops):
+    B, H, L, D, mask = CASES[case]
+    benchmark.group = f"attention forward {case}"
+    q, k, v, vis = inputs(B, H, L, D, mask)
+    contenders = {
+        "reference": lambda: ref.attention(q, k, v, mask),
+        "SDPA dense bool mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=vis),
+    }
+    if mask.kind == "block_causal":  # one flex compile per session: the VAR case
+        block_mask = create_block_mask(lambda b, h, qi, ki: vis[qi, ki], None, None, L, L, device="cpu")
+        contenders["flex_attention compiled"] = lambda: compiled_flex()(q, k, v, block_mask=block_mask)
+    ours = fastar.ops.attention(q, k, v, mask)
+    max_diff = {name: (fn() - ours).abs().max().item() for name, fn in contenders.items()}
+    f = flops(vis, B, H, D)
+    compare(benchmark, lambda: fastar.ops.attention(q, k, v, mask), contenders, op="attention", shape=case,
+            max_abs_diff=max_diff, gflop=f / 1e9, fma_floor_ms=f / peak_gflops / 1e6)
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_attention_forward_backward(benchmark, case, peak_gflops):
+    B, H, L, D, mask = CASES[case]
+    benchmark.group = f"attention forward+backward {case}"
+    q, k, v, vis = inputs(B, H, L, D, mask, requires_grad=True)
+    dout = torch.randn(B, H, L, D, generator=torch.Generator().manual_seed(1))
+
+    def step(attend):
+        return lambda: torch.autograd.grad(attend(), (q, k, v), dout)
+
+    contenders = {"SDPA dense bool mask": step(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=vis))}
+    f = 3.5 * flops(vis, B, H, D)  # backward = 2.5 x forward (FlashAttention's count)
+    compare(benchmark, step(lambda: fastar.ops.attention(q, k, v, mask)), contenders, op="attention", shape=case,
+            reference="SDPA dense bool mask", gflop=f / 1e9, fma_floor_ms=f / peak_gflops / 1e6)
+
+
+def test_attention_decode(benchmark, peak_gflops):
+    """VAR-d16 inference, last scale: 256 new queries against 680 cached keys of a 2240-key cache."""
+    B, H, Lq, cache_len, D = 8, 16, 256, 680, 64
+    benchmark.group = f"attention_decode VAR-d16 B={B} H={H} {Lq} queries vs {cache_len} cached keys D={D}"
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(B, H, Lq, D, generator=g)
+    k_cache, v_cache = (torch.randn(B, H, 2240, D, generator=g) for _ in range(2))
+    k, v = k_cache[:, :, :cache_len], v_cache[:, :, :cache_len]
+    contenders = {
+        "reference": lambda: ref.attention_decode(q, k_cache, v_cache, cache_len),
+        "SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
+    }
+    f = 4 * B * H * Lq * cache_len * D
+    compare(benchmark, lambda: fastar.ops.attention_decode(q, k_cache, v_cache, cache_len), contenders,
+            op="attention_decode", reference="reference", gflop=f / 1e9, fma_floor_ms=f / peak_gflops / 1e6)

@@ -1,0 +1,267 @@
+"""attention / attention_decode on every backend against the float64 reference, forward and the three gradients."""
+
+import pytest
+import torch
+
+import fastar
+from fastar.ops import AttentionMask
+from fastar.reference import attention as ref
+from tests.conftest import backend_device, run_with_cpu_isa
+from tests.tolerance import assert_close
+
+KINDS = ("full", "causal", "block_causal", "row", "column", "conv")
+VAR_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+# (B, H, Hk, Lq, Lk, D): one token, tails of the 32 x 64 tiles, multi-query heads, Lq != Lk both ways,
+# head dims 32 / 64 / 128 and an odd one.
+SHAPES = [(1, 1, 1, 1, 1, 32), (2, 4, 4, 70, 70, 64), (1, 4, 2, 33, 97, 32), (1, 2, 1, 100, 61, 128),
+          (2, 3, 3, 129, 129, 24)]
+
+
+@pytest.fixture
+def attn_backend(backend):
+    # The simt (and cuda) kernels come from the attention-cuda branch. fastar_simt defines every schema of
+    # csrc/torch/ops.h, so the op exists before its kernel: skip only while no kernel is registered for it,
+    # never on a kernel that is there and fails.
+    if backend == "simt" and not torch._C._dispatch_has_kernel_for_dispatch_key("fastar_simt::attention_fwd", "CPU"):
+        pytest.skip("fastar_simt has no attention kernel yet (the CUDA kernels are not merged)")
+    if backend == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key("fastar::attention_fwd", "CUDA"):
+        pytest.skip("fastar has no CUDA attention kernel yet")
+    return backend
+
+
+def seg_lens_for(L):
+    """VAR's scale lengths pn^2 up to L keys, the last one cut to fit."""
+    lens, total, pn = [], 0, 1
+    while total < L:
+        lens.append(min(pn * pn, L - total))
+        total, pn = total + lens[-1], pn + 1
+    return lens
+
+
+def make_mask(kind, Lk, key_len=None):
+    if kind in ("full", "causal"):
+        return getattr(AttentionMask, kind)(key_len=key_len)
+    if kind == "block_causal":
+        return AttentionMask.block_causal(seg_lens_for(Lk), key_len=key_len)
+    grid = 8 if Lk >= 64 else 4 if Lk >= 16 else 1
+    return AttentionMask.dalle(kind, max(Lk - grid * grid, 0), grid, conv_kernel=3, key_len=key_len)
+
+
+def randn(*shape, dtype, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def run(q, k, v, mask, dout, dev, **kw):
+    """out, lse and (dq, dk, dv) of fastar.ops.attention with q, k, v moved to dev; results on the CPU."""
+    q, k, v = (t.to(dev).requires_grad_() for t in (q, k, v))
+    out, lse = fastar.ops.attention(q, k, v, mask, return_lse=True, **kw)
+    grads = torch.autograd.grad(out, (q, k, v), dout.to(dev))
+    return out.cpu(), lse.cpu(), [g.cpu() for g in grads]
+
+
+def reference(q, k, v, mask, dout, dtype, **kw):
+    q, k, v = (t.to(dtype).requires_grad_() for t in (q, k, v))
+    out, lse = ref.attention(q, k, v, mask, return_lse=True, **kw)
+    return out, lse, torch.autograd.grad(out, (q, k, v), dout.to(dtype))
+
+
+def check(q, k, v, mask, backend, grads=True, **kw):
+    """fastar vs the float64 reference with the tolerance of tests/tolerance.py, in q's dtype."""
+    dout = randn(*q.shape, dtype=q.dtype, seed=99)
+    out, lse, g = run(q, k, v, mask, dout, backend_device(backend), **kw)
+    assert fastar.last_backend("attention") == backend
+    assert out.dtype == q.dtype and lse.dtype == torch.float32 and lse.shape == q.shape[:3]
+    out64, lse64, g64 = reference(q, k, v, mask, dout, torch.float64, **kw)
+    out_lp, lse_lp, g_lp = reference(q, k, v, mask, dout, q.dtype, **kw)
+    assert torch.equal(lse.isinf(), lse64.isinf()), "rows that see no key differ from the reference"
+    assert_close("attention", out, out64, out_lp)
+    assert_close("attention", lse, lse64, lse_lp)
+    if grads:
+        scale = max(a.abs().max().item() for a in g64 if a.numel())  # dq and dk cancel to 0 for a single key
+        for name, a, a64, a_lp in zip("qkv", g, g64, g_lp):
+            assert a.dtype == q.dtype, f"d{name} dtype"
+            assert_close("attention_bwd", a, a64, a_lp, scale=scale)
+    return out, lse
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+def test_attention_masks(attn_backend, dtype, kind, shape):
+    B, H, Hk, Lq, Lk, D = shape
+    q = randn(B, H, Lq, D, dtype=dtype, seed=1)
+    k, v = randn(B, Hk, Lk, D, dtype=dtype, seed=2), randn(B, Hk, Lk, D, dtype=dtype, seed=3)
+    check(q, k, v, make_mask(kind, Lk), attn_backend)
+
+
+@pytest.mark.parametrize("patch_nums", [VAR_PATCH_NUMS, VAR_PATCH_NUMS + (20, 24, 32)], ids=["L680", "L2240"])
+def test_attention_var_block_causal(attn_backend, patch_nums):
+    """VAR's training mask at 256 px (L = 680) and 512 px (L = 2240, forward + backward once)."""
+    mask = AttentionMask.block_causal([pn * pn for pn in patch_nums])
+    L = sum(mask.seg_lens)
+    q, k, v = (randn(1, 2, L, 64, dtype=torch.float32, seed=s) for s in (4, 5, 6))
+    check(q, k, v, mask, attn_backend)
+
+
+def test_attention_dalle_256_text_1024_image(attn_backend):
+    """DALL-E's layout: 256 text tokens then a 32 x 32 image, conv mask with the 11 x 11 kernel."""
+    mask = AttentionMask.dalle("conv", 256, 32)
+    q, k, v = (randn(1, 1, 1280, 64, dtype=torch.float32, seed=s) for s in (7, 8, 9))
+    check(q, k, v, mask, attn_backend)
+
+
+@pytest.mark.parametrize("L", [1, 7, 32])
+@pytest.mark.parametrize("kind", ["full", "causal"])
+def test_attention_many_short_sequences(attn_backend, kind, L):
+    """FractalGen: B * H large, L <= 32."""
+    q, k, v = (randn(64, 8, L, 32, dtype=torch.float32, seed=s) for s in (10, 11, 12))
+    check(q, k, v, make_mask(kind, L), attn_backend)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_attention_padded_key_lengths(attn_backend, kind):
+    """key_len per batch row, including 0 (rows that see no key: out 0, lse -inf, gradients 0)."""
+    key_len = torch.tensor([90, 0, 37, 1])
+    q, k, v = (randn(4, 2, 90, 32, dtype=torch.float32, seed=s) for s in (13, 14, 15))
+    out, lse = check(q, k, v, make_mask(kind, 90, key_len), attn_backend)
+    assert (out[1] == 0).all() and (lse[1] == -torch.inf).all()
+
+
+def test_attention_scale(attn_backend):
+    q, k, v = (randn(1, 2, 50, 16, dtype=torch.float32, seed=s) for s in (16, 17, 18))
+    check(q, k, v, AttentionMask.causal(), attn_backend, scale=0.3)
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 4, 256, 700, 680, 64), (1, 1, 1, 1, 700, 680, 64), (2, 4, 2, 3, 50, 0, 32)],
+                         ids=["VAR-scale", "one-token-split-keys", "empty-cache"])
+def test_attention_decode(attn_backend, dtype, shape):
+    """New queries against the valid prefix of a preallocated cache = attention over that prefix."""
+    B, H, Hk, Lq, Lmax, cache_len, D = shape
+    q = randn(B, H, Lq, D, dtype=dtype, seed=19)
+    k_cache, v_cache = randn(B, Hk, Lmax, D, dtype=dtype, seed=20), randn(B, Hk, Lmax, D, dtype=dtype, seed=21)
+    dev = backend_device(attn_backend)
+    out, lse = fastar.ops.attention_decode(q.to(dev), k_cache.to(dev), v_cache.to(dev), cache_len, return_lse=True)
+    assert fastar.last_backend("attention_decode") == attn_backend
+    k, v = k_cache[:, :, :cache_len], v_cache[:, :, :cache_len]
+    out64, lse64 = ref.attention(q.double(), k.double(), v.double(), return_lse=True)
+    out_lp, lse_lp = ref.attention(q, k, v, return_lse=True)
+    assert_close("attention", out.cpu(), out64, out_lp)
+    assert_close("attention", lse.cpu(), lse64, lse_lp)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_attention_gradcheck(kind):
+    """gradcheck in float64 through the CPU kernels (they compute float64 inputs in float64)."""
+    g = torch.Generator().manual_seed(22)
+    q = torch.randn(1, 2, 21, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    k, v = (torch.randn(1, 1, 21, 8, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
+    mask = make_mask(kind, 21, key_len=torch.tensor([19]))
+    assert torch.autograd.gradcheck(lambda q, k, v: fastar.ops.attention(q, k, v, mask), (q, k, v))
+    assert fastar.last_backend("attention") == "cpu"
+
+
+def test_attention_opcheck(attn_backend):
+    if attn_backend == "cuda":
+        pytest.skip("opcheck runs on the cpu and simt registrations; cuda shares the fake kernels")
+    ns = torch.ops.fastar_simt if attn_backend == "simt" else torch.ops.fastar
+    q, k, v = (randn(2, 2, 40, 16, dtype=torch.float32, seed=s).requires_grad_() for s in (23, 24, 25))
+    kv_end = torch.tensor([10] * 10 + [40] * 30, dtype=torch.int32)
+    key_len = torch.tensor([40, 25], dtype=torch.int32)
+    for args in [(q, k, v, 2, [0, 0, 11], kv_end, key_len, 0.25), (q, k, v, 5, [8, 4, 3], None, None, 0.25)]:
+        torch.library.opcheck(ns.attention_fwd.default, args)
+        out, lse = (t.detach() for t in ns.attention_fwd(*args))
+        qkv = [t.detach() for t in args[:3]]  # attention_bwd is not differentiable itself
+        torch.library.opcheck(ns.attention_bwd.default, (torch.randn_like(out), *qkv, out, lse, *args[3:]))
+    torch.library.opcheck(ns.attention_decode.default, (q.detach(), k.detach(), v.detach(), 30, 0.25))
+
+
+def test_attention_compiles_fullgraph():
+    q, k, v = (randn(2, 4, 30, 16, dtype=torch.float32, seed=s).requires_grad_() for s in (26, 27, 28))
+    mask = AttentionMask.block_causal([1, 4, 9, 16])
+
+    @torch.compile(fullgraph=True)
+    def layer(q, k, v):
+        return fastar.ops.attention(q, k, v, mask).sum(1)  # (2, 30, 16)
+
+    out = layer(q, k, v)
+    out.sum().backward()
+    expected = ref.attention(q.double(), k.double(), v.double(), mask).sum(1)
+    assert torch.allclose(out.double(), expected, atol=1e-5)
+    assert q.grad is not None and k.grad is not None and v.grad is not None
+
+
+# Run in a child process per instruction set: the float32 exp polynomial and the float64 path of each.
+ISA_CHILD = """
+import torch, fastar
+from fastar.reference import attention as ref
+assert fastar.build_info()["cpu_isa"] == "%s"
+g = torch.Generator().manual_seed(29)
+q, k, v = (torch.randn(2, 3, 77, 40, generator=g) for _ in range(3))
+mask = fastar.ops.AttentionMask.causal()
+q.requires_grad_()
+fastar.ops.attention(q, k, v, mask).sum().backward()
+q64 = q.detach().double().requires_grad_()
+ref.attention(q64, k.double(), v.double(), mask).sum().backward()
+assert (q.grad - q64.grad).abs().max() < 1e-5, (q.grad - q64.grad).abs().max()
+torch.autograd.gradcheck(lambda q: fastar.ops.attention(q, k.double(), v.double(), mask), (q64[:, :, :9],))
+"""
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+def test_attention_every_cpu_isa(isa):
+    """Each instruction-set variant of the softmax micro-kernels matches the reference."""
+    run_with_cpu_isa(isa, ISA_CHILD % isa)
+
+
+def _qkv(Lq=8, Lk=8, D=16, H=2, Hk=2, dtype=torch.float32):
+    return torch.randn(1, H, Lq, D, dtype=dtype), torch.randn(1, Hk, Lk, D), torch.randn(1, Hk, Lk, D)
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: (*_qkv()[:2], torch.randn(1, 2, 9, 16)), ValueError, r"k \(1, 2, 8, 16\) and v \(1, 2, 9, 16\)"),
+    (lambda: (torch.randn(1, 2, 8, 8), *_qkv()[1:]), ValueError, "must match q"),
+    (lambda: _qkv(H=3), ValueError, "q's 3 heads must be a multiple of k's 2"),
+    (lambda: (torch.randn(1, 1, 4, 300), torch.randn(1, 1, 4, 300), torch.randn(1, 1, 4, 300)), ValueError,
+     "unsupported head dim 300"),
+    (lambda: (torch.randn(2, 8, 16), *_qkv()[1:]), ValueError, "q must have 4 dims"),
+    (lambda: (_qkv()[0].half(), *_qkv()[1:]), TypeError, "q, k and v must share a dtype"),
+    (lambda: (torch.randint(0, 3, (1, 2, 8, 16)), *_qkv()[1:]), TypeError, "q must be one of"),
+])
+def test_attention_bad_input(make, error, match):
+    with pytest.raises(error, match=match):
+        fastar.ops.attention(*make())
+
+
+@pytest.mark.parametrize("mask, match", [
+    (AttentionMask.block_causal([1, 4, 9]), "seg_lens sum to 14 but there are 8 keys"),
+    (AttentionMask.causal(key_len=torch.tensor([3, 4])), r"mask.key_len must have shape \(1,\)"),
+    ("causal", "mask must be a fastar.ops.AttentionMask"),
+])
+def test_attention_bad_mask(mask, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        fastar.ops.attention(*_qkv(), mask)
+
+
+def test_attention_bad_mask_arguments():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        AttentionMask.dalle("diagonal", 16, 8)
+    with pytest.raises(ValueError, match="odd conv_kernel"):
+        AttentionMask.dalle("conv", 16, 8, conv_kernel=4)
+    with pytest.raises(ValueError, match="seg_lens must be positive"):
+        AttentionMask.block_causal([1, 0, 3])
+    with pytest.raises(ValueError, match="cache_len must be in"):
+        fastar.ops.attention_decode(*_qkv(), 9)
+
+
+def test_attention_binding_checks():
+    """Direct torch.ops callers get named errors from the binding layer too."""
+    q, k, v = _qkv()
+    with pytest.raises(RuntimeError, match="mask_kind must be in"):
+        torch.ops.fastar.attention_fwd(q, k, v, 7, [0, 0, 11], None, None, 1.0)
+    with pytest.raises(RuntimeError, match="kv_end must be given for the block-causal mask"):
+        torch.ops.fastar.attention_fwd(q, k, v, 2, [0, 0, 11], None, None, 1.0)
+    with pytest.raises(RuntimeError, match="kv_end must be a contiguous int32 tensor of 8 entries"):
+        torch.ops.fastar.attention_fwd(q, k, v, 2, [0, 0, 11], torch.arange(8), None, 1.0)
+    with pytest.raises(RuntimeError, match="head dim must be in"):
+        torch.ops.fastar.attention_fwd(*(torch.randn(1, 1, 2, 257) for _ in range(3)), 0, [0, 0, 11], None, None, 1.0)
+    with pytest.raises(RuntimeError, match="lse must be"):
+        torch.ops.fastar.attention_bwd(q, q, k, v, q, torch.zeros(1, 2), 0, [0, 0, 11], None, None, 1.0)
