@@ -39,3 +39,83 @@ def test_vq_nearest(benchmark, shape, peak_gflops):
     flops = 2 * N * K * D
     compare(benchmark, lambda: fastar.ops.vq_nearest(x, codebook), contenders, op="vq_nearest",
             shape=shape, agreement=agree, gflop=flops / 1e9, fma_floor_ms=flops / peak_gflops / 1e6)
+
+
+# ---- VAR's multi-scale residual quantization at VAR-d16's shapes (issue 4), and the 512 px schedule ----
+
+SCHEDULES = {  # name -> (patch_nums, B); C = 32, V = 4096 as the released VQVAE
+    "256px B=32": ((1, 2, 3, 4, 5, 6, 8, 10, 13, 16), 32),
+    "512px B=8": ((1, 2, 3, 4, 6, 9, 13, 18, 24, 32), 8),
+}
+MSQ_STEPS = {"encode": "f_to_idxBl_or_fhat", "decode": "idxBl_to_fhat", "decode (last f_hat)": "idxBl_to_fhat",
+             "teacher-forcing input": "idxBl_to_var_input",
+             "10 inference steps": "get_next_autoregressive_input"}  # step -> the op it times
+
+
+def _quantizer(patch_nums, B, C=32, V=4096):
+    g = torch.Generator().manual_seed(0)
+    H = patch_nums[-1]
+    f = torch.randn(B, C, H, H, generator=g)
+    codebook = torch.randn(V, C, generator=g)
+    phi_weight = torch.randn(4, C, C, 3, 3, generator=g) / (3 * C**0.5)
+    phi_bias = torch.randn(4, C, generator=g) * 0.1
+    return f, codebook, phi_weight, phi_bias
+
+
+def _steps(impl, f, codebook, w, b, patch_nums, ms_idx_Bl):
+    """The four timed functions of one implementation (fastar.ops or fastar.reference.quantize)."""
+    SN, H = len(patch_nums), patch_nums[-1]
+    ms_h_BChw = [ref.embed(i, codebook, pn) for i, pn in zip(ms_idx_Bl, patch_nums)]
+    zeros = torch.zeros_like(f, memory_format=torch.channels_last)
+
+    def infer():
+        f_hat = zeros.clone()
+        for si in range(SN):
+            f_hat, _ = impl.get_next_autoregressive_input(si, SN, f_hat, ms_h_BChw[si], w, b, patch_nums)
+        return f_hat
+
+    return {
+        "encode": lambda: impl.f_to_idxBl_or_fhat(f, codebook, w, b, patch_nums),
+        "decode": lambda: impl.idxBl_to_fhat(ms_idx_Bl, codebook, w, b, patch_nums),
+        "decode (last f_hat)": lambda: impl.idxBl_to_fhat(ms_idx_Bl, codebook, w, b, patch_nums, last_one=True),
+        "teacher-forcing input": lambda: impl.idxBl_to_var_input(ms_idx_Bl, codebook, w, b, patch_nums),
+        "10 inference steps": infer,
+    }
+
+
+def _phi_convs(step, f, w, b, patch_nums):
+    """The Phi convolutions a step runs, as fastar runs them (channels_last, runs of scales sharing a Phi batched,
+    or summed first when only the last f_hat is wanted)."""
+    SN, B = len(patch_nums), f.shape[0]
+    up = f.contiguous(memory_format=torch.channels_last)
+    if step == "decode (last f_hat)":
+        return lambda: [torch.nn.functional.conv2d(up, w[k], b[k], padding=1) for k in set(ref.phi_index(SN, 4))]
+    if step in ("decode", "teacher-forcing input"):
+        n = SN if step == "decode" else SN - 1
+        ks = ref.phi_index(SN, 4)[:n]
+        runs = [(k, ks.index(k), ks.count(k)) for k in dict.fromkeys(ks)]  # (Phi, first scale, scales)
+        ups = up.repeat(n, 1, 1, 1)
+        return lambda: [torch.nn.functional.conv2d(ups[i * B:(i + m) * B], w[k], b[k], padding=1) for k, i, m in runs]
+    return lambda: [torch.nn.functional.conv2d(up, w[0], b[0], padding=1) for _ in range(SN)]
+
+
+@pytest.mark.parametrize("step", MSQ_STEPS)
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_msq(benchmark, schedule, step):
+    patch_nums, B = SCHEDULES[schedule]
+    benchmark.group = f"VAR multi-scale quantizer {schedule}: {step}"
+    f, codebook, w, b = _quantizer(patch_nums, B)
+    ms_idx_Bl = fastar.ops.f_to_idxBl_or_fhat(f, codebook, w, b, patch_nums)
+    ours = _steps(fastar.ops, f, codebook, w, b, patch_nums, ms_idx_Bl)[step]
+    theirs = _steps(ref, f, codebook, w, b, patch_nums, ms_idx_Bl)[step]
+    agreement = {}
+    if step == "encode":  # identical indices: the fraction of equal ones
+        same = sum(int((x == y).sum()) for x, y in zip(ours(), theirs()))
+        agreement["reference"] = same / sum(i.numel() for i in ms_idx_Bl)
+    extra = compare(benchmark, ours, {"reference": theirs, "fastar's Phi convs alone": _phi_convs(step, f, w, b,
+                    patch_nums)}, op=MSQ_STEPS[step], shape=schedule,
+                    agreement=agreement)
+    conv_ms = extra["fastar's Phi convs alone"]["min_ms"]
+    extra["phi_conv_share"] = conv_ms / extra["fastar"]["min_ms"]
+    extra["note"] = (f"Phi convolutions: {conv_ms:.1f} ms, {extra['phi_conv_share']:.0%} of fastar's time "
+                     f"(torch's convolutions, not fused by design)")

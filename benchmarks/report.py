@@ -25,6 +25,8 @@ def render(data):
     for b in data["benchmarks"]:
         e = b["extra_info"]
         lines += [f"## {b['group']}", "", f"fastar backend: **{e.get('backend')}**", ""]
+        if "note" in e:
+            lines += [e["note"], ""]
         if "fma_floor_ms" in e:
             lines += [f"{e['gflop']:.1f} GFLOP; FMA floor at peak: {e['fma_floor_ms']:.1f} ms "
                       f"(fastar reaches {e['fma_floor_ms'] / e['fastar']['min_ms']:.0%} of peak)", ""]
