@@ -15,7 +15,8 @@ SO=$(ls "$BUILD"/fastar/_simt*.so)
 echo "simt_sanitized_tests: built $SO in $((SECONDS - start)) s"
 
 # python itself is not instrumented, so the ASan runtime must be loaded first; CPython's arenas look like leaks.
-export LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0
+# libstdc++ too: ASan resolves its __cxa_throw interceptor at start-up, and python does not link libstdc++.
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 FASTAR_REQUIRE_SIMT=1
 cd "$ROOT"
 "$PY" - "$SO" "$@" <<'PY'
