@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 numpy pytest pytest-benchmark ninja cmake \
-  matplotlib faiss-cpu tqdm 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  matplotlib faiss-cpu tqdm pillow scikit-learn 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 FASTAR_SIMT=1 .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation -e . 2>&1 \
   | grep -v "is ignored: it is neither a file nor a directory" || true
 .venv/bin/python -c "import fastar; print('fastar', fastar.__version__, 'backends', fastar.backends())"

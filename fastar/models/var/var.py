@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import fastar
 from fastar.models.var.basic_var import AdaLNBeforeHead, AdaLNSelfAttn, KVCache, SharedAdaLin
@@ -91,7 +90,7 @@ class VAR(nn.Module):
                 gss[:2].mul_(init_adaln_gamma)  # gamma chunks: blocks start near identity
 
     def get_logits(self, h_BLC, head_ada_B12C):
-        return self.head(self.head_nm(h_BLC.float(), head_ada_B12C)).float()
+        return self.head(self.head_nm(h_BLC, head_ada_B12C))
 
     def forward(self, label_B, x_BLCv_wo_first_l):
         """Teacher-forced logits (B, L, V): label_B (B,) int64; x_BLCv_wo_first_l (B, L-1, Cvae) the VQVAE's
@@ -101,7 +100,7 @@ class VAR(nn.Module):
             drop = torch.rand(B, device=label_B.device) < self.cfg.cond_drop_rate
             label_B = torch.where(drop, self.num_classes, label_B)
         sos = cond_BD = self.class_emb(label_B)
-        x_BLC = torch.cat((sos.unsqueeze(1) + self.pos_start, self.word_embed(x_BLCv_wo_first_l.float())), dim=1)
+        x_BLC = torch.cat((sos.unsqueeze(1) + self.pos_start, self.word_embed(x_BLCv_wo_first_l)), dim=1)
         x_BLC = x_BLC + self.lvl_embed(self.lvl_1L) + self.pos_1LC
         cond_BD_or_gss = self.shared_ada_lin(cond_BD)
         mask = fastar.ops.AttentionMask.block_causal([pn * pn for pn in self.patch_nums])
