@@ -1,7 +1,9 @@
-"""Machine facts every benchmark report carries: fastar's build, threads, and the fp32 FMA peak estimate."""
+"""Machine facts every benchmark report carries: fastar's build, threads, and the measured fp32 FMA peak."""
 import os
 import platform
-import time
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,23 +11,24 @@ import torch
 import fastar
 
 
-def fp32_peak_gflops(n=2048, rounds=5):
-    """The machine's float32 FMA throughput as torch.mm (oneDNN/MKL, near peak) reaches it on n^3."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = min(_t(lambda: torch.mm(a, b)) for _ in range(rounds))
-    return 2 * n**3 / best / 1e9
-
-
-def _t(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def fp32_peak_gflops(rounds=3):
+    """The machine's float32 FMA peak on torch's thread count: benchmarks/fma_peak.cpp, best of `rounds`."""
+    exe = Path(tempfile.gettempdir()) / "fastar_fma_peak"
+    src = Path(__file__).with_name("fma_peak.cpp")
+    subprocess.run(["g++", "-O2", "-march=native", "-ffp-contract=fast", "-pthread", str(src), "-o", str(exe)],
+                   check=True)
+    runs = [subprocess.run([str(exe), str(torch.get_num_threads())], check=True, capture_output=True, text=True)
+            for _ in range(rounds)]
+    return max(float(r.stdout) for r in runs)
 
 
 @pytest.fixture(scope="session")
-def peak_gflops():
-    return fp32_peak_gflops()
+def peak_gflops(pytestconfig):
+    return pytestconfig.fastar_peak_gflops
+
+
+def pytest_configure(config):
+    config.fastar_peak_gflops = fp32_peak_gflops()
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -38,5 +41,5 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["fastar"] = {
         "version": fastar.__version__, "backends": fastar.backends(), "build": fastar.build_info(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu, "cores": os.cpu_count(),
-        "fp32_peak_gflops": fp32_peak_gflops(),
+        "fp32_peak_gflops": config.fastar_peak_gflops,
     }

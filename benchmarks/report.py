@@ -16,7 +16,7 @@ def render(data):
     lines = [
         "# fastar benchmark report", "",
         f"- machine: {m.get('cpu')} ({m.get('cores')} cores, torch threads {m.get('threads')}), "
-        f"fp32 peak ~{m.get('fp32_peak_gflops', 0):.0f} GFLOP/s (torch.mm 2048^3)",
+        f"fp32 peak ~{m.get('fp32_peak_gflops', 0):.0f} GFLOP/s (measured by benchmarks/fma_peak.cpp)",
         f"- fastar {m.get('version')}, backends {m.get('backends')}, CPU ISA {m.get('build', {}).get('cpu_isa')}, "
         f"torch {m.get('torch')}; {data.get('datetime', '')}",
         "- times are min / median ms over interleaved rounds in one process; ratio = min(contender) / min(fastar)"

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Creates .venv (CPU torch 2.13.0 and what the tests and benchmarks use) and builds fastar into it, with the
-# simt test backend. Idempotent: a second run only rebuilds what changed. Sourced by test.sh and bench.sh.
+# simt test backend. Idempotent: a second run only rebuilds what changed. Called by test.sh and bench.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }  # keeps $?
+
 if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 numpy pytest pytest-benchmark ninja cmake \
-  matplotlib faiss-cpu tqdm pillow scikit-learn 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-FASTAR_SIMT=1 .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation -e . 2>&1 \
-  | grep -v "is ignored: it is neither a file nor a directory" || true
+# cuobjdump + nvdisasm: the SASS checks of the CUDA kernels (the toolkit here ships neither).
+quiet .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 numpy pytest pytest-benchmark ninja cmake \
+  matplotlib faiss-cpu tqdm pillow scikit-learn nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
+FASTAR_SIMT=1 quiet .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation -e .
 .venv/bin/python -c "import fastar; print('fastar', fastar.__version__, 'backends', fastar.backends())"

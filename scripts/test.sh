@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-.venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"
+FASTAR_REQUIRE_SIMT=1 .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The simt tests with fastar._simt built under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build
+# dir (build/simt-sanitized); the regular build is untouched. Extra arguments go to pytest.
+#   tools/simt_sanitized_tests.sh [pytest args]      (env: PYTHON, default .venv/bin/python; MAX_JOBS, default 2)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+BUILD=$ROOT/build/simt-sanitized
+start=$SECONDS
+
+cmake -S "$ROOT" -B "$BUILD" -G Ninja -DPython_EXECUTABLE="$PY" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DFASTAR_CUDA=off -DFASTAR_SIMT=ON -DFASTAR_SIMT_SANITIZE=ON -DFASTAR_OUTPUT_DIR="$BUILD/fastar" > "$BUILD.log"
+cmake --build "$BUILD" --target _simt -j "${MAX_JOBS:-2}" >> "$BUILD.log"
+SO=$(ls "$BUILD"/fastar/_simt*.so)
+echo "simt_sanitized_tests: built $SO in $((SECONDS - start)) s"
+
+# python itself is not instrumented, so the ASan runtime must be loaded first; CPython's arenas look like leaks.
+export LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 FASTAR_REQUIRE_SIMT=1
+cd "$ROOT"
+"$PY" - "$SO" "$@" <<'PY'
+import importlib.util
+import os
+import sys
+
+os.environ.pop("LD_PRELOAD")  # the runtime is loaded now; the tools tests run (nvcc, g++) must not get it
+
+import torch  # noqa: F401  (loads the libraries the module links)
+import pytest
+
+# The sanitized module takes the name fastar._simt before fastar imports the regular one.
+spec = importlib.util.spec_from_file_location("fastar._simt", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+sys.modules["fastar._simt"] = module
+import fastar
+
+assert fastar._backend._simt is module, "fastar loaded another _simt"
+sys.exit(pytest.main(["-q", "-k", "simt", "tests", *sys.argv[2:]]))
+PY
+echo "simt_sanitized_tests: passed in $((SECONDS - start)) s"
