@@ -9,7 +9,26 @@ def _vq_nearest(x, codebook, metric):
     return x.new_empty(n, dtype=torch.int64), x.new_empty(n, dtype=torch.float32)
 
 
-_FAKES = {"vq_nearest": _vq_nearest}
+def _lse_like(q):  # (B, H, Lq) float32; float64 inputs keep float64
+    return q.new_empty(q.shape[:3], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+
+
+def _attention_fwd(q, k, v, mask_kind, mask_ints, kv_end, key_len, scale):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), _lse_like(q)
+
+
+def _attention_bwd(dout, q, k, v, out, lse, mask_kind, mask_ints, kv_end, key_len, scale):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+def _attention_decode(q, k_cache, v_cache, cache_len, scale):
+    return torch.empty_like(q, memory_format=torch.contiguous_format), _lse_like(q)
+
+
+_FAKES = {"vq_nearest": _vq_nearest, "attention_fwd": _attention_fwd, "attention_bwd": _attention_bwd,
+          "attention_decode": _attention_decode}
 
 for _ns, _module in (("fastar", _backend._C), ("fastar_simt", _backend._simt)):
     if _module is not None:

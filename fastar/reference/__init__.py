@@ -1,4 +1,4 @@
 """Pure-PyTorch versions of every fastar op, with the ops' signatures: the oracle of the tests and the fallback."""
-from fastar.reference import quantize
+from fastar.reference import attention, quantize
 
-__all__ = ["quantize"]
+__all__ = ["attention", "quantize"]

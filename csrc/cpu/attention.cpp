@@ -1,0 +1,331 @@
+// Flash-style CPU attention (FlashAttention-2, Dao 2023): query tiles x key tiles with an online softmax,
+// never an Lq x Lk array. Tiles the mask hides are skipped before their keys are read, fully visible
+// tiles skip the per-element mask. The tile products run on the BLAS that libtorch_cpu carries and exports
+// (MKL or OpenBLAS; at::native::cpublas::gemm is not exported), the softmax between them on the per-ISA
+// micro-kernels of cpu/attention_isa.cpp.
+#include "cpu/attention.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/attention_isa.h"
+#include "cpu/isa.h"
+
+extern "C" {  // Fortran BLAS, column-major, LP64
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+// MKL only (weak: absent from OpenBLAS builds): inside at::parallel_for each tile product must stay on its
+// thread, else MKL fans every small product out over all cores.
+int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
+}
+
+namespace fastar::cpu {
+namespace base { extern const AttentionIsa kAttentionIsa; }
+namespace avx2 { extern const AttentionIsa kAttentionIsa; }
+namespace avx512 { extern const AttentionIsa kAttentionIsa; }
+
+const AttentionIsa& attention_isa() {
+  static const AttentionIsa& chosen = [] () -> const AttentionIsa& {
+    const char* name = isa().name;
+    for (const AttentionIsa* cand : {&avx512::kAttentionIsa, &avx2::kAttentionIsa})
+      if (std::strcmp(name, cand->name) == 0) return *cand;
+    return base::kAttentionIsa;
+  }();
+  return chosen;
+}
+
+namespace {
+
+using kernels::MaskParams;
+// 32 query rows keep block-causal VAR's visited fraction near the element count (0.67 of L^2 at L = 680,
+// against 0.62 visible); 64 keys fill a score row with whole vectors. ld of the score tile = kTileK.
+constexpr int kTileQ = 32, kTileK = 64;
+
+template <class T>
+const AttentionKernels<T>& micro() {
+  if constexpr (std::is_same_v<T, float>) return attention_isa().f32;
+  else return attention_isa().f64;
+}
+
+// Row-major C (M, N) = alpha op(A) op(B) + beta C, op(A) (M, K), op(B) (K, N): column-major BLAS on the
+// transposes, C^T = op(B)^T op(A)^T.
+template <class T>
+void mm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
+        T* C, int ldc) {
+  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+  if constexpr (std::is_same_v<T, float>) sgemm_(&tb, &ta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
+  else dgemm_(&tb, &ta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
+}
+
+// Keeps the BLAS on the calling thread for the scope (MKL; OpenBLAS does not thread products this small).
+struct SerialBlas {
+  int previous = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
+  ~SerialBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
+  }
+};
+
+// One (B, H, L, D) operand whose rows are contiguous: element (b, h, l, d) at b * sb + h * sh + l * D + d.
+template <class T>
+struct Heads {
+  T* data;
+  int64_t sb, sh;
+  T* at(int64_t b, int64_t h) const { return data + b * sb + h * sh; }
+};
+
+template <class T>
+Heads<T> heads(const at::Tensor& t) { return {t.data_ptr<T>(), t.stride(0), t.stride(1)}; }
+
+// The compute dtype of the inputs, with rows contiguous (a cache narrowed on L keeps its storage).
+at::Tensor operand(const at::Tensor& t, at::ScalarType dtype) {
+  at::Tensor r = t.to(dtype);
+  return r.stride(3) == 1 && r.stride(2) == r.size(3) ? r : r.contiguous();
+}
+
+at::ScalarType compute_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// Tile flags (ceil(Lq / kTileQ), ceil(Lk / kTileK)) of a mask, computed once per mask and shape: every
+// layer of a model and every training step reuses them.
+std::shared_ptr<const std::vector<uint8_t>> tile_flags(const MaskParams& m, int Lq, int Lk) {
+  std::vector<int32_t> key = {m.kind, m.text_len, m.grid, m.conv_kernel, Lq, Lk};
+  if (m.kind == kernels::kBlockCausal) key.insert(key.end(), m.kv_end, m.kv_end + Lq);
+  static std::mutex mutex;
+  static std::map<std::vector<int32_t>, std::shared_ptr<const std::vector<uint8_t>>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  if (cache.size() >= 256) cache.clear();  // bounds memory under ever-new shapes (decode's growing cache)
+  auto flags = std::make_shared<std::vector<uint8_t>>(size_t((Lq + kTileQ - 1) / kTileQ) * ((Lk + kTileK - 1) / kTileK));
+  kernels::classify_tiles(m, Lq, Lk, kTileQ, kTileK, flags->data());
+  cache.emplace(std::move(key), flags);
+  return flags;
+}
+
+struct Dims {
+  int64_t B, H, Hk, Lq, Lk, D;
+  int nq, nk;  // query tiles, key tiles
+};
+
+Dims dims(const at::Tensor& q, const at::Tensor& k, int64_t Lk) {
+  const int nq = int((q.size(2) + kTileQ - 1) / kTileQ), nk = int((Lk + kTileK - 1) / kTileK);
+  return {q.size(0), q.size(1), k.size(1), q.size(2), Lk, q.size(3), nq, nk};
+}
+
+// The mask at tile granularity: kind of (query tile i, key tile j) for batch row b.
+struct Tiles {
+  const uint8_t* flags;  // (nq, nk) from tile_flags
+  MaskParams mask;
+  const Dims& d;
+  uint8_t kind(int b, int i, int j) const {
+    const int k0 = j * kTileK, k1 = int(std::min<int64_t>(k0 + kTileK, d.Lk));
+    return kernels::tile_with_key_len(flags[i * d.nk + j], mask, b, k0, k1);
+  }
+  // End of the run of at most max_len tiles that see keys, from tile `begin` (visible) on, along j or i.
+  template <class Visible>
+  static int run_end(int begin, int end, int max_len, Visible visible) {
+    int e = begin + 1;
+    while (e < end && e - begin < max_len && visible(e)) ++e;
+    return e;
+  }
+};
+
+// S (rows, ld) = scale Q K^T over query tiles [i0, i1) x key tiles [j0, j1) of one head, none of them
+// hidden: -inf on the hidden keys of partial tiles and on columns past the last key.
+template <class T>
+void scores(const T* Q, const T* K, const Tiles& t, int b, int i0, int i1, int j0, int j1, T scale, T* S, int ld) {
+  const Dims& d = t.d;
+  const int q0 = i0 * kTileQ, q1 = int(std::min<int64_t>(i1 * kTileQ, d.Lq));
+  const int k0 = j0 * kTileK, k1 = int(std::min<int64_t>(j1 * kTileK, d.Lk));
+  mm<T>(false, true, q1 - q0, k1 - k0, int(d.D), scale, Q + q0 * d.D, int(d.D), K + k0 * d.D, int(d.D), T(0), S, ld);
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  for (int i = i0; i < i1; ++i) {
+    for (int j = j0; j < j1; ++j) {
+      if (t.kind(b, i, j) != kernels::kTilePartial) continue;
+      for (int q = i * kTileQ; q < std::min((i + 1) * kTileQ, q1); ++q)
+        for (int k = j * kTileK; k < std::min((j + 1) * kTileK, k1); ++k)
+          if (!kernels::visible(t.mask, b, q, k, int(d.Lq), int(d.Lk))) S[(q - q0) * ld + k - k0] = neg_inf;
+    }
+  }
+  for (int r = 0; r < q1 - q0; ++r) std::fill(S + r * ld + k1 - k0, S + (r + 1) * ld, neg_inf);
+}
+
+// Forward over the key tiles of split s of every (b, h, query tile): out (splits, B, H, Lq, D) and lse
+// (splits, B, H, Lq), each split normalized on its own keys (combined by the caller). Runs of up to
+// kRunK visible key tiles go through one product pair, as long as SDPA's key blocks.
+template <class T>
+void forward(Heads<T> q, Heads<T> k, Heads<T> v, const Tiles& t, T scale, int splits, T* out, T* lse) {
+  constexpr int kRunK = 8;
+  const Dims& d = t.d;
+  const int64_t items = d.B * d.H * d.nq * splits, group = d.H / d.Hk;
+  const int per_split = (d.nk + splits - 1) / splits;
+  const auto& kern = micro<T>();
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    const SerialBlas serial;
+    std::vector<T> S(kTileQ * kRunK * kTileK), m(kTileQ), l(kTileQ);
+    for (int64_t item = begin; item < end; ++item) {
+      const int i = int(item % d.nq), s = int(item / d.nq % splits);
+      const int64_t bh = item / d.nq / splits, b = bh / d.H, h = bh % d.H;
+      const int q0 = i * kTileQ, rows = int(std::min<int64_t>(kTileQ, d.Lq - q0));
+      const T *Q = q.at(b, h), *K = k.at(b, h / group), *V = v.at(b, h / group);
+      T* o = out + ((s * d.B * d.H + bh) * d.Lq + q0) * d.D;  // (rows, D), the running accumulator
+      std::fill(o, o + rows * d.D, T(0));
+      std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
+      std::fill(l.begin(), l.end(), T(0));
+      const int j_end = std::min(d.nk, (s + 1) * per_split);
+      for (int j = s * per_split; j < j_end;) {
+        auto visible = [&](int jj) { return t.kind(int(b), i, jj) != kernels::kTileSkip; };
+        if (!visible(j)) { ++j; continue; }
+        const int j1 = Tiles::run_end(j, j_end, kRunK, visible), ld = (j1 - j) * kTileK;
+        const int k0 = j * kTileK, cols = int(std::min<int64_t>(j1 * kTileK, d.Lk)) - k0;
+        scores<T>(Q, K, t, int(b), i, i + 1, j, j1, scale, S.data(), ld);
+        kern.online_softmax(S.data(), rows, ld, m.data(), l.data(), o, int(d.D));
+        mm<T>(false, false, rows, int(d.D), cols, T(1), S.data(), ld, V + k0 * d.D, int(d.D), T(1), o, int(d.D));
+        j = j1;
+      }
+      T* lse_rows = lse + (s * d.B * d.H + bh) * d.Lq + q0;
+      for (int r = 0; r < rows; ++r) {  // a row that saw no key: out 0, lse -inf
+        const T inv = l[r] > 0 ? T(1) / l[r] : T(0);
+        for (int64_t c = 0; c < d.D; ++c) o[r * d.D + c] *= inv;
+        lse_rows[r] = l[r] > 0 ? m[r] + std::log(l[r]) : -std::numeric_limits<T>::infinity();
+      }
+    }
+  });
+}
+
+// Splits of the keys so that (B, H, query tiles, splits) gives every thread a few items: decoding one
+// scale (or one token) for a small batch has too few query tiles alone.
+int key_splits(const Dims& d) {
+  const int64_t items = d.B * d.H * d.nq, want = 4 * at::get_num_threads();
+  return items >= want ? 1 : int(std::min<int64_t>(d.nk, (want + items - 1) / items));
+}
+
+// Merges per-split results: lse = logsumexp over splits, out = sum of exp(lse_s - lse) out_s.
+std::tuple<at::Tensor, at::Tensor> combine(const at::Tensor& out_s, const at::Tensor& lse_s) {
+  if (out_s.size(0) == 1) return {out_s[0], lse_s[0]};
+  at::Tensor lse = at::logsumexp(lse_s, 0);                            // (B, H, Lq)
+  at::Tensor w = at::exp(lse_s - lse).nan_to_num(0.0);                 // (splits, B, H, Lq); -inf - -inf = 0
+  return {(w.unsqueeze(-1) * out_s).sum(0), lse};
+}
+
+template <class T>
+std::tuple<at::Tensor, at::Tensor> forward_heads(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                 int64_t Lk, const MaskParams& mask, double scale, bool split) {
+  const Dims d = dims(q, k, Lk);
+  const int splits = split ? key_splits(d) : 1;
+  at::Tensor out = at::empty({splits, d.B, d.H, d.Lq, d.D}, q.options());  // (splits, B, H, Lq, D)
+  at::Tensor lse = at::empty({splits, d.B, d.H, d.Lq}, q.options());       // (splits, B, H, Lq)
+  if (out.numel() > 0) {
+    const auto flags = tile_flags(mask, int(d.Lq), int(d.Lk));
+    forward<T>(heads<T>(q), heads<T>(k), heads<T>(v), Tiles{flags->data(), mask, d}, T(scale), splits,
+               out.data_ptr<T>(), lse.data_ptr<T>());
+  } else if (lse.numel() > 0) {
+    lse.fill_(-std::numeric_limits<double>::infinity());  // D = 0 still has rows and keys: no visible value
+  }
+  return combine(out, lse);
+}
+
+std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                               int64_t Lk, const MaskParams& mask, double scale, bool split) {
+  const auto dt = compute_dtype(q);
+  const at::Tensor qc = q.to(dt).contiguous(), kc = operand(k, dt), vc = operand(v, dt);
+  auto [out, lse] = AT_DISPATCH_FLOATING_TYPES(dt, "attention_fwd", [&] {
+    return forward_heads<scalar_t>(qc, kc, vc, Lk, mask, scale, split);
+  });
+  return {out.to(q.scalar_type()), lse};
+}
+
+// FlashAttention-2 backward for every (b, h): key tiles outer, runs of up to kRunQ visible query tiles
+// inner, P recomputed from lse.
+//   P = exp(S - lse), dV += P^T dO, dP = dO V^T, dS = P * (dP - delta), dQ += scale dS K, dK += scale dS^T Q
+// dk, dv (B, H, Lk, D) per query head; the caller sums the heads that share a key head.
+template <class T>
+void backward(Heads<T> q, Heads<T> k, Heads<T> v, Heads<T> dout, const T* lse, const T* delta, const Tiles& t,
+              T scale, T* dq, T* dk, T* dv) {
+  constexpr int kRunQ = 8;
+  const Dims& d = t.d;
+  const int64_t group = d.H / d.Hk;
+  const int D = int(d.D);
+  const auto& kern = micro<T>();
+  at::parallel_for(0, d.B * d.H, 1, [&](int64_t begin, int64_t end) {
+    const SerialBlas serial;
+    std::vector<T> P(kRunQ * kTileQ * kTileK), dS(kRunQ * kTileQ * kTileK);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / d.H, h = bh % d.H;
+      const T *Q = q.at(b, h), *K = k.at(b, h / group), *V = v.at(b, h / group), *dO = dout.at(b, h);
+      T *dQ = dq + bh * d.Lq * D, *dK = dk + bh * d.Lk * D, *dV = dv + bh * d.Lk * D;
+      for (int j = 0; j < d.nk; ++j) {
+        const int k0 = j * kTileK, cols = int(std::min<int64_t>(kTileK, d.Lk - k0));
+        for (int i = 0; i < d.nq;) {
+          auto visible = [&](int ii) { return t.kind(int(b), ii, j) != kernels::kTileSkip; };
+          if (!visible(i)) { ++i; continue; }
+          const int i1 = Tiles::run_end(i, d.nq, kRunQ, visible);
+          const int q0 = i * kTileQ, rows = int(std::min<int64_t>(i1 * kTileQ, d.Lq)) - q0;
+          scores<T>(Q, K, t, int(b), i, i1, j, j + 1, scale, P.data(), kTileK);
+          kern.probs(P.data(), rows, kTileK, lse + bh * d.Lq + q0);
+          mm<T>(true, false, cols, D, rows, T(1), P.data(), kTileK, dO + q0 * D, D, T(1), dV + k0 * D, D);
+          mm<T>(false, true, rows, cols, D, T(1), dO + q0 * D, D, V + k0 * D, D, T(0), dS.data(), kTileK);
+          kern.dscores(P.data(), dS.data(), rows, kTileK, delta + bh * d.Lq + q0);
+          mm<T>(false, false, rows, D, cols, scale, dS.data(), kTileK, K + k0 * D, D, T(1), dQ + q0 * D, D);
+          mm<T>(true, false, cols, D, rows, scale, dS.data(), kTileK, Q + q0 * D, D, T(1), dK + k0 * D, D);
+          i = i1;
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                 const MaskParams& mask, double scale) {
+  auto [out, lse] = run_forward(q, k, v, k.size(2), mask, scale, /*split=*/true);
+  return {out, lse.to(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat)};
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_decode(const at::Tensor& q, const at::Tensor& k_cache,
+                                                    const at::Tensor& v_cache, int64_t cache_len, double scale) {
+  const MaskParams full{kernels::kFull, 0, 0, 0, nullptr, nullptr};
+  auto [out, lse] = run_forward(q, k_cache.narrow(2, 0, cache_len), v_cache.narrow(2, 0, cache_len), cache_len,
+                                full, scale, /*split=*/true);
+  return {out, lse.to(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q,
+                                                             const at::Tensor& k, const at::Tensor& v,
+                                                             const at::Tensor& out, const at::Tensor& lse,
+                                                             const MaskParams& mask, double scale) {
+  const auto dt = compute_dtype(q);
+  const at::Tensor qc = q.to(dt).contiguous(), kc = operand(k, dt), vc = operand(v, dt);
+  const at::Tensor dOc = dout.to(dt).contiguous(), lsec = lse.to(dt).contiguous();
+  const at::Tensor delta = (dOc * out.to(dt)).sum(-1).contiguous();  // (B, H, Lq) rowsum(dout * out)
+  const Dims d = dims(q, k, k.size(2));
+  at::Tensor dq = at::zeros(qc.sizes(), qc.options());                            // (B, H, Lq, D)
+  at::Tensor dk = at::zeros({d.B, d.H, d.Lk, d.D}, qc.options());                 // (B, H, Lk, D)
+  at::Tensor dv = at::zeros({d.B, d.H, d.Lk, d.D}, qc.options());                 // per query head
+  if (dq.numel() > 0 && d.Lk > 0) {
+    const auto flags = tile_flags(mask, int(d.Lq), int(d.Lk));
+    AT_DISPATCH_FLOATING_TYPES(dt, "attention_bwd", [&] {
+      backward<scalar_t>(heads<scalar_t>(qc), heads<scalar_t>(kc), heads<scalar_t>(vc), heads<scalar_t>(dOc),
+                         lsec.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), Tiles{flags->data(), mask, d},
+                         scalar_t(scale), dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
+    });
+  }
+  if (d.H != d.Hk) {  // heads sharing a key head (multi-query) add their key gradients
+    dk = dk.view({d.B, d.Hk, d.H / d.Hk, d.Lk, d.D}).sum(2);
+    dv = dv.view({d.B, d.Hk, d.H / d.Hk, d.Lk, d.D}).sum(2);
+  }
+  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type())};
+}
+
+}  // namespace fastar::cpu

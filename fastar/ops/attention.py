@@ -1,0 +1,155 @@
+"""Block-sparse attention: full, causal, VAR's block-causal and DALL-E's row / column / conv masks, with
+autograd, plus KV-cache decoding. One kernel family (csrc/cpu/attention.cpp, csrc/kernels/attention/)."""
+import dataclasses
+import itertools
+import math
+
+import torch
+
+from fastar import _backend
+from fastar.ops._checks import FLOATS, check_choice, check_same_device, check_tensor
+from fastar.reference import attention as reference
+
+DTYPES = FLOATS + (torch.float64,)  # float64: the CPU kernels' gradcheck dtype
+MAX_HEAD_DIM = 256
+DALLE_KINDS = ("row", "column", "conv")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AttentionMask:
+    """Which keys each query sees; queries are aligned bottom-right on the keys (flash-attn's convention).
+
+    Build with full(), causal(), block_causal(seg_lens) or dalle(kind, text_len, grid, conv_kernel).
+    key_len (B,) int, optional: batch row b sees only keys [0, key_len[b]) (padded batches).
+    """
+    kind: str
+    seg_lens: tuple = ()  # block_causal: tokens per scale, VAR's [pn * pn for pn in patch_nums]
+    text_len: int = 0  # DALL-E: text prefix length
+    grid: int = 0  # DALL-E: image grid side
+    conv_kernel: int = 11  # DALL-E conv: window side, odd
+    key_len: torch.Tensor | None = None  # (B,)
+
+    @classmethod
+    def full(cls, *, key_len=None):
+        return cls("full", key_len=key_len)
+
+    @classmethod
+    def causal(cls, *, key_len=None):
+        return cls("causal", key_len=key_len)
+
+    @classmethod
+    def block_causal(cls, seg_lens, *, key_len=None):
+        """Each token sees its own segment and every earlier one (VAR: a segment is a scale)."""
+        seg_lens = tuple(int(n) for n in seg_lens)
+        if not seg_lens or min(seg_lens) < 1:
+            raise ValueError(f"AttentionMask.block_causal: seg_lens must be positive lengths, got {seg_lens}")
+        return cls("block_causal", seg_lens=seg_lens, key_len=key_len)
+
+    @classmethod
+    def dalle(cls, kind, text_len, grid, conv_kernel=11, *, key_len=None):
+        """DALL-E (OpenAI semantics): text causal; an image token sees all text plus its row / column / conv
+        pattern over the grid x grid image that follows the text."""
+        check_choice("AttentionMask.dalle", "kind", kind, DALLE_KINDS)
+        if text_len < 0 or grid < 1 or conv_kernel < 1 or conv_kernel % 2 == 0:
+            raise ValueError(f"AttentionMask.dalle: need text_len >= 0, grid >= 1 and an odd conv_kernel, got "
+                             f"text_len={text_len}, grid={grid}, conv_kernel={conv_kernel}")
+        return cls(kind, text_len=int(text_len), grid=int(grid), conv_kernel=int(conv_kernel), key_len=key_len)
+
+    def op_args(self, op, B, Lq, Lk, device):
+        """(mask_kind, mask_ints, kv_end (Lq,) int32 or None, key_len (B,) int32 or None) of the kernels' schema."""
+        kv_end = None
+        if self.kind == "block_causal":
+            if sum(self.seg_lens) != Lk:
+                raise ValueError(f"{op}: seg_lens sum to {sum(self.seg_lens)} but there are {Lk} keys")
+            seg_end = [end for n, end in zip(self.seg_lens, itertools.accumulate(self.seg_lens)) for _ in range(n)]
+            kv_end = torch.tensor([seg_end[p] if p >= 0 else 0 for p in range(Lk - Lq, Lk)], dtype=torch.int32,
+                                  device=device)
+        key_len = None
+        if self.key_len is not None:
+            if self.key_len.shape != (B,):
+                raise ValueError(f"{op}: mask.key_len must have shape ({B},), got {tuple(self.key_len.shape)}")
+            key_len = self.key_len.to(device=device, dtype=torch.int32).contiguous()
+        return reference.KINDS[self.kind], [self.text_len, self.grid, self.conv_kernel], kv_end, key_len
+
+
+def _check_qkv(op, q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(op, name, t, dim=4, dtypes=DTYPES)
+    check_same_device(op, q=q, k=k, v=v)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{op}: q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"{op}: k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
+    if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
+        raise ValueError(f"{op}: k {tuple(k.shape)} must match q {tuple(q.shape)} in batch (dim 0) and head dim "
+                         f"(dim 3)")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"{op}: q's {q.shape[1]} heads must be a multiple of k's {k.shape[1]}")
+    if not 1 <= q.shape[3] <= MAX_HEAD_DIM:
+        raise ValueError(f"{op}: unsupported head dim {q.shape[3]}: must be in [1, {MAX_HEAD_DIM}]")
+
+
+def attention(q, k, v, mask=None, *, scale=None, return_lse=False):
+    """softmax(q k^T scale + mask) v, flash-style: never builds the Lq x Lk matrix, skips hidden tiles.
+
+    q (B, H, Lq, D), k and v (B, Hk, Lk, D) with H a multiple of Hk (multi-query heads share k/v); float32,
+    bfloat16, float16 (float32 accumulation) or float64; D <= 256. mask: an AttentionMask, None = full.
+    scale defaults to 1/sqrt(D). Returns out (B, H, Lq, D) like q, and with return_lse also the
+    logsumexp (B, H, Lq) float32 (-inf on rows that see no key, whose out is 0; not differentiable).
+    Differentiable in q, k and v through dedicated backward kernels.
+    """
+    op = "attention"
+    _check_qkv(op, q, k, v)
+    if mask is not None and not isinstance(mask, AttentionMask):
+        raise TypeError(f"{op}: mask must be a fastar.ops.AttentionMask or None, got {type(mask).__name__}")
+    scale = 1 / math.sqrt(q.shape[3]) if scale is None else float(scale)
+    ops, _ = _backend.resolve(op, q.device)
+    if ops is None:
+        out, lse = reference.attention(q, k, v, mask, scale=scale, return_lse=True)
+    else:
+        kind, ints, kv_end, key_len = (mask or AttentionMask.full()).op_args(op, q.shape[0], q.shape[2], k.shape[2],
+                                                                               q.device)
+        out, lse = ops.attention_fwd(q, k, v, kind, ints, kv_end, key_len, scale)
+    return (out, lse) if return_lse else out
+
+
+def attention_decode(q, k_cache, v_cache, cache_len, *, scale=None, return_lse=False):
+    """Attention of new queries over the first cache_len entries of preallocated caches, no mask.
+
+    q (B, H, Lq, D): one VAR scale or one token; k_cache, v_cache (B, Hk, Lmax, D), read in place.
+    Splits the keys across threads when B * H is small. Not differentiable (inference).
+    """
+    op = "attention_decode"
+    _check_qkv(op, q, k_cache, v_cache)
+    if not 0 <= cache_len <= k_cache.shape[2]:
+        raise ValueError(f"{op}: cache_len must be in [0, {k_cache.shape[2]}], got {cache_len}")
+    scale = 1 / math.sqrt(q.shape[3]) if scale is None else float(scale)
+    ops, _ = _backend.resolve(op, q.device)
+    if ops is None:
+        out, lse = reference.attention_decode(q, k_cache, v_cache, cache_len, scale=scale, return_lse=True)
+    else:
+        out, lse = ops.attention_decode(q, k_cache, v_cache, cache_len, scale)
+    return (out, lse) if return_lse else out
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, kind, ints, kv_end, key_len, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, kv_end, key_len)
+    ctx.mask = kind, ints, scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ns):
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse, kv_end, key_len = ctx.saved_tensors
+        kind, ints, scale = ctx.mask
+        dq, dk, dv = ns.attention_bwd(dout.contiguous(), q, k, v, out, lse, kind, ints, kv_end, key_len, scale)
+        return dq, dk, dv, None, None, None, None, None
+    return backward
+
+
+for _ns, _module in (("fastar", _backend._C), ("fastar_simt", _backend._simt)):
+    if _module is not None:
+        torch.library.register_autograd(f"{_ns}::attention_fwd", _backward(getattr(torch.ops, _ns)),
+                                        setup_context=_setup_context)
