@@ -20,6 +20,15 @@ inline void define_ops(torch::Library& m) {
   // -> out (B, H, Lq, D) like q, lse (B, H, Lq) float32.
   m.def("attention_decode(Tensor q, Tensor k_cache, Tensor v_cache, int cache_len, float scale) "
         "-> (Tensor out, Tensor lse)");
+  // VAR's multi-scale residual quantization; maps are (B, C, H, W) float32 in channels_last memory.
+  // f_hat += h, f_rest -= h (skipped when h is None), then the nearest code of every cell of
+  // area-down(f_rest, pn) -> indices (B, pn * pn) int64.
+  m.def("msq_residual_search(Tensor(a!) f_hat, Tensor(b!) f_rest, Tensor? h, Tensor codebook, int pn) -> Tensor");
+  // Per scale s, the codes codebook (V, C)[idx (B, sum pn_s^2)], or the rows src (B, sum pn_s^2, C) when idx is
+  // None, bicubic-upsampled to H x H -> (S * B, C, H, H) channels_last, scale-major.
+  m.def("msq_up(Tensor src, Tensor? idx, int[] patch_nums, int H) -> Tensor");
+  // Per scale s: f_hat += h[s], then area-down(f_hat, patch_nums[s]) unless 0 -> rows (B, sum pn_s^2, C).
+  m.def("msq_add_down(Tensor(a!) f_hat, Tensor[] h, int[] patch_nums) -> Tensor");
 }
 
 }  // namespace fastar

@@ -27,4 +27,75 @@ inline void check_vq_nearest(const at::Tensor& x, const at::Tensor& codebook, c1
   }
 }
 
+// A feature map of the multi-scale ops: float32 (B, C, H, H), channels_last contiguous, of the shape of `like`.
+inline void check_msq_map(const char* op, const char* name, const at::Tensor& t, c10::DeviceType device,
+                          const at::Tensor* like = nullptr) {
+  TORCH_CHECK(t.dim() == 4 && t.size(2) == t.size(3), op, ": ", name, " must be (B, C, H, H), got ", t.sizes());
+  if (like) TORCH_CHECK(t.sizes() == like->sizes(), op, ": ", name, " has shape ", t.sizes(), ", expected ", like->sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(at::MemoryFormat::ChannelsLast), op, ": ", name, " must be channels_last contiguous");
+  TORCH_CHECK(t.device().type() == device, op, ": ", name, " is on ", t.device(), ", expected ", device);
+}
+
+// 1 <= pn <= H for every scale (0 also allowed where `zero_ok`: no output for that scale).
+inline int64_t check_patch_nums(const char* op, c10::IntArrayRef patch_nums, int64_t H, bool zero_ok) {
+  int64_t cells = 0;
+  for (int64_t pn : patch_nums) {
+    TORCH_CHECK((zero_ok ? pn >= 0 : pn >= 1) && pn <= H, op, ": patch_nums must lie in [", zero_ok ? 0 : 1, ", ",
+                H, "], got ", pn);
+    cells += pn * pn;
+  }
+  return cells;
+}
+
+inline void check_msq_codebook(const char* op, const at::Tensor& codebook, int64_t C, c10::DeviceType device) {
+  TORCH_CHECK(codebook.dim() == 2 && codebook.size(0) > 0 && codebook.size(0) <= INT32_MAX, op,
+              ": codebook must be (V, C) with 1 <= V < 2^31, got ", codebook.sizes());
+  TORCH_CHECK(codebook.size(1) == C, op, ": codebook has C=", codebook.size(1), " but the maps have C=", C);
+  TORCH_CHECK(codebook.device().type() == device, op, ": codebook is on ", codebook.device(), ", expected ", device);
+}
+
+inline void check_msq_residual_search(const at::Tensor& f_hat, const at::Tensor& f_rest,
+                                      const std::optional<at::Tensor>& h, const at::Tensor& codebook, int64_t pn,
+                                      c10::DeviceType device) {
+  const char* op = "msq_residual_search";
+  check_msq_map(op, "f_hat", f_hat, device);
+  check_msq_map(op, "f_rest", f_rest, device, &f_hat);
+  if (h) check_msq_map(op, "h", *h, device, &f_hat);
+  check_msq_codebook(op, codebook, f_hat.size(1), device);
+  TORCH_CHECK(codebook.scalar_type() == at::kFloat, op, ": codebook must be float32, got ", codebook.scalar_type());
+  check_patch_nums(op, {pn}, f_hat.size(2), false);
+}
+
+// Returns B.
+inline int64_t check_msq_up(const at::Tensor& src, const std::optional<at::Tensor>& idx, c10::IntArrayRef patch_nums,
+                            int64_t H, c10::DeviceType device) {
+  const char* op = "msq_up";
+  TORCH_CHECK(src.scalar_type() == at::kFloat || src.scalar_type() == at::kDouble, op,
+              ": src must be float32 or float64, got ", src.scalar_type());
+  TORCH_CHECK(src.is_contiguous(), op, ": src must be contiguous");
+  TORCH_CHECK(src.device().type() == device, op, ": src is on ", src.device(), ", expected ", device);
+  TORCH_CHECK(H >= 1, op, ": H must be >= 1, got ", H);
+  const int64_t cells = check_patch_nums(op, patch_nums, H, false);
+  const at::Tensor& rows = idx ? *idx : src;  // what carries (B, sum pn^2)
+  TORCH_CHECK(rows.dim() == (idx ? 2 : 3) && rows.size(1) == cells, op, ": ", idx ? "idx" : "src", " must be (B, ",
+              cells, idx ? ")" : ", C)", " for patch_nums ", patch_nums, ", got ", rows.sizes());
+  if (idx) {
+    check_msq_codebook(op, src, src.size(1), device);
+    TORCH_CHECK(idx->scalar_type() == at::kLong && idx->is_contiguous(), op, ": idx must be contiguous int64, got ",
+                idx->scalar_type());
+    TORCH_CHECK(idx->device().type() == device, op, ": idx is on ", idx->device(), ", expected ", device);
+  }
+  return rows.size(0);
+}
+
+inline int64_t check_msq_add_down(const at::Tensor& f_hat, at::TensorList h, c10::IntArrayRef patch_nums,
+                                  c10::DeviceType device) {
+  const char* op = "msq_add_down";
+  check_msq_map(op, "f_hat", f_hat, device);
+  TORCH_CHECK(h.size() == patch_nums.size(), op, ": h holds ", h.size(), " maps but patch_nums ", patch_nums.size());
+  for (const at::Tensor& t : h) check_msq_map(op, "h[s]", t, device, &f_hat);
+  return check_patch_nums(op, patch_nums, f_hat.size(2), true);
+}
+
 }  // namespace fastar

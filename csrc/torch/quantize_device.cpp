@@ -1,4 +1,5 @@
 // CUDA (and simt) registrations of the quantize family: checks, then the params struct of each kernel.
+#include "kernels/quantize/multiscale.h"
 #include "kernels/quantize/vq_nearest.h"
 #include "torch/device.h"
 #include "torch/quantize.h"
@@ -32,6 +33,88 @@ static std::tuple<at::Tensor, at::Tensor> vq_nearest_device(const at::Tensor& x,
   return {idx, dist};
 }
 
+// Calls launch(p, first scale, stream) per chunk of kMsqMaxScales scales, with p.S, p.pn, p.offset of the chunk
+// (offsets count the cells of all earlier scales).
+template <class P, class Launch>
+static void for_scale_chunks(P& p, c10::IntArrayRef patch_nums, const char* op, cudaStream_t stream, Launch launch) {
+  int offset = 0;
+  for (size_t first = 0; first < patch_nums.size(); first += kernels::kMsqMaxScales) {
+    p.S = int(std::min<size_t>(kernels::kMsqMaxScales, patch_nums.size() - first));
+    for (int s = 0; s < p.S; ++s) {
+      p.pn[s] = int(patch_nums[first + s]), p.offset[s] = offset;
+      offset += p.pn[s] * p.pn[s];
+    }
+    check_launch(launch(p, int(first), stream), op);
+  }
+}
+
+// f_hat (and f_rest) += / -= h[s], rows (B, cells, C) of area-down per scale: one launch per 32 scales.
+static void update_down(const at::Tensor& f_hat, const at::Tensor* f_rest, std::vector<const float*> h,
+                        c10::IntArrayRef patch_nums, at::Tensor& rows, const char* op, cudaStream_t stream) {
+  kernels::MsqUpdateDownParams p{};
+  p.f_hat = f_hat.data_ptr<float>(), p.f_rest = f_rest ? f_rest->data_ptr<float>() : nullptr;
+  p.rows = rows.data_ptr<float>();
+  p.B = int(f_hat.size(0)), p.C = int(f_hat.size(1)), p.H = int(f_hat.size(2)), p.cells = int(rows.size(1));
+  for_scale_chunks(p, patch_nums, op, stream, [&](kernels::MsqUpdateDownParams& q, int first, cudaStream_t st) {
+    for (int s = 0; s < q.S; ++s) q.h[s] = h[first + s];
+    return kernels::msq_update_down_launch(q, st);
+  });
+}
+
+static at::Tensor msq_residual_search_device(at::Tensor& f_hat, at::Tensor& f_rest, const std::optional<at::Tensor>& h,
+                                             const at::Tensor& codebook, int64_t pn) {
+  check_msq_residual_search(f_hat, f_rest, h, codebook, pn, kDeviceType);
+  DeviceScope scope(f_hat);
+  const int64_t B = f_hat.size(0), C = f_hat.size(1), H = f_hat.size(2);
+  // At pn == H the rows to search are f_rest itself (NHWC): the update runs alone.
+  at::Tensor z = pn == H ? f_rest.permute({0, 2, 3, 1}) : at::empty({B, pn, pn, C}, f_hat.options());
+  at::Tensor z_rows = z.reshape({B, pn * pn, C});  // a view of z
+  if (h || pn != H)
+    update_down(f_hat, &f_rest, {h ? h->data_ptr<float>() : nullptr}, {pn == H ? 0 : pn}, z_rows,
+                "msq_residual_search", scope.stream());
+  at::Tensor idx = at::empty({B, pn * pn}, f_hat.options().dtype(at::kLong));
+  at::Tensor dist = at::empty({B * pn * pn}, f_hat.options());
+  const at::Tensor e_VC = codebook.contiguous();
+  kernels::VqNearestParams q{};
+  q.x = z_rows.data_ptr(), q.codebook = e_VC.data_ptr();
+  q.indices = idx.data_ptr<int64_t>(), q.distances = dist.data_ptr<float>();
+  q.n = B * pn * pn, q.k = int(e_VC.size(0)), q.d = int(C), q.dtype = kernels::VqDtype::f32, q.cosine = false;
+  check_launch(kernels::vq_nearest_launch(q, scope.stream()), "msq_residual_search");
+  return idx;
+}
+
+static at::Tensor msq_up_device(const at::Tensor& src, const std::optional<at::Tensor>& idx,
+                                c10::IntArrayRef patch_nums, int64_t H) {
+  const int64_t B = check_msq_up(src, idx, patch_nums, H, kDeviceType);
+  DeviceScope scope(src);
+  const int64_t S = int64_t(patch_nums.size()), C = src.size(-1);
+  at::Tensor out = at::empty({S * B, C, H, H}, src.options().memory_format(at::MemoryFormat::ChannelsLast));
+  kernels::MsqUpParams p{};
+  p.src = src.data_ptr(), p.idx = idx ? idx->data_ptr<int64_t>() : nullptr, p.V = idx ? src.size(0) : 0;
+  p.B = int(B), p.C = int(C), p.H = int(H), p.cells = int(idx ? idx->size(1) : src.size(1));
+  p.f64 = src.scalar_type() == at::kDouble;
+  for_scale_chunks(p, patch_nums, "msq_up", scope.stream(), [&](kernels::MsqUpParams& q, int first, cudaStream_t st) {
+    q.out = static_cast<char*>(out.data_ptr()) + first * B * H * H * C * out.element_size();
+    return kernels::msq_up_launch(q, st);
+  });
+  return out;
+}
+
+static at::Tensor msq_add_down_device(at::Tensor& f_hat, at::TensorList h, c10::IntArrayRef patch_nums) {
+  const int64_t cells = check_msq_add_down(f_hat, h, patch_nums, kDeviceType);
+  DeviceScope scope(f_hat);
+  at::Tensor rows = at::empty({f_hat.size(0), cells, f_hat.size(1)}, f_hat.options());  // (B, sum pn_s^2, C)
+  std::vector<const float*> hp;
+  for (const at::Tensor& t : h) hp.push_back(t.data_ptr<float>());
+  update_down(f_hat, nullptr, hp, patch_nums, rows, "msq_add_down", scope.stream());
+  return rows;
+}
+
 }  // namespace fastar
 
-TORCH_LIBRARY_IMPL(FASTAR_DEVICE_LIBRARY, FASTAR_DEVICE_KEY, m) { m.impl("vq_nearest", &fastar::vq_nearest_device); }
+TORCH_LIBRARY_IMPL(FASTAR_DEVICE_LIBRARY, FASTAR_DEVICE_KEY, m) {
+  m.impl("vq_nearest", &fastar::vq_nearest_device);
+  m.impl("msq_residual_search", &fastar::msq_residual_search_device);
+  m.impl("msq_up", &fastar::msq_up_device);
+  m.impl("msq_add_down", &fastar::msq_add_down_device);
+}

@@ -1,11 +1,13 @@
-"""Vector quantization ops: nearest-code search (VAR, LlamaGen) and, next, VAR's multi-scale residual quantizer."""
+"""Vector quantization ops: nearest-code search (VAR, LlamaGen) and VAR's multi-scale residual quantizer."""
 import torch
+import torch.nn.functional as F
 
 from fastar import _backend
-from fastar.ops._checks import check_choice, check_same_device, check_tensor
+from fastar.ops._checks import FLOATS, check_choice, check_same_device, check_tensor
 from fastar.reference import quantize as reference
 
 METRICS = ("l2", "cosine")
+FLOATS64 = FLOATS + (torch.float64,)
 
 
 def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", return_distance: bool = False):
@@ -34,3 +36,278 @@ def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", r
         idx, dist = ops.vq_nearest(x_ND, codebook, metric)
     idx, dist = idx.view(x.shape[:-1]), dist.view(x.shape[:-1])
     return (idx, dist) if return_distance else idx
+
+
+# ---- VAR's multi-scale residual quantization (reference: fastar.reference.quantize; semantics in its docstring) ----
+#
+# Every function takes the quantizer's tensors: codebook (V, C) = embedding.weight, phi_weight (K, C, C, 3, 3) and
+# phi_bias (K, C) = the K Phi convs of quant_resi stacked, patch_nums (pn_1, ..., pn_SN) with pn_SN = H = W.
+# Maps are computed in float32 (VAR runs its quantizer with autocast off) and returned in channels_last memory:
+# the fused kernels read and write NHWC, where a pixel is a C-vector, and oneDNN / cuDNN convolve it fastest.
+# The Phi 3x3 convolutions are torch's; the compiled ops fuse everything around them.
+
+CL = torch.channels_last
+
+
+def phi_index(SN: int, K: int) -> tuple:
+    """The Phi (of K) used at each of SN scales, as VAR's quant_resi[si / (SN - 1)]."""
+    return reference.phi_index(SN, K)
+
+
+def _check_msq(op, codebook, phi_weight, phi_bias, patch_nums, *, C=None, H=None):
+    """codebook may be None (functions that take the codes themselves); C and H are those of the maps given."""
+    check_tensor(op, "phi_weight", phi_weight, dim=5, dtypes=FLOATS64)
+    check_tensor(op, "phi_bias", phi_bias, dim=2, dtypes=FLOATS64)
+    check_same_device(op, phi_weight=phi_weight, phi_bias=phi_bias)
+    Cv = phi_weight.shape[1]
+    if codebook is not None:
+        check_tensor(op, "codebook", codebook, dim=2, dtypes=FLOATS64)
+        check_same_device(op, codebook=codebook, phi_weight=phi_weight)
+        if codebook.shape[0] == 0:
+            raise ValueError(f"{op}: codebook must hold at least one code, got shape {tuple(codebook.shape)}")
+        Cv = codebook.shape[1]
+    if C is not None and Cv != C:
+        raise ValueError(f"{op}: the codebook / Phi have Cvae={Cv} but the feature map has C={C}")
+    K = phi_weight.shape[0]
+    if K == 0 or tuple(phi_weight.shape[1:]) != (Cv, Cv, 3, 3) or tuple(phi_bias.shape) != (K, Cv):
+        raise ValueError(f"{op}: phi_weight must be (K, {Cv}, {Cv}, 3, 3) and phi_bias (K, {Cv}), got "
+                         f"{tuple(phi_weight.shape)} and {tuple(phi_bias.shape)}")
+    if not patch_nums or any(not isinstance(pn, int) or pn < 1 for pn in patch_nums):
+        raise ValueError(f"{op}: patch_nums must be a non-empty sequence of positive ints, got {patch_nums!r}")
+    if H is not None and patch_nums[-1] != H:
+        raise ValueError(f"{op}: the last patch size patch_nums[-1]={patch_nums[-1]} must equal the map's H=W={H}")
+    if max(patch_nums) > patch_nums[-1]:
+        raise ValueError(f"{op}: patch_nums must not exceed the last one, got {patch_nums!r}")
+
+
+def _check_map(op, name, f, C=None):
+    check_tensor(op, name, f, dim=4, dtypes=FLOATS64)
+    if f.shape[2] != f.shape[3]:
+        raise ValueError(f"{op}: {name} must be square (B, C, H, H), got shape {tuple(f.shape)}")
+    if C is not None and f.shape[1] != C:
+        raise ValueError(f"{op}: {name} has C={f.shape[1]} but the codebook has Cvae={C}")
+
+
+def _check_idx(op, ms_idx_Bl, patch_nums, V):
+    if len(ms_idx_Bl) != len(patch_nums):
+        raise ValueError(f"{op}: ms_idx_Bl holds {len(ms_idx_Bl)} scales but patch_nums {len(patch_nums)}")
+    B = ms_idx_Bl[0].shape[0]
+    for si, (idx, pn) in enumerate(zip(ms_idx_Bl, patch_nums)):
+        check_tensor(op, f"ms_idx_Bl[{si}]", idx, dim=2, dtypes=(torch.int64,))
+        if tuple(idx.shape) != (B, pn * pn):
+            raise ValueError(f"{op}: ms_idx_Bl[{si}] must be (B={B}, {pn * pn}), got {tuple(idx.shape)}")
+        if idx.numel() and (idx.min() < 0 or idx.max() >= V):
+            raise IndexError(f"{op}: ms_idx_Bl[{si}] holds an index outside [0, {V}) (the codebook size)")
+
+
+def _phi_folded(phi_weight, phi_bias, resi_ratio, dtype):
+    """Phi_k(x) = (1 - r) x + r (W_k * x + b_k) as one conv: r W_k plus (1 - r) on the centre tap of c -> c."""
+    C = phi_weight.shape[1]
+    eye = torch.eye(C, dtype=dtype, device=phi_weight.device).mul_(1 - resi_ratio)
+    w = phi_weight.to(dtype) * resi_ratio + F.pad(eye[None, :, :, None, None], (1, 1, 1, 1))
+    return w, phi_bias.to(dtype) * resi_ratio
+
+
+def _up_phi(ops, src, idx, patch_nums, scales, SN, H, phi):
+    """h = Phi_k(bicubic-up(codes)) of the given scales, a list of (B, C, H, H) channels_last maps: one fused
+    gather + upsample for all scales, then one conv per run of scales sharing a Phi (batched, no copy)."""
+    w, b = phi
+    up = ops.msq_up(src, idx, list(patch_nums), H)  # (S * B, C, H, H), scale-major
+    B = up.shape[0] // len(scales)
+    ks = [phi_index(SN, w.shape[0])[si] for si in scales]
+    hs, s = [], 0
+    while s < len(ks):
+        n = next((j for j in range(s, len(ks)) if ks[j] != ks[s]), len(ks)) - s
+        hs += F.conv2d(up[s * B:(s + n) * B], w[ks[s]], b[ks[s]], padding=1).split(B)
+        s += n
+    return [h.contiguous(memory_format=CL) for h in hs]  # no-op on the conv's own channels_last output
+
+
+def _residual_steps(ops, f_BChw, codebook, phi, patch_nums):
+    """VAR's encode loop; yields (idx_Bl (B, pn^2), f_hat before this scale, h of this scale) per scale.
+    h is differentiable when codebook or Phi require grad; f_hat and f_rest are float32 buffers of the kernel."""
+    f_rest = f_BChw.detach().to(torch.float32).contiguous(memory_format=CL).clone()  # (B, C, H, W)
+    f_hat = torch.zeros_like(f_rest)
+    code32 = codebook.detach().to(torch.float32).contiguous()
+    SN, H, h = len(patch_nums), patch_nums[-1], None
+    for si, pn in enumerate(patch_nums):
+        h32 = None if h is None else h.detach().to(torch.float32).contiguous(memory_format=CL)
+        idx_Bl = ops.msq_residual_search(f_hat, f_rest, h32, code32, pn)  # applies the previous scale's h
+        (h,) = _up_phi(ops, codebook.contiguous(), idx_Bl, [pn], [si], SN, H, phi)
+        yield idx_Bl, f_hat, h
+
+
+def _resolve(op, tensor):
+    return _backend.resolve(op, tensor.device)[0]
+
+
+def _msq_up_setup(ctx, inputs, output):
+    src, idx, ctx.patch_nums, ctx.H = inputs
+    ctx.src_shape = src.shape
+    ctx.save_for_backward(idx)
+
+
+def _msq_up_backward(ctx, grad):
+    """The adjoint of gather + bicubic-up: torch's bicubic backward per scale, then a scatter-add into the codes."""
+    (idx,) = ctx.saved_tensors
+    S, H, C = len(ctx.patch_nums), ctx.H, ctx.src_shape[-1]
+    B = grad.shape[0] // S
+    rows = []
+    for s, pn in enumerate(ctx.patch_nums):
+        g = grad[s * B:(s + 1) * B]  # (B, C, H, H)
+        if pn != H:
+            g = torch.ops.aten.upsample_bicubic2d_backward(g, [H, H], [B, C, pn, pn], False)
+        rows.append(g.permute(0, 2, 3, 1).reshape(B, pn * pn, C))
+    rows = torch.cat(rows, 1)  # (B, L, C)
+    if idx is None:
+        return rows, None, None, None
+    grad_codes = rows.new_zeros(ctx.src_shape).index_add_(0, idx.reshape(-1), rows.reshape(-1, C))  # (V, C)
+    return grad_codes, None, None, None
+
+
+for _ns, _module in (("fastar", _backend._C), ("fastar_simt", _backend._simt)):
+    if _module is not None:
+        torch.library.register_autograd(f"{_ns}::msq_up", _msq_up_backward, setup_context=_msq_up_setup)
+
+
+def f_to_idxBl_or_fhat(f_BChw, codebook, phi_weight, phi_bias, patch_nums, *, to_fhat=False, resi_ratio=0.5):
+    """Encode f_BChw (B, C, H, W): per scale, indices (B, pn^2) int64, or the cumulative f_hat (B, C, H, W)
+    float32 after that scale when to_fhat. As VectorQuantizer2.f_to_idxBl_or_fhat."""
+    op = "f_to_idxBl_or_fhat"
+    _check_map(op, "f_BChw", f_BChw)
+    _check_msq(op, codebook, phi_weight, phi_bias, patch_nums, C=f_BChw.shape[1], H=f_BChw.shape[2])
+    check_same_device(op, f_BChw=f_BChw, codebook=codebook)
+    ops = _resolve(op, f_BChw)
+    if ops is None:
+        return reference.f_to_idxBl_or_fhat(f_BChw, codebook, phi_weight, phi_bias, patch_nums, to_fhat=to_fhat,
+                                            resi_ratio=resi_ratio)
+    phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
+    with torch.no_grad():
+        code32 = codebook.to(torch.float32)
+        steps = _residual_steps(ops, f_BChw, code32, phi, patch_nums)
+        return [f_hat + h if to_fhat else idx_Bl for idx_Bl, f_hat, h in steps]
+
+
+def _accumulate(ops, src, idx, patch_nums, phi, last_one):
+    """embed_to_fhat on compiled ops: h of every scale, then one pass adding them up (copies of f_hat per scale)."""
+    SN, H = len(patch_nums), patch_nums[-1]
+    hs = _up_phi(ops, src, idx, patch_nums, range(SN), SN, H, phi)
+    B, C = hs[0].shape[:2]
+    f_hat = torch.zeros_like(hs[0])  # (B, C, H, H) channels_last
+    rows = ops.msq_add_down(f_hat, hs, [0 if last_one else H] * SN)  # at pn = H the rows are a copy of f_hat
+    if last_one:
+        return f_hat
+    return [r.view(B, H, H, C).permute(0, 3, 1, 2) for r in rows.split(H * H, dim=1)]  # (B, C, H, H) each
+
+
+def idxBl_to_fhat(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, *, last_one=False, resi_ratio=0.5):
+    """Decode per-scale indices (B, pn^2): the cumulative f_hat (B, C, H, H) float32 after each scale, or only the
+    last one. As VQVAE.idxBl_to_img's embed_to_fhat(all_to_max_scale=True) before the decoder."""
+    op = "idxBl_to_fhat"
+    _check_msq(op, codebook, phi_weight, phi_bias, patch_nums)
+    _check_idx(op, ms_idx_Bl, patch_nums, codebook.shape[0])
+    ops = _resolve(op, codebook)
+    if ops is None:
+        return reference.idxBl_to_fhat(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, last_one=last_one,
+                                       resi_ratio=resi_ratio)
+    phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
+    idx = torch.cat([i.contiguous() for i in ms_idx_Bl], 1)  # (B, L)
+    return _accumulate(ops, codebook.to(torch.float32).contiguous(), idx, patch_nums, phi, last_one)
+
+
+def _rows(h_BChw):
+    """(B, pn^2, C) float32 rows of a (B, C, pn, pn) map."""
+    return h_BChw.to(torch.float32).permute(0, 2, 3, 1).reshape(h_BChw.shape[0], -1, h_BChw.shape[1])
+
+
+def embed_to_fhat(ms_h_BChw, phi_weight, phi_bias, patch_nums, *, last_one=False, resi_ratio=0.5):
+    """Decode per-scale code maps (B, C, pn, pn): as idxBl_to_fhat, from the codes themselves."""
+    op = "embed_to_fhat"
+    _check_msq(op, None, phi_weight, phi_bias, patch_nums)
+    if len(ms_h_BChw) != len(patch_nums):
+        raise ValueError(f"{op}: ms_h_BChw holds {len(ms_h_BChw)} scales but patch_nums {len(patch_nums)}")
+    for si, (h, pn) in enumerate(zip(ms_h_BChw, patch_nums)):
+        _check_map(op, f"ms_h_BChw[{si}]", h, C=phi_weight.shape[1])
+        if h.shape[-1] != pn or h.shape[0] != ms_h_BChw[0].shape[0]:
+            raise ValueError(f"{op}: ms_h_BChw[{si}] must be (B, C, {pn}, {pn}), got {tuple(h.shape)}")
+    ops = _resolve(op, ms_h_BChw[0])
+    if ops is None:
+        return reference.embed_to_fhat(ms_h_BChw, phi_weight, phi_bias, patch_nums, last_one=last_one,
+                                       resi_ratio=resi_ratio)
+    phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
+    src = torch.cat([_rows(h) for h in ms_h_BChw], 1)  # (B, L, C)
+    return _accumulate(ops, src, None, patch_nums, phi, last_one)
+
+
+def idxBl_to_var_input(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, *, resi_ratio=0.5):
+    """Teacher forcing: (B, L - 1, C) float32, the input of scale si + 1 = area-down(cumulative f_hat after si,
+    pn_{si+1}) flattened. As VectorQuantizer2.idxBl_to_var_input."""
+    op = "idxBl_to_var_input"
+    _check_msq(op, codebook, phi_weight, phi_bias, patch_nums)
+    _check_idx(op, ms_idx_Bl, patch_nums, codebook.shape[0])
+    ops = _resolve(op, codebook)
+    if ops is None:
+        return reference.idxBl_to_var_input(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums,
+                                            resi_ratio=resi_ratio)
+    SN, H, (B, C) = len(patch_nums), patch_nums[-1], (ms_idx_Bl[0].shape[0], codebook.shape[1])
+    if SN == 1:
+        return codebook.new_zeros(B, 0, C, dtype=torch.float32)
+    phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
+    idx = torch.cat([i.contiguous() for i in ms_idx_Bl[:-1]], 1)  # (B, L - pn_SN^2)
+    hs = _up_phi(ops, codebook.to(torch.float32).contiguous(), idx, patch_nums[:-1], range(SN - 1), SN, H, phi)
+    return ops.msq_add_down(torch.zeros_like(hs[0]), hs, list(patch_nums[1:]))
+
+
+def get_next_autoregressive_input(si, SN, f_hat, h_BChw, phi_weight, phi_bias, patch_nums, *, resi_ratio=0.5):
+    """One inference step: f_hat (B, C, H, H) float32 += Phi(bicubic-up(h_BChw (B, C, pn, pn))), in place; returns
+    (f_hat, area-down(f_hat, pn_{si+1}) (B, C, pn', pn')), or (f_hat, f_hat) at the last scale. A channels_last f_hat
+    is updated directly; any other layout goes through a copy."""
+    op = "get_next_autoregressive_input"
+    check_tensor(op, "f_hat", f_hat, dim=4, dtypes=(torch.float32,))
+    _check_msq(op, None, phi_weight, phi_bias, patch_nums, C=f_hat.shape[1], H=f_hat.shape[2])
+    _check_map(op, "h_BChw", h_BChw, C=f_hat.shape[1])
+    if not 0 <= si < SN or SN != len(patch_nums) or h_BChw.shape[-1] != patch_nums[si]:
+        raise ValueError(f"{op}: need 0 <= si < SN = len(patch_nums) and h_BChw of patch size patch_nums[si], got "
+                         f"si={si}, SN={SN}, {len(patch_nums)} patch_nums, h_BChw {tuple(h_BChw.shape)}")
+    ops = _resolve(op, f_hat)
+    if ops is None:
+        return reference.get_next_autoregressive_input(si, SN, f_hat, h_BChw, phi_weight, phi_bias, patch_nums,
+                                                       resi_ratio=resi_ratio)
+    phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
+    H, B, C = f_hat.shape[2], f_hat.shape[0], f_hat.shape[1]
+    (h,) = _up_phi(ops, _rows(h_BChw).contiguous(), None, [h_BChw.shape[-1]], [si], SN, H, phi)
+    pn_next = patch_nums[si + 1] if si < SN - 1 else 0
+    work = f_hat if f_hat.is_contiguous(memory_format=CL) else f_hat.contiguous(memory_format=CL)
+    rows = ops.msq_add_down(work, [h], [pn_next])  # (B, pn_next^2, C)
+    if work is not f_hat:
+        f_hat.copy_(work)
+    return f_hat, f_hat if pn_next == 0 else rows.view(B, pn_next, pn_next, C).permute(0, 3, 1, 2)
+
+
+def msq_forward(f_BChw, codebook, phi_weight, phi_bias, patch_nums, *, beta=0.25, resi_ratio=0.5):
+    """VAR's quantizer training forward (VectorQuantizer2.forward): returns (f_hat (B, C, H, W) with the
+    straight-through gradient to f_BChw, codebook hits per scale (SN, V) float32, mean_vq_loss). The loss is the
+    mean over scales of beta MSE(f_hat.detach(), f) + MSE(f_hat, f.detach()); it trains f (commitment), the
+    codebook and the Phi convs. Computes in float32, or float64 when f_BChw is float64 (for gradcheck)."""
+    op = "msq_forward"
+    _check_map(op, "f_BChw", f_BChw)
+    _check_msq(op, codebook, phi_weight, phi_bias, patch_nums, C=f_BChw.shape[1], H=f_BChw.shape[2])
+    check_same_device(op, f_BChw=f_BChw, codebook=codebook)
+    ops = _resolve(op, f_BChw)
+    if ops is None:
+        return reference.msq_forward(f_BChw, codebook, phi_weight, phi_bias, patch_nums, beta=beta,
+                                     resi_ratio=resi_ratio)
+    dtype = torch.float64 if f_BChw.dtype == torch.float64 else torch.float32
+    phi = _phi_folded(phi_weight, phi_bias, resi_ratio, dtype)
+    SN, V = len(patch_nums), codebook.shape[0]
+    idx, hs = [], []
+    for idx_Bl, _, h in _residual_steps(ops, f_BChw, codebook.to(dtype), phi, patch_nums):
+        idx.append(idx_Bl)
+        hs.append(h)
+    hits_SV = torch.stack([i.reshape(-1).bincount(minlength=V) for i in idx]).to(torch.float32)
+    f = f_BChw.to(dtype)
+    f_hat_S = torch.stack(hs).cumsum(0)  # (SN, B, C, H, W): f_hat after each scale
+    # The mean over all SN * B * C * H * W elements is the mean over scales of the per-scale MSEs.
+    mean_vq_loss = (f_hat_S.detach() - f).square().mean().mul(beta) + (f_hat_S - f.detach()).square().mean()
+    f_hat = (f_hat_S[-1].detach() - f.detach()).add_(f)
+    return f_hat, hits_SV, mean_vq_loss

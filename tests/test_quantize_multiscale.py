@@ -1,0 +1,277 @@
+"""VAR's multi-scale residual quantization (issue 4) on every backend against the float64 reference.
+
+Indices: each scale is replayed in float64 (and float32) along the indices the op chose; every index must be the
+float64 argmin of its scale, or a tie: within K x the float32 replay's own distance error of the minimum.
+Maps: within K x the float32 reference's error of the float64 one (tests/tolerance.py).
+"""
+import pytest
+import torch
+
+import fastar
+from fastar import ops
+from fastar.reference import quantize as ref
+from tests.conftest import backend_device
+from tests.tolerance import K, assert_close
+
+# (patch_nums, B, C, V): VAR's 256 px and 512 px schedules, then odd sizes: B = 1, C and V off every tile, one
+# scale, pn not dividing H (overlapping area bins), repeated patch sizes.
+CASES = {
+    "256px": ((1, 2, 3, 4, 5, 6, 8, 10, 13, 16), 2, 32, 4096),
+    "512px": ((1, 2, 3, 4, 6, 9, 13, 18, 24, 32), 1, 32, 512),
+    "odd": ((1, 3, 5, 7), 3, 5, 37),
+    "one-scale": ((3,), 1, 4, 9),
+    "repeat": ((1, 2, 2, 5, 5), 1, 7, 20),
+}
+
+
+def make(case, dtype=torch.float32, seed=0):
+    patch_nums, B, C, V = CASES[case]
+    H = patch_nums[-1]
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randn(B, C, H, H, generator=g, dtype=dtype)
+    codebook = torch.randn(V, C, generator=g, dtype=dtype)
+    phi_weight = torch.randn(4, C, C, 3, 3, generator=g, dtype=dtype) / (3 * C**0.5)  # Phi near the identity
+    phi_bias = torch.randn(4, C, generator=g, dtype=dtype) * 0.1
+    ms_idx_Bl = [torch.randint(0, V, (B, pn * pn), generator=g) for pn in patch_nums]
+    return f, codebook, phi_weight, phi_bias, patch_nums, ms_idx_Bl
+
+
+def to(dev, *tensors):
+    return [t.to(dev) for t in tensors]
+
+
+def replay(f, codebook, phi_weight, phi_bias, patch_nums, ms_idx_Bl, dtype):
+    """The reference encode loop in `dtype` following the given indices: (z (B pn^2, C), f_hat) per scale."""
+    f, codebook, phi_weight, phi_bias = (t.to(dtype) for t in (f, codebook, phi_weight, phi_bias))
+    SN, H = len(patch_nums), patch_nums[-1]
+    f_rest, f_hat, out = f.clone(), torch.zeros_like(f), []
+    for si, (pn, idx_Bl) in enumerate(zip(patch_nums, ms_idx_Bl)):
+        z = ref.area_down(f_rest, pn).permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+        k = ref.phi_index(SN, phi_weight.shape[0])[si]
+        h = ref.phi(ref.bicubic_up(ref.embed(idx_Bl.cpu(), codebook, pn), H), phi_weight, phi_bias, k)
+        f_hat, f_rest = f_hat + h, f_rest - h
+        out.append((z, f_hat))
+    return out
+
+
+def check_encode_indices(ms_idx_Bl, f, codebook, phi_weight, phi_bias, patch_nums):
+    """Every index is the float64 argmin of its scale (along the op's own earlier indices) or a detected tie."""
+    r64 = replay(f, codebook, phi_weight, phi_bias, patch_nums, ms_idx_Bl, torch.float64)
+    r32 = replay(f, codebook, phi_weight, phi_bias, patch_nums, ms_idx_Bl, torch.float32)
+    ties = 0
+    for si, (idx_Bl, (z64, _), (z32, _)) in enumerate(zip(ms_idx_Bl, r64, r32)):
+        d64 = ref.vq_distances(z64, codebook.double())
+        d32 = ref.vq_distances(z32, codebook.float()).double()
+        idx = idx_Bl.cpu().reshape(-1)
+        gap = d64.gather(1, idx[:, None])[:, 0] - d64.min(1).values
+        allowed = K["f_to_idxBl_or_fhat"] * (d32 - d64).abs().max(1).values
+        assert ((gap == 0) | (gap <= allowed)).all(), f"scale {si}: non-nearest index, gap {gap.max():.3g}"
+        ties += int((idx != d64.argmin(1)).sum())
+    return ties
+
+
+def test_phi_index_table():
+    assert ref.phi_index(10, 4) == (0, 0, 1, 1, 1, 2, 2, 3, 3, 3)  # VAR's released quant_resi, ties included
+    assert ref.phi_index(10, 1) == (0,) * 10
+    assert ref.phi_index(10, 10) == tuple(range(10))
+    assert ref.phi_index(1, 4) == (0,)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_encode_indices(backend, case):
+    f, codebook, w, b, patch_nums, _ = make(case)
+    dev = backend_device(backend)
+    ms_idx_Bl = ops.f_to_idxBl_or_fhat(*to(dev, f, codebook, w, b), patch_nums)
+    assert [tuple(i.shape) for i in ms_idx_Bl] == [(f.shape[0], pn * pn) for pn in patch_nums]
+    assert all(i.dtype == torch.int64 for i in ms_idx_Bl)
+    check_encode_indices(ms_idx_Bl, f, codebook, w, b, patch_nums)
+    assert fastar.last_backend("f_to_idxBl_or_fhat") == backend
+
+
+@pytest.mark.parametrize("case", ["256px", "odd"])
+def test_encode_to_fhat(backend, case):
+    f, codebook, w, b, patch_nums, _ = make(case, seed=1)
+    dev = backend_device(backend)
+    ms_idx_Bl = ops.f_to_idxBl_or_fhat(*to(dev, f, codebook, w, b), patch_nums)
+    f_hats = ops.f_to_idxBl_or_fhat(*to(dev, f, codebook, w, b), patch_nums, to_fhat=True)
+    r64 = replay(f, codebook, w, b, patch_nums, ms_idx_Bl, torch.float64)
+    r32 = replay(f, codebook, w, b, patch_nums, ms_idx_Bl, torch.float32)
+    for f_hat, (_, f64), (_, f32) in zip(f_hats, r64, r32):
+        assert f_hat.shape == f.shape and f_hat.dtype == torch.float32
+        assert_close("f_to_idxBl_or_fhat", f_hat.cpu(), f64, f32)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("last_one", [False, True])
+def test_decode(backend, case, last_one):
+    _, codebook, w, b, patch_nums, ms_idx_Bl = make(case, seed=2)
+    dev = backend_device(backend)
+    out = ops.idxBl_to_fhat(to(dev, *ms_idx_Bl), *to(dev, codebook, w, b), patch_nums, last_one=last_one)
+    args64 = (ms_idx_Bl, codebook.double(), w.double(), b.double(), patch_nums)
+    r64 = ref.idxBl_to_fhat(*args64, last_one=last_one)
+    r32 = ref.idxBl_to_fhat(ms_idx_Bl, codebook, w, b, patch_nums, last_one=last_one)
+    for o, o64, o32 in zip(*(([x] if last_one else x) for x in (out, r64, r32))):
+        assert_close("idxBl_to_fhat", o.cpu(), o64, o32)
+    # The same from the code maps themselves (embed_to_fhat).
+    ms_h_BChw = [ref.embed(i, codebook, pn).to(dev) for i, pn in zip(ms_idx_Bl, patch_nums)]
+    out_h = ops.embed_to_fhat(ms_h_BChw, *to(dev, w, b), patch_nums, last_one=last_one)
+    for o, o_h in zip(*(([x] if last_one else x) for x in (out, out_h))):
+        torch.testing.assert_close(o_h, o, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_teacher_forcing_input(backend, case):
+    _, codebook, w, b, patch_nums, ms_idx_Bl = make(case, seed=3)
+    dev = backend_device(backend)
+    out = ops.idxBl_to_var_input(to(dev, *ms_idx_Bl), *to(dev, codebook, w, b), patch_nums)
+    L = sum(pn * pn for pn in patch_nums)
+    assert out.shape == (ms_idx_Bl[0].shape[0], L - patch_nums[0] ** 2, codebook.shape[1])
+    r64 = ref.idxBl_to_var_input(ms_idx_Bl, codebook.double(), w.double(), b.double(), patch_nums)
+    r32 = ref.idxBl_to_var_input(ms_idx_Bl, codebook, w, b, patch_nums)
+    if out.numel():
+        assert_close("idxBl_to_var_input", out.cpu(), r64, r32)
+
+
+@pytest.mark.parametrize("case", ["256px", "512px", "odd"])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_inference_steps(backend, case, layout):
+    """The SN steps of get_next_autoregressive_input, f_hat updated in place in either memory layout."""
+    _, codebook, w, b, patch_nums, ms_idx_Bl = make(case, seed=4)
+    dev = backend_device(backend)
+    SN, H, (B, C) = len(patch_nums), patch_nums[-1], (ms_idx_Bl[0].shape[0], codebook.shape[1])
+    f_hat = torch.zeros(B, C, H, H, device=dev)
+    if layout == "channels_last":
+        f_hat = f_hat.contiguous(memory_format=torch.channels_last)
+    f64, f32 = torch.zeros(B, C, H, H, dtype=torch.float64), torch.zeros(B, C, H, H)
+    for si, (idx_Bl, pn) in enumerate(zip(ms_idx_Bl, patch_nums)):
+        h = ref.embed(idx_Bl, codebook, pn)
+        out, nxt = ops.get_next_autoregressive_input(si, SN, f_hat, h.to(dev), *to(dev, w, b), patch_nums)
+        assert out is f_hat
+        f64, n64 = ref.get_next_autoregressive_input(si, SN, f64, h.double(), w.double(), b.double(), patch_nums)
+        f32, n32 = ref.get_next_autoregressive_input(si, SN, f32, h, w, b, patch_nums)
+        assert nxt.shape == n64.shape
+        assert_close("get_next_autoregressive_input", nxt.cpu(), n64, n32)
+    assert_close("get_next_autoregressive_input", f_hat.cpu(), f64, f32)
+
+
+@pytest.mark.parametrize("case", ["256px", "odd"])
+def test_training_forward(backend, case):
+    f, codebook, w, b, patch_nums, _ = make(case, seed=5)
+    dev = backend_device(backend)
+    leaves = [t.to(dev).requires_grad_() for t in (f, codebook, w, b)]
+    f_hat, hits, loss = ops.msq_forward(*leaves, patch_nums)
+    ms_idx_Bl = ops.f_to_idxBl_or_fhat(*to(dev, f, codebook, w, b), patch_nums)
+    check_encode_indices(ms_idx_Bl, f, codebook, w, b, patch_nums)
+    assert hits.shape == (len(patch_nums), codebook.shape[0]) and hits.dtype == torch.float32
+    assert torch.equal(hits.cpu(), torch.stack([i.cpu().reshape(-1).bincount(minlength=codebook.shape[0])
+                                                for i in ms_idx_Bl]).float())
+    (loss + f_hat.square().sum()).backward()
+    # The reference in float64 along the same indices: one training forward per scale's f_hat.
+    leaves64 = [t.detach().double().requires_grad_() for t in (f, codebook, w, b)]
+    _, f_hats64 = zip(*replay(*leaves64, patch_nums, ms_idx_Bl, torch.float64))
+    _, f_hats32 = zip(*replay(f, codebook, w, b, patch_nums, ms_idx_Bl, torch.float32))
+    f64 = leaves64[0]
+    loss64 = sum(0.25 * (h.detach() - f64).square().mean() + (h - f64.detach()).square().mean() for h in f_hats64)
+    loss64 = loss64 / len(patch_nums)
+    f_hat64 = (f_hats64[-1].detach() - f64.detach()) + f64
+    (loss64 + f_hat64.square().sum()).backward()
+    assert_close("msq_forward", f_hat.detach().cpu(), f_hat64.detach(), f_hats32[-1])
+    assert abs(loss.item() - loss64.item()) <= 1e-5 * loss64.item()
+    for t, t64 in zip(leaves, leaves64):
+        err = (t.grad.cpu().double() - t64.grad).abs().max().item()
+        assert err <= 1e-4 * t64.grad.abs().max().item() + 1e-6, err
+
+
+def test_training_forward_gradcheck(backend):
+    """float64 gradcheck of the loss through the codebook gather + upsample and the Phi. The detached terms (the
+    straight-through f_hat, the commitment term with beta) are gradients by definition, not derivatives: they are
+    checked against the reference's autograd in test_training_forward; here beta = 0 and f is a constant."""
+    g = torch.Generator().manual_seed(6)
+    patch_nums, C, V = (1, 2, 4), 3, 7
+    dev = backend_device(backend)
+    f = torch.randn(2, C, 4, 4, generator=g, dtype=torch.float64)
+    codebook = torch.randn(V, C, generator=g, dtype=torch.float64)
+    w = torch.randn(2, C, C, 3, 3, generator=g, dtype=torch.float64) * 0.3
+    b = torch.randn(2, C, generator=g, dtype=torch.float64) * 0.1
+    f = f.to(dev)
+    inputs = [t.to(dev).requires_grad_() for t in (codebook, w, b)]
+
+    def fn(codebook, w, b):
+        return ops.msq_forward(f, codebook, w, b, patch_nums, beta=0.0)[2]
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
+
+
+def test_compiled_ops_opcheck(backend):
+    if backend == "cuda":
+        pytest.skip("opcheck is run on the cpu and simt registrations; cuda shares the fake kernels")
+    ns = torch.ops.fastar_simt if backend == "simt" else torch.ops.fastar
+    g = torch.Generator().manual_seed(7)
+    cl = torch.channels_last
+    f_hat, f_rest, h = (torch.randn(2, 5, 7, 7, generator=g).contiguous(memory_format=cl) for _ in range(3))
+    codebook = torch.randn(11, 5, generator=g)
+    idx = torch.randint(0, 11, (2, 1 + 9 + 49), generator=g)
+    torch.library.opcheck(ns.msq_residual_search.default, (f_hat, f_rest, h, codebook, 3))
+    torch.library.opcheck(ns.msq_residual_search.default, (f_hat, f_rest, None, codebook, 7))
+    torch.library.opcheck(ns.msq_up.default, (codebook, idx, [1, 3, 7], 7))
+    torch.library.opcheck(ns.msq_up.default, (torch.randn(2, 13, 5, generator=g, dtype=torch.float64), None,
+                                              [2, 3], 7))
+    torch.library.opcheck(ns.msq_add_down.default, (f_hat, [h, h], [2, 0]))
+
+
+def test_decode_bad_index():
+    _, codebook, w, b, patch_nums, ms_idx_Bl = make("odd")
+    for bad in (-1, codebook.shape[0]):
+        idx = [i.clone() for i in ms_idx_Bl]
+        idx[2][0, 3] = bad
+        for fn in (ops.idxBl_to_fhat, ops.idxBl_to_var_input):
+            with pytest.raises(IndexError, match=r"ms_idx_Bl\[2\] holds an index outside \[0, 37\)"):
+                fn(idx, codebook, w, b, patch_nums)
+    with pytest.raises(RuntimeError, match=r"idx holds a code index outside \[0, 37\)"):
+        torch.ops.fastar.msq_up(codebook, torch.full((1, 4), 37), [2], 5)
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda a: {**a, "patch_nums": (1, 3, 5, 6)}, r"patch_nums\[-1\]=6 must equal the map's H=W=7"),
+    (lambda a: {**a, "codebook": a["codebook"][:, :4]}, "Cvae=4 but the feature map has C=5"),
+    (lambda a: {**a, "phi_weight": a["phi_weight"][:, :, :, :2]}, "phi_weight must be"),
+    (lambda a: {**a, "patch_nums": (1, 9, 7)}, "must not exceed the last one"),
+    (lambda a: {**a, "patch_nums": ()}, "patch_nums must be a non-empty"),
+    (lambda a: {**a, "f_BChw": a["f_BChw"][..., :6]}, "f_BChw must be square"),
+    (lambda a: {**a, "codebook": a["codebook"].int()}, "codebook must be one of"),
+])
+def test_encode_bad_input(mutate, match):
+    f, codebook, w, b, patch_nums, _ = make("odd")
+    args = mutate({"f_BChw": f, "codebook": codebook, "phi_weight": w, "phi_bias": b, "patch_nums": patch_nums})
+    with pytest.raises((TypeError, ValueError), match=match):
+        ops.f_to_idxBl_or_fhat(**args)
+
+
+def test_other_functions_bad_input():
+    f, codebook, w, b, patch_nums, ms_idx_Bl = make("odd")
+    with pytest.raises(ValueError, match=r"ms_idx_Bl\[1\] must be \(B=3, 9\)"):
+        ops.idxBl_to_fhat([ms_idx_Bl[0], ms_idx_Bl[2], ms_idx_Bl[1], ms_idx_Bl[3]], codebook, w, b, patch_nums)
+    with pytest.raises(ValueError, match="ms_idx_Bl holds 3 scales but patch_nums 4"):
+        ops.idxBl_to_var_input(ms_idx_Bl[:3], codebook, w, b, patch_nums)
+    with pytest.raises(ValueError, match="h_BChw of patch size patch_nums"):
+        ops.get_next_autoregressive_input(1, 4, torch.zeros(3, 5, 7, 7), torch.zeros(3, 5, 5, 5), w, b, patch_nums)
+    with pytest.raises(ValueError, match="Cvae=5 but the feature map has C=4"):
+        ops.get_next_autoregressive_input(0, 4, torch.zeros(3, 4, 7, 7), torch.zeros(3, 4, 1, 1), w, b, patch_nums)
+    with pytest.raises(ValueError, match="the last patch size patch_nums"):
+        ops.msq_forward(f, codebook, w, b, (1, 3, 5))
+
+
+def test_binding_checks():
+    """Direct torch.ops callers get named errors from the binding layer too."""
+    cl = torch.channels_last
+    f = torch.zeros(1, 4, 5, 5).contiguous(memory_format=cl)
+    with pytest.raises(RuntimeError, match="f_rest must be channels_last contiguous"):
+        torch.ops.fastar.msq_residual_search(f, torch.zeros(1, 4, 5, 5), None, torch.zeros(3, 4), 2)
+    with pytest.raises(RuntimeError, match="codebook has C=3 but the maps have C=4"):
+        torch.ops.fastar.msq_residual_search(f, f.clone(), None, torch.zeros(3, 3), 2)
+    with pytest.raises(RuntimeError, match=r"patch_nums must lie in \[1, 5\], got 6"):
+        torch.ops.fastar.msq_residual_search(f, f.clone(), None, torch.zeros(3, 4), 6)
+    with pytest.raises(RuntimeError, match=r"idx must be \(B, 5\)"):
+        torch.ops.fastar.msq_up(torch.zeros(3, 4), torch.zeros(1, 4, dtype=torch.long), [1, 2], 5)
+    with pytest.raises(RuntimeError, match="h holds 1 maps but patch_nums 2"):
+        torch.ops.fastar.msq_add_down(f, [f], [1, 2])
