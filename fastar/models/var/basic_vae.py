@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastar.models.var.basic_var import attention
+from fastar.reference.attention import attention
 
 
 def Normalize(C):
@@ -46,7 +46,9 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """One-head self-attention over the h*w positions; a fused 1x1 qkv conv, as the VAR checkpoint stores it."""
+    """One-head self-attention over the h*w positions; a fused 1x1 qkv conv, as the VAR checkpoint stores it.
+    Its head has C (640) channels, beyond fastar.ops.attention's kernels (head dim <= 256): it runs fastar's
+    reference attention, a few percent of the decoder's time."""
 
     def __init__(self, C):
         super().__init__()

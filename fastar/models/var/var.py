@@ -135,7 +135,9 @@ class VAR(nn.Module):
         head_ada = self.head_nm.ada(cond_BD)
         caches = [KVCache(2 * B, b.attn.num_heads, self.L, b.attn.head_dim, like=sos) for b in self.blocks]
 
-        f_hat = sos.new_zeros(B, self.Cvae, self.patch_nums[-1], self.patch_nums[-1])
+        # channels_last: the layout the quantizer ops update in place
+        H = self.patch_nums[-1]
+        f_hat = sos.new_zeros(B, self.Cvae, H, H).to(memory_format=torch.channels_last)
         cur_L = 0
         for si, pn in enumerate(self.patch_nums):
             ratio = si / (SN - 1)
@@ -155,6 +157,6 @@ class VAR(nn.Module):
             h_BChw = h_BlC.transpose(1, 2).reshape(B, self.Cvae, pn, pn)
             f_hat, next_BChw = quant.get_next_autoregressive_input(si, SN, f_hat, h_BChw)
             if si != SN - 1:  # the next scale's input: its area-downsampled f_hat, embedded, for both CFG halves
-                next_token_map = self.word_embed(next_BChw.flatten(2).transpose(1, 2))
-                next_token_map = (next_token_map + lvl_pos[:, cur_L:cur_L + self.patch_nums[si + 1] ** 2]).repeat(2, 1, 1)
+                next_BlC = self.word_embed(next_BChw.flatten(2).transpose(1, 2))
+                next_token_map = (next_BlC + lvl_pos[:, cur_L:cur_L + self.patch_nums[si + 1] ** 2]).repeat(2, 1, 1)
         return vae.fhat_to_img(f_hat).add_(1).mul_(0.5)

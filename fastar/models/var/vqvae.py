@@ -4,7 +4,6 @@ Images are in [-1, 1]; the released VAE (ch 160, V 4096, z 32) downsamples by 16
 """
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 
 from fastar.models.var.basic_vae import Decoder, Encoder
@@ -54,11 +53,7 @@ class VQVAE(nn.Module):
 
     def idxBl_to_img(self, ms_idx_Bl, last_one=False):
         """Images from the tokens of the first k scales, for every k <= len(ms_idx_Bl), or only the last."""
-        B, ms_h_BChw = ms_idx_Bl[0].shape[0], []
-        for idx_Bl in ms_idx_Bl:
-            pn = round(idx_Bl.shape[1] ** 0.5)
-            ms_h_BChw.append(self.quantize.embedding(idx_Bl).transpose(1, 2).reshape(B, self.Cvae, pn, pn))
-        f_hats = self.quantize.embed_to_fhat(ms_h_BChw, last_one=last_one)
+        f_hats = self.quantize.idxBl_to_fhat(ms_idx_Bl, last_one=last_one)
         return self.fhat_to_img(f_hats) if last_one else [self.fhat_to_img(f) for f in f_hats]
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
