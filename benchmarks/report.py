@@ -37,6 +37,11 @@ def render(data):
             lines.append(f"| {name} | {_fmt_ms(e[name])} | {e[name]['ratio']:.2f}x | "
                          f"{'' if agree is None else f'{agree:.4%}'} |")
         lines.append("")
+        if "breakdown" in e:  # {part: ms, ..., "total": ms} of one instrumented fastar run
+            total = e["breakdown"]["total"]
+            lines += ["Where the fastar time goes (one instrumented run):", "", "| part | ms | share |", "|---|---|---|"]
+            lines += [f"| {part} | {ms:.0f} | {ms / total:.0%} |" for part, ms in e["breakdown"].items()
+                      if part != "total"] + [f"| total | {total:.0f} | |", ""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,120 @@
+"""VAR end to end on the CPU, fastar ops against reference ops (fastar.use_backend("reference")) in one run:
+VAR-d16 sampling (B = 4, 256 px, CFG, float32) with where its time goes, one training step (B = 8), and the
+VQVAE's encode and decode. Random weights: the work is that of the released models. d16 steps take tens of
+seconds here, so each contender runs twice (no warm-up round)."""
+import time
+from collections import defaultdict
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastar
+from benchmarks.harness import compare
+from fastar.models.var import build_vae_var
+
+B_SAMPLE, B_TRAIN, ROUNDS = 4, 8, 2
+CLASSES = torch.tensor([207, 360, 387, 974])
+
+
+@pytest.fixture(scope="module")
+def d16():
+    torch.manual_seed(0)
+    vae, var = build_vae_var(depth=16, init_adaln_gamma=1e-3)
+    return vae, var
+
+
+def on_reference(fn):
+    def run():
+        with fastar.use_backend("reference"):
+            return fn()
+    return run
+
+
+def test_var_d16_sample(benchmark, d16, monkeypatch):
+    vae, var = d16
+    var.eval()
+    benchmark.group = f"VAR-d16 sampling B={B_SAMPLE} 256px cfg=4 top-k 900 top-p 0.95 float32"
+    maps, last = [], {}  # the token maps of a run, read off the codebook lookups (the sampler's only ones)
+    hook = vae.quantize.embedding.register_forward_hook(lambda m, args, out: maps.append(args[0].clone()))
+
+    def sample(name):
+        def run():
+            maps.clear()
+            var.autoregressive_infer_cfg(B_SAMPLE, CLASSES, g_seed=0, cfg=4.0, top_k=900, top_p=0.95)
+            last[name] = list(maps)
+        return run
+
+    compare(benchmark, sample("fastar"), {"reference ops": on_reference(sample("reference ops"))}, rounds=ROUNDS,
+            warmup=0, op="attention_decode")
+    same = all(torch.equal(a, b) for a, b in zip(last["fastar"], last["reference ops"]))
+    benchmark.extra_info["agreement"] = {"reference ops": float(same)}  # 1.0: identical tokens at every scale
+    benchmark.extra_info["breakdown"] = breakdown(monkeypatch, sample("breakdown"), vae)
+    hook.remove()
+
+
+def breakdown(monkeypatch, run, vae):
+    """ms per part of one fastar sampling run: the linear layers, attention, the quantizer ops, top-k/top-p
+    sampling, the VQVAE decoder, and the rest (LayerNorm, AdaLN arithmetic, embeddings)."""
+    spent = defaultdict(float)
+    depth = [0]  # only the outermost timed call counts (the decoder's convs are not linear layers, etc.)
+
+    def timed(part, fn):
+        def wrapped(*args, **kwargs):
+            if depth[0]:
+                return fn(*args, **kwargs)
+            depth[0] += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[part] += time.perf_counter() - t0
+                depth[0] -= 1
+        return wrapped
+
+    monkeypatch.setattr(F, "linear", timed("linear layers", F.linear))
+    monkeypatch.setattr(fastar.ops, "attention_decode", timed("attention", fastar.ops.attention_decode))
+    monkeypatch.setattr(fastar.ops, "get_next_autoregressive_input",
+                        timed("quantizer ops", fastar.ops.get_next_autoregressive_input))
+    monkeypatch.setattr(vae, "fhat_to_img", timed("VQVAE decoder", vae.fhat_to_img))
+    from fastar.models.var import var as var_module
+    monkeypatch.setattr(var_module, "sample_with_top_k_top_p_",
+                        timed("top-k/top-p sampling", var_module.sample_with_top_k_top_p_))
+    t0 = time.perf_counter()
+    run()
+    total = time.perf_counter() - t0
+    spent["other"] = total - sum(spent.values())
+    monkeypatch.undo()
+    return {part: s * 1e3 for part, s in sorted(spent.items(), key=lambda kv: -kv[1])} | {"total": total * 1e3}
+
+
+def test_var_d16_train_step(benchmark, d16):
+    vae, var = d16
+    var.train()
+    benchmark.group = f"VAR-d16 training step (forward + backward) B={B_TRAIN} 256px float32"
+    g = torch.Generator().manual_seed(0)
+    ms_idx_Bl = [torch.randint(4096, (B_TRAIN, pn * pn), generator=g) for pn in var.patch_nums]
+    label_B = torch.randint(1000, (B_TRAIN,), generator=g)
+    gt_BL = torch.cat(ms_idx_Bl, 1)
+
+    def step():
+        var.zero_grad(set_to_none=True)
+        x_BLCv = vae.quantize.idxBl_to_var_input(ms_idx_Bl)
+        logits_BLV = var(label_B, x_BLCv)
+        F.cross_entropy(logits_BLV.flatten(0, 1), gt_BL.flatten()).backward()
+
+    compare(benchmark, step, {"reference ops": on_reference(step)}, rounds=ROUNDS, warmup=0, op="attention")
+    var.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("direction", ["encode", "decode"])
+def test_vqvae(benchmark, d16, direction):
+    vae, _ = d16
+    benchmark.group = f"VQVAE {direction} B={B_SAMPLE} 256px float32"
+    img = torch.rand(B_SAMPLE, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        ms_idx_Bl = vae.img_to_idxBl(img)
+    fn = {"encode": lambda: vae.img_to_idxBl(img), "decode": lambda: vae.idxBl_to_img(ms_idx_Bl, last_one=True)}
+    with torch.no_grad():
+        compare(benchmark, fn[direction], {"reference ops": on_reference(fn[direction])}, rounds=ROUNDS, warmup=0,
+                op="f_to_idxBl_or_fhat" if direction == "encode" else "idxBl_to_fhat")

@@ -1,0 +1,133 @@
+"""VAR's transformer block (FoundationVision/VAR models/basic_var.py): AdaLN self-attention with cosine attention.
+
+Module names equal the official checkpoint's keys (attn.mat_qkv, attn.q_bias, attn.zero_k_bias, ffn.fc1, ada_lin.1).
+Every attention of the VAR models goes through `attention` / `attention_decode` below, i.e. through fastar.ops.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fastar
+
+
+def attention(q, k, v, mask=None, *, scale):
+    """q (B, H, Lq, D), k/v (B, H, Lk, D) -> (B, H, Lq, D); mask a fastar.ops.AttentionMask or None (full)."""
+    return fastar.ops.attention(q, k, v, mask, scale=scale)
+
+
+class KVCache:
+    """A preallocated (B, H, L, D) key/value cache filled scale by scale: no concatenation per scale."""
+
+    def __init__(self, B, H, L, D, like):
+        self.k = like.new_empty(B, H, L, D)
+        self.v = like.new_empty(B, H, L, D)
+        self.len = 0
+
+    def append(self, k, v):
+        l = k.shape[2]
+        self.k[:, :, self.len:self.len + l] = k
+        self.v[:, :, self.len:self.len + l] = v
+        self.len += l
+
+
+class SelfAttention(nn.Module):
+    """Cosine attention: q and k are L2-normalized and q is scaled by a learned per-head temperature exp(s_h),
+    s_h <= log 100, so logits are bounded (VAR's attn_l2_norm, on in every released model)."""
+
+    def __init__(self, C, num_heads):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, C // num_heads
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), math.log(4.0)))
+        self.max_scale_mul = math.log(100)
+        self.mat_qkv = nn.Linear(C, 3 * C, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.zeros(C)), nn.Parameter(torch.zeros(C))
+        self.register_buffer("zero_k_bias", torch.zeros(C))  # k has no bias, but the checkpoint stores a zero one
+        self.proj = nn.Linear(C, C)
+
+    def forward(self, x_BLC, mask=None, cache: KVCache | None = None):
+        """mask: fastar.ops.AttentionMask over x's own tokens (training); cache: keys/values of the earlier scales
+        (inference), which this call's keys/values join and its queries attend to."""
+        B, L, C = x_BLC.shape
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D)
+        scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
+        q, k = F.normalize(q, dim=-1).mul(scale_mul), F.normalize(k, dim=-1)
+        if cache is None:
+            o = attention(q, k, v, mask, scale=1.0)
+        else:
+            cache.append(k, v)
+            o = fastar.ops.attention_decode(q, cache.k, cache.v, cache.len, scale=1.0)
+        return self.proj(o.transpose(1, 2).reshape(B, L, C))
+
+
+class FFN(nn.Module):
+    def __init__(self, C, hidden):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(C, hidden), nn.Linear(hidden, C)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class SharedAdaLin(nn.Linear):
+    """The one AdaLN projection all blocks share in VAR-d36-s; each block adds its own ada_gss to it."""
+
+    def forward(self, cond_BD):
+        return super().forward(cond_BD).view(-1, 1, 6, self.out_features // 6)  # (B, 1, 6, C)
+
+
+class AdaLNSelfAttn(nn.Module):
+    """x + gamma1 * attn(LN(x)(1+scale1)+shift1), then the same with the FFN; the 6 AdaLN chunks come in VAR's
+    order gamma1, gamma2, scale1, scale2, shift1, shift2 (not DiT's)."""
+
+    def __init__(self, C, D, num_heads, mlp_ratio, norm_eps, drop_path, shared_aln):
+        super().__init__()
+        self.C, self.shared_aln, self.drop_path = C, shared_aln, drop_path
+        self.attn = SelfAttention(C, num_heads)
+        self.ffn = FFN(C, round(C * mlp_ratio))
+        self.ln_wo_grad = nn.LayerNorm(C, eps=norm_eps, elementwise_affine=False)
+        if shared_aln:
+            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C ** 0.5)
+        else:
+            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * C))
+
+    def ada(self, cond_BD_or_gss):
+        """The block's (B, 1, 6, C) AdaLN parameters: computed once per condition, reused at every scale."""
+        if self.shared_aln:
+            return self.ada_gss + cond_BD_or_gss
+        return self.ada_lin(cond_BD_or_gss).view(-1, 1, 6, self.C)
+
+    def forward(self, x_BLC, ada_B16C, mask=None, cache=None):
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16C.unbind(2)  # each (B, 1, C)
+        h = self.attn(self.ln_wo_grad(x_BLC).mul(scale1 + 1).add_(shift1), mask, cache)
+        x_BLC = x_BLC + self._drop_path(h.mul_(gamma1))
+        h = self.ffn(self.ln_wo_grad(x_BLC).mul(scale2 + 1).add_(shift2))
+        return x_BLC + self._drop_path(h.mul_(gamma2))
+
+    def _drop_path(self, h_BLC):
+        """Stochastic depth: drop the branch per sample, rescale the kept ones (training only)."""
+        if not self.training or self.drop_path == 0:
+            return h_BLC
+        keep = torch.empty(h_BLC.shape[0], 1, 1, device=h_BLC.device).bernoulli_(1 - self.drop_path)
+        return h_BLC * keep / (1 - self.drop_path)
+
+
+class AdaLNBeforeHead(nn.Module):
+    """LN(x)(1+scale)+shift before the classifier head; chunks scale, shift."""
+
+    def __init__(self, C, D, norm_eps):
+        super().__init__()
+        self.C = C
+        self.ln_wo_grad = nn.LayerNorm(C, eps=norm_eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * C))
+
+    def ada(self, cond_BD):
+        """(B, 1, 2, C), computed once per condition like the blocks' ada."""
+        return self.ada_lin(cond_BD).view(-1, 1, 2, self.C)
+
+    def forward(self, x_BLC, ada_B12C):
+        scale, shift = ada_B12C.unbind(2)
+        return self.ln_wo_grad(x_BLC).mul(scale + 1).add_(shift)

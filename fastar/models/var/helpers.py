@@ -1,0 +1,24 @@
+"""Sampling helpers of VAR's inference (FoundationVision/VAR models/helpers.py), with an explicit generator."""
+import torch
+
+
+def sample_with_top_k_top_p_(logits_BlV, rng=None, top_k=0, top_p=0.0):
+    """One token per position from softmax(logits) after top-k / top-p filtering; modifies logits_BlV in place
+    (the filtered logits feed more_smooth). Returns idx_Bl (int64)."""
+    B, l, V = logits_BlV.shape
+    if top_k > 0:  # below the k-th largest; ties with it are kept
+        kth = logits_BlV.topk(top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        logits_BlV.masked_fill_(logits_BlV < kth, -torch.inf)
+    if top_p > 0:  # the smallest logits whose probabilities sum to at most 1 - top_p; the largest always stays
+        sorted_logits, sorted_idx = logits_BlV.sort(dim=-1)
+        remove = sorted_logits.softmax(dim=-1).cumsum_(dim=-1) <= 1 - top_p
+        remove[..., -1] = False
+        logits_BlV.masked_fill_(remove.scatter(-1, sorted_idx, remove), -torch.inf)
+    probs = logits_BlV.softmax(dim=-1).view(-1, V)
+    return torch.multinomial(probs, num_samples=1, generator=rng).view(B, l)
+
+
+def gumbel_softmax_with_rng(logits, tau, rng=None):
+    """Soft Gumbel-softmax (hard=False) whose noise comes from rng, so more_smooth sampling is seeded too."""
+    gumbels = -torch.empty_like(logits).exponential_(generator=rng).log()
+    return ((logits + gumbels) / tau).softmax(dim=-1)

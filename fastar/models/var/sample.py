@@ -1,0 +1,82 @@
+"""Sample class-conditional images with VAR and write them as a PNG grid.
+
+    python -m fastar sample var --depth 16 --ckpt var_d16.pth --vae-ckpt vae_ch160v4096z32.pth \\
+        --classes 207 360 387 974 --cfg 4 --top-k 900 --top-p 0.95 --out grid.png
+    python -m fastar sample var --ckpt runs/var-digits/ckpt.pt --classes 0 1 2 3   # from `fastar train var`
+
+Without --ckpt the weights are random (the released VQVAE config and VAR-d{depth}), and it says so.
+"""
+import argparse
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from fastar.models.var.build import PATCH_NUMS, build_vae_var
+from fastar.models.var.var import VAR, VARConfig
+from fastar.models.var.vqvae import VQVAE, VQVAEConfig
+
+
+def save_grid(img_B3HW, path, nrow=8, pad=2):
+    """Images in [0, 1] tiled row-major, nrow per row, with `pad` white pixels between them, saved as a PNG."""
+    B, _, H, W = img_B3HW.shape
+    ncol = min(nrow, B)
+    nrows = -(-B // ncol)
+    grid = torch.ones(3, nrows * (H + pad) + pad, ncol * (W + pad) + pad)
+    for i, img in enumerate(img_B3HW.float().cpu()):
+        r, c = divmod(i, ncol)
+        grid[:, pad + r * (H + pad):pad + r * (H + pad) + H, pad + c * (W + pad):pad + c * (W + pad) + W] = img
+    Image.fromarray((grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+def load(ckpt, vae_ckpt, depth):
+    """(vae, var, what was loaded). ckpt: a `fastar train var` checkpoint or an official var_d*.pth state dict
+    (depth, shared AdaLN and resolution are read off its keys; the official VAE then comes from vae_ckpt)."""
+    if ckpt is None:
+        vae, var = build_vae_var(depth=depth)
+        return vae, var, f"RANDOM weights (no --ckpt): VAR-d{depth} and the released VQVAE config, untrained"
+    sd = torch.load(ckpt, map_location="cpu")
+    if "var_cfg" in sd:
+        vae = VQVAE(VQVAEConfig(**sd["vae_cfg"])).eval().requires_grad_(False)
+        var = VAR(vae, VARConfig(**sd["var_cfg"]))
+        vae.load_state_dict(sd["vae"])
+        var.load_state_dict(sd["var"])
+        return vae, var, f"{ckpt} (fastar train var checkpoint)"
+    if vae_ckpt is None:
+        raise SystemExit("an official VAR checkpoint needs --vae-ckpt (vae_ch160v4096z32.pth)")
+    L = sd["pos_1LC"].shape[1]
+    patch_nums = next(pn for pn in PATCH_NUMS.values() if sum(p * p for p in pn) == L)
+    vae, var = build_vae_var(depth=sd["pos_start"].shape[-1] // 64, patch_nums=patch_nums,
+                             shared_aln="shared_ada_lin.1.weight" in sd)
+    vae.load_state_dict(torch.load(vae_ckpt, map_location="cpu"))
+    var.load_state_dict(sd)
+    return vae, var, f"{ckpt} + {vae_ckpt}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fastar sample var", description=__doc__.split("\n")[0])
+    p.add_argument("--depth", type=int, default=16, help="VAR depth when no --ckpt is given")
+    p.add_argument("--ckpt", help="official var_d*.pth or a `fastar train var` ckpt.pt")
+    p.add_argument("--vae-ckpt", help="official vae_ch160v4096z32.pth (with an official --ckpt)")
+    p.add_argument("--classes", type=int, nargs="+", default=[207, 360, 387, 974], help="one image per class")
+    p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance at the last scale")
+    p.add_argument("--top-k", type=int, default=900)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax code mixtures (smoother images)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bs", type=int, default=4, help="images per forward pass (2x with CFG)")
+    p.add_argument("--nrow", type=int, default=8)
+    p.add_argument("--out", default="grid.png")
+    args = p.parse_args(argv)
+
+    vae, var, what = load(args.ckpt, args.vae_ckpt, args.depth)
+    print(f"sampling with {what}")
+    var.eval()
+    labels = torch.tensor(args.classes)
+    out = []
+    for i, label_B in enumerate(tqdm(labels.split(args.bs), desc="sample var")):
+        out.append(var.autoregressive_infer_cfg(len(label_B), label_B, g_seed=args.seed + i, cfg=args.cfg,
+                                                top_k=args.top_k, top_p=args.top_p, more_smooth=args.more_smooth))
+    save_grid(torch.cat(out), args.out, nrow=args.nrow)
+    print(f"wrote {args.out}: {len(labels)} images, classes {args.classes}")

@@ -1,0 +1,146 @@
+"""Train a tiny VQVAE + VAR on scikit-learn's digits (1797 8x8 images, 10 classes), on the CPU, in minutes.
+
+    python -m fastar train var --depth 2 --out runs/var-digits
+    torchrun --nproc_per_node 2 -m fastar train var ...      # DDP (gloo on CPU)
+
+Stage 1 trains the VQVAE (L2 reconstruction + the quantizer's VQ loss), since no released tokenizer fits 32 px
+digits; stage 2 freezes it and trains VAR on its tokens, teacher-forced, as FoundationVision/VAR's trainer does.
+Writes ckpt.pt (both models with their configs; `python -m fastar sample var --ckpt` reads it) and samples.png.
+"""
+import argparse
+import os
+from dataclasses import asdict
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from fastar.models.var.build import build_vae_var
+from fastar.models.var.sample import save_grid
+from fastar.models.var.vqvae import VQVAEConfig
+
+# a 32 px tokenizer: 3 levels (two halvings) give an 8x8 latent, tokenized at 6 scales
+TINY_PATCH_NUMS = (1, 2, 3, 4, 6, 8)
+TINY_VAE = VQVAEConfig(vocab_size=256, z_channels=16, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1,
+                       v_patch_nums=TINY_PATCH_NUMS)
+NO_DECAY = ("pos_start", "pos_1LC", "lvl_embed", "scale_mul", "ada_gss")  # as VAR's optimizer: embeddings, scales
+
+
+def digits(image_size):
+    """(images (N, 3, S, S) in [-1, 1], labels (N,)) from scikit-learn's bundled digits, bilinearly resized."""
+    from sklearn.datasets import load_digits
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16  # (N, 1, 8, 8) in [0, 1]
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return x.expand(-1, 3, -1, -1).mul(2).sub(1).contiguous(), torch.tensor(data.target)
+
+
+def batches(n, bs, steps, seed, rank, world):
+    """`steps` index batches; each process takes its share of one shuffled order per epoch."""
+    g, step = torch.Generator().manual_seed(seed), 0
+    while True:
+        perm = torch.randperm(n, generator=g)[rank::world]
+        for i in range(0, len(perm) - bs + 1, bs):
+            if step == steps:
+                return
+            yield step, perm[i:i + bs]
+            step += 1
+
+
+def adamw(model, lr):
+    """AdamW (0.9, 0.95) with weight decay on the weight matrices only, as VAR trains."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY) else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95))
+
+
+def fit(name, model, loss_fn, n, args, rank, world, save):
+    """Optimizes loss_fn(idx) over `args.<name>_steps` batches, calling save() every args.ckpt_every steps and at
+    the end (on rank 0); returns the mean loss of the first and of the last 20 steps."""
+    opt = adamw(model, getattr(args, f"{name}_lr"))
+    ddp = DDP(model) if world > 1 else model
+    losses, steps = [], getattr(args, f"{name}_steps")
+    bar = tqdm(batches(n, args.bs, steps, args.seed, rank, world), total=steps, desc=f"train {name}",
+               disable=rank != 0)
+    for step, idx in bar:
+        loss = loss_fn(ddp, idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if rank == 0 and ((step + 1) % args.ckpt_every == 0 or step + 1 == steps):
+            save()
+    k = min(20, len(losses))
+    return sum(losses[:k]) / k, sum(losses[-k:]) / k
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fastar train var", description=__doc__.split("\n")[0])
+    p.add_argument("--depth", type=int, default=2, help="VAR depth: width 64*depth, depth heads")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--bs", type=int, default=32, help="batch size per process")
+    p.add_argument("--vae-steps", type=int, default=200)
+    p.add_argument("--var-steps", type=int, default=300)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--var-lr", type=float, default=1e-3)
+    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process: the tiny ops are too small to split, more threads mostly wait")
+    p.add_argument("--out", default="runs/var-digits")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    torch.manual_seed(args.seed)  # the same initial weights on every process
+    os.makedirs(args.out, exist_ok=True)
+    images, labels = digits(args.image_size)
+    vae, var = build_vae_var(depth=args.depth, patch_nums=TINY_PATCH_NUMS, vae_cfg=TINY_VAE, init_adaln_gamma=1e-3,
+                             num_classes=10)
+
+    def save():
+        torch.save({"vae_cfg": asdict(vae.cfg), "var_cfg": asdict(var.cfg), "vae": vae.state_dict(),
+                    "var": var.state_dict()}, os.path.join(args.out, "ckpt.pt"))
+
+    # stage 1: the tokenizer
+    vae.train().requires_grad_(True)
+
+    def vae_loss(model, idx):
+        rec, _, vq_loss = model(images[idx])
+        return F.mse_loss(rec, images[idx]) + vq_loss
+
+    first, last = fit("vae", vae, vae_loss, len(images), args, rank, world, save)
+    if rank == 0:
+        print(f"vae loss {first:.4f} -> {last:.4f}")
+    vae.eval().requires_grad_(False)
+
+    # stage 2: VAR on the frozen tokenizer's tokens, extracted once (no augmentation, so they never change)
+    with torch.no_grad():
+        gt_idx_Bl = [torch.cat(t) for t in zip(*(vae.img_to_idxBl(x) for x in images.split(256)))]
+    var.train()
+
+    def var_loss(model, idx):
+        ms_idx_Bl = [t[idx] for t in gt_idx_Bl]
+        x_BLCv = vae.quantize.idxBl_to_var_input(ms_idx_Bl)
+        logits_BLV = model(labels[idx], x_BLCv)
+        return F.cross_entropy(logits_BLV.flatten(0, 1), torch.cat(ms_idx_Bl, 1).flatten())
+
+    first, last = fit("var", var, var_loss, len(images), args, rank, world, save)
+    if rank == 0:
+        print(f"var loss {first:.4f} -> {last:.4f}")
+        var.eval()
+        img = var.autoregressive_infer_cfg(20, torch.arange(20) % 10, g_seed=args.seed, cfg=2.0, top_k=50, top_p=0.95)
+        save_grid(img, os.path.join(args.out, "samples.png"), nrow=10)
+        print(f"wrote {args.out}/ckpt.pt and {args.out}/samples.png")
+    if world > 1:
+        dist.destroy_process_group()

@@ -1,0 +1,169 @@
+"""VAR models (issue 6): official checkpoint keys and parameter counts, teacher-forced training, KV-cache inference,
+and the fastar-ops path against the reference-ops path."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastar
+from fastar.models.var import PATCH_NUMS, VQVAEConfig, build_vae_var
+from tests.tolerance import assert_close
+
+DATA = Path(__file__).parent / "data"
+TINY_PN = (1, 2, 3, 4)
+TINY_VAE = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, v_patch_nums=TINY_PN)
+
+
+def official_keys(name, section=0):
+    """{key: (shape, kind)} from a key list in tests/data (copied from shared/reference): 'key [shape] P|B'."""
+    text = (DATA / name).read_text().split("\n---")[section]
+    out = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith(("#", " ")) and "[" in line:
+            key, rest = line.split(" ", 1)
+            shape, kind = rest.rsplit(" ", 1)
+            out[key] = (list(eval(shape)), kind)
+    return out
+
+
+def kinds(module):
+    params = dict(module.named_parameters())
+    return {k: ([*v.shape], "P" if k in params else "B(int64)" if v.dtype == torch.int64 else "B")
+            for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("shared_aln", [False, True], ids=["d16-30 style", "d36-s style"])
+def test_var_state_dict_matches_official_keys(shared_aln):
+    vae, var = build_vae_var(depth=2, patch_nums=PATCH_NUMS[512 if shared_aln else 256], shared_aln=shared_aln,
+                             device="meta")
+    assert kinds(var) == official_keys("var-state-dict-keys.txt", section=int(shared_aln))
+
+
+def test_vqvae_state_dict_matches_official_keys():
+    vae, _ = build_vae_var(depth=2, device="meta")
+    expected = official_keys("vqvae-state-dict-keys.txt")
+    assert len(expected) == 324
+    assert kinds(vae) == expected
+    assert sum(p.numel() for p in vae.parameters()) == 108_948_355
+
+
+@pytest.mark.parametrize("depth,count", [(16, 310_283_520), (20, 600_917_136), (24, 1_033_399_360),
+                                         (30, 2_010_020_356)])
+def test_var_parameter_count(depth, count):
+    _, var = build_vae_var(depth=depth, device="meta")
+    assert sum(p.numel() for p in var.parameters()) == count
+
+
+def test_strict_load_of_official_shapes():
+    """State dicts made from the official key lists (random values) load with strict=True; the VQVAE's on meta."""
+    _, var = build_vae_var(depth=2)
+    sd = {k: torch.zeros(s, dtype=torch.int64) if kind == "B(int64)" else torch.randn(s)
+          for k, (s, kind) in official_keys("var-state-dict-keys.txt").items()}
+    var.load_state_dict(sd, strict=True)
+    assert torch.equal(var.head.weight, sd["head.weight"])
+    vae, _ = build_vae_var(depth=2, device="meta")
+    sd = {k: torch.empty(s, device="meta") for k, (s, _) in official_keys("vqvae-state-dict-keys.txt").items()}
+    vae.load_state_dict(sd, strict=True, assign=True)
+
+
+def tiny(depth=2, seed=0):
+    torch.manual_seed(seed)
+    vae, var = build_vae_var(depth=depth, patch_nums=TINY_PN, vae_cfg=TINY_VAE, init_adaln_gamma=0.1, num_classes=10)
+    return vae, var.eval()
+
+
+def teacher_inputs(vae, B=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.rand(B, 3, 16, 16, generator=g) * 2 - 1
+    ms_idx_Bl = vae.img_to_idxBl(img)
+    return torch.arange(B) % 10, ms_idx_Bl, vae.quantize.idxBl_to_var_input(ms_idx_Bl)
+
+
+def sampled_tokens(vae, var, **kw):
+    """(images, the token maps autoregressive_infer_cfg drew), read off the codebook lookups."""
+    tokens = []
+    hook = vae.quantize.embedding.register_forward_hook(lambda m, args, out: tokens.append(args[0].clone()))
+    try:
+        img = var.autoregressive_infer_cfg(**kw)
+    finally:
+        hook.remove()
+    return img, tokens
+
+
+def test_training_step_reaches_every_parameter():
+    vae, var = tiny()
+    label_B, ms_idx_Bl, x_BLCv = teacher_inputs(vae)
+    var.train()
+    logits = var(label_B, x_BLCv)
+    assert logits.shape == (3, sum(p * p for p in TINY_PN), 64)
+    F.cross_entropy(logits.flatten(0, 1), torch.cat(ms_idx_Bl, 1).flatten()).backward()
+    assert [n for n, p in var.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
+
+
+def test_vqvae_training_forward():
+    vae, _ = tiny()
+    vae.train().requires_grad_(True)
+    img = torch.rand(2, 3, 16, 16) * 2 - 1
+    rec, usages, vq_loss = vae(img)
+    assert rec.shape == img.shape and len(usages) == len(TINY_PN)
+    (F.mse_loss(rec, img) + vq_loss).backward()
+    assert vae.encoder.conv_in.weight.grad.abs().sum() > 0  # the straight-through estimator reaches the encoder
+
+
+def test_kv_cache_inference_matches_teacher_forcing():
+    """Greedy tokens from the KV-cache loop (cfg 0) are the argmax of the teacher-forced logits on those tokens."""
+    vae, var = tiny()
+    img, tokens = sampled_tokens(vae, var, B=2, label_B=torch.tensor([3, 7]), g_seed=0, cfg=0.0, top_k=1)
+    assert img.shape == (2, 3, 16, 16) and 0 <= img.min() and img.max() <= 1
+    logits = var(torch.tensor([3, 7]), vae.quantize.idxBl_to_var_input(tokens))
+    assert torch.equal(logits.argmax(-1), torch.cat(tokens, 1))
+
+
+@pytest.mark.parametrize("more_smooth", [False, True])
+def test_sampling_is_seeded(more_smooth):
+    vae, var = tiny()
+    kw = dict(B=2, label_B=None, g_seed=5, cfg=1.5, top_k=20, top_p=0.9, more_smooth=more_smooth)
+    a, b = var.autoregressive_infer_cfg(**kw), var.autoregressive_infer_cfg(**kw)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, var.autoregressive_infer_cfg(**{**kw, "g_seed": 6}))
+
+
+def test_fastar_ops_match_reference_ops():
+    """Same weights: logits within the tolerance rule, and the same sampled tokens for a fixed seed."""
+    vae, var = tiny(depth=3)
+    label_B, _, x_BLCv = teacher_inputs(vae)
+    logits = var(label_B, x_BLCv)
+    with fastar.use_backend("reference"):
+        ref32 = var(label_B, x_BLCv)
+        ref64 = var.double()(label_B, x_BLCv.double())
+    var.float()
+    assert_close("var_logits", logits, ref64, ref32)
+    kw = dict(B=3, label_B=torch.tensor([1, 2, 3]), g_seed=0, cfg=2.0, top_k=30, top_p=0.95)
+    img, tokens = sampled_tokens(vae, var, **kw)
+    with fastar.use_backend("reference"):
+        ref_img, ref_tokens = sampled_tokens(vae, var, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(tokens, ref_tokens))
+    torch.testing.assert_close(img, ref_img)
+
+
+def run_cli(tmp_path, *args, torchrun=False):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m"] if torchrun else \
+        [sys.executable, "-m"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    res = subprocess.run([*launcher, "fastar", *args], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+@pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
+def test_train_then_sample_cli(tmp_path, torchrun):
+    out = run_cli(tmp_path, "train", "var", "--vae-steps", "3", "--var-steps", "3", "--bs", "8", "--out", "run",
+                  torchrun=torchrun)
+    assert "var loss" in out and (tmp_path / "run" / "samples.png").exists()
+    out = run_cli(tmp_path, "sample", "var", "--ckpt", "run/ckpt.pt", "--classes", "0", "1", "2", "--out", "g.png")
+    assert "fastar train var checkpoint" in out and (tmp_path / "g.png").exists()
