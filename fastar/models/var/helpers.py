@@ -6,7 +6,7 @@ def sample_with_top_k_top_p_(logits_BlV, rng=None, top_k=0, top_p=0.0):
     """One token per position from softmax(logits) after top-k / top-p filtering; modifies logits_BlV in place
     (the filtered logits feed more_smooth). Returns idx_Bl (int64)."""
     B, l, V = logits_BlV.shape
-    if top_k > 0:  # below the k-th largest; ties with it are kept
+    if 0 < top_k < V:  # below the k-th largest; ties with it are kept (top_k >= V keeps every token)
         kth = logits_BlV.topk(top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
         logits_BlV.masked_fill_(logits_BlV < kth, -torch.inf)
     if top_p > 0:  # the smallest logits whose probabilities sum to at most 1 - top_p; the largest always stays
