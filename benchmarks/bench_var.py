@@ -1,7 +1,9 @@
 """VAR end to end on the CPU, fastar ops against reference ops (fastar.use_backend("reference")) in one run:
 VAR-d16 sampling (B = 4, 256 px, CFG, float32) with where its time goes, one training step (B = 8), and the
 VQVAE's encode and decode. Random weights: the work is that of the released models. d16 steps take tens of
-seconds here, so each contender runs twice (no warm-up round)."""
+seconds here, so each contender runs twice (no warm-up round). Not yet run end to end on this machine (issue 6),
+so it runs only with FASTAR_BENCH_MODELS=1."""
+import os
 import time
 from collections import defaultdict
 
@@ -12,6 +14,9 @@ import torch.nn.functional as F
 import fastar
 from benchmarks.harness import compare
 from fastar.models.var import build_vae_var
+
+pytestmark = pytest.mark.skipif(os.environ.get("FASTAR_BENCH_MODELS") != "1",
+                                reason="model benchmarks: set FASTAR_BENCH_MODELS=1 (tens of minutes on 2 cores)")
 
 B_SAMPLE, B_TRAIN, ROUNDS = 4, 8, 2
 CLASSES = torch.tensor([207, 360, 387, 974])
