@@ -1,6 +1,7 @@
-// Flash-style CPU attention (FlashAttention-2, Dao 2023): query tiles x key tiles with an online softmax,
-// never an Lq x Lk array. Tiles the mask hides are skipped before their keys are read, fully visible
-// tiles skip the per-element mask. The tile products run on the BLAS that libtorch_cpu carries and exports
+// Flash-style CPU attention (FlashAttention-2, Dao 2023): query blocks x key runs with an online softmax,
+// never an Lq x Lk array. Masks where each query sees a key prefix (full, block-causal, decode) compute
+// exactly the visible keys of each block of rows; the others go by tiles: tiles the mask hides are skipped
+// before their keys are read, fully visible tiles skip the per-element mask. The tile products run on the BLAS that libtorch_cpu carries and exports
 // (MKL or OpenBLAS; at::native::cpublas::gemm is not exported), the softmax between them on the per-ISA
 // micro-kernels of cpu/attention_isa.cpp.
 #include "cpu/attention.h"
@@ -49,8 +50,8 @@ const AttentionIsa& attention_isa() {
 namespace {
 
 using kernels::MaskParams;
-// 32 query rows keep block-causal VAR's visited fraction near the element count (0.67 of L^2 at L = 680,
-// against 0.62 visible); 64 keys fill a score row with whole vectors (score rows are multiples of kTileK).
+// Tiles of the generic forward and of the backward. 32 query rows keep block-causal VAR's visited fraction near
+// the element count (0.67 of L^2 at L = 680, against 0.62 visible); 64 keys fill a score row with whole vectors.
 constexpr int kTileQ = 32, kTileK = 64;
 
 template <class T>
@@ -77,21 +78,26 @@ struct SerialBlas {
   }
 };
 
-// One (B, H, L, D) operand whose rows are contiguous: element (b, h, l, d) at b * sb + h * sh + l * D + d.
+// One (B, H, L, D) operand whose rows are unit-stride: element (b, h, l, d) at b * sb + h * sh + l * sl + d;
+// sl >= D is the BLAS leading dimension.
 template <class T>
 struct Heads {
   T* data;
-  int64_t sb, sh;
+  int64_t sb, sh, sl;
   T* at(int64_t b, int64_t h) const { return data + b * sb + h * sh; }
 };
 
 template <class T>
-Heads<T> heads(const at::Tensor& t) { return {t.data_ptr<T>(), t.stride(0), t.stride(1)}; }
+Heads<T> heads(const at::Tensor& t) {  // a single row's stride is arbitrary: D is a valid one
+  return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.size(2) == 1 ? t.size(3) : t.stride(2)};
+}
 
-// The compute dtype of the inputs, with rows contiguous (a cache narrowed on L keeps its storage).
+// The compute dtype of the inputs, read in place when each row is unit-stride and rows do not overlap (a cache
+// narrowed on L; VAR's q, k, v views of one (B, L, 3, H, D) qkv tensor), else a contiguous copy.
 at::Tensor operand(const at::Tensor& t, at::ScalarType dtype) {
   at::Tensor r = t.to(dtype);
-  return r.stride(3) == 1 && r.stride(2) == r.size(3) ? r : r.contiguous();
+  const bool rows_ok = (r.stride(3) == 1 || r.size(3) == 1) && (r.stride(2) >= r.size(3) || r.size(2) == 1);
+  return rows_ok ? r : r.contiguous();
 }
 
 at::ScalarType compute_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
@@ -140,79 +146,162 @@ struct Tiles {
   }
 };
 
-// S (rows, ld) = scale Q K^T over query tiles [i0, i1) x key tiles [j0, j1) of one head, none of them
-// hidden: -inf on the hidden keys of partial tiles and on columns past the last key.
+// -inf on the hidden keys of the partial tiles among query tiles [i0, i1) x key tiles [j0, j1) of S (rows, ld),
+// whose rows start at query tile i0 and columns at key tile j0.
 template <class T>
-void scores(const T* Q, const T* K, const Tiles& t, int b, int i0, int i1, int j0, int j1, T scale, T* S, int ld) {
+void mask_tiles(const Tiles& t, int b, int i0, int i1, int j0, int j1, T* S, int ld) {
   const Dims& d = t.d;
-  const int q0 = i0 * kTileQ, q1 = int(std::min<int64_t>(i1 * kTileQ, d.Lq));
-  const int k0 = j0 * kTileK, k1 = int(std::min<int64_t>(j1 * kTileK, d.Lk));
-  mm<T>(false, true, q1 - q0, k1 - k0, int(d.D), scale, Q + q0 * d.D, int(d.D), K + k0 * d.D, int(d.D), T(0), S, ld);
-  const T neg_inf = -std::numeric_limits<T>::infinity();
+  const int q1 = int(std::min<int64_t>(i1 * kTileQ, d.Lq)), k1 = int(std::min<int64_t>(j1 * kTileK, d.Lk));
   for (int i = i0; i < i1; ++i) {
     for (int j = j0; j < j1; ++j) {
       if (t.kind(b, i, j) != kernels::kTilePartial) continue;
       for (int q = i * kTileQ; q < std::min((i + 1) * kTileQ, q1); ++q)
         for (int k = j * kTileK; k < std::min((j + 1) * kTileK, k1); ++k)
-          if (!kernels::visible(t.mask, b, q, k, int(d.Lq), int(d.Lk))) S[(q - q0) * ld + k - k0] = neg_inf;
+          if (!kernels::visible(t.mask, b, q, k, int(d.Lq), int(d.Lk)))
+            S[(q - i0 * kTileQ) * ld + k - j0 * kTileK] = -std::numeric_limits<T>::infinity();
     }
   }
-  for (int r = 0; r < q1 - q0; ++r) std::fill(S + r * ld + k1 - k0, S + (r + 1) * ld, neg_inf);
 }
 
-// Query blocks of the forward: runs of up to kBlockQ query tiles whose tile flags are equal, so a block
-// visits exactly the key tiles each of its tiles would, with products over more rows (MKL packs each key
-// block once per product). Returns the first tile of each block, then nq.
-constexpr int kBlockQ = 4;
-std::vector<int> query_blocks(const uint8_t* flags, int nq, int nk) {
-  std::vector<int> starts = {0};
-  for (int i = 1; i < nq; ++i)
-    if (i - starts.back() == kBlockQ || std::memcmp(flags + i * nk, flags + (i - 1) * nk, nk) != 0)
-      starts.push_back(i);
-  starts.push_back(nq);
-  return starts;
-}
-
-// Forward over the key tiles of split s of every (b, h, query block): out (splits, B, H, Lq, D) and lse
-// (splits, B, H, Lq), each split normalized on its own keys (combined by the caller). Runs of up to
-// kRunK visible key tiles go through one product pair.
+// S (rows, ld) = scale Q K^T for `rows` queries from Q and keys [k0, k1) of K (row strides ldq, ldk), then
+// -inf on columns [k1 - k0, ld).
 template <class T>
-void forward(Heads<T> q, Heads<T> k, Heads<T> v, const Tiles& t, const std::vector<int>& blocks, T scale,
-             int splits, T* out, T* lse) {
-  constexpr int kRunK = 8, kRows = kBlockQ * kTileQ;
-  const Dims& d = t.d;
-  const int n_blocks = int(blocks.size()) - 1;
+void scores(const T* Q, int ldq, const T* K, int ldk, int rows, int k0, int k1, int D, T scale, T* S, int ld) {
+  mm<T>(false, true, rows, k1 - k0, D, scale, Q, ldq, K + int64_t(k0) * ldk, ldk, T(0), S, ld);
+  for (int r = 0; r < rows; ++r) std::fill(S + r * ld + k1 - k0, S + (r + 1) * ld, -std::numeric_limits<T>::infinity());
+}
+
+// Score rows are whole vectors of the widest ISA (cpu/attention_isa.h).
+constexpr int kRowAlign = 16;
+int row_ld(int cols) { return (cols + kRowAlign - 1) / kRowAlign * kRowAlign; }
+
+// Query rows [r0, r1) of every head, processed together (one product pair per run of keys). Prefix masks
+// also keep the most keys any of the rows sees.
+struct QueryBlock {
+  int r0, r1, keys;
+};
+
+// The generic plan, for any mask: query blocks are runs of up to kBlockQ query tiles whose tile flags are
+// equal, so a block visits exactly the key tiles each of its tiles would; runs of up to kRunK visible key
+// tiles go through one product pair, partial tiles masked element by element.
+struct TilePlan {
+  static constexpr int kBlockQ = 4, kRunK = 8, kMaxRows = kBlockQ * kTileQ, kMaxCols = kRunK * kTileK;
+  Tiles t;
+  std::vector<QueryBlock> blocks;
+
+  TilePlan(const uint8_t* flags, const MaskParams& mask, const Dims& d) : t{flags, mask, d} {
+    for (int i0 = 0; i0 < d.nq;) {
+      int i1 = i0 + 1;
+      while (i1 < d.nq && i1 - i0 < kBlockQ && std::memcmp(flags + i1 * d.nk, flags + i0 * d.nk, d.nk) == 0) ++i1;
+      blocks.push_back({i0 * kTileQ, int(std::min<int64_t>(i1 * kTileQ, d.Lq)), 0});
+      i0 = i1;
+    }
+  }
+  int splittable_keys() const { return t.d.nk; }
+  // run(k0, k1, mask) for each run of visible keys of block blk in key split s of splits (batch row b);
+  // mask(S, ld) hides what the run's product must not see.
+  template <class Run>
+  void runs(int b, int blk, int s, int splits, Run run) const {
+    const int i0 = blocks[blk].r0 / kTileQ, i1 = (blocks[blk].r1 + kTileQ - 1) / kTileQ;
+    const int per_split = (t.d.nk + splits - 1) / splits, j_end = std::min(t.d.nk, (s + 1) * per_split);
+    auto visible = [&](int j) { return t.kind(b, i0, j) != kernels::kTileSkip; };
+    for (int j = s * per_split; j < j_end;) {
+      if (!visible(j)) { ++j; continue; }
+      const int j1 = Tiles::run_end(j, j_end, kRunK, visible);
+      run(j * kTileK, int(std::min<int64_t>(j1 * kTileK, t.d.Lk)),
+          [&](auto* S, int ld) { mask_tiles(t, b, i0, i1, j, j1, S, ld); });
+      j = j1;
+    }
+  }
+};
+
+// The plan of the masks where every query row sees a key prefix [0, n_r): full, block-causal (n_r = kv_end[r],
+// VAR), either with key_len, and decode. Rows that see the same prefix (a VAR scale) form blocks of at most
+// kMaxRows rows that compute exactly their keys: no tile rounding, no per-element mask, products over the
+// exact key count. A block whose keys fit kMaxCols takes one pass (one softmax, no rescaling of out).
+struct PrefixPlan {
+  // A product call costs about as much as kCallCost more score elements: neighbouring small blocks (VAR's
+  // first scales) merge when the union, masked per row, costs less than the two calls.
+  static constexpr int kMaxRows = 128, kMaxCols = 1024, kCallCost = 4096;
+  MaskParams mask;
+  const Dims& d;
+  std::vector<QueryBlock> blocks;
+
+  int keys(int r) const {  // n_r before key_len
+    return mask.kind == kernels::kBlockCausal ? std::clamp(mask.kv_end[r], 0, int(d.Lk)) : int(d.Lk);
+  }
+  int keys(int b, int r) const { return mask.key_len ? std::min(keys(r), mask.key_len[b]) : keys(r); }
+
+  PrefixPlan(const MaskParams& mask, const Dims& d) : mask(mask), d(d) {
+    for (int r0 = 0; r0 < d.Lq;) {  // runs of equal prefixes, cut into equal pieces of <= kMaxRows rows
+      int r1 = r0 + 1;
+      while (r1 < d.Lq && keys(r1) == keys(r0)) ++r1;
+      const int n = (r1 - r0 + kMaxRows - 1) / kMaxRows;
+      for (int p = 0; p < n; ++p) add({r0 + (r1 - r0) * p / n, r0 + (r1 - r0) * (p + 1) / n, keys(r0)});
+      r0 = r1;
+    }
+  }
+  void add(QueryBlock next) {
+    if (!blocks.empty()) {
+      QueryBlock& last = blocks.back();
+      const int64_t rows = next.r1 - last.r0, n = std::max(last.keys, next.keys);
+      const int64_t apart = int64_t(last.r1 - last.r0) * last.keys + int64_t(next.r1 - next.r0) * next.keys;
+      if (rows <= kMaxRows && rows * n < apart + kCallCost) {
+        last = {last.r0, next.r1, int(n)};
+        return;
+      }
+    }
+    blocks.push_back(next);
+  }
+  int splittable_keys() const { return int(d.Lk); }
+  template <class Run>
+  void runs(int b, int blk, int s, int splits, Run run) const {
+    const QueryBlock& qb = blocks[blk];
+    const int n = mask.key_len ? std::min(qb.keys, mask.key_len[b]) : qb.keys, per_split = (n + splits - 1) / splits;
+    const int k_end = std::min(n, (s + 1) * per_split), passes = (k_end - s * per_split + kMaxCols - 1) / kMaxCols;
+    for (int p = 0; p < passes; ++p) {  // equal passes of <= kMaxCols keys
+      const int k0 = s * per_split + (k_end - s * per_split) * p / passes;
+      const int k1 = s * per_split + (k_end - s * per_split) * (p + 1) / passes;
+      run(k0, k1, [&](auto* S, int ld) {
+        for (int r = qb.r0; r < qb.r1; ++r)  // rows that see fewer keys than the block
+          std::fill(S + (r - qb.r0) * ld + std::clamp(keys(b, r) - k0, 0, k1 - k0), S + (r - qb.r0) * ld + (k1 - k0),
+                    -std::numeric_limits<std::remove_pointer_t<decltype(S)>>::infinity());
+      });
+    }
+  }
+};
+
+// Forward over key split s of every (b, h, query block of the plan): out (splits, B, H, Lq, D) and lse
+// (splits, B, H, Lq), each split normalized on its own keys (combined by the caller).
+template <class T, class Plan>
+void forward(Heads<T> q, Heads<T> k, Heads<T> v, const Plan& plan, const Dims& d, T scale, int splits, T* out,
+             T* lse) {
+  const int n_blocks = int(plan.blocks.size()), D = int(d.D);
   const int64_t items = d.B * d.H * n_blocks * splits, group = d.H / d.Hk;
-  const int per_split = (d.nk + splits - 1) / splits;
   const auto& kern = micro<T>();
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     const SerialBlas serial;
-    std::vector<T> S(kRows * kRunK * kTileK), m(kRows), l(kRows);
+    std::vector<T> S(Plan::kMaxRows * row_ld(Plan::kMaxCols)), m(Plan::kMaxRows), l(Plan::kMaxRows);
     for (int64_t item = begin; item < end; ++item) {
       const int blk = int(item % n_blocks), s = int(item / n_blocks % splits);
       const int64_t bh = item / n_blocks / splits, b = bh / d.H, h = bh % d.H;
-      const int i0 = blocks[blk], i1 = blocks[blk + 1];
-      const int q0 = i0 * kTileQ, rows = int(std::min<int64_t>(i1 * kTileQ, d.Lq)) - q0;
-      const T *Q = q.at(b, h), *K = k.at(b, h / group), *V = v.at(b, h / group);
-      T* o = out + ((s * d.B * d.H + bh) * d.Lq + q0) * d.D;  // (rows, D), the running accumulator
-      std::fill(o, o + rows * d.D, T(0));
+      const int q0 = plan.blocks[blk].r0, rows = plan.blocks[blk].r1 - q0;
+      const T *Q = q.at(b, h) + q0 * q.sl, *K = k.at(b, h / group), *V = v.at(b, h / group);
+      T* o = out + ((s * d.B * d.H + bh) * d.Lq + q0) * D;  // (rows, D), the running accumulator
+      std::fill(o, o + rows * D, T(0));
       std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
       std::fill(l.begin(), l.end(), T(0));
-      const int j_end = std::min(d.nk, (s + 1) * per_split);
-      for (int j = s * per_split; j < j_end;) {
-        auto visible = [&](int jj) { return t.kind(int(b), i0, jj) != kernels::kTileSkip; };
-        if (!visible(j)) { ++j; continue; }
-        const int j1 = Tiles::run_end(j, j_end, kRunK, visible), ld = (j1 - j) * kTileK;
-        const int k0 = j * kTileK, cols = int(std::min<int64_t>(j1 * kTileK, d.Lk)) - k0;
-        scores<T>(Q, K, t, int(b), i0, i1, j, j1, scale, S.data(), ld);
-        kern.online_softmax(S.data(), rows, ld, m.data(), l.data(), o, int(d.D));
-        mm<T>(false, false, rows, int(d.D), cols, T(1), S.data(), ld, V + k0 * d.D, int(d.D), T(1), o, int(d.D));
-        j = j1;
-      }
+      plan.runs(int(b), blk, s, splits, [&](int k0, int k1, auto mask) {
+        const int ld = row_ld(k1 - k0);
+        scores<T>(Q, int(q.sl), K, int(k.sl), rows, k0, k1, D, scale, S.data(), ld);
+        mask(S.data(), ld);
+        kern.online_softmax(S.data(), rows, ld, m.data(), l.data(), o, D);
+        mm<T>(false, false, rows, D, k1 - k0, T(1), S.data(), ld, V + k0 * v.sl, int(v.sl), T(1), o, D);
+      });
       T* lse_rows = lse + (s * d.B * d.H + bh) * d.Lq + q0;
       for (int r = 0; r < rows; ++r) {  // a row that saw no key: out 0, lse -inf
         const T inv = l[r] > 0 ? T(1) / l[r] : T(0);
-        for (int64_t c = 0; c < d.D; ++c) o[r * d.D + c] *= inv;
+        for (int c = 0; c < D; ++c) o[r * D + c] *= inv;
         lse_rows[r] = l[r] > 0 ? m[r] + std::log(l[r]) : -std::numeric_limits<T>::infinity();
       }
     }
@@ -221,9 +310,9 @@ void forward(Heads<T> q, Heads<T> k, Heads<T> v, const Tiles& t, const std::vect
 
 // Splits of the keys so that (B, H, query blocks, splits) gives every thread a few items: decoding one
 // scale (or one token) for a small batch has too few query blocks alone.
-int key_splits(const Dims& d, int n_blocks) {
+int key_splits(const Dims& d, int n_blocks, int keys) {
   const int64_t items = std::max<int64_t>(1, d.B * d.H * n_blocks), want = 4 * at::get_num_threads();
-  return items >= want ? 1 : int(std::max<int64_t>(1, std::min<int64_t>(d.nk, (want + items - 1) / items)));
+  return items >= want ? 1 : int(std::max<int64_t>(1, std::min<int64_t>(keys, (want + items - 1) / items)));
 }
 
 // Merges per-split results: lse = logsumexp over splits, out = sum of exp(lse_s - lse) out_s.
@@ -234,27 +323,28 @@ std::tuple<at::Tensor, at::Tensor> combine(const at::Tensor& out_s, const at::Te
   return {(w.unsqueeze(-1) * out_s).sum(0), lse};
 }
 
-template <class T>
-std::tuple<at::Tensor, at::Tensor> forward_heads(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                                 int64_t Lk, const MaskParams& mask, double scale) {
-  const Dims d = dims(q, k, Lk);
-  const auto flags = tile_flags(mask, int(d.Lq), int(d.Lk));
-  const auto blocks = query_blocks(flags->data(), d.nq, d.nk);
-  const int splits = key_splits(d, int(blocks.size()) - 1);
+template <class T, class Plan>
+std::tuple<at::Tensor, at::Tensor> forward_plan(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                const Plan& plan, const Dims& d, double scale) {
+  const int splits = key_splits(d, int(plan.blocks.size()), plan.splittable_keys());
   at::Tensor out = at::empty({splits, d.B, d.H, d.Lq, d.D}, q.options());  // (splits, B, H, Lq, D)
   at::Tensor lse = at::empty({splits, d.B, d.H, d.Lq}, q.options());       // (splits, B, H, Lq)
   if (out.numel() > 0)
-    forward<T>(heads<T>(q), heads<T>(k), heads<T>(v), Tiles{flags->data(), mask, d}, blocks, T(scale), splits,
-               out.data_ptr<T>(), lse.data_ptr<T>());
+    forward<T>(heads<T>(q), heads<T>(k), heads<T>(v), plan, d, T(scale), splits, out.data_ptr<T>(),
+               lse.data_ptr<T>());
   return combine(out, lse);
 }
 
 std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                int64_t Lk, const MaskParams& mask, double scale) {
   const auto dt = compute_dtype(q);
-  const at::Tensor qc = q.to(dt).contiguous(), kc = operand(k, dt), vc = operand(v, dt);
+  const at::Tensor qc = operand(q, dt), kc = operand(k, dt), vc = operand(v, dt);
+  const Dims d = dims(q, k, Lk);
   auto [out, lse] = AT_DISPATCH_FLOATING_TYPES(dt, "attention_fwd", [&] {
-    return forward_heads<scalar_t>(qc, kc, vc, Lk, mask, scale);
+    if (mask.kind == kernels::kFull || mask.kind == kernels::kBlockCausal)
+      return forward_plan<scalar_t>(qc, kc, vc, PrefixPlan(mask, d), d, scale);
+    const auto flags = tile_flags(mask, int(d.Lq), int(d.Lk));
+    return forward_plan<scalar_t>(qc, kc, vc, TilePlan(flags->data(), mask, d), d, scale);
   });
   return {out.to(q.scalar_type()), lse};
 }
@@ -285,13 +375,14 @@ void backward(Heads<T> q, Heads<T> k, Heads<T> v, Heads<T> dout, const T* lse, c
           if (!visible(i)) { ++i; continue; }
           const int i1 = Tiles::run_end(i, d.nq, kRunQ, visible);
           const int q0 = i * kTileQ, rows = int(std::min<int64_t>(i1 * kTileQ, d.Lq)) - q0;
-          scores<T>(Q, K, t, int(b), i, i1, j, j + 1, scale, P.data(), kTileK);
+          scores<T>(Q + q0 * q.sl, int(q.sl), K, int(k.sl), rows, k0, k0 + cols, D, scale, P.data(), kTileK);
+          mask_tiles(t, int(b), i, i1, j, j + 1, P.data(), kTileK);
           kern.probs(P.data(), rows, kTileK, lse + bh * d.Lq + q0);
           mm<T>(true, false, cols, D, rows, T(1), P.data(), kTileK, dO + q0 * D, D, T(1), dV + k0 * D, D);
-          mm<T>(false, true, rows, cols, D, T(1), dO + q0 * D, D, V + k0 * D, D, T(0), dS.data(), kTileK);
+          mm<T>(false, true, rows, cols, D, T(1), dO + q0 * D, D, V + k0 * v.sl, int(v.sl), T(0), dS.data(), kTileK);
           kern.dscores(P.data(), dS.data(), rows, kTileK, delta + bh * d.Lq + q0);
-          mm<T>(false, false, rows, D, cols, scale, dS.data(), kTileK, K + k0 * D, D, T(1), dQ + q0 * D, D);
-          mm<T>(true, false, cols, D, rows, scale, dS.data(), kTileK, Q + q0 * D, D, T(1), dK + k0 * D, D);
+          mm<T>(false, false, rows, D, cols, scale, dS.data(), kTileK, K + k0 * k.sl, int(k.sl), T(1), dQ + q0 * D, D);
+          mm<T>(true, false, cols, D, rows, scale, dS.data(), kTileK, Q + q0 * q.sl, int(q.sl), T(1), dK + k0 * D, D);
           i = i1;
         }
       }
@@ -320,7 +411,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
                                                              const at::Tensor& out, const at::Tensor& lse,
                                                              const MaskParams& mask, double scale) {
   const auto dt = compute_dtype(q);
-  const at::Tensor qc = q.to(dt).contiguous(), kc = operand(k, dt), vc = operand(v, dt);
+  const at::Tensor qc = operand(q, dt), kc = operand(k, dt), vc = operand(v, dt);
   const at::Tensor dOc = dout.to(dt).contiguous(), lsec = lse.to(dt).contiguous();
   const at::Tensor delta = (dOc * out.to(dt)).sum(-1).contiguous();  // (B, H, Lq) rowsum(dout * out)
   const Dims d = dims(q, k, k.size(2));
