@@ -126,6 +126,20 @@ def test_attention_padded_key_lengths(attn_backend, kind):
     assert (out[1] == 0).all() and (lse[1] == -torch.inf).all()
 
 
+@pytest.mark.parametrize("kind", ["full", "causal", "block_causal"])
+def test_attention_strided_rows(attn_backend, dtype, kind):
+    """q, k, v as VAR's model makes them: (B, H, L, D) views of one (B, L, 3, H, D) qkv tensor (row stride 3 H D),
+    read in place by the CPU kernels; forward, gradients and decode."""
+    B, L, H, D = 2, 75, 3, 32
+    qkv = randn(B, L, 3, H, D, dtype=dtype, seed=30)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D), row stride 3 H D
+    check(q, k, v, make_mask(kind, L), attn_backend)
+    dev = backend_device(attn_backend)
+    out = fastar.ops.attention_decode(q[:, :, -20:].to(dev), k.to(dev), v.to(dev), 60)
+    out64 = ref.attention(q[:, :, -20:].double(), k[:, :, :60].double(), v[:, :, :60].double())
+    assert_close("attention", out.cpu(), out64, ref.attention(q[:, :, -20:], k[:, :, :60], v[:, :, :60]))
+
+
 def test_attention_scale(attn_backend):
     q, k, v = (randn(1, 2, 50, 16, dtype=torch.float32, seed=s) for s in (16, 17, 18))
     check(q, k, v, AttentionMask.causal(), attn_backend, scale=0.3)
