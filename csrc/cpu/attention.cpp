@@ -1,9 +1,9 @@
 // Flash-style CPU attention (FlashAttention-2, Dao 2023): query blocks x key runs with an online softmax,
 // never an Lq x Lk array. Masks where each query sees a key prefix (full, block-causal, decode) compute
 // exactly the visible keys of each block of rows; the others go by tiles: tiles the mask hides are skipped
-// before their keys are read, fully visible tiles skip the per-element mask. The tile products run on the BLAS that libtorch_cpu carries and exports
-// (MKL or OpenBLAS; at::native::cpublas::gemm is not exported), the softmax between them on the per-ISA
-// micro-kernels of cpu/attention_isa.cpp.
+// before their keys are read, fully visible tiles skip the per-element mask. The products run on the BLAS
+// that libtorch_cpu carries and exports (MKL or OpenBLAS; at::native::cpublas::gemm is not exported), the
+// softmax between them on the per-ISA micro-kernels of cpu/attention_isa.cpp.
 #include "cpu/attention.h"
 
 #include <ATen/Parallel.h>
@@ -111,7 +111,7 @@ std::shared_ptr<const std::vector<uint8_t>> tile_flags(const MaskParams& m, int 
   static std::map<std::vector<int32_t>, std::shared_ptr<const std::vector<uint8_t>>> cache;
   std::lock_guard<std::mutex> lock(mutex);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  if (cache.size() >= 256) cache.clear();  // bounds memory under ever-new shapes (decode's growing cache)
+  if (cache.size() >= 256) cache.clear();  // bounds memory under ever-new shapes
   auto flags = std::make_shared<std::vector<uint8_t>>(size_t((Lq + kTileQ - 1) / kTileQ) * ((Lk + kTileK - 1) / kTileK));
   kernels::classify_tiles(m, Lq, Lk, kTileQ, kTileK, flags->data());
   cache.emplace(std::move(key), flags);
@@ -257,7 +257,8 @@ struct PrefixPlan {
   template <class Run>
   void runs(int b, int blk, int s, int splits, Run run) const {
     const QueryBlock& qb = blocks[blk];
-    const int n = mask.key_len ? std::min(qb.keys, mask.key_len[b]) : qb.keys, per_split = (n + splits - 1) / splits;
+    const int n = mask.key_len ? std::clamp(mask.key_len[b], 0, qb.keys) : qb.keys;
+    const int per_split = (n + splits - 1) / splits;
     const int k_end = std::min(n, (s + 1) * per_split), passes = (k_end - s * per_split + kMaxCols - 1) / kMaxCols;
     for (int p = 0; p < passes; ++p) {  // equal passes of <= kMaxCols keys
       const int k0 = s * per_split + (k_end - s * per_split) * p / passes;

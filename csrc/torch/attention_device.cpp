@@ -47,6 +47,7 @@ kernels::AttentionParams params(const at::Tensor& q, const at::Tensor& k, const 
   for (int i = 0; i < 3; ++i) p.q_strides[i] = q.stride(i), p.k_strides[i] = k.stride(i), p.v_strides[i] = v.stride(i);
   p.B = int(q.size(0)), p.H = int(q.size(1)), p.Hk = int(k.size(1)), p.Lq = int(q.size(2)), p.Lk = int(Lk);
   p.D = int(q.size(3)), p.scale = float(scale), p.dtype = attn_dtype(q.scalar_type()), p.mask = mask;
+  p.sm_count = sm_count(q);
   return p;
 }
 

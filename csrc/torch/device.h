@@ -37,6 +37,19 @@ class DeviceScope {
 #endif
 };
 
+// Multiprocessors of t's device; under simt an H100's 132, so the emulated kernels take a real GPU's plans.
+inline int sm_count([[maybe_unused]] const at::Tensor& t) {
+#ifdef FASTAR_SIMT_BUILD
+  return 132;
+#else
+  int n = 0;
+  const cudaError_t e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, t.get_device());
+  TORCH_CHECK(e == cudaSuccess, "cudaDeviceGetAttribute(cudaDevAttrMultiProcessorCount) failed: ",
+              cudaGetErrorString(e));
+  return n;
+#endif
+}
+
 // Raises (RuntimeError in Python) when a kernel launch failed, with the emulator's report under simt.
 inline void check_launch(cudaError_t e, const char* op) {
 #ifdef FASTAR_SIMT_BUILD

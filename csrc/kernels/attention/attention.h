@@ -29,6 +29,7 @@ struct AttentionParams {
   float scale;            // softmax(scale * q k^T)
   AttnDtype dtype;
   MaskParams mask;        // device pointers; kv_end (Lq,), key_len (B,)
+  int sm_count;           // multiprocessors of the device: the forward splits the keys below two waves of blocks
   void* workspace;        // *_workspace_bytes(p) bytes of device memory, 256-byte aligned, any content
 };
 

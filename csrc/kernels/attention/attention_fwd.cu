@@ -14,7 +14,6 @@ using namespace attn;
 
 constexpr int kTileQ = 64;  // queries per block, 16 per warp
 constexpr int kMaxSplits = 16;
-constexpr int kFillBlocks = 264;  // two waves of a 132-SM H100: below this, split the keys
 
 template <int D>
 constexpr int kTileK = D == 128 ? 32 : 64;  // keys per tile: bounds the score fragments beside a 128-wide O
@@ -29,9 +28,10 @@ Plan plan(const AttentionParams& p) {
   const int tile_k = p.D == 128 ? kTileK<128> : kTileK<64>;
   s.n_qt = cdiv(p.Lq, kTileQ), s.n_kt = cdiv(p.Lk, tile_k);
   const int64_t blocks = int64_t(p.B) * p.H * s.n_qt;
+  const int fill_blocks = 2 * p.sm_count;  // two waves: below this, split the keys
   s.splits = 1;
-  if (blocks > 0 && blocks < kFillBlocks)
-    s.splits = int(std::min<int64_t>({kMaxSplits, s.n_kt, cdiv(kFillBlocks, int(blocks))}));
+  if (blocks > 0 && blocks < fill_blocks)
+    s.splits = int(std::min<int64_t>({kMaxSplits, s.n_kt, cdiv(fill_blocks, int(blocks))}));
   s.kt_per_split = std::max(1, cdiv(s.n_kt, std::max(s.splits, 1)));
   s.splits = std::max(1, cdiv(s.n_kt, s.kt_per_split));  // no empty split
   const size_t rows = size_t(p.B) * p.H * p.Lq;
