@@ -39,7 +39,7 @@ def render(data):
         lines.append("")
         if "breakdown" in e:  # {contender: {part: ms, ..., "total": ms}} of the timed runs
             runs = e["breakdown"]
-            names = list(runs)
+            names = sorted(runs, key=lambda n: n != "fastar")
             lines += ["Where the time goes (ms, share of the run):", "", "| part | " + " | ".join(names) + " |",
                       "|---|" + "---|" * len(names)]
             for part in runs[names[0]]:
