@@ -37,11 +37,16 @@ def render(data):
             lines.append(f"| {name} | {_fmt_ms(e[name])} | {e[name]['ratio']:.2f}x | "
                          f"{'' if agree is None else f'{agree:.4%}'} |")
         lines.append("")
-        if "breakdown" in e:  # {part: ms, ..., "total": ms} of one instrumented fastar run
-            total = e["breakdown"]["total"]
-            lines += ["Where the fastar time goes (one instrumented run):", "", "| part | ms | share |", "|---|---|---|"]
-            lines += [f"| {part} | {ms:.0f} | {ms / total:.0%} |" for part, ms in e["breakdown"].items()
-                      if part != "total"] + [f"| total | {total:.0f} | |", ""]
+        if "breakdown" in e:  # {contender: {part: ms, ..., "total": ms}} of the timed runs
+            runs = e["breakdown"]
+            names = sorted(runs, key=lambda n: n != "fastar")
+            lines += ["Where the time goes (ms, share of the run):", "", "| part | " + " | ".join(names) + " |",
+                      "|---|" + "---|" * len(names)]
+            for part in runs[names[0]]:
+                cells = [f"{runs[n].get(part, 0):.0f} ({runs[n].get(part, 0) / runs[n]['total']:.0%})"
+                         for n in names]
+                lines.append(f"| {part} | " + " | ".join(cells) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 

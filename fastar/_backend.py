@@ -62,11 +62,17 @@ def last_backend(op: str) -> str | None:
     return _last.get(op)
 
 
+def active(device: torch.device) -> str:
+    """The backend an op on `device` runs now: use_backend's choice, else the device's kernels, else the reference."""
+    if _forced is not None:
+        return _forced
+    return device.type if device.type in ("cpu", "cuda") and _BUILT[device.type] else "reference"
+
+
 def resolve(op: str, device: torch.device):
     """(torch.ops namespace or None for the reference, backend name) for running `op` on `device`."""
-    name = _forced
-    if name is None:
-        name = device.type if device.type in ("cpu", "cuda") and _BUILT[device.type] else "reference"
+    name = active(device)
+    if _forced is None:
         if name == "reference" and (op, device.type) not in _warned:
             _warned.add((op, device.type))
             warnings.warn(f"fastar.ops.{op}: no fastar kernel for {device.type} tensors is built "

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import fastar
 from fastar.models.var import PATCH_NUMS, VQVAEConfig, build_vae_var
+from tests.conftest import backend_device
 from tests.tolerance import assert_close
 
 DATA = Path(__file__).parent / "data"
@@ -132,22 +133,50 @@ def test_sampling_is_seeded(more_smooth):
     assert not torch.equal(a, var.autoregressive_infer_cfg(**{**kw, "g_seed": 6}))
 
 
-def test_fastar_ops_match_reference_ops():
-    """Same weights: logits within the tolerance rule, and the same sampled tokens for a fixed seed."""
+def test_fastar_ops_match_reference_ops(backend):
+    """Same weights, every backend's kernels (simt: the CUDA kernels under the emulator, every call re-run in
+    shuffled thread order): logits within the tolerance rule, the same sampled tokens for a fixed seed, and the
+    VQVAE's decoded images."""
+    dev = backend_device(backend)
     vae, var = tiny(depth=3)
     label_B, _, x_BLCv = teacher_inputs(vae)
+    vae, var, label_B, x_BLCv = (a.to(dev) for a in (vae, var, label_B, x_BLCv))
     logits = var(label_B, x_BLCv)
+    assert fastar.last_backend("attention") == backend
     with fastar.use_backend("reference"):
         ref32 = var(label_B, x_BLCv)
         ref64 = var.double()(label_B, x_BLCv.double())
     var.float()
-    assert_close("var_logits", logits, ref64, ref32)
-    kw = dict(B=3, label_B=torch.tensor([1, 2, 3]), g_seed=0, cfg=2.0, top_k=30, top_p=0.95)
+    assert_close("var_logits", logits.cpu(), ref64.cpu(), ref32.cpu())
+    kw = dict(B=3, label_B=torch.tensor([1, 2, 3], device=dev), g_seed=0, cfg=2.0, top_k=30, top_p=0.95)
     img, tokens = sampled_tokens(vae, var, **kw)
+    assert fastar.last_backend("attention_decode") == backend
     with fastar.use_backend("reference"):
         ref_img, ref_tokens = sampled_tokens(vae, var, **kw)
     assert all(torch.equal(a, b) for a, b in zip(tokens, ref_tokens))
     torch.testing.assert_close(img, ref_img)
+
+
+def test_training_step_matches_reference_ops(backend):
+    """One teacher-forced training step through the backend's attention forward and backward kernels: every
+    parameter gradient against the float64 reference ops within the tolerance rule (var_grads)."""
+    dev = backend_device(backend)
+    vae, var = tiny()
+    label_B, ms_idx_Bl, x_BLCv = teacher_inputs(vae)
+    var.train().to(dev)
+    grads = {}
+    for name, dtype in ((backend, torch.float32), ("reference", torch.float32), ("reference", torch.float64)):
+        with fastar.use_backend(name):
+            var.to(dtype).zero_grad(set_to_none=True)
+            torch.manual_seed(0)  # the same label dropout
+            logits = var(label_B.to(dev), x_BLCv.to(dev, dtype))
+            F.cross_entropy(logits.flatten(0, 1), torch.cat(ms_idx_Bl, 1).flatten().to(dev)).backward()
+            grads[name, dtype] = {n: p.grad.cpu() for n, p in var.named_parameters()}
+        if name == backend:
+            assert fastar.last_backend("attention") == backend
+    var.float()
+    for n, g in grads[backend, torch.float32].items():
+        assert_close("var_grads", g, grads["reference", torch.float64][n], grads["reference", torch.float32][n])
 
 
 def run_cli(tmp_path, *args, torchrun=False):

@@ -24,7 +24,7 @@ inline void check_attention_qkv(const char* op, const at::Tensor& q, const at::T
   TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, op, ": q's ", q.size(1),
               " heads must be a multiple of k's ", k.size(1));
   TORCH_CHECK(k.size(3) == q.size(3), op, ": k has head dim ", k.size(3), " but q has ", q.size(3));
-  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= 256, op, ": head dim must be in [1, 256], got ", q.size(3));
+  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= 1024, op, ": head dim must be in [1, 1024], got ", q.size(3));
 }
 
 // mask_ints = [text_len, grid, conv_kernel]; kv_end (Lq,) and key_len (B,) int32, kept alive by the caller.

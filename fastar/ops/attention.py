@@ -11,7 +11,7 @@ from fastar.ops._checks import FLOATS, check_choice, check_same_device, check_te
 from fastar.reference import attention as reference
 
 DTYPES = FLOATS + (torch.float64,)  # float64: the CPU kernels' gradcheck dtype
-MAX_HEAD_DIM = 256
+MAX_HEAD_DIM = {"cpu": 1024, "cuda": 128, "simt": 128, "reference": 1024}  # per backend; CUDA pads to 32/64/128
 DALLE_KINDS = ("row", "column", "conv")
 
 
@@ -85,15 +85,22 @@ def _check_qkv(op, q, k, v):
                          f"(dim 3)")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"{op}: q's {q.shape[1]} heads must be a multiple of k's {k.shape[1]}")
-    if not 1 <= q.shape[3] <= MAX_HEAD_DIM:
-        raise ValueError(f"{op}: unsupported head dim {q.shape[3]}: must be in [1, {MAX_HEAD_DIM}]")
+    backend, top = _backend.active(q.device), max_head_dim(q.device)
+    if not 1 <= q.shape[3] <= top:
+        raise ValueError(f"{op}: unsupported head dim {q.shape[3]}: the {backend} backend takes [1, {top}]")
+
+
+def max_head_dim(device) -> int:
+    """The largest head dim attention / attention_decode take on `device` with the backend active there now."""
+    return MAX_HEAD_DIM[_backend.active(torch.device(device))]
 
 
 def attention(q, k, v, mask=None, *, scale=None, return_lse=False):
     """softmax(q k^T scale + mask) v, flash-style: never builds the Lq x Lk matrix, skips hidden tiles.
 
     q (B, H, Lq, D), k and v (B, Hk, Lk, D) with H a multiple of Hk (multi-query heads share k/v); float32,
-    bfloat16, float16 (float32 accumulation) or float64; D <= 256. mask: an AttentionMask, None = full.
+    bfloat16, float16 (float32 accumulation) or float64; D <= max_head_dim(q.device)
+    (1024 on the CPU, 128 on CUDA). mask: an AttentionMask, None = full.
     scale defaults to 1/sqrt(D). Returns out (B, H, Lq, D) like q, and with return_lse also the
     logsumexp (B, H, Lq) float32 (-inf on rows that see no key, whose out is 0; not differentiable).
     Differentiable in q, k and v through dedicated backward kernels.

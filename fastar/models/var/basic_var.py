@@ -25,11 +25,19 @@ class KVCache:
         self.v = like.new_empty(B, H, L, D)
         self.len = 0
 
-    def append(self, k, v):
-        l = k.shape[2]
-        self.k[:, :, self.len:self.len + l] = k
-        self.v[:, :, self.len:self.len + l] = v
+    def append(self, l):
+        """Views (B, H, l, D) of the next l positions of k and v, for this scale's keys and values to be written
+        into in place (no copy through a temporary)."""
+        k, v = self.k[:, :, self.len:self.len + l], self.v[:, :, self.len:self.len + l]
         self.len += l
+        return k, v
+
+
+def unit(x, s, out=None):
+    """F.normalize(x, dim=-1) * s in one pass over x (the norms are the small tensor): into `out` when given, which
+    lays q out contiguously for the kernel and writes k straight into its cache slot."""
+    f = s / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)
+    return x * f if out is None else torch.mul(x, f, out=out)
 
 
 class SelfAttention(nn.Module):
@@ -52,13 +60,14 @@ class SelfAttention(nn.Module):
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D), strided views of qkv
         scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
-        q, k = F.normalize(q, dim=-1).mul(scale_mul), F.normalize(k, dim=-1)
         if cache is None:
-            o = attention(q, k, v, mask, scale=1.0)
-        else:
-            cache.append(k, v)
+            o = attention(unit(q, scale_mul), unit(k, 1.0), v, mask, scale=1.0)
+        else:  # inference (no autograd): q laid out contiguously, k and v written into the cache in place
+            k_slot, v_slot = cache.append(L)
+            unit(k, 1.0, out=k_slot), v_slot.copy_(v)
+            q = unit(q, scale_mul, out=q.new_empty(B, self.num_heads, L, self.head_dim))
             o = fastar.ops.attention_decode(q, cache.k, cache.v, cache.len, scale=1.0)
         return self.proj(o.transpose(1, 2).reshape(B, L, C))
 
@@ -102,17 +111,21 @@ class AdaLNSelfAttn(nn.Module):
 
     def forward(self, x_BLC, ada_B16C, mask=None, cache=None):
         gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16C.unbind(2)  # each (B, 1, C)
-        h = self.attn(self.ln_wo_grad(x_BLC).mul(scale1 + 1).add_(shift1), mask, cache)
-        x_BLC = x_BLC + self._drop_path(h.mul_(gamma1))
-        h = self.ffn(self.ln_wo_grad(x_BLC).mul(scale2 + 1).add_(shift2))
-        return x_BLC + self._drop_path(h.mul_(gamma2))
+        x_BLC = self._residual(x_BLC, self.attn(modulate(self.ln_wo_grad(x_BLC), scale1, shift1), mask, cache), gamma1)
+        return self._residual(x_BLC, self.ffn(modulate(self.ln_wo_grad(x_BLC), scale2, shift2)), gamma2)
 
-    def _drop_path(self, h_BLC):
-        """Stochastic depth: drop the branch per sample, rescale the kept ones (training only)."""
+    def _residual(self, x_BLC, h_BLC, gamma_B1C):
+        """x + drop_path(gamma h), one pass unless stochastic depth drops branches per sample (then rescales the
+        kept ones; training only)."""
         if not self.training or self.drop_path == 0:
-            return h_BLC
+            return torch.addcmul(x_BLC, h_BLC, gamma_B1C)
         keep = torch.empty(h_BLC.shape[0], 1, 1, device=h_BLC.device).bernoulli_(1 - self.drop_path)
-        return h_BLC * keep / (1 - self.drop_path)
+        return x_BLC + h_BLC * gamma_B1C * keep / (1 - self.drop_path)
+
+
+def modulate(x_BLC, scale_B1C, shift_B1C):
+    """AdaLN's x (1 + scale) + shift in one pass."""
+    return torch.addcmul(shift_B1C, x_BLC, scale_B1C + 1)
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -130,4 +143,4 @@ class AdaLNBeforeHead(nn.Module):
 
     def forward(self, x_BLC, ada_B12C):
         scale, shift = ada_B12C.unbind(2)
-        return self.ln_wo_grad(x_BLC).mul(scale + 1).add_(shift)
+        return modulate(self.ln_wo_grad(x_BLC), scale, shift)
