@@ -272,6 +272,9 @@ struct PrefixPlan {
   }
 };
 
+// Whether every query row sees a key prefix (PrefixPlan).
+bool prefix_mask(const MaskParams& mask) { return mask.kind == kernels::kFull || mask.kind == kernels::kBlockCausal; }
+
 // Forward over key split s of every (b, h, query block of the plan): out (splits, B, H, Lq, D) and lse
 // (splits, B, H, Lq), each split normalized on its own keys (combined by the caller).
 template <class T, class Plan>
@@ -342,7 +345,7 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
   const at::Tensor qc = operand(q, dt), kc = operand(k, dt), vc = operand(v, dt);
   const Dims d = dims(q, k, Lk);
   auto [out, lse] = AT_DISPATCH_FLOATING_TYPES(dt, "attention_fwd", [&] {
-    if (mask.kind == kernels::kFull || mask.kind == kernels::kBlockCausal)
+    if (prefix_mask(mask))
       return forward_plan<scalar_t>(qc, kc, vc, PrefixPlan(mask, d), d, scale);
     const auto flags = tile_flags(mask, int(d.Lq), int(d.Lk));
     return forward_plan<scalar_t>(qc, kc, vc, TilePlan(flags->data(), mask, d), d, scale);
@@ -350,42 +353,37 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
   return {out.to(q.scalar_type()), lse};
 }
 
-// FlashAttention-2 backward for every (b, h): key tiles outer, runs of up to kRunQ visible query tiles
-// inner, P recomputed from lse.
+// FlashAttention-2 backward for every (b, h), over the forward's plan: each query block against each run of its
+// keys, P recomputed from lse.
 //   P = exp(S - lse), dV += P^T dO, dP = dO V^T, dS = P * (dP - delta), dQ += scale dS K, dK += scale dS^T Q
 // dk, dv (B, H, Lk, D) per query head; the caller sums the heads that share a key head.
-template <class T>
-void backward(Heads<T> q, Heads<T> k, Heads<T> v, Heads<T> dout, const T* lse, const T* delta, const Tiles& t,
-              T scale, T* dq, T* dk, T* dv) {
-  constexpr int kRunQ = 8;
-  const Dims& d = t.d;
+template <class T, class Plan>
+void backward(Heads<T> q, Heads<T> k, Heads<T> v, Heads<T> dout, const T* lse, const T* delta, const Plan& plan,
+              const Dims& d, T scale, T* dq, T* dk, T* dv) {
   const int64_t group = d.H / d.Hk;
-  const int D = int(d.D);
+  const int D = int(d.D), n_blocks = int(plan.blocks.size());
   const auto& kern = micro<T>();
   at::parallel_for(0, d.B * d.H, 1, [&](int64_t begin, int64_t end) {
     const SerialBlas serial;
-    std::vector<T> P(kRunQ * kTileQ * kTileK), dS(kRunQ * kTileQ * kTileK);
+    std::vector<T> P(Plan::kMaxRows * row_ld(Plan::kMaxCols)), dS(P.size());
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / d.H, h = bh % d.H;
       const T *Q = q.at(b, h), *K = k.at(b, h / group), *V = v.at(b, h / group), *dO = dout.at(b, h);
       T *dQ = dq + bh * d.Lq * D, *dK = dk + bh * d.Lk * D, *dV = dv + bh * d.Lk * D;
-      for (int j = 0; j < d.nk; ++j) {
-        const int k0 = j * kTileK, cols = int(std::min<int64_t>(kTileK, d.Lk - k0));
-        for (int i = 0; i < d.nq;) {
-          auto visible = [&](int ii) { return t.kind(int(b), ii, j) != kernels::kTileSkip; };
-          if (!visible(i)) { ++i; continue; }
-          const int i1 = Tiles::run_end(i, d.nq, kRunQ, visible);
-          const int q0 = i * kTileQ, rows = int(std::min<int64_t>(i1 * kTileQ, d.Lq)) - q0;
-          scores<T>(Q + q0 * q.sl, int(q.sl), K, int(k.sl), rows, k0, k0 + cols, D, scale, P.data(), kTileK);
-          mask_tiles(t, int(b), i, i1, j, j + 1, P.data(), kTileK);
-          kern.probs(P.data(), rows, kTileK, lse + bh * d.Lq + q0);
-          mm<T>(true, false, cols, D, rows, T(1), P.data(), kTileK, dO + q0 * D, D, T(1), dV + k0 * D, D);
-          mm<T>(false, true, rows, cols, D, T(1), dO + q0 * D, D, V + k0 * v.sl, int(v.sl), T(0), dS.data(), kTileK);
-          kern.dscores(P.data(), dS.data(), rows, kTileK, delta + bh * d.Lq + q0);
-          mm<T>(false, false, rows, D, cols, scale, dS.data(), kTileK, K + k0 * k.sl, int(k.sl), T(1), dQ + q0 * D, D);
-          mm<T>(true, false, cols, D, rows, scale, dS.data(), kTileK, Q + q0 * q.sl, int(q.sl), T(1), dK + k0 * D, D);
-          i = i1;
-        }
+      for (int blk = 0; blk < n_blocks; ++blk) {
+        const int q0 = plan.blocks[blk].r0, rows = plan.blocks[blk].r1 - q0;
+        const T *lse_rows = lse + bh * d.Lq + q0, *delta_rows = delta + bh * d.Lq + q0;
+        plan.runs(int(b), blk, 0, 1, [&](int k0, int k1, auto mask) {
+          const int cols = k1 - k0, ld = row_ld(cols);
+          scores<T>(Q + q0 * q.sl, int(q.sl), K, int(k.sl), rows, k0, k1, D, scale, P.data(), ld);
+          mask(P.data(), ld);
+          kern.probs(P.data(), rows, ld, lse_rows);
+          mm<T>(true, false, cols, D, rows, T(1), P.data(), ld, dO + q0 * D, D, T(1), dV + k0 * D, D);
+          mm<T>(false, true, rows, cols, D, T(1), dO + q0 * D, D, V + k0 * v.sl, int(v.sl), T(0), dS.data(), ld);
+          kern.dscores(P.data(), dS.data(), rows, ld, delta_rows);
+          mm<T>(false, false, rows, D, cols, scale, dS.data(), ld, K + k0 * k.sl, int(k.sl), T(1), dQ + q0 * D, D);
+          mm<T>(true, false, cols, D, rows, scale, dS.data(), ld, Q + q0 * q.sl, int(q.sl), T(1), dK + k0 * D, D);
+        });
       }
     }
   });
@@ -420,11 +418,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
   at::Tensor dk = at::zeros({d.B, d.H, d.Lk, d.D}, qc.options());                 // (B, H, Lk, D)
   at::Tensor dv = at::zeros({d.B, d.H, d.Lk, d.D}, qc.options());                 // per query head
   if (dq.numel() > 0 && d.Lk > 0) {
-    const auto flags = tile_flags(mask, int(d.Lq), int(d.Lk));
     AT_DISPATCH_FLOATING_TYPES(dt, "attention_bwd", [&] {
-      backward<scalar_t>(heads<scalar_t>(qc), heads<scalar_t>(kc), heads<scalar_t>(vc), heads<scalar_t>(dOc),
-                         lsec.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), Tiles{flags->data(), mask, d},
-                         scalar_t(scale), dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
+      auto run = [&](const auto& plan) {
+        backward<scalar_t>(heads<scalar_t>(qc), heads<scalar_t>(kc), heads<scalar_t>(vc), heads<scalar_t>(dOc),
+                           lsec.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), plan, d, scalar_t(scale),
+                           dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
+      };
+      if (prefix_mask(mask)) return run(PrefixPlan(mask, d));
+      const auto flags = tile_flags(mask, int(d.Lq), int(d.Lk));
+      run(TilePlan(flags->data(), mask, d));
     });
   }
   if (d.H != d.Hk) {  // heads sharing a key head (multi-query) add their key gradients
