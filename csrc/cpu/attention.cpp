@@ -1,5 +1,5 @@
 // Flash-style CPU attention (FlashAttention-2, Dao 2023): query blocks x key runs with an online softmax,
-// never an Lq x Lk array. Masks where each query sees a key prefix (full, block-causal, decode) compute
+// never an Lq x Lk array; the backward walks the forward's plan. Masks where each query sees a key prefix (full, block-causal, decode) compute
 // exactly the visible keys of each block of rows; the others go by tiles: tiles the mask hides are skipped
 // before their keys are read, fully visible tiles skip the per-element mask. The products run on the BLAS
 // that libtorch_cpu carries and exports (MKL or OpenBLAS; at::native::cpublas::gemm is not exported), the
@@ -50,7 +50,7 @@ const AttentionIsa& attention_isa() {
 namespace {
 
 using kernels::MaskParams;
-// Tiles of the generic forward and of the backward. 32 query rows keep block-causal VAR's visited fraction near
+// Tiles of the generic plan (masks other than key prefixes). 32 query rows keep block-causal VAR's visited fraction near
 // the element count (0.67 of L^2 at L = 680, against 0.62 visible); 64 keys fill a score row with whole vectors.
 constexpr int kTileQ = 32, kTileK = 64;
 
@@ -137,7 +137,7 @@ struct Tiles {
     const int k0 = j * kTileK, k1 = int(std::min<int64_t>(k0 + kTileK, d.Lk));
     return kernels::tile_with_key_len(flags[i * d.nk + j], mask, b, k0, k1);
   }
-  // End of the run of at most max_len tiles that see keys, from tile `begin` (visible) on, along j or i.
+  // End of the run of at most max_len tiles that see keys, from key tile `begin` (visible) on.
   template <class Visible>
   static int run_end(int begin, int end, int max_len, Visible visible) {
     int e = begin + 1;
