@@ -1,9 +1,10 @@
 // Flash-style CPU attention (FlashAttention-2, Dao 2023): query blocks x key runs with an online softmax,
-// never an Lq x Lk array; the backward walks the forward's plan. Masks where each query sees a key prefix (full, block-causal, decode) compute
-// exactly the visible keys of each block of rows; the others go by tiles: tiles the mask hides are skipped
-// before their keys are read, fully visible tiles skip the per-element mask. The products run on the BLAS
-// that libtorch_cpu carries and exports (MKL or OpenBLAS; at::native::cpublas::gemm is not exported), the
-// softmax between them on the per-ISA micro-kernels of cpu/attention_isa.cpp.
+// never an Lq x Lk array; the backward walks the forward's plan. Masks where each query sees a key prefix
+// (full, block-causal, decode) compute exactly the visible keys of each block of rows; the others go by
+// tiles: tiles the mask hides are skipped before their keys are read, fully visible tiles skip the
+// per-element mask. The products run on the BLAS that libtorch_cpu carries and exports (MKL or OpenBLAS;
+// at::native::cpublas::gemm is not exported), the softmax between them on the per-ISA micro-kernels of
+// cpu/attention_isa.cpp.
 #include "cpu/attention.h"
 
 #include <ATen/Parallel.h>
@@ -50,8 +51,8 @@ const AttentionIsa& attention_isa() {
 namespace {
 
 using kernels::MaskParams;
-// Tiles of the generic plan (masks other than key prefixes). 32 query rows keep block-causal VAR's visited fraction near
-// the element count (0.67 of L^2 at L = 680, against 0.62 visible); 64 keys fill a score row with whole vectors.
+// Tiles of the generic plan (masks other than key prefixes): 32 query rows x 64 keys, a score row of whole
+// vectors; runs of them make the products (TilePlan).
 constexpr int kTileQ = 32, kTileK = 64;
 
 template <class T>
