@@ -3,6 +3,9 @@
 
 Basis: each op reads its inputs and writes its outputs once from DRAM; the codebook (512 KiB) and the small
 per-scale maps stay in L2 once loaded (counted once); the Phi conv reads its input and writes its output.
+fastar's residual update and its fused down + search are two kernels (no down may start before the whole update
+is done), so f_rest is read again right after it is written: counted as DRAM here, although at these shapes it is a
+1 MiB map that the 40-50 MB L2 of an A100 / H100 would most likely still hold.
 """
 B, C, H, V, F32 = 32, 32, 16, 4096, 4
 PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -23,12 +26,12 @@ def reference_bytes(si, pn):
 
 
 def fastar_bytes(si, pn):
-    last, N = si == len(PATCH_NUMS) - 1, B * pn * pn
-    z = N * C * F32
-    b = (5 * MAP if si else MAP) + (0 if last else z)  # msq_update_down: f_hat, f_rest, h in; f_hat, f_rest, z out
-    b += z + V * C * F32 + N * 12                      # vq_nearest: z and the codebook in, index and distance out
-    b += N * 8 + MAP                                   # msq_up: indices in (codes from L2), the upsampled map out
-    return b + 2 * MAP                                 # one conv: Phi's blend is folded into its weight
+    N = B * pn * pn
+    b = 5 * MAP if si else 0           # msq_update_kernel: f_hat, f_rest, h in; f_hat, f_rest out (none at si = 0)
+    b += MAP + V * C * F32 + N * 8     # msq_down_search_kernel: f_rest and the codebook in, indices out; the rows
+    #                                    live in shared memory (at pn = H vq_nearest reads f_rest as its rows)
+    b += N * 8 + MAP                   # msq_up: indices in (codes from L2), the upsampled map out
+    return b + 2 * MAP                 # one conv: Phi's blend is folded into its weight
 
 
 if __name__ == "__main__":

@@ -221,6 +221,38 @@ def test_compiled_ops_opcheck(backend):
     torch.library.opcheck(ns.msq_add_down.default, (f_hat, [h, h], [2, 0]))
 
 
+# (H, pn, B, C): bins overlapping (pn not dividing H), the 512 px schedule's sizes at B = 1, many images per search
+# block (pn = 1), rows longer than the fused kernel's shared memory (C > kMsqFusedMaxC = 160), and pn == H.
+SEARCH_ROWS = [(7, 3, 3, 5), (32, 9, 1, 32), (32, 13, 1, 13), (16, 1, 70, 8), (5, 2, 2, 161), (7, 7, 2, 5)]
+
+
+@pytest.mark.parametrize("H, pn, B, C", SEARCH_ROWS)
+def test_residual_search_rows(backend, H, pn, B, C):
+    """msq_residual_search computes the right rows: the codebook holds each row's true area-down of the updated
+    f_rest, shuffled among decoys (the rows before the update, of f_rest shifted by one pixel along x or y below pn = H), so each
+    index must name that row's own code exactly; the update is exact."""
+    g = torch.Generator().manual_seed(8)
+    cl = torch.channels_last
+    f_hat, f_rest, h = (torch.randn(B, C, H, H, generator=g).contiguous(memory_format=cl) for _ in range(3))
+    updated = f_rest - h
+
+    def rows(f):  # (B pn^2, C)
+        return ref.area_down(f, pn).permute(0, 2, 3, 1).reshape(-1, C)
+
+    # At pn == H a shifted row is a neighbour's true row: no shifted decoys there.
+    shifted = [] if pn == H else [torch.cat([updated[..., 1:], updated[..., -1:]], -1),
+                                  torch.cat([updated[..., 1:, :], updated[..., -1:, :]], -2)]
+    codes = torch.cat([rows(f) for f in [updated, f_rest, *shifted]])
+    perm = torch.randperm(codes.shape[0], generator=g)
+    dev = backend_device(backend)
+    ns = torch.ops.fastar_simt if backend == "simt" else torch.ops.fastar
+    out_hat, out_rest = f_hat.clone().to(dev), f_rest.clone().to(dev)  # updated in place
+    idx = ns.msq_residual_search(out_hat, out_rest, h.to(dev), codes[perm].contiguous().to(dev), pn)
+    assert idx.shape == (B, pn * pn)
+    assert torch.equal(perm[idx.cpu().reshape(-1)], torch.arange(B * pn * pn))
+    assert torch.equal(out_hat.cpu(), f_hat + h) and torch.equal(out_rest.cpu(), updated)
+
+
 def test_decode_bad_index():
     _, codebook, w, b, patch_nums, ms_idx_Bl = make("odd")
     for bad in (-1, codebook.shape[0]):

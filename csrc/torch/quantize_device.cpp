@@ -48,38 +48,22 @@ static void for_scale_chunks(P& p, c10::IntArrayRef patch_nums, const char* op, 
   }
 }
 
-// f_hat (and f_rest) += / -= h[s], rows (B, cells, C) of area-down per scale: one launch per 32 scales.
-static void update_down(const at::Tensor& f_hat, const at::Tensor* f_rest, std::vector<const float*> h,
-                        c10::IntArrayRef patch_nums, at::Tensor& rows, const char* op, cudaStream_t stream) {
-  kernels::MsqUpdateDownParams p{};
-  p.f_hat = f_hat.data_ptr<float>(), p.f_rest = f_rest ? f_rest->data_ptr<float>() : nullptr;
-  p.rows = rows.data_ptr<float>();
-  p.B = int(f_hat.size(0)), p.C = int(f_hat.size(1)), p.H = int(f_hat.size(2)), p.cells = int(rows.size(1));
-  for_scale_chunks(p, patch_nums, op, stream, [&](kernels::MsqUpdateDownParams& q, int first, cudaStream_t st) {
-    for (int s = 0; s < q.S; ++s) q.h[s] = h[first + s];
-    return kernels::msq_update_down_launch(q, st);
-  });
-}
-
 static at::Tensor msq_residual_search_device(at::Tensor& f_hat, at::Tensor& f_rest, const std::optional<at::Tensor>& h,
                                              const at::Tensor& codebook, int64_t pn) {
   check_msq_residual_search(f_hat, f_rest, h, codebook, pn, kDeviceType);
   DeviceScope scope(f_hat);
   const int64_t B = f_hat.size(0), C = f_hat.size(1), H = f_hat.size(2);
-  // At pn == H the rows to search are f_rest itself (NHWC): the update runs alone.
-  at::Tensor z = pn == H ? f_rest.permute({0, 2, 3, 1}) : at::empty({B, pn, pn, C}, f_hat.options());
-  at::Tensor z_rows = z.reshape({B, pn * pn, C});  // a view of z
-  if (h || pn != H)
-    update_down(f_hat, &f_rest, {h ? h->data_ptr<float>() : nullptr}, {pn == H ? 0 : pn}, z_rows,
-                "msq_residual_search", scope.stream());
-  at::Tensor idx = at::empty({B, pn * pn}, f_hat.options().dtype(at::kLong));
-  at::Tensor dist = at::empty({B * pn * pn}, f_hat.options());
+  at::Tensor idx = at::empty({B, pn * pn}, f_hat.options().dtype(at::kLong));  // (B, pn^2)
   const at::Tensor e_VC = codebook.contiguous();
-  kernels::VqNearestParams q{};
-  q.x = z_rows.data_ptr(), q.codebook = e_VC.data_ptr();
-  q.indices = idx.data_ptr<int64_t>(), q.distances = dist.data_ptr<float>();
-  q.n = B * pn * pn, q.k = int(e_VC.size(0)), q.d = int(C), q.dtype = kernels::VqDtype::f32, q.cosine = false;
-  check_launch(kernels::vq_nearest_launch(q, scope.stream()), "msq_residual_search");
+  // Rows too long for the fused kernel's shared memory go through global memory.
+  const bool staged = C > kernels::kMsqFusedMaxC && pn < H;
+  at::Tensor rows = staged ? at::empty({B, pn * pn, C}, f_hat.options()) : at::Tensor();  // (B, pn^2, C)
+  kernels::MsqResidualSearchParams p{};
+  p.f_hat = f_hat.data_ptr<float>(), p.f_rest = f_rest.data_ptr<float>();
+  p.h = h ? h->data_ptr<float>() : nullptr, p.codebook = e_VC.data_ptr<float>();
+  p.indices = idx.data_ptr<int64_t>(), p.rows = staged ? rows.data_ptr<float>() : nullptr;
+  p.B = int(B), p.C = int(C), p.H = int(H), p.pn = int(pn), p.V = int(e_VC.size(0));
+  check_launch(kernels::msq_residual_search_launch(p, scope.stream()), "msq_residual_search");
   return idx;
 }
 
@@ -104,9 +88,14 @@ static at::Tensor msq_add_down_device(at::Tensor& f_hat, at::TensorList h, c10::
   const int64_t cells = check_msq_add_down(f_hat, h, patch_nums, kDeviceType);
   DeviceScope scope(f_hat);
   at::Tensor rows = at::empty({f_hat.size(0), cells, f_hat.size(1)}, f_hat.options());  // (B, sum pn_s^2, C)
-  std::vector<const float*> hp;
-  for (const at::Tensor& t : h) hp.push_back(t.data_ptr<float>());
-  update_down(f_hat, nullptr, hp, patch_nums, rows, "msq_add_down", scope.stream());
+  kernels::MsqAddDownParams p{};
+  p.f_hat = f_hat.data_ptr<float>(), p.rows = rows.data_ptr<float>();
+  p.B = int(f_hat.size(0)), p.C = int(f_hat.size(1)), p.H = int(f_hat.size(2)), p.cells = int(cells);
+  for_scale_chunks(p, patch_nums, "msq_add_down", scope.stream(),
+                   [&](kernels::MsqAddDownParams& q, int first, cudaStream_t st) {
+                     for (int s = 0; s < q.S; ++s) q.h[s] = h[first + s].data_ptr<float>();
+                     return kernels::msq_add_down_launch(q, st);
+                   });
   return rows;
 }
 

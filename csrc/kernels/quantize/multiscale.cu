@@ -1,13 +1,16 @@
 // VAR's multi-scale residual quantization: the fused steps around the Phi convolutions (see multiscale.h).
 // msq_up: one thread per output value (coalesced over C), 16 gathered taps; no shared memory, the codebook rows
-// of a (pn, pn) map are few and stay in L1/L2. msq_update_down: one block per image, a barrier between the update
-// and each scale's down, because area bins overlap when pn does not divide H.
+// of a (pn, pn) map are few and stay in L1/L2. The residual update is elementwise over the whole batch; the area
+// downs run after it (bins overlap when pn does not divide H, so no down may start before the update is complete):
+// msq_add_down's one thread per output value, msq_residual_search's straight into the search block's shared memory.
 #include "kernels/quantize/multiscale.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
 #include "kernels/common.cuh"
+#include "kernels/quantize/vq_nearest_tile.cuh"
 
 namespace fastar::kernels {
 namespace {
@@ -69,35 +72,92 @@ __global__ void __launch_bounds__(kThreads) msq_up_kernel(const MsqUpParams p) {
   static_cast<T*>(p.out)[i] = v;
 }
 
-// No __launch_bounds__: with it, ptxas 13.0 spills 20 bytes at 32 registers; without, 32 registers, no spill.
-__global__ void msq_update_down_kernel(const MsqUpdateDownParams p) {
-  const int64_t n = int64_t(p.H) * p.H * p.C;
-  float* f_hat = p.f_hat + blockIdx.x * n;
-  float* f_rest = p.f_rest ? p.f_rest + blockIdx.x * n : nullptr;
-  const float* down_src = f_rest ? f_rest : f_hat;
-  for (int s = 0; s < p.S; ++s) {
-    if (const float* h = p.h[s]) {
-      h += blockIdx.x * n;
-      for (int64_t i = threadIdx.x; i < n; i += kThreads) {
-        f_hat[i] += h[i];
-        if (f_rest) f_rest[i] -= h[i];
-      }
+// Mean over torch's adaptive average pooling bin [floor(o H / pn), ceil((o + 1) H / pn)) per axis of output cell
+// (oy, ox), channel c, of the (H, H, C) image x + h[0] + ... + h[nh - 1] (per pixel in that order; a null h adds
+// nothing); `pixel0` is the image's first element in x and h.
+__device__ __forceinline__ float area_bin(const float* x, const float* const* h, int nh, int64_t pixel0, int H, int C,
+                                          int pn, int oy, int ox, int c) {
+  const int y0 = oy * H / pn, y1 = ((oy + 1) * H + pn - 1) / pn;
+  const int x0 = ox * H / pn, x1 = ((ox + 1) * H + pn - 1) / pn;
+  float sum = 0.f;
+  for (int y = y0; y < y1; ++y)
+    for (int xx = x0; xx < x1; ++xx) {
+      const int64_t i = pixel0 + (int64_t(y) * H + xx) * C + c;
+      float v = x[i];
+      for (int t = 0; t < nh; ++t)
+        if (h[t]) v += h[t][i];
+      sum += v;
     }
-    const int pn = p.pn[s];
-    __syncthreads();  // the whole image is updated before any bin reads it
-    float* rows = p.rows + (int64_t(blockIdx.x) * p.cells + p.offset[s]) * p.C;
-    for (int i = threadIdx.x; i < pn * pn * p.C; i += kThreads) {
-      const int c = i % p.C, cell = i / p.C, oy = cell / pn, ox = cell % pn;
-      // torch's adaptive average pooling bins: [floor(o H / pn), ceil((o + 1) H / pn)).
-      const int y0 = oy * p.H / pn, y1 = ((oy + 1) * p.H + pn - 1) / pn;
-      const int x0 = ox * p.H / pn, x1 = ((ox + 1) * p.H + pn - 1) / pn;
-      float sum = 0.f;
-      for (int y = y0; y < y1; ++y)
-        for (int x = x0; x < x1; ++x) sum += down_src[(int64_t(y) * p.H + x) * p.C + c];
-      rows[i] = sum / float((y1 - y0) * (x1 - x0));
+  return sum / float((y1 - y0) * (x1 - x0));
+}
+
+// rows of scale blockIdx.y = area-down(f_hat + h[0] + ... + h[s]): one thread per output value, coalesced over C.
+__global__ void __launch_bounds__(kThreads) msq_down_kernel(const MsqAddDownParams p) {
+  const int s = blockIdx.y, pn = p.pn[s];
+  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= int64_t(p.B) * pn * pn * p.C) return;
+  const int c = int(i % p.C), cell = int(i / p.C % (pn * pn)), b = int(i / p.C / (pn * pn));
+  const float v = area_bin(p.f_hat, p.h, s + 1, int64_t(b) * p.H * p.H * p.C, p.H, p.C, pn, cell / pn, cell % pn, c);
+  p.rows[(int64_t(b) * p.cells + p.offset[s] + cell) * p.C + c] = v;
+}
+
+// f_hat += h[0] + ... + h[S - 1] and f_rest -= each h (when f_rest), over n values, in order per value.
+struct Update {
+  float* f_hat;
+  float* f_rest;
+  const float* h[kMsqMaxScales];
+  int S;
+  int64_t n;
+};
+
+__global__ void __launch_bounds__(kThreads) msq_update_kernel(const Update u) {
+  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= u.n) return;
+  float f = u.f_hat[i], r = u.f_rest ? u.f_rest[i] : 0.f;
+  for (int s = 0; s < u.S; ++s) f += u.h[s][i], r -= u.h[s][i];
+  u.f_hat[i] = f;
+  if (u.f_rest) u.f_rest[i] = r;
+}
+
+// The rows of block blockIdx.x (64 cells of area-down(f_rest, pn), images in a row) into shared memory, then
+// their nearest codes.
+__global__ void __launch_bounds__(vq_tile::kThreads) msq_down_search_kernel(const MsqResidualSearchParams p,
+                                                                           const VqNearestParams q) {
+  using namespace vq_tile;
+  __shared__ Smem s;
+  DYNAMIC_SHARED(float, rows_s);  // (ceil(C / kDepth) kDepth, kStride): the block's rows, transposed, 0 past them
+  const int depth = (p.C + kDepth - 1) / kDepth * kDepth, cells = p.pn * p.pn;
+  const int64_t row0 = int64_t(blockIdx.x) * kRows;
+  for (int i = threadIdx.x; i < kRows * depth; i += kThreads) {
+    const int r = i / depth, c = i % depth;  // c fastest: a warp reads whole pixels
+    const int64_t row = row0 + r;
+    float v = 0.f;
+    if (row < q.n && c < p.C) {
+      const int b = int(row / cells), cell = int(row % cells);
+      v = area_bin(p.f_rest, nullptr, 0, int64_t(b) * p.H * p.H * p.C, p.H, p.C, p.pn, cell / p.pn, cell % p.pn, c);
     }
-    __syncthreads();  // the down has read the image before the next scale updates it
+    rows_s[c * kStride + r] = v;
   }
+  __syncthreads();  // every row is down before the search reads it
+  search<float>(q, SharedRows{reinterpret_cast<Tile>(rows_s)}, row0, s);
+}
+
+cudaError_t launch_update(const Update& u, cudaStream_t stream) {
+  if (u.n == 0 || u.S == 0) return cudaSuccess;
+  if ((u.n + kThreads - 1) / kThreads > INT32_MAX) return cudaErrorInvalidValue;
+  LAUNCH(msq_update_kernel, dim3(unsigned((u.n + kThreads - 1) / kThreads)), kThreads, 0, stream)(u);
+  return cudaGetLastError();
+}
+
+// The downs of p (every scale with pn > 0) from p.f_hat and p.h, without updating f_hat.
+cudaError_t launch_down(const MsqAddDownParams& p, cudaStream_t stream) {
+  int max_pn = 0;
+  for (int s = 0; s < p.S; ++s) max_pn = std::max(max_pn, p.pn[s]);
+  const int64_t blocks = (int64_t(p.B) * max_pn * max_pn * p.C + kThreads - 1) / kThreads;
+  if (blocks == 0) return cudaSuccess;
+  if (blocks > INT32_MAX) return cudaErrorInvalidValue;
+  LAUNCH(msq_down_kernel, dim3(unsigned(blocks), unsigned(p.S)), kThreads, 0, stream)(p);
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -113,10 +173,39 @@ cudaError_t msq_up_launch(const MsqUpParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-cudaError_t msq_update_down_launch(const MsqUpdateDownParams& p, cudaStream_t stream) {
+cudaError_t msq_add_down_launch(const MsqAddDownParams& p, cudaStream_t stream) {
   if (p.B < 0 || p.C < 0 || p.H < 1 || p.S < 0 || p.S > kMsqMaxScales) return cudaErrorInvalidValue;
   if (p.B == 0 || p.S == 0) return cudaSuccess;
-  LAUNCH(msq_update_down_kernel, dim3(unsigned(p.B)), kThreads, 0, stream)(p);
+  if (const cudaError_t e = launch_down(p, stream)) return e;
+  Update u{p.f_hat, nullptr, {}, p.S, int64_t(p.B) * p.H * p.H * p.C};
+  for (int s = 0; s < p.S; ++s) u.h[s] = p.h[s];
+  return launch_update(u, stream);
+}
+
+cudaError_t msq_residual_search_launch(const MsqResidualSearchParams& p, cudaStream_t stream) {
+  if (p.B < 0 || p.C < 0 || p.H < 1 || p.pn < 1 || p.pn > p.H || p.V < 1) return cudaErrorInvalidValue;
+  if (p.B == 0) return cudaSuccess;
+  if (p.h) {
+    const Update u{p.f_hat, p.f_rest, {p.h}, 1, int64_t(p.B) * p.H * p.H * p.C};
+    if (const cudaError_t e = launch_update(u, stream)) return e;
+  }
+  VqNearestParams q{};
+  q.x = p.f_rest, q.codebook = p.codebook, q.indices = p.indices, q.distances = nullptr;
+  q.n = int64_t(p.B) * p.pn * p.pn, q.k = p.V, q.d = p.C, q.dtype = VqDtype::f32, q.cosine = false;
+  if (p.pn == p.H) return vq_nearest_launch(q, stream);  // the rows are f_rest itself (NHWC)
+  if (p.C > kMsqFusedMaxC) {  // rows too long for shared memory: down into p.rows, then search them
+    MsqAddDownParams d{};
+    d.f_hat = p.f_rest, d.rows = p.rows, d.B = p.B, d.C = p.C, d.H = p.H, d.S = 1, d.cells = p.pn * p.pn;
+    d.pn[0] = p.pn;
+    if (const cudaError_t e = launch_down(d, stream)) return e;
+    q.x = p.rows;
+    return vq_nearest_launch(q, stream);
+  }
+  const int64_t blocks = (q.n + vq_tile::kRows - 1) / vq_tile::kRows;
+  if (blocks > INT32_MAX) return cudaErrorInvalidValue;
+  const size_t smem = size_t((p.C + vq_tile::kDepth - 1) / vq_tile::kDepth * vq_tile::kDepth) * vq_tile::kStride *
+                      sizeof(float);
+  LAUNCH(msq_down_search_kernel, dim3(unsigned(blocks)), vq_tile::kThreads, smem, stream)(p, q);
   return cudaGetLastError();
 }
 

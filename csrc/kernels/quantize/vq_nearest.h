@@ -13,7 +13,7 @@ struct VqNearestParams {
   const void* x;         // (n, d) row-major, contiguous, of `dtype`
   const void* codebook;  // (k, d) row-major, contiguous, of `dtype`
   int64_t* indices;      // (n,) out: index of the nearest code, lowest on ties, 0 when every distance is NaN
-  float* distances;      // (n,) out: ||x||^2 + ||e||^2 - 2 x.e of that code, in fp32
+  float* distances;      // (n,) out, or null: ||x||^2 + ||e||^2 - 2 x.e of that code, in fp32
   int64_t n;             // rows of x; 0 launches nothing
   int k;                 // codes, >= 1
   int d;                 // vector size, >= 0
