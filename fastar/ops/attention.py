@@ -85,7 +85,8 @@ def _check_qkv(op, q, k, v):
                          f"(dim 3)")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"{op}: q's {q.shape[1]} heads must be a multiple of k's {k.shape[1]}")
-    backend, top = _backend.active(q.device), max_head_dim(q.device)
+    backend = _backend.active(q.device)
+    top = MAX_HEAD_DIM[backend]
     if not 1 <= q.shape[3] <= top:
         raise ValueError(f"{op}: unsupported head dim {q.shape[3]}: the {backend} backend takes [1, {top}]")
 
