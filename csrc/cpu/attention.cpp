@@ -2,9 +2,8 @@
 // never an Lq x Lk array; the backward walks the forward's plan. Masks where each query sees a key prefix
 // (full, block-causal, decode) compute exactly the visible keys of each block of rows; the others go by
 // tiles: tiles the mask hides are skipped before their keys are read, fully visible tiles skip the
-// per-element mask. The products run on the BLAS that libtorch_cpu carries and exports (MKL or OpenBLAS;
-// at::native::cpublas::gemm is not exported), the softmax between them on the per-ISA micro-kernels of
-// cpu/attention_isa.cpp.
+// per-element mask. The products run on the BLAS that libtorch_cpu exports (cpu/blas.h), the softmax between
+// them on the per-ISA micro-kernels of cpu/attention_isa.cpp.
 #include "cpu/attention.h"
 
 #include <ATen/Parallel.h>
@@ -19,37 +18,13 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu/attention_isa.h"
+#include "cpu/blas.h"
 #include "cpu/isa.h"
 
-extern "C" {  // Fortran BLAS, column-major, LP64
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
-            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-            const int* ldc);
-// MKL only (weak: absent from OpenBLAS builds): inside at::parallel_for each tile product must stay on its
-// thread, else MKL fans every small product out over all cores.
-int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
-}
-
 namespace fastar::cpu {
-namespace base { extern const AttentionIsa kAttentionIsa; }
-namespace avx2 { extern const AttentionIsa kAttentionIsa; }
-namespace avx512 { extern const AttentionIsa kAttentionIsa; }
-
-const AttentionIsa& attention_isa() {
-  static const AttentionIsa& chosen = [] () -> const AttentionIsa& {
-    const char* name = isa().name;
-    for (const AttentionIsa* cand : {&avx512::kAttentionIsa, &avx2::kAttentionIsa})
-      if (std::strcmp(name, cand->name) == 0) return *cand;
-    return base::kAttentionIsa;
-  }();
-  return chosen;
-}
-
 namespace {
 
+using blas::gemm;
 using kernels::MaskParams;
 // Tiles of the generic plan (masks other than key prefixes): 32 query rows x 64 keys, a score row of whole
 // vectors; runs of them make the products (TilePlan).
@@ -57,27 +32,9 @@ constexpr int kTileQ = 32, kTileK = 64;
 
 template <class T>
 const AttentionKernels<T>& micro() {
-  if constexpr (std::is_same_v<T, float>) return attention_isa().f32;
-  else return attention_isa().f64;
+  if constexpr (std::is_same_v<T, float>) return isa().attention->f32;
+  else return isa().attention->f64;
 }
-
-// Row-major C (M, N) = alpha op(A) op(B) + beta C, op(A) (M, K), op(B) (K, N): column-major BLAS on the
-// transposes, C^T = op(B)^T op(A)^T.
-template <class T>
-void mm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
-        T* C, int ldc) {
-  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
-  if constexpr (std::is_same_v<T, float>) sgemm_(&tb, &ta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
-  else dgemm_(&tb, &ta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
-}
-
-// Keeps the BLAS on the calling thread for the scope (MKL; OpenBLAS does not thread products this small).
-struct SerialBlas {
-  int previous = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
-  ~SerialBlas() {
-    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
-  }
-};
 
 // One (B, H, L, D) operand whose rows are unit-stride: element (b, h, l, d) at b * sb + h * sh + l * sl + d;
 // sl >= D is the BLAS leading dimension.
@@ -168,7 +125,7 @@ void mask_tiles(const Tiles& t, int b, int i0, int i1, int j0, int j1, T* S, int
 // -inf on columns [k1 - k0, ld).
 template <class T>
 void scores(const T* Q, int ldq, const T* K, int ldk, int rows, int k0, int k1, int D, T scale, T* S, int ld) {
-  mm<T>(false, true, rows, k1 - k0, D, scale, Q, ldq, K + int64_t(k0) * ldk, ldk, T(0), S, ld);
+  gemm<T>(false, true, rows, k1 - k0, D, scale, Q, ldq, K + int64_t(k0) * ldk, ldk, T(0), S, ld);
   for (int r = 0; r < rows; ++r) std::fill(S + r * ld + k1 - k0, S + (r + 1) * ld, -std::numeric_limits<T>::infinity());
 }
 
@@ -285,7 +242,7 @@ void forward(Heads<T> q, Heads<T> k, Heads<T> v, const Plan& plan, const Dims& d
   const int64_t items = d.B * d.H * n_blocks * splits, group = d.H / d.Hk;
   const auto& kern = micro<T>();
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    const SerialBlas serial;
+    const blas::SerialScope serial_blas;
     std::vector<T> S(Plan::kMaxRows * row_ld(Plan::kMaxCols)), m(Plan::kMaxRows), l(Plan::kMaxRows);
     for (int64_t item = begin; item < end; ++item) {
       const int blk = int(item % n_blocks), s = int(item / n_blocks % splits);
@@ -301,7 +258,7 @@ void forward(Heads<T> q, Heads<T> k, Heads<T> v, const Plan& plan, const Dims& d
         scores<T>(Q, int(q.sl), K, int(k.sl), rows, k0, k1, D, scale, S.data(), ld);
         mask(S.data(), ld);
         kern.online_softmax(S.data(), rows, ld, m.data(), l.data(), o, D);
-        mm<T>(false, false, rows, D, k1 - k0, T(1), S.data(), ld, V + k0 * v.sl, int(v.sl), T(1), o, D);
+        gemm<T>(false, false, rows, D, k1 - k0, T(1), S.data(), ld, V + k0 * v.sl, int(v.sl), T(1), o, D);
       });
       T* lse_rows = lse + (s * d.B * d.H + bh) * d.Lq + q0;
       for (int r = 0; r < rows; ++r) {  // a row that saw no key: out 0, lse -inf
@@ -365,7 +322,7 @@ void backward(Heads<T> q, Heads<T> k, Heads<T> v, Heads<T> dout, const T* lse, c
   const int D = int(d.D), n_blocks = int(plan.blocks.size());
   const auto& kern = micro<T>();
   at::parallel_for(0, d.B * d.H, 1, [&](int64_t begin, int64_t end) {
-    const SerialBlas serial;
+    const blas::SerialScope serial_blas;
     std::vector<T> P(Plan::kMaxRows * row_ld(Plan::kMaxCols)), dS(P.size());
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / d.H, h = bh % d.H;
@@ -379,11 +336,11 @@ void backward(Heads<T> q, Heads<T> k, Heads<T> v, Heads<T> dout, const T* lse, c
           scores<T>(Q + q0 * q.sl, int(q.sl), K, int(k.sl), rows, k0, k1, D, scale, P.data(), ld);
           mask(P.data(), ld);
           kern.probs(P.data(), rows, ld, lse_rows);
-          mm<T>(true, false, cols, D, rows, T(1), P.data(), ld, dO + q0 * D, D, T(1), dV + k0 * D, D);
-          mm<T>(false, true, rows, cols, D, T(1), dO + q0 * D, D, V + k0 * v.sl, int(v.sl), T(0), dS.data(), ld);
+          gemm<T>(true, false, cols, D, rows, T(1), P.data(), ld, dO + q0 * D, D, T(1), dV + k0 * D, D);
+          gemm<T>(false, true, rows, cols, D, T(1), dO + q0 * D, D, V + k0 * v.sl, int(v.sl), T(0), dS.data(), ld);
           kern.dscores(P.data(), dS.data(), rows, ld, delta_rows);
-          mm<T>(false, false, rows, D, cols, scale, dS.data(), ld, K + k0 * k.sl, int(k.sl), T(1), dQ + q0 * D, D);
-          mm<T>(true, false, cols, D, rows, scale, dS.data(), ld, Q + q0 * q.sl, int(q.sl), T(1), dK + k0 * D, D);
+          gemm<T>(false, false, rows, D, cols, scale, dS.data(), ld, K + k0 * k.sl, int(k.sl), T(1), dQ + q0 * D, D);
+          gemm<T>(true, false, cols, D, rows, scale, dS.data(), ld, Q + q0 * q.sl, int(q.sl), T(1), dK + k0 * D, D);
         });
       }
     }

@@ -5,27 +5,10 @@
 #include <cstring>
 
 #include "cpu/attention_isa.h"
-
-#if defined(__AVX512F__)
-#define VBYTES 64
-#elif defined(__AVX2__)
-#define VBYTES 32
-#else
-#define VBYTES 16
-#endif
-#define STR_(s) #s
-#define STR(s) STR_(s)
+#include "cpu/isa_vec.h"
 
 namespace fastar::cpu::FASTAR_ISA {
 namespace {
-
-template <class T>
-struct V {
-  typedef T type __attribute__((vector_size(VBYTES), aligned(sizeof(T))));  // unaligned loads allowed
-  static constexpr int lanes = VBYTES / sizeof(T);
-};
-template <class T>
-using vec = typename V<T>::type;
 
 template <class T>
 inline vec<T> load(const T* p) { return *reinterpret_cast<const vec<T>*>(p); }
@@ -39,20 +22,20 @@ inline vec<T> vmax(vec<T> a, vec<T> b) { return a > b ? a : b; }
 template <class T>
 inline T hmax(vec<T> v) {
   T r = v[0];
-  for (int i = 1; i < V<T>::lanes; ++i) r = v[i] > r ? v[i] : r;
+  for (int i = 1; i < kLanes<T>; ++i) r = v[i] > r ? v[i] : r;
   return r;
 }
 template <class T>
 inline T hsum(vec<T> v) {
   T r = 0;
-  for (int i = 0; i < V<T>::lanes; ++i) r += v[i];
+  for (int i = 0; i < kLanes<T>; ++i) r += v[i];
   return r;
 }
 
 // exp(x) = 2^n exp(r), n = round(x / ln 2), |r| <= ln 2 / 2, exp(r) by a degree-6 polynomial;
 // (Cephes expf); x below -87.3 (and -inf) gives 0, as the masked scores must.
 inline vec<float> exp_vec(vec<float> x) {
-  typedef int32_t vi __attribute__((vector_size(VBYTES)));
+  typedef int32_t vi __attribute__((vector_size(kVectorBytes)));
   const vec<float> xc = vmax<float>(x, splat(-87.3f));
   const vec<float> t = xc * 1.44269504f;  // rounded half away from zero by the truncating conversion
   const vec<float> n = __builtin_convertvector(__builtin_convertvector(t + (t < 0 ? splat(-0.5f) : splat(0.5f)), vi), vec<float>);
@@ -70,7 +53,7 @@ inline vec<float> exp_vec(vec<float> x) {
   return x < -87.3f ? splat(0.f) : p * scale;
 }
 inline vec<double> exp_vec(vec<double> x) {
-  for (int i = 0; i < V<double>::lanes; ++i) x[i] = __builtin_exp(x[i]);
+  for (int i = 0; i < kLanes<double>; ++i) x[i] = __builtin_exp(x[i]);
   return x;
 }
 inline float exp_scalar(float x) { return exp_vec(splat(x))[0]; }
@@ -78,7 +61,7 @@ inline double exp_scalar(double x) { return __builtin_exp(x); }
 
 template <class T>
 void online_softmax(T* S, int rows, int ld, T* m, T* l, T* o, int d) {
-  constexpr int W = V<T>::lanes;
+  constexpr int W = kLanes<T>;
   const T neg_inf = -__builtin_inf();
   for (int r = 0; r < rows; ++r) {
     T* s = S + int64_t(r) * ld;
@@ -105,7 +88,7 @@ void online_softmax(T* S, int rows, int ld, T* m, T* l, T* o, int d) {
 
 template <class T>
 void probs(T* S, int rows, int ld, const T* lse) {
-  constexpr int W = V<T>::lanes;
+  constexpr int W = kLanes<T>;
   for (int r = 0; r < rows; ++r) {
     T* s = S + int64_t(r) * ld;
     if (lse[r] == -__builtin_inf()) {  // a row that sees no key has P = 0 (and out = 0)
@@ -118,7 +101,7 @@ void probs(T* S, int rows, int ld, const T* lse) {
 
 template <class T>
 void dscores(const T* P, T* dP, int rows, int ld, const T* delta) {
-  constexpr int W = V<T>::lanes;
+  constexpr int W = kLanes<T>;
   for (int r = 0; r < rows; ++r) {
     const int64_t row = int64_t(r) * ld;
     for (int j = 0; j < ld; j += W) store(dP + row + j, load(P + row + j) * (load(dP + row + j) - delta[r]));
@@ -130,6 +113,6 @@ constexpr AttentionKernels<T> kernels() { return {online_softmax<T>, probs<T>, d
 
 }  // namespace
 
-extern const AttentionIsa kAttentionIsa = {STR(FASTAR_ISA), kernels<float>(), kernels<double>()};
+extern const AttentionIsa kAttention = {kernels<float>(), kernels<double>()};
 
 }  // namespace fastar::cpu::FASTAR_ISA

@@ -1,5 +1,5 @@
-// Element-wise micro-kernels of the CPU attention (torch-free; compiled per ISA like cpu/isa.h's table).
-// The tile matrix products run through the BLAS libtorch exports (cpu/attention.cpp); these do what lies between
+// Element-wise micro-kernels of the CPU attention (torch-free; compiled per ISA, cpu/isa.h's table).
+// The tile matrix products run through the BLAS libtorch exports (cpu/blas.h); these do what lies between
 // them, where a scalar exp would cost as much as the products themselves.
 #pragma once
 #include <cstdint>
@@ -21,12 +21,8 @@ struct AttentionKernels {
 };
 
 struct AttentionIsa {
-  const char* name;
   AttentionKernels<float> f32;
   AttentionKernels<double> f64;  // float64 inputs (gradcheck); exact exp, not the fast polynomial
 };
-
-// The variant of the ISA cpu::isa() picked (FASTAR_CPU_ISA narrows both the same way).
-const AttentionIsa& attention_isa();
 
 }  // namespace fastar::cpu

@@ -6,9 +6,18 @@
 #include <string>
 
 namespace fastar::cpu {
-namespace base { extern const Isa kIsa; }
-namespace avx2 { extern const Isa kIsa; }
-namespace avx512 { extern const Isa kIsa; }
+
+// One Isa per instruction set, from the family tables its *_isa.cpp files define in namespace fastar::cpu::<isa>.
+#define FASTAR_ISA_TABLE(isa)                        \
+  namespace isa {                                    \
+  extern const VqNearestIsa kVqNearest;              \
+  extern const AttentionIsa kAttention;              \
+  const Isa kIsa{#isa, &kVqNearest, &kAttention};    \
+  }
+FASTAR_ISA_TABLE(base)
+FASTAR_ISA_TABLE(avx2)
+FASTAR_ISA_TABLE(avx512)
+#undef FASTAR_ISA_TABLE
 
 static const Isa& pick() {
   __builtin_cpu_init();

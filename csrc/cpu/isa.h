@@ -1,32 +1,18 @@
-// Kernels compiled once per instruction set (base: SSE2, avx2: AVX2+FMA, avx512: AVX-512F) and the
-// table that picks the best one this CPU runs. The *_isa.cpp files are torch-free: see CMakeLists.txt.
+// The one registry of CPU kernels compiled once per instruction set (base: SSE2, avx2: AVX2+FMA, avx512:
+// AVX-512F) and the table of the best one this CPU runs. Each kernel family declares its table type in its
+// cpu/<family>_isa.h and defines one table per ISA in cpu/<family>_isa.cpp (torch-free: see CMakeLists.txt);
+// a new family adds one field here and one line to cpu/isa.cpp.
 #pragma once
-#include <cstdint>
+#include "cpu/attention_isa.h"
+#include "cpu/vq_nearest_isa.h"
 
 namespace fastar::cpu {
 
-// Nearest-code search over pre-packed codes; packing puts the codebook in the layout the micro-kernel
-// streams: blocks of `lanes` codes, each stored as (D, lanes) so one vector load holds one coordinate
-// of `lanes` codes.
-struct VqPacked {
-  const float* codes;  // (ceil(K / lanes), D, lanes): -2 * e, zero on padding codes
-  const float* norms;  // (ceil(K / lanes) * lanes,): ||e||^2, +inf on padding codes so they never win
-  int64_t K, D;
-};
-
-struct VqRows {
-  const float* x;  // (N, D) row-major
-  int64_t* idx;    // (N,) nearest code, lowest index on ties
-  float* dist;     // (N,) ||x - e_idx||^2 as ||x||^2 + ||e||^2 - 2 x.e, float32
-};
-
 struct Isa {
-  const char* name;
-  int lanes;  // floats per vector register
-  // codes: (K, D) row-major; out_codes / out_norms sized as VqPacked describes, 64-byte aligned.
-  void (*vq_pack)(const float* codes, int64_t K, int64_t D, float* out_codes, float* out_norms);
-  // Rows [begin, end) of x.
-  void (*vq_search)(const VqPacked& codebook, const VqRows& rows, int64_t begin, int64_t end);
+  const char* name;  // base, avx2 or avx512: fastar.build_info()["cpu_isa"]
+  // One table per kernel family, compiled for this ISA.
+  const VqNearestIsa* vq_nearest;
+  const AttentionIsa* attention;
 };
 
 // The best instruction set this CPU supports; FASTAR_CPU_ISA=base|avx2|avx512 narrows it (for tests).

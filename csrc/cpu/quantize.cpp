@@ -18,18 +18,18 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest(const at::Tensor& x, const at::Ten
   at::Tensor dist = at::empty({N}, x.options().dtype(at::kFloat));
   if (N == 0) return {idx, dist};
 
-  const Isa& isa = cpu::isa();
-  const int64_t padded = (K + isa.lanes - 1) / isa.lanes * isa.lanes;
+  const VqNearestIsa& kern = *isa().vq_nearest;
+  const int64_t padded = (K + kern.lanes - 1) / kern.lanes * kern.lanes;
   // at::empty is 64-byte aligned, as the micro-kernel's vector loads need.
   at::Tensor codes = at::empty({padded * D}, ef.options());
   at::Tensor norms = at::empty({padded}, ef.options());
-  isa.vq_pack(ef.data_ptr<float>(), K, D, codes.data_ptr<float>(), norms.data_ptr<float>());
+  kern.pack(ef.data_ptr<float>(), K, D, codes.data_ptr<float>(), norms.data_ptr<float>());
 
   const VqPacked packed{codes.data_ptr<float>(), norms.data_ptr<float>(), K, D};
   const VqRows rows{xf.data_ptr<float>(), idx.data_ptr<int64_t>(), dist.data_ptr<float>()};
   // Enough rows per task to amortize the codebook sweep, enough tasks to balance the threads.
   const int64_t grain = std::max<int64_t>(48, N / (8 * at::get_num_threads()) / 48 * 48);
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) { isa.vq_search(packed, rows, begin, end); });
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) { kern.search(packed, rows, begin, end); });
   return {idx, dist};
 }
 

@@ -9,27 +9,18 @@
 #include <cstdint>
 #include <cstring>
 
-#include "cpu/isa.h"
-
-#if defined(__AVX512F__)
-#define LANES 16
-#define MR 12
-#elif defined(__AVX2__)
-#define LANES 8
-#define MR 6
-#else
-#define LANES 4
-#define MR 6
-#endif
-#define NR 2
-#define STR_(s) #s
-#define STR(s) STR_(s)
+#include "cpu/isa_vec.h"
+#include "cpu/vq_nearest_isa.h"
 
 namespace fastar::cpu::FASTAR_ISA {
 namespace {
 
-typedef float vf __attribute__((vector_size(LANES * 4)));
-typedef int32_t vi __attribute__((vector_size(LANES * 4)));
+constexpr int LANES = kLanes<float>;
+constexpr int MR = kVectorBytes == 64 ? 12 : 6;  // query rows per micro-tile: MR * NR accumulators in registers
+constexpr int NR = 2;                            // code vectors per micro-tile
+
+using vf = avec<float>;
+using vi = avec<int32_t>;
 
 inline vf splat(float v) { return vf{} + v; }
 inline vi splat_i(int32_t v) { return vi{} + v; }
@@ -121,6 +112,6 @@ void vq_search(const VqPacked& cb, const VqRows& rows, int64_t begin, int64_t en
 
 }  // namespace
 
-extern const Isa kIsa = {STR(FASTAR_ISA), LANES, vq_pack, vq_search};
+extern const VqNearestIsa kVqNearest = {LANES, vq_pack, vq_search};
 
 }  // namespace fastar::cpu::FASTAR_ISA

@@ -1,0 +1,78 @@
+#include "cpu/blas.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+#include <dlfcn.h>
+#include <torch/headeronly/version.h>
+
+#include <string>
+#include <type_traits>
+
+namespace fastar::cpu::blas {
+namespace {
+
+// Fortran BLAS, column-major, LP64.
+template <class T>
+using Gemm = void (*)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                      const T* alpha, const T* a, const int* lda, const T* b, const int* ldb, const T* beta, T* c,
+                      const int* ldc);
+using SetThreadsLocal = int (*)(int);  // MKL only: OpenBLAS builds lack it, and need no guard
+
+// The library that exports at::get_num_threads (libtorch_cpu): its path names the torch build in messages, its
+// handle finds the BLAS linked into it or loaded with it.
+struct Torch {
+  std::string path = "libtorch_cpu";
+  void* handle = RTLD_DEFAULT;
+  Torch() {
+    Dl_info info{};
+    if (dladdr(reinterpret_cast<void*>(&at::get_num_threads), &info) && info.dli_fname) {
+      path = info.dli_fname;
+      if (void* h = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD)) handle = h;
+    }
+  }
+  void* find(const char* symbol) const { return dlsym(handle, symbol); }
+};
+
+const Torch& torch_lib() {
+  static const Torch lib;
+  return lib;
+}
+
+template <class T>
+Gemm<T> gemm_symbol() {
+  static const Gemm<T> fn = [] {
+    const char* name = std::is_same_v<T, float> ? "sgemm_" : "dgemm_";
+    auto* f = reinterpret_cast<Gemm<T>>(torch_lib().find(name));
+    TORCH_CHECK(f != nullptr, "fastar's CPU kernels multiply tiles with the Fortran BLAS symbol ", name,
+                ", which this torch build (", TORCH_VERSION, ", ", torch_lib().path,
+                ") does not export; use a torch build with MKL or OpenBLAS (the PyPI wheels have it)");
+    return f;
+  }();
+  return fn;
+}
+
+SetThreadsLocal set_threads_local() {
+  static const auto fn = reinterpret_cast<SetThreadsLocal>(torch_lib().find("MKL_Set_Num_Threads_Local"));
+  return fn;
+}
+
+}  // namespace
+
+template <class T>
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
+          T* C, int ldc) {
+  // Column-major BLAS on the transposes: C^T = op(B)^T op(A)^T.
+  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+  gemm_symbol<T>()(&tb, &ta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
+}
+
+template void gemm<float>(bool, bool, int, int, int, float, const float*, int, const float*, int, float, float*, int);
+template void gemm<double>(bool, bool, int, int, int, double, const double*, int, const double*, int, double, double*,
+                           int);
+
+SerialScope::SerialScope() : previous_(set_threads_local() ? set_threads_local()(1) : 0) {}
+SerialScope::~SerialScope() {
+  if (set_threads_local()) set_threads_local()(previous_);
+}
+
+}  // namespace fastar::cpu::blas

@@ -1,0 +1,28 @@
+// The BLAS that libtorch_cpu carries and exports (MKL or OpenBLAS; at::native::cpublas::gemm is not exported),
+// for CPU kernels that multiply tiles inside their own at::parallel_for: attention today, any family tomorrow.
+// The Fortran symbols are resolved at first use, so a torch build without them fails the kernel that needs
+// them with a message naming the symbol, not the import of fastar._C.
+#pragma once
+
+namespace fastar::cpu::blas {
+
+// Row-major C (M, N) = alpha op(A) op(B) + beta C, op(A) (M, K), op(B) (K, N); lda, ldb, ldc are row strides.
+// T is float (sgemm_) or double (dgemm_).
+template <class T>
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
+          T* C, int ldc);
+
+// Keeps the BLAS on the calling thread for the scope: inside at::parallel_for each tile product must stay on its
+// thread, else MKL fans every small product out over all cores (OpenBLAS does not thread products this small).
+class SerialScope {
+ public:
+  SerialScope();
+  ~SerialScope();
+  SerialScope(const SerialScope&) = delete;
+  SerialScope& operator=(const SerialScope&) = delete;
+
+ private:
+  int previous_;
+};
+
+}  // namespace fastar::cpu::blas
