@@ -6,14 +6,20 @@
 //   mma_m16n8k16_bf16 / _f16  D = A*B + C, A 16x16 row-major, B 16x8 col-major, fp32 accumulate
 //   ldmatrix_x4 / ldmatrix_x4_trans  four 8x8 b16 matrices from shared memory
 // Fragment layouts are those of the PTX ISA (summarised in csrc/simt/mma.h).
+// Then what every family's launcher shares: the Dtype switch, fp32 conversions, sizes, a launch with a
+// large dynamic shared memory. Warp-level tiles (mma GEMM, fragment loads, tile copies) are in kernels/tile.cuh.
+// The emulator is reached only through its public SIMT_* macros (csrc/simt/simt.h).
 #pragma once
+#include <cstddef>
 #include <cstdint>
+
+#include "kernels/dtype.h"
 
 #ifdef SIMT_CPU
 
-#define LAUNCH(kernel, ...) ::simt::launcher(kernel, #kernel, __FILE__, __LINE__, __VA_ARGS__)
-#define DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(::simt::detail::dynamic_smem())
-#define FASTAR_SITE_PARAMS , const char *file_ = __builtin_FILE(), int line_ = __builtin_LINE()
+#define LAUNCH(kernel, ...) SIMT_LAUNCH(kernel, __VA_ARGS__)
+#define DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(SIMT_DYNAMIC_SMEM())
+#define FASTAR_SITE_PARAMS , SIMT_SITE_PARAMS
 
 #else
 
@@ -41,8 +47,8 @@
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])                      \
                : "r"(static_cast<unsigned>(__cvta_generic_to_shared(row))))
 #elif defined(SIMT_CPU)
-#define FASTAR_MMA_PTX(type) ::simt::detail::mma_m16n8k16<type>(d, a, b, c, {file_, line_})
-#define FASTAR_LDMATRIX_PTX(suffix, trans) ::simt::detail::ldmatrix_x4(r, row, trans, {file_, line_})
+#define FASTAR_MMA_PTX(type) SIMT_MMA_M16N8K16(type, d, a, b, c)
+#define FASTAR_LDMATRIX_PTX(suffix, trans) SIMT_LDMATRIX_X4(r, row, trans)
 #elif defined(__CUDA_ARCH__)
 #define FASTAR_MMA_PTX(type) __trap()
 #define FASTAR_LDMATRIX_PTX(suffix, trans) __trap()
@@ -75,3 +81,58 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row FASTA
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row FASTAR_SITE_PARAMS) {
   FASTAR_LDMATRIX_PTX(".trans", true);
 }
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace fastar::kernels {
+
+template <class T>
+struct DtypeOf;
+template <>
+struct DtypeOf<float> { static constexpr Dtype value = Dtype::f32; };
+template <>
+struct DtypeOf<__nv_bfloat16> { static constexpr Dtype value = Dtype::bf16; };
+template <>
+struct DtypeOf<__half> { static constexpr Dtype value = Dtype::f16; };
+template <>
+struct DtypeOf<double> { static constexpr Dtype value = Dtype::f64; };
+
+// f(T{}) for the C++ type T among Types that `dtype` names, returning f's error: the one dtype switch of every
+// launcher. A dtype outside Types is cudaErrorInvalidValue.
+template <class... Types, class F>
+cudaError_t dispatch_dtype(Dtype dtype, F&& f) {
+  cudaError_t e = cudaErrorInvalidValue;
+  (void)((dtype == DtypeOf<Types>::value ? (e = f(Types{}), true) : false) || ...);
+  return e;
+}
+
+// Element values in fp32, the math type of every kernel, and back.
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+template <class T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
+
+inline size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+__host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+// Launches `kernel` with `smem` bytes of dynamic shared memory, raising the 48 KB default limit when needed.
+template <class Kernel, class... Args>
+cudaError_t launch_with_smem(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                             const Args&... args) {
+  if (smem > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (e != cudaSuccess) return e;
+  }
+  LAUNCH(kernel, grid, block, smem, stream)(args...);
+  return cudaGetLastError();
+}
+
+}  // namespace fastar::kernels

@@ -42,6 +42,14 @@ inline const dim3& grid_dim() { return tl_worker->launch->grid; }
 inline void* dynamic_smem() { return tl_worker->smem; }
 }  // namespace simt::detail
 
+// The public interface kernels/common.cuh builds its portable macros on (no kernel names ::simt:: itself):
+// a launch, the block's dynamic shared memory, and the tensor-core instructions as warp collectives that
+// report the caller's file:line (a function declared with SIMT_SITE_PARAMS passes its own on).
+#define SIMT_LAUNCH(kernel, ...) ::simt::launcher(kernel, #kernel, __FILE__, __LINE__, __VA_ARGS__)
+#define SIMT_DYNAMIC_SMEM() (::simt::detail::dynamic_smem())
+#define SIMT_MMA_M16N8K16(T, d, a, b, c) ::simt::detail::mma_m16n8k16<T>(d, a, b, c, SIMT_SITE)
+#define SIMT_LDMATRIX_X4(r, row, trans) ::simt::detail::ldmatrix_x4(r, row, trans, SIMT_SITE)
+
 #define threadIdx (::simt::detail::thread_idx())
 #define blockIdx (::simt::detail::block_idx())
 #define blockDim (::simt::detail::block_dim())

@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <cuda_runtime_api.h>
 
+#include "kernels/dtype.h"
+
 #ifdef FASTAR_SIMT_BUILD
 #include "simt/config.h"
 #define FASTAR_DEVICE_LIBRARY fastar_simt
@@ -48,6 +50,16 @@ inline int sm_count([[maybe_unused]] const at::Tensor& t) {
               cudaGetErrorString(e));
   return n;
 #endif
+}
+
+// The kernels' name of a tensor dtype (each op's checks have already narrowed it to those its kernels take).
+inline kernels::Dtype kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16: return kernels::Dtype::bf16;
+    case at::kHalf: return kernels::Dtype::f16;
+    case at::kDouble: return kernels::Dtype::f64;
+    default: return kernels::Dtype::f32;
+  }
 }
 
 // Raises (RuntimeError in Python) when a kernel launch failed, with the emulator's report under simt.

@@ -8,10 +8,6 @@
 
 namespace fastar {
 
-static kernels::VqDtype vq_dtype(at::ScalarType t) {
-  return t == at::kBFloat16 ? kernels::VqDtype::bf16 : t == at::kHalf ? kernels::VqDtype::f16 : kernels::VqDtype::f32;
-}
-
 static std::tuple<at::Tensor, at::Tensor> vq_nearest_device(const at::Tensor& x, const at::Tensor& codebook,
                                                             c10::string_view metric) {
   check_vq_nearest(x, codebook, kDeviceType);
@@ -28,7 +24,7 @@ static std::tuple<at::Tensor, at::Tensor> vq_nearest_device(const at::Tensor& x,
   p.x = x_ND.data_ptr(), p.codebook = e_KD.data_ptr();
   p.indices = idx.data_ptr<int64_t>(), p.distances = dist.data_ptr<float>();
   p.n = x.size(0), p.k = int(e_KD.size(0)), p.d = int(e_KD.size(1));
-  p.dtype = vq_dtype(x_ND.scalar_type()), p.cosine = cosine;
+  p.dtype = kernel_dtype(x_ND.scalar_type()), p.cosine = cosine;
   check_launch(kernels::vq_nearest_launch(p, scope.stream()), "vq_nearest");
   return {idx, dist};
 }
@@ -76,7 +72,7 @@ static at::Tensor msq_up_device(const at::Tensor& src, const std::optional<at::T
   kernels::MsqUpParams p{};
   p.src = src.data_ptr(), p.idx = idx ? idx->data_ptr<int64_t>() : nullptr, p.V = idx ? src.size(0) : 0;
   p.B = int(B), p.C = int(C), p.H = int(H), p.cells = int(idx ? idx->size(1) : src.size(1));
-  p.f64 = src.scalar_type() == at::kDouble;
+  p.dtype = kernel_dtype(src.scalar_type());
   for_scale_chunks(p, patch_nums, "msq_up", scope.stream(), [&](kernels::MsqUpParams& q, int first, cudaStream_t st) {
     q.out = static_cast<char*>(out.data_ptr()) + first * B * H * H * C * out.element_size();
     return kernels::msq_up_launch(q, st);

@@ -77,16 +77,16 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_kernel(const Attent
   const T* q = static_cast<const T*>(p.q) + row0 * D;
   const T* dout = static_cast<const T*>(p.dout) + row0 * D;
 
-  load_tile<T, kTileK, D>(k_s, head_base<T>(p.k, p.k_strides, b, hk), p.k_strides[2], k0, p.Lk, tid);
-  load_tile<T, kTileK, D>(v_s, head_base<T>(p.v, p.v_strides, b, hk), p.v_strides[2], k0, p.Lk, tid);
+  load_tile<T, kTileK, D, kThreads>(k_s, head_base<T>(p.k, p.k_strides, b, hk), p.k_strides[2], k0, p.Lk, tid);
+  load_tile<T, kTileK, D, kThreads>(v_s, head_base<T>(p.v, p.v_strides, b, hk), p.v_strides[2], k0, p.Lk, tid);
   float dk[D / 8][4] = {}, dv[D / 8][4] = {};
   for (int qt = 0; qt < n_qt; ++qt) {
     const int q0 = qt * kM;
     const uint8_t kind = tile_with_key_len(flags[qt * n_kt + kt], p.mask, b, k0, k0 + kTileK);
     if (kind == kTileSkip) continue;  // uniform over the block
     __syncthreads();                  // the previous step's reads of q_s, do_s, dst_s are done
-    load_tile<T, kM, D>(q_s, q, D, q0, p.Lq, tid);
-    load_tile<T, kM, D>(do_s, dout, D, q0, p.Lq, tid);
+    load_tile<T, kM, D, kThreads>(q_s, q, D, q0, p.Lq, tid);
+    load_tile<T, kM, D, kThreads>(do_s, dout, D, q0, p.Lq, tid);
     for (int i = tid; i < kM; i += kThreads) {
       const bool in = q0 + i < p.Lq;
       lse_s[i] = in ? p.lse[row0 + q0 + i] * kLog2e : INFINITY;
@@ -191,7 +191,7 @@ cudaError_t attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t strea
     }
     if (p.Lk > 0) {
       const dim3 grid(p.B * p.H, s.n_kt);
-      if (cudaError_t e = launch_with_smem(attention_bwd_kernel<T, D>, grid, bwd_smem<T, D>(), stream, p,
+      if (cudaError_t e = launch_with_smem(attention_bwd_kernel<T, D>, grid, kThreads, bwd_smem<T, D>(), stream, p,
                                            static_cast<const uint8_t*>(ws), static_cast<const float*>(delta),
                                            dq_accum))
         return e;

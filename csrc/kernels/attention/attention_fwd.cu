@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
   const T* q_w = q_s + warp * 16 * S;  // this warp's 16 query rows
   T* p_w = p_s + warp * 16 * SP;       // and of P
 
-  load_tile<T, kTileQ, D>(q_s, head_base<T>(p.q, p.q_strides, b, h), p.q_strides[2], q0, p.Lq, tid);
+  load_tile<T, kTileQ, D, kThreads>(q_s, head_base<T>(p.q, p.q_strides, b, h), p.q_strides[2], q0, p.Lq, tid);
   const T* k = head_base<T>(p.k, p.k_strides, b, hk);
   const T* v = head_base<T>(p.v, p.v_strides, b, hk);
   uint32_t qf[kF32<T> ? 1 : D / 16][4];  // 16-bit: the warp's Q rows as A fragments
@@ -86,8 +86,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
     const uint8_t kind = tile_with_key_len(flags[qt * n_kt + kt], p.mask, b, k0, k0 + kN);
     if (kind == kTileSkip) continue;  // uniform over the block
     __syncthreads();                  // the previous tile's k_s / v_s reads are done (and q_s is loaded)
-    load_tile<T, kN, D>(k_s, k, p.k_strides[2], k0, p.Lk, tid);
-    load_tile<T, kN, D>(v_s, v, p.v_strides[2], k0, p.Lk, tid);
+    load_tile<T, kN, D, kThreads>(k_s, k, p.k_strides[2], k0, p.Lk, tid);
+    load_tile<T, kN, D, kThreads>(v_s, v, p.v_strides[2], k0, p.Lk, tid);
     __syncthreads();
 
     float s[kN / 8][4] = {};  // scores, then probabilities
@@ -201,7 +201,7 @@ cudaError_t attention_fwd_launch(const AttentionParams& p, cudaStream_t stream) 
     constexpr int D = decltype(spec)::kDim;
     if (cudaError_t e = attention_tile_flags_launch(p.mask, p.Lq, p.Lk, kTileQ, kTileK<D>, flags, stream)) return e;
     const dim3 grid(p.B * p.H, s.n_qt, s.splits);
-    if (cudaError_t e = launch_with_smem(attention_fwd_kernel<T, D>, grid, fwd_smem<T, D>(), stream, p,
+    if (cudaError_t e = launch_with_smem(attention_fwd_kernel<T, D>, grid, kThreads, fwd_smem<T, D>(), stream, p,
                                          static_cast<const uint8_t*>(flags), s.kt_per_split, out_accum, lse_accum))
       return e;
     if (s.splits == 1) return cudaSuccess;

@@ -168,9 +168,10 @@ cudaError_t msq_up_launch(const MsqUpParams& p, cudaStream_t stream) {
   if (total == 0) return cudaSuccess;
   if ((total + kThreads - 1) / kThreads > INT32_MAX) return cudaErrorInvalidValue;
   const dim3 grid(unsigned((total + kThreads - 1) / kThreads));
-  if (p.f64) LAUNCH(msq_up_kernel<double>, grid, kThreads, 0, stream)(p);
-  else LAUNCH(msq_up_kernel<float>, grid, kThreads, 0, stream)(p);
-  return cudaGetLastError();
+  return dispatch_dtype<float, double>(p.dtype, [&](auto elem) {
+    LAUNCH(msq_up_kernel<decltype(elem)>, grid, kThreads, 0, stream)(p);
+    return cudaGetLastError();
+  });
 }
 
 cudaError_t msq_add_down_launch(const MsqAddDownParams& p, cudaStream_t stream) {
@@ -191,7 +192,7 @@ cudaError_t msq_residual_search_launch(const MsqResidualSearchParams& p, cudaStr
   }
   VqNearestParams q{};
   q.x = p.f_rest, q.codebook = p.codebook, q.indices = p.indices, q.distances = nullptr;
-  q.n = int64_t(p.B) * p.pn * p.pn, q.k = p.V, q.d = p.C, q.dtype = VqDtype::f32, q.cosine = false;
+  q.n = int64_t(p.B) * p.pn * p.pn, q.k = p.V, q.d = p.C, q.dtype = Dtype::f32, q.cosine = false;
   if (p.pn == p.H) return vq_nearest_launch(q, stream);  // the rows are f_rest itself (NHWC)
   if (p.C > kMsqFusedMaxC) {  // rows too long for shared memory: down into p.rows, then search them
     MsqAddDownParams d{};

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "kernels/dtype.h"
+
 namespace fastar::kernels {
 
 constexpr int kMsqMaxScales = 32;  // scales per launch; the glue splits longer lists
@@ -12,7 +14,7 @@ constexpr int kMsqMaxScales = 32;  // scales per launch; the glue splits longer 
 // Per scale s: gather the (pn_s, pn_s) codes and bicubic-upsample them to H x H (torch's bicubic: A = -0.75,
 // align_corners=False, border clamped; a plain gather at pn_s == H).
 struct MsqUpParams {
-  const void* src;      // idx ? codebook (V, C) : rows (B, cells, C); float or double as `f64`
+  const void* src;      // idx ? codebook (V, C) : rows (B, cells, C), of `dtype`
   const int64_t* idx;   // (B, cells) code indices, or null; an index outside [0, V) gives NaN outputs
   void* out;            // (S, B, H, H, C) NHWC, of src's type
   int64_t V;            // codes in the codebook (when idx)
@@ -20,7 +22,7 @@ struct MsqUpParams {
   int cells;            // row stride of idx / src in cells: sum over all scales of pn^2 (not only this launch's)
   int pn[kMsqMaxScales];      // patch size of each scale, 1 <= pn <= H
   int offset[kMsqMaxScales];  // first cell of each scale within a row of idx / src
-  bool f64;                   // src and out are double (the float64 gradcheck path), else float
+  Dtype dtype;                // of src and out: f32, or f64 (the float64 gradcheck path)
 };
 
 // Per scale s: rows of scale s = area-down(f_hat + h[0] + ... + h[s], pn_s) (torch's adaptive average pooling bins;

@@ -22,12 +22,10 @@ cudaError_t vq_nearest_launch(const VqNearestParams& p, cudaStream_t stream) {
   if (p.n < 0 || p.k < 1 || p.d < 0 || (p.n + kRows - 1) / kRows > INT32_MAX) return cudaErrorInvalidValue;
   if (p.n == 0) return cudaSuccess;
   const dim3 grid(unsigned((p.n + kRows - 1) / kRows));
-  switch (p.dtype) {
-    case VqDtype::f32: LAUNCH(vq_nearest_kernel<float>, grid, kThreads, 0, stream)(p); break;
-    case VqDtype::bf16: LAUNCH(vq_nearest_kernel<__nv_bfloat16>, grid, kThreads, 0, stream)(p); break;
-    case VqDtype::f16: LAUNCH(vq_nearest_kernel<__half>, grid, kThreads, 0, stream)(p); break;
-  }
-  return cudaGetLastError();
+  return dispatch_dtype<float, __nv_bfloat16, __half>(p.dtype, [&](auto elem) {
+    LAUNCH(vq_nearest_kernel<decltype(elem)>, grid, kThreads, 0, stream)(p);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace fastar::kernels

@@ -4,10 +4,9 @@
 
 #include <cstdint>
 
-namespace fastar::kernels {
+#include "kernels/dtype.h"
 
-// Element type of x and codebook (both the same; the glue upcasts mixed pairs to f32).
-enum class VqDtype : int { f32, bf16, f16 };
+namespace fastar::kernels {
 
 struct VqNearestParams {
   const void* x;         // (n, d) row-major, contiguous, of `dtype`
@@ -17,7 +16,7 @@ struct VqNearestParams {
   int64_t n;             // rows of x; 0 launches nothing
   int k;                 // codes, >= 1
   int d;                 // vector size, >= 0
-  VqDtype dtype;         // of x and codebook; distance math is fp32 for all
+  Dtype dtype;           // of x and codebook (f32, bf16 or f16; the glue upcasts mixed pairs to f32); fp32 math
   bool cosine;           // L2-normalize both sides first (F.normalize, eps 1e-12), as LlamaGen's quantizer
 };
 

@@ -4,9 +4,6 @@
 // memory. Codes in tiles of 64; 16 x 16 threads, each owning 4 rows x 4 codes of every tile; D is staged through
 // shared memory 8 elements at a time. Where the rows come from is a policy (GlobalRows, SharedRows).
 #pragma once
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cstdint>
 
 #include "kernels/common.cuh"
@@ -30,10 +27,6 @@ struct Smem {
   float norm_s[kCodes + kRows];             // cosine: max(||v||, 1e-12) of the codes, then rows
   float sq_s[kCodes + kRows];               // ||v||^2 as compared (after normalization)
 };
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 
 // (a, ka) ranks before (b, kb): smaller distance, a NaN distance counting as +inf, then lower index.
 __device__ __forceinline__ bool better(float a, int ka, float b, int kb) {
