@@ -292,3 +292,14 @@ def test_attention_binding_checks():
         torch.ops.fastar.attention_fwd(*(torch.randn(1, 1, 2, 1025) for _ in range(3)), 0, [0, 0, 11], None, None, 1.0)
     with pytest.raises(RuntimeError, match="lse must be"):
         torch.ops.fastar.attention_bwd(q, q, k, v, q, torch.zeros(1, 2), 0, [0, 0, 11], None, None, 1.0)
+
+
+@pytest.mark.parametrize("module", ["_C", "_simt"])
+def test_attention_capabilities(module):
+    """The reference's mask numbering is the kernels' (csrc/kernels/attention/mask.h), as each extension exports it."""
+    ext = getattr(fastar._backend, module)
+    if ext is None:
+        pytest.skip(f"fastar.{module} is not built")
+    caps = ext.capabilities()["attention"]
+    assert caps["mask_kinds"] == ref.KINDS
+    assert set(caps["max_head_dim"]) == ({"cpu", "cuda"} if module == "_C" else {"simt"})

@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "kernels/attention/capabilities.h"
 #include "kernels/attention/mask.h"
 
 namespace fastar {
@@ -24,14 +25,16 @@ inline void check_attention_qkv(const char* op, const at::Tensor& q, const at::T
   TORCH_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, op, ": q's ", q.size(1),
               " heads must be a multiple of k's ", k.size(1));
   TORCH_CHECK(k.size(3) == q.size(3), op, ": k has head dim ", k.size(3), " but q has ", q.size(3));
-  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= 1024, op, ": head dim must be in [1, 1024], got ", q.size(3));
+  TORCH_CHECK(q.size(3) >= 1 && q.size(3) <= kernels::kAttentionCpuMaxHeadDim, op, ": head dim must be in [1, ",
+              kernels::kAttentionCpuMaxHeadDim, "], got ", q.size(3));
 }
 
 // mask_ints = [text_len, grid, conv_kernel]; kv_end (Lq,) and key_len (B,) int32, kept alive by the caller.
 inline kernels::MaskParams attention_mask(const char* op, int64_t kind, at::IntArrayRef ints,
                                           const std::optional<at::Tensor>& kv_end,
                                           const std::optional<at::Tensor>& key_len, int64_t B, int64_t Lq) {
-  TORCH_CHECK(kind >= kernels::kFull && kind <= kernels::kDalleConv, op, ": mask_kind must be in [0, 5], got ", kind);
+  TORCH_CHECK(kind >= 0 && kind < kernels::kMaskKinds, op, ": mask_kind must be in [0, ", kernels::kMaskKinds - 1,
+              "], got ", kind);
   TORCH_CHECK(ints.size() == 3, op, ": mask_ints must be [text_len, grid, conv_kernel], got ", ints.size(), " ints");
   const bool dalle = kind >= kernels::kDalleRow;
   TORCH_CHECK(!dalle || (ints[0] >= 0 && ints[1] >= 1 && ints[2] >= 1 && ints[2] % 2 == 1), op,

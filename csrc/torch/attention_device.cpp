@@ -8,11 +8,6 @@
 namespace fastar {
 namespace {
 
-kernels::AttnDtype attn_dtype(at::ScalarType t) {
-  return t == at::kBFloat16 ? kernels::AttnDtype::bf16 : t == at::kHalf ? kernels::AttnDtype::f16
-                                                                         : kernels::AttnDtype::f32;
-}
-
 // The kernels read 16-byte vectors: last dim contiguous and every row 16-byte aligned, else a contiguous copy.
 at::Tensor rows_aligned(const at::Tensor& t) {
   const int64_t bytes = t.element_size();
@@ -26,11 +21,14 @@ void check_device_ints(const char* op, const std::optional<at::Tensor>& t, const
               " but q is on ", q.device());
 }
 
-// The kernels are built for head dims 32, 64 and 128; others run zero-padded to the next one (zeros change no
+// The kernels are built for kernels::kAttentionHeadDims; others run zero-padded to the next one (zeros change no
 // dot product and give zero output columns, sliced off).
 int64_t kernel_dim(const char* op, int64_t D) {
-  TORCH_CHECK(D <= 128, op, ": the CUDA kernels take head dims up to 128, got ", D);
-  return D <= 32 ? 32 : D <= 64 ? 64 : 128;
+  TORCH_CHECK(D <= kernels::kAttentionCudaMaxHeadDim, op, ": the CUDA kernels take head dims up to ",
+              kernels::kAttentionCudaMaxHeadDim, ", got ", D);
+  for (const int built : kernels::kAttentionHeadDims)
+    if (D <= built) return built;
+  return kernels::kAttentionCudaMaxHeadDim;
 }
 
 at::Tensor pad_dim(const at::Tensor& t, int64_t D) {
@@ -46,7 +44,7 @@ kernels::AttentionParams params(const at::Tensor& q, const at::Tensor& k, const 
   p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr();
   for (int i = 0; i < 3; ++i) p.q_strides[i] = q.stride(i), p.k_strides[i] = k.stride(i), p.v_strides[i] = v.stride(i);
   p.B = int(q.size(0)), p.H = int(q.size(1)), p.Hk = int(k.size(1)), p.Lq = int(q.size(2)), p.Lk = int(Lk);
-  p.D = int(q.size(3)), p.scale = float(scale), p.dtype = attn_dtype(q.scalar_type()), p.mask = mask;
+  p.D = int(q.size(3)), p.scale = float(scale), p.dtype = kernel_dtype(q.scalar_type()), p.mask = mask;
   p.sm_count = sm_count(q);
   return p;
 }

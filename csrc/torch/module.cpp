@@ -1,7 +1,9 @@
-// fastar._C: importing it registers torch.ops.fastar.*; its only Python function reports what was built.
+// fastar._C: importing it registers torch.ops.fastar.*; its Python functions report what was built and what its
+// kernels take.
 #include <pybind11/pybind11.h>
 
 #include "cpu/isa.h"
+#include "torch/capabilities.h"
 
 #ifndef FASTAR_CUDA_ARCHS
 #define FASTAR_CUDA_ARCHS ""
@@ -20,5 +22,9 @@ PYBIND11_MODULE(_C, m) {
     info["cpu_isa"] = fastar::cpu::isa().name;
     info["compiler"] = __VERSION__;
     return info;
+  });
+  m.def("capabilities", [] {
+    return fastar::capabilities({{"cpu", fastar::kernels::kAttentionCpuMaxHeadDim},
+                                 {"cuda", fastar::kernels::kAttentionCudaMaxHeadDim}});
   });
 }

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "simt/config.h"
+#include "torch/capabilities.h"
 #include "torch/ops.h"
 
 TORCH_LIBRARY(fastar_simt, m) { fastar::define_ops(m); }
@@ -21,4 +22,5 @@ PYBIND11_MODULE(_simt, m) {
       },
       pybind11::arg("mode"), pybind11::arg("seed") = 0,
       "Order in which the emulator runs the CUDA threads of a block from now on ('fwd', 'rev', 'shuffle').");
+  m.def("capabilities", [] { return fastar::capabilities({{"simt", fastar::kernels::kAttentionCudaMaxHeadDim}}); });
 }

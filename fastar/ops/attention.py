@@ -3,6 +3,7 @@ autograd, plus KV-cache decoding. One kernel family (csrc/cpu/attention.cpp, csr
 import dataclasses
 import itertools
 import math
+import sys
 
 import torch
 
@@ -11,7 +12,11 @@ from fastar.ops._checks import FLOATS, check_choice, check_same_device, check_te
 from fastar.reference import attention as reference
 
 DTYPES = FLOATS + (torch.float64,)  # float64: the CPU kernels' gradcheck dtype
-MAX_HEAD_DIM = {"cpu": 1024, "cuda": 128, "simt": 128, "reference": 1024}  # per backend; CUDA pads to 32/64/128
+# Per backend, as the built extensions export it (csrc/kernels/attention/capabilities.h); the reference has no limit.
+MAX_HEAD_DIM = {"reference": sys.maxsize}
+for _ext in (_backend._C, _backend._simt):
+    if _ext is not None:
+        MAX_HEAD_DIM.update(_ext.capabilities()["attention"]["max_head_dim"])
 DALLE_KINDS = ("row", "column", "conv")
 
 

@@ -4,6 +4,8 @@ import math
 
 import torch
 
+# The kernels' MaskKind numbering (csrc/kernels/attention/mask.h), kept here so the reference needs no extension;
+# tests/test_attention.py asserts it equals what fastar._C and fastar._simt export.
 KINDS = {"full": 0, "causal": 1, "block_causal": 2, "row": 3, "column": 4, "conv": 5}
 
 

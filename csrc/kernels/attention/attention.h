@@ -7,12 +7,11 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/attention/capabilities.h"
 #include "kernels/attention/mask.h"
+#include "kernels/dtype.h"
 
 namespace fastar::kernels {
-
-// Element type of q, k, v, out and the gradients; the math is fp32 for all.
-enum class AttnDtype : int { f32, bf16, f16 };
 
 struct AttentionParams {
   const void* q;          // (B, H, Lq, D) of `dtype`, last dim contiguous, rows 16-byte aligned
@@ -25,9 +24,9 @@ struct AttentionParams {
   float* lse;             // (B, H, Lq) contiguous: natural-log logsumexp of the scaled scores, -inf for a row
                           // that sees no key (its output is 0)
   int B, H, Hk, Lq, Lk;   // H % Hk == 0: head h reads k/v head h / (H / Hk)
-  int D;                  // head dim: 32, 64 or 128
+  int D;                  // head dim: one of kAttentionHeadDims
   float scale;            // softmax(scale * q k^T)
-  AttnDtype dtype;
+  Dtype dtype;            // of q, k, v, out and the gradients: f32, bf16 or f16; the math is fp32 for all
   MaskParams mask;        // device pointers; kv_end (Lq,), key_len (B,)
   int sm_count;           // multiprocessors of the device: the forward splits the keys below two waves of blocks
   void* workspace;        // *_workspace_bytes(p) bytes of device memory, 256-byte aligned, any content

@@ -24,6 +24,9 @@
 namespace fastar::kernels {
 
 enum MaskKind : int32_t { kFull = 0, kCausal = 1, kBlockCausal = 2, kDalleRow = 3, kDalleColumn = 4, kDalleConv = 5 };
+constexpr int kMaskKinds = 6;
+// The Python name of each MaskKind (fastar.ops.AttentionMask.kind), exported by the bindings' capabilities().
+constexpr const char* kMaskKindNames[kMaskKinds] = {"full", "causal", "block_causal", "row", "column", "conv"};
 
 struct MaskParams {      // everything a kernel needs to decide visible(q, k)
   int32_t kind;          // a MaskKind
