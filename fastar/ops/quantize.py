@@ -297,7 +297,7 @@ def _msq_forward(ops, f_BChw, codebook, phi_weight, phi_bias, patch_nums, beta, 
     """msq_forward on compiled ops."""
     dtype = torch.float64 if f_BChw.dtype == torch.float64 else torch.float32
     phi = _phi_folded(phi_weight, phi_bias, resi_ratio, dtype)
-    SN, V = len(patch_nums), codebook.shape[0]
+    V = codebook.shape[0]
     idx, hs = [], []
     for idx_Bl, _, h in _residual_steps(ops, f_BChw, codebook.to(dtype), phi, patch_nums):
         idx.append(idx_Bl)

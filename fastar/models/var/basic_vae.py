@@ -2,7 +2,6 @@
 
 Module names equal the official checkpoint's keys (encoder.down.{i}.block.{j}.norm1, decoder.up.{i}.attn.{j}.qkv...).
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
