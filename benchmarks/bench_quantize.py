@@ -1,9 +1,12 @@
-"""vq_nearest at VAR's tokenizer shape and LlamaGen's, against the reference, cdist and faiss."""
+"""vq_nearest at VAR's tokenizer shape and LlamaGen's, and VAR's multi-scale quantizer functions. Baseline: the
+torch backend, VAR's own loop (addmm + argmin, area / bicubic interpolation, the Phi convs); peers for the search:
+faiss IndexFlatL2 and cdist + argmin."""
 import pytest
 import torch
 
 import fastar
 from benchmarks.harness import compare
+from fastar import torch as torch_impl
 from fastar.reference import quantize as ref
 
 try:
@@ -11,6 +14,7 @@ try:
 except ImportError:  # optional benchmark dependency
     faiss = None
 
+BASELINE = "VAR's loop (torch backend)"
 SHAPES = {"VAR N=65536 K=4096 D=32": (65536, 4096, 32), "LlamaGen N=16384 K=16384 D=8": (16384, 16384, 8)}
 
 
@@ -28,7 +32,7 @@ def test_vq_nearest(benchmark, shape, peak_gflops):
         return torch.from_numpy(index.search(x_np, 1)[1][:, 0])
 
     contenders = {
-        "reference": lambda: ref.vq_nearest(x, codebook),
+        BASELINE: lambda: torch_impl.quantize.vq_nearest(x, codebook),
         "cdist+argmin": lambda: torch.cdist(x, codebook).argmin(1),
     }
     if faiss is not None:
@@ -37,7 +41,7 @@ def test_vq_nearest(benchmark, shape, peak_gflops):
     ours = fastar.ops.vq_nearest(x, codebook)
     agree = {name: (fn() == ours).float().mean().item() for name, fn in contenders.items()}
     flops = 2 * N * K * D
-    compare(benchmark, lambda: fastar.ops.vq_nearest(x, codebook), contenders, op="vq_nearest",
+    compare(benchmark, lambda: fastar.ops.vq_nearest(x, codebook), contenders, baseline=BASELINE, op="vq_nearest",
             shape=shape, agreement=agree, gflop=flops / 1e9, fma_floor_ms=flops / peak_gflops / 1e6)
 
 
@@ -63,8 +67,8 @@ def _quantizer(patch_nums, B, C=32, V=4096):
 
 
 def _steps(impl, f, codebook, w, b, patch_nums, ms_idx_Bl):
-    """The four timed functions of one implementation (fastar.ops or fastar.reference.quantize)."""
-    SN, H = len(patch_nums), patch_nums[-1]
+    """The timed functions of one implementation (fastar.ops or fastar.torch.quantize)."""
+    SN = len(patch_nums)
     ms_h_BChw = [ref.embed(i, codebook, pn) for i, pn in zip(ms_idx_Bl, patch_nums)]
     zeros = torch.zeros_like(f, memory_format=torch.channels_last)
 
@@ -107,15 +111,12 @@ def test_msq(benchmark, schedule, step):
     f, codebook, w, b = _quantizer(patch_nums, B)
     ms_idx_Bl = fastar.ops.f_to_idxBl_or_fhat(f, codebook, w, b, patch_nums)
     ours = _steps(fastar.ops, f, codebook, w, b, patch_nums, ms_idx_Bl)[step]
-    theirs = _steps(ref, f, codebook, w, b, patch_nums, ms_idx_Bl)[step]
+    theirs = _steps(torch_impl.quantize, f, codebook, w, b, patch_nums, ms_idx_Bl)[step]
     agreement = {}
     if step == "encode":  # identical indices: the fraction of equal ones
         same = sum(int((x == y).sum()) for x, y in zip(ours(), theirs()))
-        agreement["reference"] = same / sum(i.numel() for i in ms_idx_Bl)
-    extra = compare(benchmark, ours, {"reference": theirs, "fastar's Phi convs alone": _phi_convs(step, f, w, b,
-                    patch_nums)}, op=MSQ_STEPS[step], shape=schedule,
-                    agreement=agreement)
-    conv_ms = extra["fastar's Phi convs alone"]["min_ms"]
-    extra["phi_conv_share"] = conv_ms / extra["fastar"]["min_ms"]
-    extra["note"] = (f"Phi convolutions: {conv_ms:.1f} ms, {extra['phi_conv_share']:.0%} of fastar's time "
-                     f"(torch's convolutions, not fused by design)")
+        agreement[BASELINE] = same / sum(i.numel() for i in ms_idx_Bl)
+    extra = compare(benchmark, ours, {BASELINE: theirs}, baseline=BASELINE,
+                    parts={"Phi convs (torch's, not fused by design)": _phi_convs(step, f, w, b, patch_nums)},
+                    op=MSQ_STEPS[step], shape=schedule, agreement=agreement)
+    extra["phi_conv_share"] = extra["Phi convs (torch's, not fused by design)"]["ratio"]

@@ -1,7 +1,12 @@
-"""VAR end to end on the CPU, fastar ops against reference ops (fastar.use_backend("reference")) in one run:
-VAR-d16 sampling (B = 4, 256 px, CFG, float32) with where its time goes, one training step (B = 8), and the
-VQVAE's encode and decode (B = 1). Random weights: the work is that of the released models. A d16 sampling run
-takes about a minute here, so each contender runs once (no warm-up round): ~10 minutes for the file."""
+"""VAR end to end on the CPU: the same model on fastar's kernels against the torch backend (use_backend("torch"):
+SDPA, VAR's quantizer loop, i.e. what the official code runs), in one run: VAR-d16 sampling (B = 4, 256 px,
+CFG, float32) with where its time goes, one training step (B = 8), and the VQVAE's encode and decode (B = 1).
+Random weights: the work is that of the released models. A d16 sampling run takes about a minute here, so each
+contender runs once (no warm-up round; the report says so): ~10 minutes for the file.
+
+Knobs (environment): FASTAR_BENCH_VAR_DEPTH (16) and FASTAR_BENCH_VAR_B (4, the sampling batch) size a quick
+check; FASTAR_BENCH_VAR_ORACLE=1 adds the float64-capable reference ops as an extra column (slow)."""
+import os
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -15,30 +20,39 @@ from benchmarks.harness import compare
 from fastar.models.var import build_vae_var
 from fastar.models.var import var as var_module
 
-B_SAMPLE, B_TRAIN, B_VQVAE, ROUNDS = 4, 8, 1, 1
-CLASSES = torch.tensor([207, 360, 387, 974])
+DEPTH = int(os.environ.get("FASTAR_BENCH_VAR_DEPTH", "16"))
+B_SAMPLE, B_TRAIN, B_VQVAE, ROUNDS = int(os.environ.get("FASTAR_BENCH_VAR_B", "4")), 8, 1, 1
+ORACLE = os.environ.get("FASTAR_BENCH_VAR_ORACLE") == "1"
+CLASSES = torch.tensor([207, 360, 387, 974]).repeat(B_SAMPLE)[:B_SAMPLE]
+BASELINE = "torch backend"
 
 
 @pytest.fixture(scope="module")
 def d16():
     torch.manual_seed(0)
-    vae, var = build_vae_var(depth=16, init_adaln_gamma=1e-3)
+    vae, var = build_vae_var(depth=DEPTH, init_adaln_gamma=1e-3)
     with torch.no_grad():  # oneDNN builds its convolution primitives on first use: not a cost of either contender
         vae.fhat_to_img(torch.zeros(B_SAMPLE, vae.Cvae, 16, 16))
     return vae, var
 
 
-def on_reference(fn):
+def on(backend, fn):
     def run():
-        with fastar.use_backend("reference"):
+        with fastar.use_backend(backend):
             return fn()
     return run
+
+
+def contenders(make):
+    """{label: run}: make(label) under the torch backend (the baseline) and, with ORACLE, the reference ops."""
+    backends = {BASELINE: "torch", **({"reference ops": "reference"} if ORACLE else {})}
+    return {label: on(backend, make(label)) for label, backend in backends.items()}
 
 
 def test_var_d16_sample(benchmark, d16, monkeypatch):
     vae, var = d16
     var.eval()
-    benchmark.group = f"VAR-d16 sampling B={B_SAMPLE} 256px cfg=4 top-k 900 top-p 0.95 float32"
+    benchmark.group = f"VAR-d{DEPTH} sampling B={B_SAMPLE} 256px cfg=4 top-k 900 top-p 0.95 float32"
     maps, last = [], {}  # the token maps of a run, read off the codebook lookups (the sampler's only ones)
     hook = vae.quantize.embedding.register_forward_hook(lambda m, args, out: maps.append(args[0].clone()))
     parts = Breakdown(monkeypatch, vae)
@@ -51,10 +65,11 @@ def test_var_d16_sample(benchmark, d16, monkeypatch):
             last[name] = list(maps)
         return run
 
-    compare(benchmark, sample("fastar"), {"reference ops": on_reference(sample("reference ops"))}, rounds=ROUNDS,
-            warmup=0, op="attention_decode")
-    same = all(torch.equal(a, b) for a, b in zip(last["fastar"], last["reference ops"]))
-    benchmark.extra_info["agreement"] = {"reference ops": float(same)}  # 1.0: identical tokens at every scale
+    compare(benchmark, sample("fastar"), contenders(sample), baseline=BASELINE, rounds=ROUNDS, warmup=0,
+            op="attention_decode")
+    # 1.0: identical tokens at every scale
+    benchmark.extra_info["agreement"] = {name: float(all(torch.equal(a, b) for a, b in zip(last["fastar"], maps)))
+                                         for name, maps in last.items() if name != "fastar"}
     benchmark.extra_info["breakdown"] = parts.ms
     hook.remove()
 
@@ -104,7 +119,7 @@ class Breakdown:
 def test_var_d16_train_step(benchmark, d16):
     vae, var = d16
     var.train()
-    benchmark.group = f"VAR-d16 training step (forward + backward) B={B_TRAIN} 256px float32"
+    benchmark.group = f"VAR-d{DEPTH} training step (forward + backward) B={B_TRAIN} 256px float32"
     g = torch.Generator().manual_seed(0)
     ms_idx_Bl = [torch.randint(4096, (B_TRAIN, pn * pn), generator=g) for pn in var.patch_nums]
     label_B = torch.randint(1000, (B_TRAIN,), generator=g)
@@ -116,7 +131,7 @@ def test_var_d16_train_step(benchmark, d16):
         logits_BLV = var(label_B, x_BLCv)
         F.cross_entropy(logits_BLV.flatten(0, 1), gt_BL.flatten()).backward()
 
-    compare(benchmark, step, {"reference ops": on_reference(step)}, rounds=ROUNDS, warmup=0, op="attention")
+    compare(benchmark, step, contenders(lambda _: step), baseline=BASELINE, rounds=ROUNDS, warmup=0, op="attention")
     var.zero_grad(set_to_none=True)
 
 
@@ -129,5 +144,5 @@ def test_vqvae(benchmark, d16, direction):
         ms_idx_Bl = vae.img_to_idxBl(img)
     fn = {"encode": lambda: vae.img_to_idxBl(img), "decode": lambda: vae.idxBl_to_img(ms_idx_Bl, last_one=True)}
     with torch.no_grad():
-        compare(benchmark, fn[direction], {"reference ops": on_reference(fn[direction])}, rounds=3, warmup=1,
+        compare(benchmark, fn[direction], contenders(lambda _: fn[direction]), baseline=BASELINE, rounds=3, warmup=1,
                 op="f_to_idxBl_or_fhat" if direction == "encode" else "idxBl_to_fhat")

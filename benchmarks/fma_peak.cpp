@@ -1,36 +1,53 @@
-// The machine's float32 FMA peak: every thread runs 24 independent FMA chains of the widest vector the
-// compiler targets (-march=native). Prints GFLOP/s summed over threads. Built and run by benchmarks/conftest.py.
+// The float32 FMA peak of the instruction set fastar's CPU kernels run (build_info()["cpu_isa"]), for the
+// report's "share of peak". Every thread runs kChains independent FMA chains, one vector register each: enough to
+// cover FMA latency x FMA units (4-5 cycles x 1-2 units on x86 cores: 4-10 chains), and no more than the register
+// file holds besides the two operands (16 ymm for AVX2, 32 zmm for AVX-512), so nothing spills to memory.
+// Built per ISA by benchmarks/conftest.py (-mavx2 -mfma, -mavx512f, or plain x86-64 for base: SSE mul + add).
+// Usage: fma_peak THREADS. Prints "GFLOP/s isa floats_per_vector chains threads", GFLOP/s summed over threads.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
 #include <vector>
 
-typedef float vf __attribute__((vector_size(64)));
+#if defined(__AVX512F__)
+constexpr int kBytes = 64, kRegisters = 32, kChains = 24;
+constexpr const char* kIsa = "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int kBytes = 32, kRegisters = 16, kChains = 12;
+constexpr const char* kIsa = "avx2";
+#else
+constexpr int kBytes = 16, kRegisters = 16, kChains = 12;
+constexpr const char* kIsa = "base";
+#endif
+constexpr int kFloats = kBytes / 4;
+static_assert(kChains + 2 <= kRegisters, "the chains and the two operands must fit the vector register file");
+
+typedef float vf __attribute__((vector_size(kBytes)));
 
 static double run(long iters) {
-  vf a[24], b = vf{} + 1.0000001f, c = vf{} + 1e-7f;
-  for (int i = 0; i < 24; ++i) a[i] = vf{} + static_cast<float>(i);
+  vf a[kChains], b = vf{} + 1.0000001f, c = vf{} + 1e-7f;
+  for (int i = 0; i < kChains; ++i) a[i] = vf{} + static_cast<float>(i);
   const auto t0 = std::chrono::steady_clock::now();
   for (long it = 0; it < iters; ++it) {
-#pragma GCC unroll 24
-    for (int i = 0; i < 24; ++i) a[i] = a[i] * b + c;
+#pragma GCC unroll 32
+    for (int i = 0; i < kChains; ++i) a[i] = a[i] * b + c;
   }
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   float sink = 0;
-  for (int i = 0; i < 24; ++i) sink += a[i][0];
+  for (int i = 0; i < kChains; ++i) sink += a[i][0];
   if (sink == 42.f) std::puts("");  // the chains' results are used, so they are not optimized away
-  return static_cast<double>(iters) * 24 * 16 * 2 / s / 1e9;
+  return static_cast<double>(iters) * kChains * kFloats * 2 / s / 1e9;
 }
 
 int main(int argc, char** argv) {
   const int threads = argc > 1 ? std::atoi(argv[1]) : 1;
-  const long iters = 20000000;
+  const long iters = 200000000 / kChains;
   std::vector<double> gflops(threads);
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) pool.emplace_back([&, t] { gflops[t] = run(iters); });
   for (auto& th : pool) th.join();
   double total = 0;
   for (double g : gflops) total += g;
-  std::printf("%.1f\n", total);
+  std::printf("%.1f %s %d %d %d\n", total, kIsa, kFloats, kChains, threads);
 }

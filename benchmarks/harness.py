@@ -1,9 +1,10 @@
 """The one benchmark runner: contenders alternate inside one pytest-benchmark test, same inputs, same process.
 
 pytest-benchmark times `fastar` (its stats, --benchmark-compare and --benchmark-json work as usual); the other
-contenders run, timed by us, in the untimed setup slot before each of its rounds, in a rotating order, so that
-the machine's noise falls on all of them alike. Their min and median and the ratios min(peer) / min(fastar)
-go into extra_info, which benchmarks/report.py renders. Timings are never asserted.
+contenders, and the parts of fastar's work timed alone (e.g. its Phi convolutions), run, timed by us, in the
+untimed setup slot before each of its rounds, in a rotating order, so that the machine's noise falls on all of
+them alike. Their min and median, the ratios min(contender) / min(fastar) and each part's share of fastar's
+time go into extra_info, which benchmarks/report.py renders. Timings are never asserted.
 """
 import statistics
 import time
@@ -17,12 +18,16 @@ def _seconds(fn):
     return time.perf_counter() - t0
 
 
-def compare(benchmark, fastar_fn, contenders, *, reference="reference", rounds=7, warmup=1, op=None, **info):
-    """Times fastar_fn against contenders ({name: fn}, the reference among them); returns extra_info."""
-    names = list(contenders)
+def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7, warmup=1, op=None, **info):
+    """Times fastar_fn against contenders ({name: fn}; `baseline` names the one users run today, the headline
+    ratio) and the parts ({name: fn}, pieces of fastar's own work); returns extra_info."""
+    if baseline not in contenders:
+        raise ValueError(f"compare: baseline {baseline!r} is not among the contenders {list(contenders)}")
+    timed = {**contenders, **(parts or {})}
+    names = list(timed)
     for _ in range(warmup):
         fastar_fn()
-        for fn in contenders.values():
+        for fn in timed.values():
             fn()
     times = {name: [] for name in names}
     turn = iter(range(10**9))
@@ -30,17 +35,20 @@ def compare(benchmark, fastar_fn, contenders, *, reference="reference", rounds=7
     def others():
         k = next(turn)
         for name in names[k % len(names):] + names[: k % len(names)]:
-            times[name].append(_seconds(contenders[name]))
+            times[name].append(_seconds(timed[name]))
 
     benchmark.pedantic(fastar_fn, setup=others, rounds=rounds, iterations=1, warmup_rounds=0)
     mine = benchmark.stats.stats
     extra = benchmark.extra_info
     extra.update(info)
     extra["backend"] = fastar.last_backend(op) if op else None
+    extra["op"] = op
+    extra["rounds"] = rounds
     extra["fastar"] = {"min_ms": mine.min * 1e3, "median_ms": mine.median * 1e3}
     for name, ts in times.items():
         extra[name] = {"min_ms": min(ts) * 1e3, "median_ms": statistics.median(ts) * 1e3,
                        "ratio": min(ts) / mine.min}
-    extra["reference_name"] = reference
-    extra["contenders"] = names
+    extra["baseline"] = baseline
+    extra["contenders"] = list(contenders)
+    extra["parts"] = list(parts or {})  # a part's share of fastar's time is its ratio
     return extra

@@ -1,7 +1,9 @@
-"""Which kernels are built, which one an op runs, and the reference fallback (warned once, never silent).
+"""Which kernels are built, which one an op runs, and the fallbacks (warned once, never silent).
 
 Backends: "cpu" and "cuda" are torch.ops.fastar.* for tensors on that device; "simt" is the CUDA kernels run
-by the CPU emulator (torch.ops.fastar_simt.*, a test build: FASTAR_SIMT=1); "reference" is fastar.reference.
+by the CPU emulator (torch.ops.fastar_simt.*, a test build: FASTAR_SIMT=1); "torch" is fastar.torch, each op
+as the plain PyTorch a user would otherwise write (the benchmarks' baseline); "reference" is fastar.reference,
+the float64-capable oracle of the tests.
 """
 import contextlib
 import importlib
@@ -9,7 +11,8 @@ import warnings
 
 import torch
 
-BACKENDS = ("cpu", "cuda", "simt", "reference")
+BACKENDS = ("cpu", "cuda", "simt", "torch", "reference")
+PYTHON_BACKENDS = ("torch", "reference")  # always there: plain PyTorch
 
 
 def _load(module):
@@ -44,11 +47,12 @@ def backends() -> dict:
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Run every fastar op in this block on `name` ('cpu', 'cuda', 'simt' or 'reference'); errors if not built."""
+    """Run every fastar op in this block on `name` ('cpu', 'cuda', 'simt', 'torch' or 'reference'); errors if not
+    built."""
     global _forced
     if name not in BACKENDS:
         raise ValueError(f"use_backend: name must be one of {BACKENDS}, got {name!r}")
-    if name != "reference" and not backends()[name]:
+    if name not in PYTHON_BACKENDS and not backends()[name]:
         raise RuntimeError(f"use_backend: the {name!r} backend is not built (fastar.backends() = {backends()})")
     previous, _forced = _forced, name
     try:
@@ -58,7 +62,8 @@ def use_backend(name: str):
 
 
 def last_backend(op: str) -> str | None:
-    """The backend that ran the last call of `op` ('cpu', 'cuda', 'simt' or 'reference'), None before any call."""
+    """The backend that ran the last call of `op` ('cpu', 'cuda', 'simt', 'torch' or 'reference'), None before
+    any call."""
     return _last.get(op)
 
 
@@ -69,16 +74,31 @@ def active(device: torch.device) -> str:
     return device.type if device.type in ("cpu", "cuda") and _BUILT[device.type] else "reference"
 
 
-def resolve(op: str, device: torch.device):
-    """(torch.ops namespace or None for the reference, backend name) for running `op` on `device`."""
+def resolve(op: str, device: torch.device) -> str:
+    """The backend that runs `op` on `device`: warns once when no kernel is built for it, errors when the
+    backend forced by use_backend cannot run tensors on `device`."""
     name = active(device)
     if _forced is None:
-        if name == "reference" and (op, device.type) not in _warned:
-            _warned.add((op, device.type))
-            warnings.warn(f"fastar.ops.{op}: no fastar kernel for {device.type} tensors is built "
-                          f"(backends: {_BUILT}); running the pure-PyTorch reference", stacklevel=3)
+        if name == "reference":
+            warn_once(op, device.type, f"fastar.ops.{op}: no fastar kernel for {device.type} tensors is built "
+                      f"(backends: {_BUILT}); running the pure-PyTorch reference", stacklevel=4)
     elif name in ("cpu", "simt") and device.type != "cpu" or name == "cuda" and device.type != "cuda":
         raise RuntimeError(f"fastar.ops.{op}: backend {name!r} cannot run tensors on {device}")
+    return name
+
+
+def warn_once(op: str, key, message: str, stacklevel: int):
+    """Warns `message` the first time (op, key) falls back; stacklevel counts from this function."""
+    if (op, key) not in _warned:
+        _warned.add((op, key))
+        warnings.warn(message, stacklevel=stacklevel)
+
+
+def ran(op: str, name: str):
+    """Records that backend `name` ran `op` (read by last_backend)."""
     _last[op] = name
-    namespace = {"cpu": "fastar", "cuda": "fastar", "simt": "fastar_simt"}.get(name)
-    return (getattr(torch.ops, namespace) if namespace else None), name
+
+
+def namespace(name: str):
+    """torch.ops.fastar or torch.ops.fastar_simt: the compiled ops of backend `name`."""
+    return getattr(torch.ops, "fastar_simt" if name == "simt" else "fastar")

@@ -108,8 +108,8 @@ def test_other_head_dims_run_padded(backend, D):
 
 
 def test_head_dim_above_128_names_the_limit(backend):
-    """fastar.ops refuses it by backend (test_attention.py::test_attention_wide_head); direct torch.ops callers get
-    the binding's message."""
+    """fastar.ops runs the torch backend for it (test_attention.py::test_attention_wide_head); direct torch.ops
+    callers get the binding's message."""
     q, k, v = _inputs(1, 1, 1, 8, 8, 160, torch.float32, backend_device(backend), 0)
     ns = torch.ops.fastar_simt if backend == "simt" else torch.ops.fastar
     with pytest.raises(RuntimeError, match="head dims up to 128, got 160"):

@@ -9,7 +9,9 @@ import torch
 
 from fastar import _backend
 from fastar.ops._checks import FLOATS, check_choice, check_same_device, check_tensor
+from fastar.ops._registry import Decline, kernel, op
 from fastar.reference import attention as reference
+from fastar.torch import attention as torch_impl
 
 DTYPES = FLOATS + (torch.float64,)  # float64: the CPU kernels' gradcheck dtype
 # Per backend, as the built extensions export it (csrc/kernels/attention/capabilities.h); the reference has no limit.
@@ -78,6 +80,7 @@ class AttentionMask:
 
 
 def _check_qkv(op, q, k, v):
+    """Checks q, k, v; returns Decline when the active backend's kernel does not take their head dim, else None."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(op, name, t, dim=4, dtypes=DTYPES)
     check_same_device(op, q=q, k=k, v=v)
@@ -90,62 +93,75 @@ def _check_qkv(op, q, k, v):
                          f"(dim 3)")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"{op}: q's {q.shape[1]} heads must be a multiple of k's {k.shape[1]}")
+    if q.shape[3] < 1:
+        raise ValueError(f"{op}: q, k and v must have a head dim (dim 3) of at least 1, got {q.shape[3]}")
     backend = _backend.active(q.device)
-    top = MAX_HEAD_DIM[backend]
-    if not 1 <= q.shape[3] <= top:
-        raise ValueError(f"{op}: unsupported head dim {q.shape[3]}: the {backend} backend takes [1, {top}]")
+    top = max_head_dim(q.device)
+    if q.shape[3] > top:  # VAR's VQVAE has one head of 640 channels, wider than the CUDA kernels' tiles
+        return Decline(f"the {backend} kernel takes head dims up to {top}, got {q.shape[3]}")
+    return None
 
 
 def max_head_dim(device) -> int:
-    """The largest head dim attention / attention_decode take on `device` with the backend active there now."""
-    return MAX_HEAD_DIM[_backend.active(torch.device(device))]
+    """The largest head dim the kernel of the backend active on `device` takes; wider heads run the torch
+    backend (SDPA), with a warning. The torch and reference backends take any head dim (the reference's entry)."""
+    return MAX_HEAD_DIM.get(_backend.active(torch.device(device)), MAX_HEAD_DIM["reference"])
 
 
+@op(reference=reference.attention, torch=torch_impl.attention)
 def attention(q, k, v, mask=None, *, scale=None, return_lse=False):
     """softmax(q k^T scale + mask) v, flash-style: never builds the Lq x Lk matrix, skips hidden tiles.
 
     q (B, H, Lq, D), k and v (B, Hk, Lk, D) with H a multiple of Hk (multi-query heads share k/v); float32,
-    bfloat16, float16 (float32 accumulation) or float64; D <= max_head_dim(q.device)
-    (1024 on the CPU, 128 on CUDA). mask: an AttentionMask, None = full.
+    bfloat16, float16 (float32 accumulation) or float64. D up to max_head_dim(q.device) (1024 on the CPU, 128
+    on CUDA) runs fastar's kernel; a wider head runs the torch backend (SDPA) with a warning, and
+    fastar.last_backend("attention") says "torch". mask: an AttentionMask, None = full.
     scale defaults to 1/sqrt(D). Returns out (B, H, Lq, D) like q, and with return_lse also the
     logsumexp (B, H, Lq) float32 (-inf on rows that see no key, whose out is 0; not differentiable).
     Differentiable in q, k and v through dedicated backward kernels.
     """
-    op = "attention"
-    _check_qkv(op, q, k, v)
+    name = "attention"
+    declined = _check_qkv(name, q, k, v)
     if mask is not None and not isinstance(mask, AttentionMask):
-        raise TypeError(f"{op}: mask must be a fastar.ops.AttentionMask or None, got {type(mask).__name__}")
-
-    def kernel(ops, scale):
-        B, _, Lq, _ = q.shape
-        kind, ints, kv_end, key_len = (mask or AttentionMask.full()).op_args(op, B, Lq, k.shape[2], q.device)
-        return ops.attention_fwd(q, k, v, kind, ints, kv_end, key_len, scale)
-
-    return _run(op, q, scale, return_lse, kernel,
-                lambda scale: reference.attention(q, k, v, mask, scale=scale, return_lse=True))
+        raise TypeError(f"{name}: mask must be a fastar.ops.AttentionMask or None, got {type(mask).__name__}")
+    B, _, Lq, _ = q.shape
+    kind, ints, kv_end, key_len = (mask or AttentionMask.full()).op_args(name, B, Lq, k.shape[2], q.device)
+    return q.device, declined or _lse_if(return_lse, lambda ops: ops.attention_fwd(
+        q, k, v, kind, ints, kv_end, key_len, _scale(q, scale)))
 
 
+@op(reference=reference.attention_decode, torch=torch_impl.attention_decode)
 def attention_decode(q, k_cache, v_cache, cache_len, *, scale=None, return_lse=False):
     """Attention of new queries over the first cache_len entries of preallocated caches, no mask.
 
     q (B, H, Lq, D): one VAR scale or one token; k_cache, v_cache (B, Hk, Lmax, D), read in place.
     Splits the keys across threads when B * H is small. Not differentiable (inference).
     """
-    op = "attention_decode"
-    _check_qkv(op, q, k_cache, v_cache)
+    name = "attention_decode"
+    declined = _check_qkv(name, q, k_cache, v_cache)
     if not 0 <= cache_len <= k_cache.shape[2]:
-        raise ValueError(f"{op}: cache_len must be in [0, {k_cache.shape[2]}], got {cache_len}")
-    return _run(op, q, scale, return_lse,
-                lambda ops, scale: ops.attention_decode(q, k_cache, v_cache, cache_len, scale),
-                lambda scale: reference.attention_decode(q, k_cache, v_cache, cache_len, scale=scale, return_lse=True))
+        raise ValueError(f"{name}: cache_len must be in [0, {k_cache.shape[2]}], got {cache_len}")
+    return q.device, declined or _lse_if(return_lse, lambda ops: ops.attention_decode(
+        q, k_cache, v_cache, cache_len, _scale(q, scale)))
 
 
-def _run(op, q, scale, return_lse, kernel, fallback):
-    """scale defaulted to 1/sqrt(D), then kernel(ops, scale) on the backend's ops or fallback(scale) (reference)."""
-    scale = 1 / math.sqrt(q.shape[3]) if scale is None else float(scale)
-    ops, _ = _backend.resolve(op, q.device)
-    out, lse = fallback(scale) if ops is None else kernel(ops, scale)
-    return (out, lse) if return_lse else out
+def _scale(q, scale):
+    return 1 / math.sqrt(q.shape[3]) if scale is None else float(scale)
+
+
+def _lse_if(return_lse, kernel):
+    """run(ops) of a kernel returning (out, lse): both with return_lse, else out."""
+    return lambda ops: kernel(ops) if return_lse else kernel(ops)[0]
+
+
+# ---- the compiled kernels: fake functions (torch.compile, opcheck) and the autograd of attention_fwd ----
+
+def _lse_like(q):  # (B, H, Lq) float32; float64 inputs keep float64
+    return q.new_empty(q.shape[:3], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+
+
+def _like(*tensors):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors)
 
 
 def _setup_context(ctx, inputs, output):
@@ -156,16 +172,23 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
 
 
-def _backward(ns):
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, kv_end, key_len = ctx.saved_tensors
-        kind, ints, scale = ctx.mask
-        dq, dk, dv = ns.attention_bwd(dout.contiguous(), q, k, v, out, lse, kind, ints, kv_end, key_len, scale)
-        return dq, dk, dv, None, None, None, None, None
-    return backward
+def _backward(ops, ctx, dout, _dlse):
+    q, k, v, out, lse, kv_end, key_len = ctx.saved_tensors
+    kind, ints, scale = ctx.mask
+    dq, dk, dv = ops.attention_bwd(dout.contiguous(), q, k, v, out, lse, kind, ints, kv_end, key_len, scale)
+    return dq, dk, dv, None, None, None, None, None
 
 
-for _ns, _module in (("fastar", _backend._C), ("fastar_simt", _backend._simt)):
-    if _module is not None:
-        torch.library.register_autograd(f"{_ns}::attention_fwd", _backward(getattr(torch.ops, _ns)),
-                                        setup_context=_setup_context)
+@kernel("attention_fwd", backward=_backward, setup_context=_setup_context)
+def _attention_fwd(q, k, v, mask_kind, mask_ints, kv_end, key_len, scale):
+    return *_like(q), _lse_like(q)
+
+
+@kernel("attention_bwd")
+def _attention_bwd(dout, q, k, v, out, lse, mask_kind, mask_ints, kv_end, key_len, scale):
+    return _like(q, k, v)
+
+
+@kernel("attention_decode")
+def _attention_decode(q, k_cache, v_cache, cache_len, scale):
+    return *_like(q), _lse_like(q)

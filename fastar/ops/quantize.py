@@ -2,14 +2,17 @@
 import torch
 import torch.nn.functional as F
 
-from fastar import _backend
+from fastar.ops import _msq_up  # noqa: F401  (the msq_up kernel's fake and backward)
 from fastar.ops._checks import FLOATS, check_choice, check_same_device, check_tensor
+from fastar.ops._registry import kernel, op
 from fastar.reference import quantize as reference
+from fastar.torch import quantize as torch_impl
 
 METRICS = ("l2", "cosine")
 FLOATS64 = FLOATS + (torch.float64,)
 
 
+@op(reference=reference.vq_nearest, torch=torch_impl.vq_nearest)
 def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", return_distance: bool = False):
     """Index of the nearest code for every vector of x.
 
@@ -19,23 +22,27 @@ def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", r
     distances too. Ties go to the lowest index (as torch.argmin); a NaN distance never wins, so a vector
     with a NaN gets index 0 and distance NaN. Never builds the N x K distance matrix.
     """
-    op = "vq_nearest"
-    check_tensor(op, "x", x, min_dim=1)
-    check_tensor(op, "codebook", codebook, dim=2)
-    check_choice(op, "metric", metric, METRICS)
-    check_same_device(op, x=x, codebook=codebook)
+    name = "vq_nearest"
+    check_tensor(name, "x", x, min_dim=1)
+    check_tensor(name, "codebook", codebook, dim=2)
+    check_choice(name, "metric", metric, METRICS)
+    check_same_device(name, x=x, codebook=codebook)
     if codebook.shape[0] == 0:
-        raise ValueError(f"{op}: codebook must hold at least one code, got shape {tuple(codebook.shape)}")
+        raise ValueError(f"{name}: codebook must hold at least one code, got shape {tuple(codebook.shape)}")
     if codebook.shape[1] != x.shape[-1]:
-        raise ValueError(f"{op}: codebook has D={codebook.shape[1]} but x has D={x.shape[-1]} (last dim)")
-    ops, _ = _backend.resolve(op, x.device)
-    x_ND = x.reshape(-1, x.shape[-1])
-    if ops is None:
-        idx, dist = reference.vq_nearest(x_ND, codebook, metric=metric, return_distance=True)
-    else:
-        idx, dist = ops.vq_nearest(x_ND, codebook, metric)
-    idx, dist = idx.view(x.shape[:-1]), dist.view(x.shape[:-1])
-    return (idx, dist) if return_distance else idx
+        raise ValueError(f"{name}: codebook has D={codebook.shape[1]} but x has D={x.shape[-1]} (last dim)")
+
+    def run(ops):
+        idx, dist = ops.vq_nearest(x.reshape(-1, x.shape[-1]), codebook, metric)
+        idx, dist = idx.view(x.shape[:-1]), dist.view(x.shape[:-1])
+        return (idx, dist) if return_distance else idx
+    return x.device, run
+
+
+@kernel("vq_nearest")
+def _vq_nearest(x, codebook, metric):
+    n = x.shape[0]
+    return x.new_empty(n, dtype=torch.int64), x.new_empty(n, dtype=torch.float32)
 
 
 # ---- VAR's multi-scale residual quantization (reference: fastar.reference.quantize; semantics in its docstring) ----
@@ -144,59 +151,34 @@ def _residual_steps(ops, f_BChw, codebook, phi, patch_nums):
 
 
 def _check_encode(op, f_BChw, codebook, phi_weight, phi_bias, patch_nums):
-    """Checks the arguments of the functions that quantize f_BChw; returns the backend's ops (None: reference)."""
+    """Checks the arguments of the functions that quantize f_BChw."""
     _check_map(op, "f_BChw", f_BChw)
     _check_msq(op, codebook, phi_weight, phi_bias, patch_nums, C=f_BChw.shape[1], H=f_BChw.shape[2])
     check_same_device(op, f_BChw=f_BChw, codebook=codebook)
-    return _resolve(op, f_BChw)
 
 
-def _resolve(op, tensor):
-    return _backend.resolve(op, tensor.device)[0]
+@kernel("msq_residual_search")
+def _msq_residual_search(f_hat, f_rest, h, codebook, pn):
+    return f_hat.new_empty(f_hat.shape[0], pn * pn, dtype=torch.int64)
 
 
-def _msq_up_setup(ctx, inputs, output):
-    src, idx, ctx.patch_nums, ctx.H = inputs
-    ctx.src_shape = src.shape
-    ctx.save_for_backward(idx)
+@kernel("msq_add_down")
+def _msq_add_down(f_hat, h, patch_nums):
+    return f_hat.new_empty(f_hat.shape[0], sum(pn * pn for pn in patch_nums), f_hat.shape[1])
 
 
-def _msq_up_backward(ctx, grad):
-    """The adjoint of gather + bicubic-up: torch's bicubic backward per scale, then a scatter-add into the codes."""
-    (idx,) = ctx.saved_tensors
-    S, H, C = len(ctx.patch_nums), ctx.H, ctx.src_shape[-1]
-    B = grad.shape[0] // S
-    rows = []
-    for s, pn in enumerate(ctx.patch_nums):
-        g = grad[s * B:(s + 1) * B]  # (B, C, H, H)
-        if pn != H:
-            g = torch.ops.aten.upsample_bicubic2d_backward(g, [H, H], [B, C, pn, pn], False)
-        rows.append(g.permute(0, 2, 3, 1).reshape(B, pn * pn, C))
-    rows = torch.cat(rows, 1)  # (B, L, C)
-    if idx is None:
-        return rows, None, None, None
-    grad_codes = rows.new_zeros(ctx.src_shape).index_add_(0, idx.reshape(-1), rows.reshape(-1, C))  # (V, C)
-    return grad_codes, None, None, None
-
-
-for _ns, _module in (("fastar", _backend._C), ("fastar_simt", _backend._simt)):
-    if _module is not None:
-        torch.library.register_autograd(f"{_ns}::msq_up", _msq_up_backward, setup_context=_msq_up_setup)
-
-
+@op(reference=reference.f_to_idxBl_or_fhat, torch=torch_impl.f_to_idxBl_or_fhat)
 def f_to_idxBl_or_fhat(f_BChw, codebook, phi_weight, phi_bias, patch_nums, *, to_fhat=False, resi_ratio=0.5):
     """Encode f_BChw (B, C, H, W): per scale, indices (B, pn^2) int64, or the cumulative f_hat (B, C, H, W)
     float32 after that scale when to_fhat. As VectorQuantizer2.f_to_idxBl_or_fhat."""
-    op = "f_to_idxBl_or_fhat"
-    ops = _check_encode(op, f_BChw, codebook, phi_weight, phi_bias, patch_nums)
-    if ops is None:
-        return reference.f_to_idxBl_or_fhat(f_BChw, codebook, phi_weight, phi_bias, patch_nums, to_fhat=to_fhat,
-                                            resi_ratio=resi_ratio)
-    phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
-    with torch.no_grad():
-        code32 = codebook.to(torch.float32)
-        steps = _residual_steps(ops, f_BChw, code32, phi, patch_nums)
-        return [f_hat + h if to_fhat else idx_Bl for idx_Bl, f_hat, h in steps]
+    _check_encode("f_to_idxBl_or_fhat", f_BChw, codebook, phi_weight, phi_bias, patch_nums)
+
+    def run(ops):
+        phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
+        with torch.no_grad():
+            steps = _residual_steps(ops, f_BChw, codebook.to(torch.float32), phi, patch_nums)
+            return [f_hat + h if to_fhat else idx_Bl for idx_Bl, f_hat, h in steps]
+    return f_BChw.device, run
 
 
 def _accumulate(ops, src, idx, patch_nums, phi, last_one):
@@ -212,19 +194,19 @@ def _accumulate(ops, src, idx, patch_nums, phi, last_one):
     return [r.view(B, H, H, C).permute(0, 3, 1, 2) for r in rows.split(H * H, dim=1)]  # (B, C, H, H) each
 
 
+@op(reference=reference.idxBl_to_fhat, torch=torch_impl.idxBl_to_fhat)
 def idxBl_to_fhat(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, *, last_one=False, resi_ratio=0.5):
     """Decode per-scale indices (B, pn^2): the cumulative f_hat (B, C, H, H) float32 after each scale, or only the
     last one. As VQVAE.idxBl_to_img's embed_to_fhat(all_to_max_scale=True) before the decoder."""
-    op = "idxBl_to_fhat"
-    _check_msq(op, codebook, phi_weight, phi_bias, patch_nums)
-    _check_idx(op, ms_idx_Bl, patch_nums, codebook.shape[0])
-    ops = _resolve(op, codebook)
-    if ops is None:
-        return reference.idxBl_to_fhat(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, last_one=last_one,
-                                       resi_ratio=resi_ratio)
-    phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
-    idx = torch.cat([i.contiguous() for i in ms_idx_Bl], 1)  # (B, L)
-    return _accumulate(ops, codebook.to(torch.float32).contiguous(), idx, patch_nums, phi, last_one)
+    name = "idxBl_to_fhat"
+    _check_msq(name, codebook, phi_weight, phi_bias, patch_nums)
+    _check_idx(name, ms_idx_Bl, patch_nums, codebook.shape[0])
+
+    def run(ops):
+        phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
+        idx = torch.cat([i.contiguous() for i in ms_idx_Bl], 1)  # (B, L)
+        return _accumulate(ops, codebook.to(torch.float32).contiguous(), idx, patch_nums, phi, last_one)
+    return codebook.device, run
 
 
 def _rows(h_BChw):
@@ -233,59 +215,62 @@ def _rows(h_BChw):
     return h_BChw.to(torch.float32).permute(0, 2, 3, 1).reshape(B, pn * pn, C)
 
 
+@op(reference=reference.embed_to_fhat, torch=torch_impl.embed_to_fhat)
 def embed_to_fhat(ms_h_BChw, phi_weight, phi_bias, patch_nums, *, last_one=False, resi_ratio=0.5):
     """Decode per-scale code maps (B, C, pn, pn): as idxBl_to_fhat, from the codes themselves."""
-    op = "embed_to_fhat"
-    _check_msq(op, None, phi_weight, phi_bias, patch_nums)
+    name = "embed_to_fhat"
+    _check_msq(name, None, phi_weight, phi_bias, patch_nums)
     if len(ms_h_BChw) != len(patch_nums):
-        raise ValueError(f"{op}: ms_h_BChw holds {len(ms_h_BChw)} scales but patch_nums {len(patch_nums)}")
+        raise ValueError(f"{name}: ms_h_BChw holds {len(ms_h_BChw)} scales but patch_nums {len(patch_nums)}")
     for si, (h, pn) in enumerate(zip(ms_h_BChw, patch_nums)):
-        _check_map(op, f"ms_h_BChw[{si}]", h, C=phi_weight.shape[1])
+        _check_map(name, f"ms_h_BChw[{si}]", h, C=phi_weight.shape[1])
         if h.shape[-1] != pn or h.shape[0] != ms_h_BChw[0].shape[0]:
-            raise ValueError(f"{op}: ms_h_BChw[{si}] must be (B, C, {pn}, {pn}), got {tuple(h.shape)}")
-    ops = _resolve(op, ms_h_BChw[0])
-    if ops is None:
-        return reference.embed_to_fhat(ms_h_BChw, phi_weight, phi_bias, patch_nums, last_one=last_one,
-                                       resi_ratio=resi_ratio)
-    phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
-    src = torch.cat([_rows(h) for h in ms_h_BChw], 1)  # (B, L, C)
-    return _accumulate(ops, src, None, patch_nums, phi, last_one)
+            raise ValueError(f"{name}: ms_h_BChw[{si}] must be (B, C, {pn}, {pn}), got {tuple(h.shape)}")
+
+    def run(ops):
+        phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
+        src = torch.cat([_rows(h) for h in ms_h_BChw], 1)  # (B, L, C)
+        return _accumulate(ops, src, None, patch_nums, phi, last_one)
+    return ms_h_BChw[0].device, run
 
 
+@op(reference=reference.idxBl_to_var_input, torch=torch_impl.idxBl_to_var_input)
 def idxBl_to_var_input(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, *, resi_ratio=0.5):
     """Teacher forcing: (B, L - 1, C) float32, the input of scale si + 1 = area-down(cumulative f_hat after si,
     pn_{si+1}) flattened. As VectorQuantizer2.idxBl_to_var_input."""
-    op = "idxBl_to_var_input"
-    _check_msq(op, codebook, phi_weight, phi_bias, patch_nums)
-    _check_idx(op, ms_idx_Bl, patch_nums, codebook.shape[0])
-    ops = _resolve(op, codebook)
-    if ops is None:
-        return reference.idxBl_to_var_input(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums,
-                                            resi_ratio=resi_ratio)
-    SN, H, (B, C) = len(patch_nums), patch_nums[-1], (ms_idx_Bl[0].shape[0], codebook.shape[1])
-    if SN == 1:
-        return codebook.new_zeros(B, 0, C, dtype=torch.float32)
-    phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
-    idx = torch.cat([i.contiguous() for i in ms_idx_Bl[:-1]], 1)  # (B, L - pn_SN^2)
-    hs = _up_phi(ops, codebook.to(torch.float32).contiguous(), idx, patch_nums[:-1], range(SN - 1), SN, H, phi)
-    return ops.msq_add_down(torch.zeros_like(hs[0]), hs, list(patch_nums[1:]))
+    name = "idxBl_to_var_input"
+    _check_msq(name, codebook, phi_weight, phi_bias, patch_nums)
+    _check_idx(name, ms_idx_Bl, patch_nums, codebook.shape[0])
+
+    def run(ops):
+        SN, H, (B, C) = len(patch_nums), patch_nums[-1], (ms_idx_Bl[0].shape[0], codebook.shape[1])
+        if SN == 1:
+            return codebook.new_zeros(B, 0, C, dtype=torch.float32)
+        phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
+        idx = torch.cat([i.contiguous() for i in ms_idx_Bl[:-1]], 1)  # (B, L - pn_SN^2)
+        hs = _up_phi(ops, codebook.to(torch.float32).contiguous(), idx, patch_nums[:-1], range(SN - 1), SN, H, phi)
+        return ops.msq_add_down(torch.zeros_like(hs[0]), hs, list(patch_nums[1:]))
+    return codebook.device, run
 
 
+@op(reference=reference.get_next_autoregressive_input, torch=torch_impl.get_next_autoregressive_input)
 def get_next_autoregressive_input(si, SN, f_hat, h_BChw, phi_weight, phi_bias, patch_nums, *, resi_ratio=0.5):
     """One inference step: f_hat (B, C, H, H) float32 += Phi(bicubic-up(h_BChw (B, C, pn, pn))), in place; returns
     (f_hat, area-down(f_hat, pn_{si+1}) (B, C, pn', pn')), or (f_hat, f_hat) at the last scale. A channels_last f_hat
     is updated directly; any other layout goes through a copy."""
-    op = "get_next_autoregressive_input"
-    check_tensor(op, "f_hat", f_hat, dim=4, dtypes=(torch.float32,))
-    _check_msq(op, None, phi_weight, phi_bias, patch_nums, C=f_hat.shape[1], H=f_hat.shape[2])
-    _check_map(op, "h_BChw", h_BChw, C=f_hat.shape[1])
+    name = "get_next_autoregressive_input"
+    check_tensor(name, "f_hat", f_hat, dim=4, dtypes=(torch.float32,))
+    _check_msq(name, None, phi_weight, phi_bias, patch_nums, C=f_hat.shape[1], H=f_hat.shape[2])
+    _check_map(name, "h_BChw", h_BChw, C=f_hat.shape[1])
     if not 0 <= si < SN or SN != len(patch_nums) or h_BChw.shape[-1] != patch_nums[si]:
-        raise ValueError(f"{op}: need 0 <= si < SN = len(patch_nums) and h_BChw of patch size patch_nums[si], got "
+        raise ValueError(f"{name}: need 0 <= si < SN = len(patch_nums) and h_BChw of patch size patch_nums[si], got "
                          f"si={si}, SN={SN}, {len(patch_nums)} patch_nums, h_BChw {tuple(h_BChw.shape)}")
-    ops = _resolve(op, f_hat)
-    if ops is None:
-        return reference.get_next_autoregressive_input(si, SN, f_hat, h_BChw, phi_weight, phi_bias, patch_nums,
-                                                       resi_ratio=resi_ratio)
+    return f_hat.device, lambda ops: _next_input(ops, si, SN, f_hat, h_BChw, phi_weight, phi_bias, patch_nums,
+                                                 resi_ratio)
+
+
+def _next_input(ops, si, SN, f_hat, h_BChw, phi_weight, phi_bias, patch_nums, resi_ratio):
+    """get_next_autoregressive_input on compiled ops."""
     phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
     H, B, C = f_hat.shape[2], f_hat.shape[0], f_hat.shape[1]
     (h,) = _up_phi(ops, _rows(h_BChw).contiguous(), None, [h_BChw.shape[-1]], [si], SN, H, phi)
@@ -297,19 +282,22 @@ def get_next_autoregressive_input(si, SN, f_hat, h_BChw, phi_weight, phi_bias, p
     return f_hat, f_hat if pn_next == 0 else rows.view(B, pn_next, pn_next, C).permute(0, 3, 1, 2)
 
 
+@op(reference=reference.msq_forward, torch=torch_impl.msq_forward)
 def msq_forward(f_BChw, codebook, phi_weight, phi_bias, patch_nums, *, beta=0.25, resi_ratio=0.5):
     """VAR's quantizer training forward (VectorQuantizer2.forward): returns (f_hat (B, C, H, W) with the
     straight-through gradient to f_BChw, codebook hits per scale (SN, V) float32, mean_vq_loss). The loss is the
     mean over scales of beta MSE(f_hat.detach(), f) + MSE(f_hat, f.detach()); it trains f (commitment), the
     codebook and the Phi convs. Computes in float32, or float64 when f_BChw is float64 (for gradcheck)."""
-    op = "msq_forward"
-    ops = _check_encode(op, f_BChw, codebook, phi_weight, phi_bias, patch_nums)
-    if ops is None:
-        return reference.msq_forward(f_BChw, codebook, phi_weight, phi_bias, patch_nums, beta=beta,
-                                     resi_ratio=resi_ratio)
+    _check_encode("msq_forward", f_BChw, codebook, phi_weight, phi_bias, patch_nums)
+    return f_BChw.device, lambda ops: _msq_forward(ops, f_BChw, codebook, phi_weight, phi_bias, patch_nums, beta,
+                                                   resi_ratio)
+
+
+def _msq_forward(ops, f_BChw, codebook, phi_weight, phi_bias, patch_nums, beta, resi_ratio):
+    """msq_forward on compiled ops."""
     dtype = torch.float64 if f_BChw.dtype == torch.float64 else torch.float32
     phi = _phi_folded(phi_weight, phi_bias, resi_ratio, dtype)
-    SN, V = len(patch_nums), codebook.shape[0]
+    V = codebook.shape[0]
     idx, hs = [], []
     for idx_Bl, _, h in _residual_steps(ops, f_BChw, codebook.to(dtype), phi, patch_nums):
         idx.append(idx_Bl)

@@ -39,7 +39,10 @@ def vq_distances(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2")
 def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", return_distance: bool = False):
     """argmin_k of vq_distances; see fastar.ops.vq_nearest for the contract."""
     d_NK = vq_distances(x, codebook, metric=metric)
-    idx_N = torch.where(d_NK.isnan(), torch.inf, d_NK).argmin(1)  # a NaN distance never wins
+    idx_N = d_NK.argmin(1)  # VAR's search; torch.argmin picks a NaN, which must never win: those rows again
+    nan_N = d_NK.gather(1, idx_N[:, None])[:, 0].isnan()
+    if nan_N.any():
+        idx_N[nan_N] = d_NK[nan_N].nan_to_num(nan=torch.inf, posinf=torch.inf).argmin(1)
     idx = idx_N.view(x.shape[:-1])
     if not return_distance:
         return idx

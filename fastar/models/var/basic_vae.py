@@ -2,7 +2,6 @@
 
 Module names equal the official checkpoint's keys (encoder.down.{i}.block.{j}.norm1, decoder.up.{i}.attn.{j}.qkv...).
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -47,9 +46,8 @@ class ResnetBlock(nn.Module):
 
 class AttnBlock(nn.Module):
     """One-head self-attention over the h*w positions; a fused 1x1 qkv conv, as the VAR checkpoint stores it.
-    Its head has C (640) channels: fastar.ops.attention's CPU kernel takes it; the CUDA kernels stop at head dim
-    128, so on a GPU (and under simt) a head wider than fastar.ops.max_head_dim runs torch's
-    scaled_dot_product_attention, by this explicit choice (a few percent of the decoder's time)."""
+    Its head has C (640) channels: where the active backend's kernel does not take that width (CUDA),
+    fastar.ops.attention runs the torch backend and says so."""
 
     def __init__(self, C):
         super().__init__()
@@ -61,10 +59,7 @@ class AttnBlock(nn.Module):
         B, C, h, w = x_BChw.shape
         qkv = self.qkv(self.norm(x_BChw)).view(B, 3, 1, C, h * w).transpose(-1, -2)  # (B, 3, 1 head, hw, C)
         q, k, v = qkv.unbind(1)
-        if C <= fastar.ops.max_head_dim(x_BChw.device):
-            o_B1LC = fastar.ops.attention(q, k, v, scale=C ** -0.5)
-        else:
-            o_B1LC = F.scaled_dot_product_attention(q, k, v, scale=C ** -0.5)
+        o_B1LC = fastar.ops.attention(q, k, v, scale=C ** -0.5)
         return x_BChw + self.proj_out(o_B1LC.transpose(-1, -2).reshape(B, C, h, w))
 
 

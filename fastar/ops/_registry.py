@@ -1,0 +1,86 @@
+"""How an op is written on fastar's kernels: its compiled kernels' fake functions and autograd sit beside it
+(@kernel), and the check -> resolve backend -> run preamble of every public op exists once (@op).
+
+The body of a public op checks its arguments (each error naming the argument) and returns (device, run):
+the device whose backend runs the op, and run(ops), the call of the compiled kernels on ops =
+torch.ops.fastar or torch.ops.fastar_simt. @op resolves the backend (fastar._backend) and calls run(ops), or
+the same arguments on fastar.torch or fastar.reference, whose functions have the op's signature. When the
+active backend's kernel does not take the inputs, the body returns Decline(reason) instead of run: the op
+runs its torch formulation, warns once, and fastar.last_backend says "torch".
+
+A new kernel family in a few lines (HiT's multi-axis attention here; MAR's diffusion_sample alike):
+
+    # fastar/ops/multi_axis.py
+    import torch
+    from fastar.ops._checks import check_tensor
+    from fastar.ops._registry import kernel, op
+    from fastar.reference import multi_axis as reference
+    from fastar.torch import multi_axis as torch_impl
+
+    @kernel("multi_axis_attention_fwd")  # schema in csrc/torch; this is its fake, for torch.compile / opcheck
+    def _multi_axis_attention_fwd(q, k, v, block, dilation):
+        return torch.empty_like(q)
+
+    @op(reference=reference.multi_axis_attention, torch=torch_impl.multi_axis_attention)
+    def multi_axis_attention(q, k, v, *, block, dilation):
+        \"\"\"HiT's regional (block x block) and dilated heads over q, k, v (B, H, h, w, D).\"\"\"
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            check_tensor("multi_axis_attention", name, t, dim=5)
+        return q.device, lambda ops: ops.multi_axis_attention_fwd(q, k, v, block, dilation)
+
+A differentiable kernel names its formula: @kernel("name", backward=fn, setup_context=fn), where
+backward(ops, ctx, *grads) gets the namespace its forward ran in (attention_fwd calls ops.attention_bwd).
+"""
+import dataclasses
+import functools
+
+import torch
+
+from fastar import _backend
+
+_NAMESPACES = (("fastar", _backend._C), ("fastar_simt", _backend._simt))  # (torch.ops namespace, module or None)
+
+
+def kernel(name, *, backward=None, setup_context=None):
+    """Decorates the fake (meta) function of compiled op `name`: registered, with its autograd formula if one
+    is given, in every namespace that is built."""
+    def register(fake):
+        for ns, module in _NAMESPACES:
+            if module is not None:
+                torch.library.register_fake(f"{ns}::{name}")(fake)
+                if backward is not None:
+                    torch.library.register_autograd(f"{ns}::{name}",
+                                                    functools.partial(backward, getattr(torch.ops, ns)),
+                                                    setup_context=setup_context)
+        return fake
+    return register
+
+
+@dataclasses.dataclass(frozen=True)
+class Decline:
+    """Returned by an op's body instead of run when the active backend's kernel does not take the inputs."""
+    reason: str  # e.g. "the simt kernel takes head dims up to 128, got 640"
+
+
+def op(*, reference, torch):
+    """Decorates the body of public op `body.__name__` (see the module docstring): the op with its checks, its
+    backend's kernels and the torch / reference formulations of fastar.torch / fastar.reference."""
+    impls = {"torch": torch, "reference": reference}
+
+    def wrap(body):
+        name = body.__name__
+
+        @functools.wraps(body)
+        def public(*args, **kwargs):
+            device, run = body(*args, **kwargs)
+            backend = _backend.resolve(name, device)
+            if isinstance(run, Decline) and backend not in impls:
+                _backend.warn_once(name, (backend, run.reason), f"fastar.ops.{name}: {run.reason}; running the "
+                                   f"torch backend (plain PyTorch) instead", stacklevel=3)
+                backend = "torch"
+            _backend.ran(name, backend)
+            if backend in impls:
+                return impls[backend](*args, **kwargs)
+            return run(_backend.namespace(backend))
+        return public
+    return wrap

@@ -1,0 +1,38 @@
+"""benchmarks/report.py: a share of the FMA peak over 100% is reported as a wrong peak, never printed; the parts
+of fastar's work are shares of its time, not contenders; the history is appended once per run and benchmark."""
+from benchmarks import report
+
+
+def run_json(fastar_ms=100.0, floor_ms=50.0, date="2026-12-02T19:00"):
+    extra = {"backend": "cpu", "op": "vq_nearest", "rounds": 7, "baseline": "torch backend",
+             "contenders": ["torch backend"], "parts": ["Phi convs"], "gflop": 1.0, "fma_floor_ms": floor_ms,
+             "fastar": {"min_ms": fastar_ms, "median_ms": fastar_ms},
+             "torch backend": {"min_ms": 300.0, "median_ms": 310.0, "ratio": 300.0 / fastar_ms},
+             "Phi convs": {"min_ms": 25.0, "median_ms": 26.0, "ratio": 25.0 / fastar_ms}}
+    machine = {"fastar": {"cpu": "AMD EPYC", "build": {"cpu_isa": "avx2"}, "version": "0.1.0", "torch": "2.13.0",
+                          "fp32_peak": {"gflops": 40.0, "isa": "avx2", "floats": 8, "chains": 12, "threads": 1}}}
+    return {"datetime": date, "machine_info": machine, "benchmarks": [{"group": "vq_nearest VAR", "extra_info": extra}]}
+
+
+def test_share_of_peak_over_100_percent_says_the_peak_is_wrong():
+    assert "fastar reaches 50% of peak" in report.render(run_json(floor_ms=50.0))
+    md = report.render(run_json(floor_ms=642.0))
+    assert "the measured peak is wrong" in md and "642%" not in md and "of peak)" not in md
+    assert "avx2: 8-float vectors x 12 FMA chains per thread, 1 threads" in md
+
+
+def test_parts_are_shares_of_fastar_not_contenders():
+    e = run_json()["benchmarks"][0]["extra_info"]
+    assert report.breakdowns(e) == {"fastar": {"Phi convs": 0.25, "other": 0.75}}
+    assert "| Phi convs |" not in report.render(run_json())
+
+
+def test_history_appends_each_run_once(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    report.append_history(run_json(), path)
+    history = report.append_history(run_json(), path)  # the same run rendered again
+    assert len(history) == 1 and len(path.read_text().splitlines()) == 1
+    row = history[0]
+    assert (row["cpu"], row["cpu_isa"], row["fp32_peak"]["gflops"]) == ("AMD EPYC", "avx2", 40.0)
+    assert row["contenders"]["torch backend"]["ratio"] == 3.0
+    assert len(report.append_history(run_json(date="2026-12-03T10:00"), path)) == 2
