@@ -224,7 +224,8 @@ def test_attention_compiles_fullgraph():
     assert q.grad is not None and k.grad is not None and v.grad is not None
 
 
-# Run in a child process per instruction set: the float32 exp polynomial and the float64 path of each.
+# Run in a child process per instruction set: the float32 exp polynomial and the float64 path of each (gradcheck on
+# one head's 9 queries: 360 inputs, not 2160, for the same code).
 ISA_CHILD = """
 import torch, fastar
 from fastar.reference import attention as ref
@@ -237,7 +238,8 @@ fastar.ops.attention(q, k, v, mask).sum().backward()
 q64 = q.detach().double().requires_grad_()
 ref.attention(q64, k.double(), v.double(), mask).sum().backward()
 assert (q.grad - q64.grad).abs().max() < 1e-5, (q.grad - q64.grad).abs().max()
-torch.autograd.gradcheck(lambda q: fastar.ops.attention(q, k.double(), v.double(), mask), (q64[:, :, :9],))
+torch.autograd.gradcheck(lambda q: fastar.ops.attention(q, k[:1, :1].double(), v[:1, :1].double(), mask),
+                         (q64[:1, :1, :9],))
 """
 
 
