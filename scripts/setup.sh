@@ -3,6 +3,8 @@
 # simt test backend. Idempotent: a second run only rebuilds what changed. Called by test.sh and bench.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+source scripts/ccache_env.sh
 quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }  # keeps $?
 
 if [ ! -x .venv/bin/python ]; then

@@ -84,13 +84,23 @@ def _bits(t):
 
 @pytest.fixture(autouse=True)
 def simt_schedules(request, monkeypatch):
-    """Every simt op call of a test on the simt backend goes through ScheduleCheck."""
-    if "backend" in request.fixturenames and request.getfixturevalue("backend") == "simt":
+    """Every simt op call of a test on the simt backend goes through ScheduleCheck, except in tests marked
+    one_schedule (the models: the same kernels are order-checked by their own tests, at 4x the cost here)."""
+    if "backend" in request.fixturenames and request.getfixturevalue("backend") == "simt" \
+            and not request.node.get_closest_marker("one_schedule"):
         ns = torch.ops.fastar_simt
         for schema in torch._C._jit_get_all_schemas():
             if schema.name.startswith("fastar_simt::"):
                 name = schema.name.split("::")[1]
                 monkeypatch.setattr(ns, name, ScheduleCheck(getattr(ns, name)))
+
+
+def sanitized(values, chosen=None, unpack=False):
+    """Parametrize values with those in `chosen` (default: all) marked `sanitize`: the small ones that reach every
+    code path, which tools/simt_sanitized_tests.sh runs under ASan + UBSan (pytest -m sanitize). unpack: each
+    value is a tuple of several arguments."""
+    return [pytest.param(*(v if unpack else (v,)), marks=pytest.mark.sanitize) if chosen is None or v in chosen
+            else v for v in values]
 
 
 def run_with_cpu_isa(isa, code):

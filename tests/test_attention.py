@@ -6,7 +6,7 @@ import torch
 import fastar
 from fastar.ops import AttentionMask
 from fastar.reference import attention as ref
-from tests.conftest import backend_device, run_with_cpu_isa
+from tests.conftest import backend_device, run_with_cpu_isa, sanitized
 from tests.tolerance import assert_close
 
 KINDS = ("full", "causal", "block_causal", "row", "column", "conv")
@@ -84,7 +84,8 @@ def check(q, k, v, mask, backend, grads=True, **kw):
     return out, lse
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+# sanitize: every mask kind and dtype at grouped heads, Lq != Lk and partial tiles.
+@pytest.mark.parametrize("shape", sanitized(SHAPES, {(1, 4, 2, 33, 97, 32)}), ids=str)
 @pytest.mark.parametrize("kind", KINDS)
 def test_attention_masks(attn_backend, dtype, kind, shape):
     B, H, Hk, Lq, Lk, D = shape
@@ -111,6 +112,8 @@ def test_attention_wide_head(attn_backend):
 @pytest.mark.parametrize("patch_nums", [VAR_PATCH_NUMS, VAR_PATCH_NUMS + (20, 24, 32)], ids=["L680", "L2240"])
 def test_attention_var_block_causal(attn_backend, patch_nums):
     """VAR's training mask at 256 px (L = 680) and 512 px (L = 2240, forward + backward once)."""
+    if attn_backend == "simt" and len(patch_nums) > len(VAR_PATCH_NUMS):
+        pytest.skip("L2240 runs on cpu and cuda: under the emulator it takes minutes for the paths L680 takes")
     mask = AttentionMask.block_causal([pn * pn for pn in patch_nums])
     L = sum(mask.seg_lens)
     q, k, v = (randn(1, 2, L, 64, dtype=torch.float32, seed=s) for s in (4, 5, 6))
@@ -124,15 +127,15 @@ def test_attention_dalle_256_text_1024_image(attn_backend):
     check(q, k, v, mask, attn_backend)
 
 
-@pytest.mark.parametrize("L", [1, 7, 32])
+@pytest.mark.parametrize("L", sanitized([1, 7, 32], {7}))  # sanitize: 512 blocks, so no key split
 @pytest.mark.parametrize("kind", ["full", "causal"])
 def test_attention_many_short_sequences(attn_backend, kind, L):
-    """FractalGen: B * H large, L <= 32."""
-    q, k, v = (randn(64, 8, L, 32, dtype=torch.float32, seed=s) for s in (10, 11, 12))
+    """FractalGen: B * H large (272 query tiles, two waves of an H100's 132 SMs: the keys are not split), L <= 32."""
+    q, k, v = (randn(34, 8, L, 32, dtype=torch.float32, seed=s) for s in (10, 11, 12))
     check(q, k, v, make_mask(kind, L), attn_backend)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", sanitized(KINDS))
 def test_attention_padded_key_lengths(attn_backend, kind):
     """key_len per batch row, including 0 (rows that see no key: out 0, lse -inf, gradients 0)."""
     key_len = torch.tensor([90, 0, 37, 1])
@@ -141,7 +144,7 @@ def test_attention_padded_key_lengths(attn_backend, kind):
     assert (out[1] == 0).all() and (lse[1] == -torch.inf).all()
 
 
-@pytest.mark.parametrize("kind", ["full", "causal", "block_causal"])
+@pytest.mark.parametrize("kind", sanitized(["full", "causal", "block_causal"], {"block_causal"}))
 def test_attention_strided_rows(attn_backend, dtype, kind):
     """q, k, v as VAR's model makes them: (B, H, L, D) views of one (B, L, 3, H, D) qkv tensor (row stride 3 H D),
     read in place by the CPU kernels; forward, gradients and decode."""
@@ -160,7 +163,12 @@ def test_attention_scale(attn_backend):
     check(q, k, v, AttentionMask.causal(), attn_backend, scale=0.3)
 
 
-@pytest.mark.parametrize("shape", [(8, 16, 4, 256, 700, 680, 64), (1, 1, 1, 1, 700, 680, 64), (2, 4, 2, 3, 50, 0, 32)],
+# (B, H, Hk, Lq, Lmax, cache_len, D): VAR-d16's last scale on its cache (one image: more only repeat the blocks),
+# one token, an empty cache; sanitize: the last two (VAR's scale takes the same paths at 100x the work).
+DECODE_SHAPES = [(1, 16, 4, 256, 700, 680, 64), (1, 1, 1, 1, 700, 680, 64), (2, 4, 2, 3, 50, 0, 32)]
+
+
+@pytest.mark.parametrize("shape", sanitized(DECODE_SHAPES, DECODE_SHAPES[1:]),
                          ids=["VAR-scale", "one-token-split-keys", "empty-cache"])
 def test_attention_decode(attn_backend, dtype, shape):
     """New queries against the valid prefix of a preallocated cache = attention over that prefix."""
@@ -218,7 +226,8 @@ def test_attention_compiles_fullgraph():
     assert q.grad is not None and k.grad is not None and v.grad is not None
 
 
-# Run in a child process per instruction set: the float32 exp polynomial and the float64 path of each.
+# Run in a child process per instruction set: the float32 exp polynomial and the float64 path of each (gradcheck on
+# one head's 9 queries: 360 inputs, not 2160, for the same code).
 ISA_CHILD = """
 import torch, fastar
 from fastar.reference import attention as ref
@@ -231,7 +240,8 @@ fastar.ops.attention(q, k, v, mask).sum().backward()
 q64 = q.detach().double().requires_grad_()
 ref.attention(q64, k.double(), v.double(), mask).sum().backward()
 assert (q.grad - q64.grad).abs().max() < 1e-5, (q.grad - q64.grad).abs().max()
-torch.autograd.gradcheck(lambda q: fastar.ops.attention(q, k.double(), v.double(), mask), (q64[:, :, :9],))
+torch.autograd.gradcheck(lambda q: fastar.ops.attention(q, k[:1, :1].double(), v[:1, :1].double(), mask),
+                         (q64[:1, :1, :9],))
 """
 
 

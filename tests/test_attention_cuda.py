@@ -11,7 +11,7 @@ import torch
 import fastar
 from fastar.ops import AttentionMask
 from fastar.reference import attention as ref
-from tests.conftest import backend_device
+from tests.conftest import backend_device, sanitized
 from tests.tolerance import assert_close
 
 pytestmark = pytest.mark.parametrize("backend", ["simt", "cuda"], indirect=True)
@@ -56,12 +56,12 @@ EDGES = [(1, 3), (63, 65), (64, 64), (65, 129), (100, 37), (20, 150)]
 
 
 @pytest.mark.parametrize("D", [32, 64, 128])
-@pytest.mark.parametrize("Lq,Lk", EDGES, ids=str)
+@pytest.mark.parametrize("Lq,Lk", sanitized(EDGES, {(65, 129), (100, 37)}, unpack=True), ids=str)
 def test_tile_edges_causal(backend, dtype, D, Lq, Lk):
     check(*_inputs(1, 2, 2, Lq, Lk, D, dtype, backend_device(backend), Lq * 131 + Lk + D), AttentionMask.causal())
 
 
-@pytest.mark.parametrize("Hk", [1, 2])
+@pytest.mark.parametrize("Hk", sanitized([1, 2], {1}))
 def test_grouped_heads_and_key_len(backend, dtype, Hk):
     """k/v shared by H / Hk query heads (dk, dv summed over the group in fp32), padded key lengths incl. 0."""
     q, k, v = _inputs(3, 4, Hk, 70, 70, 64, dtype, backend_device(backend), 11 + Hk)
@@ -69,6 +69,7 @@ def test_grouped_heads_and_key_len(backend, dtype, Hk):
     check(q, k, v, AttentionMask.full(key_len=key_len))
 
 
+@pytest.mark.sanitize
 def test_split_keys_with_hidden_splits(backend, dtype):
     """One head, few query tiles: the keys are split over blocks and merged; causal leaves some splits with no
     visible key for a query tile (lse -inf partials), block-causal with VAR's first scales too."""
@@ -85,7 +86,7 @@ def test_dalle_partial_tiles(backend, kind):
     check(*_inputs(1, 2, 1, 296, 296, 64, torch.bfloat16, backend_device(backend), 5), mask)
 
 
-@pytest.mark.parametrize("cache_len", [0, 1, 200, 680])
+@pytest.mark.parametrize("cache_len", sanitized([0, 1, 200, 680], {0, 200}))
 def test_decode_reads_the_cache_in_place(backend, dtype, cache_len):
     """A preallocated (B, Hk, 700, D) cache, first cache_len rows valid, a VAR scale of 16 queries and one token."""
     dev = backend_device(backend)
@@ -101,12 +102,13 @@ def test_decode_reads_the_cache_in_place(backend, dtype, cache_len):
         assert_close("attention", lse.cpu(), l64.float(), llow)
 
 
-@pytest.mark.parametrize("D", [8, 48, 80])
+@pytest.mark.parametrize("D", sanitized([8, 48, 80]))
 def test_other_head_dims_run_padded(backend, D):
     """Head dims between the kernels' 32 / 64 / 128 run zero-padded to the next one."""
     check(*_inputs(2, 2, 1, 40, 70, D, torch.float16, backend_device(backend), D), AttentionMask.causal())
 
 
+@pytest.mark.sanitize
 def test_head_dim_above_128_names_the_limit(backend):
     """fastar.ops runs the torch backend for it (test_attention.py::test_attention_wide_head); direct torch.ops
     callers get the binding's message."""
@@ -116,6 +118,7 @@ def test_head_dim_above_128_names_the_limit(backend):
         ns.attention_fwd(q, k, v, 0, [0, 0, 11], None, None, 1.0)
 
 
+@pytest.mark.sanitize
 def test_scale_is_applied_before_the_mask(backend):
     """A scale other than 1/sqrt(D), with a row whose keys are all hidden except one."""
     q, k, v = _inputs(1, 1, 1, 65, 65, 32, torch.float32, backend_device(backend), 9)
@@ -126,7 +129,8 @@ def test_scale_is_applied_before_the_mask(backend):
     assert math.isclose(out[0, 0, 0, 0].item(), v[0, 0, 0, 0].item(), rel_tol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(0, 2, 1, 5, 5), (2, 0, 1, 5, 5), (1, 2, 1, 0, 5), (1, 2, 1, 5, 0)], ids=str)
+@pytest.mark.parametrize("shape", sanitized([(0, 2, 1, 5, 5), (2, 0, 1, 5, 5), (1, 2, 1, 0, 5), (1, 2, 1, 5, 0)]),
+                         ids=str)
 def test_empty(backend, shape):
     """No batch rows, no query heads, no queries, no keys (out 0 and lse -inf; zero gradients)."""
     B, H, Hk, Lq, Lk = shape

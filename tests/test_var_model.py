@@ -17,6 +17,8 @@ from tests.tolerance import assert_close
 DATA = Path(__file__).parent / "data"
 TINY_PN = (1, 2, 3, 4)
 TINY_VAE = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, v_patch_nums=TINY_PN)
+# The kernels under the models are order-checked (ScheduleCheck) by their own tests; here each call runs once.
+pytestmark = pytest.mark.one_schedule
 
 
 def official_keys(name, section=0):
@@ -134,11 +136,10 @@ def test_sampling_is_seeded(more_smooth):
 
 
 def test_fastar_ops_match_reference_ops(backend):
-    """Same weights, every backend's kernels (simt: the CUDA kernels under the emulator, every call re-run in
-    shuffled thread order): logits within the tolerance rule, the same sampled tokens for a fixed seed, and the
-    VQVAE's decoded images."""
+    """Same weights, every backend's kernels (simt: the CUDA kernels under the emulator): logits within the
+    tolerance rule, the same sampled tokens for a fixed seed, and the VQVAE's decoded images."""
     dev = backend_device(backend)
-    vae, var = tiny(depth=3)
+    vae, var = tiny()
     label_B, _, x_BLCv = teacher_inputs(vae)
     vae, var, label_B, x_BLCv = (a.to(dev) for a in (vae, var, label_B, x_BLCv))
     logits = var(label_B, x_BLCv)
@@ -194,5 +195,6 @@ def test_train_then_sample_cli(tmp_path, torchrun):
     out = run_cli(tmp_path, "train", "var", "--vae-steps", "3", "--var-steps", "3", "--bs", "8", "--out", "run",
                   torchrun=torchrun)
     assert "var loss" in out and (tmp_path / "run" / "samples.png").exists()
-    out = run_cli(tmp_path, "sample", "var", "--ckpt", "run/ckpt.pt", "--classes", "0", "1", "2", "--out", "g.png")
-    assert "fastar train var checkpoint" in out and (tmp_path / "g.png").exists()
+    if not torchrun:  # sampling from a checkpoint is the same however it was trained: once is enough
+        out = run_cli(tmp_path, "sample", "var", "--ckpt", "run/ckpt.pt", "--classes", "0", "1", "2", "--out", "g.png")
+        assert "fastar train var checkpoint" in out and (tmp_path / "g.png").exists()

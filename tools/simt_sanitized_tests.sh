@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# The simt tests with fastar._simt built under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build
-# dir (build/simt-sanitized); the regular build is untouched. Extra arguments go to pytest.
+# The simt tests marked `sanitize` (the kernels' own tests at the small shapes that reach every code path) with
+# fastar._simt built under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build dir
+# (build/simt-sanitized, compiled through ccache); the regular build is untouched. Extra arguments go to pytest.
 #   tools/simt_sanitized_tests.sh [pytest args]      (env: PYTHON, default .venv/bin/python; MAX_JOBS, default 2)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 BUILD=$ROOT/build/simt-sanitized
 start=$SECONDS
+source "$ROOT/scripts/ccache_env.sh"
 
+mkdir -p "$BUILD"
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DPython_EXECUTABLE="$PY" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DFASTAR_CUDA=off -DFASTAR_SIMT=ON -DFASTAR_SIMT_SANITIZE=ON -DFASTAR_OUTPUT_DIR="$BUILD/fastar" > "$BUILD.log"
+  -DFASTAR_CUDA=off -DFASTAR_SIMT=ON -DFASTAR_SIMT_SANITIZE=ON -DFASTAR_OUTPUT_DIR="$BUILD/fastar" \
+  ${CMAKE_CXX_COMPILER_LAUNCHER:+-DCMAKE_CXX_COMPILER_LAUNCHER=$CMAKE_CXX_COMPILER_LAUNCHER} > "$BUILD.log"
 cmake --build "$BUILD" --target _simt -j "${MAX_JOBS:-2}" >> "$BUILD.log"
 SO=$(ls "$BUILD"/fastar/_simt*.so)
 echo "simt_sanitized_tests: built $SO in $((SECONDS - start)) s"
@@ -37,6 +41,7 @@ sys.modules["fastar._simt"] = module
 import fastar
 
 assert fastar._backend._simt is module, "fastar loaded another _simt"
-sys.exit(pytest.main(["-q", "-k", "simt", "tests", *sys.argv[2:]]))
+sys.exit(pytest.main(["-q", "-m", "sanitize", "-k", "simt", "--durations=10", "-p", "no:cacheprovider", "tests",
+                      *sys.argv[2:]]))
 PY
 echo "simt_sanitized_tests: passed in $((SECONDS - start)) s"
