@@ -32,7 +32,7 @@ inline void define_ops(torch::Library& m) {
   // MAR's diffusion-head p_sample_loop: z (N, Z), the head's weights in head_shapes order, schedule (S, 7) float64
   // (fastar/reference/diffusion.py) -> tokens (N, C), or the conditional half (N/2, C) when cfg != 1.
   m.def("diffusion_sample(Tensor z, Tensor[] weights, Tensor schedule, float temperature, float cfg, "
-        "Generator? generator) -> Tensor");
+        "Generator? generator) -> Tensor", {at::Tag::nondeterministic_seeded});
 }
 
 }  // namespace fastar
