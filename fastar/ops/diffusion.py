@@ -14,8 +14,8 @@ def _schedule(num_steps: int) -> torch.Tensor:  # (num_steps, 7) float64, never 
     return reference.spaced_schedule(num_steps)
 
 
-def _head_weights(op, weights) -> dict:
-    """The head's state dict as float32 contiguous tensors, checked key by key against SimpleMLPAdaLN's shapes."""
+def _head_weights(op, weights, z_dtype) -> dict:
+    """The head's state dict as contiguous tensors of z's dtype, checked key by key against SimpleMLPAdaLN's shapes."""
     if isinstance(weights, torch.nn.Module):
         weights = weights.state_dict()
     if not isinstance(weights, dict):
@@ -30,23 +30,26 @@ def _head_weights(op, weights) -> dict:
         check_tensor(op, f"weights[{k!r}]", weights[k], dtypes=None)
         if tuple(weights[k].shape) != shape:
             raise ValueError(f"{op}: weights[{k!r}] must have shape {shape}, got {tuple(weights[k].shape)}")
-        out[k] = weights[k].detach().to(torch.float32).contiguous()
+        out[k] = weights[k].detach().to(z_dtype).contiguous()
     return out
 
 
 def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, generator=None):
     """MAR's DiffLoss.sample(z, temperature, cfg) in one call: num_steps DDPM steps of the SimpleMLPAdaLN head.
 
-    z (N, z_dim) float32: one condition per token; when cfg != 1 the rows are [cond ; uncond] (N even), both halves
-    see the conditional half's x_t, eps = uncond + cfg (cond - uncond), the variance is the conditional row's.
-    weights: a SimpleMLPAdaLN module (official attribute names) or its state dict; used in float32.
+    z (N, z_dim) float32 (float64 on the reference backend): one condition per token; when cfg != 1 the rows are
+    [cond ; uncond] (N even), both halves see the conditional half's x_t, eps = uncond + cfg (cond - uncond), the
+    variance is the conditional row's.
+    weights: a SimpleMLPAdaLN module (official attribute names) or its state dict; used in z's dtype.
     num_steps: the 1000-step cosine chain respaced to num_steps (MAR: 100). temperature scales the per-step noise.
     generator: the torch.Generator the noise is drawn from, in the official order (x_T, then (N, C) per step).
     Returns the tokens (N, C), or the conditional half (N/2, C) when cfg != 1 (what sample_tokens keeps).
     """
     op = "diffusion_sample"
-    check_tensor(op, "z", z, dim=2, dtypes=(torch.float32,))
-    w = _head_weights(op, weights)
+    check_tensor(op, "z", z, dim=2, dtypes=(torch.float32, torch.float64))
+    if z.dtype == torch.float64 and _backend.active(z.device) != "reference":
+        raise TypeError(f"{op}: z must be float32 (float64 runs on the reference backend only), got {z.dtype}")
+    w = _head_weights(op, weights, z.dtype)
     if z.shape[1] != w["cond_embed.weight"].shape[1]:
         raise ValueError(f"{op}: z has width {z.shape[1]} but the head's cond_embed takes "
                          f"{w['cond_embed.weight'].shape[1]}")
