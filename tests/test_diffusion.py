@@ -154,3 +154,29 @@ def test_opcheck(diffusion_backend, cfg):
     args = (z, w, ref.spaced_schedule(3), 1.0, cfg, None)
     ns = torch.ops.fastar_simt if diffusion_backend == "simt" else torch.ops.fastar
     torch.library.opcheck(ns.diffusion_sample.default, args)
+
+
+def loss_inputs(seed=0, N=6):
+    g = torch.Generator().manual_seed(seed)
+    x_start, noise = torch.randn(N, C, generator=g, dtype=torch.float64) * 0.5, torch.randn(N, C, generator=g,
+                                                                                              dtype=torch.float64)
+    z = torch.randn(N, Z, generator=g, dtype=torch.float64)
+    return x_start, z, torch.tensor([0, 1, 7, 500, 998, 999])[:N], noise
+
+
+def test_training_loss_stop_gradient():
+    """The VB term trains the variance channels only: changing them leaves the eps rows' gradient unchanged."""
+    x_start, z, t, noise = loss_inputs()
+
+    def grads(weights):
+        w = {k: v.clone().requires_grad_() for k, v in weights.items()}
+        ref.training_loss(w, x_start, z, t, noise).sum().backward()
+        return w["final_layer.linear.weight"].grad
+
+    w = make_head(depth=1)
+    w2 = dict(w, **{"final_layer.linear.weight": torch.cat([w["final_layer.linear.weight"][:C],
+                                                              2 * w["final_layer.linear.weight"][C:]])})
+    g1, g2 = grads(w), grads(w2)
+    torch.testing.assert_close(g1[:C], g2[:C], rtol=0, atol=0)
+    assert g1[C:].abs().max() > 0 and not torch.allclose(g1[C:], g2[C:])
+

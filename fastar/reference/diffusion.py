@@ -7,6 +7,7 @@ Sampling is iDDPM's p_sample_loop over a cosine schedule respaced to num_steps: 
 variance, no clipping, temperature on the per-step noise only. Run in float32 this is the official loop (every
 step recomputes the condition and the time embedding for all N rows), the baseline fastar's kernels are timed
 against; run in float64 it is the tests' oracle. Noise is always drawn in float32, as the official code draws it.
+training_loss is DiffLoss.forward's per-row iDDPM hybrid loss (MSE on eps + the VB term of the learned variance).
 """
 import math
 
@@ -49,10 +50,9 @@ def _spaced_timesteps(num_steps: int) -> list:
     return sorted(taken)
 
 
-def spaced_schedule(num_steps: int) -> torch.Tensor:
-    """(num_steps, len(SCHEDULE_COLUMNS)) float64: per spaced step i (sampling runs i = num_steps-1 ... 0) the
-    original timestep the head sees and the coefficients of x0-hat, the posterior mean and the learned-range
-    log-variance bounds, from the cosine schedule (betas clipped at 0.999) respaced as iDDPM's SpacedDiffusion."""
+def _chain(num_steps: int) -> dict:
+    """float64 tables of the cosine chain (betas clipped at 0.999) respaced to num_steps as iDDPM's SpacedDiffusion:
+    betas, alphas_cumprod (ac), ac_prev, and the posterior variance's log clipped at the first step."""
     if not 2 <= num_steps <= NUM_TIMESTEPS:
         raise ValueError(f"spaced_schedule: num_steps must be in [2, {NUM_TIMESTEPS}], got {num_steps}")
 
@@ -74,9 +74,18 @@ def spaced_schedule(num_steps: int) -> torch.Tensor:
     posterior_variance = betas * (1.0 - ac_prev) / (1.0 - ac)
     # The posterior variance is 0 at the chain's first step: its log is clipped to the second step's.
     min_log = torch.cat([posterior_variance[1:2], posterior_variance[1:]]).log()
-    return torch.stack([torch.tensor(timesteps, dtype=torch.float64), (1.0 / ac).sqrt(), (1.0 / ac - 1).sqrt(),
-                        betas * ac_prev.sqrt() / (1.0 - ac), (1.0 - ac_prev) * (1.0 - betas).sqrt() / (1.0 - ac),
-                        min_log, betas.log()], dim=1)
+    return {"timesteps": torch.tensor(timesteps, dtype=torch.float64), "betas": betas, "ac": ac, "ac_prev": ac_prev,
+            "min_log": min_log}
+
+
+def spaced_schedule(num_steps: int) -> torch.Tensor:
+    """(num_steps, len(SCHEDULE_COLUMNS)) float64: per spaced step i (sampling runs i = num_steps-1 ... 0) the
+    original timestep the head sees and the coefficients of x0-hat, the posterior mean and the learned-range
+    log-variance bounds."""
+    c = _chain(num_steps)
+    betas, ac, ac_prev = c["betas"], c["ac"], c["ac_prev"]
+    return torch.stack([c["timesteps"], (1.0 / ac).sqrt(), (1.0 / ac - 1).sqrt(), betas * ac_prev.sqrt() / (1.0 - ac),
+                        (1.0 - ac_prev) * (1.0 - betas).sqrt() / (1.0 - ac), c["min_log"], betas.log()], dim=1)
 
 
 def timestep_embedding(t: torch.Tensor, dtype) -> torch.Tensor:
@@ -154,3 +163,46 @@ def diffusion_sample(z: torch.Tensor, weights: dict, *, num_steps: int = 100, te
         noise = randn(N)
         x = mean + (1.0 if i != 0 else 0.0) * torch.exp(0.5 * log_variance) * noise * temperature
     return x[: N // 2] if cfg != 1.0 else x
+
+
+def _approx_normal_cdf(x):
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _decoder_nll(x, mean, log_scale):
+    """-log p(x) in nats of a Gaussian discretized to 255 bins over [-1, 1] (the VB term at t = 0), per element."""
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = _approx_normal_cdf(inv_std * (x - mean + 1.0 / 255.0))
+    cdf_min = _approx_normal_cdf(inv_std * (x - mean - 1.0 / 255.0))
+    log_probs = torch.where(x < -0.999, cdf_plus.clamp(min=1e-12).log(),
+                            torch.where(x > 0.999, (1.0 - cdf_min).clamp(min=1e-12).log(),
+                                        (cdf_plus - cdf_min).clamp(min=1e-12).log()))
+    return -log_probs
+
+
+def training_loss(weights: dict, x_start: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
+                  noise: torch.Tensor) -> torch.Tensor:
+    """DiffLoss's per-row loss on the 1000-step chain (iDDPM hybrid): MSE(eps) + the VB term in bits, whose
+    gradient reaches only the variance channels (stop-gradient on eps). x_start, noise (N, C); z (N, Z);
+    t (N,) int64 in [0, 1000) -> (N,)."""
+    c = {k: v.to(x_start.device) for k, v in _chain(NUM_TIMESTEPS).items()}
+    dtype, C = x_start.dtype, x_start.shape[1]
+
+    def at(v):  # per-row coefficient, cast as the official _extract_into_tensor casts (float32 runs)
+        return v[t].to(dtype)[:, None]
+
+    betas, ac, ac_prev = c["betas"], c["ac"], c["ac_prev"]
+    x_t = at(ac.sqrt()) * x_start + at((1.0 - ac).sqrt()) * noise
+    out = head_forward(weights, x_t, t, z)
+    eps, v = out[:, :C], out[:, C:]
+    coef1, coef2 = at(betas * ac_prev.sqrt() / (1.0 - ac)), at((1.0 - ac_prev) * (1.0 - betas).sqrt() / (1.0 - ac))
+    min_log = at(c["min_log"])
+    true_mean = coef1 * x_start + coef2 * x_t
+    frac = (v + 1) / 2
+    log_var = frac * at(betas.log()) + (1 - frac) * min_log
+    x0 = at((1.0 / ac).sqrt()) * x_t - at((1.0 / ac - 1).sqrt()) * eps.detach()
+    mean = coef1 * x0 + coef2 * x_t
+    kl = 0.5 * (-1.0 + log_var - min_log + torch.exp(min_log - log_var) + (true_mean - mean) ** 2 * torch.exp(-log_var))
+    nll = _decoder_nll(x_start, mean, 0.5 * log_var)
+    vb = torch.where(t == 0, nll.mean(1), kl.mean(1)) / math.log(2.0)
+    return ((noise - eps) ** 2).mean(1) + vb
