@@ -29,6 +29,10 @@ inline void define_ops(torch::Library& m) {
   // -> out (B, H, Lq, D) like q, lse (B, H, Lq) float32.
   m.def("attention_decode(Tensor q, Tensor k_cache, Tensor v_cache, int cache_len, float scale) "
         "-> (Tensor out, Tensor lse)");
+  // MAR's diffusion-head p_sample_loop: z (N, Z), the head's weights in head_shapes order, schedule (S, 7) float64
+  // (fastar/reference/diffusion.py) -> tokens (N, C), or the conditional half (N/2, C) when cfg != 1.
+  m.def("diffusion_sample(Tensor z, Tensor[] weights, Tensor schedule, float temperature, float cfg, "
+        "Generator? generator) -> Tensor", {at::Tag::nondeterministic_seeded});
 }
 
 }  // namespace fastar

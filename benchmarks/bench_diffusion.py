@@ -1,0 +1,51 @@
+"""diffusion_sample at MAR-B's head shapes (width 1024, depth 6, z 768, 16 channels; 512 rows = 256 tokens with cfg,
+float32) against the official loop: fastar.reference.diffusion_sample run in float32 is DiffLoss.sample's
+formulation (bit-identical to it on the CPU), every step recomputing the condition and time embeddings of all rows
+and running ~40 separate torch ops. Same weights, z and generator seed for both.
+
+FASTAR_BENCH_DIFFUSION_STEPS narrows the 100 steps for a quick run on a loaded machine (the ratio is per step,
+less the one-off setup that 100 steps amortize)."""
+import os
+
+import pytest
+import torch
+
+import fastar
+from benchmarks.harness import compare
+from fastar.reference import diffusion as ref
+
+WIDTH, DEPTH, Z, C = 1024, 6, 768, 16  # MAR-B's released head (d6 w1024) on its 768-wide decoder
+ROWS, CFG = 512, 2.9
+STEPS = int(os.environ.get("FASTAR_BENCH_DIFFUSION_STEPS", 100))
+
+
+def head(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(s, generator=g) * (0.02 if len(s) == 2 else 0.01)
+            for k, s in ref.head_shapes(DEPTH, WIDTH, C, Z).items()}
+
+
+def gflop(rows, steps):
+    """Matrix-product work of the official loop: per row and step 2 (time MLP) + cond + 3 per block + final."""
+    per_row = ref.FREQ_DIM * WIDTH + WIDTH * WIDTH + Z * WIDTH + DEPTH * (3 * WIDTH + 2 * WIDTH) * WIDTH + 2 * WIDTH * WIDTH
+    return 2 * rows * steps * per_row / 1e9
+
+
+
+@pytest.mark.parametrize("steps", [STEPS])
+def test_diffusion_sample(benchmark, steps, peak_gflops):
+    benchmark.group = f"diffusion_sample MAR-B head w{WIDTH} d{DEPTH} {ROWS} rows cfg {CFG} {steps} steps float32"
+    w, z = head(), torch.randn(ROWS, Z, generator=torch.Generator().manual_seed(1))
+
+    def run(fn):
+        return lambda: fn(z, w, num_steps=steps, cfg=CFG, generator=torch.Generator().manual_seed(2))
+
+    contenders = {"official loop (reference, float32)": run(ref.diffusion_sample)}
+    # Agreement on the first 2 steps only: one more full run of each would double the benchmark's time.
+    ours = fastar.ops.diffusion_sample(z, w, num_steps=2, cfg=CFG, generator=torch.Generator().manual_seed(2))
+    max_diff = (ref.diffusion_sample(z, w, num_steps=2, cfg=CFG, generator=torch.Generator().manual_seed(2))
+                - ours).abs().max().item()
+    f = gflop(ROWS, steps)
+    compare(benchmark, run(fastar.ops.diffusion_sample), contenders, reference="official loop (reference, float32)",
+            rounds=2, warmup=0, op="diffusion_sample", max_abs_diff=max_diff, max_abs=ours.abs().max().item(),
+            gflop=f, fma_floor_ms=f / peak_gflops * 1e3)

@@ -1,0 +1,193 @@
+// MAR's diffusion-head sampling (DiffLoss.sample: SimpleMLPAdaLN + iDDPM's p_sample_loop) as one CPU loop.
+// What the official loop recomputes every step is hoisted: the condition projection runs once per call, the time
+// embedding once per step and per call (one row, shared by all rows), all blocks' adaLN modulations of a step run
+// as one GEMM (every block reads the same y). The GEMMs write into buffers allocated before the loop, without
+// their bias; one fused pass per row between them adds the bias and does SiLU, the gated residual, the next
+// LayerNorm + modulation, or the DDPM update. The noise is drawn by torch's generator in the official order.
+#include "cpu/diffusion.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace fastar::cpu {
+namespace {
+
+constexpr float kLnEps = 1e-6f;  // SimpleMLPAdaLN's LayerNorms
+constexpr int64_t kFreqDim = 256;  // TimestepEmbedder's sinusoid width
+
+// exp(v) = 2^n exp(r), n = round(v / ln 2), |r| <= ln 2 / 2, exp(r) by Cephes expf's polynomial (~2 ulp); written
+// branch-free so that `omp simd` vectorizes it, where libm's expf stays one call per element.
+inline float exp_poly(float v) {
+  v = std::min(std::max(v, -87.3f), 88.3f);
+  const float t = v * 1.44269504f;
+  const int32_t n = int32_t(t + (t < 0.f ? -0.5f : 0.5f));  // round half away from zero
+  const float r = v - float(n) * 0.693359375f + float(n) * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = p * r + c;
+  const int32_t bits = (n + 127) << 23;  // 2^n, n in [-126, 127]
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return (p * r * r + r + 1.f) * scale;
+}
+
+inline float silu(float v) { return v / (1.f + exp_poly(-v)); }
+
+// f(r) for rows [0, n), split over the threads; W: floats a row touches, for the grain.
+template <class F>
+void for_rows(int64_t n, int64_t W, const F& f) {
+  at::parallel_for(0, n, std::max<int64_t>(1, 8192 / W), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) f(r);
+  });
+}
+
+// h (W,) = LN(x) * (1 + scale) + shift, LN affine with ln_w, ln_b unless they are null (the final layer's).
+// mod (2W,): the row's [shift, scale] from the modulation GEMM, bias (2W,) their bias.
+void ln_modulate(const float* x, const float* ln_w, const float* ln_b, const float* mod, const float* bias, float* h,
+                 int64_t W) {
+  float sum = 0.f, sq = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < W; ++j) sum += x[j];
+  const float mean = sum / float(W);
+#pragma omp simd reduction(+ : sq)
+  for (int64_t j = 0; j < W; ++j) sq += (x[j] - mean) * (x[j] - mean);
+  const float rstd = 1.f / std::sqrt(sq / float(W) + kLnEps);
+  const float *shift = mod, *scale = mod + W, *bshift = bias, *bscale = bias + W;
+  if (ln_w) {
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j)
+      h[j] = ((x[j] - mean) * rstd * ln_w[j] + ln_b[j]) * (1.f + scale[j] + bscale[j]) + shift[j] + bshift[j];
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < W; ++j) h[j] = (x[j] - mean) * rstd * (1.f + scale[j] + bscale[j]) + shift[j] + bshift[j];
+  }
+}
+
+// (S, 256) sinusoids [cos, sin] of the original timesteps in schedule column 0, in float32 as the official code.
+at::Tensor timestep_frequencies(const at::Tensor& schedule) {
+  const int64_t S = schedule.size(0), half = kFreqDim / 2;
+  at::Tensor t_freq = at::empty({S, kFreqDim}, at::kFloat);
+  const auto sch = schedule.accessor<double, 2>();
+  float* out = t_freq.data_ptr<float>();
+  for (int64_t i = 0; i < S; ++i)
+    for (int64_t j = 0; j < half; ++j) {
+      const float freq = std::exp(float(-std::log(10000.0)) * float(j) / float(half));
+      const float arg = float(sch[i][0]) * freq;
+      out[i * kFreqDim + j] = std::cos(arg);
+      out[i * kFreqDim + half + j] = std::sin(arg);
+    }
+  return t_freq;
+}
+
+}  // namespace
+
+at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t depth, const at::Tensor& schedule,
+                            double temperature, double cfg, const std::optional<at::Generator>& generator) {
+  const bool guided = cfg != 1.0;
+  const int64_t N = z.size(0), W = weights[0].size(0), C = weights[6].size(1), D = depth, S = schedule.size(0);
+  const int64_t M = guided ? N / 2 : N;  // rows of x carried: the conditional half under cfg
+  const int64_t A = (3 * D + 2) * W;  // modulation row: [shift, scale, gate] per block, then the final [shift, scale]
+  at::Tensor x = at::empty({M, C}, z.options());  // x_t, then the tokens
+  if (N == 0) return x;
+  x.normal_(0, 1, generator);  // x_T: the official code draws N/2 rows under cfg and duplicates them
+  auto wt = [&](int64_t i) { return weights[i].t(); };  // a Linear's weight (out, in) as (in, out)
+  auto block = [&](int64_t b, int64_t i) -> const at::Tensor& { return weights[8 + 8 * b + i]; };
+
+  // Once per call: the condition projection and the time embeddings of all steps.
+  const at::Tensor cond = at::addmm(weights[5], z.contiguous(), wt(4));  // (N, W)
+  const at::Tensor t_emb = at::addmm(weights[3], at::silu(at::addmm(weights[1], timestep_frequencies(schedule), wt(0))),
+                                     wt(2));  // (S, W)
+  std::vector<at::Tensor> ada_w, ada_b;
+  for (int64_t b = 0; b < D; ++b) ada_w.push_back(block(b, 6)), ada_b.push_back(block(b, 7));
+  ada_w.push_back(block(D, 0)), ada_b.push_back(block(D, 1));
+  const at::Tensor ada_wT = at::cat(ada_w).t();  // (W, A)
+  const at::Tensor ada_bias = at::cat(ada_b);  // (A,)
+  const at::Tensor in_wT = wt(6).contiguous();  // (C, W): input_proj as C rank-1 updates
+  std::vector<at::Tensor> mlp0T, mlp2T;
+  for (int64_t b = 0; b < D; ++b) mlp0T.push_back(block(b, 2).t()), mlp2T.push_back(block(b, 4).t());
+  const at::Tensor final_wT = block(D, 2).t();  // (W, 2C)
+
+  // Buffers of the loop: nothing is allocated inside it.
+  const auto opts = z.options();
+  at::Tensor sy = at::empty({N, W}, opts), mod = at::empty({N, A}, opts), hid = at::empty({N, W}, opts);
+  at::Tensor h = at::empty({N, W}, opts), a = at::empty({N, W}, opts), out = at::empty({N, 2 * C}, opts);
+  at::Tensor noise = at::empty({N, C}, opts);
+  float *sy_p = sy.data_ptr<float>(), *mod_p = mod.data_ptr<float>(), *hid_p = hid.data_ptr<float>();
+  float *h_p = h.data_ptr<float>(), *a_p = a.data_ptr<float>(), *x_p = x.data_ptr<float>();
+  const float *cond_p = cond.data_ptr<float>(), *ada_b_p = ada_bias.data_ptr<float>(), *in_w_p = in_wT.data_ptr<float>();
+  const float *in_b_p = weights[7].data_ptr<float>(), *out_p = out.data_ptr<float>(), *noise_p = noise.data_ptr<float>();
+  const float* final_b_p = block(D, 3).data_ptr<float>();
+  auto ln_w = [&](int64_t b) { return b < D ? block(b, 0).data_ptr<float>() : nullptr; };
+  auto ln_b = [&](int64_t b) { return b < D ? block(b, 1).data_ptr<float>() : nullptr; };
+  const auto sch = schedule.accessor<double, 2>();
+  const float cfg_f = float(cfg), temp_f = float(temperature);
+
+  for (int64_t i = S - 1; i >= 0; --i) {
+    const float* te = t_emb.data_ptr<float>() + i * W;
+    for_rows(N, W, [&](int64_t r) {  // SiLU(y), y = t_emb + cond_embed(z)
+      const float *c = cond_p + r * W;
+      float* s = sy_p + r * W;
+#pragma omp simd
+      for (int64_t j = 0; j < W; ++j) s[j] = silu(te[j] + c[j]);
+    });
+    at::mm_out(mod, sy, ada_wT);
+    for_rows(N, W, [&](int64_t r) {  // input_proj(x) (both halves see the conditional x under cfg), first LN
+      const float* xr = x_p + (r % M) * C;
+      float* hr = hid_p + r * W;
+      std::copy(in_b_p, in_b_p + W, hr);
+      for (int64_t k = 0; k < C; ++k) {
+        const float xk = xr[k], *wk = in_w_p + k * W;
+#pragma omp simd
+        for (int64_t j = 0; j < W; ++j) hr[j] += xk * wk[j];
+      }
+      ln_modulate(hr, ln_w(0), ln_b(0), mod_p + r * A, ada_b_p, h_p + r * W, W);
+    });
+    for (int64_t b = 0; b < D; ++b) {
+      at::mm_out(a, h, mlp0T[b]);
+      const float* b0 = block(b, 3).data_ptr<float>();
+      for_rows(N, W, [&](int64_t r) {
+        float* ar = a_p + r * W;
+#pragma omp simd
+        for (int64_t j = 0; j < W; ++j) ar[j] = silu(ar[j] + b0[j]);
+      });
+      at::mm_out(h, a, mlp2T[b]);
+      const float* b2 = block(b, 5).data_ptr<float>();
+      for_rows(N, W, [&](int64_t r) {  // x += gate * mlp(h), then the next block's (or the final) LN + modulation
+        float *hr = h_p + r * W, *xr = hid_p + r * W;
+        const float *gate = mod_p + r * A + 3 * b * W + 2 * W, *bgate = ada_b_p + 3 * b * W + 2 * W;
+#pragma omp simd
+        for (int64_t j = 0; j < W; ++j) xr[j] += (gate[j] + bgate[j]) * (hr[j] + b2[j]);
+        ln_modulate(xr, ln_w(b + 1), ln_b(b + 1), mod_p + r * A + 3 * (b + 1) * W, ada_b_p + 3 * (b + 1) * W, hr, W);
+      });
+    }
+    at::mm_out(out, h, final_wT);
+    noise.normal_(0, 1, generator);  // (N, C) every step, as randn_like(x), of which the kept rows read the first M
+    const float coef_sqrt_recip = float(sch[i][1]), coef_sqrt_recipm1 = float(sch[i][2]), coef1 = float(sch[i][3]),
+                coef2 = float(sch[i][4]), min_log = float(sch[i][5]), max_log = float(sch[i][6]);
+    const float noise_scale = i != 0 ? temp_f : 0.f;  // no noise on the last step
+    for_rows(M, C, [&](int64_t r) {  // eps (cfg-combined), learned-range variance, posterior mean, noise
+      const float *o = out_p + r * 2 * C, *ou = out_p + (r + M) * 2 * C, *n = noise_p + r * C;
+      float* xr = x_p + r * C;
+      for (int64_t k = 0; k < C; ++k) {
+        float eps = o[k] + final_b_p[k];
+        if (guided) {
+          const float eps_u = ou[k] + final_b_p[k];
+          eps = eps_u + cfg_f * (eps - eps_u);
+        }
+        const float frac = (o[C + k] + final_b_p[C + k] + 1.f) / 2.f;
+        const float log_var = frac * max_log + (1.f - frac) * min_log;
+        const float x0 = coef_sqrt_recip * xr[k] - coef_sqrt_recipm1 * eps;
+        const float mean = coef1 * x0 + coef2 * xr[k];
+        xr[k] = mean + std::exp(0.5f * log_var) * n[k] * noise_scale;
+      }
+    });
+  }
+  return x;
+}
+
+}  // namespace fastar::cpu

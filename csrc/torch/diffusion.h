@@ -1,0 +1,55 @@
+// Argument checks of the diffusion family, shared by every backend's registration.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace fastar {
+
+// Columns of the schedule table (fastar/reference/diffusion.py SCHEDULE_COLUMNS).
+constexpr int64_t kScheduleColumns = 7;
+
+// The head's tensors in head_shapes order: 4 (time_embed.mlp.0, .2, cond_embed, input_proj), 4 per res
+// block (in_ln, mlp.0, mlp.2, adaLN_modulation.1), 2 final (adaLN_modulation.1, linear), each weight then bias.
+inline int64_t diffusion_head_depth(at::TensorList weights) {
+  TORCH_CHECK(weights.size() >= 12 && (weights.size() - 12) % 8 == 0, "diffusion_sample: weights must hold 12 + 8 "
+              "* depth tensors (SimpleMLPAdaLN's state dict in head_shapes order), got ", weights.size());
+  return (int64_t(weights.size()) - 12) / 8;
+}
+
+// Returns the depth. z (N, Z); weights float32 contiguous of the head's shapes; schedule (S, 7) float64.
+inline int64_t check_diffusion_sample(const at::Tensor& z, at::TensorList weights, const at::Tensor& schedule,
+                                      double cfg, c10::DeviceType device) {
+  const char* op = "diffusion_sample";
+  const int64_t depth = diffusion_head_depth(weights);
+  TORCH_CHECK(z.dim() == 2, op, ": z must be (N, z_dim), got ", z.dim(), " dims");
+  TORCH_CHECK(z.scalar_type() == at::kFloat, op, ": z must be float32, got ", z.scalar_type());
+  TORCH_CHECK(z.device().type() == device, op, ": z is on ", z.device(), ", expected ", device);
+  TORCH_CHECK(cfg == 1.0 || z.size(0) % 2 == 0, op, ": with cfg != 1 z holds [cond ; uncond] rows, so its row "
+              "count must be even, got ", z.size(0));
+  const int64_t W = weights[0].size(0), C = weights[6].dim() == 2 ? weights[6].size(1) : -1, Z = z.size(1);
+  auto expect = [&](int64_t i, std::vector<int64_t> shape) {
+    const at::Tensor& t = weights[i];
+    TORCH_CHECK(t.sizes() == c10::IntArrayRef(shape), op, ": weights[", i, "] must have shape ",
+                c10::IntArrayRef(shape), ", got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous(), op, ": weights[", i,
+                "] must be contiguous float32, got ", t.scalar_type());
+    TORCH_CHECK(t.device().type() == device, op, ": weights[", i, "] is on ", t.device(), ", expected ", device);
+  };
+  TORCH_CHECK(C >= 1, op, ": weights[6] (input_proj.weight) must be (width, in_channels)");
+  const std::vector<std::vector<int64_t>> head = {{W, 256}, {W}, {W, W}, {W}, {W, Z}, {W}, {W, C}, {W}};
+  for (int64_t i = 0; i < 8; ++i) expect(i, head[i]);
+  for (int64_t b = 0; b < depth; ++b) {
+    const std::vector<std::vector<int64_t>> block = {{W}, {W}, {W, W}, {W}, {W, W}, {W}, {3 * W, W}, {3 * W}};
+    for (int64_t i = 0; i < 8; ++i) expect(8 + 8 * b + i, block[i]);
+  }
+  const std::vector<std::vector<int64_t>> final = {{2 * W, W}, {2 * W}, {2 * C, W}, {2 * C}};
+  for (int64_t i = 0; i < 4; ++i) expect(8 + 8 * depth + i, final[i]);
+  TORCH_CHECK(schedule.dim() == 2 && schedule.size(0) >= 1 && schedule.size(1) == kScheduleColumns, op,
+              ": schedule must be (num_steps, ", kScheduleColumns, "), got ", schedule.sizes());
+  TORCH_CHECK(schedule.scalar_type() == at::kDouble && schedule.device().is_cpu(), op,
+              ": schedule must be a float64 CPU tensor, got ", schedule.scalar_type(), " on ", schedule.device());
+  return depth;
+}
+
+}  // namespace fastar

@@ -1,0 +1,180 @@
+"""MAR (Li et al. 2024, "Autoregressive Image Generation without Vector Quantization") with LTH14/mar's module names
+(models/mar.py): a masked bidirectional encoder over the 64 class-buffer tokens and the visible tokens, a decoder
+over all 64 + 256 positions, and per token a condition z for the diffusion head (diffloss.py). Attention runs
+through fastar.ops.attention, the head through fastar.ops.diffusion_sample. Sampling only (no training loop yet).
+"""
+import dataclasses
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fastar.ops
+from fastar.models.mar.diffloss import DiffLoss
+
+LN_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class MARConfig:
+    width: int = 768  # encoder and decoder width (equal in every released model)
+    depth: int = 12  # encoder depth = decoder depth
+    num_heads: int = 12
+    diffloss_d: int = 6  # head of the released checkpoint (the paper's ablation default is d3 w1024)
+    diffloss_w: int = 1024
+    img_size: int = 256
+    vae_stride: int = 16
+    vae_embed_dim: int = 16  # KL-16 latent channels = token width (patch_size 1)
+    buffer_size: int = 64  # class-embedding buffer tokens in front of the sequence
+    class_num: int = 1000
+    num_sampling_steps: int = 100
+
+    @property
+    def seq_len(self):
+        return (self.img_size // self.vae_stride) ** 2
+
+
+SIZES = {"base": MARConfig(), "large": MARConfig(width=1024, depth=16, num_heads=16, diffloss_d=8, diffloss_w=1280),
+         "huge": MARConfig(width=1280, depth=20, num_heads=16, diffloss_d=12, diffloss_w=1536)}
+
+
+class Attention(nn.Module):
+    def __init__(self, width, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x_BLC):
+        B, L, C = x_BLC.shape
+        q, k, v = self.qkv(x_BLC).view(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        out_BHLD = fastar.ops.attention(q, k, v)  # bidirectional: no mask
+        return self.proj(out_BHLD.transpose(1, 2).reshape(B, L, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, width, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """timm's pre-norm ViT Block (timm 0.9.12 names; dropout is a training matter, absent here)."""
+
+    def __init__(self, width, num_heads, mlp_ratio=4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=LN_EPS)
+        self.attn = Attention(width, num_heads)
+        self.norm2 = nn.LayerNorm(width, eps=LN_EPS)
+        self.mlp = Mlp(width, width * mlp_ratio)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class MAR(nn.Module):
+    def __init__(self, cfg: MARConfig = MARConfig()):
+        super().__init__()
+        self.cfg = cfg
+        W, T, S = cfg.width, cfg.vae_embed_dim, cfg.seq_len + cfg.buffer_size
+        self.seq_len, self.buffer_size, self.token_embed_dim = cfg.seq_len, cfg.buffer_size, T
+        self.class_emb = nn.Embedding(cfg.class_num, W)
+        self.fake_latent = nn.Parameter(torch.zeros(1, W))  # the null class of CFG
+        self.z_proj = nn.Linear(T, W)
+        self.z_proj_ln = nn.LayerNorm(W, eps=LN_EPS)
+        self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, S, W))
+        self.encoder_blocks = nn.ModuleList(Block(W, cfg.num_heads) for _ in range(cfg.depth))
+        self.encoder_norm = nn.LayerNorm(W, eps=LN_EPS)
+        self.decoder_embed = nn.Linear(W, W)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, W))
+        self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, S, W))
+        self.decoder_blocks = nn.ModuleList(Block(W, cfg.num_heads) for _ in range(cfg.depth))
+        self.decoder_norm = nn.LayerNorm(W, eps=LN_EPS)
+        self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, cfg.seq_len, W))
+        self.initialize_weights()
+        self.diffloss = DiffLoss(T, W, cfg.diffloss_d, cfg.diffloss_w, cfg.num_sampling_steps)
+
+    def initialize_weights(self):
+        for p in (self.class_emb.weight, self.fake_latent, self.mask_token, self.encoder_pos_embed_learned,
+                  self.decoder_pos_embed_learned, self.diffusion_pos_embed_learned):
+            nn.init.normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_mae_encoder(self, x_BLT, mask_BL, class_embedding_BC):
+        """Class buffer + visible tokens only (every row has as many masked tokens) -> (B, 64 + visible, W)."""
+        x = self.z_proj(x_BLT)
+        B, _, W = x.shape
+        x = torch.cat([class_embedding_BC[:, None].expand(B, self.buffer_size, W), x], dim=1)
+        x = self.z_proj_ln(x + self.encoder_pos_embed_learned)
+        keep = torch.cat([mask_BL.new_zeros(B, self.buffer_size), mask_BL], dim=1) == 0
+        x = x[keep].reshape(B, -1, W)
+        for block in self.encoder_blocks:
+            x = block(x)
+        return self.encoder_norm(x)
+
+    def forward_mae_decoder(self, x, mask_BL):
+        """Visible rows back in place, mask_token elsewhere -> z (B, 256, W) per token, buffer stripped."""
+        x = self.decoder_embed(x)
+        B, _, W = x.shape
+        keep = torch.cat([mask_BL.new_zeros(B, self.buffer_size), mask_BL], dim=1) == 0
+        padded = self.mask_token.to(x.dtype).expand(B, keep.shape[1], W).clone()
+        padded[keep] = x.reshape(-1, W)
+        x = padded + self.decoder_pos_embed_learned
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_norm(x)[:, self.buffer_size:] + self.diffusion_pos_embed_learned
+
+    @torch.no_grad()
+    def sample_tokens(self, bsz, num_iter=64, cfg=1.0, cfg_schedule="linear", labels=None, temperature=1.0,
+                      generator=None, progress=False):
+        """Official sampling: cosine mask schedule over a random order per image, Muse's linear CFG ramp.
+        Orders come from `generator` (torch.randperm) where the official code uses numpy's global RNG.
+        Returns latents (B, 16, 16, 16) (before the VAE's 1 / 0.2325 scale)."""
+        if cfg_schedule not in ("linear", "constant"):
+            raise ValueError(f"sample_tokens: cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
+        device, L = self.fake_latent.device, self.seq_len
+        mask = torch.ones(bsz, L, device=device)
+        tokens = torch.zeros(bsz, L, self.token_embed_dim, device=device, dtype=self.fake_latent.dtype)
+        orders = torch.stack([torch.randperm(L, generator=generator).to(device) for _ in range(bsz)])
+        steps = range(num_iter)
+        if progress:
+            from tqdm import tqdm
+            steps = tqdm(steps)
+        for step in steps:
+            cur_tokens = tokens.clone()
+            class_embedding = self.class_emb(labels) if labels is not None else self.fake_latent.expand(bsz, -1)
+            if cfg != 1.0:
+                tokens = torch.cat([tokens, tokens])
+                class_embedding = torch.cat([class_embedding, self.fake_latent.expand(bsz, -1)])
+                mask = torch.cat([mask, mask])
+            z = self.forward_mae_decoder(self.forward_mae_encoder(tokens, mask, class_embedding), mask)
+            # The next round keeps floor(L cos(pi/2 (step+1)/num_iter)) masked, at least 1, fewer than now.
+            mask_len = math.floor(L * math.cos(math.pi / 2 * (step + 1) / num_iter))
+            mask_len = max(1, min(int(mask[0].sum().item()) - 1, mask_len))
+            mask_next = torch.zeros(bsz, L, device=device).scatter_(1, orders[:, :mask_len], 1.0)
+            to_pred = mask[:bsz].bool() if step >= num_iter - 1 else mask[:bsz].bool() ^ mask_next.bool()
+            mask = mask_next
+            rows = torch.cat([to_pred, to_pred]) if cfg != 1.0 else to_pred
+            cfg_iter = 1 + (cfg - 1) * (L - mask_len) / L if cfg_schedule == "linear" else cfg
+            # cfg_iter is > 1 whenever cfg > 1 (mask_len < L), so the [cond ; uncond] rows stay paired.
+            cur_tokens[to_pred] = self.diffloss.sample(z[rows], temperature, cfg_iter if cfg != 1.0 else 1.0,
+                                                       generator=generator)
+            tokens = cur_tokens.clone()
+        h = int(math.isqrt(L))
+        return tokens.reshape(bsz, h, h, self.token_embed_dim).permute(0, 3, 1, 2)  # unpatchify, patch_size 1
+
+
+def mar(size="base", **overrides) -> MAR:
+    """MAR-B / L / H as the released checkpoints build them (SIZES), fields overridable."""
+    if size not in SIZES:
+        raise ValueError(f"mar: size must be one of {tuple(SIZES)}, got {size!r}")
+    return MAR(dataclasses.replace(SIZES[size], **overrides))

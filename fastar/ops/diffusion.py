@@ -1,0 +1,77 @@
+"""MAR's diffusion head sampled as one op: the whole p_sample_loop of DiffLoss.sample (csrc/cpu/diffusion.cpp)."""
+import functools
+import math
+
+import torch
+
+from fastar import _backend
+from fastar.ops._checks import check_tensor
+from fastar.ops._registry import kernel, op
+from fastar.reference import diffusion as reference
+
+
+@functools.lru_cache(maxsize=16)
+def _schedule(num_steps: int) -> torch.Tensor:  # (num_steps, 7) float64, never written to
+    return reference.spaced_schedule(num_steps)
+
+
+def _head_weights(op, weights, z_dtype) -> dict:
+    """The head's state dict as contiguous tensors of z's dtype, checked key by key against SimpleMLPAdaLN's shapes."""
+    if isinstance(weights, torch.nn.Module):
+        weights = weights.state_dict()
+    if not isinstance(weights, dict):
+        raise TypeError(f"{op}: weights must be a SimpleMLPAdaLN module or its state dict, got {type(weights).__name__}")
+    if "input_proj.weight" not in weights or "cond_embed.weight" not in weights:
+        raise ValueError(f"{op}: weights lack input_proj.weight or cond_embed.weight (SimpleMLPAdaLN's names)")
+    (W, C), Z = weights["input_proj.weight"].shape, weights["cond_embed.weight"].shape[1]
+    out = {}
+    for k, shape in reference.head_shapes(reference.head_depth(weights), W, C, Z).items():
+        if k not in weights:
+            raise ValueError(f"{op}: weights lack {k!r} (SimpleMLPAdaLN's state-dict names)")
+        check_tensor(op, f"weights[{k!r}]", weights[k], dtypes=None)
+        if tuple(weights[k].shape) != shape:
+            raise ValueError(f"{op}: weights[{k!r}] must have shape {shape}, got {tuple(weights[k].shape)}")
+        out[k] = weights[k].detach().to(z_dtype).contiguous()
+    return out
+
+
+@kernel("diffusion_sample")  # fake kernel, for torch.compile / opcheck
+def _diffusion_sample(z, weights, schedule, temperature, cfg, generator):
+    return z.new_empty(z.shape[0] // 2 if cfg != 1.0 else z.shape[0], weights[6].shape[1])
+
+
+# The official loop is the torch formulation: the reference run in z's dtype is that loop, step for step.
+@op(reference=reference.diffusion_sample, torch=reference.diffusion_sample)
+def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, generator=None):
+    """MAR's DiffLoss.sample(z, temperature, cfg) in one call: num_steps DDPM steps of the SimpleMLPAdaLN head.
+
+    z (N, z_dim) float32 (float64 on the reference backend): one condition per token; when cfg != 1 the rows are
+    [cond ; uncond] (N even), both halves see the conditional half's x_t, eps = uncond + cfg (cond - uncond), the
+    variance is the conditional row's.
+    weights: a SimpleMLPAdaLN module (official attribute names) or its state dict; used in z's dtype.
+    num_steps: the 1000-step cosine chain respaced to num_steps (MAR: 100). temperature scales the per-step noise.
+    generator: the torch.Generator the noise is drawn from, in the official order (x_T, then (N, C) per step).
+    Returns the tokens (N, C), or the conditional half (N/2, C) when cfg != 1 (what sample_tokens keeps).
+    """
+    op = "diffusion_sample"
+    check_tensor(op, "z", z, dim=2, dtypes=(torch.float32, torch.float64))
+    if z.dtype == torch.float64 and _backend.active(z.device) != "reference":
+        raise TypeError(f"{op}: z must be float32 (float64 runs on the reference backend only), got {z.dtype}")
+    w = _head_weights(op, weights, z.dtype)
+    if z.shape[1] != w["cond_embed.weight"].shape[1]:
+        raise ValueError(f"{op}: z has width {z.shape[1]} but the head's cond_embed takes "
+                         f"{w['cond_embed.weight'].shape[1]}")
+    if any(t.device != z.device for t in w.values()):
+        raise ValueError(f"{op}: weights must be on z's device {z.device}")
+    if not isinstance(num_steps, int) or not 2 <= num_steps <= reference.NUM_TIMESTEPS:
+        raise ValueError(f"{op}: num_steps must be an int in [2, {reference.NUM_TIMESTEPS}], got {num_steps!r}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"{op}: temperature must be finite and >= 0, got {temperature}")
+    if not math.isfinite(cfg):
+        raise ValueError(f"{op}: cfg must be finite, got {cfg}")
+    if cfg != 1.0 and z.shape[0] % 2:
+        raise ValueError(f"{op}: cfg={cfg} needs z as [cond ; uncond] rows, an even count, got {z.shape[0]}")
+    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device != z.device):
+        raise ValueError(f"{op}: generator must be a torch.Generator on {z.device}, got {generator!r}")
+    return z.device, lambda ops: ops.diffusion_sample(z, list(w.values()), _schedule(num_steps), float(temperature),
+                                                     float(cfg), generator)

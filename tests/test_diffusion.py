@@ -1,0 +1,182 @@
+"""diffusion_sample (MAR's diffusion-head p_sample_loop) on every backend against the float64 reference."""
+import pytest
+import torch
+
+import fastar
+from fastar.reference import diffusion as ref
+from tests.tolerance import assert_close
+
+# (N, cfg): one row, two, odd, empty without guidance; [cond ; uncond] pairs with it.
+ROWS_CFG = [(1, 1.0), (2, 1.0), (7, 1.0), (0, 1.0), (2, 3.0), (10, 2.9), (0, 4.0)]
+DEPTH, WIDTH, C, Z = 2, 48, 16, 24  # a small head: the loop's logic, not its size, is under test
+
+
+@pytest.fixture
+def diffusion_backend(backend):
+    # fastar_simt (and cuda) define the schema before a kernel exists: skip only while none is registered.
+    ns = "fastar_simt" if backend == "simt" else "fastar"
+    key = "CUDA" if backend == "cuda" else "CPU"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"{ns}::diffusion_sample", key):
+        pytest.skip(f"no {backend} diffusion_sample kernel yet")
+    return backend
+
+
+def make_head(depth=DEPTH, width=WIDTH, seed=0):
+    """Random float64 head weights scaled so that eps ~ 1 and v in about [-1, 1]: a chain that moves."""
+    g = torch.Generator().manual_seed(seed)
+    weights = {}
+    for k, shape in ref.head_shapes(depth, width, C, Z).items():
+        fan_in = shape[1] if len(shape) == 2 else 1
+        t = torch.randn(shape, generator=g, dtype=torch.float64) / fan_in ** 0.5
+        if k.endswith("in_ln.weight"):
+            t = 1 + 0.1 * t
+        elif k.endswith("bias"):
+            t = 0.1 * t
+        elif "adaLN" in k:
+            t = 0.3 * t
+        weights[k] = t
+    return weights
+
+
+def sample_all(z, weights, seed, **kw):
+    """(fastar on the active backend, reference float64, reference float32), same generator seed."""
+    def gen():
+        return torch.Generator().manual_seed(seed)
+    w32 = {k: v.float() for k, v in weights.items()}
+    out = fastar.ops.diffusion_sample(z.float(), w32, generator=gen(), **kw)
+    return (out, ref.diffusion_sample(z.double(), weights, generator=gen(), **kw),
+            ref.diffusion_sample(z.float(), w32, generator=gen(), **kw))
+
+
+@pytest.mark.parametrize("N,cfg", ROWS_CFG)
+def test_diffusion_sample(diffusion_backend, N, cfg):
+    z = torch.randn(N, Z, generator=torch.Generator().manual_seed(N))
+    out, ref64, ref32 = sample_all(z, make_head(), seed=7, num_steps=20, cfg=cfg)
+    assert out.shape == (N // 2 if cfg != 1.0 else N, C)
+    assert fastar.last_backend("diffusion_sample") == diffusion_backend
+    if N:
+        assert_close("diffusion_sample", out, ref64, ref32)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.95, 1.2])
+def test_diffusion_sample_temperature(diffusion_backend, temperature):
+    z = torch.randn(6, Z, generator=torch.Generator().manual_seed(1))
+    out, ref64, ref32 = sample_all(z, make_head(depth=1), seed=3, num_steps=100, temperature=temperature, cfg=1.5)
+    assert_close("diffusion_sample", out, ref64, ref32)
+
+
+def test_diffusion_sample_depth_zero(diffusion_backend):
+    z = torch.randn(3, Z, generator=torch.Generator().manual_seed(2))
+    out, ref64, ref32 = sample_all(z, make_head(depth=0), seed=5, num_steps=10)
+    assert_close("diffusion_sample", out, ref64, ref32)
+
+
+def test_noise_order_is_the_official_one():
+    """x_T from N/2 rows under cfg, then (N, C) every step: a different order gives different tokens."""
+    z = torch.randn(4, Z, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = make_head()
+    seeded = ref.diffusion_sample(z, w, num_steps=5, cfg=2.0, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    x_T = torch.randn(2, C, generator=g, dtype=torch.float32)
+    assert not torch.equal(x_T, torch.zeros_like(x_T))
+    # The conditional half's chain with its noise taken explicitly, one head call per step.
+    schedule = ref.spaced_schedule(5)
+    x = torch.cat([x_T, x_T]).double()
+    for i in reversed(range(5)):
+        out = ref.head_forward_with_cfg(w, x, schedule[i, 0].long().expand(4), z, 2.0)
+        _, sqrt_recip, sqrt_recipm1, coef1, coef2, min_log, max_log = schedule[i]
+        frac = (out[:, C:] + 1) / 2
+        mean = coef1 * (sqrt_recip * x - sqrt_recipm1 * out[:, :C]) + coef2 * x
+        noise = torch.randn(4, C, generator=g, dtype=torch.float32).double()
+        x = mean + (i != 0) * torch.exp(0.5 * (frac * max_log + (1 - frac) * min_log)) * noise
+    torch.testing.assert_close(seeded, x[:2], rtol=1e-12, atol=1e-12)
+
+
+def test_spaced_schedule():
+    s = ref.spaced_schedule(100)
+    t = s[:, 0].long().tolist()
+    assert len(set(t)) == 100 and t[0] == 0 and t[-1] == 999 and t == sorted(t)
+    assert t[:4] == [0, 10, 20, 30]
+    assert (s[:, 5] <= s[:, 6] + 1e-12).all()  # the learned range: posterior log-variance <= log beta
+    with pytest.raises(ValueError, match="num_steps"):
+        ref.spaced_schedule(1)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("z_width", "z has width"), ("odd_cfg", "even count"), ("weight_shape", r"weights\['res_blocks.1.mlp.0.weight'\]"),
+    ("missing", r"lack 'final_layer.linear.bias'"), ("z_dtype", "z must be"), ("num_steps", "num_steps"),
+    ("weights_type", "weights must be")])
+def test_bad_inputs(case, match):
+    w = {k: v.float() for k, v in make_head().items()}
+    z = torch.randn(3, Z)
+    kw = {}
+    if case == "z_width":
+        z = torch.randn(3, Z + 1)
+    elif case == "odd_cfg":
+        kw["cfg"] = 2.0
+    elif case == "weight_shape":
+        w["res_blocks.1.mlp.0.weight"] = torch.zeros(WIDTH, WIDTH + 1)
+    elif case == "missing":
+        del w["final_layer.linear.bias"]
+    elif case == "z_dtype":
+        z = z.double()
+    elif case == "num_steps":
+        kw["num_steps"] = 1
+    elif case == "weights_type":
+        w = list(w.values())
+    with pytest.raises((ValueError, TypeError), match=match):
+        fastar.ops.diffusion_sample(z, w, **kw)
+
+
+def test_module_weights(diffusion_backend):
+    """A module with SimpleMLPAdaLN's attribute names is taken as is (its state dict)."""
+    w = {k: v.float() for k, v in make_head(depth=1).items()}
+    module = torch.nn.Module()
+    for k, v in w.items():
+        *path, name = k.split(".")
+        owner = module
+        for p in path:
+            if not hasattr(owner, p):
+                owner.add_module(p, torch.nn.Module())
+            owner = getattr(owner, p)
+        owner.register_parameter(name, torch.nn.Parameter(v))
+    z = torch.randn(2, Z)
+    a = fastar.ops.diffusion_sample(z, module, num_steps=4, generator=torch.Generator().manual_seed(0))
+    b = fastar.ops.diffusion_sample(z, w, num_steps=4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_opcheck(diffusion_backend, cfg):
+    w = [v.float() for v in make_head(depth=1).values()]
+    z = torch.randn(4, Z)
+    # generator None: opcheck reseeds the default generator before each run it compares; an explicit one advances.
+    args = (z, w, ref.spaced_schedule(3), 1.0, cfg, None)
+    ns = torch.ops.fastar_simt if diffusion_backend == "simt" else torch.ops.fastar
+    torch.library.opcheck(ns.diffusion_sample.default, args)
+
+
+def loss_inputs(seed=0, N=6):
+    g = torch.Generator().manual_seed(seed)
+    x_start, noise = torch.randn(N, C, generator=g, dtype=torch.float64) * 0.5, torch.randn(N, C, generator=g,
+                                                                                              dtype=torch.float64)
+    z = torch.randn(N, Z, generator=g, dtype=torch.float64)
+    return x_start, z, torch.tensor([0, 1, 7, 500, 998, 999])[:N], noise
+
+
+def test_training_loss_stop_gradient():
+    """The VB term trains the variance channels only: changing them leaves the eps rows' gradient unchanged."""
+    x_start, z, t, noise = loss_inputs()
+
+    def grads(weights):
+        w = {k: v.clone().requires_grad_() for k, v in weights.items()}
+        ref.training_loss(w, x_start, z, t, noise).sum().backward()
+        return w["final_layer.linear.weight"].grad
+
+    w = make_head(depth=1)
+    w2 = dict(w, **{"final_layer.linear.weight": torch.cat([w["final_layer.linear.weight"][:C],
+                                                              2 * w["final_layer.linear.weight"][C:]])})
+    g1, g2 = grads(w), grads(w2)
+    torch.testing.assert_close(g1[:C], g2[:C], rtol=0, atol=0)
+    assert g1[C:].abs().max() > 0 and not torch.allclose(g1[C:], g2[C:])
+
