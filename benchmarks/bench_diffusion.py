@@ -46,6 +46,6 @@ def test_diffusion_sample(benchmark, steps, peak_gflops):
     max_diff = (ref.diffusion_sample(z, w, num_steps=2, cfg=CFG, generator=torch.Generator().manual_seed(2))
                 - ours).abs().max().item()
     f = gflop(ROWS, steps)
-    compare(benchmark, run(fastar.ops.diffusion_sample), contenders, reference="official loop (reference, float32)",
+    compare(benchmark, run(fastar.ops.diffusion_sample), contenders, baseline="official loop (reference, float32)",
             rounds=2, warmup=0, op="diffusion_sample", max_abs_diff=max_diff, max_abs=ours.abs().max().item(),
             gflop=f, fma_floor_ms=f / peak_gflops * 1e3)
