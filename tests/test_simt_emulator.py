@@ -1,9 +1,9 @@
 """The SIMT emulator (csrc/simt/) on its own test programs (csrc/simt/tests/*.cu).
 
 Each program is compiled with g++ under the emulator and runs under the forward, reverse and
-shuffled schedules: correct kernels must print bit-identical digests, the planted race must
-print different results, and each planted barrier / warp bug must be reported with its
-file:line (the `// SITE:<name>` markers in negative.cu). Binaries are cached in the temp dir,
+shuffled schedules: correct kernels must print bit-identical digests, the planted race and the
+read of uninitialised shared memory must print different results, and each planted barrier / warp /
+memory bug must be reported with its file:line (the `// SITE:<name>` markers in negative.cu). Binaries are cached in the temp dir,
 keyed by a hash of the sources and flags, so reruns are fast. nvcc compiles every program for
 sm_80 and sm_90 where it is installed.
 """
@@ -44,7 +44,8 @@ pytestmark = pytest.mark.skipif(
 
 def _sources_hash():
     h = hashlib.sha256()
-    for path in sorted([*(CSRC / "simt").glob("*.h"), *TESTS.glob("*"), CSRC / "kernels" / "common.cuh"]):
+    kernels = [CSRC / "kernels" / "common.cuh", CSRC / "kernels" / "dtype.h"]  # what the programs include
+    for path in sorted([*(CSRC / "simt").glob("*.h"), *TESTS.glob("*"), *kernels]):
         if path.is_file():
             h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()[:16]
@@ -104,8 +105,11 @@ def test_bench_runs_small():
     digest(run(build(BENCH), "300", "1000"))
 
 
-def test_missing_syncthreads_race_changes_with_schedule():
-    results = {sched: run(build(NEGATIVE), "race", env=env).stdout for sched, env in SCHEDULES.items()
+@pytest.mark.parametrize("mode", ["race", "uninit"])
+def test_order_dependent_bug_changes_with_schedule(mode):
+    # race: a missing __syncthreads; uninit: a max over shared memory half written, whose fill byte follows the
+    # schedule and is renewed for every block (the second block would otherwise see the first one's values)
+    results = {sched: run(build(NEGATIVE), mode, env=env).stdout for sched, env in SCHEDULES.items()
                if sched != "threads2"}
     assert len(set(results.values())) > 1, results
 
@@ -115,12 +119,27 @@ def site_lines(marker):
     return [i + 1 for i, line in enumerate(lines) if line.rstrip().endswith(f"// SITE:{marker}")]
 
 
-@pytest.mark.parametrize("mode, markers, words", [
+PLANTED = [
     ("exit", ["exit"], "barrier divergence: 28 of 128 threads exited"),
     ("two_sites", ["two_a", "two_b"], "different __syncthreads"),
+    ("one_line", ["one_line"], "different __syncthreads"),  # told apart by call address, not file:line
+    ("helper", ["helper"], "different __syncthreads"),  # one helper's barrier inlined into both branches
     ("shfl", ["shfl"], "__shfl_sync"),
-])
-@pytest.mark.parametrize("sanitize", [False, True], ids=["plain", "asan"])
+    ("shfl_outside", ["shfl_outside"], ", outside the mask"),
+    ("misaligned", ["misaligned"], "misaligned 16-byte vector access"),
+    ("smem_limit", [], "above the device's opt-in limit of 101376"),  # what an RTX 4090 grants
+    ("smem_attribute", [], "above 48 KB, without cudaFuncSetAttribute"),
+]
+# Writes past shared memory: plain builds find the guard's canary changed when the block ends (ASan stops at the
+# write itself, test_asan_reports_writes_past_the_end).
+PLANTED_PLAIN = [
+    ("dyn_smem_oob", [], "a write past the 100 bytes of dynamic shared memory"),
+    ("static_smem_oob", ["static_decl"], "a write past static shared s (256 bytes"),
+]
+
+
+@pytest.mark.parametrize("mode, markers, words, sanitize",
+                         [(*case, False) for case in PLANTED + PLANTED_PLAIN] + [(*case, True) for case in PLANTED])
 def test_planted_bug_is_reported_with_its_lines(mode, markers, words, sanitize):
     for sched in ("fwd", "rev", "shuffle1"):
         proc = run(build(NEGATIVE, sanitize), mode, env=SCHEDULES[sched])
@@ -131,6 +150,18 @@ def test_planted_bug_is_reported_with_its_lines(mode, markers, words, sanitize):
         for marker in markers:
             (line,) = site_lines(marker)
             assert f"{NEGATIVE}.cu:{line}" in report, report
+
+
+@pytest.mark.parametrize("mode, error", [
+    ("dyn_smem_oob", "use-after-poison"),  # inside the 128-byte rounding of the shared buffer
+    ("static_smem_oob", "use-after-poison"),  # a static array used to be thread-local storage, without redzones
+    ("global_oob", "heap-buffer-overflow"),  # inside cudaMalloc's 256-byte rounding
+])
+def test_asan_reports_writes_past_the_end(mode, error):
+    proc = run(build(NEGATIVE, True), mode, env=SCHEDULES["fwd"])
+    assert proc.returncode != 0 and error in proc.stderr, proc.stderr
+    (line,) = site_lines(mode)
+    assert f"{NEGATIVE}.cu:{line}" in proc.stderr, proc.stderr
 
 
 NVCC = shutil.which("nvcc") or next((p for p in ["/usr/local/cuda/bin/nvcc"] if Path(p).exists()), None)

@@ -3,6 +3,9 @@
 //   LAUNCH(kernel, grid, block[, smem[, stream]])(args...)   instead of kernel<<<...>>>(args...);
 //                         a templated kernel is parenthesised: LAUNCH((k<T, 256>), grid, block)(...)
 //   DYNAMIC_SHARED(T, name)  declares `T* name` pointing at the block's dynamic shared memory
+//   STATIC_SHARED(T, name)   declares the block's static shared `T name` (T may be an array type: float[64]);
+//                            the emulator gives it a per-block area with guards (plain __shared__ has none)
+//   load_vector<V>(p) / store_vector(p, v)  16-byte (or 8-byte) accesses, which must be aligned to their size
 //   mma_m16n8k16_bf16 / _f16  D = A*B + C, A 16x16 row-major, B 16x8 col-major, fp32 accumulate
 //   ldmatrix_x4 / ldmatrix_x4_trans  four 8x8 b16 matrices from shared memory
 // Fragment layouts are those of the PTX ISA (summarised in csrc/simt/mma.h).
@@ -15,10 +18,16 @@
 
 #include "kernels/dtype.h"
 
+namespace fastar::kernels {
+template <class T>
+using Id = T;  // lets STATIC_SHARED declare arrays: Id<float[64]> s;
+}  // namespace fastar::kernels
+
 #ifdef SIMT_CPU
 
 #define LAUNCH(kernel, ...) SIMT_LAUNCH(kernel, __VA_ARGS__)
 #define DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(SIMT_DYNAMIC_SMEM())
+#define STATIC_SHARED(T, name) auto& name = SIMT_STATIC_SMEM(::fastar::kernels::Id<T>, name)
 #define FASTAR_SITE_PARAMS , SIMT_SITE_PARAMS
 
 #else
@@ -29,6 +38,7 @@
 #define DYNAMIC_SHARED(T, name)                                         \
   extern __shared__ __align__(16) unsigned char fastar_dynamic_smem_[]; \
   T* name = reinterpret_cast<T*>(fastar_dynamic_smem_)
+#define STATIC_SHARED(T, name) __shared__ ::fastar::kernels::Id<T> name
 #define FASTAR_SITE_PARAMS
 
 #endif
@@ -86,6 +96,23 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* row
 #include <cuda_fp16.h>
 
 namespace fastar::kernels {
+
+// A vector access (uint4: 16 bytes) at p, which must be aligned to the vector's size: a GPU faults otherwise, the
+// emulator reports the call site.
+template <class V>
+__device__ __forceinline__ V load_vector(const void* p FASTAR_SITE_PARAMS) {
+#ifdef SIMT_CPU
+  SIMT_CHECK_ALIGNED(p, sizeof(V));
+#endif
+  return *static_cast<const V*>(p);
+}
+template <class V>
+__device__ __forceinline__ void store_vector(void* p, const V& v FASTAR_SITE_PARAMS) {
+#ifdef SIMT_CPU
+  SIMT_CHECK_ALIGNED(p, sizeof(V));
+#endif
+  *static_cast<V*>(p) = v;
+}
 
 template <class T>
 struct DtypeOf;

@@ -29,8 +29,8 @@ __device__ __forceinline__ void load_tile(T* tile, const T* src, int64_t ld, int
   for (int e = tid; e < R * kPerRow; e += kBlock) {
     const int r = e / kPerRow, c = e % kPerRow * kVec;
     uint4 v = make_uint4(0, 0, 0, 0);
-    if (r0 + r < rows) v = *reinterpret_cast<const uint4*>(src + (r0 + r) * ld + c);
-    *reinterpret_cast<uint4*>(tile + r * kStride<T, D> + c) = v;
+    if (r0 + r < rows) v = load_vector<uint4>(src + (r0 + r) * ld + c);
+    store_vector(tile + r * kStride<T, D> + c, v);
   }
 }
 

@@ -15,10 +15,14 @@
 
 namespace simt::detail {
 
+// Where a thread waits. pc (the return address of the call) tells apart two barriers on one line or the inlined
+// copies of one helper; without it (warp collectives) file:line decides.
 struct Site {
   const char* file;
   int line;
+  const void* pc = nullptr;
   bool operator==(const Site& o) const {
+    if (pc || o.pc) return pc == o.pc;
     return line == o.line && (file == o.file || std::strcmp(file, o.file) == 0);
   }
   std::string str() const { return std::string(file) + ":" + std::to_string(line); }
@@ -68,7 +72,46 @@ struct LaunchInfo {
   size_t stack_bytes = 0;
   void (*body)(const void*) = nullptr;  // calls the kernel with the launch arguments
   const void* bound = nullptr;
+  unsigned char fill = 0xFF;  // shared memory's content at block start: depends on the schedule, so reads
+                              // before writes give results that differ between schedules
 };
+
+// Bytes after every shared memory area: a canary checked when the block ends (plain builds) and poisoned for ASan,
+// so a write past the end is reported even where the allocation's rounding would have absorbed it.
+constexpr size_t kGuard = 64;
+constexpr unsigned char kCanary = 0xA5;
+constexpr size_t kStaticSmemMax = 48 * 1024;  // static shared memory per block on every CUDA GPU
+constexpr int kMaxStaticVars = 64;
+
+// A STATIC_SHARED variable's place in the block's static shared area, found by its declaration.
+struct StaticVar {
+  const char* name;
+  Site site;
+  size_t offset, bytes;
+};
+
+inline void poison(void* p, size_t n, bool on) {
+#ifdef SIMT_ASAN
+  if (on) __asan_poison_memory_region(p, n);
+  else __asan_unpoison_memory_region(p, n);
+#else
+  (void)p, (void)n, (void)on;
+#endif
+}
+
+// [p, p + n) filled with `fill`, then kGuard canary bytes, poisoned.
+inline void fill_with_guard(unsigned char* p, size_t n, unsigned char fill) {
+  std::memset(p, fill, n);
+  std::memset(p + n, kCanary, kGuard);
+  poison(p + n, kGuard, true);
+}
+
+inline bool guard_intact(unsigned char* guard) {
+  poison(guard, kGuard, false);  // the block is over: the emulator itself may read it
+  for (size_t i = 0; i < kGuard; ++i)
+    if (guard[i] != kCanary) return false;
+  return true;
+}
 
 [[noreturn]] void fiber_entry();
 
@@ -86,14 +129,22 @@ struct Worker {
   uint64_t rng = 0;
   const LaunchInfo* launch = nullptr;
   uint3 block_idx{0, 0, 0};
-  unsigned char* smem = nullptr;
+  unsigned char* smem = nullptr;  // dynamic shared memory, then its guard
   size_t smem_cap = 0;
+  unsigned char* static_smem = nullptr;  // STATIC_SHARED variables, each followed by a guard
+  size_t static_used = 0, static_bytes = 0;  // area used with padding and guards; bytes of the variables
+  int nvars = 0;
+  StaticVar vars[kMaxStaticVars];
   bool failed = false;
   std::string error;
 
+  static constexpr size_t kStaticCap = kStaticSmemMax + kMaxStaticVars * (kGuard + 128);
+
   ~Worker() {
     for (int i = 0; i < allocated; ++i) fibers[i].stack.release();
+    poison(smem, smem_cap, false), poison(static_smem, kStaticCap, false);
     std::free(smem);
+    std::free(static_smem);
   }
 
   uint64_t next_random() {  // splitmix64: cheap, and no instrumented library code
@@ -157,8 +208,57 @@ struct Worker {
 
   std::string describe_waiters() const;
   bool resolve();
+  void prepare_shared(size_t dynamic_bytes);
+  bool shared_guards_intact();
+  void* static_shared(size_t bytes, size_t align, const char* name, Site site);
   bool run_block(const LaunchInfo& l, uint3 bidx);
 };
+
+// Fresh shared memory for a block: the dynamic area refilled and guarded, the static area emptied.
+inline void Worker::prepare_shared(size_t dynamic_bytes) {
+  if (dynamic_bytes + kGuard > smem_cap) {
+    poison(smem, smem_cap, false);
+    std::free(smem);
+    smem_cap = (dynamic_bytes + kGuard + 127) / 128 * 128;
+    smem = static_cast<unsigned char*>(std::aligned_alloc(128, smem_cap));
+  }
+  poison(smem, smem_cap, false);
+  fill_with_guard(smem, dynamic_bytes, launch->fill);
+  poison(smem + dynamic_bytes + kGuard, smem_cap - dynamic_bytes - kGuard, true);
+  if (!static_smem) static_smem = static_cast<unsigned char*>(std::aligned_alloc(128, kStaticCap));
+  if (static_used) poison(static_smem, static_used, false);
+  static_used = static_bytes = 0, nvars = 0;
+}
+
+// The block's STATIC_SHARED variable declared at `site`: placed (filled, guarded) by the first thread that reaches
+// the declaration, the same address for the others.
+inline void* Worker::static_shared(size_t bytes, size_t align, const char* name, Site site) {
+  for (int i = 0; i < nvars; ++i)
+    if (vars[i].site == site && !std::strcmp(vars[i].name, name)) return static_smem + vars[i].offset;
+  align = align < 16 ? 16 : align;
+  const size_t offset = (static_used + align - 1) / align * align;
+  if (nvars == kMaxStaticVars || static_bytes + bytes > kStaticSmemMax || offset + bytes + kGuard > kStaticCap)
+    fail([&] { return "static shared memory above 48 KB per block (or over 64 variables) at " + site.str(); });
+  vars[nvars++] = StaticVar{name, site, offset, bytes};
+  fill_with_guard(static_smem + offset, bytes, launch->fill);
+  static_used = offset + bytes + kGuard, static_bytes += bytes;
+  return static_smem + offset;
+}
+
+// Plain builds learn of a write past a shared area only here, from its canary.
+inline bool Worker::shared_guards_intact() {
+  if (!guard_intact(smem + launch->smem)) {
+    error = "a write past the " + std::to_string(launch->smem) + " bytes of dynamic shared memory";
+    return false;
+  }
+  for (int i = 0; i < nvars; ++i)
+    if (!guard_intact(static_smem + vars[i].offset + vars[i].bytes)) {
+      error = "a write past static shared " + std::string(vars[i].name) + " (" + std::to_string(vars[i].bytes) +
+              " bytes, declared at " + vars[i].site.str() + ")";
+      return false;
+    }
+  return true;
+}
 
 // Called with no ready fiber. Returns false when the block is done or has failed.
 inline bool Worker::resolve() {
@@ -223,12 +323,7 @@ inline bool Worker::run_block(const LaunchInfo& l, uint3 bidx) {
     failed = true, error = "cannot map fiber stacks (lower SIMT_STACK_KB)";
     return false;
   }
-  if (l.smem > smem_cap) {
-    std::free(smem);
-    smem_cap = (l.smem + 127) / 128 * 128;
-    smem = static_cast<unsigned char*>(std::aligned_alloc(128, smem_cap));
-  }
-  if (l.smem) std::memset(smem, 0xFF, l.smem);  // NaN / -1: uninitialised reads show
+  prepare_shared(l.smem);
   uint64_t linear_block = bidx.x + uint64_t(l.grid.x) * (bidx.y + uint64_t(l.grid.y) * bidx.z);
   rng = l.seed ^ (linear_block * 0xd1b54a32d192ed03ull);
   head = count = exited = at_barrier = 0;
@@ -247,6 +342,7 @@ inline bool Worker::run_block(const LaunchInfo& l, uint3 bidx) {
     switch_context(sched, f->ctx);
     if (failed || !resolve()) break;
   }
+  if (!failed && !shared_guards_intact()) failed = true;
   return !failed;
 }
 

@@ -1,5 +1,5 @@
 // Run-time settings of the SIMT emulator and the error report of the latest launch.
-// Settings start from the environment (SIMT_SCHED, SIMT_SEED, SIMT_THREADS, SIMT_STACK_KB) and
+// Settings start from the environment (SIMT_SCHED, SIMT_SEED, SIMT_THREADS, SIMT_STACK_KB, SIMT_MAX_SMEM) and
 // can be changed by the host program at any time; each launch takes a snapshot.
 #pragma once
 #include <cstdint>
@@ -18,6 +18,9 @@ struct Config {
   uint64_t seed = 0;    // shuffle seed; each block derives its own from it and its index
   int os_threads = 1;   // blocks are spread over this many OS threads
   int stack_kb = 128;   // per CUDA thread; raise for kernels with large local arrays
+  // Opt-in dynamic shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin): the smallest of the chips
+  // fastar supports (sm_86 / sm_89 / sm_120: 99 KB), so a request only an H100 grants fails here as on an RTX 4090.
+  int max_dynamic_smem = 101376;
 };
 
 namespace detail {
@@ -36,6 +39,7 @@ inline Config config_from_env() {
   if (const char* s = std::getenv("SIMT_SEED")) c.seed = std::strtoull(s, nullptr, 10);
   if (const char* s = std::getenv("SIMT_THREADS")) c.os_threads = std::atoi(s) > 0 ? std::atoi(s) : 1;
   if (const char* s = std::getenv("SIMT_STACK_KB")) c.stack_kb = std::atoi(s) >= 16 ? std::atoi(s) : 16;
+  if (const char* s = std::getenv("SIMT_MAX_SMEM")) c.max_dynamic_smem = std::atoi(s) > 0 ? std::atoi(s) : 0;
   return c;
 }
 

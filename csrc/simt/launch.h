@@ -8,6 +8,7 @@
 #include <thread>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include "block.h"
@@ -50,21 +51,49 @@ inline cudaError_t report(cudaError_t e, const std::string& msg) {
   return e;
 }
 
-inline const char* config_problem(dim3 g, dim3 b, size_t smem) {
+inline const char* config_problem(dim3 g, dim3 b) {
   if (!g.x || !g.y || !g.z || !b.x || !b.y || !b.z) return "zero grid or block dimension";
   if (uint64_t(b.x) * b.y * b.z > 1024 || b.z > 64) return "more than 1024 threads per block (or blockDim.z > 64)";
   if (g.y > 65535 || g.z > 65535) return "gridDim.y or gridDim.z above 65535";
-  if (smem > 227 * 1024) return "dynamic shared memory above 227 KB";
   return nullptr;
 }
 
-inline cudaError_t run_launch(const LaunchSite& at, dim3 grid, dim3 block, size_t smem, void (*body)(const void*),
-                              const void* bound) {
-  if (const char* why = config_problem(grid, block, smem))
-    return report(cudaErrorInvalidConfiguration, std::string("invalid launch of ") + at.kernel + " at " +
-                                                     at.site.str() + ": " + why);
+// cudaFuncAttributeMaxDynamicSharedMemorySize of each kernel, as set by cudaFuncSetAttribute.
+inline std::unordered_map<const void*, int>& smem_attributes() {
+  static std::unordered_map<const void*, int> m;
+  return m;
+}
+
+// Why a GPU would refuse `smem` bytes of dynamic shared memory for `kernel` (empty when it would not).
+inline std::string smem_problem(const void* kernel, size_t smem, const Config& cfg) {
+  if (smem > size_t(cfg.max_dynamic_smem))
+    return std::to_string(smem) + " bytes of dynamic shared memory, above the device's opt-in limit of " +
+           std::to_string(cfg.max_dynamic_smem) + " (simt::Config::max_dynamic_smem, SIMT_MAX_SMEM)";
+  if (smem <= 48 * 1024) return "";
+  std::lock_guard<std::mutex> lock(state_mutex());
+  auto it = smem_attributes().find(kernel);
+  if (it == smem_attributes().end() || size_t(it->second) < smem)
+    return std::to_string(smem) + " bytes of dynamic shared memory, above 48 KB, without cudaFuncSetAttribute("
+           "cudaFuncAttributeMaxDynamicSharedMemorySize) to at least that";
+  return "";
+}
+
+// The byte shared memory starts as: 0xFF (NaN, -1) forward, 0x7F (3.4e38, a large int) in reverse, from the seed
+// when shuffled, so a value read before it is written changes with the schedule.
+inline unsigned char fill_byte(const Config& cfg) {
+  if (cfg.schedule == Schedule::fwd) return 0xFF;
+  if (cfg.schedule == Schedule::rev) return 0x7F;
+  return static_cast<unsigned char>((cfg.seed * 0x9e3779b97f4a7c15ull) >> 56 | 1);
+}
+
+inline cudaError_t run_launch(const LaunchSite& at, const void* kernel, dim3 grid, dim3 block, size_t smem,
+                              void (*body)(const void*), const void* bound) {
+  const std::string where = std::string("invalid launch of ") + at.kernel + " at " + at.site.str() + ": ";
+  if (const char* why = config_problem(grid, block)) return report(cudaErrorInvalidConfiguration, where + why);
   Config cfg = config();
-  LaunchInfo info{grid, block, smem, cfg.schedule, cfg.seed, size_t(cfg.stack_kb) * 1024, body, bound};
+  const std::string smem_why = smem_problem(kernel, smem, cfg);
+  if (!smem_why.empty()) return report(cudaErrorInvalidValue, where + smem_why);
+  LaunchInfo info{grid, block, smem, cfg.schedule, cfg.seed, size_t(cfg.stack_kb) * 1024, body, bound, fill_byte(cfg)};
   uint64_t total = uint64_t(grid.x) * grid.y * grid.z;
   std::atomic<uint64_t> next{0};
   std::atomic<bool> failed{false};
@@ -114,7 +143,7 @@ struct Launch {
       const Bound& b = *static_cast<const Bound*>(p);
       std::apply(b.kernel, b.args);
     };
-    run_launch(at, grid, block, smem, body, &bound);
+    run_launch(at, reinterpret_cast<const void*>(kernel), grid, block, smem, body, &bound);
   }
 };
 

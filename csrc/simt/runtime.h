@@ -38,9 +38,10 @@ inline const char* cudaGetErrorString(cudaError_t e) {
 }
 
 inline cudaError_t cudaMalloc(void** p, size_t n) {
-  // 256-byte alignment like cudaMalloc, so vectorised-access alignment checks behave the same
-  *p = std::aligned_alloc(256, (n + 255) / 256 * 256);
-  return *p || !n ? cudaSuccess : simt::detail::report(cudaErrorMemoryAllocation, "cudaMalloc: out of memory");
+  // 256-byte alignment like cudaMalloc, so vectorised-access alignment checks behave the same; exactly n bytes,
+  // not cudaMalloc's multiple of 256, so ASan reports a write past the end that the rounding would absorb.
+  if (posix_memalign(p, 256, n ? n : 1)) *p = nullptr;
+  return *p ? cudaSuccess : simt::detail::report(cudaErrorMemoryAllocation, "cudaMalloc: out of memory");
 }
 inline cudaError_t cudaFree(void* p) {
   std::free(p);
@@ -65,7 +66,32 @@ inline cudaError_t cudaStreamCreate(cudaStream_t* s) {
 }
 inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaFuncSetAttribute(const void*, enum cudaFuncAttribute, int) { return cudaSuccess; }
+// The dynamic shared memory limit is enforced as on a device whose opt-in maximum is Config::max_dynamic_smem.
+inline cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;
+  const int limit = simt::config().max_dynamic_smem;
+  if (value < 0 || value > limit)
+    return simt::detail::report(cudaErrorInvalidValue, "cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize, " +
+                                                           std::to_string(value) + "): above the device's opt-in limit of " +
+                                                           std::to_string(limit) + " (SIMT_MAX_SMEM)");
+  std::lock_guard<std::mutex> lock(simt::detail::state_mutex());
+  simt::detail::smem_attributes()[func] = value;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+// An H100's multiprocessors (so kernels take a real GPU's plans) and the configured shared memory limits.
+inline cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int) {
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = 132; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = 48 * 1024; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = simt::config().max_dynamic_smem; return cudaSuccess;
+    case cudaDevAttrMaxGridDimY: *value = 65535; return cudaSuccess;
+    default: return simt::detail::report(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute not emulated");
+  }
+}
 
 }  // extern "C"
 
@@ -73,4 +99,6 @@ inline cudaError_t cudaFuncSetAttribute(const void*, enum cudaFuncAttribute, int
 template <class T>
 inline cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc(reinterpret_cast<void**>(p), n); }
 template <class T>
-inline cudaError_t cudaFuncSetAttribute(T*, enum cudaFuncAttribute, int) { return cudaSuccess; }
+inline cudaError_t cudaFuncSetAttribute(T* func, enum cudaFuncAttribute attr, int value) {
+  return cudaFuncSetAttribute(reinterpret_cast<const void*>(func), attr, value);
+}

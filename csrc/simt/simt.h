@@ -21,8 +21,9 @@
 #include "simt/runtime.h"
 #include "simt/warp.h"
 
-// Static shared memory: one array per OS thread = per running block (fibers of a block share
-// the OS thread). It persists across blocks and is not poisoned; dynamic shared memory is.
+// Plain `__shared__`: one array per OS thread = per running block (fibers of a block share the OS thread), kept
+// across blocks, unguarded. Kernels declare static shared memory with STATIC_SHARED (kernels/common.cuh): a
+// per-block area, refilled and guarded like the dynamic one.
 #undef __shared__
 #define __shared__ static thread_local
 #undef __launch_bounds__
@@ -38,8 +39,12 @@ inline const uint3& thread_idx() { return tl_worker->current->tid; }
 inline const uint3& block_idx() { return tl_worker->block_idx; }
 inline const dim3& block_dim() { return tl_worker->launch->block; }
 inline const dim3& grid_dim() { return tl_worker->launch->grid; }
-// 128-byte aligned, refilled with 0xFF for every block so reads before writes show up.
+// 128-byte aligned, refilled for every block with a byte that depends on the schedule (reads before writes show up
+// as a difference between schedules), followed by a guard.
 inline void* dynamic_smem() { return tl_worker->smem; }
+inline void* static_smem(size_t bytes, size_t align, const char* name, Site site) {
+  return tl_worker->static_shared(bytes, align, name, site);
+}
 }  // namespace simt::detail
 
 // The public interface kernels/common.cuh builds its portable macros on (no kernel names ::simt:: itself):
@@ -47,6 +52,9 @@ inline void* dynamic_smem() { return tl_worker->smem; }
 // report the caller's file:line (a function declared with SIMT_SITE_PARAMS passes its own on).
 #define SIMT_LAUNCH(kernel, ...) ::simt::launcher(kernel, #kernel, __FILE__, __LINE__, __VA_ARGS__)
 #define SIMT_DYNAMIC_SMEM() (::simt::detail::dynamic_smem())
+#define SIMT_STATIC_SMEM(T, name) \
+  (*static_cast<T*>(::simt::detail::static_smem(sizeof(T), alignof(T), #name, {__FILE__, __LINE__})))
+#define SIMT_CHECK_ALIGNED(p, bytes) ::simt::detail::check_aligned(p, bytes, SIMT_SITE)
 #define SIMT_MMA_M16N8K16(T, d, a, b, c) ::simt::detail::mma_m16n8k16<T>(d, a, b, c, SIMT_SITE)
 #define SIMT_LDMATRIX_X4(r, row, trans) ::simt::detail::ldmatrix_x4(r, row, trans, SIMT_SITE)
 

@@ -100,12 +100,36 @@ void shfl_fn(Fiber* lanes, unsigned mask) {
 template <class T>
 T shfl(unsigned mask, T v, int src, const char* kind, Site site) {
   static_assert(std::is_trivially_copyable<T>::value, "shuffled types must be trivially copyable");
-  ShflArgs<T> args{v, src & 31};
+  src &= 31;
+  Worker& w = worker();
+  // CUDA leaves the value undefined; returning the caller's own would hide the bug. (Lanes past blockDim in a
+  // partial last warp do not exist: reading one still gives the caller's own value.)
+  if (!(mask >> src & 1) && (w.warps[w.current->id >> 5].valid >> src & 1)) {
+    w.fail([&] {
+      char buf[96];
+      std::snprintf(buf, sizeof buf, " with mask 0x%08x at ", mask);
+      return std::string(kind) + buf + site.str() + ": " + lane_str(w.current) + " reads lane " +
+             std::to_string(src) + ", outside the mask";
+    });
+  }
+  ShflArgs<T> args{v, src};
   warp_collective(mask, kind, site, &args, shfl_fn<T>);
   return args.value;
 }
 
 inline int lane_id() { return worker().current->id & 31; }
+
+// A vector access of `bytes` at p: a GPU faults unless p is aligned to it.
+inline void check_aligned(const void* p, size_t bytes, Site site) {
+  const auto rest = reinterpret_cast<uintptr_t>(p) % bytes;
+  if (rest) {
+    Worker& w = worker();
+    w.fail([&] {
+      return "misaligned " + std::to_string(bytes) + "-byte vector access at " + site.str() + " by " +
+             lane_str(w.current) + ": address % " + std::to_string(bytes) + " = " + std::to_string(rest);
+    });
+  }
+}
 
 struct BallotArgs {
   int pred;
@@ -131,12 +155,21 @@ inline unsigned ballot(unsigned mask, int pred, const char* kind, Site site) {
 #define SIMT_SITE_PARAMS const char *file_ = __builtin_FILE(), int line_ = __builtin_LINE()
 #define SIMT_SITE ::simt::detail::Site{file_, line_}
 
-inline void __syncthreads(SIMT_SITE_PARAMS) { ::simt::detail::syncthreads_impl(0, SIMT_SITE); }
-inline int __syncthreads_count(int p, SIMT_SITE_PARAMS) { return ::simt::detail::syncthreads_impl(p, SIMT_SITE); }
-inline int __syncthreads_and(int p, SIMT_SITE_PARAMS) {
-  return ::simt::detail::syncthreads_impl(p, SIMT_SITE) == ::simt::detail::worker().n;
+// A barrier is its call instruction (noinline: the return address is the call site), so two on one line, or the
+// inlined copies of one helper called from both branches, are different barriers as on the GPU.
+#define SIMT_BARRIER_SITE ::simt::detail::Site{file_, line_, __builtin_return_address(0)}
+__attribute__((noinline)) inline void __syncthreads(SIMT_SITE_PARAMS) {
+  ::simt::detail::syncthreads_impl(0, SIMT_BARRIER_SITE);
 }
-inline int __syncthreads_or(int p, SIMT_SITE_PARAMS) { return ::simt::detail::syncthreads_impl(p, SIMT_SITE) > 0; }
+__attribute__((noinline)) inline int __syncthreads_count(int p, SIMT_SITE_PARAMS) {
+  return ::simt::detail::syncthreads_impl(p, SIMT_BARRIER_SITE);
+}
+__attribute__((noinline)) inline int __syncthreads_and(int p, SIMT_SITE_PARAMS) {
+  return ::simt::detail::syncthreads_impl(p, SIMT_BARRIER_SITE) == ::simt::detail::worker().n;
+}
+__attribute__((noinline)) inline int __syncthreads_or(int p, SIMT_SITE_PARAMS) {
+  return ::simt::detail::syncthreads_impl(p, SIMT_BARRIER_SITE) > 0;
+}
 
 // Segment rules of the CUDA guide: `width` splits the warp into independent segments; a
 // source outside the caller's segment yields the caller's own value.

@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kThreads) msq_update_kernel(const Update u) {
 __global__ void __launch_bounds__(vq_tile::kThreads) msq_down_search_kernel(const MsqResidualSearchParams p,
                                                                            const VqNearestParams q) {
   using namespace vq_tile;
-  __shared__ Smem s;
+  STATIC_SHARED(Smem, s);
   DYNAMIC_SHARED(float, rows_s);  // (ceil(C / kDepth) kDepth, kStride): the block's rows, transposed, 0 past them
   const int depth = (p.C + kDepth - 1) / kDepth * kDepth, cells = p.pn * p.pn;
   const int64_t row0 = int64_t(blockIdx.x) * kRows;

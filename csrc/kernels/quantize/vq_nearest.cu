@@ -12,7 +12,7 @@ using vq_tile::kThreads;
 
 template <class T>
 __global__ void __launch_bounds__(kThreads) vq_nearest_kernel(const VqNearestParams p) {
-  __shared__ vq_tile::Smem s;
+  STATIC_SHARED(vq_tile::Smem, s);
   vq_tile::search<T>(p, vq_tile::GlobalRows<T>{static_cast<const T*>(p.x)}, int64_t(blockIdx.x) * kRows, s);
 }
 

@@ -1,6 +1,8 @@
 // Kernels with planted bugs the emulator must report (not hang on), each followed by a correct
-// launch that must still work. Argument: race | exit | two_sites | shfl. The pytest checks the
-// reported file:line against the SITE markers below.
+// launch that must still work. Argument: race | uninit | exit | two_sites | one_line | helper | shfl |
+// shfl_outside | misaligned | dyn_smem_oob | static_smem_oob | global_oob | smem_limit | smem_attribute. The pytest checks the
+// reported file:line against the SITE markers below. global_oob is only reported by ASan (which aborts), like the
+// shared-memory overflows under ASan.
 #include <string>
 
 #include "check.h"
@@ -15,6 +17,18 @@ __global__ void racy_neighbour_sum(int* out) {
   atomicAdd(out, v);
 }
 
+// Reads half of a shared array nobody wrote: its max looks plausible, but changes with the schedule's fill byte.
+__global__ void max_of_uninitialised(int* out) {
+  STATIC_SHARED(int[64], s);
+  if (threadIdx.x < 32) s[threadIdx.x] = int(threadIdx.x);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int m = s[0];
+    for (int i = 1; i < 64; ++i) m = max(m, s[i]);  // SITE:uninit
+    out[blockIdx.x] = m;
+  }
+}
+
 __global__ void barrier_after_exit(int* out) {
   if (threadIdx.x < 100) __syncthreads();  // SITE:exit
   out[threadIdx.x] = 1;
@@ -26,6 +40,62 @@ __global__ void two_barriers(int* out) {
   else
     __syncthreads();  // SITE:two_b
   out[threadIdx.x] = 1;
+}
+
+// Both barriers on one line: file:line alone cannot tell them apart.
+__global__ void two_barriers_one_line(int* out) {
+  if (threadIdx.x % 2) { out[threadIdx.x] = 2; __syncthreads(); } else { __syncthreads(); }  // SITE:one_line
+  out[threadIdx.x] = 1;
+}
+
+__device__ __forceinline__ void sync_helper() {
+  __syncthreads();  // SITE:helper
+}
+
+// One helper with a barrier, called from both branches: two barriers on the GPU.
+__global__ void helper_in_both_branches(int* out) {
+  if (threadIdx.x % 2) {
+    out[threadIdx.x] = 2;
+    sync_helper();
+  } else {
+    sync_helper();
+  }
+  out[threadIdx.x] = 1;
+}
+
+// Lanes 8..15 read lanes 16..23, outside the mask.
+__global__ void shfl_source_outside_mask(int* out) {
+  int lane = threadIdx.x % 32, v = lane;
+  if (lane < 16) v = __shfl_sync(0x0000ffffu, v, lane + 8);  // SITE:shfl_outside
+  out[threadIdx.x] = v;
+}
+
+// A 16-byte load from a float buffer at an odd element offset.
+__global__ void misaligned_vector_load(const float* in, int* out) {
+  const uint4 v = fastar::kernels::load_vector<uint4>(in + 1 + 4 * threadIdx.x);  // SITE:misaligned
+  out[threadIdx.x] = int(v.x);
+}
+
+// Writes one int past the 100 bytes of dynamic shared memory asked for (inside the allocation's 128-byte rounding).
+__global__ void past_dynamic_shared(int* out) {
+  DYNAMIC_SHARED(int, s);
+  s[threadIdx.x] = 1;  // SITE:dyn_smem_oob
+  __syncthreads();
+  out[threadIdx.x] = s[0];
+}
+
+// Thread 64 writes past a 64-int static shared array.
+__global__ void past_static_shared(int* out) {
+  STATIC_SHARED(int[64], s);  // SITE:static_decl
+  int* row = s;  // through a pointer, as kernels index tiles: UBSan's array-bounds check does not see it
+  if (threadIdx.x <= 64) row[threadIdx.x] = 1;  // SITE:static_smem_oob
+  __syncthreads();
+  out[threadIdx.x] = s[0];
+}
+
+// Writes one int past a 100-int cudaMalloc buffer (cudaMalloc's 256-byte rounding would absorb it on a GPU).
+__global__ void past_global_buffer(int* buf) {
+  if (threadIdx.x == 0) buf[100] = 1;  // SITE:global_oob
 }
 
 __global__ void half_warp_full_mask_shfl(int* out) {
@@ -45,11 +115,42 @@ int main(int argc, char** argv) {
     std::printf("race result %d\n", out.download()[0]);
     return finish(Digest{});
   }
+  if (!std::strcmp(mode, "uninit")) {
+    LAUNCH(max_of_uninitialised, 2, 64)(out.ptr);
+    CHECK_CUDA(cudaGetLastError());
+    auto v = out.download();
+    std::printf("uninit result %d %d\n", v[0], v[1]);
+    return finish(Digest{});
+  }
+  DeviceBuffer<float> in(4 * 128 + 8);
+  int* raw = nullptr;
+  cudaError_t expected = cudaErrorLaunchFailure;
   if (!std::strcmp(mode, "exit")) LAUNCH(barrier_after_exit, 1, 128)(out.ptr);
   else if (!std::strcmp(mode, "two_sites")) LAUNCH(two_barriers, 1, 128)(out.ptr);
+  else if (!std::strcmp(mode, "one_line")) LAUNCH(two_barriers_one_line, 1, 128)(out.ptr);
+  else if (!std::strcmp(mode, "helper")) LAUNCH(helper_in_both_branches, 1, 128)(out.ptr);
   else if (!std::strcmp(mode, "shfl")) LAUNCH(half_warp_full_mask_shfl, 2, 64)(out.ptr);
-  else return 2;
-  CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
+  else if (!std::strcmp(mode, "shfl_outside")) LAUNCH(shfl_source_outside_mask, 1, 64)(out.ptr);
+  else if (!std::strcmp(mode, "misaligned")) LAUNCH(misaligned_vector_load, 1, 128)(in.ptr, out.ptr);
+  else if (!std::strcmp(mode, "dyn_smem_oob")) LAUNCH(past_dynamic_shared, 1, 26, 100)(out.ptr);
+  else if (!std::strcmp(mode, "static_smem_oob")) LAUNCH(past_static_shared, 1, 96)(out.ptr);
+  else if (!std::strcmp(mode, "global_oob")) {
+    CHECK_CUDA(cudaMalloc(&raw, 100 * sizeof(int)));
+    LAUNCH(past_global_buffer, 1, 32)(raw);
+  } else if (!std::strcmp(mode, "smem_limit")) {
+    // 110 KB: an H100 grants it, an RTX 4090 (99 KB opt-in) refuses it, and so does the emulator by default.
+    CHECK(cudaFuncSetAttribute(past_dynamic_shared, cudaFuncAttributeMaxDynamicSharedMemorySize, 110 * 1024) ==
+          cudaErrorInvalidValue);
+    expected = cudaErrorInvalidValue;
+    LAUNCH(past_dynamic_shared, 1, 26, 110 * 1024)(out.ptr);
+  } else if (!std::strcmp(mode, "smem_attribute")) {
+    expected = cudaErrorInvalidValue;  // above 48 KB without cudaFuncSetAttribute
+    LAUNCH(past_dynamic_shared, 1, 26, 60 * 1024)(out.ptr);
+  } else {
+    return 2;
+  }
+  CHECK(cudaGetLastError() == expected);
+  cudaFree(raw);
 #ifdef SIMT_CPU
   std::string msg = simt::last_error_message();
   std::printf("report: %s\n", msg.c_str());
