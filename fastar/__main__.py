@@ -1,6 +1,7 @@
-"""fastar's command line: `python -m fastar {sample,train} MODEL [options]` (or the `fastar` script).
+"""fastar's command line: `python -m fastar {sample,train} MODEL [options]`, `python -m fastar selftest [options]`
+(or the `fastar` script).
 
-Each (command, model) is a module whose main(argv) parses the rest; `... --help` lists its options.
+Each (command, model) or (command,) is a module whose main(argv) parses the rest; `... --help` lists its options.
 """
 import importlib
 import sys
@@ -8,16 +9,17 @@ import sys
 COMMANDS = {
     ("sample", "var"): "fastar.models.var.sample",
     ("train", "var"): "fastar.models.var.train",
+    ("selftest",): "fastar.selftest",
 }
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    module = COMMANDS.get(tuple(argv[:2]))
-    if module is None:
+    key = next((k for k in (tuple(argv[:2]), tuple(argv[:1])) if k in COMMANDS), None)
+    if key is None:
         choices = ", ".join(" ".join(k) for k in COMMANDS)
-        raise SystemExit(f"usage: python -m fastar COMMAND MODEL [options]; one of: {choices}")
-    importlib.import_module(module).main(argv[2:])
+        raise SystemExit(f"usage: python -m fastar COMMAND [MODEL] [options]; one of: {choices}")
+    importlib.import_module(COMMANDS[key]).main(argv[len(key):])
 
 
 if __name__ == "__main__":

@@ -1,32 +1,12 @@
-"""The one tolerance rule of fastar's tests (habit 10, after FlashAttention's tests).
-
-An output is compared with the float64 reference; its error may be at most K[op] times the error of the same
-reference computed in the tested precision, plus a floor of a few float32 ulps of the result's scale for the
-case where the low-precision reference happens to be exact.
-"""
-import torch
-
-K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
-     # VAR's multi-scale quantizer: Phi folded into one conv and convolution algorithms differ from the reference's.
-     "f_to_idxBl_or_fhat": 4.0, "idxBl_to_fhat": 4.0, "idxBl_to_var_input": 4.0, "get_next_autoregressive_input": 4.0,
-     "msq_forward": 4.0,
-     # FlashAttention's factors: 2 for the forward (out, lse), 3 for the gradients.
-     "attention": 2.0, "attention_bwd": 3.0,
-     # 100 chained DDPM steps amplify rounding chaotically; the GEMMs block and the fused passes sum differently.
-     "diffusion_sample": 4.0, "mar_sample_tokens": 4.0}
+"""The one tolerance rule of fastar's tests (habit 10): fastar/tolerance.py, shared with `fastar selftest`."""
+from fastar.tolerance import K, error_and_bound
 
 
 def assert_close(op, out, ref64, ref_lowp, scale=None):
-    """scale: the magnitude the floor is relative to, when it is not the result's own (a result that
-    cancels to 0, such as the query gradient of a single key)."""
-    out, ref64, ref_lowp = out.double(), ref64.double(), ref_lowp.double()
-    assert out.shape == ref64.shape, f"{op}: shape {tuple(out.shape)} != reference {tuple(ref64.shape)}"
-    assert torch.equal(out.isnan(), ref64.isnan()), f"{op}: NaNs differ from the reference"
-    finite = ref64.isfinite()
-    err = (out - ref64)[finite].abs().max().item() if finite.any() else 0.0
-    ref_err = (ref_lowp - ref64)[finite].abs().max().item() if finite.any() else 0.0
-    if scale is None:
-        scale = ref64[finite].abs().max().item() if finite.any() else 0.0
-    bound = K[op] * ref_err + 4 * torch.finfo(torch.float32).eps * scale
+    """out within K[op] x the low-precision reference's error of the float64 reference (fastar.tolerance)."""
+    err, bound, ref_err = error_and_bound(op, out, ref64, ref_lowp, scale)
     assert err <= bound, f"{op}: max error {err:.3g} > {K[op]} x reference error {ref_err:.3g} (+ floor)"
     return err, ref_err
+
+
+__all__ = ["K", "assert_close"]

@@ -5,6 +5,7 @@
 
 #include "kernels/attention/capabilities.h"
 #include "kernels/attention/mask.h"
+#include "torch/checks.h"
 
 namespace fastar {
 
@@ -18,7 +19,7 @@ inline void check_attention_qkv(const char* op, const at::Tensor& q, const at::T
                 op, ": ", name, " must be float32, bfloat16 or float16", allow_float64 ? " (or float64)" : "",
                 ", got ", dt);
     TORCH_CHECK(dt == q.scalar_type(), op, ": ", name, " is ", dt, " but q is ", q.scalar_type());
-    TORCH_CHECK(t->device().type() == device, op, ": ", name, " is on ", t->device(), ", expected ", device);
+    check_device(op, name, *t, device, "q", q);
   }
   TORCH_CHECK(k.sizes() == v.sizes(), op, ": k ", k.sizes(), " and v ", v.sizes(), " must have the same shape");
   TORCH_CHECK(k.size(0) == q.size(0), op, ": k has batch ", k.size(0), " but q has ", q.size(0));
@@ -53,6 +54,8 @@ inline kernels::MaskParams attention_mask(const char* op, int64_t kind, at::IntA
 
 inline void check_attention_bwd(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& out,
                                 const at::Tensor& lse) {
+  for (const auto& [name, t] : {std::pair{"dout", &dout}, std::pair{"out", &out}, std::pair{"lse", &lse}})
+    check_device("attention_bwd", name, *t, q.device().type(), "q", q);
   TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), "attention_bwd: dout ", dout.sizes(), " and out ",
               out.sizes(), " must be shaped like q ", q.sizes());
   TORCH_CHECK(lse.dim() == 3 && lse.sizes() == q.sizes().slice(0, 3), "attention_bwd: lse must be (B, H, Lq) = ",

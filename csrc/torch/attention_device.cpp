@@ -8,12 +8,19 @@
 namespace fastar {
 namespace {
 
-// The kernels read 16-byte vectors: last dim contiguous and every row 16-byte aligned, else a contiguous copy.
+// Contiguous and 16-byte aligned: .contiguous() alone keeps a contiguous view at a storage offset that breaks
+// the alignment (x[1:] of a flat buffer), where the kernels' 16-byte loads fault.
+at::Tensor contiguous_aligned(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone();
+}
+
+// The kernels read 16-byte vectors: last dim contiguous and every row 16-byte aligned, else an aligned copy.
 at::Tensor rows_aligned(const at::Tensor& t) {
   const int64_t bytes = t.element_size();
   const bool ok = t.stride(3) == 1 && t.stride(2) * bytes % 16 == 0 && t.stride(1) * bytes % 16 == 0 &&
                   t.stride(0) * bytes % 16 == 0 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  return ok ? t : t.contiguous();
+  return ok ? t : contiguous_aligned(t);
 }
 
 void check_device_ints(const char* op, const std::optional<at::Tensor>& t, const char* name, const at::Tensor& q) {
@@ -104,17 +111,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_device(
   DeviceScope scope(q_in);
   const int64_t B = q_in.size(0), H = q_in.size(1), Hk = k_in.size(1), Lk = k_in.size(2), D_in = q_in.size(3);
   const int64_t D = kernel_dim("attention_bwd", D_in);
+  kernels::AttentionBwdParams p{};
+  p.dtype = kernel_dtype(q_in.scalar_type()), p.D = int(D), p.Lq = int(q_in.size(2)), p.Lk = int(Lk);
+  p.max_smem = max_smem_per_block(q_in);
+  const std::string unsupported = kernels::attention_bwd_unsupported(p);  // before any copy or allocation
+  TORCH_CHECK(unsupported.empty(), "attention_bwd: ", unsupported);
   // The backward indexes q, out, dout, lse as contiguous (B, H, L, ...) rows.
-  const at::Tensor q = pad_dim(q_in, D).contiguous(), k = rows_aligned(pad_dim(k_in, D));
+  const at::Tensor q = contiguous_aligned(pad_dim(q_in, D)), k = rows_aligned(pad_dim(k_in, D));
   const at::Tensor v = rows_aligned(pad_dim(v_in, D)), out_c = pad_dim(out, D).contiguous();
-  const at::Tensor dout_c = pad_dim(dout.to(q.scalar_type()), D).contiguous();
+  const at::Tensor dout_c = contiguous_aligned(pad_dim(dout.to(q.scalar_type()), D));
   const at::Tensor lse_c = lse.to(at::kFloat).contiguous();
   const bool grouped = H != Hk;  // dk, dv per query head in fp32, summed over each group below
   const auto dkv_options = grouped ? q.options().dtype(at::kFloat) : q.options();
   at::Tensor dq = at::empty(q.sizes(), q.options());                 // (B, H, Lq, D)
   at::Tensor dk = at::empty({B, H, Lk, D}, dkv_options);            // (B, H, Lk, D)
   at::Tensor dv = at::empty({B, H, Lk, D}, dkv_options);            // (B, H, Lk, D)
-  kernels::AttentionBwdParams p{};
   static_cast<kernels::AttentionParams&>(p) = params(q, k, v, Lk, mask, scale);
   p.out = const_cast<void*>(out_c.data_ptr()), p.lse = lse_c.data_ptr<float>();
   p.dout = dout_c.data_ptr(), p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();

@@ -52,6 +52,20 @@ inline int sm_count([[maybe_unused]] const at::Tensor& t) {
 #endif
 }
 
+// Dynamic shared memory a block may opt in to on t's device; under simt the emulator's limit (SIMT_MAX_SMEM,
+// by default that of sm_86 / sm_89 / sm_120, the smallest fastar supports).
+inline int max_smem_per_block([[maybe_unused]] const at::Tensor& t) {
+#ifdef FASTAR_SIMT_BUILD
+  return simt::config().max_dynamic_smem;
+#else
+  int n = 0;
+  const cudaError_t e = cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, t.get_device());
+  TORCH_CHECK(e == cudaSuccess, "cudaDeviceGetAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin) failed: ",
+              cudaGetErrorString(e));
+  return n;
+#endif
+}
+
 // The kernels' name of a tensor dtype (each op's checks have already narrowed it to those its kernels take).
 inline kernels::Dtype kernel_dtype(at::ScalarType t) {
   switch (t) {

@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "torch/checks.h"
+
 namespace fastar {
 
 // Columns of the schedule table (fastar/reference/diffusion.py SCHEDULE_COLUMNS).
@@ -24,7 +26,7 @@ inline int64_t check_diffusion_sample(const at::Tensor& z, at::TensorList weight
   const int64_t depth = diffusion_head_depth(weights);
   TORCH_CHECK(z.dim() == 2, op, ": z must be (N, z_dim), got ", z.dim(), " dims");
   TORCH_CHECK(z.scalar_type() == at::kFloat, op, ": z must be float32, got ", z.scalar_type());
-  TORCH_CHECK(z.device().type() == device, op, ": z is on ", z.device(), ", expected ", device);
+  check_device(op, "z", z, device, "z", z);
   TORCH_CHECK(cfg == 1.0 || z.size(0) % 2 == 0, op, ": with cfg != 1 z holds [cond ; uncond] rows, so its row "
               "count must be even, got ", z.size(0));
   const int64_t W = weights[0].size(0), C = weights[6].dim() == 2 ? weights[6].size(1) : -1, Z = z.size(1);
@@ -34,7 +36,7 @@ inline int64_t check_diffusion_sample(const at::Tensor& z, at::TensorList weight
                 c10::IntArrayRef(shape), ", got ", t.sizes());
     TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous(), op, ": weights[", i,
                 "] must be contiguous float32, got ", t.scalar_type());
-    TORCH_CHECK(t.device().type() == device, op, ": weights[", i, "] is on ", t.device(), ", expected ", device);
+    check_device(op, ("weights[" + std::to_string(i) + "]").c_str(), t, device, "z", z);
   };
   TORCH_CHECK(C >= 1, op, ": weights[6] (input_proj.weight) must be (width, in_channels)");
   const std::vector<std::vector<int64_t>> head = {{W, 256}, {W}, {W, W}, {W}, {W, Z}, {W}, {W, C}, {W}};

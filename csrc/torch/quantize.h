@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "torch/checks.h"
+
 namespace fastar {
 
 inline bool is_cosine(c10::string_view metric) {
@@ -22,8 +24,7 @@ inline void check_vq_nearest(const at::Tensor& x, const at::Tensor& codebook, c1
     const auto dt = t->scalar_type();
     TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, "vq_nearest: ", name,
                 " must be float32, bfloat16 or float16, got ", dt);
-    TORCH_CHECK(t->device().type() == device, "vq_nearest: ", name, " is on ", t->device(), ", expected ",
-                device);
+    check_device("vq_nearest", name, *t, device, "x", x);
   }
 }
 
@@ -35,7 +36,7 @@ inline void check_msq_map(const char* op, const char* name, const at::Tensor& t,
     TORCH_CHECK(t.sizes() == like->sizes(), op, ": ", name, " has shape ", t.sizes(), ", expected ", like->sizes());
   TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t.scalar_type());
   TORCH_CHECK(t.is_contiguous(at::MemoryFormat::ChannelsLast), op, ": ", name, " must be channels_last contiguous");
-  TORCH_CHECK(t.device().type() == device, op, ": ", name, " is on ", t.device(), ", expected ", device);
+  check_device(op, name, t, device, like ? "f_hat" : name, like ? *like : t);
 }
 
 // 1 <= pn <= H for every scale (0 also allowed where `zero_ok`: no output for that scale).
@@ -49,11 +50,13 @@ inline int64_t check_patch_nums(const char* op, c10::IntArrayRef patch_nums, int
   return cells;
 }
 
-inline void check_msq_codebook(const char* op, const at::Tensor& codebook, int64_t C, c10::DeviceType device) {
+// anchor: the op's first tensor (the codebook itself when it is the first).
+inline void check_msq_codebook(const char* op, const at::Tensor& codebook, int64_t C, c10::DeviceType device,
+                               const char* anchor_name, const at::Tensor& anchor) {
   TORCH_CHECK(codebook.dim() == 2 && codebook.size(0) > 0 && codebook.size(0) <= INT32_MAX, op,
               ": codebook must be (V, C) with 1 <= V < 2^31, got ", codebook.sizes());
   TORCH_CHECK(codebook.size(1) == C, op, ": codebook has C=", codebook.size(1), " but the maps have C=", C);
-  TORCH_CHECK(codebook.device().type() == device, op, ": codebook is on ", codebook.device(), ", expected ", device);
+  check_device(op, "codebook", codebook, device, anchor_name, anchor);
 }
 
 inline void check_msq_residual_search(const at::Tensor& f_hat, const at::Tensor& f_rest,
@@ -63,7 +66,7 @@ inline void check_msq_residual_search(const at::Tensor& f_hat, const at::Tensor&
   check_msq_map(op, "f_hat", f_hat, device);
   check_msq_map(op, "f_rest", f_rest, device, &f_hat);
   if (h) check_msq_map(op, "h", *h, device, &f_hat);
-  check_msq_codebook(op, codebook, f_hat.size(1), device);
+  check_msq_codebook(op, codebook, f_hat.size(1), device, "f_hat", f_hat);
   TORCH_CHECK(codebook.scalar_type() == at::kFloat, op, ": codebook must be float32, got ", codebook.scalar_type());
   check_patch_nums(op, {pn}, f_hat.size(2), false);
 }
@@ -75,17 +78,17 @@ inline int64_t check_msq_up(const at::Tensor& src, const std::optional<at::Tenso
   TORCH_CHECK(src.scalar_type() == at::kFloat || src.scalar_type() == at::kDouble, op,
               ": src must be float32 or float64, got ", src.scalar_type());
   TORCH_CHECK(src.is_contiguous(), op, ": src must be contiguous");
-  TORCH_CHECK(src.device().type() == device, op, ": src is on ", src.device(), ", expected ", device);
+  check_device(op, "src", src, device, "src", src);
   TORCH_CHECK(H >= 1, op, ": H must be >= 1, got ", H);
   const int64_t cells = check_patch_nums(op, patch_nums, H, false);
   const at::Tensor& rows = idx ? *idx : src;  // what carries (B, sum pn^2)
   TORCH_CHECK(rows.dim() == (idx ? 2 : 3) && rows.size(1) == cells, op, ": ", idx ? "idx" : "src", " must be (B, ",
               cells, idx ? ")" : ", C)", " for patch_nums ", patch_nums, ", got ", rows.sizes());
   if (idx) {
-    check_msq_codebook(op, src, src.size(1), device);
+    check_msq_codebook(op, src, src.size(1), device, "src", src);
     TORCH_CHECK(idx->scalar_type() == at::kLong && idx->is_contiguous(), op, ": idx must be contiguous int64, got ",
                 idx->scalar_type());
-    TORCH_CHECK(idx->device().type() == device, op, ": idx is on ", idx->device(), ", expected ", device);
+    check_device(op, "idx", *idx, device, "src", src);
   }
   return rows.size(0);
 }

@@ -22,5 +22,17 @@ PYBIND11_MODULE(_simt, m) {
       },
       pybind11::arg("mode"), pybind11::arg("seed") = 0,
       "Order in which the emulator runs the CUDA threads of a block from now on ('fwd', 'rev', 'shuffle').");
+  m.def(
+      "set_max_smem",
+      [](int bytes) {
+        if (bytes < 0) throw pybind11::value_error("set_max_smem: bytes must be >= 0, got " + std::to_string(bytes));
+        simt::Config c = simt::config();
+        const int previous = c.max_dynamic_smem;
+        c.max_dynamic_smem = bytes;
+        simt::set_config(c);
+        return previous;
+      },
+      pybind11::arg("bytes"),
+      "The emulated device's opt-in dynamic shared memory per block from now on; returns the previous limit.");
   m.def("capabilities", [] { return fastar::capabilities({{"simt", fastar::kernels::kAttentionCudaMaxHeadDim}}); });
 }

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "kernels/attention/capabilities.h"
 #include "kernels/attention/mask.h"
@@ -38,10 +39,14 @@ struct AttentionBwdParams : AttentionParams {
   void* dk;          // (B, H, Lk, D) contiguous out: per query head, of dtype, or float32 when dkv_float
   void* dv;          // same as dk
   bool dkv_float;    // grouped heads: the glue sums the H / Hk query heads of each k/v head in fp32
+  int max_smem;      // dynamic shared memory a block may opt in to (cudaDevAttrMaxSharedMemoryPerBlockOptin)
 };
 
 size_t attention_fwd_workspace_bytes(const AttentionParams& p);
 size_t attention_bwd_workspace_bytes(const AttentionBwdParams& p);
+// Why the backward cannot run these sizes on this device (shared memory, grid limits); empty when it can. Reads
+// dtype, D, Lq, Lk and max_smem only.
+std::string attention_bwd_unsupported(const AttentionBwdParams& p);
 
 // Enqueue on `stream`; return the launch error (cudaErrorInvalidValue for unsupported sizes).
 cudaError_t attention_fwd_launch(const AttentionParams& p, cudaStream_t stream);

@@ -4,6 +4,8 @@
 // A block owns 64 keys of one query head (16 per warp, as rows of S^T = K Q^T, so dK and dV stay in
 // registers) and walks the query tiles the mask shows; dQ is added to an fp32 buffer with atomics (one add per
 // element per key block, in key-block order under the emulator) and converted to the output type at the end.
+#include <string>
+
 #include "kernels/attention/flash_tile.cuh"
 
 namespace fastar::kernels {
@@ -15,25 +17,44 @@ constexpr int kTileK = 64;  // keys per block, 16 per warp
 template <int D>
 constexpr int kTileQ = D == 128 ? 32 : 64;  // queries per step: bounds S^T and dP^T beside 128-wide dK and dV
 
+// Dynamic shared memory of a block with kM queries per step: k, v (64 x D); q, dO (kM x D); dS^T and for float32
+// P^T (64 x kM); lse, delta.
+size_t bwd_smem(size_t elem, bool f32, int D, int kM) {
+  const auto stride = [elem](int c) { return size_t(c) + 16 / elem; };  // kStride
+  return elem * (2 * (kTileK + kM) * stride(D) + (f32 ? 2 : 1) * kTileK * stride(kM)) + 2 * kM * sizeof(float);
+}
+
+// The smallest tile the launcher has: float32 has a half tile too, since its full one (104,960 B at D = 64,
+// 120,064 B at D = 128) does not fit the 101,376 B of sm_86 / sm_89 / sm_120; 16-bit types fit everywhere.
+int min_tile_q(const AttentionBwdParams& p) {
+  const int full = p.D == 128 ? kTileQ<128> : kTileQ<64>;
+  return p.dtype == Dtype::f32 ? full / 2 : full;
+}
+size_t smem_bytes(const AttentionBwdParams& p, int kM) {
+  return bwd_smem(p.dtype == Dtype::f32 ? 4 : 2, p.dtype == Dtype::f32, p.D, kM);
+}
+
+// Queries per step: the largest tile whose shared memory fits the device's opt-in limit; 0 if none does.
+int tile_q(const AttentionBwdParams& p) {
+  for (int kM = p.D == 128 ? kTileQ<128> : kTileQ<64>; kM >= min_tile_q(p); kM /= 2)
+    if (smem_bytes(p, kM) <= size_t(p.max_smem)) return kM;
+  return 0;
+}
+
 struct Plan {
-  int n_qt, n_kt;
+  int tile_q, n_qt, n_kt;
   size_t delta_offset, dq_offset, bytes;  // workspace: tile flags, delta (B*H*Lq), dq_accum (B*H*Lq, D) fp32
 };
 
-Plan plan(const AttentionParams& p) {
+Plan plan(const AttentionBwdParams& p) {
   Plan s{};
-  s.n_qt = cdiv(p.Lq, p.D == 128 ? kTileQ<128> : kTileQ<64>), s.n_kt = cdiv(p.Lk, kTileK);
+  s.tile_q = tile_q(p);
+  s.n_qt = cdiv(p.Lq, std::max(s.tile_q, 1)), s.n_kt = cdiv(p.Lk, kTileK);
   const size_t rows = size_t(p.B) * p.H * p.Lq;
   s.delta_offset = align256(size_t(s.n_qt) * s.n_kt);
   s.dq_offset = s.delta_offset + align256(rows * sizeof(float));
   s.bytes = s.dq_offset + align256(rows * p.D * sizeof(float));
   return s;
-}
-
-template <class T, int D>
-constexpr size_t bwd_smem() {  // k, v (64 x D); q, dO (kTileQ x D); dS^T and for float32 P^T (64 x kTileQ); lse, delta
-  return sizeof(T) * (2 * (kTileK + kTileQ<D>) * kStride<T, D> + (kF32<T> ? 2 : 1) * kTileK * kStride<T, kTileQ<D>>) +
-         2 * kTileQ<D> * sizeof(float);
 }
 
 // One warp per row of (B*H*Lq): delta = sum_d dO * O, and zeroes the row of dq_accum.
@@ -55,12 +76,12 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_prep_kernel(const Atte
   if (lane == 0) delta[row] = sum;
 }
 
-// Grid (B * H, key tiles). flags: (n_qt, n_kt) tile kinds for (kTileQ, kTileK) tiles. 16-bit types feed P^T and
+// Grid (B * H, key tiles). flags: (n_qt, n_kt) tile kinds for (kM, kTileK) tiles. 16-bit types feed P^T and
 // dS^T to the dV and dK products from registers (their C fragments as A fragments); float32 from shared memory.
-template <class T, int D>
+template <class T, int D, int kM>
 __global__ void __launch_bounds__(kThreads, 1) attention_bwd_kernel(const AttentionBwdParams p, const uint8_t* flags,
                                                                  const float* delta, float* dq_accum) {
-  constexpr int kM = kTileQ<D>, S = kStride<T, D>, SM = kStride<T, kM>;
+  constexpr int S = kStride<T, D>, SM = kStride<T, kM>;
   DYNAMIC_SHARED(T, k_s);        // (64, S)
   T* v_s = k_s + kTileK * S;     // (64, S)
   T* q_s = v_s + kTileK * S;     // (kM, S)
@@ -171,9 +192,19 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const Attent
 
 size_t attention_bwd_workspace_bytes(const AttentionBwdParams& p) { return plan(p).bytes; }
 
+std::string attention_bwd_unsupported(const AttentionBwdParams& p) {
+  const Plan s = plan(p);
+  if (!s.tile_q)
+    return "its kernel needs " + std::to_string(smem_bytes(p, min_tile_q(p))) + " bytes of shared memory per block, the device allows " + std::to_string(p.max_smem);
+  if (s.n_kt > 65535 || s.n_qt > 65535)  // gridDim.y of the kernel and of the tile flags
+    return "Lq = " + std::to_string(p.Lq) + " and Lk = " + std::to_string(p.Lk) + " must stay within 65535 tiles of " +
+           std::to_string(s.tile_q) + " queries and " + std::to_string(kTileK) + " keys";
+  return "";
+}
+
 cudaError_t attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t stream) {
   if (p.B < 0 || p.H < 0 || p.Hk < 1 || p.H % p.Hk || p.Lq < 0 || p.Lk < 0) return cudaErrorInvalidValue;
-  if (cdiv(p.Lk, kTileK) > 65535) return cudaErrorInvalidValue;  // gridDim.y
+  if (!attention_bwd_unsupported(p).empty()) return cudaErrorInvalidValue;
   if (int64_t(p.B) * p.H * (p.Lq + p.Lk) == 0) return cudaSuccess;
   const Plan s = plan(p);
   auto* ws = static_cast<unsigned char*>(p.workspace);
@@ -183,7 +214,7 @@ cudaError_t attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t strea
   return dispatch(p.dtype, p.D, [&](auto spec) {
     using T = typename decltype(spec)::Elem;
     constexpr int D = decltype(spec)::kDim;
-    if (cudaError_t e = attention_tile_flags_launch(p.mask, p.Lq, p.Lk, kTileQ<D>, kTileK, ws, stream)) return e;
+    if (cudaError_t e = attention_tile_flags_launch(p.mask, p.Lq, p.Lk, s.tile_q, kTileK, ws, stream)) return e;
     if (rows > 0) {
       LAUNCH((attention_bwd_prep_kernel<T, D>), unsigned((rows + kWarps - 1) / kWarps), kThreads, 0,
              stream)(p, delta, dq_accum);
@@ -191,10 +222,16 @@ cudaError_t attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t strea
     }
     if (p.Lk > 0) {
       const dim3 grid(p.B * p.H, s.n_kt);
-      if (cudaError_t e = launch_with_smem(attention_bwd_kernel<T, D>, grid, kThreads, bwd_smem<T, D>(), stream, p,
-                                           static_cast<const uint8_t*>(ws), static_cast<const float*>(delta),
-                                           dq_accum))
-        return e;
+      const auto run = [&](auto kernel, size_t smem) {
+        return launch_with_smem(kernel, grid, kThreads, smem, stream, p, static_cast<const uint8_t*>(ws),
+                                static_cast<const float*>(delta), dq_accum);
+      };
+      constexpr int kFull = kTileQ<D>, kHalf = kFull / 2;
+      cudaError_t e = cudaErrorInvalidValue;
+      if (s.tile_q == kFull) e = run(attention_bwd_kernel<T, D, kFull>, bwd_smem(sizeof(T), kF32<T>, D, kFull));
+      if constexpr (kF32<T>)  // the only dtype whose full tile may not fit
+        if (s.tile_q == kHalf) e = run(attention_bwd_kernel<T, D, kHalf>, bwd_smem(sizeof(T), true, D, kHalf));
+      if (e) return e;
     }
     if (rows == 0) return cudaSuccess;
     const int64_t n = rows * D;

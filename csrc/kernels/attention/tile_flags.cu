@@ -30,6 +30,7 @@ __global__ void __launch_bounds__(kThreads) attention_tile_flags_kernel(MaskPara
 cudaError_t attention_tile_flags_launch(const MaskParams& mask, int Lq, int Lk, int tile_q, int tile_k,
                                         uint8_t* flags, cudaStream_t stream) {
   if (Lq <= 0 || Lk <= 0) return cudaSuccess;
+  if (cdiv(Lq, tile_q) > 65535) return cudaErrorInvalidValue;  // gridDim.y
   const dim3 grid(cdiv(Lk, tile_k), cdiv(Lq, tile_q));
   LAUNCH(attention_tile_flags_kernel, grid, kThreads, 0, stream)(mask, Lq, Lk, tile_q, tile_k, flags);
   return cudaGetLastError();

@@ -1,0 +1,94 @@
+"""`fastar selftest --bench` on a GPU: fastar's CUDA kernels against the official formulation (the `torch`
+backend: SDPA, torch.cdist + argmin) and the peers installed (flex_attention, flash-attn, FAISS-GPU), timed with
+CUDA events (median of repeats after a warm-up), same inputs, same process. Prints one row per contender with its
+ratio to fastar; the full benchmarks (pytest benchmarks --benchmark-only) keep the numbers.
+"""
+import importlib.util
+import statistics
+
+import torch
+
+import fastar
+from fastar.ops import AttentionMask
+
+
+def cuda_time_ms(fn, repeats=20):
+    """Median milliseconds of fn() by CUDA events, after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _on(backend, fn):
+    def run():
+        with fastar.use_backend(backend):
+            return fn()
+    return run
+
+
+def attention_contenders(B, H, L, D, causal, dtype=torch.bfloat16):
+    """{name: fn} for forward + backward of one attention call."""
+    q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    dout = torch.randn(B, H, L, D, device="cuda", dtype=dtype)
+    mask = AttentionMask.causal() if causal else AttentionMask.full()
+
+    def fwd_bwd(attn):
+        def run():
+            out = attn(q, k, v)
+            torch.autograd.grad(out, (q, k, v), dout)
+        return run
+
+    out = {"fastar cuda": _on("cuda", fwd_bwd(lambda q, k, v: fastar.ops.attention(q, k, v, mask))),
+           "torch (SDPA)": _on("torch", fwd_bwd(lambda q, k, v: fastar.ops.attention(q, k, v, mask)))}
+    if importlib.util.find_spec("torch.nn.attention.flex_attention"):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        block = create_block_mask(lambda b, h, i, j: i >= j, None, None, L, L) if causal else None
+        compiled = torch.compile(flex_attention)
+        out["flex_attention"] = fwd_bwd(lambda q, k, v: compiled(q, k, v, block_mask=block))
+    if importlib.util.find_spec("flash_attn"):
+        from flash_attn import flash_attn_func
+        out["flash-attn"] = fwd_bwd(lambda q, k, v: flash_attn_func(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal).transpose(1, 2))
+    return out
+
+
+def vq_contenders(N, V, D):
+    x, codebook = torch.randn(N, D, device="cuda"), torch.randn(V, D, device="cuda")
+    out = {"fastar cuda": _on("cuda", lambda: fastar.ops.vq_nearest(x, codebook)),
+           "torch (cdist argmin)": _on("torch", lambda: fastar.ops.vq_nearest(x, codebook))}
+    if importlib.util.find_spec("faiss") is not None:
+        import faiss
+        if hasattr(faiss, "StandardGpuResources"):
+            index = faiss.GpuIndexFlatL2(faiss.StandardGpuResources(), D)
+            index.add(codebook.cpu().numpy())
+            out["FAISS-GPU"] = lambda: index.search(x.cpu().numpy(), 1)  # FAISS takes host arrays here
+    return out
+
+
+def main(quick=False):
+    cases = [("attention fwd+bwd causal B8 H16 L1024 D64 bf16", lambda: attention_contenders(8, 16, 1024, 64, True)),
+             ("vq_nearest N65536 V4096 D32 fp32", lambda: vq_contenders(65536, 4096, 32))]
+    if not quick:
+        cases += [("attention fwd+bwd full B4 H16 L2240 D128 bf16", lambda: attention_contenders(4, 16, 2240, 128, False)),
+                  ("vq_nearest N262144 V16384 D64 fp32", lambda: vq_contenders(262144, 16384, 64))]
+    print(f"selftest --bench on {torch.cuda.get_device_name()}: median ms by CUDA events (ratio: time / fastar's)")
+    for name, make in cases:
+        contenders = make()
+        times = {}
+        for who, fn in contenders.items():
+            try:
+                times[who] = cuda_time_ms(fn)
+            except Exception as e:  # a peer that cannot run this case is reported, not fatal
+                print(f"  {name}: {who} failed: {type(e).__name__}: {str(e).splitlines()[0][:100]}")
+        base = times.get("fastar cuda")
+        for who, ms in times.items():
+            ratio = f"{ms / base:6.2f}x" if base else "   n/a"
+            print(f"  {name:<48} {who:<22} {ms:9.3f} ms  {ratio}")

@@ -1,0 +1,33 @@
+"""The one tolerance rule of fastar (habit 10, after FlashAttention's tests), shared by the tests and
+`python -m fastar selftest`.
+
+An output is compared with the float64 reference; its error may be at most K[op] times the error of the same
+reference computed in the tested precision, plus a floor of a few float32 ulps of the result's scale for the
+case where the low-precision reference happens to be exact.
+"""
+import torch
+
+K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
+     # VAR's multi-scale quantizer: Phi folded into one conv and convolution algorithms differ from the reference's.
+     "f_to_idxBl_or_fhat": 4.0, "idxBl_to_fhat": 4.0, "idxBl_to_var_input": 4.0, "get_next_autoregressive_input": 4.0,
+     "msq_forward": 4.0,
+     # FlashAttention's factors: 2 for the forward (out, lse), 3 for the gradients.
+     "attention": 2.0, "attention_bwd": 3.0,
+     # 100 chained DDPM steps amplify rounding chaotically; the GEMMs block and the fused passes sum differently.
+     "diffusion_sample": 4.0, "mar_sample_tokens": 4.0}
+
+
+def error_and_bound(op, out, ref64, ref_lowp, scale=None):
+    """(max error of out against ref64, the bound it must stay within, the low-precision reference's own error),
+    over the finite reference entries. Raises AssertionError on a shape or NaN mismatch. scale: the magnitude the
+    floor is relative to, when it is not the result's own (a result that cancels to 0, such as the query gradient
+    of a single key)."""
+    out, ref64, ref_lowp = out.detach().double().cpu(), ref64.detach().double().cpu(), ref_lowp.detach().double().cpu()
+    assert out.shape == ref64.shape, f"{op}: shape {tuple(out.shape)} != reference {tuple(ref64.shape)}"
+    assert torch.equal(out.isnan(), ref64.isnan()), f"{op}: NaNs differ from the reference"
+    finite = ref64.isfinite()
+    err = (out - ref64)[finite].abs().max().item() if finite.any() else 0.0
+    ref_err = (ref_lowp - ref64)[finite].abs().max().item() if finite.any() else 0.0
+    if scale is None:
+        scale = ref64[finite].abs().max().item() if finite.any() else 0.0
+    return err, K[op] * ref_err + 4 * torch.finfo(torch.float32).eps * scale, ref_err
