@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_prep_kernel(const Atte
   if (lane == 0) delta[row] = sum;
 }
 
-// Grid (B * H, key tiles). flags: (n_qt, n_kt) tile kinds for (kM, kTileK) tiles. 16-bit types feed P^T and
+// Grid (B * H, key tiles). flags: (n_qt, n_kt) tile kinds for (kM, kTileK) tiles, or nullptr for the full mask. 16-bit types feed P^T and
 // dS^T to the dV and dK products from registers (their C fragments as A fragments); float32 from shared memory.
 template <class T, int D, int kM>
 __global__ void __launch_bounds__(kThreads, 1) attention_bwd_kernel(const AttentionBwdParams p, const uint8_t* flags,
@@ -103,7 +103,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_kernel(const Attent
   float dk[D / 8][4] = {}, dv[D / 8][4] = {};
   for (int qt = 0; qt < n_qt; ++qt) {
     const int q0 = qt * kM;
-    const uint8_t kind = tile_with_key_len(flags[qt * n_kt + kt], p.mask, b, k0, k0 + kTileK);
+    const uint8_t flag = flags ? flags[qt * n_kt + kt] : full_mask_tile(k0, kTileK, p.Lk);
+    const uint8_t kind = tile_with_key_len(flag, p.mask, b, k0, k0 + kTileK);
     if (kind == kTileSkip) continue;  // uniform over the block
     __syncthreads();                  // the previous step's reads of q_s, do_s, dst_s are done
     load_tile<T, kM, D, kThreads>(q_s, q, D, q0, p.Lq, tid);
@@ -214,7 +215,9 @@ cudaError_t attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t strea
   return dispatch(p.dtype, p.D, [&](auto spec) {
     using T = typename decltype(spec)::Elem;
     constexpr int D = decltype(spec)::kDim;
-    if (cudaError_t e = attention_tile_flags_launch(p.mask, p.Lq, p.Lk, s.tile_q, kTileK, ws, stream)) return e;
+    const uint8_t* flags = p.mask.kind == kFull ? nullptr : ws;  // the full mask's tile kinds need no kernel
+    if (flags)
+      if (cudaError_t e = attention_tile_flags_launch(p.mask, p.Lq, p.Lk, s.tile_q, kTileK, ws, stream)) return e;
     if (rows > 0) {
       LAUNCH((attention_bwd_prep_kernel<T, D>), unsigned((rows + kWarps - 1) / kWarps), kThreads, 0,
              stream)(p, delta, dq_accum);
@@ -223,8 +226,8 @@ cudaError_t attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t strea
     if (p.Lk > 0) {
       const dim3 grid(p.B * p.H, s.n_kt);
       const auto run = [&](auto kernel, size_t smem) {
-        return launch_with_smem(kernel, grid, kThreads, smem, stream, p, static_cast<const uint8_t*>(ws),
-                                static_cast<const float*>(delta), dq_accum);
+        return launch_with_smem(kernel, grid, kThreads, smem, stream, p, flags, static_cast<const float*>(delta),
+                                dq_accum);
       };
       constexpr int kFull = kTileQ<D>, kHalf = kFull / 2;
       cudaError_t e = cudaErrorInvalidValue;

@@ -46,7 +46,7 @@ constexpr size_t fwd_smem() {  // q (64 x D), k and v (kTileK x D), p (64 x kTil
   return sizeof(T) * ((kTileQ + 2 * kTileK<D>) * kStride<T, D> + (kF32<T> ? kTileQ * kStride<T, kTileK<D>> : 0));
 }
 
-// Grid (B * H, query tiles, splits). flags: (n_qt, n_kt) tile kinds. With one split it writes out (of T) and lse;
+// Grid (B * H, query tiles, splits). flags: (n_qt, n_kt) tile kinds, or nullptr for the full mask. With one split it writes out (of T) and lse;
 // with several, out_accum (splits, B*H*Lq, D) normalized partial outputs and lse_accum (splits, B*H*Lq).
 // 16-bit types keep Q and P in registers as mma A fragments (P's C fragment of S is its A fragment for P V);
 // float32 reads both from shared memory.
@@ -83,7 +83,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
   const int kt_end = min(n_kt, (split + 1) * kt_per_split);
   for (int kt = split * kt_per_split; kt < kt_end; ++kt) {
     const int k0 = kt * kN;
-    const uint8_t kind = tile_with_key_len(flags[qt * n_kt + kt], p.mask, b, k0, k0 + kN);
+    const uint8_t flag = flags ? flags[qt * n_kt + kt] : full_mask_tile(k0, kN, p.Lk);
+    const uint8_t kind = tile_with_key_len(flag, p.mask, b, k0, k0 + kN);
     if (kind == kTileSkip) continue;  // uniform over the block
     __syncthreads();                  // the previous tile's k_s / v_s reads are done (and q_s is loaded)
     load_tile<T, kN, D, kThreads>(k_s, k, p.k_strides[2], k0, p.Lk, tid);
@@ -193,13 +194,14 @@ cudaError_t attention_fwd_launch(const AttentionParams& p, cudaStream_t stream) 
   if (int64_t(p.B) * p.H * p.Lq == 0) return cudaSuccess;
   const Plan s = plan(p);
   auto* ws = static_cast<unsigned char*>(p.workspace);
-  auto* flags = ws;
+  auto* flags = p.mask.kind == kFull ? nullptr : ws;  // the full mask's tile kinds need no kernel
   auto* out_accum = reinterpret_cast<float*>(ws + s.accum_offset);
   auto* lse_accum = reinterpret_cast<float*>(ws + s.lse_offset);
   return dispatch(p.dtype, p.D, [&](auto spec) {
     using T = typename decltype(spec)::Elem;
     constexpr int D = decltype(spec)::kDim;
-    if (cudaError_t e = attention_tile_flags_launch(p.mask, p.Lq, p.Lk, kTileQ, kTileK<D>, flags, stream)) return e;
+    if (flags)
+      if (cudaError_t e = attention_tile_flags_launch(p.mask, p.Lq, p.Lk, kTileQ, kTileK<D>, flags, stream)) return e;
     const dim3 grid(p.B * p.H, s.n_qt, s.splits);
     if (cudaError_t e = launch_with_smem(attention_fwd_kernel<T, D>, grid, kThreads, fwd_smem<T, D>(), stream, p,
                                          static_cast<const uint8_t*>(flags), s.kt_per_split, out_accum, lse_accum))

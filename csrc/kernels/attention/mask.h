@@ -84,6 +84,12 @@ inline void classify_tiles(MaskParams m, int Lq, int Lk, int tile_q, int tile_k,
   }
 }
 
+// The kind the tile flags give key tile [k0, k0 + tile_k) under the full mask (key_len ignored), without the
+// tile-flags kernel: decode runs the full mask at every step.
+FASTAR_HOST_DEVICE inline uint8_t full_mask_tile(int k0, int tile_k, int Lk) {
+  return k0 + tile_k <= Lk ? uint8_t(kTileFull) : uint8_t(kTilePartial);
+}
+
 // A tile's kind for batch row b once key_len hides keys [key_len[b], Lk): keys [k0, k1) of the tile.
 FASTAR_HOST_DEVICE inline uint8_t tile_with_key_len(uint8_t kind, const MaskParams& m, int b, int k0, int k1) {
   if (m.key_len == nullptr || kind == kTileSkip) return kind;
