@@ -39,16 +39,22 @@ class DeviceScope {
 #endif
 };
 
+#ifndef FASTAR_SIMT_BUILD
+// cudaDeviceGetAttribute for t's device; `name` serves the error message.
+inline int device_attribute(const at::Tensor& t, cudaDeviceAttr attr, const char* name) {
+  int n = 0;
+  const cudaError_t e = cudaDeviceGetAttribute(&n, attr, t.get_device());
+  TORCH_CHECK(e == cudaSuccess, "cudaDeviceGetAttribute(", name, ") failed: ", cudaGetErrorString(e));
+  return n;
+}
+#endif
+
 // Multiprocessors of t's device; under simt an H100's 132, so the emulated kernels take a real GPU's plans.
 inline int sm_count([[maybe_unused]] const at::Tensor& t) {
 #ifdef FASTAR_SIMT_BUILD
   return 132;
 #else
-  int n = 0;
-  const cudaError_t e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, t.get_device());
-  TORCH_CHECK(e == cudaSuccess, "cudaDeviceGetAttribute(cudaDevAttrMultiProcessorCount) failed: ",
-              cudaGetErrorString(e));
-  return n;
+  return device_attribute(t, cudaDevAttrMultiProcessorCount, "cudaDevAttrMultiProcessorCount");
 #endif
 }
 
@@ -58,11 +64,7 @@ inline int max_smem_per_block([[maybe_unused]] const at::Tensor& t) {
 #ifdef FASTAR_SIMT_BUILD
   return simt::config().max_dynamic_smem;
 #else
-  int n = 0;
-  const cudaError_t e = cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, t.get_device());
-  TORCH_CHECK(e == cudaSuccess, "cudaDeviceGetAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin) failed: ",
-              cudaGetErrorString(e));
-  return n;
+  return device_attribute(t, cudaDevAttrMaxSharedMemoryPerBlockOptin, "cudaDevAttrMaxSharedMemoryPerBlockOptin");
 #endif
 }
 
