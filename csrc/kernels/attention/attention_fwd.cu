@@ -150,14 +150,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
     const int64_t row = int64_t(bh) * p.Lq + q;
     const float lse = sum > 0.f ? m[r] * p.scale + logf(sum) : -INFINITY;
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt)
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int col = 8 * dt + 2 * t + c;
-        const float val = o[dt][2 * r + c] * inv;
-        if (split_out) out_accum[(split * rows + row) * D + col] = val;
-        else static_cast<T*>(p.out)[row * D + col] = from_float<T>(val);
-      }
+    for (int dt = 0; dt < D / 8; ++dt) {  // columns 2t, 2t + 1 of each 8: one packed store per pair
+      const int64_t at = row * D + 8 * dt + 2 * t;
+      const float v0 = o[dt][2 * r] * inv, v1 = o[dt][2 * r + 1] * inv;
+      if (split_out) store_vector(out_accum + split * rows * D + at, make_float2(v0, v1));
+      else if constexpr (kF32<T>) store_vector(static_cast<float*>(p.out) + at, make_float2(v0, v1));
+      else store_vector(static_cast<T*>(p.out) + at, pack2<T>(v0, v1));
+    }
     if (t == 0) (split_out ? lse_accum[split * rows + row] : p.lse[row]) = lse;
   }
 }
