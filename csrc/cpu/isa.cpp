@@ -12,7 +12,8 @@ namespace fastar::cpu {
   namespace isa {                                    \
   extern const VqNearestIsa kVqNearest;              \
   extern const AttentionIsa kAttention;              \
-  const Isa kIsa{#isa, &kVqNearest, &kAttention};    \
+  extern const SamplingIsa kSampling;                \
+  const Isa kIsa{#isa, &kVqNearest, &kAttention, &kSampling}; \
   }
 FASTAR_ISA_TABLE(base)
 FASTAR_ISA_TABLE(avx2)
