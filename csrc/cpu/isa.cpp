@@ -13,7 +13,8 @@ namespace fastar::cpu {
   extern const VqNearestIsa kVqNearest;              \
   extern const AttentionIsa kAttention;              \
   extern const SamplingIsa kSampling;                \
-  const Isa kIsa{#isa, &kVqNearest, &kAttention, &kSampling}; \
+  extern const AttentionTinyIsa kAttentionTiny;      \
+  const Isa kIsa{#isa, &kVqNearest, &kAttention, &kSampling, &kAttentionTiny}; \
   }
 FASTAR_ISA_TABLE(base)
 FASTAR_ISA_TABLE(avx2)
