@@ -32,8 +32,8 @@ struct AttentionTinyKernels {
                   const kernels::MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* out, T* lse);
   // FlashAttention-2's backward per sequence from the forward's lse (B, H, Lq); dout, dq (B, H, Lq, D) and dk, dv
   // (B, H, Lk, D) per query head, contiguous.
-  void (*backward)(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const T* lse, const TinyDims& d, const kernels::MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq,
-                   T* dk, T* dv);
+  void (*backward)(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const T* lse, const TinyDims& d,
+                   const kernels::MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq, T* dk, T* dv);
 };
 
 struct AttentionTinyIsa {
