@@ -56,17 +56,27 @@ def chi_square(counts, probs):
     return stat, df + 6 * (2 * max(df, 1)) ** 0.5 + 10
 
 
+def check_distribution(filters, device, V=60, N=6000):
+    """N draws from one row of V logits against the exact probabilities of the reference's kept set."""
+    T, k, p, mp = filters
+    row = logits_of((V,), seed=3, scale=1.5)
+    kw = dict(temperature=T, top_k=k, top_p=p, min_prob=mp)
+    out, _ = draw(row.expand(N, V).contiguous().to(device), seed=2, **kw)
+    e, _ = ref.keep_mask(row.double()[None], **kw)
+    stat, bound = chi_square(torch.bincount(out.cpu(), minlength=V).double(), (e / e.sum())[0])
+    assert stat < bound, f"chi-square {stat:.1f} >= {bound:.1f}"
+
+
 @pytest.mark.parametrize("filters", FILTERS, ids=str)
 def test_distribution_chi_square(backend, filters):
-    T, k, p, mp = filters
-    V, N = 60, 6000
-    row = logits_of((V,), seed=3, scale=1.5)
-    out, _ = draw(row.expand(N, V).contiguous().to(backend_device(backend)), seed=2, temperature=T, top_k=k,
-                  top_p=p, min_prob=mp)
-    e, _ = ref.keep_mask(row.double()[None], temperature=T, top_k=k, top_p=p, min_prob=mp)
-    probs = (e / e.sum())[0]
-    stat, bound = chi_square(torch.bincount(out.cpu(), minlength=V).double(), probs)
-    assert stat < bound, f"chi-square {stat:.1f} >= {bound:.1f}"
+    check_distribution(filters, backend_device(backend))
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=str)
+def test_torch_backend_distribution(filters):
+    """The official formulation (the benchmarks' baseline) draws from the same distribution (no ties here)."""
+    with fastar.use_backend("torch"):
+        check_distribution(filters, "cpu")
 
 
 def test_seeds(backend):

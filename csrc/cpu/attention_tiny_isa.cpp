@@ -101,17 +101,25 @@ struct Scratch {
   alignas(64) T s[kTinyMaxLen * kTinyMaxLen], ds[kTinyMaxLen * kTinyMaxLen];
 };
 
-template <class T>
-void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask, T scale,
-             int64_t bh0, int64_t bh1, T* out, T* lse, Scratch<T>& w) {
-  const int LP = padded(d.Lk, kLanes<T>), D = d.D;
+// f(bh, Q, K, V, vis) for every sequence bh in [bh0, bh1): its head's rows and its queries' visible keys.
+template <class T, class F>
+void each_sequence(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask,
+                   int64_t bh0, int64_t bh1, F&& f) {
   const int64_t group = d.H / d.Hk;
   uint32_t vis[kTinyMaxLen];
   int64_t vis_b = -1;
   for (int64_t bh = bh0; bh < bh1; ++bh) {
     const int64_t b = bh / d.H, h = bh % d.H;
     if (vis_b < 0 || (mask.key_len != nullptr && b != vis_b)) visibility(mask, b, d.Lq, d.Lk, vis), vis_b = b;
-    const T *Q = q.at(b, h), *K = k.at(b, h / group), *V = v.at(b, h / group);
+    f(bh, q.at(b, h), k.at(b, h / group), v.at(b, h / group), static_cast<const uint32_t*>(vis));
+  }
+}
+
+template <class T>
+void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask, T scale,
+             int64_t bh0, int64_t bh1, T* out, T* lse, Scratch<T>& w) {
+  const int LP = padded(d.Lk, kLanes<T>), D = d.D;
+  each_sequence(q, k, v, d, mask, bh0, bh1, [&](int64_t bh, const T* Q, const T* K, const T* V, const uint32_t* vis) {
     transpose(K, k.sl, d.Lk, D, LP, w.kt);
     product(Q, q.sl, 1, d.Lq, D, w.kt, LP, LP, scale, w.s, LP);  // S (Lq, LP) = scale Q K^T
     for (int i = 0; i < d.Lq; ++i) {  // P = softmax(S) in place
@@ -125,7 +133,7 @@ void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, 
       lse[bh * d.Lq + i] = l > 0 ? m + __builtin_log(l) : m;
     }
     product(w.s, LP, 1, d.Lq, d.Lk, V, v.sl, D, T(1), out + bh * d.Lq * D, D);  // O = P V
-  }
+  });
 }
 
 template <class T>
@@ -133,13 +141,8 @@ void backward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, con
               const MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq, T* dk, T* dv, Scratch<T>& w) {
   constexpr int W = kLanes<T>;
   const int LP = padded(d.Lk, W), D = d.D;
-  const int64_t group = d.H / d.Hk;
-  uint32_t vis[kTinyMaxLen];
-  int64_t vis_b = -1;
-  for (int64_t bh = bh0; bh < bh1; ++bh) {
-    const int64_t b = bh / d.H, h = bh % d.H;
-    if (vis_b < 0 || (mask.key_len != nullptr && b != vis_b)) visibility(mask, b, d.Lq, d.Lk, vis), vis_b = b;
-    const T *Q = q.at(b, h), *K = k.at(b, h / group), *V = v.at(b, h / group), *dO = dout + bh * d.Lq * D;
+  each_sequence(q, k, v, d, mask, bh0, bh1, [&](int64_t bh, const T* Q, const T* K, const T* V, const uint32_t* vis) {
+    const T* dO = dout + bh * d.Lq * D;
     transpose(K, k.sl, d.Lk, D, LP, w.kt);
     transpose(V, v.sl, d.Lk, D, LP, w.vt);
     product(Q, q.sl, 1, d.Lq, D, w.kt, LP, LP, scale, w.s, LP);  // S = scale Q K^T
@@ -158,7 +161,7 @@ void backward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, con
     product(w.ds, LP, 1, d.Lq, d.Lk, K, k.sl, D, T(1), dq + bh * d.Lq * D, D);  // dQ = dS K
     product(w.ds, 1, LP, d.Lk, d.Lq, Q, q.sl, D, T(1), dk + bh * d.Lk * D, D);  // dK = dS^T Q
     product(w.s, 1, LP, d.Lk, d.Lq, dO, D, D, T(1), dv + bh * d.Lk * D, D);     // dV = P^T dO
-  }
+  });
 }
 
 template <class T>
