@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/attention_tiny.h"
 #include "cpu/blas.h"
 #include "cpu/isa.h"
 
@@ -302,6 +303,10 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
   const auto dt = compute_dtype(q);
   const at::Tensor qc = operand(q, dt), kc = operand(k, dt), vc = operand(v, dt);
   const Dims d = dims(q, k, Lk);
+  if (attention_tiny_takes(d.Lq, d.Lk, d.D)) {
+    auto [out, lse] = attention_tiny_fwd(qc, kc, vc, mask, scale);
+    return {out.to(q.scalar_type()), lse};
+  }
   auto [out, lse] = AT_DISPATCH_FLOATING_TYPES(dt, "attention_fwd", [&] {
     if (prefix_mask(mask))
       return forward_plan<scalar_t>(qc, kc, vc, PrefixPlan(mask, d), d, scale);
@@ -370,12 +375,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
   const auto dt = compute_dtype(q);
   const at::Tensor qc = operand(q, dt), kc = operand(k, dt), vc = operand(v, dt);
   const at::Tensor dOc = dout.to(dt).contiguous(), lsec = lse.to(dt).contiguous();
-  const at::Tensor delta = (dOc * out.to(dt)).sum(-1).contiguous();  // (B, H, Lq) rowsum(dout * out)
   const Dims d = dims(q, k, k.size(2));
-  at::Tensor dq = at::zeros(qc.sizes(), qc.options());                            // (B, H, Lq, D)
-  at::Tensor dk = at::zeros({d.B, d.H, d.Lk, d.D}, qc.options());                 // (B, H, Lk, D)
-  at::Tensor dv = at::zeros({d.B, d.H, d.Lk, d.D}, qc.options());                 // per query head
-  if (dq.numel() > 0 && d.Lk > 0) {
+  at::Tensor dq, dk, dv;  // (B, H, Lq, D); (B, H, Lk, D) per query head
+  const bool tiny = attention_tiny_takes(d.Lq, d.Lk, d.D);
+  if (tiny) {
+    std::tie(dq, dk, dv) = attention_tiny_bwd(dOc, qc, kc, vc, lsec, mask, scale);
+  } else {
+    dq = at::zeros(qc.sizes(), qc.options());
+    dk = at::zeros({d.B, d.H, d.Lk, d.D}, qc.options());
+    dv = at::zeros({d.B, d.H, d.Lk, d.D}, qc.options());
+  }
+  if (!tiny && dq.numel() > 0 && d.Lk > 0) {
+    const at::Tensor delta = (dOc * out.to(dt)).sum(-1).contiguous();  // (B, H, Lq) rowsum(dout * out)
     AT_DISPATCH_FLOATING_TYPES(dt, "attention_bwd", [&] {
       auto run = [&](const auto& plan) {
         backward<scalar_t>(heads<scalar_t>(qc), heads<scalar_t>(kc), heads<scalar_t>(vc), heads<scalar_t>(dOc),

@@ -12,7 +12,9 @@ namespace fastar::cpu {
   namespace isa {                                    \
   extern const VqNearestIsa kVqNearest;              \
   extern const AttentionIsa kAttention;              \
-  const Isa kIsa{#isa, &kVqNearest, &kAttention};    \
+  extern const SamplingIsa kSampling;                \
+  extern const AttentionTinyIsa kAttentionTiny;      \
+  const Isa kIsa{#isa, &kVqNearest, &kAttention, &kSampling, &kAttentionTiny}; \
   }
 FASTAR_ISA_TABLE(base)
 FASTAR_ISA_TABLE(avx2)

@@ -4,6 +4,8 @@
 // a new family adds one field here and one line to cpu/isa.cpp.
 #pragma once
 #include "cpu/attention_isa.h"
+#include "cpu/attention_tiny_isa.h"
+#include "cpu/sampling_isa.h"
 #include "cpu/vq_nearest_isa.h"
 
 namespace fastar::cpu {
@@ -13,6 +15,8 @@ struct Isa {
   // One table per kernel family, compiled for this ISA.
   const VqNearestIsa* vq_nearest;
   const AttentionIsa* attention;
+  const SamplingIsa* sampling;
+  const AttentionTinyIsa* attention_tiny;
 };
 
 // The best instruction set this CPU supports; FASTAR_CPU_ISA=base|avx2|avx512 narrows it (for tests).

@@ -1,5 +1,6 @@
 // CUDA (and simt) registrations of the attention family: shared checks, then the params struct of the kernels.
 #include "kernels/attention/attention.h"
+#include "kernels/attention/attention_tiny.h"
 #include "torch/attention.h"
 #include "torch/device.h"
 
@@ -71,9 +72,11 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q_in, const at::Ten
   at::Tensor lse = at::empty(q.sizes().slice(0, 3), q.options().dtype(at::kFloat));  // (B, H, Lq)
   kernels::AttentionParams p = params(q, k, v, Lk, mask, scale);
   p.out = out.data_ptr(), p.lse = lse.data_ptr<float>();
-  const at::Tensor ws = workspace(kernels::attention_fwd_workspace_bytes(p), q);
+  const bool tiny = kernels::attention_tiny_takes(p);  // FractalGen's tiny sequences: kernels/attention_tiny.h
+  const at::Tensor ws = workspace(tiny ? 0 : kernels::attention_fwd_workspace_bytes(p), q);
   p.workspace = ws.data_ptr();
-  check_launch(kernels::attention_fwd_launch(p, scope.stream()), op);
+  check_launch(tiny ? kernels::attention_tiny_fwd_launch(p, scope.stream())
+                    : kernels::attention_fwd_launch(p, scope.stream()), op);
   return {unpad_dim(out, q_in.size(3)), lse};
 }
 
@@ -130,9 +133,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_device(
   p.out = const_cast<void*>(out_c.data_ptr()), p.lse = lse_c.data_ptr<float>();
   p.dout = dout_c.data_ptr(), p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
   p.dkv_float = grouped;
-  const at::Tensor ws = workspace(kernels::attention_bwd_workspace_bytes(p), q);
+  const bool tiny = kernels::attention_tiny_takes(p);
+  const at::Tensor ws = workspace(tiny ? kernels::attention_tiny_bwd_workspace_bytes(p)
+                                       : kernels::attention_bwd_workspace_bytes(p), q);
   p.workspace = ws.data_ptr();
-  check_launch(kernels::attention_bwd_launch(p, scope.stream()), "attention_bwd");
+  check_launch(tiny ? kernels::attention_tiny_bwd_launch(p, scope.stream())
+                    : kernels::attention_bwd_launch(p, scope.stream()), "attention_bwd");
   if (grouped) {  // (B, Hk, H / Hk, Lk, D) -> (B, Hk, Lk, D)
     dk = dk.view({B, Hk, H / Hk, Lk, D}).sum(2).to(q.scalar_type());
     dv = dv.view({B, Hk, H / Hk, Lk, D}).sum(2).to(q.scalar_type());

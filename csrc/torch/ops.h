@@ -33,6 +33,10 @@ inline void define_ops(torch::Library& m) {
   // (fastar/reference/diffusion.py) -> tokens (N, C), or the conditional half (N/2, C) when cfg != 1.
   m.def("diffusion_sample(Tensor z, Tensor[] weights, Tensor schedule, float temperature, float cfg, "
         "Generator? generator) -> Tensor", {at::Tag::nondeterministic_seeded});
+  // logits (R, V), uniform (R,) float64 in [0, 1): one draw per row from softmax(logits / temperature) after
+  // min_prob, top_k, top_p (fastar/reference/sampling.py) -> indices (R,) int64, -1 on rows without a finite logit.
+  m.def("sample_categorical(Tensor logits, Tensor uniform, float temperature, int top_k, float top_p, "
+        "float min_prob) -> Tensor");
 }
 
 }  // namespace fastar

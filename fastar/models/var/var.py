@@ -148,7 +148,7 @@ class VAR(nn.Module):
             logits_2BlV = self.get_logits(x_BLC, head_ada)
             t = cfg * ratio
             logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
-            idx_Bl = sample_with_top_k_top_p_(logits_BlV, rng=rng, top_k=top_k, top_p=top_p)
+            idx_Bl = sample_with_top_k_top_p_(logits_BlV, rng=rng, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
             if more_smooth:  # tau anneals as in MaskGIT
                 tau = max(0.27 * (1 - ratio * 0.95), 0.005)
                 h_BlC = gumbel_softmax_with_rng(logits_BlV.mul(1 + ratio), tau, rng) @ quant.embedding.weight

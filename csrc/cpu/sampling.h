@@ -1,0 +1,12 @@
+// CPU kernels of the sampling family.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace fastar::cpu {
+
+// One draw per row (schema in torch/ops.h; checked by torch/sampling.h): logits (R, V) contiguous float32, bfloat16
+// or float16, uniform (R,) float64 -> indices (R,) int64.
+at::Tensor sample_categorical(const at::Tensor& logits, const at::Tensor& uniform, double temperature, int64_t top_k,
+                              double top_p, double min_prob);
+
+}  // namespace fastar::cpu

@@ -1,0 +1,67 @@
+"""sample_categorical in float64: one index per row of logits from softmax(logits / temperature) after the
+min_prob, top-k and top-p filters, drawn by inverse CDF from one uniform per row (the kernels' algorithm).
+
+The filters, on x = logits of a row (V tokens), p = softmax(x / temperature):
+  min_prob  drop tokens with p < min_prob (FractalGen's `softmax(l) < filter_threshold` test);
+  top_k     drop tokens with x below the k-th largest x (ties with it stay, as VAR's `logits < topk.amin`);
+  top_p     over the survivors renormalised, drop a token when the mass of the tokens with a strictly larger x is
+            >= top_p (VAR's ascending `cumsum <= 1 - top_p`, with ties at the cut kept whole);
+and the largest x always stays. The draw is the first token (in index order) whose running mass exceeds
+u * (kept mass); a row with no finite logit gets -1.
+"""
+import math
+
+import torch
+
+
+def uniforms(logits: torch.Tensor, generator=None) -> torch.Tensor:
+    """The one uniform in [0, 1) per row that every backend draws from: (rows,) float64 on logits' device."""
+    return torch.rand(math.prod(logits.shape[:-1]), generator=generator, dtype=torch.float64, device=logits.device)
+
+
+def keep_mask(x: torch.Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=0.0):
+    """x (R, V) float64 -> (e (R, V) the unnormalised probabilities exp((x - max) / temperature) of the kept
+    tokens, 0 elsewhere; xmax (R, 1))."""
+    R, V = x.shape
+    xmax = x.amax(dim=-1, keepdim=True)
+    e = torch.exp((x - xmax) / temperature)  # (R, V); NaN on rows without a finite logit, masked below
+    keep = x == xmax
+    rest = torch.ones_like(keep)
+    if min_prob > 0:
+        rest &= e >= min_prob * e.sum(dim=-1, keepdim=True)
+    if 0 < top_k < V:
+        rest &= x >= x.topk(top_k, dim=-1).values[:, -1:]
+    keep |= rest
+    if top_p < 1:
+        ek = torch.where(keep, e, 0.0)
+        xs, order = x.sort(dim=-1, descending=True)
+        es = ek.gather(-1, order)
+        above = es.cumsum(dim=-1) - es  # mass before each sorted position, then its tie group's first one
+        group = torch.cat([torch.zeros_like(xs[:, :1], dtype=torch.long),
+                           (xs[:, 1:] != xs[:, :-1]).long().cumsum(dim=-1)], dim=-1)
+        above = torch.full_like(above, torch.inf).scatter_reduce(-1, group, above, "amin").gather(-1, group)
+        keep_sorted = above < top_p * ek.sum(dim=-1, keepdim=True)
+        keep &= torch.zeros_like(keep).scatter(-1, order, keep_sorted) | (x == xmax)
+    return torch.where(keep, e, 0.0), xmax
+
+
+def sample_from_uniforms(logits, u, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=0.0):
+    """logits (..., V), u (rows,) float64 in [0, 1) -> indices (...) int64."""
+    V = logits.shape[-1]
+    x = logits.detach().double().reshape(-1, V)  # (R, V)
+    if x.shape[0] == 0:
+        return torch.empty(logits.shape[:-1], dtype=torch.long, device=logits.device)
+    e, xmax = keep_mask(x, temperature=temperature, top_k=top_k, top_p=top_p, min_prob=min_prob)
+    cdf = e.cumsum(dim=-1)  # (R, V)
+    target = u.to(x.device)[:, None] * cdf[:, -1:]
+    idx = torch.searchsorted(cdf, target, right=True)  # first running mass > target
+    last_kept = V - 1 - (e > 0).flip(-1).long().argmax(dim=-1, keepdim=True)  # u * mass rounded up to mass
+    idx = torch.minimum(idx, last_kept)
+    idx = torch.where(xmax.isfinite(), idx, -1)
+    return idx.reshape(logits.shape[:-1])
+
+
+def sample_categorical(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=0.0, generator=None):
+    """fastar.ops.sample_categorical in float64 (see the module docstring)."""
+    return sample_from_uniforms(logits, uniforms(logits, generator), temperature=temperature, top_k=top_k,
+                                top_p=top_p, min_prob=min_prob)

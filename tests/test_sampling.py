@@ -1,0 +1,189 @@
+"""sample_categorical on every backend: the reference's draws for the same uniforms, the drawn distribution against
+the exact probabilities (chi-square), seeds, the filters' edge cases, bad inputs, opcheck and torch.compile."""
+import pytest
+import torch
+
+import fastar
+from fastar.reference import sampling as ref
+from tests.conftest import backend_device
+
+# (temperature, top_k, top_p, min_prob): none, each filter alone, all together, the argmax limits.
+FILTERS = [(1.0, 0, 1.0, 0.0), (0.7, 20, 1.0, 0.0), (1.3, 0, 0.9, 0.0), (1.0, 50, 0.95, 1e-3), (1.0, 0, 1.0, 1e-2),
+           (2.0, 3, 0.5, 0.0)]
+# Shapes: one token, rows not a multiple of a block's 4 warps, FractalGen's 256, a leading batch dim, VAR's 4096.
+SHAPES = [(1, 1), (3, 7), (5, 256), (2, 3, 33), (2, 4096)]
+
+
+def logits_of(shape, dtype=torch.float32, seed=0, scale=3.0):
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * scale).to(dtype)
+
+
+def draw(logits, seed, **kw):
+    """(fastar's draws, the uniforms they came from)."""
+    out = fastar.ops.sample_categorical(logits, generator=torch.Generator(logits.device).manual_seed(seed), **kw)
+    return out, ref.uniforms(logits, torch.Generator(logits.device).manual_seed(seed))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("filters", FILTERS, ids=str)
+def test_matches_reference(backend, dtype, shape, filters):
+    """The reference's draws for the same uniforms; a row may differ only where a uniform 1e-4 away gives the
+    kernel's draw (the fp32 running mass against the fp64 one at a CDF boundary)."""
+    T, k, p, mp = filters
+    logits = logits_of(shape, dtype, seed=len(shape) + shape[-1]).to(backend_device(backend))
+    kw = dict(temperature=T, top_k=k, top_p=p, min_prob=mp)
+    out, u = draw(logits, seed=1, **kw)
+    assert out.shape == logits.shape[:-1] and out.dtype == torch.long
+    assert fastar.last_backend("sample_categorical") == backend
+    out, logits, u = out.cpu().flatten(), logits.cpu(), u.cpu()
+    expected = ref.sample_from_uniforms(logits, u, **kw).flatten()
+    bad = (out != expected).nonzero().flatten()
+    for r in bad.tolist():
+        near = [ref.sample_from_uniforms(logits.reshape(-1, shape[-1])[r:r + 1], (u[r:r + 1] + d).clamp(0, 1 - 1e-16),
+                                         **kw).item() for d in (-1e-4, 1e-4)]
+        assert out[r].item() in near, f"row {r}: drew {out[r].item()}, reference {expected[r].item()} (near: {near})"
+    assert len(bad) <= max(1, out.numel() // 100)
+
+
+def chi_square(counts, probs):
+    """Pearson's statistic over the tokens with mass, and its bound: df + 6 sqrt(2 df) + 10 (p < 1e-6 for any df)."""
+    n = counts.sum()
+    mass = probs > 0
+    assert counts[~mass].sum() == 0, f"drew tokens of probability 0: {(~mass & (counts > 0)).nonzero().flatten()}"
+    expected = n * probs[mass]
+    stat = ((counts[mass] - expected) ** 2 / expected).sum().item()
+    df = int(mass.sum()) - 1
+    return stat, df + 6 * (2 * max(df, 1)) ** 0.5 + 10
+
+
+def check_distribution(filters, device, V=60, N=6000):
+    """N draws from one row of V logits against the exact probabilities of the reference's kept set."""
+    T, k, p, mp = filters
+    row = logits_of((V,), seed=3, scale=1.5)
+    kw = dict(temperature=T, top_k=k, top_p=p, min_prob=mp)
+    out, _ = draw(row.expand(N, V).contiguous().to(device), seed=2, **kw)
+    e, _ = ref.keep_mask(row.double()[None], **kw)
+    stat, bound = chi_square(torch.bincount(out.cpu(), minlength=V).double(), (e / e.sum())[0])
+    assert stat < bound, f"chi-square {stat:.1f} >= {bound:.1f}"
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=str)
+def test_distribution_chi_square(backend, filters):
+    check_distribution(filters, backend_device(backend))
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=str)
+def test_torch_backend_distribution(filters):
+    """The official formulation (the benchmarks' baseline) draws from the same distribution (no ties here)."""
+    with fastar.use_backend("torch"):
+        check_distribution(filters, "cpu")
+
+
+def test_seeds(backend):
+    logits = logits_of((500, 40), seed=4).to(backend_device(backend))
+    a, _ = draw(logits, seed=9, top_k=10)
+    b, _ = draw(logits, seed=9, top_k=10)
+    c, _ = draw(logits, seed=10, top_k=10)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_same_draws_on_every_backend(backend):
+    """One seed, the same tokens as the cpu backend (rows away from CDF boundaries)."""
+    logits = logits_of((200, 300), seed=5).to(backend_device(backend))
+    a, _ = draw(logits, seed=3, top_k=40, top_p=0.9)
+    with fastar.use_backend("cpu"):
+        b, _ = draw(logits.cpu(), seed=3, top_k=40, top_p=0.9)
+    assert (a.cpu() != b).sum() <= 2
+
+
+def counts_of(backend, row, n=4000, **kw):
+    out, _ = draw(torch.tensor(row).expand(n, len(row)).contiguous().to(backend_device(backend)), seed=0, **kw)
+    return torch.bincount(out.cpu(), minlength=len(row))
+
+
+def test_ties_at_the_top_k_cut(backend):
+    """Every token tied with the k-th largest stays: top_k=2 over [3, 2, 2, 2, 1] keeps four tokens, e^3 : 1 : 1 : 1."""
+    row = [3.0, 2.0, 2.0, 2.0, 1.0]
+    counts = counts_of(backend, row, top_k=2).double()
+    assert counts[4] == 0 and (counts[1:4] > 0).all()
+    stat, bound = chi_square(counts, torch.tensor([2.718281828, 1, 1, 1, 0]) / 5.718281828)
+    assert stat < bound
+
+
+def test_ties_at_the_top_p_cut(backend):
+    """top_p=0.3 over four equal tokens and a light one: the cut falls inside the tie group, which stays whole."""
+    counts = counts_of(backend, [1.0, 1.0, 1.0, 1.0, -3.0], top_p=0.3)
+    assert counts[4] == 0 and (counts[:4] > 0).all()
+
+
+def test_all_mass_on_one_token(backend):
+    assert (counts_of(backend, [0.0, -torch.inf, -torch.inf, 50.0 - 1e4]) == torch.tensor([4000, 0, 0, 0])).all()
+    assert (counts_of(backend, [-3.0, 9.0, 1.0], top_p=0.0) == torch.tensor([0, 4000, 0])).all()  # top_p 0: argmax
+    assert (counts_of(backend, [-3.0, 9.0, 1.0], min_prob=1.0) == torch.tensor([0, 4000, 0])).all()
+
+
+def test_tiny_temperature_is_the_argmax(backend):
+    """temperature -> 0: the argmax, uniform over tied maxima; 1e-30 and 1e-45 (1 / T overflows) alike."""
+    for T in (1e-30, 1e-45):
+        counts = counts_of(backend, [0.5, 2.0, 1.99999, 2.0, -torch.inf], temperature=T)
+        assert counts[[0, 2, 4]].sum() == 0 and min(counts[1], counts[3]) > 1800
+
+
+def test_min_prob_drops_light_tokens(backend):
+    row = [0.0, 0.0, -5.0, -20.0]  # p ~ [0.497, 0.497, 0.0033, 1e-9]
+    assert (counts_of(backend, row, min_prob=1e-2)[2:] == 0).all()
+    assert counts_of(backend, row, min_prob=1e-3)[2] > 0
+
+
+def test_rows_without_a_finite_logit(backend):
+    logits = torch.tensor([[-torch.inf, -torch.inf], [0.0, 1.0]]).to(backend_device(backend))
+    out = fastar.ops.sample_categorical(logits)
+    assert out[0].item() == -1 and out[1].item() in (0, 1)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (2, 0, 5), (0, 1)], ids=str)
+def test_empty(backend, shape):
+    out = fastar.ops.sample_categorical(torch.zeros(shape, device=backend_device(backend)), top_k=2, top_p=0.5)
+    assert out.shape == shape[:-1] and out.dtype == torch.long
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(logits=torch.zeros(3, 0)), "at least one token"),
+    (dict(logits=torch.zeros(3, 4, dtype=torch.long)), "logits"),
+    (dict(logits=torch.zeros(())), "logits"), (dict(temperature=0.0), "temperature"),
+    (dict(temperature=float("nan")), "temperature"), (dict(top_k=-1), "top_k"), (dict(top_k=2.5), "top_k"),
+    (dict(top_p=1.5), "top_p"), (dict(min_prob=-0.1), "min_prob"), (dict(generator=3), "generator")])
+def test_bad_inputs(kw, match):
+    kw = {"logits": torch.zeros(3, 4), **kw}
+    with pytest.raises((ValueError, TypeError), match=match):
+        fastar.ops.sample_categorical(kw.pop("logits"), **kw)
+
+
+def test_binding_checks_name_the_argument():
+    u = torch.rand(3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="uniform must be"):
+        torch.ops.fastar.sample_categorical(torch.zeros(3, 4), u[:2], 1.0, 0, 1.0, 0.0)
+    with pytest.raises(RuntimeError, match="logits must be contiguous"):
+        torch.ops.fastar.sample_categorical(torch.zeros(4, 3).t(), torch.rand(3, dtype=torch.float64), 1.0, 0, 1.0, 0.0)
+
+
+def test_opcheck(backend):
+    ns = torch.ops.fastar_simt if backend == "simt" else torch.ops.fastar
+    dev = backend_device(backend)
+    logits = logits_of((6, 37), seed=6).to(dev)
+    u = torch.rand(6, dtype=torch.float64, device=dev)
+    torch.library.opcheck(ns.sample_categorical.default, (logits, u, 0.8, 5, 0.9, 1e-3))
+
+
+def test_compiles_fullgraph():
+    """One graph; with inductor's random ops falling back to eager's, the same uniforms and so the same draws."""
+    @torch.compile(fullgraph=True)
+    def pick(logits):
+        return fastar.ops.sample_categorical(logits * 2, top_k=4, top_p=0.9)
+
+    logits = logits_of((50, 30), seed=7)
+    torch.manual_seed(0)
+    with torch._inductor.config.patch(fallback_random=True):
+        a = pick(logits)
+    torch.manual_seed(0)
+    assert torch.equal(a, fastar.ops.sample_categorical(logits * 2, top_k=4, top_p=0.9))
