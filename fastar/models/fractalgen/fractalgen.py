@@ -93,6 +93,11 @@ class FractalGen(nn.Module):
         if not imgs.is_floating_point():
             raise TypeError(f"FractalGen: imgs must be floating point (ImageNet-normalized), got {imgs.dtype}")
         check_labels(labels, imgs.shape[0], self.num_classes)
+        mean, std = imgs.new_tensor(PIX_MEAN)[:, None, None], imgs.new_tensor(PIX_STD)[:, None, None]
+        lo, hi = (imgs.detach() * std + mean).aminmax()
+        if imgs.numel() and not (-0.5 / 255 <= lo and hi <= 255.5 / 255):  # PixelLoss's targets are 0..255
+            raise ValueError(f"FractalGen: imgs must be ImageNet-normalized pixels of [0, 1], got values that map to "
+                             f"[{lo:.3f}, {hi:.3f}]")
 
     def forward(self, imgs, cond_list):
         """The loss of imgs (B, 3, H, W), ImageNet-normalized; at level 0 cond_list is the labels (B,) int64.
