@@ -43,7 +43,8 @@ class PixelLoss(nn.Module):
         round-half-to-even from skewing the targets."""
         std, mean = pixels_N3.new_tensor(PIX_STD), pixels_N3.new_tensor(PIX_MEAN)
         x = (pixels_N3 * std + mean) * 255
-        return (x + 1e-2 * torch.randn_like(x)).round().long()
+        jitter = torch.randn(x.shape, device=x.device).to(x.dtype)  # float32 draws: the same in a float64 run
+        return (x + 1e-2 * jitter).round().long()
 
     def predict(self, ids_N3, cond_NC):
         """Logits (N, 3, 256) of R, G, B given the middle condition and the ids before each channel."""
