@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     ("sample", "var"): "fastar.models.var.sample",
     ("train", "var"): "fastar.models.var.train",
+    ("sample", "fractalgen"): "fastar.models.fractalgen.sample",
+    ("train", "fractalgen"): "fastar.models.fractalgen.train",
 }
 
 
