@@ -21,10 +21,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x_BLC):
+    def forward(self, x_BLC, cache=None):
+        """cache: None (the whole sequence) or (k_cache, v_cache, pos) to decode the tokens from pos (causal only)."""
         B, L, C = x_BLC.shape
         q, k, v = self.qkv(x_BLC).view(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        out_BHLD = fastar.ops.attention(q, k, v, self.mask)
+        if cache is None:
+            out_BHLD = fastar.ops.attention(q, k, v, self.mask)
+        else:
+            k_cache, v_cache, pos = cache
+            k_cache[:, :, pos:pos + L], v_cache[:, :, pos:pos + L] = k, v
+            out_BHLD = fastar.ops.attention_decode(q, k_cache, v_cache, pos + L)
         return self.proj_drop(self.proj(out_BHLD.transpose(1, 2).reshape(B, L, C)))
 
 
@@ -49,8 +55,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, dim * mlp_ratio, proj_drop)
 
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.norm1(x), cache)
         return x + self.mlp(self.norm2(x))
 
 
