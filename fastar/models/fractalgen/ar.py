@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar.ops
-from fastar.models.fractalgen.blocks import LN_EPS, init_weights, patchify, unpatchify
+from fastar.models.fractalgen.blocks import LN_EPS, attend, init_weights, patchify, unpatchify
 
 NORM_EPS = 1e-5
 ROPE_BASE = 10000
@@ -71,13 +71,7 @@ class Attention(nn.Module):
         B, L, C = x_BLC.shape
         q, k, v = self.wqkv(x_BLC).view(B, L, 3, self.n_head, C // self.n_head).unbind(2)
         q, k = apply_rope(q, rope).transpose(1, 2), apply_rope(k, rope).transpose(1, 2)  # (B, H, L, D)
-        v = v.transpose(1, 2)
-        if cache is None:
-            out = fastar.ops.attention(q, k, v, fastar.ops.AttentionMask.causal())
-        else:
-            k_cache, v_cache, pos = cache
-            k_cache[:, :, pos:pos + L], v_cache[:, :, pos:pos + L] = k, v
-            out = fastar.ops.attention_decode(q, k_cache, v_cache, pos + L)
+        out = attend(q, k, v.transpose(1, 2), fastar.ops.AttentionMask.causal(), cache)
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(B, L, C)))
 
 

@@ -25,13 +25,20 @@ class Attention(nn.Module):
         """cache: None (the whole sequence) or (k_cache, v_cache, pos) to decode the tokens from pos (causal only)."""
         B, L, C = x_BLC.shape
         q, k, v = self.qkv(x_BLC).view(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        if cache is None:
-            out_BHLD = fastar.ops.attention(q, k, v, self.mask)
-        else:
-            k_cache, v_cache, pos = cache
-            k_cache[:, :, pos:pos + L], v_cache[:, :, pos:pos + L] = k, v
-            out_BHLD = fastar.ops.attention_decode(q, k_cache, v_cache, pos + L)
+        out_BHLD = attend(q, k, v, self.mask, cache)
         return self.proj_drop(self.proj(out_BHLD.transpose(1, 2).reshape(B, L, C)))
+
+
+def attend(q, k, v, mask, cache):
+    """q, k, v (B, H, L, D). cache None: attention over the L tokens with mask. cache (k_cache, v_cache, pos): the
+    tokens at pos .. pos + L - 1 (causal): their k and v are written into the caches (B, H, Lmax, D), then the
+    queries attend over the prefix through attention_decode."""
+    if cache is None:
+        return fastar.ops.attention(q, k, v, mask)
+    k_cache, v_cache, pos = cache
+    L = q.shape[2]
+    k_cache[:, :, pos:pos + L], v_cache[:, :, pos:pos + L] = k, v
+    return fastar.ops.attention_decode(q, k_cache, v_cache, pos + L)
 
 
 class Mlp(nn.Module):

@@ -16,5 +16,6 @@ def sample_categorical(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=
         keep &= torch.zeros_like(keep).scatter(-1, order, before < top_p)
     if min_prob > 0.0:
         keep &= probs >= min_prob
-    probs = torch.where(keep, probs, 0)
-    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(probs.shape[:-1])
+    probs = torch.where(keep, probs, 0).reshape(-1, probs.shape[-1])
+    on = generator.device if generator is not None else probs.device  # a CPU generator draws CPU-side
+    return torch.multinomial(probs.to(on), 1, generator=generator).to(logits.device).view(logits.shape[:-1])
