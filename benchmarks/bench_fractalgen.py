@@ -9,8 +9,9 @@ backend: the kernels' share of the gain. Training baseline: the torch backend (t
 
 Random weights, official widths. The full shape (B 4, blocks 32,8,3) is ~20 TFLOP per sampling run, many minutes
 here, so the default is B 1 with 4 and 2 blocks at levels 0 and 1 (~1 TFLOP): about 2 minutes for the file on a
-quiet machine, each contender run once. Knobs (environment): FASTAR_BENCH_FG_B (1; the issue's target shape: 4), FASTAR_BENCH_FG_BLOCKS
-("4,2,3"; the model: "32,8,3"), FASTAR_BENCH_FG_TRAIN_B (2), FASTAR_BENCH_FG_NUM_ITER ("8,4")."""
+quiet machine, each contender run once. Knobs (environment): FASTAR_BENCH_FG_B (1; the issue's target shape:
+4), FASTAR_BENCH_FG_BLOCKS ("4,2,3"; the model: "32,8,3"), FASTAR_BENCH_FG_TRAIN_B (2), FASTAR_BENCH_FG_NUM_ITER
+("8,4")."""
 import os
 from functools import partial
 

@@ -55,7 +55,8 @@ def apply_rope(x_BLHD, rope_L2):
     """Rotates interleaved pairs (x[2i], x[2i+1]) of each head by the angle of their position."""
     x = x_BLHD.float().unflatten(-1, (-1, 2))
     c, s = rope_L2[None, :, None, :, 0], rope_L2[None, :, None, :, 1]
-    return torch.stack([x[..., 0] * c - x[..., 1] * s, x[..., 1] * c + x[..., 0] * s], dim=-1).flatten(3).type_as(x_BLHD)
+    out = torch.stack([x[..., 0] * c - x[..., 1] * s, x[..., 1] * c + x[..., 0] * s], dim=-1)
+    return out.flatten(3).type_as(x_BLHD)
 
 
 class Attention(nn.Module):

@@ -47,17 +47,17 @@ class FractalGenConfig:
 
 _IN64 = dict(img_size_list=(64, 4, 1), embed_dim_list=(1024, 512, 128), num_blocks_list=(32, 8, 3),
              num_heads_list=(16, 8, 4), r_weight=5.0)
+_IN256 = dict(generator_type_list=("mar", "mar", "mar", "ar"), guiding_pixel=True, num_conds=5, r_weight=5.0)
 # The README's training flags (num_conds, guiding_pixel, r_weight), which the released checkpoints were built with.
 MODELS = {
     "fractalar_in64": FractalGenConfig(generator_type_list=("ar", "ar", "ar"), num_conds=1, **_IN64),
     "fractalmar_in64": FractalGenConfig(generator_type_list=("mar", "mar", "ar"), num_conds=5, **_IN64),
     "fractalmar_base_in256": FractalGenConfig((256, 16, 4, 1), (768, 384, 192, 64), (24, 6, 3, 1), (12, 6, 3, 4),
-                                              ("mar", "mar", "mar", "ar"), guiding_pixel=True, num_conds=5, r_weight=5.0),
+                                              **_IN256),
     "fractalmar_large_in256": FractalGenConfig((256, 16, 4, 1), (1024, 512, 256, 64), (32, 8, 4, 1), (16, 8, 4, 4),
-                                               ("mar", "mar", "mar", "ar"), guiding_pixel=True, num_conds=5,
-                                               r_weight=5.0),
+                                               **_IN256),
     "fractalmar_huge_in256": FractalGenConfig((256, 16, 4, 1), (1280, 640, 320, 64), (40, 10, 5, 1), (16, 8, 4, 4),
-                                              ("mar", "mar", "mar", "ar"), guiding_pixel=True, num_conds=5, r_weight=5.0),
+                                              **_IN256),
 }
 
 

@@ -31,7 +31,8 @@ class MAR(nn.Module):
     def __init__(self, seq_len, patch_size, cond_embed_dim, embed_dim, num_blocks, num_heads, proj_dropout=0.1,
                  num_conds=1, guiding_pixel=False):
         super().__init__()
-        self.seq_len, self.patch_size, self.num_conds, self.guiding_pixel = seq_len, patch_size, num_conds, guiding_pixel
+        self.seq_len, self.patch_size = seq_len, patch_size
+        self.num_conds, self.guiding_pixel = num_conds, guiding_pixel
         self.grid = int(seq_len ** 0.5)
         if self.grid ** 2 != seq_len:
             raise ValueError(f"MAR: seq_len must be a square, got {seq_len}")
