@@ -186,7 +186,8 @@ def test_bad_inputs_are_named():
 
 @pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
 def test_train_then_sample_cli(tmp_path, torchrun):
-    out = run_cli(tmp_path, "train", "fractalgen", "--steps", "3", "--bs", "8", "--out", "run", torchrun=torchrun)
+    out = run_cli(tmp_path, "train", "fractalgen", "--steps", "3", "--bs", "8", "--nll-passes", "1",
+                  "--num-samples", "2", "--num-iter", "2,2", "--out", "run", torchrun=torchrun)
     assert "NLL" in out and "bits/dim" in out and (tmp_path / "run" / "samples.png").exists()
     if not torchrun:
         out = run_cli(tmp_path, "sample", "fractalgen", "--ckpt", "run/ckpt.pt", "--classes", "0", "1",

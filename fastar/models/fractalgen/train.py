@@ -43,6 +43,7 @@ def main(argv=None):
     p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--nll-passes", type=int, default=2, help="forward passes averaged for the NLL estimate")
     p.add_argument("--num-iter", default="4,4", help="sampling steps per level for samples.png")
+    p.add_argument("--num-samples", type=int, default=20, help="images in samples.png (classes 0..9 in turn)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per process: the tiny ops are too small to split, more threads mostly wait")
@@ -77,7 +78,7 @@ def main(argv=None):
     if rank == 0:
         print(f"train loss {first:.4f} -> {last:.4f}; held-out NLL {before:.3f} -> {after:.3f} bits/dim")
         model.eval()
-        img = model.generate(torch.arange(20) % 10, num_iter_list=[int(n) for n in args.num_iter.split(",")],
+        img = model.generate(torch.arange(args.num_samples) % 10, num_iter_list=[int(n) for n in args.num_iter.split(",")],
                              cfg=2.0, generator=torch.Generator().manual_seed(args.seed))
         save_grid(img, os.path.join(args.out, "samples.png"), nrow=10)
         print(f"wrote {args.out}/ckpt.pt and {args.out}/samples.png")
