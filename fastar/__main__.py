@@ -10,6 +10,8 @@ COMMANDS = {
     ("sample", "var"): "fastar.models.var.sample",
     ("train", "var"): "fastar.models.var.train",
     ("selftest",): "fastar.selftest",
+    ("sample", "fractalgen"): "fastar.models.fractalgen.sample",
+    ("train", "fractalgen"): "fastar.models.fractalgen.train",
 }
 
 

@@ -1,0 +1,108 @@
+"""FractalGen end to end on the CPU: fractalmar_in64 on fastar against the official formulation, in one run: sampling
+(num_iter 8,4, cfg 6.5 linear, temperature 1.02, filter_threshold 1e-4) with the time of each level's transformer
+passes, and one training step.
+
+Sampling baseline, "official formulation": the torch backend (use_backend("torch"): SDPA where the official code
+writes float32 q k^T + softmax) with PixelLoss recomputing its 4 tokens for each of R, G, B as the official code does
+(kv_cache=False). "torch backend" is the same model as fastar's (PixelLoss decoding against a KV cache) on the torch
+backend: the kernels' share of the gain. Training baseline: the torch backend (the same computation).
+
+Random weights, official widths. The full shape (B 4, blocks 32,8,3) is ~20 TFLOP per sampling run, many minutes
+here, so the default is B 1 with 4 and 2 blocks at levels 0 and 1 (~1 TFLOP): about 2 minutes for the file on a
+quiet machine, each contender run once. Knobs (environment): FASTAR_BENCH_FG_B (1; the issue's target shape:
+4), FASTAR_BENCH_FG_BLOCKS ("4,2,3"; the model: "32,8,3"), FASTAR_BENCH_FG_TRAIN_B (2), FASTAR_BENCH_FG_NUM_ITER
+("8,4")."""
+import os
+from functools import partial
+
+import pytest
+import torch
+
+import fastar
+from benchmarks.bench_var import Breakdown, on
+from benchmarks.harness import compare
+from fastar.models.fractalgen import build
+from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD
+
+B_SAMPLE = int(os.environ.get("FASTAR_BENCH_FG_B", "1"))
+B_TRAIN = int(os.environ.get("FASTAR_BENCH_FG_TRAIN_B", "2"))
+BLOCKS = tuple(int(n) for n in os.environ.get("FASTAR_BENCH_FG_BLOCKS", "4,2,3").split(","))
+NUM_ITER = [int(n) for n in os.environ.get("FASTAR_BENCH_FG_NUM_ITER", "8,4").split(",")]
+CLASSES = torch.tensor([207, 360, 387, 974]).repeat(B_SAMPLE)[:B_SAMPLE]
+BASELINE, SAME_MODEL = "official formulation", "torch backend"
+SHAPE = f"fractalmar_in64 blocks {','.join(map(str, BLOCKS))}"
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build("fractalmar_in64", num_blocks_list=BLOCKS)
+
+
+def levels(model):
+    """[(name, transformer module)] from the top level down to PixelLoss."""
+    out, node, i = [], model, 0
+    while hasattr(node, "generator"):
+        out.append((f"level {i} ({type(node.generator).__name__})", node.generator))
+        node, i = node.next_fractal, i + 1
+    return out + [(f"level {i} (PixelLoss)", node)]
+
+
+class LevelTimes(Breakdown):
+    """ms spent in each level's transformer passes (predict, and PixelLoss's decode: they never call the level
+    below), per contender; the rest (masks, CFG, pixel draws, bookkeeping) is 'other'."""
+
+    def __init__(self, monkeypatch, model):  # not Breakdown's own: that one patches VAR's parts
+        self.ms, self._spent, self._depth = {}, None, 0
+        for name, level in levels(model):
+            for method in ("predict", "decode"):
+                if hasattr(level, method):
+                    monkeypatch.setattr(level, method, self._timed(name, getattr(level, method)))
+
+
+def test_fractalmar_in64_sample(benchmark, model, monkeypatch):
+    model.eval()
+    benchmark.group = f"{SHAPE} sampling B={B_SAMPLE} num_iter {NUM_ITER} cfg=6.5 float32"
+    parts, last = LevelTimes(monkeypatch, model), {}
+
+    def sample(name):
+        def run():
+            with parts.recording(name):
+                last[name] = model.generate(CLASSES, num_iter_list=NUM_ITER, cfg=6.5, temperature=1.02,
+                                            filter_threshold=1e-4, generator=torch.Generator().manual_seed(0))
+        return run
+
+    pixel = levels(model)[-1][1]
+
+    def recomputing(name):  # the official PixelLoss: three full forwards
+        def run():
+            monkeypatch.setattr(pixel, "sample", partial(type(pixel).sample, pixel, kv_cache=False))
+            try:
+                sample(name)()
+            finally:
+                monkeypatch.delattr(pixel, "sample")
+        return run
+
+    contenders = {BASELINE: on("torch", recomputing(BASELINE)), SAME_MODEL: on("torch", sample(SAME_MODEL))}
+    compare(benchmark, sample("fastar"), contenders, baseline=BASELINE, rounds=1, warmup=0, op="attention")
+    # the share of pixels drawn identically (a rounding difference flips a draw and everything after it)
+    benchmark.extra_info["agreement"] = {name: (last["fastar"] == last[name]).float().mean().item()
+                                         for name in contenders}
+    benchmark.extra_info["breakdown"] = parts.ms
+
+
+def test_fractalmar_in64_train_step(benchmark, model):
+    model.train()
+    benchmark.group = f"{SHAPE} training step (forward + backward) B={B_TRAIN} float32"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(256, (B_TRAIN, 3, 64, 64), generator=g) / 255
+    x = (x - torch.tensor(PIX_MEAN)[:, None, None]) / torch.tensor(PIX_STD)[:, None, None]
+    labels = torch.randint(1000, (B_TRAIN,), generator=g)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same masks for both contenders
+        model(x, labels).backward()
+
+    compare(benchmark, step, {SAME_MODEL: on("torch", step)}, baseline=SAME_MODEL, rounds=1, warmup=0, op="attention")
+    model.zero_grad(set_to_none=True)

@@ -1,0 +1,92 @@
+"""The pre-norm ViT block of FractalGen's MAR levels and PixelLoss (timm 0.9.12 names: norm1, attn.qkv, attn.proj,
+norm2, mlp.fc1, mlp.fc2), bidirectional or causal, attention through fastar.ops.attention.
+
+The official code writes this attention as q k^T in float32 plus a -inf bias and, in the MAR levels, dropout on the
+attention probabilities (0.1 in training); fastar.ops.attention fuses the softmax, so that dropout is not applied
+here (the projection and MLP dropouts are)."""
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fastar.ops
+
+LN_EPS = 1e-6
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, num_heads, causal, proj_drop=0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.mask = fastar.ops.AttentionMask.causal() if causal else None
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x_BLC, cache=None):
+        """cache: None (the whole sequence) or (k_cache, v_cache, pos) to decode the tokens from pos (causal only)."""
+        B, L, C = x_BLC.shape
+        q, k, v = self.qkv(x_BLC).view(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        out_BHLD = attend(q, k, v, self.mask, cache)
+        return self.proj_drop(self.proj(out_BHLD.transpose(1, 2).reshape(B, L, C)))
+
+
+def attend(q, k, v, mask, cache):
+    """q, k, v (B, H, L, D). cache None: attention over the L tokens with mask. cache (k_cache, v_cache, pos): the
+    tokens at pos .. pos + L - 1 (causal): their k and v are written into the caches (B, H, Lmax, D), then the
+    queries attend over the prefix through attention_decode."""
+    if cache is None:
+        return fastar.ops.attention(q, k, v, mask)
+    k_cache, v_cache, pos = cache
+    L = q.shape[2]
+    k_cache[:, :, pos:pos + L], v_cache[:, :, pos:pos + L] = k, v
+    return fastar.ops.attention_decode(q, k_cache, v_cache, pos + L)
+
+
+class Mlp(nn.Module):
+    """timm's Mlp: fc1, GELU, dropout, fc2, dropout."""
+
+    def __init__(self, dim, hidden, drop=0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, num_heads, causal=False, proj_drop=0.0, mlp_ratio=4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.attn = Attention(dim, num_heads, causal, proj_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.mlp = Mlp(dim, dim * mlp_ratio, proj_drop)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.norm1(x), cache)
+        return x + self.mlp(self.norm2(x))
+
+
+def init_weights(module):
+    """The official init of every level: xavier-uniform Linear weights, zero biases, unit LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def patchify(x_B3HW, p):
+    """(B, 3, H, W) -> (B, H/p * W/p, 3 p p), patches in raster order, channels outermost within a patch."""
+    B, C, H, W = x_B3HW.shape
+    x = x_B3HW.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, (H // p) * (W // p), C * p * p)
+
+
+def unpatchify(x_BLD, p, h):
+    """(B, h*h, 3 p p) -> (B, 3, h p, h p)."""
+    B = x_BLD.shape[0]
+    return x_BLD.reshape(B, h, h, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(B, 3, h * p, h * p)

@@ -1,0 +1,180 @@
+"""FractalGen (Li, Sun, Fan, He 2025, "Fractal Generative Models") with LTH14/fractalgen's module names: level l is
+an AR or MAR transformer over (img[l] / img[l+1])^2 patches whose outputs condition the next level, one batch row
+per patch, down to PixelLoss over R, G, B. Training is one forward per level on the gathered rows (breadth-first)
+with the loss at the pixel level; sampling is depth-first (each step of a level runs its children to completion)."""
+import dataclasses
+import math
+from functools import partial
+
+import torch
+import torch.nn as nn
+
+from fastar.models.fractalgen.ar import AR
+from fastar.models.fractalgen.mar import MAR
+from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD, PixelLoss
+
+GENERATORS = {"ar": AR, "mar": MAR}
+
+
+@dataclasses.dataclass(frozen=True)
+class FractalGenConfig:
+    img_size_list: tuple  # image side per level; the last (1) is the pixel
+    embed_dim_list: tuple  # transformer width per level, the last PixelLoss's
+    num_blocks_list: tuple
+    num_heads_list: tuple
+    generator_type_list: tuple  # "ar" or "mar" per transformer level
+    label_drop_prob: float = 0.1  # labels replaced by fake_latent in training (the CFG null class)
+    class_num: int = 1000
+    proj_dropout: float = 0.1  # dropouts after projections and MLPs in training (attention probabilities: none)
+    guiding_pixel: bool = False  # levels >= 1 first sample the patch's mean colour (the 256 px models)
+    num_conds: int = 1  # conditions per patch read by MAR levels: middle, top, right, bottom, left
+    r_weight: float = 1.0  # weight of the R channel's loss in training
+
+    def __post_init__(self):
+        n = len(self.img_size_list)
+        lists = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.endswith("_list")}
+        if n < 2 or any(len(v) != n for k, v in lists.items() if k != "generator_type_list"):
+            raise ValueError(f"FractalGenConfig: the *_list fields must have one entry per level (>= 2), got {lists}")
+        if len(self.generator_type_list) < n - 1 or any(t not in GENERATORS for t in self.generator_type_list):
+            raise ValueError(f"FractalGenConfig: generator_type_list needs 'ar' or 'mar' for each of the {n - 1} "
+                             f"transformer levels, got {self.generator_type_list}")
+        if any(a % b for a, b in zip(self.img_size_list, self.img_size_list[1:])):
+            raise ValueError(f"FractalGenConfig: each img_size_list entry must divide the one before, got "
+                             f"{self.img_size_list}")
+        if not 1 <= self.num_conds <= 5:
+            raise ValueError(f"FractalGenConfig: num_conds must be in 1..5, got {self.num_conds}")
+
+
+_IN64 = dict(img_size_list=(64, 4, 1), embed_dim_list=(1024, 512, 128), num_blocks_list=(32, 8, 3),
+             num_heads_list=(16, 8, 4), r_weight=5.0)
+_IN256 = dict(generator_type_list=("mar", "mar", "mar", "ar"), guiding_pixel=True, num_conds=5, r_weight=5.0)
+# The README's training flags (num_conds, guiding_pixel, r_weight), which the released checkpoints were built with.
+MODELS = {
+    "fractalar_in64": FractalGenConfig(generator_type_list=("ar", "ar", "ar"), num_conds=1, **_IN64),
+    "fractalmar_in64": FractalGenConfig(generator_type_list=("mar", "mar", "ar"), num_conds=5, **_IN64),
+    "fractalmar_base_in256": FractalGenConfig((256, 16, 4, 1), (768, 384, 192, 64), (24, 6, 3, 1), (12, 6, 3, 4),
+                                              **_IN256),
+    "fractalmar_large_in256": FractalGenConfig((256, 16, 4, 1), (1024, 512, 256, 64), (32, 8, 4, 1), (16, 8, 4, 4),
+                                               **_IN256),
+    "fractalmar_huge_in256": FractalGenConfig((256, 16, 4, 1), (1280, 640, 320, 64), (40, 10, 5, 1), (16, 8, 4, 4),
+                                              **_IN256),
+}
+
+
+class FractalGen(nn.Module):
+    def __init__(self, cfg: FractalGenConfig, fractal_level=0):
+        super().__init__()
+        self.cfg, self.fractal_level = cfg, fractal_level
+        self.num_fractal_levels = n = len(cfg.img_size_list)
+        img, dim, lvl = cfg.img_size_list, cfg.embed_dim_list, fractal_level
+        if lvl == 0:
+            self.num_classes = cfg.class_num
+            self.class_emb = nn.Embedding(cfg.class_num, dim[0])
+            self.fake_latent = nn.Parameter(torch.zeros(1, dim[0]))
+            nn.init.normal_(self.class_emb.weight, std=0.02)
+            nn.init.normal_(self.fake_latent, std=0.02)
+        kw = dict(num_conds=cfg.num_conds, guiding_pixel=cfg.guiding_pixel and lvl > 0) \
+            if cfg.generator_type_list[lvl] == "mar" else {}
+        self.generator = GENERATORS[cfg.generator_type_list[lvl]](
+            seq_len=(img[lvl] // img[lvl + 1]) ** 2, patch_size=img[lvl + 1], cond_embed_dim=dim[max(lvl - 1, 0)],
+            embed_dim=dim[lvl], num_blocks=cfg.num_blocks_list[lvl], num_heads=cfg.num_heads_list[lvl],
+            proj_dropout=cfg.proj_dropout, **kw)
+        if lvl < n - 2:
+            self.next_fractal = FractalGen(cfg, lvl + 1)
+        else:
+            self.next_fractal = PixelLoss(c_channels=dim[lvl], width=dim[lvl + 1], depth=cfg.num_blocks_list[lvl + 1],
+                                          num_heads=cfg.num_heads_list[lvl + 1], r_weight=cfg.r_weight)
+
+    def check_images(self, imgs, labels):
+        side = self.cfg.img_size_list[0]
+        if not isinstance(imgs, torch.Tensor) or imgs.ndim != 4 or tuple(imgs.shape[1:]) != (3, side, side):
+            raise ValueError(f"FractalGen: imgs must be (B, 3, {side}, {side}), got "
+                             f"{tuple(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__}")
+        if not imgs.is_floating_point():
+            raise TypeError(f"FractalGen: imgs must be floating point (ImageNet-normalized), got {imgs.dtype}")
+        check_labels(labels, imgs.shape[0], self.num_classes)
+        mean, std = imgs.new_tensor(PIX_MEAN)[:, None, None], imgs.new_tensor(PIX_STD)[:, None, None]
+        lo, hi = (imgs.detach() * std + mean).aminmax()
+        if imgs.numel() and not (-0.5 / 255 <= lo and hi <= 255.5 / 255):  # PixelLoss's targets are 0..255
+            raise ValueError(f"FractalGen: imgs must be ImageNet-normalized pixels of [0, 1], got values that map to "
+                             f"[{lo:.3f}, {hi:.3f}]")
+
+    def forward(self, imgs, cond_list):
+        """The loss of imgs (B, 3, H, W), ImageNet-normalized; at level 0 cond_list is the labels (B,) int64.
+        Training: labels dropped to fake_latent with label_drop_prob, the r_weight-weighted loss. Eval: always
+        fake_latent (unconditional NLL) and the plain mean, in nats per dim (bits_per_dim converts)."""
+        if self.fractal_level == 0:
+            self.check_images(imgs, cond_list)
+            emb = self.class_emb(cond_list)
+            drop = torch.rand(len(cond_list), device=imgs.device) < self.cfg.label_drop_prob if self.training \
+                else torch.ones(len(cond_list), dtype=torch.bool, device=imgs.device)
+            emb = torch.where(drop[:, None], self.fake_latent.to(emb.dtype), emb)
+            cond_list = [emb] * 5
+        imgs, cond_list, gp_loss = self.generator(imgs, cond_list)
+        return self.next_fractal(imgs, cond_list) + gp_loss
+
+    @torch.no_grad()
+    def sample(self, cond_list, num_iter_list, cfg, cfg_schedule, temperature, filter_threshold, fractal_level=0,
+               generator=None, progress=None):
+        """The official recursion: this level's generator with the child's sampler; only the top level follows
+        cfg_schedule, every child runs "constant" at its parent's current guidance. Returns normalized pixels."""
+        child = self.next_fractal.sample
+        if fractal_level < self.num_fractal_levels - 2:
+            child = partial(child, num_iter_list=num_iter_list, cfg_schedule="constant",
+                            fractal_level=fractal_level + 1)
+        return self.generator.sample(cond_list, num_iter_list[fractal_level], cfg, cfg_schedule, temperature,
+                                     filter_threshold, child, generator=generator, progress=progress)
+
+    @torch.no_grad()
+    def generate(self, labels, *, num_iter_list, cfg=1.0, cfg_schedule="linear", temperature=1.0,
+                 filter_threshold=1e-4, generator=None, progress=None):
+        """Images (B, 3, H, W) in [0, 1] for labels (B,) int64, as the official evaluate() calls sample(): class
+        embeddings, [cond; fake_latent] under CFG, num_conds copies."""
+        check_labels(labels, None, self.num_classes)
+        if len(num_iter_list) < self.num_fractal_levels - 1 or min(num_iter_list) < 1:
+            raise ValueError(f"generate: num_iter_list needs a positive count for each of the "
+                             f"{self.num_fractal_levels - 1} transformer levels, got {list(num_iter_list)}")
+        if cfg_schedule not in ("linear", "constant"):
+            raise ValueError(f"generate: cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
+        if not temperature > 0 or cfg < 1.0:
+            raise ValueError(f"generate: need temperature > 0 and cfg >= 1, got temperature={temperature}, cfg={cfg}")
+        emb = self.class_emb(labels.to(self.fake_latent.device))
+        if cfg != 1.0:
+            emb = torch.cat([emb, self.fake_latent.expand(len(labels), -1)])
+        x = self.sample([emb] * self.cfg.num_conds, list(num_iter_list), cfg, cfg_schedule, temperature,
+                        filter_threshold, generator=generator, progress=progress)
+        mean, std = x.new_tensor(PIX_MEAN)[:, None, None], x.new_tensor(PIX_STD)[:, None, None]
+        return (x * std + mean).clamp(0, 1)
+
+
+def check_labels(labels, batch, num_classes):
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
+        raise TypeError(f"FractalGen: labels must be a 1-D int64 tensor, got "
+                        f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+    if batch is not None and len(labels) != batch:
+        raise ValueError(f"FractalGen: labels must have one entry per image ({batch}), got {len(labels)}")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+        raise ValueError(f"FractalGen: labels must be in [0, {num_classes}), got [{int(labels.min())}, "
+                         f"{int(labels.max())}]")
+
+
+def bits_per_dim(nll_nats):
+    return nll_nats / math.log(2)
+
+
+def build(name, **overrides) -> FractalGen:
+    """One of MODELS, fields overridable (e.g. num_conds=1 for the official builders' defaults)."""
+    if name not in MODELS:
+        raise ValueError(f"build: name must be one of {tuple(MODELS)}, got {name!r}")
+    return FractalGen(dataclasses.replace(MODELS[name], **overrides))
+
+
+def _builder(name):
+    def make(**overrides):
+        return build(name, **overrides)
+    make.__name__, make.__doc__ = name, f"{name} with the README's flags ({MODELS[name]})."
+    return make
+
+
+fractalar_in64, fractalmar_in64, fractalmar_base_in256, fractalmar_large_in256, fractalmar_huge_in256 = (
+    _builder(n) for n in MODELS)

@@ -1,0 +1,75 @@
+"""Sample class-conditional images with FractalGen and write them as a PNG grid.
+
+    python -m fastar sample fractalgen --model fractalmar_in64 --ckpt checkpoint-last.pth --classes 207 360 --out g.png
+    python -m fastar sample fractalgen --ckpt runs/fractalgen-digits/ckpt.pt --classes 0 1 2 3   # `fastar train`
+
+Without --ckpt the weights are random (the named model's official shapes), and it says so. Per-model defaults of
+--num-iter, --cfg, --temperature are the README's evaluation flags; the progress bar counts the top level's steps.
+"""
+import argparse
+
+import torch
+from tqdm import tqdm
+
+from fastar.models.fractalgen.fractalgen import MODELS, FractalGen, FractalGenConfig, build
+from fastar.models.var.sample import save_grid
+
+# README evaluation flags (num_iter_list, cfg, temperature; linear cfg schedule, filter_threshold 1e-4); base: the
+# README's best-FID cfg with the 256 px temperature
+README_FLAGS = {"fractalar_in64": ("64,16", 11.0, 1.03), "fractalmar_in64": ("64,16", 6.5, 1.02),
+                "fractalmar_base_in256": ("64,16,16", 29.0, 1.1), "fractalmar_large_in256": ("64,16,16", 21.0, 1.1),
+                "fractalmar_huge_in256": ("64,16,16", 19.0, 1.1)}
+
+
+def load(name, ckpt):
+    """(model, what was loaded). ckpt: a `fastar train fractalgen` checkpoint or an official checkpoint-*.pth
+    ({'model': state_dict, 'args': ...}) of the model `name`."""
+    if ckpt is None:
+        return build(name), f"RANDOM weights (no --ckpt): {name}, untrained"
+    import argparse as _argparse
+    torch.serialization.add_safe_globals([_argparse.Namespace])  # the official checkpoints pickle their args
+    sd = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if "fractalgen_cfg" in sd:
+        cfg = FractalGenConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sd["fractalgen_cfg"].items()})
+        model = FractalGen(cfg)
+        model.load_state_dict(sd["model"])
+        return model, f"{ckpt} (fastar train fractalgen checkpoint)"
+    model = build(name)
+    model.load_state_dict(sd.get("model", sd))
+    return model, f"{ckpt} ({name})"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fastar sample fractalgen", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="fractalmar_in64", choices=list(MODELS))
+    p.add_argument("--ckpt", help="an official checkpoint-*.pth of --model, or a `fastar train fractalgen` ckpt.pt")
+    p.add_argument("--classes", type=int, nargs="+", default=[207, 360, 387, 974], help="one image per class")
+    p.add_argument("--num-iter", help="steps per transformer level, comma-separated (AR levels take one per patch)")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance at the end of the linear schedule")
+    p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
+    p.add_argument("--temperature", type=float, help="multiplies the pixel logits (> 1 sharpens), as officially")
+    p.add_argument("--filter-threshold", type=float, default=1e-4, help="CFG leaves values below this probability")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bs", type=int, default=4, help="images per batch (2x rows with CFG)")
+    p.add_argument("--nrow", type=int, default=8)
+    p.add_argument("--out", default="grid.png")
+    args = p.parse_args(argv)
+
+    model, what = load(args.model, args.ckpt)
+    model.eval()
+    levels = model.num_fractal_levels - 1
+    trained_here = "fastar train" in what
+    num_iter, cfg, temperature = (",".join(["4"] * levels), 2.0, 1.0) if trained_here else README_FLAGS[args.model]
+    num_iter = [int(n) for n in (args.num_iter or num_iter).split(",")]
+    cfg = args.cfg if args.cfg is not None else cfg
+    temperature = args.temperature if args.temperature is not None else temperature
+    print(f"sampling with {what}: num_iter {num_iter}, cfg {cfg} ({args.cfg_schedule}), temperature {temperature}")
+    labels = torch.tensor(args.classes)
+    out = []
+    for i, label_B in enumerate(labels.split(args.bs)):
+        progress = lambda steps: tqdm(steps, desc=f"sample fractalgen batch {i + 1}")  # noqa: E731
+        out.append(model.generate(label_B, num_iter_list=num_iter, cfg=cfg, cfg_schedule=args.cfg_schedule,
+                                  temperature=temperature, filter_threshold=args.filter_threshold,
+                                  generator=torch.Generator().manual_seed(args.seed + i), progress=progress))
+    save_grid(torch.cat(out), args.out, nrow=args.nrow)
+    print(f"wrote {args.out}: {len(labels)} images, classes {args.classes}")

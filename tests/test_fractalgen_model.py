@@ -1,0 +1,195 @@
+"""FractalGen models (issue 12): official keys and parameter counts, KV-cache decoding, seeded sampling and a training
+step on fastar's kernels against the reference ops, bad inputs, and the CLI (one process and torchrun DDP)."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastar
+from fastar.models.fractalgen import MODELS, FractalGen, FractalGenConfig, build
+from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD
+from tests.conftest import backend_device
+from tests.test_var_model import run_cli
+from tests.tolerance import assert_close
+
+DATA = Path(__file__).parent / "data"
+pytestmark = pytest.mark.one_schedule
+# 8 px images: 4 patches of 4x4, then 16 pixels (or 4 patches of 2x2, then 4 pixels), then R, G, B
+TINY = {"ar": FractalGenConfig((8, 4, 1), (32, 16, 16), (2, 1, 1), (2, 2, 2), ("ar", "ar"), class_num=10),
+        "mar": FractalGenConfig((8, 4, 1), (32, 16, 16), (2, 1, 1), (2, 2, 2), ("mar", "mar"), class_num=10,
+                                num_conds=5),
+        "mar+guiding pixel": FractalGenConfig((8, 4, 2, 1), (32, 16, 16, 16), (1, 1, 1, 1), (2, 2, 2, 2),
+                                              ("mar", "mar", "mar"), class_num=10, num_conds=5, guiding_pixel=True)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny ops are far too small to split; under a loaded machine two threads mostly wait on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def official_sections():
+    """{model: (parameter count, [(key, shape, kind)])} from the key lists the official code printed."""
+    out = {}
+    for section in (DATA / "fractalgen-state-dict-keys.txt").read_text().split("\n--- ")[1:]:
+        head, *lines = section.strip().splitlines()
+        out[head.split()[0]] = int(head.split()[-1]), [(k, eval(s), kind) for k, s, kind in
+                                                       (ln.split(" ", 1)[:1] + ln.split(" ", 1)[1].rsplit(" ", 1)
+                                                        for ln in lines)]
+    return out
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_keys_and_parameter_count_equal_official(name):
+    count, keys = official_sections()[name]
+    with torch.device("meta"):
+        model = build(name)
+    params = dict(model.named_parameters())
+    assert [(k, list(v.shape), "P" if k in params else "B") for k, v in model.state_dict().items()] == keys
+    assert sum(p.numel() for p in params.values()) == count
+    model.load_state_dict({k: torch.empty(s, device="meta") for k, s, _ in keys}, strict=True, assign=True)
+
+
+def tiny(kind, seed=0, **overrides):
+    torch.manual_seed(seed)
+    cfg = TINY[kind]
+    return FractalGen(FractalGenConfig(**{**cfg.__dict__, **overrides}))
+
+
+def images(B, side, seed=1):
+    """ImageNet-normalized images of whole 0..255 values (PixelLoss's rounding then never depends on its jitter)."""
+    x = torch.randint(256, (B, 3, side, side), generator=torch.Generator().manual_seed(seed)) / 255
+    return (x - torch.tensor(PIX_MEAN)[:, None, None]) / torch.tensor(PIX_STD)[:, None, None]
+
+
+def test_ar_kv_cache_decoding_matches_the_causal_forward():
+    """The conditions the KV-cache loop hands the child, step by step, are the full causal forward's on the same
+    patches."""
+    ar = tiny("ar").eval().generator
+    cond = torch.randn(2, 32)
+    seen, drawn = [], torch.randn(2, ar.seq_len, 3, 4, 4)
+
+    def child(cond_list, **_):
+        seen.append(cond_list[0])
+        return drawn[:, len(seen) - 1]
+
+    ar.sample([cond], 1, 1.0, "constant", 1.0, 0.0, child)
+    patches = drawn.flatten(2)
+    full = ar.transformer(ar.embed(patches[:, :-1], cond, 0), 0)  # (2, S, C)
+    torch.testing.assert_close(torch.stack(seen, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_pixelloss_kv_cache_decoding_matches_the_official_recompute():
+    """Channel by channel, the one-token decode gives the logits of the official full 4-token forward, and the
+    same seeded draws."""
+    pixel = tiny("mar").eval().next_fractal.next_fractal
+    cond, ids = torch.randn(5, 16), torch.randint(256, (5, 3))
+    caches = [tuple(torch.empty(5, 2, 3, 8) for _ in range(2)) for _ in pixel.blocks]
+    full = pixel.predict(ids, cond)
+    for i in range(3):
+        torch.testing.assert_close(pixel.decode(ids, cond, i, caches), full[:, i], atol=1e-5, rtol=1e-5)
+    cond = torch.randn(6, 16)  # [cond; uncond] rows under CFG
+    draws = [pixel.sample([cond], 1.1, 2.0, 1e-2, generator=torch.Generator().manual_seed(0), kv_cache=kv)
+             for kv in (True, False)]
+    assert torch.equal(*draws)
+
+
+@pytest.mark.parametrize("kind", list(TINY))
+def test_sampling_on_fastar_ops_equals_reference_ops(kind, backend):
+    """Same weights, same seed: the backend's attention (MAR levels) and attention_decode (AR levels, PixelLoss) draw
+    the same pixels as the reference ops, at cfg with the linear schedule, temperature and filter_threshold."""
+    dev = backend_device(backend)
+    model = tiny(kind).eval().to(dev)
+    labels = torch.tensor([3, 7], device=dev)
+
+    def sample():
+        return model.generate(labels, num_iter_list=[3, 2, 2], cfg=3.0, temperature=1.1, filter_threshold=1e-2,
+                              generator=torch.Generator().manual_seed(5))
+
+    out = sample()
+    assert out.shape == (2, 3, 8, 8) and 0 <= out.min() and out.max() <= 1
+    assert fastar.last_backend("attention_decode") == backend  # the AR levels and PixelLoss
+    if kind != "ar":
+        assert fastar.last_backend("attention") == backend
+    with fastar.use_backend("reference"):
+        ref = sample()
+    assert torch.equal(out, ref)
+    assert torch.equal(out, sample())  # seeded
+    assert not torch.equal(out, model.generate(labels, num_iter_list=[3, 2, 2], cfg=3.0,
+                                               generator=torch.Generator().manual_seed(6)))
+
+
+@pytest.mark.parametrize("kind", list(TINY))
+def test_training_step_gradients_match_float64_reference(kind, backend):
+    """One training step (label dropout, MAR masks, every level, the guiding-pixel loss): every parameter's gradient
+    within the tolerance rule of the float64 reference ops."""
+    dev = backend_device(backend)
+    model = tiny(kind, proj_dropout=0.0).train().to(dev)
+    x, labels = images(3, 8).to(dev), torch.tensor([1, 2, 3], device=dev)
+    grads, losses = {}, {}
+    for name, dtype in ((backend, torch.float32), ("reference", torch.float32), ("reference", torch.float64)):
+        with fastar.use_backend(name):
+            model.to(dtype).zero_grad(set_to_none=True)
+            torch.manual_seed(0)  # the same label dropout and masks
+            loss = model(x.to(dtype), labels)
+            loss.backward()
+            losses[name, dtype] = loss.item()
+            grads[name, dtype] = {n: p.grad.cpu() for n, p in model.named_parameters()}
+        if name == backend:
+            assert fastar.last_backend("attention") == backend
+    # A 4-patch MAR level often masks every patch (the ratio is mostly > 0.75): no patch_emb gradient, as officially.
+    assert [n for n, g in grads[backend, torch.float32].items() if not g.abs().sum() > 0 and "patch_emb" not in n] == []
+    assert losses[backend, torch.float32] == pytest.approx(losses["reference", torch.float64], rel=1e-5)
+    for n, g in grads[backend, torch.float32].items():
+        assert_close("fractalgen_grads", g, grads["reference", torch.float64][n], grads["reference", torch.float32][n])
+
+
+def test_nll_is_unconditional_and_unweighted():
+    """Eval mode: labels are replaced by fake_latent (the same NLL for any labels) and R is not up-weighted."""
+    model = tiny("ar", r_weight=5.0).eval()
+    x = images(2, 8)
+    torch.manual_seed(0)
+    a = model(x, torch.tensor([1, 2]))
+    torch.manual_seed(0)
+    assert torch.equal(a, model(x, torch.tensor([5, 9])))
+
+
+def test_bad_inputs_are_named():
+    model = tiny("mar").eval()
+    x, labels = images(2, 8), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="imgs must be"):
+        model(x[:, :, :4], labels)
+    with pytest.raises(ValueError, match="imgs must be ImageNet-normalized"):
+        model(x * 10, labels)
+    with pytest.raises(TypeError, match="labels must be a 1-D int64"):
+        model(x, labels.float())
+    with pytest.raises(ValueError, match="labels must be in"):
+        model(x, torch.tensor([1, 10]))
+    with pytest.raises(ValueError, match="one entry per image"):
+        model(x, torch.tensor([1]))
+    with pytest.raises(ValueError, match="num_iter_list"):
+        model.generate(labels, num_iter_list=[4])
+    with pytest.raises(ValueError, match="cfg_schedule"):
+        model.generate(labels, num_iter_list=[4, 4], cfg_schedule="cosine")
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(labels, num_iter_list=[4, 4], temperature=0)
+    with pytest.raises(ValueError, match="build: name"):
+        build("fractalgen_xl")
+    with pytest.raises(ValueError, match="generator_type_list"):
+        FractalGenConfig((8, 4, 1), (32, 16, 16), (2, 1, 1), (2, 2, 2), ("mar", "gpt"))
+    with pytest.raises(ValueError, match="one entry per level"):
+        FractalGenConfig((8, 4, 1), (32, 16), (2, 1, 1), (2, 2, 2), ("mar", "mar"))
+
+
+@pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
+def test_train_then_sample_cli(tmp_path, torchrun):
+    out = run_cli(tmp_path, "train", "fractalgen", "--steps", "3", "--bs", "8", "--nll-passes", "1",
+                  "--num-samples", "2", "--num-iter", "2,2", "--out", "run", torchrun=torchrun)
+    assert "NLL" in out and "bits/dim" in out and (tmp_path / "run" / "samples.png").exists()
+    if not torchrun:
+        out = run_cli(tmp_path, "sample", "fractalgen", "--ckpt", "run/ckpt.pt", "--classes", "0", "1",
+                      "--num-iter", "2,2", "--out", "g.png")
+        assert "fastar train fractalgen checkpoint" in out and (tmp_path / "g.png").exists()
