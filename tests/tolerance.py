@@ -11,7 +11,7 @@ K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
      "f_to_idxBl_or_fhat": 4.0, "idxBl_to_fhat": 4.0, "idxBl_to_var_input": 4.0, "get_next_autoregressive_input": 4.0,
      "msq_forward": 4.0,
      # FlashAttention's factors: 2 for the forward (out, lse), 3 for the gradients.
-     "attention": 2.0, "attention_bwd": 3.0,
+     "attention": 2.0, "attention_bwd": 3.0, "multi_axis_attention": 2.0, "multi_axis_attention_bwd": 3.0,
      # 100 chained DDPM steps amplify rounding chaotically; the GEMMs block and the fused passes sum differently.
      "diffusion_sample": 4.0, "mar_sample_tokens": 4.0}
 
