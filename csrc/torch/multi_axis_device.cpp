@@ -64,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_axis_attention_bwd_device(
   check_head_dim(op, q_in.size(4));
   DeviceScope scope(q_in);
   const at::Tensor q = heads_aligned(q_in), k = heads_aligned(k_in), v = heads_aligned(v_in);
-  const at::Tensor dout_c = dout.to(q.scalar_type()).contiguous(), lse_c = lse.to(at::kFloat).contiguous();
+  const at::Tensor dout_c = heads_aligned(dout.to(q.scalar_type())), lse_c = lse.to(at::kFloat).contiguous();
   const at::Tensor delta = (dout_c.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();  // (B, H, W, heads)
   const auto f32 = q.options().dtype(at::kFloat);
   at::Tensor dq = at::zeros(q.sizes(), f32);   // (B, H, W, heads, D), added to by the kernel
@@ -73,6 +73,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_axis_attention_bwd_device(
   kernels::MultiAxisBwdParams p{};
   static_cast<kernels::MultiAxisParams&>(p) = params(q, k, v, block_size, scale);
   p.lse = lse_c.data_ptr<float>(), p.dout = dout_c.data_ptr(), p.delta = delta.data_ptr<float>();
+  for (int i = 0; i < 4; ++i) p.dout_strides[i] = dout_c.stride(i);
   p.dq = dq.data_ptr<float>(), p.dk = dk.data_ptr<float>(), p.dv = dv.data_ptr<float>();
   check_launch(kernels::multi_axis_attention_bwd_launch(p, scope.stream()), op);
   const int64_t hk = k.size(3), group = q.size(3) / hk;

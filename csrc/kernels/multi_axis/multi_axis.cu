@@ -3,7 +3,7 @@
 // gathers that group's tokens straight from the image layout (geometry.h) into shared memory: no block_images copy.
 // Forward (FlashAttention-2): 64 queries per block, 16 per warp, over 64-key tiles with an online softmax,
 //   m' = max(m, rowmax S), P = exp(scale (S - m')), l' = l e^{scale (m - m')} + rowsum P, O' = O e^{...} + P V.
-// Backward: a block owns 64 keys (16 per warp, as rows of S^T = K Q^T) and walks the group's query tiles,
+// Backward: a block owns 64 keys (16 per warp, as rows of S^T = K Q^T) and walks the group's queries 32 at a time,
 //   P^T = exp(scale S^T - lse), dS^T = scale P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q, dQ += dS K,
 // dQ by fp32 atomics (one add per element per key tile, in key-tile order under the emulator).
 #include "kernels/attention/flash_tile.cuh"
@@ -42,12 +42,12 @@ struct Work {
   __device__ __forceinline__ int kv_head(const MultiAxisParams& p) const { return h / (p.heads / p.hk); }
 };
 
-// tile <- rows [t0, t0 + 64) of the group's tokens of head `head` (zeros past n).
-template <class T, int D>
+// tile <- rows [t0, t0 + R) of the group's tokens of head `head` (zeros past n).
+template <class T, int R, int D>
 __device__ __forceinline__ void load_group(T* tile, const Work& w, const MultiAxisParams& p, const void* base,
                                            const int64_t (&s)[4], int head, int t0, int tid) {
   const T* x = static_cast<const T*>(base);
-  load_rows<T, kTile, D, kThreads>(tile, [&](int t) { return x + w.offset(p, s, head, t); }, t0, w.n, tid);
+  load_rows<T, R, D, kThreads>(tile, [&](int t) { return x + w.offset(p, s, head, t); }, t0, w.n, tid);
 }
 
 template <class T, int D>
@@ -68,14 +68,14 @@ __global__ void __launch_bounds__(kThreads, 1) multi_axis_attention_fwd_kernel(c
   const int q0 = w.tile * kTile, hk = w.kv_head(p);
   const float scale_log2 = p.scale * kLog2e;
   T* p_w = p_s + warp * 16 * SP;
-  load_group<T, D>(q_s, w, p, p.q, p.q_strides, w.h, q0, tid);
+  load_group<T, kTile, D>(q_s, w, p, p.q, p.q_strides, w.h, q0, tid);
 
   float o[D / 8][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // rows g and g + 8 of the warp: raw-score max, sum
   for (int k0 = 0; k0 < w.n; k0 += kTile) {
     __syncthreads();  // the previous tile's k_s / v_s reads are done (and q_s is loaded)
-    load_group<T, D>(k_s, w, p, p.k, p.k_strides, hk, k0, tid);
-    load_group<T, D>(v_s, w, p, p.v, p.v_strides, hk, k0, tid);
+    load_group<T, kTile, D>(k_s, w, p, p.k, p.k_strides, hk, k0, tid);
+    load_group<T, kTile, D>(v_s, w, p, p.v, p.v_strides, hk, k0, tid);
     __syncthreads();
     float s[kTile / 8][4] = {};  // scores, then probabilities
     warp_gemm<T, kTile / 8, D, false, false>(s, q_s + warp * 16 * S, S, k_s, S, lane);
@@ -126,38 +126,38 @@ __global__ void __launch_bounds__(kThreads, 1) multi_axis_attention_fwd_kernel(c
   }
 }
 
+constexpr int kTileQ = 32;  // queries per backward step: S^T and dP^T beside dK and dV in registers
+
 template <class T, int D>
-constexpr size_t bwd_smem() {  // k, v, q, dO (64 x D); dS^T and for float32 P^T (64 x 64); lse, delta
-  return sizeof(T) * (4 * kTile * kStride<T, D> + (kF32<T> ? 2 : 1) * kTile * kStride<T, kTile>) +
-         2 * kTile * sizeof(float);
+constexpr size_t bwd_smem() {  // k, v (64 x D); q, dO (32 x D); dS^T and for float32 P^T (64 x 32); lse, delta
+  return sizeof(T) * (2 * (kTile + kTileQ) * kStride<T, D> + (kF32<T> ? 2 : 1) * kTile * kStride<T, kTileQ>) +
+         2 * kTileQ * sizeof(float);
 }
 
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads, 1) multi_axis_attention_bwd_kernel(const MultiAxisBwdParams p) {
-  constexpr int S = kStride<T, D>, SM = kStride<T, kTile>;
-  DYNAMIC_SHARED(T, k_s);        // (64, S)
-  T* v_s = k_s + kTile * S;      // (64, S)
-  T* q_s = v_s + kTile * S;      // (64, S)
-  T* do_s = q_s + kTile * S;     // (64, S)
-  T* dst_s = do_s + kTile * S;   // (64, SM): dS^T, keys x queries, the A operand of dQ for every warp
-  T* pt_s = dst_s + kTile * SM;  // (64, SM), float32 only: P^T
-  float* lse_s = reinterpret_cast<float*>(pt_s + (kF32<T> ? kTile * SM : 0));  // (64,): lse log2(e), +inf past n
-  float* delta_s = lse_s + kTile;                                // (64,)
+  constexpr int S = kStride<T, D>, SM = kStride<T, kTileQ>;
+  DYNAMIC_SHARED(T, k_s);         // (64, S)
+  T* v_s = k_s + kTile * S;       // (64, S)
+  T* q_s = v_s + kTile * S;       // (32, S)
+  T* do_s = q_s + kTileQ * S;     // (32, S)
+  T* dst_s = do_s + kTileQ * S;   // (64, SM): dS^T, keys x queries, the A operand of dQ for every warp
+  T* pt_s = dst_s + kTile * SM;   // (64, SM), float32 only: P^T
+  float* lse_s = reinterpret_cast<float*>(pt_s + (kF32<T> ? kTile * SM : 0));  // (32,): lse log2(e), +inf past n
+  float* delta_s = lse_s + kTileQ;                                              // (32,)
   Work w;
   if (!w.init(p)) return;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
   const int k0 = w.tile * kTile, hk = w.kv_head(p);
   const float scale_log2 = p.scale * kLog2e;
-  const int64_t contiguous[4] = {int64_t(p.geo.H) * p.geo.W * p.heads * D, int64_t(p.geo.W) * p.heads * D,
-                                 int64_t(p.heads) * D, D};  // dout's strides
-  load_group<T, D>(k_s, w, p, p.k, p.k_strides, hk, k0, tid);
-  load_group<T, D>(v_s, w, p, p.v, p.v_strides, hk, k0, tid);
+  load_group<T, kTile, D>(k_s, w, p, p.k, p.k_strides, hk, k0, tid);
+  load_group<T, kTile, D>(v_s, w, p, p.v, p.v_strides, hk, k0, tid);
   float dk[D / 8][4] = {}, dv[D / 8][4] = {};
-  for (int q0 = 0; q0 < w.n; q0 += kTile) {
+  for (int q0 = 0; q0 < w.n; q0 += kTileQ) {
     __syncthreads();  // the previous step's reads of q_s, do_s, pt_s, dst_s are done
-    load_group<T, D>(q_s, w, p, p.q, p.q_strides, w.h, q0, tid);
-    load_group<T, D>(do_s, w, p, p.dout, contiguous, w.h, q0, tid);
-    for (int i = tid; i < kTile; i += kThreads) {
+    load_group<T, kTileQ, D>(q_s, w, p, p.q, p.q_strides, w.h, q0, tid);
+    load_group<T, kTileQ, D>(do_s, w, p, p.dout, p.dout_strides, w.h, q0, tid);
+    for (int i = tid; i < kTileQ; i += kThreads) {
       const bool in = q0 + i < w.n;
       const int64_t row = in ? w.row(p, w.h, q0 + i) : 0;
       lse_s[i] = in ? p.lse[row] * kLog2e : INFINITY;
@@ -165,11 +165,11 @@ __global__ void __launch_bounds__(kThreads, 1) multi_axis_attention_bwd_kernel(c
     }
     __syncthreads();
 
-    float st[kTile / 8][4] = {}, dpt[kTile / 8][4] = {};  // S^T and dP^T: this warp's 16 keys x 64 queries
-    warp_gemm<T, kTile / 8, D, false, false>(st, k_s + warp * 16 * S, S, q_s, S, lane);
-    warp_gemm<T, kTile / 8, D, false, false>(dpt, v_s + warp * 16 * S, S, do_s, S, lane);
+    float st[kTileQ / 8][4] = {}, dpt[kTileQ / 8][4] = {};  // S^T and dP^T: this warp's 16 keys x 32 queries
+    warp_gemm<T, kTileQ / 8, D, false, false>(st, k_s + warp * 16 * S, S, q_s, S, lane);
+    warp_gemm<T, kTileQ / 8, D, false, false>(dpt, v_s + warp * 16 * S, S, do_s, S, lane);
 #pragma unroll
-    for (int nt = 0; nt < kTile / 8; ++nt)
+    for (int nt = 0; nt < kTileQ / 8; ++nt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int kl = warp * 16 + g + 8 * (i >> 1), ql = 8 * nt + 2 * t + (i & 1);
@@ -182,31 +182,31 @@ __global__ void __launch_bounds__(kThreads, 1) multi_axis_attention_bwd_kernel(c
       }
     if constexpr (kF32<T>) {
       __syncwarp();  // dV and dK read this warp's own rows of P^T and dS^T
-      warp_gemm<T, D / 8, kTile, false, true>(dv, pt_s + warp * 16 * SM, SM, do_s, S, lane);
-      warp_gemm<T, D / 8, kTile, false, true>(dk, dst_s + warp * 16 * SM, SM, q_s, S, lane);
+      warp_gemm<T, D / 8, kTileQ, false, true>(dv, pt_s + warp * 16 * SM, SM, do_s, S, lane);
+      warp_gemm<T, D / 8, kTileQ, false, true>(dk, dst_s + warp * 16 * SM, SM, q_s, S, lane);
     } else {  // P^T and dS^T feed the products from registers, as A fragments
-      uint32_t af[kTile / 16][4];
+      uint32_t af[kTileQ / 16][4];
       c_to_a_frags<T>(af, st);
-      warp_gemm_a_frags<T, D / 8, kTile, true>(dv, af, do_s, S, lane);
+      warp_gemm_a_frags<T, D / 8, kTileQ, true>(dv, af, do_s, S, lane);
       c_to_a_frags<T>(af, dpt);
-      warp_gemm_a_frags<T, D / 8, kTile, true>(dk, af, q_s, S, lane);
+      warp_gemm_a_frags<T, D / 8, kTileQ, true>(dk, af, q_s, S, lane);
     }
     __syncthreads();  // dQ reads every warp's rows of dS^T
-    // dQ = dS K for this warp's 16 queries (dS read transposed from dS^T), in two column halves: a whole
-    // 64-wide dQ beside dK and dV spills at 16 bits.
-#pragma unroll 1
-    for (int c0 = 0; c0 < D; c0 += D / 2) {
-      float dq[D / 16][4] = {};
-      warp_gemm<T, D / 16, kTile, true, true>(dq, dst_s + warp * 16, SM, k_s + c0, S, lane);
+
+    // dQ (32 x D) += dS K, as 16 x 16 chunks spread over the warps (dS read transposed from dS^T).
+    for (int c = warp; c < (kTileQ / 16) * (D / 16); c += kWarps) {
+      const int mr = c / (D / 16) * 16, dc = c % (D / 16) * 16;
+      float dq[2][4] = {};
+      warp_gemm<T, 2, kTile, true, true>(dq, dst_s + mr, SM, k_s + dc, S, lane);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const int q = q0 + warp * 16 + g + 8 * r;
+        const int q = q0 + mr + g + 8 * r;
         if (q >= w.n) continue;
-        float* dq_row = p.dq + w.row(p, w.h, q) * D + c0;
+        float* dq_row = p.dq + w.row(p, w.h, q) * D + dc;
 #pragma unroll
-        for (int dt = 0; dt < D / 16; ++dt)
+        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-          for (int c = 0; c < 2; ++c) atomicAdd(&dq_row[8 * dt + 2 * t + c], dq[dt][2 * r + c]);
+          for (int e = 0; e < 2; ++e) atomicAdd(&dq_row[8 * nt + 2 * t + e], dq[nt][2 * r + e]);
       }
     }
   }
