@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     ("sample", "var"): "fastar.models.var.sample",
     ("train", "var"): "fastar.models.var.train",
+    ("sample", "hit"): "fastar.models.hit.sample",
+    ("train", "hit"): "fastar.models.hit.train",
 }
 
 
