@@ -12,6 +12,8 @@ K/V (one key/value head shared by all heads).
 """
 from dataclasses import dataclass
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -199,3 +201,11 @@ class HiTGenerator(nn.Module):
             if i < len(self.upsamplings):
                 x = self.upsamplings[i](x)
         return images.permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def sample(self, z, batch_stats=True):
+        """Images in [-1, 1] (clipped, as the official evaluation). batch_stats: BatchNorm on the batch's own
+        statistics, from a copy, so the running ones stay; they follow Keras's momentum (0.01 per step) and need far
+        more steps than a short run to settle. batch_stats=False: eval mode, the running statistics."""
+        G = copy.deepcopy(self).train() if batch_stats else self.eval()
+        return G(z).clamp(-1, 1)

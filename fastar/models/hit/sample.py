@@ -3,8 +3,8 @@
     python -m fastar sample hit --ckpt runs/hit-digits/ckpt.pt --n 32 --out grid.png   # from `fastar train hit`
     python -m fastar sample hit --size 256 --n 4                                        # random weights, says so
 
-The EMA generator of a checkpoint, in eval mode (BatchNorm running statistics); outputs clipped to [-1, 1] as
-the official evaluation does.
+The EMA generator of a checkpoint, BatchNorm on the batch's statistics (--running-stats: eval mode, as the
+official evaluation after 10^5 steps); outputs clipped to [-1, 1] as the official evaluation does.
 """
 import argparse
 
@@ -21,6 +21,8 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=16, help="images")
     p.add_argument("--nrow", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--running-stats", action="store_true",
+                   help="BatchNorm on its running statistics (eval mode) instead of the batch's own")
     p.add_argument("--out", default="hit_samples.png")
     args = p.parse_args(argv)
 
@@ -34,7 +36,5 @@ def main(argv=None):
         G.load_state_dict(sd["G_ema"])
         print(f"{args.ckpt} (fastar train hit checkpoint, EMA generator, step {sd['step']})")
     z = torch.randn(args.n, G.cfg.latent_dim, generator=torch.Generator().manual_seed(args.seed))
-    with torch.no_grad():
-        img = G.eval()(z).clamp(-1, 1)
-    save_grid((img + 1) / 2, args.out, nrow=args.nrow)
+    save_grid((G.sample(z, batch_stats=not args.running_stats) + 1) / 2, args.out, nrow=args.nrow)
     print(f"wrote {args.out}")
