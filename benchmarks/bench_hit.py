@@ -9,15 +9,12 @@ Knobs (environment): FASTAR_BENCH_HIT_GEN_B (8) and FASTAR_BENCH_HIT_STEP_B (2) 
 FASTAR_BENCH_HIT_SIZE (256) and FASTAR_BENCH_HIT_STEP_SIZE (128) the configs, FASTAR_BENCH_HIT_D_CHANNELS (128)
 the discriminator's cap (512: the official width)."""
 import os
-import time
-from collections import defaultdict
-from contextlib import contextmanager
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 import fastar
+from benchmarks import bench_var
 from benchmarks.harness import compare
 from fastar.models.hit import CONFIGS, HiTGenerator, StyleGANDiscriminator
 from fastar.models.hit.train import gan_step
@@ -38,42 +35,15 @@ def on(backend, fn):
     return run
 
 
-class Breakdown:
+class Breakdown(bench_var.Breakdown):
     """ms per part of the generator's forward, per contender: multi-axis self-attention, cross-attention, the
-    linear layers (F.linear) and the rest (BatchNorm, GELU, pixel shuffle, embeddings); the parts add up to the
-    total (only the outermost timed call counts)."""
+    linear layers (F.linear) and the rest (BatchNorm, GELU, pixel shuffle, embeddings); VAR's timing, HiT's parts."""
 
     def __init__(self, monkeypatch):
         self.ms, self._spent, self._depth = {}, None, 0
         for part, owner, name in (("multi-axis attention", fastar.ops, "multi_axis_attention"),
                                   ("cross-attention", fastar.ops, "attention"), ("linear layers", F, "linear")):
             monkeypatch.setattr(owner, name, self._timed(part, getattr(owner, name)))
-
-    def _timed(self, part, fn):
-        def wrapped(*args, **kwargs):
-            if self._spent is None or self._depth:
-                return fn(*args, **kwargs)
-            self._depth += 1
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self._spent[part] += time.perf_counter() - t0
-                self._depth -= 1
-        return wrapped
-
-    @contextmanager
-    def recording(self, contender):
-        self._spent = defaultdict(float)
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            total = time.perf_counter() - t0
-            self._spent["other"] = total - sum(self._spent.values())
-            self.ms[contender] = {part: s * 1e3 for part, s in sorted(self._spent.items(), key=lambda kv: -kv[1])}
-            self.ms[contender]["total"] = total * 1e3
-            self._spent = None
 
 
 def test_hit_generator_forward(benchmark, monkeypatch):

@@ -257,12 +257,18 @@ bool valid(const MultiAxisParams& p) {
          geo.W % geo.b == 0 && cdiv(geo.H * geo.W, kTile) <= 65535;
 }
 
+// f(Spec<T, D>{}) after the checks every launcher shares.
+template <class F>
+cudaError_t launch(const MultiAxisParams& p, F&& f) {
+  if (!valid(p)) return cudaErrorInvalidValue;
+  if (p.B == 0) return cudaSuccess;
+  return dispatch_dims(p.dtype, p.D, f);
+}
+
 }  // namespace
 
 cudaError_t multi_axis_attention_fwd_launch(const MultiAxisParams& p, cudaStream_t stream) {
-  if (!valid(p)) return cudaErrorInvalidValue;
-  if (p.B == 0) return cudaSuccess;
-  return dispatch_dims(p.dtype, p.D, [&](auto spec) {
+  return launch(p, [&](auto spec) {
     using T = typename decltype(spec)::Elem;
     constexpr int D = decltype(spec)::kDim;
     return launch_with_smem(multi_axis_attention_fwd_kernel<T, D>, grid(p), kThreads, fwd_smem<T, D>(), stream, p);
@@ -270,9 +276,7 @@ cudaError_t multi_axis_attention_fwd_launch(const MultiAxisParams& p, cudaStream
 }
 
 cudaError_t multi_axis_attention_bwd_launch(const MultiAxisBwdParams& p, cudaStream_t stream) {
-  if (!valid(p)) return cudaErrorInvalidValue;
-  if (p.B == 0) return cudaSuccess;
-  return dispatch_dims(p.dtype, p.D, [&](auto spec) {
+  return launch(p, [&](auto spec) {
     using T = typename decltype(spec)::Elem;
     constexpr int D = decltype(spec)::kDim;
     return launch_with_smem(multi_axis_attention_bwd_kernel<T, D>, grid(p), kThreads, bwd_smem<T, D>(), stream, p);
