@@ -12,6 +12,8 @@ COMMANDS = {
     ("selftest",): "fastar.selftest",
     ("sample", "fractalgen"): "fastar.models.fractalgen.sample",
     ("train", "fractalgen"): "fastar.models.fractalgen.train",
+    ("sample", "hit"): "fastar.models.hit.sample",
+    ("train", "hit"): "fastar.models.hit.train",
 }
 
 

@@ -16,7 +16,10 @@ K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
      # 100 chained DDPM steps amplify rounding chaotically; the GEMMs block and the fused passes sum differently.
      "diffusion_sample": 4.0, "mar_sample_tokens": 4.0,
      # FractalGen: gradients through three levels of LayerNorm / RMSNorm, RoPE and fused attention.
-     "fractalgen_grads": 4.0}
+     "fractalgen_grads": 4.0,
+     "multi_axis_attention": 2.0, "multi_axis_attention_bwd": 3.0,
+     # HiT: a GAN step's gradients through G, D, R1 (a double backward) and bCR, as VAR's.
+     "hit_grads": 4.0}
 
 
 def error_and_bound(op, out, ref64, ref_lowp, scale=None):

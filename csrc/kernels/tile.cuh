@@ -20,18 +20,24 @@ constexpr bool kF32 = std::is_same<T, float>::value;  // the FMA path: no A oper
 template <class T, int C>
 constexpr int kStride = C + 16 / int(sizeof(T));
 
-// tile[r][:] = rows[r0 + r][0, D) for r < R, zeros past row `rows` (R x D elements, row stride kStride<T, D>).
-// src rows are `ld` elements apart and 16-byte aligned; each thread moves 16 bytes at a time.
-// kBlock threads (tid < kBlock) share the copy.
-template <class T, int R, int D, int kBlock>
-__device__ __forceinline__ void load_tile(T* tile, const T* src, int64_t ld, int r0, int rows, int tid) {
+// tile[r][:] = row(r0 + r)[0, D) for r < R, zeros past row `rows` (R x D elements, row stride kStride<T, D>): row(i)
+// is the address of source row i, 16-byte aligned, so rows may be gathered from anywhere (HiT's blocks of an
+// image). kBlock threads (tid < kBlock) share the copy; each thread moves 16 bytes at a time.
+template <class T, int R, int D, int kBlock, class Row>
+__device__ __forceinline__ void load_rows(T* tile, Row row, int r0, int rows, int tid) {
   constexpr int kVec = 16 / sizeof(T), kPerRow = D / kVec;
   for (int e = tid; e < R * kPerRow; e += kBlock) {
     const int r = e / kPerRow, c = e % kPerRow * kVec;
     uint4 v = make_uint4(0, 0, 0, 0);
-    if (r0 + r < rows) v = load_vector<uint4>(src + (r0 + r) * ld + c);
+    if (r0 + r < rows) v = load_vector<uint4>(row(r0 + r) + c);
     store_vector(tile + r * kStride<T, D> + c, v);
   }
+}
+
+// load_rows of rows `ld` elements apart from src.
+template <class T, int R, int D, int kBlock>
+__device__ __forceinline__ void load_tile(T* tile, const T* src, int64_t ld, int r0, int rows, int tid) {
+  load_rows<T, R, D, kBlock>(tile, [&](int i) { return src + i * ld; }, r0, rows, tid);
 }
 
 template <class T>

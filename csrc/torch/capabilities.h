@@ -10,6 +10,7 @@
 
 #include "kernels/attention/capabilities.h"
 #include "kernels/attention/mask.h"
+#include "kernels/multi_axis/capabilities.h"
 
 namespace fastar {
 
@@ -21,6 +22,11 @@ inline pybind11::dict capabilities(std::initializer_list<std::pair<const char*, 
   attention["max_head_dim"] = dims;
   attention["mask_kinds"] = kinds;
   caps["attention"] = attention;
+  pybind11::list multi_axis_dims;  // of the CUDA (and simt) kernels; the CPU kernels take any head dim
+  for (const int d : kernels::kMultiAxisHeadDims) multi_axis_dims.append(d);
+  pybind11::dict multi_axis;
+  multi_axis["device_head_dims"] = multi_axis_dims;
+  caps["multi_axis"] = multi_axis;
   return caps;
 }
 

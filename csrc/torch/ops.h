@@ -29,6 +29,14 @@ inline void define_ops(torch::Library& m) {
   // -> out (B, H, Lq, D) like q, lse (B, H, Lq) float32.
   m.def("attention_decode(Tensor q, Tensor k_cache, Tensor v_cache, int cache_len, float scale) "
         "-> (Tensor out, Tensor lse)");
+  // HiT's multi-axis attention: q (B, H, W, heads, D), k and v (B, H, W, heads_kv, D), heads_kv 1 or an even divisor
+  // of heads; the first half of the heads attends inside each block_size x block_size block (regional), the second
+  // half among the pixels at one offset of every block (dilated) -> out (B, H, W, heads, D) like q,
+  // lse (B, H, W, heads) float32 (float64 for float64 inputs).
+  m.def("multi_axis_attention_fwd(Tensor q, Tensor k, Tensor v, int block_size, float scale) -> (Tensor out, Tensor lse)");
+  // dout (B, H, W, heads, D) and the forward's inputs and outputs -> dq like q, dk and dv like k and v.
+  m.def("multi_axis_attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int block_size, "
+        "float scale) -> (Tensor dq, Tensor dk, Tensor dv)");
   // MAR's diffusion-head p_sample_loop: z (N, Z), the head's weights in head_shapes order, schedule (S, 7) float64
   // (fastar/reference/diffusion.py) -> tokens (N, C), or the conditional half (N/2, C) when cfg != 1.
   m.def("diffusion_sample(Tensor z, Tensor[] weights, Tensor schedule, float temperature, float cfg, "

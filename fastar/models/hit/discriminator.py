@@ -1,0 +1,65 @@
+"""HiT's discriminator: the StyleGAN2-style residual network of the official code (models/discriminators.py,
+StyleGANDiscriminator), blur downsampling ([1, 3, 3, 1] outer product, stride 2), equalized LR and minibatch
+stddev off (the official defaults). Images NCHW in [-1, 1]."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Channels by resolution; m = channel_multiplier (1 for ImageNet, 2 for the face datasets).
+CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
+SCALED = (64, 128, 256, 512, 1024)
+
+
+def channels(res, multiplier, max_channels):
+    return min(CHANNELS[res] * (multiplier if res in SCALED else 1), max_channels)
+
+
+class Blur(nn.Module):
+    """BlurPool2D: the normalized [1, 3, 3, 1] x [1, 3, 3, 1] filter per channel, stride 2, halving the size."""
+
+    def __init__(self):
+        super().__init__()
+        f = torch.tensor([1.0, 3.0, 3.0, 1.0])
+        self.register_buffer("kernel", (f[:, None] * f[None]) / 64, persistent=False)
+
+    def forward(self, x):
+        C = x.shape[1]
+        return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.kernel.expand(C, 1, 4, 4), stride=2, groups=C)
+
+
+class ResBlock(nn.Module):
+    """conv3 -> lrelu -> blur -> conv3 -> lrelu, skip blur -> conv1 (no bias); (out + skip) / sqrt(2)."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(cin, cin, 3, padding=1), nn.Conv2d(cin, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1, bias=False)
+        self.blur = Blur()
+
+    def forward(self, x):
+        y = F.leaky_relu(self.conv2(self.blur(F.leaky_relu(self.conv1(x), 0.2))), 0.2)
+        return (y + self.skip(self.blur(x))) / math.sqrt(2)
+
+
+class StyleGANDiscriminator(nn.Module):
+    def __init__(self, resolution, channel_multiplier=1, max_channels=512):
+        super().__init__()
+        if resolution not in CHANNELS or resolution < 8:
+            raise ValueError(f"StyleGANDiscriminator: resolution must be a power of 2 in [8, 1024], got {resolution}")
+        ch = lambda r: channels(r, channel_multiplier, max_channels)  # noqa: E731
+        self.stem = nn.Conv2d(3, ch(resolution), 3, padding=1)
+        self.blocks = nn.ModuleList(ResBlock(ch(r), ch(r // 2)) for r in (2 ** i for i in range(
+            int(math.log2(resolution)), 2, -1)))
+        self.head_conv = nn.Conv2d(ch(4), ch(4), 3, padding=1)
+        self.head_dense = nn.Linear(ch(4) * 16, ch(4))
+        self.out = nn.Linear(ch(4), 1)
+
+    def forward(self, x):
+        """x (B, 3, R, R) -> logits (B,)."""
+        x = F.leaky_relu(self.stem(x), 0.2)
+        for block in self.blocks:
+            x = block(x)
+        x = F.leaky_relu(self.head_conv(x), 0.2)
+        return self.out(F.leaky_relu(self.head_dense(x.flatten(1)), 0.2)).squeeze(1)

@@ -1,0 +1,212 @@
+"""HiT's generator (Zhao et al., NeurIPS 2021, "Improved Transformer for High-Resolution GANs"), after the
+official TensorFlow code (google-research/hit-gan models/generators.py, models/layers.py): facts only, our code.
+
+z -> Dense -> an 8 x 8 map; stages at 8, 16, 32, ... px, each: + a per-pixel position embedding, one
+cross-attention block to 16 latent tokens made from z (self-modulation), then N multi-axis self-attention blocks
+(first half of the heads inside b x b blocks, second half across blocks: fastar.ops.multi_axis_attention, straight
+from the image layout, no block_images copy) or N MLP blocks at 128 px and above; MLP-only stages add SkipToRGB;
+PixelShuffle between stages. Tensors are NHWC (B, H, W, C) as in the TF code, so that weights keep their meaning:
+PixelShuffle is TF's depth_to_space (input channel (dy * 2 + dx) * C' + c goes to pixel (2y + dy, 2x + dx)),
+not torch's pixel_shuffle (c * 4 + dy * 2 + dx). Norms are BatchNorm (the official default), GELU MLPs, multi-query
+K/V (one key/value head shared by all heads).
+"""
+from dataclasses import dataclass
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fastar
+
+
+@dataclass(frozen=True)
+class HiTConfig:
+    output_size: int = 256
+    latent_dim: int = 512
+    num_layers: tuple = (2, 2, 2, 2, 1, 1)  # per stage, after its cross-attention block
+    channels: tuple = (512, 512, 256, 128, 64, 64)
+    heads: tuple = (16, 8, 4, 4, 4, 4)
+    block_sizes: tuple = (4, 4, 8, 8, None, None)  # None: MLP-only stage (no self-attention)
+    multi_query: bool = True  # the official attn_type="multi_query"
+
+
+# The one configuration per output size of the official code (HiTGenerator.__init__).
+CONFIGS = {
+    128: HiTConfig(128, 256, (2, 2, 2, 2, 2), (512, 512, 256, 128, 128), (16, 8, 4, 4, 4), (4, 4, 8, 8, None)),
+    256: HiTConfig(),
+    1024: HiTConfig(1024, 512, (2, 2, 2, 2, 1, 1, 1, 1), (512, 512, 256, 128, 64, 64, 32, 32),
+                    (16, 8, 4, 4, 4, 4, 4, 4), (4, 4, 8, 8, None, None, None, None)),
+}
+# A 32 px model for scikit-learn's digits (`python -m fastar train hit`): attention at 8 and 16 px (head dim 32, one
+# the CUDA kernels are built for), MLP at 32.
+TINY = HiTConfig(32, 64, (1, 1, 1), (128, 64, 32), (4, 2, 4), (4, 4, None))
+
+
+def trunc_normal_(t):
+    """TF's TruncatedNormal(stddev=0.02): resampled beyond 2 standard deviations."""
+    return nn.init.trunc_normal_(t, std=0.02, a=-0.04, b=0.04)
+
+
+class Dense(nn.Linear):
+    """Keras Dense as the generator builds it: TruncatedNormal(0.02) kernel, zero bias."""
+
+    def reset_parameters(self):
+        trunc_normal_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+class BatchNorm(nn.BatchNorm1d):
+    """Keras BatchNormalization on the last axis of any tensor (statistics over all the other axes); Keras's
+    epsilon 1e-3 and momentum 0.99 (torch's 0.01)."""
+
+    def __init__(self, dim):
+        super().__init__(dim, eps=1e-3, momentum=0.01)
+
+    def forward(self, x):
+        return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)
+
+
+class PositionEmbedding(nn.Module):
+    def __init__(self, *shape):
+        super().__init__()
+        self.embedding_weight = nn.Parameter(trunc_normal_(torch.empty(1, *shape)))
+
+    def forward(self, x):
+        return x + self.embedding_weight
+
+
+class MLP(nn.Module):
+    """x + Dense(C)(gelu(Dense(4C)(norm(x)))), pre-norm with its own residual."""
+
+    def __init__(self, dim, expansion=4):
+        super().__init__()
+        self.norm_layer = BatchNorm(dim)
+        self.fc1, self.fc2 = Dense(dim, dim * expansion), Dense(dim * expansion, dim)
+
+    def forward(self, x):
+        return x + self.fc2(F.gelu(self.fc1(self.norm_layer(x))))
+
+
+class MultiAxisAttention(nn.Module):
+    """Query C -> (heads, C / heads); key and value kv_dim -> (1 or heads, C / heads); output back to C.
+    Self-attention (latents None): multi-axis over the image. Cross-attention: every pixel to the latent tokens."""
+
+    def __init__(self, dim, heads, kv_dim=None, multi_query=True):
+        super().__init__()
+        self.heads, self.key_dim = heads, dim // heads
+        kv_heads = 1 if multi_query else heads
+        self.query_dense = Dense(dim, heads * self.key_dim)
+        self.key_dense = Dense(kv_dim or dim, kv_heads * self.key_dim)
+        self.value_dense = Dense(kv_dim or dim, kv_heads * self.key_dim)
+        self.output_dense = Dense(heads * self.key_dim, dim)
+
+    def forward(self, x, block_size=None, latents=None):
+        B, H, W, _ = x.shape
+        q = self.query_dense(x).view(B, H, W, self.heads, self.key_dim)
+        if latents is None:
+            k, v = (d(x).view(B, H, W, -1, self.key_dim) for d in (self.key_dense, self.value_dense))
+            out = fastar.ops.multi_axis_attention(q, k, v, block_size)  # (B, H, W, heads, key_dim)
+        else:
+            k, v = (d(latents).view(B, latents.shape[1], -1, self.key_dim).transpose(1, 2)
+                    for d in (self.key_dense, self.value_dense))  # (B, 1 or heads, L, key_dim)
+            out = fastar.ops.attention(q.view(B, H * W, self.heads, self.key_dim).transpose(1, 2), k, v)
+            out = out.transpose(1, 2)  # (B, H*W, heads, key_dim)
+        return self.output_dense(out.reshape(B, H, W, -1))
+
+
+class Block(nn.Module):
+    """x + attention(norm(x)[, latents]), then MLP; the latents are normalized once, by the embedding."""
+
+    def __init__(self, dim, heads, block_size=None, kv_dim=None, multi_query=True):
+        super().__init__()
+        self.block_size = block_size
+        self.norm = BatchNorm(dim)
+        self.attention_layer = MultiAxisAttention(dim, heads, kv_dim, multi_query)
+        self.mlp_block = MLP(dim)
+
+    def forward(self, x, latents=None):
+        return self.mlp_block(x + self.attention_layer(self.norm(x), self.block_size, latents))
+
+
+class PixelShuffle(nn.Module):
+    """TF depth_to_space(2) on NHWC, then Dense to the next stage's width when C / 4 differs."""
+
+    def __init__(self, dim, out_dim):
+        super().__init__()
+        self.dense_layer = Dense(dim // 4, out_dim) if dim // 4 != out_dim else None
+
+    def forward(self, x):
+        B, H, W, C = x.shape
+        x = x.view(B, H, W, 2, 2, C // 4).permute(0, 1, 3, 2, 4, 5).reshape(B, 2 * H, 2 * W, C // 4)
+        return x if self.dense_layer is None else self.dense_layer(x)
+
+
+class SkipToRGB(nn.Module):
+    """Dense(3)(norm(x)) plus the previous stage's RGB, nearest-upsampled x2."""
+
+    def __init__(self, dim, out_dim=3):
+        super().__init__()
+        self.norm = BatchNorm(dim)
+        self.dense = Dense(dim, out_dim)
+
+    def forward(self, x, skip=None):
+        rgb = self.dense(self.norm(x))
+        if skip is None:
+            return rgb
+        return rgb + skip.repeat_interleave(2, 1).repeat_interleave(2, 2)
+
+
+class Stage(nn.Module):
+    def __init__(self, cfg, i):
+        super().__init__()
+        C, res, b = cfg.channels[i], 8 * 2 ** i, cfg.block_sizes[i]
+        self.position_embedding = PositionEmbedding(res, res, C)
+        self.cross_block = Block(C, cfg.heads[i], kv_dim=cfg.channels[0], multi_query=cfg.multi_query)
+        self.layers = nn.ModuleList(MLP(C) if b is None else Block(C, cfg.heads[i], b, multi_query=cfg.multi_query)
+                                    for _ in range(cfg.num_layers[i]))
+        self.to_rgb = SkipToRGB(C) if b is None else None
+
+    def forward(self, x, latents, images):
+        x = self.cross_block(self.position_embedding(x), latents)
+        for layer in self.layers:
+            x = layer(x)
+        return x, (self.to_rgb(x, images) if self.to_rgb is not None else images)
+
+
+class HiTGenerator(nn.Module):
+    def __init__(self, cfg: HiTConfig):
+        super().__init__()
+        n = len(cfg.channels)
+        if 8 * 2 ** (n - 1) != cfg.output_size or cfg.block_sizes[-1] is not None:
+            raise ValueError(f"HiTGenerator: {n} stages from 8 px make {8 * 2 ** (n - 1)} px, not output_size "
+                             f"{cfg.output_size}, or the last stage is not MLP-only (it must emit RGB)")
+        self.cfg = cfg
+        C0 = cfg.channels[0]
+        self.dense_layer = Dense(cfg.latent_dim, 8 * 8 * C0)
+        self.embedding_layer = Dense(cfg.latent_dim, 16 * C0)  # 16 latent tokens of width C0
+        self.embedding_position = PositionEmbedding(16, C0)
+        self.embedding_norm = BatchNorm(C0)
+        self.stages = nn.ModuleList(Stage(cfg, i) for i in range(n))
+        self.upsamplings = nn.ModuleList(PixelShuffle(cfg.channels[i], cfg.channels[i + 1]) for i in range(n - 1))
+
+    def forward(self, z):
+        """z (B, latent_dim) -> images (B, 3, S, S), unbounded (the official code clips to [-1, 1] at eval)."""
+        B = z.shape[0]
+        x = self.dense_layer(z).view(B, 8, 8, -1)  # (B, 8, 8, C0) NHWC
+        latents = self.embedding_norm(self.embedding_position(self.embedding_layer(z).view(B, 16, -1)))  # (B, 16, C0)
+        images = None
+        for i, stage in enumerate(self.stages):
+            x, images = stage(x, latents, images)
+            if i < len(self.upsamplings):
+                x = self.upsamplings[i](x)
+        return images.permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def sample(self, z, batch_stats=True):
+        """Images in [-1, 1] (clipped, as the official evaluation). batch_stats: BatchNorm on the batch's own
+        statistics, from a copy, so the running ones stay; they follow Keras's momentum (0.01 per step) and need far
+        more steps than a short run to settle. batch_stats=False: eval mode, the running statistics."""
+        G = copy.deepcopy(self).train() if batch_stats else self.eval()
+        return G(z).clamp(-1, 1)

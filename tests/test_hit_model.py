@@ -1,0 +1,80 @@
+"""HiT's generator and discriminator: the official configurations' parameter counts, the layout facts the weights
+depend on, a training step on fastar's kernels against the float64 reference ops, and the train / sample CLI."""
+import pytest
+import torch
+
+import fastar
+from fastar.models.hit import CONFIGS, TINY, HiTGenerator, StyleGANDiscriminator
+from fastar.models.hit.generator import PixelShuffle
+from fastar.models.hit.losses import diff_augment
+from fastar.models.hit.train import gan_step
+from tests.conftest import backend_device
+from tests.test_var_model import run_cli
+from tests.tolerance import assert_close
+
+
+@pytest.mark.parametrize("size, millions", [(128, 32.87), (256, 46.22), (1024, 88.22)])
+def test_generator_parameter_count(size, millions):
+    """The analytic counts of the official configurations (reference/hit-dalle.md A4)."""
+    with torch.device("meta"):
+        G = HiTGenerator(CONFIGS[size])
+    assert round(sum(p.numel() for p in G.parameters()) / 1e6, 2) == millions
+
+
+def test_pixel_shuffle_is_tf_depth_to_space():
+    """Input channel (dy * 2 + dx) * C' + c lands on pixel (2y + dy, 2x + dx), channel c (NHWC, TF's order)."""
+    x = torch.arange(2 * 3 * 4 * 8, dtype=torch.float32).view(2, 3, 4, 8)
+    y = PixelShuffle(8, 2)(x)
+    dy, dx, c = 1, 0, 1
+    assert y[1, 2 * 2 + dy, 2 * 3 + dx, c] == x[1, 2, 3, (dy * 2 + dx) * 2 + c]
+
+
+def test_discriminator_shapes():
+    D = StyleGANDiscriminator(64, channel_multiplier=2, max_channels=64)
+    assert D(torch.randn(3, 3, 64, 64)).shape == (3,)
+    assert len(D.blocks) == 4  # 64 -> 32 -> 16 -> 8 -> 4
+
+
+def test_diff_augment_keeps_shape_and_changes_images():
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    y = diff_augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.allclose(x, y)
+
+
+def tiny_step(backend, dtype):
+    """Generator and discriminator gradients of one GAN step (R1 and bCR on) on `backend` in `dtype`."""
+    torch.manual_seed(0)
+    G, D = HiTGenerator(TINY).to(dtype), StyleGANDiscriminator(32, max_channels=16).to(dtype)
+    g = torch.Generator().manual_seed(1)
+    real, z = torch.rand(4, 3, 32, 32, generator=g).to(dtype) * 2 - 1, torch.randn(4, TINY.latent_dim, generator=g)
+    opt_G, opt_D = (torch.optim.SGD(m.parameters(), lr=0.0) for m in (G, D))  # keeps the gradients, moves nothing
+    torch.manual_seed(2)  # the same bCR augmentations
+    with fastar.use_backend(backend):
+        gan_step(G.to(backend_device(backend)), D.to(backend_device(backend)), real.to(backend_device(backend)),
+                 z.to(backend_device(backend), dtype), opt_G, opt_D, r1=10.0, bcr=10.0)
+    return {f"G.{n}": p.grad.cpu() for n, p in G.named_parameters()} | \
+        {f"D.{n}": p.grad.cpu() for n, p in D.named_parameters()}
+
+
+@pytest.mark.one_schedule
+def test_training_step_matches_reference_ops(backend):
+    """One GAN step through the backend's multi_axis and attention kernels, forward and backward: every gradient
+    of G and D against the float64 reference ops within the tolerance rule."""
+    grads = tiny_step(backend, torch.float32)
+    assert fastar.last_backend("multi_axis_attention") == backend and fastar.last_backend("attention") == backend
+    ref32, ref64 = tiny_step("reference", torch.float32), tiny_step("reference", torch.float64)
+    # A bias before a BatchNorm has a gradient that cancels to 0: the floor is relative to its network's gradients.
+    scale = {net: max(g.abs().max().item() for n, g in ref64.items() if n[0] == net) for net in "GD"}
+    for n, g in grads.items():
+        assert_close("hit_grads", g, ref64[n], ref32[n], scale=scale[n[0]])
+
+
+@pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
+def test_train_then_sample_cli(tmp_path, torchrun):
+    out = run_cli(tmp_path, "train", "hit", "--steps", "2", "--bs", "4", "--ckpt-every", "1", "--threads", "1",
+                  "--out", "run", torchrun=torchrun)
+    assert "d loss" in out and (tmp_path / "run" / "samples.png").exists()
+    assert (tmp_path / "run" / "samples_00001.png").exists() and (tmp_path / "run" / "ckpt.pt").exists()
+    if not torchrun:
+        out = run_cli(tmp_path, "sample", "hit", "--ckpt", "run/ckpt.pt", "--n", "4", "--out", "g.png")
+        assert "fastar train hit checkpoint" in out and (tmp_path / "g.png").exists()
