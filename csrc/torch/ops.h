@@ -25,10 +25,10 @@ inline void define_ops(torch::Library& m) {
   // dout (B, H, Lq, D) and the forward's inputs and outputs -> dq like q, dk and dv like k and v.
   m.def("attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int mask_kind, "
         "int[] mask_ints, Tensor? kv_end, Tensor? key_len, float scale) -> (Tensor dq, Tensor dk, Tensor dv)");
-  // q (B, H, Lq, D) against the first cache_len keys of k_cache, v_cache (B, Hk, Lmax, D), no mask
-  // -> out (B, H, Lq, D) like q, lse (B, H, Lq) float32.
-  m.def("attention_decode(Tensor q, Tensor k_cache, Tensor v_cache, int cache_len, float scale) "
-        "-> (Tensor out, Tensor lse)");
+  // q (B, H, Lq, D) against the first cache_len keys of k_cache, v_cache (B, Hk, Lmax, D), the queries the last
+  // Lq of them; the mask as attention_fwd's (kv_end over the cache_len keys) -> out like q, lse (B, H, Lq) float32.
+  m.def("attention_decode(Tensor q, Tensor k_cache, Tensor v_cache, int cache_len, int mask_kind, int[] mask_ints, "
+        "Tensor? kv_end, Tensor? key_len, float scale) -> (Tensor out, Tensor lse)");
   // MAR's diffusion-head p_sample_loop: z (N, Z), the head's weights in head_shapes order, schedule (S, 7) float64
   // (fastar/reference/diffusion.py) -> tokens (N, C), or the conditional half (N/2, C) when cfg != 1.
   m.def("diffusion_sample(Tensor z, Tensor[] weights, Tensor schedule, float temperature, float cfg, "
