@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     ("sample", "var"): "fastar.models.var.sample",
     ("train", "var"): "fastar.models.var.train",
+    ("sample", "dalle"): "fastar.models.dalle.sample",
+    ("train", "dalle"): "fastar.models.dalle.train",
 }
 
 
