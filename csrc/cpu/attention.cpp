@@ -423,7 +423,9 @@ void decode_spans(Heads<T> q, Heads<T> k, Heads<T> v, const MaskParams& mask, co
 
 // Decode steps this short read their keys span by span; longer ones (a prompt) go by tiles.
 constexpr int kSpanMaxQueries = 16;
-bool span_decode(const MaskParams& mask, int64_t Lq) { return mask.kind >= kernels::kDalleRow && Lq <= kSpanMaxQueries; }
+bool span_decode(const MaskParams& mask, int64_t Lq) {
+  return mask.kind >= kernels::kDalleRow && Lq <= kSpanMaxQueries;
+}
 
 }  // namespace
 

@@ -19,7 +19,7 @@ from fastar.models.dalle.dalle import DALLE, DALLEConfig, loss as dalle_loss_of
 from fastar.models.dalle.dvae import DVAE, DVAEConfig, beta_schedule, tau_schedule
 from fastar.models.dalle.text import TextTokenizer
 from fastar.models.var.sample import save_grid
-from fastar.models.var.train import digits, fit
+from fastar.models.var.train import digits, fit, init_process
 
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Caption templates: the tokenizer learns the shared words, the digit's name carries the class.
@@ -55,13 +55,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/dalle-digits")
     args = p.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    torch.manual_seed(args.seed)  # the same initial weights on every process
-    os.makedirs(args.out, exist_ok=True)
+    rank, world = init_process(args)
     images, labels = digits(32)
     images = (images + 1) / 2  # (N, 3, 32, 32) in [0, 1]: the dVAE's map_pixels input
     tokenizer = TextTokenizer.train([caption(c, t) for c in range(10) for t in range(len(TEMPLATES))],
