@@ -14,6 +14,8 @@ COMMANDS = {
     ("train", "fractalgen"): "fastar.models.fractalgen.train",
     ("sample", "hit"): "fastar.models.hit.sample",
     ("train", "hit"): "fastar.models.hit.train",
+    ("sample", "dalle"): "fastar.models.dalle.sample",
+    ("train", "dalle"): "fastar.models.dalle.train",
 }
 
 

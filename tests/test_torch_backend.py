@@ -9,6 +9,7 @@ import torch
 import fastar
 from fastar.ops._registry import Decline, op
 from tests import test_attention as attention_tests
+from tests import test_attention_decode as decode_tests
 from tests import test_quantize as quantize_tests
 from tests import test_quantize_multiscale as msq_tests
 from tests.conftest import DTYPES
@@ -53,6 +54,13 @@ def test_attention_wide_head_and_scale(torch_backend):
                          ids=["scale", "one-token", "empty-cache"])
 def test_attention_decode(torch_backend, dtype, shape):
     attention_tests.test_attention_decode(torch_backend, dtype, shape)
+
+
+@pytest.mark.parametrize("Lq", [1, 3])
+@pytest.mark.parametrize("kind", decode_tests.KINDS)
+def test_attention_decode_masks(torch_backend, kind, Lq):
+    decode_tests.test_attention_decode_every_position_reduced_grid(torch_backend, torch.float32, kind, Lq)
+    decode_tests.test_attention_decode_padded_text(torch_backend, kind)
 
 
 @dtypes

@@ -18,8 +18,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
                                                              const at::Tensor& out, const at::Tensor& lse,
                                                              const kernels::MaskParams& mask, double scale);
 
-// q (B, H, Lq, D) against keys [0, cache_len) of k_cache, v_cache (B, Hk, Lmax, D), read in place.
+// q (B, H, Lq, D), the last Lq of keys [0, cache_len) of k_cache, v_cache (B, Hk, Lmax, D), read in place.
+// A few queries under a DALL-E mask read only the keys they see (no tile of hidden keys).
 std::tuple<at::Tensor, at::Tensor> attention_decode(const at::Tensor& q, const at::Tensor& k_cache,
-                                                    const at::Tensor& v_cache, int64_t cache_len, double scale);
+                                                    const at::Tensor& v_cache, int64_t cache_len,
+                                                    const kernels::MaskParams& mask, double scale);
 
 }  // namespace fastar::cpu

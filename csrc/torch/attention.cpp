@@ -29,11 +29,14 @@ static std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
 
 static std::tuple<at::Tensor, at::Tensor> attention_decode_cpu(const at::Tensor& q, const at::Tensor& k_cache,
                                                                const at::Tensor& v_cache, int64_t cache_len,
+                                                               int64_t mask_kind, at::IntArrayRef mask_ints,
+                                                               const std::optional<at::Tensor>& kv_end,
+                                                               const std::optional<at::Tensor>& key_len,
                                                                double scale) {
   check_attention_qkv("attention_decode", q, k_cache, v_cache, at::kCPU, true);
-  TORCH_CHECK(cache_len >= 0 && cache_len <= k_cache.size(2), "attention_decode: cache_len must be in [0, ",
-              k_cache.size(2), "], got ", cache_len);
-  return cpu::attention_decode(q, k_cache, v_cache, cache_len, scale);
+  check_attention_decode(q, k_cache, cache_len, mask_kind);
+  const auto mask = attention_mask("attention_decode", mask_kind, mask_ints, kv_end, key_len, q.size(0), q.size(2));
+  return cpu::attention_decode(q, k_cache, v_cache, cache_len, mask, scale);
 }
 
 }  // namespace fastar

@@ -62,4 +62,14 @@ inline void check_attention_bwd(const at::Tensor& dout, const at::Tensor& q, con
               q.sizes().slice(0, 3), ", got ", lse.sizes());
 }
 
+// cache_len in [0, Lmax]; under a mask the Lq queries are the last of the cache_len keys.
+inline void check_attention_decode(const at::Tensor& q, const at::Tensor& k_cache, int64_t cache_len,
+                                   int64_t mask_kind) {
+  TORCH_CHECK(cache_len >= 0 && cache_len <= k_cache.size(2), "attention_decode: cache_len must be in [0, ",
+              k_cache.size(2), "], got ", cache_len);
+  TORCH_CHECK(mask_kind == kernels::kFull || q.size(2) <= cache_len, "attention_decode: the ", q.size(2),
+              " queries of a masked decode are the last of the cache_len keys, so cache_len must be >= ", q.size(2),
+              ", got ", cache_len);
+}
+
 }  // namespace fastar

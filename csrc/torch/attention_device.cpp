@@ -92,13 +92,17 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_device(const at::Tensor& q, con
 
 std::tuple<at::Tensor, at::Tensor> attention_decode_device(const at::Tensor& q, const at::Tensor& k_cache,
                                                            const at::Tensor& v_cache, int64_t cache_len,
-                                                           double scale) {
+                                                           int64_t mask_kind, at::IntArrayRef mask_ints,
+                                                           const std::optional<at::Tensor>& kv_end,
+                                                           const std::optional<at::Tensor>& key_len, double scale) {
   check_attention_qkv("attention_decode", q, k_cache, v_cache, kDeviceType, false);
-  TORCH_CHECK(cache_len >= 0 && cache_len <= k_cache.size(2), "attention_decode: cache_len must be in [0, ",
-              k_cache.size(2), "], got ", cache_len);
-  // Only the first cache_len rows are read, through the cache's strides: no copy of the cache.
-  return forward(q, k_cache, v_cache, cache_len, kernels::MaskParams{kernels::kFull, 0, 0, 0, nullptr, nullptr},
-                 scale, "attention_decode");
+  check_attention_decode(q, k_cache, cache_len, mask_kind);
+  check_device_ints("attention_decode", kv_end, "kv_end", q);
+  check_device_ints("attention_decode", key_len, "key_len", q);
+  const auto mask = attention_mask("attention_decode", mask_kind, mask_ints, kv_end, key_len, q.size(0), q.size(2));
+  // Only the first cache_len rows are read, through the cache's strides: no copy of the cache; the tile flags
+  // of the mask skip every key tile the new queries do not see.
+  return forward(q, k_cache, v_cache, cache_len, mask, scale, "attention_decode");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_device(

@@ -25,10 +25,10 @@ inline void define_ops(torch::Library& m) {
   // dout (B, H, Lq, D) and the forward's inputs and outputs -> dq like q, dk and dv like k and v.
   m.def("attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, int mask_kind, "
         "int[] mask_ints, Tensor? kv_end, Tensor? key_len, float scale) -> (Tensor dq, Tensor dk, Tensor dv)");
-  // q (B, H, Lq, D) against the first cache_len keys of k_cache, v_cache (B, Hk, Lmax, D), no mask
-  // -> out (B, H, Lq, D) like q, lse (B, H, Lq) float32.
-  m.def("attention_decode(Tensor q, Tensor k_cache, Tensor v_cache, int cache_len, float scale) "
-        "-> (Tensor out, Tensor lse)");
+  // q (B, H, Lq, D) against the first cache_len keys of k_cache, v_cache (B, Hk, Lmax, D), the queries the last
+  // Lq of them; the mask as attention_fwd's (kv_end over the cache_len keys) -> out like q, lse (B, H, Lq) float32.
+  m.def("attention_decode(Tensor q, Tensor k_cache, Tensor v_cache, int cache_len, int mask_kind, int[] mask_ints, "
+        "Tensor? kv_end, Tensor? key_len, float scale) -> (Tensor out, Tensor lse)");
   // HiT's multi-axis attention: q (B, H, W, heads, D), k and v (B, H, W, heads_kv, D), heads_kv 1 or an even divisor
   // of heads; the first half of the heads attends inside each block_size x block_size block (regional), the second
   // half among the pixels at one offset of every block (dilated) -> out (B, H, W, heads, D) like q,

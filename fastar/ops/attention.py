@@ -131,18 +131,28 @@ def attention(q, k, v, mask=None, *, scale=None, return_lse=False):
 
 
 @op(reference=reference.attention_decode, torch=torch_impl.attention_decode)
-def attention_decode(q, k_cache, v_cache, cache_len, *, scale=None, return_lse=False):
-    """Attention of new queries over the first cache_len entries of preallocated caches, no mask.
+def attention_decode(q, k_cache, v_cache, cache_len, mask=None, *, scale=None, return_lse=False):
+    """Attention of new queries over the first cache_len entries of preallocated caches.
 
-    q (B, H, Lq, D): one VAR scale or one token; k_cache, v_cache (B, Hk, Lmax, D), read in place.
+    q (B, H, Lq, D): one VAR scale or one or a few tokens, aligned bottom-right on the cache_len keys (the
+    queries are the last Lq of them); k_cache, v_cache (B, Hk, Lmax, D), read in place. mask: an AttentionMask,
+    None = full. Under a DALL-E mask (row / column / conv) a query reads only the keys it sees: the text, then its
+    row window, its column (strided) or its conv window's rows, never the hidden keys of the prefix.
     Splits the keys across threads when B * H is small. Not differentiable (inference).
     """
     name = "attention_decode"
     declined = _check_qkv(name, q, k_cache, v_cache)
     if not 0 <= cache_len <= k_cache.shape[2]:
         raise ValueError(f"{name}: cache_len must be in [0, {k_cache.shape[2]}], got {cache_len}")
+    if mask is not None and not isinstance(mask, AttentionMask):
+        raise TypeError(f"{name}: mask must be a fastar.ops.AttentionMask or None, got {type(mask).__name__}")
+    if q.shape[2] > cache_len and mask is not None and mask.kind != "full":
+        raise ValueError(f"{name}: the {q.shape[2]} queries of a masked decode are the last of the cache_len keys, "
+                         f"so cache_len must be >= {q.shape[2]}, got {cache_len}")
+    B, _, Lq, _ = q.shape
+    kind, ints, kv_end, key_len = (mask or AttentionMask.full()).op_args(name, B, Lq, cache_len, q.device)
     return q.device, declined or _lse_if(return_lse, lambda ops: ops.attention_decode(
-        q, k_cache, v_cache, cache_len, _scale(q, scale)))
+        q, k_cache, v_cache, cache_len, kind, ints, kv_end, key_len, _scale(q, scale)))
 
 
 def _scale(q, scale):
@@ -190,5 +200,5 @@ def _attention_bwd(dout, q, k, v, out, lse, mask_kind, mask_ints, kv_end, key_le
 
 
 @kernel("attention_decode")
-def _attention_decode(q, k_cache, v_cache, cache_len, scale):
+def _attention_decode(q, k_cache, v_cache, cache_len, mask_kind, mask_ints, kv_end, key_len, scale):
     return *_like(q), _lse_like(q)

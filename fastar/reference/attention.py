@@ -62,6 +62,7 @@ def attention(q, k, v, mask=None, *, scale=None, return_lse=False):
     return (out, lse) if return_lse else out
 
 
-def attention_decode(q, k_cache, v_cache, cache_len, *, scale=None, return_lse=False):
-    """attention over the first cache_len entries of the caches, no mask."""
-    return attention(q, k_cache[:, :, :cache_len], v_cache[:, :, :cache_len], scale=scale, return_lse=return_lse)
+def attention_decode(q, k_cache, v_cache, cache_len, mask=None, *, scale=None, return_lse=False):
+    """attention over the first cache_len entries of the caches, the queries their last Lq."""
+    return attention(q, k_cache[:, :, :cache_len], v_cache[:, :, :cache_len], mask, scale=scale,
+                     return_lse=return_lse)

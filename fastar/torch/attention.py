@@ -24,6 +24,8 @@ def attention(q, k, v, mask=None, *, scale=None, return_lse=False):
     return out, lse
 
 
-def attention_decode(q, k_cache, v_cache, cache_len, *, scale=None, return_lse=False):
-    """SDPA over the valid prefix of the caches (what a cache grown by torch.cat holds)."""
-    return attention(q, k_cache[:, :, :cache_len], v_cache[:, :, :cache_len], scale=scale, return_lse=return_lse)
+def attention_decode(q, k_cache, v_cache, cache_len, mask=None, *, scale=None, return_lse=False):
+    """SDPA over the valid prefix of the caches (what a cache grown by torch.cat holds), with the dense mask rows
+    of the new queries."""
+    return attention(q, k_cache[:, :, :cache_len], v_cache[:, :, :cache_len], mask, scale=scale,
+                     return_lse=return_lse)

@@ -81,6 +81,17 @@ def fit(name, model, loss_fn, n, args, rank, world, save):
     return sum(losses[:k]) / k, sum(losses[-k:]) / k
 
 
+def init_process(args):
+    """(rank, world): torch threads, the gloo process group under torchrun, the seed, the output folder."""
+    torch.set_num_threads(args.threads)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        dist.init_process_group("gloo")
+    torch.manual_seed(args.seed)  # the same initial weights on every process
+    os.makedirs(args.out, exist_ok=True)
+    return (dist.get_rank() if world > 1 else 0), world
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar train var", description=__doc__.split("\n")[0])
     p.add_argument("--depth", type=int, default=2, help="VAR depth: width 64*depth, depth heads")
@@ -97,13 +108,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/var-digits")
     args = p.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    torch.manual_seed(args.seed)  # the same initial weights on every process
-    os.makedirs(args.out, exist_ok=True)
+    rank, world = init_process(args)
     images, labels = digits(args.image_size)
     vae, var = build_vae_var(depth=args.depth, patch_nums=TINY_PATCH_NUMS, vae_cfg=TINY_VAE, init_adaln_gamma=1e-3,
                              num_classes=10)

@@ -1,0 +1,81 @@
+"""A small DALL-E end to end on the CPU: the same model on fastar's kernels against the torch backend
+(use_backend("torch"): SDPA with the dense mask rows, over the cache prefix when sampling, as ru-dalle and
+DALLE-pytorch's static-mask layers run), in one run: sampling one image on the KV caches (prefill of the text, then
+one image token per step) with where its time goes, and one training step. Random weights.
+
+Knobs (environment): FASTAR_BENCH_DALLE="depth,width,text_len,grid,steps" (default 12,512,256,32,1024: the issue's
+model sampling a whole image, ~1 minute for the file on a quiet 2-core machine; steps < grid^2 gives the first
+grid^2 - steps tokens and samples the rest) and FASTAR_BENCH_DALLE_B (training batch, 1)."""
+import os
+
+import pytest
+import torch
+
+import fastar
+from benchmarks.bench_var import BASELINE, Breakdown, on
+from benchmarks.harness import compare
+from fastar.models.dalle import DALLE, DALLEConfig
+from fastar.models.dalle import dalle as dalle_module
+
+DEPTH, WIDTH, TEXT_LEN, GRID, STEPS = (int(x) for x in os.environ.get("FASTAR_BENCH_DALLE",
+                                                                     "12,512,256,32,1024").split(","))
+B_TRAIN = int(os.environ.get("FASTAR_BENCH_DALLE_B", "1"))
+CFG = DALLEConfig(width=WIDTH, depth=DEPTH, heads=WIDTH // 64, text_len=TEXT_LEN, grid=GRID)
+SHAPE = f"{DEPTH} layers width {WIDTH} {TEXT_LEN}+{GRID * GRID} tokens"
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return DALLE(CFG)
+
+
+def text(B):
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(1, CFG.text_vocab, (B, TEXT_LEN), generator=g)
+    t[:, TEXT_LEN // 2:] = 0  # a padded caption
+    return t
+
+
+class DalleBreakdown(Breakdown):
+    """Breakdown's parts for DALL-E: linear layers, attention (prefill and decode), token sampling, the rest."""
+
+    def __init__(self, monkeypatch):
+        self.ms, self._spent, self._depth = {}, None, 0
+        monkeypatch.setattr(torch.nn.functional, "linear", self._timed("linear layers", torch.nn.functional.linear))
+        monkeypatch.setattr(fastar.ops, "attention_decode", self._timed("attention", fastar.ops.attention_decode))
+        monkeypatch.setattr(dalle_module, "sample_categorical",
+                            self._timed("token sampling", dalle_module.sample_categorical))
+
+
+def test_dalle_sample(benchmark, model, monkeypatch):
+    model.eval()
+    benchmark.group = f"DALL-E sampling B=1 {SHAPE}: text prefill + {STEPS} image tokens on the KV caches"
+    prefix = torch.zeros(1, GRID * GRID - STEPS, dtype=torch.long)  # given tokens: only the last STEPS are sampled
+    parts, last = DalleBreakdown(monkeypatch), {}
+
+    def sample(name):
+        def run():
+            with parts.recording(name), torch.no_grad():
+                last[name] = model.generate(text(1), image_prefix=prefix if STEPS < GRID * GRID else None, top_k=64,
+                                            generator=torch.Generator().manual_seed(0))
+        return run
+
+    compare(benchmark, sample("fastar"), {BASELINE: on("torch", sample(BASELINE))}, baseline=BASELINE, rounds=1,
+            warmup=0, op="attention_decode", shape=SHAPE, sampled_tokens=STEPS)
+    benchmark.extra_info["agreement"] = float(torch.equal(last["fastar"], last[BASELINE]))  # 1.0: same tokens
+    benchmark.extra_info["breakdown"] = parts.ms
+
+
+def test_dalle_train_step(benchmark, model):
+    model.train()
+    benchmark.group = f"DALL-E training step (forward + backward) B={B_TRAIN} {SHAPE}"
+    image = torch.randint(CFG.image_vocab, (B_TRAIN, GRID * GRID), generator=torch.Generator().manual_seed(1))
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        dalle_module.loss(model, text(B_TRAIN), image)[0].backward()
+
+    compare(benchmark, step, {BASELINE: on("torch", step)}, baseline=BASELINE, rounds=2, warmup=1, op="attention",
+            shape=SHAPE)
+    model.zero_grad(set_to_none=True)

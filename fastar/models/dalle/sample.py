@@ -1,0 +1,66 @@
+"""Sample images for captions with DALL-E and write them as a PNG grid.
+
+    python -m fastar sample dalle --ckpt runs/dalle-digits/ckpt.pt --text "a handwritten seven" --n 8
+    python -m fastar sample dalle --ckpt runs/dalle-digits/ckpt.pt --text "a handwritten two" --prefix-from 3
+
+Without --ckpt the weights are random (the default DALLEConfig, a 32 x 32 grid, and a tokenizer trained on the
+given captions), and it says so. --prefix-rows R with --prefix-from IMAGE_INDEX conditions on the top R token rows
+of a digits image (the paper's partial-image completion).
+"""
+import argparse
+
+import torch
+from tqdm import tqdm
+
+from fastar.models.dalle.dalle import DALLE, DALLEConfig
+from fastar.models.dalle.dvae import DVAE, DVAEConfig
+from fastar.models.dalle.text import TextTokenizer
+from fastar.models.var.sample import save_grid
+
+
+def load(ckpt, texts):
+    """(dvae, dalle, tokenizer, what was loaded)."""
+    if ckpt is None:
+        cfg = DALLEConfig()
+        tok = TextTokenizer.train(texts, 256, cfg.text_len)
+        dvae = DVAE(DVAEConfig(n_hid=64, n_blk_per_group=1, vocab_size=cfg.image_vocab))
+        dalle = DALLE(DALLEConfig(text_vocab=tok.vocab_size))
+        return dvae, dalle, tok, "RANDOM weights (no --ckpt): the default DALLEConfig and a small dVAE, untrained"
+    sd = torch.load(ckpt, map_location="cpu")
+    dvae, dalle = DVAE(DVAEConfig(**sd["dvae_cfg"])), DALLE(DALLEConfig(**sd["dalle_cfg"]))
+    dvae.load_state_dict(sd["dvae"])
+    dalle.load_state_dict(sd["dalle"])
+    return dvae, dalle, TextTokenizer.from_str(sd["tokenizer"], dalle.cfg.text_len), f"{ckpt} (fastar train dalle)"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fastar sample dalle", description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", help="a `fastar train dalle` ckpt.pt")
+    p.add_argument("--text", nargs="+", default=["a handwritten seven"], help="captions, one row of images each")
+    p.add_argument("--n", type=int, default=8, help="images per caption")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=32)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--prefix-from", type=int, help="index of a digits image whose top rows are given")
+    p.add_argument("--prefix-rows", type=int, default=3, help="token rows given with --prefix-from")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="dalle.png")
+    args = p.parse_args(argv)
+
+    dvae, dalle, tok, what = load(args.ckpt, args.text)
+    print(f"sampling with {what}")
+    dvae.eval(), dalle.eval()
+    g = dalle.cfg.grid
+    prefix = None
+    if args.prefix_from is not None:
+        from fastar.models.var.train import digits
+        image = (digits(g * 2 ** (dvae.cfg.group_count - 1))[0][args.prefix_from:args.prefix_from + 1] + 1) / 2
+        prefix = dvae.img_to_tokens(image).flatten(1)[:, :args.prefix_rows * g].expand(args.n, -1)
+    gen = torch.Generator().manual_seed(args.seed)
+    rows = []
+    for text in tqdm(args.text, desc="sample dalle"):
+        tokens = dalle.generate(tok.encode([text] * args.n), image_prefix=prefix, temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, generator=gen)
+        rows.append(dvae.tokens_to_img(tokens.view(-1, g, g)))
+    save_grid(torch.cat(rows), args.out, nrow=args.n)
+    print(f"wrote {args.out}: {len(args.text)} captions x {args.n} images")
