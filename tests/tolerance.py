@@ -13,7 +13,9 @@ K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
      # FlashAttention's factors: 2 for the forward (out, lse), 3 for the gradients.
      "attention": 2.0, "attention_bwd": 3.0,
      # 100 chained DDPM steps amplify rounding chaotically; the GEMMs block and the fused passes sum differently.
-     "diffusion_sample": 4.0, "mar_sample_tokens": 4.0}
+     "diffusion_sample": 4.0, "mar_sample_tokens": 4.0,
+     # MAR's KL VAE: the same convolutions on both sides, attention's factor for its attention blocks.
+     "mar_vae": 2.0}
 
 
 def assert_close(op, out, ref64, ref_lowp, scale=None):
