@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     ("sample", "var"): "fastar.models.var.sample",
     ("train", "var"): "fastar.models.var.train",
+    ("sample", "mar"): "fastar.models.mar.sample",
+    ("train", "mar"): "fastar.models.mar.train",
 }
 
 

@@ -180,3 +180,66 @@ def test_training_loss_stop_gradient():
     torch.testing.assert_close(g1[:C], g2[:C], rtol=0, atol=0)
     assert g1[C:].abs().max() > 0 and not torch.allclose(g1[C:], g2[C:])
 
+
+
+def head_module(dtype):
+    """A SimpleMLPAdaLN holding make_head's weights (depth 1), in dtype."""
+    from fastar.models.mar import SimpleMLPAdaLN
+    head = SimpleMLPAdaLN(C, WIDTH, Z, 1)
+    head.load_state_dict(make_head(depth=1))
+    return head.to(dtype)
+
+
+def loss_and_grads(dtype, backend, N):
+    """The summed loss and its gradients (head parameters, z) on backend, inputs from loss_inputs in dtype."""
+    x_start, z, t, noise = (v.to(dtype) if v.is_floating_point() else v for v in loss_inputs(N=N))
+    head, z = head_module(dtype), z.requires_grad_()
+    with fastar.use_backend(backend):
+        loss = fastar.ops.diffusion_loss(x_start, z, head, t=t, noise=noise)
+        assert fastar.last_backend("diffusion_loss") == backend
+    loss.sum().backward()
+    return [loss, z.grad] + [p.grad for p in head.parameters()]
+
+
+@pytest.mark.parametrize("N", [6, 1, 0])
+def test_diffusion_loss(N):
+    """Loss and gradients of the cpu op (module forward + fused loss pass) against the float64 reference."""
+    out = loss_and_grads(torch.float32, "cpu", N)
+    ref64, ref32 = loss_and_grads(torch.float64, "reference", N), loss_and_grads(torch.float32, "reference", N)
+    assert out[0].shape == (N,)
+    if N:
+        for o, r64, r32 in zip(out, ref64, ref32):
+            assert_close("diffusion_loss", o, r64, r32)
+
+
+def test_diffusion_loss_gradcheck():
+    """The fused pass's gradient of the variance channels (float64) vs finite differences, through the KL
+    (t > 0) and the discretized-NLL branches (t = 0, x_start inside and beyond +-0.999)."""
+    x_start, _, t, noise = loss_inputs()
+    x_start[0, :3] = torch.tensor([-1.2, 0.3, 1.5], dtype=torch.float64)  # t = 0 row: the three NLL cases
+    eps = torch.randn(6, C, dtype=torch.float64)
+    v = (torch.rand(6, C, dtype=torch.float64) * 2 - 1).requires_grad_()
+    table = ref.loss_table()
+    torch.autograd.gradcheck(lambda v: torch.ops.fastar.diffusion_loss(torch.cat([eps, v], 1), x_start, noise, t,
+                                                                       table)[0], (v,))
+    # eps: the MSE's gradient only (the VB term sees eps through a stop-gradient)
+    out = torch.cat([eps, v.detach()], 1).requires_grad_()
+    torch.ops.fastar.diffusion_loss(out, x_start, noise, t, table)[0].sum().backward()
+    torch.testing.assert_close(out.grad[:, :C], 2 * (eps - noise) / C)
+
+
+def test_diffusion_loss_opcheck():
+    x_start, _, t, noise = (v.float() if v.is_floating_point() else v for v in loss_inputs())
+    args = (torch.randn(6, 2 * C, requires_grad=True), x_start, noise, t, ref.loss_table())
+    torch.library.opcheck(torch.ops.fastar.diffusion_loss.default, args)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(z=torch.randn(6, Z + 1)), "head takes"), (dict(t=torch.tensor([0, 1, 2, 3, 4, 1000])), "t must be"),
+    (dict(noise=torch.randn(6, C + 1)), "noise must be"), (dict(head={}), "head must be a SimpleMLPAdaLN"),
+    (dict(x_start=torch.randn(6, C, dtype=torch.float16)), "x_start")])
+def test_diffusion_loss_bad_inputs(change, match):
+    x_start, z, t, noise = (v.float() if v.is_floating_point() else v for v in loss_inputs())
+    kw = {**dict(x_start=x_start, z=z, head=head_module(torch.float32), t=t, noise=noise), **change}
+    with pytest.raises((ValueError, TypeError), match=match):
+        fastar.ops.diffusion_loss(kw["x_start"], kw["z"], kw["head"], t=kw["t"], noise=kw["noise"])

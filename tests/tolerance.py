@@ -15,7 +15,9 @@ K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
      # 100 chained DDPM steps amplify rounding chaotically; the GEMMs block and the fused passes sum differently.
      "diffusion_sample": 4.0, "mar_sample_tokens": 4.0,
      # MAR's KL VAE: the same convolutions on both sides, attention's factor for its attention blocks.
-     "mar_vae": 2.0}
+     "mar_vae": 2.0,
+     # the training loss: the head under autograd and the fused loss pass vs the reference's formulation.
+     "diffusion_loss": 3.0, "mar_train_grads": 4.0}
 
 
 def assert_close(op, out, ref64, ref_lowp, scale=None):

@@ -33,6 +33,10 @@ inline void define_ops(torch::Library& m) {
   // (fastar/reference/diffusion.py) -> tokens (N, C), or the conditional half (N/2, C) when cfg != 1.
   m.def("diffusion_sample(Tensor z, Tensor[] weights, Tensor schedule, float temperature, float cfg, "
         "Generator? generator) -> Tensor", {at::Tag::nondeterministic_seeded});
+  // MAR's DiffLoss training loss: model_output (N, 2C) [eps, v], x_start, noise (N, C), t (N,) int64, table
+  // (1000, 8) float64 (fastar/reference/diffusion.py loss_table) -> loss (N,), d loss / d model_output (N, 2C).
+  m.def("diffusion_loss(Tensor model_output, Tensor x_start, Tensor noise, Tensor t, Tensor table) "
+        "-> (Tensor loss, Tensor grad_output)");
 }
 
 }  // namespace fastar

@@ -75,3 +75,60 @@ def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, gen
         raise ValueError(f"{op}: generator must be a torch.Generator on {z.device}, got {generator!r}")
     return z.device, lambda ops: ops.diffusion_sample(z, list(w.values()), _schedule(num_steps), float(temperature),
                                                      float(cfg), generator)
+
+
+@functools.lru_cache(maxsize=1)
+def _loss_table() -> torch.Tensor:  # (1000, 8) float64, never written to
+    return reference.loss_table()
+
+
+def _loss_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _loss_backward(ops, ctx, grad_loss, _grad_grad_output):
+    (grad_output,) = ctx.saved_tensors
+    return grad_loss[:, None] * grad_output, None, None, None, None
+
+
+@kernel("diffusion_loss", backward=_loss_backward, setup_context=_loss_setup_context)
+def _diffusion_loss(model_output, x_start, noise, t, table):
+    return x_start.new_empty(x_start.shape[0]), torch.empty_like(model_output)
+
+
+@op(reference=reference.diffusion_loss, torch=reference.diffusion_loss)
+def diffusion_loss(x_start, z, head, *, t, noise):
+    """MAR's DiffLoss.forward per row: the iDDPM hybrid loss MSE(eps) + VB (the learned-range variance's KL in bits,
+    the discretized Gaussian NLL at t = 0; stop-gradient on eps in it) of head at x_t = q_sample(x_start, t, noise).
+
+    x_start, noise (N, C) float32 or float64: targets and their noise; z (N, Z) the conditions; t (N,) int64 in
+    [0, 1000): timesteps of the training chain (MAR repeats rows diffusion_batch_mul times before this call).
+    head: a SimpleMLPAdaLN (forward(x_t, t, z) -> (N, 2C)); gradients reach its parameters and z through autograd.
+    The head runs as its module; the loss terms and their gradient run as one fused pass (csrc/cpu/diffusion_loss.cpp).
+    Returns the loss (N,).
+    """
+    op = "diffusion_loss"
+    check_tensor(op, "x_start", x_start, dim=2, dtypes=(torch.float32, torch.float64))
+    N, C = x_start.shape
+    check_tensor(op, "noise", noise, dim=2, dtypes=(x_start.dtype,))
+    check_tensor(op, "z", z, dim=2, dtypes=(x_start.dtype,))
+    if tuple(noise.shape) != (N, C) or z.shape[0] != N:
+        raise ValueError(f"{op}: noise must be (N, C) = {(N, C)} and z (N, z_dim), got {tuple(noise.shape)} and "
+                         f"{tuple(z.shape)}")
+    check_tensor(op, "t", t, dim=1, dtypes=(torch.int64,))
+    if t.shape[0] != N or (N and (t.min() < 0 or t.max() >= reference.NUM_TIMESTEPS)):
+        raise ValueError(f"{op}: t must be ({N},) timesteps in [0, {reference.NUM_TIMESTEPS})")
+    if not isinstance(head, torch.nn.Module):
+        raise TypeError(f"{op}: head must be a SimpleMLPAdaLN module, got {type(head).__name__}")
+    in_proj = head.get_parameter("input_proj.weight")
+    if in_proj.shape[1] != C or head.get_parameter("cond_embed.weight").shape[1] != z.shape[1]:
+        raise ValueError(f"{op}: head takes (C, z_dim) = ({in_proj.shape[1]}, "
+                         f"{head.get_parameter('cond_embed.weight').shape[1]}), got x_start {C} wide and z "
+                         f"{z.shape[1]} wide")
+
+    def run(ops):
+        table = _loss_table()
+        model_output = head(reference.q_sample(x_start, t, noise, table), t, z)
+        return ops.diffusion_loss(model_output, x_start, noise, t, table)[0]
+    return x_start.device, run

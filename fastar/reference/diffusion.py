@@ -182,29 +182,58 @@ def _decoder_nll(x, mean, log_scale):
     return -log_probs
 
 
-def training_loss(weights: dict, x_start: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
-                  noise: torch.Tensor) -> torch.Tensor:
-    """DiffLoss's per-row loss on the 1000-step chain (iDDPM hybrid): MSE(eps) + the VB term in bits, whose
-    gradient reaches only the variance channels (stop-gradient on eps). x_start, noise (N, C); z (N, Z);
-    t (N,) int64 in [0, 1000) -> (N,)."""
-    c = {k: v.to(x_start.device) for k, v in _chain(NUM_TIMESTEPS).items()}
-    dtype, C = x_start.dtype, x_start.shape[1]
+LOSS_TABLE_COLUMNS = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+                      "sqrt_recipm1_alphas_cumprod", "posterior_mean_coef1", "posterior_mean_coef2", "min_log",
+                      "max_log")
 
-    def at(v):  # per-row coefficient, cast as the official _extract_into_tensor casts (float32 runs)
-        return v[t].to(dtype)[:, None]
 
+def loss_table() -> torch.Tensor:
+    """(1000, len(LOSS_TABLE_COLUMNS)) float64: per training timestep the coefficients of q_sample, x0-hat, the
+    posterior mean and the learned-range log-variance bounds."""
+    c = _chain(NUM_TIMESTEPS)
     betas, ac, ac_prev = c["betas"], c["ac"], c["ac_prev"]
-    x_t = at(ac.sqrt()) * x_start + at((1.0 - ac).sqrt()) * noise
-    out = head_forward(weights, x_t, t, z)
-    eps, v = out[:, :C], out[:, C:]
-    coef1, coef2 = at(betas * ac_prev.sqrt() / (1.0 - ac)), at((1.0 - ac_prev) * (1.0 - betas).sqrt() / (1.0 - ac))
-    min_log = at(c["min_log"])
+    return torch.stack([ac.sqrt(), (1.0 - ac).sqrt(), (1.0 / ac).sqrt(), (1.0 / ac - 1).sqrt(),
+                        betas * ac_prev.sqrt() / (1.0 - ac), (1.0 - ac_prev) * (1.0 - betas).sqrt() / (1.0 - ac),
+                        c["min_log"], betas.log()], dim=1)
+
+
+def q_sample(x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(ac_t) x_start + sqrt(1 - ac_t) noise, coefficients cast to x_start's dtype as the official code."""
+    at = table.to(x_start.device)[t].to(x_start.dtype)
+    return at[:, :1] * x_start + at[:, 1:2] * noise
+
+
+def loss_terms(model_output, x_start, noise, t, table) -> torch.Tensor:
+    """DiffLoss's per-row loss from the head's output [eps, v] (N, 2C) at x_t = q_sample(x_start, t, noise):
+    MSE(eps) + the VB term in bits, whose gradient reaches only the variance channels (stop-gradient on eps)."""
+    C = x_start.shape[1]
+    at = table.to(x_start.device)[t].to(x_start.dtype)  # per-row coefficients, cast as _extract_into_tensor casts
+    sqrt_ac, sqrt_1m_ac, sqrt_recip, sqrt_recipm1, coef1, coef2, min_log, max_log = at[:, :, None].unbind(1)
+    x_t = sqrt_ac * x_start + sqrt_1m_ac * noise
+    eps, v = model_output[:, :C], model_output[:, C:]
     true_mean = coef1 * x_start + coef2 * x_t
     frac = (v + 1) / 2
-    log_var = frac * at(betas.log()) + (1 - frac) * min_log
-    x0 = at((1.0 / ac).sqrt()) * x_t - at((1.0 / ac - 1).sqrt()) * eps.detach()
+    log_var = frac * max_log + (1 - frac) * min_log
+    x0 = sqrt_recip * x_t - sqrt_recipm1 * eps.detach()
     mean = coef1 * x0 + coef2 * x_t
     kl = 0.5 * (-1.0 + log_var - min_log + torch.exp(min_log - log_var) + (true_mean - mean) ** 2 * torch.exp(-log_var))
     nll = _decoder_nll(x_start, mean, 0.5 * log_var)
     vb = torch.where(t == 0, nll.mean(1), kl.mean(1)) / math.log(2.0)
     return ((noise - eps) ** 2).mean(1) + vb
+
+
+def training_loss(weights: dict, x_start: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
+                  noise: torch.Tensor) -> torch.Tensor:
+    """DiffLoss's per-row loss on the 1000-step chain (iDDPM hybrid): MSE(eps) + the VB term in bits, whose
+    gradient reaches only the variance channels (stop-gradient on eps). x_start, noise (N, C); z (N, Z);
+    t (N,) int64 in [0, 1000) -> (N,)."""
+    table = loss_table()
+    out = head_forward(weights, q_sample(x_start, t, noise, table), t, z)
+    return loss_terms(out, x_start, noise, t, table)
+
+
+def diffusion_loss(x_start, z, head, *, t, noise) -> torch.Tensor:
+    """fastar.ops.diffusion_loss's signature: head a SimpleMLPAdaLN module (its parameters carry the gradient) or
+    its state dict."""
+    weights = dict(head.named_parameters()) if isinstance(head, torch.nn.Module) else head
+    return training_loss(weights, x_start, z, t, noise)

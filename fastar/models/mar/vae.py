@@ -10,7 +10,6 @@ import torch.nn as nn
 import fastar.ops
 from fastar.models.var.basic_vae import Decoder, Encoder, Normalize
 
-LATENT_SCALE = 0.2325  # MAR multiplies the posterior sample by this and divides it back before decoding
 LOGVAR_RANGE = (-30.0, 20.0)  # the posterior's log-variance clamp
 
 
@@ -20,6 +19,7 @@ class KLConfig:
     ch: int = 128
     ch_mult: tuple = (1, 1, 2, 2, 4)  # stride 2^(len - 1) = 16
     num_res_blocks: int = 2
+    latent_scale: float = 0.2325  # MAR multiplies the posterior sample by this and divides it back before decoding
 
 
 class AttnBlock(nn.Module):
@@ -40,7 +40,7 @@ class AttnBlock(nn.Module):
 
 
 class AutoencoderKL(nn.Module):
-    """Image (B, 3, H, W) in [-1, 1] <-> latents (B, embed_dim, H/16, W/16) (unscaled; MAR scales by LATENT_SCALE)."""
+    """Image (B, 3, H, W) in [-1, 1] <-> latents (B, embed_dim, H/16, W/16) (unscaled; MAR scales by latent_scale)."""
 
     def __init__(self, cfg: KLConfig = KLConfig()):
         super().__init__()
