@@ -5,7 +5,7 @@ import torch
 
 import fastar
 from fastar.models.mar import AutoencoderKL, KLConfig, mar
-from tests.test_var_model import DATA, kinds, official_keys
+from tests.test_var_model import DATA, kinds, official_keys, run_cli
 from tests.tolerance import assert_close
 
 MAR_KEYS, KL_KEYS = "mar-base-state-dict-keys.txt", "kl16-vae-state-dict-keys.txt"
@@ -105,3 +105,14 @@ def test_mask_ratio_distribution():
     model, g = tiny_mar(), torch.Generator().manual_seed(0)
     r = torch.tensor([model.mask_ratio(g) for _ in range(4000)])
     assert r.min() >= 0.7 and r.max() <= 1.0 and abs(r.mean().item() - 0.8670) < 0.005
+
+
+@pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
+def test_train_then_sample_cli(tmp_path, torchrun):
+    out = run_cli(tmp_path, "train", "mar", "--vae-steps", "3", "--mar-steps", "3", "--bs", "8", "--width", "32",
+                  "--num-iter", "2", "--out", "run", torchrun=torchrun)
+    assert "mar loss" in out and (tmp_path / "run" / "samples.png").exists()
+    if not torchrun:  # sampling from a checkpoint is the same however it was trained: once is enough
+        out = run_cli(tmp_path, "sample", "mar", "--ckpt", "run/ckpt.pt", "--classes", "0", "1", "2", "--num-iter",
+                      "2", "--num-steps", "3", "--out", "g.png")
+        assert "fastar train mar checkpoint" in out and (tmp_path / "g.png").exists()
