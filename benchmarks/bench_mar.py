@@ -5,7 +5,7 @@ rest (the split measured by the profiler on one call of the head at a middle ste
 Random weights (the work is that of the released model: head d6 w1024), cfg 2.9 linear, float32.
 
 The issue's shape is B = 4, num_iter = 16, 100 diffusion steps (~15 minutes for both contenders on a 2-core AVX2
-machine); the default is B = 2, num_iter = 4, 10 steps (under ~2 minutes). Knobs: FASTAR_BENCH_MAR_B,
+machine); the default is B = 1, num_iter = 4, 10 steps (~1 minute on a quiet one). Knobs: FASTAR_BENCH_MAR_B,
 FASTAR_BENCH_MAR_ITER, FASTAR_BENCH_MAR_STEPS."""
 import os
 import time
@@ -20,7 +20,7 @@ from benchmarks.harness import compare
 from fastar.models.mar import AutoencoderKL, mar
 from fastar.models.mar.sample import generate
 
-B = int(os.environ.get("FASTAR_BENCH_MAR_B", "2"))
+B = int(os.environ.get("FASTAR_BENCH_MAR_B", "1"))
 NUM_ITER = int(os.environ.get("FASTAR_BENCH_MAR_ITER", "4"))
 STEPS = int(os.environ.get("FASTAR_BENCH_MAR_STEPS", "10"))
 CFG = 2.9

@@ -146,6 +146,39 @@ def test_module_weights(diffusion_backend):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("N,cfg", [(7, 1.0), (10, 2.9), (0, 1.0)])
+def test_diffusion_sample_bf16(monkeypatch, N, cfg):
+    """precision="bf16" (GEMM operands in bfloat16, float32 accumulation) against the float64 oracle, by the
+    tolerance rule: its error at most K times that of the same math in low precision (the reference with its
+    GEMM operands rounded to bfloat16, in float32). FASTAR_EMULATED_BF16 runs the path on CPUs without bf16 GEMMs."""
+    monkeypatch.setenv("FASTAR_EMULATED_BF16", "1")
+    z = torch.randn(N, Z, generator=torch.Generator().manual_seed(N))
+    w = make_head()
+    kw = dict(num_steps=100, cfg=cfg)
+    out = fastar.ops.diffusion_sample(z, {k: v.float() for k, v in w.items()}, precision="bf16",
+                                      generator=torch.Generator().manual_seed(7), **kw)
+    ref64 = ref.diffusion_sample(z.double(), w, generator=torch.Generator().manual_seed(7), **kw)
+    ref_bf16 = ref.diffusion_sample(z, w, precision="bf16", generator=torch.Generator().manual_seed(7), **kw)
+    assert out.shape == ref64.shape
+    if N:
+        err, _ = assert_close("diffusion_sample_bf16", out, ref64, ref_bf16)
+        fp32 = fastar.ops.diffusion_sample(z, {k: v.float() for k, v in w.items()},
+                                           generator=torch.Generator().manual_seed(7), **kw)
+        assert err > (fp32 - ref64).abs().max()  # the bf16 GEMMs did run
+
+
+def test_diffusion_sample_bf16_declined_without_bf16_instructions(monkeypatch):
+    monkeypatch.delenv("FASTAR_EMULATED_BF16", raising=False)
+    if fastar.build_info()["cpu_bf16"]:
+        pytest.skip(f"this CPU has {fastar.build_info()['cpu_bf16']}")
+    with pytest.raises(RuntimeError, match="needs AMX-BF16 or AVX512-BF16"):
+        fastar.ops.diffusion_sample(torch.randn(2, Z), {k: v.float() for k, v in make_head().items()},
+                                    precision="bf16")
+    with pytest.raises(ValueError, match="precision must be"):
+        fastar.ops.diffusion_sample(torch.randn(2, Z), {k: v.float() for k, v in make_head().items()},
+                                    precision="fp16")
+
+
 @pytest.mark.parametrize("cfg", [1.0, 2.0])
 def test_opcheck(diffusion_backend, cfg):
     w = [v.float() for v in make_head(depth=1).values()]

@@ -8,9 +8,10 @@
 namespace fastar {
 
 static at::Tensor diffusion_sample_cpu(const at::Tensor& z, at::TensorList weights, const at::Tensor& schedule,
-                                       double temperature, double cfg, std::optional<at::Generator> generator) {
+                                       double temperature, double cfg, std::optional<at::Generator> generator,
+                                       bool bf16) {
   const int64_t depth = check_diffusion_sample(z, weights, schedule, cfg, at::kCPU);
-  return cpu::diffusion_sample(z, weights, depth, schedule, temperature, cfg, generator);
+  return cpu::diffusion_sample(z, weights, depth, schedule, temperature, cfg, generator, bf16);
 }
 
 static std::tuple<at::Tensor, at::Tensor> diffusion_loss_cpu(const at::Tensor& model_output, const at::Tensor& x_start,

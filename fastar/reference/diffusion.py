@@ -100,32 +100,41 @@ def _modulate(x, shift, scale):
     return x * (1 + scale) + shift
 
 
-def head_forward(weights: dict, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """SimpleMLPAdaLN.forward: x (N, C), t (N,) original timesteps, c (N, Z) -> (N, 2C) [eps, v]."""
-    w = weights
+PRECISIONS = ("fp32", "bf16")  # diffusion_sample's modes: bf16 rounds the per-step GEMMs' operands to bfloat16
+
+
+def _bf16_linear(x, weight, bias):
+    """A Linear whose operands are rounded to bfloat16 and whose products are summed in x's dtype."""
+    return F.linear(x.bfloat16().to(x.dtype), weight.bfloat16().to(x.dtype), bias)
+
+
+def head_forward(weights: dict, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, precision="fp32") -> torch.Tensor:
+    """SimpleMLPAdaLN.forward: x (N, C), t (N,) original timesteps, c (N, Z) -> (N, 2C) [eps, v]. precision
+    "bf16": the GEMMs that fastar's loop runs per step (adaLN, the block MLPs, the output) take bf16 operands."""
+    w, step_linear = weights, _bf16_linear if precision == "bf16" else F.linear
     t_emb = F.linear(timestep_embedding(t, x.dtype), w["time_embed.mlp.0.weight"], w["time_embed.mlp.0.bias"])
     t_emb = F.linear(F.silu(t_emb), w["time_embed.mlp.2.weight"], w["time_embed.mlp.2.bias"])
     y = t_emb + F.linear(c, w["cond_embed.weight"], w["cond_embed.bias"])  # (N, width)
     x = F.linear(x, w["input_proj.weight"], w["input_proj.bias"])
     for i in range(head_depth(w)):
         b = f"res_blocks.{i}."
-        shift, scale, gate = F.linear(F.silu(y), w[b + "adaLN_modulation.1.weight"],
+        shift, scale, gate = step_linear(F.silu(y), w[b + "adaLN_modulation.1.weight"],
                                       w[b + "adaLN_modulation.1.bias"]).chunk(3, dim=-1)
         h = _modulate(F.layer_norm(x, x.shape[-1:], w[b + "in_ln.weight"], w[b + "in_ln.bias"], LN_EPS), shift, scale)
-        h = F.linear(F.silu(F.linear(h, w[b + "mlp.0.weight"], w[b + "mlp.0.bias"])), w[b + "mlp.2.weight"],
+        h = step_linear(F.silu(step_linear(h, w[b + "mlp.0.weight"], w[b + "mlp.0.bias"])), w[b + "mlp.2.weight"],
                      w[b + "mlp.2.bias"])
         x = x + gate * h
-    shift, scale = F.linear(F.silu(y), w["final_layer.adaLN_modulation.1.weight"],
+    shift, scale = step_linear(F.silu(y), w["final_layer.adaLN_modulation.1.weight"],
                             w["final_layer.adaLN_modulation.1.bias"]).chunk(2, dim=-1)
     x = _modulate(F.layer_norm(x, x.shape[-1:], eps=LN_EPS), shift, scale)
-    return F.linear(x, w["final_layer.linear.weight"], w["final_layer.linear.bias"])
+    return step_linear(x, w["final_layer.linear.weight"], w["final_layer.linear.bias"])
 
 
-def head_forward_with_cfg(weights: dict, x, t, c, cfg: float) -> torch.Tensor:
+def head_forward_with_cfg(weights: dict, x, t, c, cfg: float, precision="fp32") -> torch.Tensor:
     """SimpleMLPAdaLN.forward_with_cfg: rows [cond ; uncond]; both halves see the first half's x; eps is
     uncond + cfg (cond - uncond) on both halves, the variance channels stay per row."""
     half = x[: len(x) // 2]
-    out = head_forward(weights, torch.cat([half, half]), t, c)
+    out = head_forward(weights, torch.cat([half, half]), t, c, precision)
     C = x.shape[1]
     eps_cond, eps_uncond = out[:, :C].chunk(2)
     eps = eps_uncond + cfg * (eps_cond - eps_uncond)
@@ -133,10 +142,10 @@ def head_forward_with_cfg(weights: dict, x, t, c, cfg: float) -> torch.Tensor:
 
 
 def diffusion_sample(z: torch.Tensor, weights: dict, *, num_steps: int = 100, temperature: float = 1.0,
-                     cfg: float = 1.0, generator=None) -> torch.Tensor:
+                     cfg: float = 1.0, generator=None, precision: str = "fp32") -> torch.Tensor:
     """DiffLoss.sample(z, temperature, cfg): z (N, Z) conditions ([cond ; uncond] halves when cfg != 1) ->
     tokens (N, C), or the conditional half (N/2, C) when cfg != 1 (what MAR's sample_tokens keeps).
-    Computes in z's dtype; weights: the head's state dict (head_shapes)."""
+    Computes in z's dtype; weights: the head's state dict (head_shapes); precision: see head_forward."""
     if isinstance(weights, torch.nn.Module):
         weights = weights.state_dict()
     dtype, device = z.dtype, z.device
@@ -155,7 +164,7 @@ def diffusion_sample(z: torch.Tensor, weights: dict, *, num_steps: int = 100, te
         x = randn(N)
     for i in reversed(range(num_steps)):
         t = schedule[i, 0].long().expand(N)
-        out = head_forward_with_cfg(w, x, t, z, cfg) if cfg != 1.0 else head_forward(w, x, t, z)
+        out = head_forward_with_cfg(w, x, t, z, cfg, precision) if cfg != 1.0 else head_forward(w, x, t, z, precision)
         eps, v = out[:, :C], out[:, C:]
         sqrt_recip, sqrt_recipm1, coef1, coef2, min_log, max_log = coef[i, 1:]
         frac = (v + 1) / 2
