@@ -20,7 +20,7 @@ from fastar.models.mar.mar import MAR, MARConfig
 from fastar.models.mar.sample import generate
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
 from fastar.models.var.sample import save_grid
-from fastar.models.var.train import digits, fit
+from fastar.models.var.train import add_run_args, digits, fit, start_run
 
 TINY_VAE = KLConfig(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1)  # 16 px -> 8x8 latents, 64 tokens
 KL_WEIGHT = 1e-4
@@ -38,20 +38,9 @@ def main(argv=None):
     p.add_argument("--mar-lr", type=float, default=1e-3)
     p.add_argument("--num-iter", type=int, default=8, help="autoregressive steps of the final samples")
     p.add_argument("--cfg", type=float, default=2.0, help="guidance of the final samples")
-    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per process: the tiny ops are too small to split, more threads mostly wait")
-    p.add_argument("--out", default="runs/mar-digits")
+    add_run_args(p, "runs/mar-digits")
     args = p.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    torch.manual_seed(args.seed)  # the same initial weights on every process
-    os.makedirs(args.out, exist_ok=True)
+    rank, world = start_run(args)
     images, labels = digits(args.image_size)
     vae = AutoencoderKL(TINY_VAE)
     stride = 2 ** (len(TINY_VAE.ch_mult) - 1)
