@@ -16,6 +16,8 @@ COMMANDS = {
     ("train", "hit"): "fastar.models.hit.train",
     ("sample", "dalle"): "fastar.models.dalle.sample",
     ("train", "dalle"): "fastar.models.dalle.train",
+    ("sample", "mar"): "fastar.models.mar.sample",
+    ("train", "mar"): "fastar.models.mar.train",
 }
 
 

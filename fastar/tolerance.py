@@ -19,7 +19,13 @@ K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
      "fractalgen_grads": 4.0,
      "multi_axis_attention": 2.0, "multi_axis_attention_bwd": 3.0,
      # HiT: a GAN step's gradients through G, D, R1 (a double backward) and bCR, as VAR's.
-     "hit_grads": 4.0}
+     "hit_grads": 4.0,
+     # MAR's KL VAE: the same convolutions on both sides, attention's factor for its attention blocks.
+     "mar_vae": 2.0,
+     # the training loss: the head under autograd and the fused loss pass vs the reference's formulation.
+     "diffusion_loss": 3.0, "mar_train_grads": 4.0,
+     # bf16 mode: the kernel rounds float32 values to bf16 where the emulating reference rounds its own float32 ones.
+     "diffusion_sample_bf16": 4.0}
 
 
 def error_and_bound(op, out, ref64, ref_lowp, scale=None):

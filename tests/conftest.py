@@ -54,6 +54,9 @@ class ScheduleCheck:
         simt = fastar._backend._simt
         # Ops that update tensor arguments in place run each time from the same inputs, and their updates compare too.
         inputs = [a.detach().clone() if isinstance(a, torch.Tensor) else None for a in args]
+        # Seeded ops (diffusion_sample) redraw the same noise each time: their generator restarts from one state.
+        gens = [(g, g.get_state()) for g in [a for a in args if isinstance(a, torch.Generator)] or
+                [torch.default_generator]]
         out = self.op(*args)
         if any(isinstance(a, torch.Tensor) and type(a) is not torch.Tensor for a in args):
             return out  # fake or functional tensors (opcheck, torch.compile tracing): no kernel ran
@@ -62,6 +65,8 @@ class ScheduleCheck:
             for a, saved in zip(args, inputs):
                 if saved is not None and not _bits(a).equal(_bits(saved)):  # only the updated ones: no version bump
                     a.detach().copy_(saved)
+            for g, state in gens:
+                g.set_state(state)
             simt.set_schedule(mode, seed)
             try:
                 again = self.op(*args)

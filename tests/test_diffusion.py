@@ -146,6 +146,39 @@ def test_module_weights(diffusion_backend):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("N,cfg", [(7, 1.0), (10, 2.9), (0, 1.0)])
+def test_diffusion_sample_bf16(monkeypatch, N, cfg):
+    """precision="bf16" (GEMM operands in bfloat16, float32 accumulation) against the float64 oracle, by the
+    tolerance rule: its error at most K times that of the same math in low precision (the reference with its
+    GEMM operands rounded to bfloat16, in float32). FASTAR_EMULATED_BF16 runs the path on CPUs without bf16 GEMMs."""
+    monkeypatch.setenv("FASTAR_EMULATED_BF16", "1")
+    z = torch.randn(N, Z, generator=torch.Generator().manual_seed(N))
+    w = make_head()
+    kw = dict(num_steps=100, cfg=cfg)
+    out = fastar.ops.diffusion_sample(z, {k: v.float() for k, v in w.items()}, precision="bf16",
+                                      generator=torch.Generator().manual_seed(7), **kw)
+    ref64 = ref.diffusion_sample(z.double(), w, generator=torch.Generator().manual_seed(7), **kw)
+    ref_bf16 = ref.diffusion_sample(z, w, precision="bf16", generator=torch.Generator().manual_seed(7), **kw)
+    assert out.shape == ref64.shape
+    if N:
+        err, _ = assert_close("diffusion_sample_bf16", out, ref64, ref_bf16)
+        fp32 = fastar.ops.diffusion_sample(z, {k: v.float() for k, v in w.items()},
+                                           generator=torch.Generator().manual_seed(7), **kw)
+        assert err > (fp32 - ref64).abs().max()  # the bf16 GEMMs did run
+
+
+def test_diffusion_sample_bf16_declined_without_bf16_instructions(monkeypatch):
+    monkeypatch.delenv("FASTAR_EMULATED_BF16", raising=False)
+    if fastar.build_info()["cpu_bf16"]:
+        pytest.skip(f"this CPU has {fastar.build_info()['cpu_bf16']}")
+    with pytest.raises(RuntimeError, match="needs AMX-BF16 or AVX512-BF16"):
+        fastar.ops.diffusion_sample(torch.randn(2, Z), {k: v.float() for k, v in make_head().items()},
+                                    precision="bf16")
+    with pytest.raises(ValueError, match="precision must be"):
+        fastar.ops.diffusion_sample(torch.randn(2, Z), {k: v.float() for k, v in make_head().items()},
+                                    precision="fp16")
+
+
 @pytest.mark.parametrize("cfg", [1.0, 2.0])
 def test_opcheck(diffusion_backend, cfg):
     w = [v.float() for v in make_head(depth=1).values()]
@@ -180,3 +213,66 @@ def test_training_loss_stop_gradient():
     torch.testing.assert_close(g1[:C], g2[:C], rtol=0, atol=0)
     assert g1[C:].abs().max() > 0 and not torch.allclose(g1[C:], g2[C:])
 
+
+
+def head_module(dtype):
+    """A SimpleMLPAdaLN holding make_head's weights (depth 1), in dtype."""
+    from fastar.models.mar import SimpleMLPAdaLN
+    head = SimpleMLPAdaLN(C, WIDTH, Z, 1)
+    head.load_state_dict(make_head(depth=1))
+    return head.to(dtype)
+
+
+def loss_and_grads(dtype, backend, N):
+    """The summed loss and its gradients (head parameters, z) on backend, inputs from loss_inputs in dtype."""
+    x_start, z, t, noise = (v.to(dtype) if v.is_floating_point() else v for v in loss_inputs(N=N))
+    head, z = head_module(dtype), z.requires_grad_()
+    with fastar.use_backend(backend):
+        loss = fastar.ops.diffusion_loss(x_start, z, head, t=t, noise=noise)
+        assert fastar.last_backend("diffusion_loss") == backend
+    loss.sum().backward()
+    return [loss, z.grad] + [p.grad for p in head.parameters()]
+
+
+@pytest.mark.parametrize("N", [6, 1, 0])
+def test_diffusion_loss(N):
+    """Loss and gradients of the cpu op (module forward + fused loss pass) against the float64 reference."""
+    out = loss_and_grads(torch.float32, "cpu", N)
+    ref64, ref32 = loss_and_grads(torch.float64, "reference", N), loss_and_grads(torch.float32, "reference", N)
+    assert out[0].shape == (N,)
+    if N:
+        for o, r64, r32 in zip(out, ref64, ref32):
+            assert_close("diffusion_loss", o, r64, r32)
+
+
+def test_diffusion_loss_gradcheck():
+    """The fused pass's gradient of the variance channels (float64) vs finite differences, through the KL
+    (t > 0) and the discretized-NLL branches (t = 0, x_start inside and beyond +-0.999)."""
+    x_start, _, t, noise = loss_inputs()
+    x_start[0, :3] = torch.tensor([-1.2, 0.3, 1.5], dtype=torch.float64)  # t = 0 row: the three NLL cases
+    eps = torch.randn(6, C, dtype=torch.float64)
+    v = (torch.rand(6, C, dtype=torch.float64) * 2 - 1).requires_grad_()
+    table = ref.loss_table()
+    torch.autograd.gradcheck(lambda v: torch.ops.fastar.diffusion_loss(torch.cat([eps, v], 1), x_start, noise, t,
+                                                                       table)[0], (v,))
+    # eps: the MSE's gradient only (the VB term sees eps through a stop-gradient)
+    out = torch.cat([eps, v.detach()], 1).requires_grad_()
+    torch.ops.fastar.diffusion_loss(out, x_start, noise, t, table)[0].sum().backward()
+    torch.testing.assert_close(out.grad[:, :C], 2 * (eps - noise) / C)
+
+
+def test_diffusion_loss_opcheck():
+    x_start, _, t, noise = (v.float() if v.is_floating_point() else v for v in loss_inputs())
+    args = (torch.randn(6, 2 * C, requires_grad=True), x_start, noise, t, ref.loss_table())
+    torch.library.opcheck(torch.ops.fastar.diffusion_loss.default, args)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(z=torch.randn(6, Z + 1)), "head takes"), (dict(t=torch.tensor([0, 1, 2, 3, 4, 1000])), "t must be"),
+    (dict(noise=torch.randn(6, C + 1)), "noise must be"), (dict(head={}), "head must be a SimpleMLPAdaLN"),
+    (dict(x_start=torch.randn(6, C, dtype=torch.float16)), "x_start")])
+def test_diffusion_loss_bad_inputs(change, match):
+    x_start, z, t, noise = (v.float() if v.is_floating_point() else v for v in loss_inputs())
+    kw = {**dict(x_start=x_start, z=z, head=head_module(torch.float32), t=t, noise=noise), **change}
+    with pytest.raises((ValueError, TypeError), match=match):
+        fastar.ops.diffusion_loss(kw["x_start"], kw["z"], kw["head"], t=kw["t"], noise=kw["noise"])

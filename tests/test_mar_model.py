@@ -1,32 +1,60 @@
-"""MAR on fastar: the official parameter counts and names, and seeded sampling against the float64 reference."""
+"""MAR on fastar: the official key lists and parameter counts (tests/data), the KL-16 VAE, and seeded sampling
+against the float64 reference."""
 import pytest
 import torch
 
 import fastar
-from fastar.models.mar import mar
+from fastar.models.mar import AutoencoderKL, KLConfig, mar
+from tests.test_var_model import DATA, kinds, official_keys, run_cli
 from tests.tolerance import assert_close
 
+MAR_KEYS, KL_KEYS = "mar-base-state-dict-keys.txt", "kl16-vae-state-dict-keys.txt"
 
-def count(size):
+
+def official_counts():
+    """{size: parameter count} from the MAR-B key list's header (the official code's own counts)."""
+    line = next(l for l in (DATA / MAR_KEYS).read_text().splitlines() if l.startswith("# Parameter counts"))
+    return {size: int(n) for size, n in (part.split() for part in line.split(":")[1].split(","))}
+
+
+@pytest.mark.parametrize("size", ["base", "large", "huge"])
+def test_parameter_counts(size):
     with torch.device("meta"):
-        return sum(p.numel() for p in mar(size).parameters())
+        assert sum(p.numel() for p in mar(size).parameters()) == official_counts()[size]
+    assert official_counts()["base"] == 207_924_768  # the README's 208M
 
 
-def test_parameter_counts():
-    assert count("base") == 207_924_768  # the official MAR-B with its released d6 w1024 head
-    # L and H: analytic counts of shared/reference/mar-fractalgen.md A3 (478.3M, 942.4M), to 0.1M.
-    assert round(count("large") / 1e5) == 4783 and round(count("huge") / 1e5) == 9424
-
-
-def test_official_names():
+def test_mar_base_matches_official_keys():
     with torch.device("meta"):
-        keys = set(mar("base").state_dict())
-    for k in ("class_emb.weight", "fake_latent", "z_proj_ln.bias", "encoder_pos_embed_learned", "mask_token",
-              "encoder_blocks.11.attn.qkv.weight", "decoder_blocks.0.mlp.fc2.bias", "decoder_norm.weight",
-              "diffusion_pos_embed_learned", "diffloss.net.time_embed.mlp.2.weight", "diffloss.net.cond_embed.bias",
-              "diffloss.net.res_blocks.5.adaLN_modulation.1.weight", "diffloss.net.final_layer.linear.bias"):
-        assert k in keys, k
-    assert not any("norm_final" in k for k in keys)  # no affine: no parameters, as in the checkpoints
+        model = mar("base")
+    assert kinds(model) == official_keys(MAR_KEYS)  # names, shapes, parameter vs buffer
+
+
+def test_kl16_vae_matches_official_keys():
+    with torch.device("meta"):
+        vae = AutoencoderKL()
+    expected = official_keys(KL_KEYS)
+    assert len(expected) == 312 and kinds(vae) == expected
+    assert sum(p.numel() for p in vae.parameters()) == 66_456_019
+    vae.load_state_dict({k: torch.empty(s, device="meta") for k, (s, _) in expected.items()}, strict=True, assign=True)
+
+
+TINY_KL = KLConfig(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1)
+
+
+def test_kl_vae_on_fastar_attention_matches_reference():
+    """Encode + decode a 16 px image: the mid-block attentions through fastar.ops vs on the reference backend."""
+    torch.manual_seed(0)
+    vae, x = AutoencoderKL(TINY_KL).eval(), torch.rand(2, 3, 16, 16) * 2 - 1
+
+    def roundtrip(m, x, backend):
+        with fastar.use_backend(backend), torch.no_grad():
+            mean, _ = m.encode(x)
+            return m.decode(mean)
+
+    out = roundtrip(vae, x, "cpu")
+    assert out.shape == (2, 3, 16, 16)
+    assert_close("mar_vae", out, roundtrip(vae.double(), x.double(), "reference"), roundtrip(vae.float(), x, "reference"))
 
 
 def tiny_mar(seed=0):
@@ -52,3 +80,39 @@ def test_sample_tokens(cfg):
     ref32 = sample(model, "reference")
     ref64 = sample(tiny_mar().double(), "reference")
     assert_close("mar_sample_tokens", out, ref64, ref32)
+
+
+def test_training_step_gradients():
+    """One training step (mask ratio, orders, label dropout, diffusion_batch_mul draws from one generator): loss and
+    gradients on fastar's cpu ops against the same step on the float64 and float32 reference ops."""
+    latents, labels = torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(3)), torch.tensor([3, 7])
+
+    def step(model, backend):
+        model.train()
+        with fastar.use_backend(backend):
+            loss = model(latents.to(model.fake_latent.dtype), labels, generator=torch.Generator().manual_seed(5))
+        loss.backward()
+        return [loss] + [p.grad for p in model.parameters()]
+
+    out, ref64, ref32 = step(tiny_mar(), "cpu"), step(tiny_mar().double(), "reference"), step(tiny_mar(), "reference")
+    assert len(out) == len(list(tiny_mar().parameters())) + 1
+    for o, r64, r32 in zip(out, ref64, ref32):
+        assert_close("mar_train_grads", o, r64, r32)
+
+
+def test_mask_ratio_distribution():
+    """The truncated normal of the official sampler: support [0.7, 1], mean ~0.867."""
+    model, g = tiny_mar(), torch.Generator().manual_seed(0)
+    r = torch.tensor([model.mask_ratio(g) for _ in range(4000)])
+    assert r.min() >= 0.7 and r.max() <= 1.0 and abs(r.mean().item() - 0.8670) < 0.005
+
+
+@pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
+def test_train_then_sample_cli(tmp_path, torchrun):
+    out = run_cli(tmp_path, "train", "mar", "--vae-steps", "3", "--mar-steps", "3", "--bs", "8", "--width", "32",
+                  "--num-iter", "2", "--out", "run", torchrun=torchrun)
+    assert "mar loss" in out and (tmp_path / "run" / "samples.png").exists()
+    if not torchrun:  # sampling from a checkpoint is the same however it was trained: once is enough
+        out = run_cli(tmp_path, "sample", "mar", "--ckpt", "run/ckpt.pt", "--classes", "0", "1", "2", "--num-iter",
+                      "2", "--num-steps", "3", "--out", "g.png")
+        assert "fastar train mar checkpoint" in out and (tmp_path / "g.png").exists()

@@ -51,6 +51,21 @@ Gemm<T> gemm_symbol() {
   return fn;
 }
 
+using GemmBf16 = void (*)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                          const float* alpha, const uint16_t* a, const int* lda, const uint16_t* b, const int* ldb,
+                          const float* beta, float* c, const int* ldc);
+
+GemmBf16 gemm_bf16_symbol() {
+  static const GemmBf16 fn = [] {
+    auto* f = reinterpret_cast<GemmBf16>(torch_lib().find("gemm_bf16bf16f32_"));
+    TORCH_CHECK(f != nullptr, "fastar's bfloat16 GEMMs call MKL's gemm_bf16bf16f32_, which this torch build (",
+                TORCH_VERSION, ", ", torch_lib().path, ") does not export; use a torch build with MKL (the x86 PyPI "
+                "wheels) or precision='fp32'");
+    return f;
+  }();
+  return fn;
+}
+
 SetThreadsLocal set_threads_local() {
   static const auto fn = reinterpret_cast<SetThreadsLocal>(torch_lib().find("MKL_Set_Num_Threads_Local"));
   return fn;
@@ -69,6 +84,12 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, 
 template void gemm<float>(bool, bool, int, int, int, float, const float*, int, const float*, int, float, float*, int);
 template void gemm<double>(bool, bool, int, int, int, double, const double*, int, const double*, int, double, double*,
                            int);
+
+void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A, int lda,
+               const uint16_t* B, int ldb, float beta, float* C, int ldc) {
+  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+  gemm_bf16_symbol()(&tb, &ta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
+}
 
 SerialScope::SerialScope() : previous_(set_threads_local() ? set_threads_local()(1) : 0) {}
 SerialScope::~SerialScope() {

@@ -3,6 +3,7 @@
 // The Fortran symbols are resolved at first use, so a torch build without them fails the kernel that needs
 // them with a message naming the symbol, not the import of fastar._C.
 #pragma once
+#include <cstdint>
 
 namespace fastar::cpu::blas {
 
@@ -11,6 +12,11 @@ namespace fastar::cpu::blas {
 template <class T>
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
           T* C, int ldc);
+
+// Row-major C (M, N) float32 = alpha op(A) op(B) + beta C with A, B bfloat16 (raw uint16 bits), products
+// accumulated in float32: MKL's gemm_bf16bf16f32 (AMX / AVX512-BF16 instructions where the CPU has them).
+void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A, int lda,
+               const uint16_t* B, int ldb, float beta, float* C, int ldc);
 
 // Keeps the BLAS on the calling thread for the scope: inside at::parallel_for each tile product must stay on its
 // thread, else MKL fans every small product out over all cores (OpenBLAS does not thread products this small).

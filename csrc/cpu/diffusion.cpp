@@ -4,9 +4,13 @@
 // as one GEMM (every block reads the same y). The GEMMs write into buffers allocated before the loop, without
 // their bias; one fused pass per row between them adds the bias and does SiLU, the gated residual, the next
 // LayerNorm + modulation, or the DDPM update. The noise is drawn by torch's generator in the official order.
+// bf16: the per-step GEMMs take bfloat16 weights (converted once per call) and inputs (rounded before each
+// product) and accumulate in float32 (MKL's gemm_bf16bf16f32); everything else stays float32.
 #include "cpu/diffusion.h"
 
 #include <ATen/Parallel.h>
+
+#include "cpu/blas.h"
 
 #include <algorithm>
 #include <cmath>
@@ -18,7 +22,6 @@ namespace fastar::cpu {
 namespace {
 
 constexpr float kLnEps = 1e-6f;  // SimpleMLPAdaLN's LayerNorms
-constexpr int64_t kFreqDim = 256;  // TimestepEmbedder's sinusoid width
 
 // exp(v) = 2^n exp(r), n = round(v / ln 2), |r| <= ln 2 / 2, exp(r) by Cephes expf's polynomial (~2 ulp); written
 // branch-free so that `omp simd` vectorizes it, where libm's expf stays one call per element.
@@ -68,26 +71,11 @@ void ln_modulate(const float* x, const float* ln_w, const float* ln_b, const flo
   }
 }
 
-// (S, 256) sinusoids [cos, sin] of the original timesteps in schedule column 0, in float32 as the official code.
-at::Tensor timestep_frequencies(const at::Tensor& schedule) {
-  const int64_t S = schedule.size(0), half = kFreqDim / 2;
-  at::Tensor t_freq = at::empty({S, kFreqDim}, at::kFloat);
-  const auto sch = schedule.accessor<double, 2>();
-  float* out = t_freq.data_ptr<float>();
-  for (int64_t i = 0; i < S; ++i)
-    for (int64_t j = 0; j < half; ++j) {
-      const float freq = std::exp(float(-std::log(10000.0)) * float(j) / float(half));
-      const float arg = float(sch[i][0]) * freq;
-      out[i * kFreqDim + j] = std::cos(arg);
-      out[i * kFreqDim + half + j] = std::sin(arg);
-    }
-  return t_freq;
-}
-
 }  // namespace
 
 at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t depth, const at::Tensor& schedule,
-                            double temperature, double cfg, const std::optional<at::Generator>& generator) {
+                            double temperature, double cfg, const std::optional<at::Generator>& generator,
+                            bool bf16) {
   const bool guided = cfg != 1.0;
   const int64_t N = z.size(0), W = weights[0].size(0), C = weights[6].size(1), D = depth, S = schedule.size(0);
   const int64_t M = guided ? N / 2 : N;  // rows of x carried: the conditional half under cfg
@@ -95,22 +83,32 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
   at::Tensor x = at::empty({M, C}, z.options());  // x_t, then the tokens
   if (N == 0) return x;
   x.normal_(0, 1, generator);  // x_T: the official code draws N/2 rows under cfg and duplicates them
-  auto wt = [&](int64_t i) { return weights[i].t(); };  // a Linear's weight (out, in) as (in, out)
   auto block = [&](int64_t b, int64_t i) -> const at::Tensor& { return weights[8 + 8 * b + i]; };
 
   // Once per call: the condition projection and the time embeddings of all steps.
-  const at::Tensor cond = at::addmm(weights[5], z.contiguous(), wt(4));  // (N, W)
-  const at::Tensor t_emb = at::addmm(weights[3], at::silu(at::addmm(weights[1], timestep_frequencies(schedule), wt(0))),
-                                     wt(2));  // (S, W)
-  std::vector<at::Tensor> ada_w, ada_b;
-  for (int64_t b = 0; b < D; ++b) ada_w.push_back(block(b, 6)), ada_b.push_back(block(b, 7));
-  ada_w.push_back(block(D, 0)), ada_b.push_back(block(D, 1));
-  const at::Tensor ada_wT = at::cat(ada_w).t();  // (W, A)
-  const at::Tensor ada_bias = at::cat(ada_b);  // (A,)
-  const at::Tensor in_wT = wt(6).contiguous();  // (C, W): input_proj as C rank-1 updates
-  std::vector<at::Tensor> mlp0T, mlp2T;
-  for (int64_t b = 0; b < D; ++b) mlp0T.push_back(block(b, 2).t()), mlp2T.push_back(block(b, 4).t());
-  const at::Tensor final_wT = block(D, 2).t();  // (W, 2C)
+  const HeadPlan plan = head_plan(z, weights, D, schedule);
+  const at::Tensor &cond = plan.cond, &t_emb = plan.t_emb, &ada_bias = plan.ada_bias, &in_wT = plan.in_wT;
+  const at::Tensor ada_wT = plan.ada_w.t(), &final_wT = plan.final_wT;
+  const std::vector<at::Tensor>&mlp0T = plan.mlp0T, &mlp2T = plan.mlp2T;
+  // bf16 copies of the per-step GEMMs' weights, (out, in) row-major, and the rounded input of each product.
+  auto bf = [](const at::Tensor& t) { return t.to(at::kBFloat16).contiguous(); };
+  at::Tensor ada_bf, final_bf, in_bf;
+  std::vector<at::Tensor> mlp0_bf(D), mlp2_bf(D);
+  if (bf16) {
+    ada_bf = bf(plan.ada_w), final_bf = bf(block(D, 2)), in_bf = at::empty({N, W}, z.options().dtype(at::kBFloat16));
+    for (int64_t b = 0; b < D; ++b) mlp0_bf[b] = bf(block(b, 2)), mlp2_bf[b] = bf(block(b, 4));
+  }
+  // out (N, n) = in (N, W) w^T: float32 at::mm, or bfloat16 products with float32 accumulation.
+  auto gemm = [&](at::Tensor& out, const at::Tensor& in, const at::Tensor& wT, const at::Tensor& w_bf) {
+    if (!bf16) {
+      at::mm_out(out, in, wT);
+      return;
+    }
+    in_bf.copy_(in);
+    const int n = int(out.size(1));
+    blas::gemm_bf16(false, true, int(N), n, int(W), 1.f, reinterpret_cast<const uint16_t*>(in_bf.data_ptr()), int(W),
+                    reinterpret_cast<const uint16_t*>(w_bf.data_ptr()), int(W), 0.f, out.data_ptr<float>(), n);
+  };
 
   // Buffers of the loop: nothing is allocated inside it.
   const auto opts = z.options();
@@ -135,7 +133,7 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
 #pragma omp simd
       for (int64_t j = 0; j < W; ++j) s[j] = silu(te[j] + c[j]);
     });
-    at::mm_out(mod, sy, ada_wT);
+    gemm(mod, sy, ada_wT, ada_bf);
     for_rows(N, W, [&](int64_t r) {  // input_proj(x) (both halves see the conditional x under cfg), first LN
       const float* xr = x_p + (r % M) * C;
       float* hr = hid_p + r * W;
@@ -148,14 +146,14 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
       ln_modulate(hr, ln_w(0), ln_b(0), mod_p + r * A, ada_b_p, h_p + r * W, W);
     });
     for (int64_t b = 0; b < D; ++b) {
-      at::mm_out(a, h, mlp0T[b]);
+      gemm(a, h, mlp0T[b], mlp0_bf[b]);
       const float* b0 = block(b, 3).data_ptr<float>();
       for_rows(N, W, [&](int64_t r) {
         float* ar = a_p + r * W;
 #pragma omp simd
         for (int64_t j = 0; j < W; ++j) ar[j] = silu(ar[j] + b0[j]);
       });
-      at::mm_out(h, a, mlp2T[b]);
+      gemm(h, a, mlp2T[b], mlp2_bf[b]);
       const float* b2 = block(b, 5).data_ptr<float>();
       for_rows(N, W, [&](int64_t r) {  // x += gate * mlp(h), then the next block's (or the final) LN + modulation
         float *hr = h_p + r * W, *xr = hid_p + r * W;
@@ -165,7 +163,7 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
         ln_modulate(xr, ln_w(b + 1), ln_b(b + 1), mod_p + r * A + 3 * (b + 1) * W, ada_b_p + 3 * (b + 1) * W, hr, W);
       });
     }
-    at::mm_out(out, h, final_wT);
+    gemm(out, h, final_wT, final_bf);
     noise.normal_(0, 1, generator);  // (N, C) every step, as randn_like(x), of which the kept rows read the first M
     const float coef_sqrt_recip = float(sch[i][1]), coef_sqrt_recipm1 = float(sch[i][2]), coef1 = float(sch[i][3]),
                 coef2 = float(sch[i][4]), min_log = float(sch[i][5]), max_log = float(sch[i][6]);

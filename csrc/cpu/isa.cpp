@@ -44,4 +44,11 @@ const Isa& isa() {
   return chosen;
 }
 
+const char* bf16_gemm_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("amx-bf16")) return "amx-bf16";
+  if (__builtin_cpu_supports("avx512bf16")) return "avx512-bf16";
+  return "";
+}
+
 }  // namespace fastar::cpu

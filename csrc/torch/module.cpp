@@ -20,6 +20,7 @@ PYBIND11_MODULE(_C, m) {
 #endif
     info["cuda_archs"] = FASTAR_CUDA_ARCHS;
     info["cpu_isa"] = fastar::cpu::isa().name;
+    info["cpu_bf16"] = fastar::cpu::bf16_gemm_isa();
     info["compiler"] = __VERSION__;
     return info;
   });

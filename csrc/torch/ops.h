@@ -39,12 +39,17 @@ inline void define_ops(torch::Library& m) {
         "float scale) -> (Tensor dq, Tensor dk, Tensor dv)");
   // MAR's diffusion-head p_sample_loop: z (N, Z), the head's weights in head_shapes order, schedule (S, 7) float64
   // (fastar/reference/diffusion.py) -> tokens (N, C), or the conditional half (N/2, C) when cfg != 1.
+  // bf16: the per-step GEMMs in bfloat16 with float32 accumulation.
   m.def("diffusion_sample(Tensor z, Tensor[] weights, Tensor schedule, float temperature, float cfg, "
-        "Generator? generator) -> Tensor", {at::Tag::nondeterministic_seeded});
+        "Generator? generator, bool bf16=False) -> Tensor", {at::Tag::nondeterministic_seeded});
   // logits (R, V), uniform (R,) float64 in [0, 1): one draw per row from softmax(logits / temperature) after
   // min_prob, top_k, top_p (fastar/reference/sampling.py) -> indices (R,) int64, -1 on rows without a finite logit.
   m.def("sample_categorical(Tensor logits, Tensor uniform, float temperature, int top_k, float top_p, "
         "float min_prob) -> Tensor");
+  // MAR's DiffLoss training loss: model_output (N, 2C) [eps, v], x_start, noise (N, C), t (N,) int64, table
+  // (1000, 8) float64 (fastar/reference/diffusion.py loss_table) -> loss (N,), d loss / d model_output (N, 2C).
+  m.def("diffusion_loss(Tensor model_output, Tensor x_start, Tensor noise, Tensor t, Tensor table) "
+        "-> (Tensor loss, Tensor grad_output)");
 }
 
 }  // namespace fastar

@@ -1,6 +1,7 @@
 """MAR's diffusion head sampled as one op: the whole p_sample_loop of DiffLoss.sample (csrc/cpu/diffusion.cpp)."""
 import functools
 import math
+import os
 
 import torch
 
@@ -36,13 +37,13 @@ def _head_weights(op, weights, z_dtype) -> dict:
 
 
 @kernel("diffusion_sample")  # fake kernel, for torch.compile / opcheck
-def _diffusion_sample(z, weights, schedule, temperature, cfg, generator):
+def _diffusion_sample(z, weights, schedule, temperature, cfg, generator, bf16=False):
     return z.new_empty(z.shape[0] // 2 if cfg != 1.0 else z.shape[0], weights[6].shape[1])
 
 
 # The official loop is the torch formulation: the reference run in z's dtype is that loop, step for step.
 @op(reference=reference.diffusion_sample, torch=reference.diffusion_sample)
-def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, generator=None):
+def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, generator=None, precision="fp32"):
     """MAR's DiffLoss.sample(z, temperature, cfg) in one call: num_steps DDPM steps of the SimpleMLPAdaLN head.
 
     z (N, z_dim) float32 (float64 on the reference backend): one condition per token; when cfg != 1 the rows are
@@ -51,6 +52,10 @@ def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, gen
     weights: a SimpleMLPAdaLN module (official attribute names) or its state dict; used in z's dtype.
     num_steps: the 1000-step cosine chain respaced to num_steps (MAR: 100). temperature scales the per-step noise.
     generator: the torch.Generator the noise is drawn from, in the official order (x_T, then (N, C) per step).
+    precision: "fp32", or "bf16": the per-step GEMMs (adaLN, block MLPs, output) on bfloat16 operands with float32
+    accumulation, on CPUs with AMX-BF16 or AVX512-BF16 (fastar.build_info()["cpu_bf16"]); elsewhere bf16 products
+    are emulated and slower than float32, so the cpu backend declines it with an error. Error against float64:
+    tests/test_diffusion.py::test_diffusion_sample_bf16 (README: about 1e-2 of the tokens' scale at 100 steps).
     Returns the tokens (N, C), or the conditional half (N/2, C) when cfg != 1 (what sample_tokens keeps).
     """
     op = "diffusion_sample"
@@ -73,5 +78,77 @@ def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, gen
         raise ValueError(f"{op}: cfg={cfg} needs z as [cond ; uncond] rows, an even count, got {z.shape[0]}")
     if generator is not None and (not isinstance(generator, torch.Generator) or generator.device != z.device):
         raise ValueError(f"{op}: generator must be a torch.Generator on {z.device}, got {generator!r}")
+    if precision not in reference.PRECISIONS:
+        raise ValueError(f"{op}: precision must be one of {reference.PRECISIONS}, got {precision!r}")
+    bf16 = precision == "bf16"
+    if bf16 and _backend.active(z.device) == "cpu":
+        _check_bf16_instructions(op)
     return z.device, lambda ops: ops.diffusion_sample(z, list(w.values()), _schedule(num_steps), float(temperature),
-                                                     float(cfg), generator)
+                                                     float(cfg), generator, bf16)
+
+
+def _check_bf16_instructions(op):
+    """bf16 GEMMs pay only with AMX-BF16 or AVX512-BF16; without them the mode is declined, never silently slower.
+    FASTAR_EMULATED_BF16=1 runs it anyway (tests: the path's correctness on any CPU)."""
+    if _backend.build_info().get("cpu_bf16") or os.environ.get("FASTAR_EMULATED_BF16") == "1":
+        return
+    raise RuntimeError(f"{op}: precision='bf16' needs AMX-BF16 or AVX512-BF16 instructions, which this CPU lacks "
+                       f"(kernels run {_backend.build_info().get('cpu_isa')}); bf16 GEMMs would be emulated and slower "
+                       f"than float32 here, so the mode is declined: use precision='fp32'")
+
+
+@functools.lru_cache(maxsize=1)
+def _loss_table() -> torch.Tensor:  # (1000, 8) float64, never written to
+    return reference.loss_table()
+
+
+def _loss_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _loss_backward(ops, ctx, grad_loss, _grad_grad_output):
+    (grad_output,) = ctx.saved_tensors
+    return grad_loss[:, None] * grad_output, None, None, None, None
+
+
+@kernel("diffusion_loss", backward=_loss_backward, setup_context=_loss_setup_context)
+def _diffusion_loss(model_output, x_start, noise, t, table):
+    return x_start.new_empty(x_start.shape[0]), torch.empty_like(model_output)
+
+
+@op(reference=reference.diffusion_loss, torch=reference.diffusion_loss)
+def diffusion_loss(x_start, z, head, *, t, noise):
+    """MAR's DiffLoss.forward per row: the iDDPM hybrid loss MSE(eps) + VB (the learned-range variance's KL in bits,
+    the discretized Gaussian NLL at t = 0; stop-gradient on eps in it) of head at x_t = q_sample(x_start, t, noise).
+
+    x_start, noise (N, C) float32 or float64: targets and their noise; z (N, Z) the conditions; t (N,) int64 in
+    [0, 1000): timesteps of the training chain (MAR repeats rows diffusion_batch_mul times before this call).
+    head: a SimpleMLPAdaLN (forward(x_t, t, z) -> (N, 2C)); gradients reach its parameters and z through autograd.
+    The head runs as its module; the loss terms and their gradient run as one fused pass (csrc/cpu/diffusion_loss.cpp).
+    Returns the loss (N,).
+    """
+    op = "diffusion_loss"
+    check_tensor(op, "x_start", x_start, dim=2, dtypes=(torch.float32, torch.float64))
+    N, C = x_start.shape
+    check_tensor(op, "noise", noise, dim=2, dtypes=(x_start.dtype,))
+    check_tensor(op, "z", z, dim=2, dtypes=(x_start.dtype,))
+    if tuple(noise.shape) != (N, C) or z.shape[0] != N:
+        raise ValueError(f"{op}: noise must be (N, C) = {(N, C)} and z (N, z_dim), got {tuple(noise.shape)} and "
+                         f"{tuple(z.shape)}")
+    check_tensor(op, "t", t, dim=1, dtypes=(torch.int64,))
+    if t.shape[0] != N or (N and (t.min() < 0 or t.max() >= reference.NUM_TIMESTEPS)):
+        raise ValueError(f"{op}: t must be ({N},) timesteps in [0, {reference.NUM_TIMESTEPS})")
+    if not isinstance(head, torch.nn.Module):
+        raise TypeError(f"{op}: head must be a SimpleMLPAdaLN module, got {type(head).__name__}")
+    in_proj = head.get_parameter("input_proj.weight")
+    if in_proj.shape[1] != C or head.get_parameter("cond_embed.weight").shape[1] != z.shape[1]:
+        raise ValueError(f"{op}: head takes (C, z_dim) = ({in_proj.shape[1]}, "
+                         f"{head.get_parameter('cond_embed.weight').shape[1]}), got x_start {C} wide and z "
+                         f"{z.shape[1]} wide")
+
+    def run(ops):
+        table = _loss_table()
+        model_output = head(reference.q_sample(x_start, t, noise, table), t, z)
+        return ops.diffusion_loss(model_output, x_start, noise, t, table)[0]
+    return x_start.device, run

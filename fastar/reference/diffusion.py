@@ -100,32 +100,41 @@ def _modulate(x, shift, scale):
     return x * (1 + scale) + shift
 
 
-def head_forward(weights: dict, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """SimpleMLPAdaLN.forward: x (N, C), t (N,) original timesteps, c (N, Z) -> (N, 2C) [eps, v]."""
-    w = weights
+PRECISIONS = ("fp32", "bf16")  # diffusion_sample's modes: bf16 rounds the per-step GEMMs' operands to bfloat16
+
+
+def _bf16_linear(x, weight, bias):
+    """A Linear whose operands are rounded to bfloat16 and whose products are summed in x's dtype."""
+    return F.linear(x.bfloat16().to(x.dtype), weight.bfloat16().to(x.dtype), bias)
+
+
+def head_forward(weights: dict, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, precision="fp32") -> torch.Tensor:
+    """SimpleMLPAdaLN.forward: x (N, C), t (N,) original timesteps, c (N, Z) -> (N, 2C) [eps, v]. precision
+    "bf16": the GEMMs that fastar's loop runs per step (adaLN, the block MLPs, the output) take bf16 operands."""
+    w, step_linear = weights, _bf16_linear if precision == "bf16" else F.linear
     t_emb = F.linear(timestep_embedding(t, x.dtype), w["time_embed.mlp.0.weight"], w["time_embed.mlp.0.bias"])
     t_emb = F.linear(F.silu(t_emb), w["time_embed.mlp.2.weight"], w["time_embed.mlp.2.bias"])
     y = t_emb + F.linear(c, w["cond_embed.weight"], w["cond_embed.bias"])  # (N, width)
     x = F.linear(x, w["input_proj.weight"], w["input_proj.bias"])
     for i in range(head_depth(w)):
         b = f"res_blocks.{i}."
-        shift, scale, gate = F.linear(F.silu(y), w[b + "adaLN_modulation.1.weight"],
+        shift, scale, gate = step_linear(F.silu(y), w[b + "adaLN_modulation.1.weight"],
                                       w[b + "adaLN_modulation.1.bias"]).chunk(3, dim=-1)
         h = _modulate(F.layer_norm(x, x.shape[-1:], w[b + "in_ln.weight"], w[b + "in_ln.bias"], LN_EPS), shift, scale)
-        h = F.linear(F.silu(F.linear(h, w[b + "mlp.0.weight"], w[b + "mlp.0.bias"])), w[b + "mlp.2.weight"],
+        h = step_linear(F.silu(step_linear(h, w[b + "mlp.0.weight"], w[b + "mlp.0.bias"])), w[b + "mlp.2.weight"],
                      w[b + "mlp.2.bias"])
         x = x + gate * h
-    shift, scale = F.linear(F.silu(y), w["final_layer.adaLN_modulation.1.weight"],
+    shift, scale = step_linear(F.silu(y), w["final_layer.adaLN_modulation.1.weight"],
                             w["final_layer.adaLN_modulation.1.bias"]).chunk(2, dim=-1)
     x = _modulate(F.layer_norm(x, x.shape[-1:], eps=LN_EPS), shift, scale)
-    return F.linear(x, w["final_layer.linear.weight"], w["final_layer.linear.bias"])
+    return step_linear(x, w["final_layer.linear.weight"], w["final_layer.linear.bias"])
 
 
-def head_forward_with_cfg(weights: dict, x, t, c, cfg: float) -> torch.Tensor:
+def head_forward_with_cfg(weights: dict, x, t, c, cfg: float, precision="fp32") -> torch.Tensor:
     """SimpleMLPAdaLN.forward_with_cfg: rows [cond ; uncond]; both halves see the first half's x; eps is
     uncond + cfg (cond - uncond) on both halves, the variance channels stay per row."""
     half = x[: len(x) // 2]
-    out = head_forward(weights, torch.cat([half, half]), t, c)
+    out = head_forward(weights, torch.cat([half, half]), t, c, precision)
     C = x.shape[1]
     eps_cond, eps_uncond = out[:, :C].chunk(2)
     eps = eps_uncond + cfg * (eps_cond - eps_uncond)
@@ -133,10 +142,10 @@ def head_forward_with_cfg(weights: dict, x, t, c, cfg: float) -> torch.Tensor:
 
 
 def diffusion_sample(z: torch.Tensor, weights: dict, *, num_steps: int = 100, temperature: float = 1.0,
-                     cfg: float = 1.0, generator=None) -> torch.Tensor:
+                     cfg: float = 1.0, generator=None, precision: str = "fp32") -> torch.Tensor:
     """DiffLoss.sample(z, temperature, cfg): z (N, Z) conditions ([cond ; uncond] halves when cfg != 1) ->
     tokens (N, C), or the conditional half (N/2, C) when cfg != 1 (what MAR's sample_tokens keeps).
-    Computes in z's dtype; weights: the head's state dict (head_shapes)."""
+    Computes in z's dtype; weights: the head's state dict (head_shapes); precision: see head_forward."""
     if isinstance(weights, torch.nn.Module):
         weights = weights.state_dict()
     dtype, device = z.dtype, z.device
@@ -155,7 +164,7 @@ def diffusion_sample(z: torch.Tensor, weights: dict, *, num_steps: int = 100, te
         x = randn(N)
     for i in reversed(range(num_steps)):
         t = schedule[i, 0].long().expand(N)
-        out = head_forward_with_cfg(w, x, t, z, cfg) if cfg != 1.0 else head_forward(w, x, t, z)
+        out = head_forward_with_cfg(w, x, t, z, cfg, precision) if cfg != 1.0 else head_forward(w, x, t, z, precision)
         eps, v = out[:, :C], out[:, C:]
         sqrt_recip, sqrt_recipm1, coef1, coef2, min_log, max_log = coef[i, 1:]
         frac = (v + 1) / 2
@@ -182,29 +191,58 @@ def _decoder_nll(x, mean, log_scale):
     return -log_probs
 
 
-def training_loss(weights: dict, x_start: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
-                  noise: torch.Tensor) -> torch.Tensor:
-    """DiffLoss's per-row loss on the 1000-step chain (iDDPM hybrid): MSE(eps) + the VB term in bits, whose
-    gradient reaches only the variance channels (stop-gradient on eps). x_start, noise (N, C); z (N, Z);
-    t (N,) int64 in [0, 1000) -> (N,)."""
-    c = {k: v.to(x_start.device) for k, v in _chain(NUM_TIMESTEPS).items()}
-    dtype, C = x_start.dtype, x_start.shape[1]
+LOSS_TABLE_COLUMNS = ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+                      "sqrt_recipm1_alphas_cumprod", "posterior_mean_coef1", "posterior_mean_coef2", "min_log",
+                      "max_log")
 
-    def at(v):  # per-row coefficient, cast as the official _extract_into_tensor casts (float32 runs)
-        return v[t].to(dtype)[:, None]
 
+def loss_table() -> torch.Tensor:
+    """(1000, len(LOSS_TABLE_COLUMNS)) float64: per training timestep the coefficients of q_sample, x0-hat, the
+    posterior mean and the learned-range log-variance bounds."""
+    c = _chain(NUM_TIMESTEPS)
     betas, ac, ac_prev = c["betas"], c["ac"], c["ac_prev"]
-    x_t = at(ac.sqrt()) * x_start + at((1.0 - ac).sqrt()) * noise
-    out = head_forward(weights, x_t, t, z)
-    eps, v = out[:, :C], out[:, C:]
-    coef1, coef2 = at(betas * ac_prev.sqrt() / (1.0 - ac)), at((1.0 - ac_prev) * (1.0 - betas).sqrt() / (1.0 - ac))
-    min_log = at(c["min_log"])
+    return torch.stack([ac.sqrt(), (1.0 - ac).sqrt(), (1.0 / ac).sqrt(), (1.0 / ac - 1).sqrt(),
+                        betas * ac_prev.sqrt() / (1.0 - ac), (1.0 - ac_prev) * (1.0 - betas).sqrt() / (1.0 - ac),
+                        c["min_log"], betas.log()], dim=1)
+
+
+def q_sample(x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(ac_t) x_start + sqrt(1 - ac_t) noise, coefficients cast to x_start's dtype as the official code."""
+    at = table.to(x_start.device)[t].to(x_start.dtype)
+    return at[:, :1] * x_start + at[:, 1:2] * noise
+
+
+def loss_terms(model_output, x_start, noise, t, table) -> torch.Tensor:
+    """DiffLoss's per-row loss from the head's output [eps, v] (N, 2C) at x_t = q_sample(x_start, t, noise):
+    MSE(eps) + the VB term in bits, whose gradient reaches only the variance channels (stop-gradient on eps)."""
+    C = x_start.shape[1]
+    at = table.to(x_start.device)[t].to(x_start.dtype)  # per-row coefficients, cast as _extract_into_tensor casts
+    sqrt_ac, sqrt_1m_ac, sqrt_recip, sqrt_recipm1, coef1, coef2, min_log, max_log = at[:, :, None].unbind(1)
+    x_t = sqrt_ac * x_start + sqrt_1m_ac * noise
+    eps, v = model_output[:, :C], model_output[:, C:]
     true_mean = coef1 * x_start + coef2 * x_t
     frac = (v + 1) / 2
-    log_var = frac * at(betas.log()) + (1 - frac) * min_log
-    x0 = at((1.0 / ac).sqrt()) * x_t - at((1.0 / ac - 1).sqrt()) * eps.detach()
+    log_var = frac * max_log + (1 - frac) * min_log
+    x0 = sqrt_recip * x_t - sqrt_recipm1 * eps.detach()
     mean = coef1 * x0 + coef2 * x_t
     kl = 0.5 * (-1.0 + log_var - min_log + torch.exp(min_log - log_var) + (true_mean - mean) ** 2 * torch.exp(-log_var))
     nll = _decoder_nll(x_start, mean, 0.5 * log_var)
     vb = torch.where(t == 0, nll.mean(1), kl.mean(1)) / math.log(2.0)
     return ((noise - eps) ** 2).mean(1) + vb
+
+
+def training_loss(weights: dict, x_start: torch.Tensor, z: torch.Tensor, t: torch.Tensor,
+                  noise: torch.Tensor) -> torch.Tensor:
+    """DiffLoss's per-row loss on the 1000-step chain (iDDPM hybrid): MSE(eps) + the VB term in bits, whose
+    gradient reaches only the variance channels (stop-gradient on eps). x_start, noise (N, C); z (N, Z);
+    t (N,) int64 in [0, 1000) -> (N,)."""
+    table = loss_table()
+    out = head_forward(weights, q_sample(x_start, t, noise, table), t, z)
+    return loss_terms(out, x_start, noise, t, table)
+
+
+def diffusion_loss(x_start, z, head, *, t, noise) -> torch.Tensor:
+    """fastar.ops.diffusion_loss's signature: head a SimpleMLPAdaLN module (its parameters carry the gradient) or
+    its state dict."""
+    weights = dict(head.named_parameters()) if isinstance(head, torch.nn.Module) else head
+    return training_loss(weights, x_start, z, t, noise)

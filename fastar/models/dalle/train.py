@@ -19,7 +19,7 @@ from fastar.models.dalle.dalle import DALLE, DALLEConfig, loss as dalle_loss_of
 from fastar.models.dalle.dvae import DVAE, DVAEConfig, beta_schedule, tau_schedule
 from fastar.models.dalle.text import TextTokenizer
 from fastar.models.var.sample import save_grid
-from fastar.models.var.train import digits, fit, init_process
+from fastar.models.var.train import add_run_args, digits, fit, start_run
 
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Caption templates: the tokenizer learns the shared words, the digit's name carries the class.
@@ -49,13 +49,10 @@ def main(argv=None):
     p.add_argument("--dalle-lr", type=float, default=1e-3)
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of samples.png")
     p.add_argument("--top-k", type=int, default=32)
-    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    p.add_argument("--out", default="runs/dalle-digits")
+    add_run_args(p, "runs/dalle-digits")
     args = p.parse_args(argv)
 
-    rank, world = init_process(args)
+    rank, world = start_run(args)
     images, labels = digits(32)
     images = (images + 1) / 2  # (N, 3, 32, 32) in [0, 1]: the dVAE's map_pixels input
     tokenizer = TextTokenizer.train([caption(c, t) for c in range(10) for t in range(len(TEMPLATES))],

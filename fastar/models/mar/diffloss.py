@@ -1,8 +1,9 @@
-"""MAR's diffusion head with LTH14/mar's module names (models/diffloss.py), sampled through fastar.ops.diffusion_sample.
-
-The forward math lives in fastar.reference.diffusion.head_forward (one PyTorch version of the head); these modules
-only carry the parameters under the official checkpoint's names, so a DiffLoss state dict loads as is.
+"""MAR's diffusion head with LTH14/mar's module names (models/diffloss.py), so a DiffLoss state dict loads as is:
+sampled through fastar.ops.diffusion_sample (the whole loop as one op), trained through fastar.ops.diffusion_loss
+(the head's forward below under autograd, the loss terms fused).
 """
+import math
+
 import torch
 import torch.nn as nn
 
@@ -15,6 +16,17 @@ class TimestepEmbedder(nn.Module):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(reference.FREQ_DIM, width), nn.SiLU(), nn.Linear(width, width))
 
+    def forward(self, t):
+        """(N,) timesteps -> (N, width): [cos, sin] sinusoids (max period 10000) through the MLP."""
+        half, dtype = reference.FREQ_DIM // 2, self.mlp[0].weight.dtype  # float32 in the official code
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=dtype) / half)
+        args = t[:, None].to(dtype) * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
 
 class ResBlock(nn.Module):
     def __init__(self, width):
@@ -23,6 +35,10 @@ class ResBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
 
+    def forward(self, x, y):
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
+        return x + gate * self.mlp(modulate(self.in_ln(x), shift, scale))
+
 
 class FinalLayer(nn.Module):
     def __init__(self, width, out_channels):
@@ -30,6 +46,10 @@ class FinalLayer(nn.Module):
         self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=reference.LN_EPS)
         self.linear = nn.Linear(width, out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x, y):
+        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
 class SimpleMLPAdaLN(nn.Module):
@@ -58,7 +78,11 @@ class SimpleMLPAdaLN(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x, t, c):
-        return reference.head_forward(dict(self.named_parameters()), x, t, c)
+        y = self.time_embed(t) + self.cond_embed(c)  # (N, width): the only conditioning
+        x = self.input_proj(x)
+        for block in self.res_blocks:
+            x = block(x, y)
+        return self.final_layer(x, y)
 
 
 class DiffLoss(nn.Module):
@@ -67,6 +91,14 @@ class DiffLoss(nn.Module):
         self.in_channels = target_channels
         self.num_sampling_steps = int(num_sampling_steps)
         self.net = SimpleMLPAdaLN(target_channels, width, z_channels, depth)
+
+    def forward(self, target, z, mask=None, generator=None):
+        """Training: target (N, C) tokens, z (N, Z) their conditions; one uniform timestep and fresh noise per row.
+        The mean loss, or its mean over rows where mask (N,) is 1."""
+        t = torch.randint(0, reference.NUM_TIMESTEPS, (target.shape[0],), generator=generator, device=target.device)
+        noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
+        loss = fastar.ops.diffusion_loss(target, z, self.net, t=t, noise=noise)
+        return (loss * mask).sum() / mask.sum() if mask is not None else loss.mean()
 
     @torch.no_grad()
     def sample(self, z, temperature=1.0, cfg=1.0, generator=None):

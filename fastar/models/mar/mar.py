@@ -1,7 +1,8 @@
 """MAR (Li et al. 2024, "Autoregressive Image Generation without Vector Quantization") with LTH14/mar's module names
 (models/mar.py): a masked bidirectional encoder over the 64 class-buffer tokens and the visible tokens, a decoder
 over all 64 + 256 positions, and per token a condition z for the diffusion head (diffloss.py). Attention runs
-through fastar.ops.attention, the head through fastar.ops.diffusion_sample. Sampling only (no training loop yet).
+through fastar.ops.attention, the head through fastar.ops.diffusion_sample (sampling) and fastar.ops.diffusion_loss
+(training). Dropout (timm's attn_drop / proj_drop 0.1 in the official training) is left out.
 """
 import dataclasses
 import math
@@ -29,6 +30,9 @@ class MARConfig:
     buffer_size: int = 64  # class-embedding buffer tokens in front of the sequence
     class_num: int = 1000
     num_sampling_steps: int = 100
+    mask_ratio_min: float = 0.7  # training mask ratios: a normal at 1.0, sd 0.25, truncated to [min, 1]
+    label_drop_prob: float = 0.1  # training: the class is replaced by the null class (for CFG)
+    diffusion_batch_mul: int = 4  # training: each token's head loss is taken at this many (t, noise) draws
 
     @property
     def seq_len(self):
@@ -132,6 +136,30 @@ class MAR(nn.Module):
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_norm(x)[:, self.buffer_size:] + self.diffusion_pos_embed_learned
+
+    def forward(self, latents_BChw, labels_B, generator=None):
+        """Training loss of (already scaled) latents (B, C, h, w) and labels (B,): one mask ratio per batch from the
+        truncated normal, a random order per image, the class dropped with label_drop_prob, and the head's loss
+        on every token repeated diffusion_batch_mul times, averaged over the masked ones."""
+        B, L, device = latents_BChw.shape[0], self.seq_len, latents_BChw.device
+        x_BLT = latents_BChw.flatten(2).transpose(1, 2)  # patchify, patch_size 1
+        class_embedding = self.class_emb(labels_B)
+        drop = (torch.rand(B, generator=generator) < self.cfg.label_drop_prob).to(device, x_BLT.dtype)[:, None]
+        class_embedding = drop * self.fake_latent + (1 - drop) * class_embedding
+        num_masked = math.ceil(L * self.mask_ratio(generator))
+        orders = torch.stack([torch.randperm(L, generator=generator) for _ in range(B)]).to(device)
+        mask = torch.zeros(B, L, device=device).scatter_(1, orders[:, :num_masked], 1.0)
+        z = self.forward_mae_decoder(self.forward_mae_encoder(x_BLT, mask, class_embedding), mask)
+        k = self.cfg.diffusion_batch_mul
+        return self.diffloss(x_BLT.reshape(B * L, -1).repeat(k, 1), z.reshape(B * L, -1).repeat(k, 1),
+                             mask.reshape(B * L).repeat(k), generator=generator)
+
+    def mask_ratio(self, generator=None) -> float:
+        """One draw of the truncated normal (loc 1, scale 0.25, on [mask_ratio_min, 1]) by inverting its CDF."""
+        a = (self.cfg.mask_ratio_min - 1.0) / 0.25
+        lo = 0.5 * math.erfc(-a / math.sqrt(2))  # Phi(a); Phi(0) = 0.5
+        u = lo + (0.5 - lo) * torch.rand((), generator=generator, dtype=torch.float64)
+        return float(1.0 + 0.25 * torch.special.ndtri(u))
 
     @torch.no_grad()
     def sample_tokens(self, bsz, num_iter=64, cfg=1.0, cfg_schedule="linear", labels=None, temperature=1.0,

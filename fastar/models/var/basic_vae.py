@@ -64,9 +64,10 @@ class AttnBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Image (B, 3, H, W) in [-1, 1] -> features (B, z_channels, H/2^(n-1), W/2^(n-1)), n = len(ch_mult)."""
+    """Image (B, 3, H, W) in [-1, 1] -> features (B, z_channels, H/2^(n-1), W/2^(n-1)), n = len(ch_mult).
+    attn: the attention block class (MAR's KL VAE stores q, k, v as separate convs)."""
 
-    def __init__(self, *, ch, ch_mult, num_res_blocks, z_channels, in_channels=3, dropout=0.0):
+    def __init__(self, *, ch, ch_mult, num_res_blocks, z_channels, in_channels=3, dropout=0.0, attn=AttnBlock):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
         C_in, self.down = ch, nn.ModuleList()
@@ -75,12 +76,12 @@ class Encoder(nn.Module):
             level = nn.Module()
             level.block = nn.ModuleList(ResnetBlock(C_in if j == 0 else ch * mult, ch * mult, dropout)
                                         for j in range(num_res_blocks))
-            level.attn = nn.ModuleList(AttnBlock(ch * mult) for _ in range(num_res_blocks if last else 0))
+            level.attn = nn.ModuleList(attn(ch * mult) for _ in range(num_res_blocks if last else 0))
             if not last:
                 level.downsample = Downsample2x(ch * mult)
             self.down.append(level)
             C_in = ch * mult
-        self.mid = _mid(C_in, dropout)
+        self.mid = _mid(C_in, dropout, attn)
         self.norm_out = Normalize(C_in)
         self.conv_out = nn.Conv2d(C_in, z_channels, 3, 1, 1)
 
@@ -96,21 +97,23 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
     """Features (B, z_channels, h, w) -> image (B, 3, h*2^(n-1), w*2^(n-1)); one more res block per level than
-    the encoder. up[i] is level i (up[0] the full resolution); levels run from the last to the first."""
+    the encoder. up[i] is level i (up[0] the full resolution); levels run from the last to the first.
+    level_attn: attention after each res block of the lowest-resolution level (VAR's VQVAE; not MAR's KL VAE)."""
 
-    def __init__(self, *, ch, ch_mult, num_res_blocks, z_channels, in_channels=3, dropout=0.0):
+    def __init__(self, *, ch, ch_mult, num_res_blocks, z_channels, in_channels=3, dropout=0.0, attn=AttnBlock,
+                 level_attn=True):
         super().__init__()
         C_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, C_in, 3, 1, 1)
-        self.mid = _mid(C_in, dropout)
+        self.mid = _mid(C_in, dropout, attn)
         up = []
         for i_level in reversed(range(len(ch_mult))):
             C_out = ch * ch_mult[i_level]
             level = nn.Module()
             level.block = nn.ModuleList(ResnetBlock(C_in if j == 0 else C_out, C_out, dropout)
                                         for j in range(num_res_blocks + 1))
-            last = i_level == len(ch_mult) - 1
-            level.attn = nn.ModuleList(AttnBlock(C_out) for _ in range(num_res_blocks + 1 if last else 0))
+            last = i_level == len(ch_mult) - 1 and level_attn
+            level.attn = nn.ModuleList(attn(C_out) for _ in range(num_res_blocks + 1 if last else 0))
             if i_level != 0:
                 level.upsample = Upsample2x(C_out)
             up.insert(0, level)
@@ -128,9 +131,9 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def _mid(C, dropout):
+def _mid(C, dropout, attn):
     mid = nn.Module()
-    mid.block_1, mid.attn_1, mid.block_2 = ResnetBlock(C, C, dropout), AttnBlock(C), ResnetBlock(C, C, dropout)
+    mid.block_1, mid.attn_1, mid.block_2 = ResnetBlock(C, C, dropout), attn(C), ResnetBlock(C, C, dropout)
     return mid
 
 

@@ -81,13 +81,23 @@ def fit(name, model, loss_fn, n, args, rank, world, save):
     return sum(losses[:k]) / k, sum(losses[-k:]) / k
 
 
-def init_process(args):
-    """(rank, world): torch threads, the gloo process group under torchrun, the seed, the output folder."""
+def add_run_args(p, out):
+    """The options every digits trainer takes: checkpoints, seed, threads, output folder."""
+    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process: the tiny ops are too small to split, more threads mostly wait")
+    p.add_argument("--out", default=out)
+
+
+def start_run(args):
+    """Threads, the process group under torchrun (gloo), the seed (the same initial weights on every process) and
+    the output folder; returns (rank, world)."""
     torch.set_num_threads(args.threads)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         dist.init_process_group("gloo")
-    torch.manual_seed(args.seed)  # the same initial weights on every process
+    torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     return (dist.get_rank() if world > 1 else 0), world
 
@@ -101,14 +111,9 @@ def main(argv=None):
     p.add_argument("--var-steps", type=int, default=300)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--var-lr", type=float, default=1e-3)
-    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per process: the tiny ops are too small to split, more threads mostly wait")
-    p.add_argument("--out", default="runs/var-digits")
+    add_run_args(p, "runs/var-digits")
     args = p.parse_args(argv)
-
-    rank, world = init_process(args)
+    rank, world = start_run(args)
     images, labels = digits(args.image_size)
     vae, var = build_vae_var(depth=args.depth, patch_nums=TINY_PATCH_NUMS, vae_cfg=TINY_VAE, init_adaln_gamma=1e-3,
                              num_classes=10)

@@ -1,0 +1,77 @@
+"""MAR-B end to end on the CPU: sample_tokens + the KL-16 VAE decode on fastar's kernels against the same model on
+the torch backend (use_backend("torch"): SDPA and the official diffusion loop, i.e. what LTH14/mar runs), in one
+run, with where the time goes: the transformer (encoder + decoder), the diffusion head split into its GEMMs and the
+rest (the split measured by the profiler on one call of the head at a middle step's row count), the VAE decode.
+Random weights (the work is that of the released model: head d6 w1024), cfg 2.9 linear, float32.
+
+The issue's shape is B = 4, num_iter = 16, 100 diffusion steps (~15 minutes for both contenders on a 2-core AVX2
+machine); the default is B = 1, num_iter = 4, 10 steps (~1 minute on a quiet one). Knobs: FASTAR_BENCH_MAR_B,
+FASTAR_BENCH_MAR_ITER, FASTAR_BENCH_MAR_STEPS."""
+import os
+import time
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import fastar
+from benchmarks.bench_var import Breakdown
+from benchmarks.harness import compare
+from fastar.models.mar import AutoencoderKL, mar
+from fastar.models.mar.sample import generate
+
+B = int(os.environ.get("FASTAR_BENCH_MAR_B", "1"))
+NUM_ITER = int(os.environ.get("FASTAR_BENCH_MAR_ITER", "4"))
+STEPS = int(os.environ.get("FASTAR_BENCH_MAR_STEPS", "10"))
+CFG = 2.9
+LABELS = torch.tensor([207, 360, 387, 974]).repeat(B)[:B]
+BASELINE = "torch backend"
+GEMMS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def on(backend, fn):
+    def run():
+        with fastar.use_backend(backend):
+            return fn()
+    return run
+
+
+def head_gemm_share(model, backend):
+    """Share of one diffusion_sample call spent in matrix products, at a middle AR step's rows ([cond ; uncond])."""
+    rows = 2 * B * (model.seq_len // NUM_ITER)
+    z = torch.randn(rows, model.cfg.width, generator=torch.Generator().manual_seed(0))
+    with fastar.use_backend(backend), profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        model.diffloss.sample(z, 1.0, CFG, generator=torch.Generator().manual_seed(1))
+        wall = time.perf_counter() - t0
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in GEMMS) / 1e6 / wall
+
+
+def test_mar_base_sample(benchmark, monkeypatch):
+    torch.manual_seed(0)
+    vae, model = AutoencoderKL().eval(), mar("base", num_sampling_steps=STEPS).eval()
+    with torch.no_grad():  # oneDNN builds its convolution primitives on first use: not a cost of either contender
+        vae.decode(torch.zeros(B, 16, 16, 16))
+    benchmark.group = (f"MAR-B sample_tokens B={B} num_iter={NUM_ITER} cfg {CFG} linear {STEPS} steps + KL-16 "
+                       f"decode float32")
+    parts = Breakdown(monkeypatch, [("transformer", model, "forward_mae_encoder"),
+                                    ("transformer", model, "forward_mae_decoder"),
+                                    ("head", fastar.ops, "diffusion_sample"), ("VAE decode", vae, "decode")])
+    last = {}
+
+    def sample(name):
+        def run():
+            with parts.recording(name):
+                last[name] = generate(vae, model, LABELS, num_iter=NUM_ITER, cfg=CFG, temperature=1.0, seed=0,
+                                      bs=B, progress=False)
+        return run
+
+    compare(benchmark, sample("fastar"), {BASELINE: on("torch", sample(BASELINE))}, baseline=BASELINE, rounds=1,
+            warmup=0, op="diffusion_sample")
+    for name, backend in (("fastar", "cpu"), (BASELINE, "torch")):
+        ms = parts.ms[name]
+        share = head_gemm_share(model, backend)
+        ms["head GEMMs"], ms["head rest"] = ms["head"] * share, ms["head"] * (1 - share)
+        del ms["head"]
+    benchmark.extra_info["breakdown"] = parts.ms
+    benchmark.extra_info["max_abs_diff"] = (last["fastar"] - last[BASELINE]).abs().max().item()

@@ -1,0 +1,81 @@
+"""Sample class-conditional images with MAR and write them as a PNG grid (decoded by the KL-16 VAE).
+
+    python -m fastar sample mar --size base --ckpt mar_base/checkpoint-last.pth --vae-ckpt kl16.ckpt \\
+        --classes 207 360 387 974 --num-iter 64 --cfg 2.9 --out grid.png
+    python -m fastar sample mar --ckpt runs/mar-digits/ckpt.pt --classes 0 1 2 3   # from `fastar train mar`
+
+Without --ckpt the weights are random (MAR-{size} and the KL-16 VAE, untrained), and it says so.
+"""
+import argparse
+
+import torch
+
+from fastar.models.mar.mar import MAR, MARConfig, mar
+from fastar.models.mar.vae import AutoencoderKL, KLConfig
+from fastar.models.var.sample import save_grid
+
+
+def load(ckpt, vae_ckpt, size):
+    """(vae, mar, what was loaded). ckpt: a `fastar train mar` checkpoint, or an official checkpoint-last.pth
+    (its EMA weights, as the official evaluation samples; the KL-16 VAE then comes from vae_ckpt)."""
+    if ckpt is None:
+        return AutoencoderKL(), mar(size), f"RANDOM weights (no --ckpt): MAR-{size} and the KL-16 VAE, untrained"
+    sd = torch.load(ckpt, map_location="cpu")
+    if "mar_cfg" in sd:
+        cfg = sd["mar_cfg"]
+        vae, model = AutoencoderKL(KLConfig(**sd["vae_cfg"])), MAR(MARConfig(**cfg))
+        vae.load_state_dict(sd["vae"])
+        model.load_state_dict(sd["mar"])
+        return vae, model, f"{ckpt} (fastar train mar checkpoint)"
+    if vae_ckpt is None:
+        raise SystemExit("an official MAR checkpoint needs --vae-ckpt (kl16.ckpt)")
+    model = mar(size)
+    model.load_state_dict(sd.get("model_ema", sd.get("model", sd)))
+    vae = AutoencoderKL()
+    vae_sd = torch.load(vae_ckpt, map_location="cpu")
+    vae_sd = vae_sd.get("model", vae_sd)
+    # kl16.ckpt also carries its training loss's weights (LPIPS, discriminator): only the autoencoder's are read.
+    vae.load_state_dict({k: v for k, v in vae_sd.items() if k in vae.state_dict()})
+    return vae, model, f"{ckpt} + {vae_ckpt}"
+
+
+@torch.no_grad()
+def generate(vae, model, labels, *, num_iter, cfg, temperature, seed, bs, cfg_schedule="linear", progress=True):
+    """Images (B, 3, H, W) in [0, 1]: sample_tokens per batch of bs labels, then the VAE decode of tokens / latent_scale."""
+    out = []
+    for i, label_B in enumerate(labels.split(bs)):
+        tokens = model.sample_tokens(len(label_B), num_iter=num_iter, cfg=cfg, cfg_schedule=cfg_schedule,
+                                     labels=label_B, temperature=temperature,
+                                     generator=torch.Generator().manual_seed(seed + i), progress=progress)
+        out.append(vae.decode(tokens / vae.cfg.latent_scale).add(1).div(2).clamp(0, 1))
+    return torch.cat(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fastar sample mar", description=__doc__.split("\n")[0])
+    p.add_argument("--size", default="base", choices=("base", "large", "huge"), help="MAR size without --ckpt "
+                   "or with an official one")
+    p.add_argument("--ckpt", help="official checkpoint-last.pth or a `fastar train mar` ckpt.pt")
+    p.add_argument("--vae-ckpt", help="the KL-16 VAE's kl16.ckpt (with an official --ckpt)")
+    p.add_argument("--classes", type=int, nargs="+", default=[207, 360, 387, 974], help="one image per class")
+    p.add_argument("--num-iter", type=int, default=64, help="autoregressive steps (the official evaluation: 256)")
+    p.add_argument("--num-steps", type=int, help="diffusion steps per token (default: the model's, 100)")
+    p.add_argument("--cfg", type=float, default=2.9, help="classifier-free guidance (MAR-B 2.9, L 3.0, H 3.2)")
+    p.add_argument("--cfg-schedule", default="linear", choices=("linear", "constant"))
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bs", type=int, default=4, help="images per sample_tokens call (2x rows with CFG)")
+    p.add_argument("--nrow", type=int, default=8)
+    p.add_argument("--out", default="grid.png")
+    args = p.parse_args(argv)
+
+    vae, model, what = load(args.ckpt, args.vae_ckpt, args.size)
+    if args.num_steps is not None:
+        model.diffloss.num_sampling_steps = args.num_steps
+    print(f"sampling with {what}")
+    vae.eval(), model.eval()
+    labels = torch.tensor(args.classes)
+    img = generate(vae, model, labels, num_iter=args.num_iter, cfg=args.cfg, temperature=args.temperature,
+                   seed=args.seed, bs=args.bs, cfg_schedule=args.cfg_schedule)
+    save_grid(img, args.out, nrow=args.nrow)
+    print(f"wrote {args.out}: {len(labels)} images, classes {args.classes}")
