@@ -52,8 +52,10 @@ void vq_pack(const float* codes, int64_t K, int64_t D, float* out_codes, float* 
 }
 
 // Folds NB score vectors (code blocks b..b+NB) of M queries into the chunk minima cmin.
-template <int M, int NB>
-inline void tile(const float* x, int64_t D, const float* codes, const float* norms, int64_t b, vf* cmin) {
+// DC: D known at compile time (0: D at run time), so the small-D loops unroll.
+template <int M, int NB, int DC>
+inline void tile(const float* x, int64_t D_run, const float* codes, const float* norms, int64_t b, vf* cmin) {
+  const int64_t D = DC ? DC : D_run;
   vf acc[M][NB];
   for (int n = 0; n < NB; ++n)
     for (int m = 0; m < M; ++m) acc[m][n] = load(norms + (b + n) * LANES);
@@ -72,17 +74,18 @@ inline void tile(const float* x, int64_t D, const float* codes, const float* nor
 }
 
 // The first code of lane `lane` in blocks [b, end) whose score equals `target` (tile<1, 1>'s operations).
+template <int DC>
 inline int64_t first_equal(const float* x, int64_t D, const float* codes, const float* norms, int64_t b,
                            int64_t end, int lane, float target) {
   for (; b < end; ++b) {
     vf s = splat(__builtin_inff());
-    tile<1, 1>(x, D, codes, norms, b, &s);
+    tile<1, 1, DC>(x, D, codes, norms, b, &s);
     if (s[lane] == target) return b * LANES + lane;
   }
   return -1;  // unreachable: the chunk's minimum came from one of its blocks
 }
 
-template <int M>
+template <int M, int DC>
 void search_rows(const VqPacked& cb, const float* x, int64_t* idx, float* dist) {
   const int64_t D = cb.D, blocks = (cb.K + LANES - 1) / LANES;
   vf best[M];
@@ -93,8 +96,8 @@ void search_rows(const VqPacked& cb, const float* x, int64_t* idx, float* dist) 
     vf cmin[M];
     for (int m = 0; m < M; ++m) cmin[m] = splat(__builtin_inff());
     int64_t b = c;
-    for (; b + NR <= end; b += NR) tile<M, NR>(x, D, cb.codes, cb.norms, b, cmin);
-    for (; b < end; ++b) tile<M, 1>(x, D, cb.codes, cb.norms, b, cmin);
+    for (; b + NR <= end; b += NR) tile<M, NR, DC>(x, D, cb.codes, cb.norms, b, cmin);
+    for (; b < end; ++b) tile<M, 1, DC>(x, D, cb.codes, cb.norms, b, cmin);
     for (int m = 0; m < M; ++m) {
       const vi lt = cmin[m] < best[m];
       best[m] = lt ? cmin[m] : best[m];
@@ -103,12 +106,16 @@ void search_rows(const VqPacked& cb, const float* x, int64_t* idx, float* dist) 
   }
   for (int m = 0; m < M; ++m) {
     float v = __builtin_inff();
-    int64_t a = 0;
-    for (int l = 0; l < LANES; ++l) {
-      if (!(best[m][l] < __builtin_inff())) continue;  // no finite score in this lane
-      const int64_t c = where[m][l], end = c + CHUNK < blocks ? c + CHUNK : blocks;
-      const int64_t k = first_equal(x + m * D, D, cb.codes, cb.norms, c, end, l, best[m][l]);
-      if (best[m][l] < v || (best[m][l] == v && k < a)) v = best[m][l], a = k;
+    for (int l = 0; l < LANES; ++l) v = best[m][l] < v ? best[m][l] : v;
+    int64_t a = 0;  // also the answer when no score is finite (a NaN row)
+    if (v < __builtin_inff()) {
+      a = cb.K;
+      for (int l = 0; l < LANES; ++l) {  // only the lanes that reached the minimum (one, unless ties)
+        if (best[m][l] != v) continue;
+        const int64_t c = where[m][l], end = c + CHUNK < blocks ? c + CHUNK : blocks;
+        const int64_t k = first_equal<DC>(x + m * D, D, cb.codes, cb.norms, c, end, l, v);
+        a = k < a ? k : a;
+      }
     }
     float xn = 0.f;
     for (int64_t d = 0; d < D; ++d) xn += x[m * D + d] * x[m * D + d];
@@ -117,18 +124,29 @@ void search_rows(const VqPacked& cb, const float* x, int64_t* idx, float* dist) 
   }
 }
 
-template <int M>
+template <int M, int DC>
 void search_tail(const VqPacked& cb, const VqRows& rows, int64_t r, int64_t n) {
   if constexpr (M > 1) {
-    if (n < M) return search_tail<M - 1>(cb, rows, r, n);
+    if (n < M) return search_tail<M - 1, DC>(cb, rows, r, n);
   }
-  search_rows<M>(cb, rows.x + r * cb.D, rows.idx + r, rows.dist + r);
+  search_rows<M, DC>(cb, rows.x + r * cb.D, rows.idx + r, rows.dist + r);
 }
 
-void vq_search(const VqPacked& cb, const VqRows& rows, int64_t begin, int64_t end) {
+template <int DC>
+void search(const VqPacked& cb, const VqRows& rows, int64_t begin, int64_t end) {
   int64_t r = begin;
-  for (; r + MR <= end; r += MR) search_rows<MR>(cb, rows.x + r * cb.D, rows.idx + r, rows.dist + r);
-  if (r < end) search_tail<MR>(cb, rows, r, end - r);
+  for (; r + MR <= end; r += MR) search_rows<MR, DC>(cb, rows.x + r * cb.D, rows.idx + r, rows.dist + r);
+  if (r < end) search_tail<MR, DC>(cb, rows, r, end - r);
+}
+
+// Codebook widths of the tokenizers fastar serves (LlamaGen 8, VAR 32) unrolled; others at run time.
+void vq_search(const VqPacked& cb, const VqRows& rows, int64_t begin, int64_t end) {
+  switch (cb.D) {
+    case 8: return search<8>(cb, rows, begin, end);
+    case 16: return search<16>(cb, rows, begin, end);
+    case 32: return search<32>(cb, rows, begin, end);
+    default: return search<0>(cb, rows, begin, end);
+  }
 }
 
 }  // namespace
