@@ -250,3 +250,90 @@ def test_patch_errors_name_what_is_missing(monkeypatch):
         fastar.patch.var(nn.Linear(2, 2))
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         fastar.patch.var("VAR")
+
+
+# ---- LTH14/mar: DiffLoss.sample and timm's Attention ----
+
+class DiffLoss(nn.Module):
+    """The official contract: net (SimpleMLPAdaLN's names), gen_diffusion.num_timesteps, sample(z, temperature,
+    cfg) drawing from the global generator and returning every row; its loop is the official formulation's
+    (fastar.reference.diffusion_sample, bit-identical to it in float32)."""
+
+    def __init__(self, steps=8):
+        super().__init__()
+        from fastar.models.mar.diffloss import SimpleMLPAdaLN
+        self.in_channels, self.net = 4, SimpleMLPAdaLN(4, 32, 16, 2)
+        for p in self.net.parameters():  # the official init zeroes the output: give it something to compute
+            nn.init.normal_(p, std=0.1)
+        self.gen_diffusion = types.SimpleNamespace(num_timesteps=steps)
+
+    def sample(self, z, temperature=1.0, cfg=1.0):
+        from fastar.reference import diffusion as ref_d
+        out = ref_d.diffusion_sample(z, self.net, num_steps=self.gen_diffusion.num_timesteps,
+                                     temperature=temperature, cfg=cfg)
+        return torch.cat([out, out]) if cfg != 1.0 else out
+
+
+class Attention(nn.Module):
+    """timm 0.9's vision_transformer.Attention contract (qkv, num_heads, head_dim, scale, q_norm, k_norm,
+    attn_drop, proj, proj_drop; forward(x), full attention)."""
+
+    def __init__(self, dim=64, num_heads=4, attn_drop=0.0):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv, self.q_norm, self.k_norm = nn.Linear(dim, 3 * dim), nn.Identity(), nn.Identity()
+        self.attn_drop, self.proj, self.proj_drop = nn.Dropout(attn_drop), nn.Linear(dim, dim), nn.Identity()
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        p = self.attn_drop.p if self.training else 0.0
+        o = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, dropout_p=p)
+        return self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, N, C)))
+
+
+@pytest.fixture
+def official_mar(monkeypatch):
+    mods = {}
+    for name, cls in (("models.diffloss", DiffLoss), ("timm.models.vision_transformer", Attention)):
+        mod = types.ModuleType(name)
+        setattr(mod, cls.__name__, type(cls.__name__, (cls,), {"__module__": name}))
+        monkeypatch.setitem(sys.modules, name, mod)
+        mods[cls.__name__] = getattr(mod, cls.__name__)
+    yield types.SimpleNamespace(**mods)
+    fastar.patch.undo()
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_diffloss_sample_patched_equals_official(official_mar, cfg):
+    torch.manual_seed(6)
+    loss = official_mar.DiffLoss()
+    z = torch.randn(6, 16)
+
+    def sample(module, dtype):
+        torch.manual_seed(7)  # the noise comes from the global generator, as in the official code
+        with torch.no_grad():
+            return module.to(dtype).sample(z.to(dtype), temperature=0.9, cfg=cfg)
+
+    ref64, ref32 = sample(loss, torch.float64), sample(loss, torch.float32)
+    fastar.patch.mar(loss)
+    got = sample(loss, torch.float32)
+    assert fastar.last_backend("diffusion_sample") == "cpu"
+    assert_close("diffusion_sample", got, ref64, ref32)
+    status = {row.attr: st for _, row, st in fastar.patch.report(loss)}
+    assert status == {"sample": "applied"}
+
+
+def test_timm_attention_patched_equals_official(official_mar):
+    torch.manual_seed(8)
+    block = nn.Sequential(official_mar.Attention(), nn.Linear(64, 64))
+    x = torch.randn(2, 17, 64)
+    with torch.no_grad():
+        ref64, ref32 = block.double()(x.double()), block.float()(x)
+        fastar.patch.mar(block, head=False)
+        got = block(x)
+    assert fastar.last_backend("attention") == "cpu"
+    assert_close("attention", got, ref64, ref32)
+    with pytest.raises(ValueError, match="no module of model is one of .*models.diffloss.DiffLoss"):
+        fastar.patch.mar(block, attention=False)
