@@ -85,6 +85,22 @@ def test_vq_nearest_exact_ties_lowest_index(backend, dtype):
     assert torch.equal(idx.cpu(), perm)
 
 
+@pytest.mark.parametrize("offset", [1, 9, 63, 64, 65, 127, 128, 129, 300])
+def test_vq_nearest_ties_across_lanes_and_chunks(backend, offset):
+    """A copy of each winning code `offset` positions later: across lanes of one vector, blocks, and the CPU
+    kernel's argmin chunks (64 codes on AVX2, 128 on AVX-512); the first copy must win."""
+    g = torch.Generator().manual_seed(4)
+    dev = backend_device(backend)
+    base = torch.randn(40, 8, generator=g)
+    codebook = torch.randn(2 * offset + 100, 8, generator=g) + 50  # far from every x
+    first = torch.arange(40) * (offset + 40) // 40  # spread over the first offset + 40 positions
+    codebook[first + offset] = base
+    codebook[first] = base
+    perm = torch.randperm(40, generator=g)
+    idx = fastar.ops.vq_nearest(base[perm].to(dev), codebook.to(dev))
+    assert torch.equal(idx.cpu(), first[perm])
+
+
 def test_vq_nearest_equidistant_codes(backend):
     """x at the midpoint of two codes: exactly equal distances in float32, lowest index wins."""
     dev = backend_device(backend)

@@ -102,6 +102,19 @@ def test_multiscale_quantizer_bfloat16_computes_float32(torch_backend):
     assert all(torch.equal(a, e) for a, e in zip(ms_idx_Bl, expected))
 
 
+def test_device_without_kernels_runs_torch_warned():
+    """Tensors on a device no fastar kernel is built for (meta here) run the torch formulation, warned once."""
+    calls = []
+
+    @op(reference=lambda x: calls.append("reference") or x, torch=lambda x: calls.append("torch") or x + 1)
+    def plus_two(x):
+        return x.device, None
+
+    with pytest.warns(UserWarning, match="plus_two: no fastar kernel for meta tensors is built .* torch backend"):
+        assert plus_two(torch.zeros(3, device="meta")).shape == (3,)
+    assert calls == ["torch"] and fastar.last_backend("plus_two") == "torch"
+
+
 def test_declined_kernel_runs_torch_once_warned():
     """A body that declines its kernel runs the torch formulation on a compiled backend, warns once per reason,
     and last_backend names torch; on the reference backend the reference still runs."""

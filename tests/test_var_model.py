@@ -61,6 +61,31 @@ def test_var_parameter_count(depth, count):
     assert sum(p.numel() for p in var.parameters()) == count
 
 
+def test_build_vae_var_takes_the_official_call():
+    """FoundationVision/VAR's call, every keyword of its build_vae_var: the released d16 model, the kernel flags
+    said once and ignored; the VQVAE sized by V/Cvae/ch/share_quant_resi; init_std used as given."""
+    with pytest.warns(UserWarning, match="flash_if_available, fused_if_available .* ignored"):
+        vae, var = build_vae_var(
+            device="meta", patch_nums=PATCH_NUMS[256], V=4096, Cvae=32, ch=160, share_quant_resi=4,
+            num_classes=1000, depth=16, shared_aln=False, attn_l2_norm=True, flash_if_available=True,
+            fused_if_available=True, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)
+    assert sum(p.numel() for p in var.parameters()) == 310_283_520
+    assert sum(p.numel() for p in vae.parameters()) == 108_948_355
+    vae, var = build_vae_var(None, TINY_PN, V=64, Cvae=8, ch=32, share_quant_resi=2, num_classes=10, depth=2,
+                             init_std=0.5, init_head=1.0)
+    assert (vae.vocab_size, vae.Cvae, vae.cfg.ch, vae.cfg.share_quant_resi) == (64, 8, 32, 2)
+    assert var.class_emb.weight.shape == (11, 128) and 0.4 < var.class_emb.weight.std() < 0.6  # trunc-normal 0.5
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"attn_l2_norm": False}, "attn_l2_norm=False is not supported"),
+    ({"V": 64, "vae_cfg": TINY_VAE}, r"either as vae_cfg or as V/Cvae/ch/share_quant_resi.*\['vocab_size'\]"),
+])
+def test_build_vae_var_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_vae_var(device="meta", depth=2, **kwargs)
+
+
 def test_strict_load_of_official_shapes():
     """State dicts made from the official key lists (random values) load with strict=True; the VQVAE's on meta."""
     _, var = build_vae_var(depth=2)

@@ -71,9 +71,10 @@ class VAR(nn.Module):
         self.head_nm = AdaLNBeforeHead(C, C, cfg.norm_eps)
         self.head = nn.Linear(C, cfg.vocab_size)
 
-    def init_weights(self, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02):
-        """VAR's init: trunc-normal sqrt(1/3C), residual projections / sqrt(2 depth), small AdaLN gammas."""
-        init_std = math.sqrt(1 / self.C / 3)
+    def init_weights(self, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1):
+        """VAR's init: trunc-normal init_std (< 0: sqrt(1/3C)), residual projections / sqrt(2 depth), small AdaLN
+        gammas."""
+        init_std = init_std if init_std >= 0 else math.sqrt(1 / self.C / 3)
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.trunc_normal_(m.weight, std=init_std)

@@ -1,0 +1,32 @@
+"""Drop-in acceleration of the official codebases: `fastar.patch.var(model)` / `fastar.patch.mar(model)` (or
+without a model, on the classes of the official modules already imported) swap the hot spots of
+FoundationVision/VAR and LTH14/mar for fastar ops, one row of a table
+per swapped attribute; `undo()` restores the originals and `report(model)` says which rows apply and why not.
+State-dict keys are untouched (only methods change), so checkpoints load as before.
+
+Each row's replacement runs when its condition holds for the instance at call time and calls the original
+otherwise, so a patched model is never wrong, only not faster; report() names the reason.
+"""
+from fastar.patch._table import Row, apply, report, undo
+from fastar.patch.mar import ROWS as MAR_ROWS
+from fastar.patch.var import ROWS as VAR_ROWS
+
+__all__ = ["Row", "var", "mar", "undo", "report", "VAR_ROWS", "MAR_ROWS"]
+
+
+def var(model=None, *, attention=True, quantizer=True, sampling=True):
+    """Patch FoundationVision/VAR: `model` (a VAR, VQVAE, or any module holding them) in place, or without it the
+    classes of models.basic_var / models.quant already imported. Groups: attention (SelfAttention: block-causal
+    training, a preallocated KV cache in inference), quantizer (VectorQuantizer2's multi-scale loops).
+    Returns the rows applied."""
+    groups = {"attention": attention, "quantizer": quantizer, "sampling": sampling}
+    return apply([r for r in VAR_ROWS if groups[r.group]], model, caller="fastar.patch.var")
+
+
+def mar(model=None, *, attention=True, head=True):
+    """Patch LTH14/mar: `model` (a MAR, or any module holding its DiffLoss / timm blocks) in place, or without it
+    the classes of models.diffloss and timm.models.vision_transformer already imported. Groups: head
+    (DiffLoss.sample as one fastar.ops.diffusion_sample), attention (the timm Attention of the encoder and
+    decoder blocks). The training loss waits for fastar's op (issue 11). Returns the rows applied."""
+    groups = {"attention": attention, "head": head}
+    return apply([r for r in MAR_ROWS if groups[r.group]], model, caller="fastar.patch.mar")

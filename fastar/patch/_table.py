@@ -1,0 +1,114 @@
+"""The patch table's machinery: a Row names an official class attribute and its fastar replacement; apply() puts
+the replacements on a live model's instances or on the imported classes; undo() restores them."""
+import dataclasses
+import functools
+import sys
+import types
+from typing import Callable
+
+import torch.nn as nn
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    group: str  # the keyword of fastar.patch.<codebase>() that turns it on
+    module: str  # the official module, e.g. "models.basic_var"
+    cls: str  # the official class in it
+    attr: str  # the attribute replaced
+    new: Callable  # the replacement, called as new(self, *args, **kwargs)
+    when: str  # the condition under which it applies, in words
+    declines: Callable = lambda obj, *args, **kwargs: None  # -> the reason it does not apply to this call, or None
+
+
+_applied = []  # (owner, attr, had_own, original, row): owner is a class or an instance
+_declined = {}  # (row, id(instance)) -> reason of the last declined call
+
+
+def _wrap(row, original):
+    @functools.wraps(original)
+    def patched(self, *args, **kwargs):
+        reason = row.declines(self, *args, **kwargs)
+        if reason is None:
+            _declined.pop((row, id(self)), None)
+            return row.new(self, *args, **kwargs)
+        _declined[row, id(self)] = reason
+        return original(self, *args, **kwargs)
+    patched.__fastar_row__ = row
+    return patched
+
+
+def _matches(obj, row):
+    t = type(obj)
+    return t.__name__ == row.cls and t.__module__.endswith(row.module.rsplit(".", 1)[-1])
+
+
+def _install(owner, row, caller):
+    had_own = row.attr in vars(owner)
+    original = getattr(owner if isinstance(owner, type) else type(owner), row.attr, None)
+    if original is None:
+        raise AttributeError(f"{caller}: {row.module}.{row.cls} has no attribute {row.attr!r}: the repository "
+                             f"layout differs from the one fastar patches")
+    if getattr(getattr(owner, row.attr), "__fastar_row__", None) is row:
+        return  # already patched
+    before = vars(owner).get(row.attr)
+    patched = _wrap(row, original)
+    setattr(owner, row.attr, patched if isinstance(owner, type) else types.MethodType(patched, owner))
+    _applied.append((owner, row.attr, had_own, before, row))
+
+
+def apply(rows, model, caller):
+    """Patches every instance of each row's class in `model` (an nn.Module), or the classes themselves."""
+    if model is not None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{caller}: model must be an nn.Module (or None to patch the classes), got "
+                            f"{type(model).__name__}")
+        found = []
+        for row in rows:
+            mods = [m for m in model.modules() if _matches(m, row)]
+            for m in mods:
+                _install(m, row, caller)
+            found += [row] if mods else []
+        if not found:
+            raise ValueError(f"{caller}: no module of model is one of {sorted({r.module + '.' + r.cls for r in rows})}"
+                             f" (found {type(model).__module__}.{type(model).__name__})")
+        return found
+    for row in rows:
+        mod = sys.modules.get(row.module)
+        if mod is None:
+            raise ImportError(f"{caller}: the official module {row.module!r} is not imported: import it first "
+                              f"(run from the official repository's root), or pass the model")
+        cls = getattr(mod, row.cls, None)
+        if not isinstance(cls, type):
+            raise AttributeError(f"{caller}: {row.module} has no class {row.cls!r}: the repository layout differs")
+        _install(cls, row, caller)
+    return list(rows)
+
+
+def undo(model=None):
+    """Restores what fastar.patch put on `model`'s modules, or everything it patched when model is None."""
+    owners = None if model is None else {id(m) for m in model.modules()}
+    keep = []
+    for owner, attr, had_own, before, row in reversed(_applied):
+        if owners is not None and id(owner) not in owners:
+            keep.append((owner, attr, had_own, before, row))
+            continue
+        if had_own:
+            setattr(owner, attr, before)
+        else:
+            delattr(owner, attr)
+    _applied[:] = list(reversed(keep))
+
+
+def report(model):
+    """[(module name, row, status)] for every module of `model` a row targets: 'applied', 'not patched', or
+    'declined: <reason>' when its last call ran the original."""
+    out, rows = [], {id(r): r for *_, r in _applied}.values()
+    for name, m in model.named_modules():
+        for row in rows:
+            if not _matches(m, row):
+                continue
+            patched = getattr(getattr(m, row.attr), "__fastar_row__", None) is row
+            reason = _declined.get((row, id(m)))
+            status = "not patched" if not patched else f"declined: {reason}" if reason else "applied"
+            out.append((name, row, status))
+    return out

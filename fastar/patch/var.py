@@ -1,0 +1,145 @@
+"""The rows of fastar.patch.var: FoundationVision/VAR's SelfAttention (models/basic_var.py) and VectorQuantizer2
+(models/quant.py) on fastar ops. The contracts (signatures, attributes, the kv_caching protocol, the 0 / -inf
+block-causal attn_bias) are the official code's; the bodies are fastar's."""
+import torch
+import torch.nn.functional as F
+
+import fastar
+from fastar.models.var.basic_var import KVCache, unit
+from fastar.patch._table import Row
+
+_masks = {}  # (data_ptr, shape, version) of an attn_bias -> its fastar mask (VAR builds the bias once)
+
+
+def _block_causal(attn_bias):
+    """The AttentionMask of VAR's attn_bias (1, 1, L, L), 0 where a query sees a key and -inf elsewhere, or None
+    when the bias is not block-causal."""
+    key = (attn_bias.data_ptr(), tuple(attn_bias.shape), attn_bias._version)
+    if key not in _masks:
+        bias = attn_bias.reshape(attn_bias.shape[-2:])
+        seen = (bias == 0).sum(1).tolist()  # keys each query sees
+        seg_lens, start = [], 0
+        for r in range(len(seen) + 1):  # a segment ends where the visible prefix grows
+            if r == len(seen) or (r > start and seen[r] != seen[start]):
+                seg_lens.append(r - start)
+                start = r
+        expect = torch.full_like(bias, float("-inf"))
+        for r, n in enumerate(seen):
+            expect[r, :n] = 0
+        ok = torch.equal(bias, expect) and all(seen[sum(seg_lens[:i + 1]) - 1] == sum(seg_lens[:i + 1])
+                                               for i in range(len(seg_lens)))
+        _masks.clear()  # one bias per model in practice: keep the cache at one entry
+        _masks[key] = fastar.ops.AttentionMask.block_causal(seg_lens) if ok else None
+    return _masks[key]
+
+
+def _attention_declines(self, x, attn_bias):
+    if self.training and self.attn_drop > 0:
+        return "attention dropout in training (fastar's attention has none)"
+    if attn_bias is not None and (attn_bias.dim() != 4 or attn_bias.shape[:2] != (1, 1)):
+        return f"attn_bias of shape {tuple(attn_bias.shape)}, not VAR's (1, 1, L, L)"
+    if attn_bias is not None and _block_causal(attn_bias) is None:
+        return "attn_bias is not block-causal (0 / -inf over growing prefixes)"
+    return None
+
+
+def attention_forward(self, x, attn_bias):
+    """SelfAttention.forward(x, attn_bias): attn_bias (training) as a block-causal mask, or with kv_caching on
+    the keys and values in a preallocated cache (no torch.cat per scale) and fastar.ops.attention_decode."""
+    B, L, C = x.shape
+    H, D = self.num_heads, self.head_dim
+    bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+    q, k, v = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+    scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp() if self.attn_l2_norm else None
+    if not self.caching:
+        if self.attn_l2_norm:
+            q, k = unit(q, scale_mul), unit(k, 1.0)
+        mask = None if attn_bias is None else _block_causal(attn_bias)
+        o = fastar.ops.attention(q, k, v, mask, scale=self.scale)
+    else:
+        cache = self.__dict__.get("_fastar_cache")
+        if cache is None or cache.k.shape[0] != B or cache.len + L > cache.k.shape[2]:
+            cache = _grown(cache, B, H, D, L, q)
+            self._fastar_cache = cache
+        k_slot, v_slot = cache.append(L)
+        (unit(k, 1.0, out=k_slot) if self.attn_l2_norm else k_slot.copy_(k)), v_slot.copy_(v)
+        q = unit(q, scale_mul, out=q.new_empty(B, H, L, D)) if self.attn_l2_norm else q.contiguous()
+        o = fastar.ops.attention_decode(q, cache.k, cache.v, cache.len, scale=self.scale)
+    return self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, L, C)))
+
+
+def _grown(cache, B, H, D, L, like):
+    """A cache with room for L more positions: VAR's 680 tokens at 256 px in a few doublings, keeping the
+    entries so far."""
+    used = 0 if cache is None or cache.k.shape[0] != B else cache.len
+    new = KVCache(B, H, max(256, 2 * (used + L)), D, like)
+    if used:
+        new.k[:, :, :used], new.v[:, :, :used] = cache.k[:, :, :used], cache.v[:, :, :used]
+        new.len = used
+    return new
+
+
+def kv_caching(self, enable):
+    """SelfAttention.kv_caching(enable): on or off, the cache emptied either way."""
+    self.caching, self.cached_k, self.cached_v = enable, None, None
+    self.__dict__.pop("_fastar_cache", None)
+
+
+def _quant_args(self):
+    """(codebook, Phi weights (K, C, C, 3, 3), Phi biases (K, C), patch_nums) of an official VectorQuantizer2."""
+    qr = self.quant_resi
+    phis = list(qr.qresi_ls) if hasattr(qr, "qresi_ls") else [qr.qresi] if hasattr(qr, "qresi") else list(qr)
+    return (self.embedding.weight, torch.stack([p.weight for p in phis]), torch.stack([p.bias for p in phis]),
+            self.v_patch_nums)
+
+
+def _quant_declines(self, *args, **kwargs):
+    if abs(self.quant_resi_ratio) <= 1e-6:
+        return "quant_resi = 0 (Identity instead of Phi convolutions)"
+    if self.using_znorm:
+        return "using_znorm (cosine search)"
+    if getattr(self, "prog_si", -1) >= 0:
+        return "progressive training (prog_si >= 0)"
+    pns = kwargs.get("v_patch_nums") or self.v_patch_nums
+    if any(not isinstance(pn, int) for pn in pns):
+        return "non-square scales (tuple patch sizes)"
+    return None
+
+
+def f_to_idxBl_or_fhat(self, f_BChw, to_fhat, v_patch_nums=None):
+    codebook, w, b, pns = _quant_args(self)
+    return fastar.ops.f_to_idxBl_or_fhat(f_BChw, codebook, w, b, tuple(v_patch_nums or pns), to_fhat=to_fhat,
+                                         resi_ratio=abs(self.quant_resi_ratio))
+
+
+def idxBl_to_var_input(self, gt_ms_idx_Bl):
+    return fastar.ops.idxBl_to_var_input(gt_ms_idx_Bl, *_quant_args(self), resi_ratio=abs(self.quant_resi_ratio))
+
+
+def get_next_autoregressive_input(self, si, SN, f_hat, h_BChw):
+    codebook, w, b, pns = _quant_args(self)
+    return fastar.ops.get_next_autoregressive_input(si, SN, f_hat, h_BChw, w, b, pns,
+                                                    resi_ratio=abs(self.quant_resi_ratio))
+
+
+def embed_to_fhat(self, ms_h_BChw, all_to_max_scale=True, last_one=False):
+    codebook, w, b, pns = _quant_args(self)
+    return fastar.ops.embed_to_fhat(ms_h_BChw, w, b, pns, last_one=last_one, resi_ratio=abs(self.quant_resi_ratio))
+
+
+def _embed_declines(self, ms_h_BChw, all_to_max_scale=True, last_one=False):
+    return "all_to_max_scale=False (per-scale maps)" if not all_to_max_scale else _quant_declines(self)
+
+
+_ATTN = ("attention", "models.basic_var", "SelfAttention")
+_QUANT = ("quantizer", "models.quant", "VectorQuantizer2")
+ROWS = (
+    Row(*_ATTN, "forward", attention_forward, "no attention dropout in training; attn_bias None or VAR's "
+        "block-causal (1, 1, L, L)", _attention_declines),
+    Row(*_ATTN, "kv_caching", kv_caching, "always (the cache fastar's forward fills)"),
+    Row(*_QUANT, "f_to_idxBl_or_fhat", f_to_idxBl_or_fhat, "Phi convolutions on, square scales", _quant_declines),
+    Row(*_QUANT, "idxBl_to_var_input", idxBl_to_var_input, "Phi convolutions on, square scales", _quant_declines),
+    Row(*_QUANT, "get_next_autoregressive_input", get_next_autoregressive_input, "Phi convolutions on, square "
+        "scales", _quant_declines),
+    Row(*_QUANT, "embed_to_fhat", embed_to_fhat, "all_to_max_scale, Phi on, square scales", _embed_declines),
+)

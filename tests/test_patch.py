@@ -1,0 +1,339 @@
+"""fastar.patch (issue 15): stand-ins with the official module paths, attribute names and call contracts of
+FoundationVision/VAR's SelfAttention (models/basic_var.py) and VectorQuantizer2 (models/quant.py), written here
+(the official code is not shipped); patched against unpatched, float64 stand-ins as the oracle."""
+import math
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fastar
+import fastar.patch
+from fastar.reference import quantize as ref_q
+from tests.tolerance import assert_close
+
+pytestmark = pytest.mark.one_schedule
+PN = (1, 2, 3, 4)
+
+
+class SelfAttention(nn.Module):
+    """The official contract: forward(x, attn_bias) with a 0 / -inf bias in training; kv_caching(enable) and a
+    torch.cat cache in inference; SDPA as the official code's non-flash path."""
+
+    def __init__(self, block_idx, embed_dim=64, num_heads=4, attn_drop=0.0, attn_l2_norm=True):
+        super().__init__()
+        self.block_idx, self.num_heads, self.head_dim = block_idx, num_heads, embed_dim // num_heads
+        self.attn_l2_norm = attn_l2_norm
+        self.scale = 1 if attn_l2_norm else 0.25 / math.sqrt(self.head_dim)
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), 4.0).log())
+        self.max_scale_mul = math.log(100)
+        self.mat_qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(embed_dim) * 0.1), nn.Parameter(torch.zeros(embed_dim))
+        self.register_buffer("zero_k_bias", torch.zeros(embed_dim))
+        self.proj, self.proj_drop, self.attn_drop = nn.Linear(embed_dim, embed_dim), nn.Identity(), attn_drop
+        self.caching, self.cached_k, self.cached_v = False, None, None
+
+    def kv_caching(self, enable):
+        self.caching, self.cached_k, self.cached_v = enable, None, None
+
+    def forward(self, x, attn_bias):
+        B, L, C = x.shape
+        qkv = F.linear(x, self.mat_qkv.weight, torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)))
+        q, k, v = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.attn_l2_norm:
+            q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp())
+            k = F.normalize(k, dim=-1)
+        if self.caching:
+            if self.cached_k is None:
+                self.cached_k, self.cached_v = k, v
+            else:
+                k = self.cached_k = torch.cat((self.cached_k, k), dim=2)
+                v = self.cached_v = torch.cat((self.cached_v, v), dim=2)
+        p = self.attn_drop if self.training else 0.0
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=p, scale=self.scale)
+        return self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, L, C)))
+
+
+class Phi(nn.Conv2d):
+    def __init__(self, C, quant_resi):
+        super().__init__(C, C, 3, padding=1)
+        self.resi_ratio = abs(quant_resi)
+
+
+class PhiPartiallyShared(nn.Module):
+    def __init__(self, qresi_ls):
+        super().__init__()
+        self.qresi_ls = qresi_ls
+
+
+class VectorQuantizer2(nn.Module):
+    """The official contract (attributes embedding, quant_resi.qresi_ls, quant_resi_ratio, v_patch_nums,
+    using_znorm, prog_si; the four multi-scale methods); its loops are the official formulation's, i.e.
+    fastar.reference.quantize on this module's weights."""
+
+    def __init__(self, vocab_size=32, Cvae=8, using_znorm=False, v_patch_nums=PN, quant_resi=0.5,
+                 share_quant_resi=4):
+        super().__init__()
+        self.vocab_size, self.Cvae, self.using_znorm, self.v_patch_nums = vocab_size, Cvae, using_znorm, v_patch_nums
+        self.quant_resi_ratio, self.prog_si = quant_resi, -1
+        self.quant_resi = PhiPartiallyShared(nn.ModuleList(Phi(Cvae, quant_resi) for _ in range(share_quant_resi)))
+        self.embedding = nn.Embedding(vocab_size, Cvae)
+
+    def _w(self):
+        phis = self.quant_resi.qresi_ls
+        return (torch.stack([p.weight for p in phis]), torch.stack([p.bias for p in phis]))
+
+    def f_to_idxBl_or_fhat(self, f_BChw, to_fhat, v_patch_nums=None):
+        return ref_q.f_to_idxBl_or_fhat(f_BChw, self.embedding.weight, *self._w(), v_patch_nums or self.v_patch_nums,
+                                        to_fhat=to_fhat, resi_ratio=abs(self.quant_resi_ratio))
+
+    def idxBl_to_var_input(self, gt_ms_idx_Bl):
+        return ref_q.idxBl_to_var_input(gt_ms_idx_Bl, self.embedding.weight, *self._w(), self.v_patch_nums,
+                                        resi_ratio=abs(self.quant_resi_ratio))
+
+    def get_next_autoregressive_input(self, si, SN, f_hat, h_BChw):
+        return ref_q.get_next_autoregressive_input(si, SN, f_hat, h_BChw, *self._w(), self.v_patch_nums,
+                                                   resi_ratio=abs(self.quant_resi_ratio))
+
+    def embed_to_fhat(self, ms_h_BChw, all_to_max_scale=True, last_one=False):
+        return ref_q.embed_to_fhat(ms_h_BChw, *self._w(), self.v_patch_nums, last_one=last_one,
+                                   resi_ratio=abs(self.quant_resi_ratio))
+
+
+@pytest.fixture
+def official(monkeypatch):
+    """The stand-ins registered as the official modules models.basic_var and models.quant."""
+    mods = {}
+    for name, classes in (("models.basic_var", [SelfAttention]), ("models.quant", [VectorQuantizer2])):
+        mod = types.ModuleType(name)
+        for cls in classes:
+            sub = type(cls.__name__, (cls,), {"__module__": name})
+            setattr(mod, cls.__name__, sub)
+        monkeypatch.setitem(sys.modules, name, mod)
+        mods[name] = mod
+    yield types.SimpleNamespace(SelfAttention=mods["models.basic_var"].SelfAttention,
+                                VectorQuantizer2=mods["models.quant"].VectorQuantizer2)
+    fastar.patch.undo()
+
+
+def var_bias(patch_nums):
+    """VAR's attn_bias_for_masking: a token sees its own scale and the earlier ones."""
+    lvl = torch.cat([torch.full((pn * pn,), i) for i, pn in enumerate(patch_nums)])
+    return torch.where(lvl[:, None] >= lvl[None, :], 0.0, -torch.inf).view(1, 1, len(lvl), len(lvl))
+
+
+def run_attention(attn, x, bias):
+    x = x.clone().requires_grad_()
+    out = attn(x, bias)
+    out.square().sum().backward()
+    return out.detach(), x.grad, attn.mat_qkv.weight.grad
+
+
+def test_attention_training_patched_equals_official(official):
+    torch.manual_seed(0)
+    attn = official.SelfAttention(0)
+    x, bias = torch.randn(2, 30, 64), var_bias(PN)
+    ref64 = run_attention(attn.double(), x.double(), bias.double())
+    attn.zero_grad()
+    ref32 = run_attention(attn.float(), x, bias)
+    attn.zero_grad()
+    fastar.patch.var(attn)
+    assert attn.forward.__fastar_row__.attr == "forward"
+    got = run_attention(attn, x, bias)
+    assert fastar.last_backend("attention") == "cpu"
+    for name, g, r64, r32 in zip(("out", "dx", "dW"), got, ref64, ref32):
+        assert_close("attention", g, r64, r32)
+
+
+def test_attention_inference_cache_patched_equals_official(official):
+    torch.manual_seed(1)
+    attn = official.SelfAttention(0).eval()
+    xs = [torch.randn(3, pn * pn, 64) for pn in PN]
+
+    def infer(a, dtype):
+        a.to(dtype).kv_caching(True)
+        with torch.no_grad():
+            outs = [a(x.to(dtype), None) for x in xs]
+        a.kv_caching(False)
+        return torch.cat(outs, 1)
+
+    ref64, ref32 = infer(attn, torch.float64), infer(attn, torch.float32)
+    fastar.patch.var(attn, quantizer=False)
+    got = infer(attn, torch.float32)
+    assert fastar.last_backend("attention_decode") == "cpu" and attn.cached_k is None
+    assert_close("attention", got, ref64, ref32)
+
+
+def test_class_patch_undo_restores_the_originals(official):
+    originals = {a: getattr(official.SelfAttention, a) for a in ("forward", "kv_caching")}
+    rows = fastar.patch.var()
+    assert {(r.cls, r.attr) for r in rows} >= {("SelfAttention", "forward"), ("VectorQuantizer2", "embed_to_fhat")}
+    assert official.SelfAttention.forward is not originals["forward"]
+    torch.manual_seed(2)
+    attn, x = official.SelfAttention(0), torch.randn(1, 30, 64)
+    patched_out = attn(x, var_bias(PN))
+    fastar.patch.undo()
+    assert all(getattr(official.SelfAttention, a) is f for a, f in originals.items())
+    assert torch.equal(attn(x, var_bias(PN)), SelfAttention.forward(attn, x, var_bias(PN)))
+    assert torch.allclose(patched_out, attn(x, var_bias(PN)), atol=1e-5)
+
+
+def test_declined_calls_run_the_original_and_are_reported(official):
+    torch.manual_seed(3)
+    attn = official.SelfAttention(0, attn_drop=0.1)
+    fastar.patch.var(attn)
+    x = torch.randn(1, 30, 64)
+    attn.eval()
+    attn(x, var_bias(PN))
+    assert fastar.patch.report(attn)[0][2] == "applied"
+    attn.train()
+    torch.manual_seed(4)
+    got = attn(x, var_bias(PN))
+    torch.manual_seed(4)
+    assert torch.equal(got, SelfAttention.forward(attn, x, var_bias(PN)))  # the original, same dropout draws
+    assert fastar.patch.report(attn)[0][2] == "declined: attention dropout in training (fastar's attention has none)"
+    bias = var_bias(PN)
+    bias[..., 0, 1] = 0  # not block-causal: query 0 sees key 1
+    attn.eval()
+    attn(x, bias)
+    assert "not block-causal" in fastar.patch.report(attn)[0][2]
+
+
+def test_quantizer_rows_equal_official(official):
+    torch.manual_seed(5)
+    vq = official.VectorQuantizer2()
+    f = torch.randn(2, 8, 4, 4)
+    idx = vq.f_to_idxBl_or_fhat(f, to_fhat=False)
+    with torch.no_grad():
+        want = {"fhat": vq.f_to_idxBl_or_fhat(f, to_fhat=True), "var_input": vq.idxBl_to_var_input(idx),
+                "embed": vq.embed_to_fhat([vq.embedding(i).transpose(1, 2).reshape(2, 8, pn, pn)
+                                           for i, pn in zip(idx, PN)], last_one=True)}
+        fastar.patch.var(vq)
+        assert [torch.equal(a, b) for a, b in zip(vq.f_to_idxBl_or_fhat(f, to_fhat=False), idx)] == [True] * 4
+        assert fastar.last_backend("f_to_idxBl_or_fhat") == "cpu"
+        got = {"fhat": vq.f_to_idxBl_or_fhat(f, to_fhat=True), "var_input": vq.idxBl_to_var_input(idx),
+               "embed": vq.embed_to_fhat([vq.embedding(i).transpose(1, 2).reshape(2, 8, pn, pn)
+                                          for i, pn in zip(idx, PN)], last_one=True)}
+        f_hat = torch.zeros(2, 8, 4, 4)
+        h = vq.embedding(idx[1]).transpose(1, 2).reshape(2, 8, 2, 2)
+        got_next = vq.get_next_autoregressive_input(1, 4, f_hat.clone(), h)
+        fastar.patch.undo(vq)
+        want_next = vq.get_next_autoregressive_input(1, 4, f_hat.clone(), h)
+    for a, b in zip(got["fhat"], want["fhat"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got["var_input"], want["var_input"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got["embed"], want["embed"], atol=1e-5, rtol=1e-5)
+    for a, b in zip(got_next, want_next):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_quantizer_declines_cosine_search(official):
+    vq = official.VectorQuantizer2(using_znorm=True)
+    fastar.patch.var(vq)
+    vq.idxBl_to_var_input([torch.zeros(1, pn * pn, dtype=torch.long) for pn in PN])
+    status = {row.attr: st for _, row, st in fastar.patch.report(vq)}
+    assert status["idxBl_to_var_input"] == "declined: using_znorm (cosine search)"
+    assert status["f_to_idxBl_or_fhat"] == "applied"  # patched, not called yet
+
+
+def test_patch_errors_name_what_is_missing(monkeypatch):
+    monkeypatch.delitem(sys.modules, "models.basic_var", raising=False)
+    with pytest.raises(ImportError, match="official module 'models.basic_var' is not imported"):
+        fastar.patch.var()
+    monkeypatch.setitem(sys.modules, "models.basic_var", types.ModuleType("models.basic_var"))
+    with pytest.raises(AttributeError, match="models.basic_var has no class 'SelfAttention'"):
+        fastar.patch.var(quantizer=False)
+    with pytest.raises(ValueError, match="no module of model is one of"):
+        fastar.patch.var(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        fastar.patch.var("VAR")
+
+
+# ---- LTH14/mar: DiffLoss.sample and timm's Attention ----
+
+class DiffLoss(nn.Module):
+    """The official contract: net (SimpleMLPAdaLN's names), gen_diffusion.num_timesteps, sample(z, temperature,
+    cfg) drawing from the global generator and returning every row; its loop is the official formulation's
+    (fastar.reference.diffusion_sample, bit-identical to it in float32)."""
+
+    def __init__(self, steps=8):
+        super().__init__()
+        from fastar.models.mar.diffloss import SimpleMLPAdaLN
+        self.in_channels, self.net = 4, SimpleMLPAdaLN(4, 32, 16, 2)
+        for p in self.net.parameters():  # the official init zeroes the output: give it something to compute
+            nn.init.normal_(p, std=0.1)
+        self.gen_diffusion = types.SimpleNamespace(num_timesteps=steps)
+
+    def sample(self, z, temperature=1.0, cfg=1.0):
+        from fastar.reference import diffusion as ref_d
+        out = ref_d.diffusion_sample(z, self.net, num_steps=self.gen_diffusion.num_timesteps,
+                                     temperature=temperature, cfg=cfg)
+        return torch.cat([out, out]) if cfg != 1.0 else out
+
+
+class Attention(nn.Module):
+    """timm 0.9's vision_transformer.Attention contract (qkv, num_heads, head_dim, scale, q_norm, k_norm,
+    attn_drop, proj, proj_drop; forward(x), full attention)."""
+
+    def __init__(self, dim=64, num_heads=4, attn_drop=0.0):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv, self.q_norm, self.k_norm = nn.Linear(dim, 3 * dim), nn.Identity(), nn.Identity()
+        self.attn_drop, self.proj, self.proj_drop = nn.Dropout(attn_drop), nn.Linear(dim, dim), nn.Identity()
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        p = self.attn_drop.p if self.training else 0.0
+        o = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v, dropout_p=p)
+        return self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, N, C)))
+
+
+@pytest.fixture
+def official_mar(monkeypatch):
+    mods = {}
+    for name, cls in (("models.diffloss", DiffLoss), ("timm.models.vision_transformer", Attention)):
+        mod = types.ModuleType(name)
+        setattr(mod, cls.__name__, type(cls.__name__, (cls,), {"__module__": name}))
+        monkeypatch.setitem(sys.modules, name, mod)
+        mods[cls.__name__] = getattr(mod, cls.__name__)
+    yield types.SimpleNamespace(**mods)
+    fastar.patch.undo()
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_diffloss_sample_patched_equals_official(official_mar, cfg):
+    torch.manual_seed(6)
+    loss = official_mar.DiffLoss()
+    z = torch.randn(6, 16)
+
+    def sample(module, dtype):
+        torch.manual_seed(7)  # the noise comes from the global generator, as in the official code
+        with torch.no_grad():
+            return module.to(dtype).sample(z.to(dtype), temperature=0.9, cfg=cfg)
+
+    ref64, ref32 = sample(loss, torch.float64), sample(loss, torch.float32)
+    fastar.patch.mar(loss)
+    got = sample(loss, torch.float32)
+    assert fastar.last_backend("diffusion_sample") == "cpu"
+    assert_close("diffusion_sample", got, ref64, ref32)
+    status = {row.attr: st for _, row, st in fastar.patch.report(loss)}
+    assert status == {"sample": "applied"}
+
+
+def test_timm_attention_patched_equals_official(official_mar):
+    torch.manual_seed(8)
+    block = nn.Sequential(official_mar.Attention(), nn.Linear(64, 64))
+    x = torch.randn(2, 17, 64)
+    with torch.no_grad():
+        ref64, ref32 = block.double()(x.double()), block.float()(x)
+        fastar.patch.mar(block, head=False)
+        got = block(x)
+    assert fastar.last_backend("attention") == "cpu"
+    assert_close("attention", got, ref64, ref32)
+    with pytest.raises(ValueError, match="no module of model is one of .*models.diffloss.DiffLoss"):
+        fastar.patch.mar(block, attention=False)
