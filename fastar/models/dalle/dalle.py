@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar
-from fastar.models.dalle._sampling import sample_categorical  # TODO(sampling branch)
+from fastar.ops import sample_categorical
 from fastar.ops import AttentionMask
 
 

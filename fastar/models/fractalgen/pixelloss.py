@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastar.models.fractalgen.blocks import LN_EPS, Block, init_weights
-from fastar.models.fractalgen.sampling import sample_categorical
+from fastar.ops import sample_categorical
 
 PIX_MEAN = (0.485, 0.456, 0.406)
 PIX_STD = (0.229, 0.224, 0.225)
