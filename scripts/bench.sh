@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
-# The main command of README.md: set up, run every benchmark, render benchmarks/results/latest.{json,md,png},
-# then sample from the VAR model. Prints each part's time (and the slowest benchmarks); budget: 20 min on a 2-core
-# AVX2-only machine with every model. Extra arguments go to the benchmarks' pytest.
+# The main command of README.md: set up, run every benchmark, render benchmarks/results/latest.{json,md,png}, then for
+# each model a short training on scikit-learn's digits (its samples.png under benchmarks/results/<model>-digits/) and
+# random-weight samples of the full-size VAR-d16 and MAR-B (speed, not learning). Prints each part's time; budget:
+# ~20 min on a 2-core AVX2-only machine, which is why the long benchmarks run narrowed here (the knobs below; unset
+# them, e.g. FASTAR_BENCH_DIFFUSION_STEPS=100, for the full shapes) and every model benchmark is a single run (the
+# report says so). Extra arguments go to the benchmarks' pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TIMED_BY=bench
 source scripts/timing.sh
+export FASTAR_BENCH_DIFFUSION_STEPS=${FASTAR_BENCH_DIFFUSION_STEPS:-25}  # ratio per step; 100 = MAR's sampler
+R=benchmarks/results
+PY=.venv/bin/python
 
 timed setup bash scripts/setup.sh
-mkdir -p benchmarks/results
-timed benchmarks .venv/bin/python -m pytest benchmarks --benchmark-only \
-  --benchmark-json=benchmarks/results/latest.json --benchmark-columns=min,median,rounds -p no:cacheprovider \
-  --durations=25 "$@"
-timed report .venv/bin/python -m benchmarks.report benchmarks/results/latest.json
-# Sampling from the models: VAR-d16 with random weights (pass --ckpt/--vae-ckpt to python -m fastar for real ones).
-timed "sample var-d16" .venv/bin/python -m fastar sample var --depth 16 --classes 207 360 387 974 --seed 0 \
-  --out benchmarks/results/var_d16_random_weights.png
+mkdir -p $R
+timed benchmarks $PY -m pytest benchmarks --benchmark-only --benchmark-json=$R/latest.json \
+  --benchmark-columns=min,median,rounds -p no:cacheprovider --durations=25 "$@"
+timed report $PY -m benchmarks.report $R/latest.json
+timed "train var (digits)" $PY -m fastar train var --vae-steps 150 --var-steps 200 --out $R/var-digits
+timed "train mar (digits)" $PY -m fastar train mar --out $R/mar-digits
+timed "train fractalgen (digits)" $PY -m fastar train fractalgen --steps 150 --out $R/fractalgen-digits
+timed "train hit (digits)" $PY -m fastar train hit --steps 200 --ckpt-every 50 --out $R/hit-digits
+timed "train dalle (digits)" $PY -m fastar train dalle --out $R/dalle-digits
+# Full-size models with random weights (pass --ckpt / --vae-ckpt for the released ones).
+timed "sample var-d16" $PY -m fastar sample var --depth 16 --classes 207 360 387 974 --seed 0 \
+  --out $R/var_d16_random_weights.png
+timed "sample mar-b" $PY -m fastar sample mar --size base --classes 207 --num-iter 8 --num-steps 25 --cfg 2.9 \
+  --out $R/mar_b_random_weights.png

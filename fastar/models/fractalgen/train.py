@@ -18,7 +18,7 @@ import torch.distributed as dist
 from fastar.models.fractalgen.fractalgen import FractalGen, FractalGenConfig, bits_per_dim
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD
 from fastar.models.var.sample import save_grid
-from fastar.models.var.train import digits, fit
+from fastar.models.var.train import add_run_args, digits, fit, start_run
 
 HELD_OUT = 197  # the last digits: the NLL set
 
@@ -40,24 +40,14 @@ def main(argv=None):
     p.add_argument("--bs", type=int, default=32, help="images per process")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--nll-passes", type=int, default=2, help="forward passes averaged for the NLL estimate")
     p.add_argument("--num-iter", default="4,4", help="sampling steps per level for samples.png")
     p.add_argument("--num-samples", type=int, default=20, help="images in samples.png (classes 0..9 in turn)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per process: the tiny ops are too small to split, more threads mostly wait")
-    p.add_argument("--out", default="runs/fractalgen-digits")
+    add_run_args(p, "runs/fractalgen-digits")
     args = p.parse_args(argv)
     args.fractalgen_steps, args.fractalgen_lr = args.steps, args.lr  # the names fit() reads
 
-    torch.set_num_threads(args.threads)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    torch.manual_seed(args.seed)  # the same initial weights on every process
-    os.makedirs(args.out, exist_ok=True)
+    rank, world = start_run(args)
     x, labels = digits(16)
     mean, std = torch.tensor(PIX_MEAN)[:, None, None], torch.tensor(PIX_STD)[:, None, None]
     x = ((x + 1) / 2 - mean) / std  # [-1, 1] -> ImageNet-normalized, as the official data loader

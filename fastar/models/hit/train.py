@@ -24,7 +24,7 @@ from fastar.models.hit.discriminator import StyleGANDiscriminator
 from fastar.models.hit.generator import TINY, HiTGenerator
 from fastar.models.hit.losses import consistency, d_loss, ema_update, g_loss, r1_penalty
 from fastar.models.var.sample import save_grid
-from fastar.models.var.train import batches, digits
+from fastar.models.var.train import add_run_args, batches, digits, start_run
 
 
 def module(m):
@@ -70,20 +70,10 @@ def main(argv=None):
     p.add_argument("--ema", type=float, default=0.99,
                    help="EMA decay (official: 0.999, for runs of 10^5 steps; a digits run is a few hundred)")
     p.add_argument("--d-channels", type=int, default=32, help="cap on the discriminator's channels")
-    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints and sample grids")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per process: the tiny model's ops are too small to split")
-    p.add_argument("--out", default="runs/hit-digits")
+    add_run_args(p, "runs/hit-digits")
     args = p.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        dist.init_process_group("gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    torch.manual_seed(args.seed)  # the same initial weights on every process
-    os.makedirs(args.out, exist_ok=True)
+    rank, world = start_run(args)
     images, _ = digits(TINY.output_size)
     G, D = HiTGenerator(TINY), StyleGANDiscriminator(TINY.output_size, max_channels=args.d_channels)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
