@@ -1,6 +1,7 @@
 """The nvcc gate (tools/nvcc_gate.py) and the SASS tool (tools/sass.py): every kernel in csrc/kernels builds for
 sm_80 and sm_90 with no spill and no stack; the SASS dump sees the instructions a kernel is meant to use."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -28,7 +29,10 @@ def test_every_kernel_at_both_archs_without_spills(tmp_path):
     assert all(a == set(nvcc_gate.ARCHS) for a in archs.values()), archs
     assert sum("vq_nearest_kernel" in k for k in archs) == 3  # float, bf16, fp16
     for kernel in ("attention_fwd_kernel", "attention_bwd_kernel", "attention_combine_kernel"):
-        assert sum(kernel in k for k in archs) == 9, kernel  # 3 dtypes x head dims 32, 64, 128
+        # 3 dtypes x head dims 32, 64, 128 (the backward also by query tile: a (dtype, D) may have two);
+        # "::" keeps multi_axis_attention_*_kernel out
+        specs = {m.group(1, 2) for k in archs if (m := re.search(rf"::{kernel}<(\w+), (\d+)[,>]", k))}
+        assert specs == {(t, d) for t in ("float", "__half", "__nv_bfloat16") for d in ("32", "64", "128")}, kernel
 
 
 def test_gate_reads_spills_from_ptxas():
@@ -55,9 +59,10 @@ def test_sass_shows_the_instructions_used():
 @pytest.mark.skipif(sass.tool_dir() is None, reason="no cuobjdump + nvdisasm (triton wheel or nvidia pip packages)")
 def test_attention_uses_tensor_cores_for_16_bit_types():
     attention = ROOT / "csrc" / "kernels" / "attention"
-    for cu, kernel, arch in (("attention_fwd.cu", "attention_fwd_kernel", 80),
-                             ("attention_bwd.cu", "attention_bwd_kernel", 90)):
+    # the backward's names carry its query tile: <T, D, kM>
+    for cu, kernel, arch, tile64, tile128 in (("attention_fwd.cu", "attention_fwd_kernel", 80, "", ""),
+                                              ("attention_bwd.cu", "attention_bwd_kernel", 90, ", 64", ", 32")):
         for dtype in ("__nv_bfloat16", "__half"):
-            assert sass.has_instruction(attention / cu, f"{kernel}<{dtype}, 64>", arch, "HMMA"), (kernel, dtype)
-            assert sass.has_instruction(attention / cu, f"{kernel}<{dtype}, 128>", arch, "LDSM"), (kernel, dtype)
-        assert not sass.has_instruction(attention / cu, f"{kernel}<float, 64>", arch, "HMMA"), kernel
+            assert sass.has_instruction(attention / cu, f"{kernel}<{dtype}, 64{tile64}>", arch, "HMMA"), (kernel, dtype)
+            assert sass.has_instruction(attention / cu, f"{kernel}<{dtype}, 128{tile128}>", arch, "LDSM"), (kernel, dtype)
+        assert not sass.has_instruction(attention / cu, f"{kernel}<float, 64{tile64}>", arch, "HMMA"), kernel
