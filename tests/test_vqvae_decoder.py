@@ -1,0 +1,97 @@
+"""The VQVAE decoder's fast path (issue 17: channels_last, nearest-2x upsample + conv as one 2x2 phase conv, in-place
+elementwise), taken where fastar's kernels are active, against the official formulation run in float64 (the
+reference backend) within the tolerance rule; also after load_state_dict and an optimizer step, and through
+autograd."""
+import copy
+
+import pytest
+import torch
+
+import fastar
+from fastar.models.var import VQVAEConfig
+from fastar.models.var.basic_vae import Upsample2x, fast_path
+from fastar.models.var.vqvae import VQVAE
+from tests.conftest import backend_device
+from tests.tolerance import assert_close
+
+# Three levels: two upsamples, the attention of the lowest level and of the mid block, a 1x1 shortcut.
+TINY = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, v_patch_nums=(1, 2, 3))
+pytestmark = pytest.mark.one_schedule  # the attention kernel under the model is order-checked by its own tests
+
+
+def tiny_vae(seed, dev):
+    torch.manual_seed(seed)
+    vae = VQVAE(TINY)
+    with torch.no_grad():  # biases and norm affines away from their 0 / 1 init, so that a wrong one shows
+        for p in vae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return vae.to(dev)
+
+
+def decode(vae, f):
+    return vae.decoder(vae.post_quant_conv(f))
+
+
+def references(vae, f, grad=False):
+    """(float64, float32) official formulation of decode(vae, f): the reference and torch backends."""
+    vae64 = copy.deepcopy(vae).double()
+    with torch.set_grad_enabled(grad), fastar.use_backend("reference"):
+        ref64 = decode(vae64, f.double())
+    with torch.set_grad_enabled(grad), fastar.use_backend("torch"):
+        ref32 = decode(vae, f)
+    return (ref64, ref32, vae64) if grad else (ref64, ref32)
+
+
+def test_decoder_fast_path_matches_float64(backend):
+    dev = backend_device(backend)
+    vae = tiny_vae(0, dev).eval()
+    f = torch.randn(2, 8, 3, 5, device=dev)  # a non-square latent: h != w through both upsamples
+    assert fast_path(f)
+    with torch.no_grad():
+        out = decode(vae, f)
+        assert out.shape == (2, 3, 12, 20) and out.is_contiguous()
+        assert_close("vqvae_decode", out, *references(vae, f))
+        # new weights into the same parameters (strict, the official keys): the fast path follows them
+        vae.load_state_dict(tiny_vae(1, dev).state_dict())
+        again = decode(vae, f)
+        assert not torch.allclose(again, out)
+        assert_close("vqvae_decode", again, *references(vae, f))
+
+
+def test_decoder_fast_path_gradients_and_training_step(backend):
+    """Autograd through the fast path (no in-place silu then): parameter gradients within the rule; after an SGD
+    step (in-place parameter updates) the decoder still matches the float64 formulation."""
+    dev = backend_device(backend)
+    vae = tiny_vae(2, dev).train()
+    f = torch.randn(2, 8, 4, 4, device=dev)
+    decode(vae, f).square().sum().backward()
+    grads = {n: p.grad for n, p in vae.named_parameters() if p.grad is not None}
+    vae.zero_grad(set_to_none=True)
+    ref64, ref32, vae64 = references(vae, f, grad=True)
+    ref32.square().sum().backward()
+    ref64.square().sum().backward()
+    params64 = dict(vae64.named_parameters())
+    assert grads.keys() == {n for n, p in vae.named_parameters() if p.grad is not None} and len(grads) > 50
+    for n, g in grads.items():
+        assert_close("vqvae_decode_grads", g, params64[n].grad, dict(vae.named_parameters())[n].grad)
+    torch.optim.SGD(vae.parameters(), lr=1e-3).step()
+    with torch.no_grad():
+        assert_close("vqvae_decode", decode(vae, f), *references(vae, f))
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 1, 1), (2, 32, 1, 3), (1, 64, 5, 2)], ids=str)
+def test_upsample_phase_conv(backend, shape):
+    """conv3x3(nearest 2x upsample) as the 2x2 phase conv, edges included, against the plain formulation."""
+    dev = backend_device(backend)
+    torch.manual_seed(0)
+    up = Upsample2x(shape[1]).to(dev)
+    x = torch.randn(shape, device=dev)
+    with torch.no_grad():
+        out = up(x)
+        with fastar.use_backend("torch"):
+            ref32 = up(x)
+        ref64 = copy.deepcopy(up).double()(x.double())  # under the backend too: the phase conv in float64
+        with fastar.use_backend("reference"):
+            plain64 = copy.deepcopy(up).double()(x.double())
+    torch.testing.assert_close(ref64, plain64, rtol=1e-12, atol=1e-12)  # exact in real arithmetic
+    assert_close("vqvae_decode", out, plain64, ref32)
