@@ -1,8 +1,7 @@
 """The VQVAE decoder's fast path (issue 17: channels_last, nearest-2x upsample + conv as one 2x2 phase conv, in-place
 elementwise, conv weights made channels_last once per parameter version), taken where fastar's kernels are active,
-against the official formulation run in float64 (the
-reference backend) within the tolerance rule; also after load_state_dict and an optimizer step, and through
-autograd."""
+against the official formulation run in float64 (the reference backend) within the tolerance rule; also after
+load_state_dict and an optimizer step, and through autograd."""
 import copy
 
 import pytest

@@ -4,7 +4,7 @@ Module names equal the official checkpoint's keys (encoder.down.{i}.block.{j}.no
 
 The decoder's fast path (where fastar's kernels are active; the torch and reference backends run the official
 formulation): activations channels_last (oneDNN's NHWC convolutions) on conv weights made channels_last once per
-parameter version at inference (the copy costs ~5% of a B = 4 decode when made per call), each nearest-2x upsample +
+parameter version at inference (made per call, that copy costs 3-5% of a B = 4 decode here), each nearest-2x upsample +
 3x3 conv as one 2x2 conv of the low-resolution input (2.25x fewer multiply-adds), and the elementwise passes in
 place at inference. Same parameters, same state dict: the prepared weights sit outside the module, keyed by each
 parameter's storage and version counter, which load_state_dict and optimizer steps bump (writes through .data do
