@@ -8,12 +8,15 @@ of 1.8e-4 to 2.3e-4 of the logits' scale at every scale whose inputs agree, toke
 1.0 (torch) over all scales, and image PSNR 27.6 dB (cpu, simt) and exact (torch). The test asserts each with a
 margin of about 4x on the error: logits error <= 1e-3, agreement >= 0.95, PSNR >= 20 dB.
 """
+import copy
+
 import pytest
 import torch
 
 import fastar
 from fastar.models.var import build_vae_var
 from fastar.models.var import sample as var_sample
+from fastar.models.var import var as var_module
 from tests.test_var_model import TINY_PN, TINY_VAE, sampled_tokens
 
 pytestmark = pytest.mark.one_schedule
@@ -88,3 +91,22 @@ def test_bf16_sampling_declined_without_bf16_instructions(monkeypatch):
     assert var.autoregressive_infer_cfg(2, 1, g_seed=0, precision="bf16").shape == (2, 3, 16, 16)
     with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
         var.autoregressive_infer_cfg(2, 1, g_seed=0, precision="fp16")
+
+
+def test_bf16_weight_copies_follow_the_weights(monkeypatch):
+    """The bf16 copies kept between calls are remade when a weight changes in place (an optimizer step, a
+    load_state_dict): sampling then equals that of a fresh model holding the new weights."""
+    monkeypatch.setenv("FASTAR_EMULATED_BF16", "1")
+    vae, var = model()
+    kw = dict(B=2, label_B=1, g_seed=0, cfg=2.0, top_k=30, precision="bf16")
+    before = var.autoregressive_infer_cfg(**kw)
+    copies = var_module._gemm_copies[var.blocks[1]][1]
+    assert torch.equal(var.autoregressive_infer_cfg(**kw), before)
+    assert var_module._gemm_copies[var.blocks[1]][1] is copies  # unchanged weights: converted once
+    with torch.no_grad():
+        var.blocks[1].ffn.fc2.weight.mul_(-3)
+    after = var.autoregressive_infer_cfg(**kw)
+    fresh = copy.deepcopy(var)
+    fresh.vae_proxy = var.vae_proxy
+    assert not torch.equal(after, before)
+    assert torch.equal(after, fresh.autoregressive_infer_cfg(**kw))

@@ -6,6 +6,7 @@ buffer names equal the official checkpoint's keys, so its state dicts load with 
 """
 import itertools
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -121,9 +122,9 @@ class VAR(nn.Module):
         every random draw. CFG runs the conditional and null batches as one 2B batch, with a guidance that ramps
         from 0 at the first scale to cfg at the last. top_k / top_p filter the logits (0: off); more_smooth
         replaces the sampled codes by a Gumbel-softmax mixture of codes (for viewing, not for FID).
-        precision: "fp32", or "bf16": the blocks' attention and FFN weights (copied once per call) and their GEMM
-        operands in bfloat16 with float32 accumulation, the KV cache and fastar's attention in bfloat16; the
-        residual stream, LayerNorm, AdaLN, the head (logits), the quantizer and the VQVAE decoder stay float32.
+        precision: "fp32", or "bf16": the blocks' attention and FFN weights (copies kept, see with_gemm_dtype) and
+        their GEMM operands in bfloat16 with float32 accumulation, the KV cache and fastar's attention in bfloat16;
+        the residual stream, LayerNorm, AdaLN, the head (logits), the quantizer and the VQVAE decoder stay float32.
         On a CPU it needs AMX-BF16 or AVX512-BF16 and is declined without them (fastar.check_bf16_gemm). Agreement
         with fp32: tests/test_var_bf16.py and the README.
         """
@@ -178,11 +179,21 @@ class VAR(nn.Module):
         return vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
 
 
+_gemm_copies = weakref.WeakKeyDictionary()  # block -> (key of its weights, their copies in a GEMM dtype)
+
+
 def with_gemm_dtype(block, dtype):
-    """block's forward (x_BLC, ada_B16C, cache=) with its attention and FFN weights, the GEMMs' operands, in dtype:
-    copies made here, the module itself untouched (block itself when they already are)."""
+    """block's forward (x_BLC, ada_B16C, cache=) with its attention and FFN weights, the GEMMs' operands, in dtype
+    (block itself when they already are); the module itself is untouched. The copies are kept while the block lives
+    and its weights stay the same, unmodified tensors (key: dtype, data pointers, version counters), so that many
+    sample calls convert once: in bf16 they hold half the float32 size of those weights."""
     if block.ffn.fc1.weight.dtype == dtype:
         return block
-    weights = {k: t.to(dtype) for k, t in itertools.chain(block.named_parameters(), block.named_buffers())
+    tensors = {k: t for k, t in itertools.chain(block.named_parameters(), block.named_buffers())
                if k.startswith(("attn.", "ffn."))}
+    key = (dtype, tuple((t.data_ptr(), t._version) for t in tensors.values()))
+    cached = _gemm_copies.get(block)
+    if cached is None or cached[0] != key:
+        cached = _gemm_copies[block] = key, {k: t.to(dtype) for k, t in tensors.items()}
+    weights = cached[1]
     return lambda *args, **kwargs: torch.func.functional_call(block, weights, args, kwargs)
