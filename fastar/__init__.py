@@ -8,4 +8,5 @@ from fastar._version import __version__
 from fastar._backend import backends, build_info, check_bf16_gemm, last_backend, use_backend
 from fastar import ops, reference
 
-__all__ = ["__version__", "backends", "build_info", "check_bf16_gemm", "last_backend", "use_backend", "ops", "reference"]
+__all__ = ["__version__", "backends", "build_info", "check_bf16_gemm", "last_backend", "use_backend", "ops",
+           "reference"]
