@@ -38,12 +38,14 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-def check_bf16_gemm(op: str, device: torch.device):
+def check_bf16_gemm(op: str, device):
     """Raises unless bfloat16 GEMMs on `device` run on bf16 instructions: on a CPU they pay only with AMX-BF16 or
     AVX512-BF16 (build_info()["cpu_bf16"]); without them they are emulated and slower than float32, so a bf16 mode
     is declined, never silently slower. FASTAR_EMULATED_BF16=1 runs it anyway (tests: the path's correctness on
-    any CPU). CUDA devices pass (tensor cores)."""
-    if device.type != "cpu" or build_info().get("cpu_bf16") or os.environ.get("FASTAR_EMULATED_BF16") == "1":
+    any CPU). device: a torch.device or its name; CUDA devices pass (tensor cores)."""
+    if torch.device(device).type != "cpu" or build_info().get("cpu_bf16"):
+        return
+    if os.environ.get("FASTAR_EMULATED_BF16") == "1":
         return
     raise RuntimeError(f"{op}: precision='bf16' needs AMX-BF16 or AVX512-BF16 instructions, which this CPU lacks "
                        f"(kernels run {build_info().get('cpu_isa')}); bf16 GEMMs would be emulated and slower "
