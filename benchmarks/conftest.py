@@ -17,6 +17,22 @@ def peak_gflops(pytestconfig):
 
 def pytest_configure(config):
     config.fastar_peak = fma_peak.measure(fastar.build_info().get("cpu_isa", "base"), torch.get_num_threads())
+    config.fastar_declined = []
+
+
+@pytest.fixture
+def decline(pytestconfig):
+    """decline(group, reason): a row that does not run on this machine (a bf16 mode on a CPU without bf16
+    instructions) goes into the JSON's "declined" list with its reason, not timed (the report names the CPU beside
+    it); the test then skips."""
+    def record(group, reason):
+        pytestconfig.fastar_declined.append({"group": group, "reason": reason})
+        pytest.skip(reason)
+    return record
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["declined"] = config.fastar_declined
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

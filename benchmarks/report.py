@@ -74,8 +74,13 @@ def render(data):
             lines.append(f"| {name} | {_fmt_ms(e[name])} | {e[name]['ratio']:.2f}x | "
                          f"{'' if agree is None else f'{agree:.4%}'} |")
         lines.append("")
+        if e.get("note"):
+            lines += [e["note"], ""]
         for name, shares in breakdowns(e).items():
             lines += [f"Where {name}'s time goes: " + ", ".join(f"{p} {s:.0%}" for p, s in shares.items()), ""]
+    for d in data.get("declined", []):  # rows not run on this machine (not timed): the reason names what it lacks
+        lines += [f"## {d['group']}", "", f"Declined on {m.get('cpu')} (CPU ISA {m.get('build', {}).get('cpu_isa')}), "
+                  f"not timed: {d['reason']}", ""]
     return "\n".join(lines)
 
 

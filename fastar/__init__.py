@@ -5,7 +5,8 @@
     idx = fastar.ops.vq_nearest(x, codebook)
 """
 from fastar._version import __version__
-from fastar._backend import backends, build_info, last_backend, use_backend
+from fastar._backend import backends, build_info, check_bf16_gemm, last_backend, use_backend
 from fastar import ops, reference
 
-__all__ = ["__version__", "backends", "build_info", "last_backend", "use_backend", "ops", "reference"]
+__all__ = ["__version__", "backends", "build_info", "check_bf16_gemm", "last_backend", "use_backend", "ops",
+           "reference"]

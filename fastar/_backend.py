@@ -7,6 +7,7 @@ the float64-capable oracle of the tests.
 """
 import contextlib
 import importlib
+import os
 import warnings
 
 import torch
@@ -35,6 +36,20 @@ def build_info() -> dict:
     if _C is None:
         return {"error": f"fastar._C is not built: {_C_error}"}
     return dict(_C.build_info())
+
+
+def check_bf16_gemm(op: str, device):
+    """Raises unless bfloat16 GEMMs on `device` run on bf16 instructions: on a CPU they pay only with AMX-BF16 or
+    AVX512-BF16 (build_info()["cpu_bf16"]); without them they are emulated and slower than float32, so a bf16 mode
+    is declined, never silently slower. FASTAR_EMULATED_BF16=1 runs it anyway (tests: the path's correctness on
+    any CPU). device: a torch.device or its name; CUDA devices pass (tensor cores)."""
+    if torch.device(device).type != "cpu" or build_info().get("cpu_bf16"):
+        return
+    if os.environ.get("FASTAR_EMULATED_BF16") == "1":
+        return
+    raise RuntimeError(f"{op}: precision='bf16' needs AMX-BF16 or AVX512-BF16 instructions, which this CPU lacks "
+                       f"(kernels run {build_info().get('cpu_isa')}); bf16 GEMMs would be emulated and slower "
+                       f"than float32 here, so the mode is declined: use precision='fp32'")
 
 
 _BUILT = {"cpu": _C is not None, "cuda": _C is not None and bool(_C.build_info()["cuda"]), "simt": _simt is not None}

@@ -36,3 +36,14 @@ def test_history_appends_each_run_once(tmp_path):
     assert (row["cpu"], row["cpu_isa"], row["fp32_peak"]["gflops"]) == ("AMD EPYC", "avx2", 40.0)
     assert row["contenders"]["torch backend"]["ratio"] == 3.0
     assert len(report.append_history(run_json(date="2026-12-03T10:00"), path)) == 2
+
+
+def test_declined_rows_are_reported_with_the_cpu_not_timed():
+    data = run_json()
+    data["benchmarks"][0]["extra_info"]["note"] = "bf16 vs fastar fp32: tokens agree per scale 1.000"
+    data["declined"] = [{"group": "VAR-d16 sampling bf16", "reason": "needs AMX-BF16 or AVX512-BF16"}]
+    md = report.render(data)
+    assert "bf16 vs fastar fp32: tokens agree per scale 1.000" in md
+    assert md.endswith("## VAR-d16 sampling bf16\n\nDeclined on AMD EPYC (CPU ISA avx2), not timed: needs AMX-BF16 "
+                       "or AVX512-BF16\n")
+    assert len(list(report.history_rows(data))) == 1  # the history holds timed rows only

@@ -1,7 +1,6 @@
 """MAR's diffusion head sampled as one op: the whole p_sample_loop of DiffLoss.sample (csrc/cpu/diffusion.cpp)."""
 import functools
 import math
-import os
 
 import torch
 
@@ -82,19 +81,9 @@ def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, gen
         raise ValueError(f"{op}: precision must be one of {reference.PRECISIONS}, got {precision!r}")
     bf16 = precision == "bf16"
     if bf16 and _backend.active(z.device) == "cpu":
-        _check_bf16_instructions(op)
+        _backend.check_bf16_gemm(op, z.device)
     return z.device, lambda ops: ops.diffusion_sample(z, list(w.values()), _schedule(num_steps), float(temperature),
                                                      float(cfg), generator, bf16)
-
-
-def _check_bf16_instructions(op):
-    """bf16 GEMMs pay only with AMX-BF16 or AVX512-BF16; without them the mode is declined, never silently slower.
-    FASTAR_EMULATED_BF16=1 runs it anyway (tests: the path's correctness on any CPU)."""
-    if _backend.build_info().get("cpu_bf16") or os.environ.get("FASTAR_EMULATED_BF16") == "1":
-        return
-    raise RuntimeError(f"{op}: precision='bf16' needs AMX-BF16 or AVX512-BF16 instructions, which this CPU lacks "
-                       f"(kernels run {_backend.build_info().get('cpu_isa')}); bf16 GEMMs would be emulated and slower "
-                       f"than float32 here, so the mode is declined: use precision='fp32'")
 
 
 @functools.lru_cache(maxsize=1)

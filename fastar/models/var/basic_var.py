@@ -111,8 +111,10 @@ class AdaLNSelfAttn(nn.Module):
 
     def forward(self, x_BLC, ada_B16C, mask=None, cache=None):
         gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16C.unbind(2)  # each (B, 1, C)
-        x_BLC = self._residual(x_BLC, self.attn(modulate(self.ln_wo_grad(x_BLC), scale1, shift1), mask, cache), gamma1)
-        return self._residual(x_BLC, self.ffn(modulate(self.ln_wo_grad(x_BLC), scale2, shift2)), gamma2)
+        dtype = self.ffn.fc1.weight.dtype  # the GEMMs' operands: bfloat16 in bf16 sampling, where x stays float32
+        h_BLC = self.attn(modulate(self.ln_wo_grad(x_BLC), scale1, shift1).to(dtype), mask, cache)
+        x_BLC = self._residual(x_BLC, h_BLC, gamma1)
+        return self._residual(x_BLC, self.ffn(modulate(self.ln_wo_grad(x_BLC), scale2, shift2).to(dtype)), gamma2)
 
     def _residual(self, x_BLC, h_BLC, gamma_B1C):
         """x + drop_path(gamma h), one pass unless stochastic depth drops branches per sample (then rescales the

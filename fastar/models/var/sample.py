@@ -2,6 +2,7 @@
 
     python -m fastar sample var --depth 16 --ckpt var_d16.pth --vae-ckpt vae_ch160v4096z32.pth \\
         --classes 207 360 387 974 --cfg 4 --top-k 900 --top-p 0.95 --out grid.png
+    python -m fastar sample var --precision bf16 ...   # bf16 transformer (CPUs with AMX-BF16 / AVX512-BF16)
     python -m fastar sample var --ckpt runs/var-digits/ckpt.pt --classes 0 1 2 3   # from `fastar train var`
 
 Without --ckpt the weights are random (the released VQVAE config and VAR-d{depth}), and it says so.
@@ -13,8 +14,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+import fastar
 from fastar.models.var.build import PATCH_NUMS, build_vae_var
-from fastar.models.var.var import VAR, VARConfig
+from fastar.models.var.var import PRECISIONS, VAR, VARConfig
 from fastar.models.var.vqvae import VQVAE, VQVAEConfig
 
 
@@ -65,11 +67,19 @@ def main(argv=None):
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax code mixtures (smoother images)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: the transformer's attention and FFN in bfloat16 (float32 accumulation); needs "
+                        "AMX-BF16 or AVX512-BF16 on a CPU, declined without them")
     p.add_argument("--bs", type=int, default=4, help="images per forward pass (2x with CFG)")
     p.add_argument("--nrow", type=int, default=8)
     p.add_argument("--out", default="grid.png")
     args = p.parse_args(argv)
 
+    if args.precision == "bf16":  # declined up front on a CPU without bf16 GEMM instructions, before any loading
+        try:
+            fastar.check_bf16_gemm("python -m fastar sample var", torch.device("cpu"))
+        except RuntimeError as e:
+            raise SystemExit(str(e)) from None
     vae, var, what = load(args.ckpt, args.vae_ckpt, args.depth)
     print(f"sampling with {what}")
     var.eval()
@@ -77,6 +87,7 @@ def main(argv=None):
     out = []
     for i, label_B in enumerate(tqdm(labels.split(args.bs), desc="sample var")):
         out.append(var.autoregressive_infer_cfg(len(label_B), label_B, g_seed=args.seed + i, cfg=args.cfg,
-                                                top_k=args.top_k, top_p=args.top_p, more_smooth=args.more_smooth))
+                                                top_k=args.top_k, top_p=args.top_p, more_smooth=args.more_smooth,
+                                                precision=args.precision))
     save_grid(torch.cat(out), args.out, nrow=args.nrow)
     print(f"wrote {args.out}: {len(labels)} images, classes {args.classes}")

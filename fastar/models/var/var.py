@@ -4,7 +4,9 @@ The transformer predicts the token map of scale k from the cumulative VQVAE feat
 scale at once: block-causal attention in training, a KV cache over the earlier scales in inference. Module and
 buffer names equal the official checkpoint's keys, so its state dicts load with strict=True.
 """
+import itertools
 import math
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +15,8 @@ import torch.nn as nn
 import fastar
 from fastar.models.var.basic_var import AdaLNBeforeHead, AdaLNSelfAttn, KVCache, SharedAdaLin
 from fastar.models.var.helpers import gumbel_softmax_with_rng, sample_with_top_k_top_p_
+
+PRECISIONS = ("fp32", "bf16")  # sampling modes: bf16 runs the blocks' attention and FFN on bfloat16 operands
 
 
 @dataclass
@@ -111,15 +115,24 @@ class VAR(nn.Module):
 
     @torch.no_grad()
     def autoregressive_infer_cfg(self, B, label_B=None, g_seed=None, cfg=1.5, top_k=0, top_p=0.0,
-                                 more_smooth=False):
+                                 more_smooth=False, precision="fp32"):
         """Samples B images (B, 3, H, W) in [0, 1], scale by scale.
 
         label_B: (B,) int64, an int for all (< 0: the null class), or None for uniform random classes. g_seed seeds
         every random draw. CFG runs the conditional and null batches as one 2B batch, with a guidance that ramps
         from 0 at the first scale to cfg at the last. top_k / top_p filter the logits (0: off); more_smooth
         replaces the sampled codes by a Gumbel-softmax mixture of codes (for viewing, not for FID).
+        precision: "fp32", or "bf16": the blocks' attention and FFN weights (copies kept, see with_gemm_dtype) and
+        their GEMM operands in bfloat16 with float32 accumulation, the KV cache and fastar's attention in bfloat16;
+        the residual stream, LayerNorm, AdaLN, the head (logits), the quantizer and the VQVAE decoder stay float32.
+        On a CPU it needs AMX-BF16 or AVX512-BF16 and is declined without them (fastar.check_bf16_gemm). Agreement
+        with fp32: tests/test_var_bf16.py and the README.
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"autoregressive_infer_cfg: precision must be one of {PRECISIONS}, got {precision!r}")
         device, SN = self.lvl_1L.device, len(self.patch_nums)
+        if precision == "bf16":
+            fastar.check_bf16_gemm("VAR.autoregressive_infer_cfg", device)
         rng = None if g_seed is None else torch.Generator(device).manual_seed(g_seed)
         if label_B is None:
             label_B = torch.randint(self.num_classes, (B,), generator=rng, device=device)
@@ -134,7 +147,10 @@ class VAR(nn.Module):
         cond_BD_or_gss = self.shared_ada_lin(cond_BD)
         ada = [b.ada(cond_BD_or_gss) for b in self.blocks]
         head_ada = self.head_nm.ada(cond_BD)
-        caches = [KVCache(2 * B, b.attn.num_heads, self.L, b.attn.head_dim, like=sos) for b in self.blocks]
+        gemm_dtype = torch.bfloat16 if precision == "bf16" else sos.dtype
+        blocks = [with_gemm_dtype(b, gemm_dtype) for b in self.blocks]
+        caches = [KVCache(2 * B, b.attn.num_heads, self.L, b.attn.head_dim, like=sos.to(gemm_dtype))
+                  for b in self.blocks]
 
         # channels_last: the layout the quantizer ops update in place
         H = self.patch_nums[-1]
@@ -144,7 +160,7 @@ class VAR(nn.Module):
             ratio = si / (SN - 1)
             cur_L += pn * pn
             x_BLC = next_token_map
-            for b, ada_B16C, cache in zip(self.blocks, ada, caches):
+            for b, ada_B16C, cache in zip(blocks, ada, caches):
                 x_BLC = b(x_BLC, ada_B16C, cache=cache)
             logits_2BlV = self.get_logits(x_BLC, head_ada)
             t = cfg * ratio
@@ -161,3 +177,23 @@ class VAR(nn.Module):
                 next_BlC = self.word_embed(next_BChw.flatten(2).transpose(1, 2))
                 next_token_map = (next_BlC + lvl_pos[:, cur_L:cur_L + self.patch_nums[si + 1] ** 2]).repeat(2, 1, 1)
         return vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
+
+
+_gemm_copies = weakref.WeakKeyDictionary()  # block -> (key of its weights, their copies in a GEMM dtype)
+
+
+def with_gemm_dtype(block, dtype):
+    """block's forward (x_BLC, ada_B16C, cache=) with its attention and FFN weights, the GEMMs' operands, in dtype
+    (block itself when they already are); the module itself is untouched. The copies are kept while the block lives
+    and its weights stay the same, unmodified tensors (key: dtype, data pointers, version counters), so that many
+    sample calls convert once: in bf16 they hold half the float32 size of those weights."""
+    if block.ffn.fc1.weight.dtype == dtype:
+        return block
+    tensors = {k: t for k, t in itertools.chain(block.named_parameters(), block.named_buffers())
+               if k.startswith(("attn.", "ffn."))}
+    key = (dtype, tuple((t.data_ptr(), t._version) for t in tensors.values()))
+    cached = _gemm_copies.get(block)
+    if cached is None or cached[0] != key:
+        cached = _gemm_copies[block] = key, {k: t.to(dtype) for k, t in tensors.items()}
+    weights = cached[1]
+    return lambda *args, **kwargs: torch.func.functional_call(block, weights, args, kwargs)
