@@ -35,9 +35,12 @@ class KVCache:
 
 def unit(x, s, out=None):
     """F.normalize(x, dim=-1) * s in one pass over x (the norms are the small tensor): into `out` when given, which
-    lays q out contiguously for the kernel and writes k straight into its cache slot."""
+    lays q out contiguously for the kernel and writes k straight into its cache slot. Under torch.compile the write
+    is a copy (Dynamo does not trace out= into a non-contiguous slot; the compiler fuses the product into the copy)."""
     f = s / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)
-    return x * f if out is None else torch.mul(x, f, out=out)
+    if out is None:
+        return x * f
+    return out.copy_(x * f) if torch.compiler.is_compiling() else torch.mul(x, f, out=out)
 
 
 class SelfAttention(nn.Module):
