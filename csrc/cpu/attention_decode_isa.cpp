@@ -39,10 +39,10 @@ void in_tiles(int n, F&& f) {
   tail<N - 1>(n - j, j, f);
 }
 
-// St (NK, L) = scores of NK keys (rows of K, stride ldk) against the block: Qt (D, L), L = QV vectors of lanes;
-// mx (QV,) = max(mx, those scores) unless null.
-template <class T, int QV, int NK>
-void score_tile(const T* Qt, int D, const T* K, int64_t ldk, T* St, vec<T>* mx) {
+// finish(acc) on the scores acc[NK][QV] of NK keys (rows of K, stride ldk) against the block: Qt (D, L), L = QV
+// vectors of lanes.
+template <class T, int QV, int NK, class Finish>
+void score_tile(const T* Qt, int D, const T* K, int64_t ldk, Finish&& finish) {
   constexpr int W = kLanes<T>, L = QV * W;
   vec<T> acc[NK][QV];
 #pragma GCC unroll 16
@@ -60,26 +60,19 @@ void score_tile(const T* Qt, int D, const T* K, int64_t ldk, T* St, vec<T>* mx) 
       for (int v = 0; v < QV; ++v) acc[j][v] += kj * qd[v];
     }
   }
-#pragma GCC unroll 16
-  for (int j = 0; j < NK; ++j)
-#pragma GCC unroll 2
-    for (int v = 0; v < QV; ++v) store(St + j * L + v * W, acc[j][v]);
-  if (mx != nullptr)
-#pragma GCC unroll 16
-    for (int j = 0; j < NK; ++j)
-#pragma GCC unroll 2
-      for (int v = 0; v < QV; ++v) mx[v] = vmax<T>(mx[v], acc[j][v]);
+  finish(acc);
 }
 
-// Ot rows [c0, c0 + NC) (L each) += the block's probabilities P (n, L) times columns [c0, c0 + NC) of n rows of V.
+// Ot rows [c0, c0 + NC) (L each) = (first ? 0 : Ot) + the block's probabilities P (n, L) times columns
+// [c0, c0 + NC) of n rows of V.
 template <class T, int QV, int NC>
-void value_tile(const T* P, int n, const T* V, int64_t ldv, int c0, T* Ot) {
+void value_tile(const T* P, int n, const T* V, int64_t ldv, int c0, bool first, T* Ot) {
   constexpr int W = kLanes<T>, L = QV * W;
   vec<T> acc[NC][QV];
 #pragma GCC unroll 16
   for (int j = 0; j < NC; ++j)
 #pragma GCC unroll 2
-    for (int v = 0; v < QV; ++v) acc[j][v] = load(Ot + (c0 + j) * L + v * W);
+    for (int v = 0; v < QV; ++v) acc[j][v] = first ? splat(T(0)) : load(Ot + (c0 + j) * L + v * W);
   for (int k = 0; k < n; ++k) {
     vec<T> p[QV];
 #pragma GCC unroll 2
@@ -117,9 +110,11 @@ void attend_block(const T* Q, int64_t ldq, int rows, const int* keys, const T* K
                   int64_t ldv, int D, T scale, T* out, T* lse, Scratch<T>& w) {
   constexpr int W = kLanes<T>, L = QV * W;
   const T neg_inf = -__builtin_inf();
-  for (int i = 0; i < L * D; ++i) w.qt[i] = w.ot[i] = T(0);
+  const T scale2 = scale * T(1.4426950408889634);  // log2 e: scores, max and softmax in base 2 (exp2_vec)
   for (int i = 0; i < rows; ++i)
-    for (int d = 0; d < D; ++d) w.qt[d * L + i] = scale * Q[i * ldq + d];
+    for (int d = 0; d < D; ++d) w.qt[d * L + i] = scale2 * Q[i * ldq + d];
+  for (int i = rows; i < L; ++i)
+    for (int d = 0; d < D; ++d) w.qt[d * L + i] = T(0);
   int n_min = keys[0], n_max = keys[0];  // over the real rows: keys past n_min are masked lane-wise
   vec<T> limit[QV];
   for (int i = 0; i < L; ++i) {
@@ -127,49 +122,61 @@ void attend_block(const T* Q, int64_t ldq, int rows, const int* keys, const T* K
     n_min = n < n_min ? n : n_min, n_max = n > n_max ? n : n_max;
     limit[i / W][i % W] = T(n);
   }
-  vec<T> m[QV], l[QV];
-  for (int v = 0; v < QV; ++v) m[v] = splat(neg_inf), l[v] = splat(T(0));
+  // Online softmax (FlashAttention-2), lane-wise and fused into the score tiles: P = 2^(S - m) into St, l = sum P,
+  // with m the running max less at most kLag (so P <= 2^kLag): only a tile that raises a lane's max by more moves m
+  // to the max and rescales l, this chunk's P so far and the accumulator by 2^(m_old - m_new); the first tile does,
+  // the others rarely. A lane that has seen only -inf keeps m = -inf and subtracts 0: P = 0, l and Ot stay 0.
+  constexpr T kLag = 8;
+  vec<T> m[QV], l[QV], sub[QV];
+  for (int v = 0; v < QV; ++v) m[v] = sub[v] = splat(neg_inf), l[v] = splat(T(0));
   for (int k0 = 0; k0 < n_max; k0 += kChunk) {
     const int n = n_max - k0 < kChunk ? n_max - k0 : kChunk;
-    const T* Kc = K + k0 * ldk;
-    const bool masked = k0 + n > n_min;  // keys some rows of the block do not see: masked before their max
-    // Online softmax, lane-wise: m_new = max(m, scores), P = exp(S - m_new), l = l exp(m - m_new) + sum P, and the
-    // accumulator rescaled by exp(m - m_new). A lane that has seen only -inf subtracts 0: P = 0, l and Ot stay 0.
-    vec<T> mx[QV], sub[QV], alpha[QV], sum[QV];
-    for (int v = 0; v < QV; ++v) mx[v] = m[v], sum[v] = splat(T(0));
-    in_tiles<kAccumulators / QV>(n, [&](auto nk, int j) {
-      score_tile<T, QV, decltype(nk)::value>(w.qt, D, Kc + j * ldk, ldk, w.st + j * L, masked ? nullptr : mx);
-    });
-    if (masked) {
-      for (int j = (n_min > k0 ? n_min - k0 : 0); j < n; ++j)
-        for (int v = 0; v < QV; ++v)
-          store(w.st + j * L + v * W, splat(T(k0 + j)) < limit[v] ? load(w.st + j * L + v * W) : splat(neg_inf));
-      for (int j = 0; j < n; ++j)
-        for (int v = 0; v < QV; ++v) mx[v] = vmax<T>(mx[v], load(w.st + j * L + v * W));
-    }
-    for (int v = 0; v < QV; ++v) {
-      sub[v] = mx[v] == neg_inf ? splat(T(0)) : mx[v];
-      alpha[v] = exp_vec(m[v] - sub[v]);  // 0 while m = -inf
-      m[v] = mx[v];
-    }
-    for (int j = 0; j < n; ++j)
+    auto raise = [&](const vec<T>* tile_max, int j) {  // the keys [k0, k0 + j) of St hold P of this chunk
+      vec<T> alpha[QV];
       for (int v = 0; v < QV; ++v) {
-        const vec<T> p = exp_vec(load(w.st + j * L + v * W) - sub[v]);
-        store(w.st + j * L + v * W, p);
-        sum[v] += p;
+        const vec<T> m_new = vmax<T>(m[v], tile_max[v]);
+        sub[v] = m_new == neg_inf ? splat(T(0)) : m_new;
+        alpha[v] = exp2_vec(m[v] - sub[v]);  // 0 while m = -inf
+        m[v] = m_new, l[v] *= alpha[v];
       }
-    for (int v = 0; v < QV; ++v) l[v] = l[v] * alpha[v] + sum[v];
-    if (k0 > 0)
-      for (int c = 0; c < D; ++c)
-        for (int v = 0; v < QV; ++v) store(w.ot + c * L + v * W, load(w.ot + c * L + v * W) * alpha[v]);
+      for (int r = 0; r < j; ++r)
+        for (int v = 0; v < QV; ++v) store(w.st + r * L + v * W, load(w.st + r * L + v * W) * alpha[v]);
+      if (k0 > 0)
+        for (int c = 0; c < D; ++c)
+          for (int v = 0; v < QV; ++v) store(w.ot + c * L + v * W, load(w.ot + c * L + v * W) * alpha[v]);
+    };
+    in_tiles<kAccumulators / QV>(n, [&](auto nk, int j) {
+      constexpr int NK = decltype(nk)::value;
+      score_tile<T, QV, NK>(w.qt, D, K + (k0 + j) * ldk, ldk, [&](vec<T> (&acc)[NK][QV]) {
+        if (k0 + j + NK > n_min)  // keys some rows of the block do not see
+          for (int r = 0; r < NK; ++r)
+            for (int v = 0; v < QV; ++v) acc[r][v] = splat(T(k0 + j + r)) < limit[v] ? acc[r][v] : splat(neg_inf);
+        vec<T> tile_max[QV];
+        bool raised = false;
+        for (int v = 0; v < QV; ++v) {
+          tile_max[v] = acc[0][v];
+          for (int r = 1; r < NK; ++r) tile_max[v] = vmax<T>(tile_max[v], acc[r][v]);
+          raised |= any(tile_max[v] > m[v] + kLag);
+        }
+        if (raised) raise(tile_max, j);
+#pragma GCC unroll 16
+        for (int r = 0; r < NK; ++r)
+#pragma GCC unroll 2
+          for (int v = 0; v < QV; ++v) {
+            const vec<T> p = exp2_vec(acc[r][v] - sub[v]);
+            store(w.st + (j + r) * L + v * W, p);
+            l[v] += p;
+          }
+      });
+    });
     in_tiles<kAccumulators / QV>(D, [&](auto nc, int c0) {
-      value_tile<T, QV, decltype(nc)::value>(w.st, n, V + k0 * ldv, ldv, c0, w.ot);
+      value_tile<T, QV, decltype(nc)::value>(w.st, n, V + k0 * ldv, ldv, c0, k0 == 0, w.ot);
     });
   }
   for (int i = 0; i < rows; ++i) {  // a query that saw no key: out 0, lse -inf
     const T li = l[i / W][i % W], mi = m[i / W][i % W], inv = li > 0 ? T(1) / li : T(0);
-    for (int c = 0; c < D; ++c) out[i * D + c] = w.ot[c * L + i] * inv;
-    lse[i] = li > 0 ? mi + __builtin_log(li) : neg_inf;
+    for (int c = 0; c < D; ++c) out[i * D + c] = n_max > 0 ? w.ot[c * L + i] * inv : T(0);  // Ot unwritten at 0
+    lse[i] = li > 0 ? (mi + __builtin_log2(li)) * T(0.6931471805599453) : neg_inf;  // ln 2: back to base e
   }
 }
 
