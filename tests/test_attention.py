@@ -216,6 +216,26 @@ def test_attention_decode_prefix_masks(dtype, kind, path, Lq, cache_len):
     assert torch.allclose(l[~l.isinf()], lse64[~l.isinf()], atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["full", "causal"])
+def test_attention_decode_rising_scores(kind):
+    """Scores that climb by 2 per key (and fall, on the negated queries): the fused CPU decode moves its lagging
+    max and rescales the probabilities and the accumulator at every tile, within and across its 256-key steps."""
+    B, H, Lq, cache_len, D = 2 * torch.get_num_threads(), 2, 24, 600, 16
+    g = torch.Generator().manual_seed(43)
+    ramp = 2.0 * torch.arange(cache_len + 5, dtype=torch.float32)[:, None].expand(-1, D) / D ** 0.5
+    k_cache = (ramp + 0.1 * torch.randn(B, H, cache_len + 5, D, generator=g)).contiguous()
+    v_cache = torch.randn(B, H, cache_len + 5, D, generator=g)
+    q = torch.ones(B, H, Lq, D) / D ** 0.5 + 0.1 * torch.randn(B, H, Lq, D, generator=g)
+    q[:, :, ::2] *= -1
+    mask = make_mask(kind, cache_len)
+    out, lse = fastar.ops.attention_decode(q, k_cache, v_cache, cache_len, mask, scale=1.0, return_lse=True)
+    k, v = k_cache[:, :, :cache_len], v_cache[:, :, :cache_len]
+    out64, lse64 = ref.attention(q.double(), k.double(), v.double(), mask, scale=1.0, return_lse=True)
+    out_lp, lse_lp = ref.attention(q, k, v, mask, scale=1.0, return_lse=True)
+    assert_close("attention", out, out64, out_lp)
+    assert_close("attention", lse, lse64, lse_lp)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_attention_gradcheck(kind):
     """gradcheck in float64 through the CPU kernels (they compute float64 inputs in float64)."""
