@@ -3,7 +3,8 @@
 // (full, block-causal, decode) compute exactly the visible keys of each block of rows; the others go by
 // tiles: tiles the mask hides are skipped before their keys are read, fully visible tiles skip the
 // per-element mask. The products run on the BLAS that libtorch_cpu exports (cpu/blas.h), the softmax between
-// them on the per-ISA micro-kernels of cpu/attention_isa.cpp.
+// them on the per-ISA micro-kernels of cpu/attention_isa.cpp; decode under a prefix mask runs the fused per-ISA
+// kernel of cpu/attention_decode_isa.cpp instead.
 #include "cpu/attention.h"
 
 #include <ATen/Parallel.h>
