@@ -3,7 +3,7 @@
 // the scaled queries transposed once per block, Qt (D, lanes), times keys broadcast from their rows; the online
 // softmax (FlashAttention-2) takes its max and sum over keys lane-wise, with no horizontal reduction; the output
 // accumulates transposed, Ot (D, lanes), from the probabilities times values broadcast from their rows. K and V are
-// read in place, never packed. Each micro-tile keeps kAccumulators vectors in registers (16 on SSE2 / AVX2).
+// read in place, never packed. Each micro-tile keeps kAccumulators vectors in registers.
 #include "cpu/attention_decode_isa.h"
 #include "cpu/isa_math.h"
 
@@ -13,7 +13,9 @@ namespace {
 using kernels::MaskParams;
 
 constexpr int kChunk = 256;        // keys per online-softmax step: their (keys, lanes) scores stay in L1
-constexpr int kAccumulators = 12;  // per micro-tile, beside the operands, within 16 vector registers
+// Accumulators per micro-tile, beside the operands: 12 of SSE2's and AVX2's 16 vector registers; 16 of AVX-512's 32
+// (tiles of 8 keys and 8 columns then divide VAR's 680 keys and head dim 64).
+constexpr int kAccumulators = kVectorBytes == 64 ? 16 : 12;
 
 template <class T>
 constexpr int kBlock = 2 * kLanes<T>;  // queries per block
