@@ -1,7 +1,8 @@
 """attention at VAR-d16's training shapes (block-causal, L = 680) and a DALL-E layer (256 text + 32 x 32 image,
 row mask), forward and forward + backward, and VAR's KV-cache decode. Baseline: the torch backend, i.e. SDPA
 with the dense boolean mask (over the valid cache prefix for decode), as the official code calls it; peers:
-compiled flex_attention (forward only: it has no CPU backward); extra column: the float64-capable reference."""
+compiled flex_attention (forward only: it has no CPU backward); extra column: the float64-capable reference. Decode
+runs at every scale of VAR-d16 sampling."""
 import functools
 
 import pytest
@@ -75,15 +76,31 @@ def test_attention_forward_backward(benchmark, case, peak_gflops):
             baseline=BASELINE, gflop=f / 1e9, fma_floor_ms=f / peak_gflops / 1e6)
 
 
-def test_attention_decode(benchmark, peak_gflops):
-    """VAR-d16 inference, last scale: 256 new queries against 680 cached keys of a 2240-key cache."""
-    B, H, Lq, cache_len, D = 8, 16, 256, 680, 64
-    benchmark.group = f"attention_decode VAR-d16 B={B} H={H} {Lq} queries vs {cache_len} cached keys D={D}"
+# VAR-d16 sampling, B = 4 with CFG (8 rows): each scale's pn^2 queries against the keys of every scale so far.
+DECODE_SCALES = {f"scale {i} ({pn}x{pn})": (pn * pn, sum(p * p for p in VAR_PATCH_NUMS[:i + 1]))
+                 for i, pn in enumerate(VAR_PATCH_NUMS)}
+
+
+@pytest.mark.parametrize("scale", DECODE_SCALES, ids=list(DECODE_SCALES))
+def test_attention_decode(benchmark, scale, peak_gflops):
+    """VAR-d16 inference: one scale's queries against the keys cached so far in a preallocated 680-key cache. Extra
+    column: the official VAR code's own step, torch.cat of the new keys and values onto its cache, then SDPA."""
+    B, H, D, Lmax = 8, 16, 64, 680
+    Lq, cache_len = DECODE_SCALES[scale]
+    benchmark.group = f"attention_decode VAR-d16 {scale} B={B} H={H} {Lq} queries vs {cache_len} cached keys D={D}"
     g = torch.Generator().manual_seed(2)
     q = torch.randn(B, H, Lq, D, generator=g)
-    k_cache, v_cache = (torch.randn(B, H, 2240, D, generator=g) for _ in range(2))
+    k_cache, v_cache = (torch.randn(B, H, Lmax, D, generator=g) for _ in range(2))
+    k_old, v_old = (c[:, :, :cache_len - Lq].contiguous() for c in (k_cache, v_cache))  # the official cache
+    k_new, v_new = (c[:, :, cache_len - Lq:cache_len].contiguous() for c in (k_cache, v_cache))
+
+    def official():
+        k, v = torch.cat((k_old, k_new), dim=2), torch.cat((v_old, v_new), dim=2)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
     contenders = {
         BASELINE: lambda: torch_impl.attention.attention_decode(q, k_cache, v_cache, cache_len),
+        "SDPA after torch.cat (official VAR)": official,
         "reference": lambda: ref.attention_decode(q, k_cache, v_cache, cache_len),
     }
     f = 4 * B * H * Lq * cache_len * D

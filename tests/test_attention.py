@@ -185,6 +185,57 @@ def test_attention_decode(attn_backend, dtype, shape):
     assert_close("attention", lse.cpu(), lse64, lse_lp)
 
 
+# Decode under the masks where every query sees a key prefix (full, causal, block-causal; key_len on top). The CPU
+# runs them fused when the query blocks alone give every thread work (here: B H = 4 threads), else it splits the keys
+# (one head, one block: any Lq <= 3). (path, Lq, cache_len): one vector of queries or less, two with a tail, more than
+# two; caches past the fused kernel's 256-key softmax step; D = 40 leaves tails of its register tiles.
+PREFIX_DECODE = [("fused", 1, 300), ("fused", 5, 37), ("fused", 21, 300), ("fused", 40, 300),
+                 ("split-keys", 1, 300), ("split-keys", 3, 37)]
+
+
+@pytest.mark.parametrize("path, Lq, cache_len", PREFIX_DECODE, ids=lambda x: str(x))
+@pytest.mark.parametrize("kind", ["full", "causal", "block_causal", "key_len"])
+def test_attention_decode_prefix_masks(dtype, kind, path, Lq, cache_len):
+    B, H, Hk, D = (2 * torch.get_num_threads(), 2, 1, 40) if path == "fused" else (1, 1, 1, 40)
+    key_len = None
+    if kind == "key_len":  # every row a different valid length: all, none (out 0, lse -inf), one, a chunk and one
+        key_len = torch.tensor([cache_len, 0, 1, min(257, cache_len)] * B)[:B]
+    mask = make_mask("full" if kind == "key_len" else kind, cache_len, key_len)
+    q = randn(B, H, Lq, D, dtype=dtype, seed=40)
+    k_cache, v_cache = (randn(B, Hk, cache_len + 7, D, dtype=dtype, seed=s) for s in (41, 42))
+    out, lse = fastar.ops.attention_decode(q, k_cache, v_cache, cache_len, mask, return_lse=True)
+    k, v = k_cache[:, :, :cache_len], v_cache[:, :, :cache_len]
+    out64, lse64 = ref.attention(q.double(), k.double(), v.double(), mask, return_lse=True)
+    out_lp, lse_lp = ref.attention(q, k, v, mask, return_lse=True)
+    assert torch.equal(lse.isinf(), lse64.isinf()), "rows that see no key differ from the reference"
+    assert_close("attention", out, out64, out_lp)
+    assert_close("attention", lse, lse64, lse_lp)
+    o, l = fastar.ops.attention_decode(q.double(), k_cache.double(), v_cache.double(), cache_len, mask,
+                                       return_lse=True)  # float64 computes in float64 on the same path
+    assert torch.allclose(o, out64, atol=1e-12) and torch.equal(l.isinf(), lse64.isinf())
+    assert torch.allclose(l[~l.isinf()], lse64[~l.isinf()], atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["full", "causal"])
+def test_attention_decode_rising_scores(kind):
+    """Scores that climb by 2 per key (and fall, on the negated queries): the fused CPU decode moves its lagging
+    max and rescales the probabilities and the accumulator at every tile, within and across its 256-key steps."""
+    B, H, Lq, cache_len, D = 2 * torch.get_num_threads(), 2, 24, 600, 16
+    g = torch.Generator().manual_seed(43)
+    ramp = 2.0 * torch.arange(cache_len + 5, dtype=torch.float32)[:, None].expand(-1, D) / D ** 0.5
+    k_cache = (ramp + 0.1 * torch.randn(B, H, cache_len + 5, D, generator=g)).contiguous()
+    v_cache = torch.randn(B, H, cache_len + 5, D, generator=g)
+    q = torch.ones(B, H, Lq, D) / D ** 0.5 + 0.1 * torch.randn(B, H, Lq, D, generator=g)
+    q[:, :, ::2] *= -1
+    mask = make_mask(kind, cache_len)
+    out, lse = fastar.ops.attention_decode(q, k_cache, v_cache, cache_len, mask, scale=1.0, return_lse=True)
+    k, v = k_cache[:, :, :cache_len], v_cache[:, :, :cache_len]
+    out64, lse64 = ref.attention(q.double(), k.double(), v.double(), mask, scale=1.0, return_lse=True)
+    out_lp, lse_lp = ref.attention(q, k, v, mask, scale=1.0, return_lse=True)
+    assert_close("attention", out, out64, out_lp)
+    assert_close("attention", lse, lse64, lse_lp)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_attention_gradcheck(kind):
     """gradcheck in float64 through the CPU kernels (they compute float64 inputs in float64)."""
@@ -244,12 +295,17 @@ ref.attention(q64, k.double(), v.double(), mask).sum().backward()
 assert (q.grad - q64.grad).abs().max() < 1e-5, (q.grad - q64.grad).abs().max()
 torch.autograd.gradcheck(lambda q: fastar.ops.attention(q, k[:1, :1].double(), v[:1, :1].double(), mask),
                          (q64[:1, :1, :9],))
+torch.set_num_threads(1)  # decode fused (its blocks give the one thread work): 21 queries against 40 keys
+for dt in (torch.float32, torch.float64):
+    out = fastar.ops.attention_decode(q[:, :, :21].detach().to(dt), k.to(dt), v.to(dt), 40, mask)
+    expected = ref.attention_decode(q[:, :, :21].double(), k.double(), v.double(), 40, mask)
+    assert (out.double() - expected).abs().max() < 1e-5, (out.double() - expected).abs().max()
 """
 
 
 @pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
 def test_attention_every_cpu_isa(isa):
-    """Each instruction-set variant of the softmax micro-kernels matches the reference."""
+    """Each instruction-set variant of the softmax and decode micro-kernels matches the reference."""
     run_with_cpu_isa(isa, ISA_CHILD % isa)
 
 

@@ -3,7 +3,8 @@
 // (full, block-causal, decode) compute exactly the visible keys of each block of rows; the others go by
 // tiles: tiles the mask hides are skipped before their keys are read, fully visible tiles skip the
 // per-element mask. The products run on the BLAS that libtorch_cpu exports (cpu/blas.h), the softmax between
-// them on the per-ISA micro-kernels of cpu/attention_isa.cpp.
+// them on the per-ISA micro-kernels of cpu/attention_isa.cpp; decode under a prefix mask runs the fused per-ISA
+// kernel of cpu/attention_decode_isa.cpp instead.
 #include "cpu/attention.h"
 
 #include <ATen/Parallel.h>
@@ -18,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/attention_decode_isa.h"
 #include "cpu/attention_tiny.h"
 #include "cpu/blas.h"
 #include "cpu/isa.h"
@@ -426,6 +428,40 @@ void decode_spans(Heads<T> q, Heads<T> k, Heads<T> v, const MaskParams& mask, co
   });
 }
 
+// ---- decode under a prefix mask: the fused kernel of cpu/attention_decode_isa.cpp ----
+
+template <class T>
+const AttentionDecodeKernels<T>& decode_micro() {
+  if constexpr (std::is_same_v<T, float>) return isa().attention_decode->f32;
+  else return isa().attention_decode->f64;
+}
+
+// Whether the fused kernel takes a decode: every query sees a key prefix, the head fits its scratch, and its query
+// blocks alone give every thread work (else forward_plan splits the keys).
+bool fused_decode(const MaskParams& mask, const Dims& d, int block) {
+  const int blocks = int((d.Lq + block - 1) / block);
+  return decode_prefix_mask(mask.kind) && d.D <= kDecodeMaxDim && key_splits(d, blocks, int(d.Lk)) == 1;
+}
+
+// out (B, H, Lq, D), lse (B, H, Lq) of the compute dtype T from operands with unit-stride rows.
+template <class T>
+std::tuple<at::Tensor, at::Tensor> decode_fused(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                const Dims& d, const MaskParams& mask, double scale) {
+  const auto& kern = decode_micro<T>();
+  const DecodeDims dd{d.B, d.H, d.Hk, int(d.Lq), int(d.Lk), int(d.D)};
+  const int64_t items = d.B * d.H * ((d.Lq + kern.block - 1) / kern.block);
+  at::Tensor out = at::empty({d.B, d.H, d.Lq, d.D}, q.options());  // (B, H, Lq, D)
+  at::Tensor lse = at::empty({d.B, d.H, d.Lq}, q.options());       // (B, H, Lq)
+  auto view = [](const at::Tensor& t) {
+    const Heads<T> h = heads<T>(t);
+    return TinyHeads<T>{h.data, h.sb, h.sh, h.sl};
+  };
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    kern.forward(view(q), view(k), view(v), dd, mask, T(scale), begin, end, out.data_ptr<T>(), lse.data_ptr<T>());
+  });
+  return {out, lse};
+}
+
 // Decode steps this short read their keys span by span; longer ones (a prompt) go by tiles.
 constexpr int kSpanMaxQueries = 16;
 bool span_decode(const MaskParams& mask, int64_t Lq) {
@@ -445,13 +481,21 @@ std::tuple<at::Tensor, at::Tensor> attention_decode(const at::Tensor& q, const a
                                                     const MaskParams& mask, double scale) {
   const at::Tensor k = k_cache.narrow(2, 0, cache_len), v = v_cache.narrow(2, 0, cache_len);
   const auto lse_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto dt = compute_dtype(q);
+  const Dims d = dims(q, k, cache_len);
+  if (q.numel() > 0 && fused_decode(mask, d, dt == at::kDouble ? decode_micro<double>().block
+                                                                : decode_micro<float>().block)) {
+    const at::Tensor qc = operand(q, dt), kc = operand(k, dt), vc = operand(v, dt);
+    auto [out, lse] = AT_DISPATCH_FLOATING_TYPES(dt, "attention_decode", [&] {
+      return decode_fused<scalar_t>(qc, kc, vc, d, mask, scale);
+    });
+    return {out.to(q.scalar_type()), lse.to(lse_dtype)};
+  }
   if (!span_decode(mask, q.size(2))) {
     auto [out, lse] = run_forward(q, k, v, cache_len, mask, scale);
     return {out, lse.to(lse_dtype)};
   }
-  const auto dt = compute_dtype(q);
   const at::Tensor qc = operand(q, dt).contiguous(), kc = operand(k, dt), vc = operand(v, dt);
-  const Dims d = dims(q, k, cache_len);
   at::Tensor out = at::empty(qc.sizes(), qc.options());       // (B, H, Lq, D)
   at::Tensor lse = at::empty(qc.sizes().slice(0, 3), qc.options());  // (B, H, Lq)
   if (out.numel() > 0)

@@ -19,7 +19,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
                                                              const kernels::MaskParams& mask, double scale);
 
 // q (B, H, Lq, D), the last Lq of keys [0, cache_len) of k_cache, v_cache (B, Hk, Lmax, D), read in place.
-// A few queries under a DALL-E mask read only the keys they see (no tile of hidden keys).
+// Queries that each see a key prefix run fused (cpu/attention_decode_isa.h) when their blocks give every thread work;
+// a few queries under a DALL-E mask read only the keys they see (no tile of hidden keys).
 std::tuple<at::Tensor, at::Tensor> attention_decode(const at::Tensor& q, const at::Tensor& k_cache,
                                                     const at::Tensor& v_cache, int64_t cache_len,
                                                     const kernels::MaskParams& mask, double scale);

@@ -14,7 +14,8 @@ namespace fastar::cpu {
   extern const AttentionIsa kAttention;              \
   extern const SamplingIsa kSampling;                \
   extern const AttentionTinyIsa kAttentionTiny;      \
-  const Isa kIsa{#isa, &kVqNearest, &kAttention, &kSampling, &kAttentionTiny}; \
+  extern const AttentionDecodeIsa kAttentionDecode;  \
+  const Isa kIsa{#isa, &kVqNearest, &kAttention, &kSampling, &kAttentionTiny, &kAttentionDecode}; \
   }
 FASTAR_ISA_TABLE(base)
 FASTAR_ISA_TABLE(avx2)

@@ -3,6 +3,7 @@
 // cpu/<family>_isa.h and defines one table per ISA in cpu/<family>_isa.cpp (torch-free: see CMakeLists.txt);
 // a new family adds one field here and one line to cpu/isa.cpp.
 #pragma once
+#include "cpu/attention_decode_isa.h"
 #include "cpu/attention_isa.h"
 #include "cpu/attention_tiny_isa.h"
 #include "cpu/sampling_isa.h"
@@ -17,6 +18,7 @@ struct Isa {
   const AttentionIsa* attention;
   const SamplingIsa* sampling;
   const AttentionTinyIsa* attention_tiny;
+  const AttentionDecodeIsa* attention_decode;
 };
 
 // The best instruction set this CPU supports; FASTAR_CPU_ISA=base|avx2|avx512 narrows it (for tests).

@@ -13,11 +13,20 @@ template <class T>
 inline vec<T> load(const T* p) { return *reinterpret_cast<const vec<T>*>(p); }
 template <class T>
 inline void store(T* p, vec<T> v) { *reinterpret_cast<vec<T>*>(p) = v; }
+// v - 0, not v + 0: the subtraction is exact for every v (-0 included), so it folds away and leaves one broadcast
+// (from memory when v comes from memory); v + 0 turns -0 into +0 and stays a scalar add before the broadcast.
 template <class T>
-inline vec<T> splat(T v) { return vec<T>{} + v; }
+inline vec<T> splat(T v) { return v - vec<T>{}; }
 template <class T>
 inline vec<T> vmax(vec<T> a, vec<T> b) { return a > b ? a : b; }
 
+// Whether any lane of a comparison's result is set.
+template <class M>
+inline bool any(M mask) {
+  for (int i = 0; i < int(sizeof(M) / sizeof(mask[0])); ++i)
+    if (mask[i]) return true;
+  return false;
+}
 template <class T>
 inline T hmax(vec<T> v) {
   T r = v[0];
@@ -31,25 +40,59 @@ inline T hsum(vec<T> v) {
   return r;
 }
 
-// exp(x) = 2^n exp(r), n = round(x / ln 2), |r| <= ln 2 / 2, exp(r) by a degree-6 polynomial;
-// (Cephes expf); x below -87.3 (and -inf) gives 0, as the masked scores must.
+// exp(x) = 2^n exp(r), n = round(x / ln 2), |r| <= ln 2 / 2, exp(r) by a degree-6 polynomial (Cephes expf;
+// relative error ~1.5 ulp); x below -87.3 (and -inf) gives 0, as the masked scores must. n comes from adding
+// 1.5 2^23, whose sum keeps n in its low mantissa bits: 2^n is that sum's bits shifted, with no conversions.
 inline vec<float> exp_vec(vec<float> x) {
   typedef int32_t vi __attribute__((vector_size(kVectorBytes)));
-  const vec<float> xc = vmax<float>(x, splat(-87.3f));
-  const vec<float> t = xc * 1.44269504f;  // rounded half away from zero by the truncating conversion
-  const vec<float> n = __builtin_convertvector(__builtin_convertvector(t + (t < 0 ? splat(-0.5f) : splat(0.5f)), vi), vec<float>);
-  const vec<float> r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+  const vec<float> t = x * 1.44269504f + 12582912.f;  // 12582912 = 1.5 2^23
+  const vec<float> n = t - 12582912.f;
+  const vec<float> r = x - n * 0.693359375f + n * 2.12194440e-4f;
   vec<float> p = splat(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  p = p * (r * r) + r + 1.f;
+  vi bits;
+  std::memcpy(&bits, &t, sizeof(t));
+  bits = (bits - (0x4B400000 - 127)) << 23;  // 0x4B400000: the bits of 1.5 2^23; 127: the exponent bias
   vec<float> scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.3f ? splat(0.f) : p * scale;
+  const vec<float> e = p * scale;
+  std::memcpy(&bits, &e, sizeof(e));
+  bits &= x >= -87.3f;  // 0 below (and at -inf, where n and r are not finite)
+  vec<float> out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+// 2^y for y <= 0 (softmax in base 2: the scores pre-multiplied by log2 e), cheaper than exp_vec by the range
+// reduction: n = round(y) by the same 1.5 2^23 sum, f = y - n in [-1/2, 1/2] exactly, 2^f by a degree-6 polynomial
+// (a near-minimax fit, relative error ~1.3 ulp), 2^n added to its exponent bits; y below -126 (and -inf) gives 0.
+inline vec<float> exp2_vec(vec<float> y) {
+  typedef int32_t vi __attribute__((vector_size(kVectorBytes)));
+  const vec<float> t = y + 12582912.f;  // 12582912 = 1.5 2^23
+  const vec<float> f = y - (t - 12582912.f);
+  vec<float> p = splat(1.5345810971e-04f);
+  p = p * f + 1.3399930904e-03f;
+  p = p * f + 9.6184890717e-03f;
+  p = p * f + 5.5503286421e-02f;
+  p = p * f + 2.4022646248e-01f;
+  p = p * f + 6.9314718246e-01f;
+  p = p * f + 1.f;
+  vi n, bits;
+  std::memcpy(&n, &t, sizeof(t));
+  std::memcpy(&bits, &p, sizeof(p));
+  bits += (n - 0x4B400000) << 23;  // 0x4B400000: the bits of 1.5 2^23
+  bits &= y >= -126.f;
+  vec<float> out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+inline vec<double> exp2_vec(vec<double> y) {
+  for (int i = 0; i < kLanes<double>; ++i) y[i] = __builtin_exp2(y[i]);
+  return y;
 }
 inline vec<double> exp_vec(vec<double> x) {
   for (int i = 0; i < kLanes<double>; ++i) x[i] = __builtin_exp(x[i]);

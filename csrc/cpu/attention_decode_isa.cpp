@@ -1,0 +1,212 @@
+// Fused decode attention micro-kernels (see cpu/attention_decode_isa.h). A block holds up to two vectors of queries,
+// one per lane, so that everything per query is a whole vector: scores come out transposed, S^T (keys, lanes), from
+// the scaled queries transposed once per block, Qt (D, lanes), times keys broadcast from their rows; the online
+// softmax (FlashAttention-2) takes its max and sum over keys lane-wise, with no horizontal reduction; the output
+// accumulates transposed, Ot (D, lanes), from the probabilities times values broadcast from their rows. K and V are
+// read in place, never packed. Each micro-tile keeps kAccumulators vectors in registers.
+#include "cpu/attention_decode_isa.h"
+#include "cpu/isa_math.h"
+
+namespace fastar::cpu::FASTAR_ISA {
+namespace {
+
+using kernels::MaskParams;
+
+constexpr int kChunk = 256;        // keys per online-softmax step: their (keys, lanes) scores stay in L1
+// Accumulators per micro-tile, beside the operands: 12 of SSE2's and AVX2's 16 vector registers; 16 of AVX-512's 32
+// (tiles of 8 keys and 8 columns then divide VAR's 680 keys and head dim 64).
+constexpr int kAccumulators = kVectorBytes == 64 ? 16 : 12;
+
+template <class T>
+constexpr int kBlock = 2 * kLanes<T>;  // queries per block
+
+template <int N>
+struct Count {
+  static constexpr int value = N;
+};
+
+template <int M, class F>
+void tail(int r, int j, F& f) {
+  if constexpr (M > 0) {
+    if (r == M) f(Count<M>{}, j);
+    else tail<M - 1>(r, j, f);
+  }
+}
+
+// f(Count<N>{}, j) for j = 0, N, 2N, ... while N fit in n, then f(Count<n - j>{}, j) on the rest.
+template <int N, class F>
+void in_tiles(int n, F&& f) {
+  int j = 0;
+  for (; j + N <= n; j += N) f(Count<N>{}, j);
+  tail<N - 1>(n - j, j, f);
+}
+
+// finish(acc) on the scores acc[NK][QV] of NK keys (rows of K, stride ldk) against the block: Qt (D, L), L = QV
+// vectors of lanes.
+template <class T, int QV, int NK, class Finish>
+void score_tile(const T* Qt, int D, const T* K, int64_t ldk, Finish&& finish) {
+  constexpr int W = kLanes<T>, L = QV * W;
+  vec<T> acc[NK][QV];
+#pragma GCC unroll 16
+  for (int j = 0; j < NK; ++j)
+#pragma GCC unroll 2
+    for (int v = 0; v < QV; ++v) acc[j][v] = splat(T(0));
+  for (int d = 0; d < D; ++d) {
+    vec<T> qd[QV];
+#pragma GCC unroll 2
+    for (int v = 0; v < QV; ++v) qd[v] = load(Qt + d * L + v * W);
+#pragma GCC unroll 16
+    for (int j = 0; j < NK; ++j) {
+      const vec<T> kj = splat(K[j * ldk + d]);
+#pragma GCC unroll 2
+      for (int v = 0; v < QV; ++v) acc[j][v] += kj * qd[v];
+    }
+  }
+  finish(acc);
+}
+
+// Ot rows [c0, c0 + NC) (L each) = (first ? 0 : Ot) + the block's probabilities P (n, L) times columns
+// [c0, c0 + NC) of n rows of V.
+template <class T, int QV, int NC>
+void value_tile(const T* P, int n, const T* V, int64_t ldv, int c0, bool first, T* Ot) {
+  constexpr int W = kLanes<T>, L = QV * W;
+  vec<T> acc[NC][QV];
+#pragma GCC unroll 16
+  for (int j = 0; j < NC; ++j)
+#pragma GCC unroll 2
+    for (int v = 0; v < QV; ++v) acc[j][v] = first ? splat(T(0)) : load(Ot + (c0 + j) * L + v * W);
+  for (int k = 0; k < n; ++k) {
+    vec<T> p[QV];
+#pragma GCC unroll 2
+    for (int v = 0; v < QV; ++v) p[v] = load(P + k * L + v * W);
+    const T* vk = V + k * ldv + c0;
+#pragma GCC unroll 16
+    for (int j = 0; j < NC; ++j) {
+      const vec<T> x = splat(vk[j]);
+#pragma GCC unroll 2
+      for (int v = 0; v < QV; ++v) acc[j][v] += x * p[v];
+    }
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < NC; ++j)
+#pragma GCC unroll 2
+    for (int v = 0; v < QV; ++v) store(Ot + (c0 + j) * L + v * W, acc[j][v]);
+}
+
+template <class T>
+struct Scratch {
+  alignas(64) T qt[kDecodeMaxDim * kBlock<T>], ot[kDecodeMaxDim * kBlock<T>], st[kChunk * kBlock<T>];
+};
+
+// The keys [0, n) query r of batch row b sees under a prefix mask (mask.h's visible() as a count).
+int prefix_keys(const MaskParams& m, int b, int r, int Lq, int Lk) {
+  int n = m.kind == kernels::kCausal ? r + Lk - Lq + 1 : m.kind == kernels::kBlockCausal ? m.kv_end[r] : Lk;
+  if (m.key_len != nullptr && m.key_len[b] < n) n = m.key_len[b];
+  return n < 0 ? 0 : n > Lk ? Lk : n;
+}
+
+// One block of `rows` <= QV W queries (Q, row stride ldq) seeing keys [0, keys[i]) of K and V: out (rows, D),
+// lse (rows,). Lanes past `rows` compute on zero queries and are dropped.
+template <class T, int QV>
+void attend_block(const T* Q, int64_t ldq, int rows, const int* keys, const T* K, int64_t ldk, const T* V,
+                  int64_t ldv, int D, T scale, T* out, T* lse, Scratch<T>& w) {
+  constexpr int W = kLanes<T>, L = QV * W;
+  const T neg_inf = -__builtin_inf();
+  const T scale2 = scale * T(1.4426950408889634);  // log2 e: scores, max and softmax in base 2 (exp2_vec)
+  for (int i = 0; i < rows; ++i)
+    for (int d = 0; d < D; ++d) w.qt[d * L + i] = scale2 * Q[i * ldq + d];
+  for (int i = rows; i < L; ++i)
+    for (int d = 0; d < D; ++d) w.qt[d * L + i] = T(0);
+  int n_min = keys[0], n_max = keys[0];  // over the real rows: keys past n_min are masked lane-wise
+  vec<T> limit[QV];
+  for (int i = 0; i < L; ++i) {
+    const int n = keys[i < rows ? i : 0];
+    n_min = n < n_min ? n : n_min, n_max = n > n_max ? n : n_max;
+    limit[i / W][i % W] = T(n);
+  }
+  // Online softmax (FlashAttention-2), lane-wise and fused into the score tiles: P = 2^(S - m) into St, l = sum P,
+  // with m the running max less at most kLag (so P <= 2^kLag): only a tile that raises a lane's max by more moves m
+  // to the max and rescales l, this chunk's P so far and the accumulator by 2^(m_old - m_new); the first tile does,
+  // the others rarely. A lane that has seen only -inf keeps m = -inf and subtracts 0: P = 0, l and Ot stay 0.
+  constexpr T kLag = 8;
+  vec<T> m[QV], l[QV], sub[QV];
+  for (int v = 0; v < QV; ++v) m[v] = sub[v] = splat(neg_inf), l[v] = splat(T(0));
+  for (int k0 = 0; k0 < n_max; k0 += kChunk) {
+    const int n = n_max - k0 < kChunk ? n_max - k0 : kChunk;
+    auto raise = [&](const vec<T>* tile_max, int j) {  // the keys [k0, k0 + j) of St hold P of this chunk
+      vec<T> alpha[QV];
+      for (int v = 0; v < QV; ++v) {
+        const vec<T> m_new = vmax<T>(m[v], tile_max[v]);
+        sub[v] = m_new == neg_inf ? splat(T(0)) : m_new;
+        alpha[v] = exp2_vec(m[v] - sub[v]);  // 0 while m = -inf
+        m[v] = m_new, l[v] *= alpha[v];
+      }
+      for (int r = 0; r < j; ++r)
+        for (int v = 0; v < QV; ++v) store(w.st + r * L + v * W, load(w.st + r * L + v * W) * alpha[v]);
+      if (k0 > 0)
+        for (int c = 0; c < D; ++c)
+          for (int v = 0; v < QV; ++v) store(w.ot + c * L + v * W, load(w.ot + c * L + v * W) * alpha[v]);
+    };
+    in_tiles<kAccumulators / QV>(n, [&](auto nk, int j) {
+      constexpr int NK = decltype(nk)::value;
+      score_tile<T, QV, NK>(w.qt, D, K + (k0 + j) * ldk, ldk, [&](vec<T> (&acc)[NK][QV]) {
+        if (k0 + j + NK > n_min)  // keys some rows of the block do not see
+          for (int r = 0; r < NK; ++r)
+            for (int v = 0; v < QV; ++v) acc[r][v] = splat(T(k0 + j + r)) < limit[v] ? acc[r][v] : splat(neg_inf);
+        vec<T> tile_max[QV];
+        bool raised = false;
+        for (int v = 0; v < QV; ++v) {
+          tile_max[v] = acc[0][v];
+          for (int r = 1; r < NK; ++r) tile_max[v] = vmax<T>(tile_max[v], acc[r][v]);
+          raised |= any(tile_max[v] > m[v] + kLag);
+        }
+        if (raised) raise(tile_max, j);
+#pragma GCC unroll 16
+        for (int r = 0; r < NK; ++r)
+#pragma GCC unroll 2
+          for (int v = 0; v < QV; ++v) {
+            const vec<T> p = exp2_vec(acc[r][v] - sub[v]);
+            store(w.st + (j + r) * L + v * W, p);
+            l[v] += p;
+          }
+      });
+    });
+    in_tiles<kAccumulators / QV>(D, [&](auto nc, int c0) {
+      value_tile<T, QV, decltype(nc)::value>(w.st, n, V + k0 * ldv, ldv, c0, k0 == 0, w.ot);
+    });
+  }
+  for (int i = 0; i < rows; ++i) {  // a query that saw no key: out 0, lse -inf
+    const T li = l[i / W][i % W], mi = m[i / W][i % W], inv = li > 0 ? T(1) / li : T(0);
+    for (int c = 0; c < D; ++c) out[i * D + c] = n_max > 0 ? w.ot[c * L + i] * inv : T(0);  // Ot unwritten at 0
+    lse[i] = li > 0 ? (mi + __builtin_log2(li)) * T(0.6931471805599453) : neg_inf;  // ln 2: back to base e
+  }
+}
+
+template <class T>
+void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const DecodeDims& d, const MaskParams& mask, T scale,
+             int64_t item0, int64_t item1, T* out, T* lse) {
+  static thread_local Scratch<T> w;
+  const int blocks = (d.Lq + kBlock<T> - 1) / kBlock<T>;
+  const int64_t group = d.H / d.Hk;
+  int keys[kBlock<T>];
+  for (int64_t item = item0; item < item1; ++item) {
+    const int64_t bh = item / blocks, b = bh / d.H, h = bh % d.H;
+    const int r0 = int(item % blocks) * kBlock<T>, rows = d.Lq - r0 < kBlock<T> ? d.Lq - r0 : kBlock<T>;
+    for (int i = 0; i < rows; ++i) keys[i] = prefix_keys(mask, int(b), r0 + i, d.Lq, d.Lk);
+    const T* Q = q.at(b, h) + r0 * q.sl;
+    T *o = out + (bh * d.Lq + r0) * d.D, *ls = lse + bh * d.Lq + r0;
+    if (rows <= kLanes<T>)
+      attend_block<T, 1>(Q, q.sl, rows, keys, k.at(b, h / group), k.sl, v.at(b, h / group), v.sl, d.D, scale, o, ls, w);
+    else
+      attend_block<T, 2>(Q, q.sl, rows, keys, k.at(b, h / group), k.sl, v.at(b, h / group), v.sl, d.D, scale, o, ls, w);
+  }
+}
+
+template <class T>
+constexpr AttentionDecodeKernels<T> kernels() { return {kBlock<T>, forward<T>}; }
+
+}  // namespace
+
+extern const AttentionDecodeIsa kAttentionDecode = {kernels<float>(), kernels<double>()};
+
+}  // namespace fastar::cpu::FASTAR_ISA

@@ -1,0 +1,39 @@
+// The fused CPU attention of decode (VAR's scales against the KV cache, one token against a prefix): query blocks
+// of two vectors of lanes, one query per lane, scores, online softmax and the product with V in one pass over the
+// keys, no BLAS call and no score row per query. Torch-free; compiled per ISA (cpu/isa.h's table);
+// cpu/attention.cpp routes here when every query sees a key prefix and the blocks alone give every thread work.
+#pragma once
+#include <cstdint>
+
+#include "cpu/attention_tiny_isa.h"
+#include "kernels/attention/mask.h"
+
+namespace fastar::cpu {
+
+constexpr int kDecodeMaxDim = 256;  // head dim: the transposed queries and the accumulators fit the scratch
+
+struct DecodeDims {
+  int64_t B, H, Hk;  // batch, query heads, key heads (H % Hk == 0)
+  int Lq, Lk, D;     // queries (the last Lq of the Lk keys), keys, head dim <= kDecodeMaxDim
+};
+
+// Whether every query of a mask kind sees a prefix of the keys (full, causal, block-causal; key_len on top).
+inline bool decode_prefix_mask(int32_t kind) {
+  return kind == kernels::kFull || kind == kernels::kCausal || kind == kernels::kBlockCausal;
+}
+
+template <class T>
+struct AttentionDecodeKernels {
+  int block;  // queries per block (two vectors of T)
+  // Items [item0, item1) of (B, H, ceil(Lq / block)), query block fastest: out (B, H, Lq, D) and lse (B, H, Lq)
+  // contiguous (-inf, out 0 where a query sees no key). The mask is a decode_prefix_mask kind.
+  void (*forward)(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const DecodeDims& d,
+                  const kernels::MaskParams& mask, T scale, int64_t item0, int64_t item1, T* out, T* lse);
+};
+
+struct AttentionDecodeIsa {
+  AttentionDecodeKernels<float> f32;
+  AttentionDecodeKernels<double> f64;  // float64 inputs (gradcheck); exact exp
+};
+
+}  // namespace fastar::cpu
