@@ -18,6 +18,7 @@ import fastar
 import fastar.patch
 from fastar.models import fractalgen as fg
 from fastar.models.fractalgen.ar import rope_2d
+from tests.conftest import backend_device
 from tests.tolerance import assert_close
 
 pytestmark = pytest.mark.one_schedule
@@ -32,9 +33,9 @@ def manual_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, to_floa
     """The official scaled_dot_product_attention of models/ar.py (to_float) and models/pixelloss.py: a 0 / -inf
     bias (causal: tril, or a bool mask), q k^T (in float32 in ar.py), softmax, dropout, then P v."""
     L, S = q.size(-2), k.size(-2)
-    bias = torch.zeros(L, S, dtype=q.dtype)
+    bias = torch.zeros(L, S, dtype=q.dtype, device=q.device)  # .cuda() in the official code
     if is_causal:
-        bias.masked_fill_(torch.ones(L, S, dtype=torch.bool).tril().logical_not(), float("-inf"))
+        bias.masked_fill_(torch.ones(L, S, dtype=torch.bool, device=q.device).tril().logical_not(), float("-inf"))
     if attn_mask is not None:
         bias.masked_fill_(attn_mask.logical_not(), float("-inf"))
     w = (f32(q) @ f32(k).transpose(-2, -1) if to_float else q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
@@ -180,7 +181,8 @@ class PixelLoss(nn.Module):
         self.r_mlm, self.g_mlm, self.b_mlm = MlmLayer(256), MlmLayer(256), MlmLayer(256)
 
     def predict(self, target, cond_list):
-        target = target.reshape(target.size(0), target.size(1)) * self.pix_std[None] + self.pix_mean[None]
+        mean, std = self.pix_mean.to(target.device)[None], self.pix_std.to(target.device)[None]  # .cuda() there
+        target = target.reshape(target.size(0), target.size(1)) * std + mean
         target = (target * 255 + 1e-2 * torch.randn_like(target)).round().long()
         x = torch.cat([self.cond_proj(cond_list[0]).unsqueeze(1), self.r_codebook(target[:, 0:1]),
                        self.g_codebook(target[:, 1:2]), self.b_codebook(target[:, 2:3])], dim=1)
@@ -194,7 +196,7 @@ class PixelLoss(nn.Module):
 
     def sample(self, cond_list, temperature, cfg, filter_threshold=0):
         bsz = cond_list[0].size(0) if cfg == 1.0 else cond_list[0].size(0) // 2
-        pixel_values = torch.zeros(bsz, 3)
+        pixel_values = torch.zeros(bsz, 3, device=cond_list[0].device)
         for i in range(3):
             logits, _ = self.predict(pixel_values if cfg == 1.0 else torch.cat([pixel_values, pixel_values]),
                                      cond_list)
@@ -236,36 +238,39 @@ def run(module, x, *args):
     return out.detach(), x.grad, next(module.parameters()).grad.clone()
 
 
-def check_training(module, x, *args):
+def check_training(backend, module, x, *args):
     """Patched (fastar.patch.fractalgen on module) vs the unpatched stand-in, the float64 one as the oracle."""
+    dev = backend_device(backend)
+    module, x, args = module.to(dev), x.to(dev), [a.to(dev) for a in args]
     ref64 = run(module.double(), x.double(), *(a.double() for a in args))
     ref32 = run(module.float(), x, *args)
     fastar.patch.fractalgen(module)
     got = run(module, x, *args)
-    assert fastar.last_backend("attention") == "cpu"
+    assert fastar.last_backend("attention") == backend
     for name, g, r64, r32 in zip(("out", "dx", "dW"), got, ref64, ref32):
         assert_close("attention" if name == "out" else "attention_bwd", g, r64, r32, scale=r64.abs().max().item())
     return module
 
 
-def test_ar_attention_training_patched_equals_official(official):
+def test_ar_attention_training_patched_equals_official(official, backend):
     torch.manual_seed(0)
     attn = official.ar_Attention(ModelArgs())
-    check_training(attn, torch.randn(2, 17, 64), rope_2d(4, 16))  # [cond, 16 patches], the 2-D RoPE table
+    check_training(backend, attn, torch.randn(2, 17, 64), rope_2d(4, 16))  # [cond, 16 patches], the 2-D RoPE table
     assert [st for _, _, st in fastar.patch.report(attn)] == ["applied"]
 
 
-def test_ar_attention_kv_cache_sampling_patched_equals_official(official):
+def test_ar_attention_kv_cache_sampling_patched_equals_official(official, backend):
     """AR.sample's protocol: setup_caches (KVCache per block, a bool tril causal_mask over max_seq_length rounded
     up to 8), then one token per step with freqs_cis[input_pos] and causal_mask[input_pos]."""
     torch.manual_seed(1)
-    attn, S, B = official.ar_Attention(ModelArgs()).eval(), 16, 3
-    xs, freqs = torch.randn(B, S, 64), rope_2d(4, 16)
+    dev = backend_device(backend)
+    attn, S, B = official.ar_Attention(ModelArgs()).eval().to(dev), 16, 3
+    xs, freqs = torch.randn(B, S, 64, device=dev), rope_2d(4, 16).to(dev)
 
     def sample(dtype):
         attn.to(dtype)
-        attn.kv_cache = KVCache(B, 16, 4, 16).to(dtype)
-        causal_mask = torch.tril(torch.ones(16, 16, dtype=torch.bool))
+        attn.kv_cache = KVCache(B, 16, 4, 16).to(dev, dtype)  # setup_caches: under `with torch.device(device)`
+        causal_mask = torch.tril(torch.ones(16, 16, dtype=torch.bool, device=dev))
         outs = []
         with torch.no_grad():
             for step in range(S):
@@ -278,7 +283,7 @@ def test_ar_attention_kv_cache_sampling_patched_equals_official(official):
     (ref64, k64), (ref32, k32) = sample(torch.float64), sample(torch.float32)
     fastar.patch.fractalgen(attn)
     got, k_got = sample(torch.float32)
-    assert fastar.last_backend("attention_decode") == "cpu"
+    assert fastar.last_backend("attention_decode") == backend
     assert torch.equal(k_got, k32)  # the official kv_cache.update wrote the cache
     assert_close("attention", got, ref64, ref32)
     assert [st for _, _, st in fastar.patch.report(attn)] == ["applied"]
@@ -299,11 +304,11 @@ def test_ar_attention_declines_and_runs_the_original(official):
     assert fastar.patch.report(attn)[0][2] == "declined: mask is not causal_mask[input_pos] over contiguous positions"
 
 
-def test_mar_attention_patched_equals_official_and_declines_dropout(official):
+def test_mar_attention_patched_equals_official_and_declines_dropout(official, backend):
     torch.manual_seed(3)
-    attn = check_training(official.mar_Attention(qk_scale=0.3, attn_drop=0.1).eval(), torch.randn(2, 21, 64))
+    attn = check_training(backend, official.mar_Attention(qk_scale=0.3, attn_drop=0.1).eval(), torch.randn(2, 21, 64))
     attn.train()  # the official models/mar.py blocks train with attn_dropout 0.1: the original runs
-    x = torch.randn(2, 21, 64)
+    x = torch.randn(2, 21, 64, device=backend_device(backend))
     torch.manual_seed(4)
     got = attn(x)
     torch.manual_seed(4)
@@ -311,27 +316,28 @@ def test_mar_attention_patched_equals_official_and_declines_dropout(official):
     assert fastar.patch.report(attn)[0][2] == "declined: attention dropout in training (fastar's attention has none)"
 
 
-def test_pixelloss_causal_attention_patched_equals_official(official):
+def test_pixelloss_causal_attention_patched_equals_official(official, backend):
     torch.manual_seed(5)
-    check_training(official.pixelloss_CausalAttention(), torch.randn(6, 4, 32))
+    check_training(backend, official.pixelloss_CausalAttention(), torch.randn(6, 4, 32))
 
 
 def inverse_cdf_multinomial(probs, num_samples=1):
     """torch.multinomial with sample_categorical's draw: one float64 uniform per row from the global generator,
     inverted through the CDF in index order (the fixed draw both sides share)."""
-    u = torch.rand(probs.shape[0], dtype=torch.float64)
+    u = torch.rand(probs.shape[0], dtype=torch.float64, device=probs.device)
     cdf = probs.double().cumsum(-1)
     return (cdf < u[:, None] * cdf[:, -1:]).sum(-1, keepdim=True).clamp_max(probs.shape[-1] - 1)
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
-def test_pixelloss_sample_patched_equals_official_on_the_same_draws(official, monkeypatch, cfg):
+def test_pixelloss_sample_patched_equals_official_on_the_same_draws(official, monkeypatch, backend, cfg):
     """The official sample with torch.multinomial replaced by the inverse-CDF draw sample_categorical makes: the
     same pixels from the same seed (predict's jitter draws included), so the logits, the cfg lift / mix and the
     pixel values are the official ones; the official multinomial itself draws other pixels from the same law."""
     torch.manual_seed(6)
-    pix = official.pixelloss_PixelLoss().eval()
-    cond = torch.randn(10 if cfg != 1.0 else 5, 16) * 3
+    dev = backend_device(backend)
+    pix = official.pixelloss_PixelLoss().eval().to(dev)
+    cond = torch.randn(10 if cfg != 1.0 else 5, 16, device=dev) * 3
 
     def sample():
         torch.manual_seed(7)
@@ -343,7 +349,7 @@ def test_pixelloss_sample_patched_equals_official_on_the_same_draws(official, mo
         want = sample()
     fastar.patch.fractalgen(pix, attention=False)
     got = sample()
-    assert fastar.last_backend("sample_categorical") == "cpu"
+    assert fastar.last_backend("sample_categorical") == backend
     assert got.shape == (5, 3) and torch.equal(got, want)
     assert {row.attr: st for _, row, st in fastar.patch.report(pix)} == {"sample": "applied"}
 
