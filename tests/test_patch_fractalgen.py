@@ -150,11 +150,12 @@ class CausalBlock(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
         self.attn = sys.modules["models.pixelloss"].CausalAttention(dim, num_heads)  # the registered class
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))  # timm's Mlp
+        self.drop_path = nn.Identity()  # DropPath(0) is Identity in the official block
 
     def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class MlmLayer(nn.Module):
@@ -332,8 +333,9 @@ def inverse_cdf_multinomial(probs, num_samples=1):
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 def test_pixelloss_sample_patched_equals_official_on_the_same_draws(official, monkeypatch, backend, cfg):
     """The official sample with torch.multinomial replaced by the inverse-CDF draw sample_categorical makes: the
-    same pixels from the same seed (predict's jitter draws included), so the logits, the cfg lift / mix and the
-    pixel values are the official ones; the official multinomial itself draws other pixels from the same law."""
+    same pixels from the same seed (predict's jitter draws included), so the logits (decoded against the KV cache
+    where the official code reruns all 4 tokens), the cfg lift / mix and the pixel values are the official ones;
+    the official multinomial itself draws other pixels from the same law."""
     torch.manual_seed(6)
     dev = backend_device(backend)
     pix = official.pixelloss_PixelLoss().eval().to(dev)

@@ -1,6 +1,7 @@
 """The rows of fastar.patch.fractalgen: LTH14/fractalgen's manual attentions (models/ar.py Attention: causal with 2-D
 RoPE, and its KVCache in sampling; models/mar.py Attention: bidirectional; models/pixelloss.py CausalAttention) on
-fastar.ops.attention / attention_decode, and PixelLoss.sample's categorical draws on fastar.ops.sample_categorical.
+fastar.ops.attention / attention_decode, and PixelLoss.sample as one token per channel against a key/value cache
+(attention_decode) with its categorical draws on fastar.ops.sample_categorical.
 The contracts (signatures, attributes, the causal 0 / -inf bias, the kv_cache.update protocol) are the official
 code's; the bodies are fastar's.
 
@@ -99,22 +100,56 @@ def _module_dropout_declines(self, x):
 # ---- models/pixelloss.py: PixelLoss.sample(cond_list, temperature, cfg, filter_threshold) ----
 
 def pixel_sample(self, cond_list, temperature, cfg, filter_threshold=0):
-    """The official loop (three predict calls, R then G then B; logits times temperature; under cfg the
-    unconditional logits lifted where the conditional probability is below filter_threshold, then mixed), each
-    channel's draw through fastar.ops.sample_categorical: one uniform per row from the global generator, inverted
-    through the CDF in index order (the official torch.multinomial draws differently, so one seed gives other
-    pixels; the distribution is the same)."""
+    """The official R, G, B loop with each channel's logits from one new token against a key/value cache of the
+    tokens before it (attention_decode), where the official code reruns predict over all 4 tokens: position i's
+    logits see only tokens <= i (causal), so they are the same. Logits times temperature; under cfg the
+    unconditional logits lifted where the conditional probability is below filter_threshold, then mixed; each draw
+    through fastar.ops.sample_categorical: one uniform per row from the global generator, inverted through the CDF
+    in index order. The official multinomial draws differently, so one seed gives other pixels from the same law;
+    predict's rounding jitter (1e-2 randn, which never moves a whole pixel value) is still drawn, so the generator
+    advances as in the official loop apart from the categorical draws."""
+    cond = cond_list[0]
     guided = not cfg == 1.0
-    bsz = cond_list[0].size(0) // 2 if guided else cond_list[0].size(0)
-    pixel_values = torch.zeros(bsz, 3, device=cond_list[0].device)
+    rows = cond.size(0)
+    bsz = rows // 2 if guided else rows
+    pixel_values = torch.zeros(bsz, 3, device=cond.device)
+    codebooks, mlms = (self.r_codebook, self.g_codebook, self.b_codebook), (self.r_mlm, self.g_mlm, self.b_mlm)
+    caches, prev = [], None
     for i in range(3):
-        logits, _ = self.predict(torch.cat([pixel_values, pixel_values]) if guided else pixel_values, cond_list)
-        logits = logits[:, i] * temperature
+        torch.randn(rows, 3, device=cond.device)  # predict's randn_like(target)
+        x = self.ln(self.cond_proj(cond) if i == 0 else codebooks[i - 1](prev))[:, None]  # token i (rows, 1, W)
+        for j, block in enumerate(self.blocks):
+            x = _decode_block(block, x, caches, j, i)
+        with torch.autocast(cond.device.type, enabled=False):  # the official logits are float32
+            logits = mlms[i](self.norm(x[:, 0]), codebooks[i].weight) * temperature
         if guided:
             logits = guided_logits(logits[:bsz], logits[bsz:], cfg, filter_threshold)
         ids = fastar.ops.sample_categorical(logits)
+        prev = torch.cat([ids, ids]) if guided else ids
         pixel_values[:, i] = (ids.float() / 255 - self.pix_mean[i]) / self.pix_std[i]
     return pixel_values
+
+
+def _decode_block(block, x, caches, j, pos):
+    """CausalBlock.forward for the token at pos alone: its k, v appended to block j's cache (3 slots: the b token
+    is never needed), attention over the pos + 1 cached tokens."""
+    attn = block.attn
+    N, _, C = x.shape
+    q, k, v = attn.qkv(block.norm1(x)).reshape(N, 1, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if pos == 0:
+        caches.append(tuple(k.new_empty(N, attn.num_heads, 3, attn.head_dim) for _ in range(2)))
+    k_cache, v_cache = caches[j]
+    k_cache[:, :, pos:pos + 1], v_cache[:, :, pos:pos + 1] = k, v
+    o = fastar.ops.attention_decode(q, k_cache, v_cache, pos + 1)
+    x = x + block.drop_path(attn.proj_drop(attn.proj(o.transpose(1, 2).reshape(N, 1, C))))
+    return x + block.drop_path(block.mlp(block.norm2(x)))
+
+
+def _pixel_declines(self, cond_list, temperature, cfg, filter_threshold=0):
+    if self.training and any(b.attn.attn_drop.p > 0 for b in self.blocks):
+        return "attention dropout in training (fastar's attention has none)"
+    return None
 
 
 ROWS = (
@@ -125,5 +160,6 @@ ROWS = (
         "no attention dropout in training", _module_dropout_declines),
     Row("attention", "models.pixelloss", "CausalAttention", "forward", causal_attention_forward,
         "no attention dropout in training", _module_dropout_declines),
-    Row("sampling", "models.pixelloss", "PixelLoss", "sample", pixel_sample, "always (the draws are not torch.multinomial's)"),
+    Row("sampling", "models.pixelloss", "PixelLoss", "sample", pixel_sample,
+        "no attention dropout in training (the draws are not torch.multinomial's)", _pixel_declines),
 )
