@@ -94,7 +94,8 @@ class ARAttention(nn.Module):
         xq, xk, xv = self.wqkv(x).split([self.dim, kv, kv], dim=-1)
         xq = rotary(xq.view(B, L, self.n_head, self.head_dim), freqs_cis)
         xk = rotary(xk.view(B, L, self.n_kv_head, self.head_dim), freqs_cis)
-        xq, xk, xv = xq.transpose(1, 2), xk.transpose(1, 2), xv.view(B, L, self.n_kv_head, self.head_dim).transpose(1, 2)
+        xv = xv.view(B, L, self.n_kv_head, self.head_dim)
+        xq, xk, xv = xq.transpose(1, 2), xk.transpose(1, 2), xv.transpose(1, 2)
         keys, values = self.kv_cache.update(input_pos, xk, xv) if self.kv_cache is not None else (xk, xv)
         keys = keys.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         values = values.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
@@ -191,8 +192,8 @@ class PixelLoss(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
-        logits = [mlm(x[:, i], cb.weight) for i, (mlm, cb) in
-                  enumerate(((self.r_mlm, self.r_codebook), (self.g_mlm, self.g_codebook), (self.b_mlm, self.b_codebook)))]
+        heads = ((self.r_mlm, self.r_codebook), (self.g_mlm, self.g_codebook), (self.b_mlm, self.b_codebook))
+        logits = [mlm(x[:, i], cb.weight) for i, (mlm, cb) in enumerate(heads)]
         return torch.stack(logits, dim=1), target
 
     def sample(self, cond_list, temperature, cfg, filter_threshold=0):
@@ -296,7 +297,8 @@ def test_ar_attention_declines_and_runs_the_original(official):
     fastar.patch.fractalgen(attn)
     x, freqs = torch.randn(1, 5, 64), rope_2d(2, 16)
     assert torch.equal(attn(x, freqs), ARAttention.forward(attn, x, freqs))
-    assert fastar.patch.report(attn)[0][2] == "declined: 2 kv heads for 4 query heads (FractalGen's AR has one per head)"
+    assert fastar.patch.report(attn)[0][2] == \
+        "declined: 2 kv heads for 4 query heads (FractalGen's AR has one per head)"
     attn = official.ar_Attention(ModelArgs()).eval()
     fastar.patch.fractalgen(attn)
     attn.kv_cache = KVCache(1, 8, 4, 16)

@@ -1,6 +1,7 @@
 """The rows of fastar.patch.mar: LTH14/mar's DiffLoss.sample and DiffLoss.forward (models/diffloss.py) on
-fastar.ops.diffusion_sample and fastar.ops.diffusion_loss, and the timm Attention of its encoder / decoder blocks (timm.models.vision_transformer, timm 0.9) on
-fastar.ops.attention. The contracts are the official code's; the bodies are fastar's."""
+fastar.ops.diffusion_sample and fastar.ops.diffusion_loss, and the timm Attention of its encoder / decoder blocks
+(timm.models.vision_transformer, timm 0.9) on fastar.ops.attention. The contracts are the official code's; the
+bodies are fastar's."""
 import functools
 
 import torch
