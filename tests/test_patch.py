@@ -1,6 +1,7 @@
 """fastar.patch (issue 15): stand-ins with the official module paths, attribute names and call contracts of
 FoundationVision/VAR's SelfAttention (models/basic_var.py) and VectorQuantizer2 (models/quant.py), written here
 (the official code is not shipped); patched against unpatched, float64 stand-ins as the oracle."""
+import enum
 import math
 import sys
 import types
@@ -254,10 +255,16 @@ def test_patch_errors_name_what_is_missing(monkeypatch):
 
 # ---- LTH14/mar: DiffLoss.sample and timm's Attention ----
 
+LossType = enum.Enum("LossType", "MSE RESCALED_MSE KL RESCALED_KL")  # diffusion/gaussian_diffusion.py's enums
+ModelVarType = enum.Enum("ModelVarType", "LEARNED FIXED_SMALL FIXED_LARGE LEARNED_RANGE")
+ModelMeanType = enum.Enum("ModelMeanType", "PREVIOUS_X START_X EPSILON")
+
+
 class DiffLoss(nn.Module):
     """The official contract: net (SimpleMLPAdaLN's names), gen_diffusion.num_timesteps, sample(z, temperature,
     cfg) drawing from the global generator and returning every row; its loop is the official formulation's
-    (fastar.reference.diffusion_sample, bit-identical to it in float32)."""
+    (fastar.reference.diffusion_sample, bit-identical to it in float32). forward(target, z, mask): t by
+    torch.randint, then noise by torch.randn_like, the iDDPM hybrid loss of train_diffusion (1000 cosine steps)."""
 
     def __init__(self, steps=8):
         super().__init__()
@@ -266,6 +273,23 @@ class DiffLoss(nn.Module):
         for p in self.net.parameters():  # the official init zeroes the output: give it something to compute
             nn.init.normal_(p, std=0.1)
         self.gen_diffusion = types.SimpleNamespace(num_timesteps=steps)
+        from fastar.reference import diffusion as ref_d
+        self.train_diffusion = types.SimpleNamespace(  # create_diffusion(timestep_respacing="", "cosine")'s fields
+            num_timesteps=1000, betas=ref_d.loss_table()[:, -1].exp().numpy(), loss_type=LossType.MSE,
+            model_var_type=ModelVarType.LEARNED_RANGE, model_mean_type=ModelMeanType.EPSILON)
+
+    def forward(self, target, z, mask=None):
+        t = torch.randint(0, self.train_diffusion.num_timesteps, (target.shape[0],), device=target.device)
+        loss = self.loss_on(target, z, t, torch.randn_like(target))  # training_losses draws randn_like(x_start)
+        if mask is not None:
+            loss = (loss * mask).sum() / mask.sum()
+        return loss.mean()
+
+    def loss_on(self, target, z, t, noise):
+        """training_losses(self.net, target, t, dict(c=z), noise)["loss"]: the head called as a module on x_t."""
+        from fastar.reference import diffusion as ref_d
+        table = ref_d.loss_table()
+        return ref_d.loss_terms(self.net(ref_d.q_sample(target, t, noise, table), t, c=z), target, noise, t, table)
 
     def sample(self, z, temperature=1.0, cfg=1.0):
         from fastar.reference import diffusion as ref_d
@@ -322,7 +346,7 @@ def test_diffloss_sample_patched_equals_official(official_mar, cfg):
     assert fastar.last_backend("diffusion_sample") == "cpu"
     assert_close("diffusion_sample", got, ref64, ref32)
     status = {row.attr: st for _, row, st in fastar.patch.report(loss)}
-    assert status == {"sample": "applied"}
+    assert status == {"sample": "applied", "forward": "applied"}  # forward patched, not called
 
 
 def test_timm_attention_patched_equals_official(official_mar):
@@ -337,3 +361,51 @@ def test_timm_attention_patched_equals_official(official_mar):
     assert_close("attention", got, ref64, ref32)
     with pytest.raises(ValueError, match="no module of model is one of .*models.diffloss.DiffLoss"):
         fastar.patch.mar(block, attention=False)
+
+
+def test_diffloss_forward_patched_equals_official(official_mar):
+    """The training loss with the official draws: same seed, same t and noise (the generator ends in the same
+    state), loss and gradients (head parameters, z) against the official formula in float64 on those draws."""
+    torch.manual_seed(9)
+    loss = official_mar.DiffLoss()
+    target, z, mask = torch.randn(12, 4), torch.randn(12, 16), (torch.rand(12) < 0.7).float()
+
+    def run(module, seed, dtype=torch.float32, draws=None):
+        module.zero_grad()
+        zz = z.to(dtype).detach().clone().requires_grad_()
+        torch.manual_seed(seed)
+        if draws is None:
+            out = module.to(dtype)(target.to(dtype), zz, mask.to(dtype))
+        else:  # the official formula on given draws
+            out = (module.to(dtype).loss_on(target.to(dtype), zz, *draws) * mask.to(dtype)).sum() / mask.sum()
+        out.backward()
+        return out.detach(), zz.grad, module.net.res_blocks[0].mlp[0].weight.grad.clone(), torch.get_rng_state()
+
+    torch.manual_seed(10)
+    t, noise = torch.randint(0, 1000, (12,)), torch.randn(12, 4)  # what forward draws after manual_seed(10)
+    ref32 = run(loss, 10)
+    ref64 = run(loss, 10, torch.float64, (t, noise.double()))
+    fastar.patch.mar(loss, attention=False, head=False)
+    got = run(loss, 10)
+    assert fastar.last_backend("diffusion_loss") == "cpu"
+    assert torch.equal(got[3], ref32[3])  # the same draws consumed from the global generator
+    assert torch.equal(ref32[0], run(loss, 10, draws=(t, noise))[0])  # t, noise: the official forward's draws
+    for name, g, r64, r32 in zip(("loss", "dz", "dW"), got[:3], ref64[:3], ref32[:3]):
+        assert_close("diffusion_loss", g, r64, r32)
+    assert {row.attr: st for _, row, st in fastar.patch.report(loss)} == {"forward": "applied"}
+
+
+def test_diffloss_forward_declines_another_chain(official_mar):
+    loss = official_mar.DiffLoss()
+    fastar.patch.mar(loss, attention=False, head=False)
+    loss.train_diffusion.loss_type = LossType.RESCALED_KL  # create_diffusion(use_kl=True)
+    torch.manual_seed(11)
+    got = loss(torch.randn(4, 4), torch.randn(4, 16))
+    assert {row.attr: st for _, row, st in fastar.patch.report(loss)} == {
+        "forward": "declined: train_diffusion.loss_type is RESCALED_KL, not MAR's MSE"}
+    torch.manual_seed(11)
+    assert torch.equal(got, DiffLoss.forward(loss, torch.randn(4, 4), torch.randn(4, 16)))  # the original ran
+    loss.train_diffusion.loss_type = LossType.MSE
+    loss.train_diffusion.num_timesteps = 500
+    loss(torch.randn(4, 4), torch.randn(4, 16))
+    assert "500 timesteps" in fastar.patch.report(loss)[0][2]

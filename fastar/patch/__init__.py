@@ -1,6 +1,6 @@
-"""Drop-in acceleration of the official codebases: `fastar.patch.var(model)` / `fastar.patch.mar(model)` (or
-without a model, on the classes of the official modules already imported) swap the hot spots of
-FoundationVision/VAR and LTH14/mar for fastar ops, one row of a table
+"""Drop-in acceleration of the official codebases: `fastar.patch.var(model)` / `.mar(model)` / `.fractalgen(model)`
+(or without a model, on the classes of the official modules already imported) swap the hot spots of
+FoundationVision/VAR, LTH14/mar and LTH14/fractalgen for fastar ops, one row of a table
 per swapped attribute; `undo()` restores the originals and `report(model)` says which rows apply and why not.
 State-dict keys are untouched (only methods change), so checkpoints load as before.
 
@@ -8,10 +8,11 @@ Each row's replacement runs when its condition holds for the instance at call ti
 otherwise, so a patched model is never wrong, only not faster; report() names the reason.
 """
 from fastar.patch._table import Row, apply, report, undo
+from fastar.patch.fractalgen import ROWS as FRACTALGEN_ROWS
 from fastar.patch.mar import ROWS as MAR_ROWS
 from fastar.patch.var import ROWS as VAR_ROWS
 
-__all__ = ["Row", "var", "mar", "undo", "report", "VAR_ROWS", "MAR_ROWS"]
+__all__ = ["Row", "var", "mar", "fractalgen", "undo", "report", "VAR_ROWS", "MAR_ROWS", "FRACTALGEN_ROWS"]
 
 
 def var(model=None, *, attention=True, quantizer=True, sampling=True):
@@ -23,10 +24,21 @@ def var(model=None, *, attention=True, quantizer=True, sampling=True):
     return apply([r for r in VAR_ROWS if groups[r.group]], model, caller="fastar.patch.var")
 
 
-def mar(model=None, *, attention=True, head=True):
+def mar(model=None, *, attention=True, head=True, loss=True):
     """Patch LTH14/mar: `model` (a MAR, or any module holding its DiffLoss / timm blocks) in place, or without it
     the classes of models.diffloss and timm.models.vision_transformer already imported. Groups: head
-    (DiffLoss.sample as one fastar.ops.diffusion_sample), attention (the timm Attention of the encoder and
-    decoder blocks). The training loss waits for fastar's op (issue 11). Returns the rows applied."""
-    groups = {"attention": attention, "head": head}
+    (DiffLoss.sample as one fastar.ops.diffusion_sample), loss (DiffLoss.forward, the training loss, through
+    fastar.ops.diffusion_loss), attention (the timm Attention of the encoder and decoder blocks). Returns the rows
+    applied."""
+    groups = {"attention": attention, "head": head, "loss": loss}
     return apply([r for r in MAR_ROWS if groups[r.group]], model, caller="fastar.patch.mar")
+
+
+def fractalgen(model=None, *, attention=True, sampling=True):
+    """Patch LTH14/fractalgen: `model` (a FractalGen, or any of its levels) in place, or without it the classes of
+    models.ar, models.mar and models.pixelloss already imported. Groups: attention (the manual attentions of the
+    AR level, causal with RoPE in training and over its KV cache in sampling, of the MAR levels and of PixelLoss,
+    through fastar.ops.attention / attention_decode), sampling (PixelLoss.sample's categorical draws through
+    fastar.ops.sample_categorical). Returns the rows applied."""
+    groups = {"attention": attention, "sampling": sampling}
+    return apply([r for r in FRACTALGEN_ROWS if groups[r.group]], model, caller="fastar.patch.fractalgen")

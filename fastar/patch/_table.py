@@ -38,8 +38,11 @@ def _wrap(row, original):
 
 
 def _matches(obj, row):
-    t = type(obj)
-    return t.__name__ == row.cls and t.__module__.endswith(row.module.rsplit(".", 1)[-1])
+    """obj is an instance of row's class: same class name, and its module is row.module, a package's copy of it
+    (pkg.models.mar) or its last part alone (mar, when the models folder itself is on sys.path)."""
+    t, m = type(obj), type(obj).__module__
+    return t.__name__ == row.cls and (m == row.module or m.endswith("." + row.module)
+                                      or m == row.module.rsplit(".", 1)[-1])
 
 
 def _install(owner, row, caller):

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar.ops
-from fastar.models.fractalgen.blocks import LN_EPS, attend, init_weights, patchify, unpatchify
+from fastar.models.fractalgen.blocks import LN_EPS, apply_block, attend, init_weights, patchify, unpatchify
 
 NORM_EPS = 1e-5
 ROPE_BASE = 10000
@@ -90,9 +90,11 @@ class TransformerBlock(nn.Module):
 
 
 class AR(nn.Module):
-    def __init__(self, seq_len, patch_size, cond_embed_dim, embed_dim, num_blocks, num_heads, proj_dropout=0.1):
+    def __init__(self, seq_len, patch_size, cond_embed_dim, embed_dim, num_blocks, num_heads, proj_dropout=0.1,
+                 grad_checkpointing=False):
         super().__init__()
         self.seq_len, self.patch_size, self.num_heads = seq_len, patch_size, num_heads
+        self.grad_checkpointing = grad_checkpointing
         self.grid = int(seq_len ** 0.5)
         if self.grid ** 2 != seq_len:
             raise ValueError(f"AR: seq_len must be a square, got {seq_len}")
@@ -117,7 +119,7 @@ class AR(nn.Module):
     def transformer(self, x, start, caches=None):
         rope = self.rope[start:start + x.shape[1]].to(x.device)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, None if caches is None else (*caches[i], start))
+            x = apply_block(block, self.grad_checkpointing, x, rope, None if caches is None else (*caches[i], start))
         return self.norm(x)
 
     def forward(self, imgs, cond_list):

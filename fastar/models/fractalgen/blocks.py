@@ -4,8 +4,10 @@ norm2, mlp.fc1, mlp.fc2), bidirectional or causal, attention through fastar.ops.
 The official code writes this attention as q k^T in float32 plus a -inf bias and, in the MAR levels, dropout on the
 attention probabilities (0.1 in training); fastar.ops.attention fuses the softmax, so that dropout is not applied
 here (the projection and MLP dropouts are)."""
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import fastar.ops
 
@@ -65,6 +67,14 @@ class Block(nn.Module):
     def forward(self, x, cache=None):
         x = x + self.attn(self.norm1(x), cache)
         return x + self.mlp(self.norm2(x))
+
+
+def apply_block(block, checkpointed, *args):
+    """block(*args); with checkpointed (the official grad_checkpointing) in training under autograd, through
+    torch.utils.checkpoint: its activations are recomputed in the backward instead of kept."""
+    if checkpointed and block.training and torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
 
 
 def init_weights(module):

@@ -4,6 +4,7 @@ per patch, down to PixelLoss over R, G, B. Training is one forward per level on 
 with the loss at the pixel level; sampling is depth-first (each step of a level runs its children to completion)."""
 import dataclasses
 import math
+import warnings
 from functools import partial
 
 import torch
@@ -29,6 +30,10 @@ class FractalGenConfig:
     guiding_pixel: bool = False  # levels >= 1 first sample the patch's mean colour (the 256 px models)
     num_conds: int = 1  # conditions per patch read by MAR levels: middle, top, right, bottom, left
     r_weight: float = 1.0  # weight of the R channel's loss in training
+    # The official dropout on the attention probabilities of the MAR levels in training: fastar's fused attention
+    # has none, so a value > 0 is accepted (the official builders' call) and said not to apply.
+    attn_dropout: float = 0.0
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward (torch.utils.checkpoint)
 
     def __post_init__(self):
         n = len(self.img_size_list)
@@ -68,6 +73,9 @@ class FractalGen(nn.Module):
         self.num_fractal_levels = n = len(cfg.img_size_list)
         img, dim, lvl = cfg.img_size_list, cfg.embed_dim_list, fractal_level
         if lvl == 0:
+            if cfg.attn_dropout > 0:
+                warnings.warn(f"FractalGen: attn_dropout={cfg.attn_dropout} is not applied: fastar's fused attention "
+                              f"has no dropout on the attention probabilities (proj_dropout is applied)", stacklevel=3)
             self.num_classes = cfg.class_num
             self.class_emb = nn.Embedding(cfg.class_num, dim[0])
             self.fake_latent = nn.Parameter(torch.zeros(1, dim[0]))
@@ -78,7 +86,7 @@ class FractalGen(nn.Module):
         self.generator = GENERATORS[cfg.generator_type_list[lvl]](
             seq_len=(img[lvl] // img[lvl + 1]) ** 2, patch_size=img[lvl + 1], cond_embed_dim=dim[max(lvl - 1, 0)],
             embed_dim=dim[lvl], num_blocks=cfg.num_blocks_list[lvl], num_heads=cfg.num_heads_list[lvl],
-            proj_dropout=cfg.proj_dropout, **kw)
+            proj_dropout=cfg.proj_dropout, grad_checkpointing=cfg.grad_checkpointing, **kw)
         if lvl < n - 2:
             self.next_fractal = FractalGen(cfg, lvl + 1)
         else:
@@ -163,7 +171,9 @@ def bits_per_dim(nll_nats):
 
 
 def build(name, **overrides) -> FractalGen:
-    """One of MODELS, fields overridable (e.g. num_conds=1 for the official builders' defaults)."""
+    """One of MODELS, fields overridable (e.g. num_conds=1 for the official builders' defaults). Takes the official
+    builders' keywords (main_fractalgen.py: label_drop_prob, class_num, attn_dropout, proj_dropout, guiding_pixel,
+    num_conds, r_weight, grad_checkpointing); attn_dropout > 0 is said not to apply."""
     if name not in MODELS:
         raise ValueError(f"build: name must be one of {tuple(MODELS)}, got {name!r}")
     return FractalGen(dataclasses.replace(MODELS[name], **overrides))

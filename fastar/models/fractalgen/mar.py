@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
-from fastar.models.fractalgen.blocks import LN_EPS, Block, init_weights, patchify, unpatchify
+from fastar.models.fractalgen.blocks import LN_EPS, Block, apply_block, init_weights, patchify, unpatchify
 from fastar.models.fractalgen.pixelloss import PixelLoss
 
 
@@ -29,9 +29,9 @@ def neighbour_conds(middle_BLC, h):
 
 class MAR(nn.Module):
     def __init__(self, seq_len, patch_size, cond_embed_dim, embed_dim, num_blocks, num_heads, proj_dropout=0.1,
-                 num_conds=1, guiding_pixel=False):
+                 num_conds=1, guiding_pixel=False, grad_checkpointing=False):
         super().__init__()
-        self.seq_len, self.patch_size = seq_len, patch_size
+        self.seq_len, self.patch_size, self.grad_checkpointing = seq_len, patch_size, grad_checkpointing
         self.num_conds, self.guiding_pixel = num_conds, guiding_pixel
         self.grid = int(seq_len ** 0.5)
         if self.grid ** 2 != seq_len:
@@ -63,7 +63,7 @@ class MAR(nn.Module):
                                                                x)], dim=1)
         x = self.patch_emb_ln(x + self.pos_embed_learned)
         for block in self.blocks:
-            x = block(x)
+            x = apply_block(block, self.grad_checkpointing, x)
         return neighbour_conds(self.norm(x)[:, n:], self.grid)
 
     def forward(self, imgs, cond_list):
