@@ -69,6 +69,9 @@ def render(data):
             lines += [share_of_peak(e), ""]
         lines += ["| contender | min / median ms | ratio | agreement |", "|---|---|---|---|",
                   f"| **fastar** | {_fmt_ms(e['fastar'])} | 1.00 | |"]
+        if not isinstance(e.get("agreement", {}), dict):
+            raise TypeError(f"{b['group']}: extra_info['agreement'] must be a {{contender: share}} dict, got "
+                            f"{e['agreement']!r}")
         for name in e["contenders"]:
             agree = e.get("agreement", {}).get(name)
             lines.append(f"| {name} | {_fmt_ms(e[name])} | {e[name]['ratio']:.2f}x | "

@@ -74,8 +74,14 @@ def test_decoder_fast_path_gradients_and_training_step(backend):
     ref64.square().sum().backward()
     params64 = dict(vae64.named_parameters())
     assert grads.keys() == {n for n, p in vae.named_parameters() if p.grad is not None} and len(grads) > 50
+    # some gradients are 0 in exact arithmetic (1e-16 in float64: a conv bias that a GroupNorm of one channel per
+    # group removes), where both float32 paths return rounding noise: their floor is relative to the decoder's
+    # largest gradient; every other gradient keeps its own scale
+    largest = max(p.grad.abs().max().item() for p in params64.values() if p.grad is not None)
     for n, g in grads.items():
-        assert_close("vqvae_decode_grads", g, params64[n].grad, dict(vae.named_parameters())[n].grad)
+        g64 = params64[n].grad
+        scale = largest if g64.abs().max().item() < 1e-12 * largest else None
+        assert_close("vqvae_decode_grads", g, g64, dict(vae.named_parameters())[n].grad, scale)
     torch.optim.SGD(vae.parameters(), lr=1e-2).step()
     with torch.no_grad():
         after = decode(vae, f)
