@@ -16,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import fastar
 from benchmarks.bench_var import Breakdown
-from benchmarks.harness import compare
+from benchmarks.harness import compare, save_samples
 from fastar.models.mar import AutoencoderKL, mar
 from fastar.models.mar.sample import generate
 
@@ -75,3 +75,4 @@ def test_mar_base_sample(benchmark, monkeypatch):
         del ms["head"]
     benchmark.extra_info["breakdown"] = parts.ms
     benchmark.extra_info["max_abs_diff"] = (last["fastar"] - last[BASELINE]).abs().max().item()
+    save_samples(last["fastar"], "mar_b_random_weights")

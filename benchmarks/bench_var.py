@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import fastar
-from benchmarks.harness import compare
+from benchmarks.harness import compare, save_samples
 from fastar.models.var import build_vae_var
 from fastar.models.var import var as var_module
 
@@ -55,7 +55,7 @@ def test_var_d16_sample(benchmark, d16, monkeypatch):
     vae, var = d16
     var.eval()
     benchmark.group = f"VAR-d{DEPTH} sampling B={B_SAMPLE} 256px cfg=4 top-k 900 top-p 0.95 float32"
-    maps, last = [], {}  # the token maps of a run, read off the codebook lookups (the sampler's only ones)
+    maps, last, images = [], {}, {}  # the token maps of a run, read off the codebook lookups (the sampler's only ones)
     hook = vae.quantize.embedding.register_forward_hook(lambda m, args, out: maps.append(args[0].clone()))
     parts = Breakdown(monkeypatch, [("linear layers", F, "linear"), ("attention", fastar.ops, "attention_decode"),
                                     ("quantizer ops", fastar.ops, "get_next_autoregressive_input"),
@@ -66,7 +66,8 @@ def test_var_d16_sample(benchmark, d16, monkeypatch):
         def run():
             maps.clear()
             with parts.recording(name):
-                var.autoregressive_infer_cfg(B_SAMPLE, CLASSES, g_seed=0, cfg=4.0, top_k=900, top_p=0.95)
+                images[name] = var.autoregressive_infer_cfg(B_SAMPLE, CLASSES, g_seed=0, cfg=4.0, top_k=900,
+                                                            top_p=0.95)
             last[name] = list(maps)
         return run
 
@@ -77,6 +78,7 @@ def test_var_d16_sample(benchmark, d16, monkeypatch):
                                          for name, maps in last.items() if name != "fastar"}
     benchmark.extra_info["breakdown"] = parts.ms
     hook.remove()
+    save_samples(images["fastar"], f"var_d{DEPTH}_random_weights")
 
 
 class Breakdown:

@@ -8,8 +8,18 @@ time go into extra_info, which benchmarks/report.py renders. Timings are never a
 """
 import statistics
 import time
+from pathlib import Path
 
 import fastar
+
+
+def save_samples(img_B3HW, name, nrow=8):
+    """The images a model benchmark's fastar run sampled (random weights: they show speed, not learning) as
+    benchmarks/results/<name>.png, so that the main command needs no second sampling run to show them."""
+    from fastar.models.var.sample import save_grid
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    save_grid(img_B3HW, out / f"{name}.png", nrow=nrow)
 
 
 def _seconds(fn):
