@@ -2,8 +2,9 @@
 // What the official loop recomputes every step is hoisted: the condition projection runs once per call, the time
 // embedding once per step and per call (one row, shared by all rows), all blocks' adaLN modulations of a step run
 // as one GEMM (every block reads the same y). The GEMMs write into buffers allocated before the loop, without
-// their bias; one fused pass per row between them adds the bias and does SiLU, the gated residual, the next
-// LayerNorm + modulation, or the DDPM update. The noise is drawn by torch's generator in the official order.
+// their bias; one fused pass per row between them (cpu/diffusion_isa.h, at the CPU's vector width) adds the bias
+// and does SiLU, the gated residual, the next LayerNorm + modulation, or the DDPM update. The noise is drawn by
+// torch's generator in the official order.
 // bf16: the per-step GEMMs take bfloat16 weights (converted once per call) and inputs (rounded before each
 // product) and accumulate in float32 (MKL's gemm_bf16bf16f32); everything else stays float32.
 #include "cpu/diffusion.h"
@@ -11,6 +12,7 @@
 #include <ATen/Parallel.h>
 
 #include "cpu/blas.h"
+#include "cpu/isa.h"
 
 #include <algorithm>
 #include <cmath>
@@ -23,52 +25,12 @@ namespace {
 
 constexpr float kLnEps = 1e-6f;  // SimpleMLPAdaLN's LayerNorms
 
-// exp(v) = 2^n exp(r), n = round(v / ln 2), |r| <= ln 2 / 2, exp(r) by Cephes expf's polynomial (~2 ulp); written
-// branch-free so that `omp simd` vectorizes it, where libm's expf stays one call per element.
-inline float exp_poly(float v) {
-  v = std::min(std::max(v, -87.3f), 88.3f);
-  const float t = v * 1.44269504f;
-  const int32_t n = int32_t(t + (t < 0.f ? -0.5f : 0.5f));  // round half away from zero
-  const float r = v - float(n) * 0.693359375f + float(n) * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
-    p = p * r + c;
-  const int32_t bits = (n + 127) << 23;  // 2^n, n in [-126, 127]
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return (p * r * r + r + 1.f) * scale;
-}
-
-inline float silu(float v) { return v / (1.f + exp_poly(-v)); }
-
 // f(r) for rows [0, n), split over the threads; W: floats a row touches, for the grain.
 template <class F>
 void for_rows(int64_t n, int64_t W, const F& f) {
   at::parallel_for(0, n, std::max<int64_t>(1, 8192 / W), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) f(r);
   });
-}
-
-// h (W,) = LN(x) * (1 + scale) + shift, LN affine with ln_w, ln_b unless they are null (the final layer's).
-// mod (2W,): the row's [shift, scale] from the modulation GEMM, bias (2W,) their bias.
-void ln_modulate(const float* x, const float* ln_w, const float* ln_b, const float* mod, const float* bias, float* h,
-                 int64_t W) {
-  float sum = 0.f, sq = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < W; ++j) sum += x[j];
-  const float mean = sum / float(W);
-#pragma omp simd reduction(+ : sq)
-  for (int64_t j = 0; j < W; ++j) sq += (x[j] - mean) * (x[j] - mean);
-  const float rstd = 1.f / std::sqrt(sq / float(W) + kLnEps);
-  const float *shift = mod, *scale = mod + W, *bshift = bias, *bscale = bias + W;
-  if (ln_w) {
-#pragma omp simd
-    for (int64_t j = 0; j < W; ++j)
-      h[j] = ((x[j] - mean) * rstd * ln_w[j] + ln_b[j]) * (1.f + scale[j] + bscale[j]) + shift[j] + bshift[j];
-  } else {
-#pragma omp simd
-    for (int64_t j = 0; j < W; ++j) h[j] = (x[j] - mean) * rstd * (1.f + scale[j] + bscale[j]) + shift[j] + bshift[j];
-  }
 }
 
 }  // namespace
@@ -125,42 +87,27 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
   const auto sch = schedule.accessor<double, 2>();
   const float cfg_f = float(cfg), temp_f = float(temperature);
 
+  const DiffusionIsa& row = *isa().diffusion;
   for (int64_t i = S - 1; i >= 0; --i) {
     const float* te = t_emb.data_ptr<float>() + i * W;
-    for_rows(N, W, [&](int64_t r) {  // SiLU(y), y = t_emb + cond_embed(z)
-      const float *c = cond_p + r * W;
-      float* s = sy_p + r * W;
-#pragma omp simd
-      for (int64_t j = 0; j < W; ++j) s[j] = silu(te[j] + c[j]);
-    });
+    // SiLU(y), y = t_emb + cond_embed(z)
+    for_rows(N, W, [&](int64_t r) { row.silu_sum(te, cond_p + r * W, sy_p + r * W, W); });
     gemm(mod, sy, ada_wT, ada_bf);
     for_rows(N, W, [&](int64_t r) {  // input_proj(x) (both halves see the conditional x under cfg), first LN
-      const float* xr = x_p + (r % M) * C;
-      float* hr = hid_p + r * W;
-      std::copy(in_b_p, in_b_p + W, hr);
-      for (int64_t k = 0; k < C; ++k) {
-        const float xk = xr[k], *wk = in_w_p + k * W;
-#pragma omp simd
-        for (int64_t j = 0; j < W; ++j) hr[j] += xk * wk[j];
-      }
-      ln_modulate(hr, ln_w(0), ln_b(0), mod_p + r * A, ada_b_p, h_p + r * W, W);
+      row.project(x_p + (r % M) * C, C, in_w_p, in_b_p, hid_p + r * W, W);
+      row.ln_modulate(hid_p + r * W, ln_w(0), ln_b(0), mod_p + r * A, ada_b_p, h_p + r * W, W, kLnEps);
     });
     for (int64_t b = 0; b < D; ++b) {
       gemm(a, h, mlp0T[b], mlp0_bf[b]);
       const float* b0 = block(b, 3).data_ptr<float>();
-      for_rows(N, W, [&](int64_t r) {
-        float* ar = a_p + r * W;
-#pragma omp simd
-        for (int64_t j = 0; j < W; ++j) ar[j] = silu(ar[j] + b0[j]);
-      });
+      for_rows(N, W, [&](int64_t r) { row.silu_bias(a_p + r * W, b0, W); });
       gemm(h, a, mlp2T[b], mlp2_bf[b]);
       const float* b2 = block(b, 5).data_ptr<float>();
       for_rows(N, W, [&](int64_t r) {  // x += gate * mlp(h), then the next block's (or the final) LN + modulation
         float *hr = h_p + r * W, *xr = hid_p + r * W;
-        const float *gate = mod_p + r * A + 3 * b * W + 2 * W, *bgate = ada_b_p + 3 * b * W + 2 * W;
-#pragma omp simd
-        for (int64_t j = 0; j < W; ++j) xr[j] += (gate[j] + bgate[j]) * (hr[j] + b2[j]);
-        ln_modulate(xr, ln_w(b + 1), ln_b(b + 1), mod_p + r * A + 3 * (b + 1) * W, ada_b_p + 3 * (b + 1) * W, hr, W);
+        row.gated_residual(xr, mod_p + r * A + 3 * b * W + 2 * W, ada_b_p + 3 * b * W + 2 * W, hr, b2, W);
+        row.ln_modulate(xr, ln_w(b + 1), ln_b(b + 1), mod_p + r * A + 3 * (b + 1) * W, ada_b_p + 3 * (b + 1) * W, hr,
+                        W, kLnEps);
       });
     }
     gemm(out, h, final_wT, final_bf);

@@ -15,7 +15,9 @@ namespace fastar::cpu {
   extern const SamplingIsa kSampling;                \
   extern const AttentionTinyIsa kAttentionTiny;      \
   extern const AttentionDecodeIsa kAttentionDecode;  \
-  const Isa kIsa{#isa, &kVqNearest, &kAttention, &kSampling, &kAttentionTiny, &kAttentionDecode}; \
+  extern const DiffusionIsa kDiffusion;              \
+  const Isa kIsa{#isa, &kVqNearest, &kAttention, &kSampling, &kAttentionTiny, &kAttentionDecode, \
+                 &kDiffusion};                       \
   }
 FASTAR_ISA_TABLE(base)
 FASTAR_ISA_TABLE(avx2)

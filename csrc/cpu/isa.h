@@ -6,6 +6,7 @@
 #include "cpu/attention_decode_isa.h"
 #include "cpu/attention_isa.h"
 #include "cpu/attention_tiny_isa.h"
+#include "cpu/diffusion_isa.h"
 #include "cpu/sampling_isa.h"
 #include "cpu/vq_nearest_isa.h"
 
@@ -19,6 +20,7 @@ struct Isa {
   const SamplingIsa* sampling;
   const AttentionTinyIsa* attention_tiny;
   const AttentionDecodeIsa* attention_decode;
+  const DiffusionIsa* diffusion;
 };
 
 // The best instruction set this CPU supports; FASTAR_CPU_ISA=base|avx2|avx512 narrows it (for tests).
