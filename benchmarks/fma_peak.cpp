@@ -3,8 +3,14 @@
 // cover FMA latency x FMA units (4-5 cycles x 1-2 units on x86 cores: 4-10 chains), and no more than the register
 // file holds besides the two operands (16 ymm for AVX2, 32 zmm for AVX-512), so nothing spills to memory.
 // Built per ISA by benchmarks/conftest.py (-mavx2 -mfma, -mavx512f, or plain x86-64 for base: SSE mul + add).
+// Each thread's rate is over its own CPU time (CLOCK_THREAD_CPUTIME_ID), not wall time: a machine shared with
+// other work (a CI run, a second benchmark) takes cores away for part of the wall time, and wall time then read a
+// peak half the real one (seen here: 102 GFLOP/s on 2 Zen 3 cores whose GEMMs ran at 155 GFLOP/s; the CPU-time
+// rate is 96 per core, 2 FMA units x 8 floats x 2 x ~3 GHz). The loop runs ~0.2 s per thread, long enough for
+// the clock's resolution and a frequency ramp not to matter.
 // Usage: fma_peak THREADS. Prints "GFLOP/s isa floats_per_vector chains threads", GFLOP/s summed over threads.
-#include <chrono>
+#include <time.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
@@ -28,12 +34,14 @@ typedef float vf __attribute__((vector_size(kBytes)));
 static double run(long iters) {
   vf a[kChains], b = vf{} + 1.0000001f, c = vf{} + 1e-7f;
   for (int i = 0; i < kChains; ++i) a[i] = vf{} + static_cast<float>(i);
-  const auto t0 = std::chrono::steady_clock::now();
+  timespec t0, t1;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
   for (long it = 0; it < iters; ++it) {
 #pragma GCC unroll 32
     for (int i = 0; i < kChains; ++i) a[i] = a[i] * b + c;
   }
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+  const double s = double(t1.tv_sec - t0.tv_sec) + 1e-9 * double(t1.tv_nsec - t0.tv_nsec);
   float sink = 0;
   for (int i = 0; i < kChains; ++i) sink += a[i][0];
   if (sink == 42.f) std::puts("");  // the chains' results are used, so they are not optimized away
@@ -42,7 +50,7 @@ static double run(long iters) {
 
 int main(int argc, char** argv) {
   const int threads = argc > 1 ? std::atoi(argv[1]) : 1;
-  const long iters = 200000000 / kChains;
+  const long iters = 2000000000 / kChains;
   std::vector<double> gflops(threads);
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) pool.emplace_back([&, t] { gflops[t] = run(iters); });

@@ -22,7 +22,7 @@ def peak_basis(m):
     if not p:
         return "not measured"
     return (f"{p['gflops']:.0f} GFLOP/s ({p['isa']}: {p['floats']}-float vectors x {p['chains']} FMA chains "
-            f"per thread, {p['threads']} threads; benchmarks/fma_peak.cpp)")
+            f"per thread, {p['threads']} threads, each over its own CPU time; benchmarks/fma_peak.cpp)")
 
 
 def share_of_peak(e):
