@@ -1,10 +1,12 @@
 """MAR on fastar: the official key lists and parameter counts (tests/data), the KL-16 VAE, and seeded sampling
 against the float64 reference."""
+import dataclasses
+
 import pytest
 import torch
 
 import fastar
-from fastar.models.mar import AutoencoderKL, KLConfig, mar
+from fastar.models.mar import MAR, AutoencoderKL, KLConfig, mar, mar_base, mar_large
 from tests.test_var_model import DATA, kinds, official_keys, run_cli
 from tests.tolerance import assert_close
 
@@ -37,6 +39,37 @@ def test_kl16_vae_matches_official_keys():
     assert len(expected) == 312 and kinds(vae) == expected
     assert sum(p.numel() for p in vae.parameters()) == 66_456_019
     vae.load_state_dict({k: torch.empty(s, device="meta") for k, (s, _) in expected.items()}, strict=True, assign=True)
+
+
+# main_mar.py's call of the official builder for MAR-B (the README's flags: diffloss_d 6, diffloss_w 1024).
+MAIN_MAR_KWARGS = dict(img_size=256, vae_stride=16, patch_size=1, vae_embed_dim=16, mask_ratio_min=0.7,
+                       label_drop_prob=0.1, class_num=1000, attn_dropout=0.1, proj_dropout=0.1, buffer_size=64,
+                       diffloss_d=6, diffloss_w=1024, num_sampling_steps="100", diffusion_batch_mul=4,
+                       grad_checkpointing=False)
+
+
+def test_official_builders_take_main_mar_kwargs():
+    with torch.device("meta"), pytest.warns(UserWarning, match="attn_dropout=0.1 is not applied"):
+        model = mar_base(**MAIN_MAR_KWARGS)
+    assert kinds(model) == official_keys(MAR_KEYS)
+    assert model.cfg.num_sampling_steps == 100 and model.diffloss.num_sampling_steps == 100
+    drops = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(drops) == 2 * 12 * 2 and set(drops) == {0.1}  # attention projection and MLP of every block
+    with torch.device("meta"), pytest.warns(UserWarning):
+        large = mar_large(**{**MAIN_MAR_KWARGS, "diffloss_d": 8, "diffloss_w": 1280})
+    assert sum(p.numel() for p in large.parameters()) == official_counts()["large"]
+    with torch.device("meta"), pytest.warns(UserWarning):  # the official defaults: a d3 head
+        assert mar_base().cfg.diffloss_d == 3
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"decoder_depth": 4}, TypeError, r"unexpected keyword arguments \['decoder_depth'\]"),
+    ({"patch_size": 2}, ValueError, "patch_size must be 1"),
+    ({"num_sampling_steps": "ddim25"}, ValueError, "num_sampling_steps must be a step count"),
+])
+def test_official_builder_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        mar_base(attn_dropout=0.0, **kwargs)
 
 
 TINY_KL = KLConfig(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1)
@@ -98,6 +131,38 @@ def test_training_step_gradients():
     assert len(out) == len(list(tiny_mar().parameters())) + 1
     for o, r64, r32 in zip(out, ref64, ref32):
         assert_close("mar_train_grads", o, r64, r32)
+
+
+def test_dropout_and_grad_checkpointing():
+    """proj_dropout acts in training only; grad_checkpointing recomputes the blocks (dropout masks included) and
+    leaves the loss and every gradient as they were."""
+    latents, labels = torch.randn(2, 16, 4, 4, generator=torch.Generator().manual_seed(3)), torch.tensor([3, 7])
+
+    def step(model, train=True):
+        model.train(train)
+        torch.manual_seed(11)  # dropout's masks
+        loss = model(latents, labels, generator=torch.Generator().manual_seed(5))
+        loss.backward()
+        return [loss] + [p.grad for p in model.parameters()]
+
+    def variant(**kw):
+        model = tiny_mar()
+        return MAR(dataclasses.replace(model.cfg, **kw)).requires_grad_(True), model
+
+    plain = step(tiny_mar())
+    dropped, base = variant(proj_dropout=0.5)
+    dropped.load_state_dict(base.state_dict())
+    assert not torch.equal(step(dropped)[0], plain[0])  # dropout changed the training loss
+    dropped.zero_grad()
+    assert torch.equal(step(dropped, train=False)[0], step(tiny_mar(), train=False)[0])  # and nothing in eval
+    ckpt, base = variant(proj_dropout=0.5, grad_checkpointing=True)
+    ckpt.load_state_dict(base.state_dict())
+    calls, block = [], ckpt.decoder_blocks[0]
+    block.forward = lambda *a, forward=block.forward: calls.append(1) or forward(*a)  # (recomputes skip hooks)
+    dropped.zero_grad()
+    for a, b in zip(step(ckpt), step(dropped)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len(calls) == 2  # the block ran again in the backward: its activations were not kept
 
 
 def test_mask_ratio_distribution():

@@ -2,19 +2,20 @@
 (models/mar.py): a masked bidirectional encoder over the 64 class-buffer tokens and the visible tokens, a decoder
 over all 64 + 256 positions, and per token a condition z for the diffusion head (diffloss.py). Attention runs
 through fastar.ops.attention, the head through fastar.ops.diffusion_sample (sampling) and fastar.ops.diffusion_loss
-(training). Dropout (timm's attn_drop / proj_drop 0.1 in the official training) is left out.
+(training). The blocks are timm's pre-norm ViT blocks (fastar.models.fractalgen.blocks, shared with FractalGen's MAR
+levels): projection / MLP dropout as the official training (0.1); the fused attention has no dropout on its
+probabilities (attn_dropout, 0.1 officially, is said not to apply). mar_base / mar_large / mar_huge take the official
+builders' keywords (main_mar.py's call).
 """
 import dataclasses
 import math
+import warnings
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-import fastar.ops
+from fastar.models.fractalgen.blocks import LN_EPS, Block, apply_block
 from fastar.models.mar.diffloss import DiffLoss
-
-LN_EPS = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,9 @@ class MARConfig:
     mask_ratio_min: float = 0.7  # training mask ratios: a normal at 1.0, sd 0.25, truncated to [min, 1]
     label_drop_prob: float = 0.1  # training: the class is replaced by the null class (for CFG)
     diffusion_batch_mul: int = 4  # training: each token's head loss is taken at this many (t, noise) draws
+    proj_dropout: float = 0.0  # training: after the attention projection and in the MLP (official training: 0.1)
+    attn_dropout: float = 0.0  # on the attention probabilities: not applied (fastar's fused attention has none)
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward (torch.utils.checkpoint)
 
     @property
     def seq_len(self):
@@ -41,45 +45,6 @@ class MARConfig:
 
 SIZES = {"base": MARConfig(), "large": MARConfig(width=1024, depth=16, num_heads=16, diffloss_d=8, diffloss_w=1280),
          "huge": MARConfig(width=1280, depth=20, num_heads=16, diffloss_d=12, diffloss_w=1536)}
-
-
-class Attention(nn.Module):
-    def __init__(self, width, num_heads):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-
-    def forward(self, x_BLC):
-        B, L, C = x_BLC.shape
-        q, k, v = self.qkv(x_BLC).view(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        out_BHLD = fastar.ops.attention(q, k, v)  # bidirectional: no mask
-        return self.proj(out_BHLD.transpose(1, 2).reshape(B, L, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, width, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class Block(nn.Module):
-    """timm's pre-norm ViT Block (timm 0.9.12 names; dropout is a training matter, absent here)."""
-
-    def __init__(self, width, num_heads, mlp_ratio=4):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width, eps=LN_EPS)
-        self.attn = Attention(width, num_heads)
-        self.norm2 = nn.LayerNorm(width, eps=LN_EPS)
-        self.mlp = Mlp(width, width * mlp_ratio)
-
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
 
 
 class MAR(nn.Module):
@@ -93,12 +58,16 @@ class MAR(nn.Module):
         self.z_proj = nn.Linear(T, W)
         self.z_proj_ln = nn.LayerNorm(W, eps=LN_EPS)
         self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, S, W))
-        self.encoder_blocks = nn.ModuleList(Block(W, cfg.num_heads) for _ in range(cfg.depth))
+        if cfg.attn_dropout > 0:
+            warnings.warn(f"MAR: attn_dropout={cfg.attn_dropout} is not applied: fastar's fused attention has no dropout "
+                          f"on the attention probabilities (proj_dropout is applied)", stacklevel=2)
+        block = lambda: Block(W, cfg.num_heads, proj_drop=cfg.proj_dropout)  # noqa: E731
+        self.encoder_blocks = nn.ModuleList(block() for _ in range(cfg.depth))
         self.encoder_norm = nn.LayerNorm(W, eps=LN_EPS)
         self.decoder_embed = nn.Linear(W, W)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, W))
         self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, S, W))
-        self.decoder_blocks = nn.ModuleList(Block(W, cfg.num_heads) for _ in range(cfg.depth))
+        self.decoder_blocks = nn.ModuleList(block() for _ in range(cfg.depth))
         self.decoder_norm = nn.LayerNorm(W, eps=LN_EPS)
         self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, cfg.seq_len, W))
         self.initialize_weights()
@@ -122,7 +91,7 @@ class MAR(nn.Module):
         keep = torch.cat([mask_BL.new_zeros(B, self.buffer_size), mask_BL], dim=1) == 0
         x = x[keep].reshape(B, -1, W)
         for block in self.encoder_blocks:
-            x = block(x)
+            x = apply_block(block, self.cfg.grad_checkpointing, x)
         return self.encoder_norm(x)
 
     def forward_mae_decoder(self, x, mask_BL):
@@ -134,7 +103,7 @@ class MAR(nn.Module):
         padded[keep] = x.reshape(-1, W)
         x = padded + self.decoder_pos_embed_learned
         for block in self.decoder_blocks:
-            x = block(x)
+            x = apply_block(block, self.cfg.grad_checkpointing, x)
         return self.decoder_norm(x)[:, self.buffer_size:] + self.diffusion_pos_embed_learned
 
     def forward(self, latents_BChw, labels_B, generator=None):
@@ -206,3 +175,46 @@ def mar(size="base", **overrides) -> MAR:
     if size not in SIZES:
         raise ValueError(f"mar: size must be one of {tuple(SIZES)}, got {size!r}")
     return MAR(dataclasses.replace(SIZES[size], **overrides))
+
+
+# The official MAR.__init__'s defaults for the keywords its builders take (models/mar.py; main_mar.py passes all).
+OFFICIAL_DEFAULTS = dict(img_size=256, vae_stride=16, patch_size=1, vae_embed_dim=16, mask_ratio_min=0.7,
+                         label_drop_prob=0.1, class_num=1000, attn_dropout=0.1, proj_dropout=0.1, buffer_size=64,
+                         diffloss_d=3, diffloss_w=1024, num_sampling_steps="100", diffusion_batch_mul=4,
+                         grad_checkpointing=False)
+
+
+def official(size, **kwargs) -> MAR:
+    """MAR of `size` built as the official mar_base / mar_large / mar_huge(**kwargs): their keywords and defaults
+    (OFFICIAL_DEFAULTS: note diffloss_d 3, the released checkpoints use 6 / 8 / 12 as main_mar.py is called with),
+    so `mar_base(**same_kwargs)` builds the same modules as the official call and loads its checkpoint strictly."""
+    unknown = sorted(set(kwargs) - set(OFFICIAL_DEFAULTS))
+    if unknown:
+        raise TypeError(f"mar_{size}: unexpected keyword arguments {unknown}; the official builders take "
+                        f"{sorted(OFFICIAL_DEFAULTS)}")
+    kw = {**OFFICIAL_DEFAULTS, **kwargs}
+    if kw.pop("patch_size") != 1:
+        raise ValueError(f"mar_{size}: patch_size must be 1 (every released MAR; the tokens are the KL-16 latents), "
+                         f"got {kwargs['patch_size']!r}")
+    steps = kw.pop("num_sampling_steps")
+    try:
+        kw["num_sampling_steps"] = int(steps)
+    except (TypeError, ValueError):
+        raise ValueError(f"mar_{size}: num_sampling_steps must be a step count such as '100' (the official "
+                         f"respacing string), got {steps!r}") from None
+    return mar(size, **kw)
+
+
+def mar_base(**kwargs) -> MAR:
+    """The official mar_base(**kwargs): width 768, depth 12, 12 heads."""
+    return official("base", **kwargs)
+
+
+def mar_large(**kwargs) -> MAR:
+    """The official mar_large(**kwargs): width 1024, depth 16, 16 heads."""
+    return official("large", **kwargs)
+
+
+def mar_huge(**kwargs) -> MAR:
+    """The official mar_huge(**kwargs): width 1280, depth 20, 16 heads."""
+    return official("huge", **kwargs)
