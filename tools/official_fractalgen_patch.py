@@ -9,31 +9,17 @@ uniform per row from the global generator) against the patched sampler: every pi
 time: fractalmar_in64 built by the official builder with main_fractalgen.py's call (num_conds 5), official
 multinomial; interleaved rounds (official, patched, ...) in one process, wall and CPU time with the load average.
 Knobs (environment): B (1), NUM_ITER ("64,16", the README's), ROUNDS (2), THREADS (torch threads, 1).
-The official code calls .cuda(): here it is the identity. scipy (training's mask-ratio generator) is stubbed when
-missing. The official code is read from OFFICIAL_REPO, never copied into fastar."""
+The official code calls .cuda(): here it is the identity (tools/official.py). The official code is read from
+OFFICIAL_REPO, never copied into fastar."""
 import os
 import sys
 import time
-import types
 
 import torch
 
 import fastar
 import fastar.patch
-
-
-def load_official(repo):
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    try:
-        import scipy.stats  # noqa: F401
-    except ImportError:
-        stats = types.ModuleType("scipy.stats")
-        stats.truncnorm = lambda *a, **k: None
-        sys.modules.setdefault("scipy", types.ModuleType("scipy")).stats = stats
-        sys.modules["scipy.stats"] = stats
-    sys.path.insert(0, os.path.abspath(repo))
-    from models import fractalgen
-    return fractalgen
+from official import load, machine, rounds
 
 
 def inverse_cdf_multinomial(probs, num_samples=1):
@@ -52,6 +38,14 @@ def sample(model, labels, num_conds, num_iter, seed):
 
 def statuses(model):
     return sorted({(f"{row.module}.{row.cls}.{row.attr}", st) for _, row, st in fastar.patch.report(model)})
+
+
+def statuses_patched(model):
+    fastar.patch.fractalgen()
+    try:
+        return statuses(model)
+    finally:
+        fastar.patch.undo()
 
 
 def check(fractalgen):
@@ -80,39 +74,19 @@ def check(fractalgen):
 
 
 def timing(fractalgen):
-    B, rounds = int(os.environ.get("B", "1")), int(os.environ.get("ROUNDS", "2"))
+    B, n_rounds = int(os.environ.get("B", "1")), int(os.environ.get("ROUNDS", "2"))
     num_iter = [int(n) for n in os.environ.get("NUM_ITER", "64,16").split(",")]
     torch.manual_seed(0)
     model = fractalgen.fractalmar_in64(label_drop_prob=0.1, class_num=1000, attn_dropout=0.1, proj_dropout=0.1,
                                        guiding_pixel=False, num_conds=5, r_weight=5.0, grad_checkpointing=False).eval()
     labels = torch.tensor([207, 360, 387, 974]).repeat(B)[:B]
     print(f"fractalmar_in64 (official code, random weights), B {B}, num_iter {num_iter}, cfg 6.5 linear, "
-          f"temperature 1.02, float32, {torch.get_num_threads()} thread(s), "
-          f"fastar ISA {fastar.build_info()['cpu_isa']}")
-    best = {}
-    for r in range(rounds):
-        for name in ("official", "patched"):
-            if name == "patched":
-                fastar.patch.fractalgen()
-            load, t0, c0 = os.getloadavg(), time.perf_counter(), time.process_time()
-            sample(model, labels, 5, num_iter, r + 1)
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            if name == "patched":
-                rows = statuses(model)
-                fastar.patch.undo()
-            best[name] = tuple(map(min, best.get(name, (wall, cpu)), (wall, cpu)))  # (best wall, best CPU)
-            print(f"round {r} {name}: {wall:.2f} s wall, {cpu:.2f} s CPU (load before {load}, after "
-                  f"{os.getloadavg()})", flush=True)
-    print(f"rows: {rows}")
-    print(f"best wall: official {best['official'][0]:.2f} s, patched {best['patched'][0]:.2f} s, "
-          f"{best['official'][0] / best['patched'][0]:.2f}x; CPU time {best['official'][1] / best['patched'][1]:.2f}x "
-          f"(baseline: the unpatched official code)")
-
+          f"temperature 1.02, float32")
+    rounds(lambda r: sample(model, labels, 5, num_iter, r + 1), fastar.patch.fractalgen, n_rounds)
+    print(f"rows (patched): {statuses_patched(model)}")
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[2] not in ("check", "time"):
         sys.exit(__doc__)
-    torch.set_num_threads(int(os.environ.get("THREADS", "1")))
-    cpu = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")][0]
-    print(f"CPU {cpu}, torch {torch.__version__}, fastar {fastar.__version__}")
-    (check if sys.argv[2] == "check" else timing)(load_official(sys.argv[1]))
+    print(machine())
+    (check if sys.argv[2] == "check" else timing)(load(sys.argv[1], "models.fractalgen"))

@@ -13,8 +13,10 @@ from fastar.reference import diffusion as reference
 
 def diffloss_sample(self, z, temperature=1.0, cfg=1.0):
     """DiffLoss.sample(z, temperature, cfg): the gen_diffusion chain of self.net in one op, the noise drawn from
-    torch's global generator in the official order; with cfg both halves of the rows, as the official loop
-    returns them (identical: the unconditional half follows the conditional one)."""
+    torch's global generator in the official order. With cfg the official loop returns both halves of the rows, of
+    which only the conditional one is a sample (the model reads that half's x_t for both; the other half follows
+    its own noise and MAR.sample_tokens discards it): here the conditional half twice, so the shape and the kept
+    half are the official ones."""
     out = fastar.ops.diffusion_sample(z, self.net, num_steps=int(self.gen_diffusion.num_timesteps),
                                       temperature=float(temperature), cfg=float(cfg))
     return torch.cat([out, out]) if cfg != 1.0 else out
