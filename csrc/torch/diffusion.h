@@ -69,8 +69,8 @@ inline void check_diffusion_loss(const at::Tensor& model_output, const at::Tenso
   for (auto [name, tensor, shape] : {std::tuple{"model_output", &model_output, std::vector<int64_t>{N, 2 * C}},
                                      std::tuple{"x_start", &x_start, std::vector<int64_t>{N, C}},
                                      std::tuple{"noise", &noise, std::vector<int64_t>{N, C}}}) {
-    TORCH_CHECK(tensor->sizes() == c10::IntArrayRef(shape), op, ": ", name, " must have shape ", c10::IntArrayRef(shape),
-                ", got ", tensor->sizes());
+    TORCH_CHECK(tensor->sizes() == c10::IntArrayRef(shape), op, ": ", name, " must have shape ",
+                c10::IntArrayRef(shape), ", got ", tensor->sizes());
     TORCH_CHECK(tensor->scalar_type() == x_start.scalar_type(), op, ": ", name, " must have x_start's dtype ",
                 x_start.scalar_type(), ", got ", tensor->scalar_type());
     check_device(op, name, *tensor, device, "x_start", x_start);

@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(kThreads) diffusion_loss_kernel(const Diffusio
 
 cudaError_t diffusion_loss_launch(const DiffusionLossParams& p, cudaStream_t stream) {
   if (p.N < 0 || p.C < 1) return cudaErrorInvalidValue;
-  if (p.N == 0) return dispatch_dtype<float, double>(p.dtype, [](auto) { return cudaSuccess; });
+  if (p.N == 0) return dispatch_dtype<float, double>(p.dtype, [](auto) { return cudaSuccess; });  // still checked
   int log2_G = 0;  // lanes per row: the power of two >= C, at most a warp
   while ((1 << log2_G) < p.C && log2_G < 5) ++log2_G;
   const int64_t blocks = ((p.N << log2_G) + kThreads - 1) / kThreads;
