@@ -4,6 +4,7 @@ import torch
 
 import fastar
 from fastar.reference import diffusion as ref
+from tests.conftest import backend_device, sanitized
 from tests.tolerance import assert_close
 
 # (N, cfg): one row, two, odd, empty without guidance; [cond ; uncond] pairs with it.
@@ -223,10 +224,15 @@ def head_module(dtype):
     return head.to(dtype)
 
 
-def loss_and_grads(dtype, backend, N):
+def loss_ops(backend):
+    """The compiled diffusion_loss of backend (simt: fastar_simt, under the conftest's schedule check)."""
+    return (torch.ops.fastar_simt if backend == "simt" else torch.ops.fastar).diffusion_loss
+
+
+def loss_and_grads(dtype, backend, N, device="cpu"):
     """The summed loss and its gradients (head parameters, z) on backend, inputs from loss_inputs in dtype."""
-    x_start, z, t, noise = (v.to(dtype) if v.is_floating_point() else v for v in loss_inputs(N=N))
-    head, z = head_module(dtype), z.requires_grad_()
+    x_start, z, t, noise = (v.to(device, dtype) if v.is_floating_point() else v.to(device) for v in loss_inputs(N=N))
+    head, z = head_module(dtype).to(device), z.requires_grad_()
     with fastar.use_backend(backend):
         loss = fastar.ops.diffusion_loss(x_start, z, head, t=t, noise=noise)
         assert fastar.last_backend("diffusion_loss") == backend
@@ -235,9 +241,10 @@ def loss_and_grads(dtype, backend, N):
 
 
 @pytest.mark.parametrize("N", [6, 1, 0])
-def test_diffusion_loss(N):
-    """Loss and gradients of the cpu op (module forward + fused loss pass) against the float64 reference."""
-    out = loss_and_grads(torch.float32, "cpu", N)
+def test_diffusion_loss(backend, N):
+    """Loss and gradients of the op (module forward + fused loss pass, autograd through it) against the float64
+    reference."""
+    out = loss_and_grads(torch.float32, backend, N, backend_device(backend))
     ref64, ref32 = loss_and_grads(torch.float64, "reference", N), loss_and_grads(torch.float32, "reference", N)
     assert out[0].shape == (N,)
     if N:
@@ -245,26 +252,78 @@ def test_diffusion_loss(N):
             assert_close("diffusion_loss", o, r64, r32)
 
 
-def test_diffusion_loss_gradcheck():
+LOSS_T = (0, 999, 1, 7, 500, 998)  # both ends of the chain: the discretized NLL at 0, the KL elsewhere
+
+
+def loss_pass_inputs(N, channels, seed=0):
+    """float64 (model_output, x_start, noise, t) for the fused pass: eps ~ 1, v a little past the learned range,
+    x_start also beyond +-0.999 (the NLL's edge bins)."""
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(N, channels, generator=g, dtype=torch.float64)
+    v = torch.rand(N, channels, generator=g, dtype=torch.float64) * 2.4 - 1.2
+    x_start = torch.rand(N, channels, generator=g, dtype=torch.float64) * 2.6 - 1.3
+    noise = torch.randn(N, channels, generator=g, dtype=torch.float64)
+    return torch.cat([eps, v], 1), x_start, noise, torch.tensor(LOSS_T)[torch.arange(N) % len(LOSS_T)]
+
+
+def loss_pass_reference(model_output, x_start, noise, t, dtype):
+    """(loss, d loss.sum() / d model_output) of fastar/reference's loss_terms in dtype."""
+    out = model_output.to(dtype).requires_grad_()
+    loss = ref.loss_terms(out, x_start.to(dtype), noise.to(dtype), t, ref.loss_table())
+    return loss.detach(), torch.autograd.grad(loss.sum(), out)[0]
+
+
+# channels: one lane per row, odd, a half-warp group, past a warp (lanes take two channels), odd past a warp
+@pytest.mark.parametrize("channels", sanitized([1, 5, 16, 32, 33, 70], {5, 33}))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_diffusion_loss_pass(backend, dtype, channels):
+    """The compiled pass's loss and gradient w.r.t. model_output against the reference's loss_terms and autograd:
+    float32 by the tolerance rule; float64 within the floor of a few float32 ulps (gradcheck tests it further)."""
+    N = 13  # not a multiple of the rows per block
+    inputs = loss_pass_inputs(N, channels)
+    dev = backend_device(backend)
+    model_output, x_start, noise, t = (v.to(dev, dtype) if v.is_floating_point() else v.to(dev) for v in inputs)
+    loss, grad = loss_ops(backend)(model_output, x_start, noise, t, ref.loss_table().to(dev))
+    assert loss.dtype == grad.dtype == dtype and grad.shape == (N, 2 * channels)
+    ref64 = loss_pass_reference(*inputs, torch.float64)
+    lowp = loss_pass_reference(*inputs, dtype)
+    for o, r64, r in zip((loss, grad), ref64, lowp):
+        assert_close("diffusion_loss", o, r64, r)
+
+
+@pytest.mark.parametrize("N", [0, 1])
+def test_diffusion_loss_pass_few_rows(backend, N):
+    inputs = loss_pass_inputs(N, C)
+    dev = backend_device(backend)
+    loss, grad = loss_ops(backend)(*(v.to(dev) for v in inputs), ref.loss_table().to(dev))
+    assert loss.shape == (N,) and grad.shape == (N, 2 * C)
+    if N:
+        ref64 = loss_pass_reference(*inputs, torch.float64)
+        assert_close("diffusion_loss", loss, ref64[0], ref64[0])
+        assert_close("diffusion_loss", grad, ref64[1], ref64[1])
+
+
+def test_diffusion_loss_gradcheck(backend):
     """The fused pass's gradient of the variance channels (float64) vs finite differences, through the KL
     (t > 0) and the discretized-NLL branches (t = 0, x_start inside and beyond +-0.999)."""
-    x_start, _, t, noise = loss_inputs()
+    dev = backend_device(backend)
+    x_start, _, t, noise = (v.to(dev) for v in loss_inputs())
     x_start[0, :3] = torch.tensor([-1.2, 0.3, 1.5], dtype=torch.float64)  # t = 0 row: the three NLL cases
-    eps = torch.randn(6, C, dtype=torch.float64)
-    v = (torch.rand(6, C, dtype=torch.float64) * 2 - 1).requires_grad_()
-    table = ref.loss_table()
-    torch.autograd.gradcheck(lambda v: torch.ops.fastar.diffusion_loss(torch.cat([eps, v], 1), x_start, noise, t,
-                                                                       table)[0], (v,))
+    eps = torch.randn(6, C, dtype=torch.float64, device=dev)
+    v = (torch.rand(6, C, dtype=torch.float64, device=dev) * 2 - 1).requires_grad_()
+    table, op = ref.loss_table().to(dev), loss_ops(backend)
+    torch.autograd.gradcheck(lambda v: op(torch.cat([eps, v], 1), x_start, noise, t, table)[0], (v,))
     # eps: the MSE's gradient only (the VB term sees eps through a stop-gradient)
     out = torch.cat([eps, v.detach()], 1).requires_grad_()
-    torch.ops.fastar.diffusion_loss(out, x_start, noise, t, table)[0].sum().backward()
+    op(out, x_start, noise, t, table)[0].sum().backward()
     torch.testing.assert_close(out.grad[:, :C], 2 * (eps - noise) / C)
 
 
-def test_diffusion_loss_opcheck():
-    x_start, _, t, noise = (v.float() if v.is_floating_point() else v for v in loss_inputs())
-    args = (torch.randn(6, 2 * C, requires_grad=True), x_start, noise, t, ref.loss_table())
-    torch.library.opcheck(torch.ops.fastar.diffusion_loss.default, args)
+def test_diffusion_loss_opcheck(backend):
+    dev = backend_device(backend)
+    x_start, _, t, noise = (v.to(dev, torch.float32) if v.is_floating_point() else v.to(dev) for v in loss_inputs())
+    args = (torch.randn(6, 2 * C, requires_grad=True, device=dev), x_start, noise, t, ref.loss_table().to(dev))
+    torch.library.opcheck(loss_ops(backend).default, args)
 
 
 @pytest.mark.parametrize("change,match", [
@@ -276,3 +335,38 @@ def test_diffusion_loss_bad_inputs(change, match):
     kw = {**dict(x_start=x_start, z=z, head=head_module(torch.float32), t=t, noise=noise), **change}
     with pytest.raises((ValueError, TypeError), match=match):
         fastar.ops.diffusion_loss(kw["x_start"], kw["z"], kw["head"], t=kw["t"], noise=kw["noise"])
+
+
+@pytest.mark.parametrize("arg,value,match", [
+    ("model_output", lambda a: a[:, 1:], r"model_output must have shape \[6, 32\]"),
+    ("x_start", lambda a: a.half(), "x_start must be float32 or float64"),
+    ("noise", lambda a: a.double(), "noise must have x_start's dtype"),
+    ("t", lambda a: a.int(), r"t must be \(6,\) int64"),
+    ("t", lambda a: a.clone().fill_(1000), r"t must be in \[0, 1000\)"),
+    ("t", lambda a: a.clone().fill_(-1), r"t must be in \[0, 1000\)"),
+    ("table", lambda a: a[:, :7], r"table must be \(T, 8\)"),
+    ("table", lambda a: a.float(), r"table must be \(T, 8\) contiguous float64"),
+    ("table", lambda a: a.t().contiguous().t(), r"table must be \(T, 8\) contiguous float64")])
+def test_diffusion_loss_pass_bad_inputs(backend, arg, value, match):
+    """The compiled op's own checks (shared by the cpu and device kernels) name the argument: a bad one never
+    reaches a kernel, which would index the table with t unchecked."""
+    dev = backend_device(backend)
+    model_output, x_start, noise, t = (v.to(dev, torch.float32) if v.is_floating_point() else v.to(dev)
+                                       for v in loss_pass_inputs(6, C))
+    args = dict(model_output=model_output, x_start=x_start, noise=noise, t=t, table=ref.loss_table().to(dev))
+    args[arg] = value(args[arg])
+    with pytest.raises(RuntimeError, match=match):
+        loss_ops(backend)(*args.values())
+
+
+def test_diffusion_loss_pass_wrong_device():
+    """A tensor on another device than the kernels' is named."""
+    if not torch.cuda.is_available() or not fastar.backends()["cuda"]:
+        pytest.skip("no GPU on this machine or no cuda backend")
+    model_output, x_start, noise, t = (v.float() if v.is_floating_point() else v for v in loss_pass_inputs(6, C))
+    table = ref.loss_table()
+    with pytest.raises(RuntimeError, match="table is on cpu, expected cuda"):
+        torch.ops.fastar.diffusion_loss(model_output.cuda(), x_start.cuda(), noise.cuda(), t.cuda(), table)
+    # one CUDA tensor sends the call to the cuda kernel, whose checks name the first CPU one
+    with pytest.raises(RuntimeError, match="model_output is on cpu, expected cuda"):
+        torch.ops.fastar.diffusion_loss(model_output, x_start, noise.cuda(), t, table)

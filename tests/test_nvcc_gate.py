@@ -28,6 +28,8 @@ def test_every_kernel_at_both_archs_without_spills(tmp_path):
         assert r["spill_store_bytes"] == r["spill_load_bytes"] == r["stack_bytes"] == 0, r
     assert all(a == set(nvcc_gate.ARCHS) for a in archs.values()), archs
     assert sum("vq_nearest_kernel" in k for k in archs) == 3  # float, bf16, fp16
+    assert {k for k in archs if "diffusion_loss_kernel" in k} == {
+        f"fastar::kernels::diffusion_loss_kernel<{t}>" for t in ("float", "double")}
     for kernel in ("attention_fwd_kernel", "attention_bwd_kernel", "attention_combine_kernel"):
         # 3 dtypes x head dims 32, 64, 128 (the backward also by query tile: a (dtype, D) may have two);
         # "::" keeps multi_axis_attention_*_kernel out

@@ -3,7 +3,10 @@
 #include <ATen/ATen.h>
 
 #include <string>
+#include <tuple>
+#include <vector>
 
+#include "cpu/diffusion.h"
 #include "torch/checks.h"
 
 namespace fastar {
@@ -52,6 +55,35 @@ inline int64_t check_diffusion_sample(const at::Tensor& z, at::TensorList weight
   TORCH_CHECK(schedule.scalar_type() == at::kDouble && schedule.device().is_cpu(), op,
               ": schedule must be a float64 CPU tensor, got ", schedule.scalar_type(), " on ", schedule.device());
   return depth;
+}
+
+// model_output (N, 2C), x_start and noise (N, C) float32 or float64 of one dtype; t (N,) int64 in [0, T); table
+// (T, 8) contiguous float64; all on x_start's device.
+inline void check_diffusion_loss(const at::Tensor& model_output, const at::Tensor& x_start, const at::Tensor& noise,
+                                 const at::Tensor& t, const at::Tensor& table, c10::DeviceType device) {
+  const char* op = "diffusion_loss";
+  TORCH_CHECK(x_start.dim() == 2, op, ": x_start must be (N, C), got ", x_start.dim(), " dims");
+  const int64_t N = x_start.size(0), C = x_start.size(1);
+  TORCH_CHECK(x_start.scalar_type() == at::kFloat || x_start.scalar_type() == at::kDouble, op,
+              ": x_start must be float32 or float64, got ", x_start.scalar_type());
+  for (auto [name, tensor, shape] : {std::tuple{"model_output", &model_output, std::vector<int64_t>{N, 2 * C}},
+                                     std::tuple{"x_start", &x_start, std::vector<int64_t>{N, C}},
+                                     std::tuple{"noise", &noise, std::vector<int64_t>{N, C}}}) {
+    TORCH_CHECK(tensor->sizes() == c10::IntArrayRef(shape), op, ": ", name, " must have shape ",
+                c10::IntArrayRef(shape), ", got ", tensor->sizes());
+    TORCH_CHECK(tensor->scalar_type() == x_start.scalar_type(), op, ": ", name, " must have x_start's dtype ",
+                x_start.scalar_type(), ", got ", tensor->scalar_type());
+    check_device(op, name, *tensor, device, "x_start", x_start);
+  }
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == N && t.scalar_type() == at::kLong, op, ": t must be (", N,
+              ",) int64, got ", t.sizes(), " ", t.scalar_type());
+  check_device(op, "t", t, device, "x_start", x_start);
+  TORCH_CHECK(table.dim() == 2 && table.size(1) == cpu::kLossTableColumns && table.scalar_type() == at::kDouble &&
+              table.is_contiguous(), op, ": table must be (T, ", cpu::kLossTableColumns,
+              ") contiguous float64, got ", table.sizes(), " ", table.scalar_type());
+  check_device(op, "table", table, device, "x_start", x_start);
+  TORCH_CHECK(N == 0 || (t.min().item<int64_t>() >= 0 && t.max().item<int64_t>() < table.size(0)), op,
+              ": t must be in [0, ", table.size(0), ")");
 }
 
 }  // namespace fastar

@@ -1,6 +1,7 @@
 // CUDA (and simt) registration of the diffusion family: the head loop of csrc/cpu/diffusion.cpp with the GEMMs on
 // the device (cuBLAS through at::mm, into buffers allocated before the loop) and the fused row passes of
 // kernels/diffusion. No host synchronisation inside the loop: the schedule's coefficients are read on the host.
+// The training loss: shared checks, then the one pass of kernels/diffusion/diffusion_loss.cu.
 #include "cpu/diffusion.h"
 #include "kernels/diffusion/diffusion.h"
 #include "torch/device.h"
@@ -64,8 +65,30 @@ static at::Tensor diffusion_sample_device(const at::Tensor& z, at::TensorList we
   return x;
 }
 
+static_assert(kernels::kDiffusionLossColumns == cpu::kLossTableColumns, "loss table columns differ");
+
+static std::tuple<at::Tensor, at::Tensor> diffusion_loss_device(const at::Tensor& model_output,
+                                                                const at::Tensor& x_start, const at::Tensor& noise,
+                                                                const at::Tensor& t, const at::Tensor& table) {
+  const char* op = "diffusion_loss";
+  check_diffusion_loss(model_output, x_start, noise, t, table, kDeviceType);
+  TORCH_CHECK(x_start.size(1) <= INT32_MAX / 2, op, ": x_start has ", x_start.size(1), " channels, over the "
+              "kernel's 2^30");
+  DeviceScope scope(x_start);
+  const at::Tensor out = model_output.contiguous(), x = x_start.contiguous(), n = noise.contiguous();
+  const at::Tensor tt = t.contiguous();
+  at::Tensor loss = at::empty({x.size(0)}, x.options()), grad = at::empty_like(out);  // (N,), (N, 2C)
+  kernels::DiffusionLossParams p{};
+  p.model_output = out.data_ptr(), p.x_start = x.data_ptr(), p.noise = n.data_ptr();
+  p.t = tt.data_ptr<int64_t>(), p.table = table.data_ptr<double>(), p.loss = loss.data_ptr(), p.grad = grad.data_ptr();
+  p.N = x.size(0), p.C = int(x.size(1)), p.dtype = kernel_dtype(x.scalar_type());
+  check_launch(kernels::diffusion_loss_launch(p, scope.stream()), op);
+  return {loss, grad};
+}
+
 }  // namespace fastar
 
 TORCH_LIBRARY_IMPL(FASTAR_DEVICE_LIBRARY, FASTAR_DEVICE_KEY, m) {
   m.impl("diffusion_sample", &fastar::diffusion_sample_device);
+  m.impl("diffusion_loss", &fastar::diffusion_loss_device);
 }

@@ -47,7 +47,8 @@ inline void define_ops(torch::Library& m) {
   m.def("sample_categorical(Tensor logits, Tensor uniform, float temperature, int top_k, float top_p, "
         "float min_prob) -> Tensor");
   // MAR's DiffLoss training loss: model_output (N, 2C) [eps, v], x_start, noise (N, C), t (N,) int64, table
-  // (1000, 8) float64 (fastar/reference/diffusion.py loss_table) -> loss (N,), d loss / d model_output (N, 2C).
+  // (1000, 8) float64 (fastar/reference/diffusion.py loss_table), all on one device -> loss (N,),
+  // d loss / d model_output (N, 2C).
   m.def("diffusion_loss(Tensor model_output, Tensor x_start, Tensor noise, Tensor t, Tensor table) "
         "-> (Tensor loss, Tensor grad_output)");
 }

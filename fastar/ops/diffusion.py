@@ -86,9 +86,9 @@ def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, gen
                                                      float(cfg), generator, bf16)
 
 
-@functools.lru_cache(maxsize=1)
-def _loss_table() -> torch.Tensor:  # (1000, 8) float64, never written to
-    return reference.loss_table()
+@functools.lru_cache(maxsize=8)
+def _loss_table(device: torch.device) -> torch.Tensor:  # (1000, 8) float64 on device (kernels index it), read only
+    return reference.loss_table().to(device)
 
 
 def _loss_setup_context(ctx, inputs, output):
@@ -114,7 +114,8 @@ def diffusion_loss(x_start, z, head, *, t, noise):
     x_start, noise (N, C) float32 or float64: targets and their noise; z (N, Z) the conditions; t (N,) int64 in
     [0, 1000): timesteps of the training chain (MAR repeats rows diffusion_batch_mul times before this call).
     head: a SimpleMLPAdaLN (forward(x_t, t, z) -> (N, 2C)); gradients reach its parameters and z through autograd.
-    The head runs as its module; the loss terms and their gradient run as one fused pass (csrc/cpu/diffusion_loss.cpp).
+    The head runs as its module; the loss terms and their gradient run as one fused pass (csrc/cpu/diffusion_loss.cpp,
+    csrc/kernels/diffusion/diffusion_loss.cu).
     Returns the loss (N,).
     """
     op = "diffusion_loss"
@@ -137,7 +138,7 @@ def diffusion_loss(x_start, z, head, *, t, noise):
                          f"{z.shape[1]} wide")
 
     def run(ops):
-        table = _loss_table()
+        table = _loss_table(x_start.device)
         model_output = head(reference.q_sample(x_start, t, noise, table), t, z)
         return ops.diffusion_loss(model_output, x_start, noise, t, table)[0]
     return x_start.device, run

@@ -1,11 +1,15 @@
-// diffusion_sample on the GPU: the fused row passes between the GEMMs of MAR's head loop (no torch types here).
-// The loop (csrc/torch/diffusion_device.cpp) runs the GEMMs (cuBLAS through at::mm) into the buffers below,
-// without their bias, and one pass per gap: the passes add the biases and do SiLU, the gated residual with the
-// next LayerNorm + modulation, and the DDPM update, as csrc/cpu/diffusion.cpp does per row on the CPU.
+// The diffusion family on the GPU (no torch types here).
+// diffusion_sample: the fused row passes between the GEMMs of MAR's head loop. The loop
+// (csrc/torch/diffusion_device.cpp) runs the GEMMs (cuBLAS through at::mm) into the buffers below, without their
+// bias, and one pass per gap: the passes add the biases and do SiLU, the gated residual with the next LayerNorm +
+// modulation, and the DDPM update, as csrc/cpu/diffusion.cpp does per row on the CPU.
+// diffusion_loss: DiffLoss's per-row training loss and its gradient in one pass, as csrc/cpu/diffusion_loss.cpp.
 #pragma once
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+
+#include "kernels/dtype.h"
 
 namespace fastar::kernels {
 
@@ -50,5 +54,24 @@ cudaError_t diffusion_residual_ln_launch(const DiffusionParams& p, int b, const 
                                          const float* ln_b, cudaStream_t stream);
 // x = posterior mean + exp(log_var / 2) noise * noise_scale from out + final_b (eps cfg-combined, v of the row).
 cudaError_t diffusion_update_launch(const DiffusionParams& p, const DiffusionStep& s, cudaStream_t stream);
+
+// Columns of the training chain's table (fastar/reference/diffusion.py LOSS_TABLE_COLUMNS), one row per timestep.
+constexpr int kDiffusionLossColumns = 8;
+
+struct DiffusionLossParams {
+  const void* model_output;  // (N, 2C) the head's [eps, v], of dtype
+  const void* x_start;       // (N, C) targets, of dtype
+  const void* noise;         // (N, C) their noise, of dtype
+  const int64_t* t;          // (N,) timesteps: rows of table (the glue checks the range; the kernel does not)
+  const double* table;       // (T, kDiffusionLossColumns) loss_table, cast to dtype per row as the official code
+  void* loss;                // (N,) out: MSE(eps) + VB in bits
+  void* grad;                // (N, 2C) out: d loss / d model_output
+  int64_t N;                 // rows
+  int C;                     // token channels
+  Dtype dtype;               // f32 or f64
+};
+
+// loss and grad from model_output; any other dtype, N < 0 or C < 1 is cudaErrorInvalidValue.
+cudaError_t diffusion_loss_launch(const DiffusionLossParams& p, cudaStream_t stream);
 
 }  // namespace fastar::kernels
