@@ -7,6 +7,8 @@
 #include <tuple>
 #include <vector>
 
+#include "kernels/diffusion/loss_math.h"
+
 namespace fastar::cpu {
 
 constexpr int64_t kFreqDim = 256;  // TimestepEmbedder's sinusoid width
@@ -63,9 +65,6 @@ inline HeadPlan head_plan(const at::Tensor& z, at::TensorList weights, int64_t d
 at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t depth, const at::Tensor& schedule,
                             double temperature, double cfg, const std::optional<at::Generator>& generator,
                             bool bf16);
-
-// Columns of the training chain's table (fastar/reference/diffusion.py LOSS_TABLE_COLUMNS), one row per timestep.
-constexpr int64_t kLossTableColumns = 8;
 
 // DiffLoss's per-row training loss and its gradient (schema in torch/ops.h; checked in torch/diffusion.cpp).
 // model_output (N, 2C) [eps, v], x_start and noise (N, C), t (N,) int64, table (1000, 8) float64

@@ -78,8 +78,8 @@ inline void check_diffusion_loss(const at::Tensor& model_output, const at::Tenso
   TORCH_CHECK(t.dim() == 1 && t.size(0) == N && t.scalar_type() == at::kLong, op, ": t must be (", N,
               ",) int64, got ", t.sizes(), " ", t.scalar_type());
   check_device(op, "t", t, device, "x_start", x_start);
-  TORCH_CHECK(table.dim() == 2 && table.size(1) == cpu::kLossTableColumns && table.scalar_type() == at::kDouble &&
-              table.is_contiguous(), op, ": table must be (T, ", cpu::kLossTableColumns,
+  TORCH_CHECK(table.dim() == 2 && table.size(1) == kernels::kDiffusionLossColumns && table.scalar_type() == at::kDouble &&
+              table.is_contiguous(), op, ": table must be (T, ", kernels::kDiffusionLossColumns,
               ") contiguous float64, got ", table.sizes(), " ", table.scalar_type());
   check_device(op, "table", table, device, "x_start", x_start);
   TORCH_CHECK(N == 0 || (t.min().item<int64_t>() >= 0 && t.max().item<int64_t>() < table.size(0)), op,

@@ -65,8 +65,6 @@ static at::Tensor diffusion_sample_device(const at::Tensor& z, at::TensorList we
   return x;
 }
 
-static_assert(kernels::kDiffusionLossColumns == cpu::kLossTableColumns, "loss table columns differ");
-
 static std::tuple<at::Tensor, at::Tensor> diffusion_loss_device(const at::Tensor& model_output,
                                                                 const at::Tensor& x_start, const at::Tensor& noise,
                                                                 const at::Tensor& t, const at::Tensor& table) {

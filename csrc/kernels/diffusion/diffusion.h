@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "kernels/diffusion/loss_math.h"
 #include "kernels/dtype.h"
 
 namespace fastar::kernels {
@@ -54,9 +55,6 @@ cudaError_t diffusion_residual_ln_launch(const DiffusionParams& p, int b, const 
                                          const float* ln_b, cudaStream_t stream);
 // x = posterior mean + exp(log_var / 2) noise * noise_scale from out + final_b (eps cfg-combined, v of the row).
 cudaError_t diffusion_update_launch(const DiffusionParams& p, const DiffusionStep& s, cudaStream_t stream);
-
-// Columns of the training chain's table (fastar/reference/diffusion.py LOSS_TABLE_COLUMNS), one row per timestep.
-constexpr int kDiffusionLossColumns = 8;
 
 struct DiffusionLossParams {
   const void* model_output;  // (N, 2C) the head's [eps, v], of dtype
