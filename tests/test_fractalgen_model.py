@@ -98,6 +98,58 @@ def test_pixelloss_kv_cache_decoding_matches_the_official_recompute():
 
 
 @pytest.mark.parametrize("kind", list(TINY))
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_forced_pixel_logits_decode_to_exactly_that_colour(kind, cfg):
+    """A PixelLoss whose biases force R = 9, G = 200, B = 77 (all other logits 100 below): every pixel of every image
+    comes out as that colour, whatever the levels above do: the channel order, the CFG mix and the normalization
+    from ids to the data loader's space and back to [0, 1] undo exactly what training does."""
+    model = tiny(kind).eval()
+    pixel = model
+    while not hasattr(pixel, "r_mlm"):
+        pixel = pixel.next_fractal
+    with torch.no_grad():
+        for mlm, value in zip((pixel.r_mlm, pixel.g_mlm, pixel.b_mlm), (9, 200, 77)):
+            mlm.bias.zero_()
+            mlm.bias[0, value] = 100.0
+    out = model.generate(torch.tensor([3, 7]), num_iter_list=[3, 2, 2], cfg=cfg,
+                         generator=torch.Generator().manual_seed(0))
+    want = torch.tensor([9, 200, 77.0])[None, :, None, None].expand_as(out) / 255
+    torch.testing.assert_close(out, want, atol=1e-6, rtol=0)
+    assert torch.equal((out * 255).round(), want * 255)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_mar_sampling_puts_each_patch_where_it_was_chosen(cfg):
+    """With conditions that name their (row, position) and a child that returns a patch filled with that name, the
+    sampled canvas holds at each position of each image its own name: every position drawn once, the [cond; uncond]
+    rows paired, the transformer fed the patches drawn so far, unpatchify the inverse of patchify."""
+    mar = tiny("mar").eval().next_fractal.generator  # 16 positions of 1x1 patches
+    bsz, S = 2, mar.seq_len
+    rows = 2 * bsz if cfg != 1.0 else bsz
+    name = 100.0 * torch.arange(rows)[:, None] + torch.arange(S)  # (rows, S)
+    drawn = []
+
+    def predict(patches, mask, cond_list):
+        assert patches.shape[0] == rows and torch.equal(mask[:bsz], mask[bsz:] if rows > bsz else mask)
+        seen = ~mask.bool()
+        assert torch.equal(patches[seen], (name % (100 * bsz))[seen][:, None].expand(-1, patches.shape[-1]))
+        return [name[..., None].expand(-1, -1, 8)] * 5
+
+    def child(cond_list, cfg, temperature, filter_threshold, generator):
+        c = cond_list[0][:, 0]
+        n = len(c) // 2 if rows > bsz else len(c)
+        if rows > bsz:
+            assert torch.equal(c[n:], c[:n] + 100 * bsz)  # each uncond row follows its cond row
+        drawn.append(c[:n])
+        return c[:n, None, None, None].expand(n, 3, 1, 1)
+
+    mar.predict = predict
+    out = mar.sample([torch.zeros(rows, 32)], 5, cfg, "linear", 1.0, 0.0, child)
+    assert sorted(torch.cat(drawn).tolist()) == sorted(name[:bsz].flatten().tolist())
+    torch.testing.assert_close(out, name[:bsz].view(bsz, 1, 4, 4).expand(bsz, 3, 4, 4), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", list(TINY))
 def test_sampling_on_fastar_ops_equals_reference_ops(kind, backend):
     """Same weights, same seed: the backend's attention (MAR levels) and attention_decode (AR levels, PixelLoss) draw
     the same pixels as the reference ops, at cfg with the linear schedule, temperature and filter_threshold."""
