@@ -9,7 +9,8 @@ import torch
 
 K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
      # VAR's multi-scale quantizer: Phi folded into one conv and convolution algorithms differ from the reference's.
-     "f_to_idxBl_or_fhat": 4.0, "idxBl_to_fhat": 4.0, "idxBl_to_var_input": 4.0, "get_next_autoregressive_input": 4.0,
+     "f_to_idxBl_or_fhat": 4.0, "idxBl_to_fhat": 4.0, "embed_to_fhat": 4.0, "idxBl_to_var_input": 4.0,
+     "get_next_autoregressive_input": 4.0,
      "msq_forward": 4.0,
      # FlashAttention's factors: 2 for the forward (out, lse), 3 for the gradients.
      "attention": 2.0, "attention_bwd": 3.0,

@@ -1,11 +1,14 @@
-"""`python -m fastar selftest`: passes on this build (cpu, and simt when built) and fails when a kernel is wrong."""
+"""`python -m fastar selftest`: passes on this build (cpu, and simt when built), covers every op and compiled kernel,
+and fails when a kernel is wrong or unchecked."""
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import fastar
 from fastar import selftest
+from fastar.ops._registry import OPS
 
 
 def test_selftest_quick_passes():
@@ -15,23 +18,59 @@ def test_selftest_quick_passes():
     assert "selftest: all passed" in proc.stdout
     for backend in ("cpu", "simt") if fastar.backends()["simt"] else ("cpu",):
         assert f"attention causal dq          {backend}" in proc.stdout, proc.stdout
+        assert f"every kernel checked         {backend}" in proc.stdout, proc.stdout
     if not fastar.backends()["cuda"]:
         assert "no CUDA GPU to check" in proc.stdout
 
 
-def test_selftest_fails_on_a_wrong_kernel(monkeypatch, capsys):
-    real = fastar.ops.vq_nearest
+@pytest.mark.parametrize("quick", [True, False])
+def test_selftest_covers_every_op(quick):
+    """Every public op on compiled kernels (fastar.ops._registry.OPS) has a check; the kernels each backend has
+    are those every op calls (the run's last row per backend, test_selftest_fails_on_an_unchecked_kernel)."""
+    assert {op for op, *_ in selftest.cases(quick)} == set(OPS)
+    if fastar.backends()["simt"]:
+        assert {k.split("::")[1] for k in selftest.compiled_kernels("simt")} == \
+            {k.split("::")[1] for k in selftest.compiled_kernels("cpu")}
 
-    def off_by_one(x, codebook, **kw):  # a kernel that picks the next code
-        idx, dist = real(x, codebook, **kw)
-        return (idx + 1) % codebook.shape[0], dist
 
-    monkeypatch.setattr(fastar.ops, "vq_nearest", off_by_one)
+def test_selftest_fails_on_an_unchecked_kernel(monkeypatch, capsys):
+    cases = selftest.cases
+    monkeypatch.setattr(selftest, "cases", lambda quick: [c for c in cases(quick) if c[0] == "idxBl_to_fhat"])
+    assert selftest.run_checks(quick=True) == 1 + fastar.backends()["simt"]
+    out = capsys.readouterr().out
+    unchecked = next(line for line in out.splitlines() if line.startswith("every kernel checked         cpu"))
+    assert "FAIL (unchecked: fastar::attention_bwd, fastar::attention_decode" in unchecked, out
+    assert "fastar::msq_up" not in unchecked  # idxBl_to_fhat's own kernel: checked
+
+
+class _Wrong:
+    """torch.ops.fastar or fastar_simt with compiled kernel `name`'s result changed by `mutate`."""
+    def __init__(self, ops, name, mutate):
+        self.ops, self.name, self.mutate = ops, name, mutate
+
+    def __getattr__(self, attr):
+        kernel = getattr(self.ops, attr)
+        return (lambda *args: self.mutate(kernel(*args))) if attr == self.name else kernel
+
+
+def _neighbour(idx):  # the index next to the right one
+    return torch.where(idx > 0, idx - 1, idx + 1)
+
+
+@pytest.mark.parametrize("op,kernel,mutate,row", [
+    ("vq_nearest", "vq_nearest", lambda r: (_neighbour(r[0]), r[1]), "vq_nearest index gap"),
+    ("sample_categorical", "sample_categorical", _neighbour, "sample_categorical off draws"),
+    ("multi_axis_attention", "multi_axis_attention_fwd", lambda r: (r[0] + 1e-3, r[1]), "multi_axis_attention out")])
+def test_selftest_fails_on_a_wrong_kernel(monkeypatch, capsys, op, kernel, mutate, row):
+    namespace = fastar._backend.namespace
+    monkeypatch.setattr(fastar._backend, "namespace", lambda name: _Wrong(namespace(name), kernel, mutate))
     with pytest.raises(SystemExit) as exit_:
-        selftest.main(["--quick", "--ops", "vq_nearest"])
+        selftest.main(["--quick", "--ops", op])
     out = capsys.readouterr().out
     assert exit_.value.code == 1, out
-    assert "vq_nearest index gap         cpu" in out and "FAIL" in out and "FAILED" in out
+    for backend in ("cpu", "simt") if fastar.backends()["simt"] else ("cpu",):
+        assert next(line for line in out.splitlines() if line.startswith(f"{row:<28} {backend}")).endswith("FAIL"), out
+    assert "FAILED" in out
 
 
 def test_selftest_bench_without_gpu_says_so(capsys):

@@ -62,9 +62,12 @@ class Decline:
     reason: str  # e.g. "the simt kernel takes head dims up to 128, got 640"
 
 
+OPS = {}  # name -> public op: every op on compiled kernels (cpu, cuda, simt), what `fastar selftest` must cover
+
+
 def op(*, reference, torch):
     """Decorates the body of public op `body.__name__` (see the module docstring): the op with its checks, its
-    backend's kernels and the torch / reference formulations of fastar.torch / fastar.reference."""
+    backend's kernels and the torch / reference formulations of fastar.torch / fastar.reference; listed in OPS."""
     impls = {"torch": torch, "reference": reference}
 
     def wrap(body):
@@ -82,5 +85,6 @@ def op(*, reference, torch):
             if backend in impls:
                 return impls[backend](*args, **kwargs)
             return run(_backend.namespace(backend))
+        OPS[name] = public
         return public
     return wrap
