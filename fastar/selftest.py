@@ -33,6 +33,7 @@ ATTENTION_SHAPES = [(1, 1, 1, 1, 1, 32), (1, 4, 2, 33, 97, 32), (2, 4, 4, 70, 70
                     (2, 3, 3, 129, 129, 24), (3, 7, 7, 17, 17, 64)]
 MASKS = ("full", "causal", "block_causal", "row", "column", "conv")  # VAR's block-causal, DALL-E's three
 DECODE_POSITIONS = (2, 9, 40, 70)  # three queries ending there in a 7 text + 8 x 8 image stream: text, rows, the end
+DECODE_SHAPE = (2, 4, 2, 3, 71, 32)  # (B, H, Hk, Lq, stream length, D); the caches hold 3 rows more
 MULTI_AXIS_SHAPES = [(1, 6, 6, 4, 2, 64, 3), (2, 8, 8, 4, 1, 32, 4)]  # (B, H, W, heads, heads_kv, D, block)
 VQ_SHAPES = [(257, 513, 17), (1000, 4096, 32), (4096, 16384, 64)]  # (N, K, D): tiles' tails, then VAR's V and C
 MSQ_PATCH_NUMS = [((1, 3, 5, 7), 3, 5, 37), ((1, 2, 3, 4, 5, 6, 8, 10, 13, 16), 2, 32, 4096)]  # (patch_nums, B, C, V)
@@ -116,14 +117,14 @@ def _check_attention(device, dtype, shape, kind):
 
 def _check_decode(device, dtype, kind):
     """Three queries ending at each of DECODE_POSITIONS, over caches 3 rows longer than the stream."""
-    L, Lq = DECODE_POSITIONS[-1] + 1, 3
+    B, H, Hk, Lq, L, D = DECODE_SHAPE
     mask = _mask(kind, L)
 
     def run(q, k_cache, v_cache):
         outs = [fastar.ops.attention_decode(q[:, :, p - Lq + 1:p + 1], k_cache, v_cache, p + 1, mask, return_lse=True)
                 for p in DECODE_POSITIONS]
         return [torch.cat([o[i] for o in outs], 2) for i in (0, 1)]
-    inputs = [_randn(2, 4, L, 32, seed=5), _randn(2, 2, L + 3, 32, seed=6), _randn(2, 2, L + 3, 32, seed=7)]
+    inputs = [_randn(B, H, L, D, seed=5), _randn(B, Hk, L + 3, D, seed=6), _randn(B, Hk, L + 3, D, seed=7)]
     return _rows(f"attention_decode {kind}", ("out", "lse"), "attention",
                  *_versus_reference(run, inputs, dtype, device))
 
@@ -347,7 +348,7 @@ def cases(quick):
                 out.append(("attention", dt, ATTENTION_SHAPES[2], functools.partial(
                     _check_attention, dtype=dtype, shape=ATTENTION_SHAPES[2], kind=kind)))
         for kind in ("full", "row") if quick else ("full", "causal", "row", "column", "conv"):
-            out.append(("attention_decode", dt, kind, functools.partial(_check_decode, dtype=dtype, kind=kind)))
+            out.append(("attention_decode", dt, DECODE_SHAPE, functools.partial(_check_decode, dtype=dtype, kind=kind)))
         for shape in MULTI_AXIS_SHAPES[:n]:
             out.append(("multi_axis_attention", dt, shape, functools.partial(_check_multi_axis, dtype=dtype,
                                                                              shape=shape)))

@@ -25,12 +25,9 @@ def test_selftest_quick_passes():
 
 @pytest.mark.parametrize("quick", [True, False])
 def test_selftest_covers_every_op(quick):
-    """Every public op on compiled kernels (fastar.ops._registry.OPS) has a check; the kernels each backend has
-    are those every op calls (the run's last row per backend, test_selftest_fails_on_an_unchecked_kernel)."""
+    """Every public op on compiled kernels (fastar.ops._registry.OPS) has a check; that every compiled kernel runs
+    in one is the run's last row per backend (test_selftest_fails_on_an_unchecked_kernel)."""
     assert {op for op, *_ in selftest.cases(quick)} == set(OPS)
-    if fastar.backends()["simt"]:
-        assert {k.split("::")[1] for k in selftest.compiled_kernels("simt")} == \
-            {k.split("::")[1] for k in selftest.compiled_kernels("cpu")}
 
 
 def test_selftest_fails_on_an_unchecked_kernel(monkeypatch, capsys):
