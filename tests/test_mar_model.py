@@ -1,6 +1,7 @@
 """MAR on fastar: the official key lists and parameter counts (tests/data), the KL-16 VAE, and seeded sampling
 against the float64 reference."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -172,10 +173,23 @@ def test_mask_ratio_distribution():
     assert r.min() >= 0.7 and r.max() <= 1.0 and abs(r.mean().item() - 0.8670) < 0.005
 
 
+def test_lr_schedule():
+    """The digits trainers' learning rate (official util/lr_sched.py): a linear warmup, then constant or a half-cycle
+    cosine that reaches 0 at the last step."""
+    from fastar.models.var.train import lr_at
+    assert [lr_at(s, 100, 1.0, "cosine", 10) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_at(10, 100, 1.0, "cosine", 10) == pytest.approx(1.0)
+    assert lr_at(55, 100, 1.0, "cosine", 10) == pytest.approx(0.5)
+    assert lr_at(99, 100, 1.0, "cosine", 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert lr_at(99, 100, 2.0, "constant", 0) == 2.0
+    with pytest.raises(ValueError, match="schedule"):
+        lr_at(0, 100, 1.0, "linear", 0)
+
+
 @pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
 def test_train_then_sample_cli(tmp_path, torchrun):
     out = run_cli(tmp_path, "train", "mar", "--vae-steps", "3", "--mar-steps", "3", "--bs", "8", "--width", "32",
-                  "--num-iter", "2", "--out", "run", torchrun=torchrun)
+                  "--num-iter", "2", "--num-steps", "3", "--out", "run", torchrun=torchrun)
     assert "mar loss" in out and (tmp_path / "run" / "samples.png").exists()
     if not torchrun:  # sampling from a checkpoint is the same however it was trained: once is enough
         out = run_cli(tmp_path, "sample", "mar", "--ckpt", "run/ckpt.pt", "--classes", "0", "1", "2", "--num-iter",

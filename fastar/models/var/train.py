@@ -8,6 +8,7 @@ digits; stage 2 freezes it and trains VAR on its tokens, teacher-forced, as Foun
 Writes ckpt.pt (both models with their configs; `python -m fastar sample var --ckpt` reads it) and samples.png.
 """
 import argparse
+import math
 import os
 from dataclasses import asdict
 
@@ -59,15 +60,32 @@ def adamw(model, lr):
                              lr=lr, betas=(0.9, 0.95))
 
 
+def lr_at(step, steps, lr, schedule, warmup):
+    """The learning rate of `step` (0-based): "constant" lr, or "cosine" (MAR's util/lr_sched.py: a linear warmup
+    over `warmup` steps, then a half-cycle cosine from lr down to 0 at `steps`)."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_at: schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "constant":
+        return lr
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
 def fit(name, model, loss_fn, n, args, rank, world, save):
-    """Optimizes loss_fn(idx) over `args.<name>_steps` batches, calling save() every args.ckpt_every steps and at
-    the end (on rank 0); returns the mean loss of the first and of the last 20 steps."""
-    opt = adamw(model, getattr(args, f"{name}_lr"))
+    """Optimizes loss_fn(idx) over `args.<name>_steps` batches at `args.<name>_lr` (scheduled by
+    `args.<name>_lr_schedule` and `args.<name>_warmup` where the trainer has them: lr_at), calling save() every
+    args.ckpt_every steps and at the end (on rank 0); returns the mean loss of the first and of the last 20 steps."""
+    lr, schedule = getattr(args, f"{name}_lr"), getattr(args, f"{name}_lr_schedule", "constant")
+    warmup = getattr(args, f"{name}_warmup", 0)
+    opt = adamw(model, lr)
     ddp = DDP(model) if world > 1 else model
     losses, steps = [], getattr(args, f"{name}_steps")
     bar = tqdm(batches(n, args.bs, steps, args.seed, rank, world), total=steps, desc=f"train {name}",
                disable=rank != 0)
     for step, idx in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, schedule, warmup)
         loss = loss_fn(ddp, idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
