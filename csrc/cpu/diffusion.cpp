@@ -1,7 +1,8 @@
 // MAR's diffusion-head sampling (DiffLoss.sample: SimpleMLPAdaLN + iDDPM's p_sample_loop) as one CPU loop.
 // What the official loop recomputes every step is hoisted: the condition projection runs once per call, the time
-// embedding once per step and per call (one row, shared by all rows), all blocks' adaLN modulations of a step run
-// as one GEMM (every block reads the same y). The GEMMs write into buffers allocated before the loop, without
+// embedding once per step and per call (one row, shared by all rows); each block's adaLN modulation is one GEMM run
+// just before the block (one GEMM of all blocks' measured slower: its 42 MB output at MAR-B's 512 rows left the
+// cache before the blocks read it). The GEMMs write into buffers allocated before the loop, without
 // their bias; one fused pass per row between them (cpu/diffusion_isa.h, at the CPU's vector width) adds the bias
 // and does SiLU, the gated residual, the next LayerNorm + modulation, or the DDPM update. The noise is drawn by
 // torch's generator in the official order.
@@ -41,7 +42,6 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
   const bool guided = cfg != 1.0;
   const int64_t N = z.size(0), W = weights[0].size(0), C = weights[6].size(1), D = depth, S = schedule.size(0);
   const int64_t M = guided ? N / 2 : N;  // rows of x carried: the conditional half under cfg
-  const int64_t A = (3 * D + 2) * W;  // modulation row: [shift, scale, gate] per block, then the final [shift, scale]
   at::Tensor x = at::empty({M, C}, z.options());  // x_t, then the tokens
   if (N == 0) return x;
   x.normal_(0, 1, generator);  // x_T: the official code draws N/2 rows under cfg and duplicates them
@@ -50,7 +50,7 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
   // Once per call: the condition projection and the time embeddings of all steps.
   const HeadPlan plan = head_plan(z, weights, D, schedule);
   const at::Tensor &cond = plan.cond, &t_emb = plan.t_emb, &ada_bias = plan.ada_bias, &in_wT = plan.in_wT;
-  const at::Tensor ada_wT = plan.ada_w.t(), &final_wT = plan.final_wT;
+  const at::Tensor& final_wT = plan.final_wT;
   const std::vector<at::Tensor>&mlp0T = plan.mlp0T, &mlp2T = plan.mlp2T;
   // bf16 copies of the per-step GEMMs' weights, (out, in) row-major, and the rounded input of each product.
   auto bf = [](const at::Tensor& t) { return t.to(at::kBFloat16).contiguous(); };
@@ -74,10 +74,10 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
 
   // Buffers of the loop: nothing is allocated inside it.
   const auto opts = z.options();
-  at::Tensor sy = at::empty({N, W}, opts), mod = at::empty({N, A}, opts), hid = at::empty({N, W}, opts);
+  at::Tensor sy = at::empty({N, W}, opts), hid = at::empty({N, W}, opts);
   at::Tensor h = at::empty({N, W}, opts), a = at::empty({N, W}, opts), out = at::empty({N, 2 * C}, opts);
   at::Tensor noise = at::empty({N, C}, opts);
-  float *sy_p = sy.data_ptr<float>(), *mod_p = mod.data_ptr<float>(), *hid_p = hid.data_ptr<float>();
+  float *sy_p = sy.data_ptr<float>(), *hid_p = hid.data_ptr<float>();
   float *h_p = h.data_ptr<float>(), *a_p = a.data_ptr<float>(), *x_p = x.data_ptr<float>();
   const float *cond_p = cond.data_ptr<float>(), *ada_b_p = ada_bias.data_ptr<float>(), *in_w_p = in_wT.data_ptr<float>();
   const float *in_b_p = weights[7].data_ptr<float>(), *out_p = out.data_ptr<float>(), *noise_p = noise.data_ptr<float>();
@@ -87,15 +87,27 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
   const auto sch = schedule.accessor<double, 2>();
   const float cfg_f = float(cfg), temp_f = float(temperature);
 
+  // Block b's modulation [shift, scale, gate] (b == D: the final layer's [shift, scale]), computed just before its
+  // rows are read: two (N, 3W) buffers in turn (the gate of block b beside the next block's shift and scale) stay
+  // in cache where one (N, (3D + 2) W) product of all blocks did not (42 MB at MAR-B's 512 rows).
+  at::Tensor mods[2] = {at::empty({N, 3 * W}, opts), at::empty({N, 3 * W}, opts)}, mod_last = at::empty({N, 2 * W}, opts);
+  auto modulation = [&](int64_t b) -> const float* {
+    at::Tensor& buf = b < D ? mods[b % 2] : mod_last;
+    const int64_t n = buf.size(1);
+    gemm(buf, sy, plan.ada_w.narrow(0, 3 * b * W, n).t(), bf16 ? ada_bf.narrow(0, 3 * b * W, n) : ada_bf);
+    return buf.data_ptr<float>();
+  };
+  auto mod_stride = [&](int64_t b) { return b < D ? 3 * W : 2 * W; };
+
   const DiffusionIsa& row = *isa().diffusion;
   for (int64_t i = S - 1; i >= 0; --i) {
     const float* te = t_emb.data_ptr<float>() + i * W;
     // SiLU(y), y = t_emb + cond_embed(z)
     for_rows(N, W, [&](int64_t r) { row.silu_sum(te, cond_p + r * W, sy_p + r * W, W); });
-    gemm(mod, sy, ada_wT, ada_bf);
+    const float* cur = modulation(0);
     for_rows(N, W, [&](int64_t r) {  // input_proj(x) (both halves see the conditional x under cfg), first LN
       row.project(x_p + (r % M) * C, C, in_w_p, in_b_p, hid_p + r * W, W);
-      row.ln_modulate(hid_p + r * W, ln_w(0), ln_b(0), mod_p + r * A, ada_b_p, h_p + r * W, W, kLnEps);
+      row.ln_modulate(hid_p + r * W, ln_w(0), ln_b(0), cur + r * mod_stride(0), ada_b_p, h_p + r * W, W, kLnEps);
     });
     for (int64_t b = 0; b < D; ++b) {
       gemm(a, h, mlp0T[b], mlp0_bf[b]);
@@ -103,12 +115,14 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
       for_rows(N, W, [&](int64_t r) { row.silu_bias(a_p + r * W, b0, W); });
       gemm(h, a, mlp2T[b], mlp2_bf[b]);
       const float* b2 = block(b, 5).data_ptr<float>();
+      const float* next = modulation(b + 1);
+      const int64_t sn = mod_stride(b + 1);
       for_rows(N, W, [&](int64_t r) {  // x += gate * mlp(h), then the next block's (or the final) LN + modulation
         float *hr = h_p + r * W, *xr = hid_p + r * W;
-        row.gated_residual(xr, mod_p + r * A + 3 * b * W + 2 * W, ada_b_p + 3 * b * W + 2 * W, hr, b2, W);
-        row.ln_modulate(xr, ln_w(b + 1), ln_b(b + 1), mod_p + r * A + 3 * (b + 1) * W, ada_b_p + 3 * (b + 1) * W, hr,
-                        W, kLnEps);
+        row.gated_residual(xr, cur + r * 3 * W + 2 * W, ada_b_p + 3 * b * W + 2 * W, hr, b2, W);
+        row.ln_modulate(xr, ln_w(b + 1), ln_b(b + 1), next + r * sn, ada_b_p + 3 * (b + 1) * W, hr, W, kLnEps);
       });
+      cur = next;
     }
     gemm(out, h, final_wT, final_bf);
     noise.normal_(0, 1, generator);  // (N, C) every step, as randn_like(x), of which the kept rows read the first M
