@@ -5,8 +5,9 @@ CFG, float32) with where its time goes, one training step (B = 8), and the VQVAE
 Random weights: the work is that of the released models. A d16 sampling run takes about a minute here, so each
 contender runs once (no warm-up round; the report says so): ~10 minutes for the file.
 
-Knobs (environment): FASTAR_BENCH_VAR_DEPTH (16) and FASTAR_BENCH_VAR_B (4, the sampling batch) size a quick
-check; FASTAR_BENCH_VAR_ORACLE=1 adds the float64-capable reference ops as an extra column (slow)."""
+Knobs (environment): FASTAR_BENCH_VAR_DEPTH (16), FASTAR_BENCH_VAR_B (4, the sampling batch) and
+FASTAR_BENCH_VAR_TRAIN_B (8, the training step's batch; the main command runs 4) size a quick check;
+FASTAR_BENCH_VAR_ORACLE=1 adds the float64-capable reference ops as an extra column (slow)."""
 import os
 import time
 from collections import defaultdict
@@ -22,7 +23,8 @@ from fastar.models.var import build_vae_var
 from fastar.models.var import var as var_module
 
 DEPTH = int(os.environ.get("FASTAR_BENCH_VAR_DEPTH", "16"))
-B_SAMPLE, B_TRAIN, ROUNDS = int(os.environ.get("FASTAR_BENCH_VAR_B", "4")), 8, 1
+B_SAMPLE, ROUNDS = int(os.environ.get("FASTAR_BENCH_VAR_B", "4")), 1
+B_TRAIN = int(os.environ.get("FASTAR_BENCH_VAR_TRAIN_B", "8"))
 B_VQVAE = {"encode": 1, "decode": 4}  # decode: issue 17's batch; a B = 4 decode takes ~25 s here
 ORACLE = os.environ.get("FASTAR_BENCH_VAR_ORACLE") == "1"
 CLASSES = torch.tensor([207, 360, 387, 974]).repeat(B_SAMPLE)[:B_SAMPLE]

@@ -3,14 +3,15 @@
 # each model a short training on scikit-learn's digits (its samples.png under benchmarks/results/<model>-digits/). The
 # VAR-d16 and MAR-B benchmarks save the images their fastar run sampled with random weights (speed, not learning) as
 # benchmarks/results/{var_d16,mar_b}_random_weights.png: no second sampling run. Prints each part's time; budget:
-# ~20 min on a 2-core AVX2-only machine, which is why the long benchmarks run narrowed here (the knobs below; unset
-# them, e.g. FASTAR_BENCH_DIFFUSION_STEPS=100, for the full shapes) and every model benchmark is a single run (the
-# report says so). Extra arguments go to the benchmarks' pytest.
+# ~20 min on a 2-core AVX2-only machine, which is why the long benchmarks run narrowed here (the knobs below; set
+# them, e.g. FASTAR_BENCH_DIFFUSION_STEPS=100 FASTAR_BENCH_VAR_TRAIN_B=8, for the full shapes) and every model
+# benchmark is a single run (the report says so). Extra arguments go to the benchmarks' pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TIMED_BY=bench
 source scripts/timing.sh
 export FASTAR_BENCH_DIFFUSION_STEPS=${FASTAR_BENCH_DIFFUSION_STEPS:-25}  # ratio per step; 100 = MAR's sampler
+export FASTAR_BENCH_VAR_TRAIN_B=${FASTAR_BENCH_VAR_TRAIN_B:-4}  # d16 training step: ~60 s at B 4, ~120 s at 8
 R=benchmarks/results
 PY=.venv/bin/python
 
