@@ -3,6 +3,8 @@ float32) against the official loop: fastar.reference.diffusion_sample run in flo
 formulation (bit-identical to it on the CPU), every step recomputing the condition and time embeddings of all rows
 and running ~40 separate torch ops. Same weights, z and generator seed for both.
 
+The training loss (test_diffusion_loss, FASTAR_BENCH_DIFFUSION_LOSS_ROWS rows) runs forward + backward through the head.
+
 FASTAR_BENCH_DIFFUSION_STEPS narrows the 100 steps for a quick run on a loaded machine (the ratio is per step,
 less the one-off setup that 100 steps amortize)."""
 import os
@@ -49,3 +51,37 @@ def test_diffusion_sample(benchmark, steps, peak_gflops):
     compare(benchmark, run(fastar.ops.diffusion_sample), contenders, baseline="official loop (reference, float32)",
             rounds=2, warmup=0, op="diffusion_sample", max_abs_diff=max_diff, max_abs=ours.abs().max().item(),
             gflop=f, fma_floor_ms=f / peak_gflops * 1e3)
+
+
+LOSS_ROWS = int(os.environ.get("FASTAR_BENCH_DIFFUSION_LOSS_ROWS", 1024))  # 64 tokens x diffusion_batch_mul 4, 4 images
+
+
+def test_diffusion_loss(benchmark):
+    """DiffLoss.forward's training loss, forward + backward through the head (module) at MAR-B's head shapes, float32:
+    fastar.ops.diffusion_loss (the loss terms and their gradient in one pass) against the official formulation of
+    the terms (fastar.reference.diffusion_loss in float32: iDDPM's ~40 elementwise autograd ops), same head, t, noise."""
+    from fastar.models.mar.diffloss import SimpleMLPAdaLN
+    benchmark.group = f"diffusion_loss MAR-B head w{WIDTH} d{DEPTH} {LOSS_ROWS} rows forward + backward float32"
+    g = torch.Generator().manual_seed(3)
+    net = SimpleMLPAdaLN(C, WIDTH, Z, DEPTH)
+    with torch.no_grad():  # the official init zeroes the adaLN and output layers: redraw so the terms are not trivial
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.02 if p.dim() > 1 else 0.01))
+    x, z, noise = (torch.randn(LOSS_ROWS, n, generator=g) for n in (C, Z, C))
+    t = torch.randint(0, 1000, (LOSS_ROWS,), generator=g)
+
+    def run(fn):
+        def step():
+            net.zero_grad(set_to_none=True)
+            loss = fn(x, z, net, t=t, noise=noise).mean()
+            loss.backward()
+            return loss
+        return step
+
+    ours, theirs = run(fastar.ops.diffusion_loss), run(ref.diffusion_loss)
+    with torch.no_grad():  # per-row losses of both
+        max_diff = (fastar.ops.diffusion_loss(x, z, net, t=t, noise=noise)
+                    - ref.diffusion_loss(x, z, net, t=t, noise=noise)).abs().max().item()
+    compare(benchmark, ours, {"official formulation (reference, float32)": theirs},
+            baseline="official formulation (reference, float32)", rounds=3, warmup=1, op="diffusion_loss",
+            max_abs_diff=max_diff)
