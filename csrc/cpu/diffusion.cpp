@@ -48,27 +48,33 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
   auto block = [&](int64_t b, int64_t i) -> const at::Tensor& { return weights[8 + 8 * b + i]; };
 
   // Once per call: the condition projection and the time embeddings of all steps.
-  const HeadPlan plan = head_plan(z, weights, D, schedule);
+  const HeadPlan plan = head_plan(z, weights, D, schedule, /*concat_ada=*/false);
   const at::Tensor &cond = plan.cond, &t_emb = plan.t_emb, &ada_bias = plan.ada_bias, &in_wT = plan.in_wT;
   const at::Tensor& final_wT = plan.final_wT;
   const std::vector<at::Tensor>&mlp0T = plan.mlp0T, &mlp2T = plan.mlp2T;
   // bf16 copies of the per-step GEMMs' weights, (out, in) row-major, and the rounded input of each product.
   auto bf = [](const at::Tensor& t) { return t.to(at::kBFloat16).contiguous(); };
-  at::Tensor ada_bf, final_bf, in_bf;
-  std::vector<at::Tensor> mlp0_bf(D), mlp2_bf(D);
+  // Block b's modulation weight (3W, W); b == D: the final layer's (2W, W).
+  auto ada_w = [&](int64_t b) -> const at::Tensor& { return b < D ? block(b, 6) : block(D, 0); };
+  at::Tensor final_bf, in_bf, sy_bf;
+  std::vector<at::Tensor> ada_bf(D + 1), mlp0_bf(D), mlp2_bf(D);
   if (bf16) {
-    ada_bf = bf(plan.ada_w), final_bf = bf(block(D, 2)), in_bf = at::empty({N, W}, z.options().dtype(at::kBFloat16));
+    final_bf = bf(block(D, 2)), in_bf = at::empty({N, W}, z.options().dtype(at::kBFloat16));
+    sy_bf = at::empty_like(in_bf);
     for (int64_t b = 0; b < D; ++b) mlp0_bf[b] = bf(block(b, 2)), mlp2_bf[b] = bf(block(b, 4));
+    for (int64_t b = 0; b <= D; ++b) ada_bf[b] = bf(ada_w(b));
   }
-  // out (N, n) = in (N, W) w^T: float32 at::mm, or bfloat16 products with float32 accumulation.
-  auto gemm = [&](at::Tensor& out, const at::Tensor& in, const at::Tensor& wT, const at::Tensor& w_bf) {
+  // out (N, n) = in (N, W) w^T: float32 at::mm, or bfloat16 products with float32 accumulation of in rounded to
+  // bfloat16 (in_rounded: already rounded, as SiLU(y) once per step for all blocks' modulations).
+  auto gemm = [&](at::Tensor& out, const at::Tensor& in, const at::Tensor& wT, const at::Tensor& w_bf,
+                  const at::Tensor* in_rounded = nullptr) {
     if (!bf16) {
       at::mm_out(out, in, wT);
       return;
     }
-    in_bf.copy_(in);
+    const at::Tensor& a_bf = in_rounded != nullptr ? *in_rounded : in_bf.copy_(in);
     const int n = int(out.size(1));
-    blas::gemm_bf16(false, true, int(N), n, int(W), 1.f, reinterpret_cast<const uint16_t*>(in_bf.data_ptr()), int(W),
+    blas::gemm_bf16(false, true, int(N), n, int(W), 1.f, reinterpret_cast<const uint16_t*>(a_bf.data_ptr()), int(W),
                     reinterpret_cast<const uint16_t*>(w_bf.data_ptr()), int(W), 0.f, out.data_ptr<float>(), n);
   };
 
@@ -93,8 +99,7 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
   at::Tensor mods[2] = {at::empty({N, 3 * W}, opts), at::empty({N, 3 * W}, opts)}, mod_last = at::empty({N, 2 * W}, opts);
   auto modulation = [&](int64_t b) -> const float* {
     at::Tensor& buf = b < D ? mods[b % 2] : mod_last;
-    const int64_t n = buf.size(1);
-    gemm(buf, sy, plan.ada_w.narrow(0, 3 * b * W, n).t(), bf16 ? ada_bf.narrow(0, 3 * b * W, n) : ada_bf);
+    gemm(buf, sy, ada_w(b).t(), ada_bf[b], &sy_bf);
     return buf.data_ptr<float>();
   };
   auto mod_stride = [&](int64_t b) { return b < D ? 3 * W : 2 * W; };
@@ -104,6 +109,7 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
     const float* te = t_emb.data_ptr<float>() + i * W;
     // SiLU(y), y = t_emb + cond_embed(z)
     for_rows(N, W, [&](int64_t r) { row.silu_sum(te, cond_p + r * W, sy_p + r * W, W); });
+    if (bf16) sy_bf.copy_(sy);
     const float* cur = modulation(0);
     for_rows(N, W, [&](int64_t r) {  // input_proj(x) (both halves see the conditional x under cfg), first LN
       row.project(x_p + (r % M) * C, C, in_w_p, in_b_p, hid_p + r * W, W);

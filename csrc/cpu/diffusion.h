@@ -18,7 +18,8 @@ constexpr int64_t kFreqDim = 256;  // TimestepEmbedder's sinusoid width
 struct HeadPlan {
   at::Tensor cond;      // (N, W) cond_embed(z) with its bias
   at::Tensor t_emb;     // (S, W) time embeddings of the spaced steps, contiguous
-  at::Tensor ada_w;     // (A, W) all blocks' then the final layer's modulation weights, A = (3 depth + 2) W
+  at::Tensor ada_w;     // (A, W) all blocks' then the final layer's modulation weights, A = (3 depth + 2) W; only
+                        // with concat_ada (the CUDA loop multiplies them at once; the CPU loop one block at a time)
   at::Tensor ada_bias;  // (A,)
   at::Tensor in_wT;     // (C, W) input_proj's weight transposed, contiguous: C rank-1 updates in a row pass
   std::vector<at::Tensor> mlp0T, mlp2T;  // depth x (W, W) views (in, out)
@@ -41,7 +42,8 @@ inline at::Tensor timestep_frequencies(const at::Tensor& schedule) {
   return t_freq;
 }
 
-inline HeadPlan head_plan(const at::Tensor& z, at::TensorList weights, int64_t depth, const at::Tensor& schedule) {
+inline HeadPlan head_plan(const at::Tensor& z, at::TensorList weights, int64_t depth, const at::Tensor& schedule,
+                          bool concat_ada) {
   auto wt = [&](int64_t i) { return weights[i].t(); };  // a Linear's weight (out, in) as (in, out)
   auto block = [&](int64_t b, int64_t i) -> const at::Tensor& { return weights[8 + 8 * b + i]; };
   HeadPlan plan;
@@ -51,7 +53,7 @@ inline HeadPlan head_plan(const at::Tensor& z, at::TensorList weights, int64_t d
   std::vector<at::Tensor> ada_w, ada_b;
   for (int64_t b = 0; b < depth; ++b) ada_w.push_back(block(b, 6)), ada_b.push_back(block(b, 7));
   ada_w.push_back(block(depth, 0)), ada_b.push_back(block(depth, 1));
-  plan.ada_w = at::cat(ada_w);
+  if (concat_ada) plan.ada_w = at::cat(ada_w);
   plan.ada_bias = at::cat(ada_b);
   plan.in_wT = wt(6).contiguous();
   for (int64_t b = 0; b < depth; ++b) plan.mlp0T.push_back(block(b, 2).t()), plan.mlp2T.push_back(block(b, 4).t());

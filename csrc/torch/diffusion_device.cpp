@@ -26,7 +26,7 @@ static at::Tensor diffusion_sample_device(const at::Tensor& z, at::TensorList we
   if (N == 0) return x;
   x.normal_(0, 1, generator);  // x_T: the official code draws N/2 rows under cfg and duplicates them
   auto block = [&](int64_t b, int64_t i) -> const at::Tensor& { return weights[8 + 8 * b + i]; };
-  const cpu::HeadPlan plan = cpu::head_plan(z, weights, D, schedule);
+  const cpu::HeadPlan plan = cpu::head_plan(z, weights, D, schedule, /*concat_ada=*/true);
   const at::Tensor ada_wT = plan.ada_w.t();
 
   const auto opts = z.options();

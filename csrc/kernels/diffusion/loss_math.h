@@ -6,11 +6,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__) || defined(SIMT_CPU)
-#define FASTAR_HOST_DEVICE __host__ __device__
-#else
-#define FASTAR_HOST_DEVICE
-#endif
+#include "kernels/host_device.h"
 
 namespace fastar::kernels {
 

@@ -4,13 +4,7 @@
 // block, axis 1 (dilated, the second half) among the (H / b)(W / b) pixels at one offset of every block.
 #pragma once
 
-#ifndef FASTAR_HOST_DEVICE
-#if defined(__CUDACC__) || defined(SIMT_CPU)
-#define FASTAR_HOST_DEVICE __host__ __device__
-#else
-#define FASTAR_HOST_DEVICE
-#endif
-#endif
+#include "kernels/host_device.h"
 
 namespace fastar::kernels {
 
