@@ -69,7 +69,10 @@ struct Axis {
 template <class T, class F>
 void for_items(const std::vector<const Axis*>& axes, F f) {
   int64_t total = 0, bytes = 0;
-  for (const Axis* a : axes) total += a->items.items() * a->cost, bytes = std::max(bytes, micro<T>().scratch_bytes(a->items));
+  for (const Axis* a : axes) {
+    total += a->items.items() * a->cost;
+    bytes = std::max(bytes, micro<T>().scratch_bytes(a->items));
+  }
   at::parallel_for(0, total, 1, [&](int64_t begin, int64_t end) {
     std::vector<char> scratch(bytes + 64);
     void* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;

@@ -1,7 +1,7 @@
 // Multi-axis attention micro-kernels (see cpu/multi_axis_isa.h). Per item: K (and in the backward V) transposed into
 // scratch, zero-padded to whole vectors, so that every product is C (+)= alpha A B with unit-stride rows of B and C,
-// reached through row pointers straight into the image layout; the scores of a chunk of query rows stay in a few KB of
-// scratch between the products, where the softmax runs on whole vectors.
+// reached through row pointers into the image layout or scratch; the scores of a chunk of query rows stay in a few KB
+// between the products, where the softmax runs on whole vectors, in base 2.
 #include "cpu/multi_axis_isa.h"
 
 #include "cpu/isa_math.h"
@@ -21,10 +21,6 @@ constexpr int kChunkScores = 4096;
 
 template <class T>
 int padded(int n) { return (n + kLanes<T> - 1) / kLanes<T> * kLanes<T>; }
-int chunk_rows(int LP, int rows) {
-  const int c = kChunkScores / LP > 2 * kAcc ? kChunkScores / LP : 2 * kAcc;
-  return c < rows ? c : rows;
-}
 
 // Rows m0 .. m0 + R - 1 of C[m][n0, n0 + NV W) (+)= alpha_m sum_k A(m, k) B[k][n0, ...), A(m, k) = a[m][k ak],
 // alpha_m = alpha (times row_scale[m] when given): R x NV accumulators in registers, one broadcast of A per row and
@@ -77,7 +73,8 @@ void band(const T* const* a, int64_t ak, int M, int K, const T* const* b, int n0
   int m = 0;
   for (; m + R <= M; m += R)
     tile<T, R, NV>(a + m, ak, K, b, n0, alpha, row_scale ? row_scale + m : nullptr, c + m, acc);
-  if (m < M) tile_rows<T, R - 1, NV>(M - m, a + m, ak, K, b, n0, alpha, row_scale ? row_scale + m : nullptr, c + m, acc);
+  if (m < M)
+    tile_rows<T, R - 1, NV>(M - m, a + m, ak, K, b, n0, alpha, row_scale ? row_scale + m : nullptr, c + m, acc);
 }
 
 // C (M, N) (+)= alpha A (M, K) B (K, N), row m scaled by row_scale[m] when given: every product of the kernel. Row m

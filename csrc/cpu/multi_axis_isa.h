@@ -1,8 +1,8 @@
 // Multi-axis blocked attention micro-kernels of the CPU (HiT; cpu/multi_axis.cpp drives them): torch-free, compiled
 // per ISA (cpu/isa.h's table). One work item is one group of one axis (a block, or one offset of every block) and one
 // key head, with the query rows of every head that shares the key head stacked; each product is a register-blocked
-// routine that reads query, key, value and gradient rows in place from the image layout through row pointers (only
-// K and V are transposed, into scratch), so there is no gather, no scatter and no BLAS call per item.
+// routine over rows reached by pointers into the image layout or a few KB of scratch (K, V transposed; rows read more
+// than once copied), with the next item's rows prefetched: no BLAS call and no allocation per item.
 #pragma once
 #include <cstdint>
 
