@@ -102,6 +102,32 @@ def test_multi_axis_attention_odd_head_dim(ma_backend):
         check(q, k, v, 2, "torch")
 
 
+@pytest.mark.parametrize("shape", [(1, 8, 8, 4, 1, 20, 1), (2, 6, 9, 6, 1, 12, 3)], ids=str)
+def test_multi_axis_attention_cpu_tails(dtype, shape):
+    """The CPU micro-kernels' edges: head dims that end in a partial vector (20, 12), 64-key groups whose 128 stacked
+    query rows span several score chunks (b = 1's dilated half), 9- and 6-token groups (b = 3), 3 query heads per
+    key head."""
+    B, H, W, heads, hk, D, b = shape
+    check(*qkv(B, H, W, heads, hk, D, dtype, seed=17), b, "cpu")
+
+
+def test_multi_axis_attention_thread_split():
+    """The CPU kernel splits the items of both axes over the threads by their cost: any split gives the same bits."""
+    q, k, v = (t.requires_grad_() for t in qkv(3, 16, 8, 4, 1, 32, torch.float32, seed=15))
+    dout = randn(*q.shape, dtype=torch.float32, seed=16)
+    threads, results = torch.get_num_threads(), []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            out = fastar.ops.multi_axis_attention(q, k, v, 4)
+            results.append((out.detach(), *torch.autograd.grad(out, (q, k, v), dout)))
+    finally:
+        torch.set_num_threads(threads)
+    assert fastar.last_backend("multi_axis_attention") == "cpu"
+    for one, split in zip(*results):
+        assert torch.equal(one, split)
+
+
 def test_multi_axis_attention_gradcheck():
     q, k, v = (t.requires_grad_() for t in qkv(1, 4, 4, 4, 2, 8, torch.float64, seed=11))
     assert torch.autograd.gradcheck(lambda q, k, v: fastar.ops.multi_axis_attention(q, k, v, 2), (q, k, v))

@@ -16,8 +16,9 @@ namespace fastar::cpu {
   extern const AttentionTinyIsa kAttentionTiny;      \
   extern const AttentionDecodeIsa kAttentionDecode;  \
   extern const DiffusionIsa kDiffusion;              \
+  extern const MultiAxisIsa kMultiAxis;              \
   const Isa kIsa{#isa, &kVqNearest, &kAttention, &kSampling, &kAttentionTiny, &kAttentionDecode, \
-                 &kDiffusion};                       \
+                 &kDiffusion, &kMultiAxis};          \
   }
 FASTAR_ISA_TABLE(base)
 FASTAR_ISA_TABLE(avx2)

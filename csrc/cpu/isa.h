@@ -7,6 +7,7 @@
 #include "cpu/attention_isa.h"
 #include "cpu/attention_tiny_isa.h"
 #include "cpu/diffusion_isa.h"
+#include "cpu/multi_axis_isa.h"
 #include "cpu/sampling_isa.h"
 #include "cpu/vq_nearest_isa.h"
 
@@ -21,6 +22,7 @@ struct Isa {
   const AttentionTinyIsa* attention_tiny;
   const AttentionDecodeIsa* attention_decode;
   const DiffusionIsa* diffusion;
+  const MultiAxisIsa* multi_axis;
 };
 
 // The best instruction set this CPU supports; FASTAR_CPU_ISA=base|avx2|avx512 narrows it (for tests).
