@@ -337,30 +337,16 @@ void softmax_grad(T* s, T* ds, const T* lse2, const Block& blk, T scale) {
 
 // ---- sequences ----
 
-// Asks for the cache lines of a (L, D) head whose rows lie at stride ld.
-template <class T>
-inline void prefetch(const T* x, int64_t ld, int L, int D) {
-  for (int l = 0; l < L; ++l)
-    for (int d = 0; d < D; d += 64 / int(sizeof(T))) __builtin_prefetch(x + l * ld + d);
-}
-
-// f(bh, Q, K, V) for every sequence bh in [bh0, bh1), with w.bias holding its batch row's mask; the next sequence's
-// q, k, v (and extra rows, e.g. dout) are prefetched meanwhile: the whole rows of a few hundred bytes each are too
-// short for the hardware's stream prefetchers.
+// f(bh, Q, K, V) for every sequence bh in [bh0, bh1), with w.bias holding its batch row's mask. (Prefetching the
+// next sequence's rows in software made the memory-bound level-1 shapes 20% slower than the hardware prefetchers.)
 template <class T, class F>
-void each_sequence(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* extra, const TinyDims& d,
-                   const MaskParams& mask, const Block& blk, int64_t bh0, int64_t bh1, Scratch<T>& w, F&& f) {
+void each_sequence(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask,
+                   const Block& blk, int64_t bh0, int64_t bh1, Scratch<T>& w, F&& f) {
   const int64_t group = d.H / d.Hk;
   int64_t bias_b = -1;
   for (int64_t bh = bh0; bh < bh1; ++bh) {
     const int64_t b = bh / d.H, h = bh % d.H;
     if (bias_b < 0 || (mask.key_len != nullptr && b != bias_b)) mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias), bias_b = b;
-    if (bh + 1 < bh1) {
-      const int64_t nb = (bh + 1) / d.H, nh = (bh + 1) % d.H;
-      prefetch(q.at(nb, nh), q.sl, d.Lq, d.D);
-      if (nh % group == 0) prefetch(k.at(nb, nh / group), k.sl, d.Lk, d.D), prefetch(v.at(nb, nh / group), v.sl, d.Lk, d.D);
-      if (extra != nullptr) prefetch(extra + (bh + 1) * d.Lq * d.D, d.D, d.Lq, d.D);
-    }
     f(bh, q.at(b, h), k.at(b, h / group), v.at(b, h / group));
   }
 }
@@ -369,7 +355,7 @@ template <class T, int G>
 void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask, T scale,
              int64_t bh0, int64_t bh1, T* out, T* lse, const Block& blk, Scratch<T>& w) {
   const int D = d.D;
-  each_sequence(q, k, v, static_cast<const T*>(nullptr), d, mask, blk, bh0, bh1, w, [&](int64_t bh, const T* Q, const T* K, const T* V) {
+  each_sequence(q, k, v, d, mask, blk, bh0, bh1, w, [&](int64_t bh, const T* Q, const T* K, const T* V) {
     dots<T>(Q, q.sl, d.Lq, K, k.sl, d.Lk, D, blk, T(scale * kLog2e), w.bias, w.s);  // S = scale log2(e) Q K^T
     softmax<T, G>(w.s, blk, w.row_a, w.row_b);                                       // P
     row_lse(w.row_a, w.row_b, d.Lq, lse + bh * d.Lq);
@@ -383,7 +369,7 @@ void backward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, con
               Scratch<T>& w) {
   const int D = d.D;
   for (int i = d.Lq; i < blk.rows + kLanes<T>; ++i) w.row_a[i] = __builtin_inf();  // padding rows: P 0
-  each_sequence(q, k, v, dout, d, mask, blk, bh0, bh1, w, [&](int64_t bh, const T* Q, const T* K, const T* V) {
+  each_sequence(q, k, v, d, mask, blk, bh0, bh1, w, [&](int64_t bh, const T* Q, const T* K, const T* V) {
     const T* dO = dout + bh * d.Lq * D;
     for (int i = 0; i < d.Lq; ++i) {  // lse in base 2; a row that saw no key: P = exp2(-inf) = 0
       const T l = lse[bh * d.Lq + i];
