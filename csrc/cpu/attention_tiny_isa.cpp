@@ -261,10 +261,16 @@ void product(const T* A, int64_t am, int64_t ak, int M, int K, const T* B, int64
 
 // ---- softmax ----
 
-// s (the block's scores, base 2, masked) <- P = softmax of each row; m, l <- each row's max and sum of exp2(s - m)
-// (-inf and 0 where a row sees no key: its P is 0).
+// ln 2 (m + log2 l) lane by lane, -inf where l is 0: a row's natural-log lse from its base-2 max and sum.
+template <class T>
+inline vec<T> lse_of(vec<T> m, vec<T> l) {
+  return l > 0 ? m * T(kLn2) + log_vec(l > 0 ? l : splat(T(1))) : splat(T(-__builtin_inf()));
+}
+
+// s (the block's scores, base 2, masked) <- P = softmax of each row; lse (Lq,) <- each row's logsumexp (-inf where a
+// row sees no key: its P is 0). m, l: scratch for the rows' max and sum when rows span whole vectors.
 template <class T, int G>
-void softmax(T* s, const Block& blk, T* m, T* l) {
+void softmax(T* s, const Block& blk, int Lq, T* lse, T* m, T* l) {
   constexpr int W = kLanes<T>, R = W / G;
   const T inf = __builtin_inf();
   if constexpr (G < W) {  // R rows per vector
@@ -272,7 +278,8 @@ void softmax(T* s, const Block& blk, T* m, T* l) {
       const vec<T> x = load(s + t * W), mx = run_max<T, G>(x);
       const vec<T> p = exp2_vec(x - (mx == -inf ? splat(T(0)) : mx)), sum = run_sum<T, G>(p);
       store(s + t * W, p * (sum > 0 ? T(1) / sum : splat(T(0))));
-      for (int r = 0; r < R; ++r) m[t * R + r] = mx[r * G], l[t * R + r] = sum[r * G];
+      const vec<T> y = lse_of<T>(mx, sum);
+      for (int r = 0; r < R && t * R + r < Lq; ++r) lse[t * R + r] = y[r * G];
     }
   } else {  // LP / W vectors per row
     const int n = blk.LP / W;
@@ -293,17 +300,10 @@ void softmax(T* s, const Block& blk, T* m, T* l) {
       for (int u = 0; u < n; ++u) store(row + u * W, load(row + u * W) * inv);
       m[i] = mx[0], l[i] = sum[0];
     }
-  }
-}
-
-// lse (Lq,) natural log <- ln 2 (m + log2 l), -inf where l is 0.
-template <class T>
-void row_lse(const T* m, const T* l, int Lq, T* lse) {
-  constexpr int W = kLanes<T>;
-  for (int i = 0; i < Lq; i += W) {
-    const vec<T> lv = load(l + i), x = load(m + i) * T(kLn2) + log_vec(lv > 0 ? lv : splat(T(1)));
-    const vec<T> y = lv > 0 ? x : splat(T(-__builtin_inf()));
-    for (int p = 0; p < W && i + p < Lq; ++p) lse[i + p] = y[p];
+    for (int i = 0; i < Lq; i += W) {  // the logs a vector of rows at a time
+      const vec<T> y = lse_of<T>(load(m + i), load(l + i));
+      for (int p = 0; p < W && i + p < Lq; ++p) lse[i + p] = y[p];
+    }
   }
 }
 
@@ -343,11 +343,14 @@ template <class T, class F>
 void each_sequence(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask,
                    const Block& blk, int64_t bh0, int64_t bh1, Scratch<T>& w, F&& f) {
   const int64_t group = d.H / d.Hk;
-  int64_t bias_b = -1;
+  int64_t b = bh0 / d.H, h = bh0 % d.H;  // then stepped: a division per sequence costs ~5% at PixelLoss's shape
+  mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias);
   for (int64_t bh = bh0; bh < bh1; ++bh) {
-    const int64_t b = bh / d.H, h = bh % d.H;
-    if (bias_b < 0 || (mask.key_len != nullptr && b != bias_b)) mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias), bias_b = b;
     f(bh, q.at(b, h), k.at(b, h / group), v.at(b, h / group));
+    if (++h == d.H && bh + 1 < bh1) {
+      h = 0, ++b;
+      if (mask.key_len != nullptr) mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias);
+    }
   }
 }
 
@@ -357,8 +360,7 @@ void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, 
   const int D = d.D;
   each_sequence(q, k, v, d, mask, blk, bh0, bh1, w, [&](int64_t bh, const T* Q, const T* K, const T* V) {
     dots<T>(Q, q.sl, d.Lq, K, k.sl, d.Lk, D, blk, T(scale * kLog2e), w.bias, w.s);  // S = scale log2(e) Q K^T
-    softmax<T, G>(w.s, blk, w.row_a, w.row_b);                                       // P
-    row_lse(w.row_a, w.row_b, d.Lq, lse + bh * d.Lq);
+    softmax<T, G>(w.s, blk, d.Lq, lse + bh * d.Lq, w.row_a, w.row_b);                // P, lse
     product(w.s, blk.LP, 1, d.Lq, d.Lk, V, v.sl, D, out + bh * d.Lq * D, D);  // O = P V
   });
 }
