@@ -5,8 +5,14 @@ import pytest
 import torch
 
 import fastar
-from tests.conftest import backend_device
+from tests.conftest import backend_device, run_with_cpu_isa
 from tests.test_attention import attn_backend, check, make_mask, randn  # noqa: F401 (attn_backend: a fixture)
+
+# (Lq, Lk, D) reaching each score-block layout of the CPU kernel (key slots per row LP = 1, 2, 4: 8, 4, 2 query rows
+# per AVX2 vector, rows padded; LP = 8, 16, 32: one to four vectors per row) and each column blocking of its products
+# (D = 8, 12, 16, 24, 40, 72: 4-vector blocks, then 2, 1 and scalar columns), Lq odd, Lq > Lk (causal: the first
+# queries see no key).
+LAYOUTS = [(2, 2, 16), (5, 8, 24), (9, 9, 40), (7, 3, 72), (1, 32, 8), (31, 1, 12)]
 
 
 @pytest.mark.parametrize("L", [1, 3, 4, 17, 22, 32])
@@ -15,6 +21,43 @@ def test_tiny_lengths(attn_backend, dtype, kind, L):
     """B * H = 21 sequences: not a multiple of the 16-sequence grain; head dim 64 (FractalGen's level 1)."""
     q, k, v = (randn(3, 7, L, 64, dtype=dtype, seed=s) for s in (40, 41, 42))
     check(q, k, v, make_mask(kind, L), attn_backend)
+
+
+@pytest.mark.parametrize("Lq,Lk,D", LAYOUTS)
+@pytest.mark.parametrize("kind", ["full", "causal"])
+def test_tiny_layouts(attn_backend, Lq, Lk, D, kind):
+    q = randn(3, 2, Lq, D, dtype=torch.float32, seed=50)
+    k, v = randn(3, 2, Lk, D, dtype=torch.float32, seed=51), randn(3, 2, Lk, D, dtype=torch.float32, seed=52)
+    check(q, k, v, make_mask(kind, Lk), attn_backend)
+
+
+# Each instruction set's kernels (vector widths 4 / 8 / 16 floats, 2 / 4 / 8 doubles: other layouts for the same
+# lengths) in float32 and float64, in a child process per instruction set.
+ISA_CHILD = """
+import torch, fastar
+from fastar.reference import attention as ref
+from tests.test_attention import check, make_mask, randn
+from tests.test_attention_tiny import LAYOUTS
+from tests.tolerance import assert_close
+assert fastar.build_info()["cpu_isa"] == "%s"
+for Lq, Lk, D in LAYOUTS + [(22, 22, 64), (4, 4, 32)]:
+    q, k, v = (randn(2, 2, L, D, dtype=torch.float32, seed=53 + i) for i, L in enumerate((Lq, Lk, Lk)))
+    for kind in ("full", "causal"):
+        mask = make_mask(kind, Lk)
+        check(q, k, v, mask, "cpu")
+        q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))  # float64: against its own reference
+        out, lse = fastar.ops.attention(q64, k64, v64, mask, return_lse=True)
+        expected, expected_lse = ref.attention(q64, k64, v64, mask, return_lse=True)
+        assert_close("attention", lse, expected_lse, expected_lse)
+        for a, e in zip((out, *torch.autograd.grad(out.sum(), (q64, k64, v64))),
+                        (expected, *torch.autograd.grad(expected.sum(), (q64, k64, v64)))):
+            assert_close("attention_bwd", a, e, e, scale=1.0)
+"""
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+def test_tiny_every_cpu_isa(isa):
+    run_with_cpu_isa(isa, ISA_CHILD % isa)
 
 
 @pytest.mark.parametrize("Lq,Lk,D,kind", [(3, 22, 32, "causal"), (22, 5, 20, "full"), (4, 4, 100, "causal"),

@@ -1,6 +1,12 @@
-// Tiny-sequence attention micro-kernels (see cpu/attention_tiny_isa.h). Per sequence, the whole (Lq, Lk) score block
-// sits in a few KB of scratch: the keys are transposed once (zero-padded to the vector width) so that every product,
-// scores included, is one register-blocked routine over rows of unit stride, and the softmax runs on whole vectors.
+// Tiny-sequence attention micro-kernels (see cpu/attention_tiny_isa.h). A sequence's (Lq, Lk) score block lives in
+// a few KB of scratch as whole vectors: rows of LP key slots, LP = Lk rounded up to a power of two when Lk is below
+// the vector width W (then R = W / LP query rows share one vector: PixelLoss's 4 x 4 block is two vectors), else to a
+// multiple of W. Two kinds of product, neither transposes anything:
+//   dots:    C (rows, LP) = A B^T, A (Lq, D) and B (Lk, D) row-major: W accumulators along D, one per lane of the
+//            output vector, then one transposing sum (log2 W shuffle levels) gives that vector;
+//   product: C (M, N) = A (M, K) B (K, N), B's rows unit-stride, A read as scalars at any strides (P, dS or their
+//            transposes): 2 rows x 4 vectors of accumulators.
+// The softmax runs in base 2 (scores pre-multiplied by log2 e) on whole vectors, row segments reduced by butterflies.
 #include "cpu/attention_tiny_isa.h"
 #include "cpu/isa_math.h"
 
@@ -9,173 +15,404 @@ namespace {
 
 using kernels::MaskParams;
 
-int padded(int Lk, int W) { return (Lk + W - 1) / W * W; }
+constexpr double kLog2e = 1.4426950408889634, kLn2 = 0.6931471805599453;
 
-// Visible keys of each query of batch row b as bitmasks (bit j: key j); the mask depends on b only through key_len.
-void visibility(const MaskParams& mask, int64_t b, int Lq, int Lk, uint32_t* vis) {
-  for (int i = 0; i < Lq; ++i) {
-    vis[i] = 0;
-    for (int j = 0; j < Lk; ++j) vis[i] |= uint32_t(kernels::visible(mask, int(b), i, j, Lq, Lk)) << j;
-  }
-}
+// ---- compile-time widths ----
 
-// dst (D, LP) = src (Lk, D)^T, zero past Lk.
-template <class T>
-void transpose(const T* src, int64_t ld, int Lk, int D, int LP, T* dst) {
-  for (int c = 0; c < D; ++c) {
-    for (int j = 0; j < Lk; ++j) dst[c * LP + j] = src[j * ld + c];
-    for (int j = Lk; j < LP; ++j) dst[c * LP + j] = T(0);
-  }
-}
+template <int N>
+struct Pow2 { static constexpr int value = N; };
 
-// C (M, N) = alpha A (M, K) B (K, N), every product of the tiny attention: A[m * am + k * ak] (am, ak pick A or its
-// transpose), rows of B and C unit-stride. Blocks of 4 rows x 2 vectors of columns hold 8 accumulators in registers;
-// the last row block repeats row M - 1 rather than reading past A.
-template <class T>
-void product(const T* A, int64_t am, int64_t ak, int M, int K, const T* B, int64_t ldb, int N, T alpha, T* C,
-             int64_t ldc) {
-  constexpr int W = kLanes<T>, R = 4;
-  for (int m0 = 0; m0 < M; m0 += R) {
-    const T* a[R];
-    for (int r = 0; r < R; ++r) a[r] = A + (m0 + r < M ? m0 + r : M - 1) * am;
-    const int rows = M - m0 < R ? M - m0 : R;
-    int n = 0;
-    for (; n + 2 * W <= N; n += 2 * W) {
-      vec<T> c0[R], c1[R];
-      for (int r = 0; r < R; ++r) c0[r] = c1[r] = splat(T(0));
-      for (int k = 0; k < K; ++k) {
-        const vec<T> b0 = load(B + k * ldb + n), b1 = load(B + k * ldb + n + W);
-        for (int r = 0; r < R; ++r) {
-          const vec<T> x = splat(a[r][k * ak]);
-          c0[r] += x * b0, c1[r] += x * b1;
-        }
-      }
-      for (int r = 0; r < rows; ++r) {
-        store(C + (m0 + r) * ldc + n, c0[r] * alpha);
-        store(C + (m0 + r) * ldc + n + W, c1[r] * alpha);
-      }
-    }
-    for (; n + W <= N; n += W) {
-      vec<T> c0[R];
-      for (int r = 0; r < R; ++r) c0[r] = splat(T(0));
-      for (int k = 0; k < K; ++k) {
-        const vec<T> b0 = load(B + k * ldb + n);
-        for (int r = 0; r < R; ++r) c0[r] += splat(a[r][k * ak]) * b0;
-      }
-      for (int r = 0; r < rows; ++r) store(C + (m0 + r) * ldc + n, c0[r] * alpha);
-    }
-    for (; n < N; ++n) {
-      for (int r = 0; r < rows; ++r) {
-        T c = 0;
-        for (int k = 0; k < K; ++k) c += a[r][k * ak] * B[k * ldb + n];
-        C[(m0 + r) * ldc + n] = c * alpha;
-      }
-    }
-  }
-}
-
-// Scores (LP,) of a query row: -inf on the keys it does not see (and the padding past Lk).
-template <class T>
-void mask_row(T* row, int LP, uint32_t vis) {
-  for (int j = 0; j < LP; ++j)
-    if (!(vis >> j & 1u)) row[j] = -__builtin_inf();
-}
-
-// exp(row - sub) in place over LP entries (-inf -> 0); returns their sum.
-template <class T>
-T exp_row(T* row, int LP, T sub) {
+// f(Pow2<n>()) for a power of two n <= W known at run time.
+template <class T, class F>
+void with_pow2(int n, F&& f) {
   constexpr int W = kLanes<T>;
-  vec<T> sum = splat(T(0));
-  for (int t = 0; t < LP; t += W) {
-    const vec<T> p = exp_vec(load(row + t) - sub);
-    store(row + t, p);
-    sum += p;
-  }
-  return hsum<T>(sum);
+  if (n == 1) return f(Pow2<1>());
+  if (n == 2) return f(Pow2<2>());
+  if constexpr (W >= 4) if (n == 4) return f(Pow2<4>());
+  if constexpr (W >= 8) if (n == 8) return f(Pow2<8>());
+  if constexpr (W >= 16) if (n == 16) return f(Pow2<16>());
 }
 
-// Scratch of a task: Kt and Vt (D, LP), then two (Lq, LP) score blocks.
+// ---- lane shuffles with compile-time patterns ----
+
 template <class T>
-struct Scratch {
-  alignas(64) T kt[kTinyMaxDim * kTinyMaxLen], vt[kTinyMaxDim * kTinyMaxLen];
-  alignas(64) T s[kTinyMaxLen * kTinyMaxLen], ds[kTinyMaxLen * kTinyMaxLen];
+struct LaneIndexOf;
+template <>
+struct LaneIndexOf<float> { typedef int32_t type __attribute__((vector_size(kVectorBytes))); };
+template <>
+struct LaneIndexOf<double> { typedef int64_t type __attribute__((vector_size(kVectorBytes))); };
+template <class T>
+using lane_index = typename LaneIndexOf<T>::type;
+
+// The shuffle pattern whose lane p is f(p) (constant-folded once inlined).
+template <class T, class F>
+inline lane_index<T> pattern(F f) {
+  lane_index<T> m;
+  for (int p = 0; p < kLanes<T>; ++p) m[p] = f(p);
+  return m;
+}
+
+// One level of the transposing sum: u and v hold partial sums of two sets of accumulators, each in the lanes of
+// alternate S-wide runs; the result holds both sets' partial sums in half as many terms, in alternate 2S-wide runs.
+// Level 1 interleaves within 16-byte lanes (unpacklo / unpackhi: one instruction each).
+template <class T, int S>
+inline vec<T> pair_sum(vec<T> u, vec<T> v) {
+  constexpr int W = kLanes<T>, Q = 16 / int(sizeof(T));
+  if constexpr (S == 1) {
+    const auto lo = pattern<T>([](int p) { return (p % 2 ? W : 0) + p / Q * Q + p % Q / 2; });
+    const auto hi = pattern<T>([](int p) { return (p % 2 ? W : 0) + p / Q * Q + Q / 2 + p % Q / 2; });
+    return __builtin_shuffle(u, v, lo) + __builtin_shuffle(u, v, hi);
+  }
+  const auto lo = pattern<T>([](int p) { return (p / S) % 2 == 0 ? p : W + p - S; });
+  const auto hi = pattern<T>([](int p) { return (p / S) % 2 == 0 ? p + S : W + p; });
+  return __builtin_shuffle(u, v, lo) + __builtin_shuffle(u, v, hi);
+}
+
+// a[0] <- the vector whose lane p is the sum of a[p]'s lanes (a: W vectors, overwritten).
+template <class T, int S = 1>
+inline void transposing_sum(vec<T>* a, int n = kLanes<T>) {
+  for (int i = 0; i < n / 2; ++i) a[i] = pair_sum<T, S>(a[2 * i], a[2 * i + 1]);
+  if constexpr (2 * S < kLanes<T>) transposing_sum<T, 2 * S>(a, n / 2);
+}
+
+// Max (or sum) over each aligned run of G lanes, in every lane of the run (a butterfly).
+template <class T, int G>
+inline vec<T> run_max(vec<T> v) {
+  if constexpr (G > 1) {
+    v = run_max<T, G / 2>(v);
+    const vec<T> w = __builtin_shuffle(v, pattern<T>([](int p) { return p ^ (G / 2); }));
+    return v > w ? v : w;
+  }
+  return v;
+}
+template <class T, int G>
+inline vec<T> run_sum(vec<T> v) {
+  if constexpr (G > 1) {
+    v = run_sum<T, G / 2>(v);
+    return v + __builtin_shuffle(v, pattern<T>([](int p) { return p ^ (G / 2); }));
+  }
+  return v;
+}
+
+// The vector whose lane p is x[p / G]: a value per query row spread over its G key slots.
+template <class T, int G>
+inline vec<T> spread(const T* x) {
+  if constexpr (G >= kLanes<T>) return splat(x[0]);
+  else return __builtin_shuffle(load(x), pattern<T>([](int p) { return p / G; }));
+}
+
+// ln x of x > 0 (float: Cephes logf's range reduction and polynomial, ~1 ulp; double: libm lane by lane).
+inline vec<float> log_vec(vec<float> x) {
+  typedef int32_t vi __attribute__((vector_size(kVectorBytes)));
+  vi bits;
+  std::memcpy(&bits, &x, sizeof(x));
+  vec<float> e = __builtin_convertvector((bits >> 23) - 126, vec<float>);  // x = 2^e m, m in [1/2, 1)
+  bits = (bits & 0x007FFFFF) | 0x3F000000;
+  vec<float> m;
+  std::memcpy(&m, &bits, sizeof(m));
+  const auto small = m < 0.707106781186547524f;  // m in [sqrt 1/2, sqrt 2) after doubling the small ones
+  e -= small ? splat(1.f) : splat(0.f);
+  m = m + (small ? m : splat(0.f)) - 1.f;
+  const vec<float> z = m * m;
+  vec<float> y = splat(7.0376836292e-2f);
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z - 2.12194440e-4f * e - 0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+inline vec<double> log_vec(vec<double> x) {
+  for (int i = 0; i < kLanes<double>; ++i) x[i] = __builtin_log(x[i]);
+  return x;
+}
+
+// ---- the score block ----
+
+struct Block {
+  int LP;    // key slots per score row: Lk rounded up to a power of two below W, else to a multiple of W
+  int rows;  // query rows, Lq rounded up to the W / LP rows that share a vector
+  int vecs;  // vectors in the block (rows * LP / W)
 };
 
-// f(bh, Q, K, V, vis) for every sequence bh in [bh0, bh1): its head's rows and its queries' visible keys.
-template <class T, class F>
-void each_sequence(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask,
-                   int64_t bh0, int64_t bh1, F&& f) {
-  const int64_t group = d.H / d.Hk;
-  uint32_t vis[kTinyMaxLen];
-  int64_t vis_b = -1;
-  for (int64_t bh = bh0; bh < bh1; ++bh) {
-    const int64_t b = bh / d.H, h = bh % d.H;
-    if (vis_b < 0 || (mask.key_len != nullptr && b != vis_b)) visibility(mask, b, d.Lq, d.Lk, vis), vis_b = b;
-    f(bh, q.at(b, h), k.at(b, h / group), v.at(b, h / group), static_cast<const uint32_t*>(vis));
+template <class T>
+Block block_of(int Lq, int Lk) {
+  constexpr int W = kLanes<T>;
+  int LP = 1;
+  while (LP < Lk && LP < W) LP *= 2;
+  if (Lk > W) LP = (Lk + W - 1) / W * W;
+  const int R = LP < W ? W / LP : 1, rows = (Lq + R - 1) / R * R;
+  return {LP, rows, rows * LP / W};
+}
+
+// Scratch of a task: the mask as an additive bias (0 / -inf) of the score block, the scores (then P), dP (then dS),
+// and values per query row (the softmax's max and sum; the backward's lse in base 2), padded for vector loads.
+template <class T>
+struct Scratch {
+  alignas(64) T bias[kTinyMaxLen * kTinyMaxLen];
+  alignas(64) T s[kTinyMaxLen * kTinyMaxLen], ds[kTinyMaxLen * kTinyMaxLen];
+  alignas(64) T row_a[kTinyMaxLen + 16], row_b[kTinyMaxLen + 16];
+};
+
+// bias <- 0 where query i of batch row b sees key j, -inf elsewhere (key slots past Lk, rows past Lq).
+template <class T>
+void mask_bias(const MaskParams& mask, int64_t b, int Lq, int Lk, const Block& blk, T* bias) {
+  for (int i = 0; i < blk.rows; ++i)
+    for (int j = 0; j < blk.LP; ++j)
+      bias[i * blk.LP + j] = i < Lq && j < Lk && kernels::visible(mask, int(b), i, j, Lq, Lk) ? T(0)
+                                                                                            : T(-__builtin_inf());
+}
+
+// out (blk.vecs vectors) = alpha A B^T (+ bias): A (M, D) rows at stride lda, B (N, D) at ldb, both unit-stride
+// along D; the score block's padding rows and key slots repeat row M - 1 and key N - 1 (finite, masked by bias).
+// R query rows x G = W / R keys of accumulators per output vector.
+template <class T, int R>
+void dots(const T* A, int64_t lda, int M, const T* B, int64_t ldb, int N, int D, const Block& blk, T alpha,
+          const T* bias, T* out) {
+  constexpr int W = kLanes<T>, G = W / R;
+  const int D0 = D / W * W;
+  for (int j0 = 0; j0 < blk.LP; j0 += G) {  // keys outer: their G row pointers set once per key group
+    const T* b[G];
+    for (int g = 0; g < G; ++g) b[g] = B + (j0 + g < N ? j0 + g : N - 1) * ldb;
+    for (int i0 = 0; i0 < blk.rows; i0 += R) {
+      const T* a[R];
+      for (int r = 0; r < R; ++r) a[r] = A + (i0 + r < M ? i0 + r : M - 1) * lda;
+      vec<T> acc[W];
+      for (int p = 0; p < W; ++p) acc[p] = splat(T(0));
+      for (int d = 0; d < D0; d += W) {
+        vec<T> x[R];
+        for (int r = 0; r < R; ++r) x[r] = load(a[r] + d);
+        for (int g = 0; g < G; ++g) {
+          const vec<T> y = load(b[g] + d);
+          for (int r = 0; r < R; ++r) acc[r * G + g] += x[r] * y;
+        }
+      }
+      transposing_sum<T>(acc);
+      for (int d = D0; d < D; ++d)  // head dims off the vector width
+        for (int p = 0; p < W; ++p) acc[0][p] += a[p / G][d] * b[p % G][d];
+      const vec<T> c = acc[0] * alpha;
+      const int t = i0 * blk.LP + j0;
+      store(out + t, bias != nullptr ? c + load(bias + t) : c);
+    }
   }
 }
 
 template <class T>
-void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask, T scale,
-             int64_t bh0, int64_t bh1, T* out, T* lse, Scratch<T>& w) {
-  const int LP = padded(d.Lk, kLanes<T>), D = d.D;
-  each_sequence(q, k, v, d, mask, bh0, bh1, [&](int64_t bh, const T* Q, const T* K, const T* V, const uint32_t* vis) {
-    transpose(K, k.sl, d.Lk, D, LP, w.kt);
-    product(Q, q.sl, 1, d.Lq, D, w.kt, LP, LP, scale, w.s, LP);  // S (Lq, LP) = scale Q K^T
-    for (int i = 0; i < d.Lq; ++i) {  // P = softmax(S) in place
-      T* row = w.s + i * LP;
-      mask_row(row, LP, vis[i]);
-      T m = row[0];
-      for (int j = 1; j < d.Lk; ++j) m = row[j] > m ? row[j] : m;
-      const T l = m == -__builtin_inf() ? T(0) : exp_row(row, LP, m);  // sees no key: P 0, out 0, lse -inf
-      const vec<T> inv = splat(l > 0 ? T(1) / l : T(0));
-      for (int t = 0; t < LP; t += kLanes<T>) store(row + t, l > 0 ? load(row + t) * inv : splat(T(0)));
-      lse[bh * d.Lq + i] = l > 0 ? m + __builtin_log(l) : m;
-    }
-    product(w.s, LP, 1, d.Lq, d.Lk, V, v.sl, D, T(1), out + bh * d.Lq * D, D);  // O = P V
+void dots(const T* A, int64_t lda, int M, const T* B, int64_t ldb, int N, int D, const Block& blk, T alpha,
+          const T* bias, T* out) {
+  with_pow2<T>(blk.LP < kLanes<T> ? kLanes<T> / blk.LP : 1, [&](auto R) {
+    dots<T, decltype(R)::value>(A, lda, M, B, ldb, N, D, blk, alpha, bias, out);
   });
 }
 
-template <class T>
-void backward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const T* lse, const TinyDims& d,
-              const MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq, T* dk, T* dv, Scratch<T>& w) {
+// Pins a loaded vector to a register: GCC otherwise folds the load into every FMA that uses it, which doubles the
+// loads of a 2-row block (3.0 against 4.9 vector FMAs per ns on Zen 3).
+template <class V>
+inline void in_register(V& v) { asm("" : "+x"(v)); }
+
+// C (R rows, C vectors) = A B over k < K: A[r * am + k * ak] broadcast, B's rows at stride ldb. Always inlined: as a
+// call it kept its accumulators on the stack (1.8x slower).
+template <class T, int R, int C>
+__attribute__((always_inline)) inline void product_block(const T* A, int64_t am, int64_t ak, int K, const T* B,
+                                                         int64_t ldb, T* Cm, int64_t ldc) {
   constexpr int W = kLanes<T>;
-  const int LP = padded(d.Lk, W), D = d.D;
-  each_sequence(q, k, v, d, mask, bh0, bh1, [&](int64_t bh, const T* Q, const T* K, const T* V, const uint32_t* vis) {
-    const T* dO = dout + bh * d.Lq * D;
-    transpose(K, k.sl, d.Lk, D, LP, w.kt);
-    transpose(V, v.sl, d.Lk, D, LP, w.vt);
-    product(Q, q.sl, 1, d.Lq, D, w.kt, LP, LP, scale, w.s, LP);  // S = scale Q K^T
-    product(dO, D, 1, d.Lq, D, w.vt, LP, LP, T(1), w.ds, LP);    // dP = dO V^T
-    for (int i = 0; i < d.Lq; ++i) {
-      T *p = w.s + i * LP, *ds = w.ds + i * LP;
-      const T l = lse[bh * d.Lq + i];
-      mask_row(p, LP, l == -__builtin_inf() ? 0u : vis[i]);  // saw no key: P 0, no gradient
-      exp_row(p, LP, l == -__builtin_inf() ? T(0) : l);       // P = exp(S - lse)
-      // delta = rowsum(dO * out) = sum_j P dP: the products of dP, so a single key gives dS = 0 exactly.
-      vec<T> pdp = splat(T(0));
-      for (int t = 0; t < LP; t += W) pdp += load(p + t) * load(ds + t);
-      const vec<T> delta = splat(hsum<T>(pdp));
-      for (int t = 0; t < LP; t += W) store(ds + t, splat(scale) * load(p + t) * (load(ds + t) - delta));
+  vec<T> c[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < C; ++j) c[r][j] = splat(T(0));
+  for (int k = 0; k < K; ++k) {
+    vec<T> b[C];
+    for (int j = 0; j < C; ++j) b[j] = load(B + k * ldb + j * W), in_register(b[j]);
+    for (int r = 0; r < R; ++r) {
+      const vec<T> x = splat(A[r * am + k * ak]);
+      for (int j = 0; j < C; ++j) c[r][j] += x * b[j];
     }
-    product(w.ds, LP, 1, d.Lq, d.Lk, K, k.sl, D, T(1), dq + bh * d.Lq * D, D);  // dQ = dS K
-    product(w.ds, 1, LP, d.Lk, d.Lq, Q, q.sl, D, T(1), dk + bh * d.Lk * D, D);  // dK = dS^T Q
-    product(w.s, 1, LP, d.Lk, d.Lq, dO, D, D, T(1), dv + bh * d.Lk * D, D);     // dV = P^T dO
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < C; ++j) store(Cm + r * ldc + j * W, c[r][j]);
+}
+
+// C (M, C vectors at column 0) = A B, in blocks of R rows, then single rows.
+template <class T, int R, int C>
+inline void product_columns(const T* A, int64_t am, int64_t ak, int M, int K, const T* B, int64_t ldb, T* Cm,
+                            int64_t ldc) {
+  int m = 0;
+  for (; m + R <= M; m += R) product_block<T, R, C>(A + m * am, am, ak, K, B, ldb, Cm + m * ldc, ldc);
+  for (; m < M; ++m) product_block<T, 1, C>(A + m * am, am, ak, K, B, ldb, Cm + m * ldc, ldc);
+}
+
+// C (M, N) = A (M, K) B (K, N): A[m * am + k * ak] (am, ak pick P, dS or a transpose), rows of B and C unit-stride.
+// 8 accumulators per block: 2 rows x 4 vectors, then 4 x 2 and 4 x 1 on the last columns.
+template <class T>
+void product(const T* A, int64_t am, int64_t ak, int M, int K, const T* B, int64_t ldb, int N, T* C, int64_t ldc) {
+  constexpr int W = kLanes<T>;
+  int n = 0;
+  for (; n + 4 * W <= N; n += 4 * W) product_columns<T, 2, 4>(A, am, ak, M, K, B + n, ldb, C + n, ldc);
+  if (n + 2 * W <= N) product_columns<T, 4, 2>(A, am, ak, M, K, B + n, ldb, C + n, ldc), n += 2 * W;
+  if (n + W <= N) product_columns<T, 4, 1>(A, am, ak, M, K, B + n, ldb, C + n, ldc), n += W;
+  for (; n < N; ++n)  // head dims off the vector width
+    for (int m = 0; m < M; ++m) {
+      T c = 0;
+      for (int k = 0; k < K; ++k) c += A[m * am + k * ak] * B[k * ldb + n];
+      C[m * ldc + n] = c;
+    }
+}
+
+// ---- softmax ----
+
+// ln 2 (m + log2 l) lane by lane, -inf where l is 0: a row's natural-log lse from its base-2 max and sum.
+template <class T>
+inline vec<T> lse_of(vec<T> m, vec<T> l) {
+  return l > 0 ? m * T(kLn2) + log_vec(l > 0 ? l : splat(T(1))) : splat(T(-__builtin_inf()));
+}
+
+// s (the block's scores, base 2, masked) <- P = softmax of each row; lse (Lq,) <- each row's logsumexp (-inf where a
+// row sees no key: its P is 0). m, l: scratch for the rows' max and sum when rows span whole vectors.
+template <class T, int G>
+void softmax(T* s, const Block& blk, int Lq, T* lse, T* m, T* l) {
+  constexpr int W = kLanes<T>, R = W / G;
+  const T inf = __builtin_inf();
+  if constexpr (G < W) {  // R rows per vector
+    for (int t = 0; t < blk.vecs; ++t) {
+      const vec<T> x = load(s + t * W), mx = run_max<T, G>(x);
+      const vec<T> p = exp2_vec(x - (mx == -inf ? splat(T(0)) : mx)), sum = run_sum<T, G>(p);
+      store(s + t * W, p * (sum > 0 ? T(1) / sum : splat(T(0))));
+      const vec<T> y = lse_of<T>(mx, sum);
+      for (int r = 0; r < R && t * R + r < Lq; ++r) lse[t * R + r] = y[r * G];
+    }
+  } else {  // LP / W vectors per row
+    const int n = blk.LP / W;
+    for (int i = 0; i < blk.rows; ++i) {
+      T* row = s + i * blk.LP;
+      vec<T> mx = load(row);
+      for (int u = 1; u < n; ++u) mx = vmax<T>(mx, load(row + u * W));
+      mx = run_max<T, W>(mx);
+      const vec<T> sub = mx == -inf ? splat(T(0)) : mx;
+      vec<T> sum = splat(T(0));
+      for (int u = 0; u < n; ++u) {
+        const vec<T> p = exp2_vec(load(row + u * W) - sub);
+        store(row + u * W, p);
+        sum += p;
+      }
+      sum = run_sum<T, W>(sum);
+      const vec<T> inv = sum > 0 ? T(1) / sum : splat(T(0));
+      for (int u = 0; u < n; ++u) store(row + u * W, load(row + u * W) * inv);
+      m[i] = mx[0], l[i] = sum[0];
+    }
+    for (int i = 0; i < Lq; i += W) {  // the logs a vector of rows at a time
+      const vec<T> y = lse_of<T>(load(m + i), load(l + i));
+      for (int p = 0; p < W && i + p < Lq; ++p) lse[i + p] = y[p];
+    }
+  }
+}
+
+// s (scores, base 2) <- P = exp2(s - lse2), ds (dP) <- dS = scale P (dP - delta), delta = rowsum(P dP) (the
+// products of dP, so that a single key gives dS = 0 exactly); lse2 per row, +inf where a row saw no key.
+template <class T, int G>
+void softmax_grad(T* s, T* ds, const T* lse2, const Block& blk, T scale) {
+  constexpr int W = kLanes<T>, R = W / G;
+  if constexpr (G < W) {
+    for (int t = 0; t < blk.vecs; ++t) {
+      const vec<T> p = exp2_vec(load(s + t * W) - spread<T, G>(lse2 + t * R)), dp = load(ds + t * W);
+      store(s + t * W, p);
+      store(ds + t * W, scale * p * (dp - run_sum<T, G>(p * dp)));
+    }
+  } else {
+    const int n = blk.LP / W;
+    for (int i = 0; i < blk.rows; ++i) {
+      T *p = s + i * blk.LP, *dp = ds + i * blk.LP;
+      const vec<T> sub = splat(lse2[i]);
+      vec<T> pdp = splat(T(0));
+      for (int u = 0; u < n; ++u) {
+        const vec<T> x = exp2_vec(load(p + u * W) - sub);
+        store(p + u * W, x);
+        pdp += x * load(dp + u * W);
+      }
+      const vec<T> delta = run_sum<T, W>(pdp);
+      for (int u = 0; u < n; ++u) store(dp + u * W, scale * load(p + u * W) * (load(dp + u * W) - delta));
+    }
+  }
+}
+
+// ---- sequences ----
+
+// f(bh, Q, K, V) for every sequence bh in [bh0, bh1), with w.bias holding its batch row's mask. (Prefetching the
+// next sequence's rows in software made the memory-bound level-1 shapes 20% slower than the hardware prefetchers.)
+template <class T, class F>
+void each_sequence(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask,
+                   const Block& blk, int64_t bh0, int64_t bh1, Scratch<T>& w, F&& f) {
+  const int64_t group = d.H / d.Hk;
+  int64_t b = bh0 / d.H, h = bh0 % d.H;  // then stepped: a division per sequence costs ~5% at PixelLoss's shape
+  mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias);
+  for (int64_t bh = bh0; bh < bh1; ++bh) {
+    f(bh, q.at(b, h), k.at(b, h / group), v.at(b, h / group));
+    if (++h == d.H && bh + 1 < bh1) {
+      h = 0, ++b;
+      if (mask.key_len != nullptr) mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias);
+    }
+  }
+}
+
+template <class T, int G>
+void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask, T scale,
+             int64_t bh0, int64_t bh1, T* out, T* lse, const Block& blk, Scratch<T>& w) {
+  const int D = d.D;
+  each_sequence(q, k, v, d, mask, blk, bh0, bh1, w, [&](int64_t bh, const T* Q, const T* K, const T* V) {
+    dots<T>(Q, q.sl, d.Lq, K, k.sl, d.Lk, D, blk, T(scale * kLog2e), w.bias, w.s);  // S = scale log2(e) Q K^T
+    softmax<T, G>(w.s, blk, d.Lq, lse + bh * d.Lq, w.row_a, w.row_b);                // P, lse
+    product(w.s, blk.LP, 1, d.Lq, d.Lk, V, v.sl, D, out + bh * d.Lq * D, D);  // O = P V
   });
+}
+
+template <class T, int G>
+void backward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const T* lse, const TinyDims& d,
+              const MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq, T* dk, T* dv, const Block& blk,
+              Scratch<T>& w) {
+  const int D = d.D;
+  for (int i = d.Lq; i < blk.rows + kLanes<T>; ++i) w.row_a[i] = __builtin_inf();  // padding rows: P 0
+  each_sequence(q, k, v, d, mask, blk, bh0, bh1, w, [&](int64_t bh, const T* Q, const T* K, const T* V) {
+    const T* dO = dout + bh * d.Lq * D;
+    for (int i = 0; i < d.Lq; ++i) {  // lse in base 2; a row that saw no key: P = exp2(-inf) = 0
+      const T l = lse[bh * d.Lq + i];
+      w.row_a[i] = l == -__builtin_inf() ? T(__builtin_inf()) : T(l * kLog2e);
+    }
+    dots<T>(Q, q.sl, d.Lq, K, k.sl, d.Lk, D, blk, T(scale * kLog2e), w.bias, w.s);  // S (base 2)
+    dots<T>(dO, D, d.Lq, V, v.sl, d.Lk, D, blk, T(1), nullptr, w.ds);                // dP = dO V^T
+    softmax_grad<T, G>(w.s, w.ds, w.row_a, blk, scale);                               // P, dS
+    product(w.ds, blk.LP, 1, d.Lq, d.Lk, K, k.sl, D, dq + bh * d.Lq * D, D);  // dQ = dS K
+    product(w.ds, 1, blk.LP, d.Lk, d.Lq, Q, q.sl, D, dk + bh * d.Lk * D, D);  // dK = dS^T Q
+    product(w.s, 1, blk.LP, d.Lk, d.Lq, dO, D, D, dv + bh * d.Lk * D, D);     // dV = P^T dO
+  });
+}
+
+// The calling thread's scratch.
+template <class T>
+Scratch<T>& scratch() {
+  static thread_local Scratch<T> w;
+  return w;
 }
 
 template <class T>
 void forward_fn(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask, T scale,
                 int64_t bh0, int64_t bh1, T* out, T* lse) {
-  static thread_local Scratch<T> w;
-  forward(q, k, v, d, mask, scale, bh0, bh1, out, lse, w);
+  Scratch<T>& w = scratch<T>();
+  const Block blk = block_of<T>(d.Lq, d.Lk);
+  with_pow2<T>(blk.LP < kLanes<T> ? blk.LP : kLanes<T>, [&](auto G) {  // lanes of a score row's run
+    forward<T, decltype(G)::value>(q, k, v, d, mask, scale, bh0, bh1, out, lse, blk, w);
+  });
 }
 
 template <class T>
 void backward_fn(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const T* lse, const TinyDims& d,
                  const MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq, T* dk, T* dv) {
-  static thread_local Scratch<T> w;
-  backward(q, k, v, dout, lse, d, mask, scale, bh0, bh1, dq, dk, dv, w);
+  Scratch<T>& w = scratch<T>();
+  const Block blk = block_of<T>(d.Lq, d.Lk);
+  with_pow2<T>(blk.LP < kLanes<T> ? blk.LP : kLanes<T>, [&](auto G) {
+    backward<T, decltype(G)::value>(q, k, v, dout, lse, d, mask, scale, bh0, bh1, dq, dk, dv, blk, w);
+  });
 }
 
 template <class T>

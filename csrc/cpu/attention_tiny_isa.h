@@ -9,7 +9,7 @@
 namespace fastar::cpu {
 
 constexpr int kTinyMaxLen = 32;   // Lq and Lk: one key-visibility bitmask word per query
-constexpr int kTinyMaxDim = 256;  // head dim: the transposed keys and values fit the scratch
+constexpr int kTinyMaxDim = 256;  // head dim (the kernels hold no D-sized scratch; wider heads take the tile path)
 
 // One (B, H, L, D) operand with unit-stride rows: element (b, h, l, d) at b * sb + h * sh + l * sl + d.
 template <class T>
