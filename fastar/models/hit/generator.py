@@ -70,6 +70,38 @@ class BatchNorm(nn.BatchNorm1d):
     def forward(self, x):
         return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)
 
+    def fold(self, x2, *denses):
+        """The Dense layers that read norm(x2) as one (weight, bias) that reads x2 (N, C) itself, without autograd:
+        Dense(norm(x)) = x (W diag(s))^T + (W t + b), s = gamma / sqrt(var + eps), t = beta - mean s (torch's CPU
+        BatchNorm computes norm(x) as x s + t too), so no normalized copy of x is written. In training mode the
+        statistics are the batch's, with the running ones and the counter updated as forward() updates them."""
+        if self.training:
+            self.num_batches_tracked.add_(1)
+            mean, var = torch.batch_norm_update_stats(x2, self.running_mean, self.running_var, self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        s = self.weight * (var + self.eps).rsqrt()
+        w, b = (torch.cat([d.weight for d in denses]), torch.cat([d.bias for d in denses])) if len(denses) > 1 \
+            else (denses[0].weight, denses[0].bias)
+        return w * s, torch.addmv(b, w, self.bias - mean * s)
+
+
+def norm_dense(norm, x2, *denses):
+    """Dense layers (concatenated outputs) of norm(x2), x2 (N, C): folded into one GEMM on x2 without autograd,
+    the modules as they are with it."""
+    if not torch.is_grad_enabled():
+        w, b = norm.fold(x2, *denses)
+        return torch.addmm(b, x2, w.t())
+    xn = norm(x2)
+    if len(denses) == 1:
+        return denses[0](xn)
+    return F.linear(xn, torch.cat([d.weight for d in denses]), torch.cat([d.bias for d in denses]))
+
+
+def dense_residual(dense, h2, x2):
+    """x2 + dense(h2), written once: the residual plus the bias, then the product accumulated into it."""
+    return (x2 + dense.bias).addmm_(h2, dense.weight.t())
+
 
 class PositionEmbedding(nn.Module):
     def __init__(self, *shape):
@@ -78,6 +110,11 @@ class PositionEmbedding(nn.Module):
 
     def forward(self, x):
         return x + self.embedding_weight
+
+
+# Rows of the 4C-wide hidden activation per GEMM -> GELU -> GEMM pass of an MLP without autograd (~4 MB: it stays in
+# cache, and a buffer this size is reused where a whole (N, 4C) one would be a fresh allocation, page faults and all).
+MLP_CHUNK_BYTES = 4 << 20
 
 
 class MLP(nn.Module):
@@ -89,7 +126,19 @@ class MLP(nn.Module):
         self.fc1, self.fc2 = Dense(dim, dim * expansion), Dense(dim * expansion, dim)
 
     def forward(self, x):
-        return x + self.fc2(F.gelu(self.fc1(self.norm_layer(x))))
+        x2 = x.reshape(-1, x.shape[-1])
+        if torch.is_grad_enabled():
+            return dense_residual(self.fc2, F.gelu(self.fc1(self.norm_layer(x2))), x2).view(x.shape)
+        # Without autograd: the norm folded into fc1, the rows in chunks, the residual written once.
+        w1, b1 = self.norm_layer.fold(x2, self.fc1)
+        out = x2 + self.fc2.bias
+        rows = max(1, MLP_CHUNK_BYTES // (w1.shape[0] * x2.element_size()))
+        h = x2.new_empty(min(rows, x2.shape[0]), w1.shape[0])
+        for r in range(0, x2.shape[0], rows):
+            n = min(rows, x2.shape[0] - r)
+            hn = torch.addmm(b1, x2[r:r + n], w1.t(), out=h[:n])
+            out[r:r + n].addmm_(torch.ops.aten.gelu_(hn), self.fc2.weight.t())
+        return out.view(x.shape)
 
 
 class MultiAxisAttention(nn.Module):
@@ -105,18 +154,25 @@ class MultiAxisAttention(nn.Module):
         self.value_dense = Dense(kv_dim or dim, kv_heads * self.key_dim)
         self.output_dense = Dense(heads * self.key_dim, dim)
 
-    def forward(self, x, block_size=None, latents=None):
-        B, H, W, _ = x.shape
-        q = self.query_dense(x).view(B, H, W, self.heads, self.key_dim)
-        if latents is None:
-            k, v = (d(x).view(B, H, W, -1, self.key_dim) for d in (self.key_dense, self.value_dense))
-            out = fastar.ops.multi_axis_attention(q, k, v, block_size)  # (B, H, W, heads, key_dim)
+    def forward(self, x, norm, block_size=None, latents=None):
+        """x + attention(norm(x)[, latents]): x (B, H, W, C), norm the block's BatchNorm (folded into the
+        projections without autograd: norm_dense)."""
+        B, H, W, C = x.shape
+        x2, D = x.reshape(-1, C), self.key_dim
+        if latents is None:  # q, k and v from one GEMM, read in place by the kernel (any row stride)
+            qkv = norm_dense(norm, x2, self.query_dense, self.key_dense, self.value_dense)
+            q, k, v = qkv.split([self.query_dense.out_features, self.key_dense.out_features,
+                                 self.value_dense.out_features], 1)
+            out = fastar.ops.multi_axis_attention(*(t.view(B, H, W, -1, D) for t in (q, k, v)), block_size)
         else:
-            k, v = (d(latents).view(B, latents.shape[1], -1, self.key_dim).transpose(1, 2)
-                    for d in (self.key_dense, self.value_dense))  # (B, 1 or heads, L, key_dim)
-            out = fastar.ops.attention(q.view(B, H * W, self.heads, self.key_dim).transpose(1, 2), k, v)
-            out = out.transpose(1, 2)  # (B, H*W, heads, key_dim)
-        return self.output_dense(out.reshape(B, H, W, -1))
+            q = norm_dense(norm, x2, self.query_dense)
+            L = latents.shape[1]
+            k, v = (d(latents).view(B, L, -1, D).transpose(1, 2) for d in (self.key_dense, self.value_dense))
+            if k.shape[1] == 1:  # multi-query: every (pixel, head) is a query row of one head, no transposes
+                out = fastar.ops.attention(q.view(B, 1, H * W * self.heads, D), k, v)
+            else:
+                out = fastar.ops.attention(q.view(B, H * W, self.heads, D).transpose(1, 2), k, v).transpose(1, 2)
+        return dense_residual(self.output_dense, out.reshape(B * H * W, C), x2).view(x.shape)
 
 
 class Block(nn.Module):
@@ -130,7 +186,7 @@ class Block(nn.Module):
         self.mlp_block = MLP(dim)
 
     def forward(self, x, latents=None):
-        return self.mlp_block(x + self.attention_layer(self.norm(x), self.block_size, latents))
+        return self.mlp_block(self.attention_layer(x, self.norm, self.block_size, latents))
 
 
 class PixelShuffle(nn.Module):
@@ -140,10 +196,18 @@ class PixelShuffle(nn.Module):
         super().__init__()
         self.dense_layer = Dense(dim // 4, out_dim) if dim // 4 != out_dim else None
 
-    def forward(self, x):
+    def forward(self, x, position=None):
+        """x (B, H, W, C) -> (B, 2H, 2W, out_dim), plus the next stage's position embedding (1, 2H, 2W, out_dim)
+        when given. The Dense acts per pixel, so it runs before the shuffle, on x's own layout; the shuffle's copy
+        is the addition of the embedding."""
         B, H, W, C = x.shape
-        x = x.view(B, H, W, 2, 2, C // 4).permute(0, 1, 3, 2, 4, 5).reshape(B, 2 * H, 2 * W, C // 4)
-        return x if self.dense_layer is None else self.dense_layer(x)
+        x = x.view(B, H, W, 4, C // 4)
+        if self.dense_layer is not None:
+            x = self.dense_layer(x)
+        x = x.view(B, H, W, 2, 2, -1).permute(0, 1, 3, 2, 4, 5)
+        if position is not None:  # the embedding first: the sum takes its (contiguous) layout
+            x = position.view(1, H, 2, W, 2, -1) + x
+        return x.reshape(B, 2 * H, 2 * W, -1)
 
 
 class SkipToRGB(nn.Module):
@@ -155,10 +219,11 @@ class SkipToRGB(nn.Module):
         self.dense = Dense(dim, out_dim)
 
     def forward(self, x, skip=None):
-        rgb = self.dense(self.norm(x))
-        if skip is None:
-            return rgb
-        return rgb + skip.repeat_interleave(2, 1).repeat_interleave(2, 2)
+        B, H, W, C = x.shape
+        rgb = norm_dense(self.norm, x.reshape(-1, C), self.dense)
+        if skip is not None:  # nearest upsampling as a broadcast, never materialized
+            rgb.view(B, H // 2, 2, W // 2, 2, -1).add_(skip.view(B, H // 2, 1, W // 2, 1, -1))
+        return rgb.view(B, H, W, -1)
 
 
 class Stage(nn.Module):
@@ -172,7 +237,8 @@ class Stage(nn.Module):
         self.to_rgb = SkipToRGB(C) if b is None else None
 
     def forward(self, x, latents, images):
-        x = self.cross_block(self.position_embedding(x), latents)
+        """x already carries the position embedding (added by the previous stage's PixelShuffle)."""
+        x = self.cross_block(x, latents)
         for layer in self.layers:
             x = layer(x)
         return x, (self.to_rgb(x, images) if self.to_rgb is not None else images)
@@ -201,9 +267,9 @@ class HiTGenerator(nn.Module):
         latents = self.embedding_norm(self.embedding_position(self.embedding_layer(z).view(B, 16, -1)))  # (B, 16, C0)
         images = None
         for i, stage in enumerate(self.stages):
+            pos = stage.position_embedding
+            x = pos(x) if i == 0 else self.upsamplings[i - 1](x, pos.embedding_weight)
             x, images = stage(x, latents, images)
-            if i < len(self.upsamplings):
-                x = self.upsamplings[i](x)
         return images.permute(0, 3, 1, 2)
 
     @torch.no_grad()
