@@ -98,9 +98,11 @@ def norm_dense(norm, x2, *denses):
     return F.linear(xn, torch.cat([d.weight for d in denses]), torch.cat([d.bias for d in denses]))
 
 
-def dense_residual(dense, h2, x2):
-    """x2 + dense(h2), written once: the residual plus the bias, then the product accumulated into it."""
-    return (x2 + dense.bias).addmm_(h2, dense.weight.t())
+def dense_residual(dense, h2, x2, inplace=False):
+    """x2 + dense(h2), written once: the residual plus the bias, then the product accumulated into it; over x2
+    itself with inplace (without autograd only)."""
+    out = x2.add_(dense.bias) if inplace and not torch.is_grad_enabled() else x2 + dense.bias
+    return out.addmm_(h2, dense.weight.t())
 
 
 class PositionEmbedding(nn.Module):
@@ -160,9 +162,9 @@ class MultiAxisAttention(nn.Module):
         self.value_dense = Dense(kv_dim or dim, kv_heads * self.key_dim)
         self.output_dense = Dense(heads * self.key_dim, dim)
 
-    def forward(self, x, norm, block_size=None, latents=None):
+    def forward(self, x, norm, block_size=None, latents=None, inplace=False):
         """x + attention(norm(x)[, latents]): x (B, H, W, C), norm the block's BatchNorm (folded into the
-        projections without autograd: norm_dense)."""
+        projections without autograd: norm_dense). inplace: without autograd, write the result over x."""
         B, H, W, C = x.shape
         x2, D = x.reshape(-1, C), self.key_dim
         if latents is None:  # q, k and v from one GEMM, read in place by the kernel (any row stride)
@@ -170,7 +172,7 @@ class MultiAxisAttention(nn.Module):
             q, k, v = qkv.split([self.query_dense.out_features, self.key_dense.out_features,
                                  self.value_dense.out_features], 1)
             out = fastar.ops.multi_axis_attention(*(t.view(B, H, W, -1, D) for t in (q, k, v)), block_size)
-            return dense_residual(self.output_dense, out.view(-1, C), x2).view(x.shape)
+            return dense_residual(self.output_dense, out.view(-1, C), x2, inplace).view(x.shape)
         L = latents.shape[1]
         k, v = (d(latents).view(B, L, -1, D).transpose(1, 2) for d in (self.key_dense, self.value_dense))
         if torch.is_grad_enabled():
@@ -178,13 +180,14 @@ class MultiAxisAttention(nn.Module):
             return dense_residual(self.output_dense, out.view(-1, C), x2).view(x.shape)
         # Without autograd, the pixels of each image in chunks: projection, attention and output in cache.
         w, b = norm.fold(x2, self.query_dense)
-        x3, out = x2.view(B, H * W, C), torch.empty_like(x2).view(B, H * W, C)
-        rows = chunk_rows(C, x2)
+        x3 = x2.view(B, H * W, C)
+        out = x3 if inplace else torch.empty_like(x3)
+        rows, wo, bo = chunk_rows(C, x2), self.output_dense.weight, self.output_dense.bias
         for i in range(B):
             for r in range(0, H * W, rows):
                 xr = x3[i, r:r + rows]
                 o = self.cross(torch.addmm(b, xr, w.t())[None], k[i:i + 1], v[i:i + 1])
-                torch.add(xr, self.output_dense.bias, out=out[i, r:r + rows]).addmm_(o[0], self.output_dense.weight.t())
+                torch.add(xr, bo, out=out[i, r:r + rows]).addmm_(o[0], wo.t())
         return out.view(x.shape)
 
     def cross(self, q, k, v):
@@ -206,8 +209,10 @@ class Block(nn.Module):
         self.attention_layer = MultiAxisAttention(dim, heads, kv_dim, multi_query)
         self.mlp_block = MLP(dim)
 
-    def forward(self, x, latents=None):
-        return self.mlp_block(self.attention_layer(x, self.norm, self.block_size, latents), inplace=True)
+    def forward(self, x, latents=None, inplace=False):
+        """inplace: without autograd, write the result over x."""
+        x = self.attention_layer(x, self.norm, self.block_size, latents, inplace)
+        return self.mlp_block(x, inplace=True)
 
 
 class PixelShuffle(nn.Module):
@@ -257,11 +262,12 @@ class Stage(nn.Module):
                                     for _ in range(cfg.num_layers[i]))
         self.to_rgb = SkipToRGB(C) if b is None else None
 
-    def forward(self, x, latents, images):
-        """x already carries the position embedding (added by the previous stage's PixelShuffle)."""
-        x = self.cross_block(x, latents)
-        for layer in self.layers:  # x is the cross block's output: MLP layers may write over it
-            x = layer(x, inplace=True) if isinstance(layer, MLP) else layer(x)
+    def forward(self, x, latents, images, inplace=False):
+        """x already carries the position embedding (added by the previous stage's PixelShuffle). inplace:
+        without autograd, the blocks write over x."""
+        x = self.cross_block(x, latents, inplace)
+        for layer in self.layers:  # x is now the cross block's own output: the layers write over it
+            x = layer(x, inplace=True)
         return x, (self.to_rgb(x, images) if self.to_rgb is not None else images)
 
 
@@ -290,7 +296,7 @@ class HiTGenerator(nn.Module):
         for i, stage in enumerate(self.stages):
             pos = stage.position_embedding
             x = pos(x) if i == 0 else self.upsamplings[i - 1](x, pos.embedding_weight)
-            x, images = stage(x, latents, images)
+            x, images = stage(x, latents, images, inplace=True)  # x is this forward's own
         return images.permute(0, 3, 1, 2)
 
     @torch.no_grad()
