@@ -12,7 +12,7 @@ K/V (one key/value head shared by all heads).
 
 Without autograd (sampling, evaluation) the same math runs in fewer passes over memory: each BatchNorm folded into
 the Dense layers that read it (BatchNorm.fold), q, k and v from one GEMM, MLPs and cross-attention blocks in row
-chunks of ~4 MB, residuals written over the block's own input, the Dense of a pixel shuffle before its copy and the
+chunks of ~16 MB, residuals written over the block's own input, the Dense of a pixel shuffle before its copy and the
 next stage's position embedding added in that copy, SkipToRGB's upsampling as a broadcast. Fresh full-size tensors
 (page faults on every allocation past glibc's mmap threshold) were 40% of a HiT-256 forward's CPU time. With
 autograd each BatchNorm runs as its module, then the Dense layers; the one QKV GEMM, the pixel shuffle's order and
@@ -122,10 +122,12 @@ class PositionEmbedding(nn.Module):
         return x + self.embedding_weight
 
 
-# Rows per pass of the per-pixel work without autograd (an MLP's GEMM -> GELU -> GEMM, a cross-attention): ~4 MB
-# of the widest intermediate, which stays in cache and in one reused buffer where a whole (N, 4C) tensor would be a
-# fresh allocation, page faults and all (40% of a HiT-256 forward's CPU time before).
-CHUNK_BYTES = 4 << 20
+# Rows per pass of the per-pixel work without autograd (an MLP's GEMM -> GELU -> GEMM, a cross-attention): ~16 MB
+# of the widest intermediate, in one buffer reused from the heap (under glibc's 32 MB mmap ceiling) where a whole
+# (N, 4C) tensor would be a fresh mapping, page faults and all (40% of a HiT-256 forward's CPU time before). HiT-256,
+# B 2, 1 thread: 1, 4 and 16 MB cost the same CPU time; at 2 threads on a loaded machine fewer, larger chunks win
+# (every parallel region waits for a descheduled thread).
+CHUNK_BYTES = 16 << 20
 
 
 def chunk_rows(width, x):
