@@ -11,6 +11,7 @@ batches, FASTAR_BENCH_HIT_SIZE (256) and FASTAR_BENCH_HIT_STEP_SIZE (128) the co
 FASTAR_BENCH_HIT_D_CHANNELS (64) the discriminator's cap (512: the official width)."""
 import os
 from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,15 @@ class Breakdown(bench_var.Breakdown):
 
     def __init__(self, monkeypatch):
         super().__init__(monkeypatch, PARTS)
+
+    @contextmanager
+    def recording(self, contender):
+        """As VAR's, keeping the fastest round's parts (the one the min time is)."""
+        best = self.ms.get(contender)
+        with super().recording(contender):
+            yield
+        if best is not None and best["total"] < self.ms[contender]["total"]:
+            self.ms[contender] = best
 
     def _timed(self, part, fn):
         timed = super()._timed(part, fn)
@@ -91,7 +101,7 @@ def test_hit_generator_forward(benchmark, monkeypatch):
     compare(benchmark, contenders["fastar"], {BASELINE: contenders[BASELINE]}, baseline=BASELINE, rounds=ROUNDS,
             warmup=WARMUP, op="multi_axis_attention")
     benchmark.extra_info["max_abs_diff"] = {BASELINE: (out["fastar"] - out[BASELINE]).abs().max().item()}
-    benchmark.extra_info["breakdown"] = parts.ms  # the last round's
+    benchmark.extra_info["breakdown"] = parts.ms  # the fastest round's
     plain = {"fastar": lambda: G(z), BASELINE: on("torch", lambda: G(z))}
     with torch.no_grad():
         top = {name: other_top_ops(fn) for name, fn in plain.items()}
