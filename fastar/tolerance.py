@@ -21,6 +21,8 @@ K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
      "multi_axis_attention": 2.0, "multi_axis_attention_bwd": 3.0,
      # HiT: a GAN step's gradients through G, D, R1 (a double backward) and bCR, as VAR's.
      "hit_grads": 4.0,
+     # HiT's forward without autograd (BatchNorm folded into the Dense layers, row chunks) vs the modules' order.
+     "hit_forward": 4.0,
      # MAR's KL VAE: the same convolutions on both sides, attention's factor for its attention blocks.
      "mar_vae": 2.0,
      # VAR's VQVAE decoder fast path: NHWC convolutions sum in another order; the upsample's phase conv sums 3x3 taps.

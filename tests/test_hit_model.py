@@ -1,13 +1,15 @@
 """HiT's generator and discriminator: the official configurations' parameter counts, the layout facts the weights
 depend on, a training step on fastar's kernels against the float64 reference ops, and the train / sample CLI."""
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 import fastar
 from fastar.models.hit import CONFIGS, TINY, HiTConfig, HiTGenerator, StyleGANDiscriminator
-from fastar.models.hit.generator import PixelShuffle
+from fastar.models.hit import generator
+from fastar.models.hit.generator import BatchNorm, PixelShuffle
 from fastar.models.hit.losses import diff_augment
 from fastar.models.hit.train import gan_step
 from tests.conftest import backend_device
@@ -80,6 +82,43 @@ def test_diff_augment_keeps_shape_and_changes_images():
     x = torch.rand(4, 3, 32, 32) * 2 - 1
     y = diff_augment(x, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and not torch.allclose(x, y)
+
+
+def forward_and_stats(G, z, dtype, grad, backend):
+    """G's images and BatchNorm running statistics after one forward of a copy of G in `dtype`."""
+    G = copy.deepcopy(G).to(dtype)
+    with torch.set_grad_enabled(grad), fastar.use_backend(backend):
+        images = G(z.to(dtype))
+    stats = [t for m in G.modules() if isinstance(m, BatchNorm) for t in (m.running_mean, m.running_var)]
+    assert all(m.num_batches_tracked.item() == G.training for m in G.modules() if isinstance(m, BatchNorm))
+    return images.detach(), stats
+
+
+@pytest.mark.parametrize("multi_query", [True, False], ids=["multi-query", "multi-head"])
+@pytest.mark.parametrize("training", [True, False], ids=["batch statistics", "running statistics"])
+def test_forward_without_autograd_matches_the_modules(monkeypatch, multi_query, training):
+    """Without autograd the generator folds each BatchNorm into the Dense layers that read it (its statistics and
+    running update by torch.batch_norm_update_stats), runs the MLPs and the cross-attention blocks in row chunks
+    (7 KB here: chunks of 1 to 112 rows that split the images and end short) and writes the MLP residuals in place:
+    its images and running statistics on the cpu kernels against the module-by-module formulation (the autograd
+    path: BatchNorm, then each Dense) in float64 on the reference ops, within the tolerance rule. A fold that
+    dropped the mean, a chunk loop that skipped the last short chunk or an in-place write over a tensor still to
+    be read fails it."""
+    monkeypatch.setattr(generator, "CHUNK_BYTES", 7 * 1024)
+    torch.manual_seed(0)
+    G = HiTGenerator(dataclasses.replace(TINY, multi_query=multi_query)).train(training)
+    for m in G.modules():
+        if isinstance(m, BatchNorm):
+            m.running_mean.normal_(0, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+    z = torch.randn(3, TINY.latent_dim, generator=torch.Generator().manual_seed(0))
+    out, stats = forward_and_stats(G, z, torch.float32, False, "cpu")
+    ref64, stats64 = forward_and_stats(G, z, torch.float64, True, "reference")
+    ref32, stats32 = forward_and_stats(G, z, torch.float32, True, "reference")
+    assert fastar.last_backend("attention") == "reference"
+    assert_close("hit_forward", out, ref64, ref32)
+    for s, s64, s32 in zip(stats, stats64, stats32, strict=True):
+        assert_close("hit_forward", s, s64, s32)
 
 
 def tiny_step(backend, dtype):

@@ -9,6 +9,14 @@ PixelShuffle between stages. Tensors are NHWC (B, H, W, C) as in the TF code, so
 PixelShuffle is TF's depth_to_space (input channel (dy * 2 + dx) * C' + c goes to pixel (2y + dy, 2x + dx)),
 not torch's pixel_shuffle (c * 4 + dy * 2 + dx). Norms are BatchNorm (the official default), GELU MLPs, multi-query
 K/V (one key/value head shared by all heads).
+
+Without autograd (sampling, evaluation) the same math runs in fewer passes over memory: each BatchNorm folded into
+the Dense layers that read it (BatchNorm.fold), q, k and v from one GEMM, MLPs and cross-attention blocks in row
+chunks of ~16 MB, residuals written over the block's own input, the Dense of a pixel shuffle before its copy and the
+next stage's position embedding added in that copy, SkipToRGB's upsampling as a broadcast. Fresh full-size tensors
+(page faults on every allocation past glibc's mmap threshold) were 40% of a HiT-256 forward's CPU time. With
+autograd each BatchNorm runs as its module, then the Dense layers; the one QKV GEMM, the pixel shuffle's order and
+the broadcast upsampling stay.
 """
 from dataclasses import dataclass
 
@@ -70,6 +78,40 @@ class BatchNorm(nn.BatchNorm1d):
     def forward(self, x):
         return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)
 
+    def fold(self, x2, *denses):
+        """The Dense layers that read norm(x2) as one (weight, bias) that reads x2 (N, C) itself, without autograd:
+        Dense(norm(x)) = x (W diag(s))^T + (W t + b), s = gamma / sqrt(var + eps), t = beta - mean s (torch's CPU
+        BatchNorm computes norm(x) as x s + t too), so no normalized copy of x is written. In training mode the
+        statistics are the batch's, with the running ones and the counter updated as forward() updates them."""
+        if self.training:
+            self.num_batches_tracked.add_(1)
+            mean, var = torch.batch_norm_update_stats(x2, self.running_mean, self.running_var, self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        s = self.weight * (var + self.eps).rsqrt()
+        w, b = (torch.cat([d.weight for d in denses]), torch.cat([d.bias for d in denses])) if len(denses) > 1 \
+            else (denses[0].weight, denses[0].bias)
+        return w * s, torch.addmv(b, w, self.bias - mean * s)
+
+
+def norm_dense(norm, x2, *denses):
+    """Dense layers (concatenated outputs) of norm(x2), x2 (N, C): folded into one GEMM on x2 without autograd,
+    the modules as they are with it."""
+    if not torch.is_grad_enabled():
+        w, b = norm.fold(x2, *denses)
+        return torch.addmm(b, x2, w.t())
+    xn = norm(x2)
+    if len(denses) == 1:
+        return denses[0](xn)
+    return F.linear(xn, torch.cat([d.weight for d in denses]), torch.cat([d.bias for d in denses]))
+
+
+def dense_residual(dense, h2, x2, inplace=False):
+    """x2 + dense(h2), written once: the residual plus the bias, then the product accumulated into it; over x2
+    itself with inplace (without autograd only)."""
+    out = x2.add_(dense.bias) if inplace and not torch.is_grad_enabled() else x2 + dense.bias
+    return out.addmm_(h2, dense.weight.t())
+
 
 class PositionEmbedding(nn.Module):
     def __init__(self, *shape):
@@ -80,6 +122,18 @@ class PositionEmbedding(nn.Module):
         return x + self.embedding_weight
 
 
+# Rows per pass of the per-pixel work without autograd (an MLP's GEMM -> GELU -> GEMM, a cross-attention): ~16 MB
+# of the widest intermediate, in one buffer reused from the heap (under glibc's 32 MB mmap ceiling) where a whole
+# (N, 4C) tensor would be a fresh mapping, page faults and all (40% of a HiT-256 forward's CPU time before). HiT-256,
+# B 2, 1 thread: 1, 4 and 16 MB cost the same CPU time; at 2 threads on a loaded machine fewer, larger chunks win
+# (every parallel region waits for a descheduled thread).
+CHUNK_BYTES = 16 << 20
+
+
+def chunk_rows(width, x):
+    return max(1, CHUNK_BYTES // (width * x.element_size()))
+
+
 class MLP(nn.Module):
     """x + Dense(C)(gelu(Dense(4C)(norm(x)))), pre-norm with its own residual."""
 
@@ -88,8 +142,21 @@ class MLP(nn.Module):
         self.norm_layer = BatchNorm(dim)
         self.fc1, self.fc2 = Dense(dim, dim * expansion), Dense(dim * expansion, dim)
 
-    def forward(self, x):
-        return x + self.fc2(F.gelu(self.fc1(self.norm_layer(x))))
+    def forward(self, x, inplace=False):
+        """inplace: without autograd, write the result over x (a block's own intermediate)."""
+        x2 = x.reshape(-1, x.shape[-1])
+        if torch.is_grad_enabled():
+            return dense_residual(self.fc2, F.gelu(self.fc1(self.norm_layer(x2))), x2).view(x.shape)
+        # The norm folded into fc1, the rows in chunks, the residual written once.
+        w1, b1 = self.norm_layer.fold(x2, self.fc1)
+        out = x2 if inplace else torch.empty_like(x2)
+        rows = chunk_rows(w1.shape[0], x2)
+        h = x2.new_empty(min(rows, x2.shape[0]), w1.shape[0])
+        for r in range(0, x2.shape[0], rows):
+            n = min(rows, x2.shape[0] - r)
+            hn = torch.ops.aten.gelu_(torch.addmm(b1, x2[r:r + n], w1.t(), out=h[:n]))
+            torch.add(x2[r:r + n], self.fc2.bias, out=out[r:r + n]).addmm_(hn, self.fc2.weight.t())
+        return out.view(x.shape)
 
 
 class MultiAxisAttention(nn.Module):
@@ -105,18 +172,41 @@ class MultiAxisAttention(nn.Module):
         self.value_dense = Dense(kv_dim or dim, kv_heads * self.key_dim)
         self.output_dense = Dense(heads * self.key_dim, dim)
 
-    def forward(self, x, block_size=None, latents=None):
-        B, H, W, _ = x.shape
-        q = self.query_dense(x).view(B, H, W, self.heads, self.key_dim)
-        if latents is None:
-            k, v = (d(x).view(B, H, W, -1, self.key_dim) for d in (self.key_dense, self.value_dense))
-            out = fastar.ops.multi_axis_attention(q, k, v, block_size)  # (B, H, W, heads, key_dim)
-        else:
-            k, v = (d(latents).view(B, latents.shape[1], -1, self.key_dim).transpose(1, 2)
-                    for d in (self.key_dense, self.value_dense))  # (B, 1 or heads, L, key_dim)
-            out = fastar.ops.attention(q.view(B, H * W, self.heads, self.key_dim).transpose(1, 2), k, v)
-            out = out.transpose(1, 2)  # (B, H*W, heads, key_dim)
-        return self.output_dense(out.reshape(B, H, W, -1))
+    def forward(self, x, norm, block_size=None, latents=None, inplace=False):
+        """x + attention(norm(x)[, latents]): x (B, H, W, C), norm the block's BatchNorm (folded into the
+        projections without autograd: norm_dense). inplace: without autograd, write the result over x."""
+        B, H, W, C = x.shape
+        x2, D = x.reshape(-1, C), self.key_dim
+        if latents is None:  # q, k and v from one GEMM, read in place by the kernel (any row stride)
+            qkv = norm_dense(norm, x2, self.query_dense, self.key_dense, self.value_dense)
+            q, k, v = qkv.split([self.query_dense.out_features, self.key_dense.out_features,
+                                 self.value_dense.out_features], 1)
+            out = fastar.ops.multi_axis_attention(*(t.view(B, H, W, -1, D) for t in (q, k, v)), block_size)
+            return dense_residual(self.output_dense, out.view(-1, C), x2, inplace).view(x.shape)
+        L = latents.shape[1]
+        k, v = (d(latents).view(B, L, -1, D).transpose(1, 2) for d in (self.key_dense, self.value_dense))
+        if torch.is_grad_enabled():
+            out = self.cross(norm_dense(norm, x2, self.query_dense).view(B, H * W, C), k, v)
+            return dense_residual(self.output_dense, out.view(-1, C), x2).view(x.shape)
+        # Without autograd, the pixels of each image in chunks: projection, attention and output in cache.
+        w, b = norm.fold(x2, self.query_dense)
+        x3 = x2.view(B, H * W, C)
+        out = x3 if inplace else torch.empty_like(x3)
+        rows, wo, bo = chunk_rows(C, x2), self.output_dense.weight, self.output_dense.bias
+        for i in range(B):
+            for r in range(0, H * W, rows):
+                xr = x3[i, r:r + rows]
+                o = self.cross(torch.addmm(b, xr, w.t())[None], k[i:i + 1], v[i:i + 1])
+                torch.add(xr, bo, out=out[i, r:r + rows]).addmm_(o[0], wo.t())
+        return out.view(x.shape)
+
+    def cross(self, q, k, v):
+        """Attention of q (B, n, C) (n pixels) to the latents' k, v (B, 1 or heads, L, D) -> (B, n, C)."""
+        B, n, C = q.shape
+        if k.shape[1] == 1:  # multi-query: every (pixel, head) is a query row of one head, no transposes
+            return fastar.ops.attention(q.reshape(B, 1, n * self.heads, self.key_dim), k, v).view(B, n, C)
+        q = q.view(B, n, self.heads, self.key_dim).transpose(1, 2)
+        return fastar.ops.attention(q, k, v).transpose(1, 2).reshape(B, n, C)
 
 
 class Block(nn.Module):
@@ -129,8 +219,10 @@ class Block(nn.Module):
         self.attention_layer = MultiAxisAttention(dim, heads, kv_dim, multi_query)
         self.mlp_block = MLP(dim)
 
-    def forward(self, x, latents=None):
-        return self.mlp_block(x + self.attention_layer(self.norm(x), self.block_size, latents))
+    def forward(self, x, latents=None, inplace=False):
+        """inplace: without autograd, write the result over x."""
+        x = self.attention_layer(x, self.norm, self.block_size, latents, inplace)
+        return self.mlp_block(x, inplace=True)
 
 
 class PixelShuffle(nn.Module):
@@ -140,10 +232,18 @@ class PixelShuffle(nn.Module):
         super().__init__()
         self.dense_layer = Dense(dim // 4, out_dim) if dim // 4 != out_dim else None
 
-    def forward(self, x):
+    def forward(self, x, position=None):
+        """x (B, H, W, C) -> (B, 2H, 2W, out_dim), plus the next stage's position embedding (1, 2H, 2W, out_dim)
+        when given. The Dense acts per pixel, so it runs before the shuffle, on x's own layout; the shuffle's copy
+        is the addition of the embedding."""
         B, H, W, C = x.shape
-        x = x.view(B, H, W, 2, 2, C // 4).permute(0, 1, 3, 2, 4, 5).reshape(B, 2 * H, 2 * W, C // 4)
-        return x if self.dense_layer is None else self.dense_layer(x)
+        x = x.view(B, H, W, 4, C // 4)
+        if self.dense_layer is not None:
+            x = self.dense_layer(x)
+        x = x.view(B, H, W, 2, 2, -1).permute(0, 1, 3, 2, 4, 5)
+        if position is not None:  # the embedding first: the sum takes its (contiguous) layout
+            x = position.view(1, H, 2, W, 2, -1) + x
+        return x.reshape(B, 2 * H, 2 * W, -1)
 
 
 class SkipToRGB(nn.Module):
@@ -155,10 +255,11 @@ class SkipToRGB(nn.Module):
         self.dense = Dense(dim, out_dim)
 
     def forward(self, x, skip=None):
-        rgb = self.dense(self.norm(x))
-        if skip is None:
-            return rgb
-        return rgb + skip.repeat_interleave(2, 1).repeat_interleave(2, 2)
+        B, H, W, C = x.shape
+        rgb = norm_dense(self.norm, x.reshape(-1, C), self.dense)
+        if skip is not None:  # nearest upsampling as a broadcast, never materialized
+            rgb.view(B, H // 2, 2, W // 2, 2, -1).add_(skip.view(B, H // 2, 1, W // 2, 1, -1))
+        return rgb.view(B, H, W, -1)
 
 
 class Stage(nn.Module):
@@ -171,10 +272,12 @@ class Stage(nn.Module):
                                     for _ in range(cfg.num_layers[i]))
         self.to_rgb = SkipToRGB(C) if b is None else None
 
-    def forward(self, x, latents, images):
-        x = self.cross_block(self.position_embedding(x), latents)
-        for layer in self.layers:
-            x = layer(x)
+    def forward(self, x, latents, images, inplace=False):
+        """x already carries the position embedding (added by the previous stage's PixelShuffle). inplace:
+        without autograd, the blocks write over x."""
+        x = self.cross_block(x, latents, inplace)
+        for layer in self.layers:  # x is now the cross block's own output: the layers write over it
+            x = layer(x, inplace=True)
         return x, (self.to_rgb(x, images) if self.to_rgb is not None else images)
 
 
@@ -201,9 +304,9 @@ class HiTGenerator(nn.Module):
         latents = self.embedding_norm(self.embedding_position(self.embedding_layer(z).view(B, 16, -1)))  # (B, 16, C0)
         images = None
         for i, stage in enumerate(self.stages):
-            x, images = stage(x, latents, images)
-            if i < len(self.upsamplings):
-                x = self.upsamplings[i](x)
+            pos = stage.position_embedding
+            x = pos(x) if i == 0 else self.upsamplings[i - 1](x, pos.embedding_weight)
+            x, images = stage(x, latents, images, inplace=True)  # x is this forward's own
         return images.permute(0, 3, 1, 2)
 
     @torch.no_grad()
