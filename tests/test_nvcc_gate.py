@@ -27,7 +27,7 @@ def test_every_kernel_at_both_archs_without_spills(tmp_path):
         archs.setdefault(r["kernel"], set()).add(r["arch"])
         assert r["spill_store_bytes"] == r["spill_load_bytes"] == r["stack_bytes"] == 0, r
     assert all(a == set(nvcc_gate.ARCHS) for a in archs.values()), archs
-    assert sum("vq_nearest_kernel" in k for k in archs) == 3  # float, bf16, fp16
+    assert sum("vq_nearest_kernel" in k for k in archs) == 6  # float, bf16, fp16 x rows in shared memory or not
     assert {k for k in archs if "diffusion_loss_kernel" in k} == {
         f"fastar::kernels::diffusion_loss_kernel<{t}>" for t in ("float", "double")}
     for kernel in ("attention_fwd_kernel", "attention_bwd_kernel", "attention_combine_kernel"):
@@ -54,15 +54,15 @@ def test_sass_shows_the_instructions_used():
     assert sass.has_instruction(mma, "mma_matmul<__nv_bfloat16, true>", 80, "HMMA")
     assert sass.has_instruction(mma, "mma_matmul<__half, true>", 90, "LDSM")
     vq = ROOT / "csrc" / "kernels" / "quantize" / "vq_nearest.cu"
-    assert sass.has_instruction(vq, "vq_nearest_kernel<float>", 90, "FFMA")
-    assert not sass.has_instruction(vq, "vq_nearest_kernel<float>", 90, "HMMA")
+    assert sass.has_instruction(vq, "vq_nearest_kernel<float, true>", 90, "FFMA")
+    assert not sass.has_instruction(vq, "vq_nearest_kernel<float, true>", 90, "HMMA")
 
 
 @pytest.mark.skipif(sass.tool_dir() is None, reason="no cuobjdump + nvdisasm (triton wheel or nvidia pip packages)")
 def test_attention_uses_tensor_cores_for_16_bit_types():
     attention = ROOT / "csrc" / "kernels" / "attention"
     # the backward's names carry its query tile: <T, D, kM>
-    for cu, kernel, arch, tile64, tile128 in (("attention_fwd.cu", "attention_fwd_kernel", 80, "", ""),
+    for cu, kernel, arch, tile64, tile128 in (("attention_fwd.cu", "attention_fwd_kernel", 80, ", false", ", true"),
                                               ("attention_bwd.cu", "attention_bwd_kernel", 90, ", 64", ", 32")):
         for dtype in ("__nv_bfloat16", "__half"):
             assert sass.has_instruction(attention / cu, f"{kernel}<{dtype}, 64{tile64}>", arch, "HMMA"), (kernel, dtype)

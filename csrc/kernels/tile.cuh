@@ -23,13 +23,14 @@ constexpr int kStride = C + 16 / int(sizeof(T));
 // tile[r][:] = row(r0 + r)[0, D) for r < R, zeros past row `rows` (R x D elements, row stride kStride<T, D>): row(i)
 // is the address of source row i, 16-byte aligned, so rows may be gathered from anywhere (HiT's blocks of an
 // image). kBlock threads (tid < kBlock) share the copy; each thread moves 16 bytes at a time.
+// `cols` (a multiple of 16 bytes, <= D): columns past it are zeros too.
 template <class T, int R, int D, int kBlock, class Row>
-__device__ __forceinline__ void load_rows(T* tile, Row row, int r0, int rows, int tid) {
+__device__ __forceinline__ void load_rows(T* tile, Row row, int r0, int rows, int tid, int cols = D) {
   constexpr int kVec = 16 / sizeof(T), kPerRow = D / kVec;
   for (int e = tid; e < R * kPerRow; e += kBlock) {
     const int r = e / kPerRow, c = e % kPerRow * kVec;
     uint4 v = make_uint4(0, 0, 0, 0);
-    if (r0 + r < rows) v = load_vector<uint4>(row(r0 + r) + c);
+    if (r0 + r < rows && c < cols) v = load_vector<uint4>(row(r0 + r) + c);
     store_vector(tile + r * kStride<T, D> + c, v);
   }
 }
@@ -38,6 +39,29 @@ __device__ __forceinline__ void load_rows(T* tile, Row row, int r0, int rows, in
 template <class T, int R, int D, int kBlock>
 __device__ __forceinline__ void load_tile(T* tile, const T* src, int64_t ld, int r0, int rows, int tid) {
   load_rows<T, R, D, kBlock>(tile, [&](int i) { return src + i * ld; }, r0, rows, tid);
+}
+
+// Whether rows `ld` elements apart from src, `cols` elements each, are 16-byte vectors: src aligned and both
+// counts multiples of 16 bytes (a KV cache of head dim 40, 72, 80 or 96 at an aligned offset is).
+template <class T>
+__device__ __forceinline__ bool vector_rows(const T* src, int64_t ld, int cols) {
+  constexpr int kVec = 16 / sizeof(T);
+  return reinterpret_cast<uintptr_t>(src) % 16 == 0 && ld % kVec == 0 && cols % kVec == 0;
+}
+
+// load_tile of the first `cols` <= D columns of rows of any alignment, zeros past them: 16-byte loads where
+// vector_rows, else one element at a time (a KV cache read in place whatever its head dim and storage offset).
+template <class T, int R, int D, int kBlock>
+__device__ __forceinline__ void load_tile_cols(T* tile, const T* src, int64_t ld, int r0, int rows, int cols,
+                                               int tid) {
+  if (vector_rows(src, ld, cols)) {  // uniform over the block
+    load_rows<T, R, D, kBlock>(tile, [&](int i) { return src + i * ld; }, r0, rows, tid, cols);
+    return;
+  }
+  for (int e = tid; e < R * D; e += kBlock) {
+    const int r = e / D, c = e % D;
+    tile[r * kStride<T, D> + c] = r0 + r < rows && c < cols ? src[(r0 + r) * ld + c] : from_float<T>(0.f);
+  }
 }
 
 template <class T>

@@ -10,6 +10,10 @@
 namespace fastar {
 
 // float64 is a CPU-kernel dtype (gradcheck); the CUDA kernels take float32, bfloat16 and float16.
+// Copies of q, k, v (or dout, out) the CUDA and simt glue made for the kernels since load (padding to a built
+// head dim, alignment, layout); defined by those builds (attention_device.cpp).
+int64_t attention_operand_copies();
+
 inline void check_attention_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 c10::DeviceType device, bool allow_float64) {
   for (const auto& [name, t] : {std::pair{"q", &q}, std::pair{"k", &k}, std::pair{"v", &v}}) {

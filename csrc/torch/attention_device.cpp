@@ -6,14 +6,23 @@
 
 #include <torch/library.h>
 
+#include <atomic>
+
 namespace fastar {
 namespace {
+
+// Copies of q, k, v (or of dout, out) the glue made for the kernels (padding, alignment, layout); the simt build
+// exports it so a test sees that decode reads its cache in place.
+std::atomic<int64_t> operand_copies{0};
 
 // Contiguous and 16-byte aligned: .contiguous() alone keeps a contiguous view at a storage offset that breaks
 // the alignment (x[1:] of a flat buffer), where the kernels' 16-byte loads fault.
 at::Tensor contiguous_aligned(const at::Tensor& t) {
   at::Tensor c = t.contiguous();
-  return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone();
+  if (!c.is_same(t)) ++operand_copies;
+  if (reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0) return c;
+  ++operand_copies;
+  return c.clone();
 }
 
 // The kernels read 16-byte vectors: last dim contiguous and every row 16-byte aligned, else an aligned copy.
@@ -40,19 +49,29 @@ int64_t kernel_dim(const char* op, int64_t D) {
 }
 
 at::Tensor pad_dim(const at::Tensor& t, int64_t D) {
-  return t.size(3) == D ? t : at::constant_pad_nd(t, {0, D - t.size(3)});
+  if (t.size(3) == D) return t;
+  ++operand_copies;
+  return at::constant_pad_nd(t, {0, D - t.size(3)});
+}
+
+// Last dim contiguous, as every kernel reads it (a copy only for a cache whose head dim is strided).
+at::Tensor unit_last_stride(const at::Tensor& t) {
+  if (t.stride(3) == 1 || t.size(3) == 1) return t;
+  ++operand_copies;
+  return t.contiguous();
 }
 at::Tensor unpad_dim(const at::Tensor& t, int64_t D) { return t.size(3) == D ? t : t.narrow(3, 0, D).contiguous(); }
 
-// The params shared by forward, backward and decode; q, k, v already padded and rows_aligned. Fills
-// everything but the outputs and workspace.
-kernels::AttentionParams params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t Lk,
+// The params shared by forward, backward and decode, for kernels built for head dim D; q, k, v padded to D and
+// rows_aligned, or (decode) of any head dim <= D and alignment. Fills everything but the outputs and workspace.
+kernels::AttentionParams params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t Lk, int64_t D,
                                 const kernels::MaskParams& mask, double scale) {
   kernels::AttentionParams p{};
   p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr();
   for (int i = 0; i < 3; ++i) p.q_strides[i] = q.stride(i), p.k_strides[i] = k.stride(i), p.v_strides[i] = v.stride(i);
   p.B = int(q.size(0)), p.H = int(q.size(1)), p.Hk = int(k.size(1)), p.Lq = int(q.size(2)), p.Lk = int(Lk);
-  p.D = int(q.size(3)), p.scale = float(scale), p.dtype = kernel_dtype(q.scalar_type()), p.mask = mask;
+  p.D = int(D), p.D_in = int(q.size(3)), p.scale = float(scale), p.dtype = kernel_dtype(q.scalar_type());
+  p.mask = mask;
   p.sm_count = sm_count(q);
   return p;
 }
@@ -61,18 +80,26 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
   return at::empty({int64_t(bytes)}, like.options().dtype(at::kByte));
 }
 
+// in_place (decode): the tiled kernel reads q, k, v as they are, any head dim up to the kernel's and any row
+// alignment (kernels/tile.cuh load_tile_cols), so a decode step copies none of its cache; the tiny kernel and the
+// forward take them padded and aligned.
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                                           int64_t Lk, const kernels::MaskParams& mask, double scale,
-                                           const char* op) {
+                                           int64_t Lk, const kernels::MaskParams& mask, double scale, const char* op,
+                                           bool in_place) {
   DeviceScope scope(q_in);
   const int64_t D = kernel_dim(op, q_in.size(3));
-  const at::Tensor q = rows_aligned(pad_dim(q_in, D)), k = rows_aligned(pad_dim(k_in, D));
-  const at::Tensor v = rows_aligned(pad_dim(v_in, D));
-  at::Tensor out = at::empty(q.sizes(), q.options());                        // (B, H, Lq, D)
-  at::Tensor lse = at::empty(q.sizes().slice(0, 3), q.options().dtype(at::kFloat));  // (B, H, Lq)
-  kernels::AttentionParams p = params(q, k, v, Lk, mask, scale);
+  kernels::AttentionParams sizes{};
+  sizes.Lq = int(q_in.size(2)), sizes.Lk = int(Lk), sizes.D = int(D);
+  const bool tiny = kernels::attention_tiny_takes(sizes);  // FractalGen's tiny sequences: kernels/attention_tiny.h
+  const bool direct = in_place && !tiny;
+  const at::Tensor q = direct ? unit_last_stride(q_in) : rows_aligned(pad_dim(q_in, D));
+  const at::Tensor k = direct ? unit_last_stride(k_in) : rows_aligned(pad_dim(k_in, D));
+  const at::Tensor v = direct ? unit_last_stride(v_in) : rows_aligned(pad_dim(v_in, D));
+  const auto BHL = q.sizes().slice(0, 3);
+  at::Tensor out = at::empty({BHL[0], BHL[1], BHL[2], D}, q.options());  // (B, H, Lq, D)
+  at::Tensor lse = at::empty(BHL, q.options().dtype(at::kFloat));        // (B, H, Lq)
+  kernels::AttentionParams p = params(q, k, v, Lk, D, mask, scale);
   p.out = out.data_ptr(), p.lse = lse.data_ptr<float>();
-  const bool tiny = kernels::attention_tiny_takes(p);  // FractalGen's tiny sequences: kernels/attention_tiny.h
   const at::Tensor ws = workspace(tiny ? 0 : kernels::attention_fwd_workspace_bytes(p), q);
   p.workspace = ws.data_ptr();
   check_launch(tiny ? kernels::attention_tiny_fwd_launch(p, scope.stream())
@@ -87,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_device(const at::Tensor& q, con
   check_attention_qkv("attention_fwd", q, k, v, kDeviceType, false);
   check_device_ints("attention_fwd", kv_end, "kv_end", q), check_device_ints("attention_fwd", key_len, "key_len", q);
   const auto mask = attention_mask("attention_fwd", mask_kind, mask_ints, kv_end, key_len, q.size(0), q.size(2));
-  return forward(q, k, v, k.size(2), mask, scale, "attention_fwd");
+  return forward(q, k, v, k.size(2), mask, scale, "attention_fwd", false);
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_decode_device(const at::Tensor& q, const at::Tensor& k_cache,
@@ -100,9 +127,9 @@ std::tuple<at::Tensor, at::Tensor> attention_decode_device(const at::Tensor& q, 
   check_device_ints("attention_decode", kv_end, "kv_end", q);
   check_device_ints("attention_decode", key_len, "key_len", q);
   const auto mask = attention_mask("attention_decode", mask_kind, mask_ints, kv_end, key_len, q.size(0), q.size(2));
-  // Only the first cache_len rows are read, through the cache's strides: no copy of the cache; the tile flags
-  // of the mask skip every key tile the new queries do not see.
-  return forward(q, k_cache, v_cache, cache_len, mask, scale, "attention_decode");
+  // Only the first cache_len rows are read, in place through the cache's strides, whatever its head dim and
+  // alignment: no copy of the cache; the tile flags of the mask skip every key tile the new queries do not see.
+  return forward(q, k_cache, v_cache, cache_len, mask, scale, "attention_decode", true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_device(
@@ -133,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_device(
   at::Tensor dq = at::empty(q.sizes(), q.options());                 // (B, H, Lq, D)
   at::Tensor dk = at::empty({B, H, Lk, D}, dkv_options);            // (B, H, Lk, D)
   at::Tensor dv = at::empty({B, H, Lk, D}, dkv_options);            // (B, H, Lk, D)
-  static_cast<kernels::AttentionParams&>(p) = params(q, k, v, Lk, mask, scale);
+  static_cast<kernels::AttentionParams&>(p) = params(q, k, v, Lk, D, mask, scale);
   p.out = const_cast<void*>(out_c.data_ptr()), p.lse = lse_c.data_ptr<float>();
   p.dout = dout_c.data_ptr(), p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
   p.dkv_float = grouped;
@@ -151,6 +178,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_device(
 }
 
 }  // namespace
+
+int64_t attention_operand_copies() { return operand_copies.load(); }
+
 }  // namespace fastar
 
 TORCH_LIBRARY_IMPL(FASTAR_DEVICE_LIBRARY, FASTAR_DEVICE_KEY, m) {

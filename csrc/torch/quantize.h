@@ -12,6 +12,11 @@ inline bool is_cosine(c10::string_view metric) {
   return metric == "cosine";
 }
 
+// The codebook slices vq_nearest's CUDA kernel searches n rows of k codes in on a device of sm_count
+// multiprocessors: enough to fill it (kernels::vq_nearest_auto_slices), or FASTAR_VQ_NEAREST_SLICES when set (tests
+// reach the split and unsplit searches on any device). Defined by the CUDA and simt builds (quantize_device.cpp).
+int vq_nearest_slices(int64_t n, int64_t k, int sm_count);
+
 inline void check_vq_nearest(const at::Tensor& x, const at::Tensor& codebook, c10::DeviceType device) {
   TORCH_CHECK(x.dim() == 2, "vq_nearest: x must be (N, D), got ", x.dim(), " dims");
   TORCH_CHECK(codebook.dim() == 2, "vq_nearest: codebook must be (K, D), got ", codebook.dim(), " dims");

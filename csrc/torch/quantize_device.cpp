@@ -6,7 +6,22 @@
 
 #include <torch/library.h>
 
+#include <cstdlib>
+
 namespace fastar {
+
+int vq_nearest_slices(int64_t n, int64_t k, int sm_count) {
+  kernels::VqNearestParams p{};
+  p.n = n, p.k = int(k), p.slices = kernels::vq_nearest_auto_slices(n, p.k, sm_count);
+  if (const char* env = std::getenv("FASTAR_VQ_NEAREST_SLICES")) {
+    char* end = nullptr;
+    const long asked = std::strtol(env, &end, 10);
+    TORCH_CHECK(*env && !*end && asked >= 1 && asked <= INT32_MAX,
+                "vq_nearest: FASTAR_VQ_NEAREST_SLICES must be a positive integer, got '", env, "'");
+    p.slices = int(asked);
+  }
+  return kernels::vq_nearest_slices(p);
+}
 
 static std::tuple<at::Tensor, at::Tensor> vq_nearest_device(const at::Tensor& x, const at::Tensor& codebook,
                                                             c10::string_view metric) {
@@ -25,6 +40,9 @@ static std::tuple<at::Tensor, at::Tensor> vq_nearest_device(const at::Tensor& x,
   p.indices = idx.data_ptr<int64_t>(), p.distances = dist.data_ptr<float>();
   p.n = x.size(0), p.k = int(e_KD.size(0)), p.d = int(e_KD.size(1));
   p.dtype = kernel_dtype(x_ND.scalar_type()), p.cosine = cosine;
+  p.slices = vq_nearest_slices(p.n, p.k, sm_count(x));
+  const at::Tensor ws = at::empty({int64_t(kernels::vq_nearest_workspace_bytes(p))}, x.options().dtype(at::kByte));
+  p.workspace = ws.data_ptr();
   check_launch(kernels::vq_nearest_launch(p, scope.stream()), "vq_nearest");
   return {idx, dist};
 }

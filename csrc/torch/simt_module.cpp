@@ -3,8 +3,10 @@
 #include <pybind11/pybind11.h>
 
 #include "simt/config.h"
+#include "torch/attention.h"
 #include "torch/capabilities.h"
 #include "torch/ops.h"
+#include "torch/quantize.h"
 
 TORCH_LIBRARY(fastar_simt, m) { fastar::define_ops(m); }
 
@@ -34,5 +36,10 @@ PYBIND11_MODULE(_simt, m) {
       },
       pybind11::arg("bytes"),
       "The emulated device's opt-in dynamic shared memory per block from now on; returns the previous limit.");
+  m.def("attention_operand_copies", &fastar::attention_operand_copies,
+        "Copies of q, k, v (or dout, out) the attention glue made for the kernels since load.");
+  m.def("vq_nearest_slices", &fastar::vq_nearest_slices, pybind11::arg("n"), pybind11::arg("k"),
+        pybind11::arg("sm_count"),
+        "The codebook slices vq_nearest's kernel searches n rows of k codes in (FASTAR_VQ_NEAREST_SLICES or auto).");
   m.def("capabilities", [] { return fastar::capabilities({{"simt", fastar::kernels::kAttentionCudaMaxHeadDim}}); });
 }

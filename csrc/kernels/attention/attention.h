@@ -15,9 +15,10 @@
 namespace fastar::kernels {
 
 struct AttentionParams {
-  const void* q;          // (B, H, Lq, D) of `dtype`, last dim contiguous, rows 16-byte aligned
-  const void* k;          // (B, Hk, >= Lk, D) likewise (a KV cache may hold more rows than Lk)
-  const void* v;          // (B, Hk, >= Lk, D) likewise
+  const void* q;          // (B, H, Lq, D_in) of `dtype`, last dim contiguous; the backward and the tiny kernels
+                          // take D_in == D and rows 16-byte aligned, the forward any D_in <= D and alignment
+  const void* k;          // (B, Hk, >= Lk, D_in) likewise (a KV cache may hold more rows than Lk)
+  const void* v;          // (B, Hk, >= Lk, D_in) likewise
   int64_t q_strides[3];   // elements between batch rows, heads and sequence rows of q
   int64_t k_strides[3];   // same for k
   int64_t v_strides[3];   // same for v
@@ -26,6 +27,7 @@ struct AttentionParams {
                           // that sees no key (its output is 0)
   int B, H, Hk, Lq, Lk;   // H % Hk == 0: head h reads k/v head h / (H / Hk)
   int D;                  // head dim: one of kAttentionHeadDims
+  int D_in;               // columns q, k, v hold, <= D: the forward reads columns past them as zeros
   float scale;            // softmax(scale * q k^T)
   Dtype dtype;            // of q, k, v, out and the gradients: f32, bf16 or f16; the math is fp32 for all
   MaskParams mask;        // device pointers; kv_end (Lq,), key_len (B,)

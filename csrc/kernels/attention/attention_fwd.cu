@@ -2,7 +2,10 @@
 // and walks the key tiles the mask shows, never holding more than one tile of scores:
 //   S = Q K_j^T,  m' = max(m, rowmax S),  P = exp(scale (S - m')),  l' = l e^{scale (m - m')} + rowsum P,
 //   O' = O e^{scale (m - m')} + P V_j;   at the end out = O / l, lse = scale m + log l.
-// Skipped tiles (all hidden) read no k/v; full tiles skip the per-element mask. When (batch x heads x query
+// Skipped tiles (all hidden) read no k/v; full tiles skip the per-element mask. Operands whose rows are not all
+// 16-byte vectors of D elements (a KV cache of head dim 40 or at an odd offset, read in place by decode) take the
+// kAnyRows variant: D_in <= D columns, zeros past them (no dot product changes, output columns past D_in are zero),
+// 16-byte loads where a head's rows allow them, else element loads; the vector variant keeps its registers. When (batch x heads x query
 // tiles) cannot fill the GPU (decode, small batches) the key tiles are split over gridDim.z and a second
 // kernel merges the partial (out, lse) pairs: out = sum_s e^{lse_s - lse} out_s, lse = log sum_s e^{lse_s}.
 #include "kernels/attention/flash_tile.cuh"
@@ -41,6 +44,24 @@ Plan plan(const AttentionParams& p) {
   return s;
 }
 
+// Every row of q, k, v a 16-byte vector of D elements (base and strides aligned, D_in == D): the kernel's
+// plain variant; else kAnyRows.
+bool vector_operands(const AttentionParams& p) {
+  const int64_t bytes = p.dtype == Dtype::f32 ? 4 : 2;
+  const auto aligned = [&](const void* base, const int64_t(&strides)[3]) {
+    return reinterpret_cast<uintptr_t>(base) % 16 == 0 && strides[0] * bytes % 16 == 0 &&
+           strides[1] * bytes % 16 == 0 && strides[2] * bytes % 16 == 0;
+  };
+  return p.D_in == p.D && aligned(p.q, p.q_strides) && aligned(p.k, p.k_strides) && aligned(p.v, p.v_strides);
+}
+
+// R rows of an operand into shared memory: any rows (load_tile_cols) or 16-byte vector rows of D (load_tile).
+template <class T, int R, int D, bool kAnyRows>
+__device__ __forceinline__ void load_operand(T* tile, const T* src, int64_t ld, int r0, int rows, int cols, int tid) {
+  if constexpr (kAnyRows) load_tile_cols<T, R, D, kThreads>(tile, src, ld, r0, rows, cols, tid);
+  else load_tile<T, R, D, kThreads>(tile, src, ld, r0, rows, tid);
+}
+
 template <class T, int D>
 constexpr size_t fwd_smem() {  // q (64 x D), k and v (kTileK x D), p (64 x kTileK) for float32
   return sizeof(T) * ((kTileQ + 2 * kTileK<D>) * kStride<T, D> + (kF32<T> ? kTileQ * kStride<T, kTileK<D>> : 0));
@@ -50,7 +71,7 @@ constexpr size_t fwd_smem() {  // q (64 x D), k and v (kTileK x D), p (64 x kTil
 // with several, out_accum (splits, B*H*Lq, D) normalized partial outputs and lse_accum (splits, B*H*Lq).
 // 16-bit types keep Q and P in registers as mma A fragments (P's C fragment of S is its A fragment for P V);
 // float32 reads both from shared memory.
-template <class T, int D>
+template <class T, int D, bool kAnyRows>
 __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const AttentionParams p, const uint8_t* flags,
                                                                     int kt_per_split, float* out_accum,
                                                                     float* lse_accum) {
@@ -68,7 +89,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
   const T* q_w = q_s + warp * 16 * S;  // this warp's 16 query rows
   T* p_w = p_s + warp * 16 * SP;       // and of P
 
-  load_tile<T, kTileQ, D, kThreads>(q_s, head_base<T>(p.q, p.q_strides, b, h), p.q_strides[2], q0, p.Lq, tid);
+  load_operand<T, kTileQ, D, kAnyRows>(q_s, head_base<T>(p.q, p.q_strides, b, h), p.q_strides[2], q0, p.Lq, p.D_in,
+                                       tid);
   const T* k = head_base<T>(p.k, p.k_strides, b, hk);
   const T* v = head_base<T>(p.v, p.v_strides, b, hk);
   uint32_t qf[kF32<T> ? 1 : D / 16][4];  // 16-bit: the warp's Q rows as A fragments
@@ -87,8 +109,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
     const uint8_t kind = tile_with_key_len(flag, p.mask, b, k0, k0 + kN);
     if (kind == kTileSkip) continue;  // uniform over the block
     __syncthreads();                  // the previous tile's k_s / v_s reads are done (and q_s is loaded)
-    load_tile<T, kN, D, kThreads>(k_s, k, p.k_strides[2], k0, p.Lk, tid);
-    load_tile<T, kN, D, kThreads>(v_s, v, p.v_strides[2], k0, p.Lk, tid);
+    load_operand<T, kN, D, kAnyRows>(k_s, k, p.k_strides[2], k0, p.Lk, p.D_in, tid);
+    load_operand<T, kN, D, kAnyRows>(v_s, v, p.v_strides[2], k0, p.Lk, p.D_in, tid);
     __syncthreads();
 
     float s[kN / 8][4] = {};  // scores, then probabilities
@@ -202,7 +224,8 @@ cudaError_t attention_fwd_launch(const AttentionParams& p, cudaStream_t stream) 
     if (flags)
       if (cudaError_t e = attention_tile_flags_launch(p.mask, p.Lq, p.Lk, kTileQ, kTileK<D>, flags, stream)) return e;
     const dim3 grid(p.B * p.H, s.n_qt, s.splits);
-    if (cudaError_t e = launch_with_smem(attention_fwd_kernel<T, D>, grid, kThreads, fwd_smem<T, D>(), stream, p,
+    const auto kernel = vector_operands(p) ? attention_fwd_kernel<T, D, false> : attention_fwd_kernel<T, D, true>;
+    if (cudaError_t e = launch_with_smem(kernel, grid, kThreads, fwd_smem<T, D>(), stream, p,
                                          static_cast<const uint8_t*>(flags), s.kt_per_split, out_accum, lse_accum))
       return e;
     if (s.splits == 1) return cudaSuccess;

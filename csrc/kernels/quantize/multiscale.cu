@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(vq_tile::kThreads) msq_down_search_kernel(cons
     rows_s[c * kStride + r] = v;
   }
   __syncthreads();  // every row is down before the search reads it
-  search<float>(q, SharedRows{reinterpret_cast<Tile>(rows_s)}, row0, s);
+  search<float>(q, SharedRows{reinterpret_cast<Tile>(rows_s)}, row0, 0, q.k, Winners{q.indices, nullptr, nullptr}, s);
 }
 
 cudaError_t launch_update(const Update& u, cudaStream_t stream) {

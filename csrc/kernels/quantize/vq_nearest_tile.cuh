@@ -1,8 +1,10 @@
-// The nearest-code search of one block of 64 query rows, shared by vq_nearest (rows read from x) and
-// msq_down_search (rows area-downsampled into shared memory first): a blocked rows . codebook^T product whose
-// epilogue keeps, per row, the running (distance, index) minimum in registers, so the N x K distances never reach
-// memory. Codes in tiles of 64; 16 x 16 threads, each owning 4 rows x 4 codes of every tile; D is staged through
-// shared memory 8 elements at a time. Where the rows come from is a policy (GlobalRows, SharedRows).
+// The nearest-code search of one block of 64 query rows against a run of whole code tiles (the codebook or one
+// slice of it), shared by vq_nearest (rows read from x) and msq_down_search (rows area-downsampled into shared
+// memory first): a blocked rows . codebook^T product whose epilogue keeps, per row, the running (distance, index)
+// minimum in registers, so the N x K distances never reach memory. Codes in tiles of 64; 16 x 16 threads, each
+// owning 4 rows x 4 codes of every tile; codes are staged through shared memory 8 elements of D at a time. Where
+// the rows come from is a policy: SharedRows (staged once per block with their norms, D <= kMaxSharedD) or
+// GlobalRows (longer rows, re-staged with the codes and their norms recomputed per tile).
 #pragma once
 #include <cstdint>
 
@@ -17,6 +19,7 @@ constexpr int kRows = 64;           // query rows per block (4 per thread)
 constexpr int kCodes = 64;          // codes per tile (4 per thread)
 constexpr int kDepth = 8;           // elements of D per staging step
 constexpr int kStride = kRows + 4;  // staged row length: conflict-free transposed stores, float4-aligned loads
+constexpr int kMaxSharedD = 160;    // longest rows staged whole: 43,520 B of dynamic shared memory, under 48 KB
 static_assert(kRows == kCodes && kRows == 4 * kSide && kSide * kSide == kThreads, "one staging shape for both");
 
 using Tile = float (*)[kStride];  // (kDepth, kStride): kDepth elements of D of 64 rows or codes, transposed
@@ -26,6 +29,21 @@ struct Smem {
   __align__(16) float es[kDepth][kStride];  // codes of the tile, transposed
   float norm_s[kCodes + kRows];             // cosine: max(||v||, 1e-12) of the codes, then rows
   float sq_s[kCodes + kRows];               // ||v||^2 as compared (after normalization)
+};
+
+// Bytes of dynamic shared memory that SharedRows of length d take.
+inline size_t shared_rows_bytes(int d) { return size_t((d + kDepth - 1) / kDepth * kDepth) * kStride * sizeof(float); }
+
+// Where a block's per-row winners go: the final (index, distance) or a slice's candidate (code, distance).
+struct Winners {
+  int64_t* indices;  // (n,) the final index, or null
+  int* codes;        // (n,) a slice's candidate, or null
+  float* distances;  // (n,) or null
+  __device__ __forceinline__ void put(int64_t row, float d, int k) const {
+    if (indices) indices[row] = k;
+    if (codes) codes[row] = k;
+    if (distances) distances[row] = d;
+  }
 };
 
 // (a, ka) ranks before (b, kb): smaller distance, a NaN distance counting as +inf, then lower index.
@@ -53,6 +71,7 @@ __device__ __forceinline__ void stage(Tile tile, const T* src, int64_t first, in
 // Rows of p.x (n, d), staged through smem.xs kDepth columns at a time, divided by the row norms for cosine.
 template <class T>
 struct GlobalRows {
+  static constexpr bool kShared = false;
   const T* x;
   __device__ __forceinline__ Tile tile(const VqNearestParams& p, int64_t row0, int d0, const float* divisor,
                                        Tile xs) const {
@@ -61,23 +80,28 @@ struct GlobalRows {
   }
 };
 
-// Rows already in shared memory as (ceil(d / kDepth) kDepth, kStride), transposed and zero past the rows and d
-// (plain L2 only: no divisor).
+// Rows already in shared memory as (ceil(d / kDepth) kDepth, kStride), transposed and zero past the rows and d;
+// search() takes their norms once (and divides them in place for cosine).
 struct SharedRows {
+  static constexpr bool kShared = true;
   Tile rows;
   __device__ __forceinline__ Tile tile(const VqNearestParams&, int64_t, int d0, const float*, Tile) const {
     return rows + d0;
   }
 };
 
+// Threads that sum squares in a sweep: one per code (0..63), then, for rows re-staged per tile, one per row.
+template <class Rows>
+constexpr int kSummed = Rows::kShared ? kCodes : kCodes + kRows;
+
 // One sweep over D for the block's rows and the tile's codes (divided by norm_s when not null): adds
 // x . e^T to acc when kProduct, and returns the sum of squares of the staged values of one code
-// (threads 0..63) or one row (threads 64..127).
+// (threads 0..63) or, for GlobalRows, one row (threads 64..127).
 template <bool kProduct, class T, class Rows>
 __device__ __forceinline__ float sweep(const VqNearestParams& p, const Rows& rows, int64_t row0, int64_t k0,
                                        const float* norm_s, Smem& s, float (&acc)[4][4]) {
   const int tid = threadIdx.x, ty = tid / kSide, tx = tid % kSide;
-  const bool sums = tid < kCodes + kRows;
+  const bool sums = tid < kSummed<Rows>;
   const int sum_col = tid % kRows;
   float sq = 0.f;
   for (int d0 = 0; d0 < p.d; d0 += kDepth) {
@@ -103,18 +127,41 @@ __device__ __forceinline__ float sweep(const VqNearestParams& p, const Rows& row
   return sq;
 }
 
-// Rows row0 .. row0 + 63 of p against the whole codebook: p.indices (and p.distances when not null) of each.
+// Thread tid < 64 sums the squares of shared row tid over D, in the order sweep() would.
+__device__ __forceinline__ float row_sq(const SharedRows& rows, int depth) {
+  float sq = 0.f;
+  for (int j = 0; j < depth; ++j) sq += rows.rows[j][threadIdx.x] * rows.rows[j][threadIdx.x];
+  return sq;
+}
+
+// SharedRows, once per block: sq_s[kCodes + r] = ||row r||^2 as compared, after dividing the rows in place by
+// norm_s[kCodes + r] = max(||row r||, 1e-12) for cosine (the arithmetic GlobalRows repeats per tile).
+__device__ __forceinline__ void shared_row_norms(const VqNearestParams& p, const SharedRows& rows, Smem& s) {
+  const int tid = threadIdx.x, depth = (p.d + kDepth - 1) / kDepth * kDepth;
+  if (p.cosine) {
+    if (tid < kRows) s.norm_s[kCodes + tid] = fmaxf(sqrtf(row_sq(rows, depth)), 1e-12f);
+    __syncthreads();
+    for (int e = tid; e < depth * kRows; e += kThreads) rows.rows[e / kRows][e % kRows] /= s.norm_s[kCodes + e % kRows];
+    __syncthreads();
+  }
+  if (tid < kRows) s.sq_s[kCodes + tid] = row_sq(rows, depth);
+}
+
+// Rows row0 .. row0 + 63 of p against codes [k_begin, k_end) (whole 64-code tiles but the codebook's last):
+// the (distance, index) winner of each row, lowest index on ties, to `out`.
 template <class T, class Rows>
-__device__ __forceinline__ void search(const VqNearestParams& p, const Rows& rows, int64_t row0, Smem& s) {
+__device__ __forceinline__ void search(const VqNearestParams& p, const Rows& rows, int64_t row0, int64_t k_begin,
+                                       int64_t k_end, const Winners& out, Smem& s) {
   const int tid = threadIdx.x, ty = tid / kSide, tx = tid % kSide;
-  const bool sums = tid < kCodes + kRows;
+  const bool sums = tid < kSummed<Rows>;
+  if constexpr (Rows::kShared) shared_row_norms(p, rows, s);  // the first tile's barrier orders it before use
 
   float best_d[4];
   int best_k[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) best_d[i] = INFINITY, best_k[i] = INT32_MAX;
 
-  for (int64_t k0 = 0; k0 < p.k; k0 += kCodes) {
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kCodes) {
     float acc[4][4] = {};
     if (p.cosine) {
       const float sq = sweep<false, T>(p, rows, row0, k0, nullptr, s, acc);
@@ -132,7 +179,7 @@ __device__ __forceinline__ void search(const VqNearestParams& p, const Rows& row
       for (int c = 0; c < 4; ++c) {
         const int code = 4 * tx + c;
         const float dist = (xn + s.sq_s[code]) - 2.f * acc[r][c];
-        if (k0 + code < p.k && better(dist, int(k0) + code, best_d[r], best_k[r]))
+        if (k0 + code < k_end && better(dist, int(k0) + code, best_d[r], best_k[r]))
           best_d[r] = dist, best_k[r] = int(k0) + code;
       }
     }
@@ -149,10 +196,7 @@ __device__ __forceinline__ void search(const VqNearestParams& p, const Rows& row
       if (better(od, ok, best_d[r], best_k[r])) best_d[r] = od, best_k[r] = ok;
     }
     const int64_t row = row0 + 4 * ty + r;
-    if (tx == 0 && row < p.n) {
-      p.indices[row] = best_k[r];
-      if (p.distances) p.distances[row] = best_d[r];
-    }
+    if (tx == 0 && row < p.n) out.put(row, best_d[r], best_k[r]);
   }
 }
 
