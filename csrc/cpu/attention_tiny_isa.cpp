@@ -101,36 +101,6 @@ inline vec<T> spread(const T* x) {
   else return __builtin_shuffle(load(x), pattern<T>([](int p) { return p / G; }));
 }
 
-// ln x of x > 0 (float: Cephes logf's range reduction and polynomial, ~1 ulp; double: libm lane by lane).
-inline vec<float> log_vec(vec<float> x) {
-  typedef int32_t vi __attribute__((vector_size(kVectorBytes)));
-  vi bits;
-  std::memcpy(&bits, &x, sizeof(x));
-  vec<float> e = __builtin_convertvector((bits >> 23) - 126, vec<float>);  // x = 2^e m, m in [1/2, 1)
-  bits = (bits & 0x007FFFFF) | 0x3F000000;
-  vec<float> m;
-  std::memcpy(&m, &bits, sizeof(m));
-  const auto small = m < 0.707106781186547524f;  // m in [sqrt 1/2, sqrt 2) after doubling the small ones
-  e -= small ? splat(1.f) : splat(0.f);
-  m = m + (small ? m : splat(0.f)) - 1.f;
-  const vec<float> z = m * m;
-  vec<float> y = splat(7.0376836292e-2f);
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z - 2.12194440e-4f * e - 0.5f * z;
-  return m + y + 0.693359375f * e;
-}
-inline vec<double> log_vec(vec<double> x) {
-  for (int i = 0; i < kLanes<double>; ++i) x[i] = __builtin_log(x[i]);
-  return x;
-}
-
 // ---- the score block ----
 
 struct Block {

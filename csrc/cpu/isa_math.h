@@ -101,4 +101,35 @@ inline vec<double> exp_vec(vec<double> x) {
 inline float exp_scalar(float x) { return exp_vec(splat(x))[0]; }
 inline double exp_scalar(double x) { return __builtin_exp(x); }
 
+// ln x for x > 0 normal (Cephes logf: x = 2^e f, f in [sqrt(1/2), sqrt(2)), ln f by a degree-9 polynomial in f - 1;
+// relative error ~1 ulp), whole vectors, for the logsumexps of the attention micro-kernels; double: libm lane by lane.
+inline vec<float> log_vec(vec<float> x) {
+  typedef int32_t vi __attribute__((vector_size(kVectorBytes)));
+  vi bits;
+  std::memcpy(&bits, &x, sizeof(x));
+  vec<float> e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, vec<float>);
+  bits = (bits & 0x807fffff) | 0x3f000000;  // f in [1/2, 1)
+  vec<float> f;
+  std::memcpy(&f, &bits, sizeof(f));
+  const auto small = f < 0.707106781186547524f;  // f in [1/2, sqrt(1/2)): use 2f, e - 1
+  e -= small ? splat(1.f) : splat(0.f);
+  f = (small ? f + f : f) - 1.f;
+  const vec<float> z = f * f;
+  vec<float> y = splat(7.0376836292e-2f);
+  y = y * f - 1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f - 1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f - 1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f - 2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z - 2.12194440e-4f * e - 0.5f * z;
+  return f + y + 0.693359375f * e;
+}
+inline vec<double> log_vec(vec<double> x) {
+  for (int i = 0; i < kLanes<double>; ++i) x[i] = __builtin_log(x[i]);
+  return x;
+}
+
 }  // namespace fastar::cpu::FASTAR_ISA
