@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TIMED_BY=bench
 source scripts/timing.sh
-export FASTAR_BENCH_DIFFUSION_STEPS=${FASTAR_BENCH_DIFFUSION_STEPS:-25}  # ratio per step; 100 = MAR's sampler
+export FASTAR_BENCH_DIFFUSION_STEPS=${FASTAR_BENCH_DIFFUSION_STEPS:-10}  # ratio per step; 100 = MAR's sampler
 export FASTAR_BENCH_VAR_TRAIN_B=${FASTAR_BENCH_VAR_TRAIN_B:-4}  # d16 training step: ~60 s at B 4, ~120 s at 8
 R=benchmarks/results
 PY=.venv/bin/python
