@@ -97,3 +97,17 @@ def test_tiny_gradcheck(L, kind):
     mask = make_mask(kind, L)
     assert torch.autograd.gradcheck(lambda q, k, v: fastar.ops.attention(q, k, v, mask), (q, k, v))
     assert fastar.last_backend("attention") == "cpu"
+
+
+@pytest.mark.parametrize("Lq,Lk,D,H,Hk", [(64, 16, 64, 4, 1), (1000, 16, 16, 2, 2), (33, 5, 20, 4, 2),
+                                          (37, 16, 32, 2, 1), (96, 32, 8, 1, 1)])
+def test_tiny_query_chunks(attn_backend, dtype, Lq, Lk, D, H, Hk):
+    """Many queries on a few keys under a full mask (HiT's pixels on its 16 latents): the CPU runs chunks of c queries
+    (c the largest divisor of Lq in 8..32: 32, 25, 11; none for the prime 37: the tile path) as tiny sequences and sums
+    the chunks' key gradients; multi-query and grouped heads, key_len (0 included), q a strided view."""
+    key_len = torch.tensor([Lk, 0, max(Lk - 3, 1)])
+    qkv = randn(3, Lq, H + 2 * Hk, D, dtype=dtype, seed=60)
+    q = qkv[:, :, :H].transpose(1, 2)  # (B, H, Lq, D) rows strided, as a fused qkv projection gives
+    k, v = randn(3, Hk, Lk, D, dtype=dtype, seed=61), randn(3, Hk, Lk, D, dtype=dtype, seed=62)
+    out, lse = check(q, k, v, make_mask("full", Lk, key_len), attn_backend)
+    assert (out[1] == 0).all() and (lse[1] == -torch.inf).all()

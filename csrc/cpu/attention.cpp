@@ -236,6 +236,11 @@ struct PrefixPlan {
 // Whether every query row sees a key prefix (PrefixPlan).
 bool prefix_mask(const MaskParams& mask) { return mask.kind == kernels::kFull || mask.kind == kernels::kBlockCausal; }
 
+// Query chunks of the tiny path (cpu/attention_tiny.h) where the mask does not depend on the query: full, key_len.
+int64_t query_chunk(const MaskParams& mask, const Dims& d) {
+  return mask.kind == kernels::kFull ? attention_tiny_query_chunk(d.Lq, d.Lk, d.D) : 0;
+}
+
 // Forward over key split s of every (b, h, query block of the plan): out (splits, B, H, Lq, D) and lse
 // (splits, B, H, Lq), each split normalized on its own keys (combined by the caller).
 template <class T, class Plan>
@@ -308,6 +313,10 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
   if (attention_tiny_takes(d.Lq, d.Lk, d.D)) {
     auto [out, lse] = attention_tiny_fwd(qc, kc, vc, mask, scale);
     return {out.to(q.scalar_type()), lse};
+  }
+  if (const int64_t c = query_chunk(mask, d)) {  // (B, H Lq / c, c, D): chunks of c queries as tiny sequences
+    auto [out, lse] = attention_tiny_fwd(qc.reshape({d.B, d.H * (d.Lq / c), c, d.D}), kc, vc, mask, scale);
+    return {out.view({d.B, d.H, d.Lq, d.D}).to(q.scalar_type()), lse.view({d.B, d.H, d.Lq})};
   }
   auto [out, lse] = AT_DISPATCH_FLOATING_TYPES(dt, "attention_fwd", [&] {
     if (prefix_mask(mask))
@@ -515,8 +524,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
   const at::Tensor dOc = dout.to(dt).contiguous(), lsec = lse.to(dt).contiguous();
   const Dims d = dims(q, k, k.size(2));
   at::Tensor dq, dk, dv;  // (B, H, Lq, D); (B, H, Lk, D) per query head
-  const bool tiny = attention_tiny_takes(d.Lq, d.Lk, d.D);
-  if (tiny) {
+  const int64_t c = query_chunk(mask, d), chunks = c > 0 ? d.Lq / c : 0;
+  const bool tiny = c > 0 || attention_tiny_takes(d.Lq, d.Lk, d.D);
+  if (c > 0) {  // the forward's query chunks; each chunk's key gradients summed into its head's
+    std::tie(dq, dk, dv) = attention_tiny_bwd(dOc.view({d.B, d.H * chunks, c, d.D}),
+                                              qc.reshape({d.B, d.H * chunks, c, d.D}), kc, vc,
+                                              lsec.view({d.B, d.H * chunks, c}), mask, scale);
+    dq = dq.view({d.B, d.H, d.Lq, d.D});
+    dk = dk.view({d.B, d.H, chunks, d.Lk, d.D}).sum(2);
+    dv = dv.view({d.B, d.H, chunks, d.Lk, d.D}).sum(2);
+  } else if (tiny) {
     std::tie(dq, dk, dv) = attention_tiny_bwd(dOc, qc, kc, vc, lsec, mask, scale);
   } else {
     dq = at::zeros(qc.sizes(), qc.options());

@@ -50,6 +50,13 @@ bool attention_tiny_takes(int64_t Lq, int64_t Lk, int64_t D) {
   return Lq >= 1 && Lq <= kTinyMaxLen && Lk >= 1 && Lk <= kTinyMaxLen && D <= kTinyMaxDim;
 }
 
+int64_t attention_tiny_query_chunk(int64_t Lq, int64_t Lk, int64_t D) {
+  if (Lq <= kTinyMaxLen || !attention_tiny_takes(kTinyMaxLen, Lk, D)) return 0;
+  for (int64_t c = kTinyMaxLen; c >= 8; --c)
+    if (Lq % c == 0) return c;
+  return 0;
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_tiny_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                       const kernels::MaskParams& mask, double scale) {
   const TinyDims d = dims(q, k);
