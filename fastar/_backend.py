@@ -53,6 +53,7 @@ def check_bf16_gemm(op: str, device):
 
 
 _BUILT = {"cpu": _C is not None, "cuda": _C is not None and bool(_C.build_info()["cuda"]), "simt": _simt is not None}
+_KERNEL_DEVICES = frozenset(kind for kind in ("cpu", "cuda") if _BUILT[kind])  # device types with built kernels
 
 
 def backends() -> dict:
@@ -87,7 +88,11 @@ def active(device: torch.device) -> str:
     formulation (what the official code runs; the reference is the tests' slower oracle)."""
     if _forced is not None:
         return _forced
-    return device.type if device.type in ("cpu", "cuda") and _BUILT[device.type] else "torch"
+    kind = device.type  # a new str per access: read once (ops call this on every call)
+    return kind if kind in _KERNEL_DEVICES else "torch"
+
+
+_DEVICE_OF = {"cpu": "cpu", "simt": "cpu", "cuda": "cuda"}  # the device type each compiled backend runs on
 
 
 def resolve(op: str, device: torch.device) -> str:
@@ -98,7 +103,7 @@ def resolve(op: str, device: torch.device) -> str:
         if name == "torch":
             warn_once(op, device.type, f"fastar.ops.{op}: no fastar kernel for {device.type} tensors is built "
                       f"(backends: {_BUILT}); running the torch backend (plain PyTorch)", stacklevel=4)
-    elif name in ("cpu", "simt") and device.type != "cpu" or name == "cuda" and device.type != "cuda":
+    elif name in _DEVICE_OF and _DEVICE_OF[name] != device.type:
         raise RuntimeError(f"fastar.ops.{op}: backend {name!r} cannot run tensors on {device}")
     return name
 
@@ -115,6 +120,11 @@ def ran(op: str, name: str):
     _last[op] = name
 
 
+_NAMESPACES = {}  # backend name -> its torch.ops namespace (torch.ops' attribute lookup costs microseconds per call)
+
+
 def namespace(name: str):
     """torch.ops.fastar or torch.ops.fastar_simt: the compiled ops of backend `name`."""
-    return getattr(torch.ops, "fastar_simt" if name == "simt" else "fastar")
+    if name not in _NAMESPACES:
+        _NAMESPACES[name] = getattr(torch.ops, "fastar_simt" if name == "simt" else "fastar")
+    return _NAMESPACES[name]

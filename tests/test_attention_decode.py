@@ -66,6 +66,14 @@ def test_attention_decode_every_position_dalle_grid(backend, kind, Lq):
     check_positions(backend, kind, torch.float32, text_len, grid, 11, positions, Lq, H=2, Hk=1)
 
 
+@pytest.mark.parametrize("D", [17, 72])
+@pytest.mark.parametrize("kind", ["row", "column", "conv"])
+def test_attention_decode_dalle_head_dims(backend, dtype, kind, D):
+    """Head dims that are not a multiple of the vector width (the CPU span kernel's last columns), across text, the
+    first image row and later rows."""
+    check_positions(backend, kind, dtype, 5, 6, 3, [2, 4, 5, 12, 27, 40], 1, D=D)
+
+
 @pytest.mark.parametrize("kind", sanitized(KINDS))
 def test_attention_decode_padded_text(backend, kind):
     """Batch rows whose valid keys end early (key_len): a padded text, and a row cut inside the image."""

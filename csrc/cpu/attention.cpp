@@ -365,24 +365,19 @@ void backward(Heads<T> q, Heads<T> k, Heads<T> v, Heads<T> dout, const T* lse, c
 
 // ---- decode under a DALL-E mask: each query row reads exactly the keys it sees ----
 
-// Keys k0, k0 + stride, ..., n of them: a BLAS operand with leading dimension stride rows.
-struct Span {
-  int k0, n, stride;
-};
-
 // The keys query p (its position among the Lk keys) of batch row b sees under a DALL-E mask, as spans in key
 // order (mask.h's visible() written as ranges): the text, then its row window (the previous grid image tokens),
 // its column (every grid-th key back) or its conv window's rows.
-std::vector<Span> dalle_spans(const MaskParams& m, int b, int p, int Lk) {
+void dalle_spans(const MaskParams& m, int b, int p, int Lk, std::vector<Span>& spans) {
   const int end = std::min(p + 1, m.key_len ? std::min(m.key_len[b], Lk) : Lk);  // keys >= end are hidden
-  std::vector<Span> spans;
+  spans.clear();
   auto add = [&](int k0, int n, int stride) {
     n = std::min(n, k0 < end ? (end - 1 - k0) / stride + 1 : 0);
     if (n > 0) spans.push_back({k0, n, stride});
   };
   const int T = m.text_len, W = m.grid;
   add(0, std::min(T, p + 1), 1);
-  if (p < T) return spans;  // a text query: causal over the text
+  if (p < T) return;  // a text query: causal over the text
   const int i = p - T, r = i / W, c = i % W;  // raster index, row and column on the grid
   if (m.kind == kernels::kDalleRow) {
     add(T + std::max(0, i - W), std::min(i, W) + 1, 1);
@@ -393,57 +388,34 @@ std::vector<Span> dalle_spans(const MaskParams& m, int b, int p, int Lk) {
     for (int rr = std::max(0, r - half); rr <= r; ++rr)
       add(T + rr * W + c0, (rr < r ? std::min(W - 1, c + half) : c) - c0 + 1, 1);
   }
-  return spans;
 }
-
-// out (B, H, Lq, D), lse (B, H, Lq) of every (b, h, query row) from the keys of its spans: scores of all spans
-// into one row, one softmax, then out = P V span by span. Strided spans go to the BLAS as a leading dimension.
-template <class T>
-void decode_spans(Heads<T> q, Heads<T> k, Heads<T> v, const MaskParams& mask, const Dims& d, T scale, T* out,
-                  T* lse) {
-  const int64_t group = d.H / d.Hk, D = d.D;
-  const auto& kern = micro<T>();
-  at::parallel_for(0, d.B * d.H * d.Lq, 1, [&](int64_t begin, int64_t end) {
-    const blas::SerialScope serial_blas;
-    std::vector<T> S;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t r = item % d.Lq, bh = item / d.Lq, b = bh / d.H, h = bh % d.H;
-      const auto spans = dalle_spans(mask, int(b), int(r + d.Lk - d.Lq), int(d.Lk));
-      int n = 0;
-      for (const Span& sp : spans) n += sp.n;
-      const int ld = row_ld(std::max(n, 1));
-      S.assign(ld, -std::numeric_limits<T>::infinity());
-      const T *Q = q.at(b, h) + r * q.sl, *K = k.at(b, h / group), *V = v.at(b, h / group);
-      T* o = out + item * D;
-      std::fill(o, o + D, T(0));
-      int off = 0;
-      for (const Span& sp : spans) {
-        gemm<T>(false, true, 1, sp.n, int(D), scale, Q, int(D), K + sp.k0 * k.sl, int(sp.stride * k.sl), T(0),
-                S.data() + off, ld);
-        off += sp.n;
-      }
-      T m = -std::numeric_limits<T>::infinity(), l = 0;
-      kern.online_softmax(S.data(), 1, ld, &m, &l, o, int(D));
-      off = 0;
-      for (const Span& sp : spans) {
-        gemm<T>(false, false, 1, int(D), sp.n, T(1), S.data() + off, ld, V + sp.k0 * v.sl, int(sp.stride * v.sl),
-                T(1), o, int(D));
-        off += sp.n;
-      }
-      const T inv = l > 0 ? T(1) / l : T(0);  // a row that saw no key: out 0, lse -inf
-      for (int c = 0; c < D; ++c) o[c] *= inv;
-      lse[item] = l > 0 ? m + std::log(l) : -std::numeric_limits<T>::infinity();
-    }
-  });
-}
-
-// ---- decode under a prefix mask: the fused kernel of cpu/attention_decode_isa.cpp ----
 
 template <class T>
 const AttentionDecodeKernels<T>& decode_micro() {
   if constexpr (std::is_same_v<T, float>) return isa().attention_decode->f32;
   else return isa().attention_decode->f64;
 }
+
+// out (B, H, Lq, D), lse (B, H, Lq) of every (b, h, query row) from the keys of its spans, read in place: the
+// decode micro-kernel's one-query path (scores, softmax and P V in one pass over the spans).
+template <class T>
+void decode_spans(Heads<T> q, Heads<T> k, Heads<T> v, const MaskParams& mask, const Dims& d, T scale, T* out,
+                  T* lse) {
+  const int64_t group = d.H / d.Hk;
+  const auto& kern = decode_micro<T>();
+  at::parallel_for(0, d.B * d.H * d.Lq, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Span> spans;
+    std::vector<T> scores(d.Lk + kern.block);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t r = item % d.Lq, bh = item / d.Lq, b = bh / d.H, h = bh % d.H;
+      dalle_spans(mask, int(b), int(r + d.Lk - d.Lq), int(d.Lk), spans);
+      kern.spans(q.at(b, h) + r * q.sl, spans.data(), int(spans.size()), k.at(b, h / group), k.sl,
+                 v.at(b, h / group), v.sl, int(d.D), scale, out + item * d.D, lse + item, scores.data());
+    }
+  });
+}
+
+// ---- decode under a prefix mask: the fused kernel of cpu/attention_decode_isa.cpp ----
 
 // Whether the fused kernel takes a decode: every query sees a key prefix, the head fits its scratch, and its query
 // blocks alone give every thread work (else forward_plan splits the keys).

@@ -202,8 +202,103 @@ void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const DecodeDims& d
   }
 }
 
+// ---- one query against spans of keys (DALL-E's masks) ----
+
+// s[j] = scale q . K[j * ldk, + D) for j < n: W keys at a time, one accumulator each along D folded by one transposing
+// sum into a vector of W scores (the last group repeats key n - 1 past n; those lanes are dropped).
 template <class T>
-constexpr AttentionDecodeKernels<T> kernels() { return {kBlock<T>, forward<T>}; }
+void span_scores(const T* q, const T* K, int64_t ldk, int n, int D, T scale, T* s) {
+  constexpr int W = kLanes<T>;
+  const int Dv = D / W * W;
+  for (int j = 0; j < n; j += W) {
+    const T* rows[W];
+#pragma GCC unroll 16
+    for (int i = 0; i < W; ++i) rows[i] = K + int64_t(j + i < n ? j + i : n - 1) * ldk;
+    vec<T> acc[W];
+#pragma GCC unroll 16
+    for (int i = 0; i < W; ++i) acc[i] = splat(T(0));
+    for (int d = 0; d < Dv; d += W) {
+      const vec<T> qd = load(q + d);
+#pragma GCC unroll 16
+      for (int i = 0; i < W; ++i) acc[i] += qd * load(rows[i] + d);
+    }
+    transposing_sum<T>(acc);
+    vec<T> r = acc[0];
+    for (int i = 0; Dv < D && i < W; ++i)  // head dims that are not a multiple of W: the last columns
+      for (int d = Dv; d < D; ++d) r[i] += q[d] * rows[i][d];
+    r *= scale;
+    if (n - j >= W) store(s + j, r);
+    else
+      for (int i = 0; i < n - j; ++i) s[j + i] = r[i];
+  }
+}
+
+// o[c0 + NC W vectors) = (first ? 0 : o) + sum over j < n of p[j] V[j * ldv + c0, ...).
+template <class T, int NC>
+void span_values(const T* p, const T* V, int64_t ldv, int n, int c0, bool first, T* o) {
+  constexpr int W = kLanes<T>;
+  vec<T> acc[NC];
+#pragma GCC unroll 16
+  for (int c = 0; c < NC; ++c) acc[c] = first ? splat(T(0)) : load(o + c0 + c * W);
+  for (int j = 0; j < n; ++j) {
+    const vec<T> pj = splat(p[j]);
+    const T* v = V + j * ldv + c0;
+#pragma GCC unroll 16
+    for (int c = 0; c < NC; ++c) acc[c] += pj * load(v + c * W);
+  }
+#pragma GCC unroll 16
+  for (int c = 0; c < NC; ++c) store(o + c0 + c * W, acc[c]);
+}
+
+// Scores of every span into one row (base 2), one softmax over it, then out = P V span by span.
+template <class T>
+void attend_spans(const T* q, const Span* spans, int count, const T* K, int64_t ldk, const T* V, int64_t ldv, int D,
+                  T scale, T* out, T* lse, T* s) {
+  constexpr int W = kLanes<T>;
+  const T neg_inf = -__builtin_inf();
+  int n = 0;
+  for (int i = 0; i < count; ++i) {
+    span_scores(q, K + spans[i].k0 * ldk, spans[i].stride * ldk, spans[i].n, D, scale * T(1.4426950408889634),
+                s + n);
+    n += spans[i].n;
+  }
+  if (n == 0) {
+    for (int c = 0; c < D; ++c) out[c] = T(0);
+    *lse = neg_inf;
+    return;
+  }
+  const int nv = (n + W - 1) / W * W;
+  for (int j = n; j < nv; ++j) s[j] = neg_inf;  // whole vectors below: 2^-inf = 0
+  vec<T> mv = load(s);
+  for (int j = W; j < nv; j += W) mv = vmax<T>(mv, load(s + j));
+  const T m = hmax<T>(mv);
+  vec<T> lv = splat(T(0));
+  for (int j = 0; j < nv; j += W) {
+    const vec<T> p = exp2_vec(load(s + j) - m);
+    store(s + j, p);
+    lv += p;
+  }
+  const T l = hsum<T>(lv), inv = T(1) / l;
+  const int Dv = D / W;
+  for (int c = Dv * W; c < D; ++c) out[c] = T(0);
+  int off = 0;
+  for (int i = 0; i < count; ++i) {
+    const Span& sp = spans[i];
+    const T* Vs = V + sp.k0 * ldv;
+    const int64_t ld = sp.stride * ldv;
+    in_tiles<kAccumulators>(Dv, [&](auto nc, int c) {
+      span_values<T, decltype(nc)::value>(s + off, Vs, ld, sp.n, c * W, i == 0, out);
+    });
+    for (int c = Dv * W; c < D; ++c)
+      for (int j = 0; j < sp.n; ++j) out[c] += s[off + j] * Vs[j * ld + c];
+    off += sp.n;
+  }
+  for (int c = 0; c < D; ++c) out[c] *= inv;
+  *lse = (m + __builtin_log2(l)) * T(0.6931471805599453);  // ln 2: back to base e
+}
+
+template <class T>
+constexpr AttentionDecodeKernels<T> kernels() { return {kBlock<T>, forward<T>, attend_spans<T>}; }
 
 }  // namespace
 

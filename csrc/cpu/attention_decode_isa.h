@@ -1,7 +1,8 @@
 // The fused CPU attention of decode (VAR's scales against the KV cache, one token against a prefix): query blocks
 // of two vectors of lanes, one query per lane, scores, online softmax and the product with V in one pass over the
 // keys, no BLAS call and no score row per query. Torch-free; compiled per ISA (cpu/isa.h's table);
-// cpu/attention.cpp routes here when every query sees a key prefix and the blocks alone give every thread work.
+// cpu/attention.cpp routes here when every query sees a key prefix and the blocks alone give every thread work; and a
+// few queries under a DALL-E mask, one query against its spans of keys at a time.
 #pragma once
 #include <cstdint>
 
@@ -17,6 +18,12 @@ struct DecodeDims {
   int Lq, Lk, D;     // queries (the last Lq of the Lk keys), keys, head dim <= kDecodeMaxDim
 };
 
+// Keys k0, k0 + stride, ..., n of them: what a DALL-E query sees is a few spans (its text, row window, column or conv
+// window rows), read in place from the cache.
+struct Span {
+  int k0, n, stride;
+};
+
 // Whether every query of a mask kind sees a prefix of the keys (full, causal, block-causal; key_len on top).
 inline bool decode_prefix_mask(int32_t kind) {
   return kind == kernels::kFull || kind == kernels::kCausal || kind == kernels::kBlockCausal;
@@ -29,6 +36,10 @@ struct AttentionDecodeKernels {
   // contiguous (-inf, out 0 where a query sees no key). The mask is a decode_prefix_mask kind.
   void (*forward)(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const DecodeDims& d,
                   const kernels::MaskParams& mask, T scale, int64_t item0, int64_t item1, T* out, T* lse);
+  // One query q (D) against the keys of spans[0, count) (rows of K ldk apart, of V ldv apart): out (D), *lse (-inf,
+  // out 0 when the spans hold no key). scores: scratch for the spans' keys rounded up to a multiple of `block`.
+  void (*spans)(const T* q, const Span* spans, int count, const T* K, int64_t ldk, const T* V, int64_t ldv, int D,
+                T scale, T* out, T* lse, T* scores);
 };
 
 struct AttentionDecodeIsa {

@@ -132,4 +132,45 @@ inline vec<double> log_vec(vec<double> x) {
   return x;
 }
 
+// Lane shuffles with compile-time patterns, and the transposing sum of W accumulators into one vector.
+template <class T>
+struct LaneIndexOf;
+template <>
+struct LaneIndexOf<float> { typedef int32_t type __attribute__((vector_size(kVectorBytes))); };
+template <>
+struct LaneIndexOf<double> { typedef int64_t type __attribute__((vector_size(kVectorBytes))); };
+template <class T>
+using lane_index = typename LaneIndexOf<T>::type;
+
+// The shuffle pattern whose lane p is f(p) (constant-folded once inlined).
+template <class T, class F>
+inline lane_index<T> pattern(F f) {
+  lane_index<T> m;
+  for (int p = 0; p < kLanes<T>; ++p) m[p] = f(p);
+  return m;
+}
+
+// One level of the transposing sum: u and v hold partial sums of two sets of accumulators, each in the lanes of
+// alternate S-wide runs; the result holds both sets' partial sums in half as many terms, in alternate 2S-wide runs.
+// Level 1 interleaves within 16-byte lanes (unpacklo / unpackhi: one instruction each).
+template <class T, int S>
+inline vec<T> pair_sum(vec<T> u, vec<T> v) {
+  constexpr int W = kLanes<T>, Q = 16 / int(sizeof(T));
+  if constexpr (S == 1) {
+    const auto lo = pattern<T>([](int p) { return (p % 2 ? W : 0) + p / Q * Q + p % Q / 2; });
+    const auto hi = pattern<T>([](int p) { return (p % 2 ? W : 0) + p / Q * Q + Q / 2 + p % Q / 2; });
+    return __builtin_shuffle(u, v, lo) + __builtin_shuffle(u, v, hi);
+  }
+  const auto lo = pattern<T>([](int p) { return (p / S) % 2 == 0 ? p : W + p - S; });
+  const auto hi = pattern<T>([](int p) { return (p / S) % 2 == 0 ? p + S : W + p; });
+  return __builtin_shuffle(u, v, lo) + __builtin_shuffle(u, v, hi);
+}
+
+// a[0] <- the vector whose lane p is the sum of a[p]'s lanes (a: W vectors, overwritten).
+template <class T, int S = 1>
+inline void transposing_sum(vec<T>* a, int n = kLanes<T>) {
+  for (int i = 0; i < n / 2; ++i) a[i] = pair_sum<T, S>(a[2 * i], a[2 * i + 1]);
+  if constexpr (2 * S < kLanes<T>) transposing_sum<T, 2 * S>(a, n / 2);
+}
+
 }  // namespace fastar::cpu::FASTAR_ISA

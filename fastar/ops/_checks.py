@@ -17,9 +17,10 @@ def check_tensor(op, name, t, *, min_dim=None, dim=None, dtypes=FLOATS):
 
 def check_same_device(op, **tensors):
     (first, t0), *rest = tensors.items()
+    device = t0.device
     for name, t in rest:
-        if t.device != t0.device:
-            raise ValueError(f"{op}: {name} is on {t.device} but {first} is on {t0.device}")
+        if t.device != device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {first} is on {device}")
 
 
 def check_choice(op, name, value, choices):

@@ -86,19 +86,19 @@ def _check_qkv(op, q, k, v):
     check_same_device(op, q=q, k=k, v=v)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"{op}: q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.shape != v.shape:
-        raise ValueError(f"{op}: k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
-    if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
-        raise ValueError(f"{op}: k {tuple(k.shape)} must match q {tuple(q.shape)} in batch (dim 0) and head dim "
-                         f"(dim 3)")
-    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"{op}: q's {q.shape[1]} heads must be a multiple of k's {k.shape[1]}")
-    if q.shape[3] < 1:
-        raise ValueError(f"{op}: q, k and v must have a head dim (dim 3) of at least 1, got {q.shape[3]}")
+    qs, ks = q.shape, k.shape  # read once: each .shape is a new torch.Size (small shapes: the checks cost as much
+    if ks != v.shape:          # as the kernel)
+        raise ValueError(f"{op}: k {tuple(ks)} and v {tuple(v.shape)} must have the same shape")
+    if ks[0] != qs[0] or ks[3] != qs[3]:
+        raise ValueError(f"{op}: k {tuple(ks)} must match q {tuple(qs)} in batch (dim 0) and head dim (dim 3)")
+    if ks[1] == 0 or qs[1] % ks[1] != 0:
+        raise ValueError(f"{op}: q's {qs[1]} heads must be a multiple of k's {ks[1]}")
+    if qs[3] < 1:
+        raise ValueError(f"{op}: q, k and v must have a head dim (dim 3) of at least 1, got {qs[3]}")
     backend = _backend.active(q.device)
-    top = max_head_dim(q.device)
-    if q.shape[3] > top:  # VAR's VQVAE has one head of 640 channels, wider than the CUDA kernels' tiles
-        return Decline(f"the {backend} kernel takes head dims up to {top}, got {q.shape[3]}")
+    top = MAX_HEAD_DIM.get(backend, MAX_HEAD_DIM["reference"])
+    if qs[3] > top:  # VAR's VQVAE has one head of 640 channels, wider than the CUDA kernels' tiles
+        return Decline(f"the {backend} kernel takes head dims up to {top}, got {qs[3]}")
     return None
 
 
