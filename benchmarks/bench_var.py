@@ -75,9 +75,19 @@ def test_var_d16_sample(benchmark, d16, monkeypatch):
 
     compare(benchmark, sample("fastar"), contenders(sample), baseline=BASELINE, rounds=ROUNDS, warmup=0,
             op="attention_decode")
-    # 1.0: identical tokens at every scale
-    benchmark.extra_info["agreement"] = {name: float(all(torch.equal(a, b) for a, b in zip(last["fastar"], maps)))
-                                         for name, maps in last.items() if name != "fastar"}
+    # the fraction of tokens equal to fastar's (1.0: identical at every scale), and the first scale that differs:
+    # random weights give near-uniform distributions, where a last-bit difference in a logit can move one draw
+    agree, notes = {}, []
+    for name, maps in last.items():
+        if name != "fastar":
+            same = [(a == b).sum().item() for a, b in zip(last["fastar"], maps)]
+            agree[name] = sum(same) / sum(a.numel() for a in maps)
+            first = next((si for si, (n, a) in enumerate(zip(same, maps)) if n != a.numel()), None)
+            notes.append(f"{name}: " + ("identical tokens at every scale" if first is None else
+                                        f"tokens identical up to scale {first}, which differs in "
+                                        f"{maps[first].numel() - same[first]} of {maps[first].numel()}"))
+    benchmark.extra_info["agreement"] = agree
+    benchmark.extra_info["note"] = "; ".join(notes)
     benchmark.extra_info["breakdown"] = parts.ms
     hook.remove()
     save_samples(images["fastar"], f"var_d{DEPTH}_random_weights")

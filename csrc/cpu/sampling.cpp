@@ -1,6 +1,7 @@
 // sample_categorical on the CPU, one row per task: the max and the masses exp((x - max) / T) in one vector pass
 // (cpu/sampling_isa.cpp), min_prob and top-k (std::nth_element on a copy) zero the dropped masses, top-p sorts only
-// the tokens heavy enough to matter, then the inverse-CDF draw in index order. Semantics: fastar/reference/sampling.py.
+// the tokens heavy enough to matter, then the exponential race (the kept token with the largest mass / q, q the row's
+// Exp(1) draws: torch.multinomial's algorithm). Semantics: fastar/reference/sampling.py.
 #include "cpu/sampling.h"
 
 #include <ATen/Parallel.h>
@@ -60,7 +61,7 @@ const float* fp32_row(const T* x, int64_t V, std::vector<float>& buf) {
   return buf.data();
 }
 
-int64_t sample_row(const float* x, int64_t V, double u, const Filters& f, Scratch& s) {
+int64_t sample_row(const float* x, int64_t V, const float* q, const Filters& f, Scratch& s) {
   const SamplingIsa& isa = *cpu::isa().sampling;
   const float m = isa.row_max(x, V);
   if (!std::isfinite(m)) return -1;
@@ -79,28 +80,24 @@ int64_t sample_row(const float* x, int64_t V, double u, const Filters& f, Scratc
       if (x[i] < kth) e[i] = 0;
   }
   if (f.top_p < 1) top_p_filter(x, e, V, f.top_p, s.heavy);
-  double kept = 0;
-  for (int64_t i = 0; i < V; ++i) kept += e[i];
-  const double target = u * kept;
-  double run = 0;
-  int64_t last = -1;
+  int64_t best = -1;  // the largest e / q, the first on ties (torch.argmax); a dropped token (e = 0) never wins
+  double top = -1;
   for (int64_t i = 0; i < V; ++i) {
     if (e[i] <= 0) continue;
-    run += e[i];
-    last = i;
-    if (run > target) break;
+    const double ratio = double(e[i]) / double(q[i]);
+    if (ratio > top) top = ratio, best = i;
   }
-  return last;
+  return best;
 }
 
 }  // namespace
 
-at::Tensor sample_categorical(const at::Tensor& logits, const at::Tensor& uniform, double temperature, int64_t top_k,
+at::Tensor sample_categorical(const at::Tensor& logits, const at::Tensor& race, double temperature, int64_t top_k,
                               double top_p, double min_prob) {
   const int64_t R = logits.size(0), V = logits.size(1);
   at::Tensor out = at::empty({R}, logits.options().dtype(at::kLong));
   const Filters f{float(std::min(1.0 / temperature, double(FLT_MAX))), top_k, top_p, min_prob};
-  const double* u = uniform.data_ptr<double>();
+  const float* q = race.data_ptr<float>();
   int64_t* idx = out.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "sample_categorical", [&] {
     const scalar_t* x = logits.data_ptr<scalar_t>();
@@ -108,7 +105,7 @@ at::Tensor sample_categorical(const at::Tensor& logits, const at::Tensor& unifor
       Scratch s;
       s.e.resize(V);
       for (int64_t r = begin; r < end; ++r) {
-        idx[r] = sample_row(fp32_row(x + r * V, V, s.x), V, u[r], f, s);
+        idx[r] = sample_row(fp32_row(x + r * V, V, s.x), V, q + r * V, f, s);
       }
     });
   });

@@ -5,8 +5,8 @@
 namespace fastar::cpu {
 
 // One draw per row (schema in torch/ops.h; checked by torch/sampling.h): logits (R, V) contiguous float32, bfloat16
-// or float16, uniform (R,) float64 -> indices (R,) int64.
-at::Tensor sample_categorical(const at::Tensor& logits, const at::Tensor& uniform, double temperature, int64_t top_k,
+// or float16, race (R, V) float32 Exp(1) draws -> indices (R,) int64.
+at::Tensor sample_categorical(const at::Tensor& logits, const at::Tensor& race, double temperature, int64_t top_k,
                               double top_p, double min_prob);
 
 }  // namespace fastar::cpu

@@ -42,9 +42,10 @@ inline void define_ops(torch::Library& m) {
   // bf16: the per-step GEMMs in bfloat16 with float32 accumulation.
   m.def("diffusion_sample(Tensor z, Tensor[] weights, Tensor schedule, float temperature, float cfg, "
         "Generator? generator, bool bf16=False) -> Tensor", {at::Tag::nondeterministic_seeded});
-  // logits (R, V), uniform (R,) float64 in [0, 1): one draw per row from softmax(logits / temperature) after
-  // min_prob, top_k, top_p (fastar/reference/sampling.py) -> indices (R,) int64, -1 on rows without a finite logit.
-  m.def("sample_categorical(Tensor logits, Tensor uniform, float temperature, int top_k, float top_p, "
+  // logits (R, V), race (R, V) float32 Exp(1) draws: one draw per row from softmax(logits / temperature) after
+  // min_prob, top_k, top_p, the kept token with the largest p / race (fastar/reference/sampling.py) -> indices (R,)
+  // int64, -1 on rows without a finite logit.
+  m.def("sample_categorical(Tensor logits, Tensor race, float temperature, int top_k, float top_p, "
         "float min_prob) -> Tensor");
   // MAR's DiffLoss training loss: model_output (N, 2C) [eps, v], x_start, noise (N, C), t (N,) int64, table
   // (1000, 8) float64 (fastar/reference/diffusion.py loss_table), all on one device -> loss (N,),

@@ -6,8 +6,8 @@
 
 namespace fastar {
 
-// logits (R, V) contiguous float32 / bfloat16 / float16, V >= 1; uniform (R,) float64 on logits' device.
-inline void check_sample_categorical(const at::Tensor& logits, const at::Tensor& uniform, double temperature,
+// logits (R, V) contiguous float32 / bfloat16 / float16, V >= 1; race (R, V) float32 Exp(1) draws on logits' device.
+inline void check_sample_categorical(const at::Tensor& logits, const at::Tensor& race, double temperature,
                                      int64_t top_k, double top_p, double min_prob, c10::DeviceType device) {
   const char* op = "sample_categorical";
   TORCH_CHECK(logits.dim() == 2 && logits.size(1) >= 1, op, ": logits must be (rows, V) with V >= 1, got ",
@@ -19,11 +19,11 @@ inline void check_sample_categorical(const at::Tensor& logits, const at::Tensor&
   TORCH_CHECK(logits.device().type() == device, op, ": logits is on ", logits.device(), ", expected ", device);
   TORCH_CHECK(logits.size(1) <= INT32_MAX, op, ": logits rows must hold at most 2^31 - 1 tokens, got ",
               logits.size(1));
-  TORCH_CHECK(uniform.dim() == 1 && uniform.size(0) == logits.size(0), op, ": uniform must be (", logits.size(0),
-              ",), got ", uniform.sizes());
-  TORCH_CHECK(uniform.scalar_type() == at::kDouble && uniform.is_contiguous(), op,
-              ": uniform must be contiguous float64, got ", uniform.scalar_type());
-  TORCH_CHECK(uniform.device() == logits.device(), op, ": uniform is on ", uniform.device(), " but logits is on ",
+  TORCH_CHECK(race.sizes() == logits.sizes(), op, ": race must be ", logits.sizes(), " like logits, got ",
+              race.sizes());
+  TORCH_CHECK(race.scalar_type() == at::kFloat && race.is_contiguous(), op, ": race must be contiguous float32, got ",
+              race.scalar_type(), race.is_contiguous() ? "" : " (not contiguous)");
+  TORCH_CHECK(race.device() == logits.device(), op, ": race is on ", race.device(), " but logits is on ",
               logits.device());
   TORCH_CHECK(std::isfinite(temperature) && temperature > 0, op, ": temperature must be finite and > 0, got ",
               temperature);

@@ -1,5 +1,5 @@
 """Categorical sampling shared by the models (VAR's top-k / top-p, FractalGen's pixels, DALL-E's tokens):
-temperature, the filters and the multinomial draw in one pass over the logits (csrc/cpu/sampling.cpp,
+temperature, the filters and the draw in one pass over the logits and their exponentials (csrc/cpu/sampling.cpp,
 csrc/kernels/sampling/sampling.cu)."""
 import math
 
@@ -12,7 +12,7 @@ from fastar.torch import sampling as torch_impl
 
 
 @kernel("sample_categorical")  # fake kernel, for torch.compile / opcheck
-def _sample_categorical(logits, uniform, temperature, top_k, top_p, min_prob):
+def _sample_categorical(logits, race, temperature, top_k, top_p, min_prob):
     return logits.new_empty(logits.shape[:-1], dtype=torch.long)
 
 
@@ -29,9 +29,10 @@ def sample_categorical(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=
                 included (1: off; 0: the argmax).
     The largest logit always stays. temperature > 0 divides the logits (FractalGen multiplies: pass 1 / its
     temperature); temperature -> 0 is the argmax, uniform over tied maxima. Rows without a finite logit get -1.
-    generator: one uniform per row is drawn from it (torch.rand, float64) and inverted through the kept CDF in
-    index order, so one seed gives the same draws on every backend (up to rounding at a CDF boundary); the
-    `torch` backend is torch.multinomial, whose draws differ.
+    generator: the draw is torch.multinomial's for one sample, an exponential race (the kept token with the largest
+    p / q, q ~ Exp(1) one per token), with q drawn from the generator as torch.multinomial draws it for float32
+    probabilities: one seed gives the official code's token (VAR's, FractalGen's torch.multinomial) up to the last
+    bits of p, on every backend (the `torch` backend is that official formulation).
     """
     op = "sample_categorical"
     check_tensor(op, "logits", logits, min_dim=1)
@@ -51,7 +52,7 @@ def sample_categorical(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=
 
     def run(ops):
         rows = logits.reshape(-1, V).contiguous()  # (R, V)
-        u = reference.uniforms(logits, generator)  # (R,) float64
-        return ops.sample_categorical(rows, u, float(temperature), top_k, float(top_p), float(min_prob)
+        race = reference.races(logits, generator)  # (R, V) float32
+        return ops.sample_categorical(rows, race, float(temperature), top_k, float(top_p), float(min_prob)
                                       ).view(logits.shape[:-1])
     return logits.device, run

@@ -104,10 +104,9 @@ def pixel_sample(self, cond_list, temperature, cfg, filter_threshold=0):
     tokens before it (attention_decode), where the official code reruns predict over all 4 tokens: position i's
     logits see only tokens <= i (causal), so they are the same. Logits times temperature; under cfg the
     unconditional logits lifted where the conditional probability is below filter_threshold, then mixed; each draw
-    through fastar.ops.sample_categorical: one uniform per row from the global generator, inverted through the CDF
-    in index order. The official multinomial draws differently, so one seed gives other pixels from the same law;
-    predict's rounding jitter (1e-2 randn, which never moves a whole pixel value) is still drawn, so the generator
-    advances as in the official loop apart from the categorical draws."""
+    through fastar.ops.sample_categorical, which races the exponentials torch.multinomial draws from the global
+    generator: one seed gives the official pixels; predict's rounding jitter (1e-2 randn, which never moves a whole
+    pixel value) is still drawn, so the generator advances as in the official loop."""
     cond = cond_list[0]
     guided = not cfg == 1.0
     rows = cond.size(0)
@@ -161,5 +160,5 @@ ROWS = (
     Row("attention", "models.pixelloss", "CausalAttention", "forward", causal_attention_forward,
         "no attention dropout in training", _module_dropout_declines),
     Row("sampling", "models.pixelloss", "PixelLoss", "sample", pixel_sample,
-        "no attention dropout in training (the draws are not torch.multinomial's)", _pixel_declines),
+        "no attention dropout in training", _pixel_declines),
 )

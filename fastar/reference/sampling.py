@@ -1,22 +1,27 @@
 """sample_categorical in float64: one index per row of logits from softmax(logits / temperature) after the
-min_prob, top-k and top-p filters, drawn by inverse CDF from one uniform per row (the kernels' algorithm).
+min_prob, top-k and top-p filters, drawn by an exponential race (the kernels' algorithm, and torch.multinomial's).
 
 The filters, on x = logits of a row (V tokens), p = softmax(x / temperature):
   min_prob  drop tokens with p < min_prob (FractalGen's `softmax(l) < filter_threshold` test);
   top_k     drop tokens with x below the k-th largest x (ties with it stay, as VAR's `logits < topk.amin`);
   top_p     over the survivors renormalised, drop a token when the mass of the tokens with a strictly larger x is
             >= top_p (VAR's ascending `cumsum <= 1 - top_p`, with ties at the cut kept whole);
-and the largest x always stays. The draw is the first token (in index order) whose running mass exceeds
-u * (kept mass); a row with no finite logit gets -1.
+and the largest x always stays. The draw is the kept token with the largest p / q, q ~ Exp(1) one per token
+(argmax of log p + Gumbel noise), the first on ties: torch.multinomial's algorithm for one sample, with its draws
+of q, so one seed gives the token torch.multinomial draws from the same probabilities. A row with no finite logit
+gets -1.
 """
 import math
 
 import torch
 
 
-def uniforms(logits: torch.Tensor, generator=None) -> torch.Tensor:
-    """The one uniform in [0, 1) per row that every backend draws from: (rows,) float64 on logits' device."""
-    return torch.rand(math.prod(logits.shape[:-1]), generator=generator, dtype=torch.float64, device=logits.device)
+def races(logits: torch.Tensor, generator=None) -> torch.Tensor:
+    """The Exp(1) draws every backend races the kept masses against: (rows, V) float32 on logits' device, drawn as
+    torch.multinomial draws them for float32 probabilities (exponential_ on a (rows, V) tensor)."""
+    V = logits.shape[-1]
+    return torch.empty(math.prod(logits.shape[:-1]), V, dtype=torch.float32,
+                       device=logits.device).exponential_(1, generator=generator)
 
 
 def keep_mask(x: torch.Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=0.0):
@@ -45,23 +50,19 @@ def keep_mask(x: torch.Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=
     return torch.where(keep, e, 0.0), xmax
 
 
-def sample_from_uniforms(logits, u, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=0.0):
-    """logits (..., V), u (rows,) float64 in [0, 1) -> indices (...) int64."""
+def sample_from_races(logits, race, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=0.0):
+    """logits (..., V), race (rows, V) of Exp(1) draws -> indices (...) int64."""
     V = logits.shape[-1]
     x = logits.detach().double().reshape(-1, V)  # (R, V)
     if x.shape[0] == 0:
         return torch.empty(logits.shape[:-1], dtype=torch.long, device=logits.device)
     e, xmax = keep_mask(x, temperature=temperature, top_k=top_k, top_p=top_p, min_prob=min_prob)
-    cdf = e.cumsum(dim=-1)  # (R, V)
-    target = u.to(x.device)[:, None] * cdf[:, -1:]
-    idx = torch.searchsorted(cdf, target, right=True)  # first running mass > target
-    last_kept = V - 1 - (e > 0).flip(-1).long().argmax(dim=-1, keepdim=True)  # u * mass rounded up to mass
-    idx = torch.minimum(idx, last_kept)
+    idx = (e / race.to(x.device).double()).argmax(dim=-1, keepdim=True)  # the first of equal ratios
     idx = torch.where(xmax.isfinite(), idx, -1)
     return idx.reshape(logits.shape[:-1])
 
 
 def sample_categorical(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=0.0, generator=None):
     """fastar.ops.sample_categorical in float64 (see the module docstring)."""
-    return sample_from_uniforms(logits, uniforms(logits, generator), temperature=temperature, top_k=top_k,
-                                top_p=top_p, min_prob=min_prob)
+    return sample_from_races(logits, races(logits, generator), temperature=temperature, top_k=top_k, top_p=top_p,
+                             min_prob=min_prob)

@@ -1,6 +1,7 @@
 """sample_categorical as the official codebases write it: temperature division, FractalGen's
 `softmax(l) < filter_threshold` mask, VAR's top_k_top_p_filtering (topk + sort + softmax + cumsum), then
-softmax + torch.multinomial (its own use of the generator, so its draws differ from the kernels' for one seed)."""
+softmax + torch.multinomial (an exponential race with q drawn from the generator as the kernels draw it, so one seed
+gives the kernels' tokens up to the last bits of the probabilities)."""
 import torch
 
 

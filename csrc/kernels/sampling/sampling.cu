@@ -1,7 +1,8 @@
 // sample_categorical: one warp per row, the row re-read from global memory (L1) by every pass. Passes: the max,
 // the full mass (min_prob), the k-th largest logit by a bitwise search over order-preserving keys (top_k), the
-// top-p cut by the same search on the kept mass above a key, the kept mass, then the inverse-CDF draw by warp
-// prefix sums over 32-token chunks in index order. Every sum is a fixed shuffle tree: no order-dependent result.
+// top-p cut by the same search on the kept mass above a key, then the exponential race: the kept token with the
+// largest mass / q (q the row's Exp(1) draws; torch.multinomial's algorithm), the first on ties, by a warp argmax.
+// Every sum is a fixed shuffle tree: no order-dependent result.
 #include "kernels/sampling/sampling.h"
 
 #include <cfloat>
@@ -92,31 +93,21 @@ __global__ void __launch_bounds__(kWarps * 32) sample_categorical_kernel(const S
       r.min_key = r.min_key > int64_t(K) + 1 ? r.min_key : int64_t(K) + 1;
     }
   }
-  const float target = float(p.uniform[row]) * r.kept_mass(lane, -1);
-  float run = 0.f;  // kept mass of the chunks before this one
-  int last = -1;    // the last kept token with mass so far (when u * mass rounds up to the whole mass)
-  for (int base = 0; base < r.V; base += 32) {
-    const int i = base + lane;
-    float e = 0.f;
-    if (i < r.V) {
-      const float xi = r.at(i);
-      if (r.kept(xi)) e = r.mass(xi);
-    }
-    float s = e;  // inclusive prefix sum over the chunk
-    for (int o = 1; o < 32; o <<= 1) {
-      const float t = __shfl_up_sync(kFull, s, o);
-      if (lane >= o) s += t;
-    }
-    const unsigned has = __ballot_sync(kFull, e > 0.f);
-    const unsigned hit = __ballot_sync(kFull, e > 0.f && run + s > target);
-    if (has) last = base + 31 - __clz(int(has));
-    if (hit) {
-      last = base + __ffs(int(hit)) - 1;
-      break;
-    }
-    run += __shfl_sync(kFull, s, 31);
+  const float* q = p.race + row * p.V;
+  float top = -1.f;  // this lane's largest mass / q over its kept tokens, at index `best` (its first on ties)
+  int best = -1;
+  for (int i = lane; i < r.V; i += 32) {
+    const float xi = r.at(i);
+    if (!r.kept(xi)) continue;
+    const float ratio = r.mass(xi) / q[i];
+    if (ratio > top) top = ratio, best = i;
   }
-  if (lane == 0) p.indices[row] = last;
+  for (int o = 16; o; o >>= 1) {  // the larger ratio, then the smaller index (-1: no kept token in that lane)
+    const float t = __shfl_xor_sync(kFull, top, o);
+    const int b = __shfl_xor_sync(kFull, best, o);
+    if (t > top || (t == top && b >= 0 && (best < 0 || b < best))) top = t, best = b;
+  }
+  if (lane == 0) p.indices[row] = best;
 }
 
 }  // namespace

@@ -10,7 +10,7 @@ namespace fastar::kernels {
 
 struct SampleCategoricalParams {
   const void* logits;     // (rows, V) row-major, contiguous, of `dtype`
-  const double* uniform;  // (rows,) in [0, 1): the one draw of each row (torch's generator, in the glue)
+  const float* race;      // (rows, V) Exp(1) draws, one per token (torch's generator, in the glue)
   int64_t* indices;       // (rows,) out: the drawn token, -1 on a row without a finite logit
   int64_t rows;           // 0 launches nothing
   int V;                  // tokens per row, >= 1

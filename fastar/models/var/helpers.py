@@ -6,9 +6,8 @@ import fastar
 
 def sample_with_top_k_top_p_(logits_BlV, rng=None, top_k=0, top_p=0.0, more_smooth=False):
     """One token per position from softmax(logits) after top-k / top-p filtering, by fastar.ops.sample_categorical
-    (VAR's top_p = 0, off, is its 1). Its draws differ from the official torch.multinomial's for one seed (one uniform
-    per row through the kept CDF), the distribution is the same, and every backend draws alike: the seeded tests
-    hold. With more_smooth the logits are also filtered in place, as the official code, for the gumbel softmax that
+    (VAR's top_p = 0, off, is its 1), which races the exponentials the official torch.multinomial draws from rng: one
+    seed gives the official tokens (up to the last bits of the probabilities). With more_smooth the logits are also filtered in place, as the official code, for the gumbel softmax that
     reads them. Returns idx_Bl (int64)."""
     idx_Bl = fastar.ops.sample_categorical(logits_BlV, top_k=top_k, top_p=top_p if top_p > 0 else 1.0, generator=rng)
     if more_smooth:
