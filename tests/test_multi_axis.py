@@ -128,6 +128,19 @@ def test_multi_axis_attention_thread_split():
         assert torch.equal(one, split)
 
 
+@pytest.mark.parametrize("D", [8, 10], ids=["whole-vector-rows", "partial-vector-rows"])
+def test_multi_axis_attention_cpu_batch_order_and_streamed_rows(D):
+    """The CPU forward runs both axes of a batch row before the next row, the threads' shares splitting a row (3 rows
+    over 2 threads), and writes rows of whole aligned vectors by streaming stores, other rows by plain stores."""
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            check(*qkv(3, 8, 8, 4, 1, D, torch.float32, seed=21), 2, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_multi_axis_attention_gradcheck():
     q, k, v = (t.requires_grad_() for t in qkv(1, 4, 4, 4, 2, 8, torch.float64, seed=11))
     assert torch.autograd.gradcheck(lambda q, k, v: fastar.ops.multi_axis_attention(q, k, v, 2), (q, k, v))

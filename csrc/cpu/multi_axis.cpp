@@ -65,25 +65,29 @@ struct Axis {
 };
 
 // f(axis, i0, i1, scratch) over the items of the given axes, split over the threads in equal shares of cost (the
-// axes' items differ in cost by their token counts), each thread with its scratch.
+// axes' items differ in cost by their token counts), each thread with its scratch. The items go batch row by batch
+// row, every axis's items of a row before the next row: the axes of one image read the same K and V rows (one key
+// head serves both), which the second axis then finds in cache.
 template <class T, class F>
 void for_items(const std::vector<const Axis*>& axes, F f) {
-  int64_t total = 0, bytes = 0;
+  const int64_t B = axes[0]->items.B;
+  int64_t row = 0, bytes = 0;  // row: the cost of one batch row's items
   for (const Axis* a : axes) {
-    total += a->items.items() * a->cost;
+    row += a->items.items() / B * a->cost;
     bytes = std::max(bytes, micro<T>().scratch_bytes(a->items));
   }
-  at::parallel_for(0, total, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * row, 1, [&](int64_t begin, int64_t end) {
     std::vector<char> scratch(bytes + 64);
     void* s = scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64;
-    int64_t start = 0;  // the first cost unit of the axis; an item belongs to the chunk that holds its first unit
-    for (int axis = 0; axis < int(axes.size()); ++axis) {
-      const Axis& a = *axes[axis];
-      const int64_t items = a.items.items();
-      const int64_t i0 = std::clamp<int64_t>((begin - start + a.cost - 1) / a.cost, 0, items);
-      const int64_t i1 = std::clamp<int64_t>((end - start + a.cost - 1) / a.cost, 0, items);
-      if (i0 < i1) f(a, i0, i1, s);
-      start += items * a.cost;
+    for (int64_t b = begin / row; b < B && b * row < end; ++b) {
+      int64_t start = b * row;  // the first cost unit of the axis's items in row b; an item belongs to the chunk
+      for (const Axis* a : axes) {  // that holds its first unit
+        const int64_t items = a->items.items() / B;
+        const int64_t i0 = std::clamp<int64_t>((begin - start + a->cost - 1) / a->cost, 0, items);
+        const int64_t i1 = std::clamp<int64_t>((end - start + a->cost - 1) / a->cost, 0, items);
+        if (i0 < i1) f(*a, b * items + i0, b * items + i1, s);
+        start += items * a->cost;
+      }
     }
   });
 }
