@@ -183,6 +183,10 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { re
 template <>
 __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
 
+// cudaDevAttrMaxSharedMemoryPerBlockOptin of sm_86 / sm_89 / sm_120, the smallest of the GPUs fastar supports (and
+// the emulator's default): dynamic shared memory within it fits every one.
+constexpr size_t kSmallestOptinSmem = 101376;
+
 inline size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 __host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
 
