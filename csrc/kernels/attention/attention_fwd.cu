@@ -115,12 +115,15 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
     cp_async_commit();
   };
 
+  load_operand<T, kTileQ, D, kAnyRows, true>(q_s, head_base<T>(p.q, p.q_strides, b, h), p.q_strides[2], q0, p.Lq,
+                                             p.D_in, tid);
+  cp_async_commit();
   int kt = next_shown(split * kt_per_split);
   if (kt < kt_end) load_kv(kt, 0);
-  load_operand<T, kTileQ, D, kAnyRows>(q_s, head_base<T>(p.q, p.q_strides, b, h), p.q_strides[2], q0, p.Lq, p.D_in,
-                                       tid);
+  else cp_async_commit();  // an empty group: the wait below counts on one after Q's
   uint32_t qf[kF32<T> ? 1 : D / 16][4];  // 16-bit: the warp's Q rows as A fragments
   if constexpr (!kF32<T>) {
+    cp_async_wait<1>();  // Q landed, the first K/V tile may be in flight
     __syncthreads();
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) load_a_frag<false>(qf[kc], q_w, S, 16 * kc, LdsmLane(lane));
@@ -190,6 +193,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
     }
     kt = next;
   }
+  cp_async_wait<0>();  // Q, when no key tile was shown
 
   const bool split_out = gridDim.z > 1;
 #pragma unroll
