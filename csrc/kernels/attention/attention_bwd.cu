@@ -28,7 +28,7 @@ size_t bwd_smem(size_t elem, bool f32, int D, int kM, int stages) {
 
 // The smallest tile the launcher has: float32 has a half tile too, since its full one (104,960 B at D = 64,
 // 120,064 B at D = 128, one stage) does not fit the 101,376 B of sm_86 / sm_89 / sm_120; 16-bit types fit
-// everywhere with two stages (75,008 B at D = 128).
+// everywhere with two stages (75,264 B at D = 128).
 int min_tile_q(const AttentionBwdParams& p) {
   const int full = p.D == 128 ? kTileQ<128> : kTileQ<64>;
   return p.dtype == Dtype::f32 ? full / 2 : full;
@@ -44,7 +44,7 @@ struct Plan {
 
 // Queries per step and stages: the largest tile whose shared memory fits the device's opt-in limit, with two
 // stages if they fit too (at 101,376 B float32 runs D = 32 and 64 at 64 and 32 queries with two stages, D = 128
-// at 16 with one: 111,744 B for two); tile_q 0 if none does.
+// at 16 with one: 111,872 B for two); tile_q 0 if none does.
 void choose_tile(const AttentionBwdParams& p, Plan& s) {
   s.tile_q = s.stages = 0;
   for (int kM = p.D == 128 ? kTileQ<128> : kTileQ<64>; kM >= min_tile_q(p) && !s.tile_q; kM /= 2)
