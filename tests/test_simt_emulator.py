@@ -105,10 +105,11 @@ def test_bench_runs_small():
     digest(run(build(BENCH), "300", "1000"))
 
 
-@pytest.mark.parametrize("mode", ["race", "uninit"])
+@pytest.mark.parametrize("mode", ["race", "uninit", "cp_async_early", "cp_async_unpublished"])
 def test_order_dependent_bug_changes_with_schedule(mode):
     # race: a missing __syncthreads; uninit: a max over shared memory half written, whose fill byte follows the
-    # schedule and is renewed for every block (the second block would otherwise see the first one's values)
+    # schedule and is renewed for every block (the second block would otherwise see the first one's values);
+    # cp_async_*: a cp.async destination read before the wait, or before the barrier after the other threads' waits
     results = {sched: run(build(NEGATIVE), mode, env=env).stdout for sched, env in SCHEDULES.items()
                if sched != "threads2"}
     assert len(set(results.values())) > 1, results
@@ -127,6 +128,7 @@ PLANTED = [
     ("shfl", ["shfl"], "__shfl_sync"),
     ("shfl_outside", ["shfl_outside"], ", outside the mask"),
     ("misaligned", ["misaligned"], "misaligned 16-byte vector access"),
+    ("cp_async_misaligned", ["cp_async_misaligned"], "misaligned 16-byte vector access"),
     ("smem_limit", [], "above the device's opt-in limit of 101376"),  # what an RTX 4090 grants
     ("smem_attribute", [], "above 48 KB, without cudaFuncSetAttribute"),
 ]
@@ -162,6 +164,16 @@ def test_asan_reports_writes_past_the_end(mode, error):
     assert proc.returncode != 0 and error in proc.stderr, proc.stderr
     (line,) = site_lines(mode)
     assert f"{NEGATIVE}.cu:{line}" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["cp_async_early", "cp_async_unpublished"])
+def test_asan_reports_cp_async_destination_read_too_early(mode):
+    # the destination is poisoned from the cp.async until its thread's cp.async.wait_group lands it
+    for sched in ("fwd", "rev"):
+        proc = run(build(NEGATIVE, True), mode, env=SCHEDULES[sched])
+        assert proc.returncode != 0 and "use-after-poison" in proc.stderr, proc.stderr
+        (line,) = site_lines(mode)
+        assert f"{NEGATIVE}.cu:{line}" in proc.stderr, proc.stderr
 
 
 NVCC = shutil.which("nvcc") or next((p for p in ["/usr/local/cuda/bin/nvcc"] if Path(p).exists()), None)

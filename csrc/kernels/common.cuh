@@ -6,6 +6,7 @@
 //   STATIC_SHARED(T, name)   declares the block's static shared `T name` (T may be an array type: float[64]);
 //                            the emulator gives it a per-block area with guards (plain __shared__ has none)
 //   load_vector<V>(p) / store_vector(p, v)  16-byte (or 8-byte) accesses, which must be aligned to their size
+//   cp_async_16(smem, gmem[, src_valid]) / cp_async_commit() / cp_async_wait<N>()  asynchronous copies (sm_80)
 //   mma_m16n8k16_bf16 / _f16  D = A*B + C, A 16x16 row-major, B 16x8 col-major, fp32 accumulate
 //   ldmatrix_x4 / ldmatrix_x4_trans  four 8x8 b16 matrices from shared memory
 // Fragment layouts are those of the PTX ISA (summarised in csrc/simt/mma.h).
@@ -114,6 +115,41 @@ __device__ __forceinline__ void store_vector(void* p, const V& v FASTAR_SITE_PAR
   *static_cast<V*>(p) = v;
 }
 
+// cp.async (sm_80 on): 16 bytes from global gmem to shared smem, both 16-byte aligned, or 16 zeros when !src_valid
+// (gmem, still a valid address, is not read). The copy lands when this thread's cp_async_wait<N> lets its commit
+// group complete, and other threads may read it only after a __syncthreads that follows that wait; the source
+// must not change before. The emulator fills the destination with the schedule's byte at issue (ASan: poisons
+// it), so a read too early shows up.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool src_valid = true FASTAR_SITE_PARAMS) {
+#ifdef SIMT_CPU
+  SIMT_CP_ASYNC(smem, gmem, 16, src_valid ? 16 : 0);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(
+                   static_cast<unsigned>(__cvta_generic_to_shared(smem))),
+               "l"(gmem), "r"(src_valid ? 16 : 0)
+               : "memory");
+#elif defined(__CUDA_ARCH__)
+  *static_cast<uint4*>(smem) = src_valid ? *static_cast<const uint4*>(gmem) : make_uint4(0, 0, 0, 0);
+#endif
+}
+// Closes this thread's group of the cp.async issued since its previous commit (possibly none).
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef SIMT_CPU
+  SIMT_CP_ASYNC_COMMIT();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+// Waits until at most the newest N of this thread's committed groups are in flight: the older ones have landed.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef SIMT_CPU
+  SIMT_CP_ASYNC_WAIT(N);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
 template <class T>
 struct DtypeOf;
 template <>
@@ -146,6 +182,10 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 template <>
 __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
+
+// cudaDevAttrMaxSharedMemoryPerBlockOptin of sm_86 / sm_89 / sm_120, the smallest of the GPUs fastar supports (and
+// the emulator's default): dynamic shared memory within it fits every one.
+constexpr size_t kSmallestOptinSmem = 101376;
 
 inline size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 __host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }

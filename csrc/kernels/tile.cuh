@@ -24,21 +24,28 @@ constexpr int kStride = C + 16 / int(sizeof(T));
 // is the address of source row i, 16-byte aligned, so rows may be gathered from anywhere (HiT's blocks of an
 // image). kBlock threads (tid < kBlock) share the copy; each thread moves 16 bytes at a time.
 // `cols` (a multiple of 16 bytes, <= D): columns past it are zeros too.
-template <class T, int R, int D, int kBlock, class Row>
+// kAsync: by cp.async, zeros included; the caller commits the group, and the tile may be read after its
+// cp_async_wait and a __syncthreads.
+template <class T, int R, int D, int kBlock, bool kAsync = false, class Row>
 __device__ __forceinline__ void load_rows(T* tile, Row row, int r0, int rows, int tid, int cols = D) {
   constexpr int kVec = 16 / sizeof(T), kPerRow = D / kVec;
   for (int e = tid; e < R * kPerRow; e += kBlock) {
     const int r = e / kPerRow, c = e % kPerRow * kVec;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (r0 + r < rows && c < cols) v = load_vector<uint4>(row(r0 + r) + c);
-    store_vector(tile + r * kStride<T, D> + c, v);
+    const bool in = r0 + r < rows && c < cols;
+    if constexpr (kAsync) {
+      cp_async_16(tile + r * kStride<T, D> + c, in ? row(r0 + r) + c : row(r0), in);  // row r0 exists: not read
+    } else {
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (in) v = load_vector<uint4>(row(r0 + r) + c);
+      store_vector(tile + r * kStride<T, D> + c, v);
+    }
   }
 }
 
 // load_rows of rows `ld` elements apart from src.
-template <class T, int R, int D, int kBlock>
+template <class T, int R, int D, int kBlock, bool kAsync = false>
 __device__ __forceinline__ void load_tile(T* tile, const T* src, int64_t ld, int r0, int rows, int tid) {
-  load_rows<T, R, D, kBlock>(tile, [&](int i) { return src + i * ld; }, r0, rows, tid);
+  load_rows<T, R, D, kBlock, kAsync>(tile, [&](int i) { return src + i * ld; }, r0, rows, tid);
 }
 
 // Whether rows `ld` elements apart from src, `cols` elements each, are 16-byte vectors: src aligned and both
@@ -51,11 +58,12 @@ __device__ __forceinline__ bool vector_rows(const T* src, int64_t ld, int cols) 
 
 // load_tile of the first `cols` <= D columns of rows of any alignment, zeros past them: 16-byte loads where
 // vector_rows, else one element at a time (a KV cache read in place whatever its head dim and storage offset).
-template <class T, int R, int D, int kBlock>
+// kAsync: the 16-byte loads by cp.async (as load_rows); element loads store at once.
+template <class T, int R, int D, int kBlock, bool kAsync = false>
 __device__ __forceinline__ void load_tile_cols(T* tile, const T* src, int64_t ld, int r0, int rows, int cols,
                                                int tid) {
   if (vector_rows(src, ld, cols)) {  // uniform over the block
-    load_rows<T, R, D, kBlock>(tile, [&](int i) { return src + i * ld; }, r0, rows, tid, cols);
+    load_rows<T, R, D, kBlock, kAsync>(tile, [&](int i) { return src + i * ld; }, r0, rows, tid, cols);
     return;
   }
   for (int e = tid; e < R * D; e += kBlock) {

@@ -5,10 +5,12 @@
 #pragma once
 #include <vector_types.h>
 
+#include <climits>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "config.h"
 #include "fiber.h"
@@ -30,6 +32,15 @@ struct Site {
 
 enum class State : unsigned char { ready, running, barrier, warp, exited };
 
+// A cp.async in flight (async_copy.h): `bytes` to shared dst, the first src_bytes of them read from global memory
+// at issue (data), the rest zeros; it lands when its thread waits for its commit group.
+struct AsyncCopy {
+  void* dst;
+  unsigned bytes, src_bytes;
+  int group;  // commits the thread had made when it issued the copy
+  unsigned char data[16];
+};
+
 struct Fiber {
   Context ctx;
   Stack stack;
@@ -39,6 +50,8 @@ struct Fiber {
   Site site{"", 0};        // where it waits
   int pred = 0;            // __syncthreads_count predicate
   void* warp_data = nullptr;  // this lane's operands of the pending warp collective
+  std::vector<AsyncCopy> copies;  // this thread's cp.async in flight, oldest first
+  int commits = 0;                // cp.async groups committed
 };
 
 // fn runs once, on the last lane to arrive, over the operands of all lanes in `mask`.
@@ -97,6 +110,22 @@ inline void poison(void* p, size_t n, bool on) {
 #else
   (void)p, (void)n, (void)on;
 #endif
+}
+
+// Completes the thread's copies of commit groups before `group` (all when group exceeds its commits): their
+// destinations, filled and poisoned since the copy was issued, get the data.
+inline void land_copies(Fiber& f, int group) {
+  size_t kept = 0;
+  for (AsyncCopy& c : f.copies) {
+    if (c.group >= group) {
+      f.copies[kept++] = c;
+      continue;
+    }
+    poison(c.dst, c.bytes, false);
+    std::memcpy(c.dst, c.data, c.src_bytes);
+    std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+  }
+  f.copies.resize(kept);
 }
 
 // [p, p + n) filled with `fill`, then kGuard canary bytes, poisoned.
@@ -323,6 +352,10 @@ inline bool Worker::run_block(const LaunchInfo& l, uint3 bidx) {
     failed = true, error = "cannot map fiber stacks (lower SIMT_STACK_KB)";
     return false;
   }
+  for (int i = 0; i < 1024; ++i) {  // copies an abandoned block left in flight, before shared memory is refilled
+    for (const AsyncCopy& c : fibers[i].copies) poison(c.dst, c.bytes, false);
+    fibers[i].copies.clear();
+  }
   prepare_shared(l.smem);
   uint64_t linear_block = bidx.x + uint64_t(l.grid.x) * (bidx.y + uint64_t(l.grid.y) * bidx.z);
   rng = l.seed ^ (linear_block * 0xd1b54a32d192ed03ull);
@@ -332,6 +365,7 @@ inline bool Worker::run_block(const LaunchInfo& l, uint3 bidx) {
     warps[w] = Warp{}, warps[w].valid = n - 32 * w >= 32 ? ~0u : (1u << (n - 32 * w)) - 1;
   for (int i = 0; i < n; ++i) {
     Fiber& f = fibers[i];
+    f.commits = 0;
     f.id = i, f.state = State::ready;
     f.tid = uint3{unsigned(i % l.block.x), unsigned(i / l.block.x % l.block.y), unsigned(i / (l.block.x * l.block.y))};
     prepare_context(f.ctx, f.stack, fiber_entry);
@@ -352,6 +386,7 @@ inline bool Worker::run_block(const LaunchInfo& l, uint3 bidx) {
   Worker& w = *tl_worker;
   w.launch->body(w.launch->bound);
   Fiber* me = w.current;
+  land_copies(*me, INT_MAX);  // copies never waited for still land (the hardware completes them)
   int lane = me->id & 31;
   Warp& warp = w.warps[me->id >> 5];
   me->state = State::exited, ++w.exited;

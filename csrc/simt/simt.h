@@ -15,6 +15,7 @@
 #include <vector_functions.h>
 #include <vector_types.h>
 
+#include "simt/async_copy.h"
 #include "simt/intrinsics.h"
 #include "simt/launch.h"
 #include "simt/mma.h"
@@ -48,7 +49,7 @@ inline void* static_smem(size_t bytes, size_t align, const char* name, Site site
 }  // namespace simt::detail
 
 // The public interface kernels/common.cuh builds its portable macros on (no kernel names ::simt:: itself):
-// a launch, the block's dynamic shared memory, and the tensor-core instructions as warp collectives that
+// a launch, the block's dynamic shared memory, cp.async, and the tensor-core instructions as warp collectives that
 // report the caller's file:line (a function declared with SIMT_SITE_PARAMS passes its own on).
 #define SIMT_LAUNCH(kernel, ...) ::simt::launcher(kernel, #kernel, __FILE__, __LINE__, __VA_ARGS__)
 #define SIMT_DYNAMIC_SMEM() (::simt::detail::dynamic_smem())
@@ -57,6 +58,9 @@ inline void* static_smem(size_t bytes, size_t align, const char* name, Site site
 #define SIMT_CHECK_ALIGNED(p, bytes) ::simt::detail::check_aligned(p, bytes, SIMT_SITE)
 #define SIMT_MMA_M16N8K16(T, d, a, b, c) ::simt::detail::mma_m16n8k16<T>(d, a, b, c, SIMT_SITE)
 #define SIMT_LDMATRIX_X4(r, row, trans) ::simt::detail::ldmatrix_x4(r, row, trans, SIMT_SITE)
+#define SIMT_CP_ASYNC(dst, src, bytes, src_bytes) ::simt::detail::cp_async(dst, src, bytes, src_bytes, SIMT_SITE)
+#define SIMT_CP_ASYNC_COMMIT() ::simt::detail::cp_async_commit()
+#define SIMT_CP_ASYNC_WAIT(n) ::simt::detail::cp_async_wait(n)
 
 #define threadIdx (::simt::detail::thread_idx())
 #define blockIdx (::simt::detail::block_idx())

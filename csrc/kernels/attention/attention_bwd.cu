@@ -2,7 +2,8 @@
 // delta = rowsum(dO * O) (a pre-pass):
 //   dV = P^T dO,  dP = dO V^T,  dS = scale P * (dP - delta),  dK = dS^T Q,  dQ = dS K.
 // A block owns 64 keys of one query head (16 per warp, as rows of S^T = K Q^T, so dK and dV stay in
-// registers) and walks the query tiles the mask shows; dQ is added to an fp32 buffer with atomics (one add per
+// registers) and walks the query tiles the mask shows, loading the next one by cp.async while the current one is
+// computed (two stages where shared memory allows, else one refilled during dQ); dQ is added to an fp32 buffer with atomics (one add per
 // element per key block, in key-block order under the emulator) and converted to the output type at the end.
 #include <string>
 
@@ -17,38 +18,43 @@ constexpr int kTileK = 64;  // keys per block, 16 per warp
 template <int D>
 constexpr int kTileQ = D == 128 ? 32 : 64;  // queries per step: bounds S^T and dP^T beside 128-wide dK and dV
 
-// Dynamic shared memory of a block with kM queries per step: k, v (64 x D); q, dO (kM x D); dS^T and for float32
-// P^T (64 x kM); lse, delta.
-size_t bwd_smem(size_t elem, bool f32, int D, int kM) {
+// Dynamic shared memory of a block with kM queries per step and `stages` buffers of the query-side operands: k, v
+// (64 x D); stages x (q, dO (kM x D), lse, delta (kM)); dS^T and for float32 P^T (64 x kM).
+size_t bwd_smem(size_t elem, bool f32, int D, int kM, int stages) {
   const auto stride = [elem](int c) { return size_t(c) + 16 / elem; };  // kStride
-  return elem * (2 * (kTileK + kM) * stride(D) + (f32 ? 2 : 1) * kTileK * stride(kM)) + 2 * kM * sizeof(float);
+  return elem * (2 * (kTileK + stages * kM) * stride(D) + (f32 ? 2 : 1) * kTileK * stride(kM)) +
+         2 * stages * kM * sizeof(float);
 }
 
 // The smallest tile the launcher has: float32 has a half tile too, since its full one (104,960 B at D = 64,
-// 120,064 B at D = 128) does not fit the 101,376 B of sm_86 / sm_89 / sm_120; 16-bit types fit everywhere.
+// 120,064 B at D = 128, one stage) does not fit the 101,376 B of sm_86 / sm_89 / sm_120; 16-bit types fit
+// everywhere with two stages (75,264 B at D = 128).
 int min_tile_q(const AttentionBwdParams& p) {
   const int full = p.D == 128 ? kTileQ<128> : kTileQ<64>;
   return p.dtype == Dtype::f32 ? full / 2 : full;
 }
-size_t smem_bytes(const AttentionBwdParams& p, int kM) {
-  return bwd_smem(p.dtype == Dtype::f32 ? 4 : 2, p.dtype == Dtype::f32, p.D, kM);
-}
-
-// Queries per step: the largest tile whose shared memory fits the device's opt-in limit; 0 if none does.
-int tile_q(const AttentionBwdParams& p) {
-  for (int kM = p.D == 128 ? kTileQ<128> : kTileQ<64>; kM >= min_tile_q(p); kM /= 2)
-    if (smem_bytes(p, kM) <= size_t(p.max_smem)) return kM;
-  return 0;
+size_t smem_bytes(const AttentionBwdParams& p, int kM, int stages) {
+  return bwd_smem(p.dtype == Dtype::f32 ? 4 : 2, p.dtype == Dtype::f32, p.D, kM, stages);
 }
 
 struct Plan {
-  int tile_q, n_qt, n_kt;
+  int tile_q, stages, n_qt, n_kt;
   size_t delta_offset, dq_offset, bytes;  // workspace: tile flags, delta (B*H*Lq), dq_accum (B*H*Lq, D) fp32
 };
 
+// Queries per step and stages: the largest tile whose shared memory fits the device's opt-in limit, with two
+// stages if they fit too (at 101,376 B float32 runs D = 32 and 64 at 64 and 32 queries with two stages, D = 128
+// at 16 with one: 111,872 B for two); tile_q 0 if none does.
+void choose_tile(const AttentionBwdParams& p, Plan& s) {
+  s.tile_q = s.stages = 0;
+  for (int kM = p.D == 128 ? kTileQ<128> : kTileQ<64>; kM >= min_tile_q(p) && !s.tile_q; kM /= 2)
+    for (int stages = 2; stages >= 1 && !s.tile_q; --stages)
+      if (smem_bytes(p, kM, stages) <= size_t(p.max_smem)) s.tile_q = kM, s.stages = stages;
+}
+
 Plan plan(const AttentionBwdParams& p) {
   Plan s{};
-  s.tile_q = tile_q(p);
+  choose_tile(p, s);
   s.n_qt = cdiv(p.Lq, std::max(s.tile_q, 1)), s.n_kt = cdiv(p.Lk, kTileK);
   const size_t rows = size_t(p.B) * p.H * p.Lq;
   s.delta_offset = align256(size_t(s.n_qt) * s.n_kt);
@@ -76,20 +82,21 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_prep_kernel(const Atte
   if (lane == 0) delta[row] = sum;
 }
 
-// Grid (B * H, key tiles). flags: (n_qt, n_kt) tile kinds for (kM, kTileK) tiles, or nullptr for the full mask. 16-bit types feed P^T and
-// dS^T to the dV and dK products from registers (their C fragments as A fragments); float32 from shared memory.
+// Grid (B * H, key tiles). flags: (n_qt, n_kt) tile kinds for (kM, kTileK) tiles, or nullptr for the full mask.
+// stages (1 or 2, uniform): buffers of the query-side operands (bwd_smem). 16-bit types feed P^T and dS^T to the dV
+// and dK products from registers (their C fragments as A fragments); float32 from shared memory.
 template <class T, int D, int kM>
 __global__ void __launch_bounds__(kThreads, 1) attention_bwd_kernel(const AttentionBwdParams p, const uint8_t* flags,
-                                                                 const float* delta, float* dq_accum) {
+                                                                 const float* delta, float* dq_accum, int stages) {
   constexpr int S = kStride<T, D>, SM = kStride<T, kM>;
+  constexpr int kStage = 2 * kM * S;  // elements of a stage's q and dO
   DYNAMIC_SHARED(T, k_s);        // (64, S)
   T* v_s = k_s + kTileK * S;     // (64, S)
-  T* q_s = v_s + kTileK * S;     // (kM, S)
-  T* do_s = q_s + kM * S;        // (kM, S)
-  T* dst_s = do_s + kM * S;                         // (64, SM): dS^T, the A operand of dQ for every warp
+  T* qdo_s = v_s + kTileK * S;   // stages x (q (kM, S), dO (kM, S))
+  T* dst_s = qdo_s + stages * kStage;               // (64, SM): dS^T, the A operand of dQ for every warp
   T* pt_s = dst_s + kTileK * SM;                    // (64, SM), float32 only: P^T
-  float* lse_s = reinterpret_cast<float*>(pt_s + (kF32<T> ? kTileK * SM : 0));  // (kM,): lse log2(e), +inf past Lq
-  float* delta_s = lse_s + kM;                                    // (kM,)
+  float* ld_s = reinterpret_cast<float*>(pt_s + (kF32<T> ? kTileK * SM : 0));  // stages x (lse log2(e), +inf
+                                                                                // past Lq; delta), (kM,) each
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
   const int bh = blockIdx.x, kt = blockIdx.y, b = bh / p.H, h = bh % p.H, hk = h / (p.H / p.Hk);
   const int k0 = kt * kTileK, n_qt = cdiv(p.Lq, kM), n_kt = gridDim.y;
@@ -97,24 +104,44 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_kernel(const Attent
   const int64_t row0 = int64_t(bh) * p.Lq;  // first (b, h) row of q, out, lse, delta
   const T* q = static_cast<const T*>(p.q) + row0 * D;
   const T* dout = static_cast<const T*>(p.dout) + row0 * D;
-
-  load_tile<T, kTileK, D, kThreads>(k_s, head_base<T>(p.k, p.k_strides, b, hk), p.k_strides[2], k0, p.Lk, tid);
-  load_tile<T, kTileK, D, kThreads>(v_s, head_base<T>(p.v, p.v_strides, b, hk), p.v_strides[2], k0, p.Lk, tid);
-  float dk[D / 8][4] = {}, dv[D / 8][4] = {};
-  for (int qt = 0; qt < n_qt; ++qt) {
-    const int q0 = qt * kM;
+  const auto kind_of = [&](int qt) {  // uniform over the block
     const uint8_t flag = flags ? flags[qt * n_kt + kt] : full_mask_tile(k0, kTileK, p.Lk);
-    const uint8_t kind = tile_with_key_len(flag, p.mask, b, k0, k0 + kTileK);
-    if (kind == kTileSkip) continue;  // uniform over the block
-    __syncthreads();                  // the previous step's reads of q_s, do_s, dst_s are done
-    load_tile<T, kM, D, kThreads>(q_s, q, D, q0, p.Lq, tid);
-    load_tile<T, kM, D, kThreads>(do_s, dout, D, q0, p.Lq, tid);
+    return tile_with_key_len(flag, p.mask, b, k0, k0 + kTileK);
+  };
+  const auto next_shown = [&](int qt) {  // skipped tiles (all hidden) are never loaded
+    while (qt < n_qt && kind_of(qt) == kTileSkip) ++qt;
+    return qt;
+  };
+  const auto load_q = [&](int qt, int stage) {  // q, dO by cp.async (one group), lse and delta stored at once
+    const int q0 = qt * kM;
+    T* q_dst = qdo_s + stage * kStage;
+    load_tile<T, kM, D, kThreads, true>(q_dst, q, D, q0, p.Lq, tid);
+    load_tile<T, kM, D, kThreads, true>(q_dst + kM * S, dout, D, q0, p.Lq, tid);
+    cp_async_commit();
+    float* lse_dst = ld_s + stage * 2 * kM;
     for (int i = tid; i < kM; i += kThreads) {
       const bool in = q0 + i < p.Lq;
-      lse_s[i] = in ? p.lse[row0 + q0 + i] * kLog2e : INFINITY;
-      delta_s[i] = in ? delta[row0 + q0 + i] : 0.f;
+      lse_dst[i] = in ? p.lse[row0 + q0 + i] * kLog2e : INFINITY;
+      lse_dst[kM + i] = in ? delta[row0 + q0 + i] : 0.f;
     }
-    __syncthreads();
+  };
+
+  load_tile<T, kTileK, D, kThreads, true>(k_s, head_base<T>(p.k, p.k_strides, b, hk), p.k_strides[2], k0, p.Lk, tid);
+  load_tile<T, kTileK, D, kThreads, true>(v_s, head_base<T>(p.v, p.v_strides, b, hk), p.v_strides[2], k0, p.Lk, tid);
+  int qt = next_shown(0);
+  if (qt < n_qt) load_q(qt, 0);
+  else cp_async_commit();
+  float dk[D / 8][4] = {}, dv[D / 8][4] = {};
+  for (int stage = 0; qt < n_qt; stage ^= stages - 1) {
+    cp_async_wait<0>();
+    __syncthreads();  // query tile qt is in `stage` for every thread (k_s, v_s too); the other stage is unread
+    const int q0 = qt * kM, next = next_shown(qt + 1);
+    const uint8_t kind = kind_of(qt);
+    if (stages == 2 && next < n_qt) load_q(next, stage ^ 1);  // lands while tile qt is computed
+    const T* q_s = qdo_s + stage * kStage;
+    const T* do_s = q_s + kM * S;
+    const float* lse_s = ld_s + stage * 2 * kM;
+    const float* delta_s = lse_s + kM;
 
     float st[kM / 8][4] = {}, dpt[kM / 8][4] = {};  // S^T and dP^T: this warp's 16 keys x kM queries
     warp_gemm<T, kM / 8, D, false, false>(st, k_s + warp * 16 * S, S, q_s, S, lane);
@@ -145,7 +172,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_kernel(const Attent
       c_to_a_frags<T>(af, dpt);
       warp_gemm_a_frags<T, D / 8, kM, true>(dk, af, q_s, S, lane);
     }
-    __syncthreads();  // dQ reads every warp's dS^T
+    __syncthreads();  // dQ reads every warp's dS^T; q_s, do_s, lse_s, delta_s are done with
+    if (stages == 1 && next < n_qt) load_q(next, 0);  // one buffer: refilled while dQ is computed
 
     // dQ (kM x D) += dS K, as (kM/16) x (D/32) chunks of 16 x 32 spread over the warps.
     for (int c = warp; c < (kM / 16) * (D / 32); c += kWarps) {
@@ -160,33 +188,46 @@ __global__ void __launch_bounds__(kThreads, 1) attention_bwd_kernel(const Attent
         for (int nt = 0; nt < 4; ++nt) atomicAdd(&dq_accum[(row0 + qi) * D + dc + 8 * nt + 2 * t + (i & 1)], dq[nt][i]);
       }
     }
+    qt = next;
   }
+  cp_async_wait<0>();  // k and v, when no query tile was shown
 
-  // dK, dV rows of this block: (B, H, Lk, D), one per query head.
+  // dK, dV rows of this block: (B, H, Lk, D), one per query head; columns 2t, 2t + 1 of each 8 as one packed store.
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int key = k0 + warp * 16 + g + 8 * (i >> 1);
+  for (int r = 0; r < 2; ++r) {
+    const int key = k0 + warp * 16 + g + 8 * r;
     if (key >= p.Lk) continue;
-    const int64_t at = (int64_t(bh) * p.Lk + key) * D + 2 * t + (i & 1);
+    const int64_t at = (int64_t(bh) * p.Lk + key) * D + 2 * t;
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {
-      if (p.dkv_float) {
-        static_cast<float*>(p.dk)[at + 8 * dt] = dk[dt][i];
-        static_cast<float*>(p.dv)[at + 8 * dt] = dv[dt][i];
-      } else {
-        static_cast<T*>(p.dk)[at + 8 * dt] = from_float<T>(dk[dt][i]);
-        static_cast<T*>(p.dv)[at + 8 * dt] = from_float<T>(dv[dt][i]);
+      const float* k2 = &dk[dt][2 * r];
+      const float* v2 = &dv[dt][2 * r];
+      if (kF32<T> || p.dkv_float) {
+        store_vector(static_cast<float*>(p.dk) + at + 8 * dt, make_float2(k2[0], k2[1]));
+        store_vector(static_cast<float*>(p.dv) + at + 8 * dt, make_float2(v2[0], v2[1]));
+      } else if constexpr (!kF32<T>) {
+        store_vector(static_cast<T*>(p.dk) + at + 8 * dt, pack2<T>(k2[0], k2[1]));
+        store_vector(static_cast<T*>(p.dv) + at + 8 * dt, pack2<T>(v2[0], v2[1]));
       }
     }
   }
 }
 
-// dq = dq_accum in the output type, (B*H*Lq*D) elements.
+// dq = dq_accum in the output type, (B*H*Lq*D) elements, 8 per thread and step: two 16-byte loads, 16-byte stores
+// (two for float32). n is a multiple of 8 (of D); dq and the workspace are 16-byte aligned.
 template <class T>
 __global__ void __launch_bounds__(kThreads) attention_bwd_dq_kernel(const AttentionBwdParams p,
                                                                     const float* dq_accum, int64_t n) {
-  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += int64_t(gridDim.x) * kThreads)
-    static_cast<T*>(p.dq)[i] = from_float<T>(dq_accum[i]);
+  for (int64_t i = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * 8; i < n; i += int64_t(gridDim.x) * kThreads * 8) {
+    const float4 a = load_vector<float4>(dq_accum + i), b = load_vector<float4>(dq_accum + i + 4);
+    if constexpr (kF32<T>) {
+      store_vector(static_cast<float*>(p.dq) + i, a);
+      store_vector(static_cast<float*>(p.dq) + i + 4, b);
+    } else {
+      store_vector(static_cast<T*>(p.dq) + i, make_uint4(pack2<T>(a.x, a.y), pack2<T>(a.z, a.w), pack2<T>(b.x, b.y),
+                                                         pack2<T>(b.z, b.w)));
+    }
+  }
 }
 
 }  // namespace
@@ -196,7 +237,7 @@ size_t attention_bwd_workspace_bytes(const AttentionBwdParams& p) { return plan(
 std::string attention_bwd_unsupported(const AttentionBwdParams& p) {
   const Plan s = plan(p);
   if (!s.tile_q)
-    return "its kernel needs " + std::to_string(smem_bytes(p, min_tile_q(p))) + " bytes of shared memory per block, the device allows " + std::to_string(p.max_smem);
+    return "its kernel needs " + std::to_string(smem_bytes(p, min_tile_q(p), 1)) + " bytes of shared memory per block, the device allows " + std::to_string(p.max_smem);
   if (s.n_kt > 65535 || s.n_qt > 65535)  // gridDim.y of the kernel and of the tile flags
     return "Lq = " + std::to_string(p.Lq) + " and Lk = " + std::to_string(p.Lk) + " must stay within 65535 tiles of " +
            std::to_string(s.tile_q) + " queries and " + std::to_string(kTileK) + " keys";
@@ -225,20 +266,20 @@ cudaError_t attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t strea
     }
     if (p.Lk > 0) {
       const dim3 grid(p.B * p.H, s.n_kt);
-      const auto run = [&](auto kernel, size_t smem) {
-        return launch_with_smem(kernel, grid, kThreads, smem, stream, p, flags, static_cast<const float*>(delta),
-                                dq_accum);
+      const auto run = [&](auto kernel, int kM) {
+        return launch_with_smem(kernel, grid, kThreads, bwd_smem(sizeof(T), kF32<T>, D, kM, s.stages), stream, p,
+                                flags, static_cast<const float*>(delta), dq_accum, s.stages);
       };
       constexpr int kFull = kTileQ<D>, kHalf = kFull / 2;
       cudaError_t e = cudaErrorInvalidValue;
-      if (s.tile_q == kFull) e = run(attention_bwd_kernel<T, D, kFull>, bwd_smem(sizeof(T), kF32<T>, D, kFull));
+      if (s.tile_q == kFull) e = run(attention_bwd_kernel<T, D, kFull>, kFull);
       if constexpr (kF32<T>)  // the only dtype whose full tile may not fit
-        if (s.tile_q == kHalf) e = run(attention_bwd_kernel<T, D, kHalf>, bwd_smem(sizeof(T), true, D, kHalf));
+        if (s.tile_q == kHalf) e = run(attention_bwd_kernel<T, D, kHalf>, kHalf);
       if (e) return e;
     }
     if (rows == 0) return cudaSuccess;
     const int64_t n = rows * D;
-    const unsigned blocks = unsigned(std::min<int64_t>((n + kThreads - 1) / kThreads, 4096));
+    const unsigned blocks = unsigned(std::min<int64_t>((n / 8 + kThreads - 1) / kThreads, 4096));
     LAUNCH(attention_bwd_dq_kernel<T>, blocks, kThreads, 0, stream)(p, static_cast<const float*>(dq_accum), n);
     return cudaGetLastError();
   });

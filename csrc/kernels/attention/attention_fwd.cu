@@ -5,7 +5,8 @@
 // Skipped tiles (all hidden) read no k/v; full tiles skip the per-element mask. Operands whose rows are not all
 // 16-byte vectors of D elements (a KV cache of head dim 40 or at an odd offset, read in place by decode) take the
 // kAnyRows variant: D_in <= D columns, zeros past them (no dot product changes, output columns past D_in are zero),
-// 16-byte loads where a head's rows allow them, else element loads; the vector variant keeps its registers. When (batch x heads x query
+// 16-byte loads where a head's rows allow them, else element loads; the vector variant keeps its registers.
+// K and V tiles come by cp.async into a second buffer while the current tile is computed (kStages). When (batch x heads x query
 // tiles) cannot fill the GPU (decode, small batches) the key tiles are split over gridDim.z and a second
 // kernel merges the partial (out, lse) pairs: out = sum_s e^{lse_s - lse} out_s, lse = log sum_s e^{lse_s}.
 #include "kernels/attention/flash_tile.cuh"
@@ -55,17 +56,25 @@ bool vector_operands(const AttentionParams& p) {
   return p.D_in == p.D && aligned(p.q, p.q_strides) && aligned(p.k, p.k_strides) && aligned(p.v, p.v_strides);
 }
 
-// R rows of an operand into shared memory: any rows (load_tile_cols) or 16-byte vector rows of D (load_tile).
-template <class T, int R, int D, bool kAnyRows>
+// R rows of an operand into shared memory: any rows (load_tile_cols) or 16-byte vector rows of D (load_tile);
+// kAsync: by cp.async where rows are vectors (see tile.cuh).
+template <class T, int R, int D, bool kAnyRows, bool kAsync = false>
 __device__ __forceinline__ void load_operand(T* tile, const T* src, int64_t ld, int r0, int rows, int cols, int tid) {
-  if constexpr (kAnyRows) load_tile_cols<T, R, D, kThreads>(tile, src, ld, r0, rows, cols, tid);
-  else load_tile<T, R, D, kThreads>(tile, src, ld, r0, rows, tid);
+  if constexpr (kAnyRows) load_tile_cols<T, R, D, kThreads, kAsync>(tile, src, ld, r0, rows, cols, tid);
+  else load_tile<T, R, D, kThreads, kAsync>(tile, src, ld, r0, rows, tid);
 }
 
 template <class T, int D>
-constexpr size_t fwd_smem() {  // q (64 x D), k and v (kTileK x D), p (64 x kTileK) for float32
-  return sizeof(T) * ((kTileQ + 2 * kTileK<D>) * kStride<T, D> + (kF32<T> ? kTileQ * kStride<T, kTileK<D>> : 0));
+constexpr size_t fwd_smem(int stages) {  // q (64 x D), `stages` x k and v (kTileK x D), p (64 x kTileK) for float32
+  return sizeof(T) * ((kTileQ + 2 * stages * kTileK<D>) * kStride<T, D> +
+                      (kF32<T> ? kTileQ * kStride<T, kTileK<D>> : 0));
 }
+
+// K/V buffers: two (the next tile loads while this one is computed) where they fit every supported GPU; float32
+// at D = 64 (104,448 B) and D = 128 (110,592 B) does not, and keeps one (69,632 B and 76,800 B), loaded after
+// the tile's compute.
+template <class T, int D>
+constexpr int kStages = fwd_smem<T, D>(2) <= kSmallestOptinSmem ? 2 : 1;
 
 // Grid (B * H, query tiles, splits). flags: (n_qt, n_kt) tile kinds, or nullptr for the full mask. With one split it writes out (of T) and lse;
 // with several, out_accum (splits, B*H*Lq, D) normalized partial outputs and lse_accum (splits, B*H*Lq).
@@ -77,9 +86,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
                                                                     float* lse_accum) {
   constexpr int kN = kTileK<D>, S = kStride<T, D>, SP = kStride<T, kN>;
   DYNAMIC_SHARED(T, q_s);       // (64, S)
-  T* k_s = q_s + kTileQ * S;    // (kN, S)
-  T* v_s = k_s + kN * S;        // (kN, S)
-  T* p_s = v_s + kN * S;        // (64, SP), float32 only: probabilities, the A operand of P V
+  T* kv_s = q_s + kTileQ * S;   // kStages x (k (kN, S), v (kN, S))
+  T* p_s = kv_s + kStages<T, D> * 2 * kN * S;  // (64, SP), float32 only: probabilities, the A operand of P V
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
   const int bh = blockIdx.x, qt = blockIdx.y, split = blockIdx.z;
   const int b = bh / p.H, h = bh % p.H, hk = h / (p.H / p.Hk);
@@ -89,12 +97,33 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
   const T* q_w = q_s + warp * 16 * S;  // this warp's 16 query rows
   T* p_w = p_s + warp * 16 * SP;       // and of P
 
-  load_operand<T, kTileQ, D, kAnyRows>(q_s, head_base<T>(p.q, p.q_strides, b, h), p.q_strides[2], q0, p.Lq, p.D_in,
-                                       tid);
   const T* k = head_base<T>(p.k, p.k_strides, b, hk);
   const T* v = head_base<T>(p.v, p.v_strides, b, hk);
+  const int kt_end = min(n_kt, (split + 1) * kt_per_split);
+  const auto kind_of = [&](int kt) {  // uniform over the block
+    const uint8_t flag = flags ? flags[qt * n_kt + kt] : full_mask_tile(kt * kN, kN, p.Lk);
+    return tile_with_key_len(flag, p.mask, b, kt * kN, kt * kN + kN);
+  };
+  const auto next_shown = [&](int kt) {  // skipped tiles (all hidden) are never loaded
+    while (kt < kt_end && kind_of(kt) == kTileSkip) ++kt;
+    return kt;
+  };
+  const auto load_kv = [&](int kt, int stage) {  // one cp.async group
+    T* k_dst = kv_s + stage * 2 * kN * S;
+    load_operand<T, kN, D, kAnyRows, true>(k_dst, k, p.k_strides[2], kt * kN, p.Lk, p.D_in, tid);
+    load_operand<T, kN, D, kAnyRows, true>(k_dst + kN * S, v, p.v_strides[2], kt * kN, p.Lk, p.D_in, tid);
+    cp_async_commit();
+  };
+
+  load_operand<T, kTileQ, D, kAnyRows, true>(q_s, head_base<T>(p.q, p.q_strides, b, h), p.q_strides[2], q0, p.Lq,
+                                             p.D_in, tid);
+  cp_async_commit();
+  int kt = next_shown(split * kt_per_split);
+  if (kt < kt_end) load_kv(kt, 0);
+  else cp_async_commit();  // an empty group: the wait below counts on one after Q's
   uint32_t qf[kF32<T> ? 1 : D / 16][4];  // 16-bit: the warp's Q rows as A fragments
   if constexpr (!kF32<T>) {
+    cp_async_wait<1>();  // Q landed, the first K/V tile may be in flight
     __syncthreads();
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) load_a_frag<false>(qf[kc], q_w, S, 16 * kc, LdsmLane(lane));
@@ -102,16 +131,14 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
 
   float o[D / 8][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // rows g and g + 8 of the warp: raw-score max, sum
-  const int kt_end = min(n_kt, (split + 1) * kt_per_split);
-  for (int kt = split * kt_per_split; kt < kt_end; ++kt) {
-    const int k0 = kt * kN;
-    const uint8_t flag = flags ? flags[qt * n_kt + kt] : full_mask_tile(k0, kN, p.Lk);
-    const uint8_t kind = tile_with_key_len(flag, p.mask, b, k0, k0 + kN);
-    if (kind == kTileSkip) continue;  // uniform over the block
-    __syncthreads();                  // the previous tile's k_s / v_s reads are done (and q_s is loaded)
-    load_operand<T, kN, D, kAnyRows>(k_s, k, p.k_strides[2], k0, p.Lk, p.D_in, tid);
-    load_operand<T, kN, D, kAnyRows>(v_s, v, p.v_strides[2], k0, p.Lk, p.D_in, tid);
-    __syncthreads();
+  for (int stage = 0; kt < kt_end; stage ^= kStages<T, D> - 1) {
+    cp_async_wait<0>();
+    __syncthreads();  // tile kt is in `stage` for every thread (and q_s too); the reads of the other stage are done
+    const int k0 = kt * kN, next = next_shown(kt + 1);
+    const uint8_t kind = kind_of(kt);
+    if (kStages<T, D> == 2 && next < kt_end) load_kv(next, stage ^ 1);  // lands while tile kt is computed
+    const T* k_s = kv_s + stage * 2 * kN * S;
+    const T* v_s = k_s + kN * S;
 
     float s[kN / 8][4] = {};  // scores, then probabilities
     if constexpr (kF32<T>) warp_gemm<T, kN / 8, D, false, false>(s, q_w, S, k_s, S, lane);
@@ -160,7 +187,13 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
       c_to_a_frags<T>(pf, s);
       warp_gemm_a_frags<T, D / 8, kN, true>(o, pf, v_s, S, lane);
     }
+    if (kStages<T, D> == 1 && next < kt_end) {  // one buffer: refilled once every warp is done with it
+      __syncthreads();
+      load_kv(next, 0);
+    }
+    kt = next;
   }
+  cp_async_wait<0>();  // Q, when no key tile was shown
 
   const bool split_out = gridDim.z > 1;
 #pragma unroll
@@ -196,11 +229,16 @@ __global__ void __launch_bounds__(kThreads) attention_combine_kernel(const Atten
   float sum = 0.f;
   for (int s = 0; s < splits; ++s) sum += mx == -INFINITY ? 0.f : expf(lse_accum[s * rows + row] - mx);
   const float lse = sum > 0.f ? mx + logf(sum) : -INFINITY;
-  for (int c = lane; c < D; c += 32) {
-    float acc = 0.f;
+  for (int c = 2 * lane; c < D; c += 64) {  // a column pair per lane: one packed store
+    float2 acc = make_float2(0.f, 0.f);
     for (int s = 0; s < splits; ++s)
-      if (sum > 0.f) acc += expf(lse_accum[s * rows + row] - lse) * out_accum[(s * rows + row) * D + c];
-    static_cast<T*>(p.out)[row * D + c] = from_float<T>(acc);
+      if (sum > 0.f) {
+        const float w = expf(lse_accum[s * rows + row] - lse);
+        const float2 part = load_vector<float2>(out_accum + (s * rows + row) * D + c);
+        acc.x += w * part.x, acc.y += w * part.y;
+      }
+    if constexpr (kF32<T>) store_vector(static_cast<float*>(p.out) + row * D + c, acc);
+    else store_vector(static_cast<T*>(p.out) + row * D + c, pack2<T>(acc.x, acc.y));
   }
   if (lane == 0) p.lse[row] = lse;
 }
@@ -225,7 +263,7 @@ cudaError_t attention_fwd_launch(const AttentionParams& p, cudaStream_t stream) 
       if (cudaError_t e = attention_tile_flags_launch(p.mask, p.Lq, p.Lk, kTileQ, kTileK<D>, flags, stream)) return e;
     const dim3 grid(p.B * p.H, s.n_qt, s.splits);
     const auto kernel = vector_operands(p) ? attention_fwd_kernel<T, D, false> : attention_fwd_kernel<T, D, true>;
-    if (cudaError_t e = launch_with_smem(kernel, grid, kThreads, fwd_smem<T, D>(), stream, p,
+    if (cudaError_t e = launch_with_smem(kernel, grid, kThreads, fwd_smem<T, D>(kStages<T, D>), stream, p,
                                          static_cast<const uint8_t*>(flags), s.kt_per_split, out_accum, lse_accum))
       return e;
     if (s.splits == 1) return cudaSuccess;

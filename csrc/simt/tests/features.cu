@@ -1,5 +1,5 @@
 // Dynamic shared memory in templated kernels (two instantiations), __launch_bounds__, 3-D
-// grids, bf16 in a kernel, invalid launch configurations, and blocks spread over OS threads.
+// grids, bf16 in a kernel, invalid launch configurations, blocks spread over OS threads, and a cp.async pipeline.
 #include <cuda_bf16.h>
 
 #include "check.h"
@@ -29,6 +29,48 @@ __global__ void ids_3d(int* out, __nv_bfloat16* half_ids) {
 __global__ void read_poison(int* out) {
   DYNAMIC_SHARED(int, buf);
   out[threadIdx.x] = buf[threadIdx.x];
+}
+
+// A 3-stage cp.async pipeline (two tiles in flight, wait_group 1, an empty group at the end, zeros past n): each
+// thread sums its neighbour's 16 bytes of every tile of its block's slice of x, so it reads other threads' copies.
+constexpr int kPipe = 64;
+__global__ void __launch_bounds__(kPipe) pipelined_neighbour_sums(const float4* x, int n, float4* out) {
+  STATIC_SHARED(float4[3][kPipe], s);
+  const int t = threadIdx.x, tiles = fastar::kernels::cdiv(n, kPipe);
+  x += blockIdx.x * n;
+  const auto issue = [&](int j) {
+    const int i = j * kPipe + t;
+    if (j < tiles) fastar::kernels::cp_async_16(&s[j % 3][t], x + min(i, n - 1), i < n);
+    fastar::kernels::cp_async_commit();  // possibly empty: wait_group counts groups
+  };
+  issue(0), issue(1);
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int j = 0; j < tiles; ++j) {
+    fastar::kernels::cp_async_wait<1>();  // this thread's tile j landed, j + 1 may be in flight
+    __syncthreads();  // every thread's tile j is visible, and every read of tile j - 1's stage is done
+    issue(j + 2);     // into that stage
+    const float4 v = s[j % 3][(t + 1) % kPipe];
+    acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
+  }
+  out[blockIdx.x * kPipe + t] = acc;
+}
+
+static void test_cp_async_pipeline(Digest& digest) {
+  const int n = 5 * kPipe + 13, blocks = 2;  // 6 tiles, the last one partial
+  const std::vector<float> x = random_floats(size_t(4) * n * blocks, 7);
+  DeviceBuffer<float> dx(x), dout(size_t(4) * kPipe * blocks);
+  LAUNCH(pipelined_neighbour_sums, blocks, kPipe)(reinterpret_cast<const float4*>(dx.ptr), n,
+                                                  reinterpret_cast<float4*>(dout.ptr));
+  CHECK_CUDA(cudaGetLastError());
+  const std::vector<float> out = dout.download();
+  for (int b = 0; b < blocks; ++b)
+    for (int t = 0; t < kPipe; ++t)
+      for (int c = 0; c < 4; ++c) {
+        float ref = 0.f;  // the kernel's order of additions
+        for (int i = (t + 1) % kPipe; i < n; i += kPipe) ref += x[(size_t(b) * n + i) * 4 + c];
+        CHECK(out[(size_t(b) * kPipe + t) * 4 + c] == ref);
+      }
+  digest.add(out);
 }
 
 template <class T, int kBlock>
@@ -97,6 +139,7 @@ int main() {
   test_reverse<int, 32>(77, digest);
   test_ids(digest);
   test_invalid_configs();
+  test_cp_async_pipeline(digest);
 #ifdef SIMT_CPU
   test_os_threads(digest);
 #endif

@@ -1,6 +1,6 @@
 // Kernels with planted bugs the emulator must report (not hang on), each followed by a correct
-// launch that must still work. Argument: race | uninit | exit | two_sites | one_line | helper | shfl |
-// shfl_outside | misaligned | dyn_smem_oob | static_smem_oob | global_oob | smem_limit | smem_attribute. The pytest checks the
+// launch that must still work. Argument: race | uninit | cp_async_early | cp_async_unpublished | exit | two_sites | one_line | helper | shfl |
+// shfl_outside | misaligned | cp_async_misaligned | dyn_smem_oob | static_smem_oob | global_oob | smem_limit | smem_attribute. The pytest checks the
 // reported file:line against the SITE markers below. global_oob is only reported by ASan (which aborts), like the
 // shared-memory overflows under ASan.
 #include <string>
@@ -27,6 +27,50 @@ __global__ void max_of_uninitialised(int* out) {
     for (int i = 1; i < 64; ++i) m = max(m, s[i]);  // SITE:uninit
     out[blockIdx.x] = m;
   }
+}
+
+// Two-stage cp.async pipelines over `tiles` tiles of 64 int4, summing one int of each 16 bytes. The first reads its
+// tile before cp.async.wait_group, the second reads a neighbour's copy without the __syncthreads after the wait:
+// both read the fill byte of the schedule (ASan: a poisoned destination).
+__global__ void cp_async_read_before_wait(const int4* x, int tiles, int* out) {
+  STATIC_SHARED(int4[2][64], s);
+  const int t = threadIdx.x;
+  int acc = 0;
+  fastar::kernels::cp_async_16(&s[0][t], x + t);
+  fastar::kernels::cp_async_commit();
+  for (int j = 0; j < tiles; ++j) {
+    if (j + 1 < tiles) fastar::kernels::cp_async_16(&s[(j + 1) % 2][t], x + (j + 1) * 64 + t);
+    fastar::kernels::cp_async_commit();
+    acc += s[j % 2][t].x;  // SITE:cp_async_early
+    fastar::kernels::cp_async_wait<1>();
+    __syncthreads();
+  }
+  atomicAdd(out, acc);
+}
+
+__global__ void cp_async_unpublished(const int4* x, int tiles, int* out) {
+  STATIC_SHARED(int4[2][64], s);
+  const int t = threadIdx.x;
+  int acc = 0;
+  fastar::kernels::cp_async_16(&s[0][t], x + t);
+  fastar::kernels::cp_async_commit();
+  for (int j = 0; j < tiles; ++j) {
+    fastar::kernels::cp_async_wait<0>();  // this thread's copy landed; no __syncthreads publishes the others'
+    if (j + 1 < tiles) fastar::kernels::cp_async_16(&s[(j + 1) % 2][t], x + (j + 1) * 64 + t);
+    fastar::kernels::cp_async_commit();
+    acc += s[j % 2][(t + 1) % 64].x;  // SITE:cp_async_unpublished
+    __syncthreads();  // the reads of stage j % 2 are done before tile j + 2 overwrites it
+  }
+  atomicAdd(out, acc);
+}
+
+// A cp.async from a global address 8 bytes past a 16-byte boundary.
+__global__ void cp_async_misaligned(const int4* x, int* out) {
+  STATIC_SHARED(int4[64], s);
+  fastar::kernels::cp_async_16(&s[threadIdx.x], reinterpret_cast<const int*>(x + threadIdx.x) + 2);  // SITE:cp_async_misaligned
+  fastar::kernels::cp_async_commit();
+  fastar::kernels::cp_async_wait<0>();
+  out[threadIdx.x] = s[threadIdx.x].x;
 }
 
 __global__ void barrier_after_exit(int* out) {
@@ -122,6 +166,19 @@ int main(int argc, char** argv) {
     std::printf("uninit result %d %d\n", v[0], v[1]);
     return finish(Digest{});
   }
+  if (!std::strncmp(mode, "cp_async_", 9) && std::strcmp(mode, "cp_async_misaligned")) {
+    const int tiles = 4;
+    std::vector<int> x(4 * 64 * tiles);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = int(i % 7);
+    DeviceBuffer<int> dx(x), sum(1);
+    const auto* x4 = reinterpret_cast<const int4*>(dx.ptr);
+    if (!std::strcmp(mode, "cp_async_early")) LAUNCH(cp_async_read_before_wait, 1, 64)(x4, tiles, sum.ptr);
+    else if (!std::strcmp(mode, "cp_async_unpublished")) LAUNCH(cp_async_unpublished, 1, 64)(x4, tiles, sum.ptr);
+    else return 2;
+    CHECK_CUDA(cudaGetLastError());
+    std::printf("%s result %d\n", mode, sum.download()[0]);
+    return finish(Digest{});
+  }
   DeviceBuffer<float> in(4 * 128 + 8);
   int* raw = nullptr;
   cudaError_t expected = cudaErrorLaunchFailure;
@@ -132,6 +189,8 @@ int main(int argc, char** argv) {
   else if (!std::strcmp(mode, "shfl")) LAUNCH(half_warp_full_mask_shfl, 2, 64)(out.ptr);
   else if (!std::strcmp(mode, "shfl_outside")) LAUNCH(shfl_source_outside_mask, 1, 64)(out.ptr);
   else if (!std::strcmp(mode, "misaligned")) LAUNCH(misaligned_vector_load, 1, 128)(in.ptr, out.ptr);
+  else if (!std::strcmp(mode, "cp_async_misaligned"))
+    LAUNCH(cp_async_misaligned, 1, 64)(reinterpret_cast<const int4*>(in.ptr), out.ptr);
   else if (!std::strcmp(mode, "dyn_smem_oob")) LAUNCH(past_dynamic_shared, 1, 26, 100)(out.ptr);
   else if (!std::strcmp(mode, "static_smem_oob")) LAUNCH(past_static_shared, 1, 96)(out.ptr);
   else if (!std::strcmp(mode, "global_oob")) {
