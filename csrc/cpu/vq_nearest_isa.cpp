@@ -12,6 +12,7 @@
 // No N x K buffer exists; extra memory is O(K D) for the pack.
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
 
 #include "cpu/isa_vec.h"
 #include "cpu/vq_nearest_isa.h"
@@ -23,9 +24,13 @@ constexpr int LANES = kLanes<float>;
 // MR * NR score vectors + NR code vectors + one broadcast fit the register file (16 or 32); the MR chunk
 // minima live in L1 (one folded load and a store per row and tile). More rows per tile means fewer passes
 // over the packed codebook, which outgrows L1.
-constexpr int MR = kVectorBytes == 64 ? 12 : 6;  // query rows per micro-tile
-constexpr int NR = 2;                             // code vectors per micro-tile
-constexpr int CHUNK = 4 * NR;                     // code blocks between two argmin updates
+// At D = 8 on 16 registers, 4 x 3 (7 loads per 12 FMAs) beats 6 x 2 (8 loads); with larger D, 6 x 2.
+template <int DC>
+constexpr int MR = kVectorBytes == 64 ? 12 : DC == 8 ? 4 : 6;  // query rows per micro-tile
+template <int DC>
+constexpr int NR = kVectorBytes == 64 || DC != 8 ? 2 : 3;  // code vectors per micro-tile
+template <int DC>
+constexpr int CHUNK = 8 * NR<DC>;  // code blocks between two argmin updates
 
 using vf = avec<float>;
 using vi = avec<int32_t>;
@@ -85,18 +90,26 @@ inline int64_t first_equal(const float* x, int64_t D, const float* codes, const 
   return -1;  // unreachable: the chunk's minimum came from one of its blocks
 }
 
+// Per-row search state across codebook slices: each lane's best score and the first block of the chunk
+// that gave it.
+struct Best {
+  vf value;
+  vi chunk;
+};
+
+// Sweeps code blocks [b0, b1) (chunk-aligned b0) for M rows, updating their state.
 template <int M, int DC>
-void search_rows(const VqPacked& cb, const float* x, int64_t* idx, float* dist) {
-  const int64_t D = cb.D, blocks = (cb.K + LANES - 1) / LANES;
+void sweep(const VqPacked& cb, const float* x, int64_t b0, int64_t b1, Best* st) {
+  const int64_t D = DC ? DC : cb.D;
   vf best[M];
-  vi where[M];  // first block of the chunk that gave each lane's best
-  for (int m = 0; m < M; ++m) best[m] = splat(__builtin_inff()), where[m] = splat_i(0);
-  for (int64_t c = 0; c < blocks; c += CHUNK) {
-    const int64_t end = c + CHUNK < blocks ? c + CHUNK : blocks;
+  vi where[M];
+  for (int m = 0; m < M; ++m) best[m] = st[m].value, where[m] = st[m].chunk;
+  for (int64_t c = b0; c < b1; c += CHUNK<DC>) {
+    const int64_t end = c + CHUNK<DC> < b1 ? c + CHUNK<DC> : b1;
     vf cmin[M];
     for (int m = 0; m < M; ++m) cmin[m] = splat(__builtin_inff());
     int64_t b = c;
-    for (; b + NR <= end; b += NR) tile<M, NR, DC>(x, D, cb.codes, cb.norms, b, cmin);
+    for (; b + NR<DC> <= end; b += NR<DC>) tile<M, NR<DC>, DC>(x, D, cb.codes, cb.norms, b, cmin);
     for (; b < end; ++b) tile<M, 1, DC>(x, D, cb.codes, cb.norms, b, cmin);
     for (int m = 0; m < M; ++m) {
       const vi lt = cmin[m] < best[m];
@@ -104,39 +117,67 @@ void search_rows(const VqPacked& cb, const float* x, int64_t* idx, float* dist) 
       where[m] = lt ? splat_i(static_cast<int32_t>(c)) : where[m];
     }
   }
-  for (int m = 0; m < M; ++m) {
-    float v = __builtin_inff();
-    for (int l = 0; l < LANES; ++l) v = best[m][l] < v ? best[m][l] : v;
-    int64_t a = 0;  // also the answer when no score is finite (a NaN row)
-    if (v < __builtin_inff()) {
-      a = cb.K;
-      for (int l = 0; l < LANES; ++l) {  // only the lanes that reached the minimum (one, unless ties)
-        if (best[m][l] != v) continue;
-        const int64_t c = where[m][l], end = c + CHUNK < blocks ? c + CHUNK : blocks;
-        const int64_t k = first_equal<DC>(x + m * D, D, cb.codes, cb.norms, c, end, l, v);
-        a = k < a ? k : a;
-      }
-    }
-    float xn = 0.f;
-    for (int64_t d = 0; d < D; ++d) xn += x[m * D + d] * x[m * D + d];
-    idx[m] = a;
-    dist[m] = xn + v;
-  }
+  for (int m = 0; m < M; ++m) st[m].value = best[m], st[m].chunk = where[m];
 }
 
-template <int M, int DC>
-void search_tail(const VqPacked& cb, const VqRows& rows, int64_t r, int64_t n) {
-  if constexpr (M > 1) {
-    if (n < M) return search_tail<M - 1, DC>(cb, rows, r, n);
+// The answer of one row from its final state: the lowest code reaching the minimum over the lanes.
+template <int DC>
+void finish(const VqPacked& cb, const float* x, const Best& st, int64_t* idx, float* dist) {
+  const int64_t D = DC ? DC : cb.D, blocks = (cb.K + LANES - 1) / LANES;
+  float v = __builtin_inff();
+  for (int l = 0; l < LANES; ++l) v = st.value[l] < v ? st.value[l] : v;
+  int64_t a = 0;  // also the answer when no score is finite (a NaN row)
+  if (v < __builtin_inff()) {
+    a = cb.K;
+    for (int l = 0; l < LANES; ++l) {  // only the lanes that reached the minimum (one, unless ties)
+      if (st.value[l] != v) continue;
+      const int64_t c = st.chunk[l], end = c + CHUNK<DC> < blocks ? c + CHUNK<DC> : blocks;
+      const int64_t k = first_equal<DC>(x, D, cb.codes, cb.norms, c, end, l, v);
+      a = k < a ? k : a;
+    }
   }
-  search_rows<M, DC>(cb, rows.x + r * cb.D, rows.idx + r, rows.dist + r);
+  float xn = 0.f;
+  for (int64_t d = 0; d < D; ++d) xn += x[d] * x[d];
+  *idx = a;
+  *dist = xn + v;
 }
+
+// Rows [r, r + n) of a group, n < MR: one micro-tile of n rows.
+template <int M, int DC>
+void sweep_tail(const VqPacked& cb, const float* x, int64_t n, int64_t b0, int64_t b1, Best* st) {
+  if constexpr (M > 1) {
+    if (n < M) return sweep_tail<M - 1, DC>(cb, x, n, b0, b1, st);
+  }
+  sweep<M, DC>(cb, x, b0, b1, st);
+}
+
+// Cache blocking: rows in groups of GROUP, the codebook in slices of about SLICE_BYTES (whole chunks); the
+// group's micro-tiles all sweep one slice, which stays in L2, before the next. Each lane sees its codes in
+// increasing order across slices as without them, so the result is the same, bit for bit.
+constexpr int64_t GROUP_TILES = 32;
+constexpr int64_t SLICE_BYTES = 192 << 10;
 
 template <int DC>
 void search(const VqPacked& cb, const VqRows& rows, int64_t begin, int64_t end) {
-  int64_t r = begin;
-  for (; r + MR <= end; r += MR) search_rows<MR, DC>(cb, rows.x + r * cb.D, rows.idx + r, rows.dist + r);
-  if (r < end) search_tail<MR, DC>(cb, rows, r, end - r);
+  const int64_t D = DC ? DC : cb.D, blocks = (cb.K + LANES - 1) / LANES;
+  const int64_t block_bytes = (D + 1) * LANES * int64_t(sizeof(float));
+  static const int64_t sb = getenv("VQS") ? atoll(getenv("VQS")) << 10 : SLICE_BYTES;  // TUNING
+  constexpr int M = MR<DC>;
+  static const int64_t grp = getenv("VQG") ? atoll(getenv("VQG")) * M : GROUP_TILES * M;  // TUNING
+  int64_t slice = sb / block_bytes / CHUNK<DC> * CHUNK<DC>;
+  if (slice < CHUNK<DC>) slice = CHUNK<DC>;
+  Best st[256 * M];
+  for (int64_t g = begin; g < end; g += grp) {
+    const int64_t n = end - g < grp ? end - g : grp;
+    for (int64_t i = 0; i < n; ++i) st[i].value = splat(__builtin_inff()), st[i].chunk = splat_i(0);
+    for (int64_t s = 0; s < blocks; s += slice) {
+      const int64_t se = s + slice < blocks ? s + slice : blocks;
+      int64_t i = 0;
+      for (; i + M <= n; i += M) sweep<M, DC>(cb, rows.x + (g + i) * D, s, se, st + i);
+      if (i < n) sweep_tail<M, DC>(cb, rows.x + (g + i) * D, n - i, s, se, st + i);
+    }
+    for (int64_t i = 0; i < n; ++i) finish<DC>(cb, rows.x + (g + i) * D, st[i], rows.idx + g + i, rows.dist + g + i);
+  }
 }
 
 // Codebook widths of the tokenizers fastar serves (LlamaGen 8, VAR 32) unrolled; others at run time.
