@@ -12,7 +12,6 @@
 // No N x K buffer exists; extra memory is O(K D) for the pack.
 #include <cstdint>
 #include <cstring>
-#include <cstdlib>
 
 #include "cpu/isa_vec.h"
 #include "cpu/vq_nearest_isa.h"
@@ -22,15 +21,15 @@ namespace {
 
 constexpr int LANES = kLanes<float>;
 // MR * NR score vectors + NR code vectors + one broadcast fit the register file (16 or 32); the MR chunk
-// minima live in L1 (one folded load and a store per row and tile). More rows per tile means fewer passes
-// over the packed codebook, which outgrows L1.
-// At D = 8 on 16 registers, 4 x 3 (7 loads per 12 FMAs) beats 6 x 2 (8 loads); with larger D, 6 x 2.
+// minima live in L1 (one folded load and a store per row and tile). At D = 8 on 16 registers, 4 x 3 (7 loads
+// per 12 FMAs) measured faster than 6 x 2 (8 loads) on Zen 3; larger D keeps 6 x 2. A chunk of 8 NR blocks
+// halves the argmin updates of 4 NR at D = 8; the final recompute stays one chunk per row.
 template <int DC>
 constexpr int MR = kVectorBytes == 64 ? 12 : DC == 8 ? 4 : 6;  // query rows per micro-tile
 template <int DC>
 constexpr int NR = kVectorBytes == 64 || DC != 8 ? 2 : 3;  // code vectors per micro-tile
 template <int DC>
-constexpr int CHUNK = 8 * NR<DC>;  // code blocks between two argmin updates
+constexpr int CHUNK = 8 * NR<DC>;  // code blocks between two argmin updates (a slice holds whole chunks)
 
 using vf = avec<float>;
 using vi = avec<int32_t>;
@@ -142,7 +141,7 @@ void finish(const VqPacked& cb, const float* x, const Best& st, int64_t* idx, fl
   *dist = xn + v;
 }
 
-// Rows [r, r + n) of a group, n < MR: one micro-tile of n rows.
+// The last n < MR rows of a group: one micro-tile of n rows.
 template <int M, int DC>
 void sweep_tail(const VqPacked& cb, const float* x, int64_t n, int64_t b0, int64_t b1, Best* st) {
   if constexpr (M > 1) {
@@ -151,24 +150,24 @@ void sweep_tail(const VqPacked& cb, const float* x, int64_t n, int64_t b0, int64
   sweep<M, DC>(cb, x, b0, b1, st);
 }
 
-// Cache blocking: rows in groups of GROUP, the codebook in slices of about SLICE_BYTES (whole chunks); the
-// group's micro-tiles all sweep one slice, which stays in L2, before the next. Each lane sees its codes in
-// increasing order across slices as without them, so the result is the same, bit for bit.
+// Cache blocking: rows in groups of GROUP_TILES micro-tiles, the codebook in slices of whole chunks, about
+// SLICE_BYTES of packed codes (L2-resident: a Zen 3 core's 512 KB L2 holds LlamaGen's whole 16384 x 8 codebook
+// and nothing else), unless slice_codes asks for another size; each micro-tile of the group sweeps one slice
+// before the next, so the codebook streams from L3 once per group instead of once per micro-tile. Each lane
+// still meets its codes in increasing order, so results are bit for bit those of one sweep.
 constexpr int64_t GROUP_TILES = 32;
-constexpr int64_t SLICE_BYTES = 192 << 10;
+constexpr int64_t SLICE_BYTES = 96 << 10;
 
 template <int DC>
-void search(const VqPacked& cb, const VqRows& rows, int64_t begin, int64_t end) {
+void search(const VqPacked& cb, const VqRows& rows, int64_t begin, int64_t end, int64_t slice_codes) {
+  constexpr int M = MR<DC>, C = CHUNK<DC>;
   const int64_t D = DC ? DC : cb.D, blocks = (cb.K + LANES - 1) / LANES;
   const int64_t block_bytes = (D + 1) * LANES * int64_t(sizeof(float));
-  static const int64_t sb = getenv("VQS") ? atoll(getenv("VQS")) << 10 : SLICE_BYTES;  // TUNING
-  constexpr int M = MR<DC>;
-  static const int64_t grp = getenv("VQG") ? atoll(getenv("VQG")) * M : GROUP_TILES * M;  // TUNING
-  int64_t slice = sb / block_bytes / CHUNK<DC> * CHUNK<DC>;
-  if (slice < CHUNK<DC>) slice = CHUNK<DC>;
-  Best st[256 * M];
-  for (int64_t g = begin; g < end; g += grp) {
-    const int64_t n = end - g < grp ? end - g : grp;
+  const int64_t want = slice_codes > 0 ? (slice_codes + LANES - 1) / LANES : SLICE_BYTES / block_bytes;
+  const int64_t slice = want > C ? (want + C - 1) / C * C : C;
+  Best st[GROUP_TILES * M];
+  for (int64_t g = begin; g < end; g += GROUP_TILES * M) {
+    const int64_t n = end - g < GROUP_TILES * M ? end - g : GROUP_TILES * M;
     for (int64_t i = 0; i < n; ++i) st[i].value = splat(__builtin_inff()), st[i].chunk = splat_i(0);
     for (int64_t s = 0; s < blocks; s += slice) {
       const int64_t se = s + slice < blocks ? s + slice : blocks;
@@ -181,12 +180,12 @@ void search(const VqPacked& cb, const VqRows& rows, int64_t begin, int64_t end) 
 }
 
 // Codebook widths of the tokenizers fastar serves (LlamaGen 8, VAR 32) unrolled; others at run time.
-void vq_search(const VqPacked& cb, const VqRows& rows, int64_t begin, int64_t end) {
+void vq_search(const VqPacked& cb, const VqRows& rows, int64_t begin, int64_t end, int64_t slice_codes) {
   switch (cb.D) {
-    case 8: return search<8>(cb, rows, begin, end);
-    case 16: return search<16>(cb, rows, begin, end);
-    case 32: return search<32>(cb, rows, begin, end);
-    default: return search<0>(cb, rows, begin, end);
+    case 8: return search<8>(cb, rows, begin, end, slice_codes);
+    case 16: return search<16>(cb, rows, begin, end, slice_codes);
+    case 32: return search<32>(cb, rows, begin, end, slice_codes);
+    default: return search<0>(cb, rows, begin, end, slice_codes);
   }
 }
 
