@@ -187,9 +187,10 @@ def test_attention_decode(attn_backend, dtype, shape):
 
 # Decode under the masks where every query sees a key prefix (full, causal, block-causal; key_len on top). The CPU
 # runs them fused when the query blocks alone give every thread work (here: B H = 4 threads), else it splits the keys
-# (one head, one block: any Lq <= 3). (path, Lq, cache_len): one vector of queries or less, two with a tail, more than
-# two; caches past the fused kernel's 256-key softmax step; D = 40 leaves tails of its register tiles.
-PREFIX_DECODE = [("fused", 1, 300), ("fused", 5, 37), ("fused", 21, 300), ("fused", 40, 300),
+# (one head, one block: any Lq <= 3). (path, Lq, cache_len): one vector of queries or less, two with a tail, three
+# with a tail (a block of three vectors on SSE2 / AVX2), blocks of several vectors and a one-vector tail; caches past
+# the fused kernel's 128-key softmax step; D = 40 leaves tails of its register tiles.
+PREFIX_DECODE = [("fused", 1, 300), ("fused", 5, 37), ("fused", 21, 300), ("fused", 40, 300), ("fused", 50, 300),
                  ("split-keys", 1, 300), ("split-keys", 3, 37)]
 
 
@@ -219,7 +220,7 @@ def test_attention_decode_prefix_masks(dtype, kind, path, Lq, cache_len):
 @pytest.mark.parametrize("kind", ["full", "causal"])
 def test_attention_decode_rising_scores(kind):
     """Scores that climb by 2 per key (and fall, on the negated queries): the fused CPU decode moves its lagging
-    max and rescales the probabilities and the accumulator at every tile, within and across its 256-key steps."""
+    max and rescales the running sum and the accumulator at every one of its 128-key steps."""
     B, H, Lq, cache_len, D = 2 * torch.get_num_threads(), 2, 24, 600, 16
     g = torch.Generator().manual_seed(43)
     ramp = 2.0 * torch.arange(cache_len + 5, dtype=torch.float32)[:, None].expand(-1, D) / D ** 0.5

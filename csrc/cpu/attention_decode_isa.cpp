@@ -1,5 +1,5 @@
-// Fused decode attention micro-kernels (see cpu/attention_decode_isa.h). A block holds up to two vectors of queries,
-// one per lane, so that everything per query is a whole vector: scores come out transposed, S^T (keys, lanes), from
+// Fused decode attention micro-kernels (see cpu/attention_decode_isa.h). A block holds up to kQueryVectors vectors
+// of queries, one per lane, so that everything per query is a whole vector: scores come out transposed, S^T (keys, lanes), from
 // the scaled queries transposed once per block, Qt (D, lanes), times keys broadcast from their rows; the online
 // softmax (FlashAttention-2) takes its max and sum over keys lane-wise, with no horizontal reduction; the output
 // accumulates transposed, Ot (D, lanes), from the probabilities times values broadcast from their rows. K and V are
@@ -12,13 +12,17 @@ namespace {
 
 using kernels::MaskParams;
 
-constexpr int kChunk = 256;        // keys per online-softmax step: their (keys, lanes) scores stay in L1
+constexpr int kChunk = 128;        // keys per online-softmax step: their (keys, lanes) scores and V rows stay in L1
 // Accumulators per micro-tile, beside the operands: 12 of SSE2's and AVX2's 16 vector registers; 16 of AVX-512's 32
 // (tiles of 8 keys and 8 columns then divide VAR's 680 keys and head dim 64).
 constexpr int kAccumulators = kVectorBytes == 64 ? 16 : 12;
 
+// Queries per block: vectors of lanes, QV of them per micro-tile. With 12 accumulators (16 registers) three
+// vectors of queries by 4 keys or columns take 4 broadcasts and 3 loads per 12 FMAs, where 2 by 6 take 6 and 2:
+// measured faster on Zen 3 (AVX2), and 64 columns divide by 4. AVX-512 keeps 2 vectors by 8.
+constexpr int kQueryVectors = kVectorBytes == 64 ? 2 : 3;
 template <class T>
-constexpr int kBlock = 2 * kLanes<T>;  // queries per block
+constexpr int kBlock = kQueryVectors * kLanes<T>;
 
 template <int N>
 struct Count {
@@ -49,16 +53,16 @@ void score_tile(const T* Qt, int D, const T* K, int64_t ldk, Finish&& finish) {
   vec<T> acc[NK][QV];
 #pragma GCC unroll 16
   for (int j = 0; j < NK; ++j)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int v = 0; v < QV; ++v) acc[j][v] = splat(T(0));
   for (int d = 0; d < D; ++d) {
     vec<T> qd[QV];
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int v = 0; v < QV; ++v) qd[v] = load(Qt + d * L + v * W);
 #pragma GCC unroll 16
     for (int j = 0; j < NK; ++j) {
       const vec<T> kj = splat(K[j * ldk + d]);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
       for (int v = 0; v < QV; ++v) acc[j][v] += kj * qd[v];
     }
   }
@@ -73,23 +77,23 @@ void value_tile(const T* P, int n, const T* V, int64_t ldv, int c0, bool first, 
   vec<T> acc[NC][QV];
 #pragma GCC unroll 16
   for (int j = 0; j < NC; ++j)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int v = 0; v < QV; ++v) acc[j][v] = first ? splat(T(0)) : load(Ot + (c0 + j) * L + v * W);
   for (int k = 0; k < n; ++k) {
     vec<T> p[QV];
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int v = 0; v < QV; ++v) p[v] = load(P + k * L + v * W);
     const T* vk = V + k * ldv + c0;
 #pragma GCC unroll 16
     for (int j = 0; j < NC; ++j) {
       const vec<T> x = splat(vk[j]);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
       for (int v = 0; v < QV; ++v) acc[j][v] += x * p[v];
     }
   }
 #pragma GCC unroll 16
   for (int j = 0; j < NC; ++j)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int v = 0; v < QV; ++v) store(Ot + (c0 + j) * L + v * W, acc[j][v]);
 }
 
@@ -124,53 +128,55 @@ void attend_block(const T* Q, int64_t ldq, int rows, const int* keys, const T* K
     n_min = n < n_min ? n : n_min, n_max = n > n_max ? n : n_max;
     limit[i / W][i % W] = T(n);
   }
-  // Online softmax (FlashAttention-2), lane-wise and fused into the score tiles: P = 2^(S - m) into St, l = sum P,
-  // with m the running max less at most kLag (so P <= 2^kLag): only a tile that raises a lane's max by more moves m
-  // to the max and rescales l, this chunk's P so far and the accumulator by 2^(m_old - m_new); the first tile does,
-  // the others rarely. A lane that has seen only -inf keeps m = -inf and subtracts 0: P = 0, l and Ot stay 0.
+  // Online softmax (FlashAttention-2), lane-wise, a chunk at a time: the score tiles store S into St and take the
+  // chunk's max; m, the running max less at most kLag (so P <= 2^kLag), moves to the max only when the chunk passes
+  // it by more, rescaling l and the accumulator by 2^(m_old - m_new) (the first chunk does, the others rarely);
+  // then one streaming pass turns St into P = 2^(S - m) and sums l. (Doing the exponentials inside the score tiles,
+  // beside their 12 accumulators, cost a fifth of the time on AVX2's 16 registers.) A lane that has seen only
+  // -inf keeps m = -inf and subtracts 0: P = 0, l and Ot stay 0.
   constexpr T kLag = 8;
   vec<T> m[QV], l[QV], sub[QV];
   for (int v = 0; v < QV; ++v) m[v] = sub[v] = splat(neg_inf), l[v] = splat(T(0));
   for (int k0 = 0; k0 < n_max; k0 += kChunk) {
     const int n = n_max - k0 < kChunk ? n_max - k0 : kChunk;
-    auto raise = [&](const vec<T>* tile_max, int j) {  // the keys [k0, k0 + j) of St hold P of this chunk
-      vec<T> alpha[QV];
-      for (int v = 0; v < QV; ++v) {
-        const vec<T> m_new = vmax<T>(m[v], tile_max[v]);
-        sub[v] = m_new == neg_inf ? splat(T(0)) : m_new;
-        alpha[v] = exp2_vec(m[v] - sub[v]);  // 0 while m = -inf
-        m[v] = m_new, l[v] *= alpha[v];
-      }
-      for (int r = 0; r < j; ++r)
-        for (int v = 0; v < QV; ++v) store(w.st + r * L + v * W, load(w.st + r * L + v * W) * alpha[v]);
-      if (k0 > 0)
-        for (int c = 0; c < D; ++c)
-          for (int v = 0; v < QV; ++v) store(w.ot + c * L + v * W, load(w.ot + c * L + v * W) * alpha[v]);
-    };
+    vec<T> chunk_max[QV];
+    for (int v = 0; v < QV; ++v) chunk_max[v] = splat(neg_inf);
     in_tiles<kAccumulators / QV>(n, [&](auto nk, int j) {
       constexpr int NK = decltype(nk)::value;
       score_tile<T, QV, NK>(w.qt, D, K + (k0 + j) * ldk, ldk, [&](vec<T> (&acc)[NK][QV]) {
         if (k0 + j + NK > n_min)  // keys some rows of the block do not see
           for (int r = 0; r < NK; ++r)
             for (int v = 0; v < QV; ++v) acc[r][v] = splat(T(k0 + j + r)) < limit[v] ? acc[r][v] : splat(neg_inf);
-        vec<T> tile_max[QV];
-        bool raised = false;
-        for (int v = 0; v < QV; ++v) {
-          tile_max[v] = acc[0][v];
-          for (int r = 1; r < NK; ++r) tile_max[v] = vmax<T>(tile_max[v], acc[r][v]);
-          raised |= any(tile_max[v] > m[v] + kLag);
-        }
-        if (raised) raise(tile_max, j);
 #pragma GCC unroll 16
         for (int r = 0; r < NK; ++r)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
           for (int v = 0; v < QV; ++v) {
-            const vec<T> p = exp2_vec(acc[r][v] - sub[v]);
-            store(w.st + (j + r) * L + v * W, p);
-            l[v] += p;
+            chunk_max[v] = vmax<T>(chunk_max[v], acc[r][v]);
+            store(w.st + (j + r) * L + v * W, acc[r][v]);
           }
       });
     });
+    bool raised = false;
+    for (int v = 0; v < QV; ++v) raised |= any(chunk_max[v] > m[v] + kLag);
+    if (raised) {
+      vec<T> alpha[QV];
+      for (int v = 0; v < QV; ++v) {
+        const vec<T> m_new = vmax<T>(m[v], chunk_max[v]);
+        sub[v] = m_new == neg_inf ? splat(T(0)) : m_new;
+        alpha[v] = exp2_vec(m[v] - sub[v]);  // 0 while m = -inf
+        m[v] = m_new, l[v] *= alpha[v];
+      }
+      if (k0 > 0)
+        for (int c = 0; c < D; ++c)
+          for (int v = 0; v < QV; ++v) store(w.ot + c * L + v * W, load(w.ot + c * L + v * W) * alpha[v]);
+    }
+    for (int r = 0; r < n; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < QV; ++v) {
+        const vec<T> p = exp2_vec(load(w.st + r * L + v * W) - sub[v]);
+        store(w.st + r * L + v * W, p);
+        l[v] += p;
+      }
     in_tiles<kAccumulators / QV>(D, [&](auto nc, int c0) {
       value_tile<T, QV, decltype(nc)::value>(w.st, n, V + k0 * ldv, ldv, c0, k0 == 0, w.ot);
     });
@@ -195,10 +201,13 @@ void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const DecodeDims& d
     for (int i = 0; i < rows; ++i) keys[i] = prefix_keys(mask, int(b), r0 + i, d.Lq, d.Lk);
     const T* Q = q.at(b, h) + r0 * q.sl;
     T *o = out + (bh * d.Lq + r0) * d.D, *ls = lse + bh * d.Lq + r0;
+    const T *K = k.at(b, h / group), *V = v.at(b, h / group);
     if (rows <= kLanes<T>)
-      attend_block<T, 1>(Q, q.sl, rows, keys, k.at(b, h / group), k.sl, v.at(b, h / group), v.sl, d.D, scale, o, ls, w);
+      attend_block<T, 1>(Q, q.sl, rows, keys, K, k.sl, V, v.sl, d.D, scale, o, ls, w);
+    else if (kQueryVectors == 2 || rows <= 2 * kLanes<T>)
+      attend_block<T, 2>(Q, q.sl, rows, keys, K, k.sl, V, v.sl, d.D, scale, o, ls, w);
     else
-      attend_block<T, 2>(Q, q.sl, rows, keys, k.at(b, h / group), k.sl, v.at(b, h / group), v.sl, d.D, scale, o, ls, w);
+      attend_block<T, kQueryVectors>(Q, q.sl, rows, keys, K, k.sl, V, v.sl, d.D, scale, o, ls, w);
   }
 }
 

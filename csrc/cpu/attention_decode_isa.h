@@ -1,5 +1,5 @@
 // The fused CPU attention of decode (VAR's scales against the KV cache, one token against a prefix): query blocks
-// of two vectors of lanes, one query per lane, scores, online softmax and the product with V in one pass over the
+// of a few vectors of lanes, one query per lane, scores, online softmax and the product with V in one pass over the
 // keys, no BLAS call and no score row per query. Torch-free; compiled per ISA (cpu/isa.h's table);
 // cpu/attention.cpp routes here when every query sees a key prefix and the blocks alone give every thread work; and a
 // few queries under a DALL-E mask, one query against its spans of keys at a time.
@@ -31,7 +31,7 @@ inline bool decode_prefix_mask(int32_t kind) {
 
 template <class T>
 struct AttentionDecodeKernels {
-  int block;  // queries per block (two vectors of T)
+  int block;  // queries per block (vectors of T: three on SSE2 and AVX2, two on AVX-512)
   // Items [item0, item1) of (B, H, ceil(Lq / block)), query block fastest: out (B, H, Lq, D) and lse (B, H, Lq)
   // contiguous (-inf, out 0 where a query sees no key). The mask is a decode_prefix_mask kind.
   void (*forward)(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const DecodeDims& d,

@@ -20,9 +20,22 @@ inline vec<T> splat(T v) { return v - vec<T>{}; }
 template <class T>
 inline vec<T> vmax(vec<T> a, vec<T> b) { return a > b ? a : b; }
 
-// Whether any lane of a comparison's result is set.
+// Whether any lane of a comparison's result (all ones or zero per lane) is set: one movemask on SSE and AVX
+// (a set lane of any width sets the sign of its 32-bit words), else lane by lane.
 template <class M>
 inline bool any(M mask) {
+#if defined(__AVX__)
+  if constexpr (sizeof(M) == 32) {
+    typedef float v8sf __attribute__((vector_size(32)));
+    return __builtin_ia32_movmskps256(reinterpret_cast<v8sf&>(mask)) != 0;
+  }
+#endif
+#if defined(__SSE__)
+  if constexpr (sizeof(M) == 16) {
+    typedef float v4sf __attribute__((vector_size(16)));
+    return __builtin_ia32_movmskps(reinterpret_cast<v4sf&>(mask)) != 0;
+  }
+#endif
   for (int i = 0; i < int(sizeof(M) / sizeof(mask[0])); ++i)
     if (mask[i]) return true;
   return false;

@@ -23,8 +23,9 @@ struct VqNearestIsa {
   int lanes;  // codes per packed block: the floats of one vector register
   // codes: (K, D) row-major; out_codes / out_norms sized as VqPacked describes, 64-byte aligned.
   void (*pack)(const float* codes, int64_t K, int64_t D, float* out_codes, float* out_norms);
-  // Rows [begin, end) of x.
-  void (*search)(const VqPacked& codebook, const VqRows& rows, int64_t begin, int64_t end);
+  // Rows [begin, end) of x, sweeping the codebook in cache slices of about slice_codes codes (whole argmin
+  // chunks; 0: sized for L2). The slicing never changes a result.
+  void (*search)(const VqPacked& codebook, const VqRows& rows, int64_t begin, int64_t end, int64_t slice_codes);
 };
 
 }  // namespace fastar::cpu
