@@ -37,7 +37,8 @@ def caches():
 def test_dalle_decode(benchmark, kind, where, peak_gflops):
     row, col = POSITIONS[where]
     position = TEXT + row * GRID + col
-    benchmark.group = f"attention_decode DALL-E {kind} B={B} H={H} D={D} {TEXT}+{GRID * GRID} cache, one token ({where})"
+    benchmark.group = (f"attention_decode DALL-E {kind} B={B} H={H} D={D} {TEXT}+{GRID * GRID} cache, one token "
+                       f"({where})")
     q, k_cache, v_cache = caches()
     mask = AttentionMask.dalle(kind, TEXT, GRID)
     cache_len = position + 1
