@@ -503,8 +503,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
                                               qc.reshape({d.B, d.H * chunks, c, d.D}), kc, vc,
                                               lsec.view({d.B, d.H * chunks, c}), mask, scale);
     dq = dq.view({d.B, d.H, d.Lq, d.D});
-    dk = dk.view({d.B, d.H, chunks, d.Lk, d.D}).sum(2);
-    dv = dv.view({d.B, d.H, chunks, d.Lk, d.D}).sum(2);
+    // one sum per key head over its query heads' chunks (head h = hk * group + g, chunk-major within it)
+    dk = dk.view({d.B, d.Hk, d.H / d.Hk * chunks, d.Lk, d.D}).sum(2);
+    dv = dv.view({d.B, d.Hk, d.H / d.Hk * chunks, d.Lk, d.D}).sum(2);
   } else if (tiny) {
     std::tie(dq, dk, dv) = attention_tiny_bwd(dOc, qc, kc, vc, lsec, mask, scale);
   } else {
@@ -525,7 +526,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
       run(TilePlan(flags->data(), mask, d));
     });
   }
-  if (d.H != d.Hk) {  // heads sharing a key head (multi-query) add their key gradients
+  if (d.H != d.Hk && c == 0) {  // heads sharing a key head (multi-query) add their key gradients
     dk = dk.view({d.B, d.Hk, d.H / d.Hk, d.Lk, d.D}).sum(2);
     dv = dv.view({d.B, d.Hk, d.H / d.Hk, d.Lk, d.D}).sum(2);
   }
