@@ -59,6 +59,20 @@ def test_diffusion_sample(diffusion_backend, N, cfg):
         assert_close("diffusion_sample", out, ref64, ref32)
 
 
+def test_diffusion_sample_rows_over_threads():
+    """Enough rows (N W^2 >= 2^22 multiply-adds per GEMM) for the CPU loop to split its row passes over the threads
+    and let the GEMMs thread (smaller heads run on the calling thread): same result as the reference."""
+    N, threads = 2 * 2000, torch.get_num_threads()
+    z = torch.randn(N, Z, generator=torch.Generator().manual_seed(3))
+    torch.set_num_threads(2)
+    try:
+        out, ref64, ref32 = sample_all(z, make_head(), seed=7, num_steps=3, cfg=2.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert fastar.last_backend("diffusion_sample") == "cpu"
+    assert_close("diffusion_sample", out, ref64, ref32)
+
+
 @pytest.mark.parametrize("temperature", [0.0, 0.95, 1.2])
 def test_diffusion_sample_temperature(diffusion_backend, temperature):
     z = torch.randn(6, Z, generator=torch.Generator().manual_seed(1))

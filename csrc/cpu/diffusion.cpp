@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 namespace fastar::cpu {
@@ -26,9 +27,18 @@ namespace {
 
 constexpr float kLnEps = 1e-6f;  // SimpleMLPAdaLN's LayerNorms
 
-// f(r) for rows [0, n), split over the threads; W: floats a row touches, for the grain.
+// Below this many multiply-adds per GEMM (rows x width x width) the loop runs on the calling thread: a step of a
+// small head (MAR's digits model: 40 rows x 96 wide, ~0.2 ms a step) is shorter than two threads' hand-offs, and
+// on a loaded machine each hand-off waits for a descheduled thread (measured: 10x the 1-thread time at 2 threads).
+constexpr int64_t kSerialMacs = int64_t(1) << 22;
+
+// f(r) for rows [0, n), split over the threads unless serial; W: floats a row touches, for the grain.
 template <class F>
-void for_rows(int64_t n, int64_t W, const F& f) {
+void for_rows(bool serial, int64_t n, int64_t W, const F& f) {
+  if (serial) {
+    for (int64_t r = 0; r < n; ++r) f(r);
+    return;
+  }
   at::parallel_for(0, n, std::max<int64_t>(1, 8192 / W), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) f(r);
   });
@@ -105,25 +115,28 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
   auto mod_stride = [&](int64_t b) { return b < D ? 3 * W : 2 * W; };
 
   const DiffusionIsa& row = *isa().diffusion;
+  const bool serial = N * W * W < kSerialMacs;
+  std::optional<blas::SerialScope> one_thread;  // the GEMMs too (at::mm_out and MKL's bf16 GEMM)
+  if (serial) one_thread.emplace();
   for (int64_t i = S - 1; i >= 0; --i) {
     const float* te = t_emb.data_ptr<float>() + i * W;
     // SiLU(y), y = t_emb + cond_embed(z)
-    for_rows(N, W, [&](int64_t r) { row.silu_sum(te, cond_p + r * W, sy_p + r * W, W); });
+    for_rows(serial, N, W, [&](int64_t r) { row.silu_sum(te, cond_p + r * W, sy_p + r * W, W); });
     if (bf16) sy_bf.copy_(sy);
     const float* cur = modulation(0);
-    for_rows(N, W, [&](int64_t r) {  // input_proj(x) (both halves see the conditional x under cfg), first LN
+    for_rows(serial, N, W, [&](int64_t r) {  // input_proj(x) (both halves see the conditional x under cfg), first LN
       row.project(x_p + (r % M) * C, C, in_w_p, in_b_p, hid_p + r * W, W);
       row.ln_modulate(hid_p + r * W, ln_w(0), ln_b(0), cur + r * mod_stride(0), ada_b_p, h_p + r * W, W, kLnEps);
     });
     for (int64_t b = 0; b < D; ++b) {
       gemm(a, h, mlp0T[b], mlp0_bf[b]);
       const float* b0 = block(b, 3).data_ptr<float>();
-      for_rows(N, W, [&](int64_t r) { row.silu_bias(a_p + r * W, b0, W); });
+      for_rows(serial, N, W, [&](int64_t r) { row.silu_bias(a_p + r * W, b0, W); });
       gemm(h, a, mlp2T[b], mlp2_bf[b]);
       const float* b2 = block(b, 5).data_ptr<float>();
       const float* next = modulation(b + 1);
       const int64_t sn = mod_stride(b + 1);
-      for_rows(N, W, [&](int64_t r) {  // x += gate * mlp(h), then the next block's (or the final) LN + modulation
+      for_rows(serial, N, W, [&](int64_t r) {  // x += gate * mlp(h), then the next LN + modulation
         float *hr = h_p + r * W, *xr = hid_p + r * W;
         row.gated_residual(xr, cur + r * 3 * W + 2 * W, ada_b_p + 3 * b * W + 2 * W, hr, b2, W);
         row.ln_modulate(xr, ln_w(b + 1), ln_b(b + 1), next + r * sn, ada_b_p + 3 * (b + 1) * W, hr, W, kLnEps);
@@ -135,7 +148,7 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
     const float coef_sqrt_recip = float(sch[i][1]), coef_sqrt_recipm1 = float(sch[i][2]), coef1 = float(sch[i][3]),
                 coef2 = float(sch[i][4]), min_log = float(sch[i][5]), max_log = float(sch[i][6]);
     const float noise_scale = i != 0 ? temp_f : 0.f;  // no noise on the last step
-    for_rows(M, C, [&](int64_t r) {  // eps (cfg-combined), learned-range variance, posterior mean, noise
+    for_rows(serial, M, C, [&](int64_t r) {  // eps (cfg-combined), learned-range variance, posterior mean, noise
       const float *o = out_p + r * 2 * C, *ou = out_p + (r + M) * 2 * C, *n = noise_p + r * C;
       float* xr = x_p + r * C;
       for (int64_t k = 0; k < C; ++k) {
