@@ -6,7 +6,8 @@ Random weights: the work is that of the released models. A d16 sampling run take
 contender runs once (no warm-up round; the report says so): ~10 minutes for the file.
 
 Knobs (environment): FASTAR_BENCH_VAR_DEPTH (16), FASTAR_BENCH_VAR_B (4, the sampling batch) and
-FASTAR_BENCH_VAR_TRAIN_B (8, the training step's batch; the main command runs 4) size a quick check;
+FASTAR_BENCH_VAR_TRAIN_B (8, the training step's batch; the main command runs 4) size a quick check,
+FASTAR_BENCH_VAR_DECODE_ROUNDS (2; the main command runs 1) the VQVAE decode's rounds;
 FASTAR_BENCH_VAR_ORACLE=1 adds the float64-capable reference ops as an extra column (slow)."""
 import os
 import time
@@ -25,7 +26,8 @@ from fastar.models.var import var as var_module
 DEPTH = int(os.environ.get("FASTAR_BENCH_VAR_DEPTH", "16"))
 B_SAMPLE, ROUNDS = int(os.environ.get("FASTAR_BENCH_VAR_B", "4")), 1
 B_TRAIN = int(os.environ.get("FASTAR_BENCH_VAR_TRAIN_B", "8"))
-B_VQVAE = {"encode": 1, "decode": 4}  # decode: issue 17's batch; a B = 4 decode takes ~25 s here
+B_VQVAE = {"encode": 1, "decode": 4}  # decode: issue 17's batch; a B = 4 decode takes ~10 s here
+DECODE_ROUNDS = int(os.environ.get("FASTAR_BENCH_VAR_DECODE_ROUNDS", "2"))
 ORACLE = os.environ.get("FASTAR_BENCH_VAR_ORACLE") == "1"
 CLASSES = torch.tensor([207, 360, 387, 974]).repeat(B_SAMPLE)[:B_SAMPLE]
 BASELINE = "torch backend"
@@ -164,9 +166,9 @@ def test_vqvae(benchmark, d16, direction):
     stages = DecoderStages(vae.decoder) if direction == "decode" else None
     timed = (lambda label: stages.timed(label, fn[direction])) if stages else (lambda _: fn[direction])
     load = os.getloadavg()
-    with torch.no_grad():  # decode: 2 rounds of ~25 s each, no warm-up (the fixture built oneDNN's primitives)
+    with torch.no_grad():  # decode: no warm-up (the fixture built oneDNN's primitives)
         compare(benchmark, timed("fastar"), contenders(timed), baseline=BASELINE,
-                rounds=3 if direction == "encode" else 2, warmup=1 if direction == "encode" else 0,
+                rounds=3 if direction == "encode" else DECODE_ROUNDS, warmup=1 if direction == "encode" else 0,
                 op="f_to_idxBl_or_fhat" if direction == "encode" else "idxBl_to_fhat")
     benchmark.extra_info["load_average"] = {"before": load, "after": os.getloadavg()}
     if stages:

@@ -4,14 +4,17 @@
 # VAR-d16 and MAR-B benchmarks save the images their fastar run sampled with random weights (speed, not learning) as
 # benchmarks/results/{var_d16,mar_b}_random_weights.png: no second sampling run. Prints each part's time; budget:
 # ~20 min on a 2-core AVX2-only machine, which is why the long benchmarks run narrowed here (the knobs below; set
-# them, e.g. FASTAR_BENCH_DIFFUSION_STEPS=100 FASTAR_BENCH_VAR_TRAIN_B=8, for the full shapes) and every model
+# them, e.g. FASTAR_BENCH_DIFFUSION_STEPS=100 FASTAR_BENCH_VAR_TRAIN_B=8 FASTAR_BENCH_VAR_DECODE_ROUNDS=2
+# FASTAR_BENCH_DALLE=12,512,256,32,1024, for the full shapes) and every model
 # benchmark is a single run (the report says so). Extra arguments go to the benchmarks' pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TIMED_BY=bench
 source scripts/timing.sh
 export FASTAR_BENCH_DIFFUSION_STEPS=${FASTAR_BENCH_DIFFUSION_STEPS:-10}  # ratio per step; 100 = MAR's sampler
-export FASTAR_BENCH_VAR_TRAIN_B=${FASTAR_BENCH_VAR_TRAIN_B:-4}  # d16 training step: ~60 s at B 4, ~120 s at 8
+export FASTAR_BENCH_VAR_TRAIN_B=${FASTAR_BENCH_VAR_TRAIN_B:-2}  # d16 training step: ~22 s a step at B 2, ~44 s at 4
+export FASTAR_BENCH_VAR_DECODE_ROUNDS=${FASTAR_BENCH_VAR_DECODE_ROUNDS:-1}  # VQVAE decode B 4: ~15 s a round
+export FASTAR_BENCH_DALLE=${FASTAR_BENCH_DALLE:-12,512,256,32,512}  # sample the image's second half: ~35 s a run
 R=benchmarks/results
 PY=.venv/bin/python
 
