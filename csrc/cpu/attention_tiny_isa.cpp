@@ -1,12 +1,15 @@
-// Tiny-sequence attention micro-kernels (see cpu/attention_tiny_isa.h). A sequence's (Lq, Lk) score block lives in
-// a few KB of scratch as whole vectors: rows of LP key slots, LP = Lk rounded up to a power of two when Lk is below
-// the vector width W (then R = W / LP query rows share one vector: PixelLoss's 4 x 4 block is two vectors), else to a
-// multiple of W. Two kinds of product, neither transposes anything:
-//   dots:    C (rows, LP) = A B^T, A (Lq, D) and B (Lk, D) row-major: W accumulators along D, one per lane of the
-//            output vector, then one transposing sum (log2 W shuffle levels) gives that vector;
-//   product: C (M, N) = A (M, K) B (K, N), B's rows unit-stride, A read as scalars at any strides (P, dS or their
-//            transposes): 2 rows x 4 vectors of accumulators.
-// The softmax runs in base 2 (scores pre-multiplied by log2 e) on whole vectors, row segments reduced by butterflies.
+// Tiny-sequence attention micro-kernels (see cpu/attention_tiny_isa.h), in two layouts of a sequence's score block,
+// held in a few KB of scratch as whole vectors.
+// The query-lane layout (Lq > W / 2, W the vector width: FractalGen's levels): Q^T (D, LQ), LQ = Lq rounded up to
+// W, is transposed once per sequence, so S^T = K Q^T, O = P V and the backward's five products are all `product`
+// (one scalar broadcast against whole vectors, no horizontal sums), and the softmax reduces down the columns.
+// The row layout (Lq <= W / 2: PixelLoss): rows of LP key slots, LP = Lk rounded up to a power of two when Lk is
+// below W (then R = W / LP query rows share one vector: PixelLoss's 4 x 4 block is two vectors), else to a multiple
+// of W; S = Q K^T by `dots` (W accumulators along D, one per lane of the output vector, then one transposing sum),
+// the softmax along the rows by butterflies.
+//   product: C (M, N) = A (M, K) B (K, N), B's rows unit-stride, A read as scalars at any strides (K, P, dS or their
+//            transposes): 2 rows x 4 vectors of accumulators, or 4 x 3, 4 x 2, 4 x 1.
+// The softmax runs in base 2 (scores pre-multiplied by log2 e) on whole vectors.
 #include "cpu/attention_tiny_isa.h"
 #include "cpu/isa_math.h"
 
