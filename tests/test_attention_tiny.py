@@ -8,8 +8,9 @@ import fastar
 from tests.conftest import backend_device, run_with_cpu_isa
 from tests.test_attention import attn_backend, check, make_mask, randn  # noqa: F401 (attn_backend: a fixture)
 
-# (Lq, Lk, D) reaching each score-block layout of the CPU kernel (key slots per row LP = 1, 2, 4: 8, 4, 2 query rows
-# per AVX2 vector, rows padded; LP = 8, 16, 32: one to four vectors per row) and each column blocking of its products
+# (Lq, Lk, D) reaching each score-block layout of the CPU kernel (AVX2: Lq <= 4 in rows of LP key slots, LP = 2: 4
+# query rows per vector, LP = 32: four vectors per row; Lq > 4 with queries in lanes, one to four vectors of them,
+# padded) and each column blocking of its products
 # (D = 8, 12, 16, 24, 40, 72: 4-vector blocks, then 2, 1 and scalar columns), Lq odd, Lq > Lk (causal: the first
 # queries see no key).
 LAYOUTS = [(2, 2, 16), (5, 8, 24), (9, 9, 40), (7, 3, 72), (1, 32, 8), (31, 1, 12)]

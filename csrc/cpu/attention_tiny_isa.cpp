@@ -1,12 +1,15 @@
-// Tiny-sequence attention micro-kernels (see cpu/attention_tiny_isa.h). A sequence's (Lq, Lk) score block lives in
-// a few KB of scratch as whole vectors: rows of LP key slots, LP = Lk rounded up to a power of two when Lk is below
-// the vector width W (then R = W / LP query rows share one vector: PixelLoss's 4 x 4 block is two vectors), else to a
-// multiple of W. Two kinds of product, neither transposes anything:
-//   dots:    C (rows, LP) = A B^T, A (Lq, D) and B (Lk, D) row-major: W accumulators along D, one per lane of the
-//            output vector, then one transposing sum (log2 W shuffle levels) gives that vector;
-//   product: C (M, N) = A (M, K) B (K, N), B's rows unit-stride, A read as scalars at any strides (P, dS or their
-//            transposes): 2 rows x 4 vectors of accumulators.
-// The softmax runs in base 2 (scores pre-multiplied by log2 e) on whole vectors, row segments reduced by butterflies.
+// Tiny-sequence attention micro-kernels (see cpu/attention_tiny_isa.h), in two layouts of a sequence's score block,
+// held in a few KB of scratch as whole vectors.
+// The query-lane layout (Lq > W / 2, W the vector width: FractalGen's levels): Q^T (D, LQ), LQ = Lq rounded up to
+// W, is transposed once per sequence, so S^T = K Q^T, O = P V and the backward's five products are all `product`
+// (one scalar broadcast against whole vectors, no horizontal sums), and the softmax reduces down the columns.
+// The row layout (Lq <= W / 2: PixelLoss): rows of LP key slots, LP = Lk rounded up to a power of two when Lk is
+// below W (then R = W / LP query rows share one vector: PixelLoss's 4 x 4 block is two vectors), else to a multiple
+// of W; S = Q K^T by `dots` (W accumulators along D, one per lane of the output vector, then one transposing sum),
+// the softmax along the rows by butterflies.
+//   product: C (M, N) = A (M, K) B (K, N), B's rows unit-stride, A read as scalars at any strides (K, P, dS or their
+//            transposes): 2 rows x 4 vectors of accumulators, or 4 x 3, 4 x 2, 4 x 1.
+// The softmax runs in base 2 (scores pre-multiplied by log2 e) on whole vectors.
 #include "cpu/attention_tiny_isa.h"
 #include "cpu/isa_math.h"
 
@@ -84,6 +87,7 @@ struct Scratch {
   alignas(64) T bias[kTinyMaxLen * kTinyMaxLen];
   alignas(64) T s[kTinyMaxLen * kTinyMaxLen], ds[kTinyMaxLen * kTinyMaxLen];
   alignas(64) T row_a[kTinyMaxLen + 16], row_b[kTinyMaxLen + 16];
+  alignas(64) T qt[kTinyMaxDim * kTinyMaxLen], dot[kTinyMaxDim * kTinyMaxLen];  // Q^T, dO^T (query-lane layout)
 };
 
 // bias <- 0 where query i of batch row b sees key j, -inf elsewhere (key slots past Lk, rows past Lq).
@@ -163,22 +167,25 @@ __attribute__((always_inline)) inline void product_block(const T* A, int64_t am,
     for (int j = 0; j < C; ++j) store(Cm + r * ldc + j * W, c[r][j]);
 }
 
-// C (M, C vectors at column 0) = A B, in blocks of R rows, then single rows.
+// C (M, C vectors at column 0) = A B, in blocks of R rows, then the last rows in blocks of R / 2, R / 4, ... (a
+// single row's C accumulators wait on the FMA latency).
 template <class T, int R, int C>
 inline void product_columns(const T* A, int64_t am, int64_t ak, int M, int K, const T* B, int64_t ldb, T* Cm,
                             int64_t ldc) {
   int m = 0;
   for (; m + R <= M; m += R) product_block<T, R, C>(A + m * am, am, ak, K, B, ldb, Cm + m * ldc, ldc);
-  for (; m < M; ++m) product_block<T, 1, C>(A + m * am, am, ak, K, B, ldb, Cm + m * ldc, ldc);
+  if constexpr (R > 1)
+    if (m < M) product_columns<T, R / 2, C>(A + m * am, am, ak, M - m, K, B, ldb, Cm + m * ldc, ldc);
 }
 
-// C (M, N) = A (M, K) B (K, N): A[m * am + k * ak] (am, ak pick P, dS or a transpose), rows of B and C unit-stride.
-// 8 accumulators per block: 2 rows x 4 vectors, then 4 x 2 and 4 x 1 on the last columns.
+// C (M, N) = A (M, K) B (K, N): A[m * am + k * ak] (am, ak pick P, dS, K or a transpose), rows of B and C
+// unit-stride. 8 to 12 accumulators per block: 2 rows x 4 vectors, then 4 x 3, 4 x 2 or 4 x 1 on the last columns.
 template <class T>
 void product(const T* A, int64_t am, int64_t ak, int M, int K, const T* B, int64_t ldb, int N, T* C, int64_t ldc) {
   constexpr int W = kLanes<T>;
   int n = 0;
   for (; n + 4 * W <= N; n += 4 * W) product_columns<T, 2, 4>(A, am, ak, M, K, B + n, ldb, C + n, ldc);
+  if (n + 3 * W <= N) product_columns<T, 4, 3>(A, am, ak, M, K, B + n, ldb, C + n, ldc), n += 3 * W;
   if (n + 2 * W <= N) product_columns<T, 4, 2>(A, am, ak, M, K, B + n, ldb, C + n, ldc), n += 2 * W;
   if (n + W <= N) product_columns<T, 4, 1>(A, am, ak, M, K, B + n, ldb, C + n, ldc), n += W;
   for (; n < N; ++n)  // head dims off the vector width
@@ -187,6 +194,63 @@ void product(const T* A, int64_t am, int64_t ak, int M, int K, const T* B, int64
       for (int k = 0; k < K; ++k) c += A[m * am + k * ak] * B[k * ldb + n];
       C[m * ldc + n] = c;
     }
+}
+
+// Rounds S of the in-register transpose: swap the S-lane blocks of rows i and i + S (one two-input shuffle per row
+// once S spans 64 bits: shufps, vperm2f128, vshuff32x4).
+template <class T, int S>
+inline void swap_blocks(vec<T>* a) {
+  constexpr int W = kLanes<T>;
+  if constexpr (S < W) {
+    for (int i = 0; i < W; ++i)
+      if ((i & S) == 0) {
+        const vec<T> u = a[i], v = a[i + S];
+        a[i] = __builtin_shuffle(u, v, pattern<T>([](int p) { return p & S ? W + p - S : p; }));
+        a[i + S] = __builtin_shuffle(u, v, pattern<T>([](int p) { return p & S ? W + p : p + S; }));
+      }
+    swap_blocks<T, 2 * S>(a);
+  }
+}
+
+// a (W vectors: the rows of a W x W block) <- its transpose. Doubles: block swaps of 1, 2, ... lanes (the first is
+// unpacklo / unpackhi). Floats: unpacklo / unpackhi of row pairs first (a single-lane block swap would take two
+// instructions a row), which leaves rows 1 and 2 of each 4 exchanged once the block swaps of 2, 4, ... lanes follow.
+template <class T>
+inline void transpose_square(vec<T>* a) {
+  constexpr int W = kLanes<T>, Q = 16 / int(sizeof(T));  // lanes per 128 bits
+  if constexpr (Q == 4) {
+    for (int i = 0; i < W; i += 2) {
+      const vec<T> u = a[i], v = a[i + 1];
+      a[i] = __builtin_shuffle(u, v, pattern<T>([](int p) { return (p % 2 ? W : 0) + p / Q * Q + p % Q / 2; }));
+      a[i + 1] = __builtin_shuffle(u, v, pattern<T>([](int p) { return (p % 2 ? W : 0) + p / Q * Q + Q / 2 + p % Q / 2; }));
+    }
+    swap_blocks<T, 2>(a);
+    for (int i = 0; i < W; i += 4) {
+      const vec<T> t = a[i + 1];
+      a[i + 1] = a[i + 2], a[i + 2] = t;
+    }
+  } else {
+    swap_blocks<T, 1>(a);
+  }
+}
+
+// out (cols, ld) = alpha A^T for A (rows, cols) at row stride lda, columns rows..ld of out 0 (ld a multiple of W):
+// W x W blocks transposed in registers, the columns of A past the last whole block by scalars.
+template <class T>
+void transpose(const T* A, int64_t lda, int rows, int cols, T alpha, T* out, int ld) {
+  constexpr int W = kLanes<T>;
+  const int c0 = cols / W * W;
+  for (int r0 = 0; r0 < ld; r0 += W) {
+    const int n = rows - r0;  // rows of this block in A (the rest are 0)
+    for (int c = 0; c < c0; c += W) {
+      vec<T> a[W];
+      for (int i = 0; i < W; ++i) a[i] = i < n ? load(A + (r0 + i) * lda + c) * alpha : splat(T(0));
+      transpose_square<T>(a);
+      for (int i = 0; i < W; ++i) store(out + (c + i) * ld + r0, a[i]);
+    }
+    for (int c = c0; c < cols; ++c)
+      for (int i = 0; i < W; ++i) out[c * ld + r0 + i] = i < n ? alpha * A[(r0 + i) * lda + c] : T(0);
+  }
 }
 
 // ---- softmax ----
@@ -265,30 +329,83 @@ void softmax_grad(T* s, T* ds, const T* lse2, const Block& blk, T scale) {
   }
 }
 
+// The query-lane layout's softmax: s (Lk, LQ) holds S^T in base 2, a column per query (LQ = Lq rounded up to W),
+// bias (Lk, LQ) the mask; every reduction runs down the columns, lane by lane.
+
+// s <- P^T = the softmax of each column of s + bias; lse (Lq,) <- each query's logsumexp (-inf where it sees no key:
+// its P is 0).
+template <class T>
+void softmax_columns(T* s, const T* bias, int Lk, int LQ, int Lq, T* lse) {
+  constexpr int W = kLanes<T>;
+  const T inf = __builtin_inf();
+  for (int c = 0; c < LQ; c += W) {
+    vec<T> mx = splat(-inf);
+    for (int j = 0; j < Lk; ++j) {
+      const vec<T> x = load(s + j * LQ + c) + load(bias + j * LQ + c);
+      store(s + j * LQ + c, x);
+      mx = vmax<T>(mx, x);
+    }
+    const vec<T> sub = mx == -inf ? splat(T(0)) : mx;
+    vec<T> sum = splat(T(0));
+    for (int j = 0; j < Lk; ++j) {
+      const vec<T> p = exp2_vec(load(s + j * LQ + c) - sub);
+      store(s + j * LQ + c, p);
+      sum += p;
+    }
+    const vec<T> inv = sum > 0 ? T(1) / sum : splat(T(0));
+    for (int j = 0; j < Lk; ++j) store(s + j * LQ + c, load(s + j * LQ + c) * inv);
+    const vec<T> y = lse_of<T>(mx, sum);
+    for (int p = 0; p < W && c + p < Lq; ++p) lse[c + p] = y[p];
+  }
+}
+
+// s (S^T, base 2) <- P^T = exp2(s + bias - lse2), ds (dP^T) <- dS^T = scale P (dP - delta), delta = the column sums
+// of P dP; lse2 (LQ,) per query, +inf where a query saw no key (and on the padding lanes).
+template <class T>
+void softmax_grad_columns(T* s, T* ds, const T* bias, const T* lse2, int Lk, int LQ, T scale) {
+  constexpr int W = kLanes<T>;
+  for (int c = 0; c < LQ; c += W) {
+    const vec<T> sub = load(lse2 + c);
+    vec<T> pdp = splat(T(0));
+    for (int j = 0; j < Lk; ++j) {
+      const vec<T> p = exp2_vec(load(s + j * LQ + c) + load(bias + j * LQ + c) - sub);
+      store(s + j * LQ + c, p);
+      pdp += p * load(ds + j * LQ + c);
+    }
+    for (int j = 0; j < Lk; ++j)
+      store(ds + j * LQ + c, scale * load(s + j * LQ + c) * (load(ds + j * LQ + c) - pdp));
+  }
+}
+
 // ---- sequences ----
 
-// f(bh, Q, K, V) for every sequence bh in [bh0, bh1), with w.bias holding its batch row's mask. (Prefetching the
-// next sequence's rows in software made the memory-bound level-1 shapes 20% slower than the hardware prefetchers.)
-template <class T, class F>
+// f(bh, Q, K, V) for every sequence bh in [bh0, bh1), with set_bias(b) called for its batch row b when the mask
+// changes. (Prefetching the next sequence's rows in software made the memory-bound level-1 shapes 20% slower than
+// the hardware prefetchers.)
+template <class T, class SetBias, class F>
 void each_sequence(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask,
-                   const Block& blk, int64_t bh0, int64_t bh1, Scratch<T>& w, F&& f) {
+                   int64_t bh0, int64_t bh1, SetBias&& set_bias, F&& f) {
   const int64_t group = d.H / d.Hk;
   int64_t b = bh0 / d.H, h = bh0 % d.H;  // then stepped: a division per sequence costs ~5% at PixelLoss's shape
-  mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias);
+  set_bias(b);
   for (int64_t bh = bh0; bh < bh1; ++bh) {
     f(bh, q.at(b, h), k.at(b, h / group), v.at(b, h / group));
     if (++h == d.H && bh + 1 < bh1) {
       h = 0, ++b;
-      if (mask.key_len != nullptr) mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias);
+      if (mask.key_len != nullptr) set_bias(b);
     }
   }
 }
 
+// ---- the row layout (Lq <= W / 2: PixelLoss): score rows of LP key slots, R query rows per vector ----
+
 template <class T, int G>
-void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask, T scale,
-             int64_t bh0, int64_t bh1, T* out, T* lse, const Block& blk, Scratch<T>& w) {
+void forward_rows(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask,
+                  T scale, int64_t bh0, int64_t bh1, T* out, T* lse, Scratch<T>& w) {
   const int D = d.D;
-  each_sequence(q, k, v, d, mask, blk, bh0, bh1, w, [&](int64_t bh, const T* Q, const T* K, const T* V) {
+  const Block blk = block_of<T>(d.Lq, d.Lk);
+  auto set_bias = [&](int64_t b) { mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias); };
+  each_sequence(q, k, v, d, mask, bh0, bh1, set_bias, [&](int64_t bh, const T* Q, const T* K, const T* V) {
     dots<T>(Q, q.sl, d.Lq, K, k.sl, d.Lk, D, blk, T(scale * kLog2e), w.bias, w.s);  // S = scale log2(e) Q K^T
     softmax<T, G>(w.s, blk, d.Lq, lse + bh * d.Lq, w.row_a, w.row_b);                // P, lse
     product(w.s, blk.LP, 1, d.Lq, d.Lk, V, v.sl, D, out + bh * d.Lq * D, D);  // O = P V
@@ -296,12 +413,13 @@ void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, 
 }
 
 template <class T, int G>
-void backward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const T* lse, const TinyDims& d,
-              const MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq, T* dk, T* dv, const Block& blk,
-              Scratch<T>& w) {
+void backward_rows(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const T* lse, const TinyDims& d,
+                   const MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq, T* dk, T* dv, Scratch<T>& w) {
   const int D = d.D;
+  const Block blk = block_of<T>(d.Lq, d.Lk);
   for (int i = d.Lq; i < blk.rows + kLanes<T>; ++i) w.row_a[i] = __builtin_inf();  // padding rows: P 0
-  each_sequence(q, k, v, d, mask, blk, bh0, bh1, w, [&](int64_t bh, const T* Q, const T* K, const T* V) {
+  auto set_bias = [&](int64_t b) { mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias); };
+  each_sequence(q, k, v, d, mask, bh0, bh1, set_bias, [&](int64_t bh, const T* Q, const T* K, const T* V) {
     const T* dO = dout + bh * d.Lq * D;
     for (int i = 0; i < d.Lq; ++i) {  // lse in base 2; a row that saw no key: P = exp2(-inf) = 0
       const T l = lse[bh * d.Lq + i];
@@ -316,6 +434,58 @@ void backward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, con
   });
 }
 
+// ---- the query-lane layout (Lq > W / 2: FractalGen's levels): a column per query ----
+// Qt (D, LQ) = scale log2(e) Q^T, transposed once per sequence, LQ = Lq rounded up to W; then every product
+// broadcasts one scalar against whole vectors (no horizontal sums) and the softmax reduces down the columns:
+//   S^T = K Qt, P^T = softmax of its columns, O = P V (P^T read transposed).
+
+// bias (Lk, LQ) <- 0 where query i of batch row b sees key j (and on the padding lanes i >= Lq), -inf elsewhere.
+template <class T>
+void mask_bias_columns(const MaskParams& mask, int64_t b, int Lq, int Lk, int LQ, T* bias) {
+  for (int j = 0; j < Lk; ++j)
+    for (int i = 0; i < LQ; ++i)
+      bias[j * LQ + i] = i >= Lq || kernels::visible(mask, int(b), i, j, Lq, Lk) ? T(0) : T(-__builtin_inf());
+}
+
+template <class T>
+int lanes_of(int Lq) { return (Lq + kLanes<T> - 1) / kLanes<T> * kLanes<T>; }
+
+template <class T>
+void forward_lanes(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask,
+                   T scale, int64_t bh0, int64_t bh1, T* out, T* lse, Scratch<T>& w) {
+  const int D = d.D, Lq = d.Lq, Lk = d.Lk, LQ = lanes_of<T>(Lq);
+  auto set_bias = [&](int64_t b) { mask_bias_columns(mask, b, Lq, Lk, LQ, w.bias); };
+  each_sequence(q, k, v, d, mask, bh0, bh1, set_bias, [&](int64_t bh, const T* Q, const T* K, const T* V) {
+    transpose(Q, q.sl, Lq, D, T(scale * kLog2e), w.qt, LQ);     // Qt = scale log2(e) Q^T
+    product(K, k.sl, 1, Lk, D, w.qt, LQ, LQ, w.s, LQ);           // S^T = K Qt
+    softmax_columns(w.s, w.bias, Lk, LQ, Lq, lse + bh * Lq);      // P^T, lse
+    product(w.s, 1, LQ, Lq, Lk, V, v.sl, D, out + bh * Lq * D, D);  // O = P V
+  });
+}
+
+template <class T>
+void backward_lanes(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const T* lse, const TinyDims& d,
+                    const MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq, T* dk, T* dv, Scratch<T>& w) {
+  const int D = d.D, Lq = d.Lq, Lk = d.Lk, LQ = lanes_of<T>(Lq);
+  for (int i = Lq; i < LQ; ++i) w.row_a[i] = __builtin_inf();  // padding lanes: P 0
+  auto set_bias = [&](int64_t b) { mask_bias_columns(mask, b, Lq, Lk, LQ, w.bias); };
+  each_sequence(q, k, v, d, mask, bh0, bh1, set_bias, [&](int64_t bh, const T* Q, const T* K, const T* V) {
+    const T* dO = dout + bh * Lq * D;
+    for (int i = 0; i < Lq; ++i) {  // lse in base 2; a query that saw no key: P = exp2(-inf) = 0
+      const T l = lse[bh * Lq + i];
+      w.row_a[i] = l == -__builtin_inf() ? T(__builtin_inf()) : T(l * kLog2e);
+    }
+    transpose(Q, q.sl, Lq, D, T(scale * kLog2e), w.qt, LQ);       // Qt
+    transpose(dO, D, Lq, D, T(1), w.dot, LQ);                       // dO^T
+    product(K, k.sl, 1, Lk, D, w.qt, LQ, LQ, w.s, LQ);             // S^T = K Qt (base 2)
+    product(V, v.sl, 1, Lk, D, w.dot, LQ, LQ, w.ds, LQ);           // dP^T = V dO^T
+    softmax_grad_columns(w.s, w.ds, w.bias, w.row_a, Lk, LQ, scale);  // P^T, dS^T
+    product(w.ds, 1, LQ, Lq, Lk, K, k.sl, D, dq + bh * Lq * D, D);  // dQ = dS K
+    product(w.ds, LQ, 1, Lk, Lq, Q, q.sl, D, dk + bh * Lk * D, D);  // dK = dS^T Q
+    product(w.s, LQ, 1, Lk, Lq, dO, D, D, dv + bh * Lk * D, D);     // dV = P^T dO
+  });
+}
+
 // The calling thread's scratch.
 template <class T>
 Scratch<T>& scratch() {
@@ -323,13 +493,18 @@ Scratch<T>& scratch() {
   return w;
 }
 
+// Whether Lq queries take the query-lane layout: more than half a vector of them (fewer would waste most lanes).
+template <class T>
+bool query_lanes(int Lq) { return 2 * Lq > kLanes<T>; }
+
 template <class T>
 void forward_fn(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d, const MaskParams& mask, T scale,
                 int64_t bh0, int64_t bh1, T* out, T* lse) {
   Scratch<T>& w = scratch<T>();
+  if (query_lanes<T>(d.Lq)) return forward_lanes<T>(q, k, v, d, mask, scale, bh0, bh1, out, lse, w);
   const Block blk = block_of<T>(d.Lq, d.Lk);
   with_pow2<T>(blk.LP < kLanes<T> ? blk.LP : kLanes<T>, [&](auto G) {  // lanes of a score row's run
-    forward<T, decltype(G)::value>(q, k, v, d, mask, scale, bh0, bh1, out, lse, blk, w);
+    forward_rows<T, decltype(G)::value>(q, k, v, d, mask, scale, bh0, bh1, out, lse, w);
   });
 }
 
@@ -337,9 +512,10 @@ template <class T>
 void backward_fn(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const T* lse, const TinyDims& d,
                  const MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq, T* dk, T* dv) {
   Scratch<T>& w = scratch<T>();
+  if (query_lanes<T>(d.Lq)) return backward_lanes<T>(q, k, v, dout, lse, d, mask, scale, bh0, bh1, dq, dk, dv, w);
   const Block blk = block_of<T>(d.Lq, d.Lk);
   with_pow2<T>(blk.LP < kLanes<T> ? blk.LP : kLanes<T>, [&](auto G) {
-    backward<T, decltype(G)::value>(q, k, v, dout, lse, d, mask, scale, bh0, bh1, dq, dk, dv, blk, w);
+    backward_rows<T, decltype(G)::value>(q, k, v, dout, lse, d, mask, scale, bh0, bh1, dq, dk, dv, w);
   });
 }
 

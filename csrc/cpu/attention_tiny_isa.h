@@ -1,5 +1,6 @@
-// The tiny-sequence attention of the CPU (Lq, Lk <= 32: FractalGen's levels, PixelLoss): a whole sequence is one row
-// block held in registers and a few KB of scratch, many sequences per task, no tiles and no BLAS call per sequence.
+// The tiny-sequence attention of the CPU (Lq, Lk <= 32: FractalGen's levels, PixelLoss): a whole sequence is one
+// block held in registers and a few KB of scratch (queries in lanes, or rows of keys for Lq <= half a vector), many
+// sequences per task, no tiles and no BLAS call per sequence.
 // Torch-free; compiled per ISA (cpu/isa.h's table).
 #pragma once
 #include <cstdint>
