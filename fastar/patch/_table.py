@@ -23,8 +23,8 @@ class Row:
     #                         `module` (of a live model's class's module) is replaced, not a method of cls
 
 
-_applied = []  # (owner, attr, had_own, original, row): owner is a class or an instance
-_declined = {}  # (row, id(instance)) -> reason of the last declined call
+_applied = []  # (owner, attr, had_own, original, row): owner is a class, an instance or a module (function rows)
+_declined = {}  # (row, id(instance or module)) -> reason of the last declined call
 
 
 def _wrap(row, original, module=None):

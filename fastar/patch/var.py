@@ -135,7 +135,7 @@ def _embed_declines(self, ms_h_BChw, all_to_max_scale=True, last_one=False):
     return "all_to_max_scale=False (per-scale maps)" if not all_to_max_scale else _quant_declines(self)
 
 
-# ---- models/var.py's global sample_with_top_k_top_p_ (models/helpers.py), called by VAR.autoregressive_infer_cfg ----
+# ---- models/helpers.py's sample_with_top_k_top_p_, looked up in models/var.py by autoregressive_infer_cfg ----
 
 def sample_with_top_k_top_p_(logits_BlV, top_k=0, top_p=0.0, rng=None, num_samples=1):
     """The official filters (top_k <= 0 and top_p <= 0 off; ties with the k-th largest logit kept; top_p over the
