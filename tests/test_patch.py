@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import fastar
 import fastar.patch
 from fastar.reference import quantize as ref_q
+from tests.conftest import backend_device
 from tests.tolerance import assert_close
 
 pytestmark = pytest.mark.one_schedule
@@ -137,14 +138,15 @@ class VAR(nn.Module):
     generator); more_smooth embeds a Gumbel-softmax mixture of the filtered logits instead of the token.
     Returns the token maps and the embeddings fed onwards."""
 
-    def __init__(self, V=4096, C=32, patch_nums=PN, num_classes=10):
+    def __init__(self, V=4096, C=32, patch_nums=PN, num_classes=10, device="cpu"):
         super().__init__()
         self.V, self.patch_nums, self.num_classes = V, patch_nums, num_classes
         self.class_emb, self.word_embed = nn.Embedding(num_classes + 1, C), nn.Embedding(V, C)
         self.pos = nn.Parameter(torch.randn(1, sum(pn * pn for pn in patch_nums), C))
         self.head = nn.Linear(C, V)
         nn.init.normal_(self.head.weight, std=0.15)  # logits of std ~1: both filters cut tokens drawn without them
-        self.rng = torch.Generator()
+        self.to(device)
+        self.rng = torch.Generator(device)  # the official one is on dist.get_device()
 
     def autoregressive_infer_cfg(self, B, label_B, g_seed=None, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False):
         with torch.no_grad():
@@ -335,9 +337,9 @@ def test_patch_errors_name_what_is_missing(monkeypatch):
 
 def infer(var, g_seed, top_k, top_p, more_smooth=False, B=3):
     if g_seed is None:
-        torch.manual_seed(12)  # rng None: the global generator
-    return var.autoregressive_infer_cfg(B, torch.tensor([1, 4, 7][:B]), g_seed=g_seed, cfg=1.5, top_k=top_k,
-                                        top_p=top_p, more_smooth=more_smooth)
+        torch.manual_seed(12)  # rng None: the global generator (of the device, as torch.multinomial's)
+    return var.autoregressive_infer_cfg(B, torch.tensor([1, 4, 7][:B], device=var.pos.device), g_seed=g_seed,
+                                        cfg=1.5, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
 
 
 def sampler_status(var):
@@ -347,18 +349,18 @@ def sampler_status(var):
 @pytest.mark.parametrize("top_k, top_p", [(900, 0.96), (900, 0.95), (0, 0.0), (50, 0.0), (0, 0.6), (4096, 0.99),
                                           (-1, 1.5)])
 @pytest.mark.parametrize("g_seed", [0, None])
-def test_sampler_patched_gives_the_official_tokens(official, top_k, top_p, g_seed):
+def test_sampler_patched_gives_the_official_tokens(official, backend, top_k, top_p, g_seed):
     """One seed, the same tokens at every scale (fastar races the exponentials torch.multinomial draws, from rng
     or the global generator), at VAR's filters and off / edge values; undo puts the original back."""
     torch.manual_seed(13)
-    var = official.VAR()
+    var = official.VAR(device=backend_device(backend))
     original = official.var.sample_with_top_k_top_p_
     want, _ = infer(var, g_seed, top_k, top_p)
     assert fastar.patch.var(var) == [r for r in fastar.patch.VAR_ROWS if r.cls == "VAR"]
     assert official.var.sample_with_top_k_top_p_.__fastar_row__.attr == "sample_with_top_k_top_p_"
     assert sys.modules["models.helpers"].sample_with_top_k_top_p_ is original  # patched where VAR looks it up
     got, _ = infer(var, g_seed, top_k, top_p)
-    assert fastar.last_backend("sample_categorical") == "cpu"
+    assert fastar.last_backend("sample_categorical") == backend
     assert sampler_status(var) == {"sample_with_top_k_top_p_": "applied"}
     assert all(torch.equal(a, b) for a, b in zip(got, want)) and [a.shape for a in got] == [(3, n * n) for n in PN]
     assert len({t.unique().numel() for t in want}) > 1  # the draws are not all one token
