@@ -1,6 +1,7 @@
 """fastar.patch (issue 15): stand-ins with the official module paths, attribute names and call contracts of
-FoundationVision/VAR's SelfAttention (models/basic_var.py) and VectorQuantizer2 (models/quant.py), written here
-(the official code is not shipped); patched against unpatched, float64 stand-ins as the oracle."""
+FoundationVision/VAR's SelfAttention (models/basic_var.py), VectorQuantizer2 (models/quant.py) and the sampler
+sample_with_top_k_top_p_ (models/helpers.py) that VAR.autoregressive_infer_cfg (models/var.py) calls by name,
+written here (the official code is not shipped); patched against unpatched, float64 stand-ins as the oracle."""
 import enum
 import math
 import sys
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 import fastar
 import fastar.patch
 from fastar.reference import quantize as ref_q
+from tests.conftest import backend_device
 from tests.tolerance import assert_close
 
 pytestmark = pytest.mark.one_schedule
@@ -104,9 +106,79 @@ class VectorQuantizer2(nn.Module):
                                    resi_ratio=abs(self.quant_resi_ratio))
 
 
+def sample_with_top_k_top_p_(logits_BlV, top_k=0, top_p=0.0, rng=None, num_samples=1):
+    """models/helpers.py's contract: logits (B, l, V) filtered in place (top_k > 0: the logits below the k-th
+    largest to -inf; top_p > 0: in ascending order, those whose cumulative probability is <= 1 - top_p, the largest
+    always kept), then torch.multinomial over the softmax rows with rng, with replacement unless num_samples < 0
+    -> (B, l, |num_samples|)."""
+    B, l, V = logits_BlV.shape
+    if top_k > 0:
+        kth = logits_BlV.topk(top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        logits_BlV.masked_fill_(logits_BlV < kth, -torch.inf)
+    if top_p > 0:
+        ascending, order = logits_BlV.sort(dim=-1)
+        drop = ascending.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
+        drop[..., -1] = False
+        logits_BlV.masked_fill_(torch.zeros_like(drop).scatter_(-1, order, drop), -torch.inf)
+    n = abs(num_samples)
+    return torch.multinomial(logits_BlV.softmax(dim=-1).reshape(-1, V), n, replacement=num_samples >= 0,
+                             generator=rng).reshape(B, l, n)
+
+
+def gumbel_softmax_with_rng(logits, tau=1.0, hard=False, eps=1e-10, dim=-1, rng=None):
+    """models/helpers.py's contract for hard=False: softmax((logits + Gumbel noise from rng) / tau)."""
+    return ((logits - torch.empty_like(logits).exponential_(generator=rng).log()) / tau).softmax(dim)
+
+
+class VAR(nn.Module):
+    """VAR.autoregressive_infer_cfg's contract at toy size: per scale, logits (2B, l, V) for the class and the
+    unconditional half, mixed with t = cfg * si / (scales - 1), one token per position from
+    sample_with_top_k_top_p_(logits, rng=, top_k=, top_p=, num_samples=1)[:, :, 0], looked up as a global of
+    models.var (the fixture rebinds the method there); rng is self.rng seeded with g_seed, or None (the global
+    generator); more_smooth embeds a Gumbel-softmax mixture of the filtered logits instead of the token.
+    Returns the token maps and the embeddings fed onwards."""
+
+    def __init__(self, V=4096, C=32, patch_nums=PN, num_classes=10, device="cpu"):
+        super().__init__()
+        self.V, self.patch_nums, self.num_classes = V, patch_nums, num_classes
+        self.class_emb, self.word_embed = nn.Embedding(num_classes + 1, C), nn.Embedding(V, C)
+        self.pos = nn.Parameter(torch.randn(1, sum(pn * pn for pn in patch_nums), C))
+        self.head = nn.Linear(C, V)
+        nn.init.normal_(self.head.weight, std=0.15)  # logits of std ~1: both filters cut tokens drawn without them
+        self.to(device)
+        self.rng = torch.Generator(device)  # the official one is on dist.get_device()
+
+    def autoregressive_infer_cfg(self, B, label_B, g_seed=None, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False):
+        with torch.no_grad():
+            rng = None if g_seed is None else self.rng.manual_seed(g_seed)
+            ctx = self.class_emb(torch.cat((label_B, torch.full_like(label_B, self.num_classes))))  # (2B, C)
+            tokens, embeds, start, SN = [], [], 0, len(self.patch_nums)
+            for si, pn in enumerate(self.patch_nums):
+                logits = self.head(ctx[:, None] + self.pos[:, start:start + pn * pn])  # (2B, l, V)
+                start, ratio = start + pn * pn, si / (SN - 1)
+                logits_BlV = (1 + cfg * ratio) * logits[:B] - cfg * ratio * logits[B:]
+                idx_Bl = sample_with_top_k_top_p_(logits_BlV, rng=rng, top_k=top_k, top_p=top_p, num_samples=1)[:, :, 0]
+                if not more_smooth:
+                    h = self.word_embed(idx_Bl)
+                else:  # reads logits_BlV, which the sampler filtered in place
+                    soft = gumbel_softmax_with_rng(logits_BlV.mul(1 + ratio), tau=0.3, hard=False, dim=-1, rng=rng)
+                    h = soft @ self.word_embed.weight
+                ctx = ctx + h.mean(1).repeat(2, 1)
+                tokens.append(idx_Bl)
+                embeds.append(h)
+            return tokens, embeds
+
+
+def _defined_in(fn, module):
+    """fn with module's namespace as its globals: the names it calls are looked up in module, as the official
+    methods look theirs up in their own module."""
+    return types.FunctionType(fn.__code__, vars(module), fn.__name__, fn.__defaults__, fn.__closure__)
+
+
 @pytest.fixture
 def official(monkeypatch):
-    """The stand-ins registered as the official modules models.basic_var and models.quant."""
+    """The stand-ins registered as the official modules models.basic_var, models.quant, models.helpers and
+    models.var (which imports the sampler by name, `from models.helpers import sample_with_top_k_top_p_`)."""
     mods = {}
     for name, classes in (("models.basic_var", [SelfAttention]), ("models.quant", [VectorQuantizer2])):
         mod = types.ModuleType(name)
@@ -115,8 +187,16 @@ def official(monkeypatch):
             setattr(mod, cls.__name__, sub)
         monkeypatch.setitem(sys.modules, name, mod)
         mods[name] = mod
+    helpers, var = types.ModuleType("models.helpers"), types.ModuleType("models.var")
+    for mod in (helpers, var):
+        mod.sample_with_top_k_top_p_, mod.gumbel_softmax_with_rng = sample_with_top_k_top_p_, gumbel_softmax_with_rng
+    var.torch = torch
+    var.VAR = type("VAR", (VAR,), {"__module__": "models.var",
+                                    "autoregressive_infer_cfg": _defined_in(VAR.autoregressive_infer_cfg, var)})
+    for mod in (helpers, var):
+        monkeypatch.setitem(sys.modules, mod.__name__, mod)
     yield types.SimpleNamespace(SelfAttention=mods["models.basic_var"].SelfAttention,
-                                VectorQuantizer2=mods["models.quant"].VectorQuantizer2)
+                                VectorQuantizer2=mods["models.quant"].VectorQuantizer2, VAR=var.VAR, var=var)
     fastar.patch.undo()
 
 
@@ -251,6 +331,84 @@ def test_patch_errors_name_what_is_missing(monkeypatch):
         fastar.patch.var(nn.Linear(2, 2))
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         fastar.patch.var("VAR")
+
+
+# ---- models/var.py's sample_with_top_k_top_p_ ----
+
+def infer(var, g_seed, top_k, top_p, more_smooth=False, B=3):
+    if g_seed is None:
+        torch.manual_seed(12)  # rng None: the global generator (of the device, as torch.multinomial's)
+    return var.autoregressive_infer_cfg(B, torch.tensor([1, 4, 7][:B], device=var.pos.device), g_seed=g_seed,
+                                        cfg=1.5, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+
+
+def sampler_status(var):
+    return {row.attr: st for _, row, st in fastar.patch.report(var)}
+
+
+@pytest.mark.parametrize("top_k, top_p", [(900, 0.96), (900, 0.95), (0, 0.0), (50, 0.0), (0, 0.6), (4096, 0.99),
+                                          (-1, 1.5)])
+@pytest.mark.parametrize("g_seed", [0, None])
+def test_sampler_patched_gives_the_official_tokens(official, backend, top_k, top_p, g_seed):
+    """One seed, the same tokens at every scale (fastar races the exponentials torch.multinomial draws, from rng
+    or the global generator), at VAR's filters and off / edge values; undo puts the original back."""
+    torch.manual_seed(13)
+    var = official.VAR(device=backend_device(backend))
+    original = official.var.sample_with_top_k_top_p_
+    want, _ = infer(var, g_seed, top_k, top_p)
+    assert fastar.patch.var(var) == [r for r in fastar.patch.VAR_ROWS if r.cls == "VAR"]
+    assert official.var.sample_with_top_k_top_p_.__fastar_row__.attr == "sample_with_top_k_top_p_"
+    assert sys.modules["models.helpers"].sample_with_top_k_top_p_ is original  # patched where VAR looks it up
+    got, _ = infer(var, g_seed, top_k, top_p)
+    assert fastar.last_backend("sample_categorical") == backend
+    assert sampler_status(var) == {"sample_with_top_k_top_p_": "applied"}
+    assert all(torch.equal(a, b) for a, b in zip(got, want)) and [a.shape for a in got] == [(3, n * n) for n in PN]
+    assert len({t.unique().numel() for t in want}) > 1  # the draws are not all one token
+    fastar.patch.undo(var)
+    assert official.var.sample_with_top_k_top_p_ is original
+    assert sampler_status(var) == {}
+    again, _ = infer(var, g_seed, top_k, top_p)
+    assert all(torch.equal(a, b) for a, b in zip(again, want))
+
+
+def test_sampler_class_patch_and_undo(official):
+    original = official.var.sample_with_top_k_top_p_
+    rows = fastar.patch.var(attention=False, quantizer=False)
+    assert [(r.module, r.attr, r.function) for r in rows] == [("models.var", "sample_with_top_k_top_p_", True)]
+    torch.manual_seed(14)
+    var = official.VAR()
+    got, _ = infer(var, 5, 900, 0.96)
+    assert sampler_status(var) == {"sample_with_top_k_top_p_": "applied"}
+    fastar.patch.undo()
+    assert official.var.sample_with_top_k_top_p_ is original
+    want, _ = infer(var, 5, 900, 0.96)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_sampler_declines_where_the_filtered_logits_are_read(official):
+    """more_smooth reads the logits the official sampler filters in place: the original runs (same tokens, same
+    Gumbel mixtures bit for bit), and report says why; so does a call with num_samples > 1 or from elsewhere."""
+    torch.manual_seed(15)
+    var = official.VAR()
+    want = infer(var, 3, 900, 0.96, more_smooth=True)
+    fastar.patch.var(var)
+    got = infer(var, 3, 900, 0.96, more_smooth=True)
+    assert all(torch.equal(a, b) for a, b in zip(got[0] + got[1], want[0] + want[1]))
+    assert sampler_status(var)["sample_with_top_k_top_p_"].startswith(
+        "declined: the caller may read the logits the official sampler filters in place (more_smooth")
+    logits = torch.randn(2, 5, 64)
+    torch.manual_seed(16)
+    many = official.var.sample_with_top_k_top_p_(logits.clone(), top_k=10, num_samples=3)
+    torch.manual_seed(16)
+    assert torch.equal(many, sample_with_top_k_top_p_(logits.clone(), top_k=10, num_samples=3))
+    assert sampler_status(var)["sample_with_top_k_top_p_"] == ("declined: num_samples=3 (fastar draws one token per "
+                                                                "position)")
+    filtered = logits.clone()
+    official.var.sample_with_top_k_top_p_(filtered, top_k=10)  # not from autoregressive_infer_cfg: filtered as ever
+    assert (filtered.isinf().sum(-1) == 54).all() and "a caller other than" in sampler_status(var)[
+        "sample_with_top_k_top_p_"]
+    infer(var, 3, 900, 0.96)
+    assert sampler_status(var) == {"sample_with_top_k_top_p_": "applied"}
 
 
 # ---- LTH14/mar: DiffLoss.sample and timm's Attention ----

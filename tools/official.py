@@ -3,6 +3,7 @@ repository on sys.path with .cuda() as the identity (CPU only), scipy stubbed wh
 truncnorm mask-ratio generators; sampling never calls it), the machine line every figure carries, and interleaved
 timing rounds. The official code is read from the repository given, never copied into fastar."""
 import os
+import statistics
 import sys
 import time
 import types
@@ -36,8 +37,9 @@ def machine():
 
 def rounds(run, patch, n):
     """n interleaved rounds of run(r) unpatched then under patch() (undone after): prints each round's wall and CPU
-    time with the load average, then the best of each and their ratio (baseline: the unpatched official code)."""
-    best = {}
+    time with the load average, then the best and the median of each and their ratios (baseline: the unpatched
+    official code)."""
+    times = {"official": [], "patched": []}  # (wall, CPU) per round
     for r in range(n):
         for name in ("official", "patched"):
             if name == "patched":
@@ -49,9 +51,10 @@ def rounds(run, patch, n):
                 if name == "patched":
                     fastar.patch.undo()
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            best[name] = tuple(map(min, best.get(name, (wall, cpu)), (wall, cpu)))  # (best wall, best CPU)
+            times[name].append((wall, cpu))
             print(f"round {r} {name}: {wall:.2f} s wall, {cpu:.2f} s CPU (load before {load}, after "
                   f"{os.getloadavg()})", flush=True)
-    (ow, oc), (pw, pc) = best["official"], best["patched"]
-    print(f"best wall: official {ow:.2f} s, patched {pw:.2f} s, {ow / pw:.2f}x; CPU time {oc / pc:.2f}x "
-          f"(baseline: the unpatched official code)")
+    for stat, f in (("best", min), ("median", statistics.median)):
+        (ow, oc), (pw, pc) = ([f(t[i] for t in times[name]) for i in (0, 1)] for name in ("official", "patched"))
+        print(f"{stat} wall: official {ow:.2f} s, patched {pw:.2f} s, {ow / pw:.2f}x; {stat} CPU time official "
+              f"{oc:.2f} s, patched {pc:.2f} s, {oc / pc:.2f}x (baseline: the unpatched official code)")

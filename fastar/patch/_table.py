@@ -1,5 +1,6 @@
-"""The patch table's machinery: a Row names an official class attribute and its fastar replacement; apply() puts
-the replacements on a live model's instances or on the imported classes; undo() restores them."""
+"""The patch table's machinery: a Row names an official class attribute, or a module-level function, and its fastar
+replacement; apply() puts the replacements on a live model's instances or on the imported classes (a function: on
+the global its callers look it up by); undo() restores them."""
 import dataclasses
 import functools
 import sys
@@ -15,24 +16,35 @@ class Row:
     module: str  # the official module, e.g. "models.basic_var"
     cls: str  # the official class in it
     attr: str  # the attribute replaced
-    new: Callable  # the replacement, called as new(self, *args, **kwargs)
+    new: Callable  # the replacement, called as new(self, *args, **kwargs) (a function row: new(*args, **kwargs))
     when: str  # the condition under which it applies, in words
-    declines: Callable = lambda obj, *args, **kwargs: None  # -> the reason it does not apply to this call, or None
+    declines: Callable = lambda *args, **kwargs: None  # same arguments as new -> why it does not apply, or None
+    function: bool = False  # attr is a module-level function that cls's methods call by name: the global of
+    #                         `module` (of a live model's class's module) is replaced, not a method of cls
 
 
-_applied = []  # (owner, attr, had_own, original, row): owner is a class or an instance
-_declined = {}  # (row, id(instance)) -> reason of the last declined call
+_applied = []  # (owner, attr, had_own, original, row): owner is a class, an instance or a module (function rows)
+_declined = {}  # (row, id(instance or module)) -> reason of the last declined call
 
 
-def _wrap(row, original):
-    @functools.wraps(original)
-    def patched(self, *args, **kwargs):
-        reason = row.declines(self, *args, **kwargs)
+def _wrap(row, original, module=None):
+    """The replacement installed: row.new where row.declines says nothing, else the original, the reason kept
+    under the instance (a function row: under the module whose global it is)."""
+    def call(key, args, kwargs):
+        reason = row.declines(*args, **kwargs)
         if reason is None:
-            _declined.pop((row, id(self)), None)
-            return row.new(self, *args, **kwargs)
-        _declined[row, id(self)] = reason
-        return original(self, *args, **kwargs)
+            _declined.pop((row, key), None)
+            return row.new(*args, **kwargs)
+        _declined[row, key] = reason
+        return original(*args, **kwargs)
+
+    if row.function:
+        def patched(*args, **kwargs):
+            return call(id(module), args, kwargs)
+    else:
+        def patched(self, *args, **kwargs):
+            return call(id(self), (self,) + args, kwargs)
+    patched = functools.wraps(original)(patched)
     patched.__fastar_row__ = row
     return patched
 
@@ -43,6 +55,23 @@ def _matches(obj, row):
     t, m = type(obj), type(obj).__module__
     return t.__name__ == row.cls and (m == row.module or m.endswith("." + row.module)
                                       or m == row.module.rsplit(".", 1)[-1])
+
+
+def _install_function(module, row, caller):
+    """Replaces the global row.attr of `module` (where its callers look it up)."""
+    original = vars(module).get(row.attr)
+    if not callable(original):
+        raise AttributeError(f"{caller}: {module.__name__} has no function {row.attr!r}: the repository layout "
+                             f"differs from the one fastar patches")
+    if getattr(original, "__fastar_row__", None) is row:
+        return  # already patched
+    setattr(module, row.attr, _wrap(row, original, module))
+    _applied.append((module, row.attr, True, original, row))
+
+
+def _class_module(obj):
+    """The module obj's class is defined in: where its methods look up the functions they call."""
+    return sys.modules[type(obj).__module__]
 
 
 def _install(owner, row, caller):
@@ -60,7 +89,9 @@ def _install(owner, row, caller):
 
 
 def apply(rows, model, caller):
-    """Patches every instance of each row's class in `model` (an nn.Module), or the classes themselves."""
+    """Patches every instance of each row's class in `model` (an nn.Module), or the classes themselves; a function
+    row replaces the global of the module that defines the class of those instances (so every instance of a class
+    from that module calls the replacement), or of row.module."""
     if model is not None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"{caller}: model must be an nn.Module (or None to patch the classes), got "
@@ -69,7 +100,7 @@ def apply(rows, model, caller):
         for row in rows:
             mods = [m for m in model.modules() if _matches(m, row)]
             for m in mods:
-                _install(m, row, caller)
+                _install_function(_class_module(m), row, caller) if row.function else _install(m, row, caller)
             found += [row] if mods else []
         if not found:
             raise ValueError(f"{caller}: no module of model is one of {sorted({r.module + '.' + r.cls for r in rows})}"
@@ -80,6 +111,9 @@ def apply(rows, model, caller):
         if mod is None:
             raise ImportError(f"{caller}: the official module {row.module!r} is not imported: import it first "
                               f"(run from the official repository's root), or pass the model")
+        if row.function:
+            _install_function(mod, row, caller)
+            continue
         cls = getattr(mod, row.cls, None)
         if not isinstance(cls, type):
             raise AttributeError(f"{caller}: {row.module} has no class {row.cls!r}: the repository layout differs")
@@ -88,8 +122,10 @@ def apply(rows, model, caller):
 
 
 def undo(model=None):
-    """Restores what fastar.patch put on `model`'s modules, or everything it patched when model is None."""
-    owners = None if model is None else {id(m) for m in model.modules()}
+    """Restores what fastar.patch put on `model`'s modules, or everything it patched when model is None. A function
+    row's global is shared by every model of its module: undo(model) restores it for all of them."""
+    owners = None if model is None else {id(o) for m in model.modules() for o in (m, sys.modules.get(
+        type(m).__module__))}
     keep = []
     for owner, attr, had_own, before, row in reversed(_applied):
         if owners is not None and id(owner) not in owners:
@@ -110,8 +146,9 @@ def report(model):
         for row in rows:
             if not _matches(m, row):
                 continue
-            patched = getattr(getattr(m, row.attr), "__fastar_row__", None) is row
-            reason = _declined.get((row, id(m)))
+            owner = _class_module(m) if row.function else m
+            patched = getattr(getattr(owner, row.attr, None), "__fastar_row__", None) is row
+            reason = _declined.get((row, id(owner)))
             status = "not patched" if not patched else f"declined: {reason}" if reason else "applied"
             out.append((name, row, status))
     return out

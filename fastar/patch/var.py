@@ -1,6 +1,10 @@
-"""The rows of fastar.patch.var: FoundationVision/VAR's SelfAttention (models/basic_var.py) and VectorQuantizer2
-(models/quant.py) on fastar ops. The contracts (signatures, attributes, the kv_caching protocol, the 0 / -inf
-block-causal attn_bias) are the official code's; the bodies are fastar's."""
+"""The rows of fastar.patch.var: FoundationVision/VAR's SelfAttention (models/basic_var.py), VectorQuantizer2
+(models/quant.py) and the top-k / top-p sampler VAR.autoregressive_infer_cfg calls (models/helpers.py's
+sample_with_top_k_top_p_, looked up as a global of models/var.py) on fastar ops. The contracts (signatures,
+attributes, the kv_caching protocol, the 0 / -inf block-causal attn_bias, the sampler's (B, l, 1) result and its
+in-place filtering) are the official code's; the bodies are fastar's."""
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -131,6 +135,46 @@ def _embed_declines(self, ms_h_BChw, all_to_max_scale=True, last_one=False):
     return "all_to_max_scale=False (per-scale maps)" if not all_to_max_scale else _quant_declines(self)
 
 
+# ---- models/helpers.py's sample_with_top_k_top_p_, looked up in models/var.py by autoregressive_infer_cfg ----
+
+def sample_with_top_k_top_p_(logits_BlV, top_k=0, top_p=0.0, rng=None, num_samples=1):
+    """The official filters (top_k <= 0 and top_p <= 0 off; ties with the k-th largest logit kept; top_p over the
+    tokens top-k kept, the largest always kept) and draw in one fastar.ops.sample_categorical pass, which races the
+    exponentials the official torch.multinomial draws from rng (the global generator when None): one seed gives the
+    official tokens. Returns (B, l, 1) int64. Unlike the official sampler it leaves logits_BlV unfiltered, so it
+    runs only where nothing reads them afterwards (_sample_declines)."""
+    idx_Bl = fastar.ops.sample_categorical(logits_BlV, top_k=max(top_k, 0), top_p=min(top_p, 1.0) if top_p > 0
+                                           else 1.0, generator=rng)
+    return idx_Bl.unsqueeze(-1)
+
+
+def _caller():
+    """The frame that called the patched sampler: the first one outside fastar (the patch's own wrappers)."""
+    f = sys._getframe(1)
+    while f is not None and f.f_globals.get("__name__", "").startswith("fastar."):
+        f = f.f_back
+    return f
+
+
+def _sample_declines(logits_BlV, top_k=0, top_p=0.0, rng=None, num_samples=1):
+    if num_samples != 1:
+        return f"num_samples={num_samples} (fastar draws one token per position)"
+    if not isinstance(logits_BlV, torch.Tensor) or logits_BlV.dim() != 3 or logits_BlV.dtype != torch.float32:
+        return ("logits not a float32 (B, l, V) tensor (VAR's get_logits returns float32; fastar's draws are "
+                "torch.multinomial's for float32 probabilities)")
+    if not isinstance(top_k, int) or top_k > logits_BlV.shape[-1]:
+        return f"top_k={top_k!r}, not an int <= V (the official topk fails on it)"
+    if not isinstance(top_p, (int, float)):
+        return f"top_p={top_p!r}, not a number"
+    if rng is not None and (not isinstance(rng, torch.Generator) or rng.device != logits_BlV.device):
+        return f"rng {rng!r} is not a torch.Generator on the logits' device {logits_BlV.device}"
+    f = _caller()  # the official sampler filters logits_BlV in place: only VAR's default path never reads them
+    if f is None or f.f_code.co_name != "autoregressive_infer_cfg" or f.f_locals.get("more_smooth", True):
+        return ("the caller may read the logits the official sampler filters in place (more_smooth's gumbel "
+                "softmax, or a caller other than VAR.autoregressive_infer_cfg)")
+    return None
+
+
 _ATTN = ("attention", "models.basic_var", "SelfAttention")
 _QUANT = ("quantizer", "models.quant", "VectorQuantizer2")
 ROWS = (
@@ -142,4 +186,7 @@ ROWS = (
     Row(*_QUANT, "get_next_autoregressive_input", get_next_autoregressive_input, "Phi convolutions on, square "
         "scales", _quant_declines),
     Row(*_QUANT, "embed_to_fhat", embed_to_fhat, "all_to_max_scale, Phi on, square scales", _embed_declines),
+    Row("sampling", "models.var", "VAR", "sample_with_top_k_top_p_", sample_with_top_k_top_p_, "called by "
+        "VAR.autoregressive_infer_cfg without more_smooth, num_samples 1, float32 logits, rng None or on their "
+        "device", _sample_declines, function=True),
 )
