@@ -36,16 +36,41 @@ def find_nvcc() -> str | None:
     return None
 
 
-def compile_cu(nvcc: str, cu: Path, archs) -> str:
-    """ptxas -v output of one file compiled for every arch; raises with nvcc's output on a compile error."""
-    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [nvcc, "-O3", "-std=c++17", f"-I{ROOT / 'csrc'}", *gencode, "-Xptxas", "-v", "-c", str(cu),
-               "-o", f"{tmp}/k.o"]
+# Compiled objects of this process, {(file, archs): (object, ptxas -v output)}: tools/sass.py disassembles the
+# gate's objects rather than compiling each file again (the gate and the SASS tests run in one pytest process).
+_compiled: dict[tuple[Path, tuple[int, ...]], tuple[Path, str]] = {}
+_object_dir: tempfile.TemporaryDirectory | None = None
+
+
+def compile_cu(nvcc: str, cu: Path, archs) -> tuple[Path, str]:
+    """(object holding one cubin per arch, ptxas -v output) of one file, compiled once per process; raises with
+    nvcc's output on a compile error."""
+    global _object_dir
+    key = (Path(cu).resolve(), tuple(archs))
+    if key not in _compiled:
+        if _object_dir is None:
+            _object_dir = tempfile.TemporaryDirectory(prefix="nvcc_gate_")  # removed when the process exits
+        obj = Path(_object_dir.name) / f"{len(_compiled)}-{key[0].stem}.o"
+        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+        cmd = [nvcc, "-O3", "-std=c++17", f"-I{ROOT / 'csrc'}", *gencode, "-Xptxas", "-v", "-c", str(key[0]),
+               "-o", str(obj)]
         r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        raise RuntimeError(f"nvcc failed on {cu}:\n{r.stdout}{r.stderr}")
-    return r.stdout + r.stderr
+        if r.returncode:
+            raise RuntimeError(f"nvcc failed on {cu}:\n{r.stdout}{r.stderr}")
+        _compiled[key] = obj, r.stdout + r.stderr
+    return _compiled[key]
+
+
+def object_for(cu: Path, arch: int) -> Path:
+    """An object of `cu` holding sm_<arch> code: the gate's when it compiled the file for that arch, else a new one."""
+    cu = Path(cu).resolve()
+    cached = next((obj for (f, archs), (obj, _) in list(_compiled.items()) if f == cu and arch in archs), None)
+    if cached is not None:
+        return cached
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise FileNotFoundError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+    return compile_cu(nvcc, cu, (arch,))[0]
 
 
 def parse(ptxas: str, source: str) -> list[dict]:
@@ -102,7 +127,7 @@ def run_gate(files, archs, out: Path) -> tuple[list[dict], list[str]]:
     if nvcc is None:
         raise FileNotFoundError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        reports = list(pool.map(lambda cu: compile_cu(nvcc, cu, archs), files))
+        reports = list(pool.map(lambda cu: compile_cu(nvcc, cu, archs)[1], files))
     rows = [r for cu, rep in zip(files, reports) for r in parse(rep, str(cu.relative_to(ROOT)))]
     for r, name in zip(rows, demangle([r["mangled"] for r in rows])):
         r["kernel"] = name

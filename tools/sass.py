@@ -15,11 +15,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nvcc_gate import ROOT, demangle, find_nvcc  # noqa: E402
+from nvcc_gate import demangle, object_for  # noqa: E402
 
 FUNCTION = re.compile(r"^\s*Function : (\S+)", re.M)
 
@@ -50,17 +49,15 @@ def tool_dir() -> str | None:
 
 @functools.cache
 def dump(cu_file: str, arch: int) -> dict[str, str]:
-    """{demangled kernel name: SASS text} of every kernel in cu_file compiled for sm_<arch>."""
-    nvcc, tools = find_nvcc(), tool_dir()
-    if nvcc is None or tools is None:
-        raise FileNotFoundError(f"sass: need nvcc ({nvcc}) and cuobjdump + nvdisasm ({tools})")
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = f"{tmp}/k.cubin"
-        subprocess.run([nvcc, "-O3", "-std=c++17", f"-I{ROOT / 'csrc'}", f"-arch=sm_{arch}", "-cubin", "-o", cubin,
-                        str(cu_file)], check=True, capture_output=True, text=True)
-        env = {**os.environ, "PATH": f"{tools}:{os.environ.get('PATH', '')}"}
-        text = subprocess.run([f"{tools}/cuobjdump", "-sass", cubin], check=True, capture_output=True, text=True,
-                              env=env).stdout
+    """{demangled kernel name: SASS text} of every kernel in cu_file compiled for sm_<arch> (with the nvcc gate's
+    flags; its object when the gate already compiled the file in this process)."""
+    tools = tool_dir()
+    if tools is None:
+        raise FileNotFoundError("sass: need cuobjdump + nvdisasm")
+    obj = object_for(Path(cu_file), arch)
+    env = {**os.environ, "PATH": f"{tools}:{os.environ.get('PATH', '')}"}
+    text = subprocess.run([f"{tools}/cuobjdump", "-sass", "-arch", f"sm_{arch}", str(obj)], check=True,
+                          capture_output=True, text=True, env=env).stdout
     parts = FUNCTION.split(text)  # [preamble, name1, body1, name2, body2, ...]
     names, bodies = parts[1::2], parts[2::2]
     return dict(zip(demangle(names), bodies))
