@@ -7,6 +7,7 @@ Writes resources.md and resources.json (kernel, arch, registers, shared memory, 
 the GPU is a silent slowdown that no CPU test can see.
 """
 import argparse
+import itertools
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,8 +40,12 @@ def find_nvcc() -> str | None:
 
 # Compiled objects of this process, {(file, archs): (object, ptxas -v output)}: tools/sass.py disassembles the
 # gate's objects rather than compiling each file again (the gate and the SASS tests run in one pytest process).
+# The gate compiles files on a thread pool: the directory and the object names are taken under a lock (two threads
+# creating the directory would let the first one's be collected, and deleted, under its compile).
 _compiled: dict[tuple[Path, tuple[int, ...]], tuple[Path, str]] = {}
 _object_dir: tempfile.TemporaryDirectory | None = None
+_names = itertools.count()
+_lock = threading.Lock()
 
 
 def compile_cu(nvcc: str, cu: Path, archs) -> tuple[Path, str]:
@@ -48,9 +54,10 @@ def compile_cu(nvcc: str, cu: Path, archs) -> tuple[Path, str]:
     global _object_dir
     key = (Path(cu).resolve(), tuple(archs))
     if key not in _compiled:
-        if _object_dir is None:
-            _object_dir = tempfile.TemporaryDirectory(prefix="nvcc_gate_")  # removed when the process exits
-        obj = Path(_object_dir.name) / f"{len(_compiled)}-{key[0].stem}.o"
+        with _lock:
+            if _object_dir is None:
+                _object_dir = tempfile.TemporaryDirectory(prefix="nvcc_gate_")  # removed when the process exits
+            obj = Path(_object_dir.name) / f"{next(_names)}-{key[0].stem}.o"
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
         cmd = [nvcc, "-O3", "-std=c++17", f"-I{ROOT / 'csrc'}", *gencode, "-Xptxas", "-v", "-c", str(key[0]),
                "-o", str(obj)]
