@@ -222,7 +222,8 @@ inline void transpose_square(vec<T>* a) {
     for (int i = 0; i < W; i += 2) {
       const vec<T> u = a[i], v = a[i + 1];
       a[i] = __builtin_shuffle(u, v, pattern<T>([](int p) { return (p % 2 ? W : 0) + p / Q * Q + p % Q / 2; }));
-      a[i + 1] = __builtin_shuffle(u, v, pattern<T>([](int p) { return (p % 2 ? W : 0) + p / Q * Q + Q / 2 + p % Q / 2; }));
+      a[i + 1] =
+          __builtin_shuffle(u, v, pattern<T>([](int p) { return (p % 2 ? W : 0) + p / Q * Q + Q / 2 + p % Q / 2; }));
     }
     swap_blocks<T, 2>(a);
     for (int i = 0; i < W; i += 4) {
@@ -377,6 +378,12 @@ void softmax_grad_columns(T* s, T* ds, const T* bias, const T* lse2, int Lk, int
   }
 }
 
+// lse2 (n,) <- a sequence's lse (n,) in base 2, +inf where a query saw no key (its P = exp2(-inf) = 0).
+template <class T>
+void lse_base2(const T* lse, int n, T* lse2) {
+  for (int i = 0; i < n; ++i) lse2[i] = lse[i] == -__builtin_inf() ? T(__builtin_inf()) : T(lse[i] * kLog2e);
+}
+
 // ---- sequences ----
 
 // f(bh, Q, K, V) for every sequence bh in [bh0, bh1), with set_bias(b) called for its batch row b when the mask
@@ -421,10 +428,7 @@ void backward_rows(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout
   auto set_bias = [&](int64_t b) { mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias); };
   each_sequence(q, k, v, d, mask, bh0, bh1, set_bias, [&](int64_t bh, const T* Q, const T* K, const T* V) {
     const T* dO = dout + bh * d.Lq * D;
-    for (int i = 0; i < d.Lq; ++i) {  // lse in base 2; a row that saw no key: P = exp2(-inf) = 0
-      const T l = lse[bh * d.Lq + i];
-      w.row_a[i] = l == -__builtin_inf() ? T(__builtin_inf()) : T(l * kLog2e);
-    }
+    lse_base2(lse + bh * d.Lq, d.Lq, w.row_a);
     dots<T>(Q, q.sl, d.Lq, K, k.sl, d.Lk, D, blk, T(scale * kLog2e), w.bias, w.s);  // S (base 2)
     dots<T>(dO, D, d.Lq, V, v.sl, d.Lk, D, blk, T(1), nullptr, w.ds);                // dP = dO V^T
     softmax_grad<T, G>(w.s, w.ds, w.row_a, blk, scale);                               // P, dS
@@ -471,10 +475,7 @@ void backward_lanes(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dou
   auto set_bias = [&](int64_t b) { mask_bias_columns(mask, b, Lq, Lk, LQ, w.bias); };
   each_sequence(q, k, v, d, mask, bh0, bh1, set_bias, [&](int64_t bh, const T* Q, const T* K, const T* V) {
     const T* dO = dout + bh * Lq * D;
-    for (int i = 0; i < Lq; ++i) {  // lse in base 2; a query that saw no key: P = exp2(-inf) = 0
-      const T l = lse[bh * Lq + i];
-      w.row_a[i] = l == -__builtin_inf() ? T(__builtin_inf()) : T(l * kLog2e);
-    }
+    lse_base2(lse + bh * Lq, Lq, w.row_a);
     transpose(Q, q.sl, Lq, D, T(scale * kLog2e), w.qt, LQ);       // Qt
     transpose(dO, D, Lq, D, T(1), w.dot, LQ);                       // dO^T
     product(K, k.sl, 1, Lk, D, w.qt, LQ, LQ, w.s, LQ);             // S^T = K Qt (base 2)
