@@ -53,6 +53,38 @@ def test_diffusion_sample(benchmark, steps, peak_gflops):
             gflop=f, fma_floor_ms=f / peak_gflops * 1e3)
 
 
+@pytest.mark.parametrize("steps", [STEPS])
+def test_diffusion_sample_bf16(benchmark, steps, decline):
+    """precision="bf16" (GEMMs on bfloat16 operands, float32 accumulation) against the same float32 official loop,
+    fastar float32 as a second contender; the error of each against the float64 reference is reported (same weights,
+    z and noise). Declined, not timed, on a CPU without bf16 GEMM instructions (the issue's rule for bf16 modes)."""
+    group = f"diffusion_sample MAR-B head w{WIDTH} d{DEPTH} {ROWS} rows cfg {CFG} {steps} steps bf16"
+    try:
+        fastar.check_bf16_gemm("diffusion_sample", torch.device("cpu"))
+    except RuntimeError as e:
+        decline(group, str(e))
+    benchmark.group = group
+    w, z = head(), torch.randn(ROWS, Z, generator=torch.Generator().manual_seed(1))
+    out = {}
+
+    def run(name, fn, **kw):
+        def call():
+            out[name] = fn(z, w, num_steps=steps, cfg=CFG, generator=torch.Generator().manual_seed(2), **kw)
+        return call
+
+    base = "official loop (reference, float32)"
+    contenders = {base: run(base, ref.diffusion_sample), "fastar fp32": run("fastar fp32", fastar.ops.diffusion_sample)}
+    compare(benchmark, run("fastar", fastar.ops.diffusion_sample, precision="bf16"), contenders, baseline=base,
+            rounds=2, warmup=0, op="diffusion_sample")
+    exact = ref.diffusion_sample(z.double(), {k: v.double() for k, v in w.items()}, num_steps=steps, cfg=CFG,
+                                 generator=torch.Generator().manual_seed(2))
+    err = {name: (o.double() - exact).abs().max().item() for name, o in out.items()}
+    benchmark.extra_info["max_abs_diff"] = err["fastar"]
+    benchmark.extra_info["max_abs"] = exact.abs().max().item()
+    benchmark.extra_info["note"] = (f"max |x - float64 reference| over the tokens (max |x| {exact.abs().max():.2f}): "
+                                    + ", ".join(f"{n} {e:.2e}" for n, e in err.items()))
+
+
 LOSS_ROWS = int(os.environ.get("FASTAR_BENCH_DIFFUSION_LOSS_ROWS", 1024))  # 64 tokens x diffusion_batch_mul 4, 4 images
 
 

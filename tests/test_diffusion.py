@@ -161,12 +161,16 @@ def test_module_weights(diffusion_backend):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("library", ["mkl", "onednn"])
 @pytest.mark.parametrize("N,cfg", [(7, 1.0), (10, 2.9), (0, 1.0)])
-def test_diffusion_sample_bf16(monkeypatch, N, cfg):
+def test_diffusion_sample_bf16(monkeypatch, N, cfg, library):
     """precision="bf16" (GEMM operands in bfloat16, float32 accumulation) against the float64 oracle, by the
     tolerance rule: its error at most K times that of the same math in low precision (the reference with its
-    GEMM operands rounded to bfloat16, in float32). FASTAR_EMULATED_BF16 runs the path on CPUs without bf16 GEMMs."""
+    GEMM operands and results rounded to bfloat16, in float32), on both GEMM libraries whatever this CPU's default.
+    FASTAR_EMULATED_BF16 runs the path on CPUs without bf16 GEMMs."""
     monkeypatch.setenv("FASTAR_EMULATED_BF16", "1")
+    monkeypatch.setenv("FASTAR_BF16_GEMM", library)
+    assert fastar.build_info()["cpu_bf16_gemm"] == library
     z = torch.randn(N, Z, generator=torch.Generator().manual_seed(N))
     w = make_head()
     kw = dict(num_steps=100, cfg=cfg)
@@ -180,6 +184,15 @@ def test_diffusion_sample_bf16(monkeypatch, N, cfg):
         fp32 = fastar.ops.diffusion_sample(z, {k: v.float() for k, v in w.items()},
                                            generator=torch.Generator().manual_seed(7), **kw)
         assert err > (fp32 - ref64).abs().max()  # the bf16 GEMMs did run
+
+
+def test_bf16_gemm_library_choice(monkeypatch):
+    monkeypatch.delenv("FASTAR_BF16_GEMM", raising=False)
+    vendor = next((ln.split(":")[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("vendor_id")), "")
+    assert fastar.build_info()["cpu_bf16_gemm"] == ("mkl" if vendor == "GenuineIntel" else "onednn")
+    monkeypatch.setenv("FASTAR_BF16_GEMM", "openblas")
+    with pytest.raises(RuntimeError, match="FASTAR_BF16_GEMM must be mkl or onednn, got openblas"):
+        fastar.build_info()
 
 
 def test_diffusion_sample_bf16_declined_without_bf16_instructions(monkeypatch):

@@ -1,8 +1,14 @@
 #include "cpu/blas.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
 #include <dlfcn.h>
+
+#include <cstdlib>
+#include <cstring>
 #include <torch/headeronly/version.h>
 
 #include <string>
@@ -85,10 +91,36 @@ template void gemm<float>(bool, bool, int, int, int, float, const float*, int, c
 template void gemm<double>(bool, bool, int, int, int, double, const double*, int, const double*, int, double, double*,
                            int);
 
+const char* bf16_gemm_library() {
+  if (const char* want = std::getenv("FASTAR_BF16_GEMM")) {
+    if (std::strcmp(want, "mkl") == 0) return "mkl";
+    if (std::strcmp(want, "onednn") == 0) return "onednn";
+    TORCH_CHECK(false, "FASTAR_BF16_GEMM must be mkl or onednn, got ", want);
+  }
+  __builtin_cpu_init();
+  return __builtin_cpu_is("intel") ? "mkl" : "onednn";
+}
+
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A, int lda,
                const uint16_t* B, int ldb, float beta, float* C, int ldc) {
-  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
-  gemm_bf16_symbol()(&tb, &ta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
+  if (std::strcmp(bf16_gemm_library(), "mkl") == 0) {
+    const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+    gemm_bf16_symbol()(&tb, &ta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
+    return;
+  }
+  const auto bf = at::TensorOptions().dtype(at::kBFloat16);
+  auto view = [&](const uint16_t* p, int rows, int cols, int ld, bool trans) {
+    at::Tensor t = at::from_blob(const_cast<uint16_t*>(p), {trans ? cols : rows, trans ? rows : cols}, {ld, 1}, bf);
+    return trans ? t.t() : t;
+  };
+  const at::Tensor product = at::mm(view(A, M, K, lda, trans_a), view(B, K, N, ldb, trans_b));
+  at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, at::TensorOptions().dtype(at::kFloat));
+  if (beta == 0.f) {
+    c.copy_(product);
+    if (alpha != 1.f) c.mul_(alpha);
+  } else {
+    c.mul_(beta).add_(product, alpha);
+  }
 }
 
 SerialScope::SerialScope() : previous_(set_threads_local() ? set_threads_local()(1) : 0) {}

@@ -14,9 +14,15 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, 
           T* C, int ldc);
 
 // Row-major C (M, N) float32 = alpha op(A) op(B) + beta C with A, B bfloat16 (raw uint16 bits), products
-// accumulated in float32: MKL's gemm_bf16bf16f32 (AMX / AVX512-BF16 instructions where the CPU has them).
+// accumulated in float32, by bf16_gemm_library().
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A, int lda,
                const uint16_t* B, int ldb, float beta, float* C, int ldc);
+
+// The library gemm_bf16 calls: "mkl" (MKL's gemm_bf16bf16f32, float32 result) on Intel CPUs; "onednn" (torch's
+// bfloat16 at::mm: float32 accumulation, the result rounded to bfloat16, then widened into C) on the others, where
+// MKL runs its bf16 GEMM without the bf16 instructions: on an AMD Zen 4 with AVX512-BF16, 2 threads, 512 x 1024 x
+// 3072, MKL 129 GFLOP/s (float32's speed) against oneDNN's 372-397. FASTAR_BF16_GEMM=mkl|onednn picks one.
+const char* bf16_gemm_library();
 
 // Keeps the BLAS on the calling thread for the scope: inside at::parallel_for each tile product must stay on its
 // thread, else MKL fans every small product out over all cores (OpenBLAS does not thread products this small).

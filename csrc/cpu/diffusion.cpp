@@ -7,7 +7,7 @@
 // and does SiLU, the gated residual, the next LayerNorm + modulation, or the DDPM update. The noise is drawn by
 // torch's generator in the official order.
 // bf16: the per-step GEMMs take bfloat16 weights (converted once per call) and inputs (rounded before each
-// product) and accumulate in float32 (MKL's gemm_bf16bf16f32); everything else stays float32.
+// product) and accumulate in float32 (blas::gemm_bf16); everything else stays float32.
 #include "cpu/diffusion.h"
 
 #include <ATen/Parallel.h>
@@ -116,7 +116,8 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
 
   const DiffusionIsa& row = *isa().diffusion;
   const bool serial = N * W * W < kSerialMacs;
-  std::optional<blas::SerialScope> one_thread;  // the GEMMs too (at::mm_out and MKL's bf16 GEMM)
+  // The float32 GEMMs too (at::mm_out: MKL); the bf16 GEMM's oneDNN path keeps torch's threads.
+  std::optional<blas::SerialScope> one_thread;
   if (serial) one_thread.emplace();
   for (int64_t i = S - 1; i >= 0; --i) {
     const float* te = t_emb.data_ptr<float>() + i * W;

@@ -52,7 +52,8 @@ def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, gen
     num_steps: the 1000-step cosine chain respaced to num_steps (MAR: 100). temperature scales the per-step noise.
     generator: the torch.Generator the noise is drawn from, in the official order (x_T, then (N, C) per step).
     precision: "fp32", or "bf16": the per-step GEMMs (adaLN, block MLPs, output) on bfloat16 operands with float32
-    accumulation, on CPUs with AMX-BF16 or AVX512-BF16 (fastar.build_info()["cpu_bf16"]); elsewhere bf16 products
+    accumulation (each product's result rounded to bfloat16 where oneDNN runs it: build_info()["cpu_bf16_gemm"]),
+    on CPUs with AMX-BF16 or AVX512-BF16 (fastar.build_info()["cpu_bf16"]); elsewhere bf16 products
     are emulated and slower than float32, so the cpu backend declines it with an error. Error against float64:
     tests/test_diffusion.py::test_diffusion_sample_bf16 (README: about 1e-2 of the tokens' scale at 100 steps).
     Returns the tokens (N, C), or the conditional half (N/2, C) when cfg != 1 (what sample_tokens keeps).

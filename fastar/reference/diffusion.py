@@ -104,8 +104,11 @@ PRECISIONS = ("fp32", "bf16")  # diffusion_sample's modes: bf16 rounds the per-s
 
 
 def _bf16_linear(x, weight, bias):
-    """A Linear whose operands are rounded to bfloat16 and whose products are summed in x's dtype."""
-    return F.linear(x.bfloat16().to(x.dtype), weight.bfloat16().to(x.dtype), bias)
+    """A Linear whose operands are rounded to bfloat16, whose products are summed in x's dtype and whose result
+    (before the bias) is rounded to bfloat16: the CPU kernel's oneDNN GEMM does that last rounding, its MKL GEMM
+    does not (fastar.build_info()["cpu_bf16_gemm"]), so this is the larger error of the two."""
+    y = F.linear(x.bfloat16().to(x.dtype), weight.bfloat16().to(x.dtype)).bfloat16().to(x.dtype)
+    return y if bias is None else y + bias
 
 
 def head_forward(weights: dict, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, precision="fp32") -> torch.Tensor:
