@@ -4,9 +4,10 @@ fastar's kernels and on the torch backend, and the decline on CPUs without bf16 
 The bounds come from measurement (AMD EPYC Zen 1, bf16 GEMMs emulated through FASTAR_EMULATED_BF16=1; the numerics
 are those of the bf16 mode, only slower): this model (depth 2, AdaLN gammas 1.0, so every block's bf16 rounding
 reaches the logits), B = 16, cfg 2, top-k 30, top-p 0.95, seed 0 gave, on cpu, simt and torch alike, a logits error
-of 1.8e-4 to 2.3e-4 of the logits' scale at every scale whose inputs agree, token agreement 0.9875 (cpu, simt) and
-1.0 (torch) over all scales, and image PSNR 27.6 dB (cpu, simt) and exact (torch). The test asserts each with a
-margin of about 4x on the error: logits error <= 1e-3, agreement >= 0.95, PSNR >= 20 dB.
+of 1.8e-4 to 2.3e-4 of the logits' scale at every scale whose inputs agree. With today's draw (exponential race) and
+the VQVAE decoder in bfloat16 too (AMD EPYC Zen 4, AVX512-BF16): token agreement 1.0 on all three backends and image
+PSNR 47.4-47.6 dB, the decoder's rounding. The test asserts each with a margin of about 4x on the error: logits
+error <= 1e-3, agreement >= 0.95, PSNR >= 35 dB.
 """
 import copy
 
@@ -20,7 +21,7 @@ from fastar.models.var import var as var_module
 from tests.test_var_model import TINY_PN, TINY_VAE, sampled_tokens
 
 pytestmark = pytest.mark.one_schedule
-MAX_LOGITS_ERR, MIN_AGREEMENT, MIN_PSNR = 1e-3, 0.95, 20.0
+MAX_LOGITS_ERR, MIN_AGREEMENT, MIN_PSNR = 1e-3, 0.95, 35.0
 
 
 def model():
@@ -30,7 +31,8 @@ def model():
 
 
 def run(vae, var, precision):
-    """(images, token maps, logits per scale, dtypes attention_decode saw) of one seeded sample call."""
+    """(images, token maps, logits per scale, dtypes attention_decode and the VQVAE decoder's output had) of one
+    seeded sample call."""
     logits, dtypes = [], set()
     decode = fastar.ops.attention_decode
 
@@ -39,6 +41,7 @@ def run(vae, var, precision):
         return decode(q, *args, **kwargs)
 
     hook = var.head.register_forward_hook(lambda m, args, out: logits.append(out.clone()))
+    decoded = vae.decoder.register_forward_hook(lambda m, args, out: dtypes.add(("decoder", out.dtype)))
     fastar.ops.attention_decode = spy
     try:
         img, tokens = sampled_tokens(vae, var, B=16, label_B=torch.arange(16) % 10, g_seed=0, cfg=2.0, top_k=30,
@@ -46,6 +49,7 @@ def run(vae, var, precision):
     finally:
         fastar.ops.attention_decode = decode
         hook.remove()
+        decoded.remove()
     return img, tokens, logits, dtypes
 
 
@@ -61,8 +65,9 @@ def test_bf16_sampling_agrees_with_fp32(backend, monkeypatch):
     with fastar.use_backend(backend):
         img32, tokens32, logits32, dtypes32 = run(vae, var, "fp32")
         img16, tokens16, logits16, dtypes16 = run(vae, var, "bf16")
-    assert dtypes32 == {torch.float32} and dtypes16 == {torch.bfloat16}
-    assert all(t.dtype == torch.float32 for t in (*logits16, img16))  # head and VQVAE decoder stay float32
+    assert dtypes32 == {torch.float32, ("decoder", torch.float32)}
+    assert dtypes16 == {torch.bfloat16, ("decoder", torch.bfloat16)}  # attention and the VQVAE decoder in bf16
+    assert all(t.dtype == torch.float32 for t in (*logits16, img16))  # the head, and the images widened
     for si, (a, b) in enumerate(zip(logits16, logits32)):
         err = ((a - b).abs().max() / b.abs().max()).item()
         assert 0 < err <= MAX_LOGITS_ERR, f"scale {si}: logits error {err:.2e} of their scale"

@@ -68,7 +68,8 @@ def main(argv=None):
     p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax code mixtures (smoother images)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16: the transformer's attention and FFN in bfloat16 (float32 accumulation); needs "
+                   help="bf16: the transformer's attention and FFN (float32 accumulation) and the VQVAE decoder in "
+                        "bfloat16; needs "
                         "AMX-BF16 or AVX512-BF16 on a CPU, declined without them")
     p.add_argument("--bs", type=int, default=4, help="images per forward pass (2x with CFG)")
     p.add_argument("--nrow", type=int, default=8)

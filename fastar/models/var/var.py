@@ -123,8 +123,9 @@ class VAR(nn.Module):
         from 0 at the first scale to cfg at the last. top_k / top_p filter the logits (0: off); more_smooth
         replaces the sampled codes by a Gumbel-softmax mixture of codes (for viewing, not for FID).
         precision: "fp32", or "bf16": the blocks' attention and FFN weights (copies kept, see with_gemm_dtype) and
-        their GEMM operands in bfloat16 with float32 accumulation, the KV cache and fastar's attention in bfloat16;
-        the residual stream, LayerNorm, AdaLN, the head (logits), the quantizer and the VQVAE decoder stay float32.
+        their GEMM operands in bfloat16 with float32 accumulation, the KV cache and fastar's attention in bfloat16,
+        the VQVAE decoder under bfloat16 autocast (its convolutions and attention); the residual stream, LayerNorm,
+        AdaLN, the head (logits) and the quantizer stay float32.
         On a CPU it needs AMX-BF16 or AVX512-BF16 and is declined without them (fastar.check_bf16_gemm). Agreement
         with fp32: tests/test_var_bf16.py and the README.
         """
@@ -176,6 +177,9 @@ class VAR(nn.Module):
             if si != SN - 1:  # the next scale's input: its area-downsampled f_hat, embedded, for both CFG halves
                 next_BlC = self.word_embed(next_BChw.flatten(2).transpose(1, 2))
                 next_token_map = (next_BlC + lvl_pos[:, cur_L:cur_L + self.patch_nums[si + 1] ** 2]).repeat(2, 1, 1)
+        if precision == "bf16":  # the VQVAE decoder's convolutions and attention in bfloat16 too
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return vae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
         return vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
 
 
