@@ -52,6 +52,23 @@ def check_bf16_gemm(op: str, device):
                        f"than float32 here, so the mode is declined: use precision='fp32'")
 
 
+FP32_LINEAR_LIBRARIES = ("mkl", "onednn")
+
+
+def fp32_linear_library() -> str:
+    """The library fastar's models run their float32 CPU inference Linear layers on (fastar.models.layers.Linear):
+    "mkl" (F.linear) on Intel CPUs, "onednn" on the others (build_info()["cpu_vendor"]), where MKL's sgemm takes
+    its AVX2 path; "mkl" where torch lacks oneDNN. FASTAR_FP32_GEMM=mkl|onednn picks one."""
+    want = os.environ.get("FASTAR_FP32_GEMM")
+    if want is not None:
+        if want not in FP32_LINEAR_LIBRARIES:
+            raise ValueError(f"FASTAR_FP32_GEMM must be one of {FP32_LINEAR_LIBRARIES}, got {want!r}")
+        return want
+    return _DEFAULT_FP32_LINEAR
+
+
+_DEFAULT_FP32_LINEAR = ("onednn" if _C is not None and _C.build_info()["cpu_vendor"] != "intel"
+                        and torch.backends.mkldnn.is_available() else "mkl")
 _BUILT = {"cpu": _C is not None, "cuda": _C is not None and bool(_C.build_info()["cuda"]), "simt": _simt is not None}
 _KERNEL_DEVICES = frozenset(kind for kind in ("cpu", "cuda") if _BUILT[kind])  # device types with built kernels
 

@@ -12,7 +12,7 @@ from fastar.models.var import VQVAEConfig
 from fastar.models.var.basic_vae import Upsample2x, fast_path
 from fastar.models.var.vqvae import VQVAE
 from tests.conftest import backend_device
-from tests.tolerance import assert_close
+from tests.tolerance import K, assert_close, error_and_bound
 
 # Three levels: two upsamples, the attention of the lowest level and of the mid block, a 1x1 shortcut.
 TINY = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, v_patch_nums=(1, 2, 3))
@@ -78,10 +78,20 @@ def test_decoder_fast_path_gradients_and_training_step(backend):
     # group removes), where both float32 paths return rounding noise: their floor is relative to the decoder's
     # largest gradient; every other gradient keeps its own scale
     largest = max(p.grad.abs().max().item() for p in params64.values() if p.grad is not None)
+    # One gradient's float32 reference error can be luckily small (a sum over all positions whose roundings happen to
+    # cancel: on an AMD Zen 4 one norm bias's was 1.9e-5 where the kernels' 7.5e-5 was 20 ulps of its 38), and which
+    # one is lucky moves with the CPU's GEMM and conv kernels. So each bound is at least K x the decoder's median
+    # relative reference error at that gradient's scale; a wrong gradient is off by far more than either.
+    ref32 = dict(vae.named_parameters())
+    rel = sorted(((ref32[n].grad - params64[n].grad).abs().max() / params64[n].grad.abs().max().clamp_min(1e-30)).item()
+                 for n in grads)
+    typical = rel[len(rel) // 2]
     for n, g in grads.items():
         g64 = params64[n].grad
         scale = largest if g64.abs().max().item() < 1e-12 * largest else None
-        assert_close("vqvae_decode_grads", g, g64, dict(vae.named_parameters())[n].grad, scale)
+        err, bound, ref_err = error_and_bound("vqvae_decode_grads", g, g64, ref32[n].grad, scale)
+        bound = max(bound, K["vqvae_decode_grads"] * typical * (scale or g64.abs().max().item()))
+        assert err <= bound, f"{n}: gradient error {err:.3g} > {bound:.3g} (reference error {ref_err:.3g})"
     torch.optim.SGD(vae.parameters(), lr=1e-2).step()
     with torch.no_grad():
         after = decode(vae, f)

@@ -9,4 +9,4 @@ def assert_close(op, out, ref64, ref_lowp, scale=None):
     return err, ref_err
 
 
-__all__ = ["K", "assert_close"]
+__all__ = ["K", "assert_close", "error_and_bound"]

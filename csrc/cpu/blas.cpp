@@ -6,11 +6,12 @@
 #include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
 #include <dlfcn.h>
+#include <torch/headeronly/version.h>
+
+#include "cpu/isa.h"
 
 #include <cstdlib>
 #include <cstring>
-#include <torch/headeronly/version.h>
-
 #include <string>
 #include <type_traits>
 
@@ -97,8 +98,7 @@ const char* bf16_gemm_library() {
     if (std::strcmp(want, "onednn") == 0) return "onednn";
     TORCH_CHECK(false, "FASTAR_BF16_GEMM must be mkl or onednn, got ", want);
   }
-  __builtin_cpu_init();
-  return __builtin_cpu_is("intel") ? "mkl" : "onednn";
+  return std::strcmp(cpu_vendor(), "intel") == 0 ? "mkl" : "onednn";
 }
 
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A, int lda,

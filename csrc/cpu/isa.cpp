@@ -55,4 +55,9 @@ const char* bf16_gemm_isa() {
   return "";
 }
 
+const char* cpu_vendor() {
+  __builtin_cpu_init();
+  return __builtin_cpu_is("intel") ? "intel" : __builtin_cpu_is("amd") ? "amd" : "other";
+}
+
 }  // namespace fastar::cpu

@@ -32,4 +32,9 @@ const Isa& isa();
 // neither (bf16 products then run emulated, slower than float32): fastar.build_info()["cpu_bf16"].
 const char* bf16_gemm_isa();
 
+// "intel", "amd" or "other" (cpuid's vendor): which GEMM library runs fastest here (blas::bf16_gemm_library,
+// fastar._backend.fp32_linear_library): MKL takes its AVX2 / bf16-less paths on CPUs not made by Intel.
+// fastar.build_info()["cpu_vendor"].
+const char* cpu_vendor();
+
 }  // namespace fastar::cpu

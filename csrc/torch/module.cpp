@@ -22,6 +22,7 @@ PYBIND11_MODULE(_C, m) {
     info["cuda_archs"] = FASTAR_CUDA_ARCHS;
     info["cpu_isa"] = fastar::cpu::isa().name;
     info["cpu_bf16"] = fastar::cpu::bf16_gemm_isa();
+    info["cpu_vendor"] = fastar::cpu::cpu_vendor();
     info["cpu_bf16_gemm"] = fastar::cpu::blas::bf16_gemm_library();
     info["compiler"] = __VERSION__;
     return info;

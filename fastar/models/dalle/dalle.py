@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar
+from fastar.models.layers import Linear
 from fastar.ops import sample_categorical
 from fastar.ops import AttentionMask
 
@@ -57,8 +58,8 @@ class Attention(nn.Module):
     def __init__(self, cfg: DALLEConfig, mask: AttentionMask):
         super().__init__()
         self.heads, self.mask = cfg.heads, mask
-        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
-        self.proj = nn.Linear(cfg.width, cfg.width)
+        self.qkv = Linear(cfg.width, 3 * cfg.width)
+        self.proj = Linear(cfg.width, cfg.width)
 
     def forward(self, x_BLC, cache: KVCache | None = None):
         B, L, C = x_BLC.shape
@@ -104,8 +105,8 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1, self.ln_2 = nn.LayerNorm(cfg.width), nn.LayerNorm(cfg.width)
         self.attn = Attention(cfg, mask)
-        self.mlp = nn.Sequential(nn.Linear(cfg.width, cfg.mlp_ratio * cfg.width), nn.GELU(),
-                                 nn.Linear(cfg.mlp_ratio * cfg.width, cfg.width))
+        self.mlp = nn.Sequential(Linear(cfg.width, cfg.mlp_ratio * cfg.width), nn.GELU(),
+                                 Linear(cfg.mlp_ratio * cfg.width, cfg.width))
 
     def forward(self, x, cache=None):
         x = x + self.attn(self.ln_1(x), cache)
@@ -128,8 +129,8 @@ class DALLE(nn.Module):
                       for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, m) for m in self.masks)
         self.ln_f = nn.LayerNorm(C)
-        self.to_text_logits = nn.Linear(C, cfg.text_vocab + T)
-        self.to_image_logits = nn.Linear(C, cfg.image_vocab)
+        self.to_text_logits = Linear(C, cfg.text_vocab + T)
+        self.to_image_logits = Linear(C, cfg.image_vocab)
         self.apply(self._init)
 
     @staticmethod

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import fastar.ops
 from fastar.models.fractalgen.blocks import LN_EPS, apply_block, attend, init_weights, patchify, unpatchify
+from fastar.models.layers import Linear
 
 NORM_EPS = 1e-5
 ROPE_BASE = 10000
@@ -32,9 +33,9 @@ class FeedForward(nn.Module):
     def __init__(self, dim, drop):
         super().__init__()
         hidden = -(-int(2 * 4 * dim / 3) // 256) * 256
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w1 = Linear(dim, hidden, bias=False)
+        self.w3 = Linear(dim, hidden, bias=False)
+        self.w2 = Linear(hidden, dim, bias=False)
         self.ffn_dropout = nn.Dropout(drop)
 
     def forward(self, x):
@@ -63,8 +64,8 @@ class Attention(nn.Module):
     def __init__(self, dim, n_head, resid_drop):
         super().__init__()
         self.dim, self.n_head = dim, n_head
-        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.wo = nn.Linear(dim, dim, bias=False)
+        self.wqkv = Linear(dim, 3 * dim, bias=False)
+        self.wo = Linear(dim, dim, bias=False)
         self.resid_dropout = nn.Dropout(resid_drop)
 
     def forward(self, x_BLC, rope, cache=None):
@@ -98,10 +99,10 @@ class AR(nn.Module):
         self.grid = int(seq_len ** 0.5)
         if self.grid ** 2 != seq_len:
             raise ValueError(f"AR: seq_len must be a square, got {seq_len}")
-        self.patch_emb = nn.Linear(3 * patch_size ** 2, embed_dim)
+        self.patch_emb = Linear(3 * patch_size ** 2, embed_dim)
         self.patch_emb_ln = nn.LayerNorm(embed_dim, eps=LN_EPS)
         self.pos_embed_learned = nn.Parameter(torch.zeros(1, seq_len + 1, embed_dim))
-        self.cond_emb = nn.Linear(cond_embed_dim, embed_dim)
+        self.cond_emb = Linear(cond_embed_dim, embed_dim)
         self.blocks = nn.ModuleList(TransformerBlock(embed_dim, num_heads, proj_dropout) for _ in range(num_blocks))
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
         self.rope = rope_2d(self.grid, embed_dim // num_heads)  # not a buffer: absent from the checkpoints

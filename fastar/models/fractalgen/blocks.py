@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import fastar.ops
+from fastar.models.layers import Linear
 
 LN_EPS = 1e-6
 
@@ -19,8 +20,8 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.mask = fastar.ops.AttentionMask.causal() if causal else None
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x_BLC, cache=None):
@@ -48,8 +49,8 @@ class Mlp(nn.Module):
 
     def __init__(self, dim, hidden, drop=0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from fastar.models.fractalgen.blocks import LN_EPS, Block, apply_block, init_weights, patchify, unpatchify
 from fastar.models.fractalgen.pixelloss import PixelLoss
+from fastar.models.layers import Linear
 
 
 def truncnorm_mask_ratios(n, device):
@@ -37,11 +38,11 @@ class MAR(nn.Module):
         if self.grid ** 2 != seq_len:
             raise ValueError(f"MAR: seq_len must be a square, got {seq_len}")
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.patch_emb = nn.Linear(3 * patch_size ** 2, embed_dim)
+        self.patch_emb = Linear(3 * patch_size ** 2, embed_dim)
         self.patch_emb_ln = nn.LayerNorm(embed_dim, eps=LN_EPS)
-        self.cond_emb = nn.Linear(cond_embed_dim, embed_dim)
+        self.cond_emb = Linear(cond_embed_dim, embed_dim)
         if guiding_pixel:
-            self.pix_proj = nn.Linear(3, embed_dim)
+            self.pix_proj = Linear(3, embed_dim)
         self.pos_embed_learned = nn.Parameter(torch.zeros(1, seq_len + num_conds + guiding_pixel, embed_dim))
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, proj_drop=proj_dropout) for _ in range(num_blocks))
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)

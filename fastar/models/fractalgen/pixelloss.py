@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastar.models.fractalgen.blocks import LN_EPS, Block, init_weights
+from fastar.models.layers import Linear
 from fastar.ops import sample_categorical
 
 PIX_MEAN = (0.485, 0.456, 0.406)
@@ -25,7 +26,7 @@ class MlmLayer(nn.Module):
 class PixelLoss(nn.Module):
     def __init__(self, c_channels, width, depth, num_heads, r_weight=1.0):
         super().__init__()
-        self.cond_proj = nn.Linear(c_channels, width)
+        self.cond_proj = Linear(c_channels, width)
         self.r_codebook = nn.Embedding(256, width)
         self.g_codebook = nn.Embedding(256, width)
         self.b_codebook = nn.Embedding(256, width)

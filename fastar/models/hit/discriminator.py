@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastar.models.layers import Linear
+
 # Channels by resolution; m = channel_multiplier (1 for ImageNet, 2 for the face datasets).
 CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
 SCALED = (64, 128, 256, 512, 1024)
@@ -53,8 +55,8 @@ class StyleGANDiscriminator(nn.Module):
         self.blocks = nn.ModuleList(ResBlock(ch(r), ch(r // 2)) for r in (2 ** i for i in range(
             int(math.log2(resolution)), 2, -1)))
         self.head_conv = nn.Conv2d(ch(4), ch(4), 3, padding=1)
-        self.head_dense = nn.Linear(ch(4) * 16, ch(4))
-        self.out = nn.Linear(ch(4), 1)
+        self.head_dense = Linear(ch(4) * 16, ch(4))
+        self.out = Linear(ch(4), 1)
 
     def forward(self, x):
         """x (B, 3, R, R) -> logits (B,)."""

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar
+from fastar.models.layers import Linear
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def trunc_normal_(t):
     return nn.init.trunc_normal_(t, std=0.02, a=-0.04, b=0.04)
 
 
-class Dense(nn.Linear):
+class Dense(Linear):
     """Keras Dense as the generator builds it: TruncatedNormal(0.02) kernel, zero bias."""
 
     def reset_parameters(self):

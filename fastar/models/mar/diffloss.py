@@ -8,13 +8,14 @@ import torch
 import torch.nn as nn
 
 import fastar.ops
+from fastar.models.layers import Linear
 from fastar.reference import diffusion as reference
 
 
 class TimestepEmbedder(nn.Module):
     def __init__(self, width):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(reference.FREQ_DIM, width), nn.SiLU(), nn.Linear(width, width))
+        self.mlp = nn.Sequential(Linear(reference.FREQ_DIM, width), nn.SiLU(), Linear(width, width))
 
     def forward(self, t):
         """(N,) timesteps -> (N, width): [cos, sin] sinusoids (max period 10000) through the MLP."""
@@ -32,8 +33,8 @@ class ResBlock(nn.Module):
     def __init__(self, width):
         super().__init__()
         self.in_ln = nn.LayerNorm(width, eps=reference.LN_EPS)
-        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        self.mlp = nn.Sequential(Linear(width, width), nn.SiLU(), Linear(width, width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(width, 3 * width))
 
     def forward(self, x, y):
         shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
@@ -44,8 +45,8 @@ class FinalLayer(nn.Module):
     def __init__(self, width, out_channels):
         super().__init__()
         self.norm_final = nn.LayerNorm(width, elementwise_affine=False, eps=reference.LN_EPS)
-        self.linear = nn.Linear(width, out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = Linear(width, out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(width, 2 * width))
 
     def forward(self, x, y):
         shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
@@ -58,8 +59,8 @@ class SimpleMLPAdaLN(nn.Module):
     def __init__(self, in_channels, width, z_channels, depth):
         super().__init__()
         self.time_embed = TimestepEmbedder(width)
-        self.cond_embed = nn.Linear(z_channels, width)
-        self.input_proj = nn.Linear(in_channels, width)
+        self.cond_embed = Linear(z_channels, width)
+        self.input_proj = Linear(in_channels, width)
         self.res_blocks = nn.ModuleList(ResBlock(width) for _ in range(depth))
         self.final_layer = FinalLayer(width, 2 * in_channels)  # eps and the learned-range variance
         self.initialize_weights()

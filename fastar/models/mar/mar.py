@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from fastar.models.fractalgen.blocks import LN_EPS, Block, apply_block
+from fastar.models.layers import Linear
 from fastar.models.mar.diffloss import DiffLoss
 
 
@@ -55,7 +56,7 @@ class MAR(nn.Module):
         self.seq_len, self.buffer_size, self.token_embed_dim = cfg.seq_len, cfg.buffer_size, T
         self.class_emb = nn.Embedding(cfg.class_num, W)
         self.fake_latent = nn.Parameter(torch.zeros(1, W))  # the null class of CFG
-        self.z_proj = nn.Linear(T, W)
+        self.z_proj = Linear(T, W)
         self.z_proj_ln = nn.LayerNorm(W, eps=LN_EPS)
         self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, S, W))
         if cfg.attn_dropout > 0:
@@ -64,7 +65,7 @@ class MAR(nn.Module):
         block = lambda: Block(W, cfg.num_heads, proj_drop=cfg.proj_dropout)  # noqa: E731
         self.encoder_blocks = nn.ModuleList(block() for _ in range(cfg.depth))
         self.encoder_norm = nn.LayerNorm(W, eps=LN_EPS)
-        self.decoder_embed = nn.Linear(W, W)
+        self.decoder_embed = Linear(W, W)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, W))
         self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, S, W))
         self.decoder_blocks = nn.ModuleList(block() for _ in range(cfg.depth))

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar
+from fastar.models.layers import Linear
 
 
 def attention(q, k, v, mask=None, *, scale):
@@ -52,10 +53,10 @@ class SelfAttention(nn.Module):
         self.num_heads, self.head_dim = num_heads, C // num_heads
         self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), math.log(4.0)))
         self.max_scale_mul = math.log(100)
-        self.mat_qkv = nn.Linear(C, 3 * C, bias=False)
+        self.mat_qkv = Linear(C, 3 * C, bias=False)
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(C)), nn.Parameter(torch.zeros(C))
         self.register_buffer("zero_k_bias", torch.zeros(C))  # k has no bias, but the checkpoint stores a zero one
-        self.proj = nn.Linear(C, C)
+        self.proj = Linear(C, C)
 
     def forward(self, x_BLC, mask=None, cache: KVCache | None = None):
         """mask: fastar.ops.AttentionMask over x's own tokens (training); cache: keys/values of the earlier scales
@@ -78,13 +79,13 @@ class SelfAttention(nn.Module):
 class FFN(nn.Module):
     def __init__(self, C, hidden):
         super().__init__()
-        self.fc1, self.fc2 = nn.Linear(C, hidden), nn.Linear(hidden, C)
+        self.fc1, self.fc2 = Linear(C, hidden), Linear(hidden, C)
 
     def forward(self, x):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
-class SharedAdaLin(nn.Linear):
+class SharedAdaLin(Linear):
     """The one AdaLN projection all blocks share in VAR-d36-s; each block adds its own ada_gss to it."""
 
     def forward(self, cond_BD):
@@ -104,7 +105,7 @@ class AdaLNSelfAttn(nn.Module):
         if shared_aln:
             self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C ** 0.5)
         else:
-            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * C))
+            self.ada_lin = nn.Sequential(nn.SiLU(), Linear(D, 6 * C))
 
     def ada(self, cond_BD_or_gss):
         """The block's (B, 1, 6, C) AdaLN parameters: computed once per condition, reused at every scale."""
@@ -140,7 +141,7 @@ class AdaLNBeforeHead(nn.Module):
         super().__init__()
         self.C = C
         self.ln_wo_grad = nn.LayerNorm(C, eps=norm_eps, elementwise_affine=False)
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * C))
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(D, 2 * C))
 
     def ada(self, cond_BD):
         """(B, 1, 2, C), computed once per condition like the blocks' ada."""

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 import fastar
+from fastar.models.layers import Linear
 from fastar.models.var.basic_var import AdaLNBeforeHead, AdaLNSelfAttn, KVCache, SharedAdaLin
 from fastar.models.var.helpers import gumbel_softmax_with_rng, sample_with_top_k_top_p_
 
@@ -49,7 +50,7 @@ class VAR(nn.Module):
         init_std = math.sqrt(1 / C / 3)
 
         # inputs: class embedding (start token and AdaLN condition), feature embedding, scale and position
-        self.word_embed = nn.Linear(cfg.Cvae, C)
+        self.word_embed = Linear(cfg.Cvae, C)
         self.class_emb = nn.Embedding(cfg.num_classes + 1, C)
         self.pos_start = nn.Parameter(torch.empty(1, 1, C))
         self.pos_1LC = nn.Parameter(torch.empty(1, self.L, C))
@@ -73,7 +74,7 @@ class VAR(nn.Module):
 
         # head
         self.head_nm = AdaLNBeforeHead(C, C, cfg.norm_eps)
-        self.head = nn.Linear(C, cfg.vocab_size)
+        self.head = Linear(C, cfg.vocab_size)
 
     def init_weights(self, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1):
         """VAR's init: trunc-normal init_std (< 0: sqrt(1/3C)), residual projections / sqrt(2 depth), small AdaLN

@@ -1,0 +1,87 @@
+"""fastar.models.layers.Linear: nn.Linear whose float32 CPU inference runs on oneDNN where that is the faster GEMM
+(CPUs not made by Intel), and F.linear everywhere else; checked by the ops it dispatches and against float64."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fastar
+from fastar import _backend
+from fastar.models.layers import Linear
+from tests.tolerance import assert_close
+
+
+class Ops(TorchDispatchMode):
+    """The names of the ATen-level ops run inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def ran(layer, x):
+    with Ops() as ops:
+        out = layer(x)
+    return out, ops.names
+
+
+def test_default_library_follows_the_vendor(monkeypatch):
+    monkeypatch.delenv("FASTAR_FP32_GEMM", raising=False)
+    vendor = fastar.build_info()["cpu_vendor"]
+    want = "mkl" if vendor == "intel" or not torch.backends.mkldnn.is_available() else "onednn"
+    assert _backend.fp32_linear_library() == want
+    monkeypatch.setenv("FASTAR_FP32_GEMM", "openblas")
+    with pytest.raises(ValueError, match="FASTAR_FP32_GEMM must be one of \\('mkl', 'onednn'\\), got 'openblas'"):
+        _backend.fp32_linear_library()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(7, 48), (2, 5, 48), (0, 48), "transposed"])
+def test_onednn_inference_matches_float64(monkeypatch, shape, bias):
+    """No grad, float32, cpu backend, FASTAR_FP32_GEMM=onednn: the oneDNN op runs and agrees with the float64
+    reference by the tolerance rule (2D, 3D, empty, a non-contiguous input)."""
+    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
+    torch.manual_seed(0)
+    layer = Linear(48, 80, bias=bias)
+    x = torch.randn(48, 9).t() if shape == "transposed" else torch.randn(shape)
+    with torch.no_grad():
+        out, names = ran(layer, x)
+    assert "mkldnn::_linear_pointwise" in names
+    ref64 = F.linear(x.double(), layer.weight.double(), None if layer.bias is None else layer.bias.double())
+    assert out.shape == ref64.shape and out.dtype == torch.float32
+    if out.numel():
+        assert_close("linear", out, ref64, F.linear(x, layer.weight, layer.bias))
+
+
+def test_falls_back_to_f_linear(monkeypatch):
+    """F.linear (never oneDNN) under autograd (and its gradients are right), on the torch and reference backends
+    (the official formulation), in bfloat16, and with FASTAR_FP32_GEMM=mkl."""
+    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
+    torch.manual_seed(0)
+    layer, x = Linear(16, 8), torch.randn(4, 16, requires_grad=True)
+    out, names = ran(layer, x)
+    assert not any(n.startswith("mkldnn::") for n in names)
+    out.sum().backward()
+    assert torch.allclose(x.grad, layer.weight.sum(0).expand(4, 16))
+    with torch.no_grad():
+        for backend in _backend.PYTHON_BACKENDS:
+            with fastar.use_backend(backend):
+                assert not any(n.startswith("mkldnn::") for n in ran(layer, x)[1])
+        assert not any(n.startswith("mkldnn::") for n in ran(layer.bfloat16(), x.bfloat16())[1])
+        monkeypatch.setenv("FASTAR_FP32_GEMM", "mkl")
+        assert not any(n.startswith("mkldnn::") for n in ran(layer.float(), x)[1])
+
+
+def test_same_parameters_as_nn_linear():
+    torch.manual_seed(0)
+    a = nn.Linear(8, 4)
+    torch.manual_seed(0)
+    b = Linear(8, 4)
+    assert isinstance(b, nn.Linear)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
