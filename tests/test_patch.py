@@ -277,7 +277,8 @@ def _defined_in(fn, module):
 @pytest.fixture
 def official(monkeypatch):
     """The stand-ins registered as the official modules models.basic_var, models.quant, models.basic_vae,
-    models.helpers and models.var (which imports the sampler by name, `from models.helpers import sample_with_top_k_top_p_`)."""
+    models.helpers and models.var (which imports the sampler by name, `from models.helpers import
+    sample_with_top_k_top_p_`)."""
     mods = {}
     for name, classes in (("models.basic_var", [SelfAttention]), ("models.quant", [VectorQuantizer2]),
                           ("models.basic_vae", VAE_CLASSES)):
