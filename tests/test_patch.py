@@ -1,7 +1,9 @@
 """fastar.patch (issue 15): stand-ins with the official module paths, attribute names and call contracts of
-FoundationVision/VAR's SelfAttention (models/basic_var.py), VectorQuantizer2 (models/quant.py) and the sampler
-sample_with_top_k_top_p_ (models/helpers.py) that VAR.autoregressive_infer_cfg (models/var.py) calls by name,
-written here (the official code is not shipped); patched against unpatched, float64 stand-ins as the oracle."""
+FoundationVision/VAR's SelfAttention (models/basic_var.py), VectorQuantizer2 (models/quant.py), the sampler
+sample_with_top_k_top_p_ (models/helpers.py) that VAR.autoregressive_infer_cfg (models/var.py) calls by name and the
+VQVAE decoder (models/basic_vae.py), written here (the official code is not shipped); patched against unpatched,
+float64 stand-ins as the oracle."""
+import copy
 import enum
 import math
 import sys
@@ -169,6 +171,103 @@ class VAR(nn.Module):
             return tokens, embeds
 
 
+# ---- models/basic_vae.py: the VQVAE decoder (LDM's vq-f16) ----
+
+def Normalize(in_channels):
+    return nn.GroupNorm(num_groups=32, num_channels=in_channels, eps=1e-6, affine=True)
+
+
+class Upsample2x(nn.Module):
+    """The official contract: conv (3x3, padding 1) of the nearest-2x interpolation."""
+
+    def __init__(self, in_channels):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class ResnetBlock(nn.Module):
+    """norm1, conv1, norm2, dropout, conv2, nin_shortcut (1x1 where the width changes, else Identity); SiLU in
+    place after each norm."""
+
+    def __init__(self, *, in_channels, out_channels=None, dropout):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels or in_channels
+        self.norm1, self.conv1 = Normalize(in_channels), nn.Conv2d(in_channels, self.out_channels, 3, 1, 1)
+        self.norm2, self.conv2 = Normalize(self.out_channels), nn.Conv2d(self.out_channels, self.out_channels, 3, 1, 1)
+        self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
+        self.nin_shortcut = (nn.Conv2d(in_channels, self.out_channels, 1) if in_channels != self.out_channels
+                             else nn.Identity())
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=True)))
+        return self.nin_shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """One head over the h*w positions, q, k, v from one 1x1 conv qkv (3C), scores times w_ratio = C^-0.5, by bmm."""
+
+    def __init__(self, in_channels):
+        super().__init__()
+        self.C, self.norm = in_channels, Normalize(in_channels)
+        self.qkv = nn.Conv2d(in_channels, 3 * in_channels, kernel_size=1)
+        self.w_ratio = in_channels ** -0.5
+        self.proj_out = nn.Conv2d(in_channels, in_channels, kernel_size=1)
+
+    def forward(self, x):
+        B, _, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.C, H * W).unbind(1)  # each (B, C, HW)
+        w = F.softmax(torch.bmm(q.transpose(1, 2), k).mul_(self.w_ratio), dim=2)  # (B, HW of q, HW of k)
+        return x + self.proj_out(torch.bmm(v, w.transpose(1, 2)).view(B, self.C, H, W))
+
+
+class Decoder(nn.Module):
+    """conv_in, mid (block_1, attn_1, block_2), up[i] (num_res_blocks + 1 blocks, attentions on the last level,
+    upsample on i != 0), run from the last level to the first; norm_out, SiLU, conv_out. The blocks are the classes
+    of this class's own module (the fixture registers them as models.basic_vae)."""
+
+    def __init__(self, *, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, dropout=0.0, in_channels=3, z_channels=8,
+                 using_sa=True, using_mid_sa=True):
+        super().__init__()
+        vae = sys.modules[type(self).__module__]
+        block_in = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(z_channels, block_in, 3, 1, 1)
+        self.mid = nn.Module()
+        self.mid.block_1 = vae.ResnetBlock(in_channels=block_in, out_channels=block_in, dropout=dropout)
+        self.mid.attn_1 = vae.AttnBlock(block_in) if using_mid_sa else nn.Identity()
+        self.mid.block_2 = vae.ResnetBlock(in_channels=block_in, out_channels=block_in, dropout=dropout)
+        self.up = nn.ModuleList()
+        for i_level in reversed(range(len(ch_mult))):
+            up, block_out = nn.Module(), ch * ch_mult[i_level]
+            up.block, up.attn = nn.ModuleList(), nn.ModuleList()
+            for _ in range(num_res_blocks + 1):
+                up.block.append(vae.ResnetBlock(in_channels=block_in, out_channels=block_out, dropout=dropout))
+                block_in = block_out
+                if i_level == len(ch_mult) - 1 and using_sa:
+                    up.attn.append(vae.AttnBlock(block_in))
+            if i_level != 0:
+                up.upsample = vae.Upsample2x(block_in)
+            self.up.insert(0, up)
+        self.norm_out, self.conv_out = Normalize(block_in), nn.Conv2d(block_in, in_channels, 3, 1, 1)
+
+    def forward(self, z):
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
+        for i_level in reversed(range(len(self.up))):
+            for i_block, block in enumerate(self.up[i_level].block):
+                h = block(h)
+                if len(self.up[i_level].attn) > 0:
+                    h = self.up[i_level].attn[i_block](h)
+            if i_level != 0:
+                h = self.up[i_level].upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
+
+
+VAE_CLASSES = [Upsample2x, ResnetBlock, AttnBlock, Decoder]
+
+
 def _defined_in(fn, module):
     """fn with module's namespace as its globals: the names it calls are looked up in module, as the official
     methods look theirs up in their own module."""
@@ -177,10 +276,12 @@ def _defined_in(fn, module):
 
 @pytest.fixture
 def official(monkeypatch):
-    """The stand-ins registered as the official modules models.basic_var, models.quant, models.helpers and
-    models.var (which imports the sampler by name, `from models.helpers import sample_with_top_k_top_p_`)."""
+    """The stand-ins registered as the official modules models.basic_var, models.quant, models.basic_vae,
+    models.helpers and models.var (which imports the sampler by name, `from models.helpers import
+    sample_with_top_k_top_p_`)."""
     mods = {}
-    for name, classes in (("models.basic_var", [SelfAttention]), ("models.quant", [VectorQuantizer2])):
+    for name, classes in (("models.basic_var", [SelfAttention]), ("models.quant", [VectorQuantizer2]),
+                          ("models.basic_vae", VAE_CLASSES)):
         mod = types.ModuleType(name)
         for cls in classes:
             sub = type(cls.__name__, (cls,), {"__module__": name})
@@ -196,7 +297,8 @@ def official(monkeypatch):
     for mod in (helpers, var):
         monkeypatch.setitem(sys.modules, mod.__name__, mod)
     yield types.SimpleNamespace(SelfAttention=mods["models.basic_var"].SelfAttention,
-                                VectorQuantizer2=mods["models.quant"].VectorQuantizer2, VAR=var.VAR, var=var)
+                                VectorQuantizer2=mods["models.quant"].VectorQuantizer2, VAR=var.VAR, var=var,
+                                vae=mods["models.basic_vae"])
     fastar.patch.undo()
 
 
@@ -373,7 +475,7 @@ def test_sampler_patched_gives_the_official_tokens(official, backend, top_k, top
 
 def test_sampler_class_patch_and_undo(official):
     original = official.var.sample_with_top_k_top_p_
-    rows = fastar.patch.var(attention=False, quantizer=False)
+    rows = fastar.patch.var(attention=False, quantizer=False, decoder=False)
     assert [(r.module, r.attr, r.function) for r in rows] == [("models.var", "sample_with_top_k_top_p_", True)]
     torch.manual_seed(14)
     var = official.VAR()
@@ -409,6 +511,111 @@ def test_sampler_declines_where_the_filtered_logits_are_read(official):
         "sample_with_top_k_top_p_"]
     infer(var, 3, 900, 0.96)
     assert sampler_status(var) == {"sample_with_top_k_top_p_": "applied"}
+
+
+# ---- models/basic_vae.py's decoder ----
+
+def official_decoder(official, seed, dropout=0.0):
+    torch.manual_seed(seed)
+    dec = official.vae.Decoder(dropout=dropout)
+    with torch.no_grad():  # biases and norm affines away from their 0 / 1 init, so that a wrong one shows
+        for p in dec.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return dec
+
+
+def vae_status(model):
+    """{row's class: the statuses of its modules}."""
+    out = {}
+    for _, row, st in fastar.patch.report(model):
+        out.setdefault(row.cls, set()).add(st)
+    return out
+
+
+def test_decoder_patched_equals_official(official, backend):
+    """The four rows on fastar's decoder fast path (channels_last, the upsample + conv as a phase conv,
+    fastar.ops.attention): output within the rule of the float64 official decoder, through a non-square latent
+    (h != w through both upsamples), a 1x1 shortcut, the lowest level's and the mid block's attentions; the
+    state-dict keys are the official ones."""
+    dec = official_decoder(official, 20).eval()
+    z = torch.randn(2, 8, 3, 5)
+    keys = list(dec.state_dict())
+    with torch.no_grad():
+        ref64, ref32 = copy.deepcopy(dec).double()(z.double()), dec(z)
+        assert fastar.patch.var(dec) == [r for r in fastar.patch.VAR_ROWS if r.group == "decoder"]
+        got = dec(z)
+    assert fastar.last_backend("attention") == backend
+    assert got.shape == (2, 3, 12, 20) and got.is_contiguous()
+    assert_close("vqvae_decode", got, ref64, ref32)
+    assert vae_status(dec) == dict.fromkeys(("Decoder", "Upsample2x", "ResnetBlock", "AttnBlock"), {"applied"})
+    assert list(dec.state_dict()) == keys
+
+
+def test_decoder_patched_gradients(official):
+    """Autograd through the patched decoder in training mode (no dropout, the official VQVAE's 0.0): the latent's
+    gradient and the upsample conv's (through its phase weights) within the rule of the float64 official decoder."""
+    dec = official_decoder(official, 21).train()
+    z = torch.randn(2, 8, 4, 4)
+
+    def run(module, dtype):
+        module.zero_grad()
+        zz = z.to(dtype).requires_grad_()
+        module(zz).square().sum().backward()
+        return zz.grad, module.up[1].upsample.conv.weight.grad.clone()
+
+    ref64, ref32 = run(copy.deepcopy(dec).double(), torch.float64), run(dec, torch.float32)
+    fastar.patch.var(dec)
+    got = run(dec, torch.float32)
+    assert vae_status(dec)["Upsample2x"] == {"applied"}
+    for g, r64, r32 in zip(got, ref64, ref32):
+        assert_close("vqvae_decode_grads", g, r64, r32)
+
+
+def test_decoder_class_patch_undo_restores_the_originals(official):
+    originals = {cls: getattr(official.vae, cls).forward for cls in ("Decoder", "Upsample2x", "ResnetBlock",
+                                                                     "AttnBlock")}
+    dec, z = official_decoder(official, 22).eval(), torch.randn(1, 8, 2, 2)
+    with torch.no_grad():
+        want = dec(z)
+        fastar.patch.var()
+        assert all(getattr(official.vae, cls).forward.__fastar_row__.cls == cls for cls in originals)
+        patched = dec(z)
+        fastar.patch.undo()
+        again = dec(z)
+    assert all(getattr(official.vae, cls).forward is f for cls, f in originals.items())
+    assert torch.equal(again, want) and not torch.equal(patched, want)
+    torch.testing.assert_close(patched, want, atol=1e-4, rtol=1e-4)
+
+
+def test_decoder_declines_and_says_why(official):
+    """The torch backend (fastar's decoder would run the official formulation), dropout in training (its draws
+    over channels_last activations differ) and NCHW activations (a block called outside the patched decoder, as
+    the encoder's are): the original runs, bit for bit, and report says why."""
+    dec = official_decoder(official, 23).eval()
+    z = torch.randn(1, 8, 2, 3)
+    with torch.no_grad():
+        want = dec(z)
+        fastar.patch.var(dec)
+        with fastar.use_backend("torch"):
+            got = dec(z)
+    assert torch.equal(got, want)
+    assert vae_status(dec)["Decoder"] == {"declined: the torch backend is active (fastar's decoder runs the "
+                                          "official formulation)"}
+    block, x = dec.mid.block_1, torch.randn(1, 64, 3, 3)
+    with torch.no_grad():
+        assert torch.equal(block(x), ResnetBlock.forward(block, x))
+    assert fastar.patch.report(block)[0][2].startswith("declined: NCHW input")
+    drop = official_decoder(official, 24, dropout=0.1).train()
+    torch.manual_seed(25)
+    want = drop(z)
+    fastar.patch.var(drop)
+    torch.manual_seed(25)
+    assert torch.equal(drop(z), want)  # the official draws
+    assert vae_status(drop)["Decoder"] == {"declined: dropout in training (its draws over channels_last "
+                                           "activations are not the official ones)"}
+    assert vae_status(drop)["ResnetBlock"] == {"declined: NCHW input (the blocks run on the channels_last "
+                                               "activations of the patched Decoder.forward; the encoder keeps "
+                                               "the official blocks)"}
 
 
 # ---- LTH14/mar: DiffLoss.sample and timm's Attention ----

@@ -1,6 +1,7 @@
 """fastar.patch.var() on the official FoundationVision/VAR code, on the CPU (random weights, float32).
 
-  python tools/official_var_patch.py OFFICIAL_REPO check     # the same tokens at every scale, unpatched vs patched
+  python tools/official_var_patch.py OFFICIAL_REPO check     # the same tokens at every scale and the images within
+                                                             # the tolerance rule, unpatched vs patched
   python tools/official_var_patch.py OFFICIAL_REPO time      # d16 sampling time, unpatched vs patched
   python tools/official_var_patch.py OFFICIAL_REPO profile   # where a patched d16 sampling run spends its time
 
@@ -9,7 +10,8 @@ HEAD | tar -x -C /tmp/var`). The models come from the official build_vae_var (d1
 weights: VAR by its own init_weights, the VQVAE's layers by torch's default init (the builder turns it off, expecting
 a checkpoint). Tokens are read off the codebook lookup autoregressive_infer_cfg makes after each draw.
 check: B 2, seeds 0 and 1, cfg 1.5 / top-k 900 / top-p 0.96 (the paper's evaluation) and the demo's cfg 4 / top-p
-0.95: every token equal at every scale.
+0.95: every token equal at every scale, and the patched images within the tolerance rule ("vqvae_decode") of the
+official decoder run in float64 on the official run's f_hat (the unpatched images: the float32 reference).
 time: B 4, cfg 1.5, top-k 900, top-p 0.96, g_seed = the round; interleaved rounds (official, patched, ...) in one
 process, wall and CPU time with the load average, best and median (tools/official.py); tokens compared each round.
 profile: one patched run under torch.profiler: milliseconds in the linear layers, attention, the quantizer,
@@ -18,6 +20,7 @@ Knobs (environment): B (check 2, time and profile 4), ROUNDS (3), THREADS (torch
 one for a quick try of the tool).
 The official code calls .cuda(): here it is the identity (tools/official.py). The official code is read from
 OFFICIAL_REPO, never copied into fastar."""
+import copy
 import os
 import sys
 from collections import defaultdict
@@ -27,6 +30,7 @@ import torch.nn as nn
 
 import fastar
 import fastar.patch
+from fastar.tolerance import error_and_bound
 from official import load, machine, rounds
 
 LABELS = torch.tensor([207, 360, 387, 974, 88, 979, 417, 279])
@@ -54,15 +58,17 @@ def build(models):
 
 
 class Tokens:
-    """The token maps of the last sampling run, read off the codebook lookup that follows each draw."""
+    """The token maps of the last sampling run, read off the codebook lookup that follows each draw; its images and
+    the f_hat it decoded them from (read off post_quant_conv's input)."""
 
     def __init__(self, vae):
-        self.maps = []
+        self.maps, self.img, self.f_hat = [], None, None
         vae.quantize.embedding.register_forward_hook(lambda m, args, out: self.maps.append(args[0].clone()))
+        vae.post_quant_conv.register_forward_pre_hook(lambda m, args: setattr(self, "f_hat", args[0].clone()))
 
     def sample(self, var, B, seed, setting):
         self.maps = []
-        var.autoregressive_infer_cfg(B, LABELS[:B], g_seed=seed, more_smooth=False, **setting)
+        self.img = var.autoregressive_infer_cfg(B, LABELS[:B], g_seed=seed, more_smooth=False, **setting)
         return self.maps
 
 
@@ -84,6 +90,7 @@ def check(models):
     tokens = Tokens(vae)
     for seed, (name, setting) in enumerate((("evaluation", EVAL), ("demo", DEMO))):
         want = tokens.sample(var, B, seed, setting)
+        want_img, f_hat = tokens.img, tokens.f_hat
         fastar.patch.var(var), fastar.patch.var(vae)
         try:
             got = tokens.sample(var, B, seed, setting)
@@ -91,9 +98,14 @@ def check(models):
         finally:
             fastar.patch.undo()
         verdict = same(got, want)
+        with torch.no_grad():  # the official decoder in float64 (unpatched), de-normalized as autoregressive_infer_cfg
+            img64 = copy.deepcopy(vae).double().fhat_to_img(f_hat.double()).add_(1).mul_(0.5)
+        err, bound, ref_err = error_and_bound("vqvae_decode", tokens.img, img64, want_img)
         failures += [] if verdict.startswith("identical") else [name]
+        failures += [] if err <= bound else [f"{name} images"]
         print(f"{name} {setting}, B {B}, g_seed {seed}: tokens {verdict}; distinct tokens in the last scale "
-              f"{want[-1].unique().numel()} of {want[-1].numel()}", flush=True)
+              f"{want[-1].unique().numel()} of {want[-1].numel()}; images: patched max error {err:.3g} against "
+              f"the float64 official decoder, unpatched {ref_err:.3g}, bound {bound:.3g}", flush=True)
     print(f"rows (patched): {rows}")
     sys.exit(f"FAILED: {failures}" if failures else 0)
 

@@ -15,15 +15,17 @@ from fastar.patch.var import ROWS as VAR_ROWS
 __all__ = ["Row", "var", "mar", "fractalgen", "undo", "report", "VAR_ROWS", "MAR_ROWS", "FRACTALGEN_ROWS"]
 
 
-def var(model=None, *, attention=True, quantizer=True, sampling=True):
+def var(model=None, *, attention=True, quantizer=True, sampling=True, decoder=True):
     """Patch FoundationVision/VAR: `model` (a VAR, VQVAE, or any module holding them) in place, or without it the
-    classes of models.basic_var / models.quant and the global of models.var already imported. Groups: attention
-    (SelfAttention: block-causal training, a preallocated KV cache in inference), quantizer (VectorQuantizer2's
-    multi-scale loops), sampling (the top-k / top-p sampler VAR.autoregressive_infer_cfg calls, one
-    fastar.ops.sample_categorical pass: the same tokens for a seed). The sampler is a module-level function, looked
-    up as a global of the module that defines the VAR class: with a model holding a VAR, that module's global is
-    replaced, so every VAR of that module samples through fastar until undo(). Returns the rows applied."""
-    groups = {"attention": attention, "quantizer": quantizer, "sampling": sampling}
+    classes of models.basic_var / models.quant / models.basic_vae and the global of models.var already imported.
+    Groups: attention (SelfAttention: block-causal training, a preallocated KV cache in inference), quantizer
+    (VectorQuantizer2's multi-scale loops), sampling (the top-k / top-p sampler VAR.autoregressive_infer_cfg calls,
+    one fastar.ops.sample_categorical pass: the same tokens for a seed), decoder (the VQVAE decoder's Decoder,
+    Upsample2x, ResnetBlock and AttnBlock forwards on fastar's decoder fast path: channels_last activations, each
+    nearest-2x upsample + conv as one phase conv, fastar.ops.attention). The sampler is a module-level function,
+    looked up as a global of the module that defines the VAR class: with a model holding a VAR, that module's global
+    is replaced, so every VAR of that module samples through fastar until undo(). Returns the rows applied."""
+    groups = {"attention": attention, "quantizer": quantizer, "sampling": sampling, "decoder": decoder}
     return apply([r for r in VAR_ROWS if groups[r.group]], model, caller="fastar.patch.var")
 
 

@@ -1,14 +1,19 @@
 """The rows of fastar.patch.var: FoundationVision/VAR's SelfAttention (models/basic_var.py), VectorQuantizer2
-(models/quant.py) and the top-k / top-p sampler VAR.autoregressive_infer_cfg calls (models/helpers.py's
-sample_with_top_k_top_p_, looked up as a global of models/var.py) on fastar ops. The contracts (signatures,
-attributes, the kv_caching protocol, the 0 / -inf block-causal attn_bias, the sampler's (B, l, 1) result and its
-in-place filtering) are the official code's; the bodies are fastar's."""
+(models/quant.py), the top-k / top-p sampler VAR.autoregressive_infer_cfg calls (models/helpers.py's
+sample_with_top_k_top_p_, looked up as a global of models/var.py) on fastar ops, and the VQVAE decoder
+(models/basic_vae.py) on the fast path of fastar's own (fastar.models.var.basic_vae, whose forwards read the same
+attribute names). The contracts (signatures, attributes, the kv_caching protocol, the 0 / -inf block-causal
+attn_bias, the sampler's (B, l, 1) result and its in-place filtering) are the official code's; the bodies are
+fastar's."""
 import sys
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar
+from fastar import _backend
+from fastar.models.var import basic_vae
 from fastar.models.var.basic_var import KVCache, unit
 from fastar.patch._table import Row
 
@@ -175,6 +180,27 @@ def _sample_declines(logits_BlV, top_k=0, top_p=0.0, rng=None, num_samples=1):
     return None
 
 
+# ---- models/basic_vae.py: the decoder's Decoder, Upsample2x, ResnetBlock and AttnBlock ----
+
+def _backend_declines(x):
+    if not basic_vae.fast_path(x):
+        return f"the {_backend.active(x.device)} backend is active (fastar's decoder runs the official formulation)"
+    return None
+
+
+def _decoder_declines(self, z):
+    if self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules()):
+        return "dropout in training (its draws over channels_last activations are not the official ones)"
+    return _backend_declines(z)
+
+
+def _block_declines(self, x):
+    if not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
+        return ("NCHW input (the blocks run on the channels_last activations of the patched Decoder.forward; the "
+                "encoder keeps the official blocks)")
+    return _backend_declines(x)
+
+
 _ATTN = ("attention", "models.basic_var", "SelfAttention")
 _QUANT = ("quantizer", "models.quant", "VectorQuantizer2")
 ROWS = (
@@ -189,4 +215,9 @@ ROWS = (
     Row("sampling", "models.var", "VAR", "sample_with_top_k_top_p_", sample_with_top_k_top_p_, "called by "
         "VAR.autoregressive_infer_cfg without more_smooth, num_samples 1, float32 logits, rng None or on their "
         "device", _sample_declines, function=True),
+    Row("decoder", "models.basic_vae", "Decoder", "forward", basic_vae.Decoder.forward, "fastar's kernels active "
+        "(not the torch / reference backend), no dropout in training", _decoder_declines),
+    *(Row("decoder", "models.basic_vae", cls, "forward", getattr(basic_vae, cls).forward, "channels_last input "
+          "(under the patched Decoder), fastar's kernels active", _block_declines)
+      for cls in ("Upsample2x", "ResnetBlock", "AttnBlock")),
 )

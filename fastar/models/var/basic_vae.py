@@ -8,7 +8,8 @@ parameter version at inference (made per call, that copy costs 3-5% of a B = 4 d
 3x3 conv as one 2x2 conv of the low-resolution input (2.25x fewer multiply-adds), and the elementwise passes in
 place at inference. Same parameters, same state dict: the prepared weights sit outside the module, keyed by each
 parameter's storage and version counter, which load_state_dict and optimizer steps bump (writes through .data do
-not: such code must not run between decodes).
+not: such code must not run between decodes). fastar.patch.var runs the forwards of Decoder, Upsample2x, ResnetBlock
+and AttnBlock on the official modules: they read only attributes the official classes have.
 """
 import weakref
 
