@@ -354,6 +354,7 @@ def test_class_patch_undo_restores_the_originals(official):
     originals = {a: getattr(official.SelfAttention, a) for a in ("forward", "kv_caching")}
     rows = fastar.patch.var()
     assert {(r.cls, r.attr) for r in rows} >= {("SelfAttention", "forward"), ("VectorQuantizer2", "embed_to_fhat")}
+    assert not any(r.group == "decoder" for r in rows)  # opt-in (decoder=True)
     assert official.SelfAttention.forward is not originals["forward"]
     torch.manual_seed(2)
     attn, x = official.SelfAttention(0), torch.randn(1, 30, 64)
@@ -542,7 +543,7 @@ def test_decoder_patched_equals_official(official, backend):
     keys = list(dec.state_dict())
     with torch.no_grad():
         ref64, ref32 = copy.deepcopy(dec).double()(z.double()), dec(z)
-        assert fastar.patch.var(dec) == [r for r in fastar.patch.VAR_ROWS if r.group == "decoder"]
+        assert fastar.patch.var(dec, decoder=True) == [r for r in fastar.patch.VAR_ROWS if r.group == "decoder"]
         got = dec(z)
     assert fastar.last_backend("attention") == backend
     assert got.shape == (2, 3, 12, 20) and got.is_contiguous()
@@ -564,7 +565,7 @@ def test_decoder_patched_gradients(official):
         return zz.grad, module.up[1].upsample.conv.weight.grad.clone()
 
     ref64, ref32 = run(copy.deepcopy(dec).double(), torch.float64), run(dec, torch.float32)
-    fastar.patch.var(dec)
+    fastar.patch.var(dec, decoder=True)
     got = run(dec, torch.float32)
     assert vae_status(dec)["Upsample2x"] == {"applied"}
     for g, r64, r32 in zip(got, ref64, ref32):
@@ -577,7 +578,7 @@ def test_decoder_class_patch_undo_restores_the_originals(official):
     dec, z = official_decoder(official, 22).eval(), torch.randn(1, 8, 2, 2)
     with torch.no_grad():
         want = dec(z)
-        fastar.patch.var()
+        fastar.patch.var(decoder=True)
         assert all(getattr(official.vae, cls).forward.__fastar_row__.cls == cls for cls in originals)
         patched = dec(z)
         fastar.patch.undo()
@@ -595,7 +596,7 @@ def test_decoder_declines_and_says_why(official):
     z = torch.randn(1, 8, 2, 3)
     with torch.no_grad():
         want = dec(z)
-        fastar.patch.var(dec)
+        fastar.patch.var(dec, decoder=True)
         with fastar.use_backend("torch"):
             got = dec(z)
     assert torch.equal(got, want)
@@ -608,7 +609,7 @@ def test_decoder_declines_and_says_why(official):
     drop = official_decoder(official, 24, dropout=0.1).train()
     torch.manual_seed(25)
     want = drop(z)
-    fastar.patch.var(drop)
+    fastar.patch.var(drop, decoder=True)
     torch.manual_seed(25)
     assert torch.equal(drop(z), want)  # the official draws
     assert vae_status(drop)["Decoder"] == {"declined: dropout in training (its draws over channels_last "
