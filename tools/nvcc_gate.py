@@ -46,6 +46,11 @@ _compiled: dict[tuple[Path, tuple[int, ...]], tuple[Path, str]] = {}
 _object_dir: tempfile.TemporaryDirectory | None = None
 _names = itertools.count()
 _lock = threading.Lock()
+# nvcc runs through ccache when it is installed (as the builds do, scripts/ccache_env.sh): ccache keeps nvcc's output,
+# the ptxas report included, beside the object, so an unchanged kernel costs a cache hit instead of a compile. Paths
+# under the repository hash as relative ones, so another clone's results are hits.
+CCACHE = ["ccache"] if shutil.which("ccache") else []
+CCACHE_ENV = {"CCACHE_BASEDIR": str(ROOT), "CCACHE_NOHASHDIR": "1"} if CCACHE else {}
 
 
 def compile_cu(nvcc: str, cu: Path, archs) -> tuple[Path, str]:
@@ -59,9 +64,9 @@ def compile_cu(nvcc: str, cu: Path, archs) -> tuple[Path, str]:
                 _object_dir = tempfile.TemporaryDirectory(prefix="nvcc_gate_")  # removed when the process exits
             obj = Path(_object_dir.name) / f"{next(_names)}-{key[0].stem}.o"
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
-        cmd = [nvcc, "-O3", "-std=c++17", f"-I{ROOT / 'csrc'}", *gencode, "-Xptxas", "-v", "-c", str(key[0]),
+        cmd = [*CCACHE, nvcc, "-O3", "-std=c++17", f"-I{ROOT / 'csrc'}", *gencode, "-Xptxas", "-v", "-c", str(key[0]),
                "-o", str(obj)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **CCACHE_ENV})
         if r.returncode:
             raise RuntimeError(f"nvcc failed on {cu}:\n{r.stdout}{r.stderr}")
         _compiled[key] = obj, r.stdout + r.stderr

@@ -8,6 +8,12 @@
 #include "cpu/attention.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/logsumexp.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>

@@ -1,7 +1,7 @@
 // CPU kernels of the attention family (ATen side: dtype policy, threading, tile flags, scratch memory).
 // float32 / bfloat16 / float16 inputs compute in float32, float64 inputs in float64 (for gradcheck).
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "kernels/attention/mask.h"
 

@@ -2,6 +2,9 @@
 #include "cpu/attention_tiny.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <sys/mman.h>
 
 #include <cstdint>

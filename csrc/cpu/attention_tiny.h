@@ -2,7 +2,7 @@
 // many whole sequences per task on the micro-kernels of cpu/attention_tiny_isa.cpp, instead of query blocks, key
 // runs and BLAS calls per sequence. cpu/attention.cpp routes here.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <tuple>
 

@@ -11,6 +11,9 @@
 #include "cpu/diffusion.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
 
 #include "cpu/blas.h"
 #include "cpu/isa.h"

@@ -1,6 +1,10 @@
 // CPU kernels of the diffusion family (MAR's diffusion head).
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/silu.h>
 
 #include <cmath>
 #include <optional>

@@ -6,6 +6,8 @@
 #include "cpu/multi_axis.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <type_traits>

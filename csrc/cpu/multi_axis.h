@@ -1,7 +1,7 @@
 // CPU kernels of the multi_axis family (HiT's regional + dilated heads, read straight from the image layout).
 // float32 / bfloat16 / float16 inputs compute in float32, float64 inputs in float64 (for gradcheck).
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace fastar::cpu {
 

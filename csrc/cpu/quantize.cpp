@@ -1,6 +1,8 @@
 #include "cpu/quantize.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/empty.h>
 
 #include <cstdlib>
 

@@ -1,6 +1,6 @@
 // CPU kernels of the quantize family (ATen side: dtype policy, threading, scratch memory).
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace fastar::cpu {
 

@@ -1,6 +1,7 @@
 // VAR's multi-scale residual quantization on the CPU. Maps are NHWC (channels_last), so each pixel is a C-vector
 // and every inner loop runs over C (vectorized by the compiler); the nearest-code search is vq_nearest's.
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <atomic>

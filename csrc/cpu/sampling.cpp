@@ -5,6 +5,8 @@
 #include "cpu/sampling.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cfloat>

@@ -1,6 +1,6 @@
 // CPU kernels of the sampling family.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace fastar::cpu {
 

@@ -1,7 +1,7 @@
 // Argument checks of the attention family and the MaskParams they build, shared by every backend's
 // registration (cpu, cuda, simt).
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "kernels/attention/capabilities.h"
 #include "kernels/attention/mask.h"

@@ -4,6 +4,8 @@
 #include "torch/attention.h"
 #include "torch/device.h"
 
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <atomic>

@@ -1,6 +1,6 @@
 // The device check every op's check function shares.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace fastar {
 

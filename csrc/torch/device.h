@@ -3,7 +3,7 @@
 //   simt (fastar._simt, FASTAR_SIMT_BUILD): TORCH_LIBRARY_IMPL(fastar_simt, CPU), the same kernels on CPU tensors
 //   under the emulator, whose launch errors carry its report (barrier divergence, deadlock, file:line).
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <cuda_runtime_api.h>
 
 #include "kernels/dtype.h"

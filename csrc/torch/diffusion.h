@@ -1,6 +1,6 @@
 // Argument checks of the diffusion family, shared by every backend's registration.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <string>
 #include <tuple>

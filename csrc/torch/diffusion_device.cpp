@@ -7,6 +7,9 @@
 #include "torch/device.h"
 #include "torch/diffusion.h"
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 namespace fastar {

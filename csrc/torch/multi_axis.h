@@ -1,6 +1,6 @@
 // Argument checks of the multi_axis family, shared by every backend's registration (cpu, cuda, simt).
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace fastar {
 

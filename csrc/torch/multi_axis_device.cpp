@@ -6,6 +6,9 @@
 #include "torch/device.h"
 #include "torch/multi_axis.h"
 
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>

@@ -1,6 +1,6 @@
 // Argument checks of the quantize family, shared by every backend's registration (cpu, cuda, simt).
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include "torch/checks.h"
 

@@ -4,6 +4,7 @@
 #include "torch/device.h"
 #include "torch/quantize.h"
 
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cstdlib>

@@ -1,6 +1,6 @@
 // Argument checks of the sampling family, shared by every backend's registration.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cmath>
 

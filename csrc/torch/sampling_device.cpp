@@ -3,6 +3,7 @@
 #include "torch/device.h"
 #include "torch/sampling.h"
 
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
