@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fastar
-from benchmarks.bench_var import BASELINE, Breakdown, on
+from benchmarks.bench_var import BASELINE, LINEAR_PARTS, Breakdown, on
 from benchmarks.harness import compare
 from fastar.models.dalle import DALLE, DALLEConfig
 from fastar.models.dalle import dalle as dalle_module
@@ -42,7 +42,8 @@ class DalleBreakdown(Breakdown):
 
     def __init__(self, monkeypatch):
         self.ms, self._spent, self._depth = {}, None, 0
-        monkeypatch.setattr(torch.nn.functional, "linear", self._timed("linear layers", torch.nn.functional.linear))
+        for _, owner, attr in LINEAR_PARTS:
+            monkeypatch.setattr(owner, attr, self._timed("linear layers", getattr(owner, attr)))
         monkeypatch.setattr(fastar.ops, "attention_decode", self._timed("attention", fastar.ops.attention_decode))
         monkeypatch.setattr(dalle_module, "sample_categorical",
                             self._timed("token sampling", dalle_module.sample_categorical))

@@ -14,7 +14,6 @@ from collections import defaultdict
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import fastar
@@ -39,13 +38,13 @@ def on(backend, fn):
 
 ROUNDS, WARMUP = 3, 1
 PARTS = (("multi-axis attention", fastar.ops, "multi_axis_attention"), ("cross-attention", fastar.ops, "attention"),
-         ("linear layers", F, "linear"), ("linear layers", torch, "addmm"), ("linear layers", torch.Tensor, "addmm_"))
+         *bench_var.LINEAR_PARTS, ("linear layers", torch, "addmm"), ("linear layers", torch.Tensor, "addmm_"))
 
 
 class Breakdown(bench_var.Breakdown):
     """ms per part of the generator's forward, per contender: multi-axis self-attention, cross-attention, the
-    linear layers (F.linear, and the GEMMs the generator calls itself without autograd: torch.addmm, addmm_) and the
-    rest (BatchNorm statistics, GELU, residual adds, the pixel shuffle); VAR's timing, HiT's parts. Each part is
+    linear layers (F.linear, the models' Linear, and the GEMMs the generator calls itself without autograd:
+    torch.addmm, addmm_) and the rest (BatchNorm statistics, GELU, residual adds, the pixel shuffle); VAR's timing, HiT's parts. Each part is
     also a profiler range, so other_top_ops can name what the rest is made of."""
 
     def __init__(self, monkeypatch):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import fastar
 from benchmarks.harness import compare, save_samples
+from fastar.models.layers import Linear
 from fastar.models.var import build_vae_var
 from fastar.models.var import var as var_module
 
@@ -61,7 +62,7 @@ def test_var_d16_sample(benchmark, d16, monkeypatch):
     benchmark.group = f"VAR-d{DEPTH} sampling B={B_SAMPLE} 256px cfg=4 top-k 900 top-p 0.95 float32"
     maps, last, images = [], {}, {}  # the token maps of a run, read off the codebook lookups (the sampler's only ones)
     hook = vae.quantize.embedding.register_forward_hook(lambda m, args, out: maps.append(args[0].clone()))
-    parts = Breakdown(monkeypatch, [("linear layers", F, "linear"), ("attention", fastar.ops, "attention_decode"),
+    parts = Breakdown(monkeypatch, [*LINEAR_PARTS, ("attention", fastar.ops, "attention_decode"),
                                     ("quantizer ops", fastar.ops, "get_next_autoregressive_input"),
                                     ("VQVAE decoder", vae, "fhat_to_img"),
                                     ("top-k/top-p sampling", var_module, "sample_with_top_k_top_p_")])
@@ -93,6 +94,10 @@ def test_var_d16_sample(benchmark, d16, monkeypatch):
     benchmark.extra_info["breakdown"] = parts.ms
     hook.remove()
     save_samples(images["fastar"], f"var_d{DEPTH}_random_weights")
+
+
+# The linear layers: F.linear and the models' Linear, whose oneDNN path (fastar.models.layers) bypasses F.linear.
+LINEAR_PARTS = [("linear layers", F, "linear"), ("linear layers", Linear, "forward")]
 
 
 class Breakdown:
