@@ -53,6 +53,8 @@ def check_bf16_gemm(op: str, device):
 
 
 FP32_LINEAR_LIBRARIES = ("mkl", "onednn")
+_DEFAULT_FP32_LINEAR = ("onednn" if _C is not None and _C.build_info()["cpu_vendor"] != "intel"
+                        and torch.backends.mkldnn.is_available() else "mkl")
 
 
 def fp32_linear_library() -> str:
@@ -67,8 +69,6 @@ def fp32_linear_library() -> str:
     return _DEFAULT_FP32_LINEAR
 
 
-_DEFAULT_FP32_LINEAR = ("onednn" if _C is not None and _C.build_info()["cpu_vendor"] != "intel"
-                        and torch.backends.mkldnn.is_available() else "mkl")
 _BUILT = {"cpu": _C is not None, "cuda": _C is not None and bool(_C.build_info()["cuda"]), "simt": _simt is not None}
 _KERNEL_DEVICES = frozenset(kind for kind in ("cpu", "cuda") if _BUILT[kind])  # device types with built kernels
 
