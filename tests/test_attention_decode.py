@@ -54,7 +54,12 @@ def check_positions(backend, kind, dtype, text_len, grid, conv_kernel, positions
 @pytest.mark.parametrize("kind", sanitized(KINDS))
 def test_attention_decode_every_position_reduced_grid(backend, dtype, kind, Lq):
     text_len, grid = 7, 8
-    check_positions(backend, kind, dtype, text_len, grid, 5, range(Lq - 1, text_len + grid * grid), Lq)
+    every = range(Lq - 1, text_len + grid * grid)
+    # The emulator (and its sanitized build, 2/3 of whose time this test was): every third position, which meets
+    # every column of the grid (3 and 8 coprime), with the last text token, the first of the image and of its
+    # second row, and the last.
+    sample = sorted({*every[::3], text_len - 1, text_len, text_len + grid, every[-1]})
+    check_positions(backend, kind, dtype, text_len, grid, 5, every if backend == "cpu" else sample, Lq)
 
 
 @pytest.mark.parametrize("Lq", [1, 3])

@@ -59,17 +59,24 @@ def test_diffusion_sample(diffusion_backend, N, cfg):
         assert_close("diffusion_sample", out, ref64, ref32)
 
 
-def test_diffusion_sample_rows_over_threads():
+@pytest.mark.parametrize("library", ["mkl", "onednn"])
+def test_diffusion_sample_rows_over_threads(monkeypatch, capfd, library):
     """Enough rows (N W^2 >= 2^22 multiply-adds per GEMM) for the CPU loop to split its row passes over the threads
-    and let the GEMMs thread (smaller heads run on the calling thread): same result as the reference."""
+    and let the GEMMs thread (smaller heads run on the calling thread, on MKL): same result as the reference, on both
+    float32 GEMM libraries whatever this CPU's default (FASTAR_FP32_GEMM; oneDNN's log shows which one ran)."""
     N, threads = 2 * 2000, torch.get_num_threads()
     z = torch.randn(N, Z, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setenv("FASTAR_FP32_GEMM", library)
+    assert fastar.build_info()["cpu_fp32_gemm"] == library
     torch.set_num_threads(2)
+    capfd.readouterr()
     try:
-        out, ref64, ref32 = sample_all(z, make_head(), seed=7, num_steps=3, cfg=2.0)
+        with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+            out, ref64, ref32 = sample_all(z, make_head(), seed=7, num_steps=3, cfg=2.0)
     finally:
         torch.set_num_threads(threads)
     assert fastar.last_backend("diffusion_sample") == "cpu"
+    assert ("exec,cpu,matmul" in capfd.readouterr().out) == (library == "onednn")
     assert_close("diffusion_sample", out, ref64, ref32)
 
 
@@ -189,13 +196,21 @@ def test_diffusion_sample_bf16(monkeypatch, N, cfg, library):
         assert err > (fp32 - ref64).abs().max()  # the bf16 GEMMs did run
 
 
-def test_bf16_gemm_library_choice(monkeypatch):
+def test_gemm_library_choice(monkeypatch):
+    """bf16 and float32 GEMMs on MKL on Intel CPUs, on oneDNN on the others (float32: where torch has it, as the
+    models' Linear layers); FASTAR_BF16_GEMM / FASTAR_FP32_GEMM pick one, and a wrong name is an error."""
     monkeypatch.delenv("FASTAR_BF16_GEMM", raising=False)
+    monkeypatch.delenv("FASTAR_FP32_GEMM", raising=False)
     vendor = next((ln.split(":")[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("vendor_id")), "")
-    assert fastar.build_info()["cpu_bf16_gemm"] == ("mkl" if vendor == "GenuineIntel" else "onednn")
-    monkeypatch.setenv("FASTAR_BF16_GEMM", "openblas")
-    with pytest.raises(RuntimeError, match="FASTAR_BF16_GEMM must be mkl or onednn, got openblas"):
-        fastar.build_info()
+    info = fastar.build_info()
+    assert info["cpu_bf16_gemm"] == ("mkl" if vendor == "GenuineIntel" else "onednn")
+    fp32 = "mkl" if vendor == "GenuineIntel" or not torch.backends.mkldnn.is_available() else "onednn"
+    assert info["cpu_fp32_gemm"] == fp32 == fastar._backend.fp32_linear_library()
+    for var in ("FASTAR_BF16_GEMM", "FASTAR_FP32_GEMM"):
+        monkeypatch.setenv(var, "openblas")
+        with pytest.raises(RuntimeError, match=f"{var} must be mkl or onednn, got openblas"):
+            fastar.build_info()
+        monkeypatch.delenv(var)
 
 
 def test_diffusion_sample_bf16_declined_without_bf16_instructions(monkeypatch):

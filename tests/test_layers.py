@@ -8,19 +8,21 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastar
 from fastar import _backend
-from fastar.models.layers import Linear
+from fastar.models.layers import Linear, linear
+from fastar.models.var.basic_var import SelfAttention
 from tests.tolerance import assert_close
 
 
 class Ops(TorchDispatchMode):
-    """The names of the ATen-level ops run inside the block."""
+    """The names of the ATen-level ops run inside the block, and how often each ran."""
 
     def __init__(self):
         super().__init__()
-        self.names = set()
+        self.names, self.counts = set(), {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.names.add(func.name())
+        self.counts[func.name()] = self.counts.get(func.name(), 0) + 1
         return func(*args, **(kwargs or {}))
 
 
@@ -75,6 +77,31 @@ def test_falls_back_to_f_linear(monkeypatch):
         assert not any(n.startswith("mkldnn::") for n in ran(layer.bfloat16(), x.bfloat16())[1])
         monkeypatch.setenv("FASTAR_FP32_GEMM", "mkl")
         assert not any(n.startswith("mkldnn::") for n in ran(layer.float(), x)[1])
+    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
+    bias = torch.zeros(8, requires_grad=True)  # only the bias asks for a gradient: still F.linear, and it gets one
+    with Ops() as ops:
+        linear(x.detach(), layer.weight.detach(), bias).sum().backward()
+    assert not any(n.startswith("mkldnn::") for n in ops.names) and torch.equal(bias.grad, torch.full((8,), 4.0))
+
+
+def test_var_qkv_projection_runs_onednn(monkeypatch):
+    """VAR's q/k/v projection (the weight with the concatenated q / zero-k / v bias) takes the same path as its
+    Linear layers in inference: two oneDNN products in a SelfAttention (qkv and proj), and its output agrees with the
+    block run in float64 by the tolerance rule."""
+    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
+    torch.manual_seed(0)
+    attn = SelfAttention(32, 2)
+    with torch.no_grad():
+        attn.q_bias.normal_(), attn.v_bias.normal_()
+        x = torch.randn(2, 5, 32)
+        counted = Ops()
+        with counted:
+            out = attn(x)
+        assert counted.counts["mkldnn::_linear_pointwise"] == 2
+        monkeypatch.setenv("FASTAR_FP32_GEMM", "mkl")
+        ref = attn(x)
+        ref64 = attn.double()(x.double())
+    assert_close("linear", out, ref64, ref)
 
 
 def test_same_parameters_as_nn_linear():

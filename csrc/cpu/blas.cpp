@@ -1,5 +1,6 @@
 #include "cpu/blas.h"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/from_blob.h>
@@ -73,6 +74,16 @@ GemmBf16 gemm_bf16_symbol() {
   return fn;
 }
 
+// at::native::mkldnn_matmul(mat1, mat2, result, beta, alpha): result = beta result + alpha mat1 mat2 on oneDNN;
+// exported by libtorch_cpu, not in its installed headers, so found by its mangled name (nullptr if absent).
+using MkldnnMatmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float, float);
+
+MkldnnMatmul mkldnn_matmul_symbol() {
+  static const auto fn = reinterpret_cast<MkldnnMatmul>(
+      torch_lib().find("_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff"));
+  return fn;
+}
+
 SetThreadsLocal set_threads_local() {
   static const auto fn = reinterpret_cast<SetThreadsLocal>(torch_lib().find("MKL_Set_Num_Threads_Local"));
   return fn;
@@ -120,6 +131,29 @@ void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
     if (alpha != 1.f) c.mul_(alpha);
   } else {
     c.mul_(beta).add_(product, alpha);
+  }
+}
+
+const char* fp32_gemm_library() {
+  const bool onednn = at::hasMKLDNN() && mkldnn_matmul_symbol() != nullptr;
+  if (const char* want = std::getenv("FASTAR_FP32_GEMM")) {
+    if (std::strcmp(want, "mkl") == 0) return "mkl";
+    if (std::strcmp(want, "onednn") == 0) {
+      TORCH_CHECK(onednn, "FASTAR_FP32_GEMM=onednn, but this torch build (", TORCH_VERSION, ", ", torch_lib().path,
+                  ") has no oneDNN matmul (at::native::mkldnn_matmul)");
+      return "onednn";
+    }
+    TORCH_CHECK(false, "FASTAR_FP32_GEMM must be mkl or onednn, got ", want);
+  }
+  return onednn && std::strcmp(cpu_vendor(), "intel") != 0 ? "onednn" : "mkl";
+}
+
+void mm_f32(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (std::strcmp(fp32_gemm_library(), "onednn") == 0) {
+    mkldnn_matmul_symbol()(a, b, out, 0.f, 1.f);
+  } else {
+    at::Tensor o = out;
+    at::mm_out(o, a, b);
   }
 }
 

@@ -3,6 +3,8 @@
 // The Fortran symbols are resolved at first use, so a torch build without them fails the kernel that needs
 // them with a message naming the symbol, not the import of fastar._C.
 #pragma once
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 
 namespace fastar::cpu::blas {
@@ -23,6 +25,15 @@ void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
 // MKL runs its bf16 GEMM without the bf16 instructions: on an AMD Zen 4 with AVX512-BF16, 2 threads, 512 x 1024 x
 // 3072, MKL 129 GFLOP/s (float32's speed) against oneDNN's 372-397. FASTAR_BF16_GEMM=mkl|onednn picks one.
 const char* bf16_gemm_library();
+
+// out (M, N) = a (M, K) b (K, N), float32, by fp32_gemm_library(): at::mm_out (MKL's sgemm) or oneDNN's matmul
+// (at::native::mkldnn_matmul, writing into out); any strides at::mm_out takes. The same float32 products either way.
+void mm_f32(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+
+// The library mm_f32 calls: "mkl" on Intel CPUs, "onednn" on the others where torch has oneDNN: MKL's sgemm takes
+// its AVX2 path on CPUs not made by Intel (fastar._backend.fp32_linear_library makes the same choice for the
+// models' Linear layers). FASTAR_FP32_GEMM=mkl|onednn picks one.
+const char* fp32_gemm_library();
 
 // Keeps the BLAS on the calling thread for the scope: inside at::parallel_for each tile product must stay on its
 // thread, else MKL fans every small product out over all cores (OpenBLAS does not thread products this small).

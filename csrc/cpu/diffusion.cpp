@@ -77,12 +77,18 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
     for (int64_t b = 0; b < D; ++b) mlp0_bf[b] = bf(block(b, 2)), mlp2_bf[b] = bf(block(b, 4));
     for (int64_t b = 0; b <= D; ++b) ada_bf[b] = bf(ada_w(b));
   }
-  // out (N, n) = in (N, W) w^T: float32 at::mm, or bfloat16 products with float32 accumulation of in rounded to
-  // bfloat16 (in_rounded: already rounded, as SiLU(y) once per step for all blocks' modulations).
+  const bool serial = N * W * W < kSerialMacs;
+  // out (N, n) = in (N, W) w^T: float32 (blas::mm_f32; MKL when serial), or bfloat16 products with float32
+  // accumulation of in rounded to bfloat16 (in_rounded: already rounded, as SiLU(y) once per step for all blocks'
+  // modulations).
   auto gemm = [&](at::Tensor& out, const at::Tensor& in, const at::Tensor& wT, const at::Tensor& w_bf,
                   const at::Tensor* in_rounded = nullptr) {
     if (!bf16) {
-      at::mm_out(out, in, wT);
+      if (serial) {
+        at::mm_out(out, in, wT);  // MKL under one_thread; oneDNN would take torch's threads
+      } else {
+        blas::mm_f32(out, in, wT);
+      }
       return;
     }
     const at::Tensor& a_bf = in_rounded != nullptr ? *in_rounded : in_bf.copy_(in);
@@ -118,8 +124,7 @@ at::Tensor diffusion_sample(const at::Tensor& z, at::TensorList weights, int64_t
   auto mod_stride = [&](int64_t b) { return b < D ? 3 * W : 2 * W; };
 
   const DiffusionIsa& row = *isa().diffusion;
-  const bool serial = N * W * W < kSerialMacs;
-  // The float32 GEMMs too (at::mm_out: MKL); the bf16 GEMM's oneDNN path keeps torch's threads.
+  // The float32 GEMMs too where MKL runs them; oneDNN's (blas::mm_f32, gemm_bf16) keep torch's threads.
   std::optional<blas::SerialScope> one_thread;
   if (serial) one_thread.emplace();
   for (int64_t i = S - 1; i >= 0; --i) {

@@ -25,22 +25,31 @@ FASTAR_ISA_TABLE(avx2)
 FASTAR_ISA_TABLE(avx512)
 #undef FASTAR_ISA_TABLE
 
-static const Isa& pick() {
+// The table of instruction set `name` if this CPU supports it, else nullptr (unknown names too).
+const Isa* supported_isa(const char* name) {
   __builtin_cpu_init();
   const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
   const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const Isa* best = has_avx512 ? &avx512::kIsa : has_avx2 ? &avx2::kIsa : &base::kIsa;
+  for (const Isa* cand : {&avx512::kIsa, &avx2::kIsa, &base::kIsa}) {
+    if (std::strcmp(name, cand->name) != 0) continue;
+    if ((cand == &avx512::kIsa && !has_avx512) || (cand == &avx2::kIsa && !has_avx2)) return nullptr;
+    return cand;
+  }
+  return nullptr;
+}
+
+static const Isa& pick() {
   if (const char* want = std::getenv("FASTAR_CPU_ISA")) {
-    for (const Isa* cand : {&avx512::kIsa, &avx2::kIsa, &base::kIsa}) {
-      if (std::strcmp(want, cand->name) != 0) continue;
-      if ((cand == &avx512::kIsa && !has_avx512) || (cand == &avx2::kIsa && !has_avx2))
+    if (const Isa* cand = supported_isa(want)) return *cand;
+    for (const char* known : {"avx512", "avx2", "base"})
+      if (std::strcmp(want, known) == 0)
         throw std::runtime_error(std::string("FASTAR_CPU_ISA=") + want + ": this CPU does not support it");
-      return *cand;
-    }
     throw std::runtime_error(std::string("FASTAR_CPU_ISA must be base, avx2 or avx512, got ") + want);
   }
-  return *best;
+  for (const char* name : {"avx512", "avx2"})
+    if (const Isa* cand = supported_isa(name)) return *cand;
+  return base::kIsa;
 }
 
 const Isa& isa() {

@@ -28,6 +28,10 @@ struct Isa {
 // The best instruction set this CPU supports; FASTAR_CPU_ISA=base|avx2|avx512 narrows it (for tests).
 const Isa& isa();
 
+// The table of instruction set `name` (base, avx2, avx512) if this CPU supports it, else nullptr: for a family
+// whose narrower kernel measures faster on some CPUs (vq_nearest at small D on AMD).
+const Isa* supported_isa(const char* name);
+
 // The bfloat16 matrix-product instructions of this CPU, best first: "amx-bf16", "avx512-bf16", or "" when it has
 // neither (bf16 products then run emulated, slower than float32): fastar.build_info()["cpu_bf16"].
 const char* bf16_gemm_isa();

@@ -24,6 +24,7 @@ PYBIND11_MODULE(_C, m) {
     info["cpu_bf16"] = fastar::cpu::bf16_gemm_isa();
     info["cpu_vendor"] = fastar::cpu::cpu_vendor();
     info["cpu_bf16_gemm"] = fastar::cpu::blas::bf16_gemm_library();
+    info["cpu_fp32_gemm"] = fastar::cpu::blas::fp32_gemm_library();
     info["compiler"] = __VERSION__;
     return info;
   });

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar
-from fastar.models.layers import Linear
+from fastar.models.layers import Linear, linear
 
 
 def attention(q, k, v, mask=None, *, scale):
@@ -63,7 +63,7 @@ class SelfAttention(nn.Module):
         (inference), which this call's keys/values join and its queries attend to."""
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        qkv = linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D), strided views of qkv
         scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
         if cache is None:
