@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
 # cuobjdump + nvdisasm: the SASS checks of the CUDA kernels (the toolkit here ships neither).
-quiet .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 numpy pytest pytest-benchmark ninja cmake \
+quiet .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 numpy pytest pytest-benchmark pytest-xdist ninja cmake \
   matplotlib faiss-cpu tqdm pillow scikit-learn tokenizers nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
 FASTAR_SIMT=1 quiet .venv/bin/pip install -q --disable-pip-version-check --no-build-isolation -e .
 .venv/bin/python -c "import fastar; print('fastar', fastar.__version__, 'backends', fastar.backends())"

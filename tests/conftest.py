@@ -10,7 +10,28 @@ import sys
 import pytest
 import torch
 
-import fastar
+
+def _load_sanitized_simt():
+    """tools/simt_sanitized_tests.sh: fastar._simt is the ASan + UBSan build at $FASTAR_SANITIZED_SIMT, loaded under
+    that name before fastar imports the regular one (this process was started with the ASan runtime preloaded;
+    pytest-xdist workers then drop LD_PRELOAD, so the tools the tests run do not get it)."""
+    path = os.environ.get("FASTAR_SANITIZED_SIMT")
+    if not path:
+        return None
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.pop("LD_PRELOAD", None)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("fastar._simt", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["fastar._simt"] = module
+    return module
+
+
+_SANITIZED_SIMT = _load_sanitized_simt()
+import fastar  # noqa: E402  (after the sanitized module, when there is one)
+
+assert _SANITIZED_SIMT is None or fastar._backend._simt is _SANITIZED_SIMT, "fastar loaded another _simt"
 
 BACKENDS = ("cpu", "simt", "cuda")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -2,7 +2,8 @@
 # The simt tests marked `sanitize` (the kernels' own tests at the small shapes that reach every code path) with
 # fastar._simt built under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build dir
 # (build/simt-sanitized, compiled through ccache); the regular build is untouched. Extra arguments go to pytest.
-#   tools/simt_sanitized_tests.sh [pytest args]      (env: PYTHON, default .venv/bin/python; MAX_JOBS, default 2)
+#   tools/simt_sanitized_tests.sh [pytest args]   (env: PYTHON, default .venv/bin/python; MAX_JOBS, build jobs,
+#                                                  default 2; JOBS, pytest-xdist workers, default 2)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
@@ -20,28 +21,11 @@ echo "simt_sanitized_tests: built $SO in $((SECONDS - start)) s"
 
 # python itself is not instrumented, so the ASan runtime must be loaded first; CPython's arenas look like leaks.
 # libstdc++ too: ASan resolves its __cxa_throw interceptor at start-up, and python does not link libstdc++.
+# tests/conftest.py loads $FASTAR_SANITIZED_SIMT as fastar._simt in each process before fastar is imported, and
+# drops LD_PRELOAD in the pytest-xdist workers (the tools tests run nvcc and g++, which must not get it). The tests
+# run in JOBS workers (default 2): they are single-threaded, so two workers halve the stage on two cores.
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0
-export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 FASTAR_REQUIRE_SIMT=1
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 FASTAR_REQUIRE_SIMT=1 FASTAR_SANITIZED_SIMT=$SO
 cd "$ROOT"
-"$PY" - "$SO" "$@" <<'PY'
-import importlib.util
-import os
-import sys
-
-os.environ.pop("LD_PRELOAD")  # the runtime is loaded now; the tools tests run (nvcc, g++) must not get it
-
-import torch  # noqa: F401  (loads the libraries the module links)
-import pytest
-
-# The sanitized module takes the name fastar._simt before fastar imports the regular one.
-spec = importlib.util.spec_from_file_location("fastar._simt", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-sys.modules["fastar._simt"] = module
-import fastar
-
-assert fastar._backend._simt is module, "fastar loaded another _simt"
-sys.exit(pytest.main(["-q", "-m", "sanitize", "-k", "simt", "--durations=10", "-p", "no:cacheprovider", "tests",
-                      *sys.argv[2:]]))
-PY
+"$PY" -m pytest -n "${JOBS:-2}" -q -m sanitize -k simt --durations=10 -p no:cacheprovider tests "$@"
 echo "simt_sanitized_tests: passed in $((SECONDS - start)) s"

@@ -8,10 +8,13 @@ digits; stage 2 freezes it and trains VAR on its tokens, teacher-forced, as Foun
 Writes ckpt.pt (both models with their configs; `python -m fastar sample var --ckpt` reads it) and samples.png.
 """
 import argparse
+import importlib.util
 import math
 import os
 from dataclasses import asdict
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -31,11 +34,19 @@ NO_DECAY = ("pos_start", "pos_1LC", "lvl_embed", "scale_mul", "ada_gss")  # as V
 
 def digits(image_size):
     """(images (N, 3, S, S) in [-1, 1], labels (N,)) from scikit-learn's bundled digits, bilinearly resized."""
-    from sklearn.datasets import load_digits
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16  # (N, 1, 8, 8) in [0, 1]
+    # load_digits reads this file; importing scikit-learn for it took 1.7 s of each run's start, so it is read here.
+    spec = importlib.util.find_spec("sklearn")
+    path = spec and Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if path is None or not path.exists():
+        from sklearn.datasets import load_digits  # not installed (a clear ImportError), or its layout has changed
+        data = load_digits()
+        pixels, target = data.data, data.target
+    else:
+        table = np.loadtxt(path, delimiter=",")
+        pixels, target = table[:, :-1], table[:, -1].astype(np.int64)
+    x = torch.tensor(pixels, dtype=torch.float32).view(-1, 1, 8, 8) / 16  # (N, 1, 8, 8) in [0, 1]
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return x.expand(-1, 3, -1, -1).mul(2).sub(1).contiguous(), torch.tensor(data.target)
+    return x.expand(-1, 3, -1, -1).mul(2).sub(1).contiguous(), torch.tensor(target)
 
 
 def batches(n, bs, steps, seed, rank, world):
@@ -152,13 +163,24 @@ def main(argv=None):
         print(f"vae loss {first:.4f} -> {last:.4f}")
     vae.eval().requires_grad_(False)
 
-    # stage 2: VAR on the frozen tokenizer's tokens, extracted once (no augmentation, so they never change)
-    with torch.no_grad():
-        gt_idx_Bl = [torch.cat(t) for t in zip(*(vae.img_to_idxBl(x) for x in images.split(256)))]
+    # stage 2: VAR on the frozen tokenizer's tokens, each image's extracted once (no augmentation, so they never
+    # change), when a batch first draws it: a short run encodes only the images it trains on
+    gt_idx_Bl = [torch.empty(len(images), pn * pn, dtype=torch.long) for pn in TINY_PATCH_NUMS]
+    encoded = torch.zeros(len(images), dtype=torch.bool)
+
+    @torch.no_grad()
+    def tokens(idx):
+        new = idx[~encoded[idx]]
+        if len(new):
+            for t, n in zip(gt_idx_Bl, vae.img_to_idxBl(images[new])):
+                t[new] = n
+            encoded[new] = True
+        return [t[idx] for t in gt_idx_Bl]
+
     var.train()
 
     def var_loss(model, idx):
-        ms_idx_Bl = [t[idx] for t in gt_idx_Bl]
+        ms_idx_Bl = tokens(idx)
         x_BLCv = vae.quantize.idxBl_to_var_input(ms_idx_Bl)
         logits_BLV = model(labels[idx], x_BLCv)
         return F.cross_entropy(logits_BLV.flatten(0, 1), torch.cat(ms_idx_Bl, 1).flatten())
