@@ -22,6 +22,7 @@ import fastar
 from benchmarks.harness import compare, save_samples
 from fastar.models.layers import Linear
 from fastar.models.var import build_vae_var
+from fastar.models.var import basic_var
 from fastar.models.var import var as var_module
 
 DEPTH = int(os.environ.get("FASTAR_BENCH_VAR_DEPTH", "16"))
@@ -96,8 +97,10 @@ def test_var_d16_sample(benchmark, d16, monkeypatch):
     save_samples(images["fastar"], f"var_d{DEPTH}_random_weights")
 
 
-# The linear layers: F.linear and the models' Linear, whose oneDNN path (fastar.models.layers) bypasses F.linear.
-LINEAR_PARTS = [("linear layers", F, "linear"), ("linear layers", Linear, "forward")]
+# The linear layers: F.linear (the torch backend), the models' Linear and VAR's q/k/v projection
+# (fastar.models.layers.linear, which bypasses F.linear on its oneDNN path)
+LINEAR_PARTS = [("linear layers", F, "linear"), ("linear layers", Linear, "forward"),
+                ("linear layers", basic_var, "linear")]
 
 
 class Breakdown:
