@@ -18,6 +18,7 @@ import fastar
 import fastar.patch
 from fastar.reference import quantize as ref_q
 from tests.conftest import backend_device
+from tests.test_layers import Ops
 from tests.tolerance import assert_close
 
 pytestmark = pytest.mark.one_schedule
@@ -348,6 +349,33 @@ def test_attention_inference_cache_patched_equals_official(official):
     got = infer(attn, torch.float32)
     assert fastar.last_backend("attention_decode") == "cpu" and attn.cached_k is None
     assert_close("attention", got, ref64, ref32)
+
+
+def test_linear_row_runs_onednn_in_inference_on_a_model_only(official, monkeypatch):
+    """A patched model's nn.Linear instances run fastar.models.layers.linear: oneDNN in float32 inference where that
+    is the float32 library (asked for here, whatever the CPU), within the tolerance rule; declined, with the reason,
+    under autograd. torch's nn.Linear class is never patched (no model: no linear row); undo restores instances."""
+    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
+    original = nn.Linear.forward
+    torch.manual_seed(4)
+    attn = official.SelfAttention(0).eval()
+    x = torch.randn(2, 30, 64)
+    with torch.no_grad():
+        ref64, ref32 = attn.double()(x.double(), None), attn.float()(x, None)
+    rows = fastar.patch.var(attn, quantizer=False, sampling=False, linear=True)
+    assert [r.group for r in rows].count("linear") == 1 and nn.Linear.forward is original
+    with torch.no_grad(), Ops() as ops:
+        got = attn(x, None)
+    assert ops.counts["mkldnn::_linear_pointwise"] == 2  # qkv (the attention row) and proj (the linear row)
+    assert_close("attention", got, ref64, ref32)
+    status = {name: s for name, row, s in fastar.patch.report(attn) if row.group == "linear"}
+    assert status == {"mat_qkv": "applied", "proj": "applied"}  # mat_qkv's weight is read by the attention row
+    attn(x.requires_grad_(), None).sum().backward()
+    status = {name: s for name, row, s in fastar.patch.report(attn) if row.group == "linear"}
+    assert status["proj"] == "declined: autograd (a gradient is asked for: F.linear's backward)"
+    fastar.patch.undo(attn)
+    assert "forward" not in vars(attn.proj)
+    assert not any(r.group == "linear" for r in fastar.patch.var(linear=True))
 
 
 def test_class_patch_undo_restores_the_originals(official):

@@ -16,9 +16,9 @@ time: B 4, cfg 1.5, top-k 900, top-p 0.96, g_seed = the round; interleaved round
 process, wall and CPU time with the load average, best and median (tools/official.py); tokens compared each round.
 profile: one patched run under torch.profiler: milliseconds in the linear layers, attention, the quantizer,
 the VQVAE decoder, sampling and the rest.
-Knobs (environment): DECODER (1: the opt-in decoder rows too; the figures below had them), B (check 2, time and
-profile 4), ROUNDS (3), THREADS (torch threads, 1), DEPTH (16; a smaller
-one for a quick try of the tool).
+Knobs (environment): DECODER (1: the opt-in decoder rows too; the figures below had them), LINEAR (1: the
+opt-in nn.Linear row too), B (check 2, time and profile 4), ROUNDS (3), THREADS (torch threads, 1), DEPTH (16; a
+smaller one for a quick try of the tool).
 The official code calls .cuda(): here it is the identity (tools/official.py). The official code is read from
 OFFICIAL_REPO, never copied into fastar."""
 import copy
@@ -35,6 +35,7 @@ from fastar.tolerance import error_and_bound
 from official import load, machine, rounds
 
 DECODER = os.environ.get("DECODER", "0") == "1"  # the opt-in decoder rows (fastar.patch.var's decoder=)
+LINEAR = os.environ.get("LINEAR", "0") == "1"  # the opt-in nn.Linear row (fastar.patch.var's linear=)
 LABELS = torch.tensor([207, 360, 387, 974, 88, 979, 417, 279])
 EVAL = dict(cfg=1.5, top_k=900, top_p=0.96)  # the paper's FID evaluation
 DEMO = dict(cfg=4.0, top_k=900, top_p=0.95)  # demo_sample.ipynb
@@ -93,7 +94,7 @@ def check(models):
     for seed, (name, setting) in enumerate((("evaluation", EVAL), ("demo", DEMO))):
         want = tokens.sample(var, B, seed, setting)
         want_img, f_hat = tokens.img, tokens.f_hat
-        fastar.patch.var(var), fastar.patch.var(vae, decoder=DECODER)
+        fastar.patch.var(var, linear=LINEAR), fastar.patch.var(vae, decoder=DECODER, linear=LINEAR)
         try:
             got = tokens.sample(var, B, seed, setting)
             rows = statuses(var) + statuses(vae)
@@ -123,7 +124,7 @@ def timing(models):
         rows[:] = statuses(var) + statuses(vae) if patched else rows
 
     def patch():
-        fastar.patch.var(var), fastar.patch.var(vae, decoder=DECODER)
+        fastar.patch.var(var, linear=LINEAR), fastar.patch.var(vae, decoder=DECODER, linear=LINEAR)
 
     print(f"VAR-d{var.depth} (official code, random weights) B {B}, 256 px, {EVAL}, float32")
     rounds(run, patch, n_rounds)
@@ -138,7 +139,7 @@ def profile(models):
     sampler is not wrapped: called through a wrapper it would decline (its caller must be autoregressive_infer_cfg)."""
     B = int(os.environ.get("B", "4"))
     vae, var = build(models)
-    fastar.patch.var(var), fastar.patch.var(vae, decoder=DECODER)
+    fastar.patch.var(var, linear=LINEAR), fastar.patch.var(vae, decoder=DECODER, linear=LINEAR)
     parts = {"VQVAE decoder": (vae, "fhat_to_img"), "quantizer": (vae.quantize, "get_next_autoregressive_input")}
     for label, (owner, attr) in parts.items():
         setattr(owner, attr, labelled(label, getattr(owner, attr)))

@@ -6,17 +6,26 @@ import torch.nn.functional as F
 from fastar import _backend
 
 
+def onednn_declines(x, weight, bias=None):
+    """Why `linear` runs F.linear rather than oneDNN for these arguments, or None when oneDNN runs."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return f"not float32 on the CPU ({x.dtype}, {weight.dtype} on {x.device})"
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return "autograd (a gradient is asked for: F.linear's backward)"
+    if _backend.fp32_linear_library() != "onednn":
+        return f"the float32 GEMM library here is {_backend.fp32_linear_library()} (F.linear)"
+    if _backend.active(x.device) in _backend.PYTHON_BACKENDS:
+        return f"the {_backend.active(x.device)} backend is active (the official formulation)"
+    return None
+
+
 def linear(x, weight, bias=None):
     """F.linear, whose float32 CPU inference runs on the library fastar._backend.fp32_linear_library() names:
     oneDNN (torch.ops.mkldnn._linear_pointwise) on CPUs not made by Intel, where MKL's sgemm takes its AVX2 path:
-    on an AMD Zen 4 (AVX-512), 1 thread, oneDNN ran d16's layers 1.2-1.8x faster and VAR-d16 sampling 1.13x. Under
+    on an AMD Zen 4 (AVX-512), 2 threads, oneDNN ran VAR-d16 sampling's layer shapes 1.25x faster in all. Under
     autograd, in other dtypes or devices, and on the torch and reference backends (the official formulation the
-    benchmarks compare against) it is F.linear."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                  or (bias is not None and bias.requires_grad)))
-            and _backend.fp32_linear_library() == "onednn"
-            and _backend.active(x.device) not in _backend.PYTHON_BACKENDS):
+    benchmarks compare against) it is F.linear (onednn_declines says which)."""
+    if onednn_declines(x, weight, bias) is None:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 

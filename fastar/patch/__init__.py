@@ -7,6 +7,7 @@ State-dict keys are untouched (only methods change), so checkpoints load as befo
 Each row's replacement runs when its condition holds for the instance at call time and calls the original
 otherwise, so a patched model is never wrong, only not faster; report() names the reason.
 """
+from fastar.patch import linear as _linear
 from fastar.patch._table import Row, apply, report, undo
 from fastar.patch.fractalgen import ROWS as FRACTALGEN_ROWS
 from fastar.patch.mar import ROWS as MAR_ROWS
@@ -15,7 +16,7 @@ from fastar.patch.var import ROWS as VAR_ROWS
 __all__ = ["Row", "var", "mar", "fractalgen", "undo", "report", "VAR_ROWS", "MAR_ROWS", "FRACTALGEN_ROWS"]
 
 
-def var(model=None, *, attention=True, quantizer=True, sampling=True, decoder=False):
+def var(model=None, *, attention=True, quantizer=True, sampling=True, decoder=False, linear=False):
     """Patch FoundationVision/VAR: `model` (a VAR, VQVAE, or any module holding them) in place, or without it the
     classes of models.basic_var / models.quant / models.basic_vae and the global of models.var already imported.
     Groups: attention (SelfAttention: block-causal training, a preallocated KV cache in inference), quantizer
@@ -24,28 +25,33 @@ def var(model=None, *, attention=True, quantizer=True, sampling=True, decoder=Fa
     decoder's Decoder, Upsample2x, ResnetBlock and AttnBlock forwards on fastar's decoder fast path: channels_last
     activations, each nearest-2x upsample + conv as one phase conv, fastar.ops.attention; at d16's full size its
     images are ~5x the official float32 error, past the tolerance rule's 2x, from torch's channels_last kernels).
-    The sampler is a module-level function,
-    looked up as a global of the module that defines the VAR class: with a model holding a VAR, that module's global
-    is replaced, so every VAR of that module samples through fastar until undo(). Returns the rows applied."""
+    linear (off unless asked; with a model only): its nn.Linear layers (fastar.patch.linear). The sampler is a
+    module-level function, looked up as a global of the module that defines the VAR class: with a model holding a
+    VAR, that module's global is replaced, so every VAR of that module samples through fastar until undo().
+    Returns the rows applied."""
     groups = {"attention": attention, "quantizer": quantizer, "sampling": sampling, "decoder": decoder}
-    return apply([r for r in VAR_ROWS if groups[r.group]], model, caller="fastar.patch.var")
+    return apply([r for r in VAR_ROWS if groups[r.group]] + _linear.rows(model, linear), model,
+                 caller="fastar.patch.var")
 
 
-def mar(model=None, *, attention=True, head=True, loss=True):
+def mar(model=None, *, attention=True, head=True, loss=True, linear=False):
     """Patch LTH14/mar: `model` (a MAR, or any module holding its DiffLoss / timm blocks) in place, or without it
     the classes of models.diffloss and timm.models.vision_transformer already imported. Groups: head
     (DiffLoss.sample as one fastar.ops.diffusion_sample), loss (DiffLoss.forward, the training loss, through
-    fastar.ops.diffusion_loss), attention (the timm Attention of the encoder and decoder blocks). Returns the rows
-    applied."""
+    fastar.ops.diffusion_loss), attention (the timm Attention of the encoder and decoder blocks), linear (off unless
+    asked; with a model only: its nn.Linear layers, fastar.patch.linear). Returns the rows applied."""
     groups = {"attention": attention, "head": head, "loss": loss}
-    return apply([r for r in MAR_ROWS if groups[r.group]], model, caller="fastar.patch.mar")
+    return apply([r for r in MAR_ROWS if groups[r.group]] + _linear.rows(model, linear), model,
+                 caller="fastar.patch.mar")
 
 
-def fractalgen(model=None, *, attention=True, sampling=True):
+def fractalgen(model=None, *, attention=True, sampling=True, linear=False):
     """Patch LTH14/fractalgen: `model` (a FractalGen, or any of its levels) in place, or without it the classes of
     models.ar, models.mar and models.pixelloss already imported. Groups: attention (the manual attentions of the
     AR level, causal with RoPE in training and over its KV cache in sampling, of the MAR levels and of PixelLoss,
     through fastar.ops.attention / attention_decode), sampling (PixelLoss.sample's categorical draws through
-    fastar.ops.sample_categorical). Returns the rows applied."""
+    fastar.ops.sample_categorical), linear (off unless asked; with a model only: its nn.Linear layers,
+    fastar.patch.linear). Returns the rows applied."""
     groups = {"attention": attention, "sampling": sampling}
-    return apply([r for r in FRACTALGEN_ROWS if groups[r.group]], model, caller="fastar.patch.fractalgen")
+    return apply([r for r in FRACTALGEN_ROWS if groups[r.group]] + _linear.rows(model, linear), model,
+                 caller="fastar.patch.fractalgen")

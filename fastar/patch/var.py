@@ -9,11 +9,11 @@ import sys
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import fastar
 from fastar import _backend
 from fastar.models.var import basic_vae
+from fastar.models.layers import linear
 from fastar.models.var.basic_var import KVCache, unit
 from fastar.patch._table import Row
 
@@ -58,7 +58,7 @@ def attention_forward(self, x, attn_bias):
     B, L, C = x.shape
     H, D = self.num_heads, self.head_dim
     bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-    q, k, v = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k, v = linear(x, self.mat_qkv.weight, bias).view(B, L, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
     scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp() if self.attn_l2_norm else None
     if not self.caching:
         if self.attn_l2_norm:
