@@ -1,5 +1,7 @@
 #include "cpu/isa.h"
 
+#include <cpuid.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -26,7 +28,7 @@ FASTAR_ISA_TABLE(avx512)
 #undef FASTAR_ISA_TABLE
 
 // The table of instruction set `name` if this CPU supports it, else nullptr (unknown names too).
-const Isa* supported_isa(const char* name) {
+static const Isa* supported_isa(const char* name) {
   __builtin_cpu_init();
   const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
@@ -39,6 +41,31 @@ const Isa* supported_isa(const char* name) {
   return nullptr;
 }
 
+// AMD family 25 CPUs with AVX-512 (Zen 4) execute each 512-bit operation as two 256-bit halves. On one (EPYC, model
+// 17), 1 thread, pinned, min of two passes of the kernel benchmarks, these families' AVX2 kernels were faster than
+// their AVX-512 ones, so they run there: vq_nearest 4-11% (LlamaGen D = 8, VAR D = 32, the quantizer's encode),
+// attention_decode 14-34% on DALL-E's masked decode (VAR's prefix decode within 3.5% over its ten scales),
+// attention_tiny 5-19% (FractalGen), multi_axis 1-11% (HiT). The attention tiles (AVX-512 2-3% faster), sampling
+// (equal) and diffusion's row passes (GEMM-bound) keep AVX-512.
+static bool avx512_on_256_bit_datapaths() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  unsigned family = (eax >> 8) & 0xf;
+  if (family == 0xf) family += (eax >> 20) & 0xff;
+  return std::strcmp(cpu_vendor(), "amd") == 0 && family == 0x19;
+}
+
+static const char* const kZen4Avx2Families = "vq_nearest,attention_decode,attention_tiny,multi_axis";
+
+static const Isa& zen4() {
+  // in the order of Isa's fields: name, vq_nearest, attention, sampling, attention_tiny, attention_decode,
+  // diffusion, multi_axis
+  static const Isa table{avx512::kIsa.name,     avx2::kIsa.vq_nearest,     avx512::kIsa.attention,
+                         avx512::kIsa.sampling, avx2::kIsa.attention_tiny, avx2::kIsa.attention_decode,
+                         avx512::kIsa.diffusion, avx2::kIsa.multi_axis};
+  return table;
+}
+
 static const Isa& pick() {
   if (const char* want = std::getenv("FASTAR_CPU_ISA")) {
     if (const Isa* cand = supported_isa(want)) return *cand;
@@ -47,8 +74,8 @@ static const Isa& pick() {
         throw std::runtime_error(std::string("FASTAR_CPU_ISA=") + want + ": this CPU does not support it");
     throw std::runtime_error(std::string("FASTAR_CPU_ISA must be base, avx2 or avx512, got ") + want);
   }
-  for (const char* name : {"avx512", "avx2"})
-    if (const Isa* cand = supported_isa(name)) return *cand;
+  if (supported_isa("avx512")) return avx512_on_256_bit_datapaths() ? zen4() : avx512::kIsa;
+  if (supported_isa("avx2")) return avx2::kIsa;
   return base::kIsa;
 }
 
@@ -56,6 +83,8 @@ const Isa& isa() {
   static const Isa& chosen = pick();
   return chosen;
 }
+
+const char* avx2_families() { return &isa() == &zen4() ? kZen4Avx2Families : ""; }
 
 const char* bf16_gemm_isa() {
   __builtin_cpu_init();

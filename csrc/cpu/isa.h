@@ -25,12 +25,14 @@ struct Isa {
   const MultiAxisIsa* multi_axis;
 };
 
-// The best instruction set this CPU supports; FASTAR_CPU_ISA=base|avx2|avx512 narrows it (for tests).
+// The best instruction set this CPU supports; on AMD Zen 4 (AVX-512 on 256-bit datapaths) with the AVX2 kernels of
+// the families that measured faster on them (avx2_families; name still "avx512"). FASTAR_CPU_ISA=base|avx2|avx512
+// picks one instruction set for every family (tests run each).
 const Isa& isa();
 
-// The table of instruction set `name` (base, avx2, avx512) if this CPU supports it, else nullptr: for a family
-// whose narrower kernel measures faster on some CPUs (vq_nearest at small D on AMD).
-const Isa* supported_isa(const char* name);
+// The families isa() runs on their AVX2 kernels although it is "avx512", comma-separated ("" elsewhere):
+// fastar.build_info()["cpu_isa_avx2_families"].
+const char* avx2_families();
 
 // The bfloat16 matrix-product instructions of this CPU, best first: "amx-bf16", "avx512-bf16", or "" when it has
 // neither (bf16 products then run emulated, slower than float32): fastar.build_info()["cpu_bf16"].

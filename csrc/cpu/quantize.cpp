@@ -5,7 +5,6 @@
 #include <ATen/ops/empty.h>
 
 #include <cstdlib>
-#include <cstring>
 
 #include "cpu/isa.h"
 
@@ -26,18 +25,6 @@ static int64_t slice_codes() {
   return n;
 }
 
-// The search kernel for codes of width D: the chosen ISA's, except that at D <= 8 on AMD CPUs with AVX-512 the AVX2
-// kernel runs (FASTAR_CPU_ISA names an ISA: that one's): Zen 4 executes each 512-bit FMA as two 256-bit halves, and
-// at D = 8 the AVX2 micro-tile (4 x 3 ymm) measured faster than the AVX-512 one (12 x 2 zmm): LlamaGen's
-// N = K = 16384, D = 8, 2 threads, 20.0 against 22.7 ms.
-static const VqNearestIsa& vq_kernel(int64_t D) {
-  const Isa& chosen = isa();
-  if (D <= 8 && std::getenv("FASTAR_CPU_ISA") == nullptr && std::strcmp(chosen.name, "avx512") == 0 &&
-      std::strcmp(cpu_vendor(), "amd") == 0)
-    return *supported_isa("avx2")->vq_nearest;
-  return *chosen.vq_nearest;
-}
-
 std::tuple<at::Tensor, at::Tensor> vq_nearest(const at::Tensor& x, const at::Tensor& codebook, bool cosine) {
   at::Tensor xf = x.to(at::kFloat).contiguous();         // (N, D)
   at::Tensor ef = codebook.to(at::kFloat).contiguous();  // (K, D)
@@ -47,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor> vq_nearest(const at::Tensor& x, const at::Ten
   at::Tensor dist = at::empty({N}, x.options().dtype(at::kFloat));
   if (N == 0) return {idx, dist};
 
-  const VqNearestIsa& kern = vq_kernel(D);
+  const VqNearestIsa& kern = *isa().vq_nearest;
   const int64_t padded = (K + kern.lanes - 1) / kern.lanes * kern.lanes;
   // at::empty is 64-byte aligned, as the micro-kernel's vector loads need.
   at::Tensor codes = at::empty({padded * D}, ef.options());

@@ -21,6 +21,7 @@ PYBIND11_MODULE(_C, m) {
 #endif
     info["cuda_archs"] = FASTAR_CUDA_ARCHS;
     info["cpu_isa"] = fastar::cpu::isa().name;
+    info["cpu_isa_avx2_families"] = fastar::cpu::avx2_families();
     info["cpu_bf16"] = fastar::cpu::bf16_gemm_isa();
     info["cpu_vendor"] = fastar::cpu::cpu_vendor();
     info["cpu_bf16_gemm"] = fastar::cpu::blas::bf16_gemm_library();
