@@ -47,6 +47,13 @@ def breakdowns(e):
     return bars
 
 
+def isa_in_use(build):
+    """The ISA the kernels run, with the families that run their AVX2 kernels on it (AMD Zen 4), if any."""
+    families = build.get("cpu_isa_avx2_families")
+    isa = build.get("cpu_isa")
+    return f"{isa} ({families.replace(',', ', ')} on AVX2)" if families else f"{isa}"
+
+
 def render(data):
     m = data["machine_info"].get("fastar", {})
     lines = [
@@ -54,7 +61,7 @@ def render(data):
         f"- machine: {m.get('cpu')} ({m.get('cores')} cores, torch threads {m.get('threads')}); "
         f"fp32 FMA peak {peak_basis(m)}",
         f"- fastar {m.get('version')}, backends {m.get('backends')}, CPU ISA in use "
-        f"{m.get('build', {}).get('cpu_isa')}, torch {m.get('torch')}; {data.get('datetime', '')}",
+        f"{isa_in_use(m.get('build', {}))}, torch {m.get('torch')}; {data.get('datetime', '')}",
         "- times are min / median ms over interleaved rounds in one process; ratio = min(contender) / min(fastar)"
         " (> 1: fastar is faster); the baseline is what users run today (the torch backend: the official code's "
         "formulation). Ratios compare within one run, and across runs only on the same CPU.", "",

@@ -47,3 +47,10 @@ def test_declined_rows_are_reported_with_the_cpu_not_timed():
     assert md.endswith("## VAR-d16 sampling bf16\n\nDeclined on AMD EPYC (CPU ISA avx2), not timed: needs AMX-BF16 "
                        "or AVX512-BF16\n")
     assert len(list(report.history_rows(data))) == 1  # the history holds timed rows only
+
+
+def test_isa_in_use_names_the_families_on_avx2():
+    assert "CPU ISA in use avx2, torch" in report.render(run_json())
+    data = run_json()
+    data["machine_info"]["fastar"]["build"] = {"cpu_isa": "avx512", "cpu_isa_avx2_families": "vq_nearest,multi_axis"}
+    assert "CPU ISA in use avx512 (vq_nearest, multi_axis on AVX2), torch" in report.render(data)

@@ -206,8 +206,9 @@ def test_training_step_matches_reference_ops(backend):
 
 
 def run_cli(tmp_path, *args, torchrun=False):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m"] if torchrun else \
-        [sys.executable, "-m"]
+    # --standalone: a free port for the rendezvous, not torchrun's fixed 29500 (another job may hold it)
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+                if torchrun else [sys.executable, "-m"])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     res = subprocess.run([*launcher, "fastar", *args], capture_output=True, text=True, env=env, cwd=tmp_path,
                          timeout=600)
