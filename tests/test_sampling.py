@@ -183,6 +183,29 @@ def test_binding_checks_name_the_argument():
         torch.ops.fastar.sample_categorical(torch.zeros(3, 4), race.double(), 1.0, 0, 1.0, 0.0)
     with pytest.raises(RuntimeError, match="logits must be contiguous"):
         torch.ops.fastar.sample_categorical(torch.zeros(4, 3).t(), race, 1.0, 0, 1.0, 0.0)
+    if fastar.backends()["simt"]:  # the generator's words are the CPU kernel's alone
+        with pytest.raises(RuntimeError, match="race must be contiguous float32, got Long"):
+            torch.ops.fastar_simt.sample_categorical(torch.zeros(3, 4), race.long(), 1.0, 0, 1.0, 0.0)
+
+
+def test_words_are_torch_exponentials():
+    """The CPU kernel's race from the generator's words: the words are those torch's CPU exponential_ consumes
+    (reference.exponentials makes races() from them bit for bit), and the kernel's exponentials, made in float32,
+    pick the token with the smallest of them under equal masses (uniform logits: the race is argmin q) except
+    where two are within a few ulp."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.zeros(3000, 4096)
+    words = ref.race_bits(logits, g)
+    assert words.dtype == torch.int64 and words.shape == logits.shape
+    q = ref.exponentials(words)
+    assert torch.equal(q, ref.races(logits, torch.Generator().manual_seed(3)))
+    out = torch.ops.fastar.sample_categorical(logits, words, 1.0, 0, 1.0, 0.0)
+    two = q.double().topk(2, dim=-1, largest=False).values  # the smallest q of each row, and the next
+    near = (two[:, 1] - two[:, 0]) < 1e-6 * two[:, 0]
+    first = q.argmin(dim=-1)
+    assert ((out == first) | near).all() and (out == first).sum() >= 2990
+    # the same words through the float32 draws: the same tokens
+    assert torch.equal(out, torch.ops.fastar.sample_categorical(logits, q, 1.0, 0, 1.0, 0.0)) or near.any()
 
 
 def test_opcheck(backend):

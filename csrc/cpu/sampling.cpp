@@ -1,7 +1,8 @@
 // sample_categorical on the CPU, one row per task: the max and the masses exp((x - max) / T) in one vector pass
-// (cpu/sampling_isa.cpp), min_prob and top-k (std::nth_element on a copy) zero the dropped masses, top-p sorts only
-// the tokens heavy enough to matter, then the exponential race (the kept token with the largest mass / q, q the row's
-// Exp(1) draws: torch.multinomial's algorithm). Semantics: fastar/reference/sampling.py.
+// (cpu/sampling_isa.cpp), top-k (std::nth_element on a copy) zeroes the dropped masses, top-p sorts only the tokens
+// heavy enough to matter, then the exponential race in one vector pass with min_prob's test (the kept token with the
+// largest mass / q, q the row's Exp(1) draws: torch.multinomial's algorithm; made there from the generator's words
+// when the race comes as words). Semantics: fastar/reference/sampling.py.
 #include "cpu/sampling.h"
 
 #include <ATen/Parallel.h>
@@ -63,17 +64,19 @@ const float* fp32_row(const T* x, int64_t V, std::vector<float>& buf) {
   return buf.data();
 }
 
-int64_t sample_row(const float* x, int64_t V, const float* q, const Filters& f, Scratch& s) {
+// A row's draws: float32 Exp(1) (q) or the generator's words (w) the race makes them from.
+struct Draws {
+  const float* q;
+  const int64_t* w;
+};
+
+int64_t sample_row(const float* x, int64_t V, Draws d, const Filters& f, Scratch& s) {
   const SamplingIsa& isa = *cpu::isa().sampling;
   const float m = isa.row_max(x, V);
   if (!std::isfinite(m)) return -1;
   float* e = s.e.data();
   const double mass = isa.row_mass(x, e, V, m, f.inv_t);
-  if (f.min_prob > 0) {
-    const double light = f.min_prob * mass;
-    for (int64_t i = 0; i < V; ++i)
-      if (e[i] < light && x[i] != m) e[i] = 0;
-  }
+  const float light = f.min_prob > 0 ? float(f.min_prob * mass) : 0.f;  // min_prob's filter, in the race
   if (f.top_k > 0 && f.top_k < V) {
     s.keys.assign(x, x + V);
     std::nth_element(s.keys.begin(), s.keys.begin() + (f.top_k - 1), s.keys.end(), std::greater<>());
@@ -81,15 +84,14 @@ int64_t sample_row(const float* x, int64_t V, const float* q, const Filters& f, 
     for (int64_t i = 0; i < V; ++i)
       if (x[i] < kth) e[i] = 0;
   }
-  if (f.top_p < 1) top_p_filter(x, e, V, f.top_p, s.heavy);
-  int64_t best = -1;  // the largest e / q, the first on ties (torch.argmax); a dropped token (e = 0) never wins
-  double top = -1;
-  for (int64_t i = 0; i < V; ++i) {
-    if (e[i] <= 0) continue;
-    const double ratio = double(e[i]) / double(q[i]);
-    if (ratio > top) top = ratio, best = i;
+  if (f.top_p < 1) {
+    if (light > 0)  // top-p renormalises what min_prob kept
+      for (int64_t i = 0; i < V; ++i)
+        if (e[i] < light && x[i] != m) e[i] = 0;
+    top_p_filter(x, e, V, f.top_p, s.heavy);
   }
-  return best;
+  // the largest e / q, the first on ties (torch.argmax)
+  return d.w ? isa.race_words(x, e, d.w, V, m, light) : isa.race(x, e, d.q, V, m, light);
 }
 
 }  // namespace
@@ -99,7 +101,9 @@ at::Tensor sample_categorical(const at::Tensor& logits, const at::Tensor& race, 
   const int64_t R = logits.size(0), V = logits.size(1);
   at::Tensor out = at::empty({R}, logits.options().dtype(at::kLong));
   const Filters f{float(std::min(1.0 / temperature, double(FLT_MAX))), top_k, top_p, min_prob};
-  const float* q = race.data_ptr<float>();
+  const bool words = race.scalar_type() == at::kLong;
+  const float* q = words ? nullptr : race.data_ptr<float>();
+  const int64_t* w = words ? race.data_ptr<int64_t>() : nullptr;
   int64_t* idx = out.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "sample_categorical", [&] {
     const scalar_t* x = logits.data_ptr<scalar_t>();
@@ -107,7 +111,7 @@ at::Tensor sample_categorical(const at::Tensor& logits, const at::Tensor& race, 
       Scratch s;
       s.e.resize(V);
       for (int64_t r = begin; r < end; ++r) {
-        idx[r] = sample_row(fp32_row(x + r * V, V, s.x), V, q + r * V, f, s);
+        idx[r] = sample_row(fp32_row(x + r * V, V, s.x), V, {q ? q + r * V : q, w ? w + r * V : w}, f, s);
       }
     });
   });

@@ -42,7 +42,8 @@ inline void define_ops(torch::Library& m) {
   // bf16: the per-step GEMMs in bfloat16 with float32 accumulation.
   m.def("diffusion_sample(Tensor z, Tensor[] weights, Tensor schedule, float temperature, float cfg, "
         "Generator? generator, bool bf16=False) -> Tensor", {at::Tag::nondeterministic_seeded});
-  // logits (R, V), race (R, V) float32 Exp(1) draws: one draw per row from softmax(logits / temperature) after
+  // logits (R, V), race (R, V) float32 Exp(1) draws (on the CPU also int64: the generator's words, made into
+  // those draws as torch's exponential_ makes them, fastar/reference/sampling.py exponentials): one draw per row from softmax(logits / temperature) after
   // min_prob, top_k, top_p, the kept token with the largest p / race (fastar/reference/sampling.py) -> indices (R,)
   // int64, -1 on rows without a finite logit.
   m.def("sample_categorical(Tensor logits, Tensor race, float temperature, int top_k, float top_p, "

@@ -6,9 +6,12 @@
 
 namespace fastar {
 
-// logits (R, V) contiguous float32 / bfloat16 / float16, V >= 1; race (R, V) float32 Exp(1) draws on logits' device.
+// logits (R, V) contiguous float32 / bfloat16 / float16, V >= 1; race (R, V) on logits' device: float32 Exp(1)
+// draws, or for the CPU kernel int64 words of the generator that torch's exponential_ turns into them.
+// words_ok: the kernel takes int64 words (the CPU kernel's).
 inline void check_sample_categorical(const at::Tensor& logits, const at::Tensor& race, double temperature,
-                                     int64_t top_k, double top_p, double min_prob, c10::DeviceType device) {
+                                     int64_t top_k, double top_p, double min_prob, c10::DeviceType device,
+                                     bool words_ok) {
   const char* op = "sample_categorical";
   TORCH_CHECK(logits.dim() == 2 && logits.size(1) >= 1, op, ": logits must be (rows, V) with V >= 1, got ",
               logits.sizes());
@@ -21,8 +24,10 @@ inline void check_sample_categorical(const at::Tensor& logits, const at::Tensor&
               logits.size(1));
   TORCH_CHECK(race.sizes() == logits.sizes(), op, ": race must be ", logits.sizes(), " like logits, got ",
               race.sizes());
-  TORCH_CHECK(race.scalar_type() == at::kFloat && race.is_contiguous(), op, ": race must be contiguous float32, got ",
-              race.scalar_type(), race.is_contiguous() ? "" : " (not contiguous)");
+  const bool words = words_ok && race.scalar_type() == at::kLong;
+  TORCH_CHECK((race.scalar_type() == at::kFloat || words) && race.is_contiguous(), op, ": race must be contiguous ",
+              words_ok ? "float32 or int64" : "float32", ", got ", race.scalar_type(),
+              race.is_contiguous() ? "" : " (not contiguous)");
   TORCH_CHECK(race.device() == logits.device(), op, ": race is on ", race.device(), " but logits is on ",
               logits.device());
   TORCH_CHECK(std::isfinite(temperature) && temperature > 0, op, ": temperature must be finite and > 0, got ",

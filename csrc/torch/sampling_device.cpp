@@ -14,7 +14,7 @@ namespace fastar {
 static at::Tensor sample_categorical_device(const at::Tensor& logits, const at::Tensor& race, double temperature,
                                             int64_t top_k, double top_p, double min_prob) {
   const char* op = "sample_categorical";
-  check_sample_categorical(logits, race, temperature, top_k, top_p, min_prob, kDeviceType);
+  check_sample_categorical(logits, race, temperature, top_k, top_p, min_prob, kDeviceType, /*words_ok=*/false);
   DeviceScope scope(logits);
   at::Tensor out = at::empty({logits.size(0)}, logits.options().dtype(at::kLong));
   kernels::SampleCategoricalParams p{};

@@ -24,6 +24,21 @@ def races(logits: torch.Tensor, generator=None) -> torch.Tensor:
                        device=logits.device).exponential_(1, generator=generator)
 
 
+def race_bits(logits: torch.Tensor, generator=None) -> torch.Tensor:
+    """The generator's 64-bit words that torch's CPU exponential_ turns into races(logits, generator), one per
+    token: (rows, V) int64, drawn by random_() on an int64 tensor (the same random64() per element, top bit
+    dropped), for the CPU kernel, which makes its exponentials itself (exponentials below) at the tokens it keeps."""
+    V = logits.shape[-1]
+    return torch.empty(math.prod(logits.shape[:-1]), V, dtype=torch.int64,
+                       device=logits.device).random_(generator=generator)
+
+
+def exponentials(bits: torch.Tensor) -> torch.Tensor:
+    """torch's CPU exponential_ from its words (ATen's exponential_distribution<double>): u = the low 53 bits
+    / 2^53, q = float32(-log1p(-u))."""
+    return (-torch.log1p(-(bits & (2**53 - 1)).double() * 2.0**-53)).float()
+
+
 def keep_mask(x: torch.Tensor, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=0.0):
     """x (R, V) float64 -> (e (R, V) the unnormalised probabilities exp((x - max) / temperature) of the kept
     tokens, 0 elsewhere; xmax (R, 1))."""
