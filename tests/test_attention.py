@@ -186,18 +186,19 @@ def test_attention_decode(attn_backend, dtype, shape):
 
 
 # Decode under the masks where every query sees a key prefix (full, causal, block-causal; key_len on top). The CPU
-# runs them fused when the query blocks alone give every thread work (here: B H = 4 threads), else it splits the keys
-# (one head, one block: any Lq <= 3). (path, Lq, cache_len): one vector of queries or less, two with a tail, three
-# with a tail (a block of three vectors on SSE2 / AVX2), blocks of several vectors and a one-vector tail; caches past
-# the fused kernel's 128-key softmax step; D = 40 leaves tails of its register tiles.
-PREFIX_DECODE = [("fused", 1, 300), ("fused", 5, 37), ("fused", 21, 300), ("fused", 40, 300), ("fused", 50, 300),
+# runs them fused when the query blocks alone give every thread work (here: B H = 4 threads), one query at a time
+# over its span of keys when they are too few to fill a block (Lq <= 6 on AVX2, 8 on AVX-512), else it splits the keys
+# (one head, one block: any Lq <= 3). (path, Lq, cache_len): one query, a few, then fused: three vectors less a few
+# (a block of three vectors on SSE2 / AVX2), two with a tail, blocks of several vectors and a one-vector tail; caches
+# past the fused kernel's 128-key softmax step; D = 40 leaves tails of its register tiles.
+PREFIX_DECODE = [("spans", 1, 300), ("spans", 5, 37), ("fused", 21, 300), ("fused", 40, 300), ("fused", 50, 300),
                  ("split-keys", 1, 300), ("split-keys", 3, 37)]
 
 
 @pytest.mark.parametrize("path, Lq, cache_len", PREFIX_DECODE, ids=lambda x: str(x))
 @pytest.mark.parametrize("kind", ["full", "causal", "block_causal", "key_len"])
 def test_attention_decode_prefix_masks(dtype, kind, path, Lq, cache_len):
-    B, H, Hk, D = (2 * torch.get_num_threads(), 2, 1, 40) if path == "fused" else (1, 1, 1, 40)
+    B, H, Hk, D = (2 * torch.get_num_threads(), 2, 1, 40) if path != "split-keys" else (1, 1, 1, 40)
     key_len = None
     if kind == "key_len":  # every row a different valid length: all, none (out 0, lse -inf), one, a chunk and one
         key_len = torch.tensor([cache_len, 0, 1, min(257, cache_len)] * B)[:B]

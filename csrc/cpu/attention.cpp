@@ -3,8 +3,8 @@
 // (full, block-causal, decode) compute exactly the visible keys of each block of rows; the others go by
 // tiles: tiles the mask hides are skipped before their keys are read, fully visible tiles skip the
 // per-element mask. The products run on the BLAS that libtorch_cpu exports (cpu/blas.h), the softmax between
-// them on the per-ISA micro-kernels of cpu/attention_isa.cpp; decode under a prefix mask runs the fused per-ISA
-// kernel of cpu/attention_decode_isa.cpp instead.
+// them on the per-ISA micro-kernels of cpu/attention_isa.cpp; decode runs the per-ISA kernels of
+// cpu/attention_decode_isa.cpp instead: the fused one under a prefix mask, one query at a time for a few queries.
 #include "cpu/attention.h"
 
 #include <ATen/Parallel.h>
@@ -369,12 +369,18 @@ void backward(Heads<T> q, Heads<T> k, Heads<T> v, Heads<T> dout, const T* lse, c
   });
 }
 
-// ---- decode under a DALL-E mask: each query row reads exactly the keys it sees ----
+// ---- decode query by query: each query row reads exactly the keys it sees ----
 
-// The keys query p (its position among the Lk keys) of batch row b sees under a DALL-E mask, as spans in key
-// order (mask.h's visible() written as ranges): the text, then its row window (the previous grid image tokens),
-// its column (every grid-th key back) or its conv window's rows.
-void dalle_spans(const MaskParams& m, int b, int p, int Lk, std::vector<Span>& spans) {
+// The keys query row qr (of the last Lq of Lk keys), in batch row b, sees, as spans in key order: under a prefix mask
+// one span; under a DALL-E mask (mask.h's visible() written as ranges) the text, then its row window (the previous
+// grid image tokens), its column (every grid-th key back) or its conv window's rows.
+void query_spans(const MaskParams& m, int b, int qr, int Lq, int Lk, std::vector<Span>& spans) {
+  if (decode_prefix_mask(m.kind)) {
+    const int n = prefix_keys(m, b, qr, Lq, Lk);
+    spans.assign(n > 0 ? 1 : 0, Span{0, n, 1});
+    return;
+  }
+  const int p = qr + Lk - Lq;  // the query's position among the keys
   const int end = std::min(p + 1, m.key_len ? std::min(m.key_len[b], Lk) : Lk);  // keys >= end are hidden
   spans.clear();
   auto add = [&](int k0, int n, int stride) {
@@ -414,7 +420,7 @@ void decode_spans(Heads<T> q, Heads<T> k, Heads<T> v, const MaskParams& mask, co
     std::vector<T> scores(d.Lk + kern.block);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t r = item % d.Lq, bh = item / d.Lq, b = bh / d.H, h = bh % d.H;
-      dalle_spans(mask, int(b), int(r + d.Lk - d.Lq), int(d.Lk), spans);
+      query_spans(mask, int(b), int(r), int(d.Lq), int(d.Lk), spans);
       kern.spans(q.at(b, h) + r * q.sl, spans.data(), int(spans.size()), k.at(b, h / group), k.sl,
                  v.at(b, h / group), v.sl, int(d.D), scale, out + item * d.D, lse + item, scores.data());
     }
@@ -455,6 +461,10 @@ bool span_decode(const MaskParams& mask, int64_t Lq) {
   return mask.kind >= kernels::kDalleRow && Lq <= kSpanMaxQueries;
 }
 
+// Queries too few for the fused kernel's blocks, whose lanes would be mostly empty (a block reads each key's D
+// values once per lane, one query at a time once per query): they go span by span (VAR's first scales, one token).
+bool few_queries(int64_t Lq, int block) { return Lq * 4 <= block; }
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -470,15 +480,16 @@ std::tuple<at::Tensor, at::Tensor> attention_decode(const at::Tensor& q, const a
   const auto lse_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto dt = compute_dtype(q);
   const Dims d = dims(q, k, cache_len);
-  if (q.numel() > 0 && fused_decode(mask, d, dt == at::kDouble ? decode_micro<double>().block
-                                                                : decode_micro<float>().block)) {
+  const int block = dt == at::kDouble ? decode_micro<double>().block : decode_micro<float>().block;
+  const bool fused = q.numel() > 0 && fused_decode(mask, d, block);
+  if (fused && !few_queries(d.Lq, block)) {
     const at::Tensor qc = operand(q, dt), kc = operand(k, dt), vc = operand(v, dt);
     auto [out, lse] = AT_DISPATCH_FLOATING_TYPES(dt, "attention_decode", [&] {
       return decode_fused<scalar_t>(qc, kc, vc, d, mask, scale);
     });
     return {out.to(q.scalar_type()), lse.to(lse_dtype)};
   }
-  if (!span_decode(mask, q.size(2))) {
+  if (!fused && !span_decode(mask, q.size(2))) {
     auto [out, lse] = run_forward(q, k, v, cache_len, mask, scale);
     return {out, lse.to(lse_dtype)};
   }

@@ -102,13 +102,6 @@ struct Scratch {
   alignas(64) T qt[kDecodeMaxDim * kBlock<T>], ot[kDecodeMaxDim * kBlock<T>], st[kChunk * kBlock<T>];
 };
 
-// The keys [0, n) query r of batch row b sees under a prefix mask (mask.h's visible() as a count).
-int prefix_keys(const MaskParams& m, int b, int r, int Lq, int Lk) {
-  int n = m.kind == kernels::kCausal ? r + Lk - Lq + 1 : m.kind == kernels::kBlockCausal ? m.kv_end[r] : Lk;
-  if (m.key_len != nullptr && m.key_len[b] < n) n = m.key_len[b];
-  return n < 0 ? 0 : n > Lk ? Lk : n;
-}
-
 // One block of `rows` <= QV W queries (Q, row stride ldq) seeing keys [0, keys[i]) of K and V: out (rows, D),
 // lse (rows,). Lanes past `rows` compute on zero queries and are dropped.
 template <class T, int QV>

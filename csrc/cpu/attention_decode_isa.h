@@ -2,7 +2,7 @@
 // of a few vectors of lanes, one query per lane, scores, online softmax and the product with V in one pass over the
 // keys, no BLAS call and no score row per query. Torch-free; compiled per ISA (cpu/isa.h's table);
 // cpu/attention.cpp routes here when every query sees a key prefix and the blocks alone give every thread work; and a
-// few queries under a DALL-E mask, one query against its spans of keys at a time.
+// few queries under a DALL-E mask, or too few to fill a block's lanes, one query against its spans of keys at a time.
 #pragma once
 #include <cstdint>
 
@@ -27,6 +27,14 @@ struct Span {
 // Whether every query of a mask kind sees a prefix of the keys (full, causal, block-causal; key_len on top).
 inline bool decode_prefix_mask(int32_t kind) {
   return kind == kernels::kFull || kind == kernels::kCausal || kind == kernels::kBlockCausal;
+}
+
+// The keys [0, n) query r of Lq (the last Lq of Lk keys) of batch row b sees under a prefix mask (mask.h's
+// visible() as a count).
+inline int prefix_keys(const kernels::MaskParams& m, int b, int r, int Lq, int Lk) {
+  int n = m.kind == kernels::kCausal ? r + Lk - Lq + 1 : m.kind == kernels::kBlockCausal ? m.kv_end[r] : Lk;
+  if (m.key_len != nullptr && m.key_len[b] < n) n = m.key_len[b];
+  return n < 0 ? 0 : n > Lk ? Lk : n;
 }
 
 template <class T>
