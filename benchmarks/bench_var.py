@@ -97,10 +97,10 @@ def test_var_d16_sample(benchmark, d16, monkeypatch):
     save_samples(images["fastar"], f"var_d{DEPTH}_random_weights")
 
 
-# The linear layers: F.linear (the torch backend), the models' Linear and VAR's q/k/v projection
-# (fastar.models.layers.linear, which bypasses F.linear on its oneDNN path)
+# The linear layers: F.linear (the torch backend), the models' Linear, VAR's q/k/v projection and its FFN's fc1 + GELU
+# (fastar.models.layers.linear and linear_gelu, which bypass F.linear on their oneDNN path)
 LINEAR_PARTS = [("linear layers", F, "linear"), ("linear layers", Linear, "forward"),
-                ("linear layers", basic_var, "linear")]
+                ("linear layers", basic_var, "linear"), ("linear layers", basic_var, "linear_gelu")]
 
 
 class Breakdown:

@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastar
 from fastar import _backend
-from fastar.models.layers import Linear, linear
+from fastar.models.layers import Linear, linear, linear_gelu
 from fastar.models.var.basic_var import SelfAttention
 from tests.tolerance import assert_close
 
@@ -102,6 +102,31 @@ def test_var_qkv_projection_runs_onednn(monkeypatch):
         ref = attn(x)
         ref64 = attn.double()(x.double())
     assert_close("linear", out, ref64, ref)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_linear_gelu(monkeypatch, approximate):
+    """An MLP's first layer: on the oneDNN path one oneDNN product with the GELU fused (no aten gelu), agreeing with
+    float64 by the tolerance rule; on the torch backend and under autograd F.linear then F.gelu, bit for bit."""
+    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 7, 48), torch.randn(96, 48) / 7, torch.randn(96)
+    two = F.gelu(F.linear(x, w, b), approximate=approximate)
+    with torch.no_grad():
+        with Ops() as ops:
+            out = linear_gelu(x, w, b, approximate=approximate)
+        assert ops.counts == {"mkldnn::_linear_pointwise": 1}
+        assert_close("linear", out, F.gelu(F.linear(x.double(), w.double(), b.double()), approximate=approximate), two)
+        with fastar.use_backend("torch"):
+            assert torch.equal(linear_gelu(x, w, b, approximate=approximate), two)
+    w.requires_grad_()
+    with Ops() as ops:
+        out = linear_gelu(x, w, b, approximate=approximate)
+    assert torch.equal(out, two) and "aten::gelu" in ops.names
+    out.sum().backward()
+    assert w.grad is not None
+    with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh', got 'erf'"):
+        linear_gelu(x, w, b, approximate="erf")
 
 
 def test_same_parameters_as_nn_linear():

@@ -6,11 +6,10 @@ attention probabilities (0.1 in training); fastar.ops.attention fuses the softma
 here (the projection and MLP dropouts are)."""
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import fastar.ops
-from fastar.models.layers import Linear
+from fastar.models.layers import Linear, linear_gelu
 
 LN_EPS = 1e-6
 
@@ -54,7 +53,7 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+        return self.drop(self.fc2(self.drop(linear_gelu(x, self.fc1.weight, self.fc1.bias))))
 
 
 class Block(nn.Module):

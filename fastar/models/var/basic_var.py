@@ -7,10 +7,9 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import fastar
-from fastar.models.layers import Linear, linear
+from fastar.models.layers import Linear, linear, linear_gelu
 
 
 def attention(q, k, v, mask=None, *, scale):
@@ -82,7 +81,7 @@ class FFN(nn.Module):
         self.fc1, self.fc2 = Linear(C, hidden), Linear(hidden, C)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(linear_gelu(x, self.fc1.weight, self.fc1.bias, approximate="tanh"))
 
 
 class SharedAdaLin(Linear):
