@@ -61,15 +61,11 @@ def test_onednn_inference_matches_float64(monkeypatch, shape, bias):
 
 
 def test_falls_back_to_f_linear(monkeypatch):
-    """F.linear (never oneDNN) under autograd (and its gradients are right), on the torch and reference backends
-    (the official formulation), in bfloat16, and with FASTAR_FP32_GEMM=mkl."""
+    """F.linear (never oneDNN) on the torch and reference backends (the official formulation), in bfloat16, and with
+    FASTAR_FP32_GEMM=mkl."""
     monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
     torch.manual_seed(0)
-    layer, x = Linear(16, 8), torch.randn(4, 16, requires_grad=True)
-    out, names = ran(layer, x)
-    assert not any(n.startswith("mkldnn::") for n in names)
-    out.sum().backward()
-    assert torch.allclose(x.grad, layer.weight.sum(0).expand(4, 16))
+    layer, x = Linear(16, 8), torch.randn(4, 16)
     with torch.no_grad():
         for backend in _backend.PYTHON_BACKENDS:
             with fastar.use_backend(backend):
@@ -77,11 +73,49 @@ def test_falls_back_to_f_linear(monkeypatch):
         assert not any(n.startswith("mkldnn::") for n in ran(layer.bfloat16(), x.bfloat16())[1])
         monkeypatch.setenv("FASTAR_FP32_GEMM", "mkl")
         assert not any(n.startswith("mkldnn::") for n in ran(layer.float(), x)[1])
+
+
+@pytest.mark.parametrize("wants", ["x", "weight", "bias", "all"])
+def test_training_runs_onednn(monkeypatch, wants):
+    """Under autograd the forward and d x run on oneDNN (_OneDNNLinear), d weight on torch.mm; every gradient asked
+    for agrees with float64 autograd by the tolerance rule (against F.linear's float32 ones), the others stay None."""
     monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
-    bias = torch.zeros(8, requires_grad=True)  # only the bias asks for a gradient: still F.linear, and it gets one
+    torch.manual_seed(0)
+    x, w, b = torch.randn(3, 20, 48), torch.randn(80, 48) / 7, torch.randn(80)
+    g = torch.randn(3, 20, 80)
+    leaves = {"x": x, "weight": w, "bias": b}
+    asked = list(leaves) if wants == "all" else [wants]
+
+    def grads(dtype, fn):
+        ts = {k: t.detach().to(dtype).requires_grad_(k in asked) for k, t in leaves.items()}
+        fn(ts["x"], ts["weight"], ts["bias"]).backward(g.to(dtype))
+        return {k: ts[k].grad for k in leaves}
+
     with Ops() as ops:
-        linear(x.detach(), layer.weight.detach(), bias).sum().backward()
-    assert not any(n.startswith("mkldnn::") for n in ops.names) and torch.equal(bias.grad, torch.full((8,), 4.0))
+        got = grads(torch.float32, linear)
+    assert ops.counts["mkldnn::_linear_pointwise"] == 1 + (wants in ("x", "all"))
+    ref64, ref32 = grads(torch.float64, F.linear), grads(torch.float32, F.linear)
+    for k in leaves:
+        assert (got[k] is None) == (k not in asked)
+        if k in asked:
+            assert_close("linear", got[k], ref64[k], ref32[k])
+
+
+def test_double_backward(monkeypatch):
+    """A gradient of a gradient (HiT's R1 penalty): under create_graph the first backward is differentiable."""
+    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
+    torch.manual_seed(0)
+    x, w, b = torch.randn(5, 12, requires_grad=True), torch.randn(7, 12, requires_grad=True), torch.randn(7)
+
+    def penalty(fn):
+        y = torch.tanh(fn(x, w, b))
+        (dx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+        return torch.autograd.grad(dx.pow(2).sum(), w)[0]
+
+    with Ops() as ops:
+        got = penalty(linear)
+    assert "mkldnn::_linear_pointwise" in ops.names
+    assert torch.allclose(got, penalty(F.linear), rtol=1e-4, atol=1e-6)
 
 
 def test_var_qkv_projection_runs_onednn(monkeypatch):

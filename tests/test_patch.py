@@ -353,8 +353,9 @@ def test_attention_inference_cache_patched_equals_official(official):
 
 def test_linear_row_runs_onednn_in_inference_on_a_model_only(official, monkeypatch):
     """A patched model's nn.Linear instances run fastar.models.layers.linear: oneDNN in float32 inference where that
-    is the float32 library (asked for here, whatever the CPU), within the tolerance rule; declined, with the reason,
-    under autograd. torch's nn.Linear class is never patched (no model: no linear row); undo restores instances."""
+    is the float32 library (asked for here, whatever the CPU), within the tolerance rule, and under autograd too
+    (the forward and d x on oneDNN), with the unpatched gradients. torch's nn.Linear class is never patched (no model:
+    no linear row); undo restores instances."""
     monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
     original = nn.Linear.forward
     torch.manual_seed(4)
@@ -370,11 +371,16 @@ def test_linear_row_runs_onednn_in_inference_on_a_model_only(official, monkeypat
     assert_close("attention", got, ref64, ref32)
     status = {name: s for name, row, s in fastar.patch.report(attn) if row.group == "linear"}
     assert status == {"mat_qkv": "applied", "proj": "applied"}  # mat_qkv's weight is read by the attention row
-    attn(x.requires_grad_(), None).sum().backward()
+    x.requires_grad_()
+    with Ops() as ops:
+        attn(x, None).sum().backward()
     status = {name: s for name, row, s in fastar.patch.report(attn) if row.group == "linear"}
-    assert status["proj"] == "declined: autograd (a gradient is asked for: F.linear's backward)"
+    assert status["proj"] == "applied" and ops.counts["mkldnn::_linear_pointwise"] >= 2  # proj's forward and d x
+    grad, x.grad = x.grad, None
     fastar.patch.undo(attn)
     assert "forward" not in vars(attn.proj)
+    attn(x, None).sum().backward()
+    assert torch.allclose(grad, x.grad, rtol=1e-4, atol=1e-6)
     assert not any(r.group == "linear" for r in fastar.patch.var(linear=True))
 
 

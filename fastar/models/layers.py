@@ -10,8 +10,6 @@ def onednn_declines(x, weight, bias=None):
     """Why `linear` runs F.linear rather than oneDNN for these arguments, or None when oneDNN runs."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return f"not float32 on the CPU ({x.dtype}, {weight.dtype} on {x.device})"
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-        return "autograd (a gradient is asked for: F.linear's backward)"
     if _backend.fp32_linear_library() != "onednn":
         return f"the float32 GEMM library here is {_backend.fp32_linear_library()} (F.linear)"
     if _backend.active(x.device) in _backend.PYTHON_BACKENDS:
@@ -19,26 +17,64 @@ def onednn_declines(x, weight, bias=None):
     return None
 
 
+def _onednn(x, weight, bias=None, attr="none", algorithm=""):
+    """x weight^T + bias on oneDNN, with an epilogue (attr: "none", "gelu" with algorithm "none" / "tanh")."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """linear under autograd: the forward and d x on oneDNN, d weight on torch.mm (MKL's was the faster product for
+    g^T x at VAR's training shapes), d bias a sum. Under create_graph (a double backward: HiT's R1 penalty) the
+    gradients are differentiable torch ops."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # (rows, N), (rows, K)
+        graph = torch.is_grad_enabled()
+        dx = dw = db = None
+        if need_x:
+            dx = g @ weight if graph else _onednn(g, weight.t())
+        if need_w:
+            dw = g2.t() @ x2 if graph else torch.mm(g2.t(), x2)
+        if need_b and ctx.has_bias:
+            db = g2.sum(0)
+        return dx, dw, db
+
+
 def linear(x, weight, bias=None):
-    """F.linear, whose float32 CPU inference runs on the library fastar._backend.fp32_linear_library() names:
+    """F.linear, whose float32 CPU products run on the library fastar._backend.fp32_linear_library() names:
     oneDNN (torch.ops.mkldnn._linear_pointwise) on CPUs not made by Intel, where MKL's sgemm takes its AVX2 path:
-    on an AMD Zen 4 (AVX-512), 2 threads, oneDNN ran VAR-d16 sampling's layer shapes 1.25x faster in all. Under
-    autograd, in other dtypes or devices, and on the torch and reference backends (the official formulation the
-    benchmarks compare against) it is F.linear (onednn_declines says which)."""
-    if onednn_declines(x, weight, bias) is None:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
+    on an AMD Zen 4 (AVX-512), 2 threads, oneDNN ran VAR-d16 sampling's layer shapes 1.25x faster in all, and
+    training's forward, d x and d weight products 1.09x (_OneDNNLinear). In other dtypes or devices, and on the torch
+    and reference backends (the official formulation the benchmarks compare against) it is F.linear
+    (onednn_declines says which)."""
+    if onednn_declines(x, weight, bias) is not None:
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return _OneDNNLinear.apply(x, weight, bias)
+    return _onednn(x, weight, bias)
 
 
 def linear_gelu(x, weight, bias=None, approximate="none"):
     """F.gelu(F.linear(x, weight, bias), approximate=approximate) (an MLP's first layer): on linear's oneDNN path
     one GEMM with the GELU in its epilogue, no second pass over the hidden activations (VAR-d16's fc1 at 5440 x 1024
-    -> 4096: 245 ms against 272 ms for the two, AMD Zen 4, 2 threads); elsewhere the two ops, as linear decides."""
+    -> 4096: 245 ms against 272 ms for the two, AMD Zen 4, 2 threads); under autograd linear then F.gelu; elsewhere
+    the two torch ops."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"linear_gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    if onednn_declines(x, weight, bias) is None:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], approximate)
-    return F.gelu(F.linear(x, weight, bias), approximate=approximate)
+    if onednn_declines(x, weight, bias) is not None:
+        return F.gelu(F.linear(x, weight, bias), approximate=approximate)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return F.gelu(linear(x, weight, bias), approximate=approximate)  # the backward needs the pre-activation
+    return _onednn(x, weight, bias, "gelu", approximate)
 
 
 class Linear(nn.Linear):
