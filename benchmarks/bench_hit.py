@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 import fastar
 from benchmarks import bench_var
 from benchmarks.harness import compare
-from fastar.models.hit import CONFIGS, HiTGenerator, StyleGANDiscriminator
+from fastar.models.hit import CONFIGS, HiTGenerator, StyleGANDiscriminator, generator
 from fastar.models.hit.train import gan_step
 
 SIZE = int(os.environ.get("FASTAR_BENCH_HIT_SIZE", "256"))
@@ -38,13 +38,14 @@ def on(backend, fn):
 
 ROUNDS, WARMUP = 3, 1
 PARTS = (("multi-axis attention", fastar.ops, "multi_axis_attention"), ("cross-attention", fastar.ops, "attention"),
-         *bench_var.LINEAR_PARTS, ("linear layers", torch, "addmm"), ("linear layers", torch.Tensor, "addmm_"))
+         *bench_var.LINEAR_PARTS, ("linear layers", torch, "addmm"), ("linear layers", torch.Tensor, "addmm_"),
+         *(("linear layers", generator, name) for name in ("linear", "linear_add", "linear_gelu")))
 
 
 class Breakdown(bench_var.Breakdown):
     """ms per part of the generator's forward, per contender: multi-axis self-attention, cross-attention, the
     linear layers (F.linear, the models' Linear, and the GEMMs the generator calls itself without autograd:
-    torch.addmm, addmm_) and the rest (BatchNorm statistics, GELU, residual adds, the pixel shuffle); VAR's timing, HiT's parts. Each part is
+    torch.addmm, addmm_, and on oneDNN linear, linear_add, linear_gelu) and the rest (BatchNorm statistics, GELU, residual adds, the pixel shuffle); VAR's timing, HiT's parts. Each part is
     also a profiler range, so other_top_ops can name what the rest is made of."""
 
     def __init__(self, monkeypatch):

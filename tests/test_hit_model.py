@@ -12,6 +12,7 @@ from fastar.models.hit import generator
 from fastar.models.hit.generator import BatchNorm, PixelShuffle
 from fastar.models.hit.losses import diff_augment
 from fastar.models.hit.train import gan_step
+from fastar.models.layers import linear_add
 from tests.conftest import backend_device
 from tests.test_var_model import run_cli
 from tests.tolerance import assert_close
@@ -94,17 +95,22 @@ def forward_and_stats(G, z, dtype, grad, backend):
     return images.detach(), stats
 
 
+@pytest.mark.parametrize("library", ["onednn", "mkl"])
 @pytest.mark.parametrize("multi_query", [True, False], ids=["multi-query", "multi-head"])
 @pytest.mark.parametrize("training", [True, False], ids=["batch statistics", "running statistics"])
-def test_forward_without_autograd_matches_the_modules(monkeypatch, multi_query, training):
+def test_forward_without_autograd_matches_the_modules(monkeypatch, multi_query, training, library):
     """Without autograd the generator folds each BatchNorm into the Dense layers that read it (its statistics and
     running update by torch.batch_norm_update_stats), runs the MLPs and the cross-attention blocks in row chunks
     (7 KB here: chunks of 1 to 112 rows that split the images and end short) and writes the MLP residuals in place:
     its images and running statistics on the cpu kernels against the module-by-module formulation (the autograd
     path: BatchNorm, then each Dense) in float64 on the reference ops, within the tolerance rule. A fold that
     dropped the mean, a chunk loop that skipped the last short chunk or an in-place write over a tensor still to
-    be read fails it."""
+    be read fails it. Both float32 GEMM libraries: on oneDNN the GELU and the residuals ride in the GEMMs'
+    epilogues (linear_gelu, linear_add), also chunk by chunk."""
     monkeypatch.setattr(generator, "CHUNK_BYTES", 7 * 1024)
+    monkeypatch.setenv("FASTAR_FP32_GEMM", library)
+    fused = []
+    monkeypatch.setattr(generator, "linear_add", lambda *a: fused.append(1) or linear_add(*a))
     torch.manual_seed(0)
     G = HiTGenerator(dataclasses.replace(TINY, multi_query=multi_query)).train(training)
     for m in G.modules():
@@ -116,6 +122,7 @@ def test_forward_without_autograd_matches_the_modules(monkeypatch, multi_query, 
     ref64, stats64 = forward_and_stats(G, z, torch.float64, True, "reference")
     ref32, stats32 = forward_and_stats(G, z, torch.float32, True, "reference")
     assert fastar.last_backend("attention") == "reference"
+    assert bool(fused) == (library == "onednn" and torch.backends.mkldnn.is_available())
     assert_close("hit_forward", out, ref64, ref32)
     for s, s64, s32 in zip(stats, stats64, stats32, strict=True):
         assert_close("hit_forward", s, s64, s32)

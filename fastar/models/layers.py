@@ -17,6 +17,22 @@ def onednn_declines(x, weight, bias=None):
     return None
 
 
+def _wants_grad(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def onednn_inference(x, weight, bias=None):
+    """Whether x weight^T + bias runs on linear's oneDNN path without autograd here (no gradient asked)."""
+    return onednn_declines(x, weight, bias) is None and not _wants_grad(x, weight, bias)
+
+
+def linear_add(x, weight, bias, residual):
+    """residual + x weight^T + bias (x, residual 2-D) as one oneDNN GEMM with the add in its epilogue, where
+    onednn_inference(x, weight, bias) holds (HiT's fc2 + residual at 32768 x 256 -> 64: 7.9 ms against 12.0 ms for
+    the add then MKL's addmm_, AMD Zen 4, 2 threads)."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
+
+
 def _onednn(x, weight, bias=None, attr="none", algorithm=""):
     """x weight^T + bias on oneDNN, with an epilogue (attr: "none", "gelu" with algorithm "none" / "tanh")."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], algorithm)
@@ -58,9 +74,7 @@ def linear(x, weight, bias=None):
     (onednn_declines says which)."""
     if onednn_declines(x, weight, bias) is not None:
         return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-        return _OneDNNLinear.apply(x, weight, bias)
-    return _onednn(x, weight, bias)
+    return _OneDNNLinear.apply(x, weight, bias) if _wants_grad(x, weight, bias) else _onednn(x, weight, bias)
 
 
 def linear_gelu(x, weight, bias=None, approximate="none"):
@@ -72,7 +86,7 @@ def linear_gelu(x, weight, bias=None, approximate="none"):
         raise ValueError(f"linear_gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     if onednn_declines(x, weight, bias) is not None:
         return F.gelu(F.linear(x, weight, bias), approximate=approximate)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+    if _wants_grad(x, weight, bias):
         return F.gelu(linear(x, weight, bias), approximate=approximate)  # the backward needs the pre-activation
     return _onednn(x, weight, bias, "gelu", approximate)
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar
-from fastar.models.layers import Linear
+from fastar.models.layers import Linear, linear, linear_add, linear_gelu, onednn_inference
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def norm_dense(norm, x2, *denses):
     the modules as they are with it."""
     if not torch.is_grad_enabled():
         w, b = norm.fold(x2, *denses)
-        return torch.addmm(b, x2, w.t())
+        return linear(x2, w, b)
     xn = norm(x2)
     if len(denses) == 1:
         return denses[0](xn)
@@ -109,7 +109,9 @@ def norm_dense(norm, x2, *denses):
 
 def dense_residual(dense, h2, x2, inplace=False):
     """x2 + dense(h2), written once: the residual plus the bias, then the product accumulated into it; over x2
-    itself with inplace (without autograd only)."""
+    itself with inplace (without autograd only); on oneDNN without autograd one GEMM with the add in its epilogue."""
+    if onednn_inference(h2, dense.weight, dense.bias):
+        return linear_add(h2, dense.weight, dense.bias, x2)
     out = x2.add_(dense.bias) if inplace and not torch.is_grad_enabled() else x2 + dense.bias
     return out.addmm_(h2, dense.weight.t())
 
@@ -148,15 +150,22 @@ class MLP(nn.Module):
         x2 = x.reshape(-1, x.shape[-1])
         if torch.is_grad_enabled():
             return dense_residual(self.fc2, F.gelu(self.fc1(self.norm_layer(x2))), x2).view(x.shape)
-        # The norm folded into fc1, the rows in chunks, the residual written once.
+        # The norm folded into fc1, the rows in chunks, the residual written once. On oneDNN the GELU and the
+        # residual ride in the GEMMs' epilogues.
         w1, b1 = self.norm_layer.fold(x2, self.fc1)
-        out = x2 if inplace else torch.empty_like(x2)
+        w2, b2 = self.fc2.weight, self.fc2.bias
         rows = chunk_rows(w1.shape[0], x2)
+        if onednn_inference(x2, w1, b1) and rows >= x2.shape[0]:
+            return linear_add(linear_gelu(x2, w1, b1), w2, b2, x2).view(x.shape)
+        out = x2 if inplace else torch.empty_like(x2)
         h = x2.new_empty(min(rows, x2.shape[0]), w1.shape[0])
         for r in range(0, x2.shape[0], rows):
             n = min(rows, x2.shape[0] - r)
+            if onednn_inference(x2, w1, b1):
+                out[r:r + n] = linear_add(linear_gelu(x2[r:r + n], w1, b1), w2, b2, x2[r:r + n])
+                continue
             hn = torch.ops.aten.gelu_(torch.addmm(b1, x2[r:r + n], w1.t(), out=h[:n]))
-            torch.add(x2[r:r + n], self.fc2.bias, out=out[r:r + n]).addmm_(hn, self.fc2.weight.t())
+            torch.add(x2[r:r + n], b2, out=out[r:r + n]).addmm_(hn, w2.t())
         return out.view(x.shape)
 
 
@@ -197,8 +206,11 @@ class MultiAxisAttention(nn.Module):
         for i in range(B):
             for r in range(0, H * W, rows):
                 xr = x3[i, r:r + rows]
-                o = self.cross(torch.addmm(b, xr, w.t())[None], k[i:i + 1], v[i:i + 1])
-                torch.add(xr, bo, out=out[i, r:r + rows]).addmm_(o[0], wo.t())
+                o = self.cross(linear(xr, w, b)[None], k[i:i + 1], v[i:i + 1])
+                if onednn_inference(o, wo, bo):
+                    out[i, r:r + rows] = linear_add(o[0], wo, bo, xr)
+                else:
+                    torch.add(xr, bo, out=out[i, r:r + rows]).addmm_(o[0], wo.t())
         return out.view(x.shape)
 
     def cross(self, q, k, v):
