@@ -208,14 +208,18 @@ void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const DecodeDims& d
 
 // s[j] = scale q . K[j * ldk, + D) for j < n: W keys at a time, one accumulator each along D folded by one transposing
 // sum into a vector of W scores (the last group repeats key n - 1 past n; those lanes are dropped).
+// The rows of V the values pass reads next are prefetched beside (V, ldv; null: none): both streams in flight.
 template <class T>
-void span_scores(const T* q, const T* K, int64_t ldk, int n, int D, T scale, T* s) {
+void span_scores(const T* q, const T* K, int64_t ldk, int n, int D, T scale, T* s, const T* V, int64_t ldv) {
   constexpr int W = kLanes<T>;
   const int Dv = D / W * W;
   for (int j = 0; j < n; j += W) {
     const T* rows[W];
 #pragma GCC unroll 16
     for (int i = 0; i < W; ++i) rows[i] = K + int64_t(j + i < n ? j + i : n - 1) * ldk;
+    if (V != nullptr)
+      for (int i = 0; i < W && j + i < n; ++i)
+        for (int c = 0; c < D; c += 64 / int(sizeof(T))) __builtin_prefetch(V + int64_t(j + i) * ldv + c, 0, 3);
     vec<T> acc[W];
 #pragma GCC unroll 16
     for (int i = 0; i < W; ++i) acc[i] = splat(T(0));
@@ -261,7 +265,7 @@ void attend_spans(const T* q, const Span* spans, int count, const T* K, int64_t 
   int n = 0;
   for (int i = 0; i < count; ++i) {
     span_scores(q, K + spans[i].k0 * ldk, spans[i].stride * ldk, spans[i].n, D, scale * T(1.4426950408889634),
-                s + n);
+                s + n, V + spans[i].k0 * ldv, spans[i].stride * ldv);
     n += spans[i].n;
   }
   if (n == 0) {
