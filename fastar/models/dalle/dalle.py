@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar
-from fastar.models.layers import Linear
+from fastar.models.layers import Linear, linear_gelu
 from fastar.ops import sample_categorical
 from fastar.ops import AttentionMask
 
@@ -110,7 +110,8 @@ class Block(nn.Module):
 
     def forward(self, x, cache=None):
         x = x + self.attn(self.ln_1(x), cache)
-        return x + self.mlp(self.ln_2(x))
+        fc1, fc2 = self.mlp[0], self.mlp[2]  # the Sequential keeps the official keys (mlp.0, mlp.2)
+        return x + fc2(linear_gelu(self.ln_2(x), fc1.weight, fc1.bias))
 
 
 class DALLE(nn.Module):
