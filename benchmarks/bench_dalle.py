@@ -42,7 +42,7 @@ class DalleBreakdown(Breakdown):
 
     def __init__(self, monkeypatch):
         self.ms, self._spent, self._depth = {}, None, 0
-        for _, owner, attr in LINEAR_PARTS:
+        for _, owner, attr in [*LINEAR_PARTS, (None, dalle_module, "linear_gelu")]:  # the MLP's fc1 + GELU too
             monkeypatch.setattr(owner, attr, self._timed("linear layers", getattr(owner, attr)))
         monkeypatch.setattr(fastar.ops, "attention_decode", self._timed("attention", fastar.ops.attention_decode))
         monkeypatch.setattr(dalle_module, "sample_categorical",
