@@ -21,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import fastar
 from fastar.ops import AttentionMask
 from fastar.reference import diffusion as ref_diffusion
+from fastar.reference import dropout as ref_dropout
 from fastar.reference import quantize as ref_quantize
 from fastar.reference import sampling as ref_sampling
 from fastar.tolerance import K, error_and_bound
@@ -332,6 +333,18 @@ def _check_diffusion_loss(device):
                  *_versus_reference(run, [x_start, noise, z, t, _head_weights(1)], torch.float32, device))
 
 
+def _check_dropout(device, dtype):
+    """The reference's mask and values for one seed, and the backward (the same mask on the gradient): exact."""
+    x = _randn(3, 1001, seed=16, dtype=dtype).to(device).requires_grad_()
+    out = fastar.ops.dropout(x, 0.3, generator=torch.Generator().manual_seed(4))
+    (dx,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    seed = ref_dropout.draw_seed(torch.Generator().manual_seed(4))
+    want = ref_dropout.dropout_with_seed(x.detach().cpu(), seed, 0.3)
+    want_dx = ref_dropout.dropout_with_seed(torch.ones_like(x).cpu(), seed, 0.3)
+    return [("dropout values off", int((out.detach().cpu() != want).sum()), 0),
+            ("dropout grad off", int((dx.cpu() != want_dx).sum()), 0)]
+
+
 def cases(quick):
     """(op, dtype name, shape, check(device)) of every check: every op of fastar.ops._registry.OPS."""
     n = 1 if quick else 2
@@ -355,6 +368,7 @@ def cases(quick):
             out.append(("vq_nearest", dt, shape, functools.partial(_check_vq_nearest, dtype=dtype, shape=shape)))
         for shape in SAMPLE_SHAPES[:n]:
             out.append(("sample_categorical", dt, shape, functools.partial(_check_sample, dtype=dtype, shape=shape)))
+        out.append(("dropout", dt, (3, 1001), functools.partial(_check_dropout, dtype=dtype)))
     out.append(("sample_categorical", "float32", (6000, 60), _check_sample_distribution))
     for case in MSQ_PATCH_NUMS[:n]:
         out.append(("f_to_idxBl_or_fhat", "float32", case[0], functools.partial(_check_encode, case=case)))

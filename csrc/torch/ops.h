@@ -53,6 +53,9 @@ inline void define_ops(torch::Library& m) {
   // d loss / d model_output (N, 2C).
   m.def("diffusion_loss(Tensor model_output, Tensor x_start, Tensor noise, Tensor t, Tensor table) "
         "-> (Tensor loss, Tensor grad_output)");
+  // x contiguous -> x with the elements Philox4x32-10 drops under seed zeroed, the others times 1 / (1 - p)
+  // (fastar/reference/dropout.py; one mask on every device). Its own backward with the same seed.
+  m.def("dropout(Tensor x, int seed, float p) -> Tensor");
 }
 
 }  // namespace fastar

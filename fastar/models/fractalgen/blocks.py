@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 import fastar.ops
-from fastar.models.layers import Linear, linear_gelu
+from fastar.models.layers import Dropout, Linear, linear_gelu
 
 LN_EPS = 1e-6
 
@@ -21,7 +21,7 @@ class Attention(nn.Module):
         self.mask = fastar.ops.AttentionMask.causal() if causal else None
         self.qkv = Linear(dim, 3 * dim)
         self.proj = Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
     def forward(self, x_BLC, cache=None):
         """cache: None (the whole sequence) or (k_cache, v_cache, pos) to decode the tokens from pos (causal only)."""
@@ -50,7 +50,7 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = Linear(dim, hidden)
         self.fc2 = Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
+        self.drop = Dropout(drop)
 
     def forward(self, x):
         return self.drop(self.fc2(self.drop(linear_gelu(x, self.fc1.weight, self.fc1.bias))))
