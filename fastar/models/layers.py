@@ -70,7 +70,7 @@ def linear(x, weight, bias=None):
     """F.linear, whose float32 CPU products run on the library fastar._backend.fp32_linear_library() names:
     oneDNN (torch.ops.mkldnn._linear_pointwise) on CPUs not made by Intel, where MKL's sgemm takes its AVX2 path:
     on an AMD Zen 4 (AVX-512), 2 threads, oneDNN ran VAR-d16 sampling's layer shapes 1.25x faster in all, and
-    training's forward, d x and d weight products 1.09x (_OneDNNLinear). In other dtypes or devices, and on the torch
+    training's forward, d x and d weight products 1.07x (_OneDNNLinear). In other dtypes or devices, and on the torch
     and reference backends (the official formulation the benchmarks compare against) it is F.linear
     (onednn_declines says which)."""
     if onednn_declines(x, weight, bias) is not None:
@@ -101,7 +101,7 @@ class Linear(nn.Linear):
 
 class Dropout(nn.Dropout):
     """nn.Dropout through fastar.ops.dropout: the mask made by Philox inside the kernel (torch's serial bernoulli_
-    costs ~8 ns an element on the CPU); F.dropout on the torch and reference backends."""
+    costs ~8 ns an element on the CPU); F.dropout on the torch backend."""
 
     def forward(self, x):
         if self.inplace:
