@@ -33,7 +33,7 @@ void run(const T* x, T* out, int64_t n, uint64_t seed, uint32_t threshold, S sca
 at::Tensor dropout(const at::Tensor& x, int64_t seed, double p) {
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   const uint32_t threshold = kernels::dropout_threshold(p);
-  const double scale = p < 1 ? 1.0 / (1.0 - p) : 0.0;
+  const double scale = kernels::dropout_scale(p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dropout", [&] {
     if constexpr (std::is_same_v<scalar_t, double>)
       run(x.data_ptr<double>(), out.data_ptr<double>(), x.numel(), uint64_t(seed), threshold, scale);

@@ -15,7 +15,7 @@ static at::Tensor dropout_device(const at::Tensor& x, int64_t seed, double p) {
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   kernels::DropoutParams params{};
   params.x = x.data_ptr(), params.out = out.data_ptr(), params.n = x.numel(), params.seed = uint64_t(seed);
-  params.threshold = kernels::dropout_threshold(p), params.scale = p < 1 ? 1.0 / (1.0 - p) : 0.0;
+  params.threshold = kernels::dropout_threshold(p), params.scale = kernels::dropout_scale(p);
   params.dtype = kernel_dtype(x.scalar_type());
   check_launch(kernels::dropout_launch(params, scope.stream()), "dropout");
   return out;

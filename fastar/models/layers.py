@@ -29,8 +29,7 @@ def onednn_inference(x, weight, bias=None):
 
 def linear_add(x, weight, bias, residual):
     """residual + x weight^T + bias (x, residual 2-D) as one oneDNN GEMM with the add in its epilogue, where
-    onednn_inference(x, weight, bias) holds (HiT's fc2 + residual at 32768 x 256 -> 64: 7.9 ms against 12.0 ms for
-    the add then MKL's addmm_, AMD Zen 4, 2 threads)."""
+    onednn_inference(x, weight, bias) holds (HiT's generator: benchmarks/bench_hit.py)."""
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
 
 
@@ -69,10 +68,10 @@ class _OneDNNLinear(torch.autograd.Function):
 def linear(x, weight, bias=None):
     """F.linear, whose float32 CPU products run on the library fastar._backend.fp32_linear_library() names:
     oneDNN (torch.ops.mkldnn._linear_pointwise) on CPUs not made by Intel, where MKL's sgemm takes its AVX2 path:
-    on an AMD Zen 4 (AVX-512), 2 threads, oneDNN ran VAR-d16 sampling's layer shapes 1.25x faster in all, and
-    training's forward, d x and d weight products 1.07x (_OneDNNLinear). In other dtypes or devices, and on the torch
-    and reference backends (the official formulation the benchmarks compare against) it is F.linear
-    (onednn_declines says which)."""
+    on an AMD Zen 4 (AVX-512), 2 threads, oneDNN ran VAR-d16 sampling's layer shapes 1.25x faster in all; under
+    autograd through _OneDNNLinear (benchmarks/bench_var.py and bench_dalle.py time the training steps). In other
+    dtypes or devices, and on the torch and reference backends (the official formulation the benchmarks compare
+    against) it is F.linear (onednn_declines says which)."""
     if onednn_declines(x, weight, bias) is not None:
         return F.linear(x, weight, bias)
     return _OneDNNLinear.apply(x, weight, bias) if _wants_grad(x, weight, bias) else _onednn(x, weight, bias)
@@ -80,9 +79,8 @@ def linear(x, weight, bias=None):
 
 def linear_gelu(x, weight, bias=None, approximate="none"):
     """F.gelu(F.linear(x, weight, bias), approximate=approximate) (an MLP's first layer): on linear's oneDNN path
-    one GEMM with the GELU in its epilogue, no second pass over the hidden activations (VAR-d16's fc1 at 5440 x 1024
-    -> 4096: 245 ms against 272 ms for the two, AMD Zen 4, 2 threads); under autograd linear then F.gelu; elsewhere
-    the two torch ops."""
+    one GEMM with the GELU in its epilogue, no second pass over the hidden activations; under autograd linear then
+    F.gelu; elsewhere the two torch ops."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"linear_gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     if onednn_declines(x, weight, bias) is not None:
@@ -100,8 +98,8 @@ class Linear(nn.Linear):
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout through fastar.ops.dropout: the mask made by Philox inside the kernel (torch's serial bernoulli_
-    costs ~8 ns an element on the CPU); F.dropout on the torch backend."""
+    """nn.Dropout through fastar.ops.dropout: the mask made by Philox inside the kernel, where torch draws it with
+    a serial bernoulli_ (benchmarks/bench_dropout.py); F.dropout on the torch backend."""
 
     def forward(self, x):
         if self.inplace:

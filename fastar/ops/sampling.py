@@ -53,7 +53,7 @@ def sample_categorical(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=
     def run(ops):
         rows = logits.reshape(-1, V).contiguous()  # (R, V)
         # (R, V): the CPU kernel takes the generator's words and makes only the exponentials it races (torch's
-        # serial exponential_ costs ~20 ns a token); the CUDA and simt kernels, and graphs (dynamo does not trace
+        # serial exponential_ was most of the op's time); the CUDA and simt kernels, and graphs (dynamo does not trace
         # random_), take float32 Exp(1) draws
         cpu = logits.device.type == "cpu" and ops is torch.ops.fastar and not torch.compiler.is_compiling()
         race = (reference.race_bits if cpu else reference.races)(logits, generator)

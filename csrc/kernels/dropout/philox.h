@@ -26,4 +26,7 @@ FASTAR_HOST_DEVICE inline void philox4x32(uint64_t counter, uint64_t seed, uint3
 // counter e / 4 (p = 0: all kept; p = 1: none).
 FASTAR_HOST_DEVICE inline uint32_t dropout_threshold(double p) { return uint32_t(p * 16777216.0 + 0.5); }
 
+// The factor of the kept elements: 1 / (1 - p), 0 when p = 1 (nothing is kept).
+FASTAR_HOST_DEVICE inline double dropout_scale(double p) { return p < 1 ? 1.0 / (1.0 - p) : 0.0; }
+
 }  // namespace fastar::kernels

@@ -154,18 +154,18 @@ class MLP(nn.Module):
         # residual ride in the GEMMs' epilogues.
         w1, b1 = self.norm_layer.fold(x2, self.fc1)
         w2, b2 = self.fc2.weight, self.fc2.bias
-        rows = chunk_rows(w1.shape[0], x2)
-        if onednn_inference(x2, w1, b1) and rows >= x2.shape[0]:
+        rows, fused = chunk_rows(w1.shape[0], x2), onednn_inference(x2, w1, b1)
+        if fused and rows >= x2.shape[0]:
             return linear_add(linear_gelu(x2, w1, b1), w2, b2, x2).view(x.shape)
         out = x2 if inplace else torch.empty_like(x2)
-        h = x2.new_empty(min(rows, x2.shape[0]), w1.shape[0])
+        h = None if fused else x2.new_empty(min(rows, x2.shape[0]), w1.shape[0])
         for r in range(0, x2.shape[0], rows):
-            n = min(rows, x2.shape[0] - r)
-            if onednn_inference(x2, w1, b1):
-                out[r:r + n] = linear_add(linear_gelu(x2[r:r + n], w1, b1), w2, b2, x2[r:r + n])
-                continue
-            hn = torch.ops.aten.gelu_(torch.addmm(b1, x2[r:r + n], w1.t(), out=h[:n]))
-            torch.add(x2[r:r + n], b2, out=out[r:r + n]).addmm_(hn, w2.t())
+            xr = x2[r:r + min(rows, x2.shape[0] - r)]
+            if fused:
+                out[r:r + len(xr)] = linear_add(linear_gelu(xr, w1, b1), w2, b2, xr)
+            else:
+                hn = torch.ops.aten.gelu_(torch.addmm(b1, xr, w1.t(), out=h[:len(xr)]))
+                torch.add(xr, b2, out=out[r:r + len(xr)]).addmm_(hn, w2.t())
         return out.view(x.shape)
 
 
