@@ -16,7 +16,7 @@ time: B 4, cfg 1.5, top-k 900, top-p 0.96, g_seed = the round; interleaved round
 process, wall and CPU time with the load average, best and median (tools/official.py); tokens compared each round.
 profile: one patched run under torch.profiler: milliseconds in the linear layers, attention, the quantizer,
 the VQVAE decoder, sampling and the rest.
-Knobs (environment): DECODER (1: the opt-in decoder rows too; the figures below had them), LINEAR (1: the
+Knobs (environment): DECODER (0: without the decoder rows, on by default), LINEAR (1: the
 opt-in nn.Linear row too), B (check 2, time and profile 4), ROUNDS (3), THREADS (torch threads, 1), DEPTH (16; a
 smaller one for a quick try of the tool).
 The official code calls .cuda(): here it is the identity (tools/official.py). The official code is read from
@@ -34,7 +34,7 @@ import fastar.patch
 from fastar.tolerance import error_and_bound
 from official import load, machine, rounds
 
-DECODER = os.environ.get("DECODER", "0") == "1"  # the opt-in decoder rows (fastar.patch.var's decoder=)
+DECODER = os.environ.get("DECODER", "1") == "1"  # the decoder rows (fastar.patch.var's decoder=)
 LINEAR = os.environ.get("LINEAR", "0") == "1"  # the opt-in nn.Linear row (fastar.patch.var's linear=)
 LABELS = torch.tensor([207, 360, 387, 974, 88, 979, 417, 279])
 EVAL = dict(cfg=1.5, top_k=900, top_p=0.96)  # the paper's FID evaluation

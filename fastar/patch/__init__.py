@@ -16,15 +16,14 @@ from fastar.patch.var import ROWS as VAR_ROWS
 __all__ = ["Row", "var", "mar", "fractalgen", "undo", "report", "VAR_ROWS", "MAR_ROWS", "FRACTALGEN_ROWS"]
 
 
-def var(model=None, *, attention=True, quantizer=True, sampling=True, decoder=False, linear=False):
+def var(model=None, *, attention=True, quantizer=True, sampling=True, decoder=True, linear=False):
     """Patch FoundationVision/VAR: `model` (a VAR, VQVAE, or any module holding them) in place, or without it the
     classes of models.basic_var / models.quant / models.basic_vae and the global of models.var already imported.
     Groups: attention (SelfAttention: block-causal training, a preallocated KV cache in inference), quantizer
     (VectorQuantizer2's multi-scale loops), sampling (the top-k / top-p sampler VAR.autoregressive_infer_cfg calls,
-    one fastar.ops.sample_categorical pass: the same tokens for a seed), decoder (off unless asked: the VQVAE
-    decoder's Decoder, Upsample2x, ResnetBlock and AttnBlock forwards on fastar's decoder fast path: channels_last
-    activations, each nearest-2x upsample + conv as one phase conv, fastar.ops.attention; at d16's full size its
-    images are ~5x the official float32 error, past the tolerance rule's 2x, from torch's channels_last kernels).
+    one fastar.ops.sample_categorical pass: the same tokens for a seed), decoder (the VQVAE's Decoder, Upsample2x,
+    ResnetBlock and AttnBlock forwards on fastar's decoder fast path: each nearest-2x upsample + conv as one phase
+    conv, in-place SiLU and residuals at inference, fastar.ops.attention; the encoder's blocks too).
     linear (off unless asked; with a model only): its nn.Linear layers (fastar.patch.linear). The sampler is a
     module-level function, looked up as a global of the module that defines the VAR class: with a model holding a
     VAR, that module's global is replaced, so every VAR of that module samples through fastar until undo().

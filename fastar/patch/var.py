@@ -8,7 +8,6 @@ fastar's."""
 import sys
 
 import torch
-import torch.nn as nn
 
 import fastar
 from fastar import _backend
@@ -182,23 +181,10 @@ def _sample_declines(logits_BlV, top_k=0, top_p=0.0, rng=None, num_samples=1):
 
 # ---- models/basic_vae.py: the decoder's Decoder, Upsample2x, ResnetBlock and AttnBlock ----
 
-def _backend_declines(x):
+def _decoder_declines(self, x):
     if not basic_vae.fast_path(x):
         return f"the {_backend.active(x.device)} backend is active (fastar's decoder runs the official formulation)"
     return None
-
-
-def _decoder_declines(self, z):
-    if self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.modules()):
-        return "dropout in training (its draws over channels_last activations are not the official ones)"
-    return _backend_declines(z)
-
-
-def _block_declines(self, x):
-    if not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
-        return ("NCHW input (the blocks run on the channels_last activations of the patched Decoder.forward; the "
-                "encoder keeps the official blocks)")
-    return _backend_declines(x)
 
 
 _ATTN = ("attention", "models.basic_var", "SelfAttention")
@@ -215,9 +201,7 @@ ROWS = (
     Row("sampling", "models.var", "VAR", "sample_with_top_k_top_p_", sample_with_top_k_top_p_, "called by "
         "VAR.autoregressive_infer_cfg without more_smooth, num_samples 1, float32 logits, rng None or on their "
         "device", _sample_declines, function=True),
-    Row("decoder", "models.basic_vae", "Decoder", "forward", basic_vae.Decoder.forward, "fastar's kernels active "
-        "(not the torch / reference backend), no dropout in training", _decoder_declines),
-    *(Row("decoder", "models.basic_vae", cls, "forward", getattr(basic_vae, cls).forward, "channels_last input "
-          "(under the patched Decoder), fastar's kernels active", _block_declines)
-      for cls in ("Upsample2x", "ResnetBlock", "AttnBlock")),
+    *(Row("decoder", "models.basic_vae", cls, "forward", getattr(basic_vae, cls).forward, "fastar's kernels active "
+          "(not the torch / reference backend)", _decoder_declines)
+      for cls in ("Decoder", "Upsample2x", "ResnetBlock", "AttnBlock")),
 )

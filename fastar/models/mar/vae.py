@@ -6,8 +6,8 @@ import dataclasses
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-import fastar.ops
 from fastar.models.var.basic_vae import Decoder, Encoder, Normalize
 
 LOGVAR_RANGE = (-30.0, 20.0)  # the posterior's log-variance clamp
@@ -23,7 +23,8 @@ class KLConfig:
 
 
 class AttnBlock(nn.Module):
-    """One-head self-attention over the h*w positions, q / k / v / proj_out as 1x1 convs (the checkpoint's layout)."""
+    """One-head self-attention over the h*w positions, q / k / v / proj_out as 1x1 convs (the checkpoint's layout);
+    the attention is torch's, as in VAR's VQVAE (fastar.models.var.basic_vae.AttnBlock says why)."""
 
     def __init__(self, C):
         super().__init__()
@@ -35,7 +36,7 @@ class AttnBlock(nn.Module):
         B, C, h, w = x_BChw.shape
         h_ = self.norm(x_BChw)
         q, k, v = (conv(h_).view(B, 1, C, h * w).transpose(-1, -2) for conv in (self.q, self.k, self.v))
-        o_B1LC = fastar.ops.attention(q, k, v, scale=C ** -0.5)
+        o_B1LC = F.scaled_dot_product_attention(q, k, v, scale=C ** -0.5)
         return x_BChw + self.proj_out(o_B1LC.transpose(-1, -2).reshape(B, C, h, w))
 
 
