@@ -51,6 +51,10 @@ def test_decoder_fast_path_matches_float64(backend):
         out = decode(vae, f)
         assert out.shape == (2, 3, 12, 20) and out.is_contiguous()
         assert_close("vqvae_decode", out, *references(vae, f))
+        # the quantizer ops' channels_last maps decode in NCHW, as the official maps (bit for bit the same images)
+        assert torch.equal(vae.fhat_to_img(f.contiguous(memory_format=torch.channels_last)), vae.fhat_to_img(f))
+        z = vae.post_quant_conv(f)
+        assert torch.equal(vae.decoder(z.contiguous(memory_format=torch.channels_last)), vae.decoder(z))
         # new weights into the same parameters (strict, the official keys): the fast path follows them
         vae.load_state_dict(tiny_vae(1, dev).state_dict())
         again = decode(vae, f)

@@ -41,11 +41,12 @@ class VQVAE(nn.Module):
     def forward(self, img_B3HW):
         """(reconstruction, per-scale codebook usage in %, vq loss)."""
         f_hat, usages, vq_loss = self.quantize(self.quant_conv(self.encoder(img_B3HW)))
-        return self.decoder(self.post_quant_conv(f_hat)), usages, vq_loss
+        return self.decoder(self.post_quant_conv(f_hat.contiguous())), usages, vq_loss
 
     # ===================== VAR training and inference =====================
     def fhat_to_img(self, f_hat_BChw):
-        return self.decoder(self.post_quant_conv(f_hat_BChw)).clamp_(-1, 1)
+        """Images in [-1, 1] from f_hat (any layout: decoded in NCHW, as the official code's maps are)."""
+        return self.decoder(self.post_quant_conv(f_hat_BChw.contiguous())).clamp_(-1, 1)
 
     def img_to_idxBl(self, img_B3HW):
         """Token indices of every scale: [(B, pn*pn) int64 for pn in v_patch_nums]."""
