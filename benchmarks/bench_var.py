@@ -163,7 +163,7 @@ def test_var_d16_train_step(benchmark, d16):
 @pytest.mark.parametrize("direction", ["encode", "decode"])
 def test_vqvae(benchmark, d16, direction):
     """Encode: image -> tokens of every scale; decode: the last scale's tokens -> image (the decoder's fast path:
-    channels_last, the upsamples as phase convs; basic_vae.py). Decode records its time per decoder stage."""
+    the upsamples as phase convs, in place elementwise; basic_vae.py). Decode records its time per decoder stage."""
     vae, _ = d16
     B = B_VQVAE[direction]
     benchmark.group = f"VQVAE {direction} B={B} 256px float32"

@@ -23,9 +23,9 @@ K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
      "hit_grads": 4.0,
      # HiT's forward without autograd (BatchNorm folded into the Dense layers, row chunks) vs the modules' order.
      "hit_forward": 4.0,
-     # MAR's KL VAE: the same convolutions on both sides, attention's factor for its attention blocks.
+     # MAR's KL VAE: VAR's decoder fast path (the phase convs) against the official formulation.
      "mar_vae": 2.0,
-     # VAR's VQVAE decoder fast path: NHWC convolutions sum in another order; the upsample's phase conv sums 3x3 taps.
+     # VAR's VQVAE decoder fast path: the upsample's phase conv sums 3x3 taps before the conv.
      "vqvae_decode": 2.0, "vqvae_decode_grads": 3.0,
      # the training loss: the head under autograd and the fused loss pass vs the reference's formulation.
      "diffusion_loss": 3.0, "mar_train_grads": 4.0,

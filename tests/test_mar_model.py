@@ -76,8 +76,9 @@ def test_official_builder_errors(kwargs, error, match):
 TINY_KL = KLConfig(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1)
 
 
-def test_kl_vae_on_fastar_attention_matches_reference():
-    """Encode + decode a 16 px image: the mid-block attentions through fastar.ops vs on the reference backend."""
+def test_kl_vae_fast_path_matches_reference():
+    """Encode + decode a 16 px image: the decoder's fast path (fastar's backend: the upsample as a phase conv) vs
+    the official formulation on the reference backend."""
     torch.manual_seed(0)
     vae, x = AutoencoderKL(TINY_KL).eval(), torch.rand(2, 3, 16, 16) * 2 - 1
 

@@ -5,9 +5,9 @@ Module names equal the official checkpoint's keys (encoder.down.{i}.block.{j}.no
 The decoder's fast path (where fastar's kernels are active; the torch and reference backends run the official
 formulation): each nearest-2x upsample + 3x3 conv as one 2x2 conv of the low-resolution input (2.25x fewer
 multiply-adds), its weights made once per parameter version at inference, and the elementwise passes in place at
-inference. Activations stay NCHW, as the official code's: torch's channels_last convolutions (oneDNN's brgemm kernels)
-and GroupNorm, ~6% faster here on a B = 4 decode, put the full-size decoder at ~3x the official float32 error of the
-float64 decoder, past the tolerance rule's 2x; in NCHW it is 1.04x. Same parameters, same state dict: the prepared
+inference. Activations are NCHW, as the official code's, whatever the input's layout: torch's channels_last
+convolutions (oneDNN's brgemm kernels) and GroupNorm, faster on this CPU, put the full-size decoder at ~3x the official
+float32 error of the float64 decoder, past the tolerance rule's 2x. Same parameters, same state dict: the prepared
 weights sit outside the module, keyed by each parameter's storage and version counter, which load_state_dict and
 optimizer steps bump (writes through .data do not: such code must not run between decodes). fastar.patch.var runs the
 forwards of Decoder, Upsample2x, ResnetBlock and AttnBlock on the official modules: they read only attributes the
