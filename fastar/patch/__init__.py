@@ -23,7 +23,7 @@ def var(model=None, *, attention=True, quantizer=True, sampling=True, decoder=Tr
     (VectorQuantizer2's multi-scale loops), sampling (the top-k / top-p sampler VAR.autoregressive_infer_cfg calls,
     one fastar.ops.sample_categorical pass: the same tokens for a seed), decoder (the VQVAE's Decoder, Upsample2x,
     ResnetBlock and AttnBlock forwards on fastar's decoder fast path: each nearest-2x upsample + conv as one phase
-    conv, in-place SiLU and residuals at inference, fastar.ops.attention; the encoder's blocks too).
+    conv, in-place SiLU and residuals at inference, torch's SDPA in AttnBlock; the encoder's blocks too).
     linear (off unless asked; with a model only): its nn.Linear layers (fastar.patch.linear). The sampler is a
     module-level function, looked up as a global of the module that defines the VAR class: with a model holding a
     VAR, that module's global is replaced, so every VAR of that module samples through fastar until undo().

@@ -88,9 +88,10 @@ class ResnetBlock(nn.Module):
 
 class AttnBlock(nn.Module):
     """One-head self-attention over the h*w positions; a fused 1x1 qkv conv, as the VAR checkpoint stores it. The
-    attention itself is torch's scaled_dot_product_attention on every backend (the official bmm + softmax's
-    rounding): it is ~0.2% of a decode, and with fastar.ops.attention's float32 rounding on this 640-wide head the
-    images of d16's decoder (the official one, random weights) were ~1.9x the official error of the float64 decoder."""
+    attention itself is torch's scaled_dot_product_attention on every backend (its float32 error on this head is the
+    official bmm + softmax's): it is ~0.2% of a decode, and with fastar.ops.attention's float32 rounding on this
+    640-wide head the images of d16's decoder (the official one, random weights) were ~1.9x the official error of
+    the float64 decoder."""
 
     def __init__(self, C):
         super().__init__()
