@@ -52,6 +52,34 @@ def check_bf16_gemm(op: str, device):
                        f"than float32 here, so the mode is declined: use precision='fp32'")
 
 
+def _require_C(fn):
+    if _C is None:
+        raise RuntimeError(f"{fn}: fastar._C is not built: {_C_error}")
+    return _C
+
+
+def cpu_cache_info() -> dict:
+    """The CPU kernels' cache of large output blocks (csrc/cpu/huge_blocks.h): a fresh output of tens of MB costs a
+    page fault and the OS's zeroing of every page, so the blocks of freed outputs (at least 4 MB, on transparent
+    huge pages) are kept for the next call of that size. {'blocks', 'bytes': what it holds now, 'limit_bytes',
+    'hits', 'misses': outputs served from it and freshly mapped}. Used by the tiny-sequence attention."""
+    return dict(_require_C("cpu_cache_info").cpu_cache_info())
+
+
+def empty_cpu_cache():
+    """Returns every cached block to the OS (outputs still alive are untouched: they return to the cache when
+    freed)."""
+    _require_C("empty_cpu_cache").empty_cpu_cache()
+
+
+def set_cpu_cache_limit(mb: int):
+    """The most the cache holds, in MB (default: FASTAR_CPU_CACHE_MB, else 1024 or an eighth of the machine's
+    memory, whichever is less); 0 keeps nothing. Lowering it unmaps the cached blocks past it."""
+    if isinstance(mb, bool) or not isinstance(mb, int) or mb < 0:
+        raise ValueError(f"set_cpu_cache_limit: mb must be an int >= 0, got {mb!r}")
+    _require_C("set_cpu_cache_limit").set_cpu_cache_limit(mb << 20)
+
+
 FP32_LINEAR_LIBRARIES = ("mkl", "onednn")
 _DEFAULT_FP32_LINEAR = ("onednn" if _C is not None and _C.build_info()["cpu_vendor"] != "intel"
                         and torch.backends.mkldnn.is_available() else "mkl")

@@ -4,14 +4,12 @@
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
-#include <sys/mman.h>
 
 #include <cstdint>
-#include <memory>
 #include <type_traits>
 #include <vector>
 
+#include "cpu/huge_blocks.h"
 #include "cpu/isa.h"
 
 namespace fastar::cpu {
@@ -19,40 +17,6 @@ namespace {
 
 // Sequences per task at least: each is a few microseconds, so small grains only add scheduling.
 constexpr int64_t kGrain = 16;
-
-// at::empty whose whole 2 MB pages the kernel backs with transparent huge pages (madvise before the first write; a
-// no-op where THP is off): a fresh output of tens of MB, written once, otherwise takes a page fault per 4 KB, which
-// cost more than the attention itself (46 MB: 26 ms of faults against 4 ms of writing, Zen 3, 1 thread).
-at::Tensor empty_huge(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-#ifdef MADV_HUGEPAGE
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr()), end = begin + t.nbytes();
-  const uintptr_t b = (begin + kHuge - 1) & ~(kHuge - 1), e = end & ~(kHuge - 1);
-  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
-#endif
-  return t;
-}
-
-// Tensors of the given sizes on one allocation from empty_huge, each its own storage (no two alias): the backward's
-// dq, dk and dv as one block of fresh pages, which glibc keeps for the next call where it trims three (PixelLoss's
-// 8 MB gradients: 103 page faults a call and half the backward's time, Zen 3, 1 thread).
-std::vector<at::Tensor> empty_huge_parts(const std::vector<std::vector<int64_t>>& sizes,
-                                         const at::TensorOptions& options) {
-  std::vector<int64_t> offsets;
-  int64_t total = 0;
-  for (const auto& s : sizes) {
-    offsets.push_back(total);
-    total += (c10::multiply_integers(s) + 15) / 16 * 16;  // each part 64-byte aligned
-  }
-  auto block = std::make_shared<at::Tensor>(empty_huge({total}, options));
-  std::vector<at::Tensor> parts;
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    void* p = static_cast<char*>(block->data_ptr()) + offsets[i] * block->element_size();
-    parts.push_back(at::from_blob(p, sizes[i], [block](void*) {}, options));
-  }
-  return parts;
-}
 
 template <class T>
 const AttentionTinyKernels<T>& micro() {

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "cpu/blas.h"
+#include "cpu/huge_blocks.h"
 #include "cpu/isa.h"
 #include "torch/capabilities.h"
 
@@ -29,6 +30,18 @@ PYBIND11_MODULE(_C, m) {
     info["compiler"] = __VERSION__;
     return info;
   });
+  m.def("cpu_cache_info", [] {
+    const auto s = fastar::cpu::huge_block_stats();
+    pybind11::dict info;
+    info["blocks"] = s.cached_blocks;
+    info["bytes"] = s.cached_bytes;
+    info["limit_bytes"] = s.limit_bytes;
+    info["hits"] = s.hits;
+    info["misses"] = s.misses;
+    return info;
+  });
+  m.def("empty_cpu_cache", &fastar::cpu::empty_huge_block_cache);
+  m.def("set_cpu_cache_limit", &fastar::cpu::set_huge_block_limit);
   m.def("capabilities", [] {
     return fastar::capabilities({{"cpu", fastar::kernels::kAttentionCpuMaxHeadDim},
                                  {"cuda", fastar::kernels::kAttentionCudaMaxHeadDim}});

@@ -1,0 +1,196 @@
+// The huge-page block cache of cpu/huge_blocks.h: a c10::Allocator whose large blocks are mmap'd on 2 MB
+// boundaries, advised MADV_HUGEPAGE, and kept by size when their tensors are freed.
+#include "cpu/huge_blocks.h"
+
+#include <ATen/EmptyTensor.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/core/CPUAllocator.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <algorithm>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+namespace fastar::cpu {
+namespace {
+
+constexpr size_t kHuge = size_t(2) << 20;
+
+size_t round_up(size_t n) { return (n + kHuge - 1) / kHuge * kHuge; }
+
+// n bytes (a multiple of 2 MB) mapped at a 2 MB boundary and advised huge (a no-op where THP is off), or nullptr.
+void* map_block(size_t n) {
+  void* raw = mmap(nullptr, n + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(raw), aligned = (begin + kHuge - 1) & ~(kHuge - 1);
+  if (aligned > begin) munmap(raw, aligned - begin);
+  if (begin + kHuge > aligned) munmap(reinterpret_cast<void*>(aligned + n), begin + kHuge - aligned);
+#ifdef MADV_HUGEPAGE
+  madvise(reinterpret_cast<void*>(aligned), n, MADV_HUGEPAGE);
+#endif
+  return reinterpret_cast<void*>(aligned);
+}
+
+// FASTAR_CPU_CACHE_MB, else 1 GB or an eighth of the memory, whichever is less.
+int64_t limit_from_env() {
+  const char* mb = std::getenv("FASTAR_CPU_CACHE_MB");
+  if (mb == nullptr || *mb == '\0') {
+    const int64_t memory = int64_t(sysconf(_SC_PHYS_PAGES)) * int64_t(sysconf(_SC_PAGESIZE));
+    return std::min(int64_t(1024) << 20, std::max(memory, int64_t(0)) / 8);
+  }
+  char* end = nullptr;
+  const long long v = std::strtoll(mb, &end, 10);
+  TORCH_CHECK(*end == '\0' && v >= 0, "FASTAR_CPU_CACHE_MB must be a whole number of MB >= 0, got '", mb, "'");
+  return int64_t(v) << 20;
+}
+
+// Freed blocks, served best fit (at most a quarter larger than asked) and evicted oldest first past the limit.
+class Cache {
+ public:
+  // A block of at least n bytes (n a multiple of 2 MB) and its size, or {nullptr, 0} when out of memory.
+  std::pair<void*, size_t> take(size_t n) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      size_t best = free_.size();
+      for (size_t i = 0; i < free_.size(); ++i)
+        if (free_[i].n >= n && free_[i].n <= n + n / 4 && (best == free_.size() || free_[i].n < free_[best].n))
+          best = i;
+      if (best < free_.size()) {
+        const Entry e = free_[best];
+        free_.erase(free_.begin() + std::ptrdiff_t(best));
+        cached_ -= int64_t(e.n), ++hits_;
+        return {e.p, e.n};
+      }
+      ++misses_;
+    }
+    void* p = map_block(n);
+    if (p == nullptr) {  // out of memory: unmap what is cached and try once more
+      empty();
+      p = map_block(n);
+    }
+    return {p, p != nullptr ? n : 0};
+  }
+
+  void give(void* p, size_t n) {
+    std::vector<Entry> evicted;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      free_.push_back({p, n, ++clock_});
+      cached_ += int64_t(n);
+      while (cached_ > limit_) {  // the oldest first; the block just given last
+        auto oldest = std::min_element(free_.begin(), free_.end(),
+                                       [](const Entry& a, const Entry& b) { return a.stamp < b.stamp; });
+        evicted.push_back(*oldest);
+        cached_ -= int64_t(oldest->n);
+        free_.erase(oldest);
+      }
+    }
+    for (const Entry& e : evicted) munmap(e.p, e.n);
+  }
+
+  void empty() {
+    std::vector<Entry> blocks;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      blocks.swap(free_);
+      cached_ = 0;
+    }
+    for (const Entry& e : blocks) munmap(e.p, e.n);
+  }
+
+  void set_limit(int64_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      limit_ = bytes;
+      if (cached_ <= limit_) return;
+    }
+    empty();
+  }
+
+  HugeBlockStats stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {int64_t(free_.size()), cached_, limit_, hits_, misses_};
+  }
+
+ private:
+  struct Entry {
+    void* p;
+    size_t n;
+    int64_t stamp;  // when it was freed
+  };
+  std::mutex mu_;
+  std::vector<Entry> free_;
+  int64_t cached_ = 0, limit_ = limit_from_env(), hits_ = 0, misses_ = 0, clock_ = 0;
+};
+
+Cache& cache() {
+  static Cache* c = new Cache();  // never destroyed: tensors freed at exit still return their blocks
+  return *c;
+}
+
+struct Block {
+  void* p;
+  size_t n;
+};
+
+void release(void* ctx) {
+  std::unique_ptr<Block> b(static_cast<Block*>(ctx));
+  cache().give(b->p, b->n);
+}
+
+// Large requests from the cache, small ones from torch's CPU allocator.
+struct HugeBlockAllocator final : c10::Allocator {
+  c10::DataPtr allocate(size_t n) override {
+    if (int64_t(n) < kHugeBlockMinBytes) return c10::GetCPUAllocator()->allocate(n);
+    const auto [p, size] = cache().take(round_up(n));
+    TORCH_CHECK(p != nullptr, "fastar: out of memory mapping a ", round_up(n) >> 20, " MB output block");
+    return {p, new Block{p, size}, &release, c10::Device(c10::DeviceType::CPU)};
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
+};
+
+HugeBlockAllocator& allocator() {
+  static HugeBlockAllocator a;
+  return a;
+}
+
+}  // namespace
+
+at::Tensor empty_huge(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  TORCH_CHECK(options.device().is_cpu(), "empty_huge: CPU tensors only");
+  return at::detail::empty_generic(sizes, &allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   c10::typeMetaToScalarType(options.dtype()), std::nullopt);
+}
+
+std::vector<at::Tensor> empty_huge_parts(const std::vector<std::vector<int64_t>>& sizes,
+                                         const at::TensorOptions& options) {
+  std::vector<int64_t> offsets;
+  int64_t total = 0;
+  for (const auto& s : sizes) {
+    offsets.push_back(total);
+    total += (c10::multiply_integers(s) + 15) / 16 * 16;  // each part 64-byte aligned
+  }
+  auto block = std::make_shared<at::Tensor>(empty_huge({total}, options));
+  std::vector<at::Tensor> parts;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    void* p = static_cast<char*>(block->data_ptr()) + offsets[i] * block->element_size();
+    parts.push_back(at::from_blob(p, sizes[i], [block](void*) {}, options));
+  }
+  return parts;
+}
+
+HugeBlockStats huge_block_stats() { return cache().stats(); }
+
+void empty_huge_block_cache() { cache().empty(); }
+
+void set_huge_block_limit(int64_t bytes) {
+  TORCH_CHECK(bytes >= 0, "the cache limit must be >= 0 bytes, got ", bytes);
+  cache().set_limit(bytes);
+}
+
+}  // namespace fastar::cpu

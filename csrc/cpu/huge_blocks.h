@@ -1,0 +1,42 @@
+// Large CPU outputs on transparent huge pages, from a bounded cache of blocks the kernels' earlier outputs released.
+//
+// A fresh output of tens of MB costs the kernel a page fault per 4 KB (the pages madvise(MADV_HUGEPAGE) makes 2 MB
+// cut that 512-fold) and the kernel's zeroing of every page, which glibc repeats on each call: it maps blocks this
+// large afresh and unmaps them on free. FractalGen's attention at level 1 (1024 x 8 x 22 x 64: a 46 MB output,
+// 138 MB of gradients) spent about a fifth of its forward and backward there. The cache keeps the blocks of freed
+// outputs (whole 2 MB pages) up to a limit, oldest evicted first, and serves a request from the smallest block at
+// most a quarter larger, so that the next call of the same shape writes warm pages.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace fastar::cpu {
+
+// Outputs of at least this many bytes come from the cache; smaller ones from at::empty (glibc reuses those).
+constexpr int64_t kHugeBlockMinBytes = int64_t(4) << 20;
+
+// An uninitialized tensor of these sizes; from a cached or fresh huge-page block when it is large enough.
+at::Tensor empty_huge(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// Tensors of the given sizes on one block from empty_huge, each its own storage (no two alias), 64-byte aligned:
+// a backward's gradients as one allocation.
+std::vector<at::Tensor> empty_huge_parts(const std::vector<std::vector<int64_t>>& sizes,
+                                         const at::TensorOptions& options);
+
+struct HugeBlockStats {
+  int64_t cached_blocks, cached_bytes, limit_bytes, hits, misses;
+};
+
+// What the cache holds and has served.
+HugeBlockStats huge_block_stats();
+
+// Unmaps every cached block (the blocks of live tensors are untouched; they return to the cache when freed).
+void empty_huge_block_cache();
+
+// The cache's limit in bytes (at first use FASTAR_CPU_CACHE_MB, else 1 GB or an eighth of the memory, whichever is
+// less; 0 keeps nothing). Past it the oldest blocks are unmapped.
+void set_huge_block_limit(int64_t bytes);
+
+}  // namespace fastar::cpu

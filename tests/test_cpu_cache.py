@@ -1,0 +1,89 @@
+"""The CPU kernels' cache of large output blocks (csrc/cpu/huge_blocks.h, fastar.cpu_cache_info): a freed output of
+the tiny-sequence attention (>= 4 MB) is kept and serves the next call of its size, which must still write every
+element; gradients sharing one block return it only when all are freed; the limit evicts the oldest blocks."""
+import contextlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastar
+
+MB = 1 << 20
+
+
+def qkv(batch, seed=0, requires_grad=False):
+    """FractalGen level-1 heads: (batch, 8, 22, 64) float32, 5.5 MB each at batch 128."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 8, 22, 64, generator=g).requires_grad_(requires_grad) for _ in range(3)]
+
+
+@contextlib.contextmanager
+def cache_limit(mb):
+    """An empty cache of this limit, the default one restored after."""
+    limit = fastar.cpu_cache_info()["limit_bytes"]
+    fastar.empty_cpu_cache()
+    fastar.set_cpu_cache_limit(mb)
+    try:
+        yield
+    finally:
+        fastar.set_cpu_cache_limit(limit // MB)
+        fastar.empty_cpu_cache()
+
+
+def test_reused_block_fully_written():
+    q, k, v = qkv(128)
+    with cache_limit(64):
+        expected = fastar.ops.attention(q, k, v).clone()
+        out = fastar.ops.attention(q, k, v)
+        ptr, before = out.data_ptr(), fastar.cpu_cache_info()
+        out.fill_(float("nan"))  # stale contents a kernel that skips an element would return
+        del out
+        assert fastar.cpu_cache_info()["blocks"] == before["blocks"] + 1
+        again = fastar.ops.attention(q, k, v)
+        after = fastar.cpu_cache_info()
+        assert again.data_ptr() == ptr and after["hits"] == before["hits"] + 1
+        assert torch.equal(again, expected)
+
+
+def test_gradients_return_their_block_together():
+    q, k, v = qkv(128, requires_grad=True)
+    with cache_limit(256):
+        out = fastar.ops.attention(q, k, v)
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+        del out
+        blocks = fastar.cpu_cache_info()["blocks"]  # the output's block
+        del dq, dk
+        assert fastar.cpu_cache_info()["blocks"] == blocks  # dv still holds the gradients' block
+        del dv
+        info = fastar.cpu_cache_info()
+        assert info["blocks"] == blocks + 1 and info["bytes"] >= 3 * 128 * 8 * 22 * 64 * 4
+
+
+def test_limit_evicts_oldest_first():
+    small, large = qkv(128), qkv(180, seed=1)  # 5.5 MB -> a 6 MB block; 7.7 MB -> 8 MB
+    with cache_limit(10):
+        a, b = fastar.ops.attention(*small), fastar.ops.attention(*large)
+        del a  # cached: 6 MB
+        assert fastar.cpu_cache_info()["bytes"] == 6 * MB
+        del b  # 14 MB > 10: the older 6 MB block goes
+        info = fastar.cpu_cache_info()
+        assert (info["blocks"], info["bytes"]) == (1, 8 * MB)
+        misses = info["misses"]
+        fastar.ops.attention(*small)  # the 8 MB block is more than a quarter larger than 6 MB: a fresh one
+        assert fastar.cpu_cache_info()["misses"] == misses + 1
+    with cache_limit(0):
+        fastar.ops.attention(*small)
+        assert fastar.cpu_cache_info()["blocks"] == 0
+
+
+def test_limit_errors():
+    for bad in (-1, 1.5, True, "64"):
+        with pytest.raises(ValueError, match="mb must be an int >= 0"):
+            fastar.set_cpu_cache_limit(bad)
+    child = "import fastar, torch; fastar.ops.attention(*(torch.randn(128, 8, 22, 64) for _ in range(3)))"
+    run = subprocess.run([sys.executable, "-c", child], env={**os.environ, "FASTAR_CPU_CACHE_MB": "lots"},
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "FASTAR_CPU_CACHE_MB must be a whole number of MB >= 0, got 'lots'" in run.stderr
