@@ -63,6 +63,7 @@ def test_gradients_return_their_block_together():
 
 
 def test_limit_evicts_oldest_first():
+    """Past the limit the oldest blocks go; a block past it alone goes without evicting the others."""
     small, large = qkv(128), qkv(180, seed=1)  # 5.5 MB -> a 6 MB block; 7.7 MB -> 8 MB
     with cache_limit(10):
         a, b = fastar.ops.attention(*small), fastar.ops.attention(*large)
@@ -72,8 +73,12 @@ def test_limit_evicts_oldest_first():
         info = fastar.cpu_cache_info()
         assert (info["blocks"], info["bytes"]) == (1, 8 * MB)
         misses = info["misses"]
-        fastar.ops.attention(*small)  # the 8 MB block is more than a quarter larger than 6 MB: a fresh one
-        assert fastar.cpu_cache_info()["misses"] == misses + 1
+        fastar.ops.attention(*small)  # the 8 MB block is more than a quarter larger than 6 MB: a fresh one,
+        info = fastar.cpu_cache_info()  # whose return evicts the 8 MB one (6 + 8 > 10)
+        assert (info["misses"], info["blocks"], info["bytes"]) == (misses + 1, 1, 6 * MB)
+        fastar.ops.attention(*qkv(300, seed=2))  # 13.2 MB -> 14 MB, past the limit alone: unmapped, the 6 MB stays
+        info = fastar.cpu_cache_info()
+        assert (info["blocks"], info["bytes"]) == (1, 6 * MB)
     with cache_limit(0):
         fastar.ops.attention(*small)
         assert fastar.cpu_cache_info()["blocks"] == 0

@@ -77,20 +77,24 @@ class Cache {
   }
 
   void give(void* p, size_t n) {
-    std::vector<Entry> evicted;
+    std::vector<Entry> unmap;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      free_.push_back({p, n, ++clock_});
-      cached_ += int64_t(n);
-      while (cached_ > limit_) {  // the oldest first; the block just given last
-        auto oldest = std::min_element(free_.begin(), free_.end(),
-                                       [](const Entry& a, const Entry& b) { return a.stamp < b.stamp; });
-        evicted.push_back(*oldest);
-        cached_ -= int64_t(oldest->n);
-        free_.erase(oldest);
+      if (int64_t(n) > limit_) {
+        unmap.push_back({p, n, 0});  // past the limit alone: the cached blocks stay
+      } else {
+        free_.push_back({p, n, ++clock_});
+        cached_ += int64_t(n);
+        while (cached_ > limit_) {  // the oldest first
+          auto oldest = std::min_element(free_.begin(), free_.end(),
+                                         [](const Entry& a, const Entry& b) { return a.stamp < b.stamp; });
+          unmap.push_back(*oldest);
+          cached_ -= int64_t(oldest->n);
+          free_.erase(oldest);
+        }
       }
     }
-    for (const Entry& e : evicted) munmap(e.p, e.n);
+    for (const Entry& e : unmap) munmap(e.p, e.n);
   }
 
   void empty() {

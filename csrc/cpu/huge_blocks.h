@@ -36,7 +36,8 @@ HugeBlockStats huge_block_stats();
 void empty_huge_block_cache();
 
 // The cache's limit in bytes (at first use FASTAR_CPU_CACHE_MB, else 1 GB or an eighth of the memory, whichever is
-// less; 0 keeps nothing). Past it the oldest blocks are unmapped.
+// less; 0 keeps nothing). Past it the oldest blocks are unmapped; a block past it alone is unmapped when freed,
+// evicting nothing.
 void set_huge_block_limit(int64_t bytes);
 
 }  // namespace fastar::cpu
