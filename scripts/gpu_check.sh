@@ -6,7 +6,9 @@
 # 4 runs the cuda backend of the test suite; 5 `fastar selftest --bench` (every CUDA kernel against the float64
 # reference, then CUDA-event timings against SDPA / flex_attention / flash-attn / FAISS-GPU where installed).
 # Logs and summary.json go to OUTDIR. Needs a CUDA build of torch, nvcc (CUDA_HOME), cmake and ninja; a missing
-# Python package can only come as a local wheel. Env: PYTHON (default python3), MAX_JOBS (default: all cores).
+# Python package can only come as a local wheel. Env: PYTHON (default python3), MAX_JOBS (default: all cores),
+# FASTAR_TEST_JOBS (pytest-xdist workers for the tests, default 4), FASTAR_GPU_CHECK_DEADLINE (seconds: the tests and
+# the selftest shorten their limits to end by then, the selftest keeping 150 s; for a machine lent for a few minutes).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 [ $# -eq 1 ] || { echo "usage: scripts/gpu_check.sh OUTDIR" >&2; exit 2; }
@@ -16,6 +18,17 @@ start=$SECONDS
 declare -A STATUS SECS
 
 progress() { echo "gpu_check [$(( SECONDS - start )) s] $*"; }
+
+# limit DEFAULT_S RESERVE_S: DEFAULT_S, or less so as to end RESERVE_S before FASTAR_GPU_CHECK_DEADLINE (at least 30).
+limit() {
+  local deadline=${FASTAR_GPU_CHECK_DEADLINE:-0} s=$1
+  if [ "$deadline" -gt 0 ]; then
+    local left=$(( deadline - (SECONDS - start) - $2 ))
+    [ "$left" -lt "$s" ] && s=$left
+    [ "$s" -lt 30 ] && s=30
+  fi
+  echo "$s"
+}
 
 # step NAME TIMEOUT_S CMD...: runs CMD with its output in OUTDIR/NAME.log, records exit status and seconds.
 step() {
@@ -94,10 +107,11 @@ step build 360 env FASTAR_CUDA=on FASTAR_SIMT=0 TORCH_CUDA_ARCH_LIST="$ARCH" MAX
 [ "${STATUS[build]}" -eq 0 ] || { summary "failed: build (see build.log)"; exit 1; }
 
 # 4. The cuda backend of the test suite (test ids carry the backend), and the CUDA-only test file.
-step tests 300 "$PY" -m pytest tests -q -k "cuda" -p no:cacheprovider --junitxml="$OUT/tests.xml"
+step tests "$(limit 300 150)" "$PY" -m pytest tests -q -k "cuda" -p no:cacheprovider -n "${FASTAR_TEST_JOBS:-4}" \
+  --junitxml="$OUT/tests.xml"
 
 # 5. Every CUDA kernel against the reference, then timings against the peers.
-step selftest 240 "$PY" -m fastar selftest --bench
+step selftest "$(limit 240 5)" "$PY" -m fastar selftest --bench
 
 fail=""
 for name in tests selftest; do [ "${STATUS[$name]}" -eq 0 ] || fail+=" $name"; done
