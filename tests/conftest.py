@@ -33,6 +33,11 @@ import fastar  # noqa: E402  (after the sanitized module, when there is one)
 
 assert _SANITIZED_SIMT is None or fastar._backend._simt is _SANITIZED_SIMT, "fastar loaded another _simt"
 
+# float32 on CUDA means float32 here: cuDNN's convolutions default to TF32 (10-bit mantissa; the quantizer's and the
+# decoders' convolutions) and the tolerance rule's float32 reference has no such rounding.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 BACKENDS = ("cpu", "simt", "cuda")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

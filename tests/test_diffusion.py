@@ -39,20 +39,23 @@ def make_head(depth=DEPTH, width=WIDTH, seed=0):
     return weights
 
 
-def sample_all(z, weights, seed, **kw):
-    """(fastar on the active backend, reference float64, reference float32), same generator seed."""
+def sample_all(z, weights, seed, device="cpu", **kw):
+    """(fastar on the active backend, reference float64, reference float32) on the CPU, all run on `device` with a
+    generator of that device and the same seed (the references draw the kernel's noise there)."""
     def gen():
-        return torch.Generator().manual_seed(seed)
+        return torch.Generator(device).manual_seed(seed)
+    z, weights = z.to(device), {k: v.to(device) for k, v in weights.items()}
     w32 = {k: v.float() for k, v in weights.items()}
     out = fastar.ops.diffusion_sample(z.float(), w32, generator=gen(), **kw)
-    return (out, ref.diffusion_sample(z.double(), weights, generator=gen(), **kw),
-            ref.diffusion_sample(z.float(), w32, generator=gen(), **kw))
+    return tuple(t.cpu() for t in (out, ref.diffusion_sample(z.double(), weights, generator=gen(), **kw),
+                                   ref.diffusion_sample(z.float(), w32, generator=gen(), **kw)))
 
 
 @pytest.mark.parametrize("N,cfg", ROWS_CFG)
 def test_diffusion_sample(diffusion_backend, N, cfg):
     z = torch.randn(N, Z, generator=torch.Generator().manual_seed(N))
-    out, ref64, ref32 = sample_all(z, make_head(), seed=7, num_steps=20, cfg=cfg)
+    out, ref64, ref32 = sample_all(z, make_head(), seed=7, device=backend_device(diffusion_backend), num_steps=20,
+                                   cfg=cfg)
     assert out.shape == (N // 2 if cfg != 1.0 else N, C)
     assert fastar.last_backend("diffusion_sample") == diffusion_backend
     if N:
@@ -86,13 +89,15 @@ def test_diffusion_sample_rows_over_threads(monkeypatch, capfd, library):
 @pytest.mark.parametrize("temperature", [0.0, 0.95, 1.2])
 def test_diffusion_sample_temperature(diffusion_backend, temperature):
     z = torch.randn(6, Z, generator=torch.Generator().manual_seed(1))
-    out, ref64, ref32 = sample_all(z, make_head(depth=1), seed=3, num_steps=100, temperature=temperature, cfg=1.5)
+    out, ref64, ref32 = sample_all(z, make_head(depth=1), seed=3, device=backend_device(diffusion_backend),
+                                   num_steps=100, temperature=temperature, cfg=1.5)
     assert_close("diffusion_sample", out, ref64, ref32)
 
 
 def test_diffusion_sample_depth_zero(diffusion_backend):
     z = torch.randn(3, Z, generator=torch.Generator().manual_seed(2))
-    out, ref64, ref32 = sample_all(z, make_head(depth=0), seed=5, num_steps=10)
+    out, ref64, ref32 = sample_all(z, make_head(depth=0), seed=5, device=backend_device(diffusion_backend),
+                                   num_steps=10)
     assert_close("diffusion_sample", out, ref64, ref32)
 
 
@@ -155,7 +160,8 @@ def test_bad_inputs(case, match):
 
 def test_module_weights(diffusion_backend):
     """A module with SimpleMLPAdaLN's attribute names is taken as is (its state dict)."""
-    w = {k: v.float() for k, v in make_head(depth=1).items()}
+    device = backend_device(diffusion_backend)
+    w = {k: v.float().to(device) for k, v in make_head(depth=1).items()}
     module = torch.nn.Module()
     for k, v in w.items():
         *path, name = k.split(".")
@@ -165,9 +171,9 @@ def test_module_weights(diffusion_backend):
                 owner.add_module(p, torch.nn.Module())
             owner = getattr(owner, p)
         owner.register_parameter(name, torch.nn.Parameter(v))
-    z = torch.randn(2, Z)
-    a = fastar.ops.diffusion_sample(z, module, num_steps=4, generator=torch.Generator().manual_seed(0))
-    b = fastar.ops.diffusion_sample(z, w, num_steps=4, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(2, Z, device=device)
+    a = fastar.ops.diffusion_sample(z, module, num_steps=4, generator=torch.Generator(device).manual_seed(0))
+    b = fastar.ops.diffusion_sample(z, w, num_steps=4, generator=torch.Generator(device).manual_seed(0))
     assert torch.equal(a, b)
 
 

@@ -205,7 +205,9 @@ def test_training_forward_gradcheck(backend):
     def fn(codebook, w, b):
         return ops.msq_forward(f, codebook, w, b, patch_nums, beta=0.0)[2]
 
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
+    # CUDA sums the codebook gradient with atomics: two backwards differ in the last bits (float64 here)
+    nondet = 1e-10 if backend == "cuda" else 0.0
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, fast_mode=True, nondet_tol=nondet)
 
 
 def test_compiled_ops_opcheck(backend):

@@ -163,6 +163,14 @@ def test_empty(backend, shape):
     assert out.shape == shape[:-1] and out.dtype == torch.long
 
 
+def test_generator_made_without_device_index(backend):
+    """torch.Generator("cuda") is on the current device, cuda:0 here: accepted for logits on cuda:0."""
+    device = torch.device(backend_device(backend))
+    logits = torch.zeros(2, 5, device=device)  # on cuda:0 (an index), where the generator below has none
+    draws = [fastar.ops.sample_categorical(logits, generator=torch.Generator(device.type).manual_seed(3)) for _ in "ab"]
+    assert torch.equal(draws[0], draws[1])
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(logits=torch.zeros(3, 0)), "at least one token"),
     (dict(logits=torch.zeros(3, 4, dtype=torch.long)), "logits"),

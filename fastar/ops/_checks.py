@@ -23,6 +23,19 @@ def check_same_device(op, **tensors):
             raise ValueError(f"{op}: {name} is on {t.device} but {first} is on {device}")
 
 
+def check_generator(op, generator, device):
+    """None, or a torch.Generator on `device` (a CUDA generator made without an index, torch.Generator("cuda"), is
+    on the current device)."""
+    if generator is None:
+        return
+    if isinstance(generator, torch.Generator) and generator.device.type == device.type:
+        index = generator.device.index
+        if device.type != "cuda" or (index if index is not None else torch.cuda.current_device()) == device.index:
+            return
+    raise ValueError(f"{op}: generator must be a torch.Generator on {device}, got {generator!r}"
+                     + (f" on {generator.device}" if isinstance(generator, torch.Generator) else ""))
+
+
 def check_choice(op, name, value, choices):
     if value not in choices:
         raise ValueError(f"{op}: {name} must be one of {choices}, got {value!r}")

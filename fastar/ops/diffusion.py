@@ -5,7 +5,7 @@ import math
 import torch
 
 from fastar import _backend
-from fastar.ops._checks import check_tensor
+from fastar.ops._checks import check_generator, check_tensor
 from fastar.ops._registry import kernel, op
 from fastar.reference import diffusion as reference
 
@@ -76,8 +76,7 @@ def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, gen
         raise ValueError(f"{op}: cfg must be finite, got {cfg}")
     if cfg != 1.0 and z.shape[0] % 2:
         raise ValueError(f"{op}: cfg={cfg} needs z as [cond ; uncond] rows, an even count, got {z.shape[0]}")
-    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device != z.device):
-        raise ValueError(f"{op}: generator must be a torch.Generator on {z.device}, got {generator!r}")
+    check_generator(op, generator, z.device)
     if precision not in reference.PRECISIONS:
         raise ValueError(f"{op}: precision must be one of {reference.PRECISIONS}, got {precision!r}")
     bf16 = precision == "bf16"

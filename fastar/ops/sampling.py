@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from fastar.ops._checks import check_tensor
+from fastar.ops._checks import check_generator, check_tensor
 from fastar.ops._registry import kernel, op
 from fastar.reference import sampling as reference
 from fastar.torch import sampling as torch_impl
@@ -46,8 +46,7 @@ def sample_categorical(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=
         raise ValueError(f"{op}: top_p must be in [0, 1] (1: off), got {top_p!r}")
     if not isinstance(min_prob, (int, float)) or not 0 <= min_prob <= 1:
         raise ValueError(f"{op}: min_prob must be in [0, 1] (0: off), got {min_prob!r}")
-    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device != logits.device):
-        raise ValueError(f"{op}: generator must be a torch.Generator on {logits.device}, got {generator!r}")
+    check_generator(op, generator, logits.device)
     V = logits.shape[-1]
 
     def run(ops):
