@@ -65,10 +65,11 @@ def reference(q, k, v, mask, dout, dtype, **kw):
     return out, lse, torch.autograd.grad(out, (q, k, v), dout.to(dtype))
 
 
-def check(q, k, v, mask, backend, grads=True, **kw):
-    """fastar vs the float64 reference with the tolerance of tests/tolerance.py, in q's dtype."""
+def check(q, k, v, mask, backend, grads=True, device=None, **kw):
+    """fastar vs the float64 reference with the tolerance of tests/tolerance.py, in q's dtype. device: where the op
+    runs (default: the backend's)."""
     dout = randn(*q.shape, dtype=q.dtype, seed=99)
-    out, lse, g = run(q, k, v, mask, dout, backend_device(backend), **kw)
+    out, lse, g = run(q, k, v, mask, dout, device or backend_device(backend), **kw)
     assert fastar.last_backend("attention") == backend
     assert out.dtype == q.dtype and lse.dtype == torch.float32 and lse.shape == q.shape[:3]
     out64, lse64, g64 = reference(q, k, v, mask, dout, torch.float64, **kw)
@@ -106,7 +107,7 @@ def test_attention_wide_head(attn_backend):
     fastar._backend._warned.clear()  # the warning is once per process: this test must see it
     with pytest.warns(UserWarning, match=f"the {attn_backend} kernel takes head dims up to 128, got 640; running "
                                          f"the torch backend"):
-        check(q, k, v, None, "torch")
+        check(q, k, v, None, "torch", device=backend_device(attn_backend))
 
 
 @pytest.mark.parametrize("patch_nums", [VAR_PATCH_NUMS, VAR_PATCH_NUMS + (20, 24, 32)], ids=["L680", "L2240"])

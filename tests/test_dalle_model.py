@@ -189,8 +189,8 @@ def test_kv_cache_logits_match_teacher_forcing():
 
 
 def sample(model, text, **kw):
-    return model.generate(text, temperature=1.0, top_k=10, top_p=0.95, generator=torch.Generator().manual_seed(3),
-                          **kw)
+    return model.generate(text, temperature=1.0, top_k=10, top_p=0.95,
+                          generator=torch.Generator(text.device).manual_seed(3), **kw)
 
 
 def test_fastar_ops_sampling_equals_reference_ops(backend):

@@ -159,7 +159,7 @@ def test_sampling_on_fastar_ops_equals_reference_ops(kind, backend):
 
     def sample():
         return model.generate(labels, num_iter_list=[3, 2, 2], cfg=3.0, temperature=1.1, filter_threshold=1e-2,
-                              generator=torch.Generator().manual_seed(5))
+                              generator=torch.Generator(dev).manual_seed(5))
 
     out = sample()
     assert out.shape == (2, 3, 8, 8) and 0 <= out.min() and out.max() <= 1
@@ -171,7 +171,7 @@ def test_sampling_on_fastar_ops_equals_reference_ops(kind, backend):
     assert torch.equal(out, ref)
     assert torch.equal(out, sample())  # seeded
     assert not torch.equal(out, model.generate(labels, num_iter_list=[3, 2, 2], cfg=3.0,
-                                               generator=torch.Generator().manual_seed(6)))
+                                               generator=torch.Generator(dev).manual_seed(6)))
 
 
 @pytest.mark.parametrize("kind", list(TINY))

@@ -38,9 +38,10 @@ def reference(q, k, v, b, dout, dtype, **kw):
     return out, lse, torch.autograd.grad(out, (q, k, v), dout.to(dtype), allow_unused=True)
 
 
-def check(q, k, v, b, backend, **kw):
-    """fastar vs the float64 reference under tests/tolerance.py, in q's dtype; returns fastar's out."""
-    dev = backend_device(backend)
+def check(q, k, v, b, backend, device=None, **kw):
+    """fastar vs the float64 reference under tests/tolerance.py, in q's dtype; returns fastar's out. device: where
+    the op runs (default: the backend's)."""
+    dev = device or backend_device(backend)
     dout = randn(*q.shape, dtype=q.dtype, seed=99)
     qd, kd, vd = (t.to(dev).requires_grad_() for t in (q, k, v))
     out, lse = fastar.ops.multi_axis_attention(qd, kd, vd, b, return_lse=True, **kw)
@@ -83,7 +84,8 @@ def test_multi_axis_attention_strided_projection(ma_backend, dtype):
 def test_multi_axis_attention_halves_are_not_interchangeable(ma_backend):
     """The tests above would catch a kernel that swapped the regional and dilated halves: that result differs."""
     q, k, v = qkv(1, 8, 8, 4, 1, 32, torch.float64 if ma_backend == "cpu" else torch.float32, seed=7)
-    out = fastar.ops.multi_axis_attention(q, k, v, 4).cpu().double()
+    dev = backend_device(ma_backend)
+    out = fastar.ops.multi_axis_attention(q.to(dev), k.to(dev), v.to(dev), 4).cpu().double()
     swapped = ref.multi_axis_attention(q.roll(2, 3).double(), k.double(), v.double(), 4).roll(2, 3)
     right = ref.multi_axis_attention(q.double(), k.double(), v.double(), 4)
     assert (out - right).abs().max() < 1e-4
@@ -99,7 +101,7 @@ def test_multi_axis_attention_odd_head_dim(ma_backend):
         return
     fastar._backend._warned.clear()
     with pytest.warns(UserWarning, match="takes head dims .* got 24; running the torch backend"):
-        check(q, k, v, 2, "torch")
+        check(q, k, v, 2, "torch", device=backend_device(ma_backend))
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8, 4, 1, 20, 1), (2, 6, 9, 6, 1, 12, 3)], ids=str)

@@ -105,10 +105,12 @@ def tiny(depth=2, seed=0):
 
 
 def teacher_inputs(vae, B=3, seed=1):
+    """Labels, token maps and the teacher-forcing input of B random images, on the VQVAE's device."""
+    dev = next(vae.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    img = torch.rand(B, 3, 16, 16, generator=g) * 2 - 1
+    img = (torch.rand(B, 3, 16, 16, generator=g) * 2 - 1).to(dev)
     ms_idx_Bl = vae.img_to_idxBl(img)
-    return torch.arange(B) % 10, ms_idx_Bl, vae.quantize.idxBl_to_var_input(ms_idx_Bl)
+    return torch.arange(B, device=dev) % 10, ms_idx_Bl, vae.quantize.idxBl_to_var_input(ms_idx_Bl)
 
 
 def sampled_tokens(vae, var, **kw):
@@ -164,9 +166,8 @@ def test_fastar_ops_match_reference_ops(backend):
     """Same weights, every backend's kernels (simt: the CUDA kernels under the emulator): logits within the
     tolerance rule, the same sampled tokens for a fixed seed, and the VQVAE's decoded images."""
     dev = backend_device(backend)
-    vae, var = tiny()
+    vae, var = (m.to(dev) for m in tiny())
     label_B, _, x_BLCv = teacher_inputs(vae)
-    vae, var, label_B, x_BLCv = (a.to(dev) for a in (vae, var, label_B, x_BLCv))
     logits = var(label_B, x_BLCv)
     assert fastar.last_backend("attention") == backend
     with fastar.use_backend("reference"):
@@ -187,9 +188,9 @@ def test_training_step_matches_reference_ops(backend):
     """One teacher-forced training step through the backend's attention forward and backward kernels: every
     parameter gradient against the float64 reference ops within the tolerance rule (var_grads)."""
     dev = backend_device(backend)
-    vae, var = tiny()
+    vae, var = (m.to(dev) for m in tiny())
     label_B, ms_idx_Bl, x_BLCv = teacher_inputs(vae)
-    var.train().to(dev)
+    var.train()
     grads = {}
     for name, dtype in ((backend, torch.float32), ("reference", torch.float32), ("reference", torch.float64)):
         with fastar.use_backend(name):

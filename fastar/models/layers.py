@@ -7,6 +7,12 @@ import fastar.ops
 from fastar import _backend
 
 
+def rng_device(generator):
+    """Where a model draws its random numbers from `generator`: the generator's device (the CPU without one), so
+    that one generator on the model's device serves every draw of a call (CUDA ops take no CPU generator)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def onednn_declines(x, weight, bias=None):
     """Why `linear` runs F.linear rather than oneDNN for these arguments, or None when oneDNN runs."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:

@@ -23,17 +23,20 @@ def check_same_device(op, **tensors):
             raise ValueError(f"{op}: {name} is on {t.device} but {first} is on {device}")
 
 
+def generator_on(generator, device):
+    """Whether generator is a torch.Generator on `device` (one made without an index, torch.Generator("cuda"), is on
+    the current device)."""
+    if not isinstance(generator, torch.Generator) or generator.device.type != device.type:
+        return False
+    index = generator.device.index
+    return device.type != "cuda" or (index if index is not None else torch.cuda.current_device()) == device.index
+
+
 def check_generator(op, generator, device):
-    """None, or a torch.Generator on `device` (a CUDA generator made without an index, torch.Generator("cuda"), is
-    on the current device)."""
-    if generator is None:
-        return
-    if isinstance(generator, torch.Generator) and generator.device.type == device.type:
-        index = generator.device.index
-        if device.type != "cuda" or (index if index is not None else torch.cuda.current_device()) == device.index:
-            return
-    raise ValueError(f"{op}: generator must be a torch.Generator on {device}, got {generator!r}"
-                     + (f" on {generator.device}" if isinstance(generator, torch.Generator) else ""))
+    """None, or a torch.Generator on `device` (generator_on)."""
+    if generator is not None and not generator_on(generator, device):
+        raise ValueError(f"{op}: generator must be a torch.Generator on {device}, got {generator!r}"
+                         + (f" on {generator.device}" if isinstance(generator, torch.Generator) else ""))
 
 
 def check_choice(op, name, value, choices):

@@ -14,6 +14,7 @@ from fastar import _backend
 from fastar.models.var import basic_vae
 from fastar.models.layers import linear
 from fastar.models.var.basic_var import KVCache, unit
+from fastar.ops._checks import generator_on
 from fastar.patch._table import Row
 
 _masks = {}  # (data_ptr, shape, version) of an attn_bias -> its fastar mask (VAR builds the bias once)
@@ -170,7 +171,7 @@ def _sample_declines(logits_BlV, top_k=0, top_p=0.0, rng=None, num_samples=1):
         return f"top_k={top_k!r}, not an int <= V (the official topk fails on it)"
     if not isinstance(top_p, (int, float)):
         return f"top_p={top_p!r}, not a number"
-    if rng is not None and (not isinstance(rng, torch.Generator) or rng.device != logits_BlV.device):
+    if rng is not None and not generator_on(rng, logits_BlV.device):
         return f"rng {rng!r} is not a torch.Generator on the logits' device {logits_BlV.device}"
     f = _caller()  # the official sampler filters logits_BlV in place: only VAR's default path never reads them
     if f is None or f.f_code.co_name != "autoregressive_infer_cfg" or f.f_locals.get("more_smooth", True):

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from fastar.models.fractalgen.blocks import LN_EPS, Block, apply_block, init_weights, patchify, unpatchify
 from fastar.models.fractalgen.pixelloss import PixelLoss
-from fastar.models.layers import Linear
+from fastar.models.layers import Linear, rng_device
 
 
 def truncnorm_mask_ratios(n, device):
@@ -101,7 +101,7 @@ class MAR(nn.Module):
             cond_list = [*cond_list, torch.cat([gp, gp]) if guided else gp]
         mask = torch.ones(bsz, S, device=dev)
         patches = cond_list[0].new_zeros(bsz, S, 3 * self.patch_size ** 2)
-        orders = torch.rand(bsz, S, generator=generator).to(dev).argsort(dim=1)
+        orders = torch.rand(bsz, S, generator=generator, device=rng_device(generator)).to(dev).argsort(dim=1)
         num_iter = min(S, num_iter)
         for step in progress(range(num_iter)) if progress else range(num_iter):
             twice = (lambda t: torch.cat([t, t])) if guided else (lambda t: t)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from fastar.models.fractalgen.blocks import LN_EPS, Block, apply_block
-from fastar.models.layers import Linear
+from fastar.models.layers import Linear, rng_device
 from fastar.models.mar.diffloss import DiffLoss
 
 
@@ -114,10 +114,12 @@ class MAR(nn.Module):
         B, L, device = latents_BChw.shape[0], self.seq_len, latents_BChw.device
         x_BLT = latents_BChw.flatten(2).transpose(1, 2)  # patchify, patch_size 1
         class_embedding = self.class_emb(labels_B)
-        drop = (torch.rand(B, generator=generator) < self.cfg.label_drop_prob).to(device, x_BLT.dtype)[:, None]
+        drop = (torch.rand(B, generator=generator, device=rng_device(generator)) < self.cfg.label_drop_prob
+                ).to(device, x_BLT.dtype)[:, None]
         class_embedding = drop * self.fake_latent + (1 - drop) * class_embedding
         num_masked = math.ceil(L * self.mask_ratio(generator))
-        orders = torch.stack([torch.randperm(L, generator=generator) for _ in range(B)]).to(device)
+        orders = torch.stack([torch.randperm(L, generator=generator, device=rng_device(generator))
+                              for _ in range(B)]).to(device)
         mask = torch.zeros(B, L, device=device).scatter_(1, orders[:, :num_masked], 1.0)
         z = self.forward_mae_decoder(self.forward_mae_encoder(x_BLT, mask, class_embedding), mask)
         k = self.cfg.diffusion_batch_mul
@@ -128,7 +130,7 @@ class MAR(nn.Module):
         """One draw of the truncated normal (loc 1, scale 0.25, on [mask_ratio_min, 1]) by inverting its CDF."""
         a = (self.cfg.mask_ratio_min - 1.0) / 0.25
         lo = 0.5 * math.erfc(-a / math.sqrt(2))  # Phi(a); Phi(0) = 0.5
-        u = lo + (0.5 - lo) * torch.rand((), generator=generator, dtype=torch.float64)
+        u = lo + (0.5 - lo) * torch.rand((), generator=generator, dtype=torch.float64, device=rng_device(generator))
         return float(1.0 + 0.25 * torch.special.ndtri(u))
 
     @torch.no_grad()
@@ -142,7 +144,8 @@ class MAR(nn.Module):
         device, L = self.fake_latent.device, self.seq_len
         mask = torch.ones(bsz, L, device=device)
         tokens = torch.zeros(bsz, L, self.token_embed_dim, device=device, dtype=self.fake_latent.dtype)
-        orders = torch.stack([torch.randperm(L, generator=generator).to(device) for _ in range(bsz)])
+        orders = torch.stack([torch.randperm(L, generator=generator, device=rng_device(generator)).to(device)
+                              for _ in range(bsz)])
         steps = range(num_iter)
         if progress:
             from tqdm import tqdm
