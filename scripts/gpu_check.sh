@@ -106,6 +106,10 @@ step build 360 env FASTAR_CUDA=on FASTAR_SIMT=0 TORCH_CUDA_ARCH_LIST="$ARCH" MAX
   "$PY" -m pip install --no-build-isolation --no-deps --no-index -e "$ROOT"
 [ "${STATUS[build]}" -eq 0 ] || { summary "failed: build (see build.log)"; exit 1; }
 
+# 3b. The build itself: one shared C++ runtime, and C++ errors reaching Python (the first GPU machine's build held a
+# static libstdc++ and crashed on every error message).
+step build_checks 120 "$PY" -m pytest tests/test_build.py -q -p no:cacheprovider
+
 # 4. The cuda backend of the test suite (test ids carry the backend), and the CUDA-only test file.
 step tests "$(limit 300 150)" "$PY" -m pytest tests -q -k "cuda" -p no:cacheprovider -n "${FASTAR_TEST_JOBS:-4}" \
   --junitxml="$OUT/tests.xml"
@@ -114,6 +118,6 @@ step tests "$(limit 300 150)" "$PY" -m pytest tests -q -k "cuda" -p no:cacheprov
 step selftest "$(limit 240 5)" "$PY" -m fastar selftest --bench
 
 fail=""
-for name in tests selftest; do [ "${STATUS[$name]}" -eq 0 ] || fail+=" $name"; done
+for name in build_checks tests selftest; do [ "${STATUS[$name]}" -eq 0 ] || fail+=" $name"; done
 summary "${fail:+failed:$fail}${fail:-passed}"
 [ -z "$fail" ]
