@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The first run on a GPU machine, one command, about 10 minutes on one H100 / H200 with 16 cores, no network:
+# The first run on a GPU machine, one command, about 5 minutes on an H200 with 16 cores, no network:
 #   scripts/gpu_check.sh OUTDIR
 # 1 records the machine and tools; 2 finds the GPU (and stops, saying so, where there is none); 3 builds fastar for
 # that GPU's arch only (FASTAR_CUDA=on, editable install into PYTHON's environment, no dependency downloaded);
