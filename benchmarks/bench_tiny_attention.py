@@ -45,6 +45,7 @@ def official_attention(query, key, value, is_causal):
 
 def setup(case, requires_grad):
     B, H, L, D, causal = CASES[case]
+    fastar.empty_cpu_cache()  # only this case's blocks: the fresh-pages column then unmaps none of another case's
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, L, D, generator=g).requires_grad_(requires_grad) for _ in range(3))
     mask = AttentionMask.causal() if causal else None
