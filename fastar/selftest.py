@@ -421,17 +421,18 @@ def compiled_kernels(backend):
 def run_checks(quick, ops=None, out=None):
     """Runs the checks, prints the table (to out, default stdout); returns the number of failed rows (an exception
     counts as one). Without ops, a last row per backend fails when a compiled kernel ran in no check."""
-    out, failures = out or sys.stdout, 0
+    out = out or sys.stdout
     # float32 means float32: no TF32 in cuDNN's convolutions (its default) or cuBLAS (restored after the checks)
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        return _run_checks(quick, ops, out, failures)
+        return _run_checks(quick, ops, out)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def _run_checks(quick, ops, out, failures):
+def _run_checks(quick, ops, out):
+    failures = 0
     print(f"{'op':<28} {'backend':<7} {'dtype':<9} {'shape':<26} {'max error':>10} {'tolerance':>10}  result", file=out)
     for backend, device in backends_to_check():
         seen = set()
