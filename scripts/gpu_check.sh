@@ -110,8 +110,9 @@ step build 360 env FASTAR_CUDA=on FASTAR_SIMT=0 TORCH_CUDA_ARCH_LIST="$ARCH" MAX
 # static libstdc++ and crashed on every error message).
 step build_checks 120 "$PY" -m pytest tests/test_build.py -q -p no:cacheprovider
 
-# 4. The cuda backend of the test suite (test ids carry the backend), and the CUDA-only test file.
-step tests "$(limit 300 150)" "$PY" -m pytest tests -q -k "cuda" -p no:cacheprovider -n "${FASTAR_TEST_JOBS:-4}" \
+# 4. The cuda backend of the test suite (test ids carry the backend), and the CUDA-only test file. Idle OpenMP
+# threads sleep, as in scripts/test.sh: the workers share the cores.
+step tests "$(limit 300 150)" env OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}" "$PY" -m pytest tests -q -k "cuda" -p no:cacheprovider -n "${FASTAR_TEST_JOBS:-4}" \
   --junitxml="$OUT/tests.xml"
 
 # 5. Every CUDA kernel against the reference, then timings against the peers.

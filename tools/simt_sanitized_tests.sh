@@ -25,6 +25,7 @@ echo "simt_sanitized_tests: built $SO in $((SECONDS - start)) s"
 # drops LD_PRELOAD in the pytest-xdist workers (the tools tests run nvcc and g++, which must not get it). The tests
 # run in JOBS workers (default 2): they are single-threaded, so two workers halve the stage on two cores.
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # the workers share the cores: see scripts/test.sh
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 FASTAR_REQUIRE_SIMT=1 FASTAR_SANITIZED_SIMT=$SO
 cd "$ROOT"
 "$PY" -m pytest -n "${JOBS:-2}" -q -m sanitize -k simt --durations=10 -p no:cacheprovider tests "$@"
