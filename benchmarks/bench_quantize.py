@@ -1,6 +1,10 @@
 """vq_nearest at VAR's tokenizer shape and LlamaGen's, and VAR's multi-scale quantizer functions. Baseline: the
 torch backend, VAR's own loop (addmm + argmin, area / bicubic interpolation, the Phi convs); peers for the search:
-faiss IndexFlatL2 and cdist + argmin."""
+faiss IndexFlatL2 and cdist + argmin. At LlamaGen's D = 8 the CPU kernel searches through its k-d tree (the
+leaves whose bounding box can hold a nearer code); the extra column "fastar, full sweep" forces the sweep of every
+code (FASTAR_VQ_NEAREST_CPU_TREE=0), the same answers bit for bit."""
+import os
+
 import pytest
 import torch
 
@@ -16,6 +20,18 @@ except ImportError:  # optional benchmark dependency
 
 BASELINE = "VAR's loop (torch backend)"
 SHAPES = {"VAR N=65536 K=4096 D=32": (65536, 4096, 32), "LlamaGen N=16384 K=16384 D=8": (16384, 16384, 8)}
+
+
+SWEEP = "fastar, full sweep (no k-d tree)"
+
+
+def full_sweep(x, codebook, env="FASTAR_VQ_NEAREST_CPU_TREE"):
+    before = os.environ.get(env)
+    os.environ[env] = "0"
+    try:
+        return fastar.ops.vq_nearest(x, codebook)
+    finally:
+        os.environ.pop(env) if before is None else os.environ.__setitem__(env, before)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=list(SHAPES))
@@ -37,6 +53,8 @@ def test_vq_nearest(benchmark, shape, peak_gflops):
     }
     if faiss is not None:
         contenders["faiss IndexFlatL2"] = run_faiss
+    if D <= 8:
+        contenders[SWEEP] = lambda: full_sweep(x, codebook)
 
     ours = fastar.ops.vq_nearest(x, codebook)
     agree = {name: (fn() == ours).float().mean().item() for name, fn in contenders.items()}

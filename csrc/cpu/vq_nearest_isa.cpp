@@ -39,18 +39,20 @@ inline vi splat_i(int32_t v) { return vi{} + v; }
 inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }  // p is 64-byte aligned
 inline vf vmin(vf a, vf m) { return a < m ? a : m; }                         // a NaN keeps m
 
-void vq_pack(const float* codes, int64_t K, int64_t D, float* out_codes, float* out_norms) {
-  const int64_t blocks = (K + LANES - 1) / LANES;
+void vq_pack(const float* codes, int64_t K, int64_t D, const int32_t* order, int64_t positions, float* out_codes,
+             float* out_norms) {
+  const int64_t blocks = (positions + LANES - 1) / LANES;
   for (int64_t b = 0; b < blocks; ++b) {
     for (int l = 0; l < LANES; ++l) {
-      const int64_t k = b * LANES + l;
+      const int64_t p = b * LANES + l;
+      const int64_t k = p >= positions ? -1 : order ? order[p] : p < K ? p : -1;
       float norm = __builtin_inff();
-      if (k < K) {
+      if (k >= 0) {
         norm = 0.f;
         for (int64_t d = 0; d < D; ++d) norm += codes[k * D + d] * codes[k * D + d];
       }
-      out_norms[k] = norm;
-      for (int64_t d = 0; d < D; ++d) out_codes[(b * D + d) * LANES + l] = k < K ? -2.f * codes[k * D + d] : 0.f;
+      out_norms[p] = norm;
+      for (int64_t d = 0; d < D; ++d) out_codes[(b * D + d) * LANES + l] = k >= 0 ? -2.f * codes[k * D + d] : 0.f;
     }
   }
 }
@@ -189,8 +191,110 @@ void vq_search(const VqPacked& cb, const VqRows& rows, int64_t begin, int64_t en
   }
 }
 
+// ---- The k-d tree search (VqTree in vq_nearest_isa.h) ----
+
+constexpr int TREE_NB = 8;  // code blocks per step in a leaf: independent FMA chains
+
+// The scores of code blocks [b, b + NB) into out (tile's operations: each code's score is the full sweep's, bit
+// for bit).
+template <int NB, int DC>
+inline void block_scores(const float* x, int64_t D_run, const float* codes, const float* norms, int64_t b, vf* out) {
+  const int64_t D = DC ? DC : D_run;
+  vf acc[NB];
+  for (int n = 0; n < NB; ++n) acc[n] = load(norms + (b + n) * LANES);
+  const float* p = codes + b * D * LANES;
+#pragma GCC unroll 16
+  for (int64_t d = 0; d < D; ++d) {
+    const float xs = x[d];
+    for (int n = 0; n < NB; ++n) acc[n] += xs * load(p + (n * D + d) * LANES);
+  }
+  for (int n = 0; n < NB; ++n) out[n] = acc[n];
+}
+
+// One row. A skipped leaf's every code provably scores above the best so far: with u = 2^-24, a score, ||x||^2 and
+// the box bound each err by at most (D + 3) u relative to (||x|| + ||e||)^2, ||x||^2 or the bound, and the test
+// widens all three by (D + 4) 2^-20, 16x that. A row whose ||x||^2 or codebook radius is not finite visits every
+// leaf (its bound test is never true): NaN scores never win, and no finite score gives index 0, as the sweep.
+template <int DC>
+void tree_row(const VqPacked& cb, const VqTree& t, const float* x, float* lbs, int32_t* near, vf* scores,
+              int64_t* idx, float* dist) {
+  const int64_t D = DC ? DC : cb.D, nb = t.leaf_blocks;
+  float xn = 0.f;
+  for (int64_t d = 0; d < D; ++d) xn += x[d] * x[d];
+  for (int64_t j = 0; j < t.leaves; j += LANES) {  // squared distance from x to each leaf's box
+    vf acc = splat(0.f);
+    for (int64_t d = 0; d < D; ++d) {
+      const vf xd = splat(x[d]);
+      const vf a = load(t.lo + d * t.box_stride + j) - xd, b = xd - load(t.hi + d * t.box_stride + j);
+      vf g = a > b ? a : b;
+      g = g > splat(0.f) ? g : splat(0.f);
+      acc += g * g;
+    }
+    *reinterpret_cast<vf*>(lbs + j) = acc;
+  }
+  float best = __builtin_inff();
+  int64_t arg = 0;
+  const auto visit = [&](int64_t j) {
+    const int64_t b0 = j * nb;
+    int64_t n = 0;
+    for (; n + TREE_NB <= nb; n += TREE_NB) block_scores<TREE_NB, DC>(x, D, cb.codes, cb.norms, b0 + n, scores + n);
+    for (; n < nb; ++n) block_scores<1, DC>(x, D, cb.codes, cb.norms, b0 + n, scores + n);
+    vf m = splat(__builtin_inff());
+    for (n = 0; n < nb; ++n) m = vmin(scores[n], m);
+    float v = __builtin_inff();
+    for (int l = 0; l < LANES; ++l) v = m[l] < v ? m[l] : v;
+    if (!(v <= best) || !(v < __builtin_inff())) return;
+    if (v < best) best = v, arg = INT64_MAX;
+    for (n = 0; n < nb; ++n) {  // the lowest code index reaching v (padding scores +inf or NaN)
+      const vi hit = scores[n] == v;
+      for (int l = 0; l < LANES; ++l) {
+        const int64_t k = t.order[(b0 + n) * LANES + l];
+        if (hit[l] && k < arg) arg = k;
+      }
+    }
+  };
+  int64_t home = 0;
+  for (int64_t j = 1; j < t.leaves; ++j) home = lbs[j] < lbs[home] ? j : home;
+  visit(home);
+  const float widen = float(D + 4) * (1.f / (1 << 20)), r = __builtin_sqrtf(xn) + t.radius;
+  const float shrink = 1.f - widen, slack = widen * r * r;
+  const auto beyond = [&](int64_t j) { return lbs[j] * shrink > best + xn + slack; };
+  // The other leaves the bound lets in, in two passes: first those within a quarter of the home leaf's best squared
+  // distance, which lower the best the most, then the rest against the lowered bound.
+  int64_t count = 0;
+  for (int64_t j = 0; j < t.leaves; ++j)
+    if (j != home && !beyond(j)) near[count++] = int32_t(j);
+  const float close = 0.25f * (best + xn);
+  for (int64_t i = 0; i < count; ++i)
+    if (lbs[near[i]] <= close) visit(near[i]), near[i] = -1;
+  for (int64_t i = 0; i < count; ++i)
+    if (near[i] >= 0 && !beyond(near[i])) visit(near[i]);
+  *idx = arg;
+  *dist = xn + best;
+}
+
+template <int DC>
+void search_tree(const VqPacked& cb, const VqTree& t, const VqRows& rows, int64_t begin, int64_t end) {
+  const int64_t D = DC ? DC : cb.D;
+  alignas(64) float lbs[kVqTreeMaxLeaves];
+  int32_t near[kVqTreeMaxLeaves];
+  vf* scores = new vf[t.leaf_blocks];
+  for (int64_t i = begin; i < end; ++i)
+    tree_row<DC>(cb, t, rows.x + i * D, lbs, near, scores, rows.idx + i, rows.dist + i);
+  delete[] scores;
+}
+
+void vq_search_tree(const VqPacked& cb, const VqTree& t, const VqRows& rows, int64_t begin, int64_t end) {
+  switch (cb.D) {
+    case 8: return search_tree<8>(cb, t, rows, begin, end);  // the sweep's widths: the same instantiated scores
+    case 16: return search_tree<16>(cb, t, rows, begin, end);
+    case 32: return search_tree<32>(cb, t, rows, begin, end);
+    default: return search_tree<0>(cb, t, rows, begin, end);
+  }
+}
+
 }  // namespace
 
-extern const VqNearestIsa kVqNearest = {LANES, vq_pack, vq_search};
+extern const VqNearestIsa kVqNearest = {LANES, vq_pack, vq_search, vq_search_tree};
 
 }  // namespace fastar::cpu::FASTAR_ISA
