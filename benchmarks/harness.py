@@ -5,6 +5,10 @@ contenders, and the parts of fastar's work timed alone (e.g. its Phi convolution
 untimed setup slot before each of its rounds, in a rotating order, so that the machine's noise falls on all of
 them alike. Their min and median, the ratios min(contender) / min(fastar) and each part's share of fastar's
 time go into extra_info, which benchmarks/report.py renders. Timings are never asserted.
+
+An op faster than ROUND_S is timed as a loop of n calls per round, the same n for every contender, and each time is
+per call (extra_info "calls_per_round"): a single call of tens of microseconds measures the cold start of its code
+path and of the thread pool more than the op (VAR's first decode scales).
 """
 import statistics
 import time
@@ -28,17 +32,41 @@ def _seconds(fn):
     return time.perf_counter() - t0
 
 
+ROUND_S = 2e-3  # rounds of ops faster than this loop over calls
+MAX_CALLS = 1000
+
+
+def calls_per_round(fn):
+    """How many calls of fn make a round of about ROUND_S (1 for ops that take that long)."""
+    t = min(_seconds(fn) for _ in range(3))
+    return max(1, min(MAX_CALLS, int(ROUND_S / max(t, 1e-9))))
+
+
+def looped(fn, n):
+    if n == 1:
+        return fn
+
+    def run():
+        for _ in range(n):
+            fn()
+    return run
+
+
 def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7, warmup=1, op=None, **info):
     """Times fastar_fn against contenders ({name: fn}; `baseline` names the one users run today, the headline
     ratio) and the parts ({name: fn}, pieces of fastar's own work); returns extra_info."""
     if baseline not in contenders:
         raise ValueError(f"compare: baseline {baseline!r} is not among the contenders {list(contenders)}")
-    timed = {**contenders, **(parts or {})}
-    names = list(timed)
+    warm_s = None
     for _ in range(warmup):
-        fastar_fn()
-        for fn in timed.values():
+        warm_s = _seconds(fastar_fn)
+        for fn in {**contenders, **(parts or {})}.values():
             fn()
+    # Without a warm-up there is no cheap first guess: long model runs pass warmup=0 and keep one call per round.
+    n = 1 if warm_s is None or warm_s >= ROUND_S else calls_per_round(fastar_fn)
+    fastar_fn = looped(fastar_fn, n)
+    timed = {name: looped(fn, n) for name, fn in {**contenders, **(parts or {})}.items()}
+    names = list(timed)
     times = {name: [] for name in names}
     turn = iter(range(10**9))
 
@@ -54,9 +82,10 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
     extra["backend"] = fastar.last_backend(op) if op else None
     extra["op"] = op
     extra["rounds"] = rounds
-    extra["fastar"] = {"min_ms": mine.min * 1e3, "median_ms": mine.median * 1e3}
+    extra["calls_per_round"] = n
+    extra["fastar"] = {"min_ms": mine.min * 1e3 / n, "median_ms": mine.median * 1e3 / n}
     for name, ts in times.items():
-        extra[name] = {"min_ms": min(ts) * 1e3, "median_ms": statistics.median(ts) * 1e3,
+        extra[name] = {"min_ms": min(ts) * 1e3 / n, "median_ms": statistics.median(ts) * 1e3 / n,
                        "ratio": min(ts) / mine.min}
     extra["baseline"] = baseline
     extra["contenders"] = list(contenders)

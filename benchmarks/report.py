@@ -13,7 +13,8 @@ HISTORY = Path(__file__).parent / "results" / "history" / "runs.jsonl"
 
 
 def _fmt_ms(s):
-    return f"{s['min_ms']:.1f} / {s['median_ms']:.1f}"
+    """Three significant figures, so that a 40-microsecond op does not print as 0.0."""
+    return f"{s['min_ms']:.3g} / {s['median_ms']:.3g}"
 
 
 def peak_basis(m):
@@ -72,6 +73,9 @@ def render(data):
                   f" ({e['baseline']} / fastar = **{e[e['baseline']]['ratio']:.2f}x**)", ""]
         if e.get("rounds") == 1:
             lines += ["Single run: one round per contender (too long to repeat here); expect 10-20% noise.", ""]
+        if e.get("calls_per_round", 1) > 1:
+            lines += [f"Each round is a loop of {e['calls_per_round']} calls (the op is under "
+                      "2 ms); times are per call.", ""]
         if "fma_floor_ms" in e:
             lines += [share_of_peak(e), ""]
         lines += ["| contender | min / median ms | ratio | agreement |", "|---|---|---|---|",

@@ -402,6 +402,12 @@ void query_spans(const MaskParams& m, int b, int qr, int Lq, int Lk, std::vector
   }
 }
 
+// The grain of a parallel_for over `items` items of about `work` multiply-adds each: all inline when the whole job is
+// under kInlineWork (~10 us on one core), less than waking the pool's threads costs when they sleep between calls
+// (VAR's first scales: 1 or 4 queries per head; a benchmark's single calls).
+constexpr int64_t kInlineWork = int64_t(1) << 17;
+int64_t grain(int64_t items, int64_t work) { return items * work < kInlineWork ? items : 1; }
+
 template <class T>
 const AttentionDecodeKernels<T>& decode_micro() {
   if constexpr (std::is_same_v<T, float>) return isa().attention_decode->f32;
@@ -415,7 +421,8 @@ void decode_spans(Heads<T> q, Heads<T> k, Heads<T> v, const MaskParams& mask, co
                   T* lse) {
   const int64_t group = d.H / d.Hk;
   const auto& kern = decode_micro<T>();
-  at::parallel_for(0, d.B * d.H * d.Lq, 1, [&](int64_t begin, int64_t end) {
+  const int64_t items = d.B * d.H * d.Lq;
+  at::parallel_for(0, items, grain(items, 2 * d.Lk * d.D), [&](int64_t begin, int64_t end) {
     std::vector<Span> spans;
     std::vector<T> scores(d.Lk + kern.block);
     for (int64_t item = begin; item < end; ++item) {
@@ -449,7 +456,7 @@ std::tuple<at::Tensor, at::Tensor> decode_fused(const at::Tensor& q, const at::T
     const Heads<T> h = heads<T>(t);
     return TinyHeads<T>{h.data, h.sb, h.sh, h.sl};
   };
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, items, grain(items, 2 * kern.block * d.Lk * d.D), [&](int64_t begin, int64_t end) {
     kern.forward(view(q), view(k), view(v), dd, mask, T(scale), begin, end, out.data_ptr<T>(), lse.data_ptr<T>());
   });
   return {out, lse};
