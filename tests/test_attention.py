@@ -191,9 +191,11 @@ def test_attention_decode(attn_backend, dtype, shape):
 # over its span of keys when they are too few to fill a block (Lq <= 6 on AVX2, 8 on AVX-512), else it splits the keys
 # (one head, one block: any Lq <= 3). (path, Lq, cache_len): one query, a few, then fused: three vectors less a few
 # (a block of three vectors on SSE2 / AVX2), two with a tail, blocks of several vectors and a one-vector tail; caches
-# past the fused kernel's 128-key softmax step; D = 40 leaves tails of its register tiles.
+# past the fused kernel's 128-key softmax step; D = 40 leaves tails of its register tiles. Last rows too few for a
+# block of their own go span by span after the blocks: VAR's 25 queries (one past AVX2's 24-row block), 50 (two past
+# two blocks), 40 (eight past AVX-512's 32).
 PREFIX_DECODE = [("spans", 1, 300), ("spans", 5, 37), ("fused", 21, 300), ("fused", 40, 300), ("fused", 50, 300),
-                 ("split-keys", 1, 300), ("split-keys", 3, 37)]
+                 ("fused", 25, 55), ("split-keys", 1, 300), ("split-keys", 3, 37)]
 
 
 @pytest.mark.parametrize("path, Lq, cache_len", PREFIX_DECODE, ids=lambda x: str(x))

@@ -414,22 +414,27 @@ const AttentionDecodeKernels<T>& decode_micro() {
   else return isa().attention_decode->f64;
 }
 
-// out (B, H, Lq, D), lse (B, H, Lq) of every (b, h, query row) from the keys of its spans, read in place: the
-// decode micro-kernel's one-query path (scores, softmax and P V in one pass over the spans).
+// Queries too few for the fused kernel's blocks, whose lanes would be mostly empty (a block reads each key's D
+// values once per lane, one query at a time once per query): they go span by span (VAR's first scales, one token).
+bool few_queries(int64_t Lq, int block) { return Lq * 4 <= block; }
+
+// out (B, H, Lq, D), lse (B, H, Lq) of every (b, h, query row >= row0) from the keys of its spans, read in place:
+// the decode micro-kernel's one-query path (scores, softmax and P V in one pass over the spans).
 template <class T>
 void decode_spans(Heads<T> q, Heads<T> k, Heads<T> v, const MaskParams& mask, const Dims& d, T scale, T* out,
-                  T* lse) {
-  const int64_t group = d.H / d.Hk;
+                  T* lse, int64_t row0 = 0) {
+  const int64_t group = d.H / d.Hk, rows = d.Lq - row0;
   const auto& kern = decode_micro<T>();
-  const int64_t items = d.B * d.H * d.Lq;
+  const int64_t items = d.B * d.H * rows;
   at::parallel_for(0, items, grain(items, 2 * d.Lk * d.D), [&](int64_t begin, int64_t end) {
     std::vector<Span> spans;
     std::vector<T> scores(d.Lk + kern.block);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t r = item % d.Lq, bh = item / d.Lq, b = bh / d.H, h = bh % d.H;
+      const int64_t r = row0 + item % rows, bh = item / rows, b = bh / d.H, h = bh % d.H;
       query_spans(mask, int(b), int(r), int(d.Lq), int(d.Lk), spans);
       kern.spans(q.at(b, h) + r * q.sl, spans.data(), int(spans.size()), k.at(b, h / group), k.sl,
-                 v.at(b, h / group), v.sl, int(d.D), scale, out + item * d.D, lse + item, scores.data());
+                 v.at(b, h / group), v.sl, int(d.D), scale, out + (bh * d.Lq + r) * d.D, lse + bh * d.Lq + r,
+                 scores.data());
     }
   });
 }
@@ -443,13 +448,16 @@ bool fused_decode(const MaskParams& mask, const Dims& d, int block) {
   return decode_prefix_mask(mask.kind) && d.D <= kDecodeMaxDim && key_splits(d, blocks, int(d.Lk)) == 1;
 }
 
-// out (B, H, Lq, D), lse (B, H, Lq) of the compute dtype T from operands with unit-stride rows.
+// out (B, H, Lq, D), lse (B, H, Lq) of the compute dtype T from operands with unit-stride rows: the fused kernel's
+// blocks, and span by span the last rows when they are too few for a block of their own (few_queries: AVX2's 24-row
+// blocks leave 1 of VAR's 25 and 169 queries, 4 of its 100).
 template <class T>
 std::tuple<at::Tensor, at::Tensor> decode_fused(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                 const Dims& d, const MaskParams& mask, double scale) {
   const auto& kern = decode_micro<T>();
-  const DecodeDims dd{d.B, d.H, d.Hk, int(d.Lq), int(d.Lk), int(d.D)};
-  const int64_t items = d.B * d.H * ((d.Lq + kern.block - 1) / kern.block);
+  const int64_t last = d.Lq % kern.block, by_spans = last > 0 && few_queries(last, kern.block) ? last : 0;
+  const DecodeDims dd{d.B, d.H, d.Hk, int(d.Lq), int(d.Lk), int(d.D), int(d.Lq - by_spans)};
+  const int64_t items = d.B * d.H * ((dd.rows + kern.block - 1) / kern.block);
   at::Tensor out = at::empty({d.B, d.H, d.Lq, d.D}, q.options());  // (B, H, Lq, D)
   at::Tensor lse = at::empty({d.B, d.H, d.Lq}, q.options());       // (B, H, Lq)
   auto view = [](const at::Tensor& t) {
@@ -459,6 +467,9 @@ std::tuple<at::Tensor, at::Tensor> decode_fused(const at::Tensor& q, const at::T
   at::parallel_for(0, items, grain(items, 2 * kern.block * d.Lk * d.D), [&](int64_t begin, int64_t end) {
     kern.forward(view(q), view(k), view(v), dd, mask, T(scale), begin, end, out.data_ptr<T>(), lse.data_ptr<T>());
   });
+  if (by_spans > 0)
+    decode_spans<T>(heads<T>(q), heads<T>(k), heads<T>(v), mask, d, T(scale), out.data_ptr<T>(), lse.data_ptr<T>(),
+                    d.Lq - by_spans);
   return {out, lse};
 }
 
@@ -467,10 +478,6 @@ constexpr int kSpanMaxQueries = 16;
 bool span_decode(const MaskParams& mask, int64_t Lq) {
   return mask.kind >= kernels::kDalleRow && Lq <= kSpanMaxQueries;
 }
-
-// Queries too few for the fused kernel's blocks, whose lanes would be mostly empty (a block reads each key's D
-// values once per lane, one query at a time once per query): they go span by span (VAR's first scales, one token).
-bool few_queries(int64_t Lq, int block) { return Lq * 4 <= block; }
 
 }  // namespace
 

@@ -185,12 +185,12 @@ template <class T>
 void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const DecodeDims& d, const MaskParams& mask, T scale,
              int64_t item0, int64_t item1, T* out, T* lse) {
   static thread_local Scratch<T> w;
-  const int blocks = (d.Lq + kBlock<T> - 1) / kBlock<T>;
+  const int blocks = (d.rows + kBlock<T> - 1) / kBlock<T>;
   const int64_t group = d.H / d.Hk;
   int keys[kBlock<T>];
   for (int64_t item = item0; item < item1; ++item) {
     const int64_t bh = item / blocks, b = bh / d.H, h = bh % d.H;
-    const int r0 = int(item % blocks) * kBlock<T>, rows = d.Lq - r0 < kBlock<T> ? d.Lq - r0 : kBlock<T>;
+    const int r0 = int(item % blocks) * kBlock<T>, rows = d.rows - r0 < kBlock<T> ? d.rows - r0 : kBlock<T>;
     for (int i = 0; i < rows; ++i) keys[i] = prefix_keys(mask, int(b), r0 + i, d.Lq, d.Lk);
     const T* Q = q.at(b, h) + r0 * q.sl;
     T *o = out + (bh * d.Lq + r0) * d.D, *ls = lse + bh * d.Lq + r0;

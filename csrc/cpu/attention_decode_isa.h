@@ -16,6 +16,7 @@ constexpr int kDecodeMaxDim = 256;  // head dim: the transposed queries and the 
 struct DecodeDims {
   int64_t B, H, Hk;  // batch, query heads, key heads (H % Hk == 0)
   int Lq, Lk, D;     // queries (the last Lq of the Lk keys), keys, head dim <= kDecodeMaxDim
+  int rows;          // the first `rows` queries of each head go block by block (forward); the rest are not touched
 };
 
 // Keys k0, k0 + stride, ..., n of them: what a DALL-E query sees is a few spans (its text, row window, column or conv
