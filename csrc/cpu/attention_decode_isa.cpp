@@ -207,18 +207,28 @@ void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const DecodeDims& d
 // ---- one query against spans of keys (DALL-E's masks) ----
 
 // s[j] = scale q . K[j * ldk, + D) for j < n: W keys at a time, one accumulator each along D folded by one transposing
-// sum into a vector of W scores (the last group repeats key n - 1 past n; those lanes are dropped).
+// sum into a vector of W scores (a last group of more than W / 2 keys repeats key n - 1 past n, those lanes dropped;
+// fewer keys go one by one, each folded by a horizontal sum: VAR's first scale has 1 key, its second 5).
 // The rows of V the values pass reads next are prefetched beside (V, ldv; null: none): both streams in flight.
 template <class T>
 void span_scores(const T* q, const T* K, int64_t ldk, int n, int D, T scale, T* s, const T* V, int64_t ldv) {
   constexpr int W = kLanes<T>;
   const int Dv = D / W * W;
-  for (int j = 0; j < n; j += W) {
+  const int grouped = n % W > W / 2 ? n : n / W * W;
+  for (int j = grouped; j < n; ++j) {
+    const T* row = K + int64_t(j) * ldk;
+    vec<T> acc = splat(T(0));
+    for (int d = 0; d < Dv; d += W) acc += load(q + d) * load(row + d);
+    T r = hsum<T>(acc);
+    for (int d = Dv; d < D; ++d) r += q[d] * row[d];
+    s[j] = r * scale;
+  }
+  for (int j = 0; j < grouped; j += W) {
     const T* rows[W];
 #pragma GCC unroll 16
-    for (int i = 0; i < W; ++i) rows[i] = K + int64_t(j + i < n ? j + i : n - 1) * ldk;
+    for (int i = 0; i < W; ++i) rows[i] = K + int64_t(j + i < grouped ? j + i : grouped - 1) * ldk;
     if (V != nullptr)
-      for (int i = 0; i < W && j + i < n; ++i)
+      for (int i = 0; i < W && j + i < grouped; ++i)
         for (int c = 0; c < D; c += 64 / int(sizeof(T))) __builtin_prefetch(V + int64_t(j + i) * ldv + c, 0, 3);
     vec<T> acc[W];
 #pragma GCC unroll 16
@@ -233,9 +243,9 @@ void span_scores(const T* q, const T* K, int64_t ldk, int n, int D, T scale, T* 
     for (int i = 0; Dv < D && i < W; ++i)  // head dims that are not a multiple of W: the last columns
       for (int d = Dv; d < D; ++d) r[i] += q[d] * rows[i][d];
     r *= scale;
-    if (n - j >= W) store(s + j, r);
+    if (grouped - j >= W) store(s + j, r);
     else
-      for (int i = 0; i < n - j; ++i) s[j + i] = r[i];
+      for (int i = 0; i < grouped - j; ++i) s[j + i] = r[i];
   }
 }
 

@@ -79,6 +79,9 @@ class AttentionMask:
         return reference.KINDS[self.kind], [self.text_len, self.grid, self.conv_kernel], kv_end, key_len
 
 
+_FULL = AttentionMask.full()  # mask=None (frozen: one instance serves every call)
+
+
 def _check_qkv(op, q, k, v):
     """Checks q, k, v; returns Decline when the active backend's kernel does not take their head dim, else None."""
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -125,7 +128,7 @@ def attention(q, k, v, mask=None, *, scale=None, return_lse=False):
     if mask is not None and not isinstance(mask, AttentionMask):
         raise TypeError(f"{name}: mask must be a fastar.ops.AttentionMask or None, got {type(mask).__name__}")
     B, _, Lq, _ = q.shape
-    kind, ints, kv_end, key_len = (mask or AttentionMask.full()).op_args(name, B, Lq, k.shape[2], q.device)
+    kind, ints, kv_end, key_len = (mask or _FULL).op_args(name, B, Lq, k.shape[2], q.device)
     return q.device, declined or _lse_if(return_lse, lambda ops: ops.attention_fwd(
         q, k, v, kind, ints, kv_end, key_len, _scale(q, scale)))
 
@@ -150,7 +153,7 @@ def attention_decode(q, k_cache, v_cache, cache_len, mask=None, *, scale=None, r
         raise ValueError(f"{name}: the {q.shape[2]} queries of a masked decode are the last of the cache_len keys, "
                          f"so cache_len must be >= {q.shape[2]}, got {cache_len}")
     B, _, Lq, _ = q.shape
-    kind, ints, kv_end, key_len = (mask or AttentionMask.full()).op_args(name, B, Lq, cache_len, q.device)
+    kind, ints, kv_end, key_len = (mask or _FULL).op_args(name, B, Lq, cache_len, q.device)
     return q.device, declined or _lse_if(return_lse, lambda ops: ops.attention_decode(
         q, k_cache, v_cache, cache_len, kind, ints, kv_end, key_len, _scale(q, scale)))
 
