@@ -9,6 +9,7 @@ import fastar
 from fastar.reference import quantize as ref
 from tests.conftest import run_with_cpu_isa
 from tests.test_quantize import check, run
+from tests.test_vq_nearest_cpu_slices import bits
 
 ENV = "FASTAR_VQ_NEAREST_CPU_TREE"
 
@@ -16,10 +17,6 @@ ENV = "FASTAR_VQ_NEAREST_CPU_TREE"
 # leaf (K 20); one code; D 32 (the sweep's unrolled widths).
 SHAPES = [(300, 1001, 8), (257, 5000, 3), (129, 2049, 1), (64, 3000, 6), (33, 20, 8), (40, 1, 4), (100, 700, 17),
           (50, 900, 32)]
-
-
-def bits(t):
-    return t.contiguous().view(torch.int32)
 
 
 def both(x, codebook, monkeypatch, metric="l2"):
