@@ -5,9 +5,9 @@
     idx = fastar.ops.vq_nearest(x, codebook)
 """
 from fastar._version import __version__
-from fastar._backend import (backends, build_info, check_bf16_gemm, cpu_cache_info, empty_cpu_cache, last_backend,
-                             set_cpu_cache_limit, use_backend)
+from fastar._backend import (backends, build_info, check_bf16_gemm, cpu_cache_all_tensors, cpu_cache_info,
+                             empty_cpu_cache, last_backend, set_cpu_cache_limit, use_backend)
 from fastar import ops, reference
 
-__all__ = ["__version__", "backends", "build_info", "check_bf16_gemm", "cpu_cache_info", "empty_cpu_cache",
-           "last_backend", "set_cpu_cache_limit", "use_backend", "ops", "reference"]
+__all__ = ["__version__", "backends", "build_info", "check_bf16_gemm", "cpu_cache_all_tensors", "cpu_cache_info",
+           "empty_cpu_cache", "last_backend", "set_cpu_cache_limit", "use_backend", "ops", "reference"]

@@ -73,11 +73,25 @@ def empty_cpu_cache():
 
 
 def set_cpu_cache_limit(mb: int):
-    """The most the cache holds, in MB (default: FASTAR_CPU_CACHE_MB, else 1024 or an eighth of the machine's
+    """The most the cache holds, in MB (default: FASTAR_CPU_CACHE_MB, else 2048 or an eighth of the machine's
     memory, whichever is less); 0 keeps nothing. Lowering it unmaps the cached blocks past it."""
     if isinstance(mb, bool) or not isinstance(mb, int) or mb < 0:
         raise ValueError(f"set_cpu_cache_limit: mb must be an int >= 0, got {mb!r}")
     _require_C("set_cpu_cache_limit").set_cpu_cache_limit(mb << 20)
+
+
+@contextlib.contextmanager
+def cpu_cache_all_tensors():
+    """Within it every CPU tensor torch allocates (not only fastar's kernels' outputs) of at least 4 MB comes from
+    the CPU cache, smaller ones from torch's allocator as before: for models whose layers allocate large
+    activations, where each fresh one costs page faults and zeroing (VAR's VQVAE decoder at B 4: ~170 MB per
+    convolution output; its fast path runs in it). Process-wide while inside (torch's CPU allocator is swapped);
+    nests; the blocks stay cached after it, up to the limit."""
+    _require_C("cpu_cache_all_tensors").cpu_cache_all_tensors(True)
+    try:
+        yield
+    finally:
+        _C.cpu_cache_all_tensors(False)
 
 
 FP32_LINEAR_LIBRARIES = ("mkl", "onednn")

@@ -92,3 +92,42 @@ def test_limit_errors():
     run = subprocess.run([sys.executable, "-c", child], env={**os.environ, "FASTAR_CPU_CACHE_MB": "lots"},
                          capture_output=True, text=True)
     assert run.returncode != 0 and "FASTAR_CPU_CACHE_MB must be a whole number of MB >= 0, got 'lots'" in run.stderr
+
+
+def test_all_tensors_mode():
+    """Inside cpu_cache_all_tensors a plain torch op's large output comes from the cache (a freed one is reused, its
+    values all rewritten), small ones do not; it nests, and after it torch's allocator is back."""
+    x = torch.randn(1024, 2048)  # 8 MB
+    with cache_limit(64):
+        expected = x * 2
+        start = fastar.cpu_cache_info()
+        with fastar.cpu_cache_all_tensors():
+            y = x * 2
+            y.fill_(float("nan"))
+            del y  # its block returns to the cache
+            with fastar.cpu_cache_all_tensors():  # nested
+                z = x * 2  # served from the NaN-filled block
+                small = torch.randn(16)
+            info = fastar.cpu_cache_info()
+            assert torch.equal(z, expected)
+            assert (info["hits"] - start["hits"], info["misses"] - start["misses"]) == (1, 1)
+            assert small.sum().isfinite()
+        del z
+        before = fastar.cpu_cache_info()
+        w = x * 2  # torch's allocator again: the cache neither serves nor keeps it
+        del w
+        assert fastar.cpu_cache_info() == before
+
+
+def test_all_tensors_mode_raw_allocations():
+    """A storage resized inside (its block from the cache) and serialized works as usual."""
+    with fastar.cpu_cache_all_tensors():
+        t = torch.empty(0)
+        t.resize_(3 << 20)  # 12 MB: a cached block behind a resized storage
+        t.fill_(1.0)
+        import io
+        buf = io.BytesIO()
+        torch.save(t, buf)
+        buf.seek(0)
+        assert torch.equal(torch.load(buf), t)
+        del t

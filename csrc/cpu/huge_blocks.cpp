@@ -12,6 +12,7 @@
 #include <cstring>
 #include <algorithm>
 #include <memory>
+#include <unordered_map>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -36,12 +37,13 @@ void* map_block(size_t n) {
   return reinterpret_cast<void*>(aligned);
 }
 
-// FASTAR_CPU_CACHE_MB, else 1 GB or an eighth of the memory, whichever is less.
+// FASTAR_CPU_CACHE_MB, else 2 GB or an eighth of the memory, whichever is less (VAR's VQVAE decoder at B 4 cycles
+// through ~1.8 GB of blocks).
 int64_t limit_from_env() {
   const char* mb = std::getenv("FASTAR_CPU_CACHE_MB");
   if (mb == nullptr || *mb == '\0') {
     const int64_t memory = int64_t(sysconf(_SC_PHYS_PAGES)) * int64_t(sysconf(_SC_PAGESIZE));
-    return std::min(int64_t(1024) << 20, std::max(memory, int64_t(0)) / 8);
+    return std::min(int64_t(2048) << 20, std::max(memory, int64_t(0)) / 8);
   }
   char* end = nullptr;
   const long long v = std::strtoll(mb, &end, 10);
@@ -137,24 +139,42 @@ Cache& cache() {
   return *c;
 }
 
-struct Block {
-  void* p;
-  size_t n;
-};
+// The size of each cached block handed out (by its address, the DataPtr's context: raw_allocate needs context ==
+// pointer), and the allocator small requests go to.
+std::mutex g_mu;
+std::unordered_map<void*, size_t> g_sizes;
+c10::Allocator* g_previous = nullptr;  // the CPU allocator replaced while every tensor goes through the cache
+int g_all_depth = 0;
 
-void release(void* ctx) {
-  std::unique_ptr<Block> b(static_cast<Block*>(ctx));
-  cache().give(b->p, b->n);
+c10::Allocator* small_allocator() { return g_previous != nullptr ? g_previous : c10::GetCPUAllocator(); }
+
+void release(void* p) {
+  size_t n = 0;
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    const auto it = g_sizes.find(p);
+    if (it != g_sizes.end()) n = it->second, g_sizes.erase(it);
+  }
+  if (n > 0) return cache().give(p, n);
+  // Not a cached block: raw_deallocate of a small request, made by the allocator that was in place.
+  c10::DeleterFnPtr d = small_allocator()->raw_deleter();
+  TORCH_CHECK(d != nullptr, "fastar: freeing a small CPU block through an allocator without a raw deleter");
+  d(p);
 }
 
 // Large requests from the cache, small ones from torch's CPU allocator.
 struct HugeBlockAllocator final : c10::Allocator {
   c10::DataPtr allocate(size_t n) override {
-    if (int64_t(n) < kHugeBlockMinBytes) return c10::GetCPUAllocator()->allocate(n);
+    if (int64_t(n) < kHugeBlockMinBytes) return small_allocator()->allocate(n);
     const auto [p, size] = cache().take(round_up(n));
     TORCH_CHECK(p != nullptr, "fastar: out of memory mapping a ", round_up(n) >> 20, " MB output block");
-    return {p, new Block{p, size}, &release, c10::Device(c10::DeviceType::CPU)};
+    {
+      std::lock_guard<std::mutex> lock(g_mu);
+      g_sizes[p] = size;
+    }
+    return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
   }
+  c10::DeleterFnPtr raw_deleter() const override { return &release; }
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
 };
 
@@ -191,6 +211,22 @@ std::vector<at::Tensor> empty_huge_parts(const std::vector<std::vector<int64_t>>
 HugeBlockStats huge_block_stats() { return cache().stats(); }
 
 void empty_huge_block_cache() { cache().empty(); }
+
+void huge_blocks_for_all_tensors(bool on) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (on && g_all_depth++ == 0) {
+    g_previous = c10::GetCPUAllocator();
+    c10::SetCPUAllocator(&allocator());
+    TORCH_CHECK(c10::GetCPUAllocator() == &allocator(),
+                "fastar: another CPU allocator of higher priority is in place; the cache cannot serve every tensor");
+  } else if (!on) {
+    TORCH_CHECK(g_all_depth > 0, "fastar: the CPU cache is not serving every tensor");
+    if (--g_all_depth == 0) {
+      c10::SetCPUAllocator(g_previous);
+      g_previous = nullptr;
+    }
+  }
+}
 
 void set_huge_block_limit(int64_t bytes) {
   TORCH_CHECK(bytes >= 0, "the cache limit must be >= 0 bytes, got ", bytes);

@@ -35,7 +35,12 @@ HugeBlockStats huge_block_stats();
 // Unmaps every cached block (the blocks of live tensors are untouched; they return to the cache when freed).
 void empty_huge_block_cache();
 
-// The cache's limit in bytes (at first use FASTAR_CPU_CACHE_MB, else 1 GB or an eighth of the memory, whichever is
+// on: every CPU tensor torch allocates from now on goes through the cache's allocator (c10::SetCPUAllocator): at least
+// kHugeBlockMinBytes from the cache, smaller ones from the allocator that was in place; off restores it. Nests (a
+// count of ons). VQVAE decoders allocate activations of ~170 MB per convolution.
+void huge_blocks_for_all_tensors(bool on);
+
+// The cache's limit in bytes (at first use FASTAR_CPU_CACHE_MB, else 2 GB or an eighth of the memory, whichever is
 // less; 0 keeps nothing). Past it the oldest blocks are unmapped; a block past it alone is unmapped when freed,
 // evicting nothing.
 void set_huge_block_limit(int64_t bytes);
