@@ -57,15 +57,16 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
     ratio) and the parts ({name: fn}, pieces of fastar's own work); returns extra_info."""
     if baseline not in contenders:
         raise ValueError(f"compare: baseline {baseline!r} is not among the contenders {list(contenders)}")
+    others_fns = {**contenders, **(parts or {})}
     warm_s = None
     for _ in range(warmup):
         warm_s = _seconds(fastar_fn)
-        for fn in {**contenders, **(parts or {})}.values():
+        for fn in others_fns.values():
             fn()
     # Without a warm-up there is no cheap first guess: long model runs pass warmup=0 and keep one call per round.
     n = 1 if warm_s is None or warm_s >= ROUND_S else calls_per_round(fastar_fn)
     fastar_fn = looped(fastar_fn, n)
-    timed = {name: looped(fn, n) for name, fn in {**contenders, **(parts or {})}.items()}
+    timed = {name: looped(fn, n) for name, fn in others_fns.items()}
     names = list(timed)
     times = {name: [] for name in names}
     turn = iter(range(10**9))

@@ -57,12 +57,13 @@ void vq_pack(const float* codes, int64_t K, int64_t D, const int32_t* order, int
   }
 }
 
-// Folds NB score vectors (code blocks b..b+NB) of M queries into the chunk minima cmin.
+// The score vectors acc[m][n] of M queries against code blocks b..b+NB: every search's one formula for a score (the
+// sweep's tiles, its final recompute and the tree's leaves), so that each code's score is the same bits in all.
 // DC: D known at compile time (0: D at run time), so the small-D loops unroll.
 template <int M, int NB, int DC>
-inline void tile(const float* x, int64_t D_run, const float* codes, const float* norms, int64_t b, vf* cmin) {
+inline void scores(const float* x, int64_t D_run, const float* codes, const float* norms, int64_t b,
+                   vf (&acc)[M][NB]) {
   const int64_t D = DC ? DC : D_run;
-  vf acc[M][NB];
   for (int n = 0; n < NB; ++n)
     for (int m = 0; m < M; ++m) acc[m][n] = load(norms + (b + n) * LANES);
   const float* p = codes + b * D * LANES;
@@ -75,6 +76,13 @@ inline void tile(const float* x, int64_t D_run, const float* codes, const float*
       for (int n = 0; n < NB; ++n) acc[m][n] += xs * e[n];
     }
   }
+}
+
+// Folds NB score vectors (code blocks b..b+NB) of M queries into the chunk minima cmin.
+template <int M, int NB, int DC>
+inline void tile(const float* x, int64_t D_run, const float* codes, const float* norms, int64_t b, vf* cmin) {
+  vf acc[M][NB];
+  scores<M, NB, DC>(x, D_run, codes, norms, b, acc);
   for (int m = 0; m < M; ++m)
     for (int n = 0; n < NB; ++n) cmin[m] = vmin(acc[m][n], cmin[m]);
 }
@@ -195,20 +203,12 @@ void vq_search(const VqPacked& cb, const VqRows& rows, int64_t begin, int64_t en
 
 constexpr int TREE_NB = 8;  // code blocks per step in a leaf: independent FMA chains
 
-// The scores of code blocks [b, b + NB) into out (tile's operations: each code's score is the full sweep's, bit
-// for bit).
+// The scores of code blocks [b, b + NB) of one query into out.
 template <int NB, int DC>
-inline void block_scores(const float* x, int64_t D_run, const float* codes, const float* norms, int64_t b, vf* out) {
-  const int64_t D = DC ? DC : D_run;
-  vf acc[NB];
-  for (int n = 0; n < NB; ++n) acc[n] = load(norms + (b + n) * LANES);
-  const float* p = codes + b * D * LANES;
-#pragma GCC unroll 16
-  for (int64_t d = 0; d < D; ++d) {
-    const float xs = x[d];
-    for (int n = 0; n < NB; ++n) acc[n] += xs * load(p + (n * D + d) * LANES);
-  }
-  for (int n = 0; n < NB; ++n) out[n] = acc[n];
+inline void block_scores(const float* x, int64_t D, const float* codes, const float* norms, int64_t b, vf* out) {
+  vf acc[1][NB];
+  scores<1, NB, DC>(x, D, codes, norms, b, acc);
+  for (int n = 0; n < NB; ++n) out[n] = acc[0][n];
 }
 
 // One row. A skipped leaf's every code provably scores above the best so far: with u = 2^-24, a score, ||x||^2 and
