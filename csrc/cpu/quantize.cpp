@@ -13,8 +13,9 @@
 namespace fastar::cpu {
 
 // The k-d tree search: leaves of about kTreeLeafCodes codes; on its own for D <= kTreeMaxD, K >= kTreeMinCodesPerD * D
-// and N >= kTreeMinRows. Diagnostic runs on a Zen 4 (AVX2 kernels, 2 threads; tree over sweep; not the benchmark): D 8, K 16384: N 16384 1.31x
-// (1.57x on unit vectors), N 4096 1.06x; K 8192 0.96x, K 65536 2.1x; D 4: K 4096 1.25x, K 1024 0.75x; D 12: 0.64x.
+// and N >= kTreeMinRows. Diagnostic runs on a Zen 4 (AVX2 kernels, 2 threads; tree over sweep; not the benchmark):
+// D 8, K 16384: N 16384 1.31x (1.57x on unit vectors), N 4096 1.06x; K 8192 0.96x, K 65536 2.1x; D 4: K 4096 1.25x,
+// K 1024 0.75x; D 12: 0.64x.
 constexpr int64_t kTreeLeafCodes = 128, kTreeMaxD = 8, kTreeMinCodesPerD = 2048, kTreeMinRows = 8192;
 
 // LlamaGen's cosine metric: both sides L2-normalized as F.normalize does (norm clamped at 1e-12).
