@@ -345,6 +345,17 @@ def _check_dropout(device, dtype):
             ("dropout grad off", int((dx.cpu() != want_dx).sum()), 0)]
 
 
+def _check_linear(device, M):
+    """A decode step's linear (M rows) and its gradients against the reference, float32."""
+    def run(x, w, b, dout):
+        xwb = [t.requires_grad_() for t in (x, w, b)]
+        out = fastar.ops.linear(*xwb)
+        return [out, *torch.autograd.grad(out, xwb, dout)]
+    inputs = [_randn(M, 300, seed=17), _randn(70, 300, seed=18), _randn(70, seed=19), _randn(M, 70, seed=20)]
+    return _rows("linear", ("out", "dx", "dweight", "dbias"), "linear",
+                 *_versus_reference(run, inputs, torch.float32, device))
+
+
 def cases(quick):
     """(op, dtype name, shape, check(device)) of every check: every op of fastar.ops._registry.OPS."""
     n = 1 if quick else 2
@@ -380,6 +391,8 @@ def cases(quick):
             out.append(("diffusion_sample", "float32", (N, cfg), functools.partial(
                 _check_diffusion_sample, precision=precision, N=N, cfg=cfg)))
     out.append(("diffusion_loss", "float32", (6, DIFFUSION_HEAD[2]), _check_diffusion_loss))
+    for M in (1, 5)[:n]:
+        out.append(("linear", "float32", (M, 300, 70), functools.partial(_check_linear, M=M)))
     return out
 
 

@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastar
 from fastar import _backend
+from fastar.models import layers
 from fastar.models.layers import Linear, linear, linear_gelu
 from fastar.models.var.basic_var import SelfAttention
 from tests.tolerance import assert_close
@@ -43,17 +44,20 @@ def test_default_library_follows_the_vendor(monkeypatch):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(7, 48), (2, 5, 48), (0, 48), "transposed"])
+@pytest.mark.parametrize("shape", [(7, 48), (2, 5, 48), (0, 48), (1, 48), (2, 2, 48), (5, 48), "transposed"])
 def test_onednn_inference_matches_float64(monkeypatch, shape, bias):
-    """No grad, float32, cpu backend, FASTAR_FP32_GEMM=onednn: the oneDNN op runs and agrees with the float64
-    reference by the tolerance rule (2D, 3D, empty, a non-contiguous input)."""
+    """No grad, float32, cpu backend, FASTAR_FP32_GEMM=onednn: the oneDNN op runs, or fastar.ops.linear for up to
+    DECODE_ROWS rows, and agrees with the float64 reference by the tolerance rule (2D, 3D, empty, a non-contiguous
+    input)."""
     monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
     torch.manual_seed(0)
     layer = Linear(48, 80, bias=bias)
     x = torch.randn(48, 9).t() if shape == "transposed" else torch.randn(shape)
     with torch.no_grad():
         out, names = ran(layer, x)
-    assert "mkldnn::_linear_pointwise" in names
+    decode = x.numel() <= layers.DECODE_ROWS * 48
+    assert ("fastar::linear" if decode else "mkldnn::_linear_pointwise") in names
+    assert not (decode and "mkldnn::_linear_pointwise" in names)
     ref64 = F.linear(x.double(), layer.weight.double(), None if layer.bias is None else layer.bias.double())
     assert out.shape == ref64.shape and out.dtype == torch.float32
     if out.numel():
@@ -153,6 +157,12 @@ def test_linear_gelu(monkeypatch, approximate):
         assert_close("linear", out, F.gelu(F.linear(x.double(), w.double(), b.double()), approximate=approximate), two)
         with fastar.use_backend("torch"):
             assert torch.equal(linear_gelu(x, w, b, approximate=approximate), two)
+        x1 = x[:1, :3]  # a decode step's 3 rows: fastar.ops.linear then the GELU
+        with Ops() as ops:
+            out = linear_gelu(x1, w, b, approximate=approximate)
+        assert ops.counts.get("fastar::linear") == 1 and "mkldnn::_linear_pointwise" not in ops.names
+        assert_close("linear", out, F.gelu(F.linear(x1.double(), w.double(), b.double()), approximate=approximate),
+                     two[:1, :3])
     w.requires_grad_()
     with Ops() as ops:
         out = linear_gelu(x, w, b, approximate=approximate)

@@ -19,8 +19,9 @@ namespace fastar::cpu {
   extern const AttentionDecodeIsa kAttentionDecode;  \
   extern const DiffusionIsa kDiffusion;              \
   extern const MultiAxisIsa kMultiAxis;              \
+  extern const LinearIsa kLinear;                    \
   const Isa kIsa{#isa, &kVqNearest, &kAttention, &kSampling, &kAttentionTiny, &kAttentionDecode, \
-                 &kDiffusion, &kMultiAxis};          \
+                 &kDiffusion, &kMultiAxis, &kLinear};          \
   }
 FASTAR_ISA_TABLE(base)
 FASTAR_ISA_TABLE(avx2)
@@ -59,10 +60,10 @@ static const char* const kZen4Avx2Families = "vq_nearest,attention_decode,attent
 
 static const Isa& zen4() {
   // in the order of Isa's fields: name, vq_nearest, attention, sampling, attention_tiny, attention_decode,
-  // diffusion, multi_axis
-  static const Isa table{avx512::kIsa.name,     avx2::kIsa.vq_nearest,     avx512::kIsa.attention,
-                         avx512::kIsa.sampling, avx2::kIsa.attention_tiny, avx2::kIsa.attention_decode,
-                         avx512::kIsa.diffusion, avx2::kIsa.multi_axis};
+  // diffusion, multi_axis, linear
+  static const Isa table{avx512::kIsa.name,      avx2::kIsa.vq_nearest,     avx512::kIsa.attention,
+                         avx512::kIsa.sampling,  avx2::kIsa.attention_tiny, avx2::kIsa.attention_decode,
+                         avx512::kIsa.diffusion, avx2::kIsa.multi_axis,     avx512::kIsa.linear};
   return table;
 }
 

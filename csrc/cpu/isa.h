@@ -7,6 +7,7 @@
 #include "cpu/attention_isa.h"
 #include "cpu/attention_tiny_isa.h"
 #include "cpu/diffusion_isa.h"
+#include "cpu/linear_isa.h"
 #include "cpu/multi_axis_isa.h"
 #include "cpu/sampling_isa.h"
 #include "cpu/vq_nearest_isa.h"
@@ -23,6 +24,7 @@ struct Isa {
   const AttentionDecodeIsa* attention_decode;
   const DiffusionIsa* diffusion;
   const MultiAxisIsa* multi_axis;
+  const LinearIsa* linear;
 };
 
 // The best instruction set this CPU supports; on AMD Zen 4 (AVX-512 on 256-bit datapaths) with the AVX2 kernels of

@@ -71,13 +71,29 @@ class _OneDNNLinear(torch.autograd.Function):
         return dx, dw, db
 
 
+DECODE_ROWS = 4  # up to this many rows (one token per sequence) `linear` runs fastar.ops.linear, which reads each
+# weight row once for them: on an AMD Zen 4, 2 threads, 1.1-1.7x oneDNN at 1 to 4 rows of DALL-E's and VAR's layer
+# shapes, below it from 8 rows (benchmarks/bench_linear.py)
+
+
+def _decode_rows(x, weight, bias=None):
+    """Whether `linear` runs fastar.ops.linear here: float32 on the CPU, fastar's kernels active, no gradient asked,
+    at most DECODE_ROWS rows."""
+    return (x.numel() <= DECODE_ROWS * x.shape[-1] and x.device.type == "cpu" and x.dtype == torch.float32
+            and weight.dtype == torch.float32 and _backend.active(x.device) not in _backend.PYTHON_BACKENDS
+            and not _wants_grad(x, weight, bias))
+
+
 def linear(x, weight, bias=None):
     """F.linear, whose float32 CPU products run on the library fastar._backend.fp32_linear_library() names:
     oneDNN (torch.ops.mkldnn._linear_pointwise) on CPUs not made by Intel, where MKL's sgemm takes its AVX2 path:
     on an AMD Zen 4 (AVX-512), 2 threads, oneDNN ran VAR-d16 sampling's layer shapes 1.25x faster in all; under
-    autograd through _OneDNNLinear (benchmarks/bench_var.py and bench_dalle.py time the training steps). In other
-    dtypes or devices, and on the torch and reference backends (the official formulation the benchmarks compare
+    autograd through _OneDNNLinear (benchmarks/bench_var.py and bench_dalle.py time the training steps). Without
+    autograd at most DECODE_ROWS rows (decoding) run fastar.ops.linear on any CPU (_decode_rows). In other dtypes
+    or devices, and on the torch and reference backends (the official formulation the benchmarks compare
     against) it is F.linear (onednn_declines says which)."""
+    if _decode_rows(x, weight, bias):
+        return fastar.ops.linear(x, weight, bias)
     if onednn_declines(x, weight, bias) is not None:
         return F.linear(x, weight, bias)
     return _OneDNNLinear.apply(x, weight, bias) if _wants_grad(x, weight, bias) else _onednn(x, weight, bias)
@@ -89,10 +105,12 @@ def linear_gelu(x, weight, bias=None, approximate="none"):
     F.gelu; elsewhere the two torch ops."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"linear_gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    if _decode_rows(x, weight, bias):
+        return F.gelu(fastar.ops.linear(x, weight, bias), approximate=approximate)
     if onednn_declines(x, weight, bias) is not None:
         return F.gelu(F.linear(x, weight, bias), approximate=approximate)
-    if _wants_grad(x, weight, bias):
-        return F.gelu(linear(x, weight, bias), approximate=approximate)  # the backward needs the pre-activation
+    if _wants_grad(x, weight, bias):  # the backward needs the pre-activation
+        return F.gelu(linear(x, weight, bias), approximate=approximate)
     return _onednn(x, weight, bias, "gelu", approximate)
 
 

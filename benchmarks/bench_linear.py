@@ -1,0 +1,38 @@
+"""linear at decode shapes: one token step through a transformer's linear layers, M rows (the batch, one token
+each) against every layer's weights, float32. The weights (the DALL-E benchmark model's 151 MB, VAR-d16's 805 MB)
+exceed the L3 cache, as in sampling, so each step reads them from memory. Contenders: F.linear (nn.Linear, the
+official codebases' formulation: torch's addmm, the torch backend) and oneDNN's matmul (the path
+fastar.models.layers.linear takes with more rows)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastar
+from benchmarks.harness import compare
+from fastar.models.layers import _onednn
+
+BASELINE = "F.linear (nn.Linear, torch backend)"
+# name: (layers, [(in, out) of each layer's linear layers])
+MODELS = {"DALL-E 12 layers width 512": (12, [(512, 1536), (512, 512), (512, 2048), (2048, 512)]),
+          "VAR-d16": (16, [(1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024), (1024, 6144)])}
+
+
+@pytest.mark.parametrize("model,M", [("DALL-E 12 layers width 512", 1), ("DALL-E 12 layers width 512", 4),
+                                     ("VAR-d16", 2)])
+def test_linear_decode(benchmark, model, M):
+    layers, shapes = MODELS[model]
+    g = torch.Generator().manual_seed(0)
+    weights = [(torch.randn(n, k, generator=g) / k ** 0.5, torch.randn(n, generator=g))
+               for _ in range(layers) for k, n in shapes]
+    xs = {k: torch.randn(M, k, generator=g) for k, _ in shapes}
+    mb = sum(w.numel() for w, _ in weights) * 4 / 2 ** 20
+    benchmark.group = f"linear decode step {model}: {M} row(s) through {len(weights)} layers ({mb:.0f} MB) float32"
+
+    def step(fn):
+        def run():
+            for w, b in weights:
+                fn(xs[w.shape[1]], w, b)
+        return run
+
+    compare(benchmark, step(fastar.ops.linear), {BASELINE: step(F.linear), "oneDNN matmul": step(_onednn)},
+            baseline=BASELINE, rounds=7, op="linear", shape=f"{model} M={M}")

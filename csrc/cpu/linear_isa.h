@@ -1,0 +1,14 @@
+// The row kernel of the CPU linear (torch-free; compiled per ISA, cpu/isa.h's table).
+#pragma once
+#include <cstdint>
+
+namespace fastar::cpu {
+
+struct LinearIsa {
+  // y[m, n] = x[m, :] . w[n, :] (+ b[n]) for m < M (1 to 4) and n in [n0, n1): each weight row is read once for the
+  // M rows of x; x rows ldx apart, y rows ldy apart, w (N, K) contiguous, b nullable.
+  void (*rows)(const float* x, int64_t ldx, int M, const float* w, int64_t K, const float* b, float* y, int64_t ldy,
+               int64_t n0, int64_t n1);
+};
+
+}  // namespace fastar::cpu

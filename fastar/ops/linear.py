@@ -1,0 +1,56 @@
+"""linear for decoding: x (..., K) weight^T + bias with few rows (one token per sequence), where the cost is reading
+the weight. Its kernels stream each weight row once per 4 rows of x (csrc/cpu/linear.cpp, csrc/kernels/linear/);
+with many rows a GEMM library is faster (fastar.models.layers.linear routes by row count)."""
+import torch
+
+from fastar.ops._checks import check_same_device, check_tensor
+from fastar.ops._registry import kernel, op
+from fastar.reference import linear as reference
+from fastar.torch import linear as torch_impl
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ops, ctx, grad):
+    x, weight = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad
+    return (grad @ weight if need_x else None, grad.t() @ x if need_w else None,
+            grad.sum(0) if need_b and ctx.has_bias else None)
+
+
+@kernel("linear", backward=_backward, setup_context=_setup_context)
+def _linear(x, weight, bias):  # fake kernel, for torch.compile / opcheck
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+@op(reference=reference.linear, torch=torch_impl.linear)
+def linear(x, weight, bias=None):
+    """x (..., K) float32 / float64, weight (N, K), bias (N,) or None, one dtype and device -> (..., N), as F.linear.
+    Differentiable (the backward is two torch matrix products and a sum)."""
+    name = "linear"
+    check_tensor(name, "x", x, min_dim=1, dtypes=DTYPES)
+    check_tensor(name, "weight", weight, dim=2, dtypes=DTYPES)
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{name}: x has {x.shape[-1]} features (its last dim), weight (N, K) takes {weight.shape[1]}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{name}: weight is {weight.dtype}, x is {x.dtype}: they must match")
+    if bias is not None:
+        check_tensor(name, "bias", bias, dim=1, dtypes=(x.dtype,))
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{name}: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
+        check_same_device(name, x=x, weight=weight, bias=bias)
+    else:
+        check_same_device(name, x=x, weight=weight)
+    lead = x.shape[:-1]
+
+    def run(ops):
+        y = ops.linear(x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous(),
+                       None if bias is None else bias.contiguous())
+        return y.view(*lead, weight.shape[0])
+    return x.device, run

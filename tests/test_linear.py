@@ -1,0 +1,111 @@
+"""linear (the few-row kernels for decoding) on every backend: against the float64 reference within the tolerance
+rule, row counts past one group of 4 and K off the vector widths, bias or none, leading dims, every CPU ISA, the
+backward (autograd and gradcheck), opcheck, and bad inputs named."""
+import pytest
+import torch
+
+import fastar
+from fastar.reference import linear as ref
+from tests.conftest import backend_device, run_with_cpu_isa, sanitized
+from tests.tolerance import assert_close
+
+# (M, K, N): one decode row at DALL-E's MLP, a row per group size, groups of 4 and a tail, K off every vector width
+# (1, 37, 1000), N across several 128 KB blocks and below the CUDA block's 8 warps, empty rows and columns
+SHAPES = [(1, 512, 2048), (1, 1, 1), (2, 37, 5), (3, 64, 9), (4, 1000, 130), (5, 100, 33), (9, 300, 257),
+          (0, 8, 4), (3, 8, 0)]
+
+
+def randn(*shape, seed, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+def check(x, w, b, backend):
+    dev = backend_device(backend)
+    out = fastar.ops.linear(x.to(dev), w.to(dev), None if b is None else b.to(dev))
+    assert fastar.last_backend("linear") == backend and out.dtype == x.dtype
+    want64 = ref.linear(x.double(), w.double(), None if b is None else b.double())
+    assert_close("linear", out, want64, ref.linear(x, w, b))
+    return out
+
+
+@pytest.mark.parametrize("shape", sanitized(SHAPES, {(2, 37, 5), (5, 100, 33), (0, 8, 4)}), ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_matches_reference(backend, shape, bias):
+    M, K, N = shape
+    x, w = randn(M, K, seed=M + K), randn(N, K, seed=N)
+    out = check(x, w, randn(N, seed=7) if bias else None, backend)
+    assert out.shape == (M, N)
+
+
+def test_float64_leading_dims_and_strides(backend):
+    """float64 against its own reference; x (2, 3, K) and a non-contiguous x (a transposed view) as F.linear."""
+    x, w, b = randn(2, 3, 70, seed=1, dtype=torch.float64), randn(11, 70, seed=2, dtype=torch.float64), None
+    out = check(x, w, b, backend)
+    assert out.shape == (2, 3, 11)
+    xt = randn(70, 3, seed=3).t()  # (3, 70), strides (1, 3)
+    check(xt, randn(6, 70, seed=4), randn(6, seed=5), backend)
+
+
+def test_backward(backend):
+    """Gradients of x, weight and bias against the reference's, and gradcheck of the compiled op in float64."""
+    dev = backend_device(backend)
+    x, w, b = (t.to(dev).requires_grad_() for t in (randn(3, 20, seed=8, dtype=torch.float64),
+                                                     randn(7, 20, seed=9, dtype=torch.float64),
+                                                     randn(7, seed=10, dtype=torch.float64)))
+    out = fastar.ops.linear(x, w, b)
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, w, b), dout)
+    want = torch.autograd.grad(ref.linear(x, w, b), (x, w, b), dout)
+    for g, e in zip(got, want):
+        assert_close("linear", g, e, e)
+    ns = torch.ops.fastar_simt if backend == "simt" else torch.ops.fastar
+    assert torch.autograd.gradcheck(lambda *t: ns.linear(*t), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: ns.linear(x, w, None), (x, w))
+
+
+def test_opcheck(backend):
+    ns = torch.ops.fastar_simt if backend == "simt" else torch.ops.fastar
+    dev = backend_device(backend)
+    x, w, b = (randn(*s, seed=i).to(dev).requires_grad_() for i, s in enumerate(((5, 40), (9, 40), (9,))))
+    torch.library.opcheck(ns.linear.default, (x, w, b))
+    torch.library.opcheck(ns.linear.default, (x, w, None))
+
+
+ISA_CHILD = """
+import torch, fastar
+from tests.test_linear import SHAPES, check, randn
+assert fastar.build_info()["cpu_isa"] == "%s"
+for M, K, N in SHAPES:
+    check(randn(M, K, seed=M), randn(N, K, seed=N), randn(N, seed=K), "cpu")
+"""
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+def test_every_cpu_isa(isa):
+    """Each instruction set's kernel (4, 8 or 16 floats a vector: other K tails) in a child process."""
+    run_with_cpu_isa(isa, ISA_CHILD % isa)
+
+
+def test_torch_backend_is_f_linear():
+    x, w, b = randn(3, 16, seed=1), randn(5, 16, seed=2), randn(5, seed=3)
+    with fastar.use_backend("torch"):
+        out = fastar.ops.linear(x, w, b)
+    assert torch.equal(out, torch.nn.functional.linear(x, w, b))
+
+
+def test_bad_inputs_name_the_argument():
+    x, w = torch.zeros(2, 8), torch.zeros(3, 8)
+    with pytest.raises(ValueError, match="x has 8 features.*takes 9"):
+        fastar.ops.linear(x, torch.zeros(3, 9))
+    with pytest.raises(TypeError, match="x must be one of"):
+        fastar.ops.linear(x.bfloat16(), w)
+    with pytest.raises(TypeError, match="weight is torch.float64, x is torch.float32"):
+        fastar.ops.linear(x, w.double())
+    with pytest.raises(ValueError, match="weight must have 2 dims"):
+        fastar.ops.linear(x, w[None])
+    with pytest.raises(ValueError, match=r"bias must be \(3,\)"):
+        fastar.ops.linear(x, w, torch.zeros(4))
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        fastar.ops.linear(x, [[0.0] * 8])
+    with pytest.raises(RuntimeError, match="x and weight must be contiguous"):
+        torch.ops.fastar.linear(x, torch.zeros(8, 3).t(), None)
