@@ -63,6 +63,20 @@ class SelfAttention(nn.Module):
         return self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, L, C)))
 
 
+class FFN(nn.Module):
+    """The official contract: fc1, a tanh GELU, fc2, drop; fused_mlp_func None without flash-attn."""
+
+    def __init__(self, in_features=64, hidden_features=256, drop=0.0):
+        super().__init__()
+        self.fused_mlp_func = None
+        self.fc1, self.act = nn.Linear(in_features, hidden_features), nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop = nn.Dropout(drop, inplace=True) if drop > 0 else nn.Identity()
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
 class Phi(nn.Conv2d):
     def __init__(self, C, quant_resi):
         super().__init__(C, C, 3, padding=1)
@@ -281,7 +295,7 @@ def official(monkeypatch):
     models.helpers and models.var (which imports the sampler by name, `from models.helpers import
     sample_with_top_k_top_p_`)."""
     mods = {}
-    for name, classes in (("models.basic_var", [SelfAttention]), ("models.quant", [VectorQuantizer2]),
+    for name, classes in (("models.basic_var", [SelfAttention, FFN]), ("models.quant", [VectorQuantizer2]),
                           ("models.basic_vae", VAE_CLASSES)):
         mod = types.ModuleType(name)
         for cls in classes:
@@ -297,7 +311,7 @@ def official(monkeypatch):
                                     "autoregressive_infer_cfg": _defined_in(VAR.autoregressive_infer_cfg, var)})
     for mod in (helpers, var):
         monkeypatch.setitem(sys.modules, mod.__name__, mod)
-    yield types.SimpleNamespace(SelfAttention=mods["models.basic_var"].SelfAttention,
+    yield types.SimpleNamespace(SelfAttention=mods["models.basic_var"].SelfAttention, FFN=mods["models.basic_var"].FFN,
                                 VectorQuantizer2=mods["models.quant"].VectorQuantizer2, VAR=var.VAR, var=var,
                                 vae=mods["models.basic_vae"])
     fastar.patch.undo()
@@ -382,6 +396,36 @@ def test_linear_row_runs_onednn_in_inference_on_a_model_only(official, monkeypat
     attn(x, None).sum().backward()
     assert torch.allclose(grad, x.grad, rtol=1e-4, atol=1e-6)
     assert not any(r.group == "linear" for r in fastar.patch.var(linear=True))
+
+
+def test_ffn_row_fuses_the_gelu_on_a_model_only(official, monkeypatch):
+    """linear=True with a model: VAR's FFN runs fc1 and its tanh GELU as one oneDNN product (no aten gelu) and fc2,
+    within the tolerance rule of the float64 FFN, F.linear and F.gelu under autograd with the unpatched gradients;
+    another activation declines (named in report); never without a model."""
+    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
+    torch.manual_seed(5)
+    ffn = official.FFN().eval()
+    x = torch.randn(2, 30, 64)
+    with torch.no_grad():
+        ref64, ref32 = copy.deepcopy(ffn).double()(x.double()), ffn(x)
+    rows = fastar.patch.var(ffn, linear=True)
+    assert [r.cls for r in rows if r.group == "linear"] == ["Linear", "FFN"]
+    with torch.no_grad(), Ops() as ops:
+        got = ffn(x)
+    assert ops.counts["mkldnn::_linear_pointwise"] == 2 and "aten::gelu" not in ops.names
+    assert_close("linear", got, ref64, ref32)
+    assert {name: s for name, row, s in fastar.patch.report(ffn) if row.cls == "FFN"} == {"": "applied"}
+    x.requires_grad_()
+    ffn(x).sum().backward()
+    grad, x.grad = x.grad, None
+    ffn.act = nn.GELU()
+    ffn(x.detach())
+    assert "GELU(approximate='none')" in dict((n, s) for n, row, s in fastar.patch.report(ffn) if row.cls == "FFN")[""]
+    fastar.patch.undo(ffn)
+    ffn.act = nn.GELU(approximate="tanh")
+    ffn(x).sum().backward()
+    assert torch.allclose(grad, x.grad, rtol=1e-4, atol=1e-6)
+    assert not any(r.cls == "FFN" for r in fastar.patch.var(linear=True))
 
 
 def test_class_patch_undo_restores_the_originals(official):

@@ -11,6 +11,7 @@ from fastar.patch import linear as _linear
 from fastar.patch._table import Row, apply, report, undo
 from fastar.patch.fractalgen import ROWS as FRACTALGEN_ROWS
 from fastar.patch.mar import ROWS as MAR_ROWS
+from fastar.patch import var as _var
 from fastar.patch.var import ROWS as VAR_ROWS
 
 __all__ = ["Row", "var", "mar", "fractalgen", "undo", "report", "VAR_ROWS", "MAR_ROWS", "FRACTALGEN_ROWS"]
@@ -24,12 +25,14 @@ def var(model=None, *, attention=True, quantizer=True, sampling=True, decoder=Tr
     one fastar.ops.sample_categorical pass: the same tokens for a seed), decoder (the VQVAE's Decoder, Upsample2x,
     ResnetBlock and AttnBlock forwards on fastar's decoder fast path: each nearest-2x upsample + conv as one phase
     conv, in-place SiLU and residuals at inference, torch's SDPA in AttnBlock; the encoder's blocks too).
-    linear (off unless asked; with a model only): its nn.Linear layers (fastar.patch.linear). The sampler is a
+    linear (off unless asked; with a model only): its nn.Linear layers (fastar.patch.linear) and its FFNs (fc1 and
+    the tanh GELU as one oneDNN product with the GELU in its epilogue, then fc2). The sampler is a
     module-level function, looked up as a global of the module that defines the VAR class: with a model holding a
     VAR, that module's global is replaced, so every VAR of that module samples through fastar until undo().
     Returns the rows applied."""
     groups = {"attention": attention, "quantizer": quantizer, "sampling": sampling, "decoder": decoder}
-    return apply([r for r in VAR_ROWS if groups[r.group]] + _linear.rows(model, linear), model,
+    ffn = [_var.FFN_ROW] if _linear.rows(model, linear) else []
+    return apply([r for r in VAR_ROWS if groups[r.group]] + _linear.rows(model, linear) + ffn, model,
                  caller="fastar.patch.var")
 
 

@@ -12,7 +12,7 @@ import torch
 import fastar
 from fastar import _backend
 from fastar.models.var import basic_vae
-from fastar.models.layers import linear
+from fastar.models.layers import linear, linear_gelu, onednn_declines
 from fastar.models.var.basic_var import KVCache, unit
 from fastar.ops._checks import generator_on
 from fastar.patch._table import Row
@@ -178,6 +178,27 @@ def _sample_declines(logits_BlV, top_k=0, top_p=0.0, rng=None, num_samples=1):
         return ("the caller may read the logits the official sampler filters in place (more_smooth's gumbel "
                 "softmax, or a caller other than VAR.autoregressive_infer_cfg)")
     return None
+
+
+# ---- models/basic_var.py's FFN, in the opt-in linear group ----
+
+def ffn_forward(self, x):
+    """FFN.forward(x): fc1 and its tanh GELU as one oneDNN product with the GELU in the epilogue (no second pass over
+    the hidden activations), then fc2 (fastar.models.layers: fastar.ops.linear at decode rows)."""
+    h = linear_gelu(x, self.fc1.weight, self.fc1.bias, approximate="tanh")
+    return self.drop(linear(h, self.fc2.weight, self.fc2.bias))
+
+
+def _ffn_declines(self, x):
+    if self.fused_mlp_func is not None:
+        return "flash-attn's fused_mlp_func runs (fused_if_available with flash-attn installed)"
+    if not isinstance(self.act, torch.nn.GELU) or self.act.approximate != "tanh":
+        return f"activation {self.act!r}, not VAR's GELU(approximate='tanh')"
+    return onednn_declines(x, self.fc1.weight, self.fc1.bias)
+
+
+FFN_ROW = Row("linear", "models.basic_var", "FFN", "forward", ffn_forward, "fused_mlp_func off (no flash-attn), "
+              "VAR's tanh GELU, float32 on the CPU with oneDNN the float32 GEMM library", _ffn_declines)
 
 
 # ---- models/basic_vae.py: the decoder's Decoder, Upsample2x, ResnetBlock and AttnBlock ----
