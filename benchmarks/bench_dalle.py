@@ -16,6 +16,7 @@ from benchmarks.bench_var import BASELINE, LINEAR_PARTS, Breakdown, on
 from benchmarks.harness import compare
 from fastar.models.dalle import DALLE, DALLEConfig
 from fastar.models.dalle import dalle as dalle_module
+from fastar.models.layers import Linear, decode_weights
 
 DEPTH, WIDTH, TEXT_LEN, GRID, STEPS = (int(x) for x in os.environ.get("FASTAR_BENCH_DALLE",
                                                                      "12,512,256,32,1024").split(","))
@@ -42,30 +43,37 @@ class DalleBreakdown(Breakdown):
 
     def __init__(self, monkeypatch):
         self.ms, self._spent, self._depth = {}, None, 0
-        for _, owner, attr in [*LINEAR_PARTS, (None, dalle_module, "linear_gelu")]:  # the MLP's fc1 + GELU too
+        for _, owner, attr in [*LINEAR_PARTS, (None, Linear, "forward_gelu")]:  # the MLP's fc1 + GELU too
             monkeypatch.setattr(owner, attr, self._timed("linear layers", getattr(owner, attr)))
         monkeypatch.setattr(fastar.ops, "attention_decode", self._timed("attention", fastar.ops.attention_decode))
         monkeypatch.setattr(dalle_module, "sample_categorical",
                             self._timed("token sampling", dalle_module.sample_categorical))
 
 
-def test_dalle_sample(benchmark, model, monkeypatch):
+@pytest.mark.parametrize("weights", ["float32", "bfloat16"])
+def test_dalle_sample(benchmark, model, monkeypatch, weights):
+    """weights bfloat16: fastar's decode steps read bfloat16 copies of the weights (layers.decode_weights, a
+    sampling mode with its own tokens), against the same float32 baseline and fastar in float32."""
     model.eval()
-    benchmark.group = f"DALL-E sampling B=1 {SHAPE}: text prefill + {STEPS} image tokens on the KV caches"
+    mode = ", fastar's decode steps on bfloat16 weights" if weights == "bfloat16" else ""
+    benchmark.group = f"DALL-E sampling B=1 {SHAPE}: text prefill + {STEPS} image tokens on the KV caches{mode}"
     prefix = torch.zeros(1, GRID * GRID - STEPS, dtype=torch.long)  # given tokens: only the last STEPS are sampled
     parts, last = DalleBreakdown(monkeypatch), {}
 
-    def sample(name):
+    def sample(name, dtype=torch.float32):
         def run():
-            with parts.recording(name), torch.no_grad():
+            with parts.recording(name), torch.no_grad(), decode_weights(model, dtype):
                 last[name] = model.generate(text(1), image_prefix=prefix if STEPS < GRID * GRID else None, top_k=64,
                                             generator=torch.Generator().manual_seed(0))
         return run
 
-    compare(benchmark, sample("fastar"), {BASELINE: on("torch", sample(BASELINE))}, baseline=BASELINE, rounds=1,
-            warmup=0, op="attention_decode", shape=SHAPE, sampled_tokens=STEPS)
-    # share of the sampled tokens equal to the baseline's (same seed): a {contender: share} table, as every benchmark
-    benchmark.extra_info["agreement"] = {BASELINE: (last["fastar"] == last[BASELINE]).float().mean().item()}
+    others = {BASELINE: on("torch", sample(BASELINE))}
+    if weights == "bfloat16":
+        others["fastar float32"] = sample("fastar float32")
+    compare(benchmark, sample("fastar", getattr(torch, weights)), others, baseline=BASELINE, rounds=1, warmup=0,
+            op="attention_decode", shape=SHAPE, sampled_tokens=STEPS, weights=weights)
+    # share of the sampled tokens equal to each contender's (same seed): a {contender: share} table, as every benchmark
+    benchmark.extra_info["agreement"] = {name: (last["fastar"] == last[name]).float().mean().item() for name in others}
     benchmark.extra_info["breakdown"] = parts.ms
 
 

@@ -2,7 +2,8 @@
 each) against every layer's weights, float32. The weights (the DALL-E benchmark model's 151 MB, VAR-d16's 805 MB)
 exceed the L3 cache, as in sampling, so each step reads them from memory. Contenders: F.linear (nn.Linear, the
 official codebases' formulation: torch's addmm, the torch backend) and oneDNN's matmul (the path
-fastar.models.layers.linear takes with more rows)."""
+fastar.models.layers.linear takes with more rows); one row reads bfloat16 weights (half the bytes), against the same
+float32 contenders and fastar's float32 weights."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,22 +18,30 @@ MODELS = {"DALL-E 12 layers width 512": (12, [(512, 1536), (512, 512), (512, 204
           "VAR-d16": (16, [(1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024), (1024, 6144)])}
 
 
-@pytest.mark.parametrize("model,M", [("DALL-E 12 layers width 512", 1), ("DALL-E 12 layers width 512", 4),
-                                     ("VAR-d16", 2)])
-def test_linear_decode(benchmark, model, M):
+@pytest.mark.parametrize("model,M,bf16", [("DALL-E 12 layers width 512", 1, False),
+                                          ("DALL-E 12 layers width 512", 4, False), ("VAR-d16", 2, False),
+                                          ("DALL-E 12 layers width 512", 1, True)])
+def test_linear_decode(benchmark, model, M, bf16):
+    """bf16: fastar reads the weights rounded to bfloat16 (another mode: half the bytes), the others float32."""
     layers, shapes = MODELS[model]
     g = torch.Generator().manual_seed(0)
     weights = [(torch.randn(n, k, generator=g) / k ** 0.5, torch.randn(n, generator=g))
                for _ in range(layers) for k, n in shapes]
     xs = {k: torch.randn(M, k, generator=g) for k, _ in shapes}
     mb = sum(w.numel() for w, _ in weights) * 4 / 2 ** 20
-    benchmark.group = f"linear decode step {model}: {M} row(s) through {len(weights)} layers ({mb:.0f} MB) float32"
+    benchmark.group = (f"linear decode step {model}: {M} row(s) through {len(weights)} layers ({mb:.0f} MB) float32"
+                       + (", fastar with bfloat16 weights" if bf16 else ""))
 
-    def step(fn):
+    def step(fn, ws=weights):
         def run():
-            for w, b in weights:
+            for w, b in ws:
                 fn(xs[w.shape[1]], w, b)
         return run
 
-    compare(benchmark, step(fastar.ops.linear), {BASELINE: step(F.linear), "oneDNN matmul": step(_onednn)},
-            baseline=BASELINE, rounds=7, op="linear", shape=f"{model} M={M}")
+    others = {BASELINE: step(F.linear), "oneDNN matmul": step(_onednn)}
+    mine = step(fastar.ops.linear)
+    if bf16:
+        others["fastar, float32 weights"] = mine
+        mine = step(fastar.ops.linear, [(w.bfloat16(), b) for w, b in weights])
+    compare(benchmark, mine, others, baseline=BASELINE, rounds=7, op="linear", shape=f"{model} M={M}",
+            weights="bfloat16" if bf16 else "float32")

@@ -10,7 +10,9 @@ import fastar
 from fastar.models.dalle import (DALLE, DALLE_12B, DVAE, DALLEConfig, Decoder, DVAEConfig, Encoder, TextTokenizer,
                                  layer_kind, map_pixels, parameter_count, unmap_pixels)
 from fastar.models.dalle import dalle as dalle_module
+from fastar.models import layers
 from fastar.models.dalle import dvae as dvae_module
+from fastar.models.layers import Linear
 from tests.conftest import backend_device
 from tests.test_var_model import run_cli
 from tests.tolerance import assert_close
@@ -205,6 +207,27 @@ def test_fastar_ops_sampling_equals_reference_ops(backend):
     assert tokens.shape == (3, 16) and torch.equal(tokens[:, :5].cpu(), image[:, :5])
     assert torch.equal(tokens.cpu(), ref_tokens.cpu())
     assert not torch.equal(tokens, sample(model, text.to(dev), image_prefix=image[:, :4].to(dev)))
+
+
+def test_sampling_on_bfloat16_decode_weights(monkeypatch):
+    """layers.decode_weights(model, bfloat16): the decode steps read bfloat16 weights (every Linear's, logits head
+    included). With weights that bfloat16 holds exactly the products are bit for bit the float32 ones, so the tokens
+    are the float32 run's; on exit the model samples as before."""
+    torch.manual_seed(0)
+    model = DALLE(TINY).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, Linear):
+                m.weight.copy_(m.weight.bfloat16().float())
+    text, image = tiny_inputs()
+    want = sample(model, text, image_prefix=image[:, :5])
+    dtypes, op = [], fastar.ops.linear
+    monkeypatch.setattr(fastar.ops, "linear", lambda x, w, b=None: dtypes.append(w.dtype) or op(x, w, b))
+    with torch.no_grad(), layers.decode_weights(model):
+        got = sample(model, text, image_prefix=image[:, :5])
+    # every decode step's linear layers and logits head (the prefill's many rows run oneDNN's GEMM)
+    assert set(dtypes) == {torch.bfloat16} and len(dtypes) == 10 * (4 * TINY.depth + 1) + 1
+    assert torch.equal(got, want) and "decode_weight" not in vars(model.to_image_logits)
 
 
 def test_training_step_gradients_match_float64_reference(backend):

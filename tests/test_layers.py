@@ -181,3 +181,32 @@ def test_same_parameters_as_nn_linear():
     assert isinstance(b, nn.Linear)
     assert a.state_dict().keys() == b.state_dict().keys()
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_decode_weights_bfloat16(monkeypatch):
+    """Inside decode_weights(module, bfloat16) a Linear's decode steps (<= DECODE_ROWS rows, no autograd) read a
+    bfloat16 copy of its weight through fastar.ops.linear, bit for bit the op on the rounded weight (forward_gelu too);
+    more rows and autograd keep the float32 weight; on exit the copies are gone and the state dict is unchanged."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(Linear(48, 96), Linear(96, 48))
+    state = {k: v.clone() for k, v in mlp.state_dict().items()}
+    x1, x8 = torch.randn(3, 48), torch.randn(8, 48)
+    with torch.no_grad(), layers.decode_weights(mlp):
+        fc1 = mlp[0]
+        assert fc1.decode_weight.dtype == torch.bfloat16
+        assert torch.equal(fc1(x1), fastar.ops.linear(x1, fc1.weight.bfloat16(), fc1.bias))
+        assert torch.equal(fc1.forward_gelu(x1), F.gelu(fastar.ops.linear(x1, fc1.weight.bfloat16(), fc1.bias)))
+        with Ops() as ops:
+            fc1(x8)
+        assert "mkldnn::_linear_pointwise" in ops.names or "aten::addmm" in ops.names  # float32 GEMM, many rows
+        assert_close("linear", fc1(x8), F.linear(x8.double(), fc1.weight.double(), fc1.bias.double()),
+                     F.linear(x8, fc1.weight, fc1.bias))
+    want = mlp(x1)
+    with layers.decode_weights(mlp):
+        out = mlp(x1)  # under autograd: the float32 weights
+    assert out.requires_grad and torch.equal(out, want)
+    assert "decode_weight" not in vars(mlp[0]) and mlp[0].decode_weight is None
+    assert all(torch.equal(v, state[k]) for k, v in mlp.state_dict().items())
+    with pytest.raises(ValueError, match="dtype must be torch.bfloat16 or torch.float32, got torch.float16"):
+        with layers.decode_weights(mlp, torch.float16):
+            pass

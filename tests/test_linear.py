@@ -37,6 +37,22 @@ def test_matches_reference(backend, shape, bias):
     assert out.shape == (M, N)
 
 
+@pytest.mark.parametrize("shape", sanitized([(1, 512, 2048), (3, 37, 5), (5, 100, 33)], {(3, 37, 5)}), ids=str)
+def test_bfloat16_weights(backend, shape):
+    """float32 x with bfloat16 weights (a decode step reading half the bytes): the product with the weights widened
+    exactly, within the rule of float32 against float64; d x through the widened weights, d weight in bfloat16."""
+    M, K, N = shape
+    x, w, b = randn(M, K, seed=M), randn(N, K, seed=N).bfloat16(), randn(N, seed=3)
+    check(x, w, b, backend)
+    dev = backend_device(backend)
+    xg, wg = x.to(dev).requires_grad_(), w.to(dev).requires_grad_()
+    out = fastar.ops.linear(xg, wg, b.to(dev))
+    dout = torch.randn_like(out)
+    dx, dw = torch.autograd.grad(out, (xg, wg), dout)
+    assert dw.dtype == torch.bfloat16
+    assert_close("linear", dx, dout.cpu().double() @ w.double(), dout.cpu() @ w.float())
+
+
 def test_float64_leading_dims_and_strides(backend):
     """float64 against its own reference; x (2, 3, K) and a non-contiguous x (a transposed view) as F.linear."""
     x, w, b = randn(2, 3, 70, seed=1, dtype=torch.float64), randn(11, 70, seed=2, dtype=torch.float64), None
@@ -77,6 +93,7 @@ from tests.test_linear import SHAPES, check, randn
 assert fastar.build_info()["cpu_isa"] == "%s"
 for M, K, N in SHAPES:
     check(randn(M, K, seed=M), randn(N, K, seed=N), randn(N, seed=K), "cpu")
+    check(randn(M, K, seed=M), randn(N, K, seed=N).bfloat16(), randn(N, seed=K), "cpu")
 """
 
 
@@ -101,6 +118,10 @@ def test_bad_inputs_name_the_argument():
         fastar.ops.linear(x.bfloat16(), w)
     with pytest.raises(TypeError, match="weight is torch.float64, x is torch.float32"):
         fastar.ops.linear(x, w.double())
+    with pytest.raises(TypeError, match="weight is torch.bfloat16, x is torch.float64: .*float32 x with bfloat16"):
+        fastar.ops.linear(x.double(), w.bfloat16())
+    with pytest.raises(RuntimeError, match="float32 x with bfloat16 weights"):
+        torch.ops.fastar.linear(x.double(), w.bfloat16(), None)
     with pytest.raises(ValueError, match="weight must have 2 dims"):
         fastar.ops.linear(x, w[None])
     with pytest.raises(ValueError, match=r"bias must be \(3,\)"):

@@ -1,6 +1,6 @@
 // linear on the CPU for few rows (decoding one token per sequence): threads split the weight's rows; each block of
 // rows (<= 128 KB, so it stays in L2) is streamed from memory once and dotted with x four rows at a time by the
-// ISA kernel (cpu/linear_isa.cpp). float64 runs a plain loop (the tests' and gradcheck's dtype). Semantics:
+// ISA kernel (cpu/linear_isa.cpp), from float32 or bfloat16 weights. float64 runs a plain loop (the tests' and gradcheck's dtype). Semantics:
 // fastar/reference/linear.py.
 #include "cpu/linear.h"
 
@@ -49,14 +49,19 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::opti
     });
     return y;
   }
-  const float *xp = x.data_ptr<float>(), *wp = weight.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
   const float* bp = has_bias ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  const auto rows = isa().linear->rows;
-  over_blocks(M, N, K, 4, [&](int64_t n0, int64_t n1) {
-    for (int64_t m = 0; m < M; m += 4)
-      rows(xp + m * K, K, int(std::min<int64_t>(4, M - m)), wp, K, bp, yp + m * N, N, n0, n1);
-  });
+  auto run = [&](auto rows, const auto* wp) {
+    over_blocks(M, N, K, int64_t(sizeof(*wp)), [&](int64_t n0, int64_t n1) {
+      for (int64_t m = 0; m < M; m += 4)
+        rows(xp + m * K, K, int(std::min<int64_t>(4, M - m)), wp, K, bp, yp + m * N, N, n0, n1);
+    });
+  };
+  if (weight.scalar_type() == at::kBFloat16)
+    run(isa().linear->rows_bf16, reinterpret_cast<const uint16_t*>(weight.data_ptr()));
+  else
+    run(isa().linear->rows, weight.data_ptr<float>());
   return y;
 }
 

@@ -6,7 +6,8 @@
 
 namespace fastar {
 
-// x (M, K), weight (N, K), bias (N,) or none: contiguous, one dtype (float32 or float64), on `device`.
+// x (M, K), weight (N, K), bias (N,) or none: contiguous, one dtype (float32 or float64; bfloat16 weights with float32
+// x and bias), on `device`.
 inline void check_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          c10::DeviceType device) {
   const char* op = "linear";
@@ -15,8 +16,10 @@ inline void check_linear(const at::Tensor& x, const at::Tensor& weight, const st
   TORCH_CHECK(x.size(1) == weight.size(1), op, ": x has ", x.size(1), " features, weight takes ", weight.size(1));
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
               ": x must be float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), op, ": weight is ", weight.scalar_type(), ", x is ",
-              x.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type() ||
+                  (x.scalar_type() == at::kFloat && weight.scalar_type() == at::kBFloat16),
+              op, ": weight is ", weight.scalar_type(), ", x is ", x.scalar_type(),
+              ": they must match, or float32 x with bfloat16 weights");
   TORCH_CHECK(x.is_contiguous() && weight.is_contiguous(), op, ": x and weight must be contiguous");
   TORCH_CHECK(x.device().type() == device && weight.device() == x.device(), op, ": x is on ", x.device(),
               ", weight on ", weight.device(), ", expected ", device);

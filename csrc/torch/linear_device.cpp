@@ -17,7 +17,7 @@ static at::Tensor linear_device(const at::Tensor& x, const at::Tensor& weight,
   params.x = x.data_ptr(), params.weight = weight.data_ptr(), params.y = y.data_ptr();
   params.bias = bias.has_value() && bias->defined() ? bias->data_ptr() : nullptr;
   params.M = x.size(0), params.N = weight.size(0), params.K = x.size(1);
-  params.dtype = kernel_dtype(x.scalar_type());
+  params.dtype = kernel_dtype(x.scalar_type()), params.weight_dtype = kernel_dtype(weight.scalar_type());
   check_launch(kernels::linear_launch(params, scope.stream()), "linear");
   return y;
 }

@@ -56,8 +56,8 @@ inline void define_ops(torch::Library& m) {
   // x contiguous -> x with the elements Philox4x32-10 drops under seed zeroed, the others times 1 / (1 - p)
   // (fastar/reference/dropout.py; one mask on every device). Its own backward with the same seed.
   m.def("dropout(Tensor x, int seed, float p) -> Tensor");
-  // x (M, K), weight (N, K), bias (N,) or None, contiguous, float32 / float64 -> x weight^T + bias (M, N): kernels
-  // for few rows (decoding), each weight row read once per 4 rows of x.
+  // x (M, K), weight (N, K), bias (N,) or None, contiguous, float32 / float64 (bfloat16 weights with float32 x)
+  // -> x weight^T + bias (M, N) in x's dtype: kernels for few rows (decoding), each weight row read once per 4 rows.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
 

@@ -1,4 +1,6 @@
 """Layers the five models share."""
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -115,10 +117,43 @@ def linear_gelu(x, weight, bias=None, approximate="none"):
 
 
 class Linear(nn.Linear):
-    """nn.Linear (the same parameters and state-dict keys) through `linear` above."""
+    """nn.Linear (the same parameters and state-dict keys) through `linear` above; inside `decode_weights`, decode
+    steps read its weight's copy in that dtype."""
+
+    decode_weight = None  # set by decode_weights: the weight in the decode dtype, for up to DECODE_ROWS rows
 
     def forward(self, x):
-        return linear(x, self.weight, self.bias)
+        return self._decode(x) if self._decodes(x) else linear(x, self.weight, self.bias)
+
+    def forward_gelu(self, x, approximate="none"):
+        """F.gelu(self(x)): linear_gelu on this layer's weights (an MLP's first layer)."""
+        if self._decodes(x):
+            return F.gelu(self._decode(x), approximate=approximate)
+        return linear_gelu(x, self.weight, self.bias, approximate)
+
+    def _decodes(self, x):
+        return self.decode_weight is not None and _decode_rows(x, self.weight, self.bias)
+
+    def _decode(self, x):
+        return fastar.ops.linear(x, self.decode_weight, self.bias)
+
+
+@contextlib.contextmanager
+def decode_weights(module, dtype=torch.bfloat16):
+    """Inside, decode steps (up to DECODE_ROWS rows, no autograd, float32 on the CPU) of module's Linear layers read
+    copies of their weights in `dtype` (bfloat16: half the bytes of a step that reads every weight), made on entry
+    from the weights as they are and dropped on exit. The products are the float32 ones of the rounded weights: a
+    sampling mode, with its own results (the benchmarks report its agreement with float32)."""
+    if dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"decode_weights: dtype must be torch.bfloat16 or torch.float32, got {dtype}")
+    layers = [m for m in module.modules() if isinstance(m, Linear)]
+    for m in layers:
+        m.decode_weight = m.weight.detach().to(dtype).contiguous()
+    try:
+        yield module
+    finally:
+        for m in layers:
+            m.__dict__.pop("decode_weight", None)
 
 
 class Dropout(nn.Dropout):

@@ -20,7 +20,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ops, ctx, grad):
     x, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad
-    return (grad @ weight if need_x else None, grad.t() @ x if need_w else None,
+    return (grad @ weight.to(grad.dtype) if need_x else None, (grad.t() @ x).to(weight.dtype) if need_w else None,
             grad.sum(0) if need_b and ctx.has_bias else None)
 
 
@@ -32,14 +32,17 @@ def _linear(x, weight, bias):  # fake kernel, for torch.compile / opcheck
 @op(reference=reference.linear, torch=torch_impl.linear)
 def linear(x, weight, bias=None):
     """x (..., K) float32 / float64, weight (N, K), bias (N,) or None, one dtype and device -> (..., N), as F.linear.
-    Differentiable (the backward is two torch matrix products and a sum)."""
+    The weight may be bfloat16 under a float32 x (and bias): widened to float32 exactly as it is read, so a decode step
+    reads half the bytes; the result is F.linear(x, weight.float(), bias). Differentiable (the backward is two torch
+    matrix products and a sum; d weight in the weight's dtype)."""
     name = "linear"
     check_tensor(name, "x", x, min_dim=1, dtypes=DTYPES)
-    check_tensor(name, "weight", weight, dim=2, dtypes=DTYPES)
+    check_tensor(name, "weight", weight, dim=2, dtypes=(*DTYPES, torch.bfloat16))
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"{name}: x has {x.shape[-1]} features (its last dim), weight (N, K) takes {weight.shape[1]}")
-    if weight.dtype != x.dtype:
-        raise TypeError(f"{name}: weight is {weight.dtype}, x is {x.dtype}: they must match")
+    if weight.dtype != x.dtype and not (x.dtype == torch.float32 and weight.dtype == torch.bfloat16):
+        raise TypeError(f"{name}: weight is {weight.dtype}, x is {x.dtype}: they must match, or float32 x with "
+                        f"bfloat16 weights")
     if bias is not None:
         check_tensor(name, "bias", bias, dim=1, dtypes=(x.dtype,))
         if bias.shape[0] != weight.shape[0]:

@@ -3,4 +3,4 @@ import torch.nn.functional as F
 
 
 def linear(x, weight, bias=None):
-    return F.linear(x, weight, bias)
+    return F.linear(x, weight.to(x.dtype), bias)

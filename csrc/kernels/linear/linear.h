@@ -16,10 +16,11 @@ struct LinearParams {
   const void* bias;    // (N,) or nullptr
   void* y;             // (M, N)
   int64_t M, N, K;
-  Dtype dtype;  // f32 or f64
+  Dtype dtype;         // of x, bias and y: f32 or f64
+  Dtype weight_dtype;  // dtype, or bf16 with f32 (widened exactly: half the bytes to read)
 };
 
-// Any other dtype or a negative size is cudaErrorInvalidValue.
+// Any other dtype pair or a negative size is cudaErrorInvalidValue.
 cudaError_t linear_launch(const LinearParams& p, cudaStream_t stream);
 
 }  // namespace fastar::kernels

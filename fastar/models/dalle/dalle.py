@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar
-from fastar.models.layers import Linear, linear_gelu
+from fastar.models import layers
+from fastar.models.layers import Linear
 from fastar.ops import sample_categorical
 from fastar.ops import AttentionMask
 
@@ -111,7 +112,7 @@ class Block(nn.Module):
     def forward(self, x, cache=None):
         x = x + self.attn(self.ln_1(x), cache)
         fc1, fc2 = self.mlp[0], self.mlp[2]  # the Sequential keeps the official keys (mlp.0, mlp.2)
-        return x + fc2(linear_gelu(self.ln_2(x), fc1.weight, fc1.bias))
+        return x + fc2(fc1.forward_gelu(self.ln_2(x)))
 
 
 class DALLE(nn.Module):

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from fastar.models.dalle.dalle import DALLE, DALLEConfig
 from fastar.models.dalle.dvae import DVAE, DVAEConfig
 from fastar.models.dalle.text import TextTokenizer
+from fastar.models.layers import decode_weights
 from fastar.models.var.sample import save_grid
 
 
@@ -43,6 +44,8 @@ def main(argv=None):
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--prefix-from", type=int, help="index of a digits image whose top rows are given")
     p.add_argument("--prefix-rows", type=int, default=3, help="token rows given with --prefix-from")
+    p.add_argument("--bf16-weights", action="store_true", help="decode steps of up to 4 images (--n <= 4) read "
+                   "bfloat16 copies of the weights (half the bytes; a sampling mode with its own tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="dalle.png")
     args = p.parse_args(argv)
@@ -59,8 +62,9 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(args.seed)
     rows = []
     for text in tqdm(args.text, desc="sample dalle"):
-        tokens = dalle.generate(tok.encode([text] * args.n), image_prefix=prefix, temperature=args.temperature,
-                                top_k=args.top_k, top_p=args.top_p, generator=gen)
+        with decode_weights(dalle, torch.bfloat16 if args.bf16_weights else torch.float32):
+            tokens = dalle.generate(tok.encode([text] * args.n), image_prefix=prefix, temperature=args.temperature,
+                                    top_k=args.top_k, top_p=args.top_p, generator=gen)
         rows.append(dvae.tokens_to_img(tokens.view(-1, g, g)))
     save_grid(torch.cat(rows), args.out, nrow=args.n)
     print(f"wrote {args.out}: {len(args.text)} captions x {args.n} images")
