@@ -10,9 +10,10 @@ from tests.conftest import backend_device, run_with_cpu_isa, sanitized
 from tests.tolerance import assert_close
 
 # (M, K, N): one decode row at DALL-E's MLP, a row per group size, groups of 4 and a tail, K off every vector width
-# (1, 37, 1000), N across several 128 KB blocks and below the CUDA block's 8 warps, empty rows and columns
+# (1, 37, 1000), N across several 128 KB blocks and below the CUDA block's 8 warps, rows of x past 16 KB (two weight
+# rows at a time, an odd one left), empty rows, columns and features
 SHAPES = [(1, 512, 2048), (1, 1, 1), (2, 37, 5), (3, 64, 9), (4, 1000, 130), (5, 100, 33), (9, 300, 257),
-          (0, 8, 4), (3, 8, 0)]
+          (4, 2050, 7), (3, 1500, 6), (0, 8, 4), (3, 8, 0), (2, 0, 3)]
 
 
 def randn(*shape, seed, dtype=torch.float32):

@@ -53,7 +53,7 @@ def linear(x, weight, bias=None):
     lead = x.shape[:-1]
 
     def run(ops):
-        y = ops.linear(x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous(),
+        y = ops.linear(x.reshape(lead.numel(), x.shape[-1]).contiguous(), weight.contiguous(),
                        None if bias is None else bias.contiguous())
         return y.view(*lead, weight.shape[0])
     return x.device, run
