@@ -1,5 +1,5 @@
 """`fastar selftest --bench` on a GPU: fastar's CUDA kernels against the official formulation (the `torch`
-backend: SDPA, torch.cdist + argmin) and the peers installed (flex_attention, flash-attn, FAISS-GPU), timed with
+backend: SDPA, torch.cdist + argmin, F.linear) and the peers installed (flex_attention, flash-attn, FAISS-GPU), timed with
 CUDA events (median of repeats after a warm-up), same inputs, same process. Prints one row per contender with its
 ratio to fastar; the full benchmarks (pytest benchmarks --benchmark-only) keep the numbers.
 """
@@ -73,12 +73,34 @@ def vq_contenders(N, V, D):
     return out
 
 
+def linear_contenders(M, layers=((512, 1536), (512, 512), (512, 2048), (2048, 512)) * 12):
+    """{name: fn} for one decode step through the DALL-E benchmark model's 48 linear layers (144 MB of float32
+    weights, past the L2 cache): M rows."""
+    ws = [(torch.randn(n, k, device="cuda") / k ** 0.5, torch.randn(n, device="cuda")) for k, n in layers]
+    wb = [(w.bfloat16(), b) for w, b in ws]
+    xs = {k: torch.randn(M, k, device="cuda") for k, _ in layers}
+
+    def step(fn, weights):
+        def run():
+            for w, b in weights:
+                fn(xs[w.shape[1]], w, b)
+        return run
+
+    return {"fastar cuda": _on("cuda", step(fastar.ops.linear, ws)),
+            "fastar cuda bf16 weights": _on("cuda", step(fastar.ops.linear, wb)),
+            "torch (F.linear, cuBLAS)": step(torch.nn.functional.linear, ws),
+            "cuBLAS bf16 x and weights": step(lambda x, w, b: torch.nn.functional.linear(x.bfloat16(), w, b.bfloat16()),
+                                              wb)}
+
+
 def main(quick=False):
     cases = [("attention fwd+bwd causal B8 H16 L1024 D64 bf16", lambda: attention_contenders(8, 16, 1024, 64, True)),
-             ("vq_nearest N65536 V4096 D32 fp32", lambda: vq_contenders(65536, 4096, 32))]
+             ("vq_nearest N65536 V4096 D32 fp32", lambda: vq_contenders(65536, 4096, 32)),
+             ("linear decode step DALL-E 48 layers 1 row fp32", lambda: linear_contenders(1))]
     if not quick:
         cases += [("attention fwd+bwd full B4 H16 L2240 D128 bf16", lambda: attention_contenders(4, 16, 2240, 128, False)),
-                  ("vq_nearest N262144 V16384 D64 fp32", lambda: vq_contenders(262144, 16384, 64))]
+                  ("vq_nearest N262144 V16384 D64 fp32", lambda: vq_contenders(262144, 16384, 64)),
+                  ("linear decode step DALL-E 48 layers 4 rows fp32", lambda: linear_contenders(4))]
     print(f"selftest --bench on {torch.cuda.get_device_name()}: median ms by CUDA events (ratio: time / fastar's)")
     for name, make in cases:
         contenders = make()
