@@ -207,6 +207,14 @@ def test_decode_weights_bfloat16(monkeypatch):
     assert out.requires_grad and torch.equal(out, want)
     assert "decode_weight" not in vars(mlp[0]) and mlp[0].decode_weight is None
     assert all(torch.equal(v, state[k]) for k, v in mlp.state_dict().items())
+    with layers.decode_weights(mlp):  # nested: the inner float32 copies, then the outer bfloat16 ones again
+        with layers.decode_weights(mlp, torch.float32):
+            assert mlp[0].decode_weight.dtype == torch.float32
+        assert mlp[0].decode_weight.dtype == torch.bfloat16
+    assert mlp[0].decode_weight is None
     with pytest.raises(ValueError, match="dtype must be torch.bfloat16 or torch.float32, got torch.float16"):
         with layers.decode_weights(mlp, torch.float16):
+            pass
+    with pytest.raises(TypeError, match="module must be a torch.nn.Module, got Tensor"):
+        with layers.decode_weights(x1):
             pass

@@ -74,8 +74,8 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 DECODE_ROWS = 4  # up to this many rows (one token per sequence) `linear` runs fastar.ops.linear, which reads each
-# weight row once for them: on an AMD Zen 4, 2 threads, 1.1-1.7x oneDNN at 1 to 4 rows of DALL-E's and VAR's layer
-# shapes, below it from 8 rows (benchmarks/bench_linear.py)
+# weight row once for them: on an AMD Zen 4, 2 threads, about 1.0-1.9x oneDNN at 1 to 4 rows of DALL-E's and VAR's
+# layer shapes, below it from 8 rows at K 1024 (benchmarks/bench_linear.py; diagnostic runs per shape)
 
 
 def _decode_rows(x, weight, bias=None):
@@ -144,16 +144,21 @@ def decode_weights(module, dtype=torch.bfloat16):
     copies of their weights in `dtype` (bfloat16: half the bytes of a step that reads every weight), made on entry
     from the weights as they are and dropped on exit. The products are the float32 ones of the rounded weights: a
     sampling mode, with its own results (the benchmarks report its agreement with float32)."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"decode_weights: module must be a torch.nn.Module, got {type(module).__name__}")
     if dtype not in (torch.bfloat16, torch.float32):
         raise ValueError(f"decode_weights: dtype must be torch.bfloat16 or torch.float32, got {dtype}")
-    layers = [m for m in module.modules() if isinstance(m, Linear)]
-    for m in layers:
+    before = {m: m.__dict__.get("decode_weight") for m in module.modules() if isinstance(m, Linear)}
+    for m in before:
         m.decode_weight = m.weight.detach().to(dtype).contiguous()
     try:
         yield module
-    finally:
-        for m in layers:
-            m.__dict__.pop("decode_weight", None)
+    finally:  # an enclosing decode_weights' copies come back
+        for m, w in before.items():
+            if w is None:
+                m.__dict__.pop("decode_weight", None)
+            else:
+                m.decode_weight = w
 
 
 class Dropout(nn.Dropout):
