@@ -1,7 +1,7 @@
 """`fastar selftest --bench` on a GPU: fastar's CUDA kernels against the official formulation (the `torch`
-backend: SDPA, torch.cdist + argmin, F.linear) and the peers installed (flex_attention, flash-attn, FAISS-GPU), timed with
-CUDA events (median of repeats after a warm-up), same inputs, same process. Prints one row per contender with its
-ratio to fastar; the full benchmarks (pytest benchmarks --benchmark-only) keep the numbers.
+backend: SDPA, torch.cdist + argmin, F.linear) and the peers installed (flex_attention, flash-attn, FAISS-GPU),
+timed with CUDA events (median of repeats after a warm-up), same inputs, same process. Prints one row per contender
+with its ratio to fastar; the full benchmarks (pytest benchmarks --benchmark-only) keep the numbers.
 """
 import importlib.util
 import statistics

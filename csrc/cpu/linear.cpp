@@ -1,7 +1,7 @@
 // linear on the CPU for few rows (decoding one token per sequence): threads split the weight's rows; each block of
 // rows (<= 128 KB, so it stays in L2) is streamed from memory once and dotted with x four rows at a time by the
-// ISA kernel (cpu/linear_isa.cpp), from float32 or bfloat16 weights. float64 runs a plain loop (the tests' and gradcheck's dtype). Semantics:
-// fastar/reference/linear.py.
+// ISA kernel (cpu/linear_isa.cpp), from float32 or bfloat16 weights. float64 runs a plain loop (the tests' and
+// gradcheck's dtype). Semantics: fastar/reference/linear.py.
 #include "cpu/linear.h"
 
 #include <ATen/Parallel.h>
