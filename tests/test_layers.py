@@ -184,7 +184,7 @@ def test_same_parameters_as_nn_linear():
 
 
 def test_decode_weights_bfloat16(monkeypatch):
-    """Inside decode_weights(module, bfloat16) a Linear's decode steps (<= DECODE_ROWS rows, no autograd) read a
+    """Inside decode_weights(module, bfloat16) a Linear's decode steps (<= DECODE_ROWS_BF16 rows, no autograd) read a
     bfloat16 copy of its weight through fastar.ops.linear, bit for bit the op on the rounded weight (forward_gelu too);
     more rows and autograd keep the float32 weight; on exit the copies are gone and the state dict is unchanged."""
     torch.manual_seed(0)
@@ -196,11 +196,13 @@ def test_decode_weights_bfloat16(monkeypatch):
         assert fc1.decode_weight.dtype == torch.bfloat16
         assert torch.equal(fc1(x1), fastar.ops.linear(x1, fc1.weight.bfloat16(), fc1.bias))
         assert torch.equal(fc1.forward_gelu(x1), F.gelu(fastar.ops.linear(x1, fc1.weight.bfloat16(), fc1.bias)))
+        assert torch.equal(fc1(x8), fastar.ops.linear(x8, fc1.weight.bfloat16(), fc1.bias))  # 8 rows: bfloat16 too
+        x9 = torch.randn(9, 48)
         with Ops() as ops:
-            fc1(x8)
-        assert "mkldnn::_linear_pointwise" in ops.names or "aten::addmm" in ops.names  # float32 GEMM, many rows
-        assert_close("linear", fc1(x8), F.linear(x8.double(), fc1.weight.double(), fc1.bias.double()),
-                     F.linear(x8, fc1.weight, fc1.bias))
+            fc1(x9)
+        assert "mkldnn::_linear_pointwise" in ops.names or "aten::addmm" in ops.names  # float32 GEMM, more rows
+        assert_close("linear", fc1(x9), F.linear(x9.double(), fc1.weight.double(), fc1.bias.double()),
+                     F.linear(x9, fc1.weight, fc1.bias))
     want = mlp(x1)
     with layers.decode_weights(mlp):
         out = mlp(x1)  # under autograd: the float32 weights

@@ -78,10 +78,14 @@ DECODE_ROWS = 4  # up to this many rows (one token per sequence) `linear` runs f
 # layer shapes, below it from 8 rows at K 1024 (benchmarks/bench_linear.py; diagnostic runs per shape)
 
 
-def _decode_rows(x, weight, bias=None):
+DECODE_ROWS_BF16 = 8  # the same from bfloat16 weights (decode_weights): half the bytes keep 8 rows 1.2-1.5x ahead of
+# oneDNN's float32 GEMM (DALL-E's shapes, diagnostic runs), so the DALL-E CLI's 8 images a caption decode on them
+
+
+def _decode_rows(x, weight, bias=None, rows=DECODE_ROWS):
     """Whether `linear` runs fastar.ops.linear here: float32 on the CPU, fastar's kernels active, no gradient asked,
-    at most DECODE_ROWS rows."""
-    return (x.numel() <= DECODE_ROWS * x.shape[-1] and x.device.type == "cpu" and x.dtype == torch.float32
+    at most `rows` rows."""
+    return (x.numel() <= rows * x.shape[-1] and x.device.type == "cpu" and x.dtype == torch.float32
             and weight.dtype == torch.float32 and _backend.active(x.device) not in _backend.PYTHON_BACKENDS
             and not _wants_grad(x, weight, bias))
 
@@ -132,7 +136,9 @@ class Linear(nn.Linear):
         return linear_gelu(x, self.weight, self.bias, approximate)
 
     def _decodes(self, x):
-        return self.decode_weight is not None and _decode_rows(x, self.weight, self.bias)
+        w = self.decode_weight
+        return w is not None and _decode_rows(x, self.weight, self.bias,
+                                              DECODE_ROWS_BF16 if w.dtype == torch.bfloat16 else DECODE_ROWS)
 
     def _decode(self, x):
         return fastar.ops.linear(x, self.decode_weight, self.bias)
@@ -140,10 +146,11 @@ class Linear(nn.Linear):
 
 @contextlib.contextmanager
 def decode_weights(module, dtype=torch.bfloat16):
-    """Inside, decode steps (up to DECODE_ROWS rows, no autograd, float32 on the CPU) of module's Linear layers read
-    copies of their weights in `dtype` (bfloat16: half the bytes of a step that reads every weight), made on entry
-    from the weights as they are and dropped on exit. The products are the float32 ones of the rounded weights: a
-    sampling mode, with its own results (the benchmarks report its agreement with float32)."""
+    """Inside, decode steps (up to DECODE_ROWS rows, DECODE_ROWS_BF16 in bfloat16; no autograd, float32 on the CPU) of
+    module's Linear layers read copies of their weights in `dtype` (bfloat16: half the bytes of a step that reads
+    every weight), made on entry from the weights as they are and dropped on exit. The products are the float32 ones
+    of the rounded weights: a sampling mode, with its own results (the benchmarks report its agreement with
+    float32)."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"decode_weights: module must be a torch.nn.Module, got {type(module).__name__}")
     if dtype not in (torch.bfloat16, torch.float32):

@@ -44,7 +44,7 @@ def main(argv=None):
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--prefix-from", type=int, help="index of a digits image whose top rows are given")
     p.add_argument("--prefix-rows", type=int, default=3, help="token rows given with --prefix-from")
-    p.add_argument("--bf16-weights", action="store_true", help="decode steps of up to 4 images (--n <= 4) read "
+    p.add_argument("--bf16-weights", action="store_true", help="decode steps of up to 8 images (--n <= 8) read "
                    "bfloat16 copies of the weights (half the bytes; a sampling mode with its own tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="dalle.png")
