@@ -63,6 +63,16 @@ def test_float64_leading_dims_and_strides(backend):
     check(xt, randn(6, 70, seed=4), randn(6, seed=5), backend)
 
 
+@pytest.mark.parametrize("weights", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_unaligned_rows(backend, weights):
+    """x and the weight one element past a 16-byte boundary (views into larger storage), K a multiple of the vector
+    width: the CUDA kernel's 16-byte loads must not run there (the emulator reports a misaligned vector access)."""
+    x = randn(3 * 64 + 1, seed=11)[1:].view(3, 64)
+    w = randn(5 * 64 + 1, seed=12).to(weights)[1:].view(5, 64)
+    assert x.data_ptr() % 16 and w.data_ptr() % 16
+    check(x, w, randn(5, seed=13), backend)
+
+
 def test_backward(backend):
     """Gradients of x, weight and bias against the reference's, and gradcheck of the compiled op in float64."""
     dev = backend_device(backend)
