@@ -3,7 +3,7 @@ the weight. Its kernels stream each weight row once per 4 rows of x (csrc/cpu/li
 with many rows a GEMM library is faster (fastar.models.layers.linear routes by row count)."""
 import torch
 
-from fastar.ops._checks import check_tensor
+from fastar.ops._checks import check_same_device, check_tensor
 from fastar.ops._registry import kernel, op
 from fastar.reference import linear as reference
 from fastar.torch import linear as torch_impl
@@ -35,7 +35,7 @@ def linear(x, weight, bias=None):
     The weight may be bfloat16 under a float32 x (and bias): widened to float32 exactly as it is read, so a decode step
     reads half the bytes; the result is F.linear(x, weight.float(), bias). Differentiable (the backward is two torch
     matrix products and a sum; d weight in the weight's dtype)."""
-    name = "linear"  # a decode step calls this ~50 times per token: each shape and device is read once
+    name = "linear"  # a decode step calls this ~50 times per token: each shape and dtype is read once
     check_tensor(name, "x", x, min_dim=1, dtypes=DTYPES)
     check_tensor(name, "weight", weight, dim=2, dtypes=(*DTYPES, torch.bfloat16))
     xs, (N, K) = x.shape, weight.shape
@@ -44,20 +44,18 @@ def linear(x, weight, bias=None):
     xt, wt = x.dtype, weight.dtype
     if wt != xt and not (xt == torch.float32 and wt == torch.bfloat16):
         raise TypeError(f"{name}: weight is {wt}, x is {xt}: they must match, or float32 x with bfloat16 weights")
-    device = x.device
     if bias is not None:
         check_tensor(name, "bias", bias, dim=1, dtypes=(xt,))
         if bias.shape[0] != N:
             raise ValueError(f"{name}: bias must be ({N},), got {tuple(bias.shape)}")
-        if bias.device != device:
-            raise ValueError(f"{name}: bias is on {bias.device} but x is on {device}")
+        check_same_device(name, x=x, weight=weight, bias=bias)
         bias = bias.contiguous()
-    if weight.device != device:
-        raise ValueError(f"{name}: weight is on {weight.device} but x is on {device}")
+    else:
+        check_same_device(name, x=x, weight=weight)
 
     def run(ops):
         if len(xs) == 2:
             return ops.linear.default(x.contiguous(), weight.contiguous(), bias)
         y = ops.linear.default(x.reshape(xs[:-1].numel(), K).contiguous(), weight.contiguous(), bias)
         return y.view(*xs[:-1], N)
-    return device, run
+    return x.device, run

@@ -31,9 +31,9 @@ def var(model=None, *, attention=True, quantizer=True, sampling=True, decoder=Tr
     VAR, that module's global is replaced, so every VAR of that module samples through fastar until undo().
     Returns the rows applied."""
     groups = {"attention": attention, "quantizer": quantizer, "sampling": sampling, "decoder": decoder}
-    ffn = [_var.FFN_ROW] if _linear.rows(model, linear) else []
-    return apply([r for r in VAR_ROWS if groups[r.group]] + _linear.rows(model, linear) + ffn, model,
-                 caller="fastar.patch.var")
+    linear_rows = _linear.rows(model, linear)
+    return apply([r for r in VAR_ROWS if groups[r.group]] + linear_rows + ([_var.FFN_ROW] if linear_rows else []),
+                 model, caller="fastar.patch.var")
 
 
 def mar(model=None, *, attention=True, head=True, loss=True, linear=False):
