@@ -46,6 +46,8 @@ class DalleBreakdown(Breakdown):
         for _, owner, attr in [*LINEAR_PARTS, (None, Linear, "forward_gelu")]:  # the MLP's fc1 + GELU too
             monkeypatch.setattr(owner, attr, self._timed("linear layers", getattr(owner, attr)))
         monkeypatch.setattr(fastar.ops, "attention_decode", self._timed("attention", fastar.ops.attention_decode))
+        monkeypatch.setattr(fastar.ops, "transformer_decode", self._timed(  # fastar's decode steps: one call each
+            "decode steps' blocks (transformer_decode)", fastar.ops.transformer_decode))
         monkeypatch.setattr(dalle_module, "sample_categorical",
                             self._timed("token sampling", dalle_module.sample_categorical))
 
@@ -75,6 +77,36 @@ def test_dalle_sample(benchmark, model, monkeypatch, weights):
     # share of the sampled tokens equal to each contender's (same seed): a {contender: share} table, as every benchmark
     benchmark.extra_info["agreement"] = {name: (last["fastar"] == last[name]).float().mean().item() for name in others}
     benchmark.extra_info["breakdown"] = parts.ms
+
+
+def test_dalle_decode_step(benchmark, model):
+    """One decode step (B 1, an image token mid-grid) through the 12 blocks: fastar.ops.transformer_decode (the loop
+    in C++) against the same blocks called one by one in Python, on fastar's kernels and on the torch backend."""
+    model.eval()
+    benchmark.group = f"DALL-E decode step B=1 {SHAPE}: the {DEPTH} blocks, one image token against its KV caches"
+    L, C, H = TEXT_LEN + 1 + GRID * GRID, WIDTH, WIDTH // 64
+    g = torch.Generator().manual_seed(0)
+    caches = [dalle_module.KVCache(1, H, L, C // H, model.bos) for _ in model.blocks]
+    for c in caches:
+        c.k.normal_(generator=g), c.v.normal_(generator=g)
+    n = TEXT_LEN + 1 + GRID * GRID // 2  # the token at the grid's middle row: text + 16 rows cached
+    x = torch.randn(1, 1, C, generator=g)
+    stack = [block.decode_operands() for block in model.blocks]
+
+    def blocks():
+        with torch.no_grad():
+            y = x
+            for block, c in zip(model.blocks, caches):
+                c.len = n
+                y = block(y, c)
+            return y
+
+    def one_call():
+        return fastar.ops.transformer_decode(x, stack, [c.k for c in caches], [c.v for c in caches], n, model.masks,
+                                             heads=H)
+    same = torch.equal(one_call(), blocks())
+    compare(benchmark, one_call, {BASELINE: on("torch", blocks), "fastar kernels, block by block": blocks},
+            baseline=BASELINE, rounds=15, op="transformer_decode", shape=SHAPE, bitwise_equal_to_blocks=same)
 
 
 def test_dalle_train_step(benchmark, model):

@@ -32,7 +32,9 @@ K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
      # bf16 mode: the kernel rounds float32 values to bf16 where the emulating reference rounds its own float32 ones.
      "diffusion_sample_bf16": 4.0,
      # the models' Linear on oneDNN: another GEMM's blocking sums K in another order.
-     "linear": 2.0}
+     "linear": 2.0,
+     # a stack of blocks: LayerNorm, four products and an attention per layer, each summing in its kernel's order.
+     "transformer_decode": 4.0}
 
 
 def error_and_bound(op, out, ref64, ref_lowp, scale=None):

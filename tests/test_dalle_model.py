@@ -221,12 +221,16 @@ def test_sampling_on_bfloat16_decode_weights(monkeypatch):
                 m.weight.copy_(m.weight.bfloat16().float())
     text, image = tiny_inputs()
     want = sample(model, text, image_prefix=image[:, :5])
-    dtypes, op = [], fastar.ops.linear
+    dtypes, steps, op, stack = [], [], fastar.ops.linear, fastar.ops.transformer_decode
     monkeypatch.setattr(fastar.ops, "linear", lambda x, w, b=None: dtypes.append(w.dtype) or op(x, w, b))
+    monkeypatch.setattr(fastar.ops, "transformer_decode", lambda x, ws, *a, **k: steps.append(
+        {w[j].dtype for w in ws for j in (2, 4, 8, 10)}) or stack(x, ws, *a, **k))
     with torch.no_grad(), layers.decode_weights(model):
         got = sample(model, text, image_prefix=image[:, :5])
-    # every decode step's linear layers and logits head (the prefill's many rows run oneDNN's GEMM)
-    assert set(dtypes) == {torch.bfloat16} and len(dtypes) == 10 * (4 * TINY.depth + 1) + 1
+    # the logits head of each of the 11 tokens, and the 10 decode steps' blocks in one call each (the prefill's
+    # many rows run oneDNN's GEMM)
+    assert set(dtypes) == {torch.bfloat16} and len(dtypes) == 11
+    assert steps == [{torch.bfloat16}] * 10
     assert torch.equal(got, want) and "decode_weight" not in vars(model.to_image_logits)
 
 

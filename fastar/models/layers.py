@@ -135,6 +135,16 @@ class Linear(nn.Linear):
             return F.gelu(self._decode(x), approximate=approximate)
         return linear_gelu(x, self.weight, self.bias, approximate)
 
+    def decodes(self, x):
+        """Whether this layer's product of x runs fastar.ops.linear (a decode step: _decode_rows, on the decode
+        weight's row limit inside decode_weights)."""
+        return self._decodes(x) or _decode_rows(x, self.weight, self.bias)
+
+    def decode_operands(self):
+        """(weight, bias) a decode step reads, detached: the decode_weights copy where one is set."""
+        w = self.decode_weight if self.decode_weight is not None else self.weight
+        return w.detach(), None if self.bias is None else self.bias.detach()
+
     def _decodes(self, x):
         w = self.decode_weight
         return w is not None and _decode_rows(x, self.weight, self.bias,

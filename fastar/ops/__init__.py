@@ -5,9 +5,11 @@ from fastar.ops.dropout import dropout
 from fastar.ops.linear import linear
 from fastar.ops.multi_axis import multi_axis_attention
 from fastar.ops.sampling import sample_categorical
+from fastar.ops.transformer_decode import transformer_decode
 from fastar.ops.quantize import (embed_to_fhat, f_to_idxBl_or_fhat, get_next_autoregressive_input, idxBl_to_fhat,
                                  idxBl_to_var_input, msq_forward, phi_index, vq_nearest)
 
 __all__ = ["AttentionMask", "attention", "attention_decode", "max_head_dim", "vq_nearest", "f_to_idxBl_or_fhat", "idxBl_to_fhat",
            "embed_to_fhat", "idxBl_to_var_input", "get_next_autoregressive_input", "msq_forward", "phi_index",
-           "diffusion_sample", "sample_categorical", "multi_axis_attention", "diffusion_loss", "dropout", "linear"]
+           "diffusion_sample", "sample_categorical", "multi_axis_attention", "diffusion_loss", "dropout", "linear",
+           "transformer_decode"]

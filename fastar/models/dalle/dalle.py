@@ -7,7 +7,8 @@ convolutional attention over the image (text causal, every image token sees all 
 its own per position; images get broadcast row + column position embeddings. Loss: 1/8 text + 7/8 image
 cross-entropy. Training runs fastar.ops.attention under the layer's mask; sampling prefills the text once into
 preallocated KV caches and decodes one image token per step with fastar.ops.attention_decode under the same
-mask, which reads only the keys it shows.
+mask, which reads only the keys it shows; where fastar.ops.linear takes the step's rows (few images, CPU) the whole
+stack of a step is one fastar.ops.transformer_decode call.
 """
 import math
 from dataclasses import dataclass
@@ -114,6 +115,14 @@ class Block(nn.Module):
         fc1, fc2 = self.mlp[0], self.mlp[2]  # the Sequential keeps the official keys (mlp.0, mlp.2)
         return x + fc2(fc1.forward_gelu(self.ln_2(x)))
 
+    def decode_operands(self):
+        """The 12 tensors of fastar.ops.transformer_decode's layer (reference WEIGHTS order), detached; the products'
+        decode_weights copies where set."""
+        a, fc1, fc2 = self.attn, self.mlp[0], self.mlp[2]
+        return [self.ln_1.weight.detach(), self.ln_1.bias.detach(), *a.qkv.decode_operands(),
+                *a.proj.decode_operands(), self.ln_2.weight.detach(), self.ln_2.bias.detach(),
+                *fc1.decode_operands(), *fc2.decode_operands()]
+
 
 class DALLE(nn.Module):
     def __init__(self, cfg: DALLEConfig = DALLEConfig()):
@@ -208,9 +217,18 @@ class DALLE(nn.Module):
         caches = [KVCache(B, H, T + N, C // H, self.bos) for _ in self.blocks]
         x = torch.cat([self.embed_text(text_BT), self.embed_image(prefix)], 1)  # prefill: text and the prefix
         tokens = [prefix]
+        stack = None  # the decode steps' weights once they run as one transformer_decode call
         for j in range(prefix.shape[1], N):
-            for block, cache in zip(self.blocks, caches):
-                x = block(x, cache)
+            if x.shape[1] == 1 and stack is None and self.blocks[0].attn.qkv.decodes(x):
+                stack = [block.decode_operands() for block in self.blocks]
+            if x.shape[1] == 1 and stack is not None:  # one token per sequence: the stack in one fastar call
+                x = fastar.ops.transformer_decode(x, stack, [c.k for c in caches], [c.v for c in caches],
+                                                  caches[0].len, self.masks, heads=H, eps=self.blocks[0].ln_1.eps)
+                for c in caches:
+                    c.len += 1
+            else:  # the prefill (text and prefix), and decode steps fastar.ops.linear does not take
+                for block, cache in zip(self.blocks, caches):
+                    x = block(x, cache)
             logits = self.to_image_logits(self.ln_f(x[:, -1])).float()  # (B, image_vocab)
             nxt = sample_categorical(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             tokens.append(nxt[:, None])

@@ -1,0 +1,65 @@
+"""transformer_decode: a stack of pre-norm transformer blocks (GPT-2's and DALL-E's) decoding a few new tokens
+against per-layer KV caches in one call: the loop in C++ (csrc/torch/transformer_decode.h) on fastar's linear and
+attention_decode, so that a decode step is one call instead of ~15 Python-dispatched torch ops per layer."""
+import torch
+
+from fastar.ops._checks import check_choice, check_tensor
+from fastar.ops._registry import Decline, kernel, op
+from fastar.ops.attention import MAX_HEAD_DIM, AttentionMask
+from fastar import _backend
+from fastar.reference import transformer_decode as reference
+from fastar.reference.transformer_decode import WEIGHTS
+from fastar.torch import transformer_decode as torch_impl
+
+DTYPES = (torch.float32, torch.float64)
+
+
+@kernel("transformer_decode")
+def _transformer_decode(x, weights, k_caches, v_caches, cache_len, mask_kinds, mask_ints, heads, eps, approximate):
+    return torch.empty_like(x)  # fake kernel, for torch.compile / opcheck
+
+
+@op(reference=reference.transformer_decode, torch=torch_impl.transformer_decode)
+def transformer_decode(x, layers, k_caches, v_caches, cache_len, masks, *, heads, eps=1e-5, approximate="none"):
+    """x (B, L, C) float32 / float64 after `len(layers)` pre-norm blocks, each: x += proj(attention(LayerNorm_1(x)))
+    over the layer's caches under its mask, then x += fc2(GELU(fc1(LayerNorm_2(x)))).
+
+    layers: per layer the 12 tensors of reference.WEIGHTS (ln_1 weight and bias, qkv (3C, C) and bias, proj (C, C)
+    and bias, ln_2, fc1 (F, C) and bias, fc2 (C, F) and bias); the four products' weights may be bfloat16 under a
+    float32 x (fastar.ops.linear's rule). k_caches, v_caches: per layer (B, heads, Lmax, C / heads) like x; this
+    step's keys and values are written at positions cache_len .. cache_len + L - 1 and its queries attend to the first
+    cache_len + L. masks: per layer an AttentionMask (or None = full) without key_len, not block_causal.
+    Not differentiable (inference). The fastar backends run every product on fastar.ops.linear's kernel (made for a
+    few rows: the caller routes larger L * B elsewhere) and every attention on attention_decode's.
+    """
+    name = "transformer_decode"
+    check_tensor(name, "x", x, dim=3, dtypes=DTYPES)
+    n = len(layers)
+    for arg, seq in (("k_caches", k_caches), ("v_caches", v_caches), ("masks", masks)):
+        if len(seq) != n:
+            raise ValueError(f"{name}: {arg} must have one entry per layer ({n}), got {len(seq)}")
+    for i, w in enumerate(layers):
+        if len(w) != len(WEIGHTS):
+            raise ValueError(f"{name}: layers[{i}] must hold the {len(WEIGHTS)} tensors {WEIGHTS}, got {len(w)}")
+    B, L, C = x.shape
+    if not isinstance(heads, int) or heads < 1 or C % heads:
+        raise ValueError(f"{name}: heads must be a positive int dividing C = {C}, got {heads!r}")
+    check_choice(name, "approximate", approximate, ("none", "tanh"))
+    if n and not 0 <= cache_len <= k_caches[0].shape[2] - L:
+        raise ValueError(f"{name}: cache_len must be in [0, Lmax - L = {k_caches[0].shape[2] - L}], got {cache_len}")
+    kinds, ints = [], []
+    for i, m in enumerate(masks):
+        m = m if m is not None else AttentionMask.full()
+        if not isinstance(m, AttentionMask) or m.kind == "block_causal" or m.key_len is not None:
+            raise ValueError(f"{name}: masks[{i}] must be an AttentionMask (not block_causal, no key_len) or None, "
+                             f"got {m!r}")
+        kind, mask_ints, _, _ = m.op_args(name, B, L, cache_len + L, x.device)
+        kinds.append(kind)
+        ints += mask_ints
+    top = MAX_HEAD_DIM.get(_backend.active(x.device), MAX_HEAD_DIM["reference"])
+    if C // heads > top:
+        return x.device, Decline(f"the {_backend.active(x.device)} kernel takes head dims up to {top}, "
+                                 f"got {C // heads}")
+    flat = [t for w in layers for t in w]
+    return x.device, lambda ops: ops.transformer_decode(x, flat, list(k_caches), list(v_caches), cache_len, kinds,
+                                                        ints, heads, float(eps), approximate)

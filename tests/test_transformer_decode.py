@@ -1,0 +1,172 @@
+"""transformer_decode (a stack of pre-norm blocks decoding new tokens on KV caches, one call) on every backend:
+against the float64 reference within the tolerance rule (its output and the cache entries it writes), DALL-E's row /
+column / conv masks and causal / full, one or a few new tokens, float64, bfloat16 product weights; bit for bit the
+DALL-E model's module-by-module decode step; the torch backend; opcheck; bad inputs named."""
+import pytest
+import torch
+
+import fastar
+from fastar.models.dalle import DALLE, DALLEConfig
+from fastar.models.dalle.dalle import KVCache
+from fastar.ops import AttentionMask
+from fastar.reference import transformer_decode as ref
+from tests.conftest import backend_device, sanitized
+from tests.tolerance import assert_close
+
+TEXT, GRID = 3, 4  # a text prefix of 3 positions, then a 4 x 4 image grid: 19 positions
+DALLE_MASKS = [AttentionMask.dalle(kind, TEXT, GRID, 3) for kind in ("row", "column", "row", "conv")]
+OTHER_MASKS = [AttentionMask.causal(), None]
+
+
+def randn(*shape, seed, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+def stack(n, C, F, seed):
+    """n layers' weights (reference WEIGHTS order), LayerNorm gains near 1."""
+    shapes = [(C,), (C,), (3 * C, C), (3 * C,), (C, C), (C,), (C,), (C,), (F, C), (F,), (C, F), (C,)]
+    return [[randn(*s, seed=seed + 16 * i + j) * (0.3 if j in (2, 4, 8, 10) else 0.1) + (1 if j in (0, 6) else 0)
+             for j, s in enumerate(shapes)] for i in range(n)]
+
+
+def run(backend, masks, B, L, cache_len, dtype, *, heads=4, C=32, F=64, weights=None):
+    """(fastar's x, k caches, v caches), (the float64 reference's), (the reference's in dtype)."""
+    dev = backend_device(backend)
+    n, Lmax, D = len(masks), TEXT + GRID * GRID, C // heads
+    layers = stack(n, C, F, seed=1)
+    x = randn(B, L, C, seed=2)
+    caches = [(randn(B, heads, Lmax, D, seed=3 + i), randn(B, heads, Lmax, D, seed=40 + i)) for i in range(n)]
+    results = []
+    for where, dt, fn in ((dev, dtype, fastar.ops.transformer_decode), ("cpu", torch.float64, ref.transformer_decode),
+                          ("cpu", dtype, ref.transformer_decode)):
+        ks = [k.to(where, dt) for k, _ in caches]
+        vs = [v.to(where, dt) for _, v in caches]
+        ws = [[t.to(where, weights if weights is not None and j in (2, 4, 8, 10) and where == dev else dt)
+               for j, t in enumerate(w)] for w in layers]
+        if weights is not None and where != dev:  # the references read the same rounded product weights
+            ws = [[t.to(weights).to(dt) if j in (2, 4, 8, 10) else t for j, t in enumerate(w)] for w in ws]
+        out = fn(x.to(where, dt), ws, ks, vs, cache_len, masks, heads=heads)
+        results.append((out, ks, vs))
+        if fn is fastar.ops.transformer_decode:
+            assert fastar.last_backend("transformer_decode") == backend
+    return results
+
+
+def check(results):
+    (out, ks, vs), (out64, ks64, vs64), (out_lp, ks_lp, vs_lp) = results
+    assert_close("transformer_decode", out, out64, out_lp)
+    for got, want, lp in zip(ks + vs, ks64 + vs64, ks_lp + vs_lp):  # every layer's written entries, the rest kept
+        assert_close("transformer_decode", got, want, lp)
+
+
+# (masks, B, L, cache_len): one image token (first image row, mid grid, last), two and three new tokens (a row's
+# end and the next row's start), text positions, causal and full masks; B 1 and 3
+CASES = [("dalle", 2, 1, 5), ("dalle", 1, 1, 12), ("dalle", 3, 1, 18), ("dalle", 2, 2, 9), ("dalle", 1, 3, 5),
+         ("dalle", 2, 1, 1), ("other", 2, 1, 7), ("other", 1, 3, 0)]
+
+
+@pytest.mark.parametrize("case", sanitized(CASES, {("dalle", 2, 2, 9), ("other", 2, 1, 7)}), ids=str)
+def test_matches_reference(backend, case):
+    kind, B, L, cache_len = case
+    check(run(backend, DALLE_MASKS if kind == "dalle" else OTHER_MASKS, B, L, cache_len, torch.float32))
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_float64_on_the_cpu(case):
+    """float64 (the CPU kernels' test dtype) against its own reference; the device kernels refuse it by name."""
+    kind, B, L, cache_len = case
+    with fastar.use_backend("cpu"):
+        check(run("cpu", DALLE_MASKS if kind == "dalle" else OTHER_MASKS, B, L, cache_len, torch.float64))
+
+
+@pytest.mark.parametrize("backend", ["simt", "cuda"], indirect=True)
+def test_device_refuses_float64(backend):
+    with pytest.raises(RuntimeError, match="x must be float32 on .*float64 runs on the CPU"):
+        run(backend, DALLE_MASKS, 1, 1, 5, torch.float64)
+
+
+def test_bfloat16_product_weights(backend):
+    """float32 x with the four products' weights in bfloat16 (decode_weights): the products of the widened weights."""
+    check(run(backend, DALLE_MASKS, 2, 1, 10, torch.float32, weights=torch.bfloat16))
+
+
+def test_head_dim_past_the_vector_width(backend):
+    """Head dim 24 (off the 16-float vectors), 2 heads, F 40."""
+    check(run(backend, DALLE_MASKS[:2], 2, 1, 8, torch.float32, heads=2, C=48, F=40))
+
+
+def test_torch_backend_runs_the_reference_loop():
+    """The torch backend: the same loop on F.linear and SDPA, within the rule of the reference."""
+    with fastar.use_backend("torch"):
+        results = run("torch", DALLE_MASKS, 2, 1, 10, torch.float32)
+    check(results)
+
+
+def test_equals_the_dalle_blocks_bit_for_bit():
+    """The DALL-E model's decode step through its modules (Block.forward: the same linear and attention_decode
+    kernels, ATen's LayerNorm and GELU) and through transformer_decode give the same bits, caches included."""
+    torch.manual_seed(0)
+    cfg = DALLEConfig(width=64, depth=4, heads=2, text_vocab=40, text_len=6, image_vocab=32, grid=4, conv_kernel=3)
+    model = DALLE(cfg).eval()
+    L = cfg.text_len + 1 + cfg.grid ** 2
+    caches = [[KVCache(2, 2, L, 32, model.bos) for _ in model.blocks] for _ in range(2)]
+    for a, b in zip(*caches):
+        a.k.copy_(torch.randn_like(a.k)), a.v.copy_(torch.randn_like(a.v))
+        b.k.copy_(a.k), b.v.copy_(a.v)
+    x = torch.randn(2, 1, 64)
+    with torch.no_grad():
+        for step, n in enumerate(range(10, 14)):
+            y = x
+            for block, c in zip(model.blocks, caches[0]):
+                c.len = n
+                y = block(y, c)
+            got = fastar.ops.transformer_decode(x, [b.decode_operands() for b in model.blocks],
+                                                [c.k for c in caches[1]], [c.v for c in caches[1]], n, model.masks,
+                                                heads=2)
+            assert torch.equal(got, y), step
+            x = y * 0.5
+    assert all(torch.equal(a.k, b.k) and torch.equal(a.v, b.v) for a, b in zip(*caches))
+
+
+def test_opcheck(backend):
+    ns = torch.ops.fastar_simt if backend == "simt" else torch.ops.fastar
+    dev = backend_device(backend)
+    masks = DALLE_MASKS[:2]
+    weights = [t.float().to(dev) for w in stack(2, 16, 32, seed=5) for t in w]
+    ks = [randn(1, 2, 19, 8, seed=i, dtype=torch.float32).to(dev) for i in range(2)]
+    vs = [randn(1, 2, 19, 8, seed=9 + i, dtype=torch.float32).to(dev) for i in range(2)]
+    kinds = [m.op_args("x", 1, 1, 12, dev)[0] for m in masks]
+    torch.library.opcheck(ns.transformer_decode.default,
+                          (randn(1, 1, 16, seed=3, dtype=torch.float32).to(dev), weights, ks, vs, 11, kinds,
+                           [TEXT, GRID, 3] * 2, 2, 1e-5, "none"))
+
+
+def test_bad_inputs_name_the_argument():
+    C, masks = 32, DALLE_MASKS[:2]
+    layers = [[t.float() for t in w] for w in stack(2, C, 64, seed=1)]
+    ks = [torch.zeros(1, 4, 19, 8) for _ in range(2)]
+    x = torch.zeros(1, 1, C)
+    td = fastar.ops.transformer_decode
+    with pytest.raises(ValueError, match="v_caches must have one entry per layer"):
+        td(x, layers, ks, ks[:1], 5, masks, heads=4)
+    with pytest.raises(ValueError, match=r"layers\[1\] must hold the 12 tensors"):
+        td(x, [layers[0], layers[1][:11]], ks, ks, 5, masks, heads=4)
+    with pytest.raises(ValueError, match="heads must be a positive int dividing C = 32"):
+        td(x, layers, ks, ks, 5, masks, heads=5)
+    with pytest.raises(ValueError, match=r"cache_len must be in \[0, Lmax - L = 18\]"):
+        td(x, layers, ks, ks, 19, masks, heads=4)
+    with pytest.raises(ValueError, match=r"masks\[0\] must be an AttentionMask \(not block_causal"):
+        td(x, layers, ks, ks, 5, [AttentionMask.block_causal([1, 4]), None], heads=4)
+    with pytest.raises(ValueError, match="approximate must be one of"):
+        td(x, layers, ks, ks, 5, masks, heads=4, approximate="erf")
+    with pytest.raises(TypeError, match="x must be one of"):
+        td(x.bfloat16(), layers, ks, ks, 5, masks, heads=4)
+    bad = [list(layers[0]), layers[1]]
+    bad[0][8] = torch.zeros(64, C + 1)
+    with pytest.raises(RuntimeError, match=r"layers\[0\]\[8\] \(mlp.0.weight\) must be \[64, 32\]"):
+        td(x, bad, ks, ks, 5, masks, heads=4)
+    bad[0][8] = layers[0][8].double()
+    with pytest.raises(RuntimeError, match=r"layers\[0\]\[8\] \(mlp.0.weight\) is Double, x is Float"):
+        td(x, bad, ks, ks, 5, masks, heads=4)
+    with pytest.raises(RuntimeError, match=r"k_caches\[1\] and v_caches\[1\] must be \(1, 4, Lmax, 8\)"):
+        td(x, layers, ks, [ks[0], torch.zeros(1, 2, 19, 16)], 5, masks, heads=4)
