@@ -93,10 +93,37 @@ def linear_contenders(M, layers=((512, 1536), (512, 512), (512, 2048), (2048, 51
                                               wb)}
 
 
+def decode_step_contenders(depth=12, width=512, text=256, grid=32):
+    """{name: fn} for one DALL-E decode step (B 1, a mid-image token) through the benchmark model's blocks on CUDA:
+    fastar.ops.transformer_decode (one call) against the same blocks called one by one on the torch backend (F.linear,
+    SDPA over the cache prefix with the dense mask row)."""
+    from fastar.models.dalle import DALLE, DALLEConfig
+    from fastar.models.dalle.dalle import KVCache
+    model = DALLE(DALLEConfig(width=width, depth=depth, heads=width // 64, text_len=text, grid=grid)).cuda().eval()
+    L, H = text + 1 + grid * grid, width // 64
+    caches = [KVCache(1, H, L, 64, model.bos) for _ in model.blocks]
+    for c in caches:
+        c.k.normal_(), c.v.normal_()
+    n, x = text + 1 + grid * grid // 2, torch.randn(1, 1, width, device="cuda")
+    stack = [block.decode_operands() for block in model.blocks]
+
+    def blocks():
+        with torch.no_grad():
+            y = x
+            for block, c in zip(model.blocks, caches):
+                c.len = n
+                y = block(y, c)
+
+    return {"fastar cuda": _on("cuda", lambda: fastar.ops.transformer_decode(
+                x, stack, [c.k for c in caches], [c.v for c in caches], n, model.masks, heads=H)),
+            "torch blocks (F.linear, SDPA)": _on("torch", blocks)}
+
+
 def main(quick=False):
     cases = [("attention fwd+bwd causal B8 H16 L1024 D64 bf16", lambda: attention_contenders(8, 16, 1024, 64, True)),
              ("vq_nearest N65536 V4096 D32 fp32", lambda: vq_contenders(65536, 4096, 32)),
-             ("linear decode step DALL-E 48 layers 1 row fp32", lambda: linear_contenders(1))]
+             ("linear decode step DALL-E 48 layers 1 row fp32", lambda: linear_contenders(1)),
+             ("transformer_decode DALL-E 12 blocks B1 fp32", decode_step_contenders)]
     if not quick:
         cases += [("attention fwd+bwd full B4 H16 L2240 D128 bf16", lambda: attention_contenders(4, 16, 2240, 128, False)),
                   ("vq_nearest N262144 V16384 D64 fp32", lambda: vq_contenders(262144, 16384, 64)),
