@@ -62,6 +62,28 @@ def test_diffusion_sample(diffusion_backend, N, cfg):
         assert_close("diffusion_sample", out, ref64, ref32)
 
 
+@pytest.mark.parametrize("backend", ["cuda"], indirect=True)
+def test_diffusion_sample_cuda_graph(backend):
+    """cuda_graph=True: the first call captures, the next ones replay; every call equals the eager one from the same
+    generator state bit for bit (the graph's draws are the eager call's), leaves the generator where the eager call
+    does, and a new cfg (baked into the kernels) captures another graph."""
+    from fastar.ops import _cuda_graph
+    _cuda_graph.clear()
+    w = {k: v.float().cuda() for k, v in make_head().items()}
+    for generator in (torch.Generator("cuda"), None):
+        for i, cfg in enumerate((2.9, 2.9, 2.9, 1.5)):
+            z = torch.randn(10, Z, generator=torch.Generator().manual_seed(i)).cuda()
+            outs, after = [], []
+            for graph in (False, True):
+                (generator.manual_seed(5) if generator is not None else torch.cuda.manual_seed(5))
+                outs.append(fastar.ops.diffusion_sample(z, w, num_steps=20, cfg=cfg, generator=generator,
+                                                        cuda_graph=graph))
+                after.append(torch.randn(4, device="cuda", generator=generator))
+            assert torch.equal(outs[0], outs[1]) and torch.equal(after[0], after[1]), (cfg, i)
+    assert len(_cuda_graph._GRAPHS) == 4  # (2.9, 1.5) x (generator, default), one each
+    _cuda_graph.clear()
+
+
 @pytest.mark.parametrize("library", ["mkl", "onednn"])
 def test_diffusion_sample_rows_over_threads(monkeypatch, capfd, library):
     """Enough rows (N W^2 >= 2^22 multiply-adds per GEMM) for the CPU loop to split its row passes over the threads
@@ -135,7 +157,7 @@ def test_spaced_schedule():
 @pytest.mark.parametrize("case,match", [
     ("z_width", "z has width"), ("odd_cfg", "even count"), ("weight_shape", r"weights\['res_blocks.1.mlp.0.weight'\]"),
     ("missing", r"lack 'final_layer.linear.bias'"), ("z_dtype", "z must be"), ("num_steps", "num_steps"),
-    ("weights_type", "weights must be")])
+    ("weights_type", "weights must be"), ("cuda_graph", "cuda_graph=True captures the CUDA kernels")])
 def test_bad_inputs(case, match):
     w = {k: v.float() for k, v in make_head().items()}
     z = torch.randn(3, Z)
@@ -154,6 +176,8 @@ def test_bad_inputs(case, match):
         kw["num_steps"] = 1
     elif case == "weights_type":
         w = list(w.values())
+    elif case == "cuda_graph":  # on CPU tensors (cpu and simt backends)
+        kw["cuda_graph"] = True
     with pytest.raises((ValueError, TypeError), match=match):
         fastar.ops.diffusion_sample(z, w, **kw)
 

@@ -2,9 +2,15 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/cos.h>
+#include <ATen/ops/div.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/mul.h>
 #include <ATen/ops/silu.h>
+#include <ATen/ops/sin.h>
 
 #include <cmath>
 #include <optional>
@@ -46,13 +52,28 @@ inline at::Tensor timestep_frequencies(const at::Tensor& schedule) {
   return t_freq;
 }
 
+// The same sinusoids made on `device` by kernels alone (one fill per step, then vector ops in the host's order), no
+// host-to-device copy, so that a CUDA graph can capture the whole call (fastar.ops.diffusion_sample(...,
+// cuda_graph=True)); exp, cos and sin are the device's, within an ulp or two of the host's.
+inline at::Tensor timestep_frequencies_on(const at::Tensor& schedule, c10::Device device) {
+  const int64_t S = schedule.size(0), half = kFreqDim / 2;
+  const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
+  at::Tensor t = at::empty({S, 1}, opts);
+  const auto sch = schedule.accessor<double, 2>();
+  for (int64_t i = 0; i < S; ++i) t[i].fill_(float(sch[i][0]));
+  const at::Tensor freq = at::exp(at::div(at::mul(at::arange(half, opts), float(-std::log(10000.0))), float(half)));
+  const at::Tensor arg = at::mul(t, freq);  // (S, half)
+  return at::cat({at::cos(arg), at::sin(arg)}, 1);
+}
+
 inline HeadPlan head_plan(const at::Tensor& z, at::TensorList weights, int64_t depth, const at::Tensor& schedule,
                           bool concat_ada) {
   auto wt = [&](int64_t i) { return weights[i].t(); };  // a Linear's weight (out, in) as (in, out)
   auto block = [&](int64_t b, int64_t i) -> const at::Tensor& { return weights[8 + 8 * b + i]; };
   HeadPlan plan;
   plan.cond = at::addmm(weights[5], z.contiguous(), wt(4));
-  const at::Tensor t_freq = timestep_frequencies(schedule).to(z.device());
+  const at::Tensor t_freq = z.device().is_cpu() ? timestep_frequencies(schedule)
+                                                : timestep_frequencies_on(schedule, z.device());
   plan.t_emb = at::addmm(weights[3], at::silu(at::addmm(weights[1], t_freq, wt(0))), wt(2)).contiguous();
   std::vector<at::Tensor> ada_w, ada_b;
   for (int64_t b = 0; b < depth; ++b) ada_w.push_back(block(b, 6)), ada_b.push_back(block(b, 7));

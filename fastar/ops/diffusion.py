@@ -5,6 +5,7 @@ import math
 import torch
 
 from fastar import _backend
+from fastar.ops import _cuda_graph
 from fastar.ops._checks import check_generator, check_tensor
 from fastar.ops._registry import kernel, op
 from fastar.reference import diffusion as reference
@@ -42,7 +43,8 @@ def _diffusion_sample(z, weights, schedule, temperature, cfg, generator, bf16=Fa
 
 # The official loop is the torch formulation: the reference run in z's dtype is that loop, step for step.
 @op(reference=reference.diffusion_sample, torch=reference.diffusion_sample)
-def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, generator=None, precision="fp32"):
+def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, generator=None, precision="fp32",
+                     cuda_graph=False):
     """MAR's DiffLoss.sample(z, temperature, cfg) in one call: num_steps DDPM steps of the SimpleMLPAdaLN head.
 
     z (N, z_dim) float32 (float64 on the reference backend): one condition per token; when cfg != 1 the rows are
@@ -56,6 +58,10 @@ def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, gen
     on CPUs with AMX-BF16 or AVX512-BF16 (fastar.build_info()["cpu_bf16"]); elsewhere bf16 products
     are emulated and slower than float32, so the cpu backend declines it with an error. Error against float64:
     tests/test_diffusion.py::test_diffusion_sample_bf16 (README: about 1e-2 of the tokens' scale at 100 steps).
+    cuda_graph: on the cuda backend, the call is captured as a CUDA graph on first use and replayed after (one
+    graph launch instead of num_steps x ~40 kernel launches; fastar/ops/_cuda_graph.py): one capture per z shape,
+    weights storage, num_steps, temperature, cfg and generator; the draws are the eager call's. Other backends run
+    eagerly. Needs z on a CUDA device.
     Returns the tokens (N, C), or the conditional half (N/2, C) when cfg != 1 (what sample_tokens keeps).
     """
     op = "diffusion_sample"
@@ -82,8 +88,19 @@ def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, gen
     bf16 = precision == "bf16"
     if bf16 and _backend.active(z.device) == "cpu":
         _backend.check_bf16_gemm(op, z.device)
-    return z.device, lambda ops: ops.diffusion_sample(z, list(w.values()), _schedule(num_steps), float(temperature),
-                                                     float(cfg), generator, bf16)
+    if cuda_graph and z.device.type != "cuda":
+        raise ValueError(f"{op}: cuda_graph=True captures the CUDA kernels, but z is on {z.device}")
+    ws, schedule = list(w.values()), _schedule(num_steps)
+
+    def run(ops):
+        def call(z_):
+            return ops.diffusion_sample(z_, ws, schedule, float(temperature), float(cfg), generator, bf16)
+        if not cuda_graph:
+            return call(z)
+        key = (tuple(z.shape), z.device, num_steps, float(temperature), float(cfg), id(generator), bf16,
+               tuple(t.data_ptr() for t in ws))
+        return _cuda_graph.run(key, call, [z], generator, keep=ws)
+    return z.device, run
 
 
 @functools.lru_cache(maxsize=8)

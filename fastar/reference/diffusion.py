@@ -145,10 +145,11 @@ def head_forward_with_cfg(weights: dict, x, t, c, cfg: float, precision="fp32") 
 
 
 def diffusion_sample(z: torch.Tensor, weights: dict, *, num_steps: int = 100, temperature: float = 1.0,
-                     cfg: float = 1.0, generator=None, precision: str = "fp32") -> torch.Tensor:
+                     cfg: float = 1.0, generator=None, precision: str = "fp32", cuda_graph=False) -> torch.Tensor:
     """DiffLoss.sample(z, temperature, cfg): z (N, Z) conditions ([cond ; uncond] halves when cfg != 1) ->
     tokens (N, C), or the conditional half (N/2, C) when cfg != 1 (what MAR's sample_tokens keeps).
-    Computes in z's dtype; weights: the head's state dict (head_shapes); precision: see head_forward."""
+    Computes in z's dtype; weights: the head's state dict (head_shapes); precision: see head_forward. cuda_graph:
+    the op's argument, ignored here (the formulation runs eagerly)."""
     if isinstance(weights, torch.nn.Module):
         weights = weights.state_dict()
     dtype, device = z.dtype, z.device
