@@ -119,11 +119,26 @@ def decode_step_contenders(depth=12, width=512, text=256, grid=32):
             "torch blocks (F.linear, SDPA)": _on("torch", blocks)}
 
 
+def diffusion_contenders(N=128, depth=6, width=1024, C=16, Z=768, steps=100):
+    """{name: fn} for one MAR-B head sampling call (100 steps, N rows with cfg): fastar eager, fastar replaying its
+    CUDA graph, and the official loop (the reference formulation on CUDA)."""
+    from fastar.reference import diffusion as ref
+    w = {k: torch.randn(shape, device="cuda") / (shape[1] if len(shape) == 2 else 1) ** 0.5
+         for k, shape in ref.head_shapes(depth, width, C, Z).items()}
+    z = torch.randn(N, Z, device="cuda")
+
+    def run(graph):
+        return lambda: fastar.ops.diffusion_sample(z, w, num_steps=steps, cfg=2.9, cuda_graph=graph)
+    return {"fastar cuda": _on("cuda", run(False)), "fastar cuda graph": _on("cuda", run(True)),
+            "official loop (torch)": _on("torch", run(False))}
+
+
 def main(quick=False):
     cases = [("attention fwd+bwd causal B8 H16 L1024 D64 bf16", lambda: attention_contenders(8, 16, 1024, 64, True)),
              ("vq_nearest N65536 V4096 D32 fp32", lambda: vq_contenders(65536, 4096, 32)),
              ("linear decode step DALL-E 48 layers 1 row fp32", lambda: linear_contenders(1)),
-             ("transformer_decode DALL-E 12 blocks B1 fp32", decode_step_contenders)]
+             ("transformer_decode DALL-E 12 blocks B1 fp32", decode_step_contenders),
+             ("diffusion_sample MAR-B head 100 steps 128 rows cfg fp32", diffusion_contenders)]
     if not quick:
         cases += [("attention fwd+bwd full B4 H16 L2240 D128 bf16", lambda: attention_contenders(4, 16, 2240, 128, False)),
                   ("vq_nearest N262144 V16384 D64 fp32", lambda: vq_contenders(262144, 16384, 64)),
