@@ -82,6 +82,27 @@ def test_ar_kv_cache_decoding_matches_the_causal_forward():
     torch.testing.assert_close(torch.stack(seen, 1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_ar_few_rows_decode_in_one_call_bit_for_bit(monkeypatch):
+    """With few rows an AR level's decode step is one transformer_decode call (llama blocks, RoPE): the conditions it
+    hands the child and its caches are the blocks' one by one, bit for bit."""
+    ar = tiny("ar").eval().generator
+    cond, drawn = torch.randn(2, 32), torch.randn(2, ar.seq_len, 3, 4, 4)
+    runs = []
+    for one_call in (True, False):
+        if not one_call:
+            monkeypatch.setattr(type(ar), "decode_stack", lambda self, x: None)
+        seen, calls, op = [], [], fastar.ops.transformer_decode
+        monkeypatch.setattr(fastar.ops, "transformer_decode", lambda *a, **k: calls.append(1) or op(*a, **k))
+
+        def child(cond_list, **_):
+            seen.append(cond_list[0])
+            return drawn[:, len(seen) - 1]
+        ar.sample([cond], 1, 1.0, "constant", 1.0, 0.0, child)
+        runs.append(torch.stack(seen, 1))
+        assert len(calls) == (ar.seq_len if one_call else 0)
+    assert torch.equal(*runs)
+
+
 def test_pixelloss_kv_cache_decoding_matches_the_official_recompute():
     """Channel by channel, the one-token decode gives the logits of the official full 4-token forward, and the
     same seeded draws."""
@@ -95,6 +116,23 @@ def test_pixelloss_kv_cache_decoding_matches_the_official_recompute():
     draws = [pixel.sample([cond], 1.1, 2.0, 1e-2, generator=torch.Generator().manual_seed(0), kv_cache=kv)
              for kv in (True, False)]
     assert torch.equal(*draws)
+
+
+def test_pixelloss_few_rows_decode_in_one_call_bit_for_bit(monkeypatch):
+    """With few rows (fractalar's pixels, B 1 under CFG) a decode step's blocks are one transformer_decode call: the
+    logits and caches of the blocks called one by one, bit for bit, and sample() takes that path."""
+    pixel = tiny("mar").eval().next_fractal.next_fractal
+    cond, ids = torch.randn(2, 16), torch.randint(256, (2, 3))
+    caches = [[tuple(torch.zeros(2, 2, 3, 8) for _ in range(2)) for _ in pixel.blocks] for _ in range(2)]
+    stack = [block.decode_operands() for block in pixel.blocks]
+    with torch.no_grad():
+        for i in range(3):
+            assert torch.equal(pixel.decode(ids, cond, i, caches[0], stack), pixel.decode(ids, cond, i, caches[1]))
+    assert all(torch.equal(a, b) for x, y in zip(*caches) for a, b in zip(x, y))
+    calls, op = [], fastar.ops.transformer_decode
+    monkeypatch.setattr(fastar.ops, "transformer_decode", lambda *a, **k: calls.append(1) or op(*a, **k))
+    pixel.sample([cond], 1.0, 2.0, 0.0, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 3
 
 
 @pytest.mark.parametrize("kind", list(TINY))
@@ -163,8 +201,10 @@ def test_sampling_on_fastar_ops_equals_reference_ops(kind, backend):
 
     out = sample()
     assert out.shape == (2, 3, 8, 8) and 0 <= out.min() and out.max() <= 1
-    assert fastar.last_backend("attention_decode") == backend  # the AR levels and PixelLoss
-    if kind != "ar":
+    if kind == "ar":  # 4 rows: the AR levels' and PixelLoss's decode steps are transformer_decode calls
+        assert fastar.last_backend("transformer_decode") == backend
+    else:  # PixelLoss under the MAR levels: a row per pixel of the patches, decoded block by block
+        assert fastar.last_backend("attention_decode") == backend
         assert fastar.last_backend("attention") == backend
     with fastar.use_backend("reference"):
         ref = sample()

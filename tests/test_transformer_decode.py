@@ -22,30 +22,45 @@ def randn(*shape, seed, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
 
 
-def stack(n, C, F, seed):
-    """n layers' weights (reference WEIGHTS order), LayerNorm gains near 1."""
-    shapes = [(C,), (C,), (3 * C, C), (3 * C,), (C, C), (C,), (C,), (C,), (F, C), (F,), (C, F), (C,)]
-    return [[randn(*s, seed=seed + 16 * i + j) * (0.3 if j in (2, 4, 8, 10) else 0.1) + (1 if j in (0, 6) else 0)
-             for j, s in enumerate(shapes)] for i in range(n)]
+SHAPES = {"gpt2": lambda C, F: [(C,), (C,), (3 * C, C), (3 * C,), (C, C), (C,), (C,), (C,), (F, C), (F,), (C, F), (C,)],
+          "llama": lambda C, F: [(C,), (3 * C, C), (C, C), (C,), (F, C), (F, C), (C, F)]}
+NORMS = {"gpt2": (0, 6), "llama": (0, 3)}  # the norms' gains, near 1
 
 
-def run(backend, masks, B, L, cache_len, dtype, *, heads=4, C=32, F=64, weights=None):
+def products(block):
+    return [j for j, s in enumerate(SHAPES[block](2, 3)) if len(s) == 2]
+
+
+def stack(n, C, F, seed, block="gpt2"):
+    """n layers' tensors (reference BLOCKS[block] order), norm gains near 1."""
+    return [[randn(*s, seed=seed + 16 * i + j) * (0.3 if len(s) == 2 else 0.1) + (1 if j in NORMS[block] else 0)
+             for j, s in enumerate(SHAPES[block](C, F))] for i in range(n)]
+
+
+def rope_table(L, D, seed):
+    angles = randn(L, D // 2, seed=seed) * 3
+    return torch.stack([angles.cos(), angles.sin()], -1)
+
+
+def run(backend, masks, B, L, cache_len, dtype, *, heads=4, C=32, F=64, weights=None, block="gpt2", rope=False):
     """(fastar's x, k caches, v caches), (the float64 reference's), (the reference's in dtype)."""
     dev = backend_device(backend)
     n, Lmax, D = len(masks), TEXT + GRID * GRID, C // heads
-    layers = stack(n, C, F, seed=1)
+    layers, prods = stack(n, C, F, seed=1, block=block), products(block)
     x = randn(B, L, C, seed=2)
+    table = rope_table(L, D, seed=60) if rope else None
     caches = [(randn(B, heads, Lmax, D, seed=3 + i), randn(B, heads, Lmax, D, seed=40 + i)) for i in range(n)]
     results = []
     for where, dt, fn in ((dev, dtype, fastar.ops.transformer_decode), ("cpu", torch.float64, ref.transformer_decode),
                           ("cpu", dtype, ref.transformer_decode)):
         ks = [k.to(where, dt) for k, _ in caches]
         vs = [v.to(where, dt) for _, v in caches]
-        ws = [[t.to(where, weights if weights is not None and j in (2, 4, 8, 10) and where == dev else dt)
+        ws = [[t.to(where, weights if weights is not None and j in prods and where == dev else dt)
                for j, t in enumerate(w)] for w in layers]
         if weights is not None and where != dev:  # the references read the same rounded product weights
-            ws = [[t.to(weights).to(dt) if j in (2, 4, 8, 10) else t for j, t in enumerate(w)] for w in ws]
-        out = fn(x.to(where, dt), ws, ks, vs, cache_len, masks, heads=heads)
+            ws = [[t.to(weights).to(dt) if j in prods else t for j, t in enumerate(w)] for w in ws]
+        out = fn(x.to(where, dt), ws, ks, vs, cache_len, masks, heads=heads, block=block,
+                 rope=None if table is None else table.to(where, dt))
         results.append((out, ks, vs))
         if fn is fastar.ops.transformer_decode:
             assert fastar.last_backend("transformer_decode") == backend
@@ -83,6 +98,21 @@ def test_float64_on_the_cpu(case):
 def test_device_refuses_float64(backend):
     with pytest.raises(RuntimeError, match="x must be float32 on .*float64 runs on the CPU"):
         run(backend, DALLE_MASKS, 1, 1, 5, torch.float64)
+
+
+@pytest.mark.parametrize("case", sanitized(CASES[:5] + CASES[6:], {("other", 2, 1, 7)}), ids=str)
+@pytest.mark.parametrize("rope", [True, False], ids=["rope", "no_rope"])
+def test_llama_blocks(backend, case, rope):
+    """RMSNorm, RoPE on q and k (interleaved pairs), SwiGLU, no biases (FractalGen's AR levels, LlamaGen)."""
+    kind, B, L, cache_len = case
+    check(run(backend, DALLE_MASKS if kind == "dalle" else OTHER_MASKS, B, L, cache_len, torch.float32,
+              block="llama", rope=rope, F=48))
+
+
+def test_llama_float64_and_bfloat16_weights():
+    with fastar.use_backend("cpu"):
+        check(run("cpu", OTHER_MASKS, 2, 2, 5, torch.float64, block="llama", rope=True))
+        check(run("cpu", OTHER_MASKS, 2, 1, 5, torch.float32, block="llama", rope=True, weights=torch.bfloat16))
 
 
 def test_bfloat16_product_weights(backend):
@@ -138,7 +168,7 @@ def test_opcheck(backend):
     kinds = [m.op_args("x", 1, 1, 12, dev)[0] for m in masks]
     torch.library.opcheck(ns.transformer_decode.default,
                           (randn(1, 1, 16, seed=3, dtype=torch.float32).to(dev), weights, ks, vs, 11, kinds,
-                           [TEXT, GRID, 3] * 2, 2, 1e-5, "none"))
+                           [TEXT, GRID, 3] * 2, 2, 1e-5, "none", "gpt2", None))
 
 
 def test_bad_inputs_name_the_argument():
@@ -170,3 +200,12 @@ def test_bad_inputs_name_the_argument():
         td(x, bad, ks, ks, 5, masks, heads=4)
     with pytest.raises(RuntimeError, match=r"k_caches\[1\] and v_caches\[1\] must be \(1, 4, Lmax, 8\)"):
         td(x, layers, ks, [ks[0], torch.zeros(1, 2, 19, 16)], 5, masks, heads=4)
+    with pytest.raises(ValueError, match="block must be one of"):
+        td(x, layers, ks, ks, 5, masks, heads=4, block="t5")
+    with pytest.raises(ValueError, match=r"layers\[0\] must hold the 7 tensors .* of a llama block, got 12"):
+        td(x, layers, ks, ks, 5, masks, heads=4, block="llama")
+    llama = [[t.float() for t in w] for w in stack(2, C, 64, seed=1, block="llama")]
+    with pytest.raises(ValueError, match=r"rope must be \(L, D / 2, 2\) = \(1, 4, 2\) with llama blocks"):
+        td(x, llama, ks, ks, 5, masks, heads=4, block="llama", rope=torch.zeros(1, 8, 2))
+    with pytest.raises(ValueError, match="rope must be"):
+        td(x, layers, ks, ks, 5, masks, heads=4, rope=torch.zeros(1, 4, 2))

@@ -59,11 +59,12 @@ inline void define_ops(torch::Library& m) {
   // x (M, K), weight (N, K), bias (N,) or None, contiguous, float32 / float64 (bfloat16 weights with float32 x)
   // -> x weight^T + bias (M, N) in x's dtype: kernels for few rows (decoding), each weight row read once per 4 rows.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-  // A stack of pre-norm transformer blocks decoding new tokens (torch/transformer_decode.h): x (B, L, C), weights 12
-  // per layer (fastar/reference/transformer_decode.py WEIGHTS), k_caches, v_caches (B, heads, Lmax, C / heads) per
-  // layer, written at cache_len .. cache_len + L - 1; one mask kind and three mask ints per layer -> x (B, L, C).
+  // A stack of pre-norm transformer blocks decoding new tokens (torch/transformer_decode.h): x (B, L, C), weights per
+  // layer as block ("gpt2": 12, "llama": 7) orders them (fastar/reference/transformer_decode.py BLOCKS), k_caches,
+  // v_caches (B, heads, Lmax, C / heads) per layer, written at cache_len .. cache_len + L - 1; one mask kind and three
+  // mask ints per layer; rope (L, D / 2, 2) for llama blocks or None -> x (B, L, C).
   m.def("transformer_decode(Tensor x, Tensor[] weights, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, int cache_len, "
-        "int[] mask_kinds, int[] mask_ints, int heads, float eps, str approximate) -> Tensor");
+        "int[] mask_kinds, int[] mask_ints, int heads, float eps, str approximate, str block, Tensor? rope) -> Tensor");
 }
 
 }  // namespace fastar

@@ -8,10 +8,11 @@ namespace fastar {
 static at::Tensor transformer_decode_cpu(const at::Tensor& x, at::TensorList weights, at::TensorList k_caches,
                                          at::TensorList v_caches, int64_t cache_len, at::IntArrayRef mask_kinds,
                                          at::IntArrayRef mask_ints, int64_t heads, double eps,
-                                         c10::string_view approximate) {
+                                         c10::string_view approximate, c10::string_view block,
+                                         const std::optional<at::Tensor>& rope) {
   static const DecodeOps ops("fastar");
   return transformer_decode(ops, x, weights, k_caches, v_caches, cache_len, mask_kinds, mask_ints, heads, eps,
-                            approximate);
+                            approximate, block, rope);
 }
 
 }  // namespace fastar

@@ -154,6 +154,13 @@ class Linear(nn.Linear):
         return fastar.ops.linear(x, self.decode_weight, self.bias)
 
 
+def block_decode_operands(norm1, qkv, proj, norm2, fc1, fc2):
+    """The 12 tensors of a pre-norm block's layer in fastar.ops.transformer_decode (its WEIGHTS order), from the
+    block's LayerNorms and Linears, detached; the products' decode_weights copies where set."""
+    return [norm1.weight.detach(), norm1.bias.detach(), *qkv.decode_operands(), *proj.decode_operands(),
+            norm2.weight.detach(), norm2.bias.detach(), *fc1.decode_operands(), *fc2.decode_operands()]
+
+
 @contextlib.contextmanager
 def decode_weights(module, dtype=torch.bfloat16):
     """Inside, decode steps (up to DECODE_ROWS rows, DECODE_ROWS_BF16 in bfloat16; no autograd, float32 on the CPU) of

@@ -4,6 +4,7 @@ from fastar.reference.transformer_decode import decode_loop
 from fastar.torch import attention, linear
 
 
-def transformer_decode(x, layers, k_caches, v_caches, cache_len, masks, *, heads, eps=1e-5, approximate="none"):
+def transformer_decode(x, layers, k_caches, v_caches, cache_len, masks, *, heads, eps=1e-5, approximate="none",
+                       block="gpt2", rope=None):
     return decode_loop(linear.linear, attention.attention_decode, x, layers, k_caches, v_caches, cache_len, masks,
-                       heads, eps, approximate)
+                       heads, eps, approximate, block, rope)

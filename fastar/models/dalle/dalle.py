@@ -116,12 +116,9 @@ class Block(nn.Module):
         return x + fc2(fc1.forward_gelu(self.ln_2(x)))
 
     def decode_operands(self):
-        """The 12 tensors of fastar.ops.transformer_decode's layer (reference WEIGHTS order), detached; the products'
-        decode_weights copies where set."""
-        a, fc1, fc2 = self.attn, self.mlp[0], self.mlp[2]
-        return [self.ln_1.weight.detach(), self.ln_1.bias.detach(), *a.qkv.decode_operands(),
-                *a.proj.decode_operands(), self.ln_2.weight.detach(), self.ln_2.bias.detach(),
-                *fc1.decode_operands(), *fc2.decode_operands()]
+        """This block as a layer of fastar.ops.transformer_decode (layers.block_decode_operands)."""
+        return layers.block_decode_operands(self.ln_1, self.attn.qkv, self.attn.proj, self.ln_2, self.mlp[0],
+                                            self.mlp[2])
 
 
 class DALLE(nn.Module):

@@ -3,7 +3,8 @@
 all zeros, as the official table makes it), RMSNorm, SwiGLU; output i is the condition of patch i.
 
 Sampling decodes one token per step against a key/value cache through fastar.ops.attention_decode (the official
-code recomputes its input embeddings each step and keeps an fp32 cache)."""
+code recomputes its input embeddings each step and keeps an fp32 cache); with few rows (small batches) a step's
+blocks run as one fastar.ops.transformer_decode call (llama blocks)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -89,6 +90,13 @@ class TransformerBlock(nn.Module):
         h = x + self.attention(self.attention_norm(x), rope, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
+    def decode_operands(self):
+        """This block as a llama layer of fastar.ops.transformer_decode (its BLOCKS order), detached; the products'
+        decode_weights copies where set."""
+        a, f = self.attention, self.feed_forward
+        return [self.attention_norm.weight.detach(), a.wqkv.decode_operands()[0], a.wo.decode_operands()[0],
+                self.ffn_norm.weight.detach(), *(m.decode_operands()[0] for m in (f.w1, f.w3, f.w2))]
+
 
 class AR(nn.Module):
     def __init__(self, seq_len, patch_size, cond_embed_dim, embed_dim, num_blocks, num_heads, proj_dropout=0.1,
@@ -117,11 +125,24 @@ class AR(nn.Module):
         L = x.shape[1]
         return self.patch_emb_ln(x + self.pos_embed_learned[:, start:start + L])
 
-    def transformer(self, x, start, caches=None):
+    def transformer(self, x, start, caches=None, stack=None):
+        """stack: the blocks' transformer_decode layers (decode_stack): the decode step's blocks in one fastar call."""
         rope = self.rope[start:start + x.shape[1]].to(x.device)
+        if stack is not None:
+            x = fastar.ops.transformer_decode(x, stack, [k for k, _ in caches], [v for _, v in caches], start,
+                                              [None] * len(stack), heads=self.num_heads,
+                                              eps=self.blocks[0].attention_norm.eps, block="llama", rope=rope)
+            return self.norm(x)
         for i, block in enumerate(self.blocks):
             x = apply_block(block, self.grad_checkpointing, x, rope, None if caches is None else (*caches[i], start))
         return self.norm(x)
+
+    def decode_stack(self, x):
+        """The blocks as fastar.ops.transformer_decode layers where it takes decode steps of x's rows (few rows, CPU,
+        fastar's kernels: fastar.models.layers.Linear.decodes; eval mode, no dropout), else None."""
+        if self.training or not self.blocks or not self.blocks[0].attention.wqkv.decodes(x):
+            return None
+        return [block.decode_operands() for block in self.blocks]
 
     def forward(self, imgs, cond_list):
         """Training: every patch goes to the next level with the output before it as its condition."""
@@ -142,10 +163,11 @@ class AR(nn.Module):
         C, H = self.pos_embed_learned.shape[-1], self.num_heads
         caches = [tuple(cond.new_empty(rows, H, self.seq_len, C // H) for _ in range(2)) for _ in self.blocks]
         patches = cond.new_zeros(bsz, self.seq_len, 3 * self.patch_size ** 2)
+        stack = self.decode_stack(cond.new_empty(rows, 1, C))
         for step in progress(range(self.seq_len)) if progress else range(self.seq_len):
             prev = patches[:, step - 1:step] if step else patches[:, :0]
             x = self.embed(torch.cat([prev, prev]) if guided else prev, cond, step)
-            middle = self.transformer(x, step, caches)[:, -1]  # (rows, C)
+            middle = self.transformer(x, step, caches, stack)[:, -1]  # (rows, C)
             cfg_iter = 1 + (cfg - 1) * (step + 1) / self.seq_len if cfg_schedule == "linear" else cfg
             out = next_level(cond_list=[middle], cfg=cfg_iter, temperature=temperature,
                              filter_threshold=filter_threshold, generator=generator)

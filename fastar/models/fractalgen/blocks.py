@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 import fastar.ops
-from fastar.models.layers import Dropout, Linear, linear_gelu
+from fastar.models.layers import Dropout, Linear, block_decode_operands, linear_gelu
 
 LN_EPS = 1e-6
 
@@ -67,6 +67,11 @@ class Block(nn.Module):
     def forward(self, x, cache=None):
         x = x + self.attn(self.norm1(x), cache)
         return x + self.mlp(self.norm2(x))
+
+    def decode_operands(self):
+        """This block as a layer of fastar.ops.transformer_decode (layers.block_decode_operands)."""
+        return block_decode_operands(self.norm1, self.attn.qkv, self.attn.proj, self.norm2, self.mlp.fc1,
+                                     self.mlp.fc2)
 
 
 def apply_block(block, checkpointed, *args):

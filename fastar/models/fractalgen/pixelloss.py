@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import fastar.ops
 from fastar.models.fractalgen.blocks import LN_EPS, Block, init_weights
 from fastar.models.layers import Linear
 from fastar.ops import sample_categorical
@@ -67,12 +68,18 @@ class PixelLoss(nn.Module):
         w = loss_N3.new_tensor([self.r_weight if self.training else 1.0, 1.0, 1.0])
         return (loss_N3 @ w / w.sum()).mean()
 
-    def decode(self, ids_N3, cond_NC, i, caches):
-        """Logits (N, 256) of channel i from token i alone, keys and values of tokens < i read from caches."""
+    def decode(self, ids_N3, cond_NC, i, caches, stack=None):
+        """Logits (N, 256) of channel i from token i alone, keys and values of tokens < i read from caches. stack:
+        the blocks' fastar.ops.transformer_decode layers, which then run them in one call."""
         codebooks = (self.r_codebook, self.g_codebook, self.b_codebook)
         x = self.ln(self.cond_proj(cond_NC) if i == 0 else codebooks[i - 1](ids_N3[:, i - 1]))[:, None]  # (N, 1, W)
-        for block, (k_cache, v_cache) in zip(self.blocks, caches):
-            x = block(x, (k_cache, v_cache, i))
+        if stack is not None and self.blocks:
+            x = fastar.ops.transformer_decode(x, stack, [k for k, _ in caches], [v for _, v in caches], i,
+                                              [None] * len(self.blocks), heads=self.blocks[0].attn.num_heads,
+                                              eps=self.blocks[0].norm1.eps)
+        else:
+            for block, (k_cache, v_cache) in zip(self.blocks, caches):
+                x = block(x, (k_cache, v_cache, i))
         return (self.r_mlm, self.g_mlm, self.b_mlm)[i](self.norm(x[:, 0]), codebooks[i].weight)
 
     @torch.no_grad()
@@ -88,8 +95,11 @@ class PixelLoss(nn.Module):
         ids = torch.zeros(rows, 3, dtype=torch.long, device=cond.device)
         width, heads = self.cond_proj.out_features, self.blocks[0].attn.num_heads if self.blocks else 1
         caches = [tuple(cond.new_empty(rows, heads, 3, width // heads) for _ in range(2)) for _ in self.blocks]
+        # a few rows (small batches: fractalar's pixels one at a time): the blocks of a step in one fastar call
+        one_call = kv_cache and self.blocks and self.blocks[0].attn.qkv.decodes(cond.new_empty(rows, 1, width))
+        stack = [block.decode_operands() for block in self.blocks] if one_call else None
         for i in range(3):
-            logits = self.decode(ids, cond, i, caches) if kv_cache else self.predict(ids, cond)[:, i]
+            logits = self.decode(ids, cond, i, caches, stack) if kv_cache else self.predict(ids, cond)[:, i]
             logits = logits * temperature  # the official temperature multiplies
             if guided:
                 logits = guided_logits(logits[:n], logits[n:], cfg, filter_threshold)
