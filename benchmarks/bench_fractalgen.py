@@ -106,3 +106,34 @@ def test_fractalmar_in64_train_step(benchmark, model):
 
     compare(benchmark, step, {SAME_MODEL: on("torch", step)}, baseline=SAME_MODEL, rounds=1, warmup=0, op="attention")
     model.zero_grad(set_to_none=True)
+
+
+@pytest.fixture(scope="module")
+def fractalar():
+    torch.manual_seed(0)
+    return build("fractalar_in64").eval()
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_fractalar_in64_decode_step(benchmark, fractalar, level):
+    """One decode step of fractalar_in64's AR level (B 1 under CFG: 2 rows; level 0: 32 blocks of width 1024, 1.6 GB
+    of weights; level 1: 8 blocks of 512, 109 MB), mid-sequence: fastar.ops.transformer_decode (llama blocks, one
+    call) against the same blocks called one by one on fastar's kernels and on the torch backend. fractalar samples
+    256 level-0 and 4096 level-1 steps an image."""
+    ar = fractalar.generator if level == 0 else fractalar.next_fractal.generator
+    rows, C, H = 2, ar.pos_embed_learned.shape[-1], ar.num_heads
+    benchmark.group = f"fractalar_in64 level {level} decode step: {len(ar.blocks)} llama blocks, {rows} rows, fp32"
+    caches = [tuple(torch.randn(rows, H, ar.seq_len, C // H) for _ in range(2)) for _ in ar.blocks]
+    x, step = torch.randn(rows, 1, C), ar.seq_len // 2
+    with torch.no_grad():
+        stack = ar.decode_stack(x)
+
+    def run(st):
+        def go():
+            with torch.no_grad():
+                return ar.transformer(x, step, caches, st)
+        return go
+    same = torch.equal(run(stack)(), run(None)())
+    compare(benchmark, run(stack), {SAME_MODEL: on("torch", run(None)), "fastar kernels, block by block": run(None)},
+            baseline=SAME_MODEL, rounds=5 if level == 0 else 15, op="transformer_decode", shape=f"level {level}",
+            bitwise_equal_to_blocks=same)
