@@ -356,22 +356,28 @@ def _check_linear(device, M):
                  *_versus_reference(run, inputs, torch.float32, device))
 
 
-def _check_transformer_decode(device):
-    """One decode step (2 rows) through 4 DALL-E layers (row, column, row, conv) of width 64, 4 heads, and the cache
-    entries it writes, float32."""
-    masks = [AttentionMask.dalle(kind, 5, 4, 3) for kind in ("row", "column", "row", "conv")]
-    shapes = [(64,), (64,), (192, 64), (192,), (64, 64), (64,), (64,), (64,), (128, 64), (128,), (64, 128), (64,)]
+def _check_transformer_decode(device, block):
+    """One decode step (2 rows) through 4 layers of width 64, 4 heads, and the cache entries it writes, float32:
+    gpt2 blocks under DALL-E's masks (row, column, row, conv), llama blocks (RoPE) causal."""
+    masks = ([AttentionMask.dalle(kind, 5, 4, 3) for kind in ("row", "column", "row", "conv")] if block == "gpt2"
+             else [AttentionMask.causal()] * 4)
+    shapes = ([(64,), (64,), (192, 64), (192,), (64, 64), (64,), (64,), (64,), (128, 64), (128,), (64, 128), (64,)]
+              if block == "gpt2" else [(64,), (192, 64), (64, 64), (64,), (96, 64), (96, 64), (64, 96)])
+    n = len(shapes)
 
-    def run(x, *t):
-        layers = [list(t[12 * i:12 * i + 12]) for i in range(4)]
-        ks, vs = list(t[48:52]), list(t[52:56])
-        out = fastar.ops.transformer_decode(x, layers, ks, vs, 13, masks, heads=4)
+    def run(x, rope, *t):
+        layers = [list(t[n * i:n * i + n]) for i in range(4)]
+        ks, vs = list(t[4 * n:4 * n + 4]), list(t[4 * n + 4:4 * n + 8])
+        out = fastar.ops.transformer_decode(x, layers, ks, vs, 13, masks, heads=4, block=block,
+                                            rope=rope if block == "llama" else None)
         return [out, torch.stack(ks), torch.stack(vs)]
-    weights = [_randn(*s, seed=30 + i) * 0.2 + (1 if i % 12 in (0, 6) else 0)
-               for i, s in enumerate(shapes * 4)]
+    weights = [_randn(*s, seed=30 + i) * 0.2 + (1 if len(s) == 1 and i % n in (0, 3 if block == "llama" else 6)
+                                                 else 0) for i, s in enumerate(shapes * 4)]
     caches = [_randn(2, 4, 21, 16, seed=90 + i) for i in range(8)]
-    return _rows("transformer_decode", ("out", "k caches", "v caches"), "transformer_decode",
-                 *_versus_reference(run, [_randn(2, 1, 64, seed=29), *weights, *caches], torch.float32, device))
+    angles = _randn(1, 8, seed=28) * 3
+    rope = torch.stack([angles.cos(), angles.sin()], -1)
+    return _rows(f"transformer_decode {block}", ("out", "k caches", "v caches"), "transformer_decode",
+                 *_versus_reference(run, [_randn(2, 1, 64, seed=29), rope, *weights, *caches], torch.float32, device))
 
 
 def cases(quick):
@@ -411,7 +417,9 @@ def cases(quick):
     out.append(("diffusion_loss", "float32", (6, DIFFUSION_HEAD[2]), _check_diffusion_loss))
     for M in (1, 5)[:n]:
         out.append(("linear", "float32", (M, 300, 70), functools.partial(_check_linear, M=M)))
-    out.append(("transformer_decode", "float32", (2, 1, 64), _check_transformer_decode))
+    for block in ("gpt2", "llama"):
+        out.append(("transformer_decode", "float32", (2, 1, 64), functools.partial(_check_transformer_decode,
+                                                                                   block=block)))
     return out
 
 
