@@ -17,6 +17,7 @@ from benchmarks.harness import compare
 from fastar.models.dalle import DALLE, DALLEConfig
 from fastar.models.dalle import dalle as dalle_module
 from fastar.models.layers import Linear, decode_weights
+from fastar.selftest_bench import dalle_decode_step
 
 DEPTH, WIDTH, TEXT_LEN, GRID, STEPS = (int(x) for x in os.environ.get("FASTAR_BENCH_DALLE",
                                                                      "12,512,256,32,1024").split(","))
@@ -84,26 +85,7 @@ def test_dalle_decode_step(benchmark, model):
     in C++) against the same blocks called one by one in Python, on fastar's kernels and on the torch backend."""
     model.eval()
     benchmark.group = f"DALL-E decode step B=1 {SHAPE}: the {DEPTH} blocks, one image token against its KV caches"
-    L, C, H = TEXT_LEN + 1 + GRID * GRID, WIDTH, WIDTH // 64
-    g = torch.Generator().manual_seed(0)
-    caches = [dalle_module.KVCache(1, H, L, C // H, model.bos) for _ in model.blocks]
-    for c in caches:
-        c.k.normal_(generator=g), c.v.normal_(generator=g)
-    n = TEXT_LEN + 1 + GRID * GRID // 2  # the token at the grid's middle row: text + 16 rows cached
-    x = torch.randn(1, 1, C, generator=g)
-    stack = [block.decode_operands() for block in model.blocks]
-
-    def blocks():
-        with torch.no_grad():
-            y = x
-            for block, c in zip(model.blocks, caches):
-                c.len = n
-                y = block(y, c)
-            return y
-
-    def one_call():
-        return fastar.ops.transformer_decode(x, stack, [c.k for c in caches], [c.v for c in caches], n, model.masks,
-                                             heads=H)
+    one_call, blocks = dalle_decode_step(model, torch.Generator().manual_seed(0))
     same = torch.equal(one_call(), blocks())
     compare(benchmark, one_call, {BASELINE: on("torch", blocks), "fastar kernels, block by block": blocks},
             baseline=BASELINE, rounds=15, op="transformer_decode", shape=SHAPE, bitwise_equal_to_blocks=same)

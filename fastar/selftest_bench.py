@@ -93,19 +93,23 @@ def linear_contenders(M, layers=((512, 1536), (512, 512), (512, 2048), (2048, 51
                                               wb)}
 
 
-def decode_step_contenders(depth=12, width=512, text=256, grid=32):
-    """{name: fn} for one DALL-E decode step (B 1, a mid-image token) through the benchmark model's blocks on CUDA:
-    fastar.ops.transformer_decode (one call) against the same blocks called one by one on the torch backend (F.linear,
-    SDPA over the cache prefix with the dense mask row)."""
-    from fastar.models.dalle import DALLE, DALLEConfig
+def dalle_decode_step(model, generator=None):
+    """(one_call, blocks) for one decode step of a DALLE model (B 1, the image token at the grid's middle row, random
+    caches on the model's device): its blocks as one fastar.ops.transformer_decode call, and called one by one
+    (Block.forward); both return the step's output."""
     from fastar.models.dalle.dalle import KVCache
-    model = DALLE(DALLEConfig(width=width, depth=depth, heads=width // 64, text_len=text, grid=grid)).cuda().eval()
-    L, H = text + 1 + grid * grid, width // 64
-    caches = [KVCache(1, H, L, 64, model.bos) for _ in model.blocks]
+    cfg, device = model.cfg, model.bos.device
+    H = cfg.heads
+    caches = [KVCache(1, H, cfg.text_len + 1 + cfg.grid ** 2, cfg.width // H, model.bos) for _ in model.blocks]
     for c in caches:
-        c.k.normal_(), c.v.normal_()
-    n, x = text + 1 + grid * grid // 2, torch.randn(1, 1, width, device="cuda")
+        c.k.normal_(generator=generator), c.v.normal_(generator=generator)
+    n = cfg.text_len + 1 + cfg.grid ** 2 // 2  # text + half the grid cached
+    x = torch.randn(1, 1, cfg.width, device=device, generator=generator)
     stack = [block.decode_operands() for block in model.blocks]
+
+    def one_call():
+        return fastar.ops.transformer_decode(x, stack, [c.k for c in caches], [c.v for c in caches], n, model.masks,
+                                             heads=H)
 
     def blocks():
         with torch.no_grad():
@@ -113,10 +117,18 @@ def decode_step_contenders(depth=12, width=512, text=256, grid=32):
             for block, c in zip(model.blocks, caches):
                 c.len = n
                 y = block(y, c)
+            return y
+    return one_call, blocks
 
-    return {"fastar cuda": _on("cuda", lambda: fastar.ops.transformer_decode(
-                x, stack, [c.k for c in caches], [c.v for c in caches], n, model.masks, heads=H)),
-            "torch blocks (F.linear, SDPA)": _on("torch", blocks)}
+
+def decode_step_contenders(depth=12, width=512, text=256, grid=32):
+    """{name: fn} for one DALL-E decode step (B 1, a mid-image token) through the benchmark model's blocks on CUDA:
+    fastar.ops.transformer_decode (one call) against the same blocks called one by one on the torch backend (F.linear,
+    SDPA over the cache prefix with the dense mask row)."""
+    from fastar.models.dalle import DALLE, DALLEConfig
+    model = DALLE(DALLEConfig(width=width, depth=depth, heads=width // 64, text_len=text, grid=grid)).cuda().eval()
+    one_call, blocks = dalle_decode_step(model)
+    return {"fastar cuda": _on("cuda", one_call), "torch blocks (F.linear, SDPA)": _on("torch", blocks)}
 
 
 def diffusion_contenders(N=128, depth=6, width=1024, C=16, Z=768, steps=100):
