@@ -103,6 +103,27 @@ def test_ar_few_rows_decode_in_one_call_bit_for_bit(monkeypatch):
     assert torch.equal(*runs)
 
 
+def test_ar_sampling_on_bfloat16_decode_weights(monkeypatch):
+    """layers.decode_weights(model, bfloat16): the AR levels' and PixelLoss's one-call decode steps read bfloat16
+    product weights; with weights bfloat16 holds exactly the draws are the float32 run's."""
+    from fastar.models import layers
+    model = tiny("ar").eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, layers.Linear):
+                m.weight.copy_(m.weight.bfloat16().float())
+    labels = torch.tensor([3])
+
+    def sample():
+        return model.generate(labels, num_iter_list=[2, 2, 2], cfg=2.0, generator=torch.Generator().manual_seed(5))
+    want, dtypes, op = sample(), set(), fastar.ops.transformer_decode
+    monkeypatch.setattr(fastar.ops, "transformer_decode", lambda x, ws, *a, **k: dtypes.update(
+        t.dtype for w in ws for t in w if t.dim() == 2) or op(x, ws, *a, **k))
+    with layers.decode_weights(model):
+        got = sample()
+    assert dtypes == {torch.bfloat16} and torch.equal(got, want)
+
+
 def test_pixelloss_kv_cache_decoding_matches_the_official_recompute():
     """Channel by channel, the one-token decode gives the logits of the official full 4-token forward, and the
     same seeded draws."""
@@ -283,5 +304,5 @@ def test_train_then_sample_cli(tmp_path, torchrun):
     assert "NLL" in out and "bits/dim" in out and (tmp_path / "run" / "samples.png").exists()
     if not torchrun:
         out = run_cli(tmp_path, "sample", "fractalgen", "--ckpt", "run/ckpt.pt", "--classes", "0", "1",
-                      "--num-iter", "2,2", "--out", "g.png")
+                      "--num-iter", "2,2", "--bf16-weights", "--out", "g.png")
         assert "fastar train fractalgen checkpoint" in out and (tmp_path / "g.png").exists()

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from fastar.models.fractalgen.fractalgen import MODELS, FractalGen, FractalGenConfig, build
+from fastar.models.layers import decode_weights
 from fastar.models.var.sample import save_grid
 
 # README evaluation flags (num_iter_list, cfg, temperature; linear cfg schedule, filter_threshold 1e-4); base: the
@@ -50,6 +51,8 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, help="multiplies the pixel logits (> 1 sharpens), as officially")
     p.add_argument("--filter-threshold", type=float, default=1e-4, help="CFG leaves values below this probability")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16-weights", action="store_true", help="decode steps of up to 8 rows (--bs 4 with CFG) read "
+                   "bfloat16 copies of the weights (half the bytes; a sampling mode with its own draws)")
     p.add_argument("--bs", type=int, default=4, help="images per batch (2x rows with CFG)")
     p.add_argument("--nrow", type=int, default=8)
     p.add_argument("--out", default="grid.png")
@@ -68,8 +71,9 @@ def main(argv=None):
     out = []
     for i, label_B in enumerate(labels.split(args.bs)):
         progress = lambda steps: tqdm(steps, desc=f"sample fractalgen batch {i + 1}")  # noqa: E731
-        out.append(model.generate(label_B, num_iter_list=num_iter, cfg=cfg, cfg_schedule=args.cfg_schedule,
-                                  temperature=temperature, filter_threshold=args.filter_threshold,
-                                  generator=torch.Generator().manual_seed(args.seed + i), progress=progress))
+        with decode_weights(model, torch.bfloat16 if args.bf16_weights else torch.float32):
+            out.append(model.generate(label_B, num_iter_list=num_iter, cfg=cfg, cfg_schedule=args.cfg_schedule,
+                                      temperature=temperature, filter_threshold=args.filter_threshold,
+                                      generator=torch.Generator().manual_seed(args.seed + i), progress=progress))
     save_grid(torch.cat(out), args.out, nrow=args.nrow)
     print(f"wrote {args.out}: {len(labels)} images, classes {args.classes}")
