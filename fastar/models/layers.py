@@ -155,10 +155,20 @@ class Linear(nn.Linear):
 
 
 def block_decode_operands(norm1, qkv, proj, norm2, fc1, fc2):
-    """The 12 tensors of a pre-norm block's layer in fastar.ops.transformer_decode (its WEIGHTS order), from the
-    block's LayerNorms and Linears, detached; the products' decode_weights copies where set."""
+    """The 12 tensors of a pre-norm block's gpt2 layer in fastar.ops.transformer_decode (reference BLOCKS order), from
+    the block's LayerNorms and Linears, detached; the products' decode_weights copies where set."""
     return [norm1.weight.detach(), norm1.bias.detach(), *qkv.decode_operands(), *proj.decode_operands(),
             norm2.weight.detach(), norm2.bias.detach(), *fc1.decode_operands(), *fc2.decode_operands()]
+
+
+def decode_stack(blocks, x):
+    """The blocks' layers of fastar.ops.transformer_decode (each block's decode_operands()) for decode steps of x's
+    rows, where their products run fastar.ops.linear (Linear.decodes: the same for every product of the stack) and
+    the blocks are in eval mode (transformer_decode applies no dropout); else None: the blocks run one by one."""
+    if len(blocks) == 0 or blocks[0].training:
+        return None
+    first = next(m for m in blocks[0].modules() if isinstance(m, Linear))
+    return [block.decode_operands() for block in blocks] if first.decodes(x) else None
 
 
 @contextlib.contextmanager

@@ -5,8 +5,7 @@ import torch
 
 from fastar.ops._checks import check_choice, check_tensor
 from fastar.ops._registry import Decline, kernel, op
-from fastar.ops.attention import MAX_HEAD_DIM, AttentionMask
-from fastar import _backend
+from fastar.ops.attention import AttentionMask, max_head_dim
 from fastar.reference import transformer_decode as reference
 from fastar.reference.transformer_decode import BLOCKS
 from fastar.torch import transformer_decode as torch_impl
@@ -71,10 +70,9 @@ def transformer_decode(x, layers, k_caches, v_caches, cache_len, masks, *, heads
         kind, mask_ints, _, _ = m.op_args(name, B, L, cache_len + L, x.device)
         kinds.append(kind)
         ints += mask_ints
-    top = MAX_HEAD_DIM.get(_backend.active(x.device), MAX_HEAD_DIM["reference"])
+    top = max_head_dim(x.device)  # attention_decode's: wider heads run the torch formulation
     if C // heads > top:
-        return x.device, Decline(f"the {_backend.active(x.device)} kernel takes head dims up to {top}, "
-                                 f"got {C // heads}")
+        return x.device, Decline(f"the kernel takes head dims up to {top}, got {C // heads}")
     flat = [t for w in layers for t in w]
     return x.device, lambda ops: ops.transformer_decode(x, flat, list(k_caches), list(v_caches), cache_len, kinds,
                                                         ints, heads, float(eps), approximate, block, rope)

@@ -15,7 +15,6 @@ BLOCKS = {"gpt2": ("ln_1.weight", "ln_1.bias", "attn.qkv.weight", "attn.qkv.bias
                    "mlp.2.bias"),
           "llama": ("attention_norm.weight", "attention.wqkv.weight", "attention.wo.weight", "ffn_norm.weight",
                     "feed_forward.w1.weight", "feed_forward.w3.weight", "feed_forward.w2.weight")}
-WEIGHTS = BLOCKS["gpt2"]
 
 
 def rms_norm(x, weight, eps):

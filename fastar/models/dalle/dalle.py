@@ -214,10 +214,8 @@ class DALLE(nn.Module):
         caches = [KVCache(B, H, T + N, C // H, self.bos) for _ in self.blocks]
         x = torch.cat([self.embed_text(text_BT), self.embed_image(prefix)], 1)  # prefill: text and the prefix
         tokens = [prefix]
-        stack = None  # the decode steps' weights once they run as one transformer_decode call
+        stack = layers.decode_stack(self.blocks, x.new_empty(B, 1, C))  # the decode steps in one call each, or None
         for j in range(prefix.shape[1], N):
-            if x.shape[1] == 1 and stack is None and self.blocks[0].attn.qkv.decodes(x):
-                stack = [block.decode_operands() for block in self.blocks]
             if x.shape[1] == 1 and stack is not None:  # one token per sequence: the stack in one fastar call
                 x = fastar.ops.transformer_decode(x, stack, [c.k for c in caches], [c.v for c in caches],
                                                   caches[0].len, self.masks, heads=H, eps=self.blocks[0].ln_1.eps)

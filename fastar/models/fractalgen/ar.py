@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fastar.ops
 from fastar.models.fractalgen.blocks import LN_EPS, apply_block, attend, init_weights, patchify, unpatchify
-from fastar.models.layers import Linear
+from fastar.models.layers import Linear, decode_stack
 
 NORM_EPS = 1e-5
 ROPE_BASE = 10000
@@ -138,11 +138,9 @@ class AR(nn.Module):
         return self.norm(x)
 
     def decode_stack(self, x):
-        """The blocks as fastar.ops.transformer_decode layers where it takes decode steps of x's rows (few rows, CPU,
-        fastar's kernels: fastar.models.layers.Linear.decodes; eval mode, no dropout), else None."""
-        if self.training or not self.blocks or not self.blocks[0].attention.wqkv.decodes(x):
-            return None
-        return [block.decode_operands() for block in self.blocks]
+        """The blocks as fastar.ops.transformer_decode layers for decode steps of x's rows, or None
+        (fastar.models.layers.decode_stack)."""
+        return decode_stack(self.blocks, x)
 
     def forward(self, imgs, cond_list):
         """Training: every patch goes to the next level with the output before it as its condition."""

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import fastar.ops
 from fastar.models.fractalgen.blocks import LN_EPS, Block, init_weights
-from fastar.models.layers import Linear
+from fastar.models.layers import Linear, decode_stack
 from fastar.ops import sample_categorical
 
 PIX_MEAN = (0.485, 0.456, 0.406)
@@ -96,8 +96,7 @@ class PixelLoss(nn.Module):
         width, heads = self.cond_proj.out_features, self.blocks[0].attn.num_heads if self.blocks else 1
         caches = [tuple(cond.new_empty(rows, heads, 3, width // heads) for _ in range(2)) for _ in self.blocks]
         # a few rows (small batches: fractalar's pixels one at a time): the blocks of a step in one fastar call
-        one_call = kv_cache and self.blocks and self.blocks[0].attn.qkv.decodes(cond.new_empty(rows, 1, width))
-        stack = [block.decode_operands() for block in self.blocks] if one_call else None
+        stack = decode_stack(self.blocks, cond.new_empty(rows, 1, width)) if kv_cache else None
         for i in range(3):
             logits = self.decode(ids, cond, i, caches, stack) if kv_cache else self.predict(ids, cond)[:, i]
             logits = logits * temperature  # the official temperature multiplies
