@@ -16,7 +16,7 @@ from fastar.models.dalle.dalle import DALLE, DALLEConfig
 from fastar.models.dalle.dvae import DVAE, DVAEConfig
 from fastar.models.dalle.text import TextTokenizer
 from fastar.models.layers import decode_weights
-from fastar.models.var.sample import save_grid
+from fastar.models.var.sample import save_grid, seeded
 
 
 def load(ckpt, texts):
@@ -50,7 +50,8 @@ def main(argv=None):
     p.add_argument("--out", default="dalle.png")
     args = p.parse_args(argv)
 
-    dvae, dalle, tok, what = load(args.ckpt, args.text)
+    with seeded(args.seed):
+        dvae, dalle, tok, what = load(args.ckpt, args.text)
     print(f"sampling with {what}")
     dvae.eval(), dalle.eval()
     g = dalle.cfg.grid

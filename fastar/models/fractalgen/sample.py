@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from fastar.models.fractalgen.fractalgen import MODELS, FractalGen, FractalGenConfig, build
 from fastar.models.layers import decode_weights
-from fastar.models.var.sample import save_grid
+from fastar.models.var.sample import save_grid, seeded
 
 # README evaluation flags (num_iter_list, cfg, temperature; linear cfg schedule, filter_threshold 1e-4); base: the
 # README's best-FID cfg with the 256 px temperature
@@ -58,7 +58,8 @@ def main(argv=None):
     p.add_argument("--out", default="grid.png")
     args = p.parse_args(argv)
 
-    model, what = load(args.model, args.ckpt)
+    with seeded(args.seed):
+        model, what = load(args.model, args.ckpt)
     model.eval()
     levels = model.num_fractal_levels - 1
     trained_here = "fastar train" in what

@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from fastar.models.hit.generator import CONFIGS, HiTConfig, HiTGenerator
-from fastar.models.var.sample import save_grid
+from fastar.models.var.sample import save_grid, seeded
 
 
 def main(argv=None):
@@ -27,7 +27,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     if args.ckpt is None:
-        G = HiTGenerator(CONFIGS[args.size])
+        with seeded(args.seed):
+            G = HiTGenerator(CONFIGS[args.size])
         print(f"RANDOM weights (no --ckpt): the official {args.size} px config, untrained")
     else:
         sd = torch.load(args.ckpt, map_location="cpu")

@@ -12,7 +12,7 @@ import torch
 
 from fastar.models.mar.mar import MAR, MARConfig, mar
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
-from fastar.models.var.sample import save_grid
+from fastar.models.var.sample import save_grid, seeded
 
 
 def load(ckpt, vae_ckpt, size):
@@ -69,7 +69,8 @@ def main(argv=None):
     p.add_argument("--out", default="grid.png")
     args = p.parse_args(argv)
 
-    vae, model, what = load(args.ckpt, args.vae_ckpt, args.size)
+    with seeded(args.seed):
+        vae, model, what = load(args.ckpt, args.vae_ckpt, args.size)
     if args.num_steps is not None:
         model.diffloss.num_sampling_steps = args.num_steps
     print(f"sampling with {what}")

@@ -8,6 +8,7 @@
 Without --ckpt the weights are random (the released VQVAE config and VAR-d{depth}), and it says so.
 """
 import argparse
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -18,6 +19,15 @@ import fastar
 from fastar.models.var.build import PATCH_NUMS, build_vae_var
 from fastar.models.var.var import PRECISIONS, VAR, VARConfig
 from fastar.models.var.vqvae import VQVAE, VQVAEConfig
+
+
+@contextmanager
+def seeded(seed):
+    """Random weights made inside are `seed`'s (torch's global generator forked, seeded, then restored), so two
+    runs of a sample CLI without --ckpt draw the same untrained model."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def save_grid(img_B3HW, path, nrow=8, pad=2):
@@ -81,7 +91,8 @@ def main(argv=None):
             fastar.check_bf16_gemm("python -m fastar sample var", torch.device("cpu"))
         except RuntimeError as e:
             raise SystemExit(str(e)) from None
-    vae, var, what = load(args.ckpt, args.vae_ckpt, args.depth)
+    with seeded(args.seed):
+        vae, var, what = load(args.ckpt, args.vae_ckpt, args.depth)
     print(f"sampling with {what}")
     var.eval()
     labels = torch.tensor(args.classes)
