@@ -125,14 +125,21 @@ class Linear(nn.Linear):
     steps read its weight's copy in that dtype."""
 
     decode_weight = None  # set by decode_weights: the weight in the decode dtype, for up to DECODE_ROWS rows
+    product_weight = None  # set by bf16_products: the weight in bfloat16, for every product without autograd
 
     def forward(self, x):
-        return self._decode(x) if self._decodes(x) else linear(x, self.weight, self.bias)
+        if self._decodes(x):
+            return self._decode(x)
+        if self._bf16(x):
+            return linear(*self._bf16_operands(x))
+        return linear(x, self.weight, self.bias)
 
     def forward_gelu(self, x, approximate="none"):
         """F.gelu(self(x)): linear_gelu on this layer's weights (an MLP's first layer)."""
         if self._decodes(x):
             return F.gelu(self._decode(x), approximate=approximate)
+        if self._bf16(x):
+            return linear_gelu(*self._bf16_operands(x), approximate)
         return linear_gelu(x, self.weight, self.bias, approximate)
 
     def decodes(self, x):
@@ -152,6 +159,13 @@ class Linear(nn.Linear):
 
     def _decode(self, x):
         return fastar.ops.linear(x, self.decode_weight, self.bias)
+
+    def _bf16(self, x):
+        return self.product_weight is not None and not _wants_grad(x, self.weight, self.bias)
+
+    def _bf16_operands(self, x):
+        w = self.product_weight
+        return x.to(w.dtype), w, None if self.bias is None else self.bias.detach().to(w.dtype)
 
 
 def block_decode_operands(norm1, qkv, proj, norm2, fc1, fc2):
@@ -178,21 +192,40 @@ def decode_weights(module, dtype=torch.bfloat16):
     every weight), made on entry from the weights as they are and dropped on exit. The products are the float32 ones
     of the rounded weights: a sampling mode, with its own results (the benchmarks report its agreement with
     float32)."""
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"decode_weights: module must be a torch.nn.Module, got {type(module).__name__}")
     if dtype not in (torch.bfloat16, torch.float32):
         raise ValueError(f"decode_weights: dtype must be torch.bfloat16 or torch.float32, got {dtype}")
-    before = {m: m.__dict__.get("decode_weight") for m in module.modules() if isinstance(m, Linear)}
-    for m in before:
-        m.decode_weight = m.weight.detach().to(dtype).contiguous()
-    try:
+    with _weight_copies("decode_weights", module, "decode_weight", dtype):
         yield module
-    finally:  # an enclosing decode_weights' copies come back
+
+
+@contextlib.contextmanager
+def bf16_products(module):
+    """Inside, every product of module's Linear layers without autograd (decode steps inside decode_weights
+    excepted) runs on bfloat16 operands: the weight's copy made on entry, the input and bias rounded per call, float32
+    accumulation, the result in bfloat16 (autocast's rule for linear layers, which the official MAR and FractalGen
+    code samples under on GPUs); what follows a product sees bfloat16 (fastar.ops.attention of q, k, v) or promotes
+    to float32 (the residual adds, LayerNorm on the float32 stream). A sampling mode with its own results: callers
+    check fastar.check_bf16_gemm first (on a CPU without bf16 instructions it would be slower than float32)."""
+    with _weight_copies("bf16_products", module, "product_weight", torch.bfloat16):
+        yield module
+
+
+@contextlib.contextmanager
+def _weight_copies(name, module, attr, dtype):
+    """Each Linear of module gets attr = its weight's copy in dtype for the scope; an enclosing scope's come back."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{name}: module must be a torch.nn.Module, got {type(module).__name__}")
+    before = {m: m.__dict__.get(attr) for m in module.modules() if isinstance(m, Linear)}
+    for m in before:
+        setattr(m, attr, m.weight.detach().to(dtype).contiguous())
+    try:
+        yield
+    finally:
         for m, w in before.items():
             if w is None:
-                m.__dict__.pop("decode_weight", None)
+                m.__dict__.pop(attr, None)
             else:
-                m.decode_weight = w
+                setattr(m, attr, w)
 
 
 class Dropout(nn.Dropout):

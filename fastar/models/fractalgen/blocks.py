@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 import fastar.ops
-from fastar.models.layers import Dropout, Linear, block_decode_operands, linear_gelu
+from fastar.models.layers import Dropout, Linear, block_decode_operands
 
 LN_EPS = 1e-6
 
@@ -53,7 +53,7 @@ class Mlp(nn.Module):
         self.drop = Dropout(drop)
 
     def forward(self, x):
-        return self.drop(self.fc2(self.drop(linear_gelu(x, self.fc1.weight, self.fc1.bias))))
+        return self.drop(self.fc2(self.drop(self.fc1.forward_gelu(x))))
 
 
 class Block(nn.Module):

@@ -102,7 +102,8 @@ class DiffLoss(nn.Module):
         return (loss * mask).sum() / mask.sum() if mask is not None else loss.mean()
 
     @torch.no_grad()
-    def sample(self, z, temperature=1.0, cfg=1.0, generator=None):
-        """z (N, Z), [cond ; uncond] when cfg != 1 -> tokens (N, C), or the conditional half (N/2, C) under cfg."""
+    def sample(self, z, temperature=1.0, cfg=1.0, generator=None, precision="fp32"):
+        """z (N, Z), [cond ; uncond] when cfg != 1 -> tokens (N, C), or the conditional half (N/2, C) under cfg.
+        precision: diffusion_sample's ("bf16": the head's GEMMs on bfloat16 operands)."""
         return fastar.ops.diffusion_sample(z, self.net, num_steps=self.num_sampling_steps, temperature=temperature,
-                                           cfg=float(cfg), generator=generator)
+                                           cfg=float(cfg), generator=generator, precision=precision)

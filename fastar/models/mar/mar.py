@@ -7,6 +7,7 @@ levels): projection / MLP dropout as the official training (0.1); the fused atte
 probabilities (attn_dropout, 0.1 officially, is said not to apply). mar_base / mar_large / mar_huge take the official
 builders' keywords (main_mar.py's call).
 """
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -15,8 +16,12 @@ import torch
 import torch.nn as nn
 
 from fastar.models.fractalgen.blocks import LN_EPS, Block, apply_block
-from fastar.models.layers import Linear, rng_device
+import fastar
+from fastar.models.layers import Linear, bf16_products, rng_device
 from fastar.models.mar.diffloss import DiffLoss
+
+
+PRECISIONS = ("fp32", "bf16")  # sample_tokens' modes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,12 +140,26 @@ class MAR(nn.Module):
 
     @torch.no_grad()
     def sample_tokens(self, bsz, num_iter=64, cfg=1.0, cfg_schedule="linear", labels=None, temperature=1.0,
-                      generator=None, progress=False):
+                      generator=None, progress=False, precision="fp32"):
         """Official sampling: cosine mask schedule over a random order per image, Muse's linear CFG ramp.
         Orders come from `generator` (torch.randperm) where the official code uses numpy's global RNG.
-        Returns latents (B, 16, 16, 16) (before the VAE's 1 / 0.2325 scale)."""
+        Returns latents (B, 16, 16, 16) (before the VAE's 1 / 0.2325 scale).
+        precision: "fp32", or "bf16": the transformer's products on bfloat16 operands (layers.bf16_products; its
+        attention then runs on bfloat16 q, k, v) and the head's GEMMs in bfloat16 (diffusion_sample's bf16 mode);
+        the residual stream, LayerNorms, the DDPM update and the tokens stay float32. The official code samples
+        under fp16 autocast on GPUs. On a CPU it needs AMX-BF16 or AVX512-BF16 (fastar.check_bf16_gemm).
+        Agreement with fp32: tests/test_mar_model.py and benchmarks/bench_mar.py."""
         if cfg_schedule not in ("linear", "constant"):
             raise ValueError(f"sample_tokens: cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"sample_tokens: precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "bf16":
+            fastar.check_bf16_gemm("MAR.sample_tokens", self.fake_latent.device)
+        with bf16_products(self) if precision == "bf16" else contextlib.nullcontext():
+            return self._sample_tokens(bsz, num_iter, cfg, cfg_schedule, labels, temperature, generator, progress,
+                                       precision)
+
+    def _sample_tokens(self, bsz, num_iter, cfg, cfg_schedule, labels, temperature, generator, progress, precision):
         device, L = self.fake_latent.device, self.seq_len
         mask = torch.ones(bsz, L, device=device)
         tokens = torch.zeros(bsz, L, self.token_embed_dim, device=device, dtype=self.fake_latent.dtype)
@@ -168,7 +187,7 @@ class MAR(nn.Module):
             cfg_iter = 1 + (cfg - 1) * (L - mask_len) / L if cfg_schedule == "linear" else cfg
             # cfg_iter is > 1 whenever cfg > 1 (mask_len < L), so the [cond ; uncond] rows stay paired.
             cur_tokens[to_pred] = self.diffloss.sample(z[rows], temperature, cfg_iter if cfg != 1.0 else 1.0,
-                                                       generator=generator)
+                                                       generator=generator, precision=precision)
             tokens = cur_tokens.clone()
         h = int(math.isqrt(L))
         return tokens.reshape(bsz, h, h, self.token_embed_dim).permute(0, 3, 1, 2)  # unpatchify, patch_size 1

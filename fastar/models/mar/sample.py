@@ -2,6 +2,7 @@
 
     python -m fastar sample mar --size base --ckpt mar_base/checkpoint-last.pth --vae-ckpt kl16.ckpt \\
         --classes 207 360 387 974 --num-iter 64 --cfg 2.9 --out grid.png
+    python -m fastar sample mar --precision bf16 ...   # bf16 products (CPUs with AMX-BF16 / AVX512-BF16)
     python -m fastar sample mar --ckpt runs/mar-digits/ckpt.pt --classes 0 1 2 3   # from `fastar train mar`
 
 Without --ckpt the weights are random (MAR-{size} and the KL-16 VAE, untrained), and it says so.
@@ -10,7 +11,8 @@ import argparse
 
 import torch
 
-from fastar.models.mar.mar import MAR, MARConfig, mar
+import fastar
+from fastar.models.mar.mar import MAR, PRECISIONS, MARConfig, mar
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
 from fastar.models.var.sample import save_grid, seeded
 
@@ -40,13 +42,16 @@ def load(ckpt, vae_ckpt, size):
 
 
 @torch.no_grad()
-def generate(vae, model, labels, *, num_iter, cfg, temperature, seed, bs, cfg_schedule="linear", progress=True):
-    """Images (B, 3, H, W) in [0, 1]: sample_tokens per batch of bs labels, then the VAE decode of tokens / latent_scale."""
+def generate(vae, model, labels, *, num_iter, cfg, temperature, seed, bs, cfg_schedule="linear", progress=True,
+             precision="fp32"):
+    """Images (B, 3, H, W) in [0, 1]: sample_tokens per batch of bs labels (in `precision`), then the VAE decode of
+    tokens / latent_scale (float32)."""
     out = []
     for i, label_B in enumerate(labels.split(bs)):
         tokens = model.sample_tokens(len(label_B), num_iter=num_iter, cfg=cfg, cfg_schedule=cfg_schedule,
                                      labels=label_B, temperature=temperature,
-                                     generator=torch.Generator().manual_seed(seed + i), progress=progress)
+                                     generator=torch.Generator().manual_seed(seed + i), progress=progress,
+                                     precision=precision)
         out.append(vae.decode(tokens / vae.cfg.latent_scale).add(1).div(2).clamp(0, 1))
     return torch.cat(out)
 
@@ -64,11 +69,19 @@ def main(argv=None):
     p.add_argument("--cfg-schedule", default="linear", choices=("linear", "constant"))
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: the transformer's products and the diffusion head's GEMMs on bfloat16 operands "
+                        "(float32 accumulation); needs AMX-BF16 or AVX512-BF16 on a CPU, declined without them")
     p.add_argument("--bs", type=int, default=4, help="images per sample_tokens call (2x rows with CFG)")
     p.add_argument("--nrow", type=int, default=8)
     p.add_argument("--out", default="grid.png")
     args = p.parse_args(argv)
 
+    if args.precision == "bf16":  # declined up front on a CPU without bf16 GEMM instructions, before any loading
+        try:
+            fastar.check_bf16_gemm("python -m fastar sample mar", torch.device("cpu"))
+        except RuntimeError as e:
+            raise SystemExit(str(e)) from None
     with seeded(args.seed):
         vae, model, what = load(args.ckpt, args.vae_ckpt, args.size)
     if args.num_steps is not None:
@@ -77,6 +90,6 @@ def main(argv=None):
     vae.eval(), model.eval()
     labels = torch.tensor(args.classes)
     img = generate(vae, model, labels, num_iter=args.num_iter, cfg=args.cfg, temperature=args.temperature,
-                   seed=args.seed, bs=args.bs, cfg_schedule=args.cfg_schedule)
+                   seed=args.seed, bs=args.bs, cfg_schedule=args.cfg_schedule, precision=args.precision)
     save_grid(img, args.out, nrow=args.nrow)
     print(f"wrote {args.out}: {len(labels)} images, classes {args.classes}")
