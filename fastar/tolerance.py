@@ -33,6 +33,8 @@ K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
      "diffusion_sample_bf16": 4.0,
      # the models' Linear on oneDNN: another GEMM's blocking sums K in another order.
      "linear": 2.0,
+     # Winograd F(2x2, 3x3): the products of transformed inputs and weights, then the output transform's sums.
+     "conv3x3": 2.0,
      # a stack of blocks: LayerNorm, four products and an attention per layer, each summing in its kernel's order.
      "transformer_decode": 4.0}
 

@@ -20,8 +20,9 @@ namespace fastar::cpu {
   extern const DiffusionIsa kDiffusion;              \
   extern const MultiAxisIsa kMultiAxis;              \
   extern const LinearIsa kLinear;                    \
+  extern const ConvIsa kConv;                        \
   const Isa kIsa{#isa, &kVqNearest, &kAttention, &kSampling, &kAttentionTiny, &kAttentionDecode, \
-                 &kDiffusion, &kMultiAxis, &kLinear};          \
+                 &kDiffusion, &kMultiAxis, &kLinear, &kConv};  \
   }
 FASTAR_ISA_TABLE(base)
 FASTAR_ISA_TABLE(avx2)
@@ -60,10 +61,11 @@ static const char* const kZen4Avx2Families = "vq_nearest,attention_decode,attent
 
 static const Isa& zen4() {
   // in the order of Isa's fields: name, vq_nearest, attention, sampling, attention_tiny, attention_decode,
-  // diffusion, multi_axis, linear
+  // diffusion, multi_axis, linear, conv
   static const Isa table{avx512::kIsa.name,      avx2::kIsa.vq_nearest,     avx512::kIsa.attention,
                          avx512::kIsa.sampling,  avx2::kIsa.attention_tiny, avx2::kIsa.attention_decode,
-                         avx512::kIsa.diffusion, avx2::kIsa.multi_axis,     avx512::kIsa.linear};
+                         avx512::kIsa.diffusion, avx2::kIsa.multi_axis,     avx512::kIsa.linear,
+                         avx512::kIsa.conv};
   return table;
 }
 

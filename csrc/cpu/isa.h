@@ -6,6 +6,7 @@
 #include "cpu/attention_decode_isa.h"
 #include "cpu/attention_isa.h"
 #include "cpu/attention_tiny_isa.h"
+#include "cpu/conv_isa.h"
 #include "cpu/diffusion_isa.h"
 #include "cpu/linear_isa.h"
 #include "cpu/multi_axis_isa.h"
@@ -25,6 +26,7 @@ struct Isa {
   const DiffusionIsa* diffusion;
   const MultiAxisIsa* multi_axis;
   const LinearIsa* linear;
+  const ConvIsa* conv;
 };
 
 // The best instruction set this CPU supports; on AMD Zen 4 (AVX-512 on 256-bit datapaths) with the AVX2 kernels of

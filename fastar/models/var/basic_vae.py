@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import fastar.ops
 from fastar import _backend
 
 
@@ -81,8 +82,8 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x):
         fast = fast_path(x)
-        h = self.conv1(_norm_silu(self.norm1, x, fast))
-        h = self.conv2(self.dropout(_norm_silu(self.norm2, h, fast)))
+        h = _conv3x3(self.conv1, _norm_silu(self.norm1, x, fast))
+        h = _conv3x3(self.conv2, self.dropout(_norm_silu(self.norm2, h, fast)))
         return _residual(self.nin_shortcut(x), h, fast)
 
 
@@ -181,7 +182,7 @@ def _decode(dec, z):
         h = _level(level, h)
         if hasattr(level, "upsample"):
             h = level.upsample(h)
-    return dec.conv_out(_norm_silu(dec.norm_out, h, fast_path(z)))
+    return _conv3x3(dec.conv_out, _norm_silu(dec.norm_out, h, fast_path(z)))
 
 
 def fast_path(x) -> bool:
@@ -203,6 +204,19 @@ def _prepared(kind, weight, make):
         ref = weakref.ref(weight, lambda _, slot=slot: _PREPARED.pop(slot, None))  # dropped with the parameter
         hit = _PREPARED[slot] = (ref, key, make(weight.detach()))
     return hit[2]
+
+
+WINOGRAD_MIN_WIDTH = 64  # narrower maps leave the Winograd kernel's 32-tile rows (AVX-512) partly idle
+
+
+def _conv3x3(conv, x):
+    """conv(x), a 3x3 stride-1 padding-1 nn.Conv2d; at inference where fastar's CPU kernels run, on maps at least
+    WINOGRAD_MIN_WIDTH wide, fastar.ops.conv3x3 (Winograd F(2x2, 3x3): 2.25x fewer multiply-adds than oneDNN's
+    direct convolution; benchmarks/bench_var.py's VQVAE decode)."""
+    if (x.shape[-1] >= WINOGRAD_MIN_WIDTH and x.dtype == torch.float32 and _backend.active(x.device) == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))):
+        return fastar.ops.conv3x3(x, conv.weight, conv.bias)
+    return conv(x)
 
 
 def _norm_silu(norm, x, fast):

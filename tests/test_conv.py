@@ -1,0 +1,141 @@
+"""conv3x3 (Winograd F(2x2, 3x3) on the CPU) against the float64 reference within the tolerance rule, at awkward
+shapes on every instruction set; its declines (float64, autograd, backends without a kernel) run the torch
+formulation; opcheck; bad inputs named; the VQVAE decoder's wide maps run it."""
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastar
+from fastar.models.var import VQVAEConfig
+from fastar.models.var import basic_vae
+from fastar.models.var.vqvae import VQVAE
+from tests.conftest import run_with_cpu_isa, sanitized
+from tests.tolerance import assert_close
+
+# (B, C_in, C_out, H, W): one pixel; odd sides (a last tile half outside); rows of several tile blocks with a
+# partial last one (W 70, 131: 35 and 66 tiles); C_out off every register block (1, 5, 13) and above one; C_in 1;
+# the decoders' widths at a small map; an empty batch
+SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 7, 9), (1, 4, 13, 6, 70), (2, 16, 3, 5, 131), (1, 1, 7, 33, 2),
+          (1, 160, 160, 8, 64), (1, 64, 130, 9, 40), (0, 4, 4, 8, 8)]
+
+
+def randn(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).float()
+
+
+def check(shape, bias=True):
+    B, Ci, Co, H, W = shape
+    x, w = randn(B, Ci, H, W, seed=1), randn(Co, Ci, 3, 3, seed=2) / Ci ** 0.5
+    b = randn(Co, seed=3) if bias else None
+    out = fastar.ops.conv3x3(x, w, b)
+    assert fastar.last_backend("conv3x3") == "cpu" and out.shape == (B, Co, H, W) and out.is_contiguous()
+    want64 = F.conv2d(x.double(), w.double(), None if b is None else b.double(), padding=1)
+    assert_close("conv3x3", out, want64, F.conv2d(x, w, b, padding=1))
+
+
+@pytest.mark.parametrize("shape", sanitized(SHAPES, set()), ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_matches_float64(shape, bias):
+    check(shape, bias)
+
+
+def test_non_contiguous_inputs():
+    x, w = randn(2, 6, 20, 11, seed=4).transpose(2, 3), randn(3, 6, 3, 3, seed=5)
+    assert not x.is_contiguous()
+    want64 = F.conv2d(x.double(), w.double(), padding=1)
+    assert_close("conv3x3", fastar.ops.conv3x3(x, w), want64, F.conv2d(x, w, padding=1))
+
+
+ISA_CHILD = """
+import fastar
+from tests.test_conv import SHAPES, check
+assert fastar.build_info()["cpu_isa"] == "%s"
+for shape in SHAPES:
+    check(shape)
+"""
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+def test_every_cpu_isa(isa):
+    """Each instruction set's kernel (8, 16 or 32 tiles a work item; 6 or 12 output channels a register block)."""
+    run_with_cpu_isa(isa, ISA_CHILD % isa)
+
+
+def test_declines_run_the_torch_formulation():
+    """float64, autograd and backends without the kernel run F.conv2d (a one-time warning each), gradients
+    included; the reference and torch backends run their formulation silently."""
+    x, w, b = randn(1, 3, 6, 6, seed=6), randn(4, 3, 3, 3, seed=7), randn(4, seed=8)
+    with pytest.warns(UserWarning, match="the CPU kernel takes float32"):
+        out = fastar.ops.conv3x3(x.double(), w.double(), b.double())
+    assert torch.equal(out, F.conv2d(x.double(), w.double(), b.double(), padding=1))
+    wg = w.clone().requires_grad_()
+    with pytest.warns(UserWarning, match="no backward"):
+        fastar.ops.conv3x3(x, wg, b).sum().backward()
+    wg2 = w.clone().requires_grad_()
+    F.conv2d(x, wg2, b, padding=1).sum().backward()
+    assert torch.equal(wg.grad, wg2.grad)
+    with fastar.use_backend("simt"), pytest.warns(UserWarning, match="a CPU kernel only"):
+        fastar.ops.conv3x3(x, w, b)
+    assert fastar.last_backend("conv3x3") == "torch"
+    for backend in ("torch", "reference"):
+        with fastar.use_backend(backend), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert torch.equal(fastar.ops.conv3x3(x, w, b), F.conv2d(x, w, b, padding=1))
+
+
+def test_opcheck():
+    x, w, b = randn(2, 5, 9, 7, seed=9), randn(3, 5, 3, 3, seed=10), randn(3, seed=11)
+    torch.library.opcheck(torch.ops.fastar.conv3x3.default, (x, w, b), test_utils=(
+        "test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    torch.library.opcheck(torch.ops.fastar.conv3x3.default, (x, w, None), test_utils=(
+        "test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
+def test_bad_inputs_name_the_argument():
+    x, w = torch.zeros(1, 4, 5, 5), torch.zeros(2, 4, 3, 3)
+    with pytest.raises(ValueError, match="x must have 4 dims"):
+        fastar.ops.conv3x3(x[0], w)
+    with pytest.raises(ValueError, match=r"weight must be \(C_out, 4, 3, 3\) .* got \(2, 4, 5, 5\)"):
+        fastar.ops.conv3x3(x, torch.zeros(2, 4, 5, 5))
+    with pytest.raises(ValueError, match=r"weight must be \(C_out, 4, 3, 3\) .* got \(2, 3, 3, 3\)"):
+        fastar.ops.conv3x3(x, torch.zeros(2, 3, 3, 3))
+    with pytest.raises(TypeError, match="x must be one of"):
+        fastar.ops.conv3x3(x.half(), w)
+    with pytest.raises(TypeError, match="weight must be one of"):
+        fastar.ops.conv3x3(x, w.double())
+    with pytest.raises(ValueError, match=r"bias must be \(2,\)"):
+        fastar.ops.conv3x3(x, w, torch.zeros(3))
+    with pytest.raises(RuntimeError, match=r"conv3x3: weight must be \(C_out, 4, 3, 3\)"):
+        torch.ops.fastar.conv3x3(x, torch.zeros(2, 4, 2, 2), None)
+    with pytest.raises(RuntimeError, match="conv3x3: x must be contiguous"):
+        torch.ops.fastar.conv3x3(x.transpose(2, 3), w, None)
+
+
+def test_vqvae_decoder_wide_maps():
+    """A decoder whose last levels are at least WINOGRAD_MIN_WIDTH wide runs their ResnetBlocks' convs and conv_out
+    through conv3x3 and matches the float64 official formulation within the decoder's rule."""
+    cfg = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, v_patch_nums=(1, 2))
+    torch.manual_seed(0)
+    vae = VQVAE(cfg).eval()
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    f = torch.randn(1, 8, 17, 18)  # the last level 68 x 72
+    calls = []
+    conv3x3 = fastar.ops.conv3x3
+    basic_vae.fastar.ops.conv3x3 = lambda x, *a: calls.append(x.shape[-1]) or conv3x3(x, *a)
+    try:
+        with torch.no_grad():
+            out = vae.decoder(vae.post_quant_conv(f))
+    finally:
+        basic_vae.fastar.ops.conv3x3 = conv3x3
+    # the last level's num_res_blocks + 1 = 2 blocks, two convs each, and conv_out
+    assert calls and min(calls) >= basic_vae.WINOGRAD_MIN_WIDTH and len(calls) == 5
+    with torch.no_grad(), fastar.use_backend("reference"):
+        ref64 = copy.deepcopy(vae).double().decoder(vae.post_quant_conv.double()(f.double()))
+    with torch.no_grad(), fastar.use_backend("torch"):
+        ref32 = vae.decoder(vae.post_quant_conv.float()(f))
+    assert_close("vqvae_decode", out, ref64, ref32)
