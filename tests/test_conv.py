@@ -88,10 +88,28 @@ def test_declines_run_the_torch_formulation():
 
 def test_opcheck():
     x, w, b = randn(2, 5, 9, 7, seed=9), randn(3, 5, 3, 3, seed=10), randn(3, seed=11)
-    torch.library.opcheck(torch.ops.fastar.conv3x3.default, (x, w, b), test_utils=(
-        "test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
-    torch.library.opcheck(torch.ops.fastar.conv3x3.default, (x, w, None), test_utils=(
-        "test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    ns = torch.ops.fastar
+    torch.library.opcheck(ns.conv3x3_weights.default, (w,))
+    u = ns.conv3x3_weights(w)
+    assert u.shape == (16, 1, 5, 12)
+    torch.library.opcheck(ns.conv3x3.default, (x, u, b, 3))
+    torch.library.opcheck(ns.conv3x3.default, (x, u, None, 3))
+
+
+def test_weight_transform_follows_the_weight():
+    """The transform made once per weight is remade when the weight changes in place (an optimizer step, a
+    load_state_dict) and is not kept past the weight."""
+    x, conv = randn(1, 4, 6, 6, seed=12), torch.nn.Conv2d(4, 3, 3, 1, 1)
+    with torch.no_grad():
+        first = fastar.ops.conv3x3(x, conv.weight, conv.bias)
+        assert torch.equal(fastar.ops.conv3x3(x, conv.weight, conv.bias), first)
+        conv.weight.mul_(2)
+        assert_close("conv3x3", fastar.ops.conv3x3(x, conv.weight, conv.bias),
+                     F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1), conv(x))
+    from fastar.ops import _prepared
+    assert any(slot[0] == "conv3x3" for slot in _prepared._PREPARED)
+    del conv
+    assert not any(slot[0] == "conv3x3" for slot in _prepared._PREPARED)
 
 
 def test_bad_inputs_name_the_argument():
@@ -108,22 +126,31 @@ def test_bad_inputs_name_the_argument():
         fastar.ops.conv3x3(x, w.double())
     with pytest.raises(ValueError, match=r"bias must be \(2,\)"):
         fastar.ops.conv3x3(x, w, torch.zeros(3))
-    with pytest.raises(RuntimeError, match=r"conv3x3: weight must be \(C_out, 4, 3, 3\)"):
-        torch.ops.fastar.conv3x3(x, torch.zeros(2, 4, 2, 2), None)
+    ns = torch.ops.fastar
+    with pytest.raises(RuntimeError, match=r"conv3x3_weights: weight must be \(C_out, C_in, 3, 3\)"):
+        ns.conv3x3_weights(torch.zeros(2, 4, 2, 2))
+    u = ns.conv3x3_weights(w)
+    with pytest.raises(RuntimeError, match=r"conv3x3: u must be conv3x3_weights of a \(13, 4, 3, 3\) weight"):
+        ns.conv3x3(x, u, None, 13)
+    with pytest.raises(RuntimeError, match=r"conv3x3: u must be conv3x3_weights of a \(2, 5, 3, 3\) weight"):
+        ns.conv3x3(torch.zeros(1, 5, 5, 5), u, None, 2)
     with pytest.raises(RuntimeError, match="conv3x3: x must be contiguous"):
-        torch.ops.fastar.conv3x3(x.transpose(2, 3), w, None)
+        ns.conv3x3(x.transpose(2, 3), u, None, 2)
+    with pytest.raises(RuntimeError, match=r"conv3x3: bias must be \(2,\)"):
+        ns.conv3x3(x, u, torch.zeros(3), 2)
 
 
-def test_vqvae_decoder_wide_maps():
-    """A decoder whose last levels are at least WINOGRAD_MIN_WIDTH wide runs their ResnetBlocks' convs and conv_out
-    through conv3x3 and matches the float64 official formulation within the decoder's rule."""
+def test_vqvae_decoder():
+    """The decoder's 3x3 convolutions (conv_in, every ResnetBlock's two, conv_out) run through conv3x3 on the CPU
+    backend, at every level's map size, and its images match the float64 official formulation within the decoder's
+    rule."""
     cfg = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, v_patch_nums=(1, 2))
     torch.manual_seed(0)
     vae = VQVAE(cfg).eval()
     with torch.no_grad():
         for p in vae.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    f = torch.randn(1, 8, 17, 18)  # the last level 68 x 72
+    f = torch.randn(2, 8, 17, 18)  # levels of 17 x 18, 34 x 36 and 68 x 72: tiles across rows and along them
     calls = []
     conv3x3 = fastar.ops.conv3x3
     basic_vae.fastar.ops.conv3x3 = lambda x, *a: calls.append(x.shape[-1]) or conv3x3(x, *a)
@@ -132,8 +159,8 @@ def test_vqvae_decoder_wide_maps():
             out = vae.decoder(vae.post_quant_conv(f))
     finally:
         basic_vae.fastar.ops.conv3x3 = conv3x3
-    # the last level's num_res_blocks + 1 = 2 blocks, two convs each, and conv_out
-    assert calls and min(calls) >= basic_vae.WINOGRAD_MIN_WIDTH and len(calls) == 5
+    blocks = sum(isinstance(m, basic_vae.ResnetBlock) for m in vae.decoder.modules())
+    assert len(calls) == 2 * blocks + 2 and set(calls) == {18, 36, 72}
     with torch.no_grad(), fastar.use_backend("reference"):
         ref64 = copy.deepcopy(vae).double().decoder(vae.post_quant_conv.double()(f.double()))
     with torch.no_grad(), fastar.use_backend("torch"):

@@ -1,5 +1,6 @@
-// conv3x3 on the CPU: the weights' Winograd transform G g G^T (packed for the ISA kernel), then threads over work
-// items of 2x2 output tiles (cpu/conv_isa.cpp), each with its own scratch for the transformed input and products.
+// conv3x3 on the CPU: the weights' Winograd transform G g G^T (packed for the ISA kernels; made once per weight by
+// fastar/ops/conv.py), then threads over work items of 2x2 output tiles (cpu/conv_isa.cpp), each with its own
+// scratch for the transformed input and products.
 // Semantics: fastar/reference/conv.py.
 #include "cpu/conv.h"
 
@@ -13,14 +14,14 @@
 namespace fastar::cpu {
 namespace {
 
-// u (16, co_pad / rows, Ci, rows) from weight (Co, Ci, 3, 3): G g G^T per (co, ci), G = [1 0 0; .5 .5 .5;
-// .5 -.5 .5; 0 0 1]; rows past Co are zero.
-void transform_weights(const float* w, int64_t Co, int64_t Ci, int64_t co_pad, int rows, float* u) {
-  const int64_t blocks = co_pad / rows;
+// u (16, co_pad / kConvPack, Ci, kConvPack) from weight (Co, Ci, 3, 3): G g G^T per (co, ci), G = [1 0 0; .5 .5 .5;
+// .5 -.5 .5; 0 0 1], in double and rounded once; rows past Co are zero.
+void transform_weights(const float* w, int64_t Co, int64_t Ci, int64_t co_pad, float* u) {
+  const int64_t blocks = co_pad / kConvPack;
   at::parallel_for(0, co_pad, 16, [&](int64_t c0, int64_t c1) {
     for (int64_t co = c0; co < c1; ++co)
       for (int64_t ci = 0; ci < Ci; ++ci) {
-        double gg[4][4] = {};  // in double, rounded once into u
+        double gg[4][4] = {};
         if (co < Co) {
           const float* g = w + (co * Ci + ci) * 9;
           double t[4][3];  // G g
@@ -38,24 +39,29 @@ void transform_weights(const float* w, int64_t Co, int64_t Ci, int64_t co_pad, i
           }
         }
         for (int xi = 0; xi < 16; ++xi)
-          u[((xi * blocks + co / rows) * Ci + ci) * rows + co % rows] = float(gg[xi / 4][xi % 4]);
+          u[((xi * blocks + co / kConvPack) * Ci + ci) * kConvPack + co % kConvPack] = float(gg[xi / 4][xi % 4]);
       }
   });
 }
 
 }  // namespace
 
-at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  const int64_t B = x.size(0), Ci = x.size(1), H = x.size(2), W = x.size(3), Co = weight.size(0);
-  at::Tensor y = at::empty({B, Co, H, W}, x.options());
+at::Tensor conv3x3_weights(const at::Tensor& weight) {
+  const int64_t Co = weight.size(0), Ci = weight.size(1), co_pad = (Co + kConvPack - 1) / kConvPack * kConvPack;
+  at::Tensor u = at::empty({16, co_pad / kConvPack, Ci, kConvPack}, weight.options());
+  if (u.numel()) transform_weights(weight.data_ptr<float>(), Co, Ci, co_pad, u.data_ptr<float>());
+  return u;
+}
+
+at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& u, const std::optional<at::Tensor>& bias, int64_t c_out) {
+  const int64_t B = x.size(0), Ci = x.size(1), H = x.size(2), W = x.size(3);
+  at::Tensor y = at::empty({B, c_out, H, W}, x.options());
   if (y.numel() == 0) return y;
   const ConvIsa& k = *isa().conv;
-  const int64_t co_pad = (Co + k.rows - 1) / k.rows * k.rows;
-  at::Tensor u = at::empty({16 * co_pad * Ci}, x.options());
-  transform_weights(weight.data_ptr<float>(), Co, Ci, co_pad, k.rows, u.data_ptr<float>());
+  const int64_t co_pad = u.size(1) * kConvPack;
   const bool has_bias = bias.has_value() && bias->defined();
   const Conv3x3 c{x.data_ptr<float>(), u.data_ptr<float>(), has_bias ? bias->data_ptr<float>() : nullptr,
-                  y.data_ptr<float>(), B, Ci, Co, H, W, co_pad};
+                  y.data_ptr<float>(), B, Ci, c_out, H, W, co_pad};
   const int64_t th = (H + 1) / 2, tw = (W + 1) / 2;  // work items as ConvIsa::winograd numbers them
   const int64_t items = tw < k.tiles ? (B * th * tw + k.tiles - 1) / k.tiles : B * th * ((tw + k.tiles - 1) / k.tiles);
   const size_t scratch = size_t(16 * (Ci + co_pad) * k.tiles) + 16;  // + 16: room to align to 64 bytes

@@ -14,6 +14,7 @@ namespace {
 constexpr int L = kLanes<float>;
 constexpr int T = 2 * L;                         // tiles per work item (a vector pair)
 constexpr int R = kVectorBytes == 64 ? 12 : 6;  // output channels per register block: 2 R accumulators
+static_assert(kConvPack % R == 0, "a register block lies inside one of u's packed blocks");
 
 inline vec<float> load(const float* p) { return *reinterpret_cast<const vec<float>*>(p); }
 inline void store(float* p, vec<float> v) { *reinterpret_cast<vec<float>*>(p) = v; }
@@ -89,7 +90,7 @@ void products(const Conv3x3& c, const float* V, float* M) {
   const int64_t Ci = c.Ci, blocks = c.co_pad / R;
   for (int xi = 0; xi < 16; ++xi)
     for (int64_t cob = 0; cob < blocks; ++cob) {
-      const float* u = c.u + (xi * blocks + cob) * Ci * R;
+      const float* u = c.u + ((xi * c.co_pad / kConvPack + cob * R / kConvPack) * Ci) * kConvPack + cob * R % kConvPack;
       const float* v = V + xi * Ci * T;
       vec<float> sum[R][2] = {};
       for (int64_t c0 = 0; c0 < Ci; c0 += kChunk) {
@@ -98,7 +99,7 @@ void products(const Conv3x3& c, const float* V, float* M) {
         for (int64_t ci = c0; ci < c1; ++ci) {
           const vec<float> v0 = load(v + ci * T), v1 = load(v + ci * T + L);
           for (int r = 0; r < R; ++r) {
-            const float w = u[ci * R + r];
+            const float w = u[ci * kConvPack + r];
             acc[r][0] += w * v0;
             acc[r][1] += w * v1;
           }
@@ -163,6 +164,6 @@ void winograd(const Conv3x3& c, int64_t begin, int64_t end, float* scratch) {
 
 }  // namespace
 
-extern const ConvIsa kConv{T, R, &winograd};
+extern const ConvIsa kConv{T, &winograd};
 
 }  // namespace fastar::cpu::FASTAR_ISA

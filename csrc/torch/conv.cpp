@@ -7,11 +7,20 @@
 
 namespace fastar {
 
-static at::Tensor conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  check_conv3x3(x, weight, bias, at::kCPU);
-  return cpu::conv3x3(x, weight, bias);
+static at::Tensor conv3x3_weights_cpu(const at::Tensor& weight) {
+  check_conv3x3_weights(weight, at::kCPU);
+  return cpu::conv3x3_weights(weight);
+}
+
+static at::Tensor conv3x3_cpu(const at::Tensor& x, const at::Tensor& u, const std::optional<at::Tensor>& bias,
+                              int64_t c_out) {
+  check_conv3x3(x, u, bias, c_out, at::kCPU);
+  return cpu::conv3x3(x, u, bias, c_out);
 }
 
 }  // namespace fastar
 
-TORCH_LIBRARY_IMPL(fastar, CPU, m) { m.impl("conv3x3", &fastar::conv3x3_cpu); }
+TORCH_LIBRARY_IMPL(fastar, CPU, m) {
+  m.impl("conv3x3_weights", &fastar::conv3x3_weights_cpu);
+  m.impl("conv3x3", &fastar::conv3x3_cpu);
+}

@@ -59,9 +59,11 @@ inline void define_ops(torch::Library& m) {
   // x (M, K), weight (N, K), bias (N,) or None, contiguous, float32 / float64 (bfloat16 weights with float32 x)
   // -> x weight^T + bias (M, N) in x's dtype: kernels for few rows (decoding), each weight row read once per 4 rows.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-  // x (B, C_in, H, W), weight (C_out, C_in, 3, 3), bias (C_out,) or None, float32 contiguous -> the stride-1,
-  // padding-1 convolution (B, C_out, H, W) (CPU: Winograd F(2x2, 3x3)).
-  m.def("conv3x3(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // A stride-1, padding-1 3x3 convolution by Winograd F(2x2, 3x3) (cpu/conv_isa.h), float32 contiguous: weight
+  // (C_out, C_in, 3, 3) -> u (16, ceil(C_out / 12), C_in, 12), its transform; x (B, C_in, H, W), u, bias (c_out,) or
+  // None -> (B, c_out, H, W).
+  m.def("conv3x3_weights(Tensor weight) -> Tensor");
+  m.def("conv3x3(Tensor x, Tensor u, Tensor? bias, int c_out) -> Tensor");
   // A stack of pre-norm transformer blocks decoding new tokens (torch/transformer_decode.h): x (B, L, C), weights per
   // layer as block ("gpt2": 12, "llama": 7) orders them (fastar/reference/transformer_decode.py BLOCKS), k_caches,
   // v_caches (B, heads, Lmax, C / heads) per layer, written at cache_len .. cache_len + L - 1; one mask kind and three

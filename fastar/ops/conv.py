@@ -5,6 +5,7 @@ import torch
 
 from fastar import _backend
 from fastar.ops._checks import check_same_device, check_tensor
+from fastar.ops._prepared import prepared
 from fastar.ops._registry import Decline, kernel, op
 from fastar.reference import conv as reference
 from fastar.torch import conv as torch_impl
@@ -12,9 +13,17 @@ from fastar.torch import conv as torch_impl
 _DTYPES = (torch.float32, torch.float64)
 
 
+PACK = 12  # u's block of output channels (cpu/conv_isa.h kConvPack)
+
+
+@kernel("conv3x3_weights")
+def _conv3x3_weights(weight):  # fake kernels, for torch.compile / opcheck
+    return weight.new_empty(16, -(-weight.shape[0] // PACK), weight.shape[1], PACK)
+
+
 @kernel("conv3x3")
-def _conv3x3(x, weight, bias):  # fake kernel, for torch.compile / opcheck
-    return x.new_empty(x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
+def _conv3x3(x, u, bias, c_out):
+    return x.new_empty(x.shape[0], c_out, x.shape[2], x.shape[3])
 
 
 @op(reference=reference.conv3x3, torch=torch_impl.conv3x3)
@@ -23,11 +32,12 @@ def conv3x3(x, weight, bias=None):
     the reference and torch backends), bias (C_out,) or None -> (B, C_out, H, W) contiguous.
 
     The CPU kernel is Winograd F(2x2, 3x3): 2.25x fewer multiply-adds than a direct convolution and float32 rounding
-    of the same order (tests/test_conv.py bounds it by the tolerance rule against float64). It pays on large maps:
-    its work items are rows of 2 vector registers of 2x2 output tiles (32 on AVX-512, so maps narrower than 64
-    pixels leave lanes idle; benchmarks/bench_conv.py). It has no backward and no CUDA kernel (cuDNN's convolutions
-    are a GPU's fast path): under autograd, in float64 and off the CPU the op runs the torch formulation, with a
-    one-time warning."""
+    of the same order (tests/test_conv.py bounds it by the tolerance rule against float64; benchmarks/bench_conv.py
+    times it). A work item is 2 vector registers of 2x2 output tiles (32 on AVX-512) along a tile row, or across
+    rows on maps narrower than that. The weight's transform (16 C_out C_in floats) is made
+    once per version of it (fastar.ops._prepared: a weight changed in place through .data between calls is not
+    seen). It has no backward and no CUDA kernel (cuDNN's convolutions are a GPU's fast path): under autograd, in
+    float64 and off the CPU the op runs the torch formulation, with a one-time warning."""
     name = "conv3x3"
     check_tensor(name, "x", x, dim=4, dtypes=_DTYPES)
     check_tensor(name, "weight", weight, dim=4, dtypes=(x.dtype,))
@@ -47,5 +57,7 @@ def conv3x3(x, weight, bias=None):
         return x.device, Decline(f"the CPU kernel takes float32, got {x.dtype}")
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return x.device, Decline("conv3x3 has no backward (an inference kernel); under autograd F.conv2d runs")
-    return x.device, lambda ops: ops.conv3x3(x.contiguous(), weight.contiguous(),
-                                             None if bias is None else bias.contiguous())
+    def run(ops):
+        u = prepared("conv3x3", weight, lambda w: ops.conv3x3_weights(w.contiguous()))
+        return ops.conv3x3(x.contiguous(), u, None if bias is None else bias.contiguous(), weight.shape[0])
+    return x.device, run

@@ -13,14 +13,13 @@ version counter, which load_state_dict and optimizer steps bump (writes through 
 between decodes). fastar.patch.var runs the forwards of Decoder, Upsample2x, ResnetBlock and AttnBlock on the official
 modules: they read only attributes the official classes have.
 """
-import weakref
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar.ops
 from fastar import _backend
+from fastar.ops._prepared import prepared
 
 
 def Normalize(C):
@@ -54,7 +53,7 @@ def _upsample_conv(x_BChw, conv):
     output (2i + a, 2j + b) is phase (a, b) at position (i + a, j + b). Exact in real arithmetic."""
     B, _, h, w = x_BChw.shape
     C_out, bias = conv.out_channels, conv.bias
-    y = F.conv2d(x_BChw, _prepared("phase", conv.weight, _phase_weights), None if bias is None else bias.repeat(4),
+    y = F.conv2d(x_BChw, prepared("phase", conv.weight, _phase_weights), None if bias is None else bias.repeat(4),
                  padding=1).view(B, 2, 2, C_out, h + 1, w + 1)
     out = y.new_empty(B, C_out, h, 2, w, 2)  # (B, C_out, 2h, 2w) with its rows and columns split by parity
     for a in (0, 1):
@@ -177,7 +176,7 @@ def _decode(dec, z):
     only the official attributes)."""
     z = z.contiguous()  # NCHW whatever the caller's layout (the quantizer ops return channels_last maps): the
     # official decoder's layout, whose float32 error the tolerance rule is measured against (module docstring)
-    h = dec.mid.block_2(dec.mid.attn_1(dec.mid.block_1(dec.conv_in(z))))
+    h = dec.mid.block_2(dec.mid.attn_1(dec.mid.block_1(_conv3x3(dec.conv_in, z))))
     for level in reversed(dec.up):
         h = _level(level, h)
         if hasattr(level, "upsample"):
@@ -191,29 +190,11 @@ def fast_path(x) -> bool:
     return _backend.active(x.device) not in _backend.PYTHON_BACKENDS
 
 
-_PREPARED = {}  # (kind, id(weight)) -> (weak reference to weight, its key, the prepared tensor)
-
-
-def _prepared(kind, weight, make):
-    """make(weight), made once per parameter version at inference; under autograd per call, through the parameter."""
-    if torch.is_grad_enabled() and weight.requires_grad:
-        return make(weight)
-    slot, key = (kind, id(weight)), (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape)
-    hit = _PREPARED.get(slot)
-    if hit is None or hit[0]() is not weight or hit[1] != key:
-        ref = weakref.ref(weight, lambda _, slot=slot: _PREPARED.pop(slot, None))  # dropped with the parameter
-        hit = _PREPARED[slot] = (ref, key, make(weight.detach()))
-    return hit[2]
-
-
-WINOGRAD_MIN_WIDTH = 64  # narrower maps leave the Winograd kernel's 32-tile rows (AVX-512) partly idle
-
-
 def _conv3x3(conv, x):
-    """conv(x), a 3x3 stride-1 padding-1 nn.Conv2d; at inference where fastar's CPU kernels run, on maps at least
-    WINOGRAD_MIN_WIDTH wide, fastar.ops.conv3x3 (Winograd F(2x2, 3x3): 2.25x fewer multiply-adds than oneDNN's
-    direct convolution; benchmarks/bench_var.py's VQVAE decode)."""
-    if (x.shape[-1] >= WINOGRAD_MIN_WIDTH and x.dtype == torch.float32 and _backend.active(x.device) == "cpu"
+    """conv(x), a 3x3 stride-1 padding-1 nn.Conv2d; at inference where fastar's CPU kernels run, fastar.ops.conv3x3
+    (Winograd F(2x2, 3x3): 2.25x fewer multiply-adds than oneDNN's direct convolution; benchmarks/bench_conv.py and
+    bench_var.py's VQVAE decode)."""
+    if (x.dtype == torch.float32 and _backend.active(x.device) == "cpu"
             and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))):
         return fastar.ops.conv3x3(x, conv.weight, conv.bias)
     return conv(x)
