@@ -380,6 +380,18 @@ def _check_transformer_decode(device, block):
                  *_versus_reference(run, [_randn(2, 1, 64, seed=29), rope, *weights, *caches], torch.float32, device))
 
 
+def _check_conv3x3(device, shape):
+    """A 3x3 convolution (Winograd on the CPU) against the reference, float32: odd sides, tiles along rows and
+    across them."""
+    B, Ci, Co, H, W = shape
+    inputs = [_randn(B, Ci, H, W, seed=40), _randn(Co, Ci, 3, 3, seed=41) / (9 * Ci) ** 0.5, _randn(Co, seed=42)]
+    return _rows("conv3x3", ("out",), "conv3x3",
+                 *_versus_reference(lambda x, w, b: [fastar.ops.conv3x3(x, w, b)], inputs, torch.float32, device))
+
+
+CPU_ONLY = {"conv3x3"}  # ops with a CPU kernel only (no CUDA kernel to check on cuda or under simt)
+
+
 def cases(quick):
     """(op, dtype name, shape, check(device)) of every check: every op of fastar.ops._registry.OPS."""
     n = 1 if quick else 2
@@ -420,6 +432,8 @@ def cases(quick):
     for block in ("gpt2", "llama"):
         out.append(("transformer_decode", "float32", (2, 1, 64), functools.partial(_check_transformer_decode,
                                                                                    block=block)))
+    for shape in ((2, 5, 7, 9, 13), (1, 32, 20, 6, 70))[:n]:
+        out.append(("conv3x3", "float32", shape, functools.partial(_check_conv3x3, shape=shape)))
     return out
 
 
@@ -481,6 +495,8 @@ def _run_checks(quick, ops, out):
                 continue
             if backend == "simt" and quick and op in ("vq_nearest", "sample_categorical") and dt != "float32":
                 continue  # the emulator runs every CUDA thread on the CPU: one dtype keeps --quick quick
+            if backend != "cpu" and op in CPU_ONLY:
+                continue
             try:
                 with fastar.use_backend(backend), _KernelLog(seen):
                     rows = check(device)

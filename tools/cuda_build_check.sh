@@ -40,7 +40,8 @@ assert info["cuda_archs"] == os.environ["TORCH_CUDA_ARCH_LIST"], info
 schemas = [s.name for s in torch._C._jit_get_all_schemas() if s.name.startswith("fastar::")]
 assert schemas, "no fastar ops registered"
 # Ops whose CUDA kernel is not written yet, each with its reason; on CUDA tensors they raise (no fallback).
-CPU_ONLY = {}
+CPU_ONLY = {op: "the Winograd 3x3 convolution is a CPU kernel: on a GPU cuDNN's convolutions are the fast path, and "
+               "fastar.ops.conv3x3 declines to F.conv2d there" for op in ("fastar::conv3x3", "fastar::conv3x3_weights")}
 missing = {op for op in schemas if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")}
 assert missing == set(CPU_ONLY), (f"ops without a CUDA kernel: {sorted(missing)}; known CPU-only: {CPU_ONLY} "
                                   "(add a reason for a new one, remove an op once its CUDA kernel lands)")
