@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fastar
+from fastar.models.dalle import DVAE, DVAEConfig
 from fastar.models.var import VQVAEConfig
 from fastar.models.var import basic_vae
 from fastar.models.var.vqvae import VQVAE
@@ -140,7 +141,7 @@ def test_bad_inputs_name_the_argument():
         ns.conv3x3(x, u, torch.zeros(3), 2)
 
 
-def test_vqvae_decoder():
+def test_vqvae_decoder(monkeypatch):
     """The decoder's 3x3 convolutions (conv_in, every ResnetBlock's two, conv_out) run through conv3x3 on the CPU
     backend, at every level's map size, and its images match the float64 official formulation within the decoder's
     rule."""
@@ -153,12 +154,10 @@ def test_vqvae_decoder():
     f = torch.randn(2, 8, 17, 18)  # levels of 17 x 18, 34 x 36 and 68 x 72: tiles across rows and along them
     calls = []
     conv3x3 = fastar.ops.conv3x3
-    basic_vae.fastar.ops.conv3x3 = lambda x, *a: calls.append(x.shape[-1]) or conv3x3(x, *a)
-    try:
-        with torch.no_grad():
-            out = vae.decoder(vae.post_quant_conv(f))
-    finally:
-        basic_vae.fastar.ops.conv3x3 = conv3x3
+    monkeypatch.setattr(fastar.ops, "conv3x3", lambda x, *a: calls.append(x.shape[-1]) or conv3x3(x, *a))
+    with torch.no_grad():
+        out = vae.decoder(vae.post_quant_conv(f))
+    monkeypatch.undo()
     blocks = sum(isinstance(m, basic_vae.ResnetBlock) for m in vae.decoder.modules())
     assert len(calls) == 2 * blocks + 2 and set(calls) == {18, 36, 72}
     with torch.no_grad(), fastar.use_backend("reference"):
@@ -166,3 +165,25 @@ def test_vqvae_decoder():
     with torch.no_grad(), fastar.use_backend("torch"):
         ref32 = vae.decoder(vae.post_quant_conv.float()(f))
     assert_close("vqvae_decode", out, ref64, ref32)
+
+
+def test_dvae_decoder(monkeypatch):
+    """DALL-E's dVAE decoder runs its 3x3 convolutions through conv3x3 on the CPU backend and matches its float64
+    formulation (the reference backend: F.conv2d) within the rule."""
+    torch.manual_seed(0)
+    dvae = DVAE(DVAEConfig(n_hid=16, n_blk_per_group=1, group_count=3, vocab_size=32, n_init=8)).eval()
+    with torch.no_grad():
+        for p in dvae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    z = F.one_hot(torch.randint(32, (2, 9, 10)), 32).permute(0, 3, 1, 2).float()
+    calls = []
+    conv3x3 = fastar.ops.conv3x3
+    monkeypatch.setattr(fastar.ops, "conv3x3", lambda x, *a: calls.append(x.shape[-1]) or conv3x3(x, *a))
+    with torch.no_grad():
+        out = dvae.decoder(z)
+    monkeypatch.undo()
+    assert len(calls) == 3 * 3 and set(calls) == {10, 20, 40}  # 3 groups of one block, three 3x3 convs each
+    with torch.no_grad(), fastar.use_backend("reference"):
+        ref64 = copy.deepcopy(dvae.decoder).double()(z.double())
+        ref32 = dvae.decoder(z)
+    assert_close("dvae_decode", out, ref64, ref32)

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastar.models.layers import conv3x3
+
 LOGIT_LAPLACE_EPS = 0.1  # pixels live in [eps, 1 - eps]: the logit-Laplace support is the open interval (0, 1)
 
 
@@ -37,6 +39,8 @@ class Conv2d(nn.Module):
         self.kw = kw
 
     def forward(self, x):
+        if self.kw == 3:  # Winograd on the CPU backend at inference (layers.conv3x3)
+            return conv3x3(x, self.w, self.b)
         return F.conv2d(x, self.w, self.b, padding=(self.kw - 1) // 2)
 
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import fastar.ops
 from fastar import _backend
+from fastar.models.layers import conv3x3
 from fastar.ops._prepared import prepared
 
 
@@ -83,8 +83,8 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x):
         fast = fast_path(x)
-        h = _conv3x3(self.conv1, _norm_silu(self.norm1, x, fast))
-        h = _conv3x3(self.conv2, self.dropout(_norm_silu(self.norm2, h, fast)))
+        h = _conv(self.conv1, _norm_silu(self.norm1, x, fast))
+        h = _conv(self.conv2, self.dropout(_norm_silu(self.norm2, h, fast)))
         return _residual(self.nin_shortcut(x), h, fast)
 
 
@@ -178,12 +178,12 @@ def _decode(dec, z):
     only the official attributes)."""
     z = z.contiguous()  # NCHW whatever the caller's layout (the quantizer ops return channels_last maps): the
     # official decoder's layout, whose float32 error the tolerance rule is measured against (module docstring)
-    h = dec.mid.block_2(dec.mid.attn_1(dec.mid.block_1(_conv3x3(dec.conv_in, z))))
+    h = dec.mid.block_2(dec.mid.attn_1(dec.mid.block_1(_conv(dec.conv_in, z))))
     for level in reversed(dec.up):
         h = _level(level, h)
         if hasattr(level, "upsample"):
             h = level.upsample(h)
-    return _conv3x3(dec.conv_out, _norm_silu(dec.norm_out, h, fast_path(z)))
+    return _conv(dec.conv_out, _norm_silu(dec.norm_out, h, fast_path(z)))
 
 
 def fast_path(x) -> bool:
@@ -192,14 +192,9 @@ def fast_path(x) -> bool:
     return _backend.active(x.device) not in _backend.PYTHON_BACKENDS
 
 
-def _conv3x3(conv, x):
-    """conv(x), a 3x3 stride-1 padding-1 nn.Conv2d; at inference where fastar's CPU kernels run, fastar.ops.conv3x3
-    (Winograd F(2x2, 3x3): 2.25x fewer multiply-adds than oneDNN's direct convolution; benchmarks/bench_conv.py and
-    bench_var.py's VQVAE decode)."""
-    if (x.dtype == torch.float32 and _backend.active(x.device) == "cpu"
-            and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))):
-        return fastar.ops.conv3x3(x, conv.weight, conv.bias)
-    return conv(x)
+def _conv(conv, x):
+    """conv(x) for a 3x3 stride-1 padding-1 nn.Conv2d, through layers.conv3x3 (Winograd on the CPU backend)."""
+    return conv3x3(x, conv.weight, conv.bias)
 
 
 def _norm_silu(norm, x, fast):
