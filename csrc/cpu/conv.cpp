@@ -4,8 +4,10 @@
 // Semantics: fastar/reference/conv.py.
 #include "cpu/conv.h"
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <c10/core/CPUAllocator.h>
 
 #include <vector>
 
@@ -48,7 +50,11 @@ void transform_weights(const float* w, int64_t Co, int64_t Ci, int64_t co_pad, f
 
 at::Tensor conv3x3_weights(const at::Tensor& weight) {
   const int64_t Co = weight.size(0), Ci = weight.size(1), co_pad = (Co + kConvPack - 1) / kConvPack * kConvPack;
-  at::Tensor u = at::empty({16, co_pad / kConvPack, Ci, kConvPack}, weight.options());
+  // torch's default allocator, not the one in place: u is kept with its weight (fastar/ops/conv.py), and inside
+  // cpu_cache_all_tensors (the decoders' fast path) it would pin the activation cache's blocks, each a fresh
+  // huge-page mapping (1.35 s for a d16 VQVAE decoder's 417 MB of transforms there against 0.13 s here).
+  at::Tensor u = at::detail::empty_generic({16, co_pad / kConvPack, Ci, kConvPack}, c10::GetDefaultCPUAllocator(),
+                                           c10::DispatchKeySet(c10::DispatchKey::CPU), at::kFloat, std::nullopt);
   if (u.numel()) transform_weights(weight.data_ptr<float>(), Co, Ci, co_pad, u.data_ptr<float>());
   return u;
 }

@@ -90,7 +90,8 @@ void products(const Conv3x3& c, const float* V, float* M) {
   const int64_t Ci = c.Ci, blocks = c.co_pad / R;
   for (int xi = 0; xi < 16; ++xi)
     for (int64_t cob = 0; cob < blocks; ++cob) {
-      const float* u = c.u + ((xi * c.co_pad / kConvPack + cob * R / kConvPack) * Ci) * kConvPack + cob * R % kConvPack;
+      const int64_t co0 = cob * R;  // u's block co0 / kConvPack, from its row co0 % kConvPack
+      const float* u = c.u + ((xi * c.co_pad + co0) / kConvPack * Ci) * kConvPack + co0 % kConvPack;
       const float* v = V + xi * Ci * T;
       vec<float> sum[R][2] = {};
       for (int64_t c0 = 0; c0 < Ci; c0 += kChunk) {
