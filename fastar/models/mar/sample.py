@@ -11,10 +11,9 @@ import argparse
 
 import torch
 
-import fastar
 from fastar.models.mar.mar import MAR, PRECISIONS, MARConfig, mar
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
-from fastar.models.var.sample import save_grid, seeded
+from fastar.models.var.sample import check_cli_precision, save_grid, seeded
 
 
 def load(ckpt, vae_ckpt, size):
@@ -77,11 +76,7 @@ def main(argv=None):
     p.add_argument("--out", default="grid.png")
     args = p.parse_args(argv)
 
-    if args.precision == "bf16":  # declined up front on a CPU without bf16 GEMM instructions, before any loading
-        try:
-            fastar.check_bf16_gemm("python -m fastar sample mar", torch.device("cpu"))
-        except RuntimeError as e:
-            raise SystemExit(str(e)) from None
+    check_cli_precision("sample mar", args.precision)
     with seeded(args.seed):
         vae, model, what = load(args.ckpt, args.vae_ckpt, args.size)
     if args.num_steps is not None:

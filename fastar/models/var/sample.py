@@ -30,6 +30,15 @@ def seeded(seed):
         yield
 
 
+def check_cli_precision(command, precision):
+    """A bf16 mode is declined up front (SystemExit, before any loading) on a CPU without bf16 GEMM instructions."""
+    if precision == "bf16":
+        try:
+            fastar.check_bf16_gemm(f"python -m fastar {command}", torch.device("cpu"))
+        except RuntimeError as e:
+            raise SystemExit(str(e)) from None
+
+
 def save_grid(img_B3HW, path, nrow=8, pad=2):
     """Images in [0, 1] tiled row-major, nrow per row, with `pad` white pixels between them, saved as a PNG."""
     B, _, H, W = img_B3HW.shape
@@ -86,11 +95,7 @@ def main(argv=None):
     p.add_argument("--out", default="grid.png")
     args = p.parse_args(argv)
 
-    if args.precision == "bf16":  # declined up front on a CPU without bf16 GEMM instructions, before any loading
-        try:
-            fastar.check_bf16_gemm("python -m fastar sample var", torch.device("cpu"))
-        except RuntimeError as e:
-            raise SystemExit(str(e)) from None
+    check_cli_precision("sample var", args.precision)
     with seeded(args.seed):
         vae, var, what = load(args.ckpt, args.vae_ckpt, args.depth)
     print(f"sampling with {what}")
