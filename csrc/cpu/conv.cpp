@@ -72,7 +72,10 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& u, const std::optional
   const int64_t items = tw < k.tiles ? (B * th * tw + k.tiles - 1) / k.tiles : B * th * ((tw + k.tiles - 1) / k.tiles);
   const size_t scratch = size_t(16 * (Ci + co_pad) * k.tiles) + 16;  // + 16: room to align to 64 bytes
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(scratch);
+    // Each pool thread keeps its scratch (2.6 MB at 640 channels on AVX-512) between calls: a fresh one per call was
+    // a fresh mapping, page-faulted and zeroed, on the first decodes.
+    static thread_local std::vector<float> buf;
+    if (buf.size() < scratch) buf.resize(scratch);
     float* p = buf.data();
     p += (64 - reinterpret_cast<uintptr_t>(p) % 64) % 64 / sizeof(float);
     k.winograd(c, begin, end, p);
