@@ -11,8 +11,6 @@ from fastar.reference import conv as reference
 from fastar.torch import conv as torch_impl
 
 _DTYPES = (torch.float32, torch.float64)
-
-
 PACK = 12  # u's block of output channels (cpu/conv_isa.h kConvPack)
 
 
@@ -34,9 +32,8 @@ def conv3x3(x, weight, bias=None):
     The CPU kernel is Winograd F(2x2, 3x3): 2.25x fewer multiply-adds than a direct convolution and float32 rounding
     of the same order (tests/test_conv.py bounds it by the tolerance rule against float64; benchmarks/bench_conv.py
     times it). A work item is 2 vector registers of 2x2 output tiles (32 on AVX-512) along a tile row, or across
-    rows on maps narrower than that. The weight's transform (16 C_out C_in floats) is made
-    once per version of it (fastar.ops._prepared: a weight changed in place through .data between calls is not
-    seen). It has no backward and no CUDA kernel (cuDNN's convolutions are a GPU's fast path): under autograd, in
+    rows on maps narrower than that. The weight's transform (16 C_out C_in floats) is made once per version of it
+    (fastar.ops._prepared: a weight changed in place through .data between calls is not seen). It has no backward and no CUDA kernel (cuDNN's convolutions are a GPU's fast path): under autograd, in
     float64 and off the CPU the op runs the torch formulation, with a one-time warning."""
     name = "conv3x3"
     check_tensor(name, "x", x, dim=4, dtypes=_DTYPES)

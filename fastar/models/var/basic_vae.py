@@ -7,9 +7,10 @@ formulation): each nearest-2x upsample + 3x3 conv as one 2x2 conv of the low-res
 multiply-adds), its weights made once per parameter version at inference; on the CPU backend at inference the other
 3x3 convolutions (conv_in, the ResnetBlocks', conv_out; the encoder's ResnetBlocks too) through fastar.ops.conv3x3
 (Winograd F(2x2, 3x3): 2.25x fewer multiply-adds, float32 error below oneDNN's direct convolution's); and the
-elementwise passes in place at inference. Activations are NCHW, as the official code's, whatever the input's layout: with torch's channels_last
-convolutions (oneDNN's brgemm kernels) and GroupNorm, faster on this CPU, the full-size decoder's images were 4.8-5x
-the official float32 error of the float64 decoder (tools/official_var_patch.py's check), past the tolerance rule. Same
+elementwise passes in place at inference. Activations are NCHW, as the official code's, whatever the input's
+layout: with torch's channels_last convolutions (oneDNN's brgemm kernels) and GroupNorm, faster on this CPU, the
+full-size decoder's images were 4.8-5x the official float32 error of the float64 decoder
+(tools/official_var_patch.py's check), past the tolerance rule. Same
 parameters, same state dict: the prepared weights sit outside the module, keyed by each parameter's storage and
 version counter, which load_state_dict and optimizer steps bump (writes through .data do not: such code must not run
 between decodes). fastar.patch.var runs the forwards of Decoder, Upsample2x, ResnetBlock and AttnBlock on the official
