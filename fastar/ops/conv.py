@@ -33,8 +33,9 @@ def conv3x3(x, weight, bias=None):
     of the same order (tests/test_conv.py bounds it by the tolerance rule against float64; benchmarks/bench_conv.py
     times it). A work item is 2 vector registers of 2x2 output tiles (32 on AVX-512) along a tile row, or across
     rows on maps narrower than that. The weight's transform (16 C_out C_in floats) is made once per version of it
-    (fastar.ops._prepared: a weight changed in place through .data between calls is not seen). It has no backward and no CUDA kernel (cuDNN's convolutions are a GPU's fast path): under autograd, in
-    float64 and off the CPU the op runs the torch formulation, with a one-time warning."""
+    (fastar.ops._prepared: a weight changed in place through .data between calls is not seen). It has no backward
+    and no CUDA kernel (cuDNN's convolutions are a GPU's fast path): under autograd, in float64 and off the CPU the
+    op runs the torch formulation, with a one-time warning."""
     name = "conv3x3"
     check_tensor(name, "x", x, dim=4, dtypes=_DTYPES)
     check_tensor(name, "weight", weight, dim=4, dtypes=(x.dtype,))
