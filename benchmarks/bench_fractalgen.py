@@ -91,6 +91,40 @@ def test_fractalmar_in64_sample(benchmark, model, monkeypatch):
     benchmark.extra_info["breakdown"] = parts.ms
 
 
+def test_fractalmar_in64_sample_bf16(benchmark, model, monkeypatch, decline):
+    """generate(precision="bf16") (the MAR levels' products on bfloat16 operands) against the official formulation in
+    float32 (as the row above) and fastar's float32 run; agreement: the share of pixels drawn as fastar's float32
+    run drew them. Declined, not timed, on a CPU without bf16 GEMM instructions (VAR's and MAR's rule)."""
+    group = f"{SHAPE} sampling B={B_SAMPLE} num_iter {NUM_ITER} cfg=6.5, bf16 mode"
+    try:
+        fastar.check_bf16_gemm("fractalmar_in64 sampling", torch.device("cpu"))
+    except RuntimeError as e:
+        decline(group, str(e))
+    if not fastar.build_info().get("cpu_bf16"):
+        group += " EMULATED (FASTAR_EMULATED_BF16=1 on a CPU without bf16 instructions: slower than the mode)"
+    benchmark.group = group
+    model.eval()
+    pixel, last = levels(model)[-1][1], {}
+
+    def sample(name, precision, recompute=False):
+        def run():
+            if recompute:  # the official PixelLoss: three full forwards
+                monkeypatch.setattr(pixel, "sample", partial(type(pixel).sample, pixel, kv_cache=False))
+            try:
+                last[name] = model.generate(CLASSES, num_iter_list=NUM_ITER, cfg=6.5, temperature=1.02,
+                                            filter_threshold=1e-4, generator=torch.Generator().manual_seed(0),
+                                            precision=precision)
+            finally:
+                if recompute:
+                    monkeypatch.delattr(pixel, "sample")
+        return run
+
+    contenders = {BASELINE: on("torch", sample(BASELINE, "fp32", recompute=True)),
+                  "fastar fp32": sample("fastar fp32", "fp32")}
+    compare(benchmark, sample("fastar", "bf16"), contenders, baseline=BASELINE, rounds=1, warmup=0, op="attention")
+    benchmark.extra_info["agreement"] = {"fastar fp32": (last["fastar"] == last["fastar fp32"]).float().mean().item()}
+
+
 def test_fractalmar_in64_train_step(benchmark, model):
     model.train()
     benchmark.group = f"{SHAPE} training step (forward + backward) B={B_TRAIN} float32"

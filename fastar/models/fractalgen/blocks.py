@@ -40,7 +40,7 @@ def attend(q, k, v, mask, cache):
     k_cache, v_cache, pos = cache
     L = q.shape[2]
     k_cache[:, :, pos:pos + L], v_cache[:, :, pos:pos + L] = k, v
-    return fastar.ops.attention_decode(q, k_cache, v_cache, pos + L)
+    return fastar.ops.attention_decode(q.to(k_cache.dtype), k_cache, v_cache, pos + L)  # q in bf16_products' dtype
 
 
 class Mlp(nn.Module):

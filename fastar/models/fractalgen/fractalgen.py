@@ -2,6 +2,7 @@
 an AR or MAR transformer over (img[l] / img[l+1])^2 patches whose outputs condition the next level, one batch row
 per patch, down to PixelLoss over R, G, B. Training is one forward per level on the gathered rows (breadth-first)
 with the loss at the pixel level; sampling is depth-first (each step of a level runs its children to completion)."""
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -10,9 +11,14 @@ from functools import partial
 import torch
 import torch.nn as nn
 
+import fastar
 from fastar.models.fractalgen.ar import AR
 from fastar.models.fractalgen.mar import MAR
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD, PixelLoss
+from fastar.models.layers import bf16_products
+from fastar.ops._checks import check_choice
+
+PRECISIONS = ("fp32", "bf16")  # generate's modes
 
 GENERATORS = {"ar": AR, "mar": MAR}
 
@@ -133,12 +139,23 @@ class FractalGen(nn.Module):
         return self.generator.sample(cond_list, num_iter_list[fractal_level], cfg, cfg_schedule, temperature,
                                      filter_threshold, child, generator=generator, progress=progress)
 
+    def transformer_levels(self):
+        """This level's generator (MAR or AR) and those of the levels below it, top first (not PixelLoss)."""
+        return [self.generator] + (self.next_fractal.transformer_levels()
+                                   if isinstance(self.next_fractal, FractalGen) else [])
+
     @torch.no_grad()
     def generate(self, labels, *, num_iter_list, cfg=1.0, cfg_schedule="linear", temperature=1.0,
-                 filter_threshold=1e-4, generator=None, progress=None):
+                 filter_threshold=1e-4, generator=None, progress=None, precision="fp32"):
         """Images (B, 3, H, W) in [0, 1] for labels (B,) int64, as the official evaluate() calls sample(): class
-        embeddings, [cond; fake_latent] under CFG, num_conds copies."""
+        embeddings, [cond; fake_latent] under CFG, num_conds copies.
+        precision: "fp32", or "bf16": the transformer levels' products on bfloat16 operands (layers.bf16_products:
+        float32 accumulation, autocast's bfloat16 result; their attention then runs on bfloat16 queries against
+        float32 KV caches) as the official code samples under autocast on GPUs; PixelLoss, the residual streams and
+        every draw stay float32. Decode steps of a few rows (AR levels) keep transformer_decode's float32 weights
+        (see decode_weights for those). On a CPU it needs AMX-BF16 or AVX512-BF16 (fastar.check_bf16_gemm)."""
         check_labels(labels, None, self.num_classes)
+        check_choice("generate", "precision", precision, PRECISIONS)
         if len(num_iter_list) < self.num_fractal_levels - 1 or min(num_iter_list) < 1:
             raise ValueError(f"generate: num_iter_list needs a positive count for each of the "
                              f"{self.num_fractal_levels - 1} transformer levels, got {list(num_iter_list)}")
@@ -149,8 +166,13 @@ class FractalGen(nn.Module):
         emb = self.class_emb(labels.to(self.fake_latent.device))
         if cfg != 1.0:
             emb = torch.cat([emb, self.fake_latent.expand(len(labels), -1)])
-        x = self.sample([emb] * self.cfg.num_conds, list(num_iter_list), cfg, cfg_schedule, temperature,
-                        filter_threshold, generator=generator, progress=progress)
+        with contextlib.ExitStack() as scope:
+            if precision == "bf16":
+                fastar.check_bf16_gemm("FractalGen.generate", emb.device)
+                for level in self.transformer_levels():
+                    scope.enter_context(bf16_products(level))
+            x = self.sample([emb] * self.cfg.num_conds, list(num_iter_list), cfg, cfg_schedule, temperature,
+                            filter_threshold, generator=generator, progress=progress)
         mean, std = x.new_tensor(PIX_MEAN)[:, None, None], x.new_tensor(PIX_STD)[:, None, None]
         return (x * std + mean).clamp(0, 1)
 

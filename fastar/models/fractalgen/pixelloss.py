@@ -21,7 +21,7 @@ class MlmLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, vocab_size))
 
     def forward(self, x_NC, word_embeddings_VC):
-        return x_NC @ word_embeddings_VC.T + self.bias
+        return x_NC.to(word_embeddings_VC.dtype) @ word_embeddings_VC.T + self.bias  # x: bfloat16 in bf16_products
 
 
 class PixelLoss(nn.Module):
