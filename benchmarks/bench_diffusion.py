@@ -54,16 +54,12 @@ def test_diffusion_sample(benchmark, steps, peak_gflops):
 
 
 @pytest.mark.parametrize("steps", [STEPS])
-def test_diffusion_sample_bf16(benchmark, steps, decline):
+def test_diffusion_sample_bf16(benchmark, steps, bf16_row):
     """precision="bf16" (GEMMs on bfloat16 operands, float32 accumulation) against the same float32 official loop,
     fastar float32 as a second contender; the error of each against the float64 reference is reported (same weights,
     z and noise). Declined, not timed, on a CPU without bf16 GEMM instructions (the issue's rule for bf16 modes)."""
-    group = f"diffusion_sample MAR-B head w{WIDTH} d{DEPTH} {ROWS} rows cfg {CFG} {steps} steps bf16"
-    try:
-        fastar.check_bf16_gemm("diffusion_sample", torch.device("cpu"))
-    except RuntimeError as e:
-        decline(group, str(e))
-    benchmark.group = group
+    benchmark.group = bf16_row(
+        f"diffusion_sample MAR-B head w{WIDTH} d{DEPTH} {ROWS} rows cfg {CFG} {steps} steps bf16", "diffusion_sample")
     w, z = head(), torch.randn(ROWS, Z, generator=torch.Generator().manual_seed(1))
     out = {}
 

@@ -91,18 +91,12 @@ def test_fractalmar_in64_sample(benchmark, model, monkeypatch):
     benchmark.extra_info["breakdown"] = parts.ms
 
 
-def test_fractalmar_in64_sample_bf16(benchmark, model, monkeypatch, decline):
+def test_fractalmar_in64_sample_bf16(benchmark, model, monkeypatch, bf16_row):
     """generate(precision="bf16") (the MAR levels' products on bfloat16 operands) against the official formulation in
     float32 (as the row above) and fastar's float32 run; agreement: the share of pixels drawn as fastar's float32
     run drew them. Declined, not timed, on a CPU without bf16 GEMM instructions (VAR's and MAR's rule)."""
-    group = f"{SHAPE} sampling B={B_SAMPLE} num_iter {NUM_ITER} cfg=6.5, bf16 mode"
-    try:
-        fastar.check_bf16_gemm("fractalmar_in64 sampling", torch.device("cpu"))
-    except RuntimeError as e:
-        decline(group, str(e))
-    if not fastar.build_info().get("cpu_bf16"):
-        group += " EMULATED (FASTAR_EMULATED_BF16=1 on a CPU without bf16 instructions: slower than the mode)"
-    benchmark.group = group
+    benchmark.group = bf16_row(f"{SHAPE} sampling B={B_SAMPLE} num_iter {NUM_ITER} cfg=6.5, bf16 mode",
+                               "fractalmar_in64 sampling")
     model.eval()
     pixel, last = levels(model)[-1][1], {}
 

@@ -78,20 +78,14 @@ def test_mar_base_sample(benchmark, monkeypatch):
     save_samples(last["fastar"], "mar_b_random_weights")
 
 
-def test_mar_base_sample_bf16(benchmark, decline):
+def test_mar_base_sample_bf16(benchmark, bf16_row):
     """sample_tokens in the bf16 mode (the transformer's products and the head's GEMMs on bfloat16 operands) against
     the torch backend's float32 run and fastar's float32 one. The head gets random weights (std 0.02) instead of its
     zero init, whose eps = 0 would make the tokens independent of the transformer; agreement is the bf16 tokens'
     largest difference from fastar's float32 ones, relative to their scale. Declined, not timed, on a CPU without
     bf16 GEMM instructions (as VAR's bf16 row); FASTAR_EMULATED_BF16=1 times it anyway, and the group says so."""
-    group = f"MAR-B sample_tokens B={B} num_iter={NUM_ITER} cfg {CFG} linear {STEPS} steps, bf16 mode"
-    try:
-        fastar.check_bf16_gemm("MAR-B sampling", torch.device("cpu"))
-    except RuntimeError as e:
-        decline(group, str(e))
-    if not fastar.build_info().get("cpu_bf16"):
-        group += " EMULATED (FASTAR_EMULATED_BF16=1 on a CPU without bf16 instructions: slower than the mode)"
-    benchmark.group = group
+    benchmark.group = bf16_row(
+        f"MAR-B sample_tokens B={B} num_iter={NUM_ITER} cfg {CFG} linear {STEPS} steps, bf16 mode", "MAR-B sampling")
     torch.manual_seed(0)
     model = mar("base", num_sampling_steps=STEPS).eval()
     with torch.no_grad():

@@ -230,20 +230,14 @@ class DecoderStages:
             h.remove()
 
 
-def test_var_d16_sample_bf16(benchmark, request, decline):
+def test_var_d16_sample_bf16(benchmark, request, bf16_row):
     """precision="bf16" sampling on fastar's kernels against the float32 official formulation (the torch backend),
     with fastar's float32 sampling as a second contender and as the reference of the agreement (the torch backend
     draws its own way): tokens per scale and image PSNR. Declined, not timed, on a CPU without bf16 GEMM
     instructions (the emulated path would be slower than float32: not the mode); FASTAR_EMULATED_BF16=1 times it
     anyway, and the group says so."""
-    group = f"VAR-d{DEPTH} sampling B={B_SAMPLE} 256px cfg=4 top-k 900 top-p 0.95 bf16"
-    try:
-        fastar.check_bf16_gemm(f"VAR-d{DEPTH} sampling", torch.device("cpu"))
-    except RuntimeError as e:
-        decline(group, str(e))
-    if not fastar.build_info().get("cpu_bf16"):
-        group += " EMULATED (FASTAR_EMULATED_BF16=1 on a CPU without bf16 instructions: slower than the mode)"
-    benchmark.group = group
+    benchmark.group = bf16_row(f"VAR-d{DEPTH} sampling B={B_SAMPLE} 256px cfg=4 top-k 900 top-p 0.95 bf16",
+                               f"VAR-d{DEPTH} sampling")
     vae, var = request.getfixturevalue("d16")  # built only when the row runs
     var.eval()
     maps, images, current = {}, {}, []

@@ -31,6 +31,22 @@ def decline(pytestconfig):
     return record
 
 
+@pytest.fixture
+def bf16_row(decline):
+    """bf16_row(group, what) -> the group of a bf16 mode's row: declined (decline) on a CPU without bf16 GEMM
+    instructions, where the emulated mode would be slower than float32; FASTAR_EMULATED_BF16=1 runs it there anyway,
+    and the group says so."""
+    def check(group, what):
+        try:
+            fastar.check_bf16_gemm(what, torch.device("cpu"))
+        except RuntimeError as e:
+            decline(group, str(e))
+        if not fastar.build_info().get("cpu_bf16"):
+            group += " EMULATED (FASTAR_EMULATED_BF16=1 on a CPU without bf16 instructions: slower than the mode)"
+        return group
+    return check
+
+
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["declined"] = config.fastar_declined
 
