@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fastar
+from fastar.models import layers
 from fastar.models.layers import Linear
 from fastar.models.mar import MAR, AutoencoderKL, KLConfig, mar, mar_base, mar_large
 from fastar.models.mar import sample as mar_sample
@@ -225,6 +226,13 @@ def test_bf16_sampling_agrees_with_fp32(monkeypatch):
     err = ((out16 - out32).abs().max() / out32.abs().max()).item()
     assert 0 < err <= 2e-2, err
     assert all(m.product_weight is None for m in model.modules() if isinstance(m, Linear))  # copies dropped
+    made = []  # the modules given bf16 copies: the transformer's, not the head's (diffusion_sample reads its own)
+    copies = layers._weight_copies
+    monkeypatch.setattr(layers, "_weight_copies", lambda name, m, *a: made.append(m) or copies(name, m, *a))
+    sample("bf16")
+    covered = {id(m) for part in made for m in part.modules()}
+    assert id(model.encoder_blocks[0].attn.qkv) in covered
+    assert not covered & {id(m) for m in model.diffloss.modules()}
 
     monkeypatch.delenv("FASTAR_EMULATED_BF16")
     info = fastar.build_info()
