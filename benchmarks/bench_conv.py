@@ -1,8 +1,8 @@
 """conv3x3 (Winograd F(2x2, 3x3)) at the VQVAE and KL-16 decoders' shapes against F.conv2d as the official decoders
 call it (NCHW: oneDNN's direct convolution, the torch backend) and F.conv2d in channels_last (oneDNN's fastest
 layout here, which the decoders do not use: it costs a layout change each way and its float32 error failed the
-decoder's rule, fastar/models/var/basic_vae.py); the agreement column is each contender's error against float64
-over the reference's (the tolerance rule's ratio). The share of peak counts the Winograd products' multiply-adds
+decoder's rule, fastar/models/var/basic_vae.py); the note gives each contender's error against float64 over
+F.conv2d NCHW's (the tolerance rule's ratio). The share of peak counts the Winograd products' multiply-adds
 (16 C_in C_out per 2x2 tile), not the direct convolution's 2.25x more."""
 import pytest
 import torch

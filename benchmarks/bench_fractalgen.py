@@ -12,6 +12,7 @@ here, so the default is B 1 with 4 and 2 blocks at levels 0 and 1 (~1 TFLOP): ab
 quiet machine, each contender run once. Knobs (environment): FASTAR_BENCH_FG_B (1; the issue's target shape:
 4), FASTAR_BENCH_FG_BLOCKS ("4,2,3"; the model: "32,8,3"), FASTAR_BENCH_FG_TRAIN_B (2), FASTAR_BENCH_FG_NUM_ITER
 ("8,4")."""
+import contextlib
 import os
 from functools import partial
 
@@ -60,30 +61,31 @@ class LevelTimes(Breakdown):
                     monkeypatch.setattr(level, method, self._timed(name, getattr(level, method)))
 
 
+def sampler(model, monkeypatch, last, name, precision="fp32", recompute=False, parts=None):
+    """A contender: model.generate at the benchmark's settings into last[name]; recompute: the official PixelLoss
+    (three full forwards); parts: a LevelTimes recording it."""
+    pixel = levels(model)[-1][1]
+
+    def run():
+        if recompute:
+            monkeypatch.setattr(pixel, "sample", partial(type(pixel).sample, pixel, kv_cache=False))
+        try:
+            with parts.recording(name) if parts else contextlib.nullcontext():
+                last[name] = model.generate(CLASSES, num_iter_list=NUM_ITER, cfg=6.5, temperature=1.02,
+                                            filter_threshold=1e-4, generator=torch.Generator().manual_seed(0),
+                                            precision=precision)
+        finally:
+            if recompute:
+                monkeypatch.delattr(pixel, "sample")
+    return run
+
+
 def test_fractalmar_in64_sample(benchmark, model, monkeypatch):
     model.eval()
     benchmark.group = f"{SHAPE} sampling B={B_SAMPLE} num_iter {NUM_ITER} cfg=6.5 float32"
     parts, last = LevelTimes(monkeypatch, model), {}
-
-    def sample(name):
-        def run():
-            with parts.recording(name):
-                last[name] = model.generate(CLASSES, num_iter_list=NUM_ITER, cfg=6.5, temperature=1.02,
-                                            filter_threshold=1e-4, generator=torch.Generator().manual_seed(0))
-        return run
-
-    pixel = levels(model)[-1][1]
-
-    def recomputing(name):  # the official PixelLoss: three full forwards
-        def run():
-            monkeypatch.setattr(pixel, "sample", partial(type(pixel).sample, pixel, kv_cache=False))
-            try:
-                sample(name)()
-            finally:
-                monkeypatch.delattr(pixel, "sample")
-        return run
-
-    contenders = {BASELINE: on("torch", recomputing(BASELINE)), SAME_MODEL: on("torch", sample(SAME_MODEL))}
+    sample = partial(sampler, model, monkeypatch, last, parts=parts)
+    contenders = {BASELINE: on("torch", sample(BASELINE, recompute=True)), SAME_MODEL: on("torch", sample(SAME_MODEL))}
     compare(benchmark, sample("fastar"), contenders, baseline=BASELINE, rounds=1, warmup=0, op="attention")
     # the share of pixels drawn identically (a rounding difference flips a draw and everything after it)
     benchmark.extra_info["agreement"] = {name: (last["fastar"] == last[name]).float().mean().item()
@@ -98,23 +100,9 @@ def test_fractalmar_in64_sample_bf16(benchmark, model, monkeypatch, bf16_row):
     benchmark.group = bf16_row(f"{SHAPE} sampling B={B_SAMPLE} num_iter {NUM_ITER} cfg=6.5, bf16 mode",
                                "fractalmar_in64 sampling")
     model.eval()
-    pixel, last = levels(model)[-1][1], {}
-
-    def sample(name, precision, recompute=False):
-        def run():
-            if recompute:  # the official PixelLoss: three full forwards
-                monkeypatch.setattr(pixel, "sample", partial(type(pixel).sample, pixel, kv_cache=False))
-            try:
-                last[name] = model.generate(CLASSES, num_iter_list=NUM_ITER, cfg=6.5, temperature=1.02,
-                                            filter_threshold=1e-4, generator=torch.Generator().manual_seed(0),
-                                            precision=precision)
-            finally:
-                if recompute:
-                    monkeypatch.delattr(pixel, "sample")
-        return run
-
-    contenders = {BASELINE: on("torch", sample(BASELINE, "fp32", recompute=True)),
-                  "fastar fp32": sample("fastar fp32", "fp32")}
+    last = {}
+    sample = partial(sampler, model, monkeypatch, last)
+    contenders = {BASELINE: on("torch", sample(BASELINE, recompute=True)), "fastar fp32": sample("fastar fp32")}
     compare(benchmark, sample("fastar", "bf16"), contenders, baseline=BASELINE, rounds=1, warmup=0, op="attention")
     benchmark.extra_info["agreement"] = {"fastar fp32": (last["fastar"] == last["fastar fp32"]).float().mean().item()}
 

@@ -52,7 +52,8 @@ at::Tensor conv3x3_weights(const at::Tensor& weight) {
   const int64_t Co = weight.size(0), Ci = weight.size(1), co_pad = (Co + kConvPack - 1) / kConvPack * kConvPack;
   // torch's default allocator, not the one in place: u is kept with its weight (fastar/ops/conv.py), and inside
   // cpu_cache_all_tensors (the decoders' fast path) it would pin the activation cache's blocks, each a fresh
-  // huge-page mapping (1.35 s for a d16 VQVAE decoder's 417 MB of transforms there against 0.13 s here).
+  // huge-page mapping (in a diagnostic profile of d16's first decode: 1.35 s for its 417 MB of transforms there,
+  // 0.18 s here).
   at::Tensor u = at::detail::empty_generic({16, co_pad / kConvPack, Ci, kConvPack}, c10::GetDefaultCPUAllocator(),
                                            c10::DispatchKeySet(c10::DispatchKey::CPU), at::kFloat, std::nullopt);
   if (u.numel()) transform_weights(weight.data_ptr<float>(), Co, Ci, co_pad, u.data_ptr<float>());
@@ -68,8 +69,7 @@ at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& u, const std::optional
   const bool has_bias = bias.has_value() && bias->defined();
   const Conv3x3 c{x.data_ptr<float>(), u.data_ptr<float>(), has_bias ? bias->data_ptr<float>() : nullptr,
                   y.data_ptr<float>(), B, Ci, c_out, H, W, co_pad};
-  const int64_t th = (H + 1) / 2, tw = (W + 1) / 2;  // work items as ConvIsa::winograd numbers them
-  const int64_t items = tw < k.tiles ? (B * th * tw + k.tiles - 1) / k.tiles : B * th * ((tw + k.tiles - 1) / k.tiles);
+  const int64_t items = conv_work_items(B, H, W, k.tiles);
   const size_t scratch = size_t(16 * (Ci + co_pad) * k.tiles) + 16;  // + 16: room to align to 64 bytes
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     // Each pool thread keeps its scratch (2.6 MB at 640 channels on AVX-512) between calls: a fresh one per call was

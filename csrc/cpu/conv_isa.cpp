@@ -85,7 +85,7 @@ void input_transform(const Conv3x3& c, const Item& it, float* V) {
 constexpr int64_t kChunk = 32;  // input channels per partial sum: two-level summation over C_in
 
 // M[xi][co][t] = sum_ci U[xi][co][ci] V[xi][ci][t] for every xi and co < co_pad, as sums of kChunk-channel
-// partial sums (the error of one running sum over 640 channels was 3x a direct convolution's).
+// partial sums (in a diagnostic script, one running sum over 640 channels had 3x a direct convolution's error).
 void products(const Conv3x3& c, const float* V, float* M) {
   const int64_t Ci = c.Ci, blocks = c.co_pad / R;
   for (int xi = 0; xi < 16; ++xi)
@@ -155,8 +155,8 @@ void winograd(const Conv3x3& c, int64_t begin, int64_t end, float* scratch) {
   float* V = scratch;
   float* M = scratch + 16 * c.Ci * T;
   for (int64_t item = begin; item < end; ++item) {
-    const Item it = tw < T ? Item{item * T, 0, 0, 0, true}
-                           : Item{0, item / (th * nb), item / nb % th, item % nb * T, false};
+    const Item it = conv_tiles_across_rows(c.W, T) ? Item{item * T, 0, 0, 0, true}
+                                                   : Item{0, item / (th * nb), item / nb % th, item % nb * T, false};
     input_transform(c, it, V);
     products(c, V, M);
     output_transform(c, it, M);

@@ -19,6 +19,14 @@ struct Conv3x3 {
   int64_t B, Ci, Co, H, W, co_pad;
 };
 
+// How ConvIsa::winograd numbers its work items of `tiles` tiles: whether they run across tile rows (rows shorter
+// than `tiles`), and how many there are.
+inline bool conv_tiles_across_rows(int64_t W, int tiles) { return (W + 1) / 2 < tiles; }
+inline int64_t conv_work_items(int64_t B, int64_t H, int64_t W, int tiles) {
+  const int64_t th = (H + 1) / 2, tw = (W + 1) / 2;
+  return conv_tiles_across_rows(W, tiles) ? (B * th * tw + tiles - 1) / tiles : B * th * ((tw + tiles - 1) / tiles);
+}
+
 struct ConvIsa {
   int tiles;  // output tiles a work item takes: two vector registers of them
   // Work items [begin, end), 2x2 output tiles ceil(H/2) x ceil(W/2) per image: when a tile row has at least `tiles`

@@ -194,28 +194,30 @@ def decode_weights(module, dtype=torch.bfloat16):
     float32)."""
     if dtype not in (torch.bfloat16, torch.float32):
         raise ValueError(f"decode_weights: dtype must be torch.bfloat16 or torch.float32, got {dtype}")
-    with _weight_copies("decode_weights", module, "decode_weight", dtype):
+    with _weight_copies("decode_weights", [module], "decode_weight", dtype):
         yield module
 
 
 @contextlib.contextmanager
-def bf16_products(module):
-    """Inside, every product of module's Linear layers without autograd (decode steps inside decode_weights
+def bf16_products(*modules):
+    """Inside, every product of the modules' Linear layers without autograd (decode steps inside decode_weights
     excepted) runs on bfloat16 operands: the weight's copy made on entry, the input and bias rounded per call, float32
     accumulation, the result in bfloat16 (autocast's rule for linear layers, which the official MAR and FractalGen
     code samples under on GPUs); what follows a product sees bfloat16 (fastar.ops.attention of q, k, v) or promotes
     to float32 (the residual adds, LayerNorm on the float32 stream). A sampling mode with its own results: callers
     check fastar.check_bf16_gemm first (on a CPU without bf16 instructions it would be slower than float32)."""
-    with _weight_copies("bf16_products", module, "product_weight", torch.bfloat16):
-        yield module
+    with _weight_copies("bf16_products", modules, "product_weight", torch.bfloat16):
+        yield
 
 
 @contextlib.contextmanager
-def _weight_copies(name, module, attr, dtype):
-    """Each Linear of module gets attr = its weight's copy in dtype for the scope; an enclosing scope's come back."""
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"{name}: module must be a torch.nn.Module, got {type(module).__name__}")
-    before = {m: m.__dict__.get(attr) for m in module.modules() if isinstance(m, Linear)}
+def _weight_copies(name, modules, attr, dtype):
+    """Each Linear of the modules gets attr = its weight's copy in dtype for the scope; an enclosing scope's come
+    back."""
+    for module in modules:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"{name}: module must be a torch.nn.Module, got {type(module).__name__}")
+    before = {m: m.__dict__.get(attr) for module in modules for m in module.modules() if isinstance(m, Linear)}
     for m in before:
         setattr(m, attr, m.weight.detach().to(dtype).contiguous())
     try:

@@ -166,11 +166,9 @@ class FractalGen(nn.Module):
         emb = self.class_emb(labels.to(self.fake_latent.device))
         if cfg != 1.0:
             emb = torch.cat([emb, self.fake_latent.expand(len(labels), -1)])
-        with contextlib.ExitStack() as scope:
-            if precision == "bf16":
-                fastar.check_bf16_gemm("FractalGen.generate", emb.device)
-                for level in self.transformer_levels():
-                    scope.enter_context(bf16_products(level))
+        if precision == "bf16":
+            fastar.check_bf16_gemm("FractalGen.generate", emb.device)
+        with bf16_products(*self.transformer_levels()) if precision == "bf16" else contextlib.nullcontext():
             x = self.sample([emb] * self.cfg.num_conds, list(num_iter_list), cfg, cfg_schedule, temperature,
                             filter_threshold, generator=generator, progress=progress)
         mean, std = x.new_tensor(PIX_MEAN)[:, None, None], x.new_tensor(PIX_STD)[:, None, None]

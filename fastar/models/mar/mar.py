@@ -153,11 +153,11 @@ class MAR(nn.Module):
             raise ValueError(f"sample_tokens: cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"sample_tokens: precision must be one of {PRECISIONS}, got {precision!r}")
-        with contextlib.ExitStack() as scope:
-            if precision == "bf16":  # the transformer's Linears; the head reads its float32 weights itself
-                fastar.check_bf16_gemm("MAR.sample_tokens", self.fake_latent.device)
-                for part in (self.z_proj, self.encoder_blocks, self.decoder_embed, self.decoder_blocks):
-                    scope.enter_context(bf16_products(part))
+        if precision == "bf16":
+            fastar.check_bf16_gemm("MAR.sample_tokens", self.fake_latent.device)
+        # the transformer's Linears; the head reads its float32 weights itself (diffusion_sample's bf16 mode)
+        with (bf16_products(self.z_proj, self.encoder_blocks, self.decoder_embed, self.decoder_blocks)
+              if precision == "bf16" else contextlib.nullcontext()):
             return self._sample_tokens(bsz, num_iter, cfg, cfg_schedule, labels, temperature, generator, progress,
                                        precision)
 
