@@ -38,13 +38,14 @@ def on(backend, fn):
 
 ROUNDS, WARMUP = 3, 1
 PARTS = (("multi-axis attention", fastar.ops, "multi_axis_attention"), ("cross-attention", fastar.ops, "attention"),
+         ("MLP kernel", fastar.ops, "mlp"),
          *bench_var.LINEAR_PARTS, ("linear layers", torch, "addmm"), ("linear layers", torch.Tensor, "addmm_"),
          *(("linear layers", generator, name) for name in ("linear", "linear_add", "linear_gelu")))
 
 
 class Breakdown(bench_var.Breakdown):
-    """ms per part of the generator's forward, per contender: multi-axis self-attention, cross-attention, the
-    linear layers (F.linear, the models' Linear, and the GEMMs the generator calls itself without autograd:
+    """ms per part of the generator's forward, per contender: multi-axis self-attention, cross-attention, fastar's MLP
+    kernel (the narrow stages' MLP blocks whole: GEMMs, GELU and residual), the linear layers (F.linear, the models' Linear, and the GEMMs the generator calls itself without autograd:
     torch.addmm, addmm_, and on oneDNN linear, linear_add, linear_gelu) and the rest (BatchNorm statistics, GELU, residual adds, the pixel shuffle); VAR's timing, HiT's parts. Each part is
     also a profiler range, so other_top_ops can name what the rest is made of."""
 

@@ -389,7 +389,18 @@ def _check_conv3x3(device, shape):
                  *_versus_reference(lambda x, w, b: [fastar.ops.conv3x3(x, w, b)], inputs, torch.float32, device))
 
 
-CPU_ONLY = {"conv3x3"}  # ops with a CPU kernel only (no CUDA kernel to check on cuda or under simt)
+def _check_mlp(device, shape):
+    """An MLP with a residual (one CPU kernel), returned and into out, against the reference, float32: rows off the
+    register blocks, widths off the panels, K past one partial sum."""
+    N, C, hidden = shape
+    inputs = [_randn(N, C, seed=43), _randn(hidden, C, seed=44) / C ** 0.5, _randn(hidden, seed=45),
+              _randn(C, hidden, seed=46) / hidden ** 0.5, _randn(C, seed=47)]
+    def run(x, w1, b1, w2, b2):  # returned, and written into a given out
+        return [fastar.ops.mlp(x, w1, b1, w2, b2, x), fastar.ops.mlp(x, w1, b1, w2, b2, x, out=torch.empty_like(x))]
+    return _rows("mlp", ("out", "into out"), "mlp", *_versus_reference(run, inputs, torch.float32, device))
+
+
+CPU_ONLY = {"conv3x3", "mlp"}  # ops with a CPU kernel only (no CUDA kernel to check on cuda or under simt)
 
 
 def cases(quick):
@@ -434,6 +445,8 @@ def cases(quick):
                                                                                    block=block)))
     for shape in ((2, 5, 7, 9, 13), (1, 32, 20, 6, 70))[:n]:
         out.append(("conv3x3", "float32", shape, functools.partial(_check_conv3x3, shape=shape)))
+    for shape in ((13, 20, 70), (50, 64, 256))[:n]:
+        out.append(("mlp", "float32", shape, functools.partial(_check_mlp, shape=shape)))
     return out
 
 
@@ -461,7 +474,8 @@ class _KernelLog(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.namespace in ("fastar", "fastar_simt"):
-            self.seen.add(func._schema.name)
+            overload = func._schema.overload_name  # "out" for fastar::mlp.out, as the dispatcher names it
+            self.seen.add(func._schema.name + (f".{overload}" if overload else ""))
         return func(*args, **(kwargs or {}))
 
 

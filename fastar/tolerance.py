@@ -37,6 +37,8 @@ K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
      "conv3x3": 2.0,
      # DALL-E's dVAE decoder: its 3x3 convs on conv3x3 against F.conv2d's.
      "dvae_decode": 2.0,
+     # the MLP kernel: its GEMMs' blocking and partial sums, and GELU by a polynomial erfc (torch's by Sleef's erf).
+     "mlp": 2.0,
      # a stack of blocks: LayerNorm, four products and an attention per layer, each summing in its kernel's order.
      "transformer_decode": 4.0}
 

@@ -42,6 +42,8 @@ assert schemas, "no fastar ops registered"
 # Ops whose CUDA kernel is not written yet, each with its reason; on CUDA tensors they raise (no fallback).
 CPU_ONLY = {op: "the Winograd 3x3 convolution is a CPU kernel: on a GPU cuDNN's convolutions are the fast path, and "
                "fastar.ops.conv3x3 declines to F.conv2d there" for op in ("fastar::conv3x3", "fastar::conv3x3_weights")}
+CPU_ONLY["fastar::mlp"] = ("the MLP kernel keeps a narrow MLP's hidden activations in a CPU core's cache: on a GPU "
+                           "cuBLASLt's GEMMs with a GELU epilogue are the path, and fastar.ops.mlp declines to them")
 missing = {op for op in schemas if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")}
 assert missing == set(CPU_ONLY), (f"ops without a CUDA kernel: {sorted(missing)}; known CPU-only: {CPU_ONLY} "
                                   "(add a reason for a new one, remove an op once its CUDA kernel lands)")

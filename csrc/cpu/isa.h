@@ -9,6 +9,7 @@
 #include "cpu/conv_isa.h"
 #include "cpu/diffusion_isa.h"
 #include "cpu/linear_isa.h"
+#include "cpu/mlp_isa.h"
 #include "cpu/multi_axis_isa.h"
 #include "cpu/sampling_isa.h"
 #include "cpu/vq_nearest_isa.h"
@@ -27,6 +28,7 @@ struct Isa {
   const MultiAxisIsa* multi_axis;
   const LinearIsa* linear;
   const ConvIsa* conv;
+  const MlpIsa* mlp;
 };
 
 // The best instruction set this CPU supports; on AMD Zen 4 (AVX-512 on 256-bit datapaths) with the AVX2 kernels of

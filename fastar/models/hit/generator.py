@@ -11,8 +11,8 @@ not torch's pixel_shuffle (c * 4 + dy * 2 + dx). Norms are BatchNorm (the offici
 K/V (one key/value head shared by all heads).
 
 Without autograd (sampling, evaluation) the same math runs in fewer passes over memory: each BatchNorm folded into
-the Dense layers that read it (BatchNorm.fold), q, k and v from one GEMM, MLPs and cross-attention blocks in row
-chunks of ~16 MB, residuals written over the block's own input, the Dense of a pixel shuffle before its copy and the
+the Dense layers that read it (BatchNorm.fold), q, k and v from one GEMM, the MLPs up to 128 wide in one kernel
+(fastar.ops.mlp: the hidden activations stay in cache), wider MLPs and cross-attention blocks in row chunks of ~16 MB, residuals written over the block's own input, the Dense of a pixel shuffle before its copy and the
 next stage's position embedding added in that copy, SkipToRGB's upsampling as a broadcast. Fresh full-size tensors
 (page faults on every allocation past glibc's mmap threshold) were 40% of a HiT-256 forward's CPU time. With
 autograd each BatchNorm runs as its module, then the Dense layers; the one QKV GEMM, the pixel shuffle's order and
@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar
+from fastar import _backend
 from fastar.models.layers import Linear, linear, linear_add, linear_gelu, onednn_inference
 
 
@@ -137,6 +138,19 @@ def chunk_rows(width, x):
     return max(1, CHUNK_BYTES // (width * x.element_size()))
 
 
+# Widths up to which the MLP blocks run fastar.ops.mlp without autograd: on an AMD Zen 4, 2 threads, at HiT's stage
+# shapes it ran 1.7-1.9x (C 32, 64) and 1.05x (C 128) oneDNN's two GEMMs with their epilogues (benchmarks/bench_mlp.py,
+# whole stages; in 16 MB row chunks, as below, 1.2-1.6x at C 64), and ~1x at C 256 (a diagnostic script).
+MLP_KERNEL_WIDTH = 128
+
+
+def mlp_kernel(x2):
+    """Whether an MLP block without autograd runs fastar.ops.mlp on x2 (N, C): float32 on the CPU backend, C up to
+    MLP_KERNEL_WIDTH (the torch backend keeps the official formulation's GEMMs)."""
+    return (x2.shape[-1] <= MLP_KERNEL_WIDTH and x2.dtype == torch.float32 and x2.device.type == "cpu"
+            and _backend.active(x2.device) == "cpu")
+
+
 class MLP(nn.Module):
     """x + Dense(C)(gelu(Dense(4C)(norm(x)))), pre-norm with its own residual."""
 
@@ -154,6 +168,8 @@ class MLP(nn.Module):
         # residual ride in the GEMMs' epilogues.
         w1, b1 = self.norm_layer.fold(x2, self.fc1)
         w2, b2 = self.fc2.weight, self.fc2.bias
+        if mlp_kernel(x2):  # one kernel, the hidden activations in cache
+            return fastar.ops.mlp(x2, w1, b1, w2, b2, x2, out=x2 if inplace else None).view(x.shape)
         rows, fused = chunk_rows(w1.shape[0], x2), onednn_inference(x2, w1, b1)
         if fused and rows >= x2.shape[0]:
             return linear_add(linear_gelu(x2, w1, b1), w2, b2, x2).view(x.shape)

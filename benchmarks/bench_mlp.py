@@ -1,0 +1,45 @@
+"""mlp (a transformer MLP in one CPU kernel: x + gelu(x w1^T + b1) w2^T + b2) at the MLP blocks of HiT's
+high-resolution stages, without autograd, against what a PyTorch port runs (F.linear, F.gelu, F.linear and the
+residual add: the torch backend) and against oneDNN's two GEMMs with the GELU and the residual in their epilogues
+(torch.ops.mkldnn._linear_pointwise: fastar's own path for these blocks before this kernel, still its path for wider
+ones). The note gives each contender's error against float64 over the torch backend's."""
+import pytest
+import torch
+
+import fastar
+from benchmarks.harness import compare
+from fastar.models.layers import linear_add, linear_gelu, onednn_inference
+from fastar.reference.mlp import mlp as reference
+
+# (name, rows, C): the stage's pixels times the batch, its width (hidden 4 C)
+SHAPES = [("HiT-256 64x64 stage, C 128, B 2", 2 * 64 * 64, 128), ("HiT-256 128x128 stage, C 64, B 2", 2 * 128 * 128, 64),
+          ("HiT-256 256x256 stage, C 64, B 2", 2 * 256 * 256, 64), ("HiT-1024 512x512 stage, C 32, B 1", 512 * 512, 32)]
+BASELINE = "F.linear + F.gelu + F.linear + add (torch backend)"
+
+
+@pytest.mark.parametrize("name, N, C", SHAPES, ids=[s[0] for s in SHAPES])
+def test_mlp(benchmark, name, N, C, peak_gflops):
+    benchmark.group = f"mlp {name} ({N} rows) float32"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, C, generator=g)
+    w1, b1 = torch.randn(4 * C, C, generator=g) / C ** 0.5, torch.randn(4 * C, generator=g) * 0.1
+    w2, b2 = torch.randn(C, 4 * C, generator=g) / (4 * C) ** 0.5, torch.randn(C, generator=g) * 0.1
+    outs = {}
+
+    def run(label, fn):
+        def go():
+            with torch.no_grad():
+                outs[label] = fn()
+        return go
+
+    contenders = {BASELINE: run(BASELINE, lambda: reference(x, w1, b1, w2, b2, x))}
+    if onednn_inference(x, w1, b1):
+        contenders["oneDNN GEMMs with GELU / add epilogues"] = run(
+            "oneDNN", lambda: linear_add(linear_gelu(x, w1, b1), w2, b2, x))
+    f = 4 * N * C * 4 * C / 1e9
+    compare(benchmark, run("fastar", lambda: fastar.ops.mlp(x, w1, b1, w2, b2, x)), contenders, baseline=BASELINE,
+            rounds=5, op="mlp", gflop=f, fma_floor_ms=f / peak_gflops * 1e3)
+    ref64 = reference(x.double(), w1.double(), b1.double(), w2.double(), b2.double(), x.double())
+    ref_err = (outs[BASELINE] - ref64).abs().max().item()
+    benchmark.extra_info["note"] = "max error against float64 over the torch backend's: " + ", ".join(
+        f"{k} {(v - ref64).abs().max().item() / ref_err:.2f}x" for k, v in outs.items())

@@ -1,0 +1,29 @@
+// CPU registration of the mlp family (no CUDA kernel: on a GPU cuBLASLt's GEMMs with a GELU epilogue are the path;
+// this kernel's gain is keeping a narrow MLP's hidden activations in a CPU core's cache).
+#include "torch/mlp.h"
+
+#include <torch/library.h>
+
+#include "cpu/mlp.h"
+
+namespace fastar {
+
+static at::Tensor mlp_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                          const at::Tensor& b2, const std::optional<at::Tensor>& residual) {
+  check_mlp(x, w1, b1, w2, b2, residual, at::kCPU);
+  return cpu::mlp(x, w1, b1, w2, b2, residual);
+}
+
+static void mlp_out_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                        const at::Tensor& b2, const std::optional<at::Tensor>& residual, const at::Tensor& out) {
+  check_mlp(x, w1, b1, w2, b2, residual, at::kCPU);
+  check_mlp_out(x, residual, w2.size(0), out, at::kCPU);
+  cpu::mlp_out(x, w1, b1, w2, b2, residual, out);
+}
+
+}  // namespace fastar
+
+TORCH_LIBRARY_IMPL(fastar, CPU, m) {
+  m.impl("mlp", &fastar::mlp_cpu);
+  m.impl("mlp.out", &fastar::mlp_out_cpu);
+}

@@ -1,0 +1,89 @@
+"""mlp: [residual +] gelu(x w1^T + b1) w2^T + b2 (exact GELU), the MLP of a transformer block, on the CPU in one
+kernel (csrc/cpu/mlp.cpp, mlp_isa.cpp) that keeps each block of rows' hidden activations in the core's cache instead
+of writing them to memory and reading them back. It pays at the narrow widths of HiT's high-resolution stages (C 32
+to 128, millions of pixels), where a library GEMM with K = C runs well below its peak and the 4C-wide hidden
+activations are the bulk of the traffic; benchmarks/bench_mlp.py times it there."""
+import torch
+
+from fastar import _backend
+from fastar.ops._checks import check_same_device, check_tensor
+from fastar.ops._registry import Decline, kernel, op
+from fastar.reference import mlp as reference
+from fastar.torch import mlp as torch_impl
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+@kernel("mlp")
+def _mlp(x, w1, b1, w2, b2, residual):  # fake kernels, for torch.compile / opcheck
+    return x.new_empty(x.shape[0], w2.shape[0])
+
+
+@kernel("mlp.out")
+def _mlp_out(x, w1, b1, w2, b2, residual, *, out):
+    return None
+
+
+@op(reference=reference.mlp, torch=torch_impl.mlp)
+def mlp(x, w1, b1, w2, b2, residual=None, out=None):
+    """F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2) [+ residual] for x (..., C), w1 (hidden, C), b1 (hidden,),
+    w2 (C_out, hidden), b2 (C_out,), residual (..., C_out) or None, float32 (float64 on the reference and torch
+    backends) -> (..., C_out); into out (..., C_out) when given, which may be residual itself (or x when C_out = C:
+    each block of rows is read before it is written), and is returned.
+
+    The CPU kernel computes a block of rows (12 on AVX-512, 6 on AVX2) at a time: its hidden activations in register
+    tiles of 2 vectors x the block's rows, GELU on the registers, into a scratch of the block's rows x hidden floats
+    (L1), then the second product, bias and residual into the output rows. K is summed in partial sums of 64 (its
+    float32 error is below torch's at HiT's widths: tests/test_mlp.py). GELU is Abramowitz and Stegun's erfc
+    formula, as oneDNN's GELU epilogue. It has no backward and no CUDA kernel (on a GPU cuBLASLt's GEMMs with a GELU
+    epilogue are the path): under autograd, in float64 and off the CPU the op runs the torch formulation, with a
+    one-time warning."""
+    name = "mlp"
+    check_tensor(name, "x", x, min_dim=1, dtypes=_DTYPES)
+    C = x.shape[-1]
+    for arg, t, dim in (("w1", w1, 2), ("b1", b1, 1), ("w2", w2, 2), ("b2", b2, 1)):
+        check_tensor(name, arg, t, dim=dim, dtypes=(x.dtype,))
+    if C < 1 or w1.shape[0] < 1 or w2.shape[0] < 1:
+        raise ValueError(f"mlp: the widths must be at least 1, got C {C}, hidden {w1.shape[0]}, C_out {w2.shape[0]}")
+    if w1.shape[1] != C:
+        raise ValueError(f"mlp: w1 must be (hidden, {C}) for x of {C} columns, got {tuple(w1.shape)}")
+    if tuple(b1.shape) != (w1.shape[0],):
+        raise ValueError(f"mlp: b1 must be ({w1.shape[0]},), got {tuple(b1.shape)}")
+    if w2.shape[1] != w1.shape[0]:
+        raise ValueError(f"mlp: w2 must be (C_out, {w1.shape[0]}) for w1's {w1.shape[0]} rows, got {tuple(w2.shape)}")
+    if tuple(b2.shape) != (w2.shape[0],):
+        raise ValueError(f"mlp: b2 must be ({w2.shape[0]},), got {tuple(b2.shape)}")
+    tensors = dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2)
+    if residual is not None:
+        check_tensor(name, "residual", residual, dtypes=(x.dtype,))
+        if tuple(residual.shape) != (*x.shape[:-1], w2.shape[0]):
+            raise ValueError(f"mlp: residual must be {(*x.shape[:-1], w2.shape[0])}, got {tuple(residual.shape)}")
+        tensors["residual"] = residual
+    if out is not None:
+        check_tensor(name, "out", out, dtypes=(x.dtype,))
+        if tuple(out.shape) != (*x.shape[:-1], w2.shape[0]):
+            raise ValueError(f"mlp: out must be {(*x.shape[:-1], w2.shape[0])}, got {tuple(out.shape)}")
+        tensors["out"] = out
+    check_same_device(name, **tensors)
+    if _backend.active(x.device) != "cpu":  # the python backends run their formulation; cuda and simt have none
+        return x.device, Decline("mlp has a CPU kernel only (cuBLASLt's GEMMs with a GELU epilogue are a GPU's path)")
+    if x.dtype != torch.float32:
+        return x.device, Decline(f"the CPU kernel takes float32, got {x.dtype}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors.values() if t is not out):
+        return x.device, Decline("mlp has no backward (an inference kernel); under autograd the torch ops run")
+
+    def rows(t):  # (N, width) with unit column stride, a view where the layout allows
+        t = t.reshape(-1, t.shape[-1])
+        return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+    def run(ops):
+        args = (rows(x), w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(),
+                None if residual is None else rows(residual))
+        if out is None:
+            return ops.mlp(*args).view(*x.shape[:-1], w2.shape[0])
+        o = out.view(-1, w2.shape[0]) if out.is_contiguous() else None  # rows of out itself, or a copy back
+        if o is None or o.data_ptr() != out.data_ptr():
+            return out.copy_(ops.mlp(*args).view(out.shape))
+        ops.mlp.out(*args, out=o)
+        return out
+    return x.device, run

@@ -1,0 +1,163 @@
+"""mlp (a transformer MLP in one CPU kernel) against the float64 reference within the tolerance rule, at awkward
+shapes on every instruction set; into out, in place over its residual or x; strided rows; its declines (float64,
+autograd, backends without a kernel) run the torch formulation; opcheck; bad inputs named; HiT's narrow MLP blocks
+run it."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastar
+from fastar.reference.mlp import mlp as reference
+from tests.conftest import run_with_cpu_isa, sanitized
+from tests.tolerance import assert_close
+
+# (N, C, hidden, C_out): one row; rows short of a register block (6 / 12) and one past it; widths off every panel
+# (2 vectors: 16 / 32 columns) with one column and one hidden unit; K past one partial sum (64) for both products;
+# HiT's widths (32, 64, 128 with 4x hidden) at rows that end short; an empty batch
+SHAPES = [(1, 1, 1, 1), (5, 3, 7, 5), (13, 20, 33, 70), (25, 64, 256, 64), (7, 130, 1, 17), (37, 1, 200, 3),
+          (301, 32, 128, 32), (100, 128, 512, 128), (0, 8, 32, 8)]
+
+
+def randn(*shape, seed, scale=1.0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).float() * scale
+
+
+def weights(C, hidden, C_out, seed=1):
+    return (randn(hidden, C, seed=seed, scale=C ** -0.5), randn(hidden, seed=seed + 1, scale=0.5),
+            randn(C_out, hidden, seed=seed + 2, scale=hidden ** -0.5), randn(C_out, seed=seed + 3, scale=0.5))
+
+
+def check(shape, residual=True):
+    N, C, hidden, C_out = shape
+    x, ws = randn(N, C, seed=0), weights(C, hidden, C_out)
+    r = randn(N, C_out, seed=9) if residual else None
+    out = fastar.ops.mlp(x, *ws, r)
+    assert fastar.last_backend("mlp") == "cpu" and out.shape == (N, C_out)
+    want64 = reference(x.double(), *(w.double() for w in ws), None if r is None else r.double())
+    assert_close("mlp", out, want64, reference(x, *ws, r))
+
+
+@pytest.mark.parametrize("shape", sanitized(SHAPES, set()), ids=str)
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "no_residual"])
+def test_matches_float64(shape, residual):
+    check(shape, residual)
+
+
+ISA_CHILD = """
+import fastar
+from tests.test_mlp import SHAPES, check
+assert fastar.build_info()["cpu_isa"] == "%s"
+for shape in SHAPES:
+    check(shape)
+"""
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+def test_every_cpu_isa(isa):
+    """Each instruction set's kernel (register blocks of 6 or 12 rows x 2 vectors)."""
+    run_with_cpu_isa(isa, ISA_CHILD % isa)
+
+
+def test_gelu_over_its_whole_range():
+    """The kernel's GELU (an erfc formula) against float64 at pre-activations from -12 to 12 (through an identity
+    first layer and an identity second), within the rule; in the negative tail (v in [-9, -3], GELU down to 1e-18)
+    within 1e-5 relative error, which a GELU computed as v (1 + erf(v / sqrt 2)) / 2 in float32 misses by orders."""
+    v = torch.linspace(-12, 12, 4001)[:, None]
+    one = torch.ones(1, 1)
+    out = fastar.ops.mlp(v, one, torch.zeros(1), one, torch.zeros(1))
+    assert_close("mlp", out, F.gelu(v.double()), F.gelu(v))
+    neg = (v[:, 0] < -3) & (v[:, 0] > -9)
+    exact = v[neg, 0].double() * torch.special.erfc(-v[neg, 0].double() / 2 ** 0.5) / 2  # F.gelu's float64 is 0 here
+    rel = ((out[neg, 0].double() - exact) / exact).abs().max()
+    assert rel < 1e-5, f"relative error {rel:.2e} in GELU's negative tail"
+
+
+def test_leading_dims_strided_rows_and_out():
+    """x (..., C) with rows wider than C (a slice of a wider tensor), a transposed residual, and out: written into,
+    in place over the residual and over x itself, or apart; partial overlaps are refused."""
+    C, hidden = 24, 40
+    ws = weights(C, hidden, C)
+    wide = randn(3, 5, C + 7, seed=3)
+    x = wide[..., :C]
+    r = randn(3, C, 5, seed=4).transpose(1, 2)
+    want64 = reference(x.double(), *(w.double() for w in ws), r.double())
+    ref32 = reference(x, *ws, r)
+    assert_close("mlp", fastar.ops.mlp(x, *ws, r), want64, ref32)
+    out = torch.empty(3, 5, C)
+    assert fastar.ops.mlp(x, *ws, r, out=out) is out
+    assert_close("mlp", out, want64, ref32)
+    r2 = r.contiguous()
+    assert fastar.ops.mlp(x, *ws, r2, out=r2) is r2
+    assert_close("mlp", r2, want64, ref32)
+    x2 = x.contiguous()
+    want64 = reference(x2.double(), *(w.double() for w in ws), x2.double())
+    ref32 = reference(x2, *ws, x2)
+    assert fastar.ops.mlp(x2, *ws, x2, out=x2) is x2
+    assert_close("mlp", x2, want64, ref32)
+    base = randn(30, C, seed=5)
+    with pytest.raises(RuntimeError, match="out overlaps x without being its own rows"):
+        torch.ops.fastar.mlp.out(base[:20], *ws, None, out=base[10:])
+
+
+def test_declines_run_the_torch_formulation():
+    """float64, autograd and backends without the kernel run the torch ops (a one-time warning each), gradients
+    included; the reference and torch backends run their formulation silently."""
+    x, ws = randn(4, 6, seed=6), weights(6, 10, 3)
+    with pytest.warns(UserWarning, match="the CPU kernel takes float32"):
+        out = fastar.ops.mlp(x.double(), *(w.double() for w in ws))
+    assert torch.equal(out, reference(x.double(), *(w.double() for w in ws)))
+    w1 = ws[0].clone().requires_grad_()
+    with pytest.warns(UserWarning, match="no backward"):
+        fastar.ops.mlp(x, w1, *ws[1:]).sum().backward()
+    w1b = ws[0].clone().requires_grad_()
+    reference(x, w1b, *ws[1:]).sum().backward()
+    assert torch.equal(w1.grad, w1b.grad)
+    with fastar.use_backend("simt"), pytest.warns(UserWarning, match="a CPU kernel only"):
+        fastar.ops.mlp(x, *ws)
+    assert fastar.last_backend("mlp") == "torch"
+    for backend in ("torch", "reference"):
+        with fastar.use_backend(backend), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert torch.equal(fastar.ops.mlp(x, *ws), reference(x, *ws))
+
+
+def test_opcheck():
+    x, ws, r = randn(14, 9, seed=7), weights(9, 20, 5), randn(14, 5, seed=8)
+    ns = torch.ops.fastar
+    torch.library.opcheck(ns.mlp.default, (x, *ws, r))
+    torch.library.opcheck(ns.mlp.default, (x, *ws, None))
+    torch.library.opcheck(ns.mlp.out, (x, *ws, r), {"out": torch.empty(14, 5)})
+    torch.library.opcheck(ns.mlp.out, (x, *ws, None), {"out": torch.empty(14, 5)})
+
+
+def test_bad_inputs_name_the_argument():
+    x, (w1, b1, w2, b2) = torch.zeros(4, 6), weights(6, 10, 3)
+    with pytest.raises(TypeError, match="x must be one of"):
+        fastar.ops.mlp(x.half(), w1, b1, w2, b2)
+    with pytest.raises(TypeError, match="w2 must be one of"):
+        fastar.ops.mlp(x, w1, b1, w2.double(), b2)
+    with pytest.raises(ValueError, match=r"w1 must be \(hidden, 6\) for x of 6 columns, got \(10, 5\)"):
+        fastar.ops.mlp(x, w1[:, :5], b1, w2, b2)
+    with pytest.raises(ValueError, match=r"b1 must be \(10,\)"):
+        fastar.ops.mlp(x, w1, b1[:4], w2, b2)
+    with pytest.raises(ValueError, match=r"w2 must be \(C_out, 10\) for w1's 10 rows"):
+        fastar.ops.mlp(x, w1, b1, w2[:, :9], b2)
+    with pytest.raises(ValueError, match=r"b2 must be \(3,\)"):
+        fastar.ops.mlp(x, w1, b1, w2, b2[:1])
+    with pytest.raises(ValueError, match=r"residual must be \(4, 3\)"):
+        fastar.ops.mlp(x, w1, b1, w2, b2, torch.zeros(4, 6))
+    with pytest.raises(ValueError, match=r"out must be \(4, 3\)"):
+        fastar.ops.mlp(x, w1, b1, w2, b2, out=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="w1 must have 2 dims"):
+        fastar.ops.mlp(x, w1[0], b1, w2, b2)
+    ns = torch.ops.fastar
+    with pytest.raises(RuntimeError, match=r"mlp: w1 must be \(hidden, 6\)"):
+        ns.mlp(x, w1[:, :5].contiguous(), b1, w2, b2, None)
+    with pytest.raises(RuntimeError, match="mlp: x must have unit column stride"):
+        ns.mlp(torch.zeros(6, 4).t(), w1, b1, w2, b2, None)
+    with pytest.raises(RuntimeError, match="mlp: the weights and biases must be contiguous"):
+        ns.mlp(x, torch.zeros(10, 8)[:, :6], b1, w2, b2, None)
+    with pytest.raises(RuntimeError, match=r"mlp: out must be \(4, 3\)"):
+        ns.mlp.out(x, w1, b1, w2, b2, None, out=torch.zeros(4, 4))
