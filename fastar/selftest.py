@@ -390,14 +390,17 @@ def _check_conv3x3(device, shape):
 
 
 def _check_mlp(device, shape):
-    """An MLP with a residual (one CPU kernel), returned and into out, against the reference, float32: rows off the
-    register blocks, widths off the panels, K past one partial sum."""
-    N, C, hidden = shape
+    """An MLP with a residual (one CPU kernel), returned and into out, and one with softmax groups (folded attention)
+    instead of the GELU, against the reference, float32: rows off the register blocks, widths off the panels, K past
+    one partial sum, groups off the vectors and of one."""
+    N, C, hidden, group = shape
     inputs = [_randn(N, C, seed=43), _randn(hidden, C, seed=44) / C ** 0.5, _randn(hidden, seed=45),
               _randn(C, hidden, seed=46) / hidden ** 0.5, _randn(C, seed=47)]
-    def run(x, w1, b1, w2, b2):  # returned, and written into a given out
-        return [fastar.ops.mlp(x, w1, b1, w2, b2, x), fastar.ops.mlp(x, w1, b1, w2, b2, x, out=torch.empty_like(x))]
-    return _rows("mlp", ("out", "into out"), "mlp", *_versus_reference(run, inputs, torch.float32, device))
+    def run(x, w1, b1, w2, b2):  # returned, written into a given out, with softmax groups
+        return [fastar.ops.mlp(x, w1, b1, w2, b2, x), fastar.ops.mlp(x, w1, b1, w2, b2, x, out=torch.empty_like(x)),
+                fastar.ops.mlp(x, w1, b1, w2, b2, softmax_group=group)]
+    return _rows("mlp", ("out", "into out", "softmax groups"), "mlp",
+                 *_versus_reference(run, inputs, torch.float32, device))
 
 
 CPU_ONLY = {"conv3x3", "mlp"}  # ops with a CPU kernel only (no CUDA kernel to check on cuda or under simt)
@@ -445,7 +448,7 @@ def cases(quick):
                                                                                    block=block)))
     for shape in ((2, 5, 7, 9, 13), (1, 32, 20, 6, 70))[:n]:
         out.append(("conv3x3", "float32", shape, functools.partial(_check_conv3x3, shape=shape)))
-    for shape in ((13, 20, 70), (50, 64, 256))[:n]:
+    for shape in ((13, 20, 70, 10), (50, 64, 256, 16))[:n]:
         out.append(("mlp", "float32", shape, functools.partial(_check_mlp, shape=shape)))
     return out
 

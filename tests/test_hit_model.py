@@ -107,13 +107,15 @@ def test_forward_without_autograd_matches_the_modules(monkeypatch, multi_query, 
     dropped the mean, a chunk loop that skipped the last short chunk or an in-place write over a tensor still to
     be read fails it. Both float32 GEMM libraries: on oneDNN the GELU and the residuals ride in the GEMMs'
     epilogues (linear_gelu, linear_add), also chunk by chunk. The MLP blocks up to 128 wide run fastar.ops.mlp
-    (one kernel, written over x), the wider ones the chunks."""
+    (one kernel, written over x), the wider ones the chunks; the cross-attention blocks run fastar.ops.mlp with a
+    softmax over each head's 16 latent scores (their projections folded with the latents' keys and values)."""
     monkeypatch.setattr(generator, "CHUNK_BYTES", 7 * 1024)
     monkeypatch.setenv("FASTAR_FP32_GEMM", library)
     fused = []
     monkeypatch.setattr(generator, "linear_add", lambda *a: fused.append(1) or linear_add(*a))
-    widths, mlp = [], fastar.ops.mlp
-    monkeypatch.setattr(fastar.ops, "mlp", lambda x, *a, **k: widths.append(x.shape[-1]) or mlp(x, *a, **k))
+    calls, mlp = [], fastar.ops.mlp
+    monkeypatch.setattr(fastar.ops, "mlp", lambda x, *a, **k: calls.append((x.shape[-1], k.get("softmax_group", 0)))
+                        or mlp(x, *a, **k))
     torch.manual_seed(0)
     G = HiTGenerator(dataclasses.replace(TINY, multi_query=multi_query)).train(training)
     for m in G.modules():
@@ -126,7 +128,9 @@ def test_forward_without_autograd_matches_the_modules(monkeypatch, multi_query, 
     ref32, stats32 = forward_and_stats(G, z, torch.float32, True, "reference")
     assert fastar.last_backend("attention") == "reference"
     assert bool(fused) == (library == "onednn" and torch.backends.mkldnn.is_available())
-    assert sorted(set(widths)) == [16, 64] and fastar.last_backend("mlp") == "cpu"  # the 256-wide: chunks
+    assert fastar.last_backend("mlp") == "cpu"
+    assert {w for w, g in calls if not g} == {16, 64}  # the MLP blocks; the 256-wide one runs the chunks
+    assert {w for w, g in calls if g} == {16, 64, 256} and {g for _, g in calls if g} == {16}  # cross-attention
     assert_close("hit_forward", out, ref64, ref32)
     for s, s64, s32 in zip(stats, stats64, stats32, strict=True):
         assert_close("hit_forward", s, s64, s32)

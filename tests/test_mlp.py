@@ -1,5 +1,5 @@
 """mlp (a transformer MLP in one CPU kernel) against the float64 reference within the tolerance rule, at awkward
-shapes on every instruction set; into out, in place over its residual or x; strided rows; its declines (float64,
+shapes on every instruction set, with the GELU and with softmax groups (folded attention); into out, in place over its residual or x; strided rows; its declines (float64,
 autograd, backends without a kernel) run the torch formulation; opcheck; bad inputs named; HiT's narrow MLP blocks
 run it."""
 import warnings
@@ -29,14 +29,21 @@ def weights(C, hidden, C_out, seed=1):
             randn(C_out, hidden, seed=seed + 2, scale=hidden ** -0.5), randn(C_out, seed=seed + 3, scale=0.5))
 
 
-def check(shape, residual=True):
+# (N, C, hidden, C_out, softmax_group): groups of one vector (16 lanes on AVX-512, two on AVX2), several vectors,
+# off the vectors (the scalar path), one unit, the whole hidden row; HiT's cross-attention (4 heads x 16 latents)
+GROUPED = [(13, 20, 64, 20, 16), (7, 9, 96, 5, 32), (30, 64, 64, 64, 16), (5, 6, 21, 4, 3), (3, 5, 8, 7, 1),
+           (9, 12, 40, 12, 40)]
+
+
+def check(shape, residual=True, softmax_group=0):
     N, C, hidden, C_out = shape
     x, ws = randn(N, C, seed=0), weights(C, hidden, C_out)
     r = randn(N, C_out, seed=9) if residual else None
-    out = fastar.ops.mlp(x, *ws, r)
+    out = fastar.ops.mlp(x, *ws, r, softmax_group=softmax_group)
     assert fastar.last_backend("mlp") == "cpu" and out.shape == (N, C_out)
-    want64 = reference(x.double(), *(w.double() for w in ws), None if r is None else r.double())
-    assert_close("mlp", out, want64, reference(x, *ws, r))
+    want64 = reference(x.double(), *(w.double() for w in ws), None if r is None else r.double(),
+                       softmax_group=softmax_group)
+    assert_close("mlp", out, want64, reference(x, *ws, r, softmax_group=softmax_group))
 
 
 @pytest.mark.parametrize("shape", sanitized(SHAPES, set()), ids=str)
@@ -45,12 +52,38 @@ def test_matches_float64(shape, residual):
     check(shape, residual)
 
 
+@pytest.mark.parametrize("case", GROUPED, ids=str)
+def test_softmax_groups_match_float64(case):
+    """softmax_group: a softmax over each group of hidden units instead of the GELU."""
+    check(case[:4], softmax_group=case[4])
+
+
+def test_softmax_groups_are_attention():
+    """mlp with softmax_group L is multi-query attention to L keys with its projections folded in (as HiT's
+    generator runs its cross-attention): scores x (k w_q / sqrt(D))^T, outputs p (W_o v^T)^T."""
+    N, C, heads, D, L = 50, 24, 3, 8, 5
+    x, wq, bq, wo, bo = (randn(N, C, seed=20), randn(heads * D, C, seed=21, scale=0.3), randn(heads * D, seed=22),
+                         randn(C, heads * D, seed=23, scale=0.3), randn(C, seed=24))
+    k, v = randn(1, 1, L, D, seed=25), randn(1, 1, L, D, seed=26)
+    q = F.linear(x.double(), wq.double(), bq.double()).view(1, N, heads, D).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q, k.double().expand(1, heads, L, D), v.double().expand(1, heads, L, D))
+    want64 = x.double() + F.linear(o.transpose(1, 2).reshape(N, heads * D), wo.double(), bo.double())
+    kh, vh = k[0].expand(heads, L, D), v[0].expand(heads, L, D)
+    a = torch.einsum("hld,hdc->hlc", kh, wq.view(heads, D, C)).reshape(heads * L, C) / D ** 0.5
+    c = torch.einsum("hld,hd->hl", kh, bq.view(heads, D)).reshape(heads * L) / D ** 0.5
+    m = torch.einsum("chd,hld->chl", wo.view(C, heads, D), vh).reshape(C, heads * L)
+    out = fastar.ops.mlp(x, a, c, m, bo, x, softmax_group=L)
+    assert (out - want64).abs().max() < 1e-5 * want64.abs().max()
+
+
 ISA_CHILD = """
 import fastar
-from tests.test_mlp import SHAPES, check
+from tests.test_mlp import GROUPED, SHAPES, check
 assert fastar.build_info()["cpu_isa"] == "%s"
 for shape in SHAPES:
     check(shape)
+for case in GROUPED:
+    check(case[:4], softmax_group=case[4])
 """
 
 
@@ -130,6 +163,7 @@ def test_opcheck():
     torch.library.opcheck(ns.mlp.default, (x, *ws, None))
     torch.library.opcheck(ns.mlp.out, (x, *ws, r), {"out": torch.empty(14, 5)})
     torch.library.opcheck(ns.mlp.out, (x, *ws, None), {"out": torch.empty(14, 5)})
+    torch.library.opcheck(ns.mlp.default, (x, *ws, r, 4))
 
 
 def test_bad_inputs_name_the_argument():
@@ -150,6 +184,8 @@ def test_bad_inputs_name_the_argument():
         fastar.ops.mlp(x, w1, b1, w2, b2, torch.zeros(4, 6))
     with pytest.raises(ValueError, match=r"out must be \(4, 3\)"):
         fastar.ops.mlp(x, w1, b1, w2, b2, out=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="softmax_group must be 0 .GELU. or divide the 10 hidden units, got 3"):
+        fastar.ops.mlp(x, w1, b1, w2, b2, softmax_group=3)
     with pytest.raises(ValueError, match="w1 must have 2 dims"):
         fastar.ops.mlp(x, w1[0], b1, w2, b2)
     ns = torch.ops.fastar
@@ -159,5 +195,7 @@ def test_bad_inputs_name_the_argument():
         ns.mlp(torch.zeros(6, 4).t(), w1, b1, w2, b2, None)
     with pytest.raises(RuntimeError, match="mlp: the weights and biases must be contiguous"):
         ns.mlp(x, torch.zeros(10, 8)[:, :6], b1, w2, b2, None)
+    with pytest.raises(RuntimeError, match="mlp: softmax_group must be 0 .GELU. or divide the 10 hidden units, got 4"):
+        ns.mlp(x, w1, b1, w2, b2, None, 4)
     with pytest.raises(RuntimeError, match=r"mlp: out must be \(4, 3\)"):
         ns.mlp.out(x, w1, b1, w2, b2, None, out=torch.zeros(4, 4))

@@ -33,14 +33,15 @@ void pack(const float* w, int64_t N, int64_t K, int64_t k_pad, int64_t cols, flo
 }  // namespace
 
 at::Tensor mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-               const at::Tensor& b2, const std::optional<at::Tensor>& residual) {
+               const at::Tensor& b2, const std::optional<at::Tensor>& residual, int64_t softmax_group) {
   at::Tensor y = at::empty({x.size(0), w2.size(0)}, x.options());
-  mlp_out(x, w1, b1, w2, b2, residual, y);
+  mlp_out(x, w1, b1, w2, b2, residual, softmax_group, y);
   return y;
 }
 
 void mlp_out(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-             const at::Tensor& b2, const std::optional<at::Tensor>& residual, const at::Tensor& y) {
+             const at::Tensor& b2, const std::optional<at::Tensor>& residual, int64_t softmax_group,
+             const at::Tensor& y) {
   const MlpIsa& k = *isa().mlp;
   const int64_t N = x.size(0), C = x.size(1), Hd = w1.size(0), Co = w2.size(0);
   const int64_t hd_pad = round_up(Hd, k.cols), co_pad = round_up(Co, k.cols);
@@ -58,7 +59,7 @@ void mlp_out(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, co
   const bool has_res = residual.has_value() && residual->defined();
   const Mlp m{x.data_ptr<float>(), x.stride(0), w1p, b1p, w2p, b2p,
               has_res ? residual->data_ptr<float>() : nullptr, has_res ? residual->stride(0) : 0,
-              y.data_ptr<float>(), y.stride(0), N, C, Hd, Co, hd_pad, co_pad};
+              y.data_ptr<float>(), y.stride(0), N, C, Hd, Co, hd_pad, co_pad, softmax_group};
   const int64_t blocks = (N + k.rows - 1) / k.rows;
   const size_t scratch = size_t(k.rows * (hd_pad + C + 2 * co_pad)) + 16;  // + 16: room to align to 64 bytes
   at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {

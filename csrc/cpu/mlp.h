@@ -6,12 +6,14 @@
 
 namespace fastar::cpu {
 
-// [residual +] gelu(x w1^T + b1) w2^T + b2, exact GELU: x (N, C) float32 with unit column stride, w1 (Hd, C), b1 (Hd,),
-// w2 (Co, Hd), b2 (Co,), residual (N, Co) with unit column stride or None (checked by torch/mlp.h) -> (N, Co).
+// [residual +] act(x w1^T + b1) w2^T + b2, act the exact GELU or (softmax_group g > 0) a softmax over each g hidden
+// units: x (N, C) float32 with unit column stride, w1 (Hd, C), b1 (Hd,), w2 (Co, Hd), b2 (Co,), residual (N, Co) with
+// unit column stride or None (checked by torch/mlp.h) -> (N, Co).
 at::Tensor mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-               const at::Tensor& b2, const std::optional<at::Tensor>& residual);
+               const at::Tensor& b2, const std::optional<at::Tensor>& residual, int64_t softmax_group);
 // The same into out (N, Co) with unit column stride (checked: x's or residual's own rows, or no overlap with them).
 void mlp_out(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-             const at::Tensor& b2, const std::optional<at::Tensor>& residual, const at::Tensor& out);
+             const at::Tensor& b2, const std::optional<at::Tensor>& residual, int64_t softmax_group,
+             const at::Tensor& out);
 
 }  // namespace fastar::cpu

@@ -1,4 +1,4 @@
-// The MLP kernel (cpu/mlp_isa.h): per block of R rows, the hidden activations gelu(x w1^T + b1) of all Hd units in
+// The MLP kernel (cpu/mlp_isa.h): per block of R rows, the hidden activations act(x w1^T + b1) of all Hd units in
 // register tiles of R rows x 2 vectors (each weight vector feeds R FMAs, each broadcast of x 2), written to the
 // thread's scratch (R hd_pad floats: L1), then y = [residual +] h w2^T + b2 in the same tiles. The hidden
 // activations never reach memory, and each weight panel is read once per R rows from L1 / L2.
@@ -65,6 +65,32 @@ inline void tile(const float* a, int64_t lda, const float* b, int64_t K, const f
     for (int v = 0; v < V; ++v) acc[r][v] += K > kChunk ? load(&total[r][v * L]) + load(bias + v * L) : load(bias + v * L);
 }
 
+// Each g-long group of the hidden row h[0, Hd) -> its softmax (scores already scaled): vectors when L divides g.
+void softmax_groups(float* h, int64_t Hd, int64_t g) {
+  for (int64_t g0 = 0; g0 < Hd; g0 += g) {
+    float* s = h + g0;
+    if (g % L == 0) {
+      vec<float> mv = load(s);
+      for (int64_t j = L; j < g; j += L) mv = vmax<float>(mv, load(s + j));
+      const float m = hmax<float>(mv);
+      vec<float> sum{};
+      for (int64_t j = 0; j < g; j += L) {
+        const vec<float> e = exp_vec(load(s + j) - m);
+        store(s + j, e);
+        sum += e;
+      }
+      const float inv = 1.f / hsum<float>(sum);
+      for (int64_t j = 0; j < g; j += L) store(s + j, load(s + j) * inv);
+      continue;
+    }
+    float m = s[0], sum = 0.f;
+    for (int64_t j = 1; j < g; ++j) m = s[j] > m ? s[j] : m;
+    for (int64_t j = 0; j < g; ++j) sum += (s[j] = exp_scalar(s[j] - m));
+    const float inv = 1.f / sum;
+    for (int64_t j = 0; j < g; ++j) s[j] *= inv;
+  }
+}
+
 // R rows: x (ldx) -> y (ldy), residual (ldr, nullable); h: scratch of R hd_pad.
 void block(const Mlp& m, const float* x, int64_t ldx, const float* res, int64_t ldr, float* y, int64_t ldy,
            float* h) {
@@ -72,8 +98,10 @@ void block(const Mlp& m, const float* x, int64_t ldx, const float* res, int64_t 
   for (int64_t j = 0; j < m.hd_pad; j += NR) {
     tile(x, ldx, m.w1p + j * m.C, m.C, m.b1p + j, acc);
     for (int r = 0; r < R; ++r)
-      for (int v = 0; v < V; ++v) store(h + r * m.hd_pad + j + v * L, gelu(acc[r][v]));
+      for (int v = 0; v < V; ++v) store(h + r * m.hd_pad + j + v * L, m.softmax_group ? acc[r][v] : gelu(acc[r][v]));
   }
+  if (m.softmax_group)
+    for (int r = 0; r < R; ++r) softmax_groups(h + r * m.hd_pad, m.Hd, m.softmax_group);
   for (int64_t j = 0; j < m.co_pad; j += NR) {
     tile(h, m.hd_pad, m.w2p + j * m.hd_pad, m.hd_pad, m.b2p + j, acc);
     if (j + NR <= m.Co) {

@@ -4,7 +4,8 @@
 
 namespace fastar::cpu {
 
-// y = [residual +] gelu(x w1^T + b1) w2^T + b2 for rows of x (N, C), w1 (Hd, C), w2 (Co, Hd), exact (erf) GELU;
+// y = [residual +] act(x w1^T + b1) w2^T + b2 for rows of x (N, C), w1 (Hd, C), w2 (Co, Hd), act the exact (erf)
+// GELU, or with softmax_group g > 0 a softmax over each g consecutive hidden units (g divides Hd);
 // the weights packed by cpu/mlp.cpp in panels of MlpIsa::cols columns: w1p (hd_pad / cols, C, cols) = w1^T by
 // column panels, zero past Hd; w2p (co_pad / cols, hd_pad, cols) = w2^T, zero past Co and Hd; b1p (hd_pad,) and
 // b2p (co_pad,) zero-padded.
@@ -20,6 +21,7 @@ struct Mlp {
   float* y;
   int64_t ldy;
   int64_t N, C, Hd, Co, hd_pad, co_pad;
+  int64_t softmax_group;  // 0: GELU
 };
 
 struct MlpIsa {

@@ -9,16 +9,17 @@
 namespace fastar {
 
 static at::Tensor mlp_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                          const at::Tensor& b2, const std::optional<at::Tensor>& residual) {
-  check_mlp(x, w1, b1, w2, b2, residual, at::kCPU);
-  return cpu::mlp(x, w1, b1, w2, b2, residual);
+                          const at::Tensor& b2, const std::optional<at::Tensor>& residual, int64_t softmax_group) {
+  check_mlp(x, w1, b1, w2, b2, residual, softmax_group, at::kCPU);
+  return cpu::mlp(x, w1, b1, w2, b2, residual, softmax_group);
 }
 
 static void mlp_out_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                        const at::Tensor& b2, const std::optional<at::Tensor>& residual, const at::Tensor& out) {
-  check_mlp(x, w1, b1, w2, b2, residual, at::kCPU);
+                        const at::Tensor& b2, const std::optional<at::Tensor>& residual, int64_t softmax_group,
+                        const at::Tensor& out) {
+  check_mlp(x, w1, b1, w2, b2, residual, softmax_group, at::kCPU);
   check_mlp_out(x, residual, w2.size(0), out, at::kCPU);
-  cpu::mlp_out(x, w1, b1, w2, b2, residual, out);
+  cpu::mlp_out(x, w1, b1, w2, b2, residual, softmax_group, out);
 }
 
 }  // namespace fastar

@@ -17,9 +17,10 @@ inline void check_mlp_tensor(const char* name, const at::Tensor& t, int64_t dim,
 }
 
 // x (N, C) and residual (N, Co) with unit column stride; w1 (Hd, C), b1 (Hd,), w2 (Co, Hd), b2 (Co,) contiguous; all
-// float32 on `device`.
+// float32 on `device`; softmax_group 0 or a divisor of Hd.
 inline void check_mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                      const at::Tensor& b2, const std::optional<at::Tensor>& residual, c10::DeviceType device) {
+                      const at::Tensor& b2, const std::optional<at::Tensor>& residual, int64_t softmax_group,
+                      c10::DeviceType device) {
   check_mlp_tensor("x", x, 2, device);
   check_mlp_tensor("w1", w1, 2, device);
   check_mlp_tensor("b1", b1, 1, device);
@@ -32,6 +33,8 @@ inline void check_mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tenso
   TORCH_CHECK(b1.size(0) == Hd, "mlp: b1 must be (", Hd, ",), got ", b1.sizes());
   TORCH_CHECK(w2.size(1) == Hd, "mlp: w2 must be (out, ", Hd, ") for w1's ", Hd, " rows, got ", w2.sizes());
   TORCH_CHECK(b2.size(0) == Co, "mlp: b2 must be (", Co, ",), got ", b2.sizes());
+  TORCH_CHECK(softmax_group >= 0 && (softmax_group == 0 || Hd % softmax_group == 0), "mlp: softmax_group must be 0 "
+              "(GELU) or divide the ", Hd, " hidden units, got ", softmax_group);
   for (const auto* t : {&w1, &b1, &w2, &b2})
     TORCH_CHECK(t->is_contiguous(), "mlp: the weights and biases must be contiguous");
   if (residual.has_value() && residual->defined()) {

@@ -65,11 +65,13 @@ inline void define_ops(torch::Library& m) {
   m.def("conv3x3_weights(Tensor weight) -> Tensor");
   m.def("conv3x3(Tensor x, Tensor u, Tensor? bias, int c_out) -> Tensor");
   // x (N, C), w1 (Hd, C), b1 (Hd,), w2 (Co, Hd), b2 (Co,), residual (N, Co) or None, float32, rows of x and residual
-  // at any stride -> [residual +] gelu(x w1^T + b1) w2^T + b2 (N, Co), exact GELU (cpu/mlp_isa.h): the hidden
-  // activations stay in cache. mlp.out writes into out (N, Co) with unit column stride, which may be x or residual
-  // itself (the same rows: a block of rows is read before it is written), else must not overlap them.
-  m.def("mlp(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor? residual) -> Tensor");
-  m.def("mlp.out(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor? residual, *, Tensor(a!) out) -> ()");
+  // at any stride -> [residual +] act(x w1^T + b1) w2^T + b2 (N, Co), act the exact GELU or, with softmax_group g > 0,
+  // a softmax over each g hidden units (cpu/mlp_isa.h): the hidden activations stay in cache. mlp.out writes into
+  // out (N, Co) with unit column stride, which may be x or residual itself (the same rows: a block of rows is read
+  // before it is written), else must not overlap them.
+  m.def("mlp(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor? residual, int softmax_group=0) -> Tensor");
+  m.def("mlp.out(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor? residual, int softmax_group=0, *, "
+        "Tensor(a!) out) -> ()");
   // A stack of pre-norm transformer blocks decoding new tokens (torch/transformer_decode.h): x (B, L, C), weights per
   // layer as block ("gpt2": 12, "llama": 7) orders them (fastar/reference/transformer_decode.py BLOCKS), k_caches,
   // v_caches (B, heads, Lmax, C / heads) per layer, written at cache_len .. cache_len + L - 1; one mask kind and three

@@ -15,21 +15,23 @@ _DTYPES = (torch.float32, torch.float64)
 
 
 @kernel("mlp")
-def _mlp(x, w1, b1, w2, b2, residual):  # fake kernels, for torch.compile / opcheck
+def _mlp(x, w1, b1, w2, b2, residual, softmax_group=0):  # fake kernels, for torch.compile / opcheck
     return x.new_empty(x.shape[0], w2.shape[0])
 
 
 @kernel("mlp.out")
-def _mlp_out(x, w1, b1, w2, b2, residual, *, out):
+def _mlp_out(x, w1, b1, w2, b2, residual, softmax_group=0, *, out):
     return None
 
 
 @op(reference=reference.mlp, torch=torch_impl.mlp)
-def mlp(x, w1, b1, w2, b2, residual=None, out=None):
+def mlp(x, w1, b1, w2, b2, residual=None, out=None, *, softmax_group=0):
     """F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2) [+ residual] for x (..., C), w1 (hidden, C), b1 (hidden,),
     w2 (C_out, hidden), b2 (C_out,), residual (..., C_out) or None, float32 (float64 on the reference and torch
     backends) -> (..., C_out); into out (..., C_out) when given, which may be residual itself (or x when C_out = C:
-    each block of rows is read before it is written), and is returned.
+    each block of rows is read before it is written), and is returned. softmax_group g > 0 (a divisor of hidden):
+    a softmax over each g consecutive hidden units instead of the GELU, i.e. heads of attention to g keys whose
+    scores and outputs are folded into w1, b1 and w2 (HiT's cross-attention: fastar/models/hit/generator.py).
 
     The CPU kernel computes a block of rows (12 on AVX-512, 6 on AVX2) at a time: its hidden activations in register
     tiles of 2 vectors x the block's rows, GELU on the registers, into a scratch of the block's rows x hidden floats
@@ -53,6 +55,9 @@ def mlp(x, w1, b1, w2, b2, residual=None, out=None):
         raise ValueError(f"mlp: w2 must be (C_out, {w1.shape[0]}) for w1's {w1.shape[0]} rows, got {tuple(w2.shape)}")
     if tuple(b2.shape) != (w2.shape[0],):
         raise ValueError(f"mlp: b2 must be ({w2.shape[0]},), got {tuple(b2.shape)}")
+    if not isinstance(softmax_group, int) or softmax_group < 0 or (softmax_group and w1.shape[0] % softmax_group):
+        raise ValueError(f"mlp: softmax_group must be 0 (GELU) or divide the {w1.shape[0]} hidden units, got "
+                         f"{softmax_group!r}")
     tensors = dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2)
     if residual is not None:
         check_tensor(name, "residual", residual, dtypes=(x.dtype,))
@@ -78,7 +83,7 @@ def mlp(x, w1, b1, w2, b2, residual=None, out=None):
 
     def run(ops):
         args = (rows(x), w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(),
-                None if residual is None else rows(residual))
+                None if residual is None else rows(residual), softmax_group)
         if out is None:
             return ops.mlp(*args).view(*x.shape[:-1], w2.shape[0])
         o = out.view(-1, w2.shape[0]) if out.is_contiguous() else None  # rows of out itself, or a copy back

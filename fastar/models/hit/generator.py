@@ -12,7 +12,9 @@ K/V (one key/value head shared by all heads).
 
 Without autograd (sampling, evaluation) the same math runs in fewer passes over memory: each BatchNorm folded into
 the Dense layers that read it (BatchNorm.fold), q, k and v from one GEMM, the MLPs up to 128 wide in one kernel
-(fastar.ops.mlp: the hidden activations stay in cache), wider MLPs and cross-attention blocks in row chunks of ~16 MB, residuals written over the block's own input, the Dense of a pixel shuffle before its copy and the
+(fastar.ops.mlp: the hidden activations stay in cache), the cross-attention blocks as that kernel too (the query
+and output projections folded with the latents' keys and values, a softmax in place of the GELU:
+MultiAxisAttention.cross_folded), wider MLPs (and off the CPU backend the cross-attention) in row chunks of ~16 MB, residuals written over the block's own input, the Dense of a pixel shuffle before its copy and the
 next stage's position embedding added in that copy, SkipToRGB's upsampling as a broadcast. Fresh full-size tensors
 (page faults on every allocation past glibc's mmap threshold) were 40% of a HiT-256 forward's CPU time. With
 autograd each BatchNorm runs as its module, then the Dense layers; the one QKV GEMM, the pixel shuffle's order and
@@ -144,10 +146,10 @@ def chunk_rows(width, x):
 MLP_KERNEL_WIDTH = 128
 
 
-def mlp_kernel(x2):
-    """Whether an MLP block without autograd runs fastar.ops.mlp on x2 (N, C): float32 on the CPU backend, C up to
-    MLP_KERNEL_WIDTH (the torch backend keeps the official formulation's GEMMs)."""
-    return (x2.shape[-1] <= MLP_KERNEL_WIDTH and x2.dtype == torch.float32 and x2.device.type == "cpu"
+def mlp_kernel(x2, width=MLP_KERNEL_WIDTH):
+    """Whether a block without autograd runs fastar.ops.mlp on x2 (N, C): float32 on the CPU backend, C up to `width`
+    (None: any; the torch backend keeps the official formulation's GEMMs and attention)."""
+    return ((width is None or x2.shape[-1] <= width) and x2.dtype == torch.float32 and x2.device.type == "cpu"
             and _backend.active(x2.device) == "cpu")
 
 
@@ -218,6 +220,8 @@ class MultiAxisAttention(nn.Module):
         w, b = norm.fold(x2, self.query_dense)
         x3 = x2.view(B, H * W, C)
         out = x3 if inplace else torch.empty_like(x3)
+        if mlp_kernel(x2, width=None):
+            return self.cross_folded(x3, w, b, k, v, out).view(x.shape)
         rows, wo, bo = chunk_rows(C, x2), self.output_dense.weight, self.output_dense.bias
         for i in range(B):
             for r in range(0, H * W, rows):
@@ -228,6 +232,25 @@ class MultiAxisAttention(nn.Module):
                 else:
                     torch.add(xr, bo, out=out[i, r:r + rows]).addmm_(o[0], wo.t())
         return out.view(x.shape)
+
+    def cross_folded(self, x3, w, b, k, v, out):
+        """out = x3 + the cross-attention (x3 (B, n, C), the query's BatchNorm folded into w, b; k, v (B, 1 or heads,
+        L, D)), per image as one fastar.ops.mlp with a softmax over each head's L scores: head h's scores
+        (x w_h^T + b_h) k_h^T / sqrt(D) are x A_h^T + c_h with A_h = k_h w_h / sqrt(D) (L x C) and c_h = k_h b_h /
+        sqrt(D), and its share of the output Dense, (p_h v_h) Wo_h^T, is p_h M_h^T with M_h = Wo_h v_h^T (C x L): two
+        products of heads L columns (64 to 256 in HiT) where the query and output projections had C (64 to 512), and
+        the scores never leave the cache."""
+        B, n, C = x3.shape
+        heads, D, L = self.heads, self.key_dim, k.shape[2]
+        wq, bq = w.view(heads, D, C), b.view(heads, D)
+        wo = self.output_dense.weight.view(C, heads, D)
+        for i in range(B):
+            kh, vh = k[i].expand(heads, L, D), v[i].expand(heads, L, D)
+            a = torch.einsum("hld,hdc->hlc", kh, wq).reshape(heads * L, C) * D ** -0.5
+            c = torch.einsum("hld,hd->hl", kh, bq).reshape(heads * L) * D ** -0.5
+            m = torch.einsum("chd,hld->chl", wo, vh).reshape(C, heads * L)
+            fastar.ops.mlp(x3[i], a, c, m, self.output_dense.bias, x3[i], out=out[i], softmax_group=L)
+        return out
 
     def cross(self, q, k, v):
         """Attention of q (B, n, C) (n pixels) to the latents' k, v (B, 1 or heads, L, D) -> (B, n, C)."""
