@@ -45,3 +45,24 @@ def test_linear_decode(benchmark, model, M, bf16):
         mine = step(fastar.ops.linear, [(w.bfloat16(), b) for w, b in weights])
     compare(benchmark, mine, others, baseline=BASELINE, rounds=7, op="linear", shape=f"{model} M={M}",
             weights="bfloat16" if bf16 else "float32")
+
+
+# A Linear's weight gradient grad^T x in training: (name, rows, in, out) of a layer's input x (rows, in) and output
+# gradient (rows, out).
+GRAD_SHAPES = [("HiT-128 64x64 stage MLP fc1, B 4", 4 * 64 * 64, 128, 512),
+               ("HiT-256 256x256 stage MLP fc2, B 1", 256 * 256, 256, 64),
+               ("VAR-d16 FFN fc1, B 8", 8 * 680, 1024, 4096), ("VAR-d16 FFN fc2, B 8", 8 * 680, 4096, 1024),
+               ("DALL-E 12 x 512 MLP fc1, B 2", 2 * 1280, 512, 2048)]
+GRAD_BASELINE = "torch.mm(grad.t(), x) (F.linear's autograd, torch backend)"
+
+
+@pytest.mark.parametrize("name, M, K, N", GRAD_SHAPES, ids=[s[0] for s in GRAD_SHAPES])
+def test_linear_weight_grad(benchmark, name, M, K, N, peak_gflops):
+    """fastar.ops.linear_weight_grad (the models' Linear backward on oneDNN) against torch.mm of the transposed
+    gradient, what F.linear's autograd runs (MKL's sgemm)."""
+    benchmark.group = f"linear_weight_grad {name}: ({M} x {N})^T ({M} x {K}) float32"
+    g = torch.Generator().manual_seed(0)
+    grad, x = torch.randn(M, N, generator=g), torch.randn(M, K, generator=g)
+    f = 2 * M * N * K / 1e9
+    compare(benchmark, lambda: fastar.ops.linear_weight_grad(grad, x), {GRAD_BASELINE: lambda: torch.mm(grad.t(), x)},
+            baseline=GRAD_BASELINE, rounds=7, op="linear_weight_grad", gflop=f, fma_floor_ms=f / peak_gflops * 1e3)

@@ -403,7 +403,15 @@ def _check_mlp(device, shape):
                  *_versus_reference(run, inputs, torch.float32, device))
 
 
-CPU_ONLY = {"conv3x3", "mlp"}  # ops with a CPU kernel only (no CUDA kernel to check on cuda or under simt)
+def _check_linear_weight_grad(device, shape):
+    """A Linear's weight gradient grad^T x (the float32 GEMM library) against the reference, float32."""
+    M, N, K = shape
+    return _rows("linear_weight_grad", ("dweight",), "linear",
+                 *_versus_reference(lambda g, x: [fastar.ops.linear_weight_grad(g, x)],
+                                    [_randn(M, N, seed=48), _randn(M, K, seed=49)], torch.float32, device))
+
+
+CPU_ONLY = {"conv3x3", "mlp", "linear_weight_grad"}  # ops with a CPU kernel only (no CUDA kernel to check on cuda or under simt)
 
 
 def cases(quick):
@@ -448,6 +456,8 @@ def cases(quick):
                                                                                    block=block)))
     for shape in ((2, 5, 7, 9, 13), (1, 32, 20, 6, 70))[:n]:
         out.append(("conv3x3", "float32", shape, functools.partial(_check_conv3x3, shape=shape)))
+    for shape in ((37, 20, 33), (500, 64, 256))[:n]:
+        out.append(("linear_weight_grad", "float32", shape, functools.partial(_check_linear_weight_grad, shape=shape)))
     for shape in ((13, 20, 70, 10), (50, 64, 256, 16))[:n]:
         out.append(("mlp", "float32", shape, functools.partial(_check_mlp, shape=shape)))
     return out

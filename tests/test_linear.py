@@ -1,8 +1,12 @@
 """linear (the few-row kernels for decoding) on every backend: against the float64 reference within the tolerance
 rule, row counts past one group of 4 and K off the vector widths, bias or none, leading dims, every CPU ISA, the
-backward (autograd and gradcheck), opcheck, and bad inputs named."""
+backward (autograd and gradcheck), opcheck, and bad inputs named; linear_weight_grad (a Linear's weight gradient on
+the float32 GEMM library) against float64, in the models' Linear backward, its declines and bad inputs."""
+import warnings
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fastar
 from fastar.reference import linear as ref
@@ -141,3 +145,71 @@ def test_bad_inputs_name_the_argument():
         fastar.ops.linear(x, [[0.0] * 8])
     with pytest.raises(RuntimeError, match="x and weight must be contiguous"):
         torch.ops.fastar.linear(x, torch.zeros(8, 3).t(), None)
+
+
+# linear_weight_grad: (M, N, K)
+GRAD_SHAPES = [(1, 1, 1), (7, 3, 5), (300, 64, 256), (1000, 130, 33), (0, 4, 6)]
+
+
+@pytest.mark.parametrize("shape", GRAD_SHAPES, ids=str)
+def test_weight_grad_matches_float64(shape):
+    """grad^T x against float64 within the rule, through the float32 GEMM library (oneDNN's matmul here)."""
+    M, N, K = shape
+    g, x = randn(M, N, seed=30), randn(M, K, seed=31)
+    out = fastar.ops.linear_weight_grad(g, x)
+    assert fastar.last_backend("linear_weight_grad") == "cpu" and out.shape == (N, K)
+    assert_close("linear", out, g.double().t() @ x.double(), g.t() @ x)
+
+
+def test_weight_grad_leading_dims_and_strides():
+    """(..., N) and (..., K) with leading dims; grad read transposed in place (a unit stride in dim 0), x a slice of
+    rows wider than K."""
+    g = randn(40, 3, 7, seed=32).transpose(0, 2)  # (7, 3, 40), no unit stride in its last dim
+    x = randn(7, 3, 50, seed=33)[..., :20]
+    out = fastar.ops.linear_weight_grad(g, x)
+    want = g.reshape(-1, 40).double().t() @ x.reshape(-1, 20).double()
+    assert_close("linear", out, want, g.reshape(-1, 40).t() @ x.reshape(-1, 20))
+
+
+def test_weight_grad_in_the_models_linear(monkeypatch):
+    """fastar.models.layers.linear's backward on oneDNN takes d weight from linear_weight_grad (the same gradient
+    as F.linear's within the rule); under create_graph it stays a differentiable torch product."""
+    from fastar.models import layers
+    if layers.onednn_declines(torch.zeros(1, 2), torch.zeros(3, 2)) is not None:
+        pytest.skip(f"layers.linear runs F.linear here: {layers.onednn_declines(torch.zeros(1, 2), torch.zeros(3, 2))}")
+    calls, fn = [], fastar.ops.linear_weight_grad
+    monkeypatch.setattr(fastar.ops, "linear_weight_grad", lambda g, x: calls.append(g.shape) or fn(g, x))
+    x, w, b = randn(2, 9, 16, seed=34), randn(24, 16, seed=35).requires_grad_(), randn(24, seed=36)
+    layers.linear(x, w, b).square().sum().backward()
+    assert calls == [(18, 24)]
+    w64 = w.detach().double().requires_grad_()
+    F.linear(x.double(), w64, b.double()).square().sum().backward()
+    w32 = w.detach().clone().requires_grad_()
+    F.linear(x, w32, b).square().sum().backward()
+    assert_close("linear", w.grad, w64.grad, w32.grad)
+    (gw,) = torch.autograd.grad(layers.linear(x, w, b).square().sum(), w, create_graph=True)
+    assert gw.requires_grad and len(calls) == 1
+
+
+def test_weight_grad_declines_and_bad_inputs():
+    g, x = randn(5, 3, seed=37), randn(5, 4, seed=38)
+    with pytest.warns(UserWarning, match="the CPU kernel takes float32"):
+        assert torch.equal(fastar.ops.linear_weight_grad(g.double(), x.double()), g.double().t() @ x.double())
+    with fastar.use_backend("simt"), pytest.warns(UserWarning, match="a CPU kernel only"):
+        fastar.ops.linear_weight_grad(g, x)
+    with pytest.warns(UserWarning, match="no backward"):
+        fastar.ops.linear_weight_grad(g.requires_grad_(), x)
+    g = g.detach()
+    with fastar.use_backend("torch"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(fastar.ops.linear_weight_grad(g, x), g.t() @ x)
+    with pytest.raises(ValueError, match="must share their leading dims"):
+        fastar.ops.linear_weight_grad(g, x[:4])
+    with pytest.raises(TypeError, match="x must be one of"):
+        fastar.ops.linear_weight_grad(g, x.double())
+    ns = torch.ops.fastar
+    with pytest.raises(RuntimeError, match="linear_weight_grad: grad has 5 rows, x 4"):
+        ns.linear_weight_grad(g, x[:4])
+    with pytest.raises(RuntimeError, match="linear_weight_grad: x must have a unit stride in one dim"):
+        ns.linear_weight_grad(randn(3, 3, seed=1)[:, None].expand(3, 2, 3)[:, 0], randn(9, 8, seed=2)[::3, ::2])
+    torch.library.opcheck(ns.linear_weight_grad.default, (g, x))

@@ -44,6 +44,9 @@ CPU_ONLY = {op: "the Winograd 3x3 convolution is a CPU kernel: on a GPU cuDNN's 
                "fastar.ops.conv3x3 declines to F.conv2d there" for op in ("fastar::conv3x3", "fastar::conv3x3_weights")}
 CPU_ONLY["fastar::mlp"] = ("the MLP kernel keeps a narrow MLP's hidden activations in a CPU core's cache: on a GPU "
                            "cuBLASLt's GEMMs with a GELU epilogue are the path, and fastar.ops.mlp declines to them")
+CPU_ONLY["fastar::linear_weight_grad"] = ("a Linear's weight gradient on the CPU's float32 GEMM library (oneDNN where "
+                                          "MKL takes its AVX2 path): on a GPU torch.mm's cuBLAS is the path, and "
+                                          "fastar.ops.linear_weight_grad declines to it")
 missing = {op for op in schemas if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")}
 assert missing == set(CPU_ONLY), (f"ops without a CUDA kernel: {sorted(missing)}; known CPU-only: {CPU_ONLY} "
                                   "(add a reason for a new one, remove an op once its CUDA kernel lands)")

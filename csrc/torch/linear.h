@@ -31,4 +31,19 @@ inline void check_linear(const at::Tensor& x, const at::Tensor& weight, const st
   }
 }
 
+// grad (M, N) and x (M, K) float32 on `device`, each with a unit stride in one of its dims (a GEMM reads it in place).
+inline void check_linear_weight_grad(const at::Tensor& grad, const at::Tensor& x, c10::DeviceType device) {
+  const char* op = "linear_weight_grad";
+  TORCH_CHECK(grad.dim() == 2, op, ": grad must be (M, N), got ", grad.sizes());
+  TORCH_CHECK(x.dim() == 2, op, ": x must be (M, K), got ", x.sizes());
+  TORCH_CHECK(grad.size(0) == x.size(0), op, ": grad has ", grad.size(0), " rows, x ", x.size(0));
+  for (const auto* t : {&grad, &x}) {
+    const char* name = t == &grad ? "grad" : "x";
+    TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t->scalar_type());
+    TORCH_CHECK(t->device().type() == device, op, ": ", name, " is on ", t->device(), ", expected ", device);
+    TORCH_CHECK(t->stride(0) == 1 || t->stride(1) == 1 || t->numel() <= 1, op, ": ", name,
+                " must have a unit stride in one dim, got ", t->strides());
+  }
+}
+
 }  // namespace fastar

@@ -59,6 +59,9 @@ inline void define_ops(torch::Library& m) {
   // x (M, K), weight (N, K), bias (N,) or None, contiguous, float32 / float64 (bfloat16 weights with float32 x)
   // -> x weight^T + bias (M, N) in x's dtype: kernels for few rows (decoding), each weight row read once per 4 rows.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  // grad (M, N), x (M, K) float32, each with a unit stride -> grad^T x (N, K): a Linear's weight gradient, on the CPU
+  // by the float32 GEMM library blas::fp32_gemm_library() names (oneDNN's matmul reading grad transposed in place).
+  m.def("linear_weight_grad(Tensor grad, Tensor x) -> Tensor");
   // A stride-1, padding-1 3x3 convolution by Winograd F(2x2, 3x3) (cpu/conv_isa.h), float32 contiguous: weight
   // (C_out, C_in, 3, 3) -> u (16, ceil(C_out / 12), C_in, 12), its transform; x (B, C_in, H, W), u, bias (c_out,) or
   // None -> (B, c_out, H, W).

@@ -3,7 +3,7 @@ from fastar.ops.attention import AttentionMask, attention, attention_decode, max
 from fastar.ops.conv import conv3x3
 from fastar.ops.diffusion import diffusion_loss, diffusion_sample
 from fastar.ops.dropout import dropout
-from fastar.ops.linear import linear
+from fastar.ops.linear import linear, linear_weight_grad
 from fastar.ops.mlp import mlp
 from fastar.ops.multi_axis import multi_axis_attention
 from fastar.ops.sampling import sample_categorical
@@ -14,4 +14,4 @@ from fastar.ops.quantize import (embed_to_fhat, f_to_idxBl_or_fhat, get_next_aut
 __all__ = ["AttentionMask", "attention", "attention_decode", "max_head_dim", "vq_nearest", "f_to_idxBl_or_fhat", "idxBl_to_fhat",
            "embed_to_fhat", "idxBl_to_var_input", "get_next_autoregressive_input", "msq_forward", "phi_index",
            "diffusion_sample", "sample_categorical", "multi_axis_attention", "diffusion_loss", "dropout", "linear",
-           "transformer_decode", "conv3x3", "mlp"]
+           "transformer_decode", "conv3x3", "mlp", "linear_weight_grad"]

@@ -3,8 +3,9 @@ the weight. Its kernels stream each weight row once per 4 rows of x (csrc/cpu/li
 with many rows a GEMM library is faster (fastar.models.layers.linear routes by row count)."""
 import torch
 
+from fastar import _backend
 from fastar.ops._checks import check_same_device, check_tensor
-from fastar.ops._registry import kernel, op
+from fastar.ops._registry import Decline, kernel, op
 from fastar.reference import linear as reference
 from fastar.torch import linear as torch_impl
 
@@ -59,3 +60,38 @@ def linear(x, weight, bias=None):
         y = ops.linear.default(x.reshape(xs[:-1].numel(), K).contiguous(), weight.contiguous(), bias)
         return y.view(*xs[:-1], N)
     return x.device, run
+
+
+@kernel("linear_weight_grad")
+def _linear_weight_grad(grad, x):  # fake kernel
+    return x.new_empty(grad.shape[1], x.shape[1])
+
+
+@op(reference=reference.linear_weight_grad, torch=torch_impl.linear_weight_grad)
+def linear_weight_grad(grad, x):
+    """grad (..., N), x (..., K) -> grad^T x (N, K) over all leading dims: the weight gradient of a Linear layer whose
+    input was x and whose output's gradient is grad, float32 (float64 on the reference and torch backends).
+
+    On the CPU the product runs on the float32 GEMM library of fastar.build_info()["cpu_fp32_gemm"]: oneDNN's matmul
+    (reading grad transposed in place) on CPUs not made by Intel, where torch.mm (what F.linear's autograd runs) takes
+    MKL's AVX2 path: on an AMD Zen 4, 2 threads, 1.0-1.3x torch.mm at HiT's, VAR's and DALL-E's layer shapes
+    (benchmarks/bench_linear.py). fastar.models.layers.linear's backward uses it. It has no backward and no CUDA
+    kernel (cuBLAS is a GPU's path): under autograd, in float64 and off the CPU the op runs torch.mm, with a one-time
+    warning."""
+    name = "linear_weight_grad"
+    check_tensor(name, "grad", grad, min_dim=1, dtypes=DTYPES)
+    check_tensor(name, "x", x, min_dim=1, dtypes=(grad.dtype,))
+    if grad.shape[:-1] != x.shape[:-1]:
+        raise ValueError(f"{name}: grad {tuple(grad.shape)} and x {tuple(x.shape)} must share their leading dims")
+    check_same_device(name, grad=grad, x=x)
+    if _backend.active(x.device) != "cpu":
+        return x.device, Decline("linear_weight_grad has a CPU kernel only (cuBLAS's GEMMs are a GPU's path)")
+    if x.dtype != torch.float32:
+        return x.device, Decline(f"the CPU kernel takes float32, got {x.dtype}")
+    if torch.is_grad_enabled() and (grad.requires_grad or x.requires_grad):
+        return x.device, Decline("linear_weight_grad has no backward; under autograd torch.mm runs")
+
+    def rows(t):  # (M, width) with a unit stride, a view where the layout allows
+        t = t.reshape(-1, t.shape[-1])
+        return t if t.stride(-1) == 1 or t.stride(0) == 1 else t.contiguous()
+    return x.device, lambda ops: ops.linear_weight_grad(rows(grad), rows(x))

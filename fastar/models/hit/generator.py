@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 import fastar
 from fastar import _backend
-from fastar.models.layers import Linear, linear, linear_add, linear_gelu, onednn_inference
+from fastar.models.layers import Linear, linear, linear_add, linear_gelu, onednn_declines, onednn_inference
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,8 @@ def dense_residual(dense, h2, x2, inplace=False):
     itself with inplace (without autograd only); on oneDNN without autograd one GEMM with the add in its epilogue."""
     if onednn_inference(h2, dense.weight, dense.bias):
         return linear_add(h2, dense.weight, dense.bias, x2)
+    if torch.is_grad_enabled() and onednn_declines(h2, dense.weight) is None:
+        return x2 + linear(h2, dense.weight, dense.bias)
     out = x2.add_(dense.bias) if inplace and not torch.is_grad_enabled() else x2 + dense.bias
     return out.addmm_(h2, dense.weight.t())
 
