@@ -134,6 +134,12 @@ def test_forward_without_autograd_matches_the_modules(monkeypatch, multi_query, 
     assert_close("hit_forward", out, ref64, ref32)
     for s, s64, s32 in zip(stats, stats64, stats32, strict=True):
         assert_close("hit_forward", s, s64, s32)
+    # The torch backend keeps the official formulation: the MLPs and the cross-attention in row chunks (the path off
+    # the CPU backend), the same images.
+    calls.clear()
+    out_torch, _ = forward_and_stats(G, z, torch.float32, False, "torch")
+    assert not calls and fastar.last_backend("attention") == "torch"
+    assert_close("hit_forward", out_torch, ref64, ref32)
 
 
 def tiny_step(backend, dtype):
