@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fastar
-from benchmarks.harness import compare
+from benchmarks.harness import compare, error_note, kept
 
 # (name, B, C_in, C_out, side)
 SHAPES = [("VQVAE up[0] (side/1, 160 ch)", 4, 160, 160, 256), ("VQVAE up[2] (side/4, 320 ch)", 4, 320, 320, 64),
@@ -25,20 +25,12 @@ def test_conv3x3(benchmark, name, B, Ci, Co, side, peak_gflops):
     w, b = torch.randn(Co, Ci, 3, 3, generator=g) / (9 * Ci) ** 0.5, torch.randn(Co, generator=g)
     x_cl, w_cl = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
     outs = {}
-
-    def run(label, fn):
-        def go():
-            with torch.no_grad():
-                outs[label] = fn()
-        return go
-
-    contenders = {BASELINE: run(BASELINE, lambda: F.conv2d(x, w, b, padding=1)),
-                  "F.conv2d channels_last": run("F.conv2d channels_last", lambda: F.conv2d(x_cl, w_cl, b, padding=1))}
+    contenders = {BASELINE: kept(outs, BASELINE, lambda: F.conv2d(x, w, b, padding=1)),
+                  "F.conv2d channels_last": kept(outs, "F.conv2d channels_last",
+                                                 lambda: F.conv2d(x_cl, w_cl, b, padding=1))}
     tiles = B * ((side + 1) // 2) ** 2
     f = 2 * 16 * tiles * Ci * Co / 1e9
-    compare(benchmark, run("fastar", lambda: fastar.ops.conv3x3(x, w, b)), contenders, baseline=BASELINE,
+    compare(benchmark, kept(outs, "fastar", lambda: fastar.ops.conv3x3(x, w, b)), contenders, baseline=BASELINE,
             rounds=3, op="conv3x3", gflop=f, fma_floor_ms=f / peak_gflops * 1e3)
     ref64 = F.conv2d(x.double(), w.double(), b.double(), padding=1)
-    ref_err = (outs[BASELINE] - ref64).abs().max().item()
-    benchmark.extra_info["note"] = "max error against float64 over F.conv2d NCHW's: " + ", ".join(
-        f"{k} {(v - ref64).abs().max().item() / ref_err:.2f}x" for k, v in outs.items())
+    benchmark.extra_info["note"] = error_note(outs, ref64, BASELINE, "F.conv2d NCHW's")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastar
-from benchmarks.harness import compare
+from benchmarks.harness import compare, error_note, kept
 from fastar.models.layers import linear_add, linear_gelu, onednn_inference
 from fastar.reference.mlp import mlp as reference
 
@@ -25,21 +25,12 @@ def test_mlp(benchmark, name, N, C, peak_gflops):
     w1, b1 = torch.randn(4 * C, C, generator=g) / C ** 0.5, torch.randn(4 * C, generator=g) * 0.1
     w2, b2 = torch.randn(C, 4 * C, generator=g) / (4 * C) ** 0.5, torch.randn(C, generator=g) * 0.1
     outs = {}
-
-    def run(label, fn):
-        def go():
-            with torch.no_grad():
-                outs[label] = fn()
-        return go
-
-    contenders = {BASELINE: run(BASELINE, lambda: reference(x, w1, b1, w2, b2, x))}
+    contenders = {BASELINE: kept(outs, BASELINE, lambda: reference(x, w1, b1, w2, b2, x))}
     if onednn_inference(x, w1, b1):
-        contenders["oneDNN GEMMs with GELU / add epilogues"] = run(
-            "oneDNN", lambda: linear_add(linear_gelu(x, w1, b1), w2, b2, x))
+        contenders["oneDNN GEMMs with GELU / add epilogues"] = kept(
+            outs, "oneDNN", lambda: linear_add(linear_gelu(x, w1, b1), w2, b2, x))
     f = 4 * N * C * 4 * C / 1e9
-    compare(benchmark, run("fastar", lambda: fastar.ops.mlp(x, w1, b1, w2, b2, x)), contenders, baseline=BASELINE,
-            rounds=5, op="mlp", gflop=f, fma_floor_ms=f / peak_gflops * 1e3)
+    compare(benchmark, kept(outs, "fastar", lambda: fastar.ops.mlp(x, w1, b1, w2, b2, x)), contenders,
+            baseline=BASELINE, rounds=5, op="mlp", gflop=f, fma_floor_ms=f / peak_gflops * 1e3)
     ref64 = reference(x.double(), w1.double(), b1.double(), w2.double(), b2.double(), x.double())
-    ref_err = (outs[BASELINE] - ref64).abs().max().item()
-    benchmark.extra_info["note"] = "max error against float64 over the torch backend's: " + ", ".join(
-        f"{k} {(v - ref64).abs().max().item() / ref_err:.2f}x" for k, v in outs.items())
+    benchmark.extra_info["note"] = error_note(outs, ref64, BASELINE, "the torch backend's")

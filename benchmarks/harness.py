@@ -14,6 +14,8 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
 import fastar
 
 
@@ -24,6 +26,21 @@ def save_samples(img_B3HW, name, nrow=8):
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     save_grid(img_B3HW, out / f"{name}.png", nrow=nrow)
+
+
+def kept(outs, label, fn):
+    """fn run without autograd, its result kept as outs[label] (for error_note)."""
+    def run():
+        with torch.no_grad():
+            outs[label] = fn()
+    return run
+
+
+def error_note(outs, ref64, baseline, what):
+    """Each kept result's max error against float64 over the baseline's (the tolerance rule's ratio)."""
+    ref_err = (outs[baseline] - ref64).abs().max().item()
+    return f"max error against float64 over {what}: " + ", ".join(
+        f"{k} {(v - ref64).abs().max().item() / ref_err:.2f}x" for k, v in outs.items())
 
 
 def _seconds(fn):
