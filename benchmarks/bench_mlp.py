@@ -12,8 +12,10 @@ from fastar.models.layers import linear_add, linear_gelu, onednn_inference
 from fastar.reference.mlp import mlp as reference
 
 # (name, rows, C): the stage's pixels times the batch, its width (hidden 4 C)
-SHAPES = [("HiT-256 64x64 stage, C 128, B 2", 2 * 64 * 64, 128), ("HiT-256 128x128 stage, C 64, B 2", 2 * 128 * 128, 64),
-          ("HiT-256 256x256 stage, C 64, B 2", 2 * 256 * 256, 64), ("HiT-1024 512x512 stage, C 32, B 1", 512 * 512, 32)]
+SHAPES = [("HiT-256 64x64 stage, C 128, B 2", 2 * 64 * 64, 128),
+          ("HiT-256 128x128 stage, C 64, B 2", 2 * 128 * 128, 64),
+          ("HiT-256 256x256 stage, C 64, B 2", 2 * 256 * 256, 64),
+          ("HiT-1024 512x512 stage, C 32, B 1", 512 * 512, 32)]
 BASELINE = "F.linear + F.gelu + F.linear + add (torch backend)"
 
 

@@ -396,6 +396,7 @@ def _check_mlp(device, shape):
     N, C, hidden, group = shape
     inputs = [_randn(N, C, seed=43), _randn(hidden, C, seed=44) / C ** 0.5, _randn(hidden, seed=45),
               _randn(C, hidden, seed=46) / hidden ** 0.5, _randn(C, seed=47)]
+
     def run(x, w1, b1, w2, b2):  # returned, written into a given out, with softmax groups
         return [fastar.ops.mlp(x, w1, b1, w2, b2, x), fastar.ops.mlp(x, w1, b1, w2, b2, x, out=torch.empty_like(x)),
                 fastar.ops.mlp(x, w1, b1, w2, b2, softmax_group=group)]
@@ -411,7 +412,8 @@ def _check_linear_weight_grad(device, shape):
                                     [_randn(M, N, seed=48), _randn(M, K, seed=49)], torch.float32, device))
 
 
-CPU_ONLY = {"conv3x3", "mlp", "linear_weight_grad"}  # ops with a CPU kernel only (no CUDA kernel to check on cuda or under simt)
+# ops with a CPU kernel only (no CUDA kernel to check on cuda or under simt)
+CPU_ONLY = {"conv3x3", "mlp", "linear_weight_grad"}
 
 
 def cases(quick):

@@ -1,7 +1,7 @@
 """mlp (a transformer MLP in one CPU kernel) against the float64 reference within the tolerance rule, at awkward
-shapes on every instruction set, with the GELU and with softmax groups (folded attention); into out, in place over its residual or x; strided rows; its declines (float64,
-autograd, backends without a kernel) run the torch formulation; opcheck; bad inputs named; HiT's narrow MLP blocks
-run it."""
+shapes on every instruction set, with the GELU and with softmax groups (folded attention); into out, in place over
+its residual or x; strided rows; its declines (float64, autograd, backends without a kernel) run the torch
+formulation; opcheck; bad inputs named. HiT's generator running it: tests/test_hit_model.py."""
 import warnings
 
 import pytest

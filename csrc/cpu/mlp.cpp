@@ -8,6 +8,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "cpu/isa.h"
@@ -61,7 +62,7 @@ void mlp_out(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, co
               has_res ? residual->data_ptr<float>() : nullptr, has_res ? residual->stride(0) : 0,
               y.data_ptr<float>(), y.stride(0), N, C, Hd, Co, hd_pad, co_pad, softmax_group};
   const int64_t blocks = (N + k.rows - 1) / k.rows;
-  const size_t scratch = size_t(k.rows * (hd_pad + C + 2 * co_pad)) + 16;  // + 16: room to align to 64 bytes
+  const size_t scratch = size_t(k.rows * (hd_pad + C + 2 * co_pad)) + 16;  // MlpIsa::forward's; + 16: to align
   at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
     static thread_local std::vector<float> buf;
     if (buf.size() < scratch) buf.resize(scratch);

@@ -22,9 +22,9 @@ constexpr int R = kVectorBytes == 64 ? 12 : 6;  // its rows: R V accumulators
 // for v >= 0, v e / 2 below, so the negative tail takes no cancellation (torch's float32 GELU, 1 + erf, loses its
 // relative accuracy there: in a diagnostic sweep ~1e5 half-ulps at v in [-5, -3], this formula ~30).
 //
-// gelu_vectors: N vectors in place, in lockstep: each vector's chain is ~40 dependent
-// operations (a division, two polynomials, the exponent's bits), so one at a time leaves the FMA units waiting on
-// latency (in a diagnostic run, applied per register tile it took 30% of a HiT MLP's time); 8 in flight hide it.
+// gelu_vectors: N vectors in place, in lockstep. Each vector's chain is ~40 dependent operations (a division, two
+// polynomials, the exponent's bits), so one at a time leaves the FMA units waiting on latency (in a diagnostic run,
+// applied per register tile it took 30% of a HiT MLP's time); 8 in flight hide it.
 template <int N>
 inline void gelu_vectors(float* h) {
   vec<float> v[N], z[N], t[N], p[N], q[N];
@@ -81,7 +81,8 @@ inline void tile(const float* a, int64_t lda, const float* b, int64_t K, const f
       for (int v = 0; v < V; ++v) store(&total[r][v * L], k0 ? load(&total[r][v * L]) + acc[r][v] : acc[r][v]);
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) acc[r][v] += K > kChunk ? load(&total[r][v * L]) + load(bias + v * L) : load(bias + v * L);
+    for (int v = 0; v < V; ++v)
+      acc[r][v] += K > kChunk ? load(&total[r][v * L]) + load(bias + v * L) : load(bias + v * L);
 }
 
 // Each g-long group of the hidden row h[0, Hd) -> its softmax (scores already scaled): vectors when L divides g.
@@ -127,7 +128,8 @@ void block(const Mlp& m, const float* x, int64_t ldx, const float* res, int64_t 
     tile(h, m.hd_pad, m.w2p + j * m.hd_pad, m.hd_pad, m.b2p + j, acc);
     if (j + NR <= m.Co) {
       for (int r = 0; r < R; ++r)
-        for (int v = 0; v < V; ++v) store(y + r * ldy + j + v * L, res ? acc[r][v] + load(res + r * ldr + j + v * L) : acc[r][v]);
+        for (int v = 0; v < V; ++v)
+          store(y + r * ldy + j + v * L, res ? acc[r][v] + load(res + r * ldr + j + v * L) : acc[r][v]);
     } else {  // the last panel, past Co
       for (int r = 0; r < R; ++r) {
         float o[NR];
@@ -146,14 +148,15 @@ void forward(const Mlp& m, int64_t begin, int64_t end, float* scratch) {
   if (r0 == end) return;
   // The last rows (fewer than R): through zero-padded copies.
   const int64_t n = end - r0;
-  float* xs = scratch + R * m.hd_pad;  // R C, then R Co for the result, then R Co for the residual
+  float* xs = scratch + R * m.hd_pad;  // R C, then R co_pad for the result, then R co_pad for the residual
   float* ys = xs + R * m.C;
   float* rs = ys + R * m.co_pad;
   std::memset(xs, 0, sizeof(float) * R * m.C);
   for (int64_t r = 0; r < n; ++r) std::memcpy(xs + r * m.C, m.x + (r0 + r) * m.ldx, sizeof(float) * m.C);
   if (m.residual) {
     std::memset(rs, 0, sizeof(float) * R * m.co_pad);
-    for (int64_t r = 0; r < n; ++r) std::memcpy(rs + r * m.co_pad, m.residual + (r0 + r) * m.ldr, sizeof(float) * m.Co);
+    for (int64_t r = 0; r < n; ++r)
+      std::memcpy(rs + r * m.co_pad, m.residual + (r0 + r) * m.ldr, sizeof(float) * m.Co);
   }
   block(m, xs, m.C, m.residual ? rs : nullptr, m.co_pad, ys, m.co_pad, scratch);
   for (int64_t r = 0; r < n; ++r) std::memcpy(m.y + (r0 + r) * m.ldy, ys + r * m.co_pad, sizeof(float) * m.Co);

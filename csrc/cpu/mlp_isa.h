@@ -27,7 +27,8 @@ struct Mlp {
 struct MlpIsa {
   int rows;  // rows of a register block
   int cols;  // columns of a register block and of the packed panels: two vectors
-  // Rows [begin, end) of y. scratch: rows * hd_pad floats, 64-byte aligned (the block's hidden activations).
+  // Rows [begin, end) of y. scratch: rows (hd_pad + C + 2 co_pad) floats, 64-byte aligned (the block's hidden
+  // activations; the last rows' zero-padded copies of x, y and the residual).
   void (*forward)(const Mlp& m, int64_t begin, int64_t end, float* scratch);
 };
 

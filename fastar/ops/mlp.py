@@ -2,7 +2,9 @@
 kernel (csrc/cpu/mlp.cpp, mlp_isa.cpp) that keeps each block of rows' hidden activations in the core's cache instead
 of writing them to memory and reading them back. It pays at the narrow widths of HiT's high-resolution stages (C 32
 to 128, millions of pixels), where a library GEMM with K = C runs well below its peak and the 4C-wide hidden
-activations are the bulk of the traffic; benchmarks/bench_mlp.py times it there."""
+activations are the bulk of the traffic; benchmarks/bench_mlp.py times it there. With softmax_group, a softmax over
+groups of hidden units replaces the GELU: attention to a few keys with its projections folded in (HiT's
+cross-attention to its 16 latents)."""
 import torch
 
 from fastar import _backend
@@ -34,12 +36,13 @@ def mlp(x, w1, b1, w2, b2, residual=None, out=None, *, softmax_group=0):
     scores and outputs are folded into w1, b1 and w2 (HiT's cross-attention: fastar/models/hit/generator.py).
 
     The CPU kernel computes a block of rows (12 on AVX-512, 6 on AVX2) at a time: its hidden activations in register
-    tiles of 2 vectors x the block's rows, GELU on the registers, into a scratch of the block's rows x hidden floats
-    (L1), then the second product, bias and residual into the output rows. K is summed in partial sums of 64 (its
-    float32 error is below torch's at HiT's widths: tests/test_mlp.py). GELU is Abramowitz and Stegun's erfc
-    formula, as oneDNN's GELU epilogue. It has no backward and no CUDA kernel (on a GPU cuBLASLt's GEMMs with a GELU
-    epilogue are the path): under autograd, in float64 and off the CPU the op runs the torch formulation, with a
-    one-time warning."""
+    tiles of 2 vectors x the block's rows into a scratch of the block's rows x hidden floats (L1), the GELU (or the
+    softmax groups) over that scratch, then the second product, bias and residual into the output rows. K is summed
+    in partial sums of 64 (its float32 error is below torch's at HiT's widths: tests/test_mlp.py). The GELU is exact,
+    by Numerical Recipes' erfc formula (relative error below 1.2e-7, none lost to cancellation in the negative tail),
+    8 vectors in lockstep. It has no backward and no CUDA kernel (on a GPU cuBLASLt's GEMMs with a GELU epilogue are
+    the path): under autograd, in float64 and off the CPU the op runs the torch formulation, with a one-time
+    warning."""
     name = "mlp"
     check_tensor(name, "x", x, min_dim=1, dtypes=_DTYPES)
     C = x.shape[-1]

@@ -14,8 +14,9 @@ Without autograd (sampling, evaluation) the same math runs in fewer passes over 
 the Dense layers that read it (BatchNorm.fold), q, k and v from one GEMM, the MLPs up to 128 wide in one kernel
 (fastar.ops.mlp: the hidden activations stay in cache), the cross-attention blocks as that kernel too (the query
 and output projections folded with the latents' keys and values, a softmax in place of the GELU:
-MultiAxisAttention.cross_folded), wider MLPs (and off the CPU backend the cross-attention) in row chunks of ~16 MB, residuals written over the block's own input, the Dense of a pixel shuffle before its copy and the
-next stage's position embedding added in that copy, SkipToRGB's upsampling as a broadcast. Fresh full-size tensors
+MultiAxisAttention.cross_folded), wider MLPs (and off the CPU backend the cross-attention) in row chunks of
+~16 MB, residuals written over the block's own input, the Dense of a pixel shuffle before its copy and the next
+stage's position embedding added in that copy, SkipToRGB's upsampling as a broadcast. Fresh full-size tensors
 (page faults on every allocation past glibc's mmap threshold) were 40% of a HiT-256 forward's CPU time. With
 autograd each BatchNorm runs as its module, then the Dense layers; the one QKV GEMM, the pixel shuffle's order and
 the broadcast upsampling stay.
@@ -143,8 +144,9 @@ def chunk_rows(width, x):
 
 
 # Widths up to which the MLP blocks run fastar.ops.mlp without autograd: on an AMD Zen 4, 2 threads, at HiT's stage
-# shapes it ran 1.7-1.9x (C 32, 64) and 1.05x (C 128) oneDNN's two GEMMs with their epilogues (benchmarks/bench_mlp.py,
-# whole stages; in 16 MB row chunks, as below, 1.2-1.6x at C 64), and ~1x at C 256 (a diagnostic script).
+# shapes it ran 1.16-2.52x (C 32, 64) and 1.10x (C 128) oneDNN's two GEMMs with their epilogues
+# (benchmarks/bench_mlp.py, whole stages; in 16 MB row chunks, as below, 1.2-1.6x at C 64), and ~1x at C 256 (a
+# diagnostic script).
 MLP_KERNEL_WIDTH = 128
 
 
