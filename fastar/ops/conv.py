@@ -3,10 +3,9 @@ Winograd F(2x2, 3x3) (csrc/cpu/conv.cpp, conv_isa.cpp): 4 C_in multiply-adds per
 transformed input and products of a block of output tiles kept in the thread's cache."""
 import torch
 
-from fastar import _backend
 from fastar.ops._checks import check_same_device, check_tensor
 from fastar.ops._prepared import prepared
-from fastar.ops._registry import Decline, kernel, op
+from fastar.ops._registry import cpu_inference_decline, kernel, op
 from fastar.reference import conv as reference
 from fastar.torch import conv as torch_impl
 
@@ -49,12 +48,11 @@ def conv3x3(x, weight, bias=None):
         check_same_device(name, x=x, weight=weight, bias=bias)
     else:
         check_same_device(name, x=x, weight=weight)
-    if _backend.active(x.device) != "cpu":  # the python backends run their formulation; cuda and simt have none
-        return x.device, Decline("conv3x3 has a CPU kernel only (cuDNN's convolutions are a GPU's fast path)")
-    if x.dtype != torch.float32:
-        return x.device, Decline(f"the CPU kernel takes float32, got {x.dtype}")
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-        return x.device, Decline("conv3x3 has no backward (an inference kernel); under autograd F.conv2d runs")
+    declined = cpu_inference_decline(name, x.device, x.dtype, (x, weight, bias),
+                                     gpu_path="cuDNN's convolutions are a GPU's fast path", autograd_path="F.conv2d")
+    if declined:
+        return x.device, declined
+
     def run(ops):
         u = prepared("conv3x3", weight, lambda w: ops.conv3x3_weights(w.contiguous()))
         return ops.conv3x3(x.contiguous(), u, None if bias is None else bias.contiguous(), weight.shape[0])

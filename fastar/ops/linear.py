@@ -3,9 +3,8 @@ the weight. Its kernels stream each weight row once per 4 rows of x (csrc/cpu/li
 with many rows a GEMM library is faster (fastar.models.layers.linear routes by row count)."""
 import torch
 
-from fastar import _backend
 from fastar.ops._checks import check_same_device, check_tensor
-from fastar.ops._registry import Decline, kernel, op
+from fastar.ops._registry import cpu_inference_decline, kernel, op
 from fastar.reference import linear as reference
 from fastar.torch import linear as torch_impl
 
@@ -84,12 +83,10 @@ def linear_weight_grad(grad, x):
     if grad.shape[:-1] != x.shape[:-1]:
         raise ValueError(f"{name}: grad {tuple(grad.shape)} and x {tuple(x.shape)} must share their leading dims")
     check_same_device(name, grad=grad, x=x)
-    if _backend.active(x.device) != "cpu":
-        return x.device, Decline("linear_weight_grad has a CPU kernel only (cuBLAS's GEMMs are a GPU's path)")
-    if x.dtype != torch.float32:
-        return x.device, Decline(f"the CPU kernel takes float32, got {x.dtype}")
-    if torch.is_grad_enabled() and (grad.requires_grad or x.requires_grad):
-        return x.device, Decline("linear_weight_grad has no backward; under autograd torch.mm runs")
+    declined = cpu_inference_decline(name, x.device, x.dtype, (grad, x), gpu_path="cuBLAS's GEMMs are a GPU's path",
+                                     autograd_path="torch.mm")
+    if declined:
+        return x.device, declined
 
     def rows(t):  # (M, width) with a unit stride, a view where the layout allows
         t = t.reshape(-1, t.shape[-1])

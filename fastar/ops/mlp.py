@@ -7,9 +7,8 @@ groups of hidden units replaces the GELU: attention to a few keys with its proje
 cross-attention to its 16 latents)."""
 import torch
 
-from fastar import _backend
 from fastar.ops._checks import check_same_device, check_tensor
-from fastar.ops._registry import Decline, kernel, op
+from fastar.ops._registry import cpu_inference_decline, kernel, op
 from fastar.reference import mlp as reference
 from fastar.torch import mlp as torch_impl
 
@@ -73,12 +72,11 @@ def mlp(x, w1, b1, w2, b2, residual=None, out=None, *, softmax_group=0):
             raise ValueError(f"mlp: out must be {(*x.shape[:-1], w2.shape[0])}, got {tuple(out.shape)}")
         tensors["out"] = out
     check_same_device(name, **tensors)
-    if _backend.active(x.device) != "cpu":  # the python backends run their formulation; cuda and simt have none
-        return x.device, Decline("mlp has a CPU kernel only (cuBLASLt's GEMMs with a GELU epilogue are a GPU's path)")
-    if x.dtype != torch.float32:
-        return x.device, Decline(f"the CPU kernel takes float32, got {x.dtype}")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors.values() if t is not out):
-        return x.device, Decline("mlp has no backward (an inference kernel); under autograd the torch ops run")
+    declined = cpu_inference_decline(name, x.device, x.dtype, [t for t in tensors.values() if t is not out],
+                                     gpu_path="cuBLASLt's GEMMs with a GELU epilogue are a GPU's path",
+                                     autograd_path="the torch ops")
+    if declined:
+        return x.device, declined
 
     def rows(t):  # (N, width) with unit column stride, a view where the layout allows
         t = t.reshape(-1, t.shape[-1])
@@ -89,9 +87,8 @@ def mlp(x, w1, b1, w2, b2, residual=None, out=None, *, softmax_group=0):
                 None if residual is None else rows(residual), softmax_group)
         if out is None:
             return ops.mlp(*args).view(*x.shape[:-1], w2.shape[0])
-        o = out.view(-1, w2.shape[0]) if out.is_contiguous() else None  # rows of out itself, or a copy back
-        if o is None or o.data_ptr() != out.data_ptr():
+        if not out.is_contiguous():  # written through a copy
             return out.copy_(ops.mlp(*args).view(out.shape))
-        ops.mlp.out(*args, out=o)
+        ops.mlp.out(*args, out=out.view(-1, w2.shape[0]))
         return out
     return x.device, run

@@ -145,8 +145,8 @@ def chunk_rows(width, x):
 
 # Widths up to which the MLP blocks run fastar.ops.mlp without autograd: on an AMD Zen 4, 2 threads, at HiT's stage
 # shapes it ran 1.16-2.52x (C 32, 64) and 1.10x (C 128) oneDNN's two GEMMs with their epilogues
-# (benchmarks/bench_mlp.py, whole stages; in 16 MB row chunks, as below, 1.2-1.6x at C 64), and ~1x at C 256 (a
-# diagnostic script).
+# (benchmarks/bench_mlp.py, whole stages); in diagnostic scripts, 1.2-1.6x at C 64 in 16 MB row chunks (as below)
+# and ~1x at C 256.
 MLP_KERNEL_WIDTH = 128
 
 
