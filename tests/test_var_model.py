@@ -134,6 +134,24 @@ def test_training_step_reaches_every_parameter():
     assert [n for n, p in var.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
 
 
+def test_fused_qk_normalization_gradients():
+    """The training path's _UnitQKV (q, k normalized, gradients written into qkv's): gradcheck in float64, and its
+    values and gradients equal to the official formulation's (F.normalize(q) * scale, F.normalize(k), v)."""
+    from fastar.models.var.basic_var import _UnitQKV
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(2, 5, 3, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    scale = (torch.rand(1, 3, 1, 1, generator=g, dtype=torch.float64) * 3 + 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(_UnitQKV.apply, (qkv, scale))
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    official = (F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1), v)
+    fused = _UnitQKV.apply(qkv, scale)
+    cot = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in official]
+    for a, b in zip(fused, official):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(fused, (qkv, scale), cot), torch.autograd.grad(official, (qkv, scale), cot)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_vqvae_training_forward():
     vae, _ = tiny()
     vae.train().requires_grad_(True)

@@ -338,21 +338,36 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Te
 //   P = exp(S - lse), dV += P^T dO, dP = dO V^T, dS = P * (dP - delta), dQ += scale dS K, dK += scale dS^T Q
 // dk, dv (B, H, Lk, D) per query head; the caller sums the heads that share a key head.
 template <class T, class Plan>
-void backward(Heads<T> q, Heads<T> k, Heads<T> v, Heads<T> dout, const T* lse, const T* delta, const Plan& plan,
+void backward(Heads<T> q, Heads<T> k, Heads<T> v, Heads<T> dout, const T* lse, const T* out, const Plan& plan,
               const Dims& d, T scale, T* dq, T* dk, T* dv) {
   const int64_t group = d.H / d.Hk;
   const int D = int(d.D), n_blocks = int(plan.blocks.size());
   const auto& kern = micro<T>();
   at::parallel_for(0, d.B * d.H, 1, [&](int64_t begin, int64_t end) {
     const blas::SerialScope serial_blas;
-    std::vector<T> P(Plan::kMaxRows * row_ld(Plan::kMaxCols)), dS(P.size());
+    std::vector<T> P(Plan::kMaxRows * row_ld(Plan::kMaxCols)), dS(P.size()), delta(d.Lq);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / d.H, h = bh % d.H;
       const T *Q = q.at(b, h), *K = k.at(b, h / group), *V = v.at(b, h / group), *dO = dout.at(b, h);
       T *dQ = dq + bh * d.Lq * D, *dK = dk + bh * d.Lk * D, *dV = dv + bh * d.Lk * D;
+      // this head's gradients are summed into from zero here, in the thread that writes them (no zeroing pass
+      // before the kernel), and its rowsum(dout * out) taken while the rows are read anyway
+      std::fill(dQ, dQ + d.Lq * D, T(0));
+      std::fill(dK, dK + d.Lk * D, T(0));
+      std::fill(dV, dV + d.Lk * D, T(0));
+      const T* O = out + bh * d.Lq * D;
+      for (int64_t r = 0; r < d.Lq; ++r) {
+        T acc[4] = {0, 0, 0, 0};
+        const T *a = dO + r * D, *o = O + r * D;
+        int c = 0;
+        for (; c + 4 <= D; c += 4)
+          for (int j = 0; j < 4; ++j) acc[j] += a[c + j] * o[c + j];
+        for (; c < D; ++c) acc[0] += a[c] * o[c];
+        delta[r] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+      }
       for (int blk = 0; blk < n_blocks; ++blk) {
         const int q0 = plan.blocks[blk].r0, rows = plan.blocks[blk].r1 - q0;
-        const T *lse_rows = lse + bh * d.Lq + q0, *delta_rows = delta + bh * d.Lq + q0;
+        const T *lse_rows = lse + bh * d.Lq + q0, *delta_rows = delta.data() + q0;
         plan.runs(int(b), blk, 0, 1, [&](int k0, int k1, auto mask) {
           const int cols = k1 - k0, ld = row_ld(cols);
           scores<T>(Q + q0 * q.sl, int(q.sl), K, int(k.sl), rows, k0, k1, D, scale, P.data(), ld);
@@ -539,17 +554,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
     dv = dv.view({d.B, d.Hk, d.H / d.Hk * chunks, d.Lk, d.D}).sum(2);
   } else if (tiny) {
     std::tie(dq, dk, dv) = attention_tiny_bwd(dOc, qc, kc, vc, lsec, mask, scale);
-  } else {
+  } else if (d.Lk == 0 || qc.numel() == 0) {  // nothing for backward() to write
     dq = at::zeros(qc.sizes(), qc.options());
     dk = at::zeros({d.B, d.H, d.Lk, d.D}, qc.options());
     dv = at::zeros({d.B, d.H, d.Lk, d.D}, qc.options());
+  } else {  // zeroed head by head inside backward()
+    dq = at::empty(qc.sizes(), qc.options());
+    dk = at::empty({d.B, d.H, d.Lk, d.D}, qc.options());
+    dv = at::empty({d.B, d.H, d.Lk, d.D}, qc.options());
   }
   if (!tiny && dq.numel() > 0 && d.Lk > 0) {
-    const at::Tensor delta = (dOc * out.to(dt)).sum(-1).contiguous();  // (B, H, Lq) rowsum(dout * out)
+    const at::Tensor outc = out.to(dt).contiguous();  // (B, H, Lq, D), as dout
     AT_DISPATCH_FLOATING_TYPES(dt, "attention_bwd", [&] {
       auto run = [&](const auto& plan) {
         backward<scalar_t>(heads<scalar_t>(qc), heads<scalar_t>(kc), heads<scalar_t>(vc), heads<scalar_t>(dOc),
-                           lsec.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), plan, d, scalar_t(scale),
+                           lsec.data_ptr<scalar_t>(), outc.data_ptr<scalar_t>(), plan, d, scalar_t(scale),
                            dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>());
       };
       if (prefix_mask(mask)) return run(PrefixPlan(mask, d));

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import fastar
+from fastar import _backend
 from fastar.models.layers import Linear, linear, linear_gelu
 
 
@@ -43,6 +44,43 @@ def unit(x, s, out=None):
     return out.copy_(x * f) if torch.compiler.is_compiling() else torch.mul(x, f, out=out)
 
 
+def official_formulation(x):
+    """Whether the torch or reference backend is active for x's device: the official code's elementwise passes run
+    (what the benchmarks compare against), not the fused ones below."""
+    return _backend.active(x.device) in _backend.PYTHON_BACKENDS
+
+
+class _UnitQKV(torch.autograd.Function):
+    """(unit(q, scale_mul), unit(k, 1), v) from qkv (B, L, 3, H, D) under autograd, q and k laid out (B, H, L, D) and
+    v a view of qkv. The backward writes d q, d k and d v straight into qkv's gradient: autograd's own (the products'
+    and the norms' gradients, summed, then unbind's copy of the three) made ~7 passes over each and fresh tensors
+    for most (VAR-d16, B 8: ~3 s of a 47 s training step)."""
+
+    @staticmethod
+    def forward(ctx, qkv, scale_mul):
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        fq = scale_mul / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-12)  # (B, H, L, 1)
+        fk = 1.0 / torch.linalg.vector_norm(k, dim=-1, keepdim=True).clamp_min(1e-12)
+        qn, kn = q * fq, k * fk
+        ctx.save_for_backward(qn, kn, fq, fk, scale_mul)
+        return qn, kn, v
+
+    @staticmethod
+    def backward(ctx, gq, gk, gv):
+        qn, kn, fq, fk, scale_mul = ctx.saved_tensors
+        dqkv = torch.empty(qn.shape[0], qn.shape[2], 3, qn.shape[1], qn.shape[3], dtype=qn.dtype, device=qn.device)
+        dq, dk, dv = dqkv.permute(2, 0, 3, 1, 4).unbind(0)
+        # y = s x / |x|: d x = f (g - y <g, y> / s^2) with f = s / |x|; d s = <g, y> / s summed over B, L
+        dot_q = torch.mul(gq, qn, out=dq).sum(-1, keepdim=True)
+        dot_k = torch.mul(gk, kn, out=dk).sum(-1, keepdim=True)
+        s2 = scale_mul * scale_mul
+        torch.mul(gq, fq, out=dq).addcmul_(qn, fq * dot_q / s2, value=-1.0)
+        torch.mul(gk, fk, out=dk).addcmul_(kn, fk * dot_k, value=-1.0)
+        dv.copy_(gv)
+        d_scale = dot_q.sum((0, 2), keepdim=True) / scale_mul if ctx.needs_input_grad[1] else None
+        return dqkv, d_scale
+
+
 class SelfAttention(nn.Module):
     """Cosine attention: q and k are L2-normalized and q is scaled by a learned per-head temperature exp(s_h),
     s_h <= log 100, so logits are bounded (VAR's attn_l2_norm, on in every released model)."""
@@ -65,7 +103,9 @@ class SelfAttention(nn.Module):
         qkv = linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D), strided views of qkv
         scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
-        if cache is None:
+        if cache is None and torch.is_grad_enabled() and qkv.requires_grad and not official_formulation(qkv):
+            o = attention(*_UnitQKV.apply(qkv, scale_mul), mask, scale=1.0)
+        elif cache is None:
             o = attention(unit(q, scale_mul), unit(k, 1.0), v, mask, scale=1.0)
         else:  # inference (no autograd): q laid out contiguously, k and v written into the cache in place
             k_slot, v_slot = cache.append(L)
@@ -120,12 +160,16 @@ class AdaLNSelfAttn(nn.Module):
         return self._residual(x_BLC, self.ffn(modulate(self.ln_wo_grad(x_BLC), scale2, shift2).to(dtype)), gamma2)
 
     def _residual(self, x_BLC, h_BLC, gamma_B1C):
-        """x + drop_path(gamma h), one pass unless stochastic depth drops branches per sample (then rescales the
-        kept ones; training only)."""
+        """x + drop_path(gamma h): stochastic depth (training only) drops branches per sample and rescales the kept
+        ones. One pass over x and h, the factors multiplied on the small (B, 1, C) tensor; on the torch and reference
+        backends the official code's three passes (h gamma, times the kept samples' factor, plus x)."""
         if not self.training or self.drop_path == 0:
             return torch.addcmul(x_BLC, h_BLC, gamma_B1C)
         keep = torch.empty(h_BLC.shape[0], 1, 1, device=h_BLC.device).bernoulli_(1 - self.drop_path)
-        return x_BLC + h_BLC * gamma_B1C * keep / (1 - self.drop_path)
+        keep = keep / (1 - self.drop_path)
+        if official_formulation(x_BLC):
+            return x_BLC + h_BLC * gamma_B1C * keep
+        return torch.addcmul(x_BLC, h_BLC, gamma_B1C * keep)
 
 
 def modulate(x_BLC, scale_B1C, shift_B1C):
