@@ -58,9 +58,11 @@ def test_vq_nearest(benchmark, shape, peak_gflops):
 
     ours = fastar.ops.vq_nearest(x, codebook)
     agree = {name: (fn() == ours).float().mean().item() for name, fn in contenders.items()}
-    flops = 2 * N * K * D
+    flops = 2 * N * K * D  # every code scored for every row: the sweep's work
+    tree = {"share_of": SWEEP, "share_note": "fastar's k-d tree scores only the codes that could be nearest, fewer "
+            "than this count"} if SWEEP in contenders else {}
     compare(benchmark, lambda: fastar.ops.vq_nearest(x, codebook), contenders, baseline=BASELINE, op="vq_nearest",
-            shape=shape, agreement=agree, gflop=flops / 1e9, fma_floor_ms=flops / peak_gflops / 1e6)
+            shape=shape, agreement=agree, gflop=flops / 1e9, fma_floor_ms=flops / peak_gflops / 1e6, **tree)
 
 
 # ---- VAR's multi-scale residual quantization at VAR-d16's shapes (issue 4), and the 512 px schedule ----

@@ -21,6 +21,18 @@ def test_share_of_peak_over_100_percent_says_the_peak_is_wrong():
     assert "avx2: 8-float vectors x 12 FMA chains per thread, 1 threads" in md
 
 
+def test_share_of_peak_of_the_contender_doing_every_flop():
+    """Where fastar skips work the GFLOP count includes (vq_nearest's k-d tree), the share is the full sweep's, and
+    fastar's faster time is not reported as a wrong peak."""
+    run = run_json(fastar_ms=100.0, floor_ms=150.0)
+    e = run["benchmarks"][0]["extra_info"]
+    e.update({"share_of": "torch backend", "share_note": "fastar prunes"})
+    md = report.render(run)
+    assert "torch backend reaches 50% of peak); fastar prunes" in md and "peak is wrong" not in md
+    e["torch backend"]["min_ms"] = 120.0
+    assert "torch backend ran faster than the measured FMA peak allows" in report.render(run)
+
+
 def test_parts_are_shares_of_fastar_not_contenders():
     e = run_json()["benchmarks"][0]["extra_info"]
     assert report.breakdowns(e) == {"fastar": {"Phi convs": 0.25, "other": 0.75}}
