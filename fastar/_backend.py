@@ -47,9 +47,13 @@ def check_bf16_gemm(op: str, device):
         return
     if os.environ.get("FASTAR_EMULATED_BF16") == "1":
         return
-    raise RuntimeError(f"{op}: precision='bf16' needs AMX-BF16 or AVX512-BF16 instructions, which this CPU lacks "
-                       f"(kernels run {build_info().get('cpu_isa')}); bf16 GEMMs would be emulated and slower "
-                       f"than float32 here, so the mode is declined: use precision='fp32'")
+    info = build_info()
+    cap = "ONEDNN_MAX_CPU_ISA" if info.get("cpu_bf16_gemm") == "onednn" else "MKL_ENABLE_INSTRUCTIONS"
+    lacks = (f"which {info.get('cpu_bf16_gemm')} (the bf16 GEMM library) may not use under {cap}={os.environ[cap]}"
+             if os.environ.get(cap) else "which this CPU lacks")
+    raise RuntimeError(f"{op}: precision='bf16' needs AMX-BF16 or AVX512-BF16 instructions, {lacks} (kernels run "
+                       f"{info.get('cpu_isa')}); bf16 GEMMs would be emulated and slower than float32 here, so the "
+                       f"mode is declined: use precision='fp32'")
 
 
 def _require_C(fn):

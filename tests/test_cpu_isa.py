@@ -34,3 +34,21 @@ def test_default_isa_per_family():
 def test_named_isa_runs_every_family(isa):
     run_with_cpu_isa(isa, "import fastar; info = fastar.build_info();"
                           f"assert (info['cpu_isa'], info['cpu_isa_avx2_families']) == ('{isa}', ''), info")
+
+
+@pytest.mark.parametrize("library", ["onednn", "mkl"])
+def test_bf16_instructions_within_the_gemm_librarys_cap(monkeypatch, library):
+    """build_info()["cpu_bf16"]: the CPU's bf16 instructions (/proc/cpuinfo), none where the library running the bf16
+    GEMMs is capped below them (ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS: its products would be emulated)."""
+    monkeypatch.setenv("FASTAR_BF16_GEMM", library)
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(var, raising=False)
+    flags = cpuinfo()[2]
+    best = "amx-bf16" if "amx_bf16" in flags else "avx512-bf16" if "avx512_bf16" in flags else ""
+    assert fastar.build_info()["cpu_bf16"] == best
+    cap = "ONEDNN_MAX_CPU_ISA" if library == "onednn" else "MKL_ENABLE_INSTRUCTIONS"
+    below, with_bf16 = ("avx512_core_vnni", "AVX512_CORE_BF16") if library == "onednn" else ("AVX512_E2", "AVX512_E3")
+    monkeypatch.setenv(cap, below)
+    assert fastar.build_info()["cpu_bf16"] == ""
+    monkeypatch.setenv(cap, with_bf16)  # AVX512-BF16 but no AMX
+    assert fastar.build_info()["cpu_bf16"] == ("avx512-bf16" if "avx512_bf16" in flags else "")

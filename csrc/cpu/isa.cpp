@@ -2,10 +2,13 @@
 
 #include <cpuid.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace fastar::cpu {
 
@@ -90,10 +93,25 @@ const Isa& isa() {
 
 const char* avx2_families() { return &isa() == &zen4() ? kZen4Avx2Families : ""; }
 
-const char* bf16_gemm_isa() {
+const char* bf16_gemm_isa(const char* library) {
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("amx-bf16")) return "amx-bf16";
-  if (__builtin_cpu_supports("avx512bf16")) return "avx512-bf16";
+  bool amx = __builtin_cpu_supports("amx-bf16"), avx512 = __builtin_cpu_supports("avx512bf16");
+  // the library's cap, as its documentation names the levels: below these, its bf16 products are emulated
+  const bool onednn = std::strcmp(library, "onednn") == 0;
+  const char* cap = std::getenv(onednn ? "ONEDNN_MAX_CPU_ISA" : "MKL_ENABLE_INSTRUCTIONS");
+  if (onednn && cap == nullptr) cap = std::getenv("DNNL_MAX_CPU_ISA");
+  if (cap != nullptr) {
+    std::string c(cap);
+    for (char& ch : c) ch = char(std::toupper(static_cast<unsigned char>(ch)));
+    const bool all = c.empty() || c == "ALL" || c == "DEFAULT";
+    const std::vector<std::string> no_bf16 = onednn
+        ? std::vector<std::string>{"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+        : std::vector<std::string>{"SSE4_2", "AVX", "AVX2", "AVX2_E1", "AVX512", "AVX512_E1", "AVX512_E2"};
+    amx = amx && (all || c.find(onednn ? "AMX" : "AVX512_E4") != std::string::npos);
+    avx512 = avx512 && std::find(no_bf16.begin(), no_bf16.end(), c) == no_bf16.end();
+  }
+  if (amx) return "amx-bf16";
+  if (avx512) return "avx512-bf16";
   return "";
 }
 

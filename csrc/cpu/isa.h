@@ -40,9 +40,11 @@ const Isa& isa();
 // fastar.build_info()["cpu_isa_avx2_families"].
 const char* avx2_families();
 
-// The bfloat16 matrix-product instructions of this CPU, best first: "amx-bf16", "avx512-bf16", or "" when it has
-// neither (bf16 products then run emulated, slower than float32): fastar.build_info()["cpu_bf16"].
-const char* bf16_gemm_isa();
+// The bfloat16 matrix-product instructions the bf16 GEMMs of `library` ("onednn" or "mkl") run here, best first:
+// "amx-bf16", "avx512-bf16", or "" when there are none (bf16 products then run emulated, slower than float32): the
+// CPU's, within the library's own cap (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS; e.g. AVX2 leaves none):
+// fastar.build_info()["cpu_bf16"].
+const char* bf16_gemm_isa(const char* library);
 
 // "intel", "amd" or "other" (cpuid's vendor): which GEMM library runs fastest here (blas::bf16_gemm_library,
 // fastar._backend.fp32_linear_library): MKL takes its AVX2 / bf16-less paths on CPUs not made by Intel.

@@ -23,7 +23,7 @@ PYBIND11_MODULE(_C, m) {
     info["cuda_archs"] = FASTAR_CUDA_ARCHS;
     info["cpu_isa"] = fastar::cpu::isa().name;
     info["cpu_isa_avx2_families"] = fastar::cpu::avx2_families();
-    info["cpu_bf16"] = fastar::cpu::bf16_gemm_isa();
+    info["cpu_bf16"] = fastar::cpu::bf16_gemm_isa(fastar::cpu::blas::bf16_gemm_library());
     info["cpu_vendor"] = fastar::cpu::cpu_vendor();
     info["cpu_bf16_gemm"] = fastar::cpu::blas::bf16_gemm_library();
     info["cpu_fp32_gemm"] = fastar::cpu::blas::fp32_gemm_library();
