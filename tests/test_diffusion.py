@@ -1,4 +1,6 @@
 """diffusion_sample (MAR's diffusion-head p_sample_loop) on every backend against the float64 reference."""
+import os
+
 import pytest
 import torch
 
@@ -84,6 +86,16 @@ def test_diffusion_sample_cuda_graph(backend):
     _cuda_graph.clear()
 
 
+def onednn_takes_f32_matmul():
+    """Whether torch's oneDNN matmul runs float32 products on this CPU: only where oneDNN has bf16 support (AVX-512
+    BW/VL/DQ or AVX-NE-CONVERT, /proc/cpuinfo) within the ONEDNN_MAX_CPU_ISA cap; AVX2-only CPUs get MKL."""
+    flags = set(next((ln.split(":")[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), []))
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).upper()
+    capped = cap in ("SSE41", "AVX", "AVX2", "AVX2_VNNI")
+    return (torch.backends.mkldnn.is_available() and not capped
+            and ({"avx512bw", "avx512vl", "avx512dq"} <= flags or "avx_ne_convert" in flags))
+
+
 @pytest.mark.parametrize("library", ["mkl", "onednn"])
 def test_diffusion_sample_rows_over_threads(monkeypatch, capfd, library):
     """Enough rows (N W^2 >= 2^22 multiply-adds per GEMM) for the CPU loop to split its row passes over the threads
@@ -92,7 +104,8 @@ def test_diffusion_sample_rows_over_threads(monkeypatch, capfd, library):
     N, threads = 2 * 2000, torch.get_num_threads()
     z = torch.randn(N, Z, generator=torch.Generator().manual_seed(3))
     monkeypatch.setenv("FASTAR_FP32_GEMM", library)
-    assert fastar.build_info()["cpu_fp32_gemm"] == library
+    ran = library if onednn_takes_f32_matmul() else "mkl"  # AVX2-only CPUs: MKL either way
+    assert fastar.build_info()["cpu_fp32_gemm"] == ran
     torch.set_num_threads(2)
     capfd.readouterr()
     try:
@@ -101,7 +114,7 @@ def test_diffusion_sample_rows_over_threads(monkeypatch, capfd, library):
     finally:
         torch.set_num_threads(threads)
     assert fastar.last_backend("diffusion_sample") == "cpu"
-    assert ("exec,cpu,matmul" in capfd.readouterr().out) == (library == "onednn")
+    assert ("exec,cpu,matmul" in capfd.readouterr().out) == (ran == "onednn")
     assert_close("diffusion_sample", out, ref64, ref32)
 
 
@@ -235,7 +248,8 @@ def test_gemm_library_choice(monkeypatch):
     info = fastar.build_info()
     assert info["cpu_bf16_gemm"] == ("mkl" if vendor == "GenuineIntel" else "onednn")
     fp32 = "mkl" if vendor == "GenuineIntel" or not torch.backends.mkldnn.is_available() else "onednn"
-    assert info["cpu_fp32_gemm"] == fp32 == fastar._backend.fp32_linear_library()
+    assert fastar._backend.fp32_linear_library() == fp32  # the models' Linear layers (oneDNN's inner product)
+    assert info["cpu_fp32_gemm"] == (fp32 if onednn_takes_f32_matmul() else "mkl")  # mm_f32 (oneDNN's matmul)
     for var in ("FASTAR_BF16_GEMM", "FASTAR_FP32_GEMM"):
         monkeypatch.setenv(var, "openblas")
         with pytest.raises(RuntimeError, match=f"{var} must be mkl or onednn, got openblas"):

@@ -32,7 +32,9 @@ void mm_f32(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
 
 // The library mm_f32 calls: "mkl" on Intel CPUs, "onednn" on the others where torch has oneDNN: MKL's sgemm takes
 // its AVX2 path on CPUs not made by Intel (fastar._backend.fp32_linear_library makes the same choice for the
-// models' Linear layers). FASTAR_FP32_GEMM=mkl|onednn picks one.
+// models' Linear layers). FASTAR_FP32_GEMM=mkl|onednn picks one. "mkl" wherever torch's oneDNN matmul refuses float32:
+// it runs float32 only where oneDNN has bf16 support (AVX-512 BW/VL/DQ or AVX-NE-CONVERT, within ONEDNN_MAX_CPU_ISA),
+// so on AVX2-only CPUs (their Linear layers stay on oneDNN's inner product, which has no such limit).
 const char* fp32_gemm_library();
 
 // Keeps the BLAS on the calling thread for the scope: inside at::parallel_for each tile product must stay on its

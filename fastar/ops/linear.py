@@ -72,8 +72,9 @@ def linear_weight_grad(grad, x):
     input was x and whose output's gradient is grad, float32 (float64 on the reference and torch backends).
 
     On the CPU the product runs on the float32 GEMM library of fastar.build_info()["cpu_fp32_gemm"]: oneDNN's matmul
-    (reading grad transposed in place) on CPUs not made by Intel, where torch.mm (what F.linear's autograd runs) takes
-    MKL's AVX2 path: on an AMD Zen 4, 2 threads, 1.02-1.23x torch.mm at HiT's, VAR's and DALL-E's training
+    (reading grad transposed in place) on CPUs not made by Intel that have AVX-512 (torch's oneDNN matmul refuses
+    float32 on AVX2-only CPUs: MKL there), where torch.mm (what F.linear's autograd runs) takes MKL's AVX2 path: on an
+    AMD Zen 4, 2 threads, 1.02-1.23x torch.mm at HiT's, VAR's and DALL-E's training
     shapes (benchmarks/bench_linear.py). fastar.models.layers.linear's backward uses it. It has no backward and no CUDA
     kernel (cuBLAS is a GPU's path): under autograd, in float64 and off the CPU the op runs torch.mm, with a one-time
     warning."""
