@@ -139,7 +139,7 @@ void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
 // Whether oneDNN's matmul takes float32 products here. torch's mkldnn_matmul runs them only where oneDNN has bf16
 // support (AVX-512 BW/VL/DQ or AVX-NE-CONVERT, within ONEDNN_MAX_CPU_ISA) and raises on AVX2-only CPUs, so one 1 x 1
 // product is tried, once.
-bool onednn_f32_matmul() {
+static bool onednn_f32_matmul() {
   static const bool ok = [] {
     if (!at::hasMKLDNN() || mkldnn_matmul_symbol() == nullptr) return false;
     try {

@@ -104,9 +104,10 @@ const char* bf16_gemm_isa(const char* library) {
     std::string c(cap);
     for (char& ch : c) ch = char(std::toupper(static_cast<unsigned char>(ch)));
     const bool all = c.empty() || c == "ALL" || c == "DEFAULT";
-    const std::vector<std::string> no_bf16 = onednn
-        ? std::vector<std::string>{"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
-        : std::vector<std::string>{"SSE4_2", "AVX", "AVX2", "AVX2_E1", "AVX512", "AVX512_E1", "AVX512_E2"};
+    using Names = std::vector<std::string>;
+    const Names no_bf16 = onednn ? Names{"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                                         "AVX512_CORE_VNNI"}
+                                 : Names{"SSE4_2", "AVX", "AVX2", "AVX2_E1", "AVX512", "AVX512_E1", "AVX512_E2"};
     amx = amx && (all || c.find(onednn ? "AMX" : "AVX512_E4") != std::string::npos);
     avx512 = avx512 && std::find(no_bf16.begin(), no_bf16.end(), c) == no_bf16.end();
   }
