@@ -7,6 +7,7 @@ import math
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 
 import fastar
 from fastar import _backend
@@ -66,6 +67,7 @@ class _UnitQKV(torch.autograd.Function):
         return qn, kn, v
 
     @staticmethod
+    @once_differentiable  # its out= products record no graph
     def backward(ctx, gq, gk, gv):
         qn, kn, fq, fk, scale_mul = ctx.saved_tensors
         dqkv = torch.empty(qn.shape[0], qn.shape[2], 3, qn.shape[1], qn.shape[3], dtype=qn.dtype, device=qn.device)
