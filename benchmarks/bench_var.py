@@ -8,6 +8,7 @@ contender runs once (no warm-up round; the report says so): ~10 minutes for the 
 Knobs (environment): FASTAR_BENCH_VAR_DEPTH (16), FASTAR_BENCH_VAR_B (4, the sampling batch) and
 FASTAR_BENCH_VAR_TRAIN_B (8, the training step's batch; the main command runs 4) size a quick check,
 FASTAR_BENCH_VAR_DECODE_ROUNDS (2; the main command runs 1) the VQVAE decode's rounds;
+FASTAR_BENCH_VAR_TRAIN_ROUNDS (1) the training step's interleaved rounds (more than 1: after a warm-up round of each);
 FASTAR_BENCH_VAR_ORACLE=1 adds the float64-capable reference ops as an extra column (slow)."""
 import os
 import time
@@ -28,6 +29,7 @@ from fastar.models.var import var as var_module
 DEPTH = int(os.environ.get("FASTAR_BENCH_VAR_DEPTH", "16"))
 B_SAMPLE, ROUNDS = int(os.environ.get("FASTAR_BENCH_VAR_B", "4")), 1
 B_TRAIN = int(os.environ.get("FASTAR_BENCH_VAR_TRAIN_B", "8"))
+TRAIN_ROUNDS = int(os.environ.get("FASTAR_BENCH_VAR_TRAIN_ROUNDS", "1"))
 B_VQVAE = {"encode": 1, "decode": 4}  # decode: issue 17's batch; a B = 4 decode takes ~10 s here
 DECODE_ROUNDS = int(os.environ.get("FASTAR_BENCH_VAR_DECODE_ROUNDS", "2"))
 ORACLE = os.environ.get("FASTAR_BENCH_VAR_ORACLE") == "1"
@@ -156,7 +158,8 @@ def test_var_d16_train_step(benchmark, d16):
         logits_BLV = var(label_B, x_BLCv)
         F.cross_entropy(logits_BLV.flatten(0, 1), gt_BL.flatten()).backward()
 
-    compare(benchmark, step, contenders(lambda _: step), baseline=BASELINE, rounds=ROUNDS, warmup=0, op="attention")
+    compare(benchmark, step, contenders(lambda _: step), baseline=BASELINE, rounds=TRAIN_ROUNDS,
+            warmup=int(TRAIN_ROUNDS > 1), op="attention")
     var.zero_grad(set_to_none=True)
 
 

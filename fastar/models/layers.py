@@ -15,6 +15,12 @@ def rng_device(generator):
     return generator.device if generator is not None else torch.device("cpu")
 
 
+def fast_path(x) -> bool:
+    """Whether the models run fastar's fused formulation on x: fastar's kernels are active for its device (not the
+    torch or reference backend, which run the official formulation the benchmarks compare against)."""
+    return _backend.active(x.device) not in _backend.PYTHON_BACKENDS
+
+
 def onednn_declines(x, weight, bias=None):
     """Why `linear` runs F.linear rather than oneDNN for these arguments, or None when oneDNN runs."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastar import _backend
-from fastar.models.layers import conv3x3
+from fastar.models.layers import conv3x3, fast_path
 from fastar.ops._prepared import prepared
 
 
@@ -185,12 +185,6 @@ def _decode(dec, z):
         if hasattr(level, "upsample"):
             h = level.upsample(h)
     return _conv(dec.conv_out, _norm_silu(dec.norm_out, h, fast_path(z)))
-
-
-def fast_path(x) -> bool:
-    """Whether the decoder runs its fast path on x: where fastar's kernels are active (not under the torch or
-    reference backend, which run the official formulation)."""
-    return _backend.active(x.device) not in _backend.PYTHON_BACKENDS
 
 
 def _conv(conv, x):

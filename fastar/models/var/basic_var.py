@@ -10,8 +10,7 @@ import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
 import fastar
-from fastar import _backend
-from fastar.models.layers import Linear, linear, linear_gelu
+from fastar.models.layers import Linear, fast_path, linear, linear_gelu
 
 
 def attention(q, k, v, mask=None, *, scale):
@@ -45,17 +44,11 @@ def unit(x, s, out=None):
     return out.copy_(x * f) if torch.compiler.is_compiling() else torch.mul(x, f, out=out)
 
 
-def official_formulation(x):
-    """Whether the torch or reference backend is active for x's device: the official code's elementwise passes run
-    (what the benchmarks compare against), not the fused ones below."""
-    return _backend.active(x.device) in _backend.PYTHON_BACKENDS
-
-
 class _UnitQKV(torch.autograd.Function):
     """(unit(q, scale_mul), unit(k, 1), v) from qkv (B, L, 3, H, D) under autograd, q and k laid out (B, H, L, D) and
     v a view of qkv. The backward writes d q, d k and d v straight into qkv's gradient: autograd's own (the products'
     and the norms' gradients, summed, then unbind's copy of the three) made ~7 passes over each and fresh tensors
-    for most (VAR-d16, B 8: ~3 s of a 47 s training step)."""
+    for most (VAR-d16, B 8, in a profile: ~3 s of a 47 s training step)."""
 
     @staticmethod
     def forward(ctx, qkv, scale_mul):
@@ -105,7 +98,7 @@ class SelfAttention(nn.Module):
         qkv = linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D), strided views of qkv
         scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
-        if cache is None and torch.is_grad_enabled() and qkv.requires_grad and not official_formulation(qkv):
+        if cache is None and torch.is_grad_enabled() and qkv.requires_grad and fast_path(qkv):
             o = attention(*_UnitQKV.apply(qkv, scale_mul), mask, scale=1.0)
         elif cache is None:
             o = attention(unit(q, scale_mul), unit(k, 1.0), v, mask, scale=1.0)
@@ -168,7 +161,7 @@ class AdaLNSelfAttn(nn.Module):
         if self.training and self.drop_path > 0:
             keep = torch.empty(h_BLC.shape[0], 1, 1, device=h_BLC.device).bernoulli_(1 - self.drop_path)
             keep = keep / (1 - self.drop_path)
-            if official_formulation(x_BLC):
+            if not fast_path(x_BLC):
                 return x_BLC + h_BLC * gamma_B1C * keep
             gamma_B1C = gamma_B1C * keep
         return mul_add(h_BLC, gamma_B1C, x_BLC)
@@ -201,7 +194,7 @@ class _MulAdd(torch.autograd.Function):
 
 def mul_add(h, s, x):
     """torch.addcmul(x, h, s): under autograd, on fastar's backends, through _MulAdd."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (h, s, x)) and not official_formulation(h):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (h, s, x)) and fast_path(h):
         return _MulAdd.apply(h, s, x)
     return torch.addcmul(x, h, s)
 
