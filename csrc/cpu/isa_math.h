@@ -7,12 +7,41 @@
 
 #include "cpu/isa_vec.h"
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 namespace fastar::cpu::FASTAR_ISA {
 
 template <class T>
 inline vec<T> load(const T* p) { return *reinterpret_cast<const vec<T>*>(p); }
 template <class T>
 inline void store(T* p, vec<T> v) { *reinterpret_cast<vec<T>*>(p) = v; }
+
+// *p = v past the caches (a streaming store; p kVectorBytes-aligned), where x86 has them: no read of the destination
+// line first, as a plain store to a line not in cache makes.
+template <class T>
+inline void stream(T* p, vec<T> v) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) _mm512_stream_ps(p, (__m512)v);
+  else _mm512_stream_pd(p, (__m512d)v);
+#elif defined(__AVX__)
+  if constexpr (sizeof(T) == 4) _mm256_stream_ps(p, (__m256)v);
+  else _mm256_stream_pd(p, (__m256d)v);
+#elif defined(__SSE2__)
+  if constexpr (sizeof(T) == 4) _mm_stream_ps(p, (__m128)v);
+  else _mm_stream_pd(p, (__m128d)v);
+#else
+  store(p, v);
+#endif
+}
+
+// Orders the streaming stores before whatever the thread does next (the join that publishes the output).
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
 // v - 0, not v + 0: the subtraction is exact for every v (-0 included), so it folds away and leaves one broadcast
 // (from memory when v comes from memory); v + 0 turns -0 into +0 and stays a scalar add before the broadcast.
 template <class T>

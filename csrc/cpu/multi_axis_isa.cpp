@@ -122,30 +122,6 @@ void scatter(const T* src, int rows, int D, T* const* dst, bool acc) {
   }
 }
 
-// *p = v past the caches (a streaming store; p kVectorBytes-aligned), where x86 has them.
-template <class T>
-inline void stream(T* p, vec<T> v) {
-#if defined(__AVX512F__)
-  if constexpr (sizeof(T) == 4) _mm512_stream_ps(p, (__m512)v);
-  else _mm512_stream_pd(p, (__m512d)v);
-#elif defined(__AVX__)
-  if constexpr (sizeof(T) == 4) _mm256_stream_ps(p, (__m256)v);
-  else _mm256_stream_pd(p, (__m256d)v);
-#elif defined(__SSE2__)
-  if constexpr (sizeof(T) == 4) _mm_stream_ps(p, (__m128)v);
-  else _mm_stream_pd(p, (__m128d)v);
-#else
-  store(p, v);
-#endif
-}
-
-// Orders the streaming stores before whatever the thread does next (the join that publishes the output).
-inline void stream_fence() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
-
 // The rows dst[r] (D,) = src (rows, D) contiguous, written once: rows of whole aligned vectors by streaming stores,
 // which skip the read of every destination line that a plain store makes first (the output of HiT-256's 32 x 32
 // stage is 8 MB, far past L2) and do not hold up the products behind stores to cold lines; other rows as scatter.
