@@ -220,3 +220,26 @@ def test_decode_weights_bfloat16(monkeypatch):
     with pytest.raises(TypeError, match="module must be a torch.nn.Module, got Tensor"):
         with layers.decode_weights(x1):
             pass
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_weights_packed_on_huge_pages(dtype):
+    """decode_weights' copies are views of one allocation, each 64-byte aligned, equal to the weights rounded to dtype;
+    past 4 MB together that allocation comes from fastar's CPU block cache (huge pages), below it from torch's
+    allocator. The weights themselves stay where they were."""
+    torch.manual_seed(0)
+    for widths, cached in [((700, 900, 1100), 1), ((24, 40, 56), 0)]:
+        mlp = nn.Sequential(Linear(widths[0], widths[1]), Linear(widths[1], widths[2]), Linear(widths[2], widths[0]))
+        before = fastar.cpu_cache_info()
+        with layers.decode_weights(mlp, dtype):
+            after = fastar.cpu_cache_info()
+            copies = [m.decode_weight for m in mlp]
+            for m, c in zip(mlp, copies):
+                assert c.dtype == dtype and c.is_contiguous() and c.data_ptr() % 64 == 0
+                assert torch.equal(c, m.weight.detach().to(dtype))
+                assert c.data_ptr() != m.weight.data_ptr()
+            assert len({c.untyped_storage().data_ptr() for c in copies}) == 1
+            ends = sorted((c.data_ptr(), c.data_ptr() + c.numel() * c.element_size()) for c in copies)
+            assert all(e <= s for (_, e), (s, _) in zip(ends, ends[1:]))  # no two overlap
+        served = after["hits"] + after["misses"] - before["hits"] - before["misses"]
+        assert served == cached, (widths, served)
