@@ -3,14 +3,15 @@ each) against every layer's weights, float32. The weights (the DALL-E benchmark 
 exceed the L3 cache, as in sampling, so each step reads them from memory. Contenders: F.linear (nn.Linear, the
 official codebases' formulation: torch's addmm, the torch backend) and oneDNN's matmul (the path
 fastar.models.layers.linear takes with more rows); one row reads bfloat16 weights (half the bytes), against the same
-float32 contenders and fastar's float32 weights."""
+float32 contenders and fastar's float32 weights. A further column reads the weights as decode_weights packs them (the
+DALL-E and FractalGen samplers' path): copies in one allocation on transparent huge pages."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fastar
 from benchmarks.harness import compare
-from fastar.models.layers import _onednn
+from fastar.models.layers import _onednn, _packed_copies
 
 BASELINE = "F.linear (nn.Linear, torch backend)"
 # name: (layers, [(in, out) of each layer's linear layers])
@@ -40,6 +41,9 @@ def test_linear_decode(benchmark, model, M, bf16):
 
     others = {BASELINE: step(F.linear), "oneDNN matmul": step(_onednn)}
     mine = step(fastar.ops.linear)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    packed = list(zip(_packed_copies([w for w, _ in weights], dtype), (b for _, b in weights)))
+    others[f"fastar, {'bfloat16' if bf16 else 'float32'} weights packed on huge pages"] = step(fastar.ops.linear, packed)
     if bf16:
         others["fastar, float32 weights"] = mine
         mine = step(fastar.ops.linear, [(w.bfloat16(), b) for w, b in weights])

@@ -221,7 +221,7 @@ def bf16_products(*modules):
         yield
 
 
-def packed_copies(tensors, dtype):
+def _packed_copies(tensors, dtype):
     """Detached contiguous copies of the tensors in dtype. On the CPU they are views of one allocation, each at a
     64-byte boundary, from fastar's block cache on transparent huge pages (fastar.cpu_cache_all_tensors) once they
     reach its 4 MB: a decode step reads every weight once per token, and over 2 MB pages the reads stream faster
@@ -246,7 +246,7 @@ def _weight_copies(name, modules, attr, dtype):
         if not isinstance(module, nn.Module):
             raise TypeError(f"{name}: module must be a torch.nn.Module, got {type(module).__name__}")
     before = {m: m.__dict__.get(attr) for module in modules for m in module.modules() if isinstance(m, Linear)}
-    for m, copy in zip(before, packed_copies([m.weight for m in before], dtype)):
+    for m, copy in zip(before, _packed_copies([m.weight for m in before], dtype)):
         setattr(m, attr, copy)
     try:
         yield
