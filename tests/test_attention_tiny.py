@@ -82,9 +82,10 @@ def test_tiny_grouped_heads_and_padding(attn_backend):
 
 @pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
 def test_tiny_streamed_outputs(isa):
-    """Outputs of 16 MB and more leave the lane layout's kernels by streaming stores, with the next sequence's
-    operands prefetched between the products' blocks (level 1's shape: 376 x 8 x 22 x 64 floats, 16.9 MB for the
-    output and for each gradient); q a strided view of a fused projection, causal and full, on every ISA."""
+    """Operands of 32 MB and more are prefetched a sequence ahead between the products' blocks, and outputs of 16 MB
+    and more leave the lane layout's kernels by streaming stores: level 1's shape at 376 x 8 x 22 x 64 floats (51 MB
+    of q, k, v; 16.9 MB for the output and for each gradient), and D 34 (rows of no whole vectors: prefetched, not
+    streamed); q a strided view of a fused projection, causal and full, on every ISA."""
     run_with_cpu_isa(isa, STREAMED_CHILD % isa)
 
 
@@ -92,10 +93,11 @@ STREAMED_CHILD = """
 import torch, fastar
 from tests.test_attention import check, make_mask, randn
 assert fastar.build_info()["cpu_isa"] == "%s"
-qkv = randn(376, 22, 3, 8, 64, dtype=torch.float32, seed=63)
-q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
-for kind in ("full", "causal"):
-    check(q, k, v, make_mask(kind, 22), "cpu")
+for B, D in ((376, 64), (470, 34)):
+    qkv = randn(B, 22, 3, 8, D, dtype=torch.float32, seed=63)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    for kind in ("full", "causal"):
+        check(q, k, v, make_mask(kind, 22), "cpu")
 """
 
 
