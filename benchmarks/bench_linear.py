@@ -43,7 +43,8 @@ def test_linear_decode(benchmark, model, M, bf16):
     mine = step(fastar.ops.linear)
     dtype = torch.bfloat16 if bf16 else torch.float32
     packed = list(zip(_packed_copies([w for w, _ in weights], dtype), (b for _, b in weights)))
-    others[f"fastar, {'bfloat16' if bf16 else 'float32'} weights packed on huge pages"] = step(fastar.ops.linear, packed)
+    packed_name = f"fastar, {'bfloat16' if bf16 else 'float32'} weights packed on huge pages"
+    others[packed_name] = step(fastar.ops.linear, packed)
     if bf16:
         others["fastar, float32 weights"] = mine
         mine = step(fastar.ops.linear, [(w.bfloat16(), b) for w, b in weights])
