@@ -42,6 +42,7 @@ inline void stream_fence() {
   _mm_sfence();
 #endif
 }
+
 // v - 0, not v + 0: the subtraction is exact for every v (-0 included), so it folds away and leaves one broadcast
 // (from memory when v comes from memory); v + 0 turns -0 into +0 and stays a scalar add before the broadcast.
 template <class T>
