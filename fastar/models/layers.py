@@ -218,18 +218,23 @@ def bf16_products(*modules):
     code samples under on GPUs); what follows a product sees bfloat16 (fastar.ops.attention of q, k, v) or promotes
     to float32 (the residual adds, LayerNorm on the float32 stream). A sampling mode with its own results: callers
     check fastar.check_bf16_gemm first (on a CPU without bf16 instructions it would be slower than float32)."""
-    with _weight_copies("bf16_products", modules, "product_weight", torch.bfloat16):
+    with _weight_copies("bf16_products", modules, "product_weight", torch.bfloat16, packed=False):
         yield
 
 
 def _packed_copies(tensors, dtype):
-    """Detached contiguous copies of the tensors in dtype. On the CPU they are views of one allocation, each at a
-    64-byte boundary, from fastar's block cache on transparent huge pages (fastar.cpu_cache_all_tensors) once they
-    reach its 4 MB: a decode step reads every weight once per token, and over 2 MB pages the reads stream faster
-    (AMD Zen 4, 2 threads, DALL-E's 48 linear layers at 1 row, a diagnostic run: ~1.3x). Elsewhere one copy each."""
-    if not tensors or any(t.device.type != "cpu" for t in tensors):
-        return [t.detach().to(dtype).contiguous() for t in tensors]
+    """Detached contiguous copies of the tensors in dtype. On the CPU, where they fit the CPU block cache's limit
+    (fastar.cpu_cache_info()["limit_bytes"]), they are views of one allocation, each at a 64-byte boundary, from that
+    cache, on transparent huge pages once they reach its 4 MB: a decode step reads every weight once per token, and
+    over 2 MB pages the reads stream faster (AMD Zen 4, 2 threads, DALL-E's 48 linear layers at 1 row: ~1.3x,
+    bench_linear.py). The first such mapping of a process can be slow (on the benchmark VM ~5 ms per MB, ~0.1 ms
+    when reused), so a larger set, which the cache would not keep for the next entry, is one copy per tensor (float32
+    ones the tensors themselves), as elsewhere."""
     align = max(1, 64 // torch.empty((), dtype=dtype).element_size())
+    n = sum(-(-t.numel() // align) * align for t in tensors)
+    if (not tensors or any(t.device.type != "cpu" for t in tensors)
+            or n * torch.empty((), dtype=dtype).element_size() > _backend.cpu_cache_info()["limit_bytes"]):
+        return [t.detach().to(dtype).contiguous() for t in tensors]
     offsets, n = [], 0
     for t in tensors:
         offsets.append(n)
@@ -240,14 +245,18 @@ def _packed_copies(tensors, dtype):
 
 
 @contextlib.contextmanager
-def _weight_copies(name, modules, attr, dtype):
+def _weight_copies(name, modules, attr, dtype, packed=True):
     """Each Linear of the modules gets attr = its weight's copy in dtype for the scope; an enclosing scope's come
-    back."""
+    back. packed: the copies as _packed_copies makes them (for decode steps, which stream every weight); else one
+    allocation each (oneDNN's GEMMs repack their weights anyway, and on a VM a process's first huge-page mapping is
+    slow: bf16_products' copies of MAR-B's transformer, packed, took 1.44 s to enter the first time, 22 ms after)."""
     for module in modules:
         if not isinstance(module, nn.Module):
             raise TypeError(f"{name}: module must be a torch.nn.Module, got {type(module).__name__}")
     before = {m: m.__dict__.get(attr) for module in modules for m in module.modules() if isinstance(m, Linear)}
-    for m, copy in zip(before, _packed_copies([m.weight for m in before], dtype)):
+    weights = [m.weight for m in before]
+    copies = _packed_copies(weights, dtype) if packed else [w.detach().to(dtype).contiguous() for w in weights]
+    for m, copy in zip(before, copies):
         setattr(m, attr, copy)
     try:
         yield
