@@ -201,7 +201,8 @@ def decode_weights(module, dtype=torch.bfloat16):
     """Inside, decode steps (up to DECODE_ROWS rows, DECODE_ROWS_BF16 in bfloat16; no autograd, float32 on the CPU) of
     module's Linear layers read copies of their weights in `dtype` (bfloat16: half the bytes of a step that reads
     every weight), made on entry from the weights as they are and dropped on exit: on the CPU one allocation on huge
-    pages (_packed_copies; the float32 weights are then held twice while inside). The products are the float32 ones
+    pages where they fit the CPU block cache's limit (_packed_copies; the float32 weights are then held twice while
+    inside). The products are the float32 ones
     of the rounded weights: a sampling mode, with its own results (the benchmarks report its agreement with
     float32)."""
     if dtype not in (torch.bfloat16, torch.float32):
