@@ -227,8 +227,8 @@ def _packed_copies(tensors, dtype):
     """Detached contiguous copies of the tensors in dtype. On the CPU, where they fit the CPU block cache's limit
     (fastar.cpu_cache_info()["limit_bytes"]), they are views of one allocation, each at a 64-byte boundary, from that
     cache, on transparent huge pages once they reach its 4 MB: a decode step reads every weight once per token, and
-    over 2 MB pages the reads stream faster (AMD Zen 4, 2 threads, DALL-E's 48 linear layers at 1 row: ~1.3x,
-    bench_linear.py). The first such mapping of a process can be slow (on the benchmark VM ~5 ms per MB, ~0.1 ms
+    over 2 MB pages the reads stream faster (AMD Zen 4, 2 threads, DALL-E's 48 linear layers at 1 row: 1.08-1.55x
+    across runs, bench_linear.py). The first such mapping of a process can be slow (on the benchmark VM ~5 ms per MB, ~0.1 ms
     when reused), so a larger set, which the cache would not keep for the next entry, is one copy per tensor (float32
     ones the tensors themselves), as elsewhere."""
     align = max(1, 64 // torch.empty((), dtype=dtype).element_size())
