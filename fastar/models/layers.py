@@ -201,8 +201,8 @@ def decode_weights(module, dtype=torch.bfloat16):
     """Inside, decode steps (up to DECODE_ROWS rows, DECODE_ROWS_BF16 in bfloat16; no autograd, float32 on the CPU) of
     module's Linear layers read copies of their weights in `dtype` (bfloat16: half the bytes of a step that reads
     every weight), made on entry from the weights as they are and dropped on exit: on the CPU one allocation on huge
-    pages where they fit the CPU block cache's limit (_packed_copies; the float32 weights are then held twice while
-    inside). The products are the float32 ones
+    pages up to a quarter of the CPU block cache's limit (_packed_copies; the float32 weights are then held twice
+    while inside). The products are the float32 ones
     of the rounded weights: a sampling mode, with its own results (the benchmarks report its agreement with
     float32)."""
     if dtype not in (torch.bfloat16, torch.float32):
@@ -224,17 +224,17 @@ def bf16_products(*modules):
 
 
 def _packed_copies(tensors, dtype):
-    """Detached contiguous copies of the tensors in dtype. On the CPU, where they fit the CPU block cache's limit
-    (fastar.cpu_cache_info()["limit_bytes"]), they are views of one allocation, each at a 64-byte boundary, from that
-    cache, on transparent huge pages once they reach its 4 MB: a decode step reads every weight once per token, and
-    over 2 MB pages the reads stream faster (AMD Zen 4, 2 threads, DALL-E's 48 linear layers at 1 row: 1.08-1.55x
-    across runs, bench_linear.py). The first such mapping of a process can be slow (on the benchmark VM ~5 ms per MB, ~0.1 ms
-    when reused), so a larger set, which the cache would not keep for the next entry, is one copy per tensor (float32
-    ones the tensors themselves), as elsewhere."""
+    """Detached contiguous copies of the tensors in dtype. On the CPU, up to a quarter of the CPU block cache's limit
+    (fastar.cpu_cache_info()["limit_bytes"]: 512 MB by default), they are views of one allocation, each at a 64-byte
+    boundary, from that cache, on transparent huge pages once they reach its 4 MB: a decode step reads every weight
+    once per token, and over 2 MB pages the reads stream faster (AMD Zen 4, 2 threads, DALL-E's 48 linear layers at 1
+    row: 1.08-1.55x across runs, bench_linear.py). A process's first such mapping can be slow (on the benchmark VM ~5
+    ms per MB, ~0.1 ms when reused: fractalar_in64's 1.7 GB would cost ~8 s once), so a larger set is one copy per
+    tensor (float32 ones the tensors themselves), as elsewhere."""
     align = max(1, 64 // torch.empty((), dtype=dtype).element_size())
     n = sum(-(-t.numel() // align) * align for t in tensors)
     if (not tensors or any(t.device.type != "cpu" for t in tensors)
-            or n * torch.empty((), dtype=dtype).element_size() > _backend.cpu_cache_info()["limit_bytes"]):
+            or n * torch.empty((), dtype=dtype).element_size() > _backend.cpu_cache_info()["limit_bytes"] // 4):
         return [t.detach().to(dtype).contiguous() for t in tensors]
     offsets, n = [], 0
     for t in tensors:
