@@ -4,7 +4,8 @@ exceed the L3 cache, as in sampling, so each step reads them from memory. Conten
 official codebases' formulation: torch's addmm, the torch backend) and oneDNN's matmul (the path
 fastar.models.layers.linear takes with more rows); one row reads bfloat16 weights (half the bytes), against the same
 float32 contenders and fastar's float32 weights. A further column reads the weights as decode_weights packs them (the
-DALL-E and FractalGen samplers' path): copies in one allocation on transparent huge pages."""
+DALL-E and FractalGen samplers' path): copies in one allocation on transparent huge pages, for the sets within its cap
+(a quarter of the CPU block cache's limit: not VAR-d16's)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,8 +44,9 @@ def test_linear_decode(benchmark, model, M, bf16):
     mine = step(fastar.ops.linear)
     dtype = torch.bfloat16 if bf16 else torch.float32
     packed = list(zip(_packed_copies([w for w, _ in weights], dtype), (b for _, b in weights)))
-    packed_name = f"fastar, {'bfloat16' if bf16 else 'float32'} weights packed on huge pages"
-    others[packed_name] = step(fastar.ops.linear, packed)
+    if len({w.untyped_storage().data_ptr() for w, _ in packed}) == 1:  # within decode_weights' cap (VAR's 1.1 GB: not)
+        packed_name = f"fastar, {'bfloat16' if bf16 else 'float32'} weights packed on huge pages"
+        others[packed_name] = step(fastar.ops.linear, packed)
     if bf16:
         others["fastar, float32 weights"] = mine
         mine = step(fastar.ops.linear, [(w.bfloat16(), b) for w, b in weights])

@@ -228,7 +228,8 @@ def test_bf16_sampling_agrees_with_fp32(monkeypatch):
     assert all(m.product_weight is None for m in model.modules() if isinstance(m, Linear))  # copies dropped
     made = []  # the modules given bf16 copies: the transformer's, not the head's (diffusion_sample reads its own)
     copies = layers._weight_copies
-    monkeypatch.setattr(layers, "_weight_copies", lambda name, ms, *a: made.extend(ms) or copies(name, ms, *a))
+    monkeypatch.setattr(layers, "_weight_copies",
+                        lambda name, ms, *a, **kw: made.extend(ms) or copies(name, ms, *a, **kw))
     sample("bf16")
     covered = {id(m) for part in made for m in part.modules()}
     assert id(model.encoder_blocks[0].attn.qkv) in covered
