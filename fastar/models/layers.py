@@ -202,9 +202,8 @@ def decode_weights(module, dtype=torch.bfloat16):
     module's Linear layers read copies of their weights in `dtype` (bfloat16: half the bytes of a step that reads
     every weight), made on entry from the weights as they are and dropped on exit: on the CPU one allocation on huge
     pages up to a quarter of the CPU block cache's limit (_packed_copies; the float32 weights are then held twice
-    while inside). The products are the float32 ones
-    of the rounded weights: a sampling mode, with its own results (the benchmarks report its agreement with
-    float32)."""
+    while inside). The products are the float32 ones of the rounded weights: a sampling mode, with its own results
+    (the benchmarks report its agreement with float32)."""
     if dtype not in (torch.bfloat16, torch.float32):
         raise ValueError(f"decode_weights: dtype must be torch.bfloat16 or torch.float32, got {dtype}")
     with _weight_copies("decode_weights", [module], "decode_weight", dtype):
@@ -231,15 +230,15 @@ def _packed_copies(tensors, dtype):
     row: 1.08-1.55x across runs, bench_linear.py). A process's first such mapping can be slow (on the benchmark VM ~5
     ms per MB, ~0.1 ms when reused: fractalar_in64's 1.7 GB would cost ~8 s once), so a larger set is one copy per
     tensor (float32 ones the tensors themselves), as elsewhere."""
-    align = max(1, 64 // torch.empty((), dtype=dtype).element_size())
-    n = sum(-(-t.numel() // align) * align for t in tensors)
-    if (not tensors or any(t.device.type != "cpu" for t in tensors)
-            or n * torch.empty((), dtype=dtype).element_size() > _backend.cpu_cache_info()["limit_bytes"] // 4):
-        return [t.detach().to(dtype).contiguous() for t in tensors]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    align = max(1, 64 // itemsize)
     offsets, n = [], 0
     for t in tensors:
         offsets.append(n)
         n += -(-t.numel() // align) * align
+    if (not tensors or any(t.device.type != "cpu" for t in tensors)
+            or n * itemsize > _backend.cpu_cache_info()["limit_bytes"] // 4):
+        return [t.detach().to(dtype).contiguous() for t in tensors]
     with _backend.cpu_cache_all_tensors():
         arena = torch.empty(n, dtype=dtype)
     return [arena[o:o + t.numel()].view(t.shape).copy_(t.detach()) for o, t in zip(offsets, tensors)]
