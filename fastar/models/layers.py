@@ -27,7 +27,7 @@ def onednn_declines(x, weight, bias=None):
         return f"not float32 on the CPU ({x.dtype}, {weight.dtype} on {x.device})"
     if _backend.fp32_linear_library() != "onednn":
         return f"the float32 GEMM library here is {_backend.fp32_linear_library()} (F.linear)"
-    if _backend.active(x.device) in _backend.PYTHON_BACKENDS:
+    if not fast_path(x):
         return f"the {_backend.active(x.device)} backend is active (the official formulation)"
     return None
 
@@ -97,8 +97,7 @@ def _decode_rows(x, weight, bias=None, rows=DECODE_ROWS):
     """Whether `linear` runs fastar.ops.linear here: float32 on the CPU, fastar's kernels active, no gradient asked,
     at most `rows` rows."""
     return (x.numel() <= rows * x.shape[-1] and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and _backend.active(x.device) not in _backend.PYTHON_BACKENDS
-            and not _wants_grad(x, weight, bias))
+            and weight.dtype == torch.float32 and fast_path(x) and not _wants_grad(x, weight, bias))
 
 
 def linear(x, weight, bias=None):
