@@ -1,5 +1,6 @@
 """MAR on fastar: the official key lists and parameter counts (tests/data), the KL-16 VAE, and seeded sampling
 against the float64 reference."""
+import copy
 import dataclasses
 import math
 
@@ -118,6 +119,36 @@ def test_sample_tokens(cfg):
     ref32 = sample(model, "reference")
     ref64 = sample(tiny_mar().double(), "reference")
     assert_close("mar_sample_tokens", out, ref64, ref32)
+
+
+def test_sampling_decoder_computes_only_the_predicted_rows():
+    """forward_mae_decoder(x, mask, rows) in sampling, on fastar's path: the last block's queries, projection and MLP
+    run on the asked rows alone (Block.forward_rows), and z agrees with z[rows] of the whole decoder on the float64
+    reference by the tolerance rule (two blocks: one whole, one pruned; 3 of 16 rows of each of 2 sequences)."""
+    torch.manual_seed(0)
+    model = mar("base", width=32, depth=2, num_heads=2, diffloss_d=1, diffloss_w=32, img_size=64, buffer_size=4,
+                class_num=10).eval()
+    model64 = copy.deepcopy(model).double()
+    mask = torch.zeros(2, 16)
+    mask[0, 5:12], mask[1, :7] = 1, 1
+    rows = torch.zeros(2, 16, dtype=torch.bool)
+    rows[0, [5, 9, 11]], rows[1, [0, 2, 6]] = True, True
+    seen = []
+    fc1 = model.decoder_blocks[-1].mlp.fc1
+    fc1.forward_gelu = lambda x, *args: seen.append(x.shape[:-1]) or Linear.forward_gelu(fc1, x, *args)
+
+    def decode(m, backend, asked):
+        with fastar.use_backend(backend), torch.no_grad():
+            x = torch.randn(2, 4 + 9, 32, generator=torch.Generator().manual_seed(1), dtype=m.mask_token.dtype)
+            return m.forward_mae_decoder(x, mask.to(x.dtype), asked)
+
+    z = decode(model, "cpu", rows)
+    assert z.shape == (6, 32) and seen == [(2, 3)]
+    ref32 = decode(model, "reference", None)[rows]
+    assert_close("mar_sample_tokens", z, decode(model64, "reference", None)[rows], ref32)
+    assert torch.equal(decode(model, "reference", rows), ref32)  # the official formulation: the whole decoder
+    with pytest.raises(ValueError, match="forward_rows: inference"):
+        model.decoder_blocks[-1].train().forward_rows(torch.zeros(1, 4, 32), torch.zeros(1, 1, dtype=torch.long))
 
 
 def test_training_step_gradients():

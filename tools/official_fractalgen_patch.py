@@ -8,7 +8,8 @@ sampler (torch.multinomial) against the patched one (fastar.ops.sample_categoric
 torch.multinomial draws from the global generator): every pixel must be equal.
 time: fractalmar_in64 built by the official builder with main_fractalgen.py's call (num_conds 5), official
 multinomial; interleaved rounds (official, patched, ...) in one process, wall and CPU time with the load average.
-Knobs (environment): B (1), NUM_ITER ("64,16", the README's), ROUNDS (2), THREADS (torch threads, 1).
+Knobs (environment): B (1), NUM_ITER ("64,16", the README's), ROUNDS (2), THREADS (torch threads, 1), LINEAR (1:
+also the opt-in nn.Linear row, fastar.patch.fractalgen's linear=, which needs the model; 0 by default).
 The official code calls .cuda(): here it is the identity (tools/official.py). The official code is read from
 OFFICIAL_REPO, never copied into fastar."""
 import os
@@ -20,6 +21,8 @@ import torch
 import fastar
 import fastar.patch
 from official import load, machine, rounds
+
+LINEAR = os.environ.get("LINEAR", "0") == "1"  # the opt-in nn.Linear row (fastar.patch.fractalgen's linear=)
 
 
 def sample(model, labels, num_conds, num_iter, seed):
@@ -35,11 +38,18 @@ def statuses(model):
 
 
 def statuses_patched(model):
-    fastar.patch.fractalgen()
+    patch(model)
     try:
         return statuses(model)
     finally:
         fastar.patch.undo()
+
+
+def patch(model):
+    """The classes' rows, and with LINEAR the model's nn.Linear layers."""
+    fastar.patch.fractalgen()
+    if LINEAR:
+        fastar.patch.fractalgen(model, attention=False, sampling=False, linear=True)
 
 
 def check(fractalgen):
@@ -71,9 +81,10 @@ def timing(fractalgen):
                                        guiding_pixel=False, num_conds=5, r_weight=5.0, grad_checkpointing=False).eval()
     labels = torch.tensor([207, 360, 387, 974]).repeat(B)[:B]
     print(f"fractalmar_in64 (official code, random weights), B {B}, num_iter {num_iter}, cfg 6.5 linear, "
-          f"temperature 1.02, float32")
-    rounds(lambda r: sample(model, labels, 5, num_iter, r + 1), fastar.patch.fractalgen, n_rounds)
+          f"temperature 1.02, float32{', nn.Linear row on' if LINEAR else ''}")
+    rounds(lambda r: sample(model, labels, 5, num_iter, r + 1), lambda: patch(model), n_rounds)
     print(f"rows (patched): {statuses_patched(model)}")
+
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[2] not in ("check", "time"):

@@ -19,7 +19,8 @@ adaLN and output layers, which would make the head's output, and the comparison,
 Each comparison prints its largest difference relative to the largest official value and fails above RTOL (1e-4).
 time: DiffLoss.sample at MAR-B's head shapes (ROWS 512 = 256 tokens with cfg, 100 steps, cfg 2.9), then MAR-B
 sample_tokens (B 1, NUM_ITER 4, cfg 2.9 linear), interleaved rounds in one process (tools/official.py).
-Knobs (environment): ROWS (512), NUM_ITER (4), ROUNDS (2), THREADS (torch threads, 1), MODEL (1: also time MAR-B).
+Knobs (environment): ROWS (512), B (1), NUM_ITER (4), ROUNDS (2), THREADS (torch threads, 1), MODEL (1: also time
+MAR-B), LINEAR (1: also the opt-in nn.Linear row, fastar.patch.mar's linear=; 0 by default).
 """
 import os
 import sys
@@ -32,6 +33,7 @@ from fastar.models.mar import mar_base
 from official import load, machine, rounds
 
 RTOL = 1e-4
+LINEAR = os.environ.get("LINEAR", "0") == "1"  # the opt-in nn.Linear row (fastar.patch.mar's linear=)
 MAIN_MAR_KWARGS = dict(img_size=256, vae_stride=16, patch_size=1, vae_embed_dim=16, mask_ratio_min=0.7,
                        label_drop_prob=0.1, class_num=1000, attn_dropout=0.1, proj_dropout=0.1, buffer_size=64,
                        diffloss_d=6, diffloss_w=1024, num_sampling_steps="100", diffusion_batch_mul=4,
@@ -157,10 +159,11 @@ def timing(diffloss_mod, mar_mod):
 
     rounds(run, lambda: fastar.patch.mar(dl), n)
     if os.environ.get("MODEL", "1") == "1":
-        num_iter = int(os.environ.get("NUM_ITER", "4"))
+        num_iter, bsz = int(os.environ.get("NUM_ITER", "4")), int(os.environ.get("B", "1"))
         model = official_mar_base(mar_mod)
-        print(f"MAR-B sample_tokens (official code, random weights), B 1, num_iter {num_iter}, cfg 2.9 linear")
-        rounds(lambda r: sample_tokens(model, r, num_iter), lambda: fastar.patch.mar(model), n)
+        print(f"MAR-B sample_tokens (official code, random weights), B {bsz}, num_iter {num_iter}, cfg 2.9 linear, "
+              f"patched rows: head, loss, attention{', linear' if LINEAR else ''}")
+        rounds(lambda r: sample_tokens(model, r, num_iter, bsz), lambda: fastar.patch.mar(model, linear=LINEAR), n)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from fastar.models.fractalgen.blocks import LN_EPS, Block, apply_block
 import fastar
-from fastar.models.layers import Linear, bf16_products, rng_device
+from fastar.models.layers import Linear, bf16_products, fast_path, rng_device
 from fastar.models.mar.diffloss import DiffLoss
 
 
@@ -100,17 +100,25 @@ class MAR(nn.Module):
             x = apply_block(block, self.cfg.grad_checkpointing, x)
         return self.encoder_norm(x)
 
-    def forward_mae_decoder(self, x, mask_BL):
-        """Visible rows back in place, mask_token elsewhere -> z (B, 256, W) per token, buffer stripped."""
+    def forward_mae_decoder(self, x, mask_BL, rows_BL=None):
+        """Visible rows back in place, mask_token elsewhere -> z (B, 256, W) per token, buffer stripped.
+        rows_BL (B, 256) bool, as many per row (sampling): z[rows_BL] only, (count, W); on fastar's path the last
+        block computes only those tokens' outputs (Block.forward_rows), the official code all of them."""
         x = self.decoder_embed(x)
         B, _, W = x.shape
         keep = torch.cat([mask_BL.new_zeros(B, self.buffer_size), mask_BL], dim=1) == 0
         padded = self.mask_token.to(x.dtype).expand(B, keep.shape[1], W).clone()
         padded[keep] = x.reshape(-1, W)
         x = padded + self.decoder_pos_embed_learned
-        for block in self.decoder_blocks:
+        prune = rows_BL is not None and fast_path(x)
+        for block in self.decoder_blocks[:-1] if prune else self.decoder_blocks:
             x = apply_block(block, self.cfg.grad_checkpointing, x)
-        return self.decoder_norm(x)[:, self.buffer_size:] + self.diffusion_pos_embed_learned
+        if not prune:
+            z = self.decoder_norm(x)[:, self.buffer_size:] + self.diffusion_pos_embed_learned
+            return z if rows_BL is None else z[rows_BL]
+        index = rows_BL.nonzero()[:, 1].view(B, -1)  # row-major, as z[rows_BL]
+        x = self.decoder_blocks[-1].forward_rows(x, index + self.buffer_size)
+        return (self.decoder_norm(x) + self.diffusion_pos_embed_learned[0, index]).reshape(-1, W)
 
     def forward(self, latents_BChw, labels_B, generator=None):
         """Training loss of (already scaled) latents (B, C, h, w) and labels (B,): one mask ratio per batch from the
@@ -178,17 +186,17 @@ class MAR(nn.Module):
                 tokens = torch.cat([tokens, tokens])
                 class_embedding = torch.cat([class_embedding, self.fake_latent.expand(bsz, -1)])
                 mask = torch.cat([mask, mask])
-            z = self.forward_mae_decoder(self.forward_mae_encoder(tokens, mask, class_embedding), mask)
             # The next round keeps floor(L cos(pi/2 (step+1)/num_iter)) masked, at least 1, fewer than now.
             mask_len = math.floor(L * math.cos(math.pi / 2 * (step + 1) / num_iter))
             mask_len = max(1, min(int(mask[0].sum().item()) - 1, mask_len))
             mask_next = torch.zeros(bsz, L, device=device).scatter_(1, orders[:, :mask_len], 1.0)
             to_pred = mask[:bsz].bool() if step >= num_iter - 1 else mask[:bsz].bool() ^ mask_next.bool()
-            mask = mask_next
             rows = torch.cat([to_pred, to_pred]) if cfg != 1.0 else to_pred
+            z = self.forward_mae_decoder(self.forward_mae_encoder(tokens, mask, class_embedding), mask, rows)
+            mask = mask_next
             cfg_iter = 1 + (cfg - 1) * (L - mask_len) / L if cfg_schedule == "linear" else cfg
             # cfg_iter is > 1 whenever cfg > 1 (mask_len < L), so the [cond ; uncond] rows stay paired.
-            cur_tokens[to_pred] = self.diffloss.sample(z[rows], temperature, cfg_iter if cfg != 1.0 else 1.0,
+            cur_tokens[to_pred] = self.diffloss.sample(z, temperature, cfg_iter if cfg != 1.0 else 1.0,
                                                        generator=generator, precision=precision)
             tokens = cur_tokens.clone()
         h = int(math.isqrt(L))
