@@ -6,7 +6,8 @@ Random weights (the work is that of the released model: head d6 w1024), cfg 2.9 
 
 The issue's shape is B = 4, num_iter = 16, 100 diffusion steps (~15 minutes for both contenders on a 2-core AVX2
 machine); the default is B = 1, num_iter = 4, 10 steps (~1 minute on a quiet one). Knobs: FASTAR_BENCH_MAR_B,
-FASTAR_BENCH_MAR_ITER, FASTAR_BENCH_MAR_STEPS."""
+FASTAR_BENCH_MAR_ITER, FASTAR_BENCH_MAR_STEPS; the training step's batch: FASTAR_BENCH_MAR_TRAIN_B (1)."""
+import math
 import os
 import time
 
@@ -23,6 +24,7 @@ from fastar.models.mar.sample import generate
 B = int(os.environ.get("FASTAR_BENCH_MAR_B", "1"))
 NUM_ITER = int(os.environ.get("FASTAR_BENCH_MAR_ITER", "4"))
 STEPS = int(os.environ.get("FASTAR_BENCH_MAR_STEPS", "10"))
+TRAIN_B = int(os.environ.get("FASTAR_BENCH_MAR_TRAIN_B", "1"))
 CFG = 2.9
 LABELS = torch.tensor([207, 360, 387, 974]).repeat(B)[:B]
 BASELINE = "torch backend"
@@ -76,6 +78,32 @@ def test_mar_base_sample(benchmark, monkeypatch):
     benchmark.extra_info["breakdown"] = parts.ms
     benchmark.extra_info["max_abs_diff"] = (last["fastar"] - last[BASELINE]).abs().max().item()
     save_samples(last["fastar"], "mar_b_random_weights")
+
+
+def test_mar_base_train_step(benchmark):
+    """One MAR-B training step (forward + backward; mask ratio, orders, label dropout and diffusion_batch_mul 4 from
+    one seed, so both contenders draw the same masks) on random latents, against the torch backend (the official
+    formulation: the head's loss on every row, the unmasked ones' times 0). fastar's head runs only the masked rows
+    (diffloss.head_loss). The mask ratio of the seed is in the group name."""
+    torch.manual_seed(0)
+    model = mar("base").train()
+    latents = torch.randn(TRAIN_B, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(TRAIN_B) * 97 % 1000
+    g = torch.Generator().manual_seed(4)  # seed 4: 222 of 256 masked at B 1, about the ratio's mean (0.87)
+    torch.rand(TRAIN_B, generator=g)  # forward's label-drop draw, then its mask ratio
+    masked = math.ceil(model.seq_len * model.mask_ratio(g))
+    benchmark.group = (f"MAR-B training step (forward + backward) B={TRAIN_B} diffusion_batch_mul 4, {masked} of "
+                       f"{model.seq_len} tokens masked, float32")
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(latents, labels, generator=torch.Generator().manual_seed(4)).backward()
+
+    with fastar.use_backend("torch"):  # oneDNN's primitives and first-touch pages: not a cost of either contender
+        step()
+    compare(benchmark, step, {BASELINE: on("torch", step)}, baseline=BASELINE, rounds=1, warmup=0,
+            op="diffusion_loss")
+    model.zero_grad(set_to_none=True)
 
 
 def test_mar_base_sample_bf16(benchmark, bf16_row):

@@ -169,6 +169,45 @@ def test_training_step_gradients():
         assert_close("mar_train_grads", o, r64, r32)
 
 
+def test_head_loss_runs_only_the_masked_rows(monkeypatch):
+    """DiffLoss.forward with a mask on fastar's path: diffusion_loss sees only the rows of nonzero mask, and the loss
+    and every gradient (the head's and z's) agree with the official formulation (every row, the others' loss times
+    0) on the float64 reference by the tolerance rule; the same draws (the generator's state after the call)."""
+    from fastar.models.mar.diffloss import DiffLoss
+
+    def head(dtype):
+        torch.manual_seed(0)
+        dl = DiffLoss(4, 8, 2, 16, 10).to(dtype)
+        with torch.no_grad():
+            for p in dl.parameters():  # the zero init would leave most gradients 0
+                p.normal_(0, 0.3)
+        return dl
+
+    g = torch.Generator().manual_seed(2)
+    target, z = torch.randn(12, 4, generator=g), torch.randn(12, 8, generator=g)
+    mask = (torch.arange(12) % 3 != 0).float()  # 8 of 12 rows
+    rows = []
+    loss_op = fastar.ops.diffusion_loss
+    monkeypatch.setattr(fastar.ops, "diffusion_loss", lambda x, *a, **k: rows.append(len(x)) or loss_op(x, *a, **k))
+
+    def step(dl, backend):
+        zz = z.to(dl.net.cond_embed.weight.dtype).clone().requires_grad_()
+        gen = torch.Generator().manual_seed(5)
+        with fastar.use_backend(backend):
+            loss = dl(target.to(zz.dtype), zz, mask.to(zz.dtype), generator=gen)
+        loss.backward()
+        return [loss, zz.grad] + [p.grad for p in dl.parameters()], gen.get_state()
+
+    out, state = step(head(torch.float32), "cpu")
+    assert rows == [8]
+    ref64, _ = step(head(torch.float64), "reference")
+    ref32, state32 = step(head(torch.float32), "reference")
+    assert rows == [8, 12, 12] and torch.equal(state, state32)
+    for o, r64, r32 in zip(out, ref64, ref32):
+        assert_close("mar_train_grads", o, r64, r32)
+    assert out[1][mask == 0].abs().max() == 0  # the unmasked rows' z get no gradient, as officially
+
+
 def test_dropout_and_grad_checkpointing():
     """proj_dropout acts in training only; grad_checkpointing recomputes the blocks (dropout masks included) and
     leaves the loss and every gradient as they were."""

@@ -7,6 +7,7 @@ import functools
 import torch
 
 import fastar
+from fastar.models.mar.diffloss import head_loss
 from fastar.patch._table import Row
 from fastar.reference import diffusion as reference
 
@@ -29,15 +30,14 @@ def _sample_declines(self, z, temperature=1.0, cfg=1.0):
 
 
 def diffloss_forward(self, target, z, mask=None):
-    """DiffLoss.forward(target, z, mask): the iDDPM hybrid loss of self.net through fastar.ops.diffusion_loss. The
-    timesteps and the noise are drawn as the official code draws them (torch.randint over the training chain, then
-    torch.randn_like(target), from the global generator), so a seed gives the official draws."""
+    """DiffLoss.forward(target, z, mask): the iDDPM hybrid loss of self.net through fastar.ops.diffusion_loss
+    (fastar.models.mar.diffloss.head_loss: the head runs only on the rows of nonzero mask, the same loss and
+    gradients). The timesteps and the noise are drawn as the official code draws them (torch.randint over the
+    training chain, then torch.randn_like(target), from the global generator), so a seed gives the official
+    draws."""
     t = torch.randint(0, self.train_diffusion.num_timesteps, (target.shape[0],), device=target.device)
     noise = torch.randn_like(target)
-    loss = fastar.ops.diffusion_loss(target, z, self.net, t=t, noise=noise)
-    if mask is not None:
-        loss = (loss * mask).sum() / mask.sum()
-    return loss.mean()
+    return head_loss(target, z, self.net, t, noise, mask)  # the head on the rows of nonzero mask only
 
 
 _OFFICIAL_CHAIN = {"loss_type": "MSE", "model_var_type": "LEARNED_RANGE", "model_mean_type": "EPSILON"}
