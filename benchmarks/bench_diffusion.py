@@ -54,7 +54,7 @@ def test_diffusion_sample(benchmark, steps, peak_gflops):
 
 
 @pytest.mark.parametrize("steps", [STEPS])
-def test_diffusion_sample_bf16(benchmark, steps, bf16_row):
+def test_diffusion_sample_bf16(benchmark, steps, bf16_row, bf16_peak_gflops):
     """precision="bf16" (GEMMs on bfloat16 operands, float32 accumulation) against the same float32 official loop,
     fastar float32 as a second contender; the error of each against the float64 reference is reported (same weights,
     z and noise). Declined, not timed, on a CPU without bf16 GEMM instructions (the issue's rule for bf16 modes)."""
@@ -70,8 +70,10 @@ def test_diffusion_sample_bf16(benchmark, steps, bf16_row):
 
     base = "official loop (reference, float32)"
     contenders = {base: run(base, ref.diffusion_sample), "fastar fp32": run("fastar fp32", fastar.ops.diffusion_sample)}
+    f = gflop(ROWS, steps)  # the share of the bf16 dot-product peak where it is measured (AVX512-BF16)
+    peak = dict(gflop=f, fma_floor_ms=f / bf16_peak_gflops * 1e3, peak="bf16") if bf16_peak_gflops else {}
     compare(benchmark, run("fastar", fastar.ops.diffusion_sample, precision="bf16"), contenders, baseline=base,
-            rounds=2, warmup=0, op="diffusion_sample")
+            rounds=2, warmup=0, op="diffusion_sample", **peak)
     exact = ref.diffusion_sample(z.double(), {k: v.double() for k, v in w.items()}, num_steps=steps, cfg=CFG,
                                  generator=torch.Generator().manual_seed(2))
     err = {name: (o.double() - exact).abs().max().item() for name, o in out.items()}

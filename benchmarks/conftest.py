@@ -1,5 +1,5 @@
 """Machine facts every benchmark report carries: fastar's build, CPU, threads, and the measured fp32 FMA peak of
-the instruction set the kernels run."""
+the instruction set the kernels run (and the bfloat16 dot-product peak on AVX512-BF16 CPUs)."""
 import os
 import platform
 
@@ -15,8 +15,17 @@ def peak_gflops(pytestconfig):
     return pytestconfig.fastar_peak["gflops"]
 
 
+@pytest.fixture(scope="session")
+def bf16_peak_gflops(pytestconfig):
+    """The measured bfloat16 dot-product peak (AVX512-BF16), or None where it is not measured (AMX, no bf16)."""
+    return pytestconfig.fastar_bf16_peak and pytestconfig.fastar_bf16_peak["gflops"]
+
+
 def pytest_configure(config):
-    config.fastar_peak = fma_peak.measure(fastar.build_info().get("cpu_isa", "base"), torch.get_num_threads())
+    info = fastar.build_info()
+    config.fastar_peak = fma_peak.measure(info.get("cpu_isa", "base"), torch.get_num_threads())
+    bf16 = fma_peak.bf16_isa(info)
+    config.fastar_bf16_peak = fma_peak.measure(bf16, torch.get_num_threads()) if bf16 else None
     config.fastar_declined = []
 
 
@@ -61,5 +70,5 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["fastar"] = {
         "version": fastar.__version__, "backends": fastar.backends(), "build": fastar.build_info(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu, "cores": os.cpu_count(),
-        "fp32_peak": config.fastar_peak,
+        "fp32_peak": config.fastar_peak, "bf16_peak": config.fastar_bf16_peak,
     }

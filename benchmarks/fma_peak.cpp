@@ -8,6 +8,8 @@
 // peak half the real one (seen here: 102 GFLOP/s on 2 Zen 3 cores whose GEMMs ran at 155 GFLOP/s; the CPU-time
 // rate is 96 per core, 2 FMA units x 8 floats x 2 x ~3 GHz). The loop runs ~0.2 s per thread, long enough for
 // the clock's resolution and a frequency ramp not to matter.
+// Built with -mavx512bf16 it measures the bfloat16 dot-product peak instead (the bf16 modes' GEMMs on CPUs with
+// AVX512-BF16 and no AMX): chains of vdpbf16ps, each 16 lanes x 2 products x 2 FLOP.
 // Usage: fma_peak THREADS. Prints "GFLOP/s isa floats_per_vector chains threads", GFLOP/s summed over threads.
 #include <time.h>
 
@@ -16,7 +18,11 @@
 #include <thread>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+constexpr int kBytes = 64, kRegisters = 32, kChains = 24;
+constexpr const char* kIsa = "avx512bf16";
+#elif defined(__AVX512F__)
 constexpr int kBytes = 64, kRegisters = 32, kChains = 24;
 constexpr const char* kIsa = "avx512";
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -26,8 +32,30 @@ constexpr const char* kIsa = "avx2";
 constexpr int kBytes = 16, kRegisters = 16, kChains = 12;
 constexpr const char* kIsa = "base";
 #endif
-constexpr int kFloats = kBytes / 4;
 static_assert(kChains + 2 <= kRegisters, "the chains and the two operands must fit the vector register file");
+
+#if defined(__AVX512BF16__)
+constexpr int kFloats = kBytes / 2;  // bfloat16 operands per vector
+
+static double run(long iters) {
+  __m512 a[kChains];
+  const __m512bh b = (__m512bh)_mm512_set1_epi16(0x3f80), c = (__m512bh)_mm512_set1_epi16(0x33d6);  // 1, ~1e-7
+  for (int i = 0; i < kChains; ++i) a[i] = _mm512_set1_ps(static_cast<float>(i));
+  timespec t0, t1;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+  for (long it = 0; it < iters; ++it) {
+#pragma GCC unroll 32
+    for (int i = 0; i < kChains; ++i) a[i] = _mm512_dpbf16_ps(a[i], b, c);
+  }
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+  const double s = double(t1.tv_sec - t0.tv_sec) + 1e-9 * double(t1.tv_nsec - t0.tv_nsec);
+  float sink = 0;
+  for (int i = 0; i < kChains; ++i) sink += _mm512_cvtss_f32(a[i]);
+  if (sink == 42.f) std::puts("");
+  return static_cast<double>(iters) * kChains * kFloats * 2 / s / 1e9;
+}
+#else
+constexpr int kFloats = kBytes / 4;
 
 typedef float vf __attribute__((vector_size(kBytes)));
 
@@ -47,6 +75,7 @@ static double run(long iters) {
   if (sink == 42.f) std::puts("");  // the chains' results are used, so they are not optimized away
   return static_cast<double>(iters) * kChains * kFloats * 2 / s / 1e9;
 }
+#endif
 
 int main(int argc, char** argv) {
   const int threads = argc > 1 ? std::atoi(argv[1]) : 1;

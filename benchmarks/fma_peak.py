@@ -1,11 +1,19 @@
-"""The float32 FMA peak of the instruction set fastar's CPU kernels run: builds and runs benchmarks/fma_peak.cpp."""
+"""The float32 FMA peak of the instruction set fastar's CPU kernels run, and the bfloat16 dot-product peak where the
+bf16 modes run on AVX512-BF16: builds and runs benchmarks/fma_peak.cpp."""
 import subprocess
 import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("fma_peak.cpp")
-ISA_FLAGS = {"base": [], "avx2": ["-mavx2", "-mfma"], "avx512": ["-mavx512f"]}  # build_info()["cpu_isa"] -> g++
-REGISTERS = {"base": 16, "avx2": 16, "avx512": 32}  # vector registers of each ISA (xmm, ymm, zmm)
+ISA_FLAGS = {"base": [], "avx2": ["-mavx2", "-mfma"], "avx512": ["-mavx512f"],  # build_info()["cpu_isa"] -> g++
+             "avx512bf16": ["-mavx512f", "-mavx512bf16"]}  # the bfloat16 dot-product peak (bf16_isa)
+REGISTERS = {"base": 16, "avx2": 16, "avx512": 32, "avx512bf16": 32}  # vector registers of each ISA (xmm, ymm, zmm)
+
+
+def bf16_isa(build_info):
+    """The ISA whose bfloat16 peak fma_peak.cpp measures for the bf16 modes' GEMMs: "avx512bf16" where they run on
+    AVX512-BF16 (build_info()["cpu_bf16"]); None with AMX (tiles, another peak, not measured here) or no bf16."""
+    return "avx512bf16" if build_info.get("cpu_bf16") == "avx512-bf16" else None
 
 
 def compile_for(isa, out, *extra):

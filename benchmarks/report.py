@@ -17,12 +17,14 @@ def _fmt_ms(s):
     return f"{s['min_ms']:.3g} / {s['median_ms']:.3g}"
 
 
-def peak_basis(m):
-    """The measured peak and how it was measured, e.g. '35 GFLOP/s (avx2: 8 floats x 12 chains, 1 thread)'."""
-    p = m.get("fp32_peak") or {}
+def peak_basis(m, key="fp32_peak"):
+    """The measured peak and how it was measured, e.g. '35 GFLOP/s (avx2: 8 floats x 12 chains, 1 thread)'; key
+    "bf16_peak": the bfloat16 dot-product peak."""
+    p = m.get(key) or {}
     if not p:
         return "not measured"
-    return (f"{p['gflops']:.0f} GFLOP/s ({p['isa']}: {p['floats']}-float vectors x {p['chains']} FMA chains "
+    what = "bfloat16 vectors x {} dot-product" if key == "bf16_peak" else "float vectors x {} FMA"
+    return (f"{p['gflops']:.0f} GFLOP/s ({p['isa']}: {p['floats']}-{what.format(p['chains'])} chains "
             f"per thread, {p['threads']} threads, each over its own CPU time; benchmarks/fma_peak.cpp)")
 
 
@@ -33,10 +35,11 @@ def share_of_peak(e):
     who = e.get("share_of", "fastar")
     share = e["fma_floor_ms"] / e[who]["min_ms"]
     skips = f"; {e['share_note']}" if who != "fastar" else ""
+    kind = "bfloat16 dot-product" if e.get("peak") == "bf16" else "FMA"
     if share > 1:
-        return (f"{e['gflop']:.1f} GFLOP; {who} ran faster than the measured FMA peak allows "
+        return (f"{e['gflop']:.1f} GFLOP; {who} ran faster than the measured {kind} peak allows "
                 f"({e['fma_floor_ms']:.1f} ms at peak): **the measured peak is wrong**, no share is given{skips}")
-    return (f"{e['gflop']:.1f} GFLOP; FMA floor at peak: {e['fma_floor_ms']:.1f} ms "
+    return (f"{e['gflop']:.1f} GFLOP; {kind} floor at peak: {e['fma_floor_ms']:.1f} ms "
             f"({who} reaches {share:.0%} of peak){skips}")
 
 
@@ -64,7 +67,8 @@ def render(data):
     lines = [
         "# fastar benchmark report", "",
         f"- machine: {m.get('cpu')} ({m.get('cores')} cores, torch threads {m.get('threads')}); "
-        f"fp32 FMA peak {peak_basis(m)}",
+        f"fp32 FMA peak {peak_basis(m)}" + (f"; bf16 dot-product peak {peak_basis(m, 'bf16_peak')}"
+                                             if m.get("bf16_peak") else ""),
         f"- fastar {m.get('version')}, backends {m.get('backends')}, CPU ISA in use "
         f"{isa_in_use(m.get('build', {}))}, torch {m.get('torch')}; {data.get('datetime', '')}",
         "- times are min / median ms over interleaved rounds in one process; ratio = min(contender) / min(fastar)"
@@ -108,7 +112,8 @@ def history_rows(data):
     for b in data["benchmarks"]:
         e = b["extra_info"]
         yield {"date": data.get("datetime"), "cpu": m.get("cpu"), "cpu_isa": m.get("build", {}).get("cpu_isa"),
-               "fp32_peak": m.get("fp32_peak"), "threads": m.get("threads"), "torch": m.get("torch"),
+               "fp32_peak": m.get("fp32_peak"), "bf16_peak": m.get("bf16_peak"), "threads": m.get("threads"),
+               "torch": m.get("torch"),
                "fastar": m.get("version"), "group": b["group"], "op": e.get("op"), "shape": e.get("shape"),
                "backend": e.get("backend"), "baseline": e["baseline"], "rounds": e.get("rounds"),
                "fastar_ms": e["fastar"]["min_ms"],

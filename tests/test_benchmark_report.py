@@ -21,6 +21,19 @@ def test_share_of_peak_over_100_percent_says_the_peak_is_wrong():
     assert "avx2: 8-float vectors x 12 FMA chains per thread, 1 threads" in md
 
 
+def test_bf16_rows_take_the_bf16_peak():
+    """A bf16 mode's row (extra_info peak "bf16") is a share of the measured bfloat16 dot-product peak, named as
+    such, and the header gives that peak beside the FMA one."""
+    run = run_json(floor_ms=25.0)
+    run["benchmarks"][0]["extra_info"]["peak"] = "bf16"
+    run["machine_info"]["fastar"]["bf16_peak"] = {"gflops": 80.0, "isa": "avx512bf16", "floats": 32, "chains": 24,
+                                                  "threads": 1}
+    md = report.render(run)
+    assert "bfloat16 dot-product floor at peak: 25.0 ms (fastar reaches 25% of peak)" in md
+    assert "bf16 dot-product peak 80 GFLOP/s (avx512bf16: 32-bfloat16 vectors x 24 dot-product chains" in md
+    assert "bf16 dot-product peak" not in report.render(run_json())
+
+
 def test_share_of_peak_of_the_contender_doing_every_flop():
     """Where fastar skips work the GFLOP count includes (vq_nearest's k-d tree), the share is the full sweep's, and
     fastar's faster time is not reported as a wrong peak."""

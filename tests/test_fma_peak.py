@@ -1,12 +1,13 @@
 """benchmarks/fma_peak.cpp, the report's peak (issue 20): for each ISA it is built for, the hot loop holds its
 chains in registers (no load or store inside it: 24 chains of 64-byte vectors under AVX2 spilled, a ~20x
-wrong peak), one vector FMA (base: mul + add) per chain per iteration, and the chains fit the register file."""
+wrong peak), one vector FMA (base: mul + add; avx512bf16: one bfloat16 dot product) per chain per iteration, and
+the chains fit the register file."""
 import pytest
 
 from benchmarks import fma_peak
 
-OPS = {"base": ("mulps", "addps"), "avx2": ("vfmadd",), "avx512": ("vfmadd",)}
-WIDTH = {"base": "xmm", "avx2": "ymm", "avx512": "zmm"}
+OPS = {"base": ("mulps", "addps"), "avx2": ("vfmadd",), "avx512": ("vfmadd",), "avx512bf16": ("vdpbf16ps",)}
+WIDTH = {"base": "xmm", "avx2": "ymm", "avx512": "zmm", "avx512bf16": "zmm"}
 
 
 def hot_loop(asm, op):
@@ -36,3 +37,8 @@ def test_chains_fit_the_register_file(isa, tmp_path):
     assert chains >= 8, f"{chains} chains do not cover FMA latency x throughput (4 cycles x 2 units)"
     assert all(f"%{WIDTH[isa]}" in i for i in loop if i.startswith(OPS[isa])), f"not {WIDTH[isa]} vectors"
     assert not [i for i in loop if "(" in i], f"memory traffic in the {isa} hot loop: {loop}"
+
+
+def test_bf16_isa_follows_the_bf16_instructions():
+    assert fma_peak.bf16_isa({"cpu_bf16": "avx512-bf16"}) == "avx512bf16"
+    assert fma_peak.bf16_isa({"cpu_bf16": "amx-bf16"}) is None and fma_peak.bf16_isa({"cpu_bf16": ""}) is None
