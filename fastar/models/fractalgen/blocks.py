@@ -69,17 +69,18 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def forward_rows(self, x_BLC, index_BP):
-        """self(x)[b, index_BP[b]] in inference, for a bidirectional block, computing past the keys and values only
-        the rows asked for: every row's k and v, those rows' attention, projection and MLP (MAR's last decoder
-        block in sampling, where only the tokens predicted at this step are read)."""
-        if self.training or torch.is_grad_enabled() or self.attn.mask is not None:
-            raise ValueError("Block.forward_rows: inference (eval, no grad) of a bidirectional block only")
+        """self(x)[b, index_BP[b]] for a bidirectional block, computing past the keys and values only the rows
+        asked for: every row's k and v, those rows' attention, projection and MLP (MAR's last decoder block in
+        sampling, where only the tokens predicted at this step are read). In training its dropout draws masks for
+        those rows only."""
+        if self.attn.mask is not None:
+            raise ValueError("Block.forward_rows: a bidirectional block only (a causal query sees its own prefix)")
         B, L, C = x_BLC.shape
         H = self.attn.num_heads
         q, k, v = self.attn.qkv(self.norm1(x_BLC)).view(B, L, 3, H, C // H).permute(2, 0, 3, 1, 4)
         q = q.gather(2, index_BP[:, None, :, None].expand(B, H, -1, C // H))
         x = x_BLC.gather(1, index_BP[..., None].expand(-1, -1, C))
-        x = x + self.attn.proj(attend(q, k, v, None, None).transpose(1, 2).reshape(x.shape))
+        x = x + self.attn.proj_drop(self.attn.proj(attend(q, k, v, None, None).transpose(1, 2).reshape(x.shape)))
         return x + self.mlp(self.norm2(x))
 
     def decode_operands(self):
