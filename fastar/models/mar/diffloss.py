@@ -92,7 +92,7 @@ def head_loss(target, z, net, t, noise, mask=None):
     by 0, the same loss and gradients (MAR's unmasked tokens: ~15% of a training batch's rows)."""
     if mask is not None and fast_path(target):
         keep = mask != 0
-        if not keep.all() and keep.any():
+        if 0 < int(keep.sum()) < len(keep):  # (a mask of all ones or all zeros: every row, as officially)
             loss = fastar.ops.diffusion_loss(target[keep], z[keep], net, t=t[keep], noise=noise[keep])
             return (loss * mask[keep]).sum() / mask.sum()
     loss = fastar.ops.diffusion_loss(target, z, net, t=t, noise=noise)
