@@ -12,6 +12,8 @@ import torch
 
 import fastar
 
+LINEAR = os.environ.get("LINEAR", "0") == "1"  # every tool's opt-in nn.Linear row (fastar.patch.*(linear=))
+
 
 def load(repo, module):
     """Import `module` (e.g. "models.mar") from the official repository at `repo`."""

@@ -20,9 +20,7 @@ import torch
 
 import fastar
 import fastar.patch
-from official import load, machine, rounds
-
-LINEAR = os.environ.get("LINEAR", "0") == "1"  # the opt-in nn.Linear row (fastar.patch.fractalgen's linear=)
+from official import LINEAR, load, machine, rounds
 
 
 def sample(model, labels, num_conds, num_iter, seed):

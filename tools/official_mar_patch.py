@@ -30,10 +30,9 @@ import torch
 
 import fastar.patch
 from fastar.models.mar import mar_base
-from official import load, machine, rounds
+from official import LINEAR, load, machine, rounds
 
 RTOL = 1e-4
-LINEAR = os.environ.get("LINEAR", "0") == "1"  # the opt-in nn.Linear row (fastar.patch.mar's linear=)
 MAIN_MAR_KWARGS = dict(img_size=256, vae_stride=16, patch_size=1, vae_embed_dim=16, mask_ratio_min=0.7,
                        label_drop_prob=0.1, class_num=1000, attn_dropout=0.1, proj_dropout=0.1, buffer_size=64,
                        diffloss_d=6, diffloss_w=1024, num_sampling_steps="100", diffusion_batch_mul=4,

@@ -32,10 +32,9 @@ import torch.nn as nn
 import fastar
 import fastar.patch
 from fastar.tolerance import error_and_bound
-from official import load, machine, rounds
+from official import LINEAR, load, machine, rounds
 
 DECODER = os.environ.get("DECODER", "1") == "1"  # the decoder rows (fastar.patch.var's decoder=)
-LINEAR = os.environ.get("LINEAR", "0") == "1"  # the opt-in nn.Linear row (fastar.patch.var's linear=)
 LABELS = torch.tensor([207, 360, 387, 974, 88, 979, 417, 279])
 EVAL = dict(cfg=1.5, top_k=900, top_p=0.96)  # the paper's FID evaluation
 DEMO = dict(cfg=4.0, top_k=900, top_p=0.95)  # demo_sample.ipynb
