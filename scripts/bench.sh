@@ -25,6 +25,6 @@ timed benchmarks $PY -m pytest benchmarks --benchmark-only --benchmark-json=$R/l
 timed report $PY -m benchmarks.report $R/latest.json
 timed "train var (digits)" $PY -m fastar train var --vae-steps 150 --var-steps 200 --out $R/var-digits
 timed "train mar (digits)" $PY -m fastar train mar --out $R/mar-digits
-timed "train fractalgen (digits)" $PY -m fastar train fractalgen --steps 300 --out $R/fractalgen-digits
+timed "train fractalgen (digits)" $PY -m fastar train fractalgen --steps 1000 --out $R/fractalgen-digits
 timed "train hit (digits)" $PY -m fastar train hit --steps 200 --ckpt-every 50 --out $R/hit-digits
 timed "train dalle (digits)" $PY -m fastar train dalle --out $R/dalle-digits

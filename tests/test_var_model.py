@@ -243,3 +243,25 @@ def test_train_then_sample_cli(tmp_path, torchrun):
     if not torchrun:  # sampling from a checkpoint is the same however it was trained: once is enough
         out = run_cli(tmp_path, "sample", "var", "--ckpt", "run/ckpt.pt", "--classes", "0", "1", "2", "--out", "g.png")
         assert "fastar train var checkpoint" in out and (tmp_path / "g.png").exists()
+
+
+def test_save_grid_enlarges_small_images_pixel_for_pixel(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from fastar.models.var.sample import save_grid
+    img = torch.rand(3, 3, 8, 6, generator=torch.Generator().manual_seed(0))
+    save_grid(img, tmp_path / "g.png", nrow=2, pad=2, min_cell=20)  # 8 -> 24 rows (factor 3), 6 -> 18 columns
+    grid = torch.from_numpy(np.asarray(Image.open(tmp_path / "g.png"))).permute(2, 0, 1).float() / 255
+    assert grid.shape == (3, 2 * (24 + 2) + 2, 2 * (18 + 2) + 2)
+    for i in range(3):
+        r, c = divmod(i, 2)
+        cell = grid[:, 2 + r * 26:2 + r * 26 + 24, 2 + c * 20:2 + c * 20 + 18]
+        assert (cell[:, ::3, ::3] - img[i]).abs().max() <= 0.5 / 255 + 1e-6  # each pixel a 3 x 3 square
+        assert torch.equal(cell, cell[:, ::3, ::3].repeat_interleave(3, 1).repeat_interleave(3, 2))
+    assert (grid[:, :, :2] == 1).all() and (grid[:, 28:, 22:] == 1).all()  # padding and the empty fourth cell
+    save_grid(img, tmp_path / "big.png", min_cell=8)  # already 8 tall: unchanged
+    assert Image.open(tmp_path / "big.png").size == (3 * (6 + 2) + 2, 8 + 4)
+    for bad, match in [(img[0], "img_B3HW"), (img[:0], "img_B3HW"), (img[:, :1], "img_B3HW")]:
+        with pytest.raises(ValueError, match=match):
+            save_grid(bad, tmp_path / "x.png")

@@ -39,13 +39,23 @@ def check_cli_precision(command, precision):
             raise SystemExit(str(e)) from None
 
 
-def save_grid(img_B3HW, path, nrow=8, pad=2):
-    """Images in [0, 1] tiled row-major, nrow per row, with `pad` white pixels between them, saved as a PNG."""
+def save_grid(img_B3HW, path, nrow=8, pad=2, min_cell=64):
+    """Images in [0, 1] tiled row-major, nrow per row, with `pad` white pixels between them, saved as a PNG. Images
+    smaller than `min_cell` pixels are enlarged by a whole factor (nearest neighbour: each pixel a square, nothing
+    smoothed) so that an 8 x 8 digit is judged at 64 x 64, not at the size of a letter."""
+    if img_B3HW.dim() != 4 or img_B3HW.shape[1] != 3 or img_B3HW.shape[0] == 0:
+        raise ValueError(f"save_grid: img_B3HW must be (B >= 1, 3, H, W), got {tuple(img_B3HW.shape)}")
+    if nrow < 1 or pad < 0 or min_cell < 1:
+        raise ValueError(f"save_grid: nrow >= 1, pad >= 0 and min_cell >= 1 expected, got {nrow}, {pad}, {min_cell}")
+    img_B3HW = img_B3HW.float().cpu()
+    scale = -(-min_cell // max(img_B3HW.shape[-2:]))
+    if scale > 1:
+        img_B3HW = img_B3HW.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
     B, _, H, W = img_B3HW.shape
     ncol = min(nrow, B)
     nrows = -(-B // ncol)
     grid = torch.ones(3, nrows * (H + pad) + pad, ncol * (W + pad) + pad)
-    for i, img in enumerate(img_B3HW.float().cpu()):
+    for i, img in enumerate(img_B3HW):
         r, c = divmod(i, ncol)
         grid[:, pad + r * (H + pad):pad + r * (H + pad) + H, pad + c * (W + pad):pad + c * (W + pad) + W] = img
     Image.fromarray((grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
