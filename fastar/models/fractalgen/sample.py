@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from fastar.models.fractalgen.fractalgen import MODELS, PRECISIONS, FractalGen, FractalGenConfig, build
 from fastar.models.layers import decode_weights
-from fastar.models.var.sample import check_cli_precision, save_grid, seeded
+from fastar.models.var.sample import parse_grid_args, save_grid, seeded
 
 # README evaluation flags (num_iter_list, cfg, temperature; linear cfg schedule, filter_threshold 1e-4); base: the
 # README's best-FID cfg with the 256 px temperature
@@ -50,18 +50,10 @@ def main(argv=None):
     p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
     p.add_argument("--temperature", type=float, help="multiplies the pixel logits (> 1 sharpens), as officially")
     p.add_argument("--filter-threshold", type=float, default=1e-4, help="CFG leaves values below this probability")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16-weights", action="store_true", help="decode steps of up to 8 rows (--bs 4 with CFG) read "
                    "bfloat16 copies of the weights (half the bytes; a sampling mode with its own draws)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16: the transformer levels' products on bfloat16 operands (float32 accumulation); needs "
-                        "AMX-BF16 or AVX512-BF16 on a CPU, declined without them")
-    p.add_argument("--bs", type=int, default=4, help="images per batch (2x rows with CFG)")
-    p.add_argument("--nrow", type=int, default=8)
-    p.add_argument("--out", default="grid.png")
-    args = p.parse_args(argv)
-
-    check_cli_precision("sample fractalgen", args.precision)
+    args = parse_grid_args(p, argv, PRECISIONS, "the transformer levels' products on bfloat16 operands (float32 "
+                           "accumulation)", "images per batch (2x rows with CFG)")
     with seeded(args.seed):
         model, what = load(args.model, args.ckpt)
     model.eval()

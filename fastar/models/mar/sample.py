@@ -13,7 +13,7 @@ import torch
 
 from fastar.models.mar.mar import MAR, PRECISIONS, MARConfig, mar
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
-from fastar.models.var.sample import check_cli_precision, save_grid, seeded
+from fastar.models.var.sample import parse_grid_args, save_grid, seeded
 
 
 def load(ckpt, vae_ckpt, size):
@@ -67,16 +67,8 @@ def main(argv=None):
     p.add_argument("--cfg", type=float, default=2.9, help="classifier-free guidance (MAR-B 2.9, L 3.0, H 3.2)")
     p.add_argument("--cfg-schedule", default="linear", choices=("linear", "constant"))
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16: the transformer's products and the diffusion head's GEMMs on bfloat16 operands "
-                        "(float32 accumulation); needs AMX-BF16 or AVX512-BF16 on a CPU, declined without them")
-    p.add_argument("--bs", type=int, default=4, help="images per sample_tokens call (2x rows with CFG)")
-    p.add_argument("--nrow", type=int, default=8)
-    p.add_argument("--out", default="grid.png")
-    args = p.parse_args(argv)
-
-    check_cli_precision("sample mar", args.precision)
+    args = parse_grid_args(p, argv, PRECISIONS, "the transformer's products and the diffusion head's GEMMs on "
+                           "bfloat16 operands (float32 accumulation)", "images per sample_tokens call (2x rows with CFG)")
     with seeded(args.seed):
         vae, model, what = load(args.ckpt, args.vae_ckpt, args.size)
     if args.num_steps is not None:

@@ -30,13 +30,23 @@ def seeded(seed):
         yield
 
 
-def check_cli_precision(command, precision):
-    """A bf16 mode is declined up front (SystemExit, before any loading) on a CPU without bf16 GEMM instructions."""
-    if precision == "bf16":
+def parse_grid_args(p, argv, precisions, precision_help, bs_help):
+    """Adds the options every class-conditional sample CLI takes (the seed, the precision, whose bf16 mode does
+    `precision_help`, images per batch, the grid's columns and its file), parses argv, and declines a bf16 mode up
+    front (SystemExit, before any loading) on a CPU without bf16 GEMM instructions."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=precisions, default="fp32",
+                   help=f"bf16: {precision_help}; needs AMX-BF16 or AVX512-BF16 on a CPU, declined without them")
+    p.add_argument("--bs", type=int, default=4, help=bs_help)
+    p.add_argument("--nrow", type=int, default=8)
+    p.add_argument("--out", default="grid.png")
+    args = p.parse_args(argv)
+    if args.precision == "bf16":
         try:
-            fastar.check_bf16_gemm(f"python -m fastar {command}", torch.device("cpu"))
+            fastar.check_bf16_gemm(p.prog, torch.device("cpu"))
         except RuntimeError as e:
             raise SystemExit(str(e)) from None
+    return args
 
 
 def save_grid(img_B3HW, path, nrow=8, pad=2, min_cell=64):
@@ -95,17 +105,8 @@ def main(argv=None):
     p.add_argument("--top-k", type=int, default=900)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax code mixtures (smoother images)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16: the transformer's attention and FFN (float32 accumulation) and the VQVAE decoder in "
-                        "bfloat16; needs "
-                        "AMX-BF16 or AVX512-BF16 on a CPU, declined without them")
-    p.add_argument("--bs", type=int, default=4, help="images per forward pass (2x with CFG)")
-    p.add_argument("--nrow", type=int, default=8)
-    p.add_argument("--out", default="grid.png")
-    args = p.parse_args(argv)
-
-    check_cli_precision("sample var", args.precision)
+    args = parse_grid_args(p, argv, PRECISIONS, "the transformer's attention and FFN (float32 accumulation) and the "
+                           "VQVAE decoder in bfloat16", "images per forward pass (2x with CFG)")
     with seeded(args.seed):
         vae, var, what = load(args.ckpt, args.vae_ckpt, args.depth)
     print(f"sampling with {what}")
