@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main command of README.md: set up, run every benchmark, render benchmarks/results/latest.{json,md,png}, then for
-# each model a short training on scikit-learn's digits (its samples.png under benchmarks/results/<model>-digits/). The
+# each model a short training on scikit-learn's digits (its samples.png under benchmarks/results/<model>-digits/, all
+# five in benchmarks/results/history/digits.png, which README.md shows: commit it with the run's history). The
 # VAR-d16 and MAR-B benchmarks save the images their fastar run sampled with random weights (speed, not learning) as
 # benchmarks/results/{var_d16,mar_b}_random_weights.png: no second sampling run. Prints each part's time; budget:
 # ~20 min on a 2-core AVX2-only machine, which is why the long benchmarks run narrowed here (the knobs below; set
@@ -25,6 +26,7 @@ timed benchmarks $PY -m pytest benchmarks --benchmark-only --benchmark-json=$R/l
 timed report $PY -m benchmarks.report $R/latest.json
 timed "train var (digits)" $PY -m fastar train var --vae-steps 150 --var-steps 200 --out $R/var-digits
 timed "train mar (digits)" $PY -m fastar train mar --out $R/mar-digits
-timed "train fractalgen (digits)" $PY -m fastar train fractalgen --steps 1000 --out $R/fractalgen-digits
+timed "train fractalgen (digits)" $PY -m fastar train fractalgen --steps 800 --out $R/fractalgen-digits
 timed "train hit (digits)" $PY -m fastar train hit --steps 200 --ckpt-every 50 --out $R/hit-digits
 timed "train dalle (digits)" $PY -m fastar train dalle --out $R/dalle-digits
+timed "digits picture" $PY -m benchmarks.digits $R $R/history/digits.png

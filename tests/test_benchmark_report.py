@@ -1,5 +1,7 @@
 """benchmarks/report.py: a share of the FMA peak over 100% is reported as a wrong peak, never printed; the parts
 of fastar's work are shares of its time, not contenders; the history is appended once per run and benchmark."""
+import pytest
+
 from benchmarks import report
 
 
@@ -79,3 +81,26 @@ def test_isa_in_use_names_the_families_on_avx2():
     data = run_json()
     data["machine_info"]["fastar"]["build"] = {"cpu_isa": "avx512", "cpu_isa_avx2_families": "vq_nearest,multi_axis"}
     assert "CPU ISA in use avx512 (vq_nearest, multi_axis on AVX2), torch" in report.render(data)
+
+
+def test_digits_picture_stacks_every_models_grid(tmp_path):
+    from PIL import Image
+
+    from benchmarks import digits
+    colors = {}
+    for i, (m, _) in enumerate(digits.MODELS):
+        (tmp_path / f"{m}-digits").mkdir()
+        colors[m] = (40 * i, 255 - 40 * i, 7)
+        Image.new("RGB", (100 + 10 * i, 30), colors[m]).save(tmp_path / f"{m}-digits" / "samples.png")
+    out = tmp_path / "history" / "digits.png"
+    digits.montage(tmp_path, out)
+    img = Image.open(out).convert("RGB")
+    y = digits.LABEL_H
+    for m, _ in digits.MODELS:  # each grid pasted whole, in order, under its caption
+        grid = img.crop((digits.PAD, y + digits.LABEL_H, digits.PAD + 100, y + digits.LABEL_H + 30))
+        assert grid.getcolors() == [(100 * 30, colors[m])], m
+        y += digits.LABEL_H + 30 + digits.PAD
+    assert img.height == y + digits.PAD
+    (tmp_path / "hit-digits" / "samples.png").unlink()
+    with pytest.raises(SystemExit, match="hit-digits"):
+        digits.montage(tmp_path, out)
