@@ -265,3 +265,38 @@ def test_save_grid_enlarges_small_images_pixel_for_pixel(tmp_path):
     for bad, match in [(img[0], "img_B3HW"), (img[:0], "img_B3HW"), (img[:, :1], "img_B3HW")]:
         with pytest.raises(ValueError, match=match):
             save_grid(bad, tmp_path / "x.png")
+
+
+def _fit_rank(rank, folder):
+    """One process of test_fit_under_ddp_draws_apart_and_stays_in_sync (module level: spawned by pickle)."""
+    import argparse
+
+    import torch.distributed as dist
+
+    from fastar.models.var.train import fit
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    torch.manual_seed(0)  # as start_run: the same weights, and until fit the same generator state, everywhere
+    model, x = torch.nn.Linear(4, 1), torch.randn(16, 4)
+    start = [p.detach().clone() for p in model.parameters()]
+    args = argparse.Namespace(toy_steps=3, toy_lr=0.1, bs=4, seed=0, ckpt_every=100)
+    draws = []
+
+    def loss_fn(m, idx):
+        draws.append(torch.rand(()))  # what a trainer's masks, noise and label drops draw from
+        return m(x[idx] * (1 + draws[-1])).square().mean()
+
+    fit("toy", model, loss_fn, len(x), args, rank, 2, lambda: None)
+    torch.save({"draws": torch.stack(draws), "start": start, "end": [p.detach() for p in model.parameters()]},
+               f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_fit_under_ddp_draws_apart_and_stays_in_sync(tmp_path):
+    """Under DDP each process draws its own random numbers in training (the official trainers seed seed + rank),
+    while the weights stay equal across processes and move."""
+    import torch.multiprocessing as mp
+    mp.spawn(_fit_rank, args=(str(tmp_path),), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert len(r0["draws"]) == 3 and not torch.equal(r0["draws"], r1["draws"])
+    for a, b, s in zip(r0["end"], r1["end"], r0["start"]):
+        assert torch.equal(a, b) and not torch.equal(a, s)

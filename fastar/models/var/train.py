@@ -91,6 +91,8 @@ def fit(name, model, loss_fn, n, args, rank, world, save):
     warmup = getattr(args, f"{name}_warmup", 0)
     opt = adamw(model, lr)
     ddp = DDP(model) if world > 1 else model
+    if world > 1:  # each process its own draws from here (masks, noise, label drops), as the official trainers seed
+        torch.manual_seed(args.seed + rank)  # seed + rank; the weights were made alike, and DDP broadcasts rank 0's
     losses, steps = [], getattr(args, f"{name}_steps")
     bar = tqdm(batches(n, args.bs, steps, args.seed, rank, world), total=steps, desc=f"train {name}",
                disable=rank != 0)
