@@ -27,8 +27,8 @@ timed report $PY -m benchmarks.report $R/latest.json
 # VAR, FractalGen and DALL-E train under torchrun: 2 gloo processes of one thread, half the batch each (the same
 # global batch), 1.3-1.6x faster than one process, whose tiny ops leave the second core idle (Zen 4, diagnostic
 # runs). MAR and HiT train in one process: HiT's BatchNorm statistics would be per process, and MAR's grid at this
-# length is a lottery (4 of 20 samples diverged at another seed in one process, and at this seed under DDP) whose
-# ticket at this seed is known to be good.
+# length is a lottery (3 of 20 samples diverged at another seed in one process, 4 at this seed under DDP; the
+# reference ops draw the same) whose ticket at this seed in one process is known to be good.
 DDP="$PY -m torch.distributed.run --standalone --nproc_per_node 2 -m"
 timed "train var (digits, DDP)" $DDP fastar train var --vae-steps 150 --var-steps 200 --bs 16 --out $R/var-digits
 timed "train mar (digits)" $PY -m fastar train mar --out $R/mar-digits

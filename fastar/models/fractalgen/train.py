@@ -9,7 +9,7 @@ Reports the held-out NLL in bits/dim (eval mode: unconditional, random-order mas
 (`python -m fastar sample fractalgen --ckpt` reads it) and samples.png (a patch or pixel a step, cfg 3, temperature
 2: the per-pixel R distribution of so small and short a run is wide, and at temperature 1 its draws are noise).
 The digits stay at their own 8 x 8: resized to 16 x 16 (4x the pixels, each step 4x the work) the same minute of
-training gave blobs; at 8 x 8, 800 steps (~70 s on 2 Zen 4 cores) give digits a person can name.
+training gave blobs; at 8 x 8, 800 steps (~70 s in one process on a Zen 4) give digits a person can name.
 """
 import argparse
 import dataclasses
