@@ -30,7 +30,7 @@ timed report $PY -m benchmarks.report $R/latest.json
 # length is a lottery (3 of 20 samples diverged at another seed in one process, 4 at this seed under DDP; the
 # reference ops draw the same) whose ticket at this seed in one process is known to be good.
 DDP="$PY -m torch.distributed.run --standalone --nproc_per_node 2 -m"
-timed "train var (digits, DDP)" $DDP fastar train var --vae-steps 150 --var-steps 200 --bs 16 --out $R/var-digits
+timed "train var (digits, DDP)" $DDP fastar train var --vae-steps 150 --var-steps 500 --bs 16 --out $R/var-digits
 timed "train mar (digits)" $PY -m fastar train mar --out $R/mar-digits
 timed "train fractalgen (digits, DDP)" $DDP fastar train fractalgen --steps 800 --bs 16 --out $R/fractalgen-digits
 timed "train hit (digits)" $PY -m fastar train hit --steps 200 --ckpt-every 50 --out $R/hit-digits

@@ -6,6 +6,8 @@
 Stage 1 trains the VQVAE (L2 reconstruction + the quantizer's VQ loss), since no released tokenizer fits 32 px
 digits; stage 2 freezes it and trains VAR on its tokens, teacher-forced, as FoundationVision/VAR's trainer does.
 Writes ckpt.pt (both models with their configs; `python -m fastar sample var --ckpt` reads it) and samples.png.
+The defaults (150 tokenizer steps, 500 VAR steps: ~100 s under torchrun on 2 Zen 4 cores) give digits that follow
+their class; 200 VAR steps gave blurred shapes that did not.
 """
 import argparse
 import importlib.util
@@ -138,8 +140,8 @@ def main(argv=None):
     p.add_argument("--depth", type=int, default=2, help="VAR depth: width 64*depth, depth heads")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--bs", type=int, default=32, help="batch size per process")
-    p.add_argument("--vae-steps", type=int, default=200)
-    p.add_argument("--var-steps", type=int, default=300)
+    p.add_argument("--vae-steps", type=int, default=150)
+    p.add_argument("--var-steps", type=int, default=500)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--var-lr", type=float, default=1e-3)
     add_run_args(p, "runs/var-digits")
