@@ -302,12 +302,14 @@ def test_bad_inputs_are_named():
 @pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
 def test_train_then_sample_cli(tmp_path, torchrun):
     out = run_cli(tmp_path, "train", "fractalgen", "--steps", "3", "--bs", "8", "--nll-passes", "1",
-                  "--num-samples", "2", "--num-iter", "2,2", "--out", "run", torchrun=torchrun)
+                  "--num-samples", "2", "--num-iter", "2,2", "--cfg", "2.5", "--temperature", "1.5", "--out", "run",
+                  torchrun=torchrun)
     assert "NLL" in out and "bits/dim" in out and (tmp_path / "run" / "samples.png").exists()
-    if not torchrun:
+    if not torchrun:  # the checkpoint's samples.png settings are the sample CLI's defaults
         out = run_cli(tmp_path, "sample", "fractalgen", "--ckpt", "run/ckpt.pt", "--classes", "0", "1",
-                      "--num-iter", "2,2", "--bf16-weights", "--out", "g.png")
+                      "--bf16-weights", "--out", "g.png")
         assert "fastar train fractalgen checkpoint" in out and (tmp_path / "g.png").exists()
+        assert "num_iter [2, 2], cfg 2.5 (linear), temperature 1.5" in out
 
 
 @pytest.mark.parametrize("kind", ["ar", "mar", "mar+guiding pixel"])

@@ -271,9 +271,10 @@ def test_train_then_sample_cli(tmp_path, torchrun):
                   "--num-iter", "2", "--num-steps", "3", "--out", "run", torchrun=torchrun)
     assert "mar loss" in out and (tmp_path / "run" / "samples.png").exists()
     if not torchrun:  # sampling from a checkpoint is the same however it was trained: once is enough
-        out = run_cli(tmp_path, "sample", "mar", "--ckpt", "run/ckpt.pt", "--classes", "0", "1", "2", "--num-iter",
-                      "2", "--num-steps", "3", "--out", "g.png")
+        out = run_cli(tmp_path, "sample", "mar", "--ckpt", "run/ckpt.pt", "--classes", "0", "1", "2", "--num-steps",
+                      "3", "--out", "g.png")
         assert "fastar train mar checkpoint" in out and (tmp_path / "g.png").exists()
+        assert "num_iter 2, cfg 1.5 (linear)" in out  # the checkpoint's samples.png settings: the CLI's defaults
 
 
 def test_bf16_sampling_agrees_with_fp32(monkeypatch):

@@ -243,6 +243,7 @@ def test_train_then_sample_cli(tmp_path, torchrun):
     if not torchrun:  # sampling from a checkpoint is the same however it was trained: once is enough
         out = run_cli(tmp_path, "sample", "var", "--ckpt", "run/ckpt.pt", "--classes", "0", "1", "2", "--out", "g.png")
         assert "fastar train var checkpoint" in out and (tmp_path / "g.png").exists()
+        assert "cfg 2.0, top-k 50, top-p 0.95" in out  # the checkpoint's samples.png settings: the CLI's defaults
 
 
 def test_save_grid_enlarges_small_images_pixel_for_pixel(tmp_path):

@@ -4,7 +4,8 @@
     python -m fastar sample fractalgen --ckpt runs/fractalgen-digits/ckpt.pt --classes 0 1 2 3   # `fastar train`
 
 Without --ckpt the weights are random (the named model's official shapes), and it says so. Per-model defaults of
---num-iter, --cfg, --temperature are the README's evaluation flags; the progress bar counts the top level's steps.
+--num-iter, --cfg, --temperature are the README's evaluation flags, and for a `fastar train` checkpoint those its
+samples.png used; the progress bar counts the top level's steps.
 """
 import argparse
 
@@ -13,20 +14,22 @@ from tqdm import tqdm
 
 from fastar.models.fractalgen.fractalgen import MODELS, PRECISIONS, FractalGen, FractalGenConfig, build
 from fastar.models.layers import decode_weights
-from fastar.models.var.sample import parse_grid_args, save_grid, seeded
+from fastar.models.var.sample import fill_defaults, parse_grid_args, save_grid, seeded
 
 # README evaluation flags (num_iter_list, cfg, temperature; linear cfg schedule, filter_threshold 1e-4); base: the
 # README's best-FID cfg with the 256 px temperature
-README_FLAGS = {"fractalar_in64": ("64,16", 11.0, 1.03), "fractalmar_in64": ("64,16", 6.5, 1.02),
-                "fractalmar_base_in256": ("64,16,16", 29.0, 1.1), "fractalmar_large_in256": ("64,16,16", 21.0, 1.1),
-                "fractalmar_huge_in256": ("64,16,16", 19.0, 1.1)}
+README_FLAGS = {name: dict(zip(("num_iter", "cfg", "temperature"), flags)) for name, flags in {
+    "fractalar_in64": ("64,16", 11.0, 1.03), "fractalmar_in64": ("64,16", 6.5, 1.02),
+    "fractalmar_base_in256": ("64,16,16", 29.0, 1.1), "fractalmar_large_in256": ("64,16,16", 21.0, 1.1),
+    "fractalmar_huge_in256": ("64,16,16", 19.0, 1.1)}.items()}
 
 
 def load(name, ckpt):
-    """(model, what was loaded). ckpt: a `fastar train fractalgen` checkpoint or an official checkpoint-*.pth
-    ({'model': state_dict, 'args': ...}) of the model `name`."""
+    """(model, what was loaded, its sampling defaults (fill_defaults)). ckpt: a `fastar train fractalgen` checkpoint
+    (what its samples.png used) or an official checkpoint-*.pth ({'model': state_dict, 'args': ...}) of the model
+    `name` (the README's flags)."""
     if ckpt is None:
-        return build(name), f"RANDOM weights (no --ckpt): {name}, untrained"
+        return build(name), f"RANDOM weights (no --ckpt): {name}, untrained", README_FLAGS[name]
     import argparse as _argparse
     torch.serialization.add_safe_globals([_argparse.Namespace])  # the official checkpoints pickle their args
     sd = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -34,10 +37,12 @@ def load(name, ckpt):
         cfg = FractalGenConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sd["fractalgen_cfg"].items()})
         model = FractalGen(cfg)
         model.load_state_dict(sd["model"])
-        return model, f"{ckpt} (fastar train fractalgen checkpoint)"
+        levels = model.num_fractal_levels - 1  # checkpoints from before sample_flags: a short default
+        flags = sd.get("sample_flags", {"num_iter": ",".join(["4"] * levels), "cfg": 2.0, "temperature": 1.0})
+        return model, f"{ckpt} (fastar train fractalgen checkpoint)", flags
     model = build(name)
     model.load_state_dict(sd.get("model", sd))
-    return model, f"{ckpt} ({name})"
+    return model, f"{ckpt} ({name})", README_FLAGS[name]
 
 
 def main(argv=None):
@@ -55,14 +60,10 @@ def main(argv=None):
     args = parse_grid_args(p, argv, PRECISIONS, "the transformer levels' products on bfloat16 operands (float32 "
                            "accumulation)", "images per batch (2x rows with CFG)")
     with seeded(args.seed):
-        model, what = load(args.model, args.ckpt)
+        model, what, defaults = load(args.model, args.ckpt)
     model.eval()
-    levels = model.num_fractal_levels - 1
-    trained_here = "fastar train" in what
-    num_iter, cfg, temperature = (",".join(["4"] * levels), 2.0, 1.0) if trained_here else README_FLAGS[args.model]
-    num_iter = [int(n) for n in (args.num_iter or num_iter).split(",")]
-    cfg = args.cfg if args.cfg is not None else cfg
-    temperature = args.temperature if args.temperature is not None else temperature
+    fill_defaults(args, defaults)
+    num_iter, cfg, temperature = [int(n) for n in args.num_iter.split(",")], args.cfg, args.temperature
     print(f"sampling with {what}: num_iter {num_iter}, cfg {cfg} ({args.cfg_schedule}), temperature {temperature}")
     labels = torch.tensor(args.classes)
     out = []

@@ -64,7 +64,8 @@ def main(argv=None):
     model = FractalGen(cfg).train()
 
     def save():
-        torch.save({"fractalgen_cfg": dataclasses.asdict(cfg), "model": model.state_dict()},
+        torch.save({"fractalgen_cfg": dataclasses.asdict(cfg), "model": model.state_dict(),
+                    "sample_flags": {"num_iter": args.num_iter, "cfg": args.cfg, "temperature": args.temperature}},
                    os.path.join(args.out, "ckpt.pt"))
 
     before = nll_bits_per_dim(model, val_x, args.nll_passes, args.seed)

@@ -13,21 +13,26 @@ import torch
 
 from fastar.models.mar.mar import MAR, PRECISIONS, MARConfig, mar
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
-from fastar.models.var.sample import parse_grid_args, save_grid, seeded
+from fastar.models.var.sample import fill_defaults, parse_grid_args, save_grid, seeded
+
+
+OFFICIAL_FLAGS = {"num_iter": 64, "cfg": 2.9}  # a quicker num_iter than the official evaluation's 256; MAR-B's cfg
 
 
 def load(ckpt, vae_ckpt, size):
-    """(vae, mar, what was loaded). ckpt: a `fastar train mar` checkpoint, or an official checkpoint-last.pth
-    (its EMA weights, as the official evaluation samples; the KL-16 VAE then comes from vae_ckpt)."""
+    """(vae, mar, what was loaded, its sampling defaults (fill_defaults)). ckpt: a `fastar train mar` checkpoint, or
+    an official checkpoint-last.pth (its EMA weights, as the official evaluation samples; the KL-16 VAE then comes
+    from vae_ckpt)."""
     if ckpt is None:
-        return AutoencoderKL(), mar(size), f"RANDOM weights (no --ckpt): MAR-{size} and the KL-16 VAE, untrained"
+        return (AutoencoderKL(), mar(size), f"RANDOM weights (no --ckpt): MAR-{size} and the KL-16 VAE, untrained",
+                OFFICIAL_FLAGS)
     sd = torch.load(ckpt, map_location="cpu")
     if "mar_cfg" in sd:
         cfg = sd["mar_cfg"]
         vae, model = AutoencoderKL(KLConfig(**sd["vae_cfg"])), MAR(MARConfig(**cfg))
         vae.load_state_dict(sd["vae"])
         model.load_state_dict(sd["mar"])
-        return vae, model, f"{ckpt} (fastar train mar checkpoint)"
+        return vae, model, f"{ckpt} (fastar train mar checkpoint)", {**OFFICIAL_FLAGS, **sd.get("sample_flags", {})}
     if vae_ckpt is None:
         raise SystemExit("an official MAR checkpoint needs --vae-ckpt (kl16.ckpt)")
     model = mar(size)
@@ -37,7 +42,7 @@ def load(ckpt, vae_ckpt, size):
     vae_sd = vae_sd.get("model", vae_sd)
     # kl16.ckpt also carries its training loss's weights (LPIPS, discriminator): only the autoencoder's are read.
     vae.load_state_dict({k: v for k, v in vae_sd.items() if k in vae.state_dict()})
-    return vae, model, f"{ckpt} + {vae_ckpt}"
+    return vae, model, f"{ckpt} + {vae_ckpt}", OFFICIAL_FLAGS
 
 
 @torch.no_grad()
@@ -62,18 +67,21 @@ def main(argv=None):
     p.add_argument("--ckpt", help="official checkpoint-last.pth or a `fastar train mar` ckpt.pt")
     p.add_argument("--vae-ckpt", help="the KL-16 VAE's kl16.ckpt (with an official --ckpt)")
     p.add_argument("--classes", type=int, nargs="+", default=[207, 360, 387, 974], help="one image per class")
-    p.add_argument("--num-iter", type=int, default=64, help="autoregressive steps (the official evaluation: 256)")
+    p.add_argument("--num-iter", type=int, help="autoregressive steps (default 64, the official evaluation 256, or "
+                   "what a `fastar train` checkpoint's samples.png used)")
     p.add_argument("--num-steps", type=int, help="diffusion steps per token (default: the model's, 100)")
-    p.add_argument("--cfg", type=float, default=2.9, help="classifier-free guidance (MAR-B 2.9, L 3.0, H 3.2)")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance (default MAR-B's 2.9, L 3.0, H 3.2, or the "
+                   "checkpoint's)")
     p.add_argument("--cfg-schedule", default="linear", choices=("linear", "constant"))
     p.add_argument("--temperature", type=float, default=1.0)
     args = parse_grid_args(p, argv, PRECISIONS, "the transformer's products and the diffusion head's GEMMs on "
                            "bfloat16 operands (float32 accumulation)", "images per sample_tokens call (2x rows with CFG)")
     with seeded(args.seed):
-        vae, model, what = load(args.ckpt, args.vae_ckpt, args.size)
+        vae, model, what, defaults = load(args.ckpt, args.vae_ckpt, args.size)
+    fill_defaults(args, defaults)
     if args.num_steps is not None:
         model.diffloss.num_sampling_steps = args.num_steps
-    print(f"sampling with {what}")
+    print(f"sampling with {what}: num_iter {args.num_iter}, cfg {args.cfg} ({args.cfg_schedule})")
     vae.eval(), model.eval()
     labels = torch.tensor(args.classes)
     img = generate(vae, model, labels, num_iter=args.num_iter, cfg=args.cfg, temperature=args.temperature,

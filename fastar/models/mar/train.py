@@ -70,6 +70,7 @@ def main(argv=None):
 
     def save():
         torch.save({"vae_cfg": dataclasses.asdict(vae.cfg), "mar_cfg": dataclasses.asdict(model.cfg),
+                    "sample_flags": {"num_iter": args.num_iter, "cfg": args.cfg},  # samples.png's, for `fastar sample`
                     "vae": vae.state_dict(), "mar": model.state_dict()}, os.path.join(args.out, "ckpt.pt"))
 
     # stage 1: the tokenizer

@@ -49,6 +49,16 @@ def parse_grid_args(p, argv, precisions, precision_help, bs_help):
     return args
 
 
+def fill_defaults(args, defaults):
+    """The sampling options left unset on the command line (None) take `defaults` ({option: value}): the official
+    evaluation's for released weights, and for a `fastar train` checkpoint those its samples.png used (saved in it
+    as sample_flags). Returns args."""
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
 def save_grid(img_B3HW, path, nrow=8, pad=2, min_cell=64):
     """Images in [0, 1] tiled row-major, nrow per row, with `pad` white pixels between them, saved as a PNG. Images
     smaller than `min_cell` pixels are enlarged by a whole factor (nearest neighbour: each pixel a square, nothing
@@ -71,19 +81,24 @@ def save_grid(img_B3HW, path, nrow=8, pad=2, min_cell=64):
     Image.fromarray((grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
 
 
+OFFICIAL_FLAGS = {"cfg": 4.0, "top_k": 900, "top_p": 0.95}  # VAR's demo sampling of the released models
+
+
 def load(ckpt, vae_ckpt, depth):
-    """(vae, var, what was loaded). ckpt: a `fastar train var` checkpoint or an official var_d*.pth state dict
-    (depth, shared AdaLN and resolution are read off its keys; the official VAE then comes from vae_ckpt)."""
+    """(vae, var, what was loaded, its sampling defaults (fill_defaults)). ckpt: a `fastar train var` checkpoint or
+    an official var_d*.pth state dict (depth, shared AdaLN and resolution are read off its keys; the official VAE
+    then comes from vae_ckpt)."""
     if ckpt is None:
         vae, var = build_vae_var(depth=depth)
-        return vae, var, f"RANDOM weights (no --ckpt): VAR-d{depth} and the released VQVAE config, untrained"
+        return (vae, var, f"RANDOM weights (no --ckpt): VAR-d{depth} and the released VQVAE config, untrained",
+                OFFICIAL_FLAGS)
     sd = torch.load(ckpt, map_location="cpu")
     if "var_cfg" in sd:
         vae = VQVAE(VQVAEConfig(**sd["vae_cfg"])).eval().requires_grad_(False)
         var = VAR(vae, VARConfig(**sd["var_cfg"]))
         vae.load_state_dict(sd["vae"])
         var.load_state_dict(sd["var"])
-        return vae, var, f"{ckpt} (fastar train var checkpoint)"
+        return vae, var, f"{ckpt} (fastar train var checkpoint)", {**OFFICIAL_FLAGS, **sd.get("sample_flags", {})}
     if vae_ckpt is None:
         raise SystemExit("an official VAR checkpoint needs --vae-ckpt (vae_ch160v4096z32.pth)")
     L = sd["pos_1LC"].shape[1]
@@ -92,7 +107,7 @@ def load(ckpt, vae_ckpt, depth):
                              shared_aln="shared_ada_lin.1.weight" in sd)
     vae.load_state_dict(torch.load(vae_ckpt, map_location="cpu"))
     var.load_state_dict(sd)
-    return vae, var, f"{ckpt} + {vae_ckpt}"
+    return vae, var, f"{ckpt} + {vae_ckpt}", OFFICIAL_FLAGS
 
 
 def main(argv=None):
@@ -101,15 +116,17 @@ def main(argv=None):
     p.add_argument("--ckpt", help="official var_d*.pth or a `fastar train var` ckpt.pt")
     p.add_argument("--vae-ckpt", help="official vae_ch160v4096z32.pth (with an official --ckpt)")
     p.add_argument("--classes", type=int, nargs="+", default=[207, 360, 387, 974], help="one image per class")
-    p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance at the last scale")
-    p.add_argument("--top-k", type=int, default=900)
-    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--cfg", type=float, help="classifier-free guidance at the last scale (default 4, or what a "
+                   "`fastar train` checkpoint's samples.png used)")
+    p.add_argument("--top-k", type=int, help="default 900, or the checkpoint's")
+    p.add_argument("--top-p", type=float, help="default 0.95, or the checkpoint's")
     p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax code mixtures (smoother images)")
     args = parse_grid_args(p, argv, PRECISIONS, "the transformer's attention and FFN (float32 accumulation) and the "
                            "VQVAE decoder in bfloat16", "images per forward pass (2x with CFG)")
     with seeded(args.seed):
-        vae, var, what = load(args.ckpt, args.vae_ckpt, args.depth)
-    print(f"sampling with {what}")
+        vae, var, what, defaults = load(args.ckpt, args.vae_ckpt, args.depth)
+    fill_defaults(args, defaults)
+    print(f"sampling with {what}: cfg {args.cfg}, top-k {args.top_k}, top-p {args.top_p}")
     var.eval()
     labels = torch.tensor(args.classes)
     out = []

@@ -31,6 +31,7 @@ from fastar.models.var.vqvae import VQVAEConfig
 TINY_PATCH_NUMS = (1, 2, 3, 4, 6, 8)
 TINY_VAE = VQVAEConfig(vocab_size=256, z_channels=16, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1,
                        v_patch_nums=TINY_PATCH_NUMS)
+SAMPLE_FLAGS = {"cfg": 2.0, "top_k": 50, "top_p": 0.95}  # samples.png's; saved in ckpt.pt for `fastar sample var`
 NO_DECAY = ("pos_start", "pos_1LC", "lvl_embed", "scale_mul", "ada_gss")  # as VAR's optimizer: embeddings, scales
 
 
@@ -152,8 +153,8 @@ def main(argv=None):
                              num_classes=10)
 
     def save():
-        torch.save({"vae_cfg": asdict(vae.cfg), "var_cfg": asdict(var.cfg), "vae": vae.state_dict(),
-                    "var": var.state_dict()}, os.path.join(args.out, "ckpt.pt"))
+        torch.save({"vae_cfg": asdict(vae.cfg), "var_cfg": asdict(var.cfg), "sample_flags": SAMPLE_FLAGS,
+                    "vae": vae.state_dict(), "var": var.state_dict()}, os.path.join(args.out, "ckpt.pt"))
 
     # stage 1: the tokenizer
     vae.train().requires_grad_(True)
@@ -193,7 +194,7 @@ def main(argv=None):
     if rank == 0:
         print(f"var loss {first:.4f} -> {last:.4f}")
         var.eval()
-        img = var.autoregressive_infer_cfg(20, torch.arange(20) % 10, g_seed=args.seed, cfg=2.0, top_k=50, top_p=0.95)
+        img = var.autoregressive_infer_cfg(20, torch.arange(20) % 10, g_seed=args.seed, **SAMPLE_FLAGS)
         save_grid(img, os.path.join(args.out, "samples.png"), nrow=10)
         print(f"wrote {args.out}/ckpt.pt and {args.out}/samples.png")
     if world > 1:
