@@ -23,8 +23,8 @@ def peak_basis(m, key="fp32_peak"):
     p = m.get(key) or {}
     if not p:
         return "not measured"
-    what = "bfloat16 vectors x {} dot-product" if key == "bf16_peak" else "float vectors x {} FMA"
-    return (f"{p['gflops']:.0f} GFLOP/s ({p['isa']}: {p['floats']}-{what.format(p['chains'])} chains "
+    element, op = ("bfloat16", "dot-product") if key == "bf16_peak" else ("float", "FMA")
+    return (f"{p['gflops']:.0f} GFLOP/s ({p['isa']}: {p['floats']}-{element} vectors x {p['chains']} {op} chains "
             f"per thread, {p['threads']} threads, each over its own CPU time; benchmarks/fma_peak.cpp)")
 
 

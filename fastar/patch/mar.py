@@ -37,7 +37,7 @@ def diffloss_forward(self, target, z, mask=None):
     draws."""
     t = torch.randint(0, self.train_diffusion.num_timesteps, (target.shape[0],), device=target.device)
     noise = torch.randn_like(target)
-    return head_loss(target, z, self.net, t, noise, mask)  # the head on the rows of nonzero mask only
+    return head_loss(target, z, self.net, t, noise, mask)
 
 
 _OFFICIAL_CHAIN = {"loss_type": "MSE", "model_var_type": "LEARNED_RANGE", "model_mean_type": "EPSILON"}
