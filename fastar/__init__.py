@@ -6,8 +6,8 @@
 """
 from fastar._version import __version__
 from fastar._backend import (backends, build_info, check_bf16_gemm, cpu_cache_all_tensors, cpu_cache_info,
-                             empty_cpu_cache, last_backend, set_cpu_cache_limit, use_backend)
+                             cpu_cache_step, empty_cpu_cache, last_backend, set_cpu_cache_limit, use_backend)
 from fastar import ops, reference
 
 __all__ = ["__version__", "backends", "build_info", "check_bf16_gemm", "cpu_cache_all_tensors", "cpu_cache_info",
-           "empty_cpu_cache", "last_backend", "set_cpu_cache_limit", "use_backend", "ops", "reference"]
+           "cpu_cache_step", "empty_cpu_cache", "last_backend", "set_cpu_cache_limit", "use_backend", "ops", "reference"]

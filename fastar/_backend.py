@@ -66,7 +66,8 @@ def cpu_cache_info() -> dict:
     """The CPU kernels' cache of large output blocks (csrc/cpu/huge_blocks.h): a fresh output of tens of MB costs a
     page fault and the OS's zeroing of every page, so the blocks of freed outputs (at least 4 MB, on transparent
     huge pages) are kept for the next call of that size. {'blocks', 'bytes': what it holds now, 'limit_bytes',
-    'hits', 'misses': outputs served from it and freshly mapped}. Used by the tiny-sequence attention."""
+    'hits', 'misses': outputs served from it and freshly mapped, 'live_bytes': of its blocks in use, 'peak_bytes':
+    the limit raised by cpu_cache_all_tensors(keep_peak=True), 0 if none}. Used by the tiny-sequence attention."""
     return dict(_require_C("cpu_cache_info").cpu_cache_info())
 
 
@@ -78,24 +79,50 @@ def empty_cpu_cache():
 
 def set_cpu_cache_limit(mb: int):
     """The most the cache holds, in MB (default: FASTAR_CPU_CACHE_MB, else 2048 or an eighth of the machine's
-    memory, whichever is less); 0 keeps nothing. Lowering it unmaps the cached blocks past it."""
+    memory, whichever is less); 0 keeps nothing. Lowering it unmaps the cached blocks past it. It drops a peak kept
+    by cpu_cache_all_tensors(keep_peak=True), as empty_cpu_cache does."""
     if isinstance(mb, bool) or not isinstance(mb, int) or mb < 0:
         raise ValueError(f"set_cpu_cache_limit: mb must be an int >= 0, got {mb!r}")
     _require_C("set_cpu_cache_limit").set_cpu_cache_limit(mb << 20)
 
 
 @contextlib.contextmanager
-def cpu_cache_all_tensors():
+def cpu_cache_all_tensors(keep_peak: bool = False):
     """Within it every CPU tensor torch allocates (not only fastar's kernels' outputs) of at least 4 MB comes from
     the CPU cache, smaller ones from torch's allocator as before: for models whose layers allocate large
     activations, where each fresh one costs page faults and zeroing (VAR's VQVAE decoder at B 4: ~170 MB per
     convolution output; its fast path runs in it). Process-wide while inside (torch's CPU allocator is swapped);
-    nests; the blocks stay cached after it, up to the limit."""
-    _require_C("cpu_cache_all_tensors").cpu_cache_all_tensors(True)
+    nests; the blocks stay cached after it, up to the limit.
+
+    keep_peak=True (a training step): the most bytes of cached blocks in use at once inside raises the limit, and
+    stays its floor after the scope, so that the next step's activations and gradients come warm from the blocks
+    this step's backward freed, as torch's CUDA caching allocator keeps what it reserved. The process then holds
+    a step's peak of large tensors between steps (VAR-d16 at B 8: ~9 GB) until empty_cpu_cache() or
+    set_cpu_cache_limit(). Its blocks are on 4 KB pages: VAR-d16's steps ran slower on warm 2 MB ones than on
+    torch's allocator. fastar.cpu_cache_step(device) is this for the cpu backend only."""
+    if not isinstance(keep_peak, bool):
+        raise TypeError(f"cpu_cache_all_tensors: keep_peak must be a bool, got {type(keep_peak).__name__}")
+    _require_C("cpu_cache_all_tensors").cpu_cache_all_tensors(True, keep_peak)
     try:
         yield
     finally:
-        _C.cpu_cache_all_tensors(False)
+        _C.cpu_cache_all_tensors(False, keep_peak)
+
+
+@contextlib.contextmanager
+def cpu_cache_step(device: torch.device):
+    """One training step's scope (forward, backward, optimizer): where fastar's cpu backend runs ops on `device`,
+    every large tensor comes from the CPU cache with its peak kept (cpu_cache_all_tensors(keep_peak=True)), so each
+    step after the first writes warm blocks (VAR-d16 at B 8 on a Zen 4: ~47 -> ~38 s a step); elsewhere, the torch
+    backend included (the official formulation), torch's allocator as usual. fastar's trainers run every step in it
+    and call empty_cpu_cache() at the end."""
+    if not isinstance(device, torch.device):
+        raise TypeError(f"cpu_cache_step: device must be a torch.device, got {type(device).__name__}")
+    if active(device) != "cpu" or device.type != "cpu":
+        yield
+        return
+    with cpu_cache_all_tensors(keep_peak=True):
+        yield
 
 
 FP32_LINEAR_LIBRARIES = ("mkl", "onednn")

@@ -131,3 +131,75 @@ def test_all_tensors_mode_raw_allocations():
         buf.seek(0)
         assert torch.equal(torch.load(buf), t)
         del t
+
+
+def test_keep_peak_keeps_a_steps_blocks_for_the_next():
+    """A step under cpu_cache_all_tensors(keep_peak=True) with more large tensors alive at once than the limit: their
+    blocks all stay cached after it (the limit raised to the peak), the next step takes every one of them warm (no
+    fresh mapping) and computes the same, and empty_cpu_cache drops the raised limit. Without keep_peak the limit
+    evicts them."""
+    x = torch.randn(1024, 2048)  # 8 MB per tensor, a whole number of 2 MB pages
+
+    def step():
+        acts = [x * i for i in range(4)]  # 32 MB alive at once
+        return torch.stack([a.sum() for a in acts])
+
+    with cache_limit(10):
+        live = fastar.cpu_cache_info()["live_bytes"]  # blocks other tests' tensors still hold
+        with fastar.cpu_cache_all_tensors():
+            expected = step()
+        info = fastar.cpu_cache_info()
+        assert (info["bytes"], info["peak_bytes"]) == (8 * MB, 0)  # one block fits the limit
+        fastar.empty_cpu_cache()
+        with fastar.cpu_cache_all_tensors(keep_peak=True):
+            assert torch.equal(step(), expected)
+        info = fastar.cpu_cache_info()
+        assert (info["blocks"], info["bytes"], info["live_bytes"]) == (4, 32 * MB, live)
+        assert info["peak_bytes"] == live + 32 * MB and info["limit_bytes"] == 10 * MB
+        with fastar.cpu_cache_all_tensors(keep_peak=True):
+            assert torch.equal(step(), expected)
+        again = fastar.cpu_cache_info()
+        assert (again["hits"] - info["hits"], again["misses"] - info["misses"], again["bytes"]) == (4, 0, 32 * MB)
+        fastar.empty_cpu_cache()
+        assert fastar.cpu_cache_info()["peak_bytes"] == 0
+        with fastar.cpu_cache_all_tensors():
+            step()
+        assert fastar.cpu_cache_info()["bytes"] == 8 * MB  # the set limit again
+    with pytest.raises(TypeError, match="keep_peak must be a bool, got str"):
+        with fastar.cpu_cache_all_tensors(keep_peak="yes"):
+            pass
+
+
+def thp_eligible(t):
+    """THPeligible of the mapping that holds t's data (/proc/self/smaps): 1 where the kernel may back it with 2 MB
+    pages."""
+    addr, lines, inside = t.data_ptr(), open("/proc/self/smaps").read().splitlines(), False
+    for line in lines:
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside and line.startswith("THPeligible:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no mapping in /proc/self/smaps holds {addr:#x}")
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled")
+                    or "[never]" in open("/sys/kernel/mm/transparent_hugepage/enabled").read(),
+                    reason="transparent huge pages are off on this machine: no page kind to tell apart")
+def test_page_kinds():
+    """Kernel outputs and the plain all-tensors mode on 2 MB pages; a keep_peak scope's blocks on 4 KB pages, and
+    neither kind serves a request of the other."""
+    x = torch.randn(1024, 2048)
+    with cache_limit(64):
+        with fastar.cpu_cache_all_tensors():
+            huge = x * 2
+        with fastar.cpu_cache_all_tensors(keep_peak=True):
+            small = x * 2
+        assert (thp_eligible(huge), thp_eligible(small)) == (1, 0)
+        assert thp_eligible(fastar.ops.attention(*qkv(128))) == 1
+        del huge
+        misses = fastar.cpu_cache_info()["misses"]
+        with fastar.cpu_cache_all_tensors(keep_peak=True):
+            other = x * 2  # the freed 8 MB block is huge: a fresh small one
+        assert fastar.cpu_cache_info()["misses"] == misses + 1 and thp_eligible(other) == 0

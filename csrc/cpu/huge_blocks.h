@@ -1,4 +1,5 @@
-// Large CPU outputs on transparent huge pages, from a bounded cache of blocks the kernels' earlier outputs released.
+// Large CPU outputs on transparent huge pages, from a bounded cache of blocks the kernels' earlier outputs released
+// (a training step's blocks, keep_peak below, on 4 KB pages: see map_block).
 //
 // A fresh output of tens of MB costs the kernel a page fault per 4 KB (the pages madvise(MADV_HUGEPAGE) makes 2 MB
 // cut that 512-fold) and the kernel's zeroing of every page, which glibc repeats on each call: it maps blocks this
@@ -27,6 +28,8 @@ std::vector<at::Tensor> empty_huge_parts(const std::vector<std::vector<int64_t>>
 
 struct HugeBlockStats {
   int64_t cached_blocks, cached_bytes, limit_bytes, hits, misses;
+  int64_t live_bytes;  // of blocks handed out and not yet freed
+  int64_t peak_bytes;  // the limit raised by keep_peak scopes (0: none since the last empty or set_limit)
 };
 
 // What the cache holds and has served.
@@ -37,12 +40,15 @@ void empty_huge_block_cache();
 
 // on: every CPU tensor torch allocates from now on goes through the cache's allocator (c10::SetCPUAllocator): at least
 // kHugeBlockMinBytes from the cache, smaller ones from the allocator that was in place; off restores it. Nests (a
-// count of ons). VQVAE decoders allocate activations of ~170 MB per convolution.
-void huge_blocks_for_all_tensors(bool on);
+// count of ons). VQVAE decoders allocate activations of ~170 MB per convolution. keep_peak (the same for an on and
+// its off): inside, the most bytes of cached blocks live at once raise the limit, and stay its floor after the scope
+// until empty_huge_block_cache or set_huge_block_limit, as torch's CUDA caching allocator keeps what it reserved: a
+// training step's activations, freed by its backward, serve the next step warm (VAR-d16 at B 8 holds ~9 GB).
+void huge_blocks_for_all_tensors(bool on, bool keep_peak);
 
 // The cache's limit in bytes (at first use FASTAR_CPU_CACHE_MB, else 2 GB or an eighth of the memory, whichever is
-// less; 0 keeps nothing). Past it the oldest blocks are unmapped; a block past it alone is unmapped when freed,
-// evicting nothing.
+// less; 0 keeps nothing), raised to the kept peak where one is larger. Past it the oldest blocks are unmapped; a
+// block past it alone is unmapped when freed, evicting nothing. Setting it drops the kept peak.
 void set_huge_block_limit(int64_t bytes);
 
 }  // namespace fastar::cpu

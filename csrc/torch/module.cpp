@@ -38,11 +38,14 @@ PYBIND11_MODULE(_C, m) {
     info["limit_bytes"] = s.limit_bytes;
     info["hits"] = s.hits;
     info["misses"] = s.misses;
+    info["live_bytes"] = s.live_bytes;
+    info["peak_bytes"] = s.peak_bytes;
     return info;
   });
   m.def("empty_cpu_cache", &fastar::cpu::empty_huge_block_cache);
   m.def("set_cpu_cache_limit", &fastar::cpu::set_huge_block_limit);
-  m.def("cpu_cache_all_tensors", &fastar::cpu::huge_blocks_for_all_tensors);
+  m.def("cpu_cache_all_tensors", &fastar::cpu::huge_blocks_for_all_tensors, pybind11::arg("on"),
+        pybind11::arg("keep_peak") = false);
   m.def("capabilities", [] {
     return fastar::capabilities({{"cpu", fastar::kernels::kAttentionCpuMaxHeadDim},
                                  {"cuda", fastar::kernels::kAttentionCudaMaxHeadDim}});

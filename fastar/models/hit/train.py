@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import fastar
 from fastar.models.hit.discriminator import StyleGANDiscriminator
 from fastar.models.hit.generator import TINY, HiTGenerator
 from fastar.models.hit.losses import consistency, d_loss, ema_update, g_loss, r1_penalty
@@ -35,25 +36,26 @@ def module(m):
 def gan_step(G, D, real, z, opt_G, opt_D, r1=10.0, bcr=0.0):
     """One simultaneous update of G and D (either may be DDP-wrapped) from one generator forward; both gradients
     are taken at the current weights, as the official trainer's two GradientTapes. Returns (d_loss, g_loss)."""
-    B = real.shape[0]
-    fake = G(z)  # (B, 3, S, S)
-    real = real.detach().requires_grad_(r1 > 0)
-    logits = D(torch.cat([real, fake.detach()]))  # one D forward for reals and fakes: (2B,)
-    real_logits, fake_logits = logits[:B], logits[B:]
-    loss_d = d_loss(real_logits, fake_logits)
-    if r1 > 0:
-        loss_d = loss_d + r1_penalty(real_logits, real, r1)
-    if bcr > 0:
-        loss_d = loss_d + consistency(module(D), real, fake, real_logits, fake_logits, bcr)
-    opt_D.zero_grad(set_to_none=True)
-    loss_d.backward()
-    module(D).requires_grad_(False)  # the generator's loss leaves D's gradients as they are
-    loss_g = g_loss(module(D)(fake))
-    opt_G.zero_grad(set_to_none=True)
-    loss_g.backward()
-    module(D).requires_grad_(True)
-    opt_D.step()
-    opt_G.step()
+    with fastar.cpu_cache_step(real.device):  # its large tensors warm from the CPU cache after the first step
+        B = real.shape[0]
+        fake = G(z)  # (B, 3, S, S)
+        real = real.detach().requires_grad_(r1 > 0)
+        logits = D(torch.cat([real, fake.detach()]))  # one D forward for reals and fakes: (2B,)
+        real_logits, fake_logits = logits[:B], logits[B:]
+        loss_d = d_loss(real_logits, fake_logits)
+        if r1 > 0:
+            loss_d = loss_d + r1_penalty(real_logits, real, r1)
+        if bcr > 0:
+            loss_d = loss_d + consistency(module(D), real, fake, real_logits, fake_logits, bcr)
+        opt_D.zero_grad(set_to_none=True)
+        loss_d.backward()
+        module(D).requires_grad_(False)  # the generator's loss leaves D's gradients as they are
+        loss_g = g_loss(module(D)(fake))
+        opt_G.zero_grad(set_to_none=True)
+        loss_g.backward()
+        module(D).requires_grad_(True)
+        opt_D.step()
+        opt_G.step()
     return loss_d.item(), loss_g.item()
 
 
@@ -102,6 +104,8 @@ def main(argv=None):
         bar.set_postfix(d=f"{ld:.3f}", g=f"{lg:.3f}")
         if rank == 0 and ((step + 1) % args.ckpt_every == 0 or step + 1 == args.steps):
             save(step + 1)
+    if fastar.backends()["cpu"]:
+        fastar.empty_cpu_cache()  # the steps' blocks back to the OS
     if rank == 0:
         sample_grid(G_ema, z_fixed, os.path.join(args.out, "samples.png"))
         print(f"d loss {ld:.4f} g loss {lg:.4f}; wrote {args.out}/ckpt.pt and {args.out}/samples.png")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import fastar
 from fastar.models.var.build import build_vae_var
 from fastar.models.var.sample import save_grid
 from fastar.models.var.vqvae import VQVAEConfig
@@ -89,7 +90,9 @@ def lr_at(step, steps, lr, schedule, warmup):
 def fit(name, model, loss_fn, n, args, rank, world, save):
     """Optimizes loss_fn(idx) over `args.<name>_steps` batches at `args.<name>_lr` (scheduled by
     `args.<name>_lr_schedule` and `args.<name>_warmup` where the trainer has them: lr_at), calling save() every
-    args.ckpt_every steps and at the end (on rank 0); returns the mean loss of the first and of the last 20 steps."""
+    args.ckpt_every steps and at the end (on rank 0); returns the mean loss of the first and of the last 20 steps.
+    Each step runs in fastar.cpu_cache_step (its large tensors from the CPU cache, warm after the first step), whose
+    blocks go back to the OS at the end."""
     lr, schedule = getattr(args, f"{name}_lr"), getattr(args, f"{name}_lr_schedule", "constant")
     warmup = getattr(args, f"{name}_warmup", 0)
     opt = adamw(model, lr)
@@ -97,20 +100,24 @@ def fit(name, model, loss_fn, n, args, rank, world, save):
     if world > 1:  # each process its own draws from here (masks, noise, label drops), as the official trainers seed
         torch.manual_seed(args.seed + rank)  # seed + rank; the weights were made alike, and DDP broadcasts rank 0's
     losses, steps = [], getattr(args, f"{name}_steps")
+    device = next(model.parameters()).device
     bar = tqdm(batches(n, args.bs, steps, args.seed, rank, world), total=steps, desc=f"train {name}",
                disable=rank != 0)
     for step, idx in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, schedule, warmup)
-        loss = loss_fn(ddp, idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
-        opt.step()
+        with fastar.cpu_cache_step(device):
+            loss = loss_fn(ddp, idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+            opt.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if rank == 0 and ((step + 1) % args.ckpt_every == 0 or step + 1 == steps):
             save()
+    if fastar.backends()["cpu"]:
+        fastar.empty_cpu_cache()
     k = min(20, len(losses))
     return sum(losses[:k]) / k, sum(losses[-k:]) / k
 
