@@ -203,3 +203,27 @@ def test_page_kinds():
         with fastar.cpu_cache_all_tensors(keep_peak=True):
             other = x * 2  # the freed 8 MB block is huge: a fresh small one
         assert fastar.cpu_cache_info()["misses"] == misses + 1 and thp_eligible(other) == 0
+
+
+def test_cpu_cache_step_on_the_cpu_backend_only():
+    """cpu_cache_step is keep_peak's all-tensors mode where fastar's cpu backend runs (a large tensor made inside
+    comes from the cache, on 4 KB pages, and raises the kept peak), and torch's allocator untouched on the torch
+    backend (the official formulation) and on a device fastar's CPU kernels do not run."""
+    x = torch.randn(1024, 2048)
+    with cache_limit(64):
+        misses = fastar.cpu_cache_info()["misses"]
+        with fastar.use_backend("torch"), fastar.cpu_cache_step(torch.device("cpu")):
+            y = x * 2
+        with fastar.cpu_cache_step(torch.device("meta")):
+            z = x * 2
+        del y, z
+        assert fastar.cpu_cache_info()["misses"] == misses and fastar.cpu_cache_info()["peak_bytes"] == 0
+        with fastar.cpu_cache_step(torch.device("cpu")):
+            y = x * 2
+        info = fastar.cpu_cache_info()
+        assert info["misses"] == misses + 1 and info["peak_bytes"] >= 8 * MB
+        if "[never]" not in open("/sys/kernel/mm/transparent_hugepage/enabled").read():
+            assert thp_eligible(y) == 0
+    with pytest.raises(TypeError, match="device must be a torch.device, got str"):
+        with fastar.cpu_cache_step("cpu"):
+            pass
