@@ -8,7 +8,10 @@ contender runs once (no warm-up round; the report says so): ~10 minutes for the 
 Knobs (environment): FASTAR_BENCH_VAR_DEPTH (16), FASTAR_BENCH_VAR_B (4, the sampling batch) and
 FASTAR_BENCH_VAR_TRAIN_B (8, the training step's batch; the main command runs 4) size a quick check,
 FASTAR_BENCH_VAR_DECODE_ROUNDS (2; the main command runs 1) the VQVAE decode's rounds;
-FASTAR_BENCH_VAR_TRAIN_ROUNDS (1) the training step's interleaved rounds (more than 1: after a warm-up round of each);
+FASTAR_BENCH_VAR_TRAIN_ROUNDS (1) the training step's interleaved rounds (more than 1: after a warm-up round of each,
+so that fastar's step, in fastar.cpu_cache_step, writes the blocks the one before freed: what a training loop sees.
+Its cache then holds the step's peak between its rounds, ~9 GB at B 8, while the torch backend's rounds run: on a
+24 GB machine their time grew from 51 to 66 s, so there compare against a run of the torch backend without it);
 FASTAR_BENCH_VAR_ORACLE=1 adds the float64-capable reference ops as an extra column (slow)."""
 import os
 import time

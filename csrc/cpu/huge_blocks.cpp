@@ -25,9 +25,9 @@ constexpr size_t kHuge = size_t(2) << 20;
 size_t round_up(size_t n) { return (n + kHuge - 1) / kHuge * kHuge; }
 
 // n bytes (a multiple of 2 MB) mapped at a 2 MB boundary, or nullptr; advised huge (a no-op where THP is off), or
-// not huge: a training step's blocks (keep_peak scopes), whose steps ran slower on warm 2 MB pages than on torch's
-// allocator (VAR-d16 at B 4, Zen 4, steps interleaved in one process: 22.4 s, torch's allocator 20.2 s, 4 KB
-// pages 19.5 s), where the VQVAE decoder ran faster on them (4.34 against 4.55 s at B 4).
+// not huge: a training step's blocks (keep_peak scopes). VAR-d16's steps at B 4 (Zen 4, interleaved in one process,
+// min of 3) took 22.4 s on warm 2 MB pages against 20.2 s on torch's allocator, and in another run 19.5 s on warm
+// 4 KB pages against 21.6 s; the VQVAE decoder at B 4 ran faster on 2 MB ones (4.34 against 4.55 s).
 void* map_block(size_t n, bool huge) {
   void* raw = mmap(nullptr, n + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED) return nullptr;
