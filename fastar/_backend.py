@@ -94,12 +94,13 @@ def cpu_cache_all_tensors(keep_peak: bool = False):
     convolution output; its fast path runs in it). Process-wide while inside (torch's CPU allocator is swapped);
     nests; the blocks stay cached after it, up to the limit.
 
-    keep_peak=True (a training step): the most bytes of cached blocks in use at once inside raises the limit, and
-    stays its floor after the scope, so that the next step's activations and gradients come warm from the blocks
-    this step's backward freed, as torch's CUDA caching allocator keeps what it reserved. The process then holds
-    a step's peak of large tensors between steps (VAR-d16 at B 8: ~9 GB) until empty_cpu_cache() or
-    set_cpu_cache_limit(). Its blocks are on 4 KB pages: VAR-d16's steps ran slower on warm 2 MB ones than on
-    torch's allocator. fastar.cpu_cache_step(device) is this for the cpu backend only."""
+    keep_peak=True (a training step): tensors of 32 MB and more (smaller ones glibc's heap reuses warm) come from
+    the cache, and the most bytes of its blocks in use at once inside raises the limit and stays its floor after
+    the scope, so that the next step's activations and gradients come warm from the blocks this step's backward
+    freed, as torch's CUDA caching allocator keeps what it reserved. The process then holds a step's peak of such
+    tensors between steps (VAR-d16 at B 4: ~1.5 GB) until empty_cpu_cache() or set_cpu_cache_limit(). Its blocks
+    are on 4 KB pages: VAR-d16's steps ran slower on warm 2 MB ones than on torch's allocator.
+    fastar.cpu_cache_step(device) is this for the cpu backend only."""
     if not isinstance(keep_peak, bool):
         raise TypeError(f"cpu_cache_all_tensors: keep_peak must be a bool, got {type(keep_peak).__name__}")
     _require_C("cpu_cache_all_tensors").cpu_cache_all_tensors(True, keep_peak)

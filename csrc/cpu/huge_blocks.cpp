@@ -195,13 +195,14 @@ void release(void* p) {
 }
 
 // Large requests from the cache, small ones from torch's CPU allocator. kernel_outputs (empty_huge): always on huge
-// pages; else (every tensor, huge_blocks_for_all_tensors) on 4 KB pages inside keep_peak scopes.
+// pages; else (every tensor, huge_blocks_for_all_tensors) on 4 KB pages, from kKeepPeakMinBytes, inside keep_peak
+// scopes.
 struct HugeBlockAllocator final : c10::Allocator {
   explicit HugeBlockAllocator(bool kernel_outputs) : kernel_outputs_(kernel_outputs) {}
 
   c10::DataPtr allocate(size_t n) override {
-    if (int64_t(n) < kHugeBlockMinBytes) return small_allocator()->allocate(n);
     const bool huge = kernel_outputs_ || !cache().keeping();
+    if (int64_t(n) < (huge ? kHugeBlockMinBytes : kKeepPeakMinBytes)) return small_allocator()->allocate(n);
     const auto [p, size] = cache().take(round_up(n), huge);
     TORCH_CHECK(p != nullptr, "fastar: out of memory mapping a ", round_up(n) >> 20, " MB output block");
     {
