@@ -6,7 +6,7 @@ Random weights: the work is that of the released models. A d16 sampling run take
 contender runs once (no warm-up round; the report says so): ~10 minutes for the file.
 
 Knobs (environment): FASTAR_BENCH_VAR_DEPTH (16), FASTAR_BENCH_VAR_B (4, the sampling batch) and
-FASTAR_BENCH_VAR_TRAIN_B (8, the training step's batch; the main command runs 4) size a quick check,
+FASTAR_BENCH_VAR_TRAIN_B (8, the training step's batch; the main command runs 2) size a quick check,
 FASTAR_BENCH_VAR_DECODE_ROUNDS (2; the main command runs 1) the VQVAE decode's rounds;
 FASTAR_BENCH_VAR_TRAIN_ROUNDS (1) the training step's interleaved rounds (more than 1: after a warm-up round of each,
 so that fastar's step, in fastar.cpu_cache_step, writes the blocks the one before freed: what a training loop sees.
