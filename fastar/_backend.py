@@ -113,10 +113,10 @@ def cpu_cache_all_tensors(keep_peak: bool = False):
 @contextlib.contextmanager
 def cpu_cache_step(device: torch.device):
     """One training step's scope (forward, backward, optimizer): where fastar's cpu backend runs ops on `device`,
-    every large tensor comes from the CPU cache with its peak kept (cpu_cache_all_tensors(keep_peak=True)), so each
-    step after the first writes warm blocks (VAR-d16 at B 8 on a Zen 4: ~47 -> ~38 s a step); elsewhere, the torch
-    backend included (the official formulation), torch's allocator as usual. fastar's trainers run every step in it
-    and call empty_cpu_cache() at the end."""
+    every tensor of 32 MB and more comes from the CPU cache with its peak kept (cpu_cache_all_tensors(keep_peak=
+    True)), so each step after the first writes warm blocks (VAR-d16 at B 8 on a Zen 4, bench_var.py: 42.2 -> 38.8 s
+    a step); elsewhere, the torch backend included (the official formulation), torch's allocator as usual. fastar's
+    trainers run every step in it and call empty_cpu_cache() at the end."""
     if not isinstance(device, torch.device):
         raise TypeError(f"cpu_cache_step: device must be a torch.device, got {type(device).__name__}")
     if active(device) != "cpu" or device.type != "cpu":

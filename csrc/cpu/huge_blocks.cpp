@@ -26,7 +26,7 @@ size_t round_up(size_t n) { return (n + kHuge - 1) / kHuge * kHuge; }
 
 // n bytes (a multiple of 2 MB) mapped at a 2 MB boundary, or nullptr; advised huge (a no-op where THP is off), or
 // not huge: a training step's blocks (keep_peak scopes). VAR-d16's steps at B 4 (Zen 4, interleaved in one process,
-// min of 3) took 22.4 s on warm 2 MB pages against 20.2 s on torch's allocator, and in another run 19.5 s on warm
+// min of 3; a diagnostic script) took 22.4 s on warm 2 MB pages against 20.2 s on torch's allocator, and in another run 19.5 s on warm
 // 4 KB pages against 21.6 s; the VQVAE decoder at B 4 ran faster on 2 MB ones (4.34 against 4.55 s).
 void* map_block(size_t n, bool huge) {
   void* raw = mmap(nullptr, n + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
