@@ -91,8 +91,8 @@ def fit(name, model, loss_fn, n, args, rank, world, save):
     """Optimizes loss_fn(idx) over `args.<name>_steps` batches at `args.<name>_lr` (scheduled by
     `args.<name>_lr_schedule` and `args.<name>_warmup` where the trainer has them: lr_at), calling save() every
     args.ckpt_every steps and at the end (on rank 0); returns the mean loss of the first and of the last 20 steps.
-    Each step runs in fastar.cpu_cache_step (its large tensors from the CPU cache, warm after the first step), whose
-    blocks go back to the OS at the end."""
+    Each step runs in fastar.cpu_cache_step (its tensors of 32 MB and more from the CPU cache, warm after the first
+    step), whose blocks go back to the OS at the end."""
     lr, schedule = getattr(args, f"{name}_lr"), getattr(args, f"{name}_lr_schedule", "constant")
     warmup = getattr(args, f"{name}_warmup", 0)
     opt = adamw(model, lr)
