@@ -345,6 +345,20 @@ def _check_dropout(device, dtype):
             ("dropout grad off", int((dx.cpu() != want_dx).sum()), 0)]
 
 
+def _check_blur_pool(device, dtype, shape):
+    """BlurPool2D, its backward and the backward's backward (R1's) against the reference."""
+    B, C, H, W = shape
+
+    def run(x, g, gg):
+        x, g = x.requires_grad_(), g.requires_grad_()
+        y = fastar.ops.blur_pool(x)
+        (gx,) = torch.autograd.grad(y, x, g, create_graph=True)
+        return [y, gx, torch.autograd.grad(gx, g, gg)[0]]
+    inputs = [_randn(*shape, seed=60), _randn(B, C, H // 2, W // 2, seed=61), _randn(*shape, seed=62)]
+    return _rows("blur_pool", ("out", "dx", "d(dx)/dgrad"), "blur_pool",
+                 *_versus_reference(run, inputs, dtype, device))
+
+
 def _check_linear(device, M):
     """A decode step's linear (M rows) and its gradients against the reference, float32."""
     def run(x, w, b, dout):
@@ -440,6 +454,8 @@ def cases(quick):
         for shape in SAMPLE_SHAPES[:n]:
             out.append(("sample_categorical", dt, shape, functools.partial(_check_sample, dtype=dtype, shape=shape)))
         out.append(("dropout", dt, (3, 1001), functools.partial(_check_dropout, dtype=dtype)))
+        out.append(("blur_pool", dt, (2, 3, 13, 18), functools.partial(_check_blur_pool, dtype=dtype,
+                                                                        shape=(2, 3, 13, 18))))
     out.append(("sample_categorical", "float32", (6000, 60), _check_sample_distribution))
     for case in MSQ_PATCH_NUMS[:n]:
         out.append(("f_to_idxBl_or_fhat", "float32", case[0], functools.partial(_check_encode, case=case)))

@@ -33,6 +33,8 @@ K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
      "diffusion_sample_bf16": 4.0,
      # the models' Linear on oneDNN: another GEMM's blocking sums K in another order.
      "linear": 2.0,
+     # BlurPool2D: columns then rows of taps in float32, where the references sum the 16 products in another order.
+     "blur_pool": 2.0,
      # Winograd F(2x2, 3x3): the products of transformed inputs and weights, then the output transform's sums.
      "conv3x3": 2.0,
      # DALL-E's dVAE decoder: its 3x3 convs on conv3x3 against F.conv2d's.

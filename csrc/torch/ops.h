@@ -56,6 +56,11 @@ inline void define_ops(torch::Library& m) {
   // x contiguous -> x with the elements Philox4x32-10 drops under seed zeroed, the others times 1 / (1 - p)
   // (fastar/reference/dropout.py; one mask on every device). Its own backward with the same seed.
   m.def("dropout(Tensor x, int seed, float p) -> Tensor");
+  // x (B, C, H, W) contiguous, H and W >= 2 -> (B, C, H / 2, W / 2): BlurPool2D, the [1, 3, 3, 1] / 8 binomial in
+  // both directions on x zero padded by 1, at stride 2 (fastar/reference/blur_pool.py). blur_pool_backward: its
+  // adjoint, grad (B, C, height / 2, width / 2) -> (B, C, height, width); each is the other's backward.
+  m.def("blur_pool(Tensor x) -> Tensor");
+  m.def("blur_pool_backward(Tensor grad, int height, int width) -> Tensor");
   // x (M, K), weight (N, K), bias (N,) or None, contiguous, float32 / float64 (bfloat16 weights with float32 x)
   // -> x weight^T + bias (M, N) in x's dtype: kernels for few rows (decoding), each weight row read once per 4 rows.
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");

@@ -1,5 +1,6 @@
 """fastar's public ops: argument checks, dtype policy, dispatch to torch.ops.fastar.* (see fastar._backend)."""
 from fastar.ops.attention import AttentionMask, attention, attention_decode, max_head_dim
+from fastar.ops.blur_pool import blur_pool
 from fastar.ops.conv import conv3x3
 from fastar.ops.diffusion import diffusion_loss, diffusion_sample
 from fastar.ops.dropout import dropout
@@ -14,4 +15,4 @@ from fastar.ops.quantize import (embed_to_fhat, f_to_idxBl_or_fhat, get_next_aut
 __all__ = ["AttentionMask", "attention", "attention_decode", "max_head_dim", "vq_nearest", "f_to_idxBl_or_fhat", "idxBl_to_fhat",
            "embed_to_fhat", "idxBl_to_var_input", "get_next_autoregressive_input", "msq_forward", "phi_index",
            "diffusion_sample", "sample_categorical", "multi_axis_attention", "diffusion_loss", "dropout", "linear",
-           "transformer_decode", "conv3x3", "mlp", "linear_weight_grad"]
+           "transformer_decode", "conv3x3", "mlp", "linear_weight_grad", "blur_pool"]

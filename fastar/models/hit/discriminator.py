@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import fastar
+
 from fastar.models.layers import Linear
 
 # Channels by resolution; m = channel_multiplier (1 for ImageNet, 2 for the face datasets).
@@ -19,16 +21,11 @@ def channels(res, multiplier, max_channels):
 
 
 class Blur(nn.Module):
-    """BlurPool2D: the normalized [1, 3, 3, 1] x [1, 3, 3, 1] filter per channel, stride 2, halving the size."""
-
-    def __init__(self):
-        super().__init__()
-        f = torch.tensor([1.0, 3.0, 3.0, 1.0])
-        self.register_buffer("kernel", (f[:, None] * f[None]) / 64, persistent=False)
+    """BlurPool2D: the normalized [1, 3, 3, 1] x [1, 3, 3, 1] filter per channel, stride 2, halving the size
+    (fastar.ops.blur_pool; the torch backend runs the official depthwise convolution)."""
 
     def forward(self, x):
-        C = x.shape[1]
-        return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.kernel.expand(C, 1, 4, 4), stride=2, groups=C)
+        return fastar.ops.blur_pool(x)
 
 
 class ResBlock(nn.Module):
@@ -59,8 +56,9 @@ class StyleGANDiscriminator(nn.Module):
         self.out = Linear(ch(4), 1)
 
     def forward(self, x):
-        """x (B, 3, R, R) -> logits (B,)."""
-        x = F.leaky_relu(self.stem(x), 0.2)
+        """x (B, 3, R, R) -> logits (B,). Runs in the NCHW layout whatever x's strides (the generator's images are
+        a permuted NHWC view): convolutions keep their input's layout, and a mix of layouts slows elementwise ops."""
+        x = F.leaky_relu(self.stem(x.contiguous()), 0.2)
         for block in self.blocks:
             x = block(x)
         x = F.leaky_relu(self.head_conv(x), 0.2)

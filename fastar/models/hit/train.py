@@ -37,11 +37,12 @@ def gan_step(G, D, real, z, opt_G, opt_D, r1=10.0, bcr=0.0):
     """One simultaneous update of G and D (either may be DDP-wrapped) from one generator forward; both gradients
     are taken at the current weights, as the official trainer's two GradientTapes. Returns (d_loss, g_loss)."""
     with fastar.cpu_cache_step(real.device):  # its large tensors warm from the CPU cache after the first step
-        B = real.shape[0]
         fake = G(z)  # (B, 3, S, S)
         real = real.detach().requires_grad_(r1 > 0)
-        logits = D(torch.cat([real, fake.detach()]))  # one D forward for reals and fakes: (2B,)
-        real_logits, fake_logits = logits[:B], logits[B:]
+        # D on reals and on fakes apart, as the official trainer, so R1's double backward runs on the reals only
+        # (after one forward of both it ran every convolution on the fakes too, for zero gradients). One DDP forward
+        # per backward: the fakes' graph feeds the same parameters, whose hooks fire once on the summed gradient.
+        real_logits, fake_logits = D(real), module(D)(fake.detach())
         loss_d = d_loss(real_logits, fake_logits)
         if r1 > 0:
             loss_d = loss_d + r1_penalty(real_logits, real, r1)
