@@ -1,6 +1,6 @@
 """conv3x3 (Winograd F(2x2, 3x3) on the CPU) against the float64 reference within the tolerance rule, at awkward
-shapes on every instruction set; its declines (float64, autograd, backends without a kernel) run the torch
-formulation; opcheck; bad inputs named; the VQVAE decoder's wide maps run it."""
+shapes on every instruction set, and under autograd to second order (R1's); its declines (float64, backends without a
+kernel) run the torch formulation; opcheck; bad inputs named; the VQVAE decoder's wide maps run it."""
 import copy
 import warnings
 
@@ -65,18 +65,41 @@ def test_every_cpu_isa(isa):
     run_with_cpu_isa(isa, ISA_CHILD % isa)
 
 
+def r1_pattern(conv, x, w, b, dy, ddx):
+    """conv's output, input gradient with create_graph, and the gradients of <dx, ddx> + |y|^2 / 2 with respect to
+    w, b and x (R1's double backward: the backward's own backward)."""
+    x, w, b = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    y = conv(x, w, b)
+    (dx,) = torch.autograd.grad(y, x, dy, create_graph=True)
+    return [y, dx, *torch.autograd.grad((dx * ddx).sum() + y.square().sum() / 2, (w, b, x))]
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9, 11), (1, 32, 20, 16, 16), (1, 3, 4, 1, 5)], ids=str)
+def test_autograd_to_second_order(shape):
+    """Under autograd the kernel's output, input gradient (the kernel on the adjoint weight), weight and bias
+    gradients, and the gradients of a function of the input gradient (R1's double backward) against float64."""
+    B, Ci, Co, H, W = shape
+    args = [randn(B, Ci, H, W, seed=20), randn(Co, Ci, 3, 3, seed=21) / Ci ** 0.5, randn(Co, seed=22),
+            randn(B, Co, H, W, seed=23), randn(B, Ci, H, W, seed=24)]
+    got = r1_pattern(fastar.ops.conv3x3, *args)
+    assert fastar.last_backend("conv3x3") == "cpu"
+    official = lambda x, w, b: F.conv2d(x, w, b, padding=1)  # noqa: E731
+    want64, lowp = r1_pattern(official, *(a.double() for a in args)), r1_pattern(official, *args)
+    for g, w64, lo in zip(got, want64, lowp):  # y, dx, dw, db, d(dx)/dx
+        assert_close("conv3x3", g, w64, lo)
+
+
 def test_declines_run_the_torch_formulation():
-    """float64, autograd and backends without the kernel run F.conv2d (a one-time warning each), gradients
-    included; the reference and torch backends run their formulation silently."""
+    """float64 and backends without the kernel run F.conv2d (a one-time warning each), gradients included; the
+    reference and torch backends run their formulation silently."""
     x, w, b = randn(1, 3, 6, 6, seed=6), randn(4, 3, 3, 3, seed=7), randn(4, seed=8)
     with pytest.warns(UserWarning, match="the CPU kernel takes float32"):
         out = fastar.ops.conv3x3(x.double(), w.double(), b.double())
     assert torch.equal(out, F.conv2d(x.double(), w.double(), b.double(), padding=1))
-    wg = w.clone().requires_grad_()
-    with pytest.warns(UserWarning, match="no backward"):
-        fastar.ops.conv3x3(x, wg, b).sum().backward()
-    wg2 = w.clone().requires_grad_()
-    F.conv2d(x, wg2, b, padding=1).sum().backward()
+    wg = w.double().requires_grad_()
+    fastar.ops.conv3x3(x.double(), wg, b.double()).sum().backward()
+    wg2 = w.double().requires_grad_()
+    F.conv2d(x.double(), wg2, b.double(), padding=1).sum().backward()
     assert torch.equal(wg.grad, wg2.grad)
     with fastar.use_backend("simt"), pytest.warns(UserWarning, match="a CPU kernel only"):
         fastar.ops.conv3x3(x, w, b)

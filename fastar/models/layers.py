@@ -267,13 +267,13 @@ def _weight_copies(name, modules, attr, dtype, packed=True):
                 setattr(m, attr, w)
 
 
-def conv3x3(x, weight, bias=None):
-    """F.conv2d(x, weight, bias, padding=1) of a 3x3 weight; at inference (no gradient asked) on float32 where
-    fastar's CPU kernels run, fastar.ops.conv3x3 (Winograd F(2x2, 3x3): 2.25x fewer multiply-adds than oneDNN's
-    direct convolution, float32 error below it; benchmarks/bench_conv.py). The decoders' convolutions (VQVAE, KL-16,
-    DALL-E's dVAE)."""
+def conv3x3(x, weight, bias=None, *, grad=False):
+    """F.conv2d(x, weight, bias, padding=1) of a 3x3 weight; at inference (no gradient asked), and under autograd too
+    when grad, on float32 where fastar's CPU kernels run, fastar.ops.conv3x3 (Winograd F(2x2, 3x3): 2.25x fewer
+    multiply-adds than oneDNN's direct convolution, float32 error below it; benchmarks/bench_conv.py). The decoders'
+    convolutions (VQVAE, KL-16, DALL-E's dVAE); HiT's discriminator with grad."""
     if (x.dtype == torch.float32 and _backend.active(x.device) == "cpu"
-            and not _wants_grad(x, weight, bias)):
+            and (grad or not _wants_grad(x, weight, bias))):
         return fastar.ops.conv3x3(x, weight, bias)
     return F.conv2d(x, weight, bias, padding=1)
 
