@@ -6,7 +6,7 @@ import torch
 
 import fastar
 from fastar.reference import dropout as ref
-from tests.conftest import backend_device, sanitized
+from tests.conftest import backend_device, run_with_cpu_isa, sanitized
 
 SHAPES = [(1,), (7,), (3, 1001), (2, 3, 64)]  # a lone element, counters' tails, several counters per row
 
@@ -31,6 +31,24 @@ def test_matches_reference(backend, dtype, shape, p):
     assert fastar.last_backend("dropout") == backend and out.dtype == dtype and out.shape == x.shape
     want = ref.dropout_with_seed(x, ref.draw_seed(torch.Generator().manual_seed(9)), p)
     assert torch.equal(out.cpu(), want)
+
+
+ISA_CHILD = """
+import torch, fastar
+from fastar.reference import dropout as ref
+assert fastar.build_info()["cpu_isa"] == "%s"
+for n in (1, 63, 64, 65, 4 * 16 * 3 + 7, 100003):  # within one block of counters, at and past its edges, many
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    for seed in (0, 2**62 - 1, 12345678901234):
+        assert torch.equal(torch.ops.fastar.dropout(x, seed, 0.3), ref.dropout_with_seed(x, seed, 0.3)), (n, seed)
+"""
+
+
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+def test_every_cpu_isa(isa):
+    """Each instruction set's float32 kernel (Philox on 2, 4 or 8 counters a vector): the reference's mask and
+    values bit for bit, at block tails and seeds with both key words set."""
+    run_with_cpu_isa(isa, ISA_CHILD % isa)
 
 
 def test_float64_and_backward(backend):

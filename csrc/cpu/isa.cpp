@@ -25,8 +25,9 @@ namespace fastar::cpu {
   extern const LinearIsa kLinear;                    \
   extern const ConvIsa kConv;                        \
   extern const MlpIsa kMlp;                          \
+  extern const DropoutIsa kDropout;                  \
   const Isa kIsa{#isa, &kVqNearest, &kAttention, &kSampling, &kAttentionTiny, &kAttentionDecode, \
-                 &kDiffusion, &kMultiAxis, &kLinear, &kConv, &kMlp};  \
+                 &kDiffusion, &kMultiAxis, &kLinear, &kConv, &kMlp, &kDropout};  \
   }
 FASTAR_ISA_TABLE(base)
 FASTAR_ISA_TABLE(avx2)
@@ -65,11 +66,11 @@ static const char* const kZen4Avx2Families = "vq_nearest,attention_decode,attent
 
 static const Isa& zen4() {
   // in the order of Isa's fields: name, vq_nearest, attention, sampling, attention_tiny, attention_decode,
-  // diffusion, multi_axis, linear, conv, mlp
+  // diffusion, multi_axis, linear, conv, mlp, dropout
   static const Isa table{avx512::kIsa.name,      avx2::kIsa.vq_nearest,     avx512::kIsa.attention,
                          avx512::kIsa.sampling,  avx2::kIsa.attention_tiny, avx2::kIsa.attention_decode,
                          avx512::kIsa.diffusion, avx2::kIsa.multi_axis,     avx512::kIsa.linear,
-                         avx512::kIsa.conv,      avx512::kIsa.mlp};
+                         avx512::kIsa.conv,      avx512::kIsa.mlp,          avx512::kIsa.dropout};
   return table;
 }
 

@@ -8,6 +8,7 @@
 #include "cpu/attention_tiny_isa.h"
 #include "cpu/conv_isa.h"
 #include "cpu/diffusion_isa.h"
+#include "cpu/dropout_isa.h"
 #include "cpu/linear_isa.h"
 #include "cpu/mlp_isa.h"
 #include "cpu/multi_axis_isa.h"
@@ -29,6 +30,7 @@ struct Isa {
   const LinearIsa* linear;
   const ConvIsa* conv;
   const MlpIsa* mlp;
+  const DropoutIsa* dropout;
 };
 
 // The best instruction set this CPU supports; on AMD Zen 4 (AVX-512 on 256-bit datapaths) with the AVX2 kernels of
