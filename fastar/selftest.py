@@ -398,9 +398,14 @@ def _check_conv3x3(device, shape):
     """A 3x3 convolution (Winograd on the CPU) against the reference, float32: odd sides, tiles along rows and
     across them."""
     B, Ci, Co, H, W = shape
-    inputs = [_randn(B, Ci, H, W, seed=40), _randn(Co, Ci, 3, 3, seed=41) / (9 * Ci) ** 0.5, _randn(Co, seed=42)]
-    return _rows("conv3x3", ("out",), "conv3x3",
-                 *_versus_reference(lambda x, w, b: [fastar.ops.conv3x3(x, w, b)], inputs, torch.float32, device))
+    inputs = [_randn(B, Ci, H, W, seed=40), _randn(Co, Ci, 3, 3, seed=41) / (9 * Ci) ** 0.5, _randn(Co, seed=42),
+              _randn(B, Co, H, W, seed=43)]
+
+    def run(x, w, b, dy):  # the output, and under autograd the three gradients (dx: the kernel on the adjoint)
+        x, w, b = (t.requires_grad_() for t in (x, w, b))
+        y = fastar.ops.conv3x3(x, w, b)
+        return [y.detach(), *torch.autograd.grad(y, (x, w, b), dy)]
+    return _rows("conv3x3", ("out", "dx", "dw", "db"), "conv3x3", *_versus_reference(run, inputs, torch.float32, device))
 
 
 def _check_mlp(device, shape):
