@@ -45,8 +45,9 @@ def test_matches_reference(backend, dtype, shape):
         assert_close("blur_pool", got, want, low)
 
 
+@pytest.mark.one_schedule  # thread orders: test_matches_reference's; here the Jacobians, 4x fewer launches
 def test_gradcheck_to_second_order(backend):
-    x = randn(2, 3, 9, 6, seed=4).to(backend_device(backend)).requires_grad_()
+    x = randn(1, 2, 7, 6, seed=4).to(backend_device(backend)).requires_grad_()  # an odd side
     assert torch.autograd.gradcheck(fastar.ops.blur_pool, (x,))
     assert torch.autograd.gradgradcheck(fastar.ops.blur_pool, (x,))
     assert fastar.last_backend("blur_pool") == backend
