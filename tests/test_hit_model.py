@@ -2,6 +2,10 @@
 depend on, a training step on fastar's kernels against the float64 reference ops, and the train / sample CLI."""
 import copy
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,6 +175,47 @@ def test_training_step_matches_reference_ops(backend):
         names = [n for n in grads if n[0] == net]
         flat = [torch.cat([d[n].flatten().double() for n in names]) for d in (grads, ref64, ref32)]
         assert_close("hit_grads", *flat)
+
+
+DDP_STEP = """
+import sys, torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from fastar.models.hit import HiTGenerator, StyleGANDiscriminator
+from fastar.models.hit.train import TINY, gan_step
+torch.manual_seed(0)
+G, D = HiTGenerator(TINY).eval(), StyleGANDiscriminator(32, max_channels=16)  # eval: batch-independent fakes
+g = torch.Generator().manual_seed(1)
+real, z = torch.rand(4, 3, 32, 32, generator=g) * 2 - 1, torch.randn(4, TINY.latent_dim, generator=g)
+opts = [torch.optim.SGD(m.parameters(), lr=0.0) for m in (G, D)]
+if sys.argv[1] == "ddp":
+    dist.init_process_group("gloo")
+    rows = slice(2 * dist.get_rank(), 2 * dist.get_rank() + 2)
+    gan_step(DDP(G), DDP(D), real[rows], z[rows], *opts, r1=10.0)
+else:
+    gan_step(G, D, real, z, *opts, r1=10.0)
+if sys.argv[1] == "one" or dist.get_rank() == 0:
+    torch.save([p.grad for m in (G, D) for p in m.parameters()], sys.argv[2])
+"""
+
+
+def test_ddp_step_averages_the_one_process_gradients(tmp_path):
+    """gan_step under torchrun (2 gloo processes, half the batch each; the fakes' D forward outside DDP, the reals'
+    through it) gives one process's gradients of the whole batch (G in eval mode: per-process BatchNorm statistics
+    would change the fakes)."""
+    script = tmp_path / "step.py"
+    script.write_text(DDP_STEP)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    for launcher, mode in (([sys.executable], "one"),
+                           ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+                            "ddp")):
+        res = subprocess.run([*launcher, str(script), mode, str(tmp_path / f"{mode}.pt")], capture_output=True,
+                             text=True, env=env, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+    one, ddp = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "ddp.pt")
+    assert len(one) == len(ddp) > 100 and [a is None for a in one] == [b is None for b in ddp]
+    one, ddp = (torch.cat([g.flatten() for g in grads if g is not None]) for grads in (one, ddp))
+    # the floor from the largest gradient: a bias before a BatchNorm has one that cancels to ~1e-18
+    torch.testing.assert_close(ddp, one, rtol=1e-4, atol=1e-5 * one.abs().max().item())
 
 
 @pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
