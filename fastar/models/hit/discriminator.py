@@ -8,7 +8,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fastar
-
 from fastar.models import layers
 from fastar.models.layers import Linear
 
