@@ -33,6 +33,6 @@ DDP="$PY -m torch.distributed.run --standalone --nproc_per_node 2 -m"
 timed "train var (digits, DDP)" $DDP fastar train var --vae-steps 150 --var-steps 500 --bs 16 --out $R/var-digits
 timed "train mar (digits)" $PY -m fastar train mar --out $R/mar-digits
 timed "train fractalgen (digits, DDP)" $DDP fastar train fractalgen --steps 800 --bs 16 --out $R/fractalgen-digits
-timed "train hit (digits)" $PY -m fastar train hit --steps 200 --ckpt-every 50 --out $R/hit-digits
+timed "train hit (digits)" $PY -m fastar train hit --steps 400 --bs 8 --ckpt-every 100 --out $R/hit-digits
 timed "train dalle (digits, DDP)" $DDP fastar train dalle --bs 16 --out $R/dalle-digits
 timed "digits picture" $PY -m benchmarks.digits $R $R/history/digits.png
