@@ -229,6 +229,30 @@ def test_train_then_sample_cli(tmp_path, torchrun):
         assert "fastar train hit checkpoint" in out and (tmp_path / "g.png").exists()
 
 
+def test_forward_without_autograd_takes_the_cpu_cache():
+    """Sampling on the cpu backend takes its activations of 4 MB and more from the CPU cache (warm blocks from the
+    second call on); the torch backend and forwards under autograd keep torch's allocator."""
+    G = HiTGenerator(HiTConfig(128, 64, (1,) * 5, (64,) * 5, (4,) * 5, (4, 4, 8, 8, None))).train()  # 16 MB maps
+    z = torch.randn(4, 64)
+    fastar.empty_cpu_cache()
+
+    def misses_hits(run):  # blocks the call took from the cache: freshly mapped, and warm
+        before = fastar.cpu_cache_info()
+        run()
+        after = fastar.cpu_cache_info()
+        return after["misses"] - before["misses"], after["hits"] - before["hits"]
+
+    with fastar.use_backend("torch"), torch.no_grad():
+        assert misses_hits(lambda: G(z)) == (0, 0)
+    misses_hits(lambda: G(z).sum().backward())
+    kernel_outputs = sum(misses_hits(lambda: G(z).sum().backward()))  # under autograd: only the kernels' outputs
+    with torch.no_grad():
+        assert misses_hits(lambda: G(z))[0] > 0
+        misses, hits = misses_hits(lambda: G(z))
+    assert misses == 0 and hits > kernel_outputs > 0  # and torch's own activations, warm the second time
+    fastar.empty_cpu_cache()
+
+
 def test_sample_cli_random_weights_follow_the_seed(tmp_path):
     """Without --ckpt the untrained generator is --seed's: two runs write the same grid, another seed another; the
     global generator is left as it was."""
