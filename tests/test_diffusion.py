@@ -402,8 +402,11 @@ def test_diffusion_loss_gradcheck(backend):
     dev = backend_device(backend)
     x_start, _, t, noise = (v.to(dev) for v in loss_inputs())
     x_start[0, :3] = torch.tensor([-1.2, 0.3, 1.5], dtype=torch.float64)  # t = 0 row: the three NLL cases
-    eps = torch.randn(6, C, dtype=torch.float64, device=dev)
-    v = (torch.rand(6, C, dtype=torch.float64, device=dev) * 2 - 1).requires_grad_()
+    # Seeded: at ~1.5% of draws a variance channel of the t = 0 row puts its bin's probability at the reference's
+    # clamp, where finite differences of step 1e-6 read 0 while the kernel matches the reference's autograd.
+    g = torch.Generator().manual_seed(3)
+    eps = torch.randn(6, C, dtype=torch.float64, generator=g).to(dev)
+    v = (torch.rand(6, C, dtype=torch.float64, generator=g) * 2 - 1).to(dev).requires_grad_()
     table, op = ref.loss_table().to(dev), loss_ops(backend)
     torch.autograd.gradcheck(lambda v: op(torch.cat([eps, v], 1), x_start, noise, t, table)[0], (v,))
     # eps: the MSE's gradient only (the VB term sees eps through a stop-gradient)

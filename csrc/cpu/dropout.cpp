@@ -1,6 +1,6 @@
 // dropout on the CPU: threads split the Philox counters (four elements each; float32 on vectors of counters,
-// cpu/dropout_isa.cpp); the mask is made in registers and never stored, so the backward is this kernel on the gradient with the same seed. Semantics:
-// fastar/reference/dropout.py.
+// cpu/dropout_isa.cpp); the mask is made in registers and never stored, so the backward is this kernel on the
+// gradient with the same seed. Semantics: fastar/reference/dropout.py.
 #include "cpu/dropout.h"
 
 #include <ATen/Dispatch.h>

@@ -62,17 +62,24 @@ class Decline:
     reason: str  # e.g. "the simt kernel takes head dims up to 128, got 640"
 
 
-def cpu_inference_decline(name, device, dtype, tensors, *, gpu_path, autograd_path):
-    """The Decline of an op whose only kernel is a float32 CPU inference one (conv3x3, mlp, linear_weight_grad), or
+def cpu_kernel_decline(name, device, dtype, *, gpu_path):
+    """The Decline of an op whose only kernel is a float32 CPU one (conv3x3, and the inference kernels below), or
     None where that kernel runs: off the cpu backend (cuda and simt have none; the python backends run their
-    formulation), in another dtype, and when autograd would need a gradient of `tensors` (None entries allowed)."""
+    formulation) and in another dtype."""
     if _backend.active(device) != "cpu":
         return Decline(f"{name} has a CPU kernel only ({gpu_path})")
     if dtype != torch.float32:
         return Decline(f"the CPU kernel takes float32, got {dtype}")
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return Decline(f"{name} has no backward (an inference kernel); under autograd {autograd_path} runs")
     return None
+
+
+def cpu_inference_decline(name, device, dtype, tensors, *, gpu_path, autograd_path):
+    """cpu_kernel_decline for a kernel without a backward (mlp, linear_weight_grad): also when autograd would need a
+    gradient of `tensors` (None entries allowed)."""
+    declined = cpu_kernel_decline(name, device, dtype, gpu_path=gpu_path)
+    if declined is None and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return Decline(f"{name} has no backward (an inference kernel); under autograd {autograd_path} runs")
+    return declined
 
 
 OPS = {}  # name -> public op: every op on compiled kernels (cpu, cuda, simt), what `fastar selftest` must cover

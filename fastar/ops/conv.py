@@ -8,7 +8,7 @@ import torch
 
 from fastar.ops._checks import check_same_device, check_tensor
 from fastar.ops._prepared import prepared
-from fastar.ops._registry import cpu_inference_decline, kernel, op
+from fastar.ops._registry import cpu_kernel_decline, kernel, op
 from fastar.reference import conv as reference
 from fastar.torch import conv as torch_impl
 
@@ -52,8 +52,7 @@ def conv3x3(x, weight, bias=None):
         check_same_device(name, x=x, weight=weight, bias=bias)
     else:
         check_same_device(name, x=x, weight=weight)
-    declined = cpu_inference_decline(name, x.device, x.dtype, (), gpu_path="cuDNN's convolutions are a GPU's fast path",
-                                     autograd_path="F.conv2d")
+    declined = cpu_kernel_decline(name, x.device, x.dtype, gpu_path="cuDNN's convolutions are a GPU's fast path")
     if declined:
         return x.device, declined
 
