@@ -86,15 +86,21 @@ def set_cpu_cache_limit(mb: int):
     _require_C("set_cpu_cache_limit").set_cpu_cache_limit(mb << 20)
 
 
+def _check_min_mb(name, min_mb):
+    if isinstance(min_mb, bool) or not isinstance(min_mb, int) or min_mb < 1:
+        raise ValueError(f"{name}: min_mb must be an int >= 1, got {min_mb!r}")
+
+
 @contextlib.contextmanager
-def cpu_cache_all_tensors(keep_peak: bool = False):
+def cpu_cache_all_tensors(keep_peak: bool = False, *, min_mb: int = 32):
     """Within it every CPU tensor torch allocates (not only fastar's kernels' outputs) of at least 4 MB comes from
     the CPU cache, smaller ones from torch's allocator as before: for models whose layers allocate large
     activations, where each fresh one costs page faults and zeroing (VAR's VQVAE decoder at B 4: ~170 MB per
     convolution output; its fast path runs in it). Process-wide while inside (torch's CPU allocator is swapped);
     nests; the blocks stay cached after it, up to the limit.
 
-    keep_peak=True (a training step): tensors of 32 MB and more (smaller ones glibc's heap reuses warm) come from
+    keep_peak=True (a training step): tensors of min_mb MB and more (by default 32: smaller ones glibc's heap
+    mostly reuses warm; a step whose tensors are mostly 4 to 32 MB may gain from less, see cpu_cache_step) come from
     the cache, and the most bytes of its blocks in use at once inside raises the limit and stays its floor after
     the scope, so that the next step's activations and gradients come warm from the blocks this step's backward
     freed, as torch's CUDA caching allocator keeps what it reserved. The process then holds a step's peak of such
@@ -103,26 +109,33 @@ def cpu_cache_all_tensors(keep_peak: bool = False):
     fastar.cpu_cache_step(device) is this for the cpu backend only."""
     if not isinstance(keep_peak, bool):
         raise TypeError(f"cpu_cache_all_tensors: keep_peak must be a bool, got {type(keep_peak).__name__}")
-    _require_C("cpu_cache_all_tensors").cpu_cache_all_tensors(True, keep_peak)
+    _check_min_mb("cpu_cache_all_tensors", min_mb)
+    _require_C("cpu_cache_all_tensors").cpu_cache_all_tensors(True, keep_peak, min_mb << 20)
     try:
         yield
     finally:
-        _C.cpu_cache_all_tensors(False, keep_peak)
+        _C.cpu_cache_all_tensors(False, keep_peak, min_mb << 20)
 
 
 @contextlib.contextmanager
-def cpu_cache_step(device: torch.device):
+def cpu_cache_step(device: torch.device, *, min_mb: int = 32):
     """One training step's scope (forward, backward, optimizer): where fastar's cpu backend runs ops on `device`,
-    every tensor of 32 MB and more comes from the CPU cache with its peak kept (cpu_cache_all_tensors(keep_peak=
-    True)), so each step after the first writes warm blocks (VAR-d16 at B 8 on a Zen 4, bench_var.py: 42.2 -> 38.8 s
-    a step); elsewhere, the torch backend included (the official formulation), torch's allocator as usual. fastar's
-    trainers run every step in it and call empty_cpu_cache() at the end."""
+    every tensor of min_mb MB and more comes from the CPU cache with its peak kept (cpu_cache_all_tensors(keep_peak=
+    True, min_mb=min_mb)), so each step after the first writes warm blocks (VAR-d16 at B 8 on a Zen 4, bench_var.py:
+    42.2 -> 38.8 s a step); elsewhere, the torch backend included (the official formulation), torch's allocator as
+    usual. fastar's trainers run every step in it and call empty_cpu_cache() at the end.
+
+    min_mb: 32 by default. Below glibc's largest mmap threshold (32 MB) its heap mostly serves a freed size again
+    warm, and cached blocks made VAR-d16's single cold step slower (10.5 -> 15.1 s at 4 MB: each is a fresh mapping
+    in the first step). HiT's G + D step, whose tensors are mostly 4 to 32 MB, uses 4: glibc's heap still took
+    3,000-25,000 page faults a step there, and none from the cache after the first step."""
     if not isinstance(device, torch.device):
         raise TypeError(f"cpu_cache_step: device must be a torch.device, got {type(device).__name__}")
+    _check_min_mb("cpu_cache_step", min_mb)
     if active(device) != "cpu" or device.type != "cpu":
         yield
         return
-    with cpu_cache_all_tensors(keep_peak=True):
+    with cpu_cache_all_tensors(keep_peak=True, min_mb=min_mb):
         yield
 
 

@@ -423,6 +423,14 @@ def _check_mlp(device, shape):
                  *_versus_reference(run, inputs, torch.float32, device))
 
 
+def _check_gelu_with_derivative(device, approximate):
+    """The GELU and its derivative in one pass against the reference, float32, exact and tanh: a length off the
+    vectors and past a thread's grain."""
+    return _rows("gelu_with_derivative", ("y", "dy/dx"), "gelu_with_derivative", *_versus_reference(
+        lambda x: list(fastar.ops.gelu_with_derivative(x, approximate)), [_randn(20001, seed=50) * 3],
+        torch.float32, device))
+
+
 def _check_linear_weight_grad(device, shape):
     """A Linear's weight gradient grad^T x (the float32 GEMM library) against the reference, float32."""
     M, N, K = shape
@@ -432,7 +440,7 @@ def _check_linear_weight_grad(device, shape):
 
 
 # ops with a CPU kernel only (no CUDA kernel to check on cuda or under simt)
-CPU_ONLY = {"conv3x3", "mlp", "linear_weight_grad"}
+CPU_ONLY = {"conv3x3", "mlp", "gelu_with_derivative", "linear_weight_grad"}
 
 
 def cases(quick):
@@ -483,6 +491,9 @@ def cases(quick):
         out.append(("linear_weight_grad", "float32", shape, functools.partial(_check_linear_weight_grad, shape=shape)))
     for shape in ((13, 20, 70, 10), (50, 64, 256, 16))[:n]:
         out.append(("mlp", "float32", shape, functools.partial(_check_mlp, shape=shape)))
+    for approximate in ("none", "tanh"):
+        out.append(("gelu_with_derivative", "float32", (20001, approximate), functools.partial(
+            _check_gelu_with_derivative, approximate=approximate)))
     return out
 
 

@@ -41,6 +41,8 @@ K = {"vq_nearest": 2.0, "var_logits": 4.0, "var_grads": 4.0,
      "dvae_decode": 2.0,
      # the MLP kernel: its GEMMs' blocking and partial sums, and GELU by a polynomial erfc (torch's by Sleef's erf).
      "mlp": 2.0,
+     # the GELU and its derivative by that erfc formula, or the tanh form by one exp (torch's: Sleef's erf and tanh).
+     "gelu_with_derivative": 2.0,
      # a stack of blocks: LayerNorm, four products and an attention per layer, each summing in its kernel's order.
      "transformer_decode": 4.0}
 

@@ -173,6 +173,43 @@ def test_keep_peak_keeps_a_steps_blocks_for_the_next():
             pass
 
 
+def test_keep_peak_min_mb():
+    """min_mb sets the smallest tensor a keep_peak scope takes from the cache (HiT's G + D step: 4); the innermost
+    open scope's holds, and the outer's again once it closes; cpu_cache_step passes it on; bad values are named."""
+    x = torch.randn(4096, 2048)
+
+    def live():
+        return fastar.cpu_cache_info()["live_bytes"]
+
+    with cache_limit(64):
+        base = live()
+        with fastar.cpu_cache_all_tensors(keep_peak=True, min_mb=4):
+            a = x[:1024] * 2  # 8 MB: from the cache
+            b = x[:256] * 2  # 2 MB: torch's allocator
+            assert live() == base + 8 * MB
+            with fastar.cpu_cache_all_tensors(keep_peak=True):  # 32 MB inside
+                c = x[:1024] * 3
+                assert live() == base + 8 * MB
+            d = x[:1024] * 4
+            assert live() == base + 16 * MB
+        del a, b, c, d
+        assert live() == base
+        with fastar.cpu_cache_step(torch.device("cpu"), min_mb=4):
+            e = x[:1024] * 2
+            assert live() == base + 8 * MB
+        del e
+        with fastar.cpu_cache_step(torch.device("cpu")):
+            e = x[:1024] * 2
+            assert live() == base
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"cpu_cache_all_tensors: min_mb must be an int >= 1, got {bad!r}"):
+            with fastar.cpu_cache_all_tensors(keep_peak=True, min_mb=bad):
+                pass
+        with fastar.use_backend("torch"), pytest.raises(ValueError, match="cpu_cache_step: min_mb must be an int"):
+            with fastar.cpu_cache_step(torch.device("cpu"), min_mb=bad):
+                pass
+
+
 def thp_eligible(t):
     """THPeligible of the mapping that holds t's data (/proc/self/smaps): 1 where the kernel may back it with 2 MB
     pages."""

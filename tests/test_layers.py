@@ -145,7 +145,8 @@ def test_var_qkv_projection_runs_onednn(monkeypatch):
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_linear_gelu(monkeypatch, approximate):
     """An MLP's first layer: on the oneDNN path one oneDNN product with the GELU fused (no aten gelu), agreeing with
-    float64 by the tolerance rule; on the torch backend and under autograd F.linear then F.gelu, bit for bit."""
+    float64 by the tolerance rule; on the torch backend F.linear then F.gelu, bit for bit; under autograd the product
+    then fastar.ops.gelu_with_derivative (models.layers.gelu), output and weight gradient within the rule."""
     monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
     torch.manual_seed(0)
     x, w, b = torch.randn(2, 7, 48), torch.randn(96, 48) / 7, torch.randn(96)
@@ -166,9 +167,14 @@ def test_linear_gelu(monkeypatch, approximate):
     w.requires_grad_()
     with Ops() as ops:
         out = linear_gelu(x, w, b, approximate=approximate)
-    assert torch.equal(out, two) and "aten::gelu" in ops.names
+    assert "fastar::gelu_with_derivative" in ops.names and "aten::gelu" not in ops.names
+    ref64 = F.gelu(F.linear(x.double(), w.double(), b.double()), approximate=approximate)
+    assert_close("linear", out, ref64, two)
     out.sum().backward()
-    assert w.grad is not None
+    w64, w32 = w.detach().double().requires_grad_(), w.detach().clone().requires_grad_()
+    F.gelu(F.linear(x.double(), w64, b.double()), approximate=approximate).sum().backward()
+    F.gelu(F.linear(x, w32, b), approximate=approximate).sum().backward()
+    assert_close("linear", w.grad, w64.grad, w32.grad)
     with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh', got 'erf'"):
         linear_gelu(x, w, b, approximate="erf")
 

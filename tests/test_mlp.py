@@ -1,7 +1,8 @@
 """mlp (a transformer MLP in one CPU kernel) against the float64 reference within the tolerance rule, at awkward
 shapes on every instruction set, with the GELU and with softmax groups (folded attention); into out, in place over
 its residual or x; strided rows; its declines (float64, autograd, backends without a kernel) run the torch
-formulation; opcheck; bad inputs named. HiT's generator running it: tests/test_hit_model.py."""
+formulation; opcheck; bad inputs named. HiT's generator running it: tests/test_hit_model.py. The same for
+gelu_with_derivative (the GELU and its derivative in one pass) and the models' GELU under autograd on it."""
 import warnings
 
 import pytest
@@ -9,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import fastar
+from fastar.reference.mlp import gelu_with_derivative as gelu_reference
 from fastar.reference.mlp import mlp as reference
+from fastar.torch.mlp import gelu_with_derivative as gelu_torch
 from tests.conftest import run_with_cpu_isa, sanitized
 from tests.tolerance import assert_close
 
@@ -78,12 +81,15 @@ def test_softmax_groups_are_attention():
 
 ISA_CHILD = """
 import fastar
-from tests.test_mlp import GROUPED, SHAPES, check
+from tests.test_mlp import GELU_SHAPES, GROUPED, SHAPES, check, check_gelu
 assert fastar.build_info()["cpu_isa"] == "%s"
 for shape in SHAPES:
     check(shape)
 for case in GROUPED:
     check(case[:4], softmax_group=case[4])
+for approximate in ("none", "tanh"):
+    for shape in GELU_SHAPES:
+        check_gelu(shape, approximate)
 """
 
 
@@ -105,6 +111,89 @@ def test_gelu_over_its_whole_range():
     exact = v[neg, 0].double() * torch.special.erfc(-v[neg, 0].double() / 2 ** 0.5) / 2  # F.gelu's float64 is 0 here
     rel = ((out[neg, 0].double() - exact) / exact).abs().max()
     assert rel < 1e-5, f"relative error {rel:.2e} in GELU's negative tail"
+
+
+# gelu_with_derivative: empty, one value, fewer than a vector (8 on AVX2, 16 on AVX-512), one past a lockstep group
+# of 8 vectors, past a thread's grain (16384), and leading dims
+GELU_SHAPES = [(0,), (1,), (7,), (129,), (40000,), (3, 5, 33)]
+
+
+def check_gelu(shape, approximate):
+    x = randn(*shape, seed=11, scale=3.0)
+    y, d = fastar.ops.gelu_with_derivative(x, approximate)
+    assert fastar.last_backend("gelu_with_derivative") == "cpu" and y.shape == d.shape == x.shape
+    want64 = gelu_reference(x.double(), approximate)
+    ref32 = gelu_reference(x, approximate)
+    for out, w64, r32 in zip((y, d), want64, ref32):
+        assert_close("gelu_with_derivative", out, w64, r32)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("shape", GELU_SHAPES, ids=str)
+def test_gelu_with_derivative_matches_float64(shape, approximate):
+    check_gelu(shape, approximate)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_with_derivative_over_its_whole_range(approximate):
+    """From -12 to 12 within the rule against torch's float32 GELU and gelu_backward; in the negative tail (x in
+    [-9, -3], values down to 1e-18) within 2e-5 relative error, where torch's float32 ones lose every digit; and
+    through a strided x."""
+    x = torch.linspace(-12, 12, 8001)
+    y, d = fastar.ops.gelu_with_derivative(x[::2], approximate)
+    want64 = gelu_reference(x[::2].double(), approximate)
+    for out, w64, r32 in zip((y, d), want64, gelu_reference(x[::2], approximate)):
+        assert_close("gelu_with_derivative", out, w64, r32)
+        neg = (x[::2] < -3) & (x[::2] > -9)
+        rel = ((out[neg].double() - w64[neg]) / w64[neg]).abs().max()
+        assert rel < 2e-5, f"relative error {rel:.2e} in the negative tail"
+
+
+def test_gelu_with_derivative_declines_run_the_torch_formulation():
+    """float64, bfloat16, autograd and backends without the kernel run torch's gelu and gelu_backward (a one-time
+    warning each); the reference and torch backends run their formulation silently."""
+    x = randn(10, seed=12)
+    for dt in (torch.float64, torch.bfloat16):
+        with pytest.warns(UserWarning, match="the CPU kernel takes float32"):
+            out = fastar.ops.gelu_with_derivative(x.to(dt), "tanh")
+        assert all(torch.equal(a, b) for a, b in zip(out, gelu_torch(x.to(dt), "tanh")))
+    xg = x.clone().requires_grad_()
+    with pytest.warns(UserWarning, match="no backward"):
+        y, d = fastar.ops.gelu_with_derivative(xg)
+    y.sum().backward()
+    assert torch.equal(xg.grad, d.detach()) and fastar.last_backend("gelu_with_derivative") == "torch"
+    with fastar.use_backend("simt"), pytest.warns(UserWarning, match="a CPU kernel only"):
+        fastar.ops.gelu_with_derivative(x)
+    for backend, formulation in (("torch", gelu_torch), ("reference", gelu_reference)):
+        with fastar.use_backend(backend), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert all(torch.equal(a, b) for a, b in zip(fastar.ops.gelu_with_derivative(x), formulation(x)))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_models_gelu_under_autograd(approximate):
+    """fastar.models.layers.gelu: under autograd on the cpu backend it runs the kernel and its backward is the
+    product with the saved derivative: value and gradient within the rule of float64; a backward that would build a
+    graph for a double backward raises; without autograd, and on the torch backend, it is F.gelu itself."""
+    from fastar.models.layers import gelu
+    x, g = randn(37, 19, seed=13, scale=3.0), randn(37, 19, seed=14)
+    xg = x.clone().requires_grad_()
+    y = gelu(xg, approximate)
+    assert y.grad_fn is not None and "_Gelu" in type(y.grad_fn).__name__
+    y.backward(g)
+    x64 = x.double().requires_grad_()
+    F.gelu(x64, approximate=approximate).backward(g.double())
+    x32 = x.clone().requires_grad_()
+    F.gelu(x32, approximate=approximate).backward(g)
+    assert_close("gelu_with_derivative", y, F.gelu(x.double(), approximate=approximate),
+                 F.gelu(x, approximate=approximate))
+    assert_close("gelu_with_derivative", xg.grad, x64.grad, x32.grad)
+    xg2 = x.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="layers.gelu: a backward with create_graph=True is not supported"):
+        torch.autograd.grad(gelu(xg2, approximate).sum(), xg2, create_graph=True)
+    assert torch.equal(gelu(x, approximate), F.gelu(x, approximate=approximate))
+    with fastar.use_backend("torch"):
+        assert gelu(x.clone().requires_grad_(), approximate).grad_fn.name() == "GeluBackward0"
 
 
 def test_leading_dims_strided_rows_and_out():
@@ -164,6 +253,21 @@ def test_opcheck():
     torch.library.opcheck(ns.mlp.out, (x, *ws, r), {"out": torch.empty(14, 5)})
     torch.library.opcheck(ns.mlp.out, (x, *ws, None), {"out": torch.empty(14, 5)})
     torch.library.opcheck(ns.mlp.default, (x, *ws, r, 4))
+    torch.library.opcheck(ns.gelu_with_derivative.default, (randn(3, 50, seed=15), "tanh"))
+    torch.library.opcheck(ns.gelu_with_derivative.default, (randn(3, 50, seed=15)[:, ::3],))
+
+
+def test_gelu_with_derivative_bad_inputs_name_the_argument():
+    with pytest.raises(TypeError, match="gelu_with_derivative: x must be one of"):
+        fastar.ops.gelu_with_derivative(torch.zeros(3, dtype=torch.int32))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        fastar.ops.gelu_with_derivative([1.0])
+    with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh', got 'erf'"):
+        fastar.ops.gelu_with_derivative(torch.zeros(3), "erf")
+    with pytest.raises(RuntimeError, match="gelu_with_derivative: approximate must be 'none' or 'tanh'"):
+        torch.ops.fastar.gelu_with_derivative(torch.zeros(3), "erf")
+    with pytest.raises(RuntimeError, match="gelu_with_derivative: x must be float32"):
+        torch.ops.fastar.gelu_with_derivative(torch.zeros(3, dtype=torch.float64))
 
 
 def test_bad_inputs_name_the_argument():

@@ -134,15 +134,20 @@ class Cache {
     return {int64_t(free_.size()), cached_, limit_, hits_, misses_, live_, peak_};
   }
 
-  // Scopes that keep their peak (huge_blocks_for_all_tensors' keep_peak) open and close.
-  void keep_peak(bool on) {
+  // Scopes that keep their peak (huge_blocks_for_all_tensors' keep_peak) open and close; the innermost one's
+  // min_bytes holds.
+  void keep_peak(bool on, int64_t min_bytes) {
     std::lock_guard<std::mutex> lock(mu_);
-    keeping_ += on ? 1 : -1;
+    if (on)
+      keep_min_bytes_.push_back(min_bytes);
+    else
+      keep_min_bytes_.pop_back();
   }
 
-  bool keeping() {
+  // The smallest tensor the innermost open keep_peak scope takes from the cache; 0 outside them.
+  int64_t keeping() {
     std::lock_guard<std::mutex> lock(mu_);
-    return keeping_ > 0;
+    return keep_min_bytes_.empty() ? 0 : keep_min_bytes_.back();
   }
 
  private:
@@ -155,7 +160,7 @@ class Cache {
   // n bytes handed out (mu_ held): inside a keep_peak scope the peak of live bytes raises the limit.
   void lend(size_t n) {
     live_ += int64_t(n);
-    if (keeping_ > 0) peak_ = std::max(peak_, live_);
+    if (!keep_min_bytes_.empty()) peak_ = std::max(peak_, live_);
   }
 
   std::mutex mu_;
@@ -163,7 +168,7 @@ class Cache {
   int64_t cached_ = 0, limit_ = limit_from_env(), hits_ = 0, misses_ = 0, clock_ = 0;
   int64_t live_ = 0;     // bytes of blocks handed out and not yet returned
   int64_t peak_ = 0;     // the most of them live at once inside keep_peak scopes, since the last empty or set_limit
-  int keeping_ = 0;      // open keep_peak scopes
+  std::vector<int64_t> keep_min_bytes_;  // of the open keep_peak scopes, innermost last
 };
 
 Cache& cache() {
@@ -195,14 +200,15 @@ void release(void* p) {
 }
 
 // Large requests from the cache, small ones from torch's CPU allocator. kernel_outputs (empty_huge): always on huge
-// pages; else (every tensor, huge_blocks_for_all_tensors) on 4 KB pages, from kKeepPeakMinBytes, inside keep_peak
-// scopes.
+// pages; else (every tensor, huge_blocks_for_all_tensors) on 4 KB pages, from the innermost keep_peak scope's
+// min_bytes, inside keep_peak scopes.
 struct HugeBlockAllocator final : c10::Allocator {
   explicit HugeBlockAllocator(bool kernel_outputs) : kernel_outputs_(kernel_outputs) {}
 
   c10::DataPtr allocate(size_t n) override {
-    const bool huge = kernel_outputs_ || !cache().keeping();
-    if (int64_t(n) < (huge ? kHugeBlockMinBytes : kKeepPeakMinBytes)) return small_allocator()->allocate(n);
+    const int64_t keep_min = cache().keeping();
+    const bool huge = kernel_outputs_ || keep_min == 0;
+    if (int64_t(n) < (huge ? kHugeBlockMinBytes : keep_min)) return small_allocator()->allocate(n);
     const auto [p, size] = cache().take(round_up(n), huge);
     TORCH_CHECK(p != nullptr, "fastar: out of memory mapping a ", round_up(n) >> 20, " MB output block");
     {
@@ -257,10 +263,12 @@ HugeBlockStats huge_block_stats() { return cache().stats(); }
 
 void empty_huge_block_cache() { cache().empty(); }
 
-void huge_blocks_for_all_tensors(bool on, bool keep_peak) {
+void huge_blocks_for_all_tensors(bool on, bool keep_peak, int64_t keep_peak_min_bytes) {
   std::lock_guard<std::mutex> lock(g_mu);
   TORCH_CHECK(on || g_all_depth > 0, "fastar: the CPU cache is not serving every tensor");
-  if (keep_peak) cache().keep_peak(on);
+  TORCH_CHECK(keep_peak_min_bytes >= 1, "cpu_cache_all_tensors: keep_peak_min_bytes must be at least 1, got ",
+              keep_peak_min_bytes);
+  if (keep_peak) cache().keep_peak(on, keep_peak_min_bytes);
   if (on && g_all_depth++ == 0) {
     g_previous = c10::GetCPUAllocator();
     c10::SetCPUAllocator(&all_tensors_allocator());

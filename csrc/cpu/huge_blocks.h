@@ -17,7 +17,8 @@ namespace fastar::cpu {
 
 // Outputs of at least this many bytes come from the cache; smaller ones from at::empty (glibc reuses those).
 constexpr int64_t kHugeBlockMinBytes = int64_t(4) << 20;
-// Inside keep_peak scopes (training steps), tensors of at least this many bytes: glibc's largest mmap threshold.
+// Inside keep_peak scopes (training steps), by default, tensors of at least this many bytes: glibc's largest mmap
+// threshold.
 // glibc's heap serves smaller ones again, warm, once one of their size was freed; larger ones it maps afresh and
 // unmaps on every free. From the cache those smaller ones were a fresh mapping in a step's first run (VAR-d16's
 // single B 2 step 10.5 -> 15.1 s in a main run) and gained nothing after.
@@ -44,13 +45,14 @@ HugeBlockStats huge_block_stats();
 void empty_huge_block_cache();
 
 // on: every CPU tensor torch allocates from now on goes through the cache's allocator (c10::SetCPUAllocator): at least
-// kHugeBlockMinBytes (kKeepPeakMinBytes inside keep_peak scopes) from the cache, smaller ones from the allocator that
+// kHugeBlockMinBytes (keep_peak_min_bytes inside keep_peak scopes) from the cache, smaller ones from the allocator that
 // was in place; off restores it. Nests (a
 // count of ons). VQVAE decoders allocate activations of ~170 MB per convolution. keep_peak (the same for an on and
 // its off): inside, the most bytes of cached blocks live at once raise the limit, and stay its floor after the scope
 // until empty_huge_block_cache or set_huge_block_limit, as torch's CUDA caching allocator keeps what it reserved: a
 // training step's activations, freed by its backward, serve the next step warm (VAR-d16 at B 4 holds ~1.5 GB).
-void huge_blocks_for_all_tensors(bool on, bool keep_peak);
+// keep_peak_min_bytes: the smallest tensor a keep_peak scope takes from the cache (the innermost open scope's holds).
+void huge_blocks_for_all_tensors(bool on, bool keep_peak, int64_t keep_peak_min_bytes = kKeepPeakMinBytes);
 
 // The cache's limit in bytes (at first use FASTAR_CPU_CACHE_MB, else 2 GB or an eighth of the memory, whichever is
 // less; 0 keeps nothing), raised to the kept peak where one is larger. Past it the oldest blocks are unmapped; a

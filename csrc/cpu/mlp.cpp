@@ -72,4 +72,17 @@ void mlp_out(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, co
   });
 }
 
+std::tuple<at::Tensor, at::Tensor> gelu_with_derivative(const at::Tensor& x, bool tanh) {
+  at::Tensor y = at::empty(x.sizes(), x.options()), d = at::empty(x.sizes(), x.options());
+  const float* xp = x.data_ptr<float>();
+  float *yp = y.data_ptr<float>(), *dp = d.data_ptr<float>();
+  const auto f = isa().mlp->gelu_with_derivative;
+  constexpr int64_t kGrain = 16384;  // floats a task: 64 KB in, 128 KB out
+  at::parallel_for(0, (x.numel() + kGrain - 1) / kGrain, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t i0 = b0 * kGrain, i1 = std::min(b1 * kGrain, x.numel());
+    f(xp + i0, yp + i0, dp + i0, i1 - i0, tanh);
+  });
+  return {y, d};
+}
+
 }  // namespace fastar::cpu

@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <tuple>
 
 namespace fastar::cpu {
 
@@ -15,5 +16,8 @@ at::Tensor mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, 
 void mlp_out(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
              const at::Tensor& b2, const std::optional<at::Tensor>& residual, int64_t softmax_group,
              const at::Tensor& out);
+
+// (gelu(x), gelu'(x)) for x float32 contiguous, the exact GELU or (tanh) its tanh approximation.
+std::tuple<at::Tensor, at::Tensor> gelu_with_derivative(const at::Tensor& x, bool tanh);
 
 }  // namespace fastar::cpu

@@ -57,6 +57,77 @@ void gelu(float* h, int64_t n) {
   for (; i < n; i += L) gelu_vectors<1>(h + i);
 }
 
+// gelu_with_derivative_vectors: y = gelu(v) and d = gelu'(v) of N vectors, for autograd (the backward's product
+// dy d needs no second pass of the GELU's math). Exact: Phi(v) = 1 - e / 2 (v >= 0) or e / 2 (v < 0), e = erfc(|v| / sqrt 2) as
+// gelu_vectors computes it, and d = Phi(v) + v phi(v), phi(v) = exp(-v^2 / 2) / sqrt(2 pi). Tanh (GELU's tanh
+// approximation): y = v s, s = sigmoid(2 u) = (1 + tanh u) / 2, u = sqrt(2 / pi) (v + 0.044715 v^3), from
+// w = exp(-2 |u|) <= 1 (no overflow, no cancellation in either tail): s = 1 / (1 + w) for u >= 0, w / (1 + w)
+// below, s (1 - s) = w / (1 + w)^2, and d = s + 2 v s (1 - s) u'(v).
+template <int N, bool kTanh>
+inline void gelu_with_derivative_vectors(const float* x, float* y, float* d) {
+  vec<float> v[N], a[N], b[N], c[N];
+#pragma GCC unroll 8
+  for (int u = 0; u < N; ++u) v[u] = load(x + u * L);
+  if constexpr (kTanh) {
+    constexpr float k0 = 0.7978845608028654f, k1 = 0.044715f;
+#pragma GCC unroll 8
+    for (int u = 0; u < N; ++u) {
+      a[u] = v[u] * v[u];
+      b[u] = k0 * v[u] * (a[u] * k1 + 1.f);  // u
+      c[u] = exp_vec((b[u] < 0.f ? b[u] : -b[u]) * 2.f);  // w
+    }
+#pragma GCC unroll 8
+    for (int u = 0; u < N; ++u) {
+      const vec<float> r = 1.f / (c[u] + 1.f), s = b[u] < 0.f ? c[u] * r : r;
+      store(y + u * L, v[u] * s);
+      store(d + u * L, s + (2.f * k0) * v[u] * (a[u] * (3.f * k1) + 1.f) * (c[u] * r * r));
+    }
+  } else {
+    vec<float> z[N], t[N], p[N];
+#pragma GCC unroll 8
+    for (int u = 0; u < N; ++u) {
+      z[u] = (v[u] < 0.f ? -v[u] : v[u]) * 0.70710678118654752f;
+      t[u] = 1.f / (z[u] * 0.5f + 1.f);
+      p[u] = t[u] * 0.17087277f - 0.82215223f;
+    }
+    constexpr float kP[8] = {1.48851587f, -1.13520398f, 0.27886807f, -0.18628806f, 0.09678418f, 0.37409196f,
+                             1.00002368f, -1.26551223f};  // gelu_vectors' P(t)
+    for (int k = 0; k < 8; ++k)
+#pragma GCC unroll 8
+      for (int u = 0; u < N; ++u) p[u] = p[u] * t[u] + kP[k];
+#pragma GCC unroll 8
+    for (int u = 0; u < N; ++u) {
+      a[u] = z[u] * z[u];
+      b[u] = exp_vec(p[u] - a[u]);  // erfc(z) / t
+      c[u] = exp_vec(-a[u]);       // exp(-v^2 / 2)
+    }
+#pragma GCC unroll 8
+    for (int u = 0; u < N; ++u) {
+      const vec<float> h = t[u] * b[u] * 0.5f, phi = v[u] < 0.f ? h : 1.f - h;  // Phi(v)
+      store(y + u * L, v[u] < 0.f ? v[u] * h : v[u] - v[u] * h);
+      store(d + u * L, phi + v[u] * c[u] * 0.3989422804014327f);
+    }
+  }
+}
+
+template <bool kTanh>
+void gelu_with_derivative_n(const float* x, float* y, float* d, int64_t n) {
+  constexpr int U = 8;
+  int64_t i = 0;
+  for (; i + U * L <= n; i += U * L) gelu_with_derivative_vectors<U, kTanh>(x + i, y + i, d + i);
+  for (; i + L <= n; i += L) gelu_with_derivative_vectors<1, kTanh>(x + i, y + i, d + i);
+  if (i == n) return;
+  alignas(64) float xs[L] = {}, ys[L], ds[L];  // the last n - i < L through a padded vector
+  std::memcpy(xs, x + i, sizeof(float) * (n - i));
+  gelu_with_derivative_vectors<1, kTanh>(xs, ys, ds);
+  std::memcpy(y + i, ys, sizeof(float) * (n - i));
+  std::memcpy(d + i, ds, sizeof(float) * (n - i));
+}
+
+void gelu_with_derivative(const float* x, float* y, float* d, int64_t n, bool tanh) {
+  (tanh ? gelu_with_derivative_n<true> : gelu_with_derivative_n<false>)(x, y, d, n);
+}
+
 constexpr int64_t kChunk = 64;  // k per partial sum: two-level summation over K
 
 // acc[r][.] = bias + sum_k a[r lda + k] b[k NR + .] for k < K over the panel b (K, NR), in R x V FMA chains; K is
@@ -164,6 +235,6 @@ void forward(const Mlp& m, int64_t begin, int64_t end, float* scratch) {
 
 }  // namespace
 
-extern const MlpIsa kMlp{R, NR, &forward};
+extern const MlpIsa kMlp{R, NR, &forward, &gelu_with_derivative};
 
 }  // namespace fastar::cpu::FASTAR_ISA

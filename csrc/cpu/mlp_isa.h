@@ -30,6 +30,9 @@ struct MlpIsa {
   // Rows [begin, end) of y. scratch: rows (hd_pad + C + 2 co_pad) floats, 64-byte aligned (the block's hidden
   // activations; the last rows' zero-padded copies of x, y and the residual).
   void (*forward)(const Mlp& m, int64_t begin, int64_t end, float* scratch);
+  // y = gelu(x) and d = gelu'(x) for n floats (any n; x, y, d unaligned): the exact (erf) GELU, or its tanh
+  // approximation with tanh.
+  void (*gelu_with_derivative)(const float* x, float* y, float* d, int64_t n, bool tanh);
 };
 
 }  // namespace fastar::cpu

@@ -22,9 +22,19 @@ static void mlp_out_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Ten
   cpu::mlp_out(x, w1, b1, w2, b2, residual, softmax_group, out);
 }
 
+static std::tuple<at::Tensor, at::Tensor> gelu_with_derivative_cpu(const at::Tensor& x,
+                                                                   c10::string_view approximate) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "gelu_with_derivative: x must be float32, got ", x.scalar_type());
+  TORCH_CHECK(x.device().is_cpu(), "gelu_with_derivative: x is on ", x.device(), ", expected cpu");
+  TORCH_CHECK(approximate == "none" || approximate == "tanh",
+              "gelu_with_derivative: approximate must be 'none' or 'tanh', got '", approximate, "'");
+  return cpu::gelu_with_derivative(x.contiguous(), approximate == "tanh");
+}
+
 }  // namespace fastar
 
 TORCH_LIBRARY_IMPL(fastar, CPU, m) {
   m.impl("mlp", &fastar::mlp_cpu);
   m.impl("mlp.out", &fastar::mlp_out_cpu);
+  m.impl("gelu_with_derivative", &fastar::gelu_with_derivative_cpu);
 }

@@ -45,7 +45,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("empty_cpu_cache", &fastar::cpu::empty_huge_block_cache);
   m.def("set_cpu_cache_limit", &fastar::cpu::set_huge_block_limit);
   m.def("cpu_cache_all_tensors", &fastar::cpu::huge_blocks_for_all_tensors, pybind11::arg("on"),
-        pybind11::arg("keep_peak") = false);
+        pybind11::arg("keep_peak") = false, pybind11::arg("keep_peak_min_bytes") = fastar::cpu::kKeepPeakMinBytes);
   m.def("capabilities", [] {
     return fastar::capabilities({{"cpu", fastar::kernels::kAttentionCpuMaxHeadDim},
                                  {"cuda", fastar::kernels::kAttentionCudaMaxHeadDim}});

@@ -80,6 +80,9 @@ inline void define_ops(torch::Library& m) {
   m.def("mlp(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor? residual, int softmax_group=0) -> Tensor");
   m.def("mlp.out(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor? residual, int softmax_group=0, *, "
         "Tensor(a!) out) -> ()");
+  // x float32, any shape and strides -> (gelu(x), gelu'(x)), contiguous: the exact GELU, or its tanh approximation
+  // with approximate "tanh" (cpu/mlp_isa.h): a GELU under autograd saves d for its backward, dy d.
+  m.def("gelu_with_derivative(Tensor x, str approximate='none') -> (Tensor, Tensor)");
   // A stack of pre-norm transformer blocks decoding new tokens (torch/transformer_decode.h): x (B, L, C), weights per
   // layer as block ("gpt2": 12, "llama": 7) orders them (fastar/reference/transformer_decode.py BLOCKS), k_caches,
   // v_caches (B, heads, Lmax, C / heads) per layer, written at cache_len .. cache_len + L - 1; one mask kind and three

@@ -115,18 +115,49 @@ def linear(x, weight, bias=None):
     return _OneDNNLinear.apply(x, weight, bias) if _wants_grad(x, weight, bias) else _onednn(x, weight, bias)
 
 
+class _Gelu(torch.autograd.Function):
+    """F.gelu under autograd, float32 on the cpu backend: the forward keeps gelu'(x) from the same pass
+    (fastar.ops.gelu_with_derivative) instead of x, so the backward is one product, where torch's gelu_backward
+    computes the GELU's math again. Differentiable once: a backward with create_graph=True through it raises,
+    whether or not a second backward follows (no model here takes one through a GELU; HiT's R1 penalty
+    differentiates its discriminator twice, which has none)."""
+
+    @staticmethod
+    def forward(ctx, x, approximate):
+        y, d = fastar.ops.gelu_with_derivative(x, approximate)
+        ctx.save_for_backward(d)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        if torch.is_grad_enabled():
+            raise RuntimeError("fastar.models.layers.gelu: a backward with create_graph=True is not supported (its "
+                               "forward keeps gelu'(x) only, whose own derivative a second backward would need); "
+                               "run F.gelu where a double backward goes through the GELU")
+        d, = ctx.saved_tensors
+        return g * d, None
+
+
+def gelu(x, approximate="none"):
+    """F.gelu(x, approximate=approximate); under autograd, float32 on the cpu backend, _Gelu (HiT-128's G + D
+    step on a Zen 4, 2 threads: its GELUs and their backward ~51 -> ~40 ms of ~770; benchmarks/bench_hit.py)."""
+    if _wants_grad(x) and x.dtype == torch.float32 and x.device.type == "cpu" and _backend.active(x.device) == "cpu":
+        return _Gelu.apply(x, approximate)
+    return F.gelu(x, approximate=approximate)
+
+
 def linear_gelu(x, weight, bias=None, approximate="none"):
     """F.gelu(F.linear(x, weight, bias), approximate=approximate) (an MLP's first layer): on linear's oneDNN path
     one GEMM with the GELU in its epilogue, no second pass over the hidden activations; under autograd linear then
-    F.gelu; elsewhere the two torch ops."""
+    `gelu` (one pass for the GELU and its derivative); elsewhere the two torch ops."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"linear_gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     if _decode_rows(x, weight, bias):
         return F.gelu(fastar.ops.linear(x, weight, bias), approximate=approximate)
     if onednn_declines(x, weight, bias) is not None:
-        return F.gelu(F.linear(x, weight, bias), approximate=approximate)
-    if _wants_grad(x, weight, bias):  # the backward needs the pre-activation
-        return F.gelu(linear(x, weight, bias), approximate=approximate)
+        return gelu(F.linear(x, weight, bias), approximate=approximate)
+    if _wants_grad(x, weight, bias):  # the backward needs the GELU's derivative
+        return gelu(linear(x, weight, bias), approximate=approximate)
     return _onednn(x, weight, bias, "gelu", approximate)
 
 

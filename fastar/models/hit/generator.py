@@ -169,7 +169,7 @@ class MLP(nn.Module):
         """inplace: without autograd, write the result over x (a block's own intermediate)."""
         x2 = x.reshape(-1, x.shape[-1])
         if torch.is_grad_enabled():
-            return dense_residual(self.fc2, F.gelu(self.fc1(self.norm_layer(x2))), x2).view(x.shape)
+            return dense_residual(self.fc2, self.fc1.forward_gelu(self.norm_layer(x2)), x2).view(x.shape)
         # The norm folded into fc1, the rows in chunks, the residual written once. On oneDNN the GELU and the
         # residual ride in the GEMMs' epilogues.
         w1, b1 = self.norm_layer.fold(x2, self.fc1)
