@@ -140,7 +140,7 @@ class _Gelu(torch.autograd.Function):
 
 def gelu(x, approximate="none"):
     """F.gelu(x, approximate=approximate); under autograd, float32 on the cpu backend, _Gelu (HiT-128's G + D
-    step on a Zen 4, 2 threads: its GELUs and their backward ~51 -> ~40 ms of ~770; benchmarks/bench_hit.py)."""
+    step, B 1, Zen 4, 2 threads, one profiled step: its GELUs and their backward 51 -> ~28 ms of ~750 ms)."""
     if _wants_grad(x) and x.dtype == torch.float32 and x.device.type == "cpu" and _backend.active(x.device) == "cpu":
         return _Gelu.apply(x, approximate)
     return F.gelu(x, approximate=approximate)

@@ -102,9 +102,10 @@ def _gelu_with_derivative(x, approximate="none"):  # fake kernel
 @op(reference=reference.gelu_with_derivative, torch=torch_impl.gelu_with_derivative)
 def gelu_with_derivative(x, approximate="none"):
     """(F.gelu(x, approximate=approximate), its derivative gelu'(x)) for x float32 of any shape (float64 on the
-    reference and torch backends; bfloat16 and float16 run the torch formulation), both contiguous, in one pass over x: the exact (erf) GELU by mlp's erfc formula
-    (no cancellation in the negative tail, where the derivative is -|x| phi(x) (1 - 1 / x^2 ...)), or its tanh
-    approximation with approximate="tanh" (from exp(-2 |u|), so neither tail overflows or cancels).
+    reference and torch backends; bfloat16 and float16 run the torch formulation), both contiguous, in one pass over
+    x: the exact (erf) GELU by mlp's erfc formula (no cancellation in the negative tail, where the derivative is
+    -|x| phi(x) (1 - 1 / x^2 ...)), or its tanh approximation with approximate="tanh" (from exp(-2 |u|), so neither
+    tail overflows or cancels).
 
     For a GELU under autograd (fastar.models.layers.linear_gelu): the forward keeps d = gelu'(x) instead of x, and
     the backward is the product dy d, one pass over memory, where torch's gelu_backward computes the GELU's math
