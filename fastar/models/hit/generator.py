@@ -108,7 +108,7 @@ def norm_dense(norm, x2, *denses):
     xn = norm(x2)
     if len(denses) == 1:
         return denses[0](xn)
-    return F.linear(xn, torch.cat([d.weight for d in denses]), torch.cat([d.bias for d in denses]))
+    return linear(xn, torch.cat([d.weight for d in denses]), torch.cat([d.bias for d in denses]))
 
 
 def dense_residual(dense, h2, x2, inplace=False):
