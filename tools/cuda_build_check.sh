@@ -47,6 +47,9 @@ CPU_ONLY["fastar::mlp"] = ("the MLP kernel keeps a narrow MLP's hidden activatio
 CPU_ONLY["fastar::linear_weight_grad"] = ("a Linear's weight gradient on the CPU's float32 GEMM library (oneDNN where "
                                           "MKL takes its AVX2 path): on a GPU torch.mm's cuBLAS is the path, and "
                                           "fastar.ops.linear_weight_grad declines to it")
+CPU_ONLY["fastar::gelu_with_derivative"] = ("the GELU and its derivative in one pass, so a CPU's training backward skips "
+                                            "gelu_backward's math: on a GPU torch's gelu and gelu_backward run at memory "
+                                            "speed, and fastar.ops.gelu_with_derivative declines to them")
 missing = {op for op in schemas if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")}
 assert missing == set(CPU_ONLY), (f"ops without a CUDA kernel: {sorted(missing)}; known CPU-only: {CPU_ONLY} "
                                   "(add a reason for a new one, remove an op once its CUDA kernel lands)")

@@ -74,8 +74,8 @@ def cpu_kernel_decline(name, device, dtype, *, gpu_path):
 
 
 def cpu_inference_decline(name, device, dtype, tensors, *, gpu_path, autograd_path):
-    """cpu_kernel_decline for a kernel without a backward (mlp, linear_weight_grad): also when autograd would need a
-    gradient of `tensors` (None entries allowed)."""
+    """cpu_kernel_decline for a kernel without a backward (mlp, gelu_with_derivative, linear_weight_grad): also when
+    autograd would need a gradient of `tensors` (None entries allowed)."""
     declined = cpu_kernel_decline(name, device, dtype, gpu_path=gpu_path)
     if declined is None and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return Decline(f"{name} has no backward (an inference kernel); under autograd {autograd_path} runs")
