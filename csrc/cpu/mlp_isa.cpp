@@ -22,18 +22,20 @@ constexpr int R = kVectorBytes == 64 ? 12 : 6;  // its rows: R V accumulators
 // for v >= 0, v e / 2 below, so the negative tail takes no cancellation (torch's float32 GELU, 1 + erf, loses its
 // relative accuracy there: in a diagnostic sweep ~1e5 half-ulps at v in [-5, -3], this formula ~30).
 //
-// gelu_vectors: N vectors in place, in lockstep. Each vector's chain is ~40 dependent operations (a division, two
-// polynomials, the exponent's bits), so one at a time leaves the FMA units waiting on latency (in a diagnostic run,
-// applied per register tile it took 30% of a HiT MLP's time); 8 in flight hide it.
+// N vectors in lockstep. Each vector's chain is ~40 dependent operations (a division, two polynomials, the
+// exponent's bits), so one at a time leaves the FMA units waiting on latency (in a diagnostic run, applied per
+// register tile it took 30% of a HiT MLP's time); 8 in flight hide it.
+//
+// half_erfc: h = erfc(|v| / sqrt 2) / 2 and z2 = v^2 / 2 of N vectors.
 template <int N>
-inline void gelu_vectors(float* h) {
-  vec<float> v[N], z[N], t[N], p[N], q[N];
+inline void half_erfc(const vec<float> (&v)[N], vec<float> (&h)[N], vec<float> (&z2)[N]) {
+  vec<float> t[N], p[N];
 #pragma GCC unroll 8
   for (int u = 0; u < N; ++u) {
-    v[u] = load(h + u * L);
-    z[u] = (v[u] < 0.f ? -v[u] : v[u]) * 0.70710678118654752f;
-    t[u] = 1.f / (z[u] * 0.5f + 1.f);
+    const vec<float> z = (v[u] < 0.f ? -v[u] : v[u]) * 0.70710678118654752f;
+    t[u] = 1.f / (z * 0.5f + 1.f);
     p[u] = t[u] * 0.17087277f - 0.82215223f;
+    z2[u] = z * z;
   }
   constexpr float kP[8] = {1.48851587f, -1.13520398f, 0.27886807f, -0.18628806f, 0.09678418f, 0.37409196f,
                            1.00002368f, -1.26551223f};  // P(t)'s lower coefficients, highest first
@@ -41,11 +43,20 @@ inline void gelu_vectors(float* h) {
 #pragma GCC unroll 8
     for (int u = 0; u < N; ++u) p[u] = p[u] * t[u] + kP[c];
 #pragma GCC unroll 8
-  for (int u = 0; u < N; ++u) q[u] = exp_vec(p[u] - z[u] * z[u]);
+  for (int u = 0; u < N; ++u) h[u] = t[u] * exp_vec(p[u] - z2[u]) * 0.5f;
+}
+
+// gelu_vectors: N vectors in place.
+template <int N>
+inline void gelu_vectors(float* h) {
+  vec<float> v[N], e[N], z2[N];
+#pragma GCC unroll 8
+  for (int u = 0; u < N; ++u) v[u] = load(h + u * L);
+  half_erfc<N>(v, e, z2);
 #pragma GCC unroll 8
   for (int u = 0; u < N; ++u) {
-    const vec<float> e = t[u] * q[u] * (0.5f * v[u]);  // v erfc(z) / 2
-    store(h + u * L, v[u] < 0.f ? e : v[u] - e);
+    const vec<float> ve = v[u] * e[u];  // v erfc(z) / 2
+    store(h + u * L, v[u] < 0.f ? ve : v[u] - ve);
   }
 }
 
@@ -58,54 +69,38 @@ void gelu(float* h, int64_t n) {
 }
 
 // gelu_with_derivative_vectors: y = gelu(v) and d = gelu'(v) of N vectors, for autograd (the backward's product
-// dy d needs no second pass of the GELU's math). Exact: Phi(v) = 1 - e / 2 (v >= 0) or e / 2 (v < 0), e = erfc(|v| / sqrt 2) as
-// gelu_vectors computes it, and d = Phi(v) + v phi(v), phi(v) = exp(-v^2 / 2) / sqrt(2 pi). Tanh (GELU's tanh
-// approximation): y = v s, s = sigmoid(2 u) = (1 + tanh u) / 2, u = sqrt(2 / pi) (v + 0.044715 v^3), from
-// w = exp(-2 |u|) <= 1 (no overflow, no cancellation in either tail): s = 1 / (1 + w) for u >= 0, w / (1 + w)
-// below, s (1 - s) = w / (1 + w)^2, and d = s + 2 v s (1 - s) u'(v).
+// dy d needs no second pass of the GELU's math). Exact: Phi(v) = 1 - e / 2 (v >= 0) or e / 2 (v < 0), e =
+// erfc(|v| / sqrt 2) as gelu_vectors computes it, and d = Phi(v) + v phi(v), phi(v) = exp(-v^2 / 2) / sqrt(2 pi).
+// Tanh (GELU's tanh approximation): y = v s, s = sigmoid(2 u) = (1 + tanh u) / 2, u = sqrt(2 / pi) (v + 0.044715
+// v^3), from w = exp(-2 |u|) <= 1 (no overflow, no cancellation in either tail): s = 1 / (1 + w) for u >= 0,
+// w / (1 + w) below, s (1 - s) = w / (1 + w)^2, and d = s + 2 v s (1 - s) u'(v).
 template <int N, bool kTanh>
 inline void gelu_with_derivative_vectors(const float* x, float* y, float* d) {
-  vec<float> v[N], a[N], b[N], c[N];
+  vec<float> v[N], a[N], b[N];
 #pragma GCC unroll 8
   for (int u = 0; u < N; ++u) v[u] = load(x + u * L);
   if constexpr (kTanh) {
     constexpr float k0 = 0.7978845608028654f, k1 = 0.044715f;
+    vec<float> w[N];
 #pragma GCC unroll 8
     for (int u = 0; u < N; ++u) {
       a[u] = v[u] * v[u];
       b[u] = k0 * v[u] * (a[u] * k1 + 1.f);  // u
-      c[u] = exp_vec((b[u] < 0.f ? b[u] : -b[u]) * 2.f);  // w
+      w[u] = exp_vec((b[u] < 0.f ? b[u] : -b[u]) * 2.f);
     }
 #pragma GCC unroll 8
     for (int u = 0; u < N; ++u) {
-      const vec<float> r = 1.f / (c[u] + 1.f), s = b[u] < 0.f ? c[u] * r : r;
+      const vec<float> r = 1.f / (w[u] + 1.f), s = b[u] < 0.f ? w[u] * r : r;
       store(y + u * L, v[u] * s);
-      store(d + u * L, s + (2.f * k0) * v[u] * (a[u] * (3.f * k1) + 1.f) * (c[u] * r * r));
+      store(d + u * L, s + (2.f * k0) * v[u] * (a[u] * (3.f * k1) + 1.f) * (w[u] * r * r));
     }
   } else {
-    vec<float> z[N], t[N], p[N];
+    half_erfc<N>(v, a, b);  // a: erfc(z) / 2, b: v^2 / 2
 #pragma GCC unroll 8
     for (int u = 0; u < N; ++u) {
-      z[u] = (v[u] < 0.f ? -v[u] : v[u]) * 0.70710678118654752f;
-      t[u] = 1.f / (z[u] * 0.5f + 1.f);
-      p[u] = t[u] * 0.17087277f - 0.82215223f;
-    }
-    constexpr float kP[8] = {1.48851587f, -1.13520398f, 0.27886807f, -0.18628806f, 0.09678418f, 0.37409196f,
-                             1.00002368f, -1.26551223f};  // gelu_vectors' P(t)
-    for (int k = 0; k < 8; ++k)
-#pragma GCC unroll 8
-      for (int u = 0; u < N; ++u) p[u] = p[u] * t[u] + kP[k];
-#pragma GCC unroll 8
-    for (int u = 0; u < N; ++u) {
-      a[u] = z[u] * z[u];
-      b[u] = exp_vec(p[u] - a[u]);  // erfc(z) / t
-      c[u] = exp_vec(-a[u]);       // exp(-v^2 / 2)
-    }
-#pragma GCC unroll 8
-    for (int u = 0; u < N; ++u) {
-      const vec<float> h = t[u] * b[u] * 0.5f, phi = v[u] < 0.f ? h : 1.f - h;  // Phi(v)
-      store(y + u * L, v[u] < 0.f ? v[u] * h : v[u] - v[u] * h);
-      store(d + u * L, phi + v[u] * c[u] * 0.3989422804014327f);
+      const vec<float> ve = v[u] * a[u], cdf = v[u] < 0.f ? a[u] : 1.f - a[u];  // Phi(v)
+      store(y + u * L, v[u] < 0.f ? ve : v[u] - ve);
+      store(d + u * L, cdf + v[u] * exp_vec(-b[u]) * 0.3989422804014327f);
     }
   }
 }
