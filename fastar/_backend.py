@@ -220,15 +220,22 @@ def warn_once(op: str, key, message: str, stacklevel: int):
 
 
 def ran(op: str, name: str):
-    """Records that backend `name` ran `op` (read by last_backend)."""
-    _last[op] = name
+    """Records that backend `name` ran `op` (read by last_backend), in eager mode: under torch.compile the record
+    would be a side effect, which dynamo refuses inside an autograd.Function's backward (the models' Linear
+    backward calls fastar.ops.linear_weight_grad)."""
+    if not torch.compiler.is_compiling():
+        _last[op] = name
 
 
 _NAMESPACES = {}  # backend name -> its torch.ops namespace (torch.ops' attribute lookup costs microseconds per call)
 
 
 def namespace(name: str):
-    """torch.ops.fastar or torch.ops.fastar_simt: the compiled ops of backend `name`."""
-    if name not in _NAMESPACES:
-        _NAMESPACES[name] = getattr(torch.ops, "fastar_simt" if name == "simt" else "fastar")
-    return _NAMESPACES[name]
+    """torch.ops.fastar or torch.ops.fastar_simt: the compiled ops of backend `name` (cached in eager mode only, as
+    `ran` records)."""
+    ns = _NAMESPACES.get(name)
+    if ns is None:
+        ns = getattr(torch.ops, "fastar_simt" if name == "simt" else "fastar")
+        if not torch.compiler.is_compiling():
+            _NAMESPACES[name] = ns
+    return ns

@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import fastar
 from fastar import _backend
 from fastar.models import layers
-from fastar.models.layers import Linear, linear, linear_gelu
+from fastar.models.layers import Linear, gelu, linear, linear_gelu
 from fastar.models.var.basic_var import SelfAttention
 from tests.tolerance import assert_close
 
@@ -177,6 +177,33 @@ def test_linear_gelu(monkeypatch, approximate):
     assert_close("linear", w.grad, w64.grad, w32.grad)
     with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh', got 'erf'"):
         linear_gelu(x, w, b, approximate="erf")
+
+
+def test_training_step_compiles_with_inductor(monkeypatch):
+    """A Linear, an MLP's first layer with its GELU, and the GELU alone, under autograd, compiled by torch.compile's
+    default backend (inductor) with fullgraph: no graph break (fastar's op records and namespace cache stay eager-only),
+    the Linear on F.linear inside the compiler (inductor cannot lower an unpacked oneDNN linear), and the loss and
+    gradients within the rule of float64, as the eager step's."""
+    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
+    torch.manual_seed(0)
+    x, w1, w2 = torch.randn(40, 24), torch.randn(64, 24) / 5, torch.randn(24, 64) / 8
+
+    def step(x, w1, w2):
+        return (linear(gelu(linear_gelu(x, w1, None, "tanh"), "none"), w2) ** 2).sum()
+
+    def grads(fn, dtype):
+        ws = [t.to(dtype).requires_grad_() for t in (w1, w2)]
+        loss = fn(x.to(dtype), *ws)
+        return [loss.detach(), *torch.autograd.grad(loss, ws)]
+
+    eager, ref64, ref32 = grads(step, torch.float32), grads(step, torch.float64), None
+    with fastar.use_backend("torch"):
+        ref32 = grads(step, torch.float32)
+    compiled = grads(torch.compile(step, fullgraph=True), torch.float32)
+    torch._dynamo.reset()
+    for got, want, e, r in zip(compiled, ref64, eager, ref32):
+        assert_close("linear", got, want, r)
+        assert_close("linear", e, want, r)
 
 
 def test_same_parameters_as_nn_linear():

@@ -29,6 +29,8 @@ def onednn_declines(x, weight, bias=None):
         return f"the float32 GEMM library here is {_backend.fp32_linear_library()} (F.linear)"
     if not fast_path(x):
         return f"the {_backend.active(x.device)} backend is active (the official formulation)"
+    if torch.compiler.is_compiling():  # inductor has no lowering for an unpacked oneDNN linear; it plans its own
+        return "under torch.compile (the compiler plans its own GEMMs)"
     return None
 
 
