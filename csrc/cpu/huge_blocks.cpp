@@ -145,7 +145,7 @@ class Cache {
   }
 
   // The smallest tensor the innermost open keep_peak scope takes from the cache; 0 outside them.
-  int64_t keeping() {
+  int64_t keep_peak_min_bytes() {
     std::lock_guard<std::mutex> lock(mu_);
     return keep_min_bytes_.empty() ? 0 : keep_min_bytes_.back();
   }
@@ -206,7 +206,7 @@ struct HugeBlockAllocator final : c10::Allocator {
   explicit HugeBlockAllocator(bool kernel_outputs) : kernel_outputs_(kernel_outputs) {}
 
   c10::DataPtr allocate(size_t n) override {
-    const int64_t keep_min = cache().keeping();
+    const int64_t keep_min = cache().keep_peak_min_bytes();
     const bool huge = kernel_outputs_ || keep_min == 0;
     if (int64_t(n) < (huge ? kHugeBlockMinBytes : keep_min)) return small_allocator()->allocate(n);
     const auto [p, size] = cache().take(round_up(n), huge);

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import fastar.ops
 from fastar import _backend
+from fastar.ops._registry import wants_grad as _wants_grad
 
 
 def rng_device(generator):
@@ -32,10 +33,6 @@ def onednn_declines(x, weight, bias=None):
     if torch.compiler.is_compiling():  # inductor has no lowering for an unpacked oneDNN linear; it plans its own
         return "under torch.compile (the compiler plans its own GEMMs)"
     return None
-
-
-def _wants_grad(*tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def onednn_inference(x, weight, bias=None):

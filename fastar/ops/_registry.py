@@ -62,6 +62,11 @@ class Decline:
     reason: str  # e.g. "the simt kernel takes head dims up to 128, got 640"
 
 
+def wants_grad(*tensors):
+    """Whether autograd would need a gradient of any of `tensors` here (None entries allowed)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def cpu_kernel_decline(name, device, dtype, *, gpu_path):
     """The Decline of an op whose only kernel is a float32 CPU one (conv3x3, and the inference kernels below), or
     None where that kernel runs: off the cpu backend (cuda and simt have none; the python backends run their
@@ -77,7 +82,7 @@ def cpu_inference_decline(name, device, dtype, tensors, *, gpu_path, autograd_pa
     """cpu_kernel_decline for a kernel without a backward (mlp, gelu_with_derivative, linear_weight_grad): also when
     autograd would need a gradient of `tensors` (None entries allowed)."""
     declined = cpu_kernel_decline(name, device, dtype, gpu_path=gpu_path)
-    if declined is None and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if declined is None and wants_grad(*tensors):
         return Decline(f"{name} has no backward (an inference kernel); under autograd {autograd_path} runs")
     return declined
 

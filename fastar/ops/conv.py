@@ -8,7 +8,7 @@ import torch
 
 from fastar.ops._checks import check_same_device, check_tensor
 from fastar.ops._prepared import prepared
-from fastar.ops._registry import cpu_kernel_decline, kernel, op
+from fastar.ops._registry import cpu_kernel_decline, kernel, op, wants_grad
 from fastar.reference import conv as reference
 from fastar.torch import conv as torch_impl
 
@@ -57,7 +57,7 @@ def conv3x3(x, weight, bias=None):
         return x.device, declined
 
     def run(ops):
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        if wants_grad(x, weight, bias):
             return _Conv3x3.apply(x, weight, bias, ops, False)
         return _forward(ops, x, weight, bias, False)
     return x.device, run
