@@ -9,7 +9,7 @@ import torch
 
 import fastar
 from fastar.models.var import VQVAEConfig
-from fastar.models.var.basic_vae import Upsample2x, fast_path
+from fastar.models.var.basic_vae import AttnBlock, Upsample2x, fast_path
 from fastar.models.var.vqvae import VQVAE
 from tests.conftest import backend_device
 from tests.tolerance import K, assert_close, error_and_bound
@@ -119,3 +119,14 @@ def test_upsample_phase_conv(backend, shape):
             plain64 = copy.deepcopy(up).double()(x.double())
     torch.testing.assert_close(ref64, plain64, rtol=1e-12, atol=1e-12)  # exact in real arithmetic
     assert_close("vqvae_decode", out, plain64, ref32)
+
+
+def test_attn_block_gradients_have_their_parameters_strides():
+    """Under autograd every weight gradient of the attention block has its parameter's strides: DDP's reducer
+    compares them, size-1 dims included, and warned on every step of the digits VQVAE's training when proj_out read
+    the attention's output as a channels_last view."""
+    torch.manual_seed(0)
+    block = AttnBlock(32)
+    block(torch.randn(2, 32, 4, 4, requires_grad=True)).sum().backward()
+    for name, p in block.named_parameters():
+        assert p.grad.stride() == p.stride(), name

@@ -9,7 +9,9 @@ Reports the held-out NLL in bits/dim (eval mode: unconditional, random-order mas
 (`python -m fastar sample fractalgen --ckpt` reads it) and samples.png (a patch or pixel a step, cfg 3, temperature
 2: the per-pixel R distribution of so small and short a run is wide, and at temperature 1 its draws are noise).
 The digits stay at their own 8 x 8: resized to 16 x 16 (4x the pixels, each step 4x the work) the same minute of
-training gave blobs; at 8 x 8, 800 steps (~70 s in one process on a Zen 4) give digits a person can name.
+training gave blobs; at 8 x 8, 800 steps (~70 s in one process on a Zen 4) give digits a person can name. The
+learning rate decays on a cosine after a 40-step warmup: against a constant 6e-3, held-out NLL 0.821 -> 0.802 bits/dim
+(seed 0) and 0.798 (seed 1), and at seed 0 most of samples.png's 20 digits nameable, where about half were.
 """
 import argparse
 import dataclasses
@@ -43,6 +45,9 @@ def main(argv=None):
     p.add_argument("--bs", type=int, default=32, help="images per process")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--lr", type=float, default=6e-3)
+    p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"),
+                   help="cosine: down to 0 at the last step, after --warmup (the official trainers' schedule)")
+    p.add_argument("--warmup", type=int, default=40, help="linear warmup steps of the learning rate")
     p.add_argument("--nll-passes", type=int, default=2, help="forward passes averaged for the NLL estimate")
     p.add_argument("--num-iter", default="16,4", help="sampling steps per level for samples.png (a token a step)")
     p.add_argument("--temperature", type=float, default=2.0,
@@ -52,6 +57,7 @@ def main(argv=None):
     add_run_args(p, "runs/fractalgen-digits")
     args = p.parse_args(argv)
     args.fractalgen_steps, args.fractalgen_lr = args.steps, args.lr  # the names fit() reads
+    args.fractalgen_lr_schedule, args.fractalgen_warmup = args.lr_schedule, args.warmup
 
     rank, world = start_run(args)
     x, labels = digits(8)

@@ -105,7 +105,10 @@ class AttnBlock(nn.Module):
         B, C, h, w = x_BChw.shape
         qkv = self.qkv(self.norm(x_BChw)).view(B, 3, 1, C, h * w).transpose(-1, -2)  # (B, 3, 1 head, hw, C)
         o_B1LC = F.scaled_dot_product_attention(*qkv.unbind(1), scale=C ** -0.5)
-        return _residual(x_BChw, self.proj_out(o_B1LC.transpose(-1, -2).reshape(B, C, h, w)), fast_path(x_BChw))
+        o = o_B1LC.transpose(-1, -2).reshape(B, C, h, w)  # a channels_last view
+        if torch.is_grad_enabled():  # NCHW, as the official block's: proj_out's weight gradient then has the
+            o = o.contiguous()  # parameter's strides, which DDP's reducer compares (a warning on every step else)
+        return _residual(x_BChw, self.proj_out(o), fast_path(x_BChw))
 
 
 class Encoder(nn.Module):
