@@ -253,7 +253,7 @@ def test_save_grid_enlarges_small_images_pixel_for_pixel(tmp_path):
     from fastar.models.var.sample import save_grid
     img = torch.rand(3, 3, 8, 6, generator=torch.Generator().manual_seed(0))
     save_grid(img, tmp_path / "g.png", nrow=2, pad=2, min_cell=20)  # 8 -> 24 rows (factor 3), 6 -> 18 columns
-    grid = torch.from_numpy(np.asarray(Image.open(tmp_path / "g.png"))).permute(2, 0, 1).float() / 255
+    grid = torch.from_numpy(np.array(Image.open(tmp_path / "g.png"))).permute(2, 0, 1).float() / 255
     assert grid.shape == (3, 2 * (24 + 2) + 2, 2 * (18 + 2) + 2)
     for i in range(3):
         r, c = divmod(i, 2)
