@@ -13,13 +13,12 @@ import os
 from dataclasses import asdict
 
 import torch
-import torch.distributed as dist
 
 from fastar.models.dalle.dalle import DALLE, DALLEConfig, loss as dalle_loss_of
 from fastar.models.dalle.dvae import DVAE, DVAEConfig, beta_schedule, tau_schedule
 from fastar.models.dalle.text import TextTokenizer
 from fastar.models.var.sample import save_grid
-from fastar.models.var.train import add_run_args, digits, fit, start_run
+from fastar.models.var.train import add_run_args, digits, fit, end_run, start_run
 
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Caption templates: the tokenizer learns the shared words, the digit's name carries the class.
@@ -97,5 +96,4 @@ def main(argv=None):
                                 generator=torch.Generator().manual_seed(args.seed))
         save_grid(dvae.tokens_to_img(tokens.view(-1, 8, 8)), os.path.join(args.out, "samples.png"), nrow=10)
         print(f"wrote {args.out}/ckpt.pt and {args.out}/samples.png (columns: zero..nine)")
-    if world > 1:
-        dist.destroy_process_group()
+    end_run(world)

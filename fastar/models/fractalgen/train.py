@@ -18,12 +18,11 @@ import dataclasses
 import os
 
 import torch
-import torch.distributed as dist
 
 from fastar.models.fractalgen.fractalgen import FractalGen, FractalGenConfig, bits_per_dim
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD
 from fastar.models.var.sample import save_grid
-from fastar.models.var.train import add_run_args, digits, fit, start_run
+from fastar.models.var.train import add_run_args, digits, fit, end_run, start_run
 
 HELD_OUT = 197  # the last digits: the NLL set
 
@@ -86,5 +85,4 @@ def main(argv=None):
                              generator=torch.Generator().manual_seed(args.seed))
         save_grid(img, os.path.join(args.out, "samples.png"), nrow=10)
         print(f"wrote {args.out}/ckpt.pt and {args.out}/samples.png")
-    if world > 1:
-        dist.destroy_process_group()
+    end_run(world)

@@ -17,7 +17,6 @@ import os
 from dataclasses import asdict
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -26,7 +25,7 @@ from fastar.models.hit.discriminator import StyleGANDiscriminator
 from fastar.models.hit.generator import TINY, HiTGenerator
 from fastar.models.hit.losses import consistency, d_loss, ema_update, g_loss, r1_penalty
 from fastar.models.var.sample import save_grid
-from fastar.models.var.train import add_run_args, batches, digits, start_run
+from fastar.models.var.train import add_run_args, batches, digits, end_run, start_run
 
 
 def module(m):
@@ -113,5 +112,4 @@ def main(argv=None):
     if rank == 0:
         sample_grid(G_ema, z_fixed, os.path.join(args.out, "samples.png"))
         print(f"d loss {ld:.4f} g loss {lg:.4f}; wrote {args.out}/ckpt.pt and {args.out}/samples.png")
-    if world > 1:
-        dist.destroy_process_group()
+    end_run(world)

@@ -20,14 +20,13 @@ import dataclasses
 import os
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from fastar.models.mar.mar import MAR, MARConfig
 from fastar.models.mar.sample import generate
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
 from fastar.models.var.sample import save_grid
-from fastar.models.var.train import add_run_args, digits, fit, start_run
+from fastar.models.var.train import add_run_args, digits, fit, end_run, start_run
 
 TINY_VAE = KLConfig(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1)  # 16 px -> 8x8 latents, 64 tokens
 KL_WEIGHT = 1e-4
@@ -103,5 +102,4 @@ def main(argv=None):
                        seed=args.seed, bs=20, progress=False)
         save_grid(img, os.path.join(args.out, "samples.png"), nrow=10)
         print(f"wrote {args.out}/ckpt.pt and {args.out}/samples.png")
-    if world > 1:
-        dist.destroy_process_group()
+    end_run(world)

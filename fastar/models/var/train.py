@@ -143,6 +143,14 @@ def start_run(args):
     return (dist.get_rank() if world > 1 else 0), world
 
 
+def end_run(world):
+    """Under torchrun: waits for every rank (rank 0 draws samples.png while the others are done), then leaves the
+    process group, so that no rank tears its group down while another still runs."""
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar train var", description=__doc__.split("\n")[0])
     p.add_argument("--depth", type=int, default=2, help="VAR depth: width 64*depth, depth heads")
@@ -204,5 +212,4 @@ def main(argv=None):
         img = var.autoregressive_infer_cfg(20, torch.arange(20) % 10, g_seed=args.seed, **SAMPLE_FLAGS)
         save_grid(img, os.path.join(args.out, "samples.png"), nrow=10)
         print(f"wrote {args.out}/ckpt.pt and {args.out}/samples.png")
-    if world > 1:
-        dist.destroy_process_group()
+    end_run(world)
