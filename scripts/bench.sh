@@ -39,7 +39,8 @@ HIT_LOG=$R/hit-digits/train.log
  $PY -m fastar train hit --steps 400 --bs 8 --ckpt-every 100 --out $R/hit-digits > $HIT_LOG 2>&1 || rc=$?
  echo "train hit took $((SECONDS - start)) s (beside MAR's training)" >> $HIT_LOG; exit $rc) &
 HIT=$!
-trap 'pkill -P $HIT 2> /dev/null || true; kill $HIT 2> /dev/null || true; timing_report' EXIT  # a failure below stops HiT's training too
+# A failure below stops HiT's training too (its process, then the subshell), and still prints the parts' times.
+trap 'pkill -P $HIT 2> /dev/null || true; kill $HIT 2> /dev/null || true; timing_report' EXIT
 timed "train mar (digits)" $PY -m fastar train mar --out $R/mar-digits
 hit_log() {  # wait for HiT's training, then print its log without the progress bars; its exit status
   local rc=0
