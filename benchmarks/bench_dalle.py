@@ -13,7 +13,7 @@ import torch
 
 import fastar
 from benchmarks.bench_var import BASELINE, LINEAR_PARTS, Breakdown, on
-from benchmarks.harness import compare
+from benchmarks.harness import compare, step_breakdowns
 from fastar.models.dalle import DALLE, DALLEConfig
 from fastar.models.dalle import dalle as dalle_module
 from fastar.models.layers import Linear, decode_weights
@@ -103,5 +103,6 @@ def test_dalle_train_step(benchmark, model):
 
     compare(benchmark, step, {BASELINE: on("torch", step)}, baseline=BASELINE, rounds=2, warmup=1, op="attention",
             shape=SHAPE)
+    step_breakdowns(benchmark, {"fastar": step, BASELINE: on("torch", step)})
     model.zero_grad(set_to_none=True)
     fastar.empty_cpu_cache()

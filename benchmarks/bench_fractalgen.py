@@ -22,7 +22,7 @@ import torch
 
 import fastar
 from benchmarks.bench_var import Breakdown, on
-from benchmarks.harness import compare
+from benchmarks.harness import compare, step_breakdowns
 from fastar.models.fractalgen import build
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD
 
@@ -125,6 +125,7 @@ def test_fractalmar_in64_train_step(benchmark, model):
     step()  # oneDNN's primitives, first-touch pages, autograd's buffers: not a cost of either contender (bench_mar's)
     on("torch", step)()
     compare(benchmark, step, {SAME_MODEL: on("torch", step)}, baseline=SAME_MODEL, rounds=1, warmup=0, op="attention")
+    step_breakdowns(benchmark, {"fastar": step, SAME_MODEL: on("torch", step)})
     model.zero_grad(set_to_none=True)
     fastar.empty_cpu_cache()
 

@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import fastar
 from benchmarks import bench_var
-from benchmarks.harness import compare
+from benchmarks.harness import compare, step_breakdowns
 from fastar.models.hit import CONFIGS, HiTGenerator, StyleGANDiscriminator, generator
 from fastar.models.hit.train import gan_step
 
@@ -130,4 +130,5 @@ def test_hit_gan_step(benchmark):
     # first use.
     compare(benchmark, step, {BASELINE: on("torch", step)}, baseline=BASELINE, rounds=ROUNDS, warmup=1,
             op="multi_axis_attention")
+    step_breakdowns(benchmark, {"fastar": step, BASELINE: on("torch", step)})
     fastar.empty_cpu_cache()  # gan_step's blocks (fastar.cpu_cache_step)

@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import fastar
 from benchmarks.bench_var import Breakdown
-from benchmarks.harness import compare, save_samples
+from benchmarks.harness import compare, save_samples, step_breakdowns
 from fastar.models.mar import AutoencoderKL, mar
 from fastar.models.mar.sample import generate
 
@@ -104,6 +104,7 @@ def test_mar_base_train_step(benchmark):
     on("torch", step)()
     compare(benchmark, step, {BASELINE: on("torch", step)}, baseline=BASELINE, rounds=1, warmup=0,
             op="diffusion_loss")
+    step_breakdowns(benchmark, {"fastar": step, BASELINE: on("torch", step)})
     model.zero_grad(set_to_none=True)
     fastar.empty_cpu_cache()
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import fastar
-from benchmarks.harness import compare, save_samples
+from benchmarks.harness import compare, save_samples, step_breakdowns
 from fastar.models.layers import Linear
 from fastar.models.var import build_vae_var
 from fastar.models.var import basic_var
@@ -168,6 +168,7 @@ def test_var_d16_train_step(benchmark, d16):
 
     compare(benchmark, step, {**contenders(lambda _: step), NO_STEP_CACHE: plain_step}, baseline=BASELINE,
             rounds=TRAIN_ROUNDS, warmup=int(TRAIN_ROUNDS > 1), op="attention")
+    step_breakdowns(benchmark, {"fastar": step, BASELINE: on("torch", step)})
     var.zero_grad(set_to_none=True)
     fastar.empty_cpu_cache()  # the step's blocks of 32 MB and more (none at B 2, ~1.5 GB at B 4)
 

@@ -9,6 +9,9 @@ time go into extra_info, which benchmarks/report.py renders. Timings are never a
 An op faster than ROUND_S is timed as a loop of n calls per round, the same n for every contender, and each time is
 per call (extra_info "calls_per_round"): a single call of tens of microseconds measures the cold start of its code
 path and of the thread pool more than the op (VAR's first decode scales).
+
+The models' training rows add where each contender's step goes (step_breakdowns: GEMMs, attention, convolutions,
+the rest), from one more, profiled step of each after the timed rounds.
 """
 import statistics
 import time
@@ -109,3 +112,33 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
     extra["contenders"] = list(contenders)
     extra["parts"] = list(parts or {})  # a part's share of fastar's time is its ratio
     return extra
+
+
+# The kinds of op a training step's time is split into (op_breakdown): the first kind a fragment of which the op's
+# lower-cased name holds; the rest is "other" (normalization, elementwise, the optimizer, autograd and Python).
+OP_KINDS = (("GEMMs", ("linear", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+            ("attention", ("attention",)),
+            ("convolutions", ("conv", "blur_pool")))
+
+
+def op_breakdown(fn):
+    """{kind: ms, "other": ms, "total": ms}, largest first: the self CPU time of the ops of one call of fn under
+    torch.profiler, by OP_KINDS (the form the report's "Where ...'s time goes" line renders as shares). The
+    profiler adds its own overhead: its shares are the figure, not its times."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ms = dict.fromkeys([kind for kind, _ in OP_KINDS] + ["other"], 0.0)
+    for e in prof.key_averages():
+        name = e.key.lower()
+        kind = next((k for k, fragments in OP_KINDS if any(f in name for f in fragments)), "other")
+        ms[kind] += e.self_cpu_time_total / 1e3
+    out = dict(sorted(((k, v) for k, v in ms.items() if v > 0), key=lambda kv: -kv[1]))
+    out["total"] = sum(ms.values())
+    return out
+
+
+def step_breakdowns(benchmark, contenders):
+    """extra_info["breakdown"] of a training row: op_breakdown of one more step of each contender ({name: fn}),
+    after the timed rounds."""
+    benchmark.extra_info["breakdown"] = {name: op_breakdown(fn) for name, fn in contenders.items()}

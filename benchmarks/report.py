@@ -17,6 +17,10 @@ def _fmt_ms(s):
     return f"{s['min_ms']:.3g} / {s['median_ms']:.3g}"
 
 
+def _fmt_time(ms):
+    return f"{ms:.3g} ms" if ms < 1e3 else f"{ms / 1e3:.3g} s"
+
+
 def peak_basis(m, key="fp32_peak"):
     """The measured peak and how it was measured, e.g. '35 GFLOP/s (avx2: 8 floats x 12 chains, 1 thread)'; key
     "bf16_peak": the bfloat16 dot-product peak."""
@@ -99,7 +103,9 @@ def render(data):
         if e.get("note"):
             lines += [e["note"], ""]
         for name, shares in breakdowns(e).items():
-            lines += [f"Where {name}'s time goes: " + ", ".join(f"{p} {s:.0%}" for p, s in shares.items()), ""]
+            ms = e.get("breakdown", {}).get(name, {})  # a model run's parts in ms (a part timed alone: its share)
+            lines += [f"Where {name}'s time goes: " + ", ".join(
+                f"{p} {s:.0%}" + (f" ({_fmt_time(ms[p])})" if p in ms else "") for p, s in shares.items()), ""]
     for d in data.get("declined", []):  # rows not run on this machine (not timed): the reason names what it lacks
         lines += [f"## {d['group']}", "", f"Declined on {m.get('cpu')} (CPU ISA {m.get('build', {}).get('cpu_isa')}), "
                   f"not timed: {d['reason']}", ""]

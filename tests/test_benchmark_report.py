@@ -54,6 +54,30 @@ def test_parts_are_shares_of_fastar_not_contenders():
     assert "| Phi convs |" not in report.render(run_json())
 
 
+def test_model_breakdown_gives_shares_and_times():
+    """A model run's breakdown (ms per part and the total) renders as each part's share with its time; a part
+    timed alone (Phi convs) as its share only."""
+    run = run_json()
+    e = run["benchmarks"][0]["extra_info"]
+    e["breakdown"] = {"torch backend": {"GEMMs": 2400.0, "other": 600.0, "total": 3000.0}}
+    md = report.render(run)
+    assert "Where torch backend's time goes: GEMMs 80% (2.4 s), other 20% (600 ms)" in md
+    assert "Where fastar's time goes: Phi convs 25%, other 75%" in md
+
+
+def test_op_breakdown_sorts_a_step_by_kind_of_op():
+    """harness.op_breakdown: the self CPU time of a call's ops by kind; the GEMMs of a product dominate it, a
+    convolution is a convolution, the kinds add up to the total."""
+    import torch
+    import torch.nn.functional as F
+    from benchmarks.harness import op_breakdown
+    a, x, w = torch.randn(512, 512), torch.randn(1, 8, 32, 32), torch.randn(8, 8, 3, 3)
+    parts = op_breakdown(lambda: (torch.mm(a, a), F.conv2d(x, w), torch.relu(a)))
+    assert parts["GEMMs"] > parts["other"] and parts["convolutions"] > 0 and "attention" not in parts
+    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
+    assert list(parts)[-1] == "total" and list(parts)[0] == "GEMMs"
+
+
 def test_history_appends_each_run_once(tmp_path):
     path = tmp_path / "runs.jsonl"
     report.append_history(run_json(), path)
