@@ -101,8 +101,8 @@ def test_dalle_train_step(benchmark, model):
             model.zero_grad(set_to_none=True)
             dalle_module.loss(model, text(B_TRAIN), image)[0].backward()
 
-    compare(benchmark, step, {BASELINE: on("torch", step)}, baseline=BASELINE, rounds=2, warmup=1, op="attention",
-            shape=SHAPE)
-    step_breakdowns(benchmark, {"fastar": step, BASELINE: on("torch", step)})
+    baseline = {BASELINE: on("torch", step)}
+    compare(benchmark, step, baseline, baseline=BASELINE, rounds=2, warmup=1, op="attention", shape=SHAPE)
+    step_breakdowns(benchmark, step, baseline)
     model.zero_grad(set_to_none=True)
     fastar.empty_cpu_cache()

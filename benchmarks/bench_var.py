@@ -166,9 +166,10 @@ def test_var_d16_train_step(benchmark, d16):
         with fastar.cpu_cache_step(torch.device("cpu")):  # fastar's training step; the torch backend's: a no-op
             plain_step()
 
-    compare(benchmark, step, {**contenders(lambda _: step), NO_STEP_CACHE: plain_step}, baseline=BASELINE,
+    baselines = contenders(lambda _: step)
+    compare(benchmark, step, {**baselines, NO_STEP_CACHE: plain_step}, baseline=BASELINE,
             rounds=TRAIN_ROUNDS, warmup=int(TRAIN_ROUNDS > 1), op="attention")
-    step_breakdowns(benchmark, {"fastar": step, BASELINE: on("torch", step)})
+    step_breakdowns(benchmark, step, {BASELINE: baselines[BASELINE]})
     var.zero_grad(set_to_none=True)
     fastar.empty_cpu_cache()  # the step's blocks of 32 MB and more (none at B 2, ~1.5 GB at B 4)
 

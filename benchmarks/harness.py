@@ -138,7 +138,8 @@ def op_breakdown(fn):
     return out
 
 
-def step_breakdowns(benchmark, contenders):
-    """extra_info["breakdown"] of a training row: op_breakdown of one more step of each contender ({name: fn}),
-    after the timed rounds."""
-    benchmark.extra_info["breakdown"] = {name: op_breakdown(fn) for name, fn in contenders.items()}
+def step_breakdowns(benchmark, fastar_fn, contenders):
+    """extra_info["breakdown"] of a training row: op_breakdown of one more step of fastar's and of each contender
+    ({name: fn}), after the timed rounds."""
+    benchmark.extra_info["breakdown"] = {name: op_breakdown(fn) for name, fn in {"fastar": fastar_fn,
+                                                                                   **contenders}.items()}
