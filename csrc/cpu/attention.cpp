@@ -13,6 +13,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/exp.h>
 #include <ATen/ops/logsumexp.h>
+#include <ATen/ops/masked_fill.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
@@ -275,10 +276,10 @@ void forward(Heads<T> q, Heads<T> k, Heads<T> v, const Plan& plan, const Dims& d
         gemm<T>(false, false, rows, D, k1 - k0, T(1), S.data(), ld, V + k0 * v.sl, int(v.sl), T(1), o, D);
       });
       T* lse_rows = lse + (s * d.B * d.H + bh) * d.Lq + q0;
-      for (int r = 0; r < rows; ++r) {  // a row that saw no key: out 0, lse -inf
-        const T inv = l[r] > 0 ? T(1) / l[r] : T(0);
+      for (int r = 0; r < rows; ++r) {  // a row that saw no key: out 0, lse -inf (a NaN row stays NaN)
+        const T inv = l[r] == T(0) ? T(0) : T(1) / l[r];
         for (int c = 0; c < D; ++c) o[r * D + c] *= inv;
-        lse_rows[r] = l[r] > 0 ? m[r] + std::log(l[r]) : -std::numeric_limits<T>::infinity();
+        lse_rows[r] = l[r] == T(0) ? -std::numeric_limits<T>::infinity() : m[r] + std::log(l[r]);
       }
     }
   });
@@ -295,7 +296,7 @@ int key_splits(const Dims& d, int n_blocks, int keys) {
 std::tuple<at::Tensor, at::Tensor> combine(const at::Tensor& out_s, const at::Tensor& lse_s) {
   if (out_s.size(0) == 1) return {out_s[0], lse_s[0]};
   at::Tensor lse = at::logsumexp(lse_s, 0);                            // (B, H, Lq)
-  at::Tensor w = at::exp(lse_s - lse).nan_to_num(0.0);                 // (splits, B, H, Lq); -inf - -inf = 0
+  at::Tensor w = at::exp(lse_s - lse).masked_fill_(lse_s == -INFINITY, 0.0);  // (splits, B, H, Lq); NaN stays
   return {(w.unsqueeze(-1) * out_s).sum(0), lse};
 }
 

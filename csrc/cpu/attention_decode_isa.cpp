@@ -129,7 +129,7 @@ void attend_block(const T* Q, int64_t ldq, int rows, const int* keys, const T* K
   // -inf keeps m = -inf and subtracts 0: P = 0, l and Ot stay 0.
   constexpr T kLag = 8;
   vec<T> m[QV], l[QV], sub[QV];
-  for (int v = 0; v < QV; ++v) m[v] = sub[v] = splat(neg_inf), l[v] = splat(T(0));
+  for (int v = 0; v < QV; ++v) m[v] = splat(neg_inf), sub[v] = l[v] = splat(T(0));
   for (int k0 = 0; k0 < n_max; k0 += kChunk) {
     const int n = n_max - k0 < kChunk ? n_max - k0 : kChunk;
     vec<T> chunk_max[QV];
@@ -174,10 +174,10 @@ void attend_block(const T* Q, int64_t ldq, int rows, const int* keys, const T* K
       value_tile<T, QV, decltype(nc)::value>(w.st, n, V + k0 * ldv, ldv, c0, k0 == 0, w.ot);
     });
   }
-  for (int i = 0; i < rows; ++i) {  // a query that saw no key: out 0, lse -inf
-    const T li = l[i / W][i % W], mi = m[i / W][i % W], inv = li > 0 ? T(1) / li : T(0);
+  for (int i = 0; i < rows; ++i) {  // a query that saw no key: out 0, lse -inf (a NaN query stays NaN)
+    const T li = l[i / W][i % W], mi = m[i / W][i % W], inv = li == T(0) ? T(0) : T(1) / li;
     for (int c = 0; c < D; ++c) out[i * D + c] = n_max > 0 ? w.ot[c * L + i] * inv : T(0);  // Ot unwritten at 0
-    lse[i] = li > 0 ? (mi + __builtin_log2(li)) * T(0.6931471805599453) : neg_inf;  // ln 2: back to base e
+    lse[i] = li == T(0) ? neg_inf : (mi + __builtin_log2(li)) * T(0.6931471805599453);  // ln 2: back to base e
   }
 }
 

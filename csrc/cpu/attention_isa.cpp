@@ -15,9 +15,13 @@ void online_softmax(T* S, int rows, int ld, T* m, T* l, T* o, int d) {
   for (int r = 0; r < rows; ++r) {
     T* s = S + int64_t(r) * ld;
     vec<T> mx = splat(neg_inf);
-    for (int j = 0; j < ld; j += W) mx = vmax<T>(mx, load(s + j));
+    auto seen = mx != mx;  // lanes with a score other than -inf (a NaN too: it must reach the output)
+    for (int j = 0; j < ld; j += W) {
+      const vec<T> x = load(s + j);
+      mx = vmax<T>(mx, x), seen |= x != neg_inf;
+    }
     const T tile_max = hmax<T>(mx), m_new = tile_max > m[r] ? tile_max : m[r];
-    if (m_new == neg_inf) {  // nothing visible yet: P = 0, state unchanged
+    if (m_new == neg_inf && !any(seen)) {  // nothing visible yet: P = 0, state unchanged
       for (int j = 0; j < ld; j += W) store(s + j, splat(T(0)));
       continue;
     }

@@ -86,7 +86,12 @@ Block block_of(int Lq, int Lk) {
   return {LP, rows, rows * LP / W};
 }
 
-// Scratch of a task: the mask as an additive bias (0 / -inf) of the score block, the scores (then P), dP (then dS),
+// A score under the mask's bias (0: seen, -inf: hidden): the score, or -inf, selected rather than added, so that a
+// hidden key's NaN score (a NaN in its k) stays hidden.
+template <class T>
+inline vec<T> masked(vec<T> score, vec<T> bias) { return bias == T(0) ? score : bias; }
+
+// Scratch of a task: the mask as a bias (0 / -inf) of the score block, the scores (then P), dP (then dS),
 // and values per query row (the softmax's max and sum; the backward's lse in base 2), padded for vector loads.
 template <class T>
 struct Scratch {
@@ -105,7 +110,7 @@ void mask_bias(const MaskParams& mask, int64_t b, int Lq, int Lk, const Block& b
                                                                                             : T(-__builtin_inf());
 }
 
-// out (blk.vecs vectors) = alpha A B^T (+ bias): A (M, D) rows at stride lda, B (N, D) at ldb, both unit-stride
+// out (blk.vecs vectors) = alpha A B^T (masked by bias): A (M, D) rows at stride lda, B (N, D) at ldb, both unit-stride
 // along D; the score block's padding rows and key slots repeat row M - 1 and key N - 1 (finite, masked by bias).
 // R query rows x G = W / R keys of accumulators per output vector.
 template <class T, int R>
@@ -134,7 +139,7 @@ void dots(const T* A, int64_t lda, int M, const T* B, int64_t ldb, int N, int D,
         for (int p = 0; p < W; ++p) acc[0][p] += a[p / G][d] * b[p % G][d];
       const vec<T> c = acc[0] * alpha;
       const int t = i0 * blk.LP + j0;
-      store(out + t, bias != nullptr ? c + load(bias + t) : c);
+      store(out + t, bias != nullptr ? masked<T>(c, load(bias + t)) : c);
     }
   }
 }
@@ -275,10 +280,12 @@ void transpose(const T* A, int64_t lda, int rows, int cols, T alpha, T* out, int
 
 // ---- softmax ----
 
-// ln 2 (m + log2 l) lane by lane, -inf where l is 0: a row's natural-log lse from its base-2 max and sum.
+// ln 2 (m + log2 l) lane by lane, -inf where l is 0 and NaN where l is (a NaN score): a row's natural-log lse from
+// its base-2 max and sum.
 template <class T>
 inline vec<T> lse_of(vec<T> m, vec<T> l) {
-  return l > 0 ? m * T(kLn2) + log_vec(l > 0 ? l : splat(T(1))) : splat(T(-__builtin_inf()));
+  const vec<T> y = l == 0 ? splat(T(-__builtin_inf())) : m * T(kLn2) + log_vec(l > 0 ? l : splat(T(1)));
+  return l == l ? y : l;
 }
 
 // s (the block's scores, base 2, masked) <- P = softmax of each row; lse (Lq,) <- each row's logsumexp (-inf where a
@@ -291,7 +298,7 @@ void softmax(T* s, const Block& blk, int Lq, T* lse, T* m, T* l) {
     for (int t = 0; t < blk.vecs; ++t) {
       const vec<T> x = load(s + t * W), mx = run_max<T, G>(x);
       const vec<T> p = exp2_vec(x - (mx == -inf ? splat(T(0)) : mx)), sum = run_sum<T, G>(p);
-      store(s + t * W, p * (sum > 0 ? T(1) / sum : splat(T(0))));
+      store(s + t * W, p * (sum == 0 ? splat(T(0)) : T(1) / sum));
       const vec<T> y = lse_of<T>(mx, sum);
       for (int r = 0; r < R && t * R + r < Lq; ++r) lse[t * R + r] = y[r * G];
     }
@@ -310,7 +317,7 @@ void softmax(T* s, const Block& blk, int Lq, T* lse, T* m, T* l) {
         sum += p;
       }
       sum = run_sum<T, W>(sum);
-      const vec<T> inv = sum > 0 ? T(1) / sum : splat(T(0));
+      const vec<T> inv = sum == 0 ? splat(T(0)) : T(1) / sum;
       for (int u = 0; u < n; ++u) store(row + u * W, load(row + u * W) * inv);
       m[i] = mx[0], l[i] = sum[0];
     }
@@ -352,7 +359,7 @@ void softmax_grad(T* s, T* ds, const T* lse2, const Block& blk, T scale) {
 // The query-lane layout's softmax: s (Lk, LQ) holds S^T in base 2, a column per query (LQ = Lq rounded up to W),
 // bias (Lk, LQ) the mask; every reduction runs down the columns, lane by lane.
 
-// s <- P^T = the softmax of each column of s + bias; lse (Lq,) <- each query's logsumexp (-inf where it sees no key:
+// s <- P^T = the softmax of each column of s masked by bias; lse (Lq,) <- each query's logsumexp (-inf where it sees no key:
 // its P is 0).
 template <class T>
 void softmax_columns(T* s, const T* bias, int Lk, int LQ, int Lq, T* lse) {
@@ -361,7 +368,7 @@ void softmax_columns(T* s, const T* bias, int Lk, int LQ, int Lq, T* lse) {
   for (int c = 0; c < LQ; c += W) {
     vec<T> mx = splat(-inf);
     for (int j = 0; j < Lk; ++j) {
-      const vec<T> x = load(s + j * LQ + c) + load(bias + j * LQ + c);
+      const vec<T> x = masked<T>(load(s + j * LQ + c), load(bias + j * LQ + c));
       store(s + j * LQ + c, x);
       mx = vmax<T>(mx, x);
     }
@@ -372,14 +379,14 @@ void softmax_columns(T* s, const T* bias, int Lk, int LQ, int Lq, T* lse) {
       store(s + j * LQ + c, p);
       sum += p;
     }
-    const vec<T> inv = sum > 0 ? T(1) / sum : splat(T(0));
+    const vec<T> inv = sum == 0 ? splat(T(0)) : T(1) / sum;
     for (int j = 0; j < Lk; ++j) store(s + j * LQ + c, load(s + j * LQ + c) * inv);
     const vec<T> y = lse_of<T>(mx, sum);
     for (int p = 0; p < W && c + p < Lq; ++p) lse[c + p] = y[p];
   }
 }
 
-// s (S^T, base 2) <- P^T = exp2(s + bias - lse2), ds (dP^T) <- dS^T = scale P (dP - delta), delta = the column sums
+// s (S^T, base 2) <- P^T = exp2(masked(s, bias) - lse2), ds (dP^T) <- dS^T = scale P (dP - delta), delta = the column sums
 // of P dP; lse2 (LQ,) per query, +inf where a query saw no key (and on the padding lanes).
 template <class T>
 void softmax_grad_columns(T* s, T* ds, const T* bias, const T* lse2, int Lk, int LQ, T scale) {
@@ -388,7 +395,7 @@ void softmax_grad_columns(T* s, T* ds, const T* bias, const T* lse2, int Lk, int
     const vec<T> sub = load(lse2 + c);
     vec<T> pdp = splat(T(0));
     for (int j = 0; j < Lk; ++j) {
-      const vec<T> p = exp2_vec(load(s + j * LQ + c) + load(bias + j * LQ + c) - sub);
+      const vec<T> p = exp2_vec(masked<T>(load(s + j * LQ + c), load(bias + j * LQ + c)) - sub);
       store(s + j * LQ + c, p);
       pdp += p * load(ds + j * LQ + c);
     }

@@ -105,14 +105,15 @@ inline vec<float> exp_vec(vec<float> x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   const vec<float> e = p * scale;
   std::memcpy(&bits, &e, sizeof(e));
-  bits &= x >= -87.3f;  // 0 below (and at -inf, where n and r are not finite)
+  bits &= ~(x < -87.3f);  // 0 below (and at -inf, where n and r are not finite); NaN stays NaN
   vec<float> out;
   std::memcpy(&out, &bits, sizeof(out));
   return out;
 }
 // 2^y for y <= 0 (softmax in base 2: the scores pre-multiplied by log2 e), cheaper than exp_vec by the range
 // reduction: n = round(y) by the same 1.5 2^23 sum, f = y - n in [-1/2, 1/2] exactly, 2^f by a degree-6 polynomial
-// (a near-minimax fit, relative error ~1.3 ulp), 2^n added to its exponent bits; y below -126 (and -inf) gives 0.
+// (a near-minimax fit, relative error ~1.3 ulp), 2^n added to its exponent bits; y below -126 (and -inf) gives 0,
+// NaN gives NaN (a NaN score must reach the output, never read as a masked one).
 inline vec<float> exp2_vec(vec<float> y) {
   typedef int32_t vi __attribute__((vector_size(kVectorBytes)));
   const vec<float> t = y + 12582912.f;  // 12582912 = 1.5 2^23
@@ -128,7 +129,7 @@ inline vec<float> exp2_vec(vec<float> y) {
   std::memcpy(&n, &t, sizeof(t));
   std::memcpy(&bits, &p, sizeof(p));
   bits += (n - 0x4B400000) << 23;  // 0x4B400000: the bits of 1.5 2^23
-  bits &= y >= -126.f;
+  bits &= ~(y < -126.f);  // NaN stays NaN
   vec<float> out;
   std::memcpy(&out, &bits, sizeof(out));
   return out;

@@ -10,13 +10,19 @@ namespace {
 
 constexpr int W = kLanes<float>;
 
+// The largest logit, or NaN where the row has one (vmax alone would drop it): the row then draws -1.
 float row_max(const float* x, int64_t n) {
   vec<float> mx = splat(-__builtin_inff());
+  auto nan = mx != mx;
   int64_t i = 0;
-  for (; i + W <= n; i += W) mx = vmax<float>(mx, load(x + i));
+  for (; i + W <= n; i += W) {
+    const vec<float> v = load(x + i);
+    mx = vmax<float>(mx, v), nan |= v != v;
+  }
   float m = hmax<float>(mx);
-  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
-  return m;
+  bool any_nan = any(nan);
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m, any_nan |= x[i] != x[i];
+  return any_nan ? __builtin_nanf("") : m;
 }
 
 double row_mass(const float* x, float* e, int64_t n, float m, float inv_t) {

@@ -129,6 +129,14 @@ void sweep(const VqPacked& cb, const float* x, int64_t b0, int64_t b1, Best* st)
   for (int m = 0; m < M; ++m) st[m].value = best[m], st[m].chunk = where[m];
 }
 
+// A row's index and distance ||x||^2 + score; a row with an infinite or NaN ||x||^2 (an inf or NaN in x: its scores
+// are inf - inf) gets index 0 and distance ||x||^2, as the reference's distances, all inf or NaN, give.
+inline void answer(int64_t a, float xn, float score, int64_t* idx, float* dist) {
+  const bool finite = xn <= __FLT_MAX__;
+  *idx = finite ? a : 0;
+  *dist = finite ? xn + score : xn;
+}
+
 // The answer of one row from its final state: the lowest code reaching the minimum over the lanes.
 template <int DC>
 void finish(const VqPacked& cb, const float* x, const Best& st, int64_t* idx, float* dist) {
@@ -147,8 +155,7 @@ void finish(const VqPacked& cb, const float* x, const Best& st, int64_t* idx, fl
   }
   float xn = 0.f;
   for (int64_t d = 0; d < D; ++d) xn += x[d] * x[d];
-  *idx = a;
-  *dist = xn + v;
+  answer(a, xn, v, idx, dist);
 }
 
 // The last n < MR rows of a group: one micro-tile of n rows.
@@ -269,8 +276,7 @@ void tree_row(const VqPacked& cb, const VqTree& t, const float* x, float* lbs, i
     if (lbs[near[i]] <= close) visit(near[i]), near[i] = -1;
   for (int64_t i = 0; i < count; ++i)
     if (near[i] >= 0 && !beyond(near[i])) visit(near[i]);
-  *idx = arg;
-  *dist = xn + best;
+  answer(arg, xn, best, idx, dist);
 }
 
 template <int DC>

@@ -125,9 +125,8 @@ inline at::Tensor transformer_decode(const DecodeOps& ops, const at::Tensor& x_i
   const double scale = 1.0 / std::sqrt(double(D));
   const std::optional<at::Tensor> none;
   at::Tensor x = x_in.contiguous();
-  for (int64_t i = 0; i < layers; ++i) {
-    const at::Tensor* w = weights.data() + n * i;
-    check_decode_layer(w, i, x, llama);
+  for (int64_t i = 0; i < layers; ++i) {  // every layer checked before any cache is written
+    check_decode_layer(weights.data() + n * i, i, x, llama);
     const at::Tensor &kc = k_caches[i], &vc = v_caches[i];
     TORCH_CHECK(kc.dim() == 4 && kc.size(0) == B && kc.size(1) == heads && kc.size(3) == D && kc.sizes() == vc.sizes(),
                 op, ": k_caches[", i, "] and v_caches[", i, "] must be (", B, ", ", heads, ", Lmax, ", D, "), got ",
@@ -138,6 +137,10 @@ inline at::Tensor transformer_decode(const DecodeOps& ops, const at::Tensor& x_i
                 " as x, got ", kc.scalar_type(), " on ", kc.device(), " and ", vc.scalar_type(), " on ", vc.device());
     TORCH_CHECK(cache_len + L <= kc.size(2), op, ": cache_len + L = ", cache_len + L, " exceeds the ", kc.size(2),
                 " positions of layer ", i, "'s caches");
+  }
+  for (int64_t i = 0; i < layers; ++i) {
+    const at::Tensor* w = weights.data() + n * i;
+    const at::Tensor &kc = k_caches[i], &vc = v_caches[i];
     // attention: the normed x's q, k, v (B, L, heads, D); k, v into the caches, q (B, heads, L, D) to the kernel
     at::Tensor h = llama ? rms_norm(x, w[0], eps) : at::layer_norm(x, {C}, w[0], w[1], eps);
     const at::Tensor qkv = ops.linear.call(h.view({R, C}), w[llama ? 1 : 2], llama ? none : w[3])

@@ -198,12 +198,12 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
   const bool split_out = gridDim.z > 1;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const float sum = quad_sum(l[r]);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    const float sum = quad_sum(l[r]);  // 0: the row saw no key (out 0, lse -inf); NaN stays NaN
+    const float inv = sum == 0.f ? 0.f : 1.f / sum;
     const int q = q0 + warp * 16 + g + 8 * r;
     if (q >= p.Lq) continue;
     const int64_t row = int64_t(bh) * p.Lq + q;
-    const float lse = sum > 0.f ? m[r] * p.scale + logf(sum) : -INFINITY;
+    const float lse = sum == 0.f ? -INFINITY : m[r] * p.scale + logf(sum);
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {  // columns 2t, 2t + 1 of each 8: one packed store per pair
       const int64_t at = row * D + 8 * dt + 2 * t;
@@ -224,15 +224,18 @@ __global__ void __launch_bounds__(kThreads) attention_combine_kernel(const Atten
   const int64_t rows = int64_t(p.B) * p.H * p.Lq, row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
-  float mx = -INFINITY;
-  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, lse_accum[s * rows + row]);
+  float mx = -INFINITY;  // NaN once a split is NaN (fmaxf would drop it)
+  for (int s = 0; s < splits; ++s) {
+    const float l = lse_accum[s * rows + row];
+    mx = l > mx || l != l ? l : mx;
+  }
   float sum = 0.f;
   for (int s = 0; s < splits; ++s) sum += mx == -INFINITY ? 0.f : expf(lse_accum[s * rows + row] - mx);
-  const float lse = sum > 0.f ? mx + logf(sum) : -INFINITY;
+  const float lse = sum == 0.f ? -INFINITY : mx + logf(sum);
   for (int c = 2 * lane; c < D; c += 64) {  // a column pair per lane: one packed store
     float2 acc = make_float2(0.f, 0.f);
     for (int s = 0; s < splits; ++s)
-      if (sum > 0.f) {
+      if (sum != 0.f) {
         const float w = expf(lse_accum[s * rows + row] - lse);
         const float2 part = load_vector<float2>(out_accum + (s * rows + row) * D + c);
         acc.x += w * part.x, acc.y += w * part.y;

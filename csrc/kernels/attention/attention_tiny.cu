@@ -57,11 +57,11 @@ __global__ void __launch_bounds__(kThreads) tiny_fwd_kernel(const AttentionParam
     for (int c = 0; c < D; ++c) o[c] = o[c] * corr + e * to_float(v[c]);
     m = m_new;
   }
-  const float inv = l > 0.f ? 1.f / l : 0.f;  // a row that sees no key: out 0, lse -inf
+  const float inv = l == 0.f ? 0.f : 1.f / l;  // a row that sees no key: out 0, lse -inf (NaN stays NaN)
   T* out = static_cast<T*>(p.out) + (bh * p.Lq + i) * D;
 #pragma unroll
   for (int c = 0; c < D; ++c) out[c] = from_float<T>(o[c] * inv);
-  p.lse[bh * p.Lq + i] = l > 0.f ? m + logf(l) : -INFINITY;
+  p.lse[bh * p.Lq + i] = l == 0.f ? -INFINITY : m + logf(l);
 }
 
 // dq_i = scale sum_j P_ij (dP_ij - delta_i) k_j, P = exp(scale q k^T - lse), dP = dout v^T; delta to the workspace.

@@ -65,9 +65,13 @@ __global__ void __launch_bounds__(kWarps * 32) sample_categorical_kernel(const S
   const int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (row >= p.rows) return;  // the whole warp
   Row<T> r{static_cast<const T*>(p.logits) + row * p.V, p.V, -INFINITY, p.inv_temperature, 0.f, 0};
-  for (int i = lane; i < r.V; i += 32) r.m = fmaxf(r.m, r.at(i));
+  bool nan = false;  // a NaN logit: the row draws -1 (fmaxf would drop it)
+  for (int i = lane; i < r.V; i += 32) {
+    const float xi = r.at(i);
+    r.m = fmaxf(r.m, xi), nan |= xi != xi;
+  }
   r.m = warp_max(r.m);
-  if (!(fabsf(r.m) <= FLT_MAX)) {
+  if (__any_sync(kFull, nan) || !(fabsf(r.m) <= FLT_MAX)) {
     if (lane == 0) p.indices[row] = -1;
     return;
   }
