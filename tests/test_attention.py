@@ -346,12 +346,29 @@ def test_attention_bad_mask(mask, match):
 def test_attention_bad_mask_arguments():
     with pytest.raises(ValueError, match="kind must be one of"):
         AttentionMask.dalle("diagonal", 16, 8)
-    with pytest.raises(ValueError, match="odd conv_kernel"):
+    with pytest.raises(ValueError, match="conv_kernel must be odd"):
         AttentionMask.dalle("conv", 16, 8, conv_kernel=4)
-    with pytest.raises(ValueError, match="seg_lens must be positive"):
+    with pytest.raises(TypeError, match="grid must be an int, got float 2.5"):
+        AttentionMask.dalle("row", 16, 2.5)
+    with pytest.raises(ValueError, match=r"seg_lens\[1\] must be >= 1, got 0"):
         AttentionMask.block_causal([1, 0, 3])
+    with pytest.raises(TypeError, match=r"seg_lens\[0\] must be an int, got float 1.5"):  # once truncated to 1
+        AttentionMask.block_causal([1.5, 9.5])
+    assert AttentionMask.block_causal(torch.tensor([1, 4])).seg_lens == (1, 4)
     with pytest.raises(ValueError, match="cache_len must be in"):
         fastar.ops.attention_decode(*_qkv(), 9)
+    with pytest.raises(TypeError, match="cache_len must be an int, got the bool True"):
+        fastar.ops.attention_decode(*_qkv(), True)
+    # key_len: integers only (a float 3.7 was truncated by the kernels, compared as 3.7 by the reference)
+    with pytest.raises(TypeError, match=r"key_len must be a 1-D integer tensor .* got torch.float32 of shape \(1,\)"):
+        AttentionMask.full(key_len=torch.tensor([3.7]))
+    with pytest.raises(TypeError, match=r"key_len\[1\] must be an int"):
+        AttentionMask.causal(key_len=[3, 4.5])
+    q, k, v = _qkv()
+    as_list = fastar.ops.attention(q, k, v, AttentionMask.full(key_len=[5]))
+    assert torch.equal(as_list, fastar.ops.attention(q, k, v, AttentionMask.full(key_len=torch.tensor([5]))))
+    with pytest.raises(ValueError, match=r"text_len 2 and a 2 x 2 grid covers 6 keys, got 8"):
+        fastar.ops.attention(q, k, v, AttentionMask.dalle("row", 2, 2))
 
 
 def test_attention_binding_checks():

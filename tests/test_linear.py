@@ -205,6 +205,7 @@ def test_weight_grad_declines_and_bad_inputs():
         assert torch.equal(fastar.ops.linear_weight_grad(g, x), g.t() @ x)
     with pytest.raises(ValueError, match="must share their leading dims"):
         fastar.ops.linear_weight_grad(g, x[:4])
+    assert fastar.ops.linear_weight_grad(g[:, :0], x).shape == (0, 4)  # no output features: an empty gradient
     with pytest.raises(TypeError, match="x must be one of"):
         fastar.ops.linear_weight_grad(g, x.double())
     ns = torch.ops.fastar

@@ -179,6 +179,7 @@ def test_vq_nearest_every_cpu_isa(isa):
     (lambda: (torch.randn(5, 4), torch.randn(3, 4, dtype=torch.float64)), "codebook must be one of"),
     (lambda: (torch.randn(5, 4), torch.randn(3, 4, device="meta")), "codebook is on meta but x is on cpu"),
     (lambda: (torch.randn(5, 4), torch.randn(0, 4)), "codebook must hold at least one code"),
+    (lambda: (torch.randn(5, 0), torch.randn(3, 0)), "at least one code of D >= 1"),
     (lambda: (torch.tensor(1.0), torch.randn(3, 4)), "x must have at least 1 dims"),
 ])
 def test_vq_nearest_bad_input(make, match):

@@ -278,6 +278,7 @@ def test_decode_bad_index():
     (lambda a: {**a, "phi_weight": a["phi_weight"][:, :, :, :2]}, "phi_weight must be"),
     (lambda a: {**a, "patch_nums": (1, 9, 7)}, "must not exceed the last one"),
     (lambda a: {**a, "patch_nums": ()}, "patch_nums must be a non-empty"),
+    (lambda a: {**a, "patch_nums": torch.tensor(a["patch_nums"])}, "patch_nums must be a non-empty list or tuple"),
     (lambda a: {**a, "f_BChw": a["f_BChw"][..., :6]}, "f_BChw must be square"),
     (lambda a: {**a, "codebook": a["codebook"].int()}, "codebook must be one of"),
 ])
@@ -316,3 +317,28 @@ def test_binding_checks():
         torch.ops.fastar.msq_up(torch.zeros(3, 4), torch.zeros(1, 4, dtype=torch.long), [1, 2], 5)
     with pytest.raises(RuntimeError, match="h holds 1 maps but patch_nums 2"):
         torch.ops.fastar.msq_add_down(f, [f], [1, 2])
+
+
+def test_low_precision_inputs_give_float32_maps_on_every_backend():
+    """bfloat16 code maps, codebook and Phi: float32 maps from the kernels and the reference alike (the reference's
+    convolution once refused bfloat16 maps beside a float32 bias, and returned bfloat16 where the kernels give
+    float32)."""
+    f, codebook, w, b, patch_nums, ms_idx_Bl = make("odd")
+    ms_h = [torch.randn(f.shape[0], f.shape[1], pn, pn, generator=torch.Generator().manual_seed(pn)).bfloat16()
+            for pn in patch_nums]
+    out = {}
+    for backend in ("cpu", "reference"):
+        with fastar.use_backend(backend):
+            out[backend] = (ops.embed_to_fhat(ms_h, w, b, patch_nums)[-1],
+                            ops.f_to_idxBl_or_fhat(f.bfloat16(), codebook.bfloat16(), w.bfloat16(), b.bfloat16(),
+                                                   patch_nums, to_fhat=True)[-1])
+    for got, want in zip(out["cpu"], out["reference"]):
+        assert got.dtype == want.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # the same float32 arithmetic, summed otherwise
+
+
+def test_next_input_refuses_a_batch_mismatch():
+    f, codebook, w, b, patch_nums, _ = make("odd")
+    h = torch.randn(f.shape[0] + 1, f.shape[1], patch_nums[0], patch_nums[0])
+    with pytest.raises(ValueError, match="h_BChw .* and f_hat .* must have the same batch"):
+        ops.get_next_autoregressive_input(0, len(patch_nums), f.clone(), h, w, b, patch_nums)

@@ -209,3 +209,15 @@ def test_bad_inputs_name_the_argument():
         td(x, llama, ks, ks, 5, masks, heads=4, block="llama", rope=torch.zeros(1, 8, 2))
     with pytest.raises(ValueError, match="rope must be"):
         td(x, layers, ks, ks, 5, masks, heads=4, rope=torch.zeros(1, 4, 2))
+
+
+def test_a_bad_later_layer_is_refused_before_any_cache_is_written():
+    """Every layer's weights and caches are checked first: a bad layer 1 once raised after layer 0 had written its
+    keys and values into the caller's caches."""
+    C, F, heads, D = 32, 64, 4, 8
+    layers = [[t.float() for t in w] for w in stack(2, C, F, seed=1)]
+    layers[1][0] = torch.ones(C + 1)
+    ks, vs = [torch.zeros(1, heads, 6, D) for _ in range(2)], [torch.zeros(1, heads, 6, D) for _ in range(2)]
+    with pytest.raises(RuntimeError, match=r"layers\[1\]\[0\]"):
+        fastar.ops.transformer_decode(torch.randn(1, 1, C), layers, ks, vs, 0, [None, None], heads=heads)
+    assert all(not t.any() for t in ks + vs)

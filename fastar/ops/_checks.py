@@ -1,4 +1,6 @@
 """Argument checks shared by the ops: each error names the argument, what was expected and what was given."""
+import operator
+
 import torch
 
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
@@ -42,3 +44,19 @@ def check_generator(op, generator, device):
 def check_choice(op, name, value, choices):
     if value not in choices:
         raise ValueError(f"{op}: {name} must be one of {choices}, got {value!r}")
+
+
+def check_int(op, name, value, *, low=None):
+    """value as an int (Python's, numpy's, a 0-dim integer tensor, a SymInt under torch.compile), never a bool or a
+    float (which would be truncated); at least `low`."""
+    if isinstance(value, torch.SymInt):
+        return value
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise TypeError(f"{op}: {name} must be an int, got the bool {value!r}")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__} {value!r}") from None
+    if low is not None and n < low:
+        raise ValueError(f"{op}: {name} must be >= {low}, got {n}")
+    return n

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from fastar import _backend
-from fastar.ops._checks import FLOATS, check_choice, check_same_device, check_tensor
+from fastar.ops._checks import FLOATS, check_choice, check_int, check_same_device, check_tensor
 from fastar.ops._registry import Decline, kernel, op
 from fastar.reference import attention as reference
 from fastar.torch import attention as torch_impl
@@ -27,7 +27,8 @@ class AttentionMask:
     """Which keys each query sees; queries are aligned bottom-right on the keys (flash-attn's convention).
 
     Build with full(), causal(), block_causal(seg_lens) or dalle(kind, text_len, grid, conv_kernel).
-    key_len (B,) int, optional: batch row b sees only keys [0, key_len[b]) (padded batches).
+    key_len (B,) int, optional: batch row b sees only keys [0, key_len[b]) (padded batches); a list of ints is taken
+    as one. Values past the keys mean all of them, values <= 0 none (the row's out 0, lse -inf).
     """
     kind: str
     seg_lens: tuple = ()  # block_causal: tokens per scale, VAR's [pn * pn for pn in patch_nums]
@@ -38,29 +39,32 @@ class AttentionMask:
 
     @classmethod
     def full(cls, *, key_len=None):
-        return cls("full", key_len=key_len)
+        return cls("full", key_len=_key_len("AttentionMask.full", key_len))
 
     @classmethod
     def causal(cls, *, key_len=None):
-        return cls("causal", key_len=key_len)
+        return cls("causal", key_len=_key_len("AttentionMask.causal", key_len))
 
     @classmethod
     def block_causal(cls, seg_lens, *, key_len=None):
         """Each token sees its own segment and every earlier one (VAR: a segment is a scale)."""
-        seg_lens = tuple(int(n) for n in seg_lens)
-        if not seg_lens or min(seg_lens) < 1:
-            raise ValueError(f"AttentionMask.block_causal: seg_lens must be positive lengths, got {seg_lens}")
-        return cls("block_causal", seg_lens=seg_lens, key_len=key_len)
+        op = "AttentionMask.block_causal"
+        seg_lens = tuple(check_int(op, f"seg_lens[{i}]", n, low=1) for i, n in enumerate(seg_lens))
+        if not seg_lens:
+            raise ValueError(f"{op}: seg_lens must hold at least one length")
+        return cls("block_causal", seg_lens=seg_lens, key_len=_key_len(op, key_len))
 
     @classmethod
     def dalle(cls, kind, text_len, grid, conv_kernel=11, *, key_len=None):
         """DALL-E (OpenAI semantics): text causal; an image token sees all text plus its row / column / conv
         pattern over the grid x grid image that follows the text."""
-        check_choice("AttentionMask.dalle", "kind", kind, DALLE_KINDS)
-        if text_len < 0 or grid < 1 or conv_kernel < 1 or conv_kernel % 2 == 0:
-            raise ValueError(f"AttentionMask.dalle: need text_len >= 0, grid >= 1 and an odd conv_kernel, got "
-                             f"text_len={text_len}, grid={grid}, conv_kernel={conv_kernel}")
-        return cls(kind, text_len=int(text_len), grid=int(grid), conv_kernel=int(conv_kernel), key_len=key_len)
+        op = "AttentionMask.dalle"
+        check_choice(op, "kind", kind, DALLE_KINDS)
+        text_len, grid = check_int(op, "text_len", text_len, low=0), check_int(op, "grid", grid, low=1)
+        conv_kernel = check_int(op, "conv_kernel", conv_kernel, low=1)
+        if conv_kernel % 2 == 0:
+            raise ValueError(f"{op}: conv_kernel must be odd, got {conv_kernel}")
+        return cls(kind, text_len=text_len, grid=grid, conv_kernel=conv_kernel, key_len=_key_len(op, key_len))
 
     def op_args(self, op, B, Lq, Lk, device):
         """(mask_kind, mask_ints, kv_end (Lq,) int32 or None, key_len (B,) int32 or None) of the kernels' schema."""
@@ -71,12 +75,27 @@ class AttentionMask:
             seg_end = [end for n, end in zip(self.seg_lens, itertools.accumulate(self.seg_lens)) for _ in range(n)]
             kv_end = torch.tensor([seg_end[p] if p >= 0 else 0 for p in range(Lk - Lq, Lk)], dtype=torch.int32,
                                   device=device)
+        if self.kind in DALLE_KINDS and Lk > self.text_len + self.grid ** 2:
+            raise ValueError(f"{op}: a DALL-E mask of text_len {self.text_len} and a {self.grid} x {self.grid} grid "
+                             f"covers {self.text_len + self.grid ** 2} keys, got {Lk}")
         key_len = None
         if self.key_len is not None:
             if self.key_len.shape != (B,):
                 raise ValueError(f"{op}: mask.key_len must have shape ({B},), got {tuple(self.key_len.shape)}")
             key_len = self.key_len.to(device=device, dtype=torch.int32).contiguous()
         return reference.KINDS[self.kind], [self.text_len, self.grid, self.conv_kernel], kv_end, key_len
+
+
+def _key_len(op, key_len):
+    """None, or key_len as a 1-D integer tensor (from a list or tuple of ints too); floats would be truncated."""
+    if isinstance(key_len, (list, tuple)):
+        key_len = torch.tensor([check_int(op, f"key_len[{i}]", n) for i, n in enumerate(key_len)], dtype=torch.long)
+    if key_len is not None and (not isinstance(key_len, torch.Tensor) or key_len.dim() != 1 or
+                                key_len.dtype == torch.bool or key_len.is_floating_point() or key_len.is_complex()):
+        raise TypeError(f"{op}: key_len must be a 1-D integer tensor (or a list of ints), one length per batch row, got "
+                        + (f"{key_len.dtype} of shape {tuple(key_len.shape)}" if isinstance(key_len, torch.Tensor)
+                           else type(key_len).__name__))
+    return key_len
 
 
 _FULL = AttentionMask.full()  # mask=None (frozen: one instance serves every call)
@@ -145,6 +164,7 @@ def attention_decode(q, k_cache, v_cache, cache_len, mask=None, *, scale=None, r
     """
     name = "attention_decode"
     declined = _check_qkv(name, q, k_cache, v_cache)
+    check_int(name, "cache_len", cache_len)
     if not 0 <= cache_len <= k_cache.shape[2]:
         raise ValueError(f"{name}: cache_len must be in [0, {k_cache.shape[2]}], got {cache_len}")
     if mask is not None and not isinstance(mask, AttentionMask):

@@ -1,6 +1,8 @@
 """linear for decoding: x (..., K) weight^T + bias with few rows (one token per sequence), where the cost is reading
 the weight. Its kernels stream each weight row once per 4 rows of x (csrc/cpu/linear.cpp, csrc/kernels/linear/);
 with many rows a GEMM library is faster (fastar.models.layers.linear routes by row count)."""
+import math
+
 import torch
 
 from fastar.ops._checks import check_same_device, check_tensor
@@ -90,6 +92,6 @@ def linear_weight_grad(grad, x):
         return x.device, declined
 
     def rows(t):  # (M, width) with a unit stride, a view where the layout allows
-        t = t.reshape(-1, t.shape[-1])
+        t = t.reshape(math.prod(t.shape[:-1]), t.shape[-1])  # -1 cannot be inferred for a width of 0
         return t if t.stride(-1) == 1 or t.stride(0) == 1 else t.contiguous()
     return x.device, lambda ops: ops.linear_weight_grad(rows(grad), rows(x))

@@ -5,6 +5,8 @@ to 128, millions of pixels), where a library GEMM with K = C runs well below its
 activations are the bulk of the traffic; benchmarks/bench_mlp.py times it there. With softmax_group, a softmax over
 groups of hidden units replaces the GELU: attention to a few keys with its projections folded in (HiT's
 cross-attention to its 16 latents)."""
+import math
+
 import torch
 
 from fastar.ops._checks import check_same_device, check_tensor
@@ -79,7 +81,7 @@ def mlp(x, w1, b1, w2, b2, residual=None, out=None, *, softmax_group=0):
         return x.device, declined
 
     def rows(t):  # (N, width) with unit column stride, a view where the layout allows
-        t = t.reshape(-1, t.shape[-1])
+        t = t.reshape(math.prod(t.shape[:-1]), t.shape[-1])  # -1 cannot be inferred for a width of 0
         return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
     def run(ops):

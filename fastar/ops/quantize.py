@@ -27,8 +27,8 @@ def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", r
     check_tensor(name, "codebook", codebook, dim=2)
     check_choice(name, "metric", metric, METRICS)
     check_same_device(name, x=x, codebook=codebook)
-    if codebook.shape[0] == 0:
-        raise ValueError(f"{name}: codebook must hold at least one code, got shape {tuple(codebook.shape)}")
+    if codebook.shape[0] == 0 or codebook.shape[1] == 0:
+        raise ValueError(f"{name}: codebook must hold at least one code of D >= 1, got shape {tuple(codebook.shape)}")
     if codebook.shape[1] != x.shape[-1]:
         raise ValueError(f"{name}: codebook has D={codebook.shape[1]} but x has D={x.shape[-1]} (last dim)")
 
@@ -79,8 +79,9 @@ def _check_msq(op, codebook, phi_weight, phi_bias, patch_nums, *, C=None, H=None
     if K == 0 or tuple(phi_weight.shape[1:]) != (Cv, Cv, 3, 3) or tuple(phi_bias.shape) != (K, Cv):
         raise ValueError(f"{op}: phi_weight must be (K, {Cv}, {Cv}, 3, 3) and phi_bias (K, {Cv}), got "
                          f"{tuple(phi_weight.shape)} and {tuple(phi_bias.shape)}")
-    if not patch_nums or any(not isinstance(pn, int) or pn < 1 for pn in patch_nums):
-        raise ValueError(f"{op}: patch_nums must be a non-empty sequence of positive ints, got {patch_nums!r}")
+    if not isinstance(patch_nums, (list, tuple)) or not patch_nums or any(
+            isinstance(pn, bool) or not isinstance(pn, int) or pn < 1 for pn in patch_nums):
+        raise ValueError(f"{op}: patch_nums must be a non-empty list or tuple of positive ints, got {patch_nums!r}")
     if H is not None and patch_nums[-1] != H:
         raise ValueError(f"{op}: the last patch size patch_nums[-1]={patch_nums[-1]} must equal the map's H=W={H}")
     if max(patch_nums) > patch_nums[-1]:
@@ -262,6 +263,8 @@ def get_next_autoregressive_input(si, SN, f_hat, h_BChw, phi_weight, phi_bias, p
     check_tensor(name, "f_hat", f_hat, dim=4, dtypes=(torch.float32,))
     _check_msq(name, None, phi_weight, phi_bias, patch_nums, C=f_hat.shape[1], H=f_hat.shape[2])
     _check_map(name, "h_BChw", h_BChw, C=f_hat.shape[1])
+    if h_BChw.shape[0] != f_hat.shape[0]:
+        raise ValueError(f"{name}: h_BChw {tuple(h_BChw.shape)} and f_hat {tuple(f_hat.shape)} must have the same batch")
     if not 0 <= si < SN or SN != len(patch_nums) or h_BChw.shape[-1] != patch_nums[si]:
         raise ValueError(f"{name}: need 0 <= si < SN = len(patch_nums) and h_BChw of patch size patch_nums[si], got "
                          f"si={si}, SN={SN}, {len(patch_nums)} patch_nums, h_BChw {tuple(h_BChw.shape)}")

@@ -40,7 +40,7 @@ def sample_categorical(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=
         raise ValueError(f"{op}: logits must have at least one token in its last dim, got shape {tuple(logits.shape)}")
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"{op}: temperature must be a finite number > 0, got {temperature!r}")
-    if not isinstance(top_k, int) or top_k < 0:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"{op}: top_k must be an int >= 0 (0: off), got {top_k!r}")
     if not isinstance(top_p, (int, float)) or not 0 <= top_p <= 1:
         raise ValueError(f"{op}: top_p must be in [0, 1] (1: off), got {top_p!r}")

@@ -71,6 +71,13 @@ def embed(idx_Bl: torch.Tensor, codebook: torch.Tensor, pn: int) -> torch.Tensor
     return F.embedding(idx_Bl, codebook).transpose(1, 2).reshape(idx_Bl.shape[0], codebook.shape[1], pn, pn)
 
 
+def _wide(*tensors):
+    """The tensors in float64 if one of them is, else in float32: the ops' results are float32 from bfloat16 and
+    float16 inputs too."""
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    return [t.to(dtype) for t in tensors]
+
+
 def _up_phi(h_BChw, si, SN, H, phi_weight, phi_bias, resi_ratio):
     k = phi_index(SN, phi_weight.shape[0])[si]
     return phi(bicubic_up(h_BChw, H), phi_weight, phi_bias, k, resi_ratio)
@@ -78,9 +85,10 @@ def _up_phi(h_BChw, si, SN, H, phi_weight, phi_bias, resi_ratio):
 
 def f_to_idxBl_or_fhat(f_BChw, codebook, phi_weight, phi_bias, patch_nums, *, to_fhat=False, resi_ratio=0.5):
     """Encode: per scale, (B, pn * pn) int64 indices, or the cumulative f_hat (B, C, H, W) when to_fhat."""
+    f_BChw, codebook, phi_weight, phi_bias = _wide(f_BChw.detach(), codebook, phi_weight, phi_bias)
     B, C, H, W = f_BChw.shape
     SN = len(patch_nums)
-    f_rest = f_BChw.detach().clone()
+    f_rest = f_BChw.clone()
     f_hat = torch.zeros_like(f_rest)
     out = []
     for si, pn in enumerate(patch_nums):
@@ -95,6 +103,7 @@ def f_to_idxBl_or_fhat(f_BChw, codebook, phi_weight, phi_bias, patch_nums, *, to
 
 def embed_to_fhat(ms_h_BChw, phi_weight, phi_bias, patch_nums, *, last_one=False, resi_ratio=0.5):
     """Decode per-scale code maps (B, C, pn, pn): cumulative f_hat (B, C, H, W) per scale, or the last one."""
+    *ms_h_BChw, phi_weight, phi_bias = _wide(*ms_h_BChw, phi_weight, phi_bias)
     SN, H = len(patch_nums), patch_nums[-1]
     f_hat = ms_h_BChw[0].new_zeros(ms_h_BChw[0].shape[0], ms_h_BChw[0].shape[1], H, H)
     out = []
@@ -112,6 +121,7 @@ def idxBl_to_fhat(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, *, last
 
 def idxBl_to_var_input(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, *, resi_ratio=0.5):
     """Teacher forcing: (B, L - 1, C), the input of scale si + 1 being area-down(cumulative f_hat, pn_{si+1})."""
+    codebook, phi_weight, phi_bias = _wide(codebook, phi_weight, phi_bias)
     SN, H, C = len(patch_nums), patch_nums[-1], codebook.shape[1]
     B = ms_idx_Bl[0].shape[0]
     f_hat = codebook.new_zeros(B, C, H, H)
@@ -128,6 +138,7 @@ def get_next_autoregressive_input(si, SN, f_hat, h_BChw, phi_weight, phi_bias, p
     """One inference step: f_hat += Phi(bicubic-up(h_BChw)) in place; returns (f_hat, next scale's input
     area-down(f_hat) (B, C, pn', pn')), or (f_hat, f_hat) at the last scale."""
     H = f_hat.shape[-1]
+    h_BChw, phi_weight, phi_bias = (t.to(f_hat.dtype) for t in (h_BChw, phi_weight, phi_bias))
     f_hat.add_(_up_phi(h_BChw, si, SN, H, phi_weight, phi_bias, resi_ratio))
     if si == SN - 1:
         return f_hat, f_hat
