@@ -25,8 +25,13 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     key = next((k for k in (tuple(argv[:2]), tuple(argv[:1])) if k in COMMANDS), None)
     if key is None:
-        choices = ", ".join(" ".join(k) for k in COMMANDS)
-        raise SystemExit(f"usage: python -m fastar COMMAND [MODEL] [options]; one of: {choices}")
+        usage = ("usage: python -m fastar COMMAND [MODEL] [options], one of:\n"
+                 + "".join(f"  python -m fastar {' '.join(k)} [options]\n" for k in sorted(COMMANDS))
+                 + "each with --help for its options")
+        if argv[:1] in (["-h"], ["--help"]):
+            print(usage)
+            return
+        raise SystemExit(usage if not argv else f"python -m fastar: no command {' '.join(argv[:2])!r}\n{usage}")
     importlib.import_module(COMMANDS[key]).main(argv[len(key):])
 
 

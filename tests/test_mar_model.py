@@ -320,3 +320,15 @@ def test_bf16_sampling_agrees_with_fp32(monkeypatch):
         mar_sample.main(["--precision", "bf16"])
     with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
         model.sample_tokens(1, num_iter=2, precision="fp16")
+
+
+def test_sample_tokens_refuses_bad_num_iter_and_labels():
+    """num_iter <= 0 once returned all-zero latents; a label past the classes failed inside torch.embedding."""
+    model = tiny_mar()
+    for num_iter in (0, -3, 2.0, True):
+        with pytest.raises(ValueError, match=f"num_iter must be an int >= 1, got {num_iter!r}"):
+            model.sample_tokens(2, num_iter=num_iter)
+    with pytest.raises(ValueError, match=r"MAR.sample_tokens: labels must be in \[0, 10\) .* got \[3, 10\]"):
+        model.sample_tokens(2, num_iter=1, labels=torch.tensor([3, 10]))
+    with pytest.raises(ValueError, match="one entry per image"):
+        model.sample_tokens(2, num_iter=1, labels=torch.tensor([3]))

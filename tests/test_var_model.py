@@ -301,3 +301,13 @@ def test_fit_under_ddp_draws_apart_and_stays_in_sync(tmp_path):
     assert len(r0["draws"]) == 3 and not torch.equal(r0["draws"], r1["draws"])
     for a, b, s in zip(r0["end"], r1["end"], r0["start"]):
         assert torch.equal(a, b) and not torch.equal(a, s)
+
+
+def test_autoregressive_infer_cfg_refuses_labels_past_the_null_class():
+    """Labels in [0, num_classes] (num_classes: the null class); past it, an error naming the range, not torch's
+    index error from inside the class embedding."""
+    _, var = tiny()
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 11\) .* the last index the null class\), got \[0, 207\]"):
+        var.autoregressive_infer_cfg(2, torch.tensor([0, 207]))
+    with pytest.raises(TypeError, match="labels must be a 1-D int64 tensor, got torch.float32"):
+        var.autoregressive_infer_cfg(2, torch.tensor([0.0, 1.0]))

@@ -12,6 +12,7 @@ import argparse
 import torch
 from tqdm import tqdm
 
+from fastar.models.cli import check_out_file, positive_int, read_checkpoint, wrong_checkpoint
 from fastar.models.dalle.dalle import DALLE, DALLEConfig
 from fastar.models.dalle.dvae import DVAE, DVAEConfig
 from fastar.models.dalle.text import TextTokenizer
@@ -27,7 +28,9 @@ def load(ckpt, texts):
         dvae = DVAE(DVAEConfig(n_hid=64, n_blk_per_group=1, vocab_size=cfg.image_vocab))
         dalle = DALLE(DALLEConfig(text_vocab=tok.vocab_size))
         return dvae, dalle, tok, "RANDOM weights (no --ckpt): the default DALLEConfig and a small dVAE, untrained"
-    sd = torch.load(ckpt, map_location="cpu")
+    sd = read_checkpoint(ckpt)
+    if not {"dvae_cfg", "dalle_cfg", "dvae", "dalle", "tokenizer"} <= set(sd):
+        raise wrong_checkpoint(ckpt, "a `fastar train dalle` ckpt.pt", sd)
     dvae, dalle = DVAE(DVAEConfig(**sd["dvae_cfg"])), DALLE(DALLEConfig(**sd["dalle_cfg"]))
     dvae.load_state_dict(sd["dvae"])
     dalle.load_state_dict(sd["dalle"])
@@ -38,17 +41,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar sample dalle", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", help="a `fastar train dalle` ckpt.pt")
     p.add_argument("--text", nargs="+", default=["a handwritten seven"], help="captions, one row of images each")
-    p.add_argument("--n", type=int, default=8, help="images per caption")
+    p.add_argument("--n", type=positive_int, default=8, help="images per caption")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=32)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--prefix-from", type=int, help="index of a digits image whose top rows are given")
-    p.add_argument("--prefix-rows", type=int, default=3, help="token rows given with --prefix-from")
+    p.add_argument("--prefix-rows", type=positive_int, default=3, help="token rows given with --prefix-from")
     p.add_argument("--bf16-weights", action="store_true", help="decode steps of up to 8 images (--n <= 8) read "
                    "bfloat16 copies of the weights (half the bytes; a sampling mode with its own tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="dalle.png")
     args = p.parse_args(argv)
+    check_out_file(p, args.out)
 
     with seeded(args.seed):
         dvae, dalle, tok, what = load(args.ckpt, args.text)
@@ -58,7 +62,11 @@ def main(argv=None):
     prefix = None
     if args.prefix_from is not None:
         from fastar.models.var.train import digits
-        image = (digits(g * 2 ** (dvae.cfg.group_count - 1))[0][args.prefix_from:args.prefix_from + 1] + 1) / 2
+        images = digits(g * 2 ** (dvae.cfg.group_count - 1))[0]
+        if not 0 <= args.prefix_from < len(images) or args.prefix_rows > g:
+            p.error(f"--prefix-from must be in [0, {len(images)}) and --prefix-rows at most the grid's {g} rows, got "
+                    f"{args.prefix_from} and {args.prefix_rows}")
+        image = (images[args.prefix_from:args.prefix_from + 1] + 1) / 2
         prefix = dvae.img_to_tokens(image).flatten(1)[:, :args.prefix_rows * g].expand(args.n, -1)
     gen = torch.Generator().manual_seed(args.seed)
     rows = []

@@ -18,6 +18,7 @@ from fastar.models.dalle.dalle import DALLE, DALLEConfig, loss as dalle_loss_of
 from fastar.models.dalle.dvae import DVAE, DVAEConfig, beta_schedule, tau_schedule
 from fastar.models.dalle.text import TextTokenizer
 from fastar.models.var.sample import save_grid
+from fastar.models.cli import positive_int
 from fastar.models.var.train import add_run_args, digits, fit, end_run, start_run
 
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -37,13 +38,13 @@ def tiny_dalle(text_vocab, args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar train dalle", description=__doc__.split("\n")[0])
-    p.add_argument("--width", type=int, default=128, help="transformer width (heads of 32)")
-    p.add_argument("--depth", type=int, default=4, help="transformer layers (row, column, row, conv)")
-    p.add_argument("--text-len", type=int, default=8, help="text positions (at most 256)")
-    p.add_argument("--text-vocab", type=int, default=64, help="BPE vocabulary size")
-    p.add_argument("--bs", type=int, default=32, help="batch size per process")
-    p.add_argument("--dvae-steps", type=int, default=300)
-    p.add_argument("--dalle-steps", type=int, default=400)
+    p.add_argument("--width", type=positive_int, default=128, help="transformer width (heads of 32)")
+    p.add_argument("--depth", type=positive_int, default=4, help="transformer layers (row, column, row, conv)")
+    p.add_argument("--text-len", type=positive_int, default=8, help="text positions (at most 256)")
+    p.add_argument("--text-vocab", type=positive_int, default=64, help="BPE vocabulary size")
+    p.add_argument("--bs", type=positive_int, default=32, help="batch size per process")
+    p.add_argument("--dvae-steps", type=positive_int, default=300)
+    p.add_argument("--dalle-steps", type=positive_int, default=400)
     p.add_argument("--dvae-lr", type=float, default=2e-3)
     p.add_argument("--dalle-lr", type=float, default=1e-3)
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of samples.png")

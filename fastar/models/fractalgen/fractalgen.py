@@ -15,6 +15,7 @@ import fastar
 from fastar.models.fractalgen.ar import AR
 from fastar.models.fractalgen.mar import MAR
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD, PixelLoss
+from fastar.models.checks import check_labels
 from fastar.models.layers import bf16_products
 from fastar.ops._checks import check_choice
 
@@ -106,7 +107,7 @@ class FractalGen(nn.Module):
                              f"{tuple(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__}")
         if not imgs.is_floating_point():
             raise TypeError(f"FractalGen: imgs must be floating point (ImageNet-normalized), got {imgs.dtype}")
-        check_labels(labels, imgs.shape[0], self.num_classes)
+        check_labels("FractalGen", labels, imgs.shape[0], self.num_classes)
         mean, std = imgs.new_tensor(PIX_MEAN)[:, None, None], imgs.new_tensor(PIX_STD)[:, None, None]
         lo, hi = (imgs.detach() * std + mean).aminmax()
         if imgs.numel() and not (-0.5 / 255 <= lo and hi <= 255.5 / 255):  # PixelLoss's targets are 0..255
@@ -154,7 +155,7 @@ class FractalGen(nn.Module):
         float32 KV caches) as the official code samples under autocast on GPUs; PixelLoss, the residual streams and
         every draw stay float32. Decode steps of a few rows (AR levels) keep transformer_decode's float32 weights
         (see decode_weights for those). On a CPU it needs AMX-BF16 or AVX512-BF16 (fastar.check_bf16_gemm)."""
-        check_labels(labels, None, self.num_classes)
+        check_labels("FractalGen.generate", labels, None, self.num_classes)
         check_choice("generate", "precision", precision, PRECISIONS)
         if len(num_iter_list) < self.num_fractal_levels - 1 or min(num_iter_list) < 1:
             raise ValueError(f"generate: num_iter_list needs a positive count for each of the "
@@ -173,17 +174,6 @@ class FractalGen(nn.Module):
                             filter_threshold, generator=generator, progress=progress)
         mean, std = x.new_tensor(PIX_MEAN)[:, None, None], x.new_tensor(PIX_STD)[:, None, None]
         return (x * std + mean).clamp(0, 1)
-
-
-def check_labels(labels, batch, num_classes):
-    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
-        raise TypeError(f"FractalGen: labels must be a 1-D int64 tensor, got "
-                        f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}")
-    if batch is not None and len(labels) != batch:
-        raise ValueError(f"FractalGen: labels must have one entry per image ({batch}), got {len(labels)}")
-    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
-        raise ValueError(f"FractalGen: labels must be in [0, {num_classes}), got [{int(labels.min())}, "
-                         f"{int(labels.max())}]")
 
 
 def bits_per_dim(nll_nats):

@@ -12,9 +12,10 @@ import argparse
 import torch
 from tqdm import tqdm
 
+from fastar.models.cli import load_state, read_checkpoint, wrong_checkpoint
 from fastar.models.fractalgen.fractalgen import MODELS, PRECISIONS, FractalGen, FractalGenConfig, build
 from fastar.models.layers import decode_weights
-from fastar.models.var.sample import fill_defaults, parse_grid_args, save_grid, seeded
+from fastar.models.var.sample import fill_defaults, parse_grid_args, pick_classes, save_grid, seeded
 
 # README evaluation flags (num_iter_list, cfg, temperature; linear cfg schedule, filter_threshold 1e-4); base: the
 # README's best-FID cfg with the 256 px temperature
@@ -30,9 +31,7 @@ def load(name, ckpt):
     `name` (the README's flags)."""
     if ckpt is None:
         return build(name), f"RANDOM weights (no --ckpt): {name}, untrained", README_FLAGS[name]
-    import argparse as _argparse
-    torch.serialization.add_safe_globals([_argparse.Namespace])  # the official checkpoints pickle their args
-    sd = torch.load(ckpt, map_location="cpu", weights_only=True)
+    sd = read_checkpoint(ckpt)  # the official checkpoints pickle their args (an argparse.Namespace)
     if "fractalgen_cfg" in sd:
         cfg = FractalGenConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sd["fractalgen_cfg"].items()})
         model = FractalGen(cfg)
@@ -40,8 +39,11 @@ def load(name, ckpt):
         levels = model.num_fractal_levels - 1  # checkpoints from before sample_flags: a short default
         flags = sd.get("sample_flags", {"num_iter": ",".join(["4"] * levels), "cfg": 2.0, "temperature": 1.0})
         return model, f"{ckpt} (fastar train fractalgen checkpoint)", flags
+    state = sd.get("model", sd)
+    if not isinstance(state, dict) or "class_emb.weight" not in state:
+        raise wrong_checkpoint(ckpt, "a `fastar train fractalgen` ckpt.pt nor an official FractalGen checkpoint", sd)
     model = build(name)
-    model.load_state_dict(sd.get("model", sd))
+    load_state(model, state, ckpt, f"{name} (--model)")
     return model, f"{ckpt} ({name})", README_FLAGS[name]
 
 
@@ -49,7 +51,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar sample fractalgen", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="fractalmar_in64", choices=list(MODELS))
     p.add_argument("--ckpt", help="an official checkpoint-*.pth of --model, or a `fastar train fractalgen` ckpt.pt")
-    p.add_argument("--classes", type=int, nargs="+", default=[207, 360, 387, 974], help="one image per class")
+    p.add_argument("--classes", type=int, nargs="+", help="one image per class (default: ImageNet's 207 360 387 974, or classes 0-9 of a smaller model)")
     p.add_argument("--num-iter", help="steps per transformer level, comma-separated (AR levels take one per patch)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance at the end of the linear schedule")
     p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
@@ -63,8 +65,13 @@ def main(argv=None):
         model, what, defaults = load(args.model, args.ckpt)
     model.eval()
     fill_defaults(args, defaults)
-    num_iter, cfg, temperature = [int(n) for n in args.num_iter.split(",")], args.cfg, args.temperature
+    try:
+        num_iter = [int(n) for n in str(args.num_iter).split(",")]
+    except ValueError:
+        p.error(f"--num-iter must be comma-separated ints, one per transformer level, got {args.num_iter!r}")
+    cfg, temperature = args.cfg, args.temperature
     print(f"sampling with {what}: num_iter {num_iter}, cfg {cfg} ({args.cfg_schedule}), temperature {temperature}")
+    args.classes = pick_classes(p, args.classes, model.num_classes)
     labels = torch.tensor(args.classes)
     out = []
     for i, label_B in enumerate(labels.split(args.bs)):

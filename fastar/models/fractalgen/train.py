@@ -22,6 +22,7 @@ import torch
 from fastar.models.fractalgen.fractalgen import FractalGen, FractalGenConfig, bits_per_dim
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD
 from fastar.models.var.sample import save_grid
+from fastar.models.cli import nonneg_int, positive_int
 from fastar.models.var.train import add_run_args, digits, fit, end_run, start_run
 
 HELD_OUT = 197  # the last digits: the NLL set
@@ -39,20 +40,21 @@ def nll_bits_per_dim(model, images, passes, seed):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar train fractalgen", description=__doc__.split("\n")[0])
-    p.add_argument("--generators", default="mar,mar", choices=["mar,mar", "ar,ar"], help="the two transformer levels")
+    p.add_argument("--generators", default="mar,mar", choices=["mar,mar", "ar,ar"], metavar="{mar,mar | ar,ar}",
+                   help="the two transformer levels")
     p.add_argument("--widths", default="64,32,32", help="level 0, level 1, PixelLoss widths")
-    p.add_argument("--bs", type=int, default=32, help="images per process")
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--bs", type=positive_int, default=32, help="images per process")
+    p.add_argument("--steps", type=positive_int, default=800)
     p.add_argument("--lr", type=float, default=6e-3)
     p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"),
                    help="cosine: down to 0 at the last step, after --warmup (the official trainers' schedule)")
-    p.add_argument("--warmup", type=int, default=40, help="linear warmup steps of the learning rate")
-    p.add_argument("--nll-passes", type=int, default=2, help="forward passes averaged for the NLL estimate")
+    p.add_argument("--warmup", type=nonneg_int, default=40, help="linear warmup steps of the learning rate")
+    p.add_argument("--nll-passes", type=positive_int, default=2, help="forward passes averaged for the NLL estimate")
     p.add_argument("--num-iter", default="16,4", help="sampling steps per level for samples.png (a token a step)")
     p.add_argument("--temperature", type=float, default=2.0,
                    help="PixelLoss's temperature for samples.png, multiplying the logits as officially (> 1 sharpens)")
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (linear schedule)")
-    p.add_argument("--num-samples", type=int, default=20, help="images in samples.png (classes 0..9 in turn)")
+    p.add_argument("--num-samples", type=positive_int, default=20, help="images in samples.png (classes 0..9 in turn)")
     add_run_args(p, "runs/fractalgen-digits")
     args = p.parse_args(argv)
     args.fractalgen_steps, args.fractalgen_lr = args.steps, args.lr  # the names fit() reads

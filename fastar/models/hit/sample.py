@@ -10,6 +10,7 @@ import argparse
 
 import torch
 
+from fastar.models.cli import check_out_file, positive_int, read_checkpoint, wrong_checkpoint
 from fastar.models.hit.generator import CONFIGS, HiTConfig, HiTGenerator
 from fastar.models.var.sample import save_grid, seeded
 
@@ -18,20 +19,23 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar sample hit", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", help="a `fastar train hit` ckpt.pt")
     p.add_argument("--size", type=int, default=256, choices=sorted(CONFIGS), help="config without --ckpt")
-    p.add_argument("--n", type=int, default=16, help="images")
-    p.add_argument("--nrow", type=int, default=8)
+    p.add_argument("--n", type=positive_int, default=16, help="images")
+    p.add_argument("--nrow", type=positive_int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--running-stats", action="store_true",
                    help="BatchNorm on its running statistics (eval mode) instead of the batch's own")
     p.add_argument("--out", default="hit_samples.png")
     args = p.parse_args(argv)
+    check_out_file(p, args.out)
 
     if args.ckpt is None:
         with seeded(args.seed):
             G = HiTGenerator(CONFIGS[args.size])
         print(f"RANDOM weights (no --ckpt): the official {args.size} px config, untrained")
     else:
-        sd = torch.load(args.ckpt, map_location="cpu")
+        sd = read_checkpoint(args.ckpt)
+        if "cfg" not in sd or "G_ema" not in sd:
+            raise wrong_checkpoint(args.ckpt, "a `fastar train hit` ckpt.pt", sd)
         cfg = HiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sd["cfg"].items()})
         G = HiTGenerator(cfg)
         G.load_state_dict(sd["G_ema"])

@@ -25,6 +25,7 @@ from fastar.models.hit.discriminator import StyleGANDiscriminator
 from fastar.models.hit.generator import TINY, HiTGenerator
 from fastar.models.hit.losses import consistency, d_loss, ema_update, g_loss, r1_penalty
 from fastar.models.var.sample import save_grid
+from fastar.models.cli import positive_int
 from fastar.models.var.train import add_run_args, batches, digits, end_run, start_run
 
 
@@ -66,8 +67,8 @@ def sample_grid(G, z, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar train hit", description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--bs", type=int, default=8,
+    p.add_argument("--steps", type=positive_int, default=400)
+    p.add_argument("--bs", type=positive_int, default=8,
                    help="batch size per process (on digits, 400 steps of 8 drew recognisable digits where 200 of 16, "
                         "the same time, drew blobs)")
     p.add_argument("--lr", type=float, default=5e-4, help="Adam lr of G and D (the official runs: 1e-4 or 5e-5)")
@@ -76,7 +77,7 @@ def main(argv=None):
     p.add_argument("--ema", type=float, default=0.95,
                    help="EMA decay (official: 0.999, for runs of 10^5 steps; at lr 5e-4 G's weights turn over within "
                         "~100 steps, and 0.99 averaged them into one z-blind image)")
-    p.add_argument("--d-channels", type=int, default=32, help="cap on the discriminator's channels")
+    p.add_argument("--d-channels", type=positive_int, default=32, help="cap on the discriminator's channels")
     add_run_args(p, "runs/hit-digits")
     args = p.parse_args(argv)
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from fastar.models.fractalgen.blocks import LN_EPS, Block, apply_block
 import fastar
+from fastar.models.checks import check_labels
 from fastar.models.layers import Linear, bf16_products, fast_path, rng_device
 from fastar.models.mar.diffloss import DiffLoss
 
@@ -159,6 +160,10 @@ class MAR(nn.Module):
         Agreement with fp32: tests/test_mar_model.py and benchmarks/bench_mar.py."""
         if cfg_schedule not in ("linear", "constant"):
             raise ValueError(f"sample_tokens: cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
+        if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1:
+            raise ValueError(f"sample_tokens: num_iter must be an int >= 1, got {num_iter!r}")
+        if labels is not None:
+            check_labels("MAR.sample_tokens", labels, bsz, self.class_emb.num_embeddings)
         if precision not in PRECISIONS:
             raise ValueError(f"sample_tokens: precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "bf16":

@@ -11,9 +11,10 @@ import argparse
 
 import torch
 
+from fastar.models.cli import load_state, positive_int, read_checkpoint, wrong_checkpoint
 from fastar.models.mar.mar import MAR, PRECISIONS, MARConfig, mar
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
-from fastar.models.var.sample import fill_defaults, parse_grid_args, save_grid, seeded
+from fastar.models.var.sample import fill_defaults, parse_grid_args, pick_classes, save_grid, seeded
 
 
 OFFICIAL_FLAGS = {"num_iter": 64, "cfg": 2.9}  # a quicker num_iter than the official evaluation's 256; MAR-B's cfg
@@ -26,19 +27,22 @@ def load(ckpt, vae_ckpt, size):
     if ckpt is None:
         return (AutoencoderKL(), mar(size), f"RANDOM weights (no --ckpt): MAR-{size} and the KL-16 VAE, untrained",
                 OFFICIAL_FLAGS)
-    sd = torch.load(ckpt, map_location="cpu")
+    sd = read_checkpoint(ckpt)
     if "mar_cfg" in sd:
         cfg = sd["mar_cfg"]
         vae, model = AutoencoderKL(KLConfig(**sd["vae_cfg"])), MAR(MARConfig(**cfg))
         vae.load_state_dict(sd["vae"])
         model.load_state_dict(sd["mar"])
         return vae, model, f"{ckpt} (fastar train mar checkpoint)", {**OFFICIAL_FLAGS, **sd.get("sample_flags", {})}
+    state = sd.get("model_ema", sd.get("model", sd))
+    if not isinstance(state, dict) or "z_proj.weight" not in state:
+        raise wrong_checkpoint(ckpt, "a `fastar train mar` ckpt.pt nor an official MAR checkpoint-last.pth", sd)
     if vae_ckpt is None:
         raise SystemExit("an official MAR checkpoint needs --vae-ckpt (kl16.ckpt)")
     model = mar(size)
-    model.load_state_dict(sd.get("model_ema", sd.get("model", sd)))
+    load_state(model, state, ckpt, f"MAR-{size} (--size)")
     vae = AutoencoderKL()
-    vae_sd = torch.load(vae_ckpt, map_location="cpu")
+    vae_sd = read_checkpoint(vae_ckpt, "--vae-ckpt")
     vae_sd = vae_sd.get("model", vae_sd)
     # kl16.ckpt also carries its training loss's weights (LPIPS, discriminator): only the autoencoder's are read.
     vae.load_state_dict({k: v for k, v in vae_sd.items() if k in vae.state_dict()})
@@ -66,10 +70,10 @@ def main(argv=None):
                    "or with an official one")
     p.add_argument("--ckpt", help="official checkpoint-last.pth or a `fastar train mar` ckpt.pt")
     p.add_argument("--vae-ckpt", help="the KL-16 VAE's kl16.ckpt (with an official --ckpt)")
-    p.add_argument("--classes", type=int, nargs="+", default=[207, 360, 387, 974], help="one image per class")
-    p.add_argument("--num-iter", type=int, help="autoregressive steps (default 64, the official evaluation 256, or "
+    p.add_argument("--classes", type=int, nargs="+", help="one image per class (default: ImageNet's 207 360 387 974, or classes 0-9 of a smaller model)")
+    p.add_argument("--num-iter", type=positive_int, help="autoregressive steps (default 64, the official evaluation 256, or "
                    "what a `fastar train` checkpoint's samples.png used)")
-    p.add_argument("--num-steps", type=int, help="diffusion steps per token (default: the model's, 100)")
+    p.add_argument("--num-steps", type=positive_int, help="diffusion steps per token (default: the model's, 100)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance (default MAR-B's 2.9, L 3.0, H 3.2, or the "
                    "checkpoint's)")
     p.add_argument("--cfg-schedule", default="linear", choices=("linear", "constant"))
@@ -83,6 +87,7 @@ def main(argv=None):
         model.diffloss.num_sampling_steps = args.num_steps
     print(f"sampling with {what}: num_iter {args.num_iter}, cfg {args.cfg} ({args.cfg_schedule})")
     vae.eval(), model.eval()
+    args.classes = pick_classes(p, args.classes, model.class_emb.num_embeddings)
     labels = torch.tensor(args.classes)
     img = generate(vae, model, labels, num_iter=args.num_iter, cfg=args.cfg, temperature=args.temperature,
                    seed=args.seed, bs=args.bs, cfg_schedule=args.cfg_schedule, precision=args.precision)

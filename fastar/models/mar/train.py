@@ -26,6 +26,7 @@ from fastar.models.mar.mar import MAR, MARConfig
 from fastar.models.mar.sample import generate
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
 from fastar.models.var.sample import save_grid
+from fastar.models.cli import nonneg_int, positive_int
 from fastar.models.var.train import add_run_args, digits, fit, end_run, start_run
 
 TINY_VAE = KLConfig(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1)  # 16 px -> 8x8 latents, 64 tokens
@@ -39,20 +40,20 @@ CFG = 1.5
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar train mar", description=__doc__.split("\n")[0])
-    p.add_argument("--width", type=int, default=96, help="MAR encoder / decoder width")
-    p.add_argument("--depth", type=int, default=2, help="encoder depth = decoder depth")
-    p.add_argument("--image-size", type=int, default=16)
-    p.add_argument("--bs", type=int, default=32, help="batch size per process")
-    p.add_argument("--vae-steps", type=int, default=150)
-    p.add_argument("--mar-steps", type=int, default=900)
+    p.add_argument("--width", type=positive_int, default=96, help="MAR encoder / decoder width")
+    p.add_argument("--depth", type=positive_int, default=2, help="encoder depth = decoder depth")
+    p.add_argument("--image-size", type=positive_int, default=16)
+    p.add_argument("--bs", type=positive_int, default=32, help="batch size per process")
+    p.add_argument("--vae-steps", type=positive_int, default=150)
+    p.add_argument("--mar-steps", type=positive_int, default=900)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--mar-lr", type=float, default=MAR_LR)
     p.add_argument("--mar-lr-schedule", default="cosine", choices=("constant", "cosine"))
-    p.add_argument("--mar-warmup", type=int, default=20, help="linear warmup steps of the MAR learning rate")
-    p.add_argument("--diffusion-batch-mul", type=int, default=DIFFUSION_BATCH_MUL,
+    p.add_argument("--mar-warmup", type=nonneg_int, default=20, help="linear warmup steps of the MAR learning rate")
+    p.add_argument("--diffusion-batch-mul", type=positive_int, default=DIFFUSION_BATCH_MUL,
                    help="(t, noise) draws per token for the head's loss (official: 4)")
-    p.add_argument("--num-iter", type=int, default=8, help="autoregressive steps of the final samples")
-    p.add_argument("--num-steps", type=int, default=1000, help="diffusion steps per token of the final samples "
+    p.add_argument("--num-iter", type=positive_int, default=8, help="autoregressive steps of the final samples")
+    p.add_argument("--num-steps", type=positive_int, default=1000, help="diffusion steps per token of the final samples "
                    "(and the checkpoint's default): 1000 = the training chain, unrespaced")
     p.add_argument("--cfg", type=float, default=CFG, help="guidance of the final samples")
     add_run_args(p, "runs/mar-digits")

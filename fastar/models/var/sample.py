@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import fastar
+from fastar.models.cli import check_out_file, load_state, positive_int, read_checkpoint, wrong_checkpoint
 from fastar.models.var.build import PATCH_NUMS, build_vae_var
 from fastar.models.var.var import PRECISIONS, VAR, VARConfig
 from fastar.models.var.vqvae import VQVAE, VQVAEConfig
@@ -37,16 +38,31 @@ def parse_grid_args(p, argv, precisions, precision_help, bs_help):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=precisions, default="fp32",
                    help=f"bf16: {precision_help}; needs AMX-BF16 or AVX512-BF16 on a CPU, declined without them")
-    p.add_argument("--bs", type=int, default=4, help=bs_help)
-    p.add_argument("--nrow", type=int, default=8)
+    p.add_argument("--bs", type=positive_int, default=4, help=bs_help)
+    p.add_argument("--nrow", type=positive_int, default=8)
     p.add_argument("--out", default="grid.png")
     args = p.parse_args(argv)
+    check_out_file(p, args.out)
     if args.precision == "bf16":
         try:
             fastar.check_bf16_gemm(p.prog, torch.device("cpu"))
         except RuntimeError as e:
             raise SystemExit(str(e)) from None
     return args
+
+
+IMAGENET_CLASSES = [207, 360, 387, 974]
+
+
+def pick_classes(p, classes, num_classes):
+    """--classes checked against the model's num_classes (p.error), or by default ImageNet's 207 360 387 974 for a
+    1000-class model and 0 .. 9 (at most) for a smaller one (a digits checkpoint)."""
+    if classes is None:
+        return IMAGENET_CLASSES if num_classes >= 1000 else list(range(min(num_classes, 10)))
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        p.error(f"--classes must be in [0, {num_classes}) for this model, got {bad}")
+    return classes
 
 
 def fill_defaults(args, defaults):
@@ -92,30 +108,34 @@ def load(ckpt, vae_ckpt, depth):
         vae, var = build_vae_var(depth=depth)
         return (vae, var, f"RANDOM weights (no --ckpt): VAR-d{depth} and the released VQVAE config, untrained",
                 OFFICIAL_FLAGS)
-    sd = torch.load(ckpt, map_location="cpu")
+    sd = read_checkpoint(ckpt)
     if "var_cfg" in sd:
         vae = VQVAE(VQVAEConfig(**sd["vae_cfg"])).eval().requires_grad_(False)
         var = VAR(vae, VARConfig(**sd["var_cfg"]))
         vae.load_state_dict(sd["vae"])
         var.load_state_dict(sd["var"])
         return vae, var, f"{ckpt} (fastar train var checkpoint)", {**OFFICIAL_FLAGS, **sd.get("sample_flags", {})}
+    if "pos_1LC" not in sd or "pos_start" not in sd:
+        raise wrong_checkpoint(ckpt, "a `fastar train var` ckpt.pt nor an official var_d*.pth", sd)
     if vae_ckpt is None:
         raise SystemExit("an official VAR checkpoint needs --vae-ckpt (vae_ch160v4096z32.pth)")
     L = sd["pos_1LC"].shape[1]
-    patch_nums = next(pn for pn in PATCH_NUMS.values() if sum(p * p for p in pn) == L)
+    patch_nums = next((pn for pn in PATCH_NUMS.values() if sum(p * p for p in pn) == L), None)
+    if patch_nums is None:
+        raise SystemExit(f"--ckpt {ckpt}: {L} tokens match no released resolution's patch_nums {PATCH_NUMS}")
     vae, var = build_vae_var(depth=sd["pos_start"].shape[-1] // 64, patch_nums=patch_nums,
                              shared_aln="shared_ada_lin.1.weight" in sd)
-    vae.load_state_dict(torch.load(vae_ckpt, map_location="cpu"))
-    var.load_state_dict(sd)
+    load_state(vae, read_checkpoint(vae_ckpt, "--vae-ckpt"), vae_ckpt, "the released VQVAE", "--vae-ckpt")
+    load_state(var, sd, ckpt, f"VAR-d{var.cfg.depth}")
     return vae, var, f"{ckpt} + {vae_ckpt}", OFFICIAL_FLAGS
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar sample var", description=__doc__.split("\n")[0])
-    p.add_argument("--depth", type=int, default=16, help="VAR depth when no --ckpt is given")
+    p.add_argument("--depth", type=positive_int, default=16, help="VAR depth when no --ckpt is given")
     p.add_argument("--ckpt", help="official var_d*.pth or a `fastar train var` ckpt.pt")
     p.add_argument("--vae-ckpt", help="official vae_ch160v4096z32.pth (with an official --ckpt)")
-    p.add_argument("--classes", type=int, nargs="+", default=[207, 360, 387, 974], help="one image per class")
+    p.add_argument("--classes", type=int, nargs="+", help="one image per class (default: ImageNet's 207 360 387 974, or classes 0-9 of a smaller model)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance at the last scale (default 4, or what a "
                    "`fastar train` checkpoint's samples.png used)")
     p.add_argument("--top-k", type=int, help="default 900, or the checkpoint's")
@@ -128,6 +148,7 @@ def main(argv=None):
     fill_defaults(args, defaults)
     print(f"sampling with {what}: cfg {args.cfg}, top-k {args.top_k}, top-p {args.top_p}")
     var.eval()
+    args.classes = pick_classes(p, args.classes, var.num_classes)
     labels = torch.tensor(args.classes)
     out = []
     for i, label_B in enumerate(tqdm(labels.split(args.bs), desc="sample var")):

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import fastar
+from fastar.models.cli import positive_int
 from fastar.models.var.build import build_vae_var
 from fastar.models.var.sample import save_grid
 from fastar.models.var.vqvae import VQVAEConfig
@@ -55,6 +56,10 @@ def digits(image_size):
 
 def batches(n, bs, steps, seed, rank, world):
     """`steps` index batches; each process takes its share of one shuffled order per epoch."""
+    share = len(range(rank, n, world))
+    if not 1 <= bs <= share:
+        raise SystemExit(f"--bs {bs}: a batch per process must hold 1 to {share} images (the {n} training images "
+                         f"split over {world} process{'es' if world > 1 else ''})")
     g, step = torch.Generator().manual_seed(seed), 0
     while True:
         perm = torch.randperm(n, generator=g)[rank::world]
@@ -124,9 +129,9 @@ def fit(name, model, loss_fn, n, args, rank, world, save):
 
 def add_run_args(p, out):
     """The options every digits trainer takes: checkpoints, seed, threads, output folder."""
-    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--ckpt-every", type=positive_int, default=100, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads per process: the tiny ops are too small to split, more threads mostly wait")
     p.add_argument("--out", default=out)
 
@@ -139,6 +144,8 @@ def start_run(args):
     if world > 1:
         dist.init_process_group("gloo")
     torch.manual_seed(args.seed)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise SystemExit(f"--out {args.out} is a file: give a folder for the checkpoint and samples.png")
     os.makedirs(args.out, exist_ok=True)
     return (dist.get_rank() if world > 1 else 0), world
 
@@ -153,11 +160,11 @@ def end_run(world):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar train var", description=__doc__.split("\n")[0])
-    p.add_argument("--depth", type=int, default=2, help="VAR depth: width 64*depth, depth heads")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--bs", type=int, default=32, help="batch size per process")
-    p.add_argument("--vae-steps", type=int, default=150)
-    p.add_argument("--var-steps", type=int, default=500)
+    p.add_argument("--depth", type=positive_int, default=2, help="VAR depth: width 64*depth, depth heads")
+    p.add_argument("--image-size", type=positive_int, default=32)
+    p.add_argument("--bs", type=positive_int, default=32, help="batch size per process")
+    p.add_argument("--vae-steps", type=positive_int, default=150)
+    p.add_argument("--var-steps", type=positive_int, default=500)
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--var-lr", type=float, default=1e-3)
     add_run_args(p, "runs/var-digits")

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 import fastar
+from fastar.models.checks import check_labels
 from fastar.models.layers import Linear
 from fastar.models.var.basic_var import AdaLNBeforeHead, AdaLNSelfAttn, KVCache, SharedAdaLin
 from fastar.models.var.helpers import gumbel_softmax_with_rng, sample_with_top_k_top_p_
@@ -140,6 +141,7 @@ class VAR(nn.Module):
             label_B = torch.randint(self.num_classes, (B,), generator=rng, device=device)
         elif isinstance(label_B, int):
             label_B = torch.full((B,), self.num_classes if label_B < 0 else label_B, device=device)
+        check_labels("VAR.autoregressive_infer_cfg", label_B, B, self.num_classes, null_class=True)
         vae, quant = self.vae_proxy[0], self.vae_proxy[0].quantize
 
         sos = cond_BD = self.class_emb(torch.cat((label_B, torch.full_like(label_B, self.num_classes))))  # (2B, C)

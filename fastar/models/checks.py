@@ -1,0 +1,18 @@
+"""Argument checks the models' public calls share: each error names the call, the argument and what was wrong."""
+import torch
+
+
+def check_labels(op, labels, batch, num_classes, *, null_class=False):
+    """labels: a 1-D int64 tensor of `batch` entries (None: any) in [0, num_classes), or up to num_classes itself
+    with null_class (the unconditional class of a model that embeds it as one more class)."""
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
+        raise TypeError(f"{op}: labels must be a 1-D int64 tensor, got "
+                        f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}"
+                        + (f" of shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else ""))
+    if batch is not None and len(labels) != batch:
+        raise ValueError(f"{op}: labels must have one entry per image ({batch}), got {len(labels)}")
+    top = num_classes + null_class
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < top:
+        raise ValueError(f"{op}: labels must be in [0, {top}) (the model has {num_classes} classes"
+                         + (", the last index the null class" if null_class else "")
+                         + f"), got [{int(labels.min())}, {int(labels.max())}]")

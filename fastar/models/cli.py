@@ -1,0 +1,75 @@
+"""What the models' command lines share: argparse types for counts, checks of the output paths made before any
+work, and reading a checkpoint with errors that name the option and the file."""
+import argparse
+import os
+
+import torch
+from PIL import Image
+
+
+def positive_int(text):
+    """argparse type: an int >= 1 (steps, batch sizes, widths, image counts)."""
+    n = int(text)  # a ValueError: argparse says "invalid positive_int value"
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {n}")
+    return n
+
+
+def nonneg_int(text):
+    """argparse type: an int >= 0 (warmup steps)."""
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {n}")
+    return n
+
+
+def check_out_file(p, path, option="--out"):
+    """Exits through p.error unless `path` can take an image: its folder exists, it is no folder itself, and PIL
+    knows its extension (checked before sampling, not after)."""
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        p.error(f"{option} {path} is a folder: give an image file, e.g. {os.path.join(path, 'grid.png')}")
+    if not os.path.isdir(folder):
+        p.error(f"{option} {path}: its folder {folder} does not exist")
+    Image.init()
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in Image.registered_extensions():
+        p.error(f"{option} {path}: {ext or 'no extension'} is not an image format PIL writes (e.g. .png)")
+
+
+def read_checkpoint(path, option="--ckpt"):
+    """The dict torch.load reads from `path` on the CPU (weights only; argparse.Namespace allowed, which official
+    checkpoints pickle as their args), or SystemExit naming the option: no such file, not a torch file, no dict."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"{option} {path}: no such file")
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, pickle and weights-only refusals alike
+        raise SystemExit(f"{option} {path}: not a torch checkpoint ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    if not isinstance(sd, dict):
+        raise SystemExit(f"{option} {path}: holds a {type(sd).__name__}, not a checkpoint's dict")
+    return sd
+
+
+def wrong_checkpoint(path, expected, sd, option="--ckpt"):
+    """The SystemExit (to raise) for a checkpoint dict that is not `expected`, with the first of its keys."""
+    keys = [str(k) for k in sd][:6]
+    return SystemExit(f"{option} {path} is not {expected} (its keys: {', '.join(keys)}{', ...' if len(sd) > 6 else ''})")
+
+
+def load_state(model, state, path, what, option="--ckpt"):
+    """model.load_state_dict(state), strict, or SystemExit saying how the checkpoint at `path` does not fit `what`
+    (keys missing, unexpected, or of other shapes: a checkpoint of another size), not torch's list of every key."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        own = model.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        shaped = [k for k in own if k in state and getattr(state[k], "shape", None) not in (None, own[k].shape)]
+        why = [f"{len(missing)} keys missing (e.g. {missing[0]})" if missing else "",
+               f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+               f"{len(shaped)} of other shapes (e.g. {shaped[0]}: {tuple(state[shaped[0]].shape)}, "
+               f"not {tuple(own[shaped[0]].shape)})" if shaped else ""]
+        raise SystemExit(f"{option} {path} does not fit {what}: {'; '.join(w for w in why if w)}") from None
