@@ -291,3 +291,11 @@ def test_train_then_sample_cli(tmp_path, torchrun):
         assert "fastar train dalle" in out and (tmp_path / "g.png").exists()
         run_cli(tmp_path, "sample", "dalle", "--ckpt", "run/ckpt.pt", "--n", "2", "--bf16-weights", "--out", "b.png")
         assert (tmp_path / "b.png").exists()
+
+
+def test_generate_progress_bar_counts_the_tokens(capsys):
+    text, image = tiny_inputs(B=1)
+    torch.manual_seed(0)
+    DALLE(TINY).eval().generate(text, image_prefix=image[:, :2], progress=True)
+    err = capsys.readouterr().err
+    assert "DALL-E tokens" in err and f"0/{TINY.grid ** 2 - 2}" in err  # the bar with its total (cleared when done)

@@ -311,3 +311,10 @@ def test_autoregressive_infer_cfg_refuses_labels_past_the_null_class():
         var.autoregressive_infer_cfg(2, torch.tensor([0, 207]))
     with pytest.raises(TypeError, match="labels must be a 1-D int64 tensor, got torch.float32"):
         var.autoregressive_infer_cfg(2, torch.tensor([0.0, 1.0]))
+
+
+def test_sampling_progress_bar_counts_the_scales(capsys):
+    _, var = tiny()
+    var.autoregressive_infer_cfg(1, 3, g_seed=0, progress=True)
+    err = capsys.readouterr().err
+    assert "VAR scales" in err and f"0/{len(TINY_PN)}" in err  # the bar with its total (cleared when done)

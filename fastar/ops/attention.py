@@ -141,6 +141,9 @@ def attention(q, k, v, mask=None, *, scale=None, return_lse=False):
     scale defaults to 1/sqrt(D). Returns out (B, H, Lq, D) like q, and with return_lse also the
     logsumexp (B, H, Lq) float32 (-inf on rows that see no key, whose out is 0; not differentiable).
     Differentiable in q, k and v through dedicated backward kernels.
+    Non-finite inputs: a NaN in q or k reaches exactly the rows that see it (out and lse NaN), never a row that
+    hides it. The v of a hidden key should be finite: where a kernel multiplies it by its probability 0 (the CPU's
+    products, as the reference's), a NaN there still reaches the row; the CUDA kernel skips whole hidden tiles.
     """
     name = "attention"
     declined = _check_qkv(name, q, k, v)

@@ -38,7 +38,8 @@ def conv3x3(x, weight, bias=None):
     (fastar.ops._prepared: a weight changed in place through .data between calls is not seen). Differentiable to any
     order: the input gradient runs the kernel on the adjoint weight, the weight gradient autograd's
     convolution_backward (oneDNN). There is no CUDA kernel (cuDNN's convolutions are a GPU's fast path): in float64
-    and off the CPU the op runs the torch formulation, with a one-time warning."""
+    and off the CPU the op runs the torch formulation, with a one-time warning. An inf in x gives NaN around it (the
+    transform's differences, inf - inf) where a direct convolution gives inf."""
     name = "conv3x3"
     check_tensor(name, "x", x, dim=4, dtypes=_DTYPES)
     check_tensor(name, "weight", weight, dim=4, dtypes=(x.dtype,))

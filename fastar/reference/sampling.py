@@ -8,8 +8,8 @@ The filters, on x = logits of a row (V tokens), p = softmax(x / temperature):
             >= top_p (VAR's ascending `cumsum <= 1 - top_p`, with ties at the cut kept whole);
 and the largest x always stays. The draw is the kept token with the largest p / q, q ~ Exp(1) one per token
 (argmax of log p + Gumbel noise), the first on ties: torch.multinomial's algorithm for one sample, with its draws
-of q, so one seed gives the token torch.multinomial draws from the same probabilities. A row with no finite logit
-gets -1.
+of q, so one seed gives the token torch.multinomial draws from the same probabilities. A row with a NaN logit or
+no finite logit gets -1.
 """
 import math
 

@@ -204,9 +204,10 @@ class DALLE(nn.Module):
     # ---- sampling ----
 
     @torch.no_grad()
-    def generate(self, text_BT, *, image_prefix=None, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    def generate(self, text_BT, *, image_prefix=None, temperature=1.0, top_k=0, top_p=1.0, generator=None,
+                 progress=False):
         """Image tokens (B, N) after text_BT, one per step on the KV caches; image_prefix (B, m): given first
-        tokens (e.g. the top rows of an image), kept."""
+        tokens (e.g. the top rows of an image), kept. progress: a bar over the tokens (tqdm, left off when done)."""
         B, T, N, W = text_BT.shape[0], self.cfg.text_len, self.cfg.grid ** 2, self.cfg.grid
         prefix = text_BT.new_zeros(B, 0) if image_prefix is None else image_prefix
         self.check_image(prefix, N)
@@ -215,7 +216,11 @@ class DALLE(nn.Module):
         x = torch.cat([self.embed_text(text_BT), self.embed_image(prefix)], 1)  # prefill: text and the prefix
         tokens = [prefix]
         stack = layers.decode_stack(self.blocks, x.new_empty(B, 1, C))  # the decode steps in one call each, or None
-        for j in range(prefix.shape[1], N):
+        steps = range(prefix.shape[1], N)
+        if progress:
+            from tqdm import tqdm
+            steps = tqdm(steps, desc="DALL-E tokens", leave=False)
+        for j in steps:
             if x.shape[1] == 1 and stack is not None:  # one token per sequence: the stack in one fastar call
                 x = fastar.ops.transformer_decode(x, stack, [c.k for c in caches], [c.v for c in caches],
                                                   caches[0].len, self.masks, heads=H, eps=self.blocks[0].ln_1.eps)

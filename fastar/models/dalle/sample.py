@@ -73,7 +73,7 @@ def main(argv=None):
     for text in tqdm(args.text, desc="sample dalle"):
         with decode_weights(dalle, torch.bfloat16 if args.bf16_weights else torch.float32):
             tokens = dalle.generate(tok.encode([text] * args.n), image_prefix=prefix, temperature=args.temperature,
-                                    top_k=args.top_k, top_p=args.top_p, generator=gen)
+                                    top_k=args.top_k, top_p=args.top_p, generator=gen, progress=True)
         rows.append(dvae.tokens_to_img(tokens.view(-1, g, g)))
     save_grid(torch.cat(rows), args.out, nrow=args.n)
     print(f"wrote {args.out}: {len(args.text)} captions x {args.n} images")

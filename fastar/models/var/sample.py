@@ -154,6 +154,6 @@ def main(argv=None):
     for i, label_B in enumerate(tqdm(labels.split(args.bs), desc="sample var")):
         out.append(var.autoregressive_infer_cfg(len(label_B), label_B, g_seed=args.seed + i, cfg=args.cfg,
                                                 top_k=args.top_k, top_p=args.top_p, more_smooth=args.more_smooth,
-                                                precision=args.precision))
+                                                precision=args.precision, progress=True))
     save_grid(torch.cat(out), args.out, nrow=args.nrow)
     print(f"wrote {args.out}: {len(labels)} images, classes {args.classes}")

@@ -117,13 +117,14 @@ class VAR(nn.Module):
 
     @torch.no_grad()
     def autoregressive_infer_cfg(self, B, label_B=None, g_seed=None, cfg=1.5, top_k=0, top_p=0.0,
-                                 more_smooth=False, precision="fp32"):
+                                 more_smooth=False, precision="fp32", progress=False):
         """Samples B images (B, 3, H, W) in [0, 1], scale by scale.
 
         label_B: (B,) int64, an int for all (< 0: the null class), or None for uniform random classes. g_seed seeds
         every random draw. CFG runs the conditional and null batches as one 2B batch, with a guidance that ramps
         from 0 at the first scale to cfg at the last. top_k / top_p filter the logits (0: off); more_smooth
         replaces the sampled codes by a Gumbel-softmax mixture of codes (for viewing, not for FID).
+        progress: a bar over the scales (tqdm, left off the screen when done).
         precision: "fp32", or "bf16": the blocks' attention and FFN weights (copies kept, see with_gemm_dtype) and
         their GEMM operands in bfloat16 with float32 accumulation, the KV cache and fastar's attention in bfloat16,
         the VQVAE decoder under bfloat16 autocast (its convolutions and attention); the residual stream, LayerNorm,
@@ -160,7 +161,11 @@ class VAR(nn.Module):
         H = self.patch_nums[-1]
         f_hat = sos.new_zeros(B, self.Cvae, H, H).to(memory_format=torch.channels_last)
         cur_L = 0
-        for si, pn in enumerate(self.patch_nums):
+        scales = enumerate(self.patch_nums)
+        if progress:
+            from tqdm import tqdm
+            scales = tqdm(scales, total=SN, desc="VAR scales", leave=False)
+        for si, pn in scales:
             ratio = si / (SN - 1)
             cur_L += pn * pn
             x_BLC = next_token_map
