@@ -1,7 +1,8 @@
 """Builds fastar's extensions by driving CMakeLists.txt with ninja (the CMake-extension pattern of vLLM).
 
 Environment: FASTAR_CUDA=auto|on|off, FASTAR_SIMT=0|1 (test backend), TORCH_CUDA_ARCH_LIST (default "8.0;9.0"),
-MAX_JOBS (default: all cores), FASTAR_BUILD_TYPE (default Release).
+MAX_JOBS (default: all cores), FASTAR_BUILD_TYPE (default Release), FASTAR_BUILD_ISOLATION=1 (build inside pip's
+isolated environment anyway: see isolated_torch).
 """
 import hashlib
 import os
@@ -21,11 +22,25 @@ class CMakeExtension(Extension):
         super().__init__(name, sources=[])
 
 
+def isolated_torch():
+    """The torch of a build isolation's temporary environment (pip's pip-build-env-*, pypa build's build-env-*), or
+    None. An extension compiled against it fails to load beside another torch (pip fetches the newest, often a CUDA
+    build): `pip install .` then succeeds and fastar._C cannot be imported."""
+    import torch
+    return torch if any(part in torch.__file__ for part in ("pip-build-env-", "build-env-")) else None
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
         if getattr(self, "_cmake_done", False):  # one CMake build makes every module
             return
         self._cmake_done = True
+        torch = isolated_torch()
+        if torch is not None and os.environ.get("FASTAR_BUILD_ISOLATION") != "1":
+            raise SystemExit(f"fastar: pip's build isolation installed torch {torch.__version__} into a temporary "
+                             f"environment to build against; fastar's kernels must compile against the torch they "
+                             f"will run with. Install with `pip install --no-build-isolation .` (torch, cmake and "
+                             f"ninja in your environment), or set FASTAR_BUILD_ISOLATION=1 to build anyway.")
         out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()  # the fastar/ package dir
         # One persistent build dir per Python environment, so rebuilds are incremental (pip's temp dir is not).
         env_key = hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]

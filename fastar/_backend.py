@@ -19,8 +19,21 @@ PYTHON_BACKENDS = ("torch", "reference")  # always there: plain PyTorch
 def _load(module):
     try:
         return importlib.import_module(module), None
-    except ImportError as e:  # not built: reported by backends() and warned about when an op needs it
+    except ModuleNotFoundError as e:  # not built: reported by backends() and warned about when an op needs it
+        if e.name != module:
+            return None, _load_failed(module, e)
         return None, e
+    except ImportError as e:  # built, and failed to load (another torch, a missing library)
+        return None, _load_failed(module, e)
+
+
+def _load_failed(module, e):
+    """The error of a module that is built but does not load, said at import and kept for backends() / build_info()."""
+    error = ImportError(f"{module} is built but failed to load ({e}); most often it was compiled against another "
+                        f"torch than this {torch.__version__} (pip's build isolation fetches its own: reinstall with "
+                        f"`pip install --no-build-isolation .`)")
+    warnings.warn(str(error), stacklevel=3)
+    return error
 
 
 _C, _C_error = _load("fastar._C")
@@ -34,7 +47,7 @@ _warned = set()
 def build_info() -> dict:
     """What the compiled extension contains: version, cuda, cuda_archs, cpu_isa, compiler."""
     if _C is None:
-        return {"error": f"fastar._C is not built: {_C_error}"}
+        return {"error": f"fastar._C is not available: {_C_error}"}
     return dict(_C.build_info())
 
 

@@ -548,6 +548,10 @@ def run_checks(quick, ops=None, out=None):
 
 def _run_checks(quick, ops, out):
     failures = 0
+    if not backends_to_check():  # fastar._C missing or failing to load: nothing compiled to check is a failure
+        why = fastar.build_info().get("error") or f"fastar.backends() = {fastar.backends()}"
+        print(f"selftest: FAIL: no compiled kernels to check ({why})", file=out)
+        return 1
     print(f"{'op':<28} {'backend':<7} {'dtype':<9} {'shape':<26} {'max error':>10} {'tolerance':>10}  result", file=out)
     for backend, device in backends_to_check():
         seen = set()
@@ -584,6 +588,9 @@ def main(argv=None):
     parser.add_argument("--bench", action="store_true", help="then time the CUDA kernels against their peers")
     parser.add_argument("--ops", nargs="+", help="only these ops (attention, attention_decode, vq_nearest, ...)")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.ops or ()) - {op for op, *_ in cases(False)})
+    if unknown:
+        parser.error(f"--ops: no check of {', '.join(unknown)}; the ops: {', '.join(sorted({c[0] for c in cases(False)}))}")
     start = time.perf_counter()
     failures = run_checks(args.quick, args.ops)
     print(f"selftest: {'all passed' if not failures else f'{failures} FAILED'} in {time.perf_counter() - start:.0f} s")

@@ -77,3 +77,32 @@ def test_selftest_bench_without_gpu_says_so(capsys):
         selftest.main(["--quick", "--bench", "--ops", "idxBl_to_fhat"])
     assert exit_.value.code == 0
     assert "no CUDA GPU, nothing to time" in capsys.readouterr().out
+
+
+def test_selftest_refuses_unknown_ops(capsys):
+    """--ops with a typo once checked nothing and passed."""
+    with pytest.raises(SystemExit) as e:
+        selftest.main(["--ops", "attention", "atention"])
+    assert e.value.code == 2 and "--ops: no check of atention; the ops: attention," in capsys.readouterr().err
+
+
+def test_selftest_fails_without_compiled_kernels(monkeypatch, capsys):
+    """fastar._C missing or failing to load (e.g. built against another torch): a failure, not 'all passed' over
+    zero rows."""
+    monkeypatch.setattr(selftest, "backends_to_check", lambda: [])
+    with pytest.raises(SystemExit) as e:
+        selftest.main(["--quick"])
+    assert e.value.code == 1 and "FAIL: no compiled kernels to check" in capsys.readouterr().out
+
+
+def test_a_built_module_that_fails_to_load_says_so(tmp_path, monkeypatch):
+    """A module that is there but does not load (fastar._C beside another torch: a missing libc10_cuda.so) is told
+    apart from one not built, with a warning at import and the likely cause."""
+    from fastar import _backend
+    (tmp_path / "fastar_broken_ext.py").write_text("raise ImportError('libc10_cuda.so: cannot open shared object')")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(UserWarning, match=r"fastar_broken_ext is built but failed to load \(libc10_cuda.so"):
+        module, error = _backend._load("fastar_broken_ext")
+    assert module is None and "--no-build-isolation" in str(error)
+    module, error = _backend._load("fastar_not_there_at_all")
+    assert module is None and isinstance(error, ModuleNotFoundError)

@@ -1,16 +1,18 @@
 """The patch table's machinery: a Row names an official class attribute, or a module-level function, and its fastar
 replacement; apply() puts the replacements on a live model's instances or on the imported classes (a function: on
 the global its callers look it up by); undo() restores them."""
+import collections
 import dataclasses
 import functools
 import sys
 import types
+import weakref
 from typing import Callable
 
 import torch.nn as nn
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Row:
     group: str  # the keyword of fastar.patch.<codebase>() that turns it on
     module: str  # the official module, e.g. "models.basic_var"
@@ -22,9 +24,31 @@ class Row:
     function: bool = False  # attr is a module-level function that cls's methods call by name: the global of
     #                         `module` (of a live model's class's module) is replaced, not a method of cls
 
+    def __repr__(self):
+        return f"Row({self.group}: {self.module}.{self.cls}.{self.attr})"
 
-_applied = []  # (owner, attr, had_own, original, row): owner is a class, an instance or a module (function rows)
-_declined = {}  # (row, id(instance or module)) -> reason of the last declined call
+
+# (owner, attr, had_own, original, row): owner is a class, a module (function rows) or a weak reference to an
+# instance (a patched model is freed as if it were not patched; its entry is then dropped)
+_applied = []
+_declined = collections.defaultdict(weakref.WeakKeyDictionary)  # row -> {instance or module: reason of its last
+#                                                                  declined call}
+
+
+def _owner(entry):
+    """The class, module or (still alive) instance an _applied entry patched, or None."""
+    owner = entry[0]
+    return owner() if isinstance(owner, weakref.ref) else owner
+
+
+def _forget(ref):
+    """A patched instance was freed: its entries go."""
+    _applied[:] = [e for e in _applied if e[0] is not ref]
+
+
+def _record(owner, attr, had_own, before, row):
+    is_instance = not isinstance(owner, (type, types.ModuleType))
+    _applied.append((weakref.ref(owner, _forget) if is_instance else owner, attr, had_own, before, row))
 
 
 def _wrap(row, original, module=None):
@@ -33,17 +57,17 @@ def _wrap(row, original, module=None):
     def call(key, args, kwargs):
         reason = row.declines(*args, **kwargs)
         if reason is None:
-            _declined.pop((row, key), None)
+            _declined[row].pop(key, None)
             return row.new(*args, **kwargs)
-        _declined[row, key] = reason
+        _declined[row][key] = reason
         return original(*args, **kwargs)
 
     if row.function:
         def patched(*args, **kwargs):
-            return call(id(module), args, kwargs)
+            return call(module, args, kwargs)
     else:
         def patched(self, *args, **kwargs):
-            return call(id(self), (self,) + args, kwargs)
+            return call(self, (self,) + args, kwargs)
     patched = functools.wraps(original)(patched)
     patched.__fastar_row__ = row
     return patched
@@ -66,7 +90,7 @@ def _install_function(module, row, caller):
     if getattr(original, "__fastar_row__", None) is row:
         return  # already patched
     setattr(module, row.attr, _wrap(row, original, module))
-    _applied.append((module, row.attr, True, original, row))
+    _record(module, row.attr, True, original, row)
 
 
 def _class_module(obj):
@@ -85,13 +109,24 @@ def _install(owner, row, caller):
     before = vars(owner).get(row.attr)
     patched = _wrap(row, original)
     setattr(owner, row.attr, patched if isinstance(owner, type) else types.MethodType(patched, owner))
-    _applied.append((owner, row.attr, had_own, before, row))
+    _record(owner, row.attr, had_own, before, row)
 
 
 def apply(rows, model, caller):
     """Patches every instance of each row's class in `model` (an nn.Module), or the classes themselves; a function
     row replaces the global of the module that defines the class of those instances (so every instance of a class
-    from that module calls the replacement), or of row.module."""
+    from that module calls the replacement), or of row.module. All or nothing: on an error, what this call patched
+    is restored before it is raised."""
+    start = len(_applied)
+    try:
+        return _apply(rows, model, caller)
+    except BaseException:
+        _restore(_applied[start:])
+        del _applied[start:]
+        raise
+
+
+def _apply(rows, model, caller):
     if model is not None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"{caller}: model must be an nn.Module (or None to patch the classes), got "
@@ -123,24 +158,40 @@ def apply(rows, model, caller):
 
 def undo(model=None):
     """Restores what fastar.patch put on `model`'s modules, or everything it patched when model is None. A function
-    row's global is shared by every model of its module: undo(model) restores it for all of them."""
+    row's global is shared by every model of its module: undo(model) restores it for all of them. A copy of a patched
+    model (copy.deepcopy carries its patched methods) is restored by undo(copy)."""
     owners = None if model is None else {id(o) for m in model.modules() for o in (m, sys.modules.get(
         type(m).__module__))}
-    keep = []
-    for owner, attr, had_own, before, row in reversed(_applied):
-        if owners is not None and id(owner) not in owners:
-            keep.append((owner, attr, had_own, before, row))
+    undone = [e for e in _applied if _owner(e) is not None and (owners is None or id(_owner(e)) in owners)]
+    _restore(undone)
+    _applied[:] = [e for e in _applied if _owner(e) is not None and not any(e is u for u in undone)]
+    if model is not None:  # copies of a patched model (deepcopy, pickling) carry its methods untracked
+        for m in model.modules():
+            for attr, value in list(vars(m).items()):
+                if getattr(value, "__fastar_row__", None) is not None:
+                    delattr(m, attr)
+
+
+def _restore(entries):
+    """Puts back what the _applied entries replaced (the last first) and forgets their declines."""
+    for entry in reversed(entries):
+        owner, (_, attr, had_own, before, row) = _owner(entry), entry
+        if owner is None:
             continue
         if had_own:
             setattr(owner, attr, before)
         else:
             delattr(owner, attr)
-    _applied[:] = list(reversed(keep))
+        if isinstance(owner, type):
+            _declined.pop(row, None)
+        else:
+            _declined[row].pop(owner, None)
 
 
 def report(model):
-    """[(module name, row, status)] for every module of `model` a row targets: 'applied', 'not patched', or
-    'declined: <reason>' when its last call ran the original."""
+    """[(module name, row, status)] for every module of `model` that a row in force (patched on some instance or
+    class, not undone) targets: 'applied', 'declined: <reason>' when its last call ran the original, or 'not
+    patched' (the row is in force elsewhere, e.g. on another instance). Empty after undo()."""
     out, rows = [], {id(r): r for *_, r in _applied}.values()
     for name, m in model.named_modules():
         for row in rows:
@@ -148,7 +199,7 @@ def report(model):
                 continue
             owner = _class_module(m) if row.function else m
             patched = getattr(getattr(owner, row.attr, None), "__fastar_row__", None) is row
-            reason = _declined.get((row, id(owner)))
+            reason = _declined[row].get(owner) if row in _declined else None
             status = "not patched" if not patched else f"declined: {reason}" if reason else "applied"
             out.append((name, row, status))
     return out

@@ -6,6 +6,7 @@ attribute names). The contracts (signatures, attributes, the kv_caching protocol
 attn_bias, the sampler's (B, l, 1) result and its in-place filtering) are the official code's; the bodies are
 fastar's."""
 import sys
+import weakref
 
 import torch
 
@@ -17,14 +18,15 @@ from fastar.models.var.basic_var import KVCache, unit
 from fastar.ops._checks import generator_on
 from fastar.patch._table import Row
 
-_masks = {}  # (data_ptr, shape, version) of an attn_bias -> its fastar mask (VAR builds the bias once)
+_mask = [lambda: None, None, None]  # (weak reference to the attn_bias tensor, its _version, its fastar mask)
 
 
 def _block_causal(attn_bias):
     """The AttentionMask of VAR's attn_bias (1, 1, L, L), 0 where a query sees a key and -inf elsewhere, or None
-    when the bias is not block-causal."""
-    key = (attn_bias.data_ptr(), tuple(attn_bias.shape), attn_bias._version)
-    if key not in _masks:
+    when the bias is not block-causal. Read once per tensor object and version (VAR.forward slices one bias for all
+    its blocks): an address alone could be a freed bias's reused by another."""
+    ref, version, mask = _mask
+    if ref() is not attn_bias or version != attn_bias._version:
         bias = attn_bias.reshape(attn_bias.shape[-2:])
         seen = (bias == 0).sum(1).tolist()  # keys each query sees
         seg_lens, start = [], 0
@@ -37,9 +39,9 @@ def _block_causal(attn_bias):
             expect[r, :n] = 0
         ok = torch.equal(bias, expect) and all(seen[sum(seg_lens[:i + 1]) - 1] == sum(seg_lens[:i + 1])
                                                for i in range(len(seg_lens)))
-        _masks.clear()  # one bias per model in practice: keep the cache at one entry
-        _masks[key] = fastar.ops.AttentionMask.block_causal(seg_lens) if ok else None
-    return _masks[key]
+        mask = fastar.ops.AttentionMask.block_causal(seg_lens) if ok else None
+        _mask[:] = weakref.ref(attn_bias), attn_bias._version, mask
+    return mask
 
 
 def _attention_declines(self, x, attn_bias):
@@ -49,6 +51,8 @@ def _attention_declines(self, x, attn_bias):
         return f"attn_bias of shape {tuple(attn_bias.shape)}, not VAR's (1, 1, L, L)"
     if attn_bias is not None and _block_causal(attn_bias) is None:
         return "attn_bias is not block-causal (0 / -inf over growing prefixes)"
+    if self.caching and torch.is_grad_enabled() and (x.requires_grad or self.mat_qkv.weight.requires_grad):
+        return "KV caching under autograd (fastar's cache is written in place; VAR samples under no_grad)"
     return None
 
 
@@ -102,17 +106,30 @@ def _quant_args(self):
             self.v_patch_nums)
 
 
-def _quant_declines(self, *args, **kwargs):
+def _floats(values):
+    """The floating-point tensors among values and the lists of them."""
+    for v in values:
+        yield from _floats(v) if isinstance(v, (list, tuple)) else [v] if torch.is_tensor(v) and v.is_floating_point() \
+            else []
+
+
+def _quant_declines(self, *args, v_patch_nums=None, **kwargs):
+    if self.embedding.weight.dtype != torch.float32 or any(t.dtype != torch.float32 for t in _floats(args)):
+        return "not float32 (fastar's quantizer ops compute in float32)"
     if abs(self.quant_resi_ratio) <= 1e-6:
         return "quant_resi = 0 (Identity instead of Phi convolutions)"
     if self.using_znorm:
         return "using_znorm (cosine search)"
     if getattr(self, "prog_si", -1) >= 0:
         return "progressive training (prog_si >= 0)"
-    pns = kwargs.get("v_patch_nums") or self.v_patch_nums
+    pns = v_patch_nums or self.v_patch_nums
     if any(not isinstance(pn, int) for pn in pns):
         return "non-square scales (tuple patch sizes)"
     return None
+
+
+def _encode_declines(self, f_BChw, to_fhat, v_patch_nums=None):
+    return _quant_declines(self, f_BChw, v_patch_nums=v_patch_nums)
 
 
 def f_to_idxBl_or_fhat(self, f_BChw, to_fhat, v_patch_nums=None):
@@ -137,7 +154,7 @@ def embed_to_fhat(self, ms_h_BChw, all_to_max_scale=True, last_one=False):
 
 
 def _embed_declines(self, ms_h_BChw, all_to_max_scale=True, last_one=False):
-    return "all_to_max_scale=False (per-scale maps)" if not all_to_max_scale else _quant_declines(self)
+    return "all_to_max_scale=False (per-scale maps)" if not all_to_max_scale else _quant_declines(self, ms_h_BChw)
 
 
 # ---- models/helpers.py's sample_with_top_k_top_p_, looked up in models/var.py by autoregressive_infer_cfg ----
@@ -213,13 +230,16 @@ _ATTN = ("attention", "models.basic_var", "SelfAttention")
 _QUANT = ("quantizer", "models.quant", "VectorQuantizer2")
 ROWS = (
     Row(*_ATTN, "forward", attention_forward, "no attention dropout in training; attn_bias None or VAR's "
-        "block-causal (1, 1, L, L)", _attention_declines),
+        "block-causal (1, 1, L, L); the KV cache outside autograd", _attention_declines),
     Row(*_ATTN, "kv_caching", kv_caching, "always (the cache fastar's forward fills)"),
-    Row(*_QUANT, "f_to_idxBl_or_fhat", f_to_idxBl_or_fhat, "Phi convolutions on, square scales", _quant_declines),
-    Row(*_QUANT, "idxBl_to_var_input", idxBl_to_var_input, "Phi convolutions on, square scales", _quant_declines),
-    Row(*_QUANT, "get_next_autoregressive_input", get_next_autoregressive_input, "Phi convolutions on, square "
-        "scales", _quant_declines),
-    Row(*_QUANT, "embed_to_fhat", embed_to_fhat, "all_to_max_scale, Phi on, square scales", _embed_declines),
+    Row(*_QUANT, "f_to_idxBl_or_fhat", f_to_idxBl_or_fhat, "float32, Phi convolutions on, square scales",
+        _encode_declines),
+    Row(*_QUANT, "idxBl_to_var_input", idxBl_to_var_input, "float32, Phi convolutions on, square scales",
+        _quant_declines),
+    Row(*_QUANT, "get_next_autoregressive_input", get_next_autoregressive_input, "float32, Phi convolutions on, "
+        "square scales", _quant_declines),
+    Row(*_QUANT, "embed_to_fhat", embed_to_fhat, "float32, all_to_max_scale, Phi on, square scales",
+        _embed_declines),
     Row("sampling", "models.var", "VAR", "sample_with_top_k_top_p_", sample_with_top_k_top_p_, "called by "
         "VAR.autoregressive_infer_cfg without more_smooth, num_samples 1, float32 logits, rng None or on their "
         "device", _sample_declines, function=True),
