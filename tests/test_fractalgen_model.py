@@ -350,3 +350,16 @@ def test_bf16_generate(kind, monkeypatch):
         fractalgen_sample.main(["--precision", "bf16"])
     with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
         generate("fp16")
+
+
+@pytest.mark.parametrize("kind", ["ar", "mar"])
+def test_float64_model_samples(kind):
+    """A .double() model samples (its pixel logits drawn from as float32, as DALL-E's): sample_categorical refused
+    float64 logits, so a float64 FractalGen could train but not sample. The pixels match the float32 model's."""
+    labels = torch.tensor([3, 7])
+
+    def sample(model):
+        with fastar.use_backend("reference"):
+            return model.generate(labels, num_iter_list=[2, 2, 2], cfg=2.0, generator=torch.Generator().manual_seed(5))
+    got, want = sample(tiny(kind).eval().double()), sample(tiny(kind).eval())
+    assert got.dtype == torch.float64 and (got.float() - want).abs().max() < 1e-5

@@ -170,6 +170,8 @@ def test_training_step_gradients():
 
     out, ref64, ref32 = step(tiny_mar(), "cpu"), step(tiny_mar().double(), "reference"), step(tiny_mar(), "reference")
     assert len(out) == len(list(tiny_mar().parameters())) + 1
+    # the float64 oracle draws the float32 run's noise (it once drew its own: 3.5e-2 apart, a vacuous bound)
+    assert abs(ref32[0].item() - ref64[0].item()) <= 1e-5 * abs(ref64[0].item())
     for o, r64, r32 in zip(out, ref64, ref32):
         assert_close("mar_train_grads", o, r64, r32)
 

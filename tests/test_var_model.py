@@ -318,3 +318,13 @@ def test_sampling_progress_bar_counts_the_scales(capsys):
     var.autoregressive_infer_cfg(1, 3, g_seed=0, progress=True)
     err = capsys.readouterr().err
     assert "VAR scales" in err and f"0/{len(TINY_PN)}" in err  # the bar with its total (cleared when done)
+
+
+def test_float64_model_samples():
+    """A .double() VAR samples (its logits drawn from as float32): sample_categorical refused float64 logits."""
+    vae, var = tiny()
+    with fastar.use_backend("reference"):
+        want = var.autoregressive_infer_cfg(2, torch.tensor([1, 2]), g_seed=0, cfg=1.5, top_k=5)
+        vae.double(), var.double()
+        got = var.autoregressive_infer_cfg(2, torch.tensor([1, 2]), g_seed=0, cfg=1.5, top_k=5)
+    assert got.dtype == torch.float64 and (got.float() - want).abs().max() < 1e-4

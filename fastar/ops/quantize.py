@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from fastar.ops import _msq_up  # noqa: F401  (the msq_up kernel's fake and backward)
 from fastar.ops._checks import FLOATS, check_choice, check_same_device, check_tensor
-from fastar.ops._registry import kernel, op
+from fastar.ops._registry import Decline, kernel, op
 from fastar.reference import quantize as reference
 from fastar.torch import quantize as torch_impl
 
@@ -258,9 +258,10 @@ def idxBl_to_var_input(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, *,
 def get_next_autoregressive_input(si, SN, f_hat, h_BChw, phi_weight, phi_bias, patch_nums, *, resi_ratio=0.5):
     """One inference step: f_hat (B, C, H, H) float32 += Phi(bicubic-up(h_BChw (B, C, pn, pn))), in place; returns
     (f_hat, area-down(f_hat, pn_{si+1}) (B, C, pn', pn')), or (f_hat, f_hat) at the last scale. A channels_last f_hat
-    is updated directly; any other layout goes through a copy."""
+    is updated directly; any other layout goes through a copy. A float64 f_hat (a .double() model) runs the torch
+    formulation, with a one-time warning."""
     name = "get_next_autoregressive_input"
-    check_tensor(name, "f_hat", f_hat, dim=4, dtypes=(torch.float32,))
+    check_tensor(name, "f_hat", f_hat, dim=4, dtypes=(torch.float32, torch.float64))
     _check_msq(name, None, phi_weight, phi_bias, patch_nums, C=f_hat.shape[1], H=f_hat.shape[2])
     _check_map(name, "h_BChw", h_BChw, C=f_hat.shape[1])
     if h_BChw.shape[0] != f_hat.shape[0]:
@@ -268,6 +269,8 @@ def get_next_autoregressive_input(si, SN, f_hat, h_BChw, phi_weight, phi_bias, p
     if not 0 <= si < SN or SN != len(patch_nums) or h_BChw.shape[-1] != patch_nums[si]:
         raise ValueError(f"{name}: need 0 <= si < SN = len(patch_nums) and h_BChw of patch size patch_nums[si], got "
                          f"si={si}, SN={SN}, {len(patch_nums)} patch_nums, h_BChw {tuple(h_BChw.shape)}")
+    if f_hat.dtype == torch.float64:
+        return f_hat.device, Decline("the kernels update a float32 f_hat in place, got float64")
     return f_hat.device, lambda ops: _next_input(ops, si, SN, f_hat, h_BChw, phi_weight, phi_bias, patch_nums,
                                                  resi_ratio)
 

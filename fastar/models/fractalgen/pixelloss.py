@@ -102,7 +102,7 @@ class PixelLoss(nn.Module):
             logits = logits * temperature  # the official temperature multiplies
             if guided:
                 logits = guided_logits(logits[:n], logits[n:], cfg, filter_threshold)
-            drawn = sample_categorical(logits, generator=generator)
+            drawn = sample_categorical(logits.float(), generator=generator)  # a float64 model's too
             ids[:, i] = torch.cat([drawn, drawn]) if guided else drawn
         mean, std = cond.new_tensor(PIX_MEAN), cond.new_tensor(PIX_STD)
         return (ids[:n].to(cond.dtype) / 255 - mean) / std

@@ -111,7 +111,9 @@ class DiffLoss(nn.Module):
         (drawn for every row, as officially). The mean loss, or its mean over rows where mask (N,) is 1
         (head_loss)."""
         t = torch.randint(0, reference.NUM_TIMESTEPS, (target.shape[0],), generator=generator, device=target.device)
-        noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
+        # drawn in float32 whatever target's dtype: torch's CPU randn draws other values in float64 (past 15
+        # elements), which would give a float64 oracle other noise than the float32 run it checks
+        noise = torch.randn(target.shape, generator=generator, device=target.device).to(target.dtype)
         return head_loss(target, z, self.net, t, noise, mask)
 
     @torch.no_grad()

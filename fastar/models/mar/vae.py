@@ -59,7 +59,8 @@ class AutoencoderKL(nn.Module):
 
     def sample(self, mean, logvar, generator=None):
         """A posterior sample (what MAR trains on), noise from `generator`."""
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        # float32 draws in any dtype (torch's CPU randn draws other values in float64)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device).to(mean.dtype)
         return mean + torch.exp(0.5 * logvar) * noise
 
     def decode(self, z_BChw):
