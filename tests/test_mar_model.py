@@ -140,7 +140,7 @@ def test_sampling_decoder_computes_only_the_predicted_rows():
 
     def decode(m, backend, asked):
         with fastar.use_backend(backend), torch.no_grad():
-            x = torch.randn(2, 4 + 9, 32, generator=torch.Generator().manual_seed(1), dtype=m.mask_token.dtype)
+            x = torch.randn(2, 4 + 9, 32, generator=torch.Generator().manual_seed(1)).to(m.mask_token.dtype)
             return m.forward_mae_decoder(x, mask.to(x.dtype), asked)
 
     z = decode(model, "cpu", rows)
@@ -184,11 +184,11 @@ def test_head_loss_runs_only_the_masked_rows(monkeypatch):
 
     def head(dtype):
         torch.manual_seed(0)
-        dl = DiffLoss(4, 8, 2, 16, 10).to(dtype)
+        dl = DiffLoss(4, 8, 2, 16, 10)
         with torch.no_grad():
-            for p in dl.parameters():  # the zero init would leave most gradients 0
-                p.normal_(0, 0.3)
-        return dl
+            for p in dl.parameters():  # the zero init would leave most gradients 0; drawn in float32, then cast
+                p.normal_(0, 0.3)  # (a float64 normal_ draws other values: the oracle would be another model)
+        return dl.to(dtype)
 
     g = torch.Generator().manual_seed(2)
     target, z = torch.randn(12, 4, generator=g), torch.randn(12, 8, generator=g)
@@ -210,6 +210,7 @@ def test_head_loss_runs_only_the_masked_rows(monkeypatch):
     ref64, _ = step(head(torch.float64), "reference")
     ref32, state32 = step(head(torch.float32), "reference")
     assert rows == [8, 12, 12] and torch.equal(state, state32)
+    assert abs(ref32[0].item() - ref64[0].item()) <= 1e-5 * abs(ref64[0].item())  # one model, one draw
     for o, r64, r32 in zip(out, ref64, ref32):
         assert_close("mar_train_grads", o, r64, r32)
     assert out[1][mask == 0].abs().max() == 0  # the unmasked rows' z get no gradient, as officially
