@@ -299,3 +299,27 @@ def test_generate_progress_bar_counts_the_tokens(capsys):
     DALLE(TINY).eval().generate(text, image_prefix=image[:, :2], progress=True)
     err = capsys.readouterr().err
     assert "DALL-E tokens" in err and f"0/{TINY.grid ** 2 - 2}" in err  # the bar with its total (cleared when done)
+
+
+def test_dvae_refuses_pixels_it_cannot_tokenize():
+    """Int images, pixels outside [0, 1] and sizes off the downsampling were tokenized silently (map_pixels ran
+    before any check: a uint8 image gave a NaN loss, 18 px a 4 x 4 grid with pixels dropped)."""
+    dvae = DVAE(TINY_DVAE)
+    f = 2 ** (TINY_DVAE.group_count - 1)
+    good = torch.rand(1, TINY_DVAE.channels, 2 * f, 2 * f)
+    assert dvae.img_to_tokens(good).shape == (1, 2, 2)
+    for img, match in [((good * 255).to(torch.uint8), "floating point"), (good * 255, r"pixels in \[0, 1\]"),
+                       (torch.rand(1, TINY_DVAE.channels, 2 * f + 2, 2 * f), f"multiples of {f}")]:
+        with pytest.raises((TypeError, ValueError), match=match):
+            dvae.img_to_tokens(img)
+    for tau in (0.0, float("nan"), -1.0):
+        with pytest.raises(ValueError, match="DVAE.forward: tau must be"):
+            dvae(good, tau, 1.0)
+
+
+def test_text_decode_refuses_ids_past_the_vocabulary():
+    tok = TextTokenizer.train(["a handwritten seven", "a handwritten one"], 40, 6)
+    ids = tok.encode(["a handwritten seven"])
+    assert tok.decode(ids) == ["a handwritten seven"]
+    with pytest.raises(ValueError, match=r"ids must be in \[0, "):
+        tok.decode(torch.tensor([[1000]]))  # once decoded to '' (the id dropped)

@@ -363,3 +363,17 @@ def test_float64_model_samples(kind):
             return model.generate(labels, num_iter_list=[2, 2, 2], cfg=2.0, generator=torch.Generator().manual_seed(5))
     got, want = sample(tiny(kind).eval().double()), sample(tiny(kind).eval())
     assert got.dtype == torch.float64 and (got.float() - want).abs().max() < 1e-5
+
+
+def test_generate_refuses_bad_arguments():
+    """A NaN cfg or an inf temperature passed the `cfg < 1` / `temperature > 0` tests and drew -1 pixels into an
+    embedding; a filter_threshold outside [0, 1] and float step counts were taken; empty labels failed inside."""
+    model = tiny("mar").eval()
+    labels = torch.tensor([3])
+    for kw, match in [(dict(cfg=float("nan")), "cfg must be a finite number"),
+                      (dict(temperature=float("inf")), "temperature must be a finite number"),
+                      (dict(filter_threshold=-1.0), r"filter_threshold must be >= 0.0 and <= 1.0"),
+                      (dict(num_iter_list=[2.5, 2]), "num_iter_list needs a positive int count"),
+                      (dict(labels=torch.tensor([], dtype=torch.long)), "at least one label")]:
+        with pytest.raises(ValueError, match=match):
+            model.generate(**{"labels": labels, "num_iter_list": [2, 2], **kw})

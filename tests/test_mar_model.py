@@ -335,3 +335,35 @@ def test_sample_tokens_refuses_bad_num_iter_and_labels():
         model.sample_tokens(2, num_iter=1, labels=torch.tensor([3, 10]))
     with pytest.raises(ValueError, match="one entry per image"):
         model.sample_tokens(2, num_iter=1, labels=torch.tensor([3]))
+
+
+def test_forward_and_config_refuse_what_they_cannot_train():
+    """MAR.forward broadcast one label over a batch and read (2, 16, 2, 8) latents as the 4 x 4 raster; a 100 px
+    config sampled 96 px; a width the heads do not divide failed at the first sample."""
+    model, latents = tiny_mar(), torch.randn(2, 16, 4, 4)
+    with pytest.raises(ValueError, match="one entry per image"):
+        model(latents, torch.tensor([3]))
+    with pytest.raises(ValueError, match=r"latents_BChw must be \(B >= 1, 16, 4, 4\), got \(2, 16, 2, 8\)"):
+        model(latents.reshape(2, 16, 2, 8), torch.tensor([3, 4]))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 10\)"):
+        model(latents, torch.tensor([3, 10]))
+    with pytest.raises(ValueError, match="img_size 100 must be a positive multiple of vae_stride 16"):
+        mar("base", img_size=100)
+    with pytest.raises(ValueError, match="num_heads 4 must divide width 30"):
+        mar("base", width=30, num_heads=4)
+    with pytest.raises(ValueError, match="num_sampling_steps must be an int >= 1"):
+        mar("base", num_sampling_steps=0)
+    for kw, match in [(dict(cfg=float("nan")), "cfg must be a finite number"), (dict(temperature=0.0), "temperature"),
+                      (dict(bsz=0), "bsz must be an int >= 1")]:
+        with pytest.raises(ValueError, match=match):
+            model.sample_tokens(**{"bsz": 2, "num_iter": 1, **kw})
+
+
+def test_sample_tokens_keeps_the_guided_pairs_at_a_cfg_within_rounding_of_1():
+    """cfg_iter = 1 + (cfg - 1) x fraction rounded to exactly 1.0 for cfg = 1 + 2^-52: the head then took the
+    [cond ; uncond] rows as one batch and the write-back failed on a shape mismatch."""
+    model = tiny_mar()
+    for cfg in (1 + 2 ** -52, 1 - 2 ** -53):
+        out = model.sample_tokens(2, num_iter=2, cfg=cfg, labels=torch.tensor([1, 2]),
+                                  generator=torch.Generator().manual_seed(0))
+        assert out.shape == (2, 16, 4, 4) and out.isfinite().all()

@@ -328,3 +328,26 @@ def test_float64_model_samples():
         vae.double(), var.double()
         got = var.autoregressive_infer_cfg(2, torch.tensor([1, 2]), g_seed=0, cfg=1.5, top_k=5)
     assert got.dtype == torch.float64 and (got.float() - want).abs().max() < 1e-4
+
+
+def test_forward_and_sampling_refuse_bad_arguments():
+    """VAR.forward checked nothing (IndexError, torch.cat or oneDNN errors); a NaN top_p turned the filter off and a
+    NaN cfg drew -1 tokens into an embedding; the builder took a VQVAE of other scales."""
+    vae, var = tiny()
+    labels, _, x = teacher_inputs(vae, B=2)
+    assert var(labels, x).shape == (2, var.L, var.head.out_features)
+    with pytest.raises(ValueError, match="one entry per image"):
+        var(labels[:1], x)
+    with pytest.raises(ValueError, match=r"x_BLCv_wo_first_l must be \(B, L - 1, Cvae\)"):
+        var(labels, x[:, 1:])
+    with pytest.raises(TypeError, match="labels must be a 1-D int64 tensor"):
+        var(labels.float(), x)
+    for kw, match in [(dict(top_p=float("nan")), "top_p must be a finite number"),
+                      (dict(top_p=-0.5), "top_p must be >= 0.0"), (dict(cfg=float("nan")), "cfg must be a finite"),
+                      (dict(top_k=-1), "top_k must be an int >= 0"), (dict(B=-1), "B must be an int >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            var.autoregressive_infer_cfg(**{"B": 1, "label_B": 1, **kw})
+    with pytest.raises(ValueError, match="must be patch_nums"):
+        build_vae_var(depth=2, patch_nums=TINY_PN[:-1], vae_cfg=TINY_VAE)
+    with pytest.raises(ValueError, match="depth must be an int >= 1"):
+        build_vae_var(depth=0, patch_nums=TINY_PN, vae_cfg=TINY_VAE)

@@ -16,3 +16,24 @@ def check_labels(op, labels, batch, num_classes, *, null_class=False):
         raise ValueError(f"{op}: labels must be in [0, {top}) (the model has {num_classes} classes"
                          + (", the last index the null class" if null_class else "")
                          + f"), got [{int(labels.min())}, {int(labels.max())}]")
+
+
+def check_number(op, name, value, *, low=None, high=None, above=None):
+    """value a finite real number (NaN and inf refused: they turn filters off or draw nothing), >= low, <= high,
+    > above."""
+    import math
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{op}: {name} must be a finite number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high) or (above is not None and
+                                                                                     value <= above):
+        bounds = " and ".join(b for b in (low is not None and f">= {low}", above is not None and f"> {above}",
+                                          high is not None and f"<= {high}") if b)
+        raise ValueError(f"{op}: {name} must be {bounds}, got {value!r}")
+    return value
+
+
+def check_count(op, name, value, *, low=1):
+    """value an int (not a bool) >= low."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{op}: {name} must be an int >= {low}, got {value!r}")
+    return value

@@ -99,6 +99,13 @@ def _decode_rows(x, weight, bias=None, rows=DECODE_ROWS):
             and weight.dtype == torch.float32 and fast_path(x) and not _wants_grad(x, weight, bias))
 
 
+def _check_features(op, x, weight):
+    """x's last dim is weight's in-features (oneDNN's own error says only 'could not create a primitive')."""
+    if x.dim() == 0 or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{op}: x {tuple(x.shape)} must end in the {weight.shape[-1]} in-features of weight "
+                         f"{tuple(weight.shape)}")
+
+
 def linear(x, weight, bias=None):
     """F.linear, whose float32 CPU products run on the library fastar._backend.fp32_linear_library() names:
     oneDNN (torch.ops.mkldnn._linear_pointwise) on CPUs not made by Intel, where MKL's sgemm takes its AVX2 path:
@@ -107,6 +114,7 @@ def linear(x, weight, bias=None):
     autograd at most DECODE_ROWS rows (decoding) run fastar.ops.linear on any CPU (_decode_rows). In other dtypes
     or devices, and on the torch and reference backends (the official formulation the benchmarks compare
     against) it is F.linear (onednn_declines says which)."""
+    _check_features("linear", x, weight)
     if _decode_rows(x, weight, bias):
         return fastar.ops.linear(x, weight, bias)
     if onednn_declines(x, weight, bias) is not None:
@@ -151,6 +159,7 @@ def linear_gelu(x, weight, bias=None, approximate="none"):
     `gelu` (one pass for the GELU and its derivative); elsewhere the two torch ops."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"linear_gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    _check_features("linear_gelu", x, weight)
     if _decode_rows(x, weight, bias):
         return F.gelu(fastar.ops.linear(x, weight, bias), approximate=approximate)
     if onednn_declines(x, weight, bias) is not None:

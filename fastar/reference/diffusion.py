@@ -1,6 +1,6 @@
 """Reference diffusion-head sampling, written as MAR computes it (models/diffloss.py, diffusion/*.py of LTH14/mar).
 
-The head (SimpleMLPAdaLN, shared/reference/mar-fractalgen.md A2) maps a noisy token x (N, C), an original timestep t
+The head (SimpleMLPAdaLN, MAR's models/diffloss.py) maps a noisy token x (N, C), an original timestep t
 and a condition z (N, Z) to [eps, v] (N, 2C): y = time_embed(t) + cond_embed(z); x = input_proj(x); per block
 x += gate * mlp(LN(x) * (1 + scale) + shift) with (shift, scale, gate) = adaLN(SiLU(y)); then the final layer.
 Sampling is iDDPM's p_sample_loop over a cosine schedule respaced to num_steps: eps-prediction, LEARNED_RANGE

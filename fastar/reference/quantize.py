@@ -1,6 +1,6 @@
 """Reference quantization, written as VAR's quantizer computes it (models/quant.py, VectorQuantizer2).
 
-Multi-scale residual quantization (VAR section 1.3 in shared/reference/var.md): per scale si with patch size pn,
+Multi-scale residual quantization (VAR's models/quant.py): per scale si with patch size pn,
 z = area-down(f_rest, pn) -> idx = nearest code -> h = Phi_k(bicubic-up(codebook[idx], H)) -> f_hat += h,
 f_rest -= h. Phi_k(x) = (1 - r) x + r conv3x3_k(x) with the Phi k of scale si from phi_index(SN, K).
 phi_weight (K, C, C, 3, 3) and phi_bias (K, C) stack the K Phi convs (quant_resi.qresi_ls.k.{weight,bias}).

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastar.models.checks import check_number
 from fastar.models.layers import conv3x3
 
 LOGIT_LAPLACE_EPS = 0.1  # pixels live in [eps, 1 - eps]: the logit-Laplace support is the open interval (0, 1)
@@ -185,9 +186,24 @@ class DVAE(nn.Module):
         self.cfg = cfg
         self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
 
+    def check_pixels(self, op, img):
+        """img (B, channels, H, W) floating point in [0, 1], H and W multiples of the encoder's downsampling (an
+        int image, or one in [0, 255], once went through map_pixels unchecked)."""
+        check_image(op, "img", img, self.cfg.channels)
+        f = 2 ** (self.cfg.group_count - 1)
+        if img.shape[2] % f or img.shape[3] % f:
+            raise ValueError(f"{op}: img's H and W must be multiples of {f} (the encoder's downsampling), got "
+                             f"{tuple(img.shape[2:])}")
+        if img.numel() and not 0 <= img.min().item() <= img.max().item() <= 1:
+            raise ValueError(f"{op}: img must hold pixels in [0, 1], got [{img.min().item():.3g}, "
+                             f"{img.max().item():.3g}]")
+
     def forward(self, img, tau, beta, generator=None):
         """img (B, C, S, S) in [0, 1] -> (loss, nll, kl): gumbel-softmax relaxed one-hot into the decoder,
         loss = nll + beta kl / (pixel dims per grid cell), both per dimension."""
+        self.check_pixels("DVAE.forward", img)
+        check_number("DVAE.forward", "tau", tau, above=0)
+        check_number("DVAE.forward", "beta", beta, low=0)
         x = map_pixels(img)
         logits = self.encoder(x)  # (B, V, h, w)
         u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-20, 1 - 1e-7)
@@ -200,6 +216,7 @@ class DVAE(nn.Module):
     @torch.no_grad()
     def img_to_tokens(self, img):
         """img (B, C, S, S) in [0, 1] -> tokens (B, h, w) int64: the argmax of the encoder's logits."""
+        self.check_pixels("DVAE.img_to_tokens", img)
         return self.encoder(map_pixels(img)).argmax(1)
 
     @torch.no_grad()

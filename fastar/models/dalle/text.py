@@ -49,4 +49,11 @@ class TextTokenizer:
         return ids
 
     def decode(self, ids):
+        """ids (B, T) token ids -> B captions (padding dropped); an id past the vocabulary is an error, not a gap."""
+        ids = torch.as_tensor(ids)
+        if ids.dim() != 2 or ids.is_floating_point():
+            raise ValueError(f"TextTokenizer.decode: ids must be (B, T) integer ids, got {ids.dtype} {tuple(ids.shape)}")
+        if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < self.vocab_size:
+            raise ValueError(f"TextTokenizer.decode: ids must be in [0, {self.vocab_size}), got [{int(ids.min())}, "
+                             f"{int(ids.max())}]")
         return [self.tokenizer.decode([t for t in row.tolist() if t != 0]) for row in ids]

@@ -15,7 +15,7 @@ import fastar
 from fastar.models.fractalgen.ar import AR
 from fastar.models.fractalgen.mar import MAR
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD, PixelLoss
-from fastar.models.checks import check_labels
+from fastar.models.checks import check_labels, check_number
 from fastar.models.layers import bf16_products
 from fastar.ops._checks import check_choice
 
@@ -155,15 +155,20 @@ class FractalGen(nn.Module):
         float32 KV caches) as the official code samples under autocast on GPUs; PixelLoss, the residual streams and
         every draw stay float32. Decode steps of a few rows (AR levels) keep transformer_decode's float32 weights
         (see decode_weights for those). On a CPU it needs AMX-BF16 or AVX512-BF16 (fastar.check_bf16_gemm)."""
-        check_labels("FractalGen.generate", labels, None, self.num_classes)
-        check_choice("generate", "precision", precision, PRECISIONS)
-        if len(num_iter_list) < self.num_fractal_levels - 1 or min(num_iter_list) < 1:
-            raise ValueError(f"generate: num_iter_list needs a positive count for each of the "
-                             f"{self.num_fractal_levels - 1} transformer levels, got {list(num_iter_list)}")
+        op = "FractalGen.generate"
+        check_labels(op, labels, None, self.num_classes)
+        if len(labels) == 0:
+            raise ValueError(f"{op}: labels must hold at least one label")
+        check_choice(op, "precision", precision, PRECISIONS)
+        if (not isinstance(num_iter_list, (list, tuple)) or len(num_iter_list) < self.num_fractal_levels - 1
+                or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in num_iter_list)):
+            raise ValueError(f"{op}: num_iter_list needs a positive int count for each of the "
+                             f"{self.num_fractal_levels - 1} transformer levels, got {num_iter_list!r}")
         if cfg_schedule not in ("linear", "constant"):
-            raise ValueError(f"generate: cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
-        if not temperature > 0 or cfg < 1.0:
-            raise ValueError(f"generate: need temperature > 0 and cfg >= 1, got temperature={temperature}, cfg={cfg}")
+            raise ValueError(f"{op}: cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
+        check_number(op, "temperature", temperature, above=0)
+        check_number(op, "cfg", cfg, low=1.0)
+        check_number(op, "filter_threshold", filter_threshold, low=0.0, high=1.0)
         emb = self.class_emb(labels.to(self.fake_latent.device))
         if cfg != 1.0:
             emb = torch.cat([emb, self.fake_latent.expand(len(labels), -1)])

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from fastar.models.fractalgen.blocks import LN_EPS, Block, apply_block
 import fastar
-from fastar.models.checks import check_labels
+from fastar.models.checks import check_count, check_labels, check_number
 from fastar.models.layers import Linear, bf16_products, fast_path, rng_device
 from fastar.models.mar.diffloss import DiffLoss
 
@@ -48,6 +48,18 @@ class MARConfig:
     @property
     def seq_len(self):
         return (self.img_size // self.vae_stride) ** 2
+
+    def __post_init__(self):
+        if self.img_size < self.vae_stride or self.img_size % self.vae_stride:
+            raise ValueError(f"MARConfig: img_size {self.img_size} must be a positive multiple of vae_stride "
+                             f"{self.vae_stride} (it would sample {self.img_size // self.vae_stride * self.vae_stride}"
+                             f" px)")
+        for name in ("width", "depth", "num_heads", "class_num", "num_sampling_steps", "buffer_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MARConfig: {name} must be an int >= 1, got {value!r}")
+        if self.width % self.num_heads:
+            raise ValueError(f"MARConfig: num_heads {self.num_heads} must divide width {self.width}")
 
 
 SIZES = {"base": MARConfig(), "large": MARConfig(width=1024, depth=16, num_heads=16, diffloss_d=8, diffloss_w=1280),
@@ -126,6 +138,11 @@ class MAR(nn.Module):
         truncated normal, a random order per image, the class dropped with label_drop_prob, and the head's loss
         on every token repeated diffusion_batch_mul times, averaged over the masked ones."""
         B, L, device = latents_BChw.shape[0], self.seq_len, latents_BChw.device
+        h = math.isqrt(L)
+        if latents_BChw.dim() != 4 or B == 0 or tuple(latents_BChw.shape[1:]) != (self.token_embed_dim, h, h):
+            raise ValueError(f"MAR.forward: latents_BChw must be (B >= 1, {self.token_embed_dim}, {h}, {h}), got "
+                             f"{tuple(latents_BChw.shape)}")
+        check_labels("MAR.forward", labels_B, B, self.class_emb.num_embeddings)
         x_BLT = latents_BChw.flatten(2).transpose(1, 2)  # patchify, patch_size 1
         class_embedding = self.class_emb(labels_B)
         drop = (torch.rand(B, generator=generator, device=rng_device(generator)) < self.cfg.label_drop_prob
@@ -162,6 +179,9 @@ class MAR(nn.Module):
             raise ValueError(f"sample_tokens: cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
         if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1:
             raise ValueError(f"sample_tokens: num_iter must be an int >= 1, got {num_iter!r}")
+        check_count("MAR.sample_tokens", "bsz", bsz)
+        check_number("MAR.sample_tokens", "cfg", cfg)
+        check_number("MAR.sample_tokens", "temperature", temperature, above=0)
         if labels is not None:
             check_labels("MAR.sample_tokens", labels, bsz, self.class_emb.num_embeddings)
         if precision not in PRECISIONS:
@@ -200,7 +220,8 @@ class MAR(nn.Module):
             z = self.forward_mae_decoder(self.forward_mae_encoder(tokens, mask, class_embedding), mask, rows)
             mask = mask_next
             cfg_iter = 1 + (cfg - 1) * (L - mask_len) / L if cfg_schedule == "linear" else cfg
-            # cfg_iter is > 1 whenever cfg > 1 (mask_len < L), so the [cond ; uncond] rows stay paired.
+            if cfg_iter == 1.0:  # a cfg within rounding of 1: the head still takes [cond ; uncond] rows
+                cfg_iter = math.nextafter(1.0, cfg)
             cur_tokens[to_pred] = self.diffloss.sample(z, temperature, cfg_iter if cfg != 1.0 else 1.0,
                                                        generator=generator, precision=precision)
             tokens = cur_tokens.clone()

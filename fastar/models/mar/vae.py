@@ -59,6 +59,9 @@ class AutoencoderKL(nn.Module):
 
     def sample(self, mean, logvar, generator=None):
         """A posterior sample (what MAR trains on), noise from `generator`."""
+        if mean.shape != logvar.shape:
+            raise ValueError(f"AutoencoderKL.sample: mean {tuple(mean.shape)} and logvar {tuple(logvar.shape)} must "
+                             f"have one shape")
         # float32 draws in any dtype (torch's CPU randn draws other values in float64)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device).to(mean.dtype)
         return mean + torch.exp(0.5 * logvar) * noise

@@ -34,6 +34,11 @@ def build_vae_var(device=None, patch_nums=PATCH_NUMS[256], V=None, Cvae=None, ch
         warnings.warn(f"build_vae_var: {', '.join(flags)} choose the official code's kernels and are ignored: "
                       f"fastar's own kernels run (fastar.backends() = what is built)", stacklevel=2)
     vae_cfg = vae_cfg or VQVAEConfig(v_patch_nums=tuple(patch_nums), **given)
+    if tuple(vae_cfg.v_patch_nums) != tuple(patch_nums):
+        raise ValueError(f"build_vae_var: vae_cfg.v_patch_nums {tuple(vae_cfg.v_patch_nums)} must be patch_nums "
+                         f"{tuple(patch_nums)}: the VAR and its quantizer walk the same scales")
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"build_vae_var: depth must be an int >= 1 (width 64 depth, depth heads), got {depth!r}")
     with torch.device(device or "cpu"):
         vae = VQVAE(vae_cfg).eval().requires_grad_(False)
         var = VAR(vae, VARConfig(depth=depth, patch_nums=tuple(patch_nums), vocab_size=vae_cfg.vocab_size,

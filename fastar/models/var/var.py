@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 import fastar
-from fastar.models.checks import check_labels
+from fastar.models.checks import check_count, check_labels, check_number
 from fastar.models.layers import Linear
 from fastar.models.var.basic_var import AdaLNBeforeHead, AdaLNSelfAttn, KVCache, SharedAdaLin
 from fastar.models.var.helpers import gumbel_softmax_with_rng, sample_with_top_k_top_p_
@@ -103,6 +103,10 @@ class VAR(nn.Module):
         """Teacher-forced logits (B, L, V): label_B (B,) int64; x_BLCv_wo_first_l (B, L-1, Cvae) the VQVAE's
         idxBl_to_var_input. In training, labels are replaced by the null class with probability cond_drop_rate."""
         B = x_BLCv_wo_first_l.shape[0]
+        if x_BLCv_wo_first_l.dim() != 3 or tuple(x_BLCv_wo_first_l.shape[1:]) != (self.L - 1, self.Cvae):
+            raise ValueError(f"VAR.forward: x_BLCv_wo_first_l must be (B, L - 1, Cvae) = (B, {self.L - 1}, "
+                             f"{self.Cvae}), got {tuple(x_BLCv_wo_first_l.shape)}")
+        check_labels("VAR.forward", label_B, B, self.num_classes, null_class=True)
         if self.training:
             drop = torch.rand(B, device=label_B.device) < self.cfg.cond_drop_rate
             label_B = torch.where(drop, self.num_classes, label_B)
@@ -132,8 +136,13 @@ class VAR(nn.Module):
         On a CPU it needs AMX-BF16 or AVX512-BF16 and is declined without them (fastar.check_bf16_gemm). Agreement
         with fp32: tests/test_var_bf16.py and the README.
         """
+        op = "VAR.autoregressive_infer_cfg"
         if precision not in PRECISIONS:
-            raise ValueError(f"autoregressive_infer_cfg: precision must be one of {PRECISIONS}, got {precision!r}")
+            raise ValueError(f"{op}: precision must be one of {PRECISIONS}, got {precision!r}")
+        check_count(op, "B", B, low=0)
+        check_number(op, "cfg", cfg)
+        check_count(op, "top_k", top_k, low=0)
+        check_number(op, "top_p", top_p, low=0.0, high=1.0)  # 0: off, as officially
         device, SN = self.lvl_1L.device, len(self.patch_nums)
         if precision == "bf16":
             fastar.check_bf16_gemm("VAR.autoregressive_infer_cfg", device)
