@@ -323,3 +323,11 @@ def test_text_decode_refuses_ids_past_the_vocabulary():
     assert tok.decode(ids) == ["a handwritten seven"]
     with pytest.raises(ValueError, match=r"ids must be in \[0, "):
         tok.decode(torch.tensor([[1000]]))  # once decoded to '' (the id dropped)
+
+
+def test_text_and_image_batches_must_agree():
+    model = DALLE(TINY).eval()
+    text, image = tiny_inputs(B=2)
+    for call in (lambda: model(text, image[:1]), lambda: model.generate(text, image_prefix=image[:1, :2])):
+        with pytest.raises(ValueError, match="the image tokens' batch 1 must be the text's, 2"):
+            call()

@@ -264,3 +264,13 @@ def test_sample_cli_random_weights_follow_the_seed(tmp_path):
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert paths[0].read_bytes() != paths[2].read_bytes()
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_generator_refuses_bad_latents():
+    G = HiTGenerator(TINY)
+    d = TINY.latent_dim
+    for z in (torch.randn(0, d), torch.randn(2, d + 1), torch.randn(2, d).double(), torch.zeros(2, d).long()):
+        with pytest.raises(ValueError, match=r"HiTGenerator: z must be \(B >= 1, latent_dim="):
+            G(z)
+    with pytest.raises(TypeError, match="batch_stats must be a bool"):
+        G.sample(torch.randn(2, TINY.latent_dim), batch_stats="no")

@@ -37,3 +37,11 @@ def check_count(op, name, value, *, low=1):
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{op}: {name} must be an int >= {low}, got {value!r}")
     return value
+
+
+def check_maps(op, name, x, channels):
+    """x (B, channels, H, W) floating point: an image or a latent map (torch's convolutions say neither which call
+    nor which argument)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels or not x.is_floating_point():
+        raise ValueError(f"{op}: {name} must be a floating-point (B, {channels}, H, W) tensor, got "
+                         + (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__))

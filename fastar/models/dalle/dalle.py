@@ -160,11 +160,13 @@ class DALLE(nn.Module):
             raise ValueError(f"DALLE: text token ids must be in [0, {V}), got [{int(text_BT.min())}, "
                              f"{int(text_BT.max())}]")
 
-    def check_image(self, image_BN, max_len):
+    def check_image(self, image_BN, max_len, batch=None):
         N = self.cfg.grid ** 2
         if image_BN.dim() != 2 or image_BN.dtype != torch.long:
             raise ValueError(f"DALLE: image tokens must be (B, n) int64, got {image_BN.dtype} "
                              f"{tuple(image_BN.shape)}")
+        if batch is not None and image_BN.shape[0] != batch:
+            raise ValueError(f"DALLE: the image tokens' batch {image_BN.shape[0]} must be the text's, {batch}")
         if image_BN.shape[1] > max_len:
             raise ValueError(f"DALLE: got {image_BN.shape[1]} image tokens, the {self.cfg.grid} x {self.cfg.grid} "
                              f"grid takes at most {max_len} here ({N} in all)")
@@ -192,7 +194,7 @@ class DALLE(nn.Module):
     def forward(self, text_BT, image_BN):
         """Teacher forcing: (text logits (B, T, text_vocab + T), image logits (B, N, image_vocab))."""
         N, T = self.cfg.grid ** 2, self.cfg.text_len
-        self.check_image(image_BN, N)
+        self.check_image(image_BN, N, batch=text_BT.shape[0])
         if image_BN.shape[1] != N:
             raise ValueError(f"DALLE: training takes the whole grid, {N} image tokens, got {image_BN.shape[1]}")
         x = torch.cat([self.embed_text(text_BT), self.embed_image(image_BN[:, :-1])], 1)  # (B, T + N, C)
@@ -210,7 +212,7 @@ class DALLE(nn.Module):
         tokens (e.g. the top rows of an image), kept. progress: a bar over the tokens (tqdm, left off when done)."""
         B, T, N, W = text_BT.shape[0], self.cfg.text_len, self.cfg.grid ** 2, self.cfg.grid
         prefix = text_BT.new_zeros(B, 0) if image_prefix is None else image_prefix
-        self.check_image(prefix, N)
+        self.check_image(prefix, N, batch=B)
         C, H = self.cfg.width, self.cfg.heads
         caches = [KVCache(B, H, T + N, C // H, self.bos) for _ in self.blocks]
         x = torch.cat([self.embed_text(text_BT), self.embed_image(prefix)], 1)  # prefill: text and the prefix

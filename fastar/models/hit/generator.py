@@ -358,6 +358,11 @@ class HiTGenerator(nn.Module):
         autograd on fastar's CPU backend its activations of 4 MB and more come from the CPU cache's warm blocks
         (fastar.cpu_cache_all_tensors, as VAR's VQVAE decoder): HiT-256 at B 8, 1.41 -> 1.30 s (Zen 4, 2 threads, a
         diagnostic script; the stages' pixel shuffles write 134 MB a batch at 256 px)."""
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[0] < 1 or z.shape[1] != self.cfg.latent_dim \
+                or z.dtype != self.dense_layer.weight.dtype:
+            raise ValueError(f"HiTGenerator: z must be (B >= 1, latent_dim={self.cfg.latent_dim}) of the model's "
+                             f"{self.dense_layer.weight.dtype}, got "
+                             + (f"{z.dtype} {tuple(z.shape)}" if isinstance(z, torch.Tensor) else type(z).__name__))
         if not torch.is_grad_enabled() and z.device.type == "cpu" and _backend.active(z.device) == "cpu":
             with _backend.cpu_cache_all_tensors():
                 return self._forward(z)
@@ -391,5 +396,7 @@ class HiTGenerator(nn.Module):
         """Images in [-1, 1] (clipped, as the official evaluation). batch_stats: BatchNorm on the batch's own
         statistics, from a copy, so the running ones stay; they follow Keras's momentum (0.01 per step) and need far
         more steps than a short run to settle. batch_stats=False: eval mode, the running statistics."""
+        if not isinstance(batch_stats, bool):
+            raise TypeError(f"HiTGenerator.sample: batch_stats must be a bool, got {batch_stats!r}")
         G = copy.deepcopy(self).train() if batch_stats else self.eval()
         return G(z).clamp(-1, 1)

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastar.models.checks import check_maps
 from fastar.models.var.basic_vae import Decoder, Encoder, Normalize
 
 LOGVAR_RANGE = (-30.0, 20.0)  # the posterior's log-variance clamp
@@ -54,6 +55,7 @@ class AutoencoderKL(nn.Module):
 
     def encode(self, x_B3HW):
         """-> the diagonal Gaussian posterior's (mean, logvar), each (B, embed_dim, h, w)."""
+        check_maps("AutoencoderKL.encode", "x_B3HW", x_B3HW, 3)
         mean, logvar = self.quant_conv(self.encoder(x_B3HW)).chunk(2, dim=1)
         return mean, logvar.clamp(*LOGVAR_RANGE)
 
@@ -67,6 +69,7 @@ class AutoencoderKL(nn.Module):
         return mean + torch.exp(0.5 * logvar) * noise
 
     def decode(self, z_BChw):
+        check_maps("AutoencoderKL.decode", "z_BChw", z_BChw, self.cfg.embed_dim)
         return self.decoder(self.post_quant_conv(z_BChw))
 
     def forward(self, x_B3HW, generator=None):

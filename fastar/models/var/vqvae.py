@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from fastar.models.checks import check_maps
 from fastar.models.var.basic_vae import Decoder, Encoder
 from fastar.models.var.quant import VectorQuantizer2
 
@@ -40,16 +41,19 @@ class VQVAE(nn.Module):
     # ===================== VAE training =====================
     def forward(self, img_B3HW):
         """(reconstruction, per-scale codebook usage in %, vq loss)."""
+        check_maps("VQVAE.forward", "img_B3HW", img_B3HW, 3)
         f_hat, usages, vq_loss = self.quantize(self.quant_conv(self.encoder(img_B3HW)))
         return self.decoder(self.post_quant_conv(f_hat.contiguous())), usages, vq_loss
 
     # ===================== VAR training and inference =====================
     def fhat_to_img(self, f_hat_BChw):
         """Images in [-1, 1] from f_hat (any layout: decoded in NCHW, as the official code's maps are)."""
+        check_maps("VQVAE.fhat_to_img", "f_hat_BChw", f_hat_BChw, self.cfg.z_channels)
         return self.decoder(self.post_quant_conv(f_hat_BChw.contiguous())).clamp_(-1, 1)
 
     def img_to_idxBl(self, img_B3HW):
         """Token indices of every scale: [(B, pn*pn) int64 for pn in v_patch_nums]."""
+        check_maps("VQVAE.img_to_idxBl", "img_B3HW", img_B3HW, 3)
         return self.quantize.f_to_idxBl_or_fhat(self.quant_conv(self.encoder(img_B3HW)), to_fhat=False)
 
     def idxBl_to_img(self, ms_idx_Bl, last_one=False):
