@@ -331,3 +331,10 @@ def test_text_and_image_batches_must_agree():
     for call in (lambda: model(text, image[:1]), lambda: model.generate(text, image_prefix=image[:1, :2])):
         with pytest.raises(ValueError, match="the image tokens' batch 1 must be the text's, 2"):
             call()
+
+
+def test_text_encode_refuses_non_strings():
+    tok = TextTokenizer.train(["a handwritten seven"], 40, 6)
+    for captions in ([5], [None], "a handwritten seven"):
+        with pytest.raises(TypeError, match="captions must be a list of strings"):
+            tok.encode(captions)

@@ -14,6 +14,7 @@ import fastar
 from fastar.models.hit import CONFIGS, TINY, HiTConfig, HiTGenerator, StyleGANDiscriminator
 from fastar.models.hit import generator
 from fastar.models.hit.generator import BatchNorm, PixelShuffle
+from fastar.models.hit import losses
 from fastar.models.hit.losses import diff_augment
 from fastar.models.hit.train import gan_step
 from fastar.models.layers import linear_add
@@ -73,7 +74,7 @@ def test_start_at_mean_sets_the_batch_mean_of_the_images():
     two_rgb = HiTGenerator(HiTConfig(64, 64, (1, 1, 1, 1), (128, 64, 32, 32), (4, 2, 4, 4), (4, 4, None, None)))
     two_rgb.start_at_mean(-0.5)
     assert abs(two_rgb.train()(torch.randn(2, 64)).mean().item() + 0.5) < 1e-5
-    with pytest.raises(TypeError, match="mean must be a number"):
+    with pytest.raises(TypeError, match="mean must be a finite number"):
         G.start_at_mean(torch.tensor(0.0))
 
 
@@ -274,3 +275,17 @@ def test_generator_refuses_bad_latents():
             G(z)
     with pytest.raises(TypeError, match="batch_stats must be a bool"):
         G.sample(torch.randn(2, TINY.latent_dim), batch_stats="no")
+
+
+def test_discriminator_and_training_helpers_refuse_bad_arguments():
+    """The discriminator at another resolution failed inside oneDNN ('could not create a primitive'); a decay of 2 and
+    a NaN mean were taken."""
+    D = StyleGANDiscriminator(16)
+    assert D(torch.randn(2, 3, 16, 16)).shape == (2,)
+    with pytest.raises(ValueError, match=r"x must be floating-point \(B, 3, 16, 16\) images"):
+        D(torch.randn(2, 3, 32, 32))
+    G = HiTGenerator(TINY)
+    with pytest.raises(ValueError, match="decay must be a number in"):
+        losses.ema_update(G, G, 2.0)
+    with pytest.raises(TypeError, match="mean must be a finite number"):
+        G.start_at_mean(float("nan"))

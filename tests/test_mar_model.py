@@ -367,3 +367,8 @@ def test_sample_tokens_keeps_the_guided_pairs_at_a_cfg_within_rounding_of_1():
         out = model.sample_tokens(2, num_iter=2, cfg=cfg, labels=torch.tensor([1, 2]),
                                   generator=torch.Generator().manual_seed(0))
         assert out.shape == (2, 16, 4, 4) and out.isfinite().all()
+
+
+def test_generator_must_be_a_generator():
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got 5"):
+        tiny_mar().sample_tokens(1, num_iter=1, generator=5)

@@ -13,6 +13,8 @@ from fastar.ops._registry import wants_grad as _wants_grad
 def rng_device(generator):
     """Where a model draws its random numbers from `generator`: the generator's device (the CPU without one), so
     that one generator on the model's device serves every draw of a call (CUDA ops take no CPU generator)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
     return generator.device if generator is not None else torch.device("cpu")
 
 

@@ -38,8 +38,8 @@ class TextTokenizer:
         return self.tokenizer.get_vocab_size()
 
     def encode(self, captions):
-        if isinstance(captions, str):
-            raise TypeError("TextTokenizer.encode: captions must be a list of strings, got a str")
+        if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
+            raise TypeError(f"TextTokenizer.encode: captions must be a list of strings, got {captions!r:.80}")
         ids = torch.zeros(len(captions), self.text_len, dtype=torch.long)
         for i, enc in enumerate(self.tokenizer.encode_batch(list(captions))):
             if len(enc.ids) > self.text_len:
@@ -52,7 +52,8 @@ class TextTokenizer:
         """ids (B, T) token ids -> B captions (padding dropped); an id past the vocabulary is an error, not a gap."""
         ids = torch.as_tensor(ids)
         if ids.dim() != 2 or ids.is_floating_point():
-            raise ValueError(f"TextTokenizer.decode: ids must be (B, T) integer ids, got {ids.dtype} {tuple(ids.shape)}")
+            raise ValueError(f"TextTokenizer.decode: ids must be (B, T) integer ids, got {ids.dtype} "
+                             f"{tuple(ids.shape)}")
         if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < self.vocab_size:
             raise ValueError(f"TextTokenizer.decode: ids must be in [0, {self.vocab_size}), got [{int(ids.min())}, "
                              f"{int(ids.max())}]")

@@ -61,6 +61,7 @@ class StyleGANDiscriminator(nn.Module):
         self.stem = nn.Conv2d(3, ch(resolution), 3, padding=1)
         self.blocks = nn.ModuleList(ResBlock(ch(r), ch(r // 2)) for r in (2 ** i for i in range(
             int(math.log2(resolution)), 2, -1)))
+        self.resolution = resolution
         self.head_conv = nn.Conv2d(ch(4), ch(4), 3, padding=1)
         self.head_dense = Linear(ch(4) * 16, ch(4))
         self.out = Linear(ch(4), 1)
@@ -68,6 +69,10 @@ class StyleGANDiscriminator(nn.Module):
     def forward(self, x):
         """x (B, 3, R, R) -> logits (B,). Runs in the NCHW layout whatever x's strides (the generator's images are
         a permuted NHWC view): convolutions keep their input's layout, and a mix of layouts slows elementwise ops."""
+        R = self.resolution
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, R, R) or not x.is_floating_point():
+            raise ValueError(f"StyleGANDiscriminator: x must be floating-point (B, 3, {R}, {R}) images (its "
+                             f"resolution), got {x.dtype} {tuple(x.shape)}")
         x = F.leaky_relu(self.stem(x.contiguous()), 0.2)
         for block in self.blocks:
             x = block(x)

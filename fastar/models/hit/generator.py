@@ -24,6 +24,7 @@ the broadcast upsampling stay.
 from dataclasses import dataclass
 
 import copy
+import math
 
 import torch
 import torch.nn as nn
@@ -385,8 +386,8 @@ class HiTGenerator(nn.Module):
         BatchNorm on batch statistics before each RGB Dense, that mean is exactly the sum of their biases (zero at
         init), and Adam moves a bias about lr per step: at lr 5e-4 a 200-step run can't reach the ~-0.4 of the digits
         and every sample stays grey. The official 10^5-step runs don't need it."""
-        if not isinstance(mean, (int, float)):
-            raise TypeError(f"start_at_mean: mean must be a number, got {type(mean).__name__}")
+        if isinstance(mean, bool) or not isinstance(mean, (int, float)) or not math.isfinite(mean):
+            raise TypeError(f"start_at_mean: mean must be a finite number, got {mean!r}")
         rgb = [stage.to_rgb.dense.bias for stage in self.stages if stage.to_rgb is not None]
         for b in rgb:
             b.fill_(mean / len(rgb))

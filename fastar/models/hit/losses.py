@@ -53,6 +53,8 @@ def consistency(D, real, fake, real_logits, fake_logits, weight=10.0):
 @torch.no_grad()
 def ema_update(ema, model, decay):
     """Every floating tensor of the EMA model, parameters and BatchNorm statistics alike, moves toward the model's."""
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay <= 1:
+        raise ValueError(f"ema_update: decay must be a number in [0, 1], got {decay!r}")
     for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
         if e.dtype.is_floating_point:
             e.lerp_(m, 1 - decay)
