@@ -590,7 +590,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     unknown = sorted(set(args.ops or ()) - {op for op, *_ in cases(False)})
     if unknown:
-        parser.error(f"--ops: no check of {', '.join(unknown)}; the ops: {', '.join(sorted({c[0] for c in cases(False)}))}")
+        known = ", ".join(sorted({c[0] for c in cases(False)}))
+        parser.error(f"--ops: no check of {', '.join(unknown)}; the ops: {known}")
     start = time.perf_counter()
     failures = run_checks(args.quick, args.ops)
     print(f"selftest: {'all passed' if not failures else f'{failures} FAILED'} in {time.perf_counter() - start:.0f} s")

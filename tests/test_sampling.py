@@ -175,7 +175,8 @@ def test_generator_made_without_device_index(backend):
     (dict(logits=torch.zeros(3, 0)), "at least one token"),
     (dict(logits=torch.zeros(3, 4, dtype=torch.long)), "logits"),
     (dict(logits=torch.zeros(())), "logits"), (dict(temperature=0.0), "temperature"),
-    (dict(temperature=float("nan")), "temperature"), (dict(top_k=-1), "top_k"), (dict(top_k=2.5), "top_k"), (dict(top_k=True), "top_k"),
+    (dict(temperature=float("nan")), "temperature"), (dict(top_k=-1), "top_k"), (dict(top_k=2.5), "top_k"),
+    (dict(top_k=True), "top_k"),
     (dict(top_p=1.5), "top_p"), (dict(min_prob=-0.1), "min_prob"), (dict(generator=3), "generator")])
 def test_bad_inputs(kw, match):
     kw = {"logits": torch.zeros(3, 4), **kw}

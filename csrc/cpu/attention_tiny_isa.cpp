@@ -359,8 +359,8 @@ void softmax_grad(T* s, T* ds, const T* lse2, const Block& blk, T scale) {
 // The query-lane layout's softmax: s (Lk, LQ) holds S^T in base 2, a column per query (LQ = Lq rounded up to W),
 // bias (Lk, LQ) the mask; every reduction runs down the columns, lane by lane.
 
-// s <- P^T = the softmax of each column of s masked by bias; lse (Lq,) <- each query's logsumexp (-inf where it sees no key:
-// its P is 0).
+// s <- P^T = the softmax of each column of s masked by bias; lse (Lq,) <- each query's logsumexp (-inf where it sees
+// no key: its P is 0).
 template <class T>
 void softmax_columns(T* s, const T* bias, int Lk, int LQ, int Lq, T* lse) {
   constexpr int W = kLanes<T>;
@@ -386,8 +386,8 @@ void softmax_columns(T* s, const T* bias, int Lk, int LQ, int Lq, T* lse) {
   }
 }
 
-// s (S^T, base 2) <- P^T = exp2(masked(s, bias) - lse2), ds (dP^T) <- dS^T = scale P (dP - delta), delta = the column sums
-// of P dP; lse2 (LQ,) per query, +inf where a query saw no key (and on the padding lanes).
+// s (S^T, base 2) <- P^T = exp2(masked(s, bias) - lse2), ds (dP^T) <- dS^T = scale P (dP - delta), delta = the column
+// sums of P dP; lse2 (LQ,) per query, +inf where a query saw no key (and on the padding lanes).
 template <class T>
 void softmax_grad_columns(T* s, T* ds, const T* bias, const T* lse2, int Lk, int LQ, T scale) {
   constexpr int W = kLanes<T>;

@@ -56,7 +56,8 @@ def read_checkpoint(path, option="--ckpt"):
 def wrong_checkpoint(path, expected, sd, option="--ckpt"):
     """The SystemExit (to raise) for a checkpoint dict that is not `expected`, with the first of its keys."""
     keys = [str(k) for k in sd][:6]
-    return SystemExit(f"{option} {path} is not {expected} (its keys: {', '.join(keys)}{', ...' if len(sd) > 6 else ''})")
+    more = ", ..." if len(sd) > 6 else ""
+    return SystemExit(f"{option} {path} is not {expected} (its keys: {', '.join(keys)}{more})")
 
 
 def load_state(model, state, path, what, option="--ckpt"):

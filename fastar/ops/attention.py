@@ -92,9 +92,10 @@ def _key_len(op, key_len):
         key_len = torch.tensor([check_int(op, f"key_len[{i}]", n) for i, n in enumerate(key_len)], dtype=torch.long)
     if key_len is not None and (not isinstance(key_len, torch.Tensor) or key_len.dim() != 1 or
                                 key_len.dtype == torch.bool or key_len.is_floating_point() or key_len.is_complex()):
-        raise TypeError(f"{op}: key_len must be a 1-D integer tensor (or a list of ints), one length per batch row, got "
-                        + (f"{key_len.dtype} of shape {tuple(key_len.shape)}" if isinstance(key_len, torch.Tensor)
-                           else type(key_len).__name__))
+        got = f"{key_len.dtype} of shape {tuple(key_len.shape)}" if isinstance(key_len, torch.Tensor) else \
+            type(key_len).__name__
+        raise TypeError(f"{op}: key_len must be a 1-D integer tensor (or a list of ints), one length per batch row, "
+                        f"got {got}")
     return key_len
 
 

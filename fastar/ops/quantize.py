@@ -265,7 +265,8 @@ def get_next_autoregressive_input(si, SN, f_hat, h_BChw, phi_weight, phi_bias, p
     _check_msq(name, None, phi_weight, phi_bias, patch_nums, C=f_hat.shape[1], H=f_hat.shape[2])
     _check_map(name, "h_BChw", h_BChw, C=f_hat.shape[1])
     if h_BChw.shape[0] != f_hat.shape[0]:
-        raise ValueError(f"{name}: h_BChw {tuple(h_BChw.shape)} and f_hat {tuple(f_hat.shape)} must have the same batch")
+        raise ValueError(f"{name}: h_BChw {tuple(h_BChw.shape)} and f_hat {tuple(f_hat.shape)} must have the same "
+                         f"batch")
     if not 0 <= si < SN or SN != len(patch_nums) or h_BChw.shape[-1] != patch_nums[si]:
         raise ValueError(f"{name}: need 0 <= si < SN = len(patch_nums) and h_BChw of patch size patch_nums[si], got "
                          f"si={si}, SN={SN}, {len(patch_nums)} patch_nums, h_BChw {tuple(h_BChw.shape)}")

@@ -51,7 +51,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar sample fractalgen", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="fractalmar_in64", choices=list(MODELS))
     p.add_argument("--ckpt", help="an official checkpoint-*.pth of --model, or a `fastar train fractalgen` ckpt.pt")
-    p.add_argument("--classes", type=int, nargs="+", help="one image per class (default: ImageNet's 207 360 387 974, or classes 0-9 of a smaller model)")
+    p.add_argument("--classes", type=int, nargs="+",
+                   help="one image per class (default: ImageNet's 207 360 387 974, or 0-9 of a smaller model)")
     p.add_argument("--num-iter", help="steps per transformer level, comma-separated (AR levels take one per patch)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance at the end of the linear schedule")
     p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])

@@ -53,8 +53,8 @@ def main(argv=None):
     p.add_argument("--diffusion-batch-mul", type=positive_int, default=DIFFUSION_BATCH_MUL,
                    help="(t, noise) draws per token for the head's loss (official: 4)")
     p.add_argument("--num-iter", type=positive_int, default=8, help="autoregressive steps of the final samples")
-    p.add_argument("--num-steps", type=positive_int, default=1000, help="diffusion steps per token of the final samples "
-                   "(and the checkpoint's default): 1000 = the training chain, unrespaced")
+    p.add_argument("--num-steps", type=positive_int, default=1000, help="diffusion steps per token of the final "
+                   "samples (and the checkpoint's default): 1000 = the training chain, unrespaced")
     p.add_argument("--cfg", type=float, default=CFG, help="guidance of the final samples")
     add_run_args(p, "runs/mar-digits")
     args = p.parse_args(argv)

@@ -9,7 +9,8 @@ def sample_with_top_k_top_p_(logits_BlV, rng=None, top_k=0, top_p=0.0, more_smoo
     (VAR's top_p = 0, off, is its 1), which races the exponentials the official torch.multinomial draws from rng: one
     seed gives the official tokens (up to the last bits of the probabilities). With more_smooth the logits are also filtered in place, as the official code, for the gumbel softmax that
     reads them. Returns idx_Bl (int64)."""
-    idx_Bl = fastar.ops.sample_categorical(logits_BlV.float(), top_k=top_k, top_p=top_p if top_p > 0 else 1.0, generator=rng)
+    idx_Bl = fastar.ops.sample_categorical(logits_BlV.float(), top_k=top_k, top_p=top_p if top_p > 0 else 1.0,
+                                           generator=rng)
     if more_smooth:
         V = logits_BlV.shape[-1]
         if 0 < top_k < V:  # below the k-th largest; ties with it are kept (top_k >= V keeps every token)

@@ -135,7 +135,8 @@ def main(argv=None):
     p.add_argument("--depth", type=positive_int, default=16, help="VAR depth when no --ckpt is given")
     p.add_argument("--ckpt", help="official var_d*.pth or a `fastar train var` ckpt.pt")
     p.add_argument("--vae-ckpt", help="official vae_ch160v4096z32.pth (with an official --ckpt)")
-    p.add_argument("--classes", type=int, nargs="+", help="one image per class (default: ImageNet's 207 360 387 974, or classes 0-9 of a smaller model)")
+    p.add_argument("--classes", type=int, nargs="+",
+                   help="one image per class (default: ImageNet's 207 360 387 974, or 0-9 of a smaller model)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance at the last scale (default 4, or what a "
                    "`fastar train` checkpoint's samples.png used)")
     p.add_argument("--top-k", type=int, help="default 900, or the checkpoint's")
