@@ -55,9 +55,7 @@ class MARConfig:
                              f"{self.vae_stride} (it would sample {self.img_size // self.vae_stride * self.vae_stride}"
                              f" px)")
         for name in ("width", "depth", "num_heads", "class_num", "num_sampling_steps", "buffer_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MARConfig: {name} must be an int >= 1, got {value!r}")
+            check_count("MARConfig", name, getattr(self, name))
         if self.width % self.num_heads:
             raise ValueError(f"MARConfig: num_heads {self.num_heads} must divide width {self.width}")
 
@@ -177,8 +175,7 @@ class MAR(nn.Module):
         Agreement with fp32: tests/test_mar_model.py and benchmarks/bench_mar.py."""
         if cfg_schedule not in ("linear", "constant"):
             raise ValueError(f"sample_tokens: cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
-        if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1:
-            raise ValueError(f"sample_tokens: num_iter must be an int >= 1, got {num_iter!r}")
+        check_count("MAR.sample_tokens", "num_iter", num_iter)
         check_count("MAR.sample_tokens", "bsz", bsz)
         check_number("MAR.sample_tokens", "cfg", cfg)
         check_number("MAR.sample_tokens", "temperature", temperature, above=0)
