@@ -275,8 +275,10 @@ def test_nll_is_unconditional_and_unweighted():
 def test_bad_inputs_are_named():
     model = tiny("mar").eval()
     x, labels = images(2, 8), torch.tensor([1, 2])
-    with pytest.raises(ValueError, match="imgs must be"):
+    with pytest.raises(ValueError, match="imgs must be \\(B >= 1, 3, 8, 8\\), got \\(2, 3, 4, 8\\)"):
         model(x[:, :, :4], labels)
+    with pytest.raises(ValueError, match="imgs must be \\(B >= 1, 3, 8, 8\\), got \\(0, 3, 8, 8\\)"):
+        model(x[:0], labels[:0])
     with pytest.raises(ValueError, match="imgs must be ImageNet-normalized"):
         model(x * 10, labels)
     with pytest.raises(TypeError, match="labels must be a 1-D int64"):
@@ -377,3 +379,19 @@ def test_generate_refuses_bad_arguments():
                       (dict(labels=torch.tensor([], dtype=torch.long)), "at least one label")]:
         with pytest.raises(ValueError, match=match):
             model.generate(**{"labels": labels, "num_iter_list": [2, 2], **kw})
+
+
+def test_generate_takes_a_guidance_below_one():
+    """cfg < 1 interpolates between the unconditional and the conditional logits (as MAR and VAR take it): at a
+    constant 0 the draws are the unconditional model's, whatever the labels; at 0.5 the labels show. The pixel
+    tables are scaled up so that the tiny model's conditions move its draws at all."""
+    model = tiny("mar").eval()
+    pixels = model.next_fractal.next_fractal
+    with torch.no_grad():
+        for table in (pixels.r_codebook, pixels.g_codebook, pixels.b_codebook):
+            table.weight.mul_(100)
+    draw = lambda label, cfg: model.generate(torch.tensor([label]), num_iter_list=[2, 2], cfg=cfg,  # noqa: E731
+                                             cfg_schedule="constant", filter_threshold=0.0,
+                                             generator=torch.Generator().manual_seed(3))
+    assert torch.equal(draw(3, 0.0), draw(7, 0.0))
+    assert not torch.equal(draw(3, 0.5), draw(7, 0.5))

@@ -1,7 +1,7 @@
 """VAR's quantizer as the official code runs it (FoundationVision/VAR models/quant.py): per scale, area-down,
 distances by addmm then argmin, embedding, bicubic-up, the Phi conv; in float32, since VAR runs its quantizer
-with autocast off. fastar.reference.quantize is written as that loop, so these are its functions on float32
-copies of lower-precision tensors (float64 stays float64, as in fastar.ops)."""
+with autocast off. fastar.reference.quantize is written as that loop, so these are its functions, which run
+lower-precision tensors in float32 (float64 stays float64, as in fastar.ops)."""
 import functools
 
 import torch
@@ -25,9 +25,10 @@ def _in_float32(fn):
 
 
 vq_nearest = reference.vq_nearest  # computes distances in float32 itself: VAR's addmm + argmin
-f_to_idxBl_or_fhat = _in_float32(reference.f_to_idxBl_or_fhat)
-idxBl_to_fhat = _in_float32(reference.idxBl_to_fhat)
-embed_to_fhat = _in_float32(reference.embed_to_fhat)
-idxBl_to_var_input = _in_float32(reference.idxBl_to_var_input)
-get_next_autoregressive_input = _in_float32(reference.get_next_autoregressive_input)
-msq_forward = _in_float32(reference.msq_forward)
+# these widen bfloat16 / float16 to float32 themselves (reference._wide; the inference step's to f_hat's dtype)
+f_to_idxBl_or_fhat = reference.f_to_idxBl_or_fhat
+idxBl_to_fhat = reference.idxBl_to_fhat
+embed_to_fhat = reference.embed_to_fhat
+idxBl_to_var_input = reference.idxBl_to_var_input
+get_next_autoregressive_input = reference.get_next_autoregressive_input
+msq_forward = _in_float32(reference.msq_forward)  # the gradient reaches a bfloat16 f through its float32 copy

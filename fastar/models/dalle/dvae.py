@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastar.models.checks import check_number
+from fastar.models.checks import check_maps, check_number
 from fastar.models.layers import conv3x3
 
 LOGIT_LAPLACE_EPS = 0.1  # pixels live in [eps, 1 - eps]: the logit-Laplace support is the open interval (0, 1)
@@ -94,7 +94,7 @@ class Encoder(nn.Module):
         ]))
 
     def forward(self, x):
-        check_image("Encoder", "x", x, self.cfg.channels)
+        check_maps("Encoder", "x", x, self.cfg.channels)
         return self.blocks(x)
 
 
@@ -115,7 +115,7 @@ class Decoder(nn.Module):
         ]))
 
     def forward(self, z):
-        check_image("Decoder", "z", z, self.cfg.vocab_size)
+        check_maps("Decoder", "z", z, self.cfg.vocab_size)
         return self.blocks(z)
 
     def decode_tokens(self, idx_Bhw):
@@ -129,13 +129,6 @@ class Decoder(nn.Module):
         conv = self.blocks.input
         h = conv.w[:, :, 0, 0].t()[idx_Bhw].permute(0, 3, 1, 2) + conv.b[:, None, None]  # (B, n_init, h, w)
         return self.blocks[1:](h)
-
-
-def check_image(op, name, x, channels):
-    if x.dim() != 4 or x.shape[1] != channels:
-        raise ValueError(f"{op}: {name} must be (B, {channels}, H, W), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{op}: {name} must be floating point, got {x.dtype}")
 
 
 def map_pixels(x):
@@ -189,7 +182,7 @@ class DVAE(nn.Module):
     def check_pixels(self, op, img):
         """img (B, channels, H, W) floating point in [0, 1], H and W multiples of the encoder's downsampling (an
         int image, or one in [0, 255], once went through map_pixels unchecked)."""
-        check_image(op, "img", img, self.cfg.channels)
+        check_maps(op, "img", img, self.cfg.channels)
         f = 2 ** (self.cfg.group_count - 1)
         if img.shape[2] % f or img.shape[3] % f:
             raise ValueError(f"{op}: img's H and W must be multiples of {f} (the encoder's downsampling), got "

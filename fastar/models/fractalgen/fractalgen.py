@@ -102,15 +102,16 @@ class FractalGen(nn.Module):
 
     def check_images(self, imgs, labels):
         side = self.cfg.img_size_list[0]
-        if not isinstance(imgs, torch.Tensor) or imgs.ndim != 4 or tuple(imgs.shape[1:]) != (3, side, side):
-            raise ValueError(f"FractalGen: imgs must be (B, 3, {side}, {side}), got "
+        if not isinstance(imgs, torch.Tensor) or imgs.ndim != 4 or tuple(imgs.shape[1:]) != (3, side, side) \
+                or imgs.shape[0] == 0:
+            raise ValueError(f"FractalGen: imgs must be (B >= 1, 3, {side}, {side}), got "
                              f"{tuple(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__}")
         if not imgs.is_floating_point():
             raise TypeError(f"FractalGen: imgs must be floating point (ImageNet-normalized), got {imgs.dtype}")
         check_labels("FractalGen", labels, imgs.shape[0], self.num_classes)
         mean, std = imgs.new_tensor(PIX_MEAN)[:, None, None], imgs.new_tensor(PIX_STD)[:, None, None]
         lo, hi = (imgs.detach() * std + mean).aminmax()
-        if imgs.numel() and not (-0.5 / 255 <= lo and hi <= 255.5 / 255):  # PixelLoss's targets are 0..255
+        if not (-0.5 / 255 <= lo and hi <= 255.5 / 255):  # PixelLoss's targets are 0..255
             raise ValueError(f"FractalGen: imgs must be ImageNet-normalized pixels of [0, 1], got values that map to "
                              f"[{lo:.3f}, {hi:.3f}]")
 
@@ -167,7 +168,7 @@ class FractalGen(nn.Module):
         if cfg_schedule not in ("linear", "constant"):
             raise ValueError(f"{op}: cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
         check_number(op, "temperature", temperature, above=0)
-        check_number(op, "cfg", cfg, low=1.0)
+        check_number(op, "cfg", cfg)  # any finite scale, as MAR and VAR take (1: no guidance)
         check_number(op, "filter_threshold", filter_threshold, low=0.0, high=1.0)
         emb = self.class_emb(labels.to(self.fake_latent.device))
         if cfg != 1.0:
