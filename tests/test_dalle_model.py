@@ -310,7 +310,7 @@ def test_dvae_refuses_pixels_it_cannot_tokenize():
     f = 2 ** (TINY_DVAE.group_count - 1)
     good = torch.rand(1, TINY_DVAE.channels, 2 * f, 2 * f)
     assert dvae.img_to_tokens(good).shape == (1, 2, 2)
-    for img, match in [((good * 255).to(torch.uint8), "floating point"), (good * 255, r"pixels in \[0, 1\]"),
+    for img, match in [((good * 255).to(torch.uint8), "floating-point"), (good * 255, r"pixels in \[0, 1\]"),
                        (torch.rand(1, TINY_DVAE.channels, 2 * f + 2, 2 * f), f"multiples of {f}")]:
         with pytest.raises((TypeError, ValueError), match=match):
             dvae.img_to_tokens(img)
