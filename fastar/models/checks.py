@@ -12,10 +12,23 @@ def check_labels(op, labels, batch, num_classes, *, null_class=False):
     if batch is not None and len(labels) != batch:
         raise ValueError(f"{op}: labels must have one entry per image ({batch}), got {len(labels)}")
     top = num_classes + null_class
-    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < top:
-        raise ValueError(f"{op}: labels must be in [0, {top}) (the model has {num_classes} classes"
-                         + (", the last index the null class" if null_class else "")
-                         + f"), got [{int(labels.min())}, {int(labels.max())}]")
+    check_values(op, labels, 0, top - 1, f"labels must be in [0, {top}) (the model has {num_classes} classes"
+                 + (", the last index the null class" if null_class else "") + ")")
+
+
+def check_values(op, x, low, high, must):
+    """Every value of x in [low, high], else ValueError "{op}: {must}, got [min, max]". On the CPU the check reads
+    the extremes; on an accelerator it is torch._assert_async (no host sync in a training step: a bad value
+    surfaces as a device-side assert, as the embedding it would reach raises anyway); none on the meta device."""
+    if x.numel() == 0 or x.device.type == "meta":
+        return
+    if x.device.type != "cpu":
+        torch._assert_async(((x >= low) & (x <= high)).all(), f"{op}: {must}")
+        return
+    lo, hi = (v.item() for v in x.aminmax())
+    if not low <= lo <= hi <= high:
+        show = (lambda v: f"{v:.3f}") if x.is_floating_point() else str  # noqa: E731
+        raise ValueError(f"{op}: {must}, got [{show(lo)}, {show(hi)}]")
 
 
 def check_number(op, name, value, *, low=None, high=None, above=None):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import fastar
 from fastar.models import layers
+from fastar.models.checks import check_values
 from fastar.models.layers import Linear
 from fastar.ops import sample_categorical
 from fastar.ops import AttentionMask
@@ -156,9 +157,7 @@ class DALLE(nn.Module):
             raise ValueError(f"DALLE: text must be (B, text_len) int64, got {text_BT.dtype} {tuple(text_BT.shape)}")
         if text_BT.shape[1] != T:
             raise ValueError(f"DALLE: text has {text_BT.shape[1]} tokens, the model takes text_len={T} (pad with 0)")
-        if text_BT.numel() and not 0 <= int(text_BT.min()) <= int(text_BT.max()) < V:
-            raise ValueError(f"DALLE: text token ids must be in [0, {V}), got [{int(text_BT.min())}, "
-                             f"{int(text_BT.max())}]")
+        check_values("DALLE", text_BT, 0, V - 1, f"text token ids must be in [0, {V})")
 
     def check_image(self, image_BN, max_len, batch=None):
         N = self.cfg.grid ** 2
@@ -170,9 +169,8 @@ class DALLE(nn.Module):
         if image_BN.shape[1] > max_len:
             raise ValueError(f"DALLE: got {image_BN.shape[1]} image tokens, the {self.cfg.grid} x {self.cfg.grid} "
                              f"grid takes at most {max_len} here ({N} in all)")
-        if image_BN.numel() and not 0 <= int(image_BN.min()) <= int(image_BN.max()) < self.cfg.image_vocab:
-            raise ValueError(f"DALLE: image token ids must be in [0, {self.cfg.image_vocab}), got "
-                             f"[{int(image_BN.min())}, {int(image_BN.max())}]")
+        V = self.cfg.image_vocab
+        check_values("DALLE", image_BN, 0, V - 1, f"image token ids must be in [0, {V})")
 
     def embed_text(self, text_BT):
         """(B, T) ids, 0 = padding -> (B, T + 1, C): bos then text, each padding its position's own token."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastar.models.checks import check_maps, check_number
+from fastar.models.checks import check_maps, check_number, check_values
 from fastar.models.layers import conv3x3
 
 LOGIT_LAPLACE_EPS = 0.1  # pixels live in [eps, 1 - eps]: the logit-Laplace support is the open interval (0, 1)
@@ -123,9 +123,8 @@ class Decoder(nn.Module):
         if idx_Bhw.dtype != torch.long or idx_Bhw.dim() != 3:
             raise ValueError(f"Decoder.decode_tokens: idx must be (B, h, w) int64, got {idx_Bhw.dtype} "
                              f"{tuple(idx_Bhw.shape)}")
-        if idx_Bhw.numel() and not 0 <= int(idx_Bhw.min()) <= int(idx_Bhw.max()) < self.cfg.vocab_size:
-            raise ValueError(f"Decoder.decode_tokens: idx must be in [0, {self.cfg.vocab_size}), got "
-                             f"[{int(idx_Bhw.min())}, {int(idx_Bhw.max())}]")
+        V = self.cfg.vocab_size
+        check_values("Decoder.decode_tokens", idx_Bhw, 0, V - 1, f"idx must be in [0, {V})")
         conv = self.blocks.input
         h = conv.w[:, :, 0, 0].t()[idx_Bhw].permute(0, 3, 1, 2) + conv.b[:, None, None]  # (B, n_init, h, w)
         return self.blocks[1:](h)

@@ -2,6 +2,8 @@
 at most 256 tokens per caption, id 0 the padding (the transformer turns it into one padding token per position)."""
 import torch
 
+from fastar.models.checks import check_values
+
 MAX_TEXT_LEN = 256  # the paper's text budget
 PAD, UNK = "[PAD]", "[UNK]"
 
@@ -54,7 +56,6 @@ class TextTokenizer:
         if ids.dim() != 2 or ids.is_floating_point():
             raise ValueError(f"TextTokenizer.decode: ids must be (B, T) integer ids, got {ids.dtype} "
                              f"{tuple(ids.shape)}")
-        if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < self.vocab_size:
-            raise ValueError(f"TextTokenizer.decode: ids must be in [0, {self.vocab_size}), got [{int(ids.min())}, "
-                             f"{int(ids.max())}]")
+        V = self.vocab_size
+        check_values("TextTokenizer.decode", ids, 0, V - 1, f"ids must be in [0, {V})")
         return [self.tokenizer.decode([t for t in row.tolist() if t != 0]) for row in ids]

@@ -15,7 +15,7 @@ import fastar
 from fastar.models.fractalgen.ar import AR
 from fastar.models.fractalgen.mar import MAR
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD, PixelLoss
-from fastar.models.checks import check_labels, check_number
+from fastar.models.checks import check_labels, check_number, check_values
 from fastar.models.layers import bf16_products
 from fastar.ops._checks import check_choice
 
@@ -110,10 +110,8 @@ class FractalGen(nn.Module):
             raise TypeError(f"FractalGen: imgs must be floating point (ImageNet-normalized), got {imgs.dtype}")
         check_labels("FractalGen", labels, imgs.shape[0], self.num_classes)
         mean, std = imgs.new_tensor(PIX_MEAN)[:, None, None], imgs.new_tensor(PIX_STD)[:, None, None]
-        lo, hi = (imgs.detach() * std + mean).aminmax()
-        if not (-0.5 / 255 <= lo and hi <= 255.5 / 255):  # PixelLoss's targets are 0..255
-            raise ValueError(f"FractalGen: imgs must be ImageNet-normalized pixels of [0, 1], got values that map to "
-                             f"[{lo:.3f}, {hi:.3f}]")
+        check_values("FractalGen", imgs.detach() * std + mean, -0.5 / 255, 255.5 / 255,  # PixelLoss's 0..255
+                     "imgs must be ImageNet-normalized pixels of [0, 1] (shown un-normalized)")
 
     def forward(self, imgs, cond_list):
         """The loss of imgs (B, 3, H, W), ImageNet-normalized; at level 0 cond_list is the labels (B,) int64.
