@@ -252,6 +252,39 @@ def test_attention_gradcheck(kind):
     assert fastar.last_backend("attention") == "cpu"
 
 
+@pytest.mark.parametrize("uses", ["out and lse", "lse only"])
+@pytest.mark.parametrize("kind", ["causal", "block_causal", "row"])
+def test_attention_lse_gradient(attn_backend, kind, uses):
+    """A loss on lse too (split-attention merges, ring attention): its gradient, P row by row, reaches q and k as
+    the reference's does (it was dropped: lse was marked non-differentiable)."""
+    q = randn(1, 4, 33, 32, dtype=torch.float32, seed=40)
+    k, v = (randn(1, 2, 33, 32, dtype=torch.float32, seed=s) for s in (41, 42))
+    mask = make_mask(kind, 33)
+    w_out, w_lse = randn(*q.shape, dtype=torch.float64, seed=43), randn(*q.shape[:3], dtype=torch.float64, seed=44)
+
+    def grads(attention, dtype, dev):
+        q_, k_, v_ = (t.to(dev, dtype).requires_grad_() for t in (q, k, v))
+        out, lse = attention(q_, k_, v_, mask, return_lse=True)
+        loss = (lse * w_lse.to(lse)).sum() + (0 if uses == "lse only" else (out * w_out.to(out)).sum())
+        return [g.cpu() if g is not None else torch.zeros_like(t).cpu()
+                for g, t in zip(torch.autograd.grad(loss, (q_, k_, v_), allow_unused=True), (q_, k_, v_))]
+    got = grads(fastar.ops.attention, torch.float32, backend_device(attn_backend))
+    assert fastar.last_backend("attention") == attn_backend
+    g64, g32 = grads(ref.attention, torch.float64, "cpu"), grads(ref.attention, torch.float32, "cpu")
+    scale = max(a.abs().max().item() for a in g64)
+    for a, a64, a32 in zip(got, g64, g32):
+        assert_close("attention_bwd", a, a64, a32, scale=scale)
+
+
+def test_attention_double_backward_raises():
+    """The backward is a kernel: a second derivative through it would be zero, so create_graph=True says so."""
+    q, k, v = (randn(1, 2, 9, 8, dtype=torch.float64, seed=s).requires_grad_() for s in (45, 46, 47))
+    with pytest.raises(RuntimeError, match="fastar.ops.attention: double backward"):
+        torch.autograd.grad(fastar.ops.attention(q, k, v).square().sum(), q, create_graph=True)
+    (dq,) = torch.autograd.grad(fastar.ops.attention(q, k, v).square().sum(), q)  # first order as before
+    assert dq.abs().sum() > 0
+
+
 def test_attention_opcheck(attn_backend):
     if attn_backend == "cuda":
         pytest.skip("opcheck runs on the cpu and simt registrations; cuda shares the fake kernels")

@@ -151,6 +151,32 @@ def test_multi_axis_attention_gradcheck():
     assert fastar.last_backend("multi_axis_attention") == "cpu"
 
 
+@pytest.mark.parametrize("hk", [1, 2])
+def test_multi_axis_attention_lse_gradient(ma_backend, hk):
+    """A loss on out and lse: lse's gradient reaches q and k as the reference's does (it was dropped)."""
+    q, k, v = qkv(2, 8, 8, 4, hk, 32, torch.float32, seed=14)
+    w_out, w_lse = randn(*q.shape, dtype=torch.float64, seed=15), randn(*q.shape[:4], dtype=torch.float64, seed=16)
+
+    def grads(attention, dtype, dev):
+        q_, k_, v_ = (t.to(dev, dtype).requires_grad_() for t in (q, k, v))
+        out, lse = attention(q_, k_, v_, 4, return_lse=True)
+        loss = (out * w_out.to(out)).sum() + (lse * w_lse.to(lse)).sum()
+        return [g.cpu() for g in torch.autograd.grad(loss, (q_, k_, v_))]
+    got = grads(fastar.ops.multi_axis_attention, torch.float32, backend_device(ma_backend))
+    assert fastar.last_backend("multi_axis_attention") == ma_backend
+    g64 = grads(ref.multi_axis_attention, torch.float64, "cpu")
+    g32 = grads(ref.multi_axis_attention, torch.float32, "cpu")
+    scale = max(a.abs().max().item() for a in g64)
+    for a, a64, a32 in zip(got, g64, g32):
+        assert_close("multi_axis_attention_bwd", a, a64, a32, scale=scale)
+
+
+def test_multi_axis_attention_double_backward_raises():
+    q, k, v = (t.requires_grad_() for t in qkv(1, 4, 4, 2, 1, 8, torch.float64, seed=17))
+    with pytest.raises(RuntimeError, match="fastar.ops.multi_axis_attention: double backward"):
+        torch.autograd.grad(fastar.ops.multi_axis_attention(q, k, v, 2).square().sum(), q, create_graph=True)
+
+
 def test_multi_axis_attention_opcheck(ma_backend):
     if ma_backend == "cuda":
         pytest.skip("opcheck runs on the cpu and simt registrations; cuda shares the fake kernels")

@@ -67,6 +67,27 @@ def wants_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def first_order_only(name):
+    """Called by a kernel's backward formula: under create_graph=True (grad mode on in the backward) it raises, as
+    the formula is a kernel that autograd cannot differentiate again (its second derivative would be zero)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"fastar.ops.{name}: double backward (create_graph=True) is not implemented, the backward "
+                           f"is a kernel; for higher-order gradients run it on the torch backend "
+                           f"(with fastar.use_backend('torch'))")
+
+
+def lse_grads(fwd, bwd, q, k, lse, dlse, scale):
+    """The gradients (dq, dk) that a logsumexp output's gradient dlse adds to an attention's, from its own kernels:
+    d lse_i / d s_ij = P_ij with s = scale q k^T, so dq_i += scale dlse_i (P K)_i, i.e. scale dlse times the
+    attention of q over values k, and dk += P^T (scale dlse q), i.e. the dv the backward computes for
+    dout = scale dlse q. fwd(q, k, v) -> (out, lse); bwd(dout, q, k, v, out, lse) -> (dq, dk, dv); lse has q's
+    shape without its last dim. One more forward and backward, only where lse is used."""
+    g = (scale * dlse).unsqueeze(-1)
+    pk, _ = fwd(q, k, k)
+    _, _, dk = bwd((g * q).to(q.dtype).contiguous(), q, k, k, pk, lse)
+    return (g * pk).to(q.dtype), dk
+
+
 def cpu_kernel_decline(name, device, dtype, *, gpu_path):
     """The Decline of an op whose only kernel is a float32 CPU one (conv3x3, and the inference kernels below), or
     None where that kernel runs: off the cpu backend (cuda and simt have none; the python backends run their

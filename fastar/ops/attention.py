@@ -9,7 +9,7 @@ import torch
 
 from fastar import _backend
 from fastar.ops._checks import FLOATS, check_choice, check_int, check_same_device, check_tensor
-from fastar.ops._registry import Decline, kernel, op
+from fastar.ops._registry import Decline, first_order_only, kernel, lse_grads, op
 from fastar.reference import attention as reference
 from fastar.torch import attention as torch_impl
 
@@ -140,8 +140,9 @@ def attention(q, k, v, mask=None, *, scale=None, return_lse=False):
     on CUDA) runs fastar's kernel; a wider head runs the torch backend (SDPA) with a warning, and
     fastar.last_backend("attention") says "torch". mask: an AttentionMask, None = full.
     scale defaults to 1/sqrt(D). Returns out (B, H, Lq, D) like q, and with return_lse also the
-    logsumexp (B, H, Lq) float32 (-inf on rows that see no key, whose out is 0; not differentiable).
-    Differentiable in q, k and v through dedicated backward kernels.
+    logsumexp (B, H, Lq) float32 (-inf on rows that see no key, whose out is 0).
+    Differentiable in q, k and v through dedicated backward kernels, out and lse (a used lse costs one more
+    forward and backward: _registry.lse_grads); once (no double backward: it raises).
     Non-finite inputs: a NaN in q or k reaches exactly the rows that see it (out and lse NaN), never a row that
     hides it. The v of a hidden key should be finite: where a kernel multiplies it by its probability 0 (the CPU's
     products, as the reference's), a NaN there still reaches the row; the CUDA kernel skips whole hidden tiles.
@@ -206,13 +207,21 @@ def _setup_context(ctx, inputs, output):
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, kv_end, key_len)
     ctx.mask = kind, ints, scale
-    ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)  # an unused out or lse gets None, not zeros
 
 
-def _backward(ops, ctx, dout, _dlse):
+def _backward(ops, ctx, dout, dlse):
+    first_order_only("attention")
     q, k, v, out, lse, kv_end, key_len = ctx.saved_tensors
     kind, ints, scale = ctx.mask
-    dq, dk, dv = ops.attention_bwd(dout.contiguous(), q, k, v, out, lse, kind, ints, kv_end, key_len, scale)
+    fwd = lambda q, k, v: ops.attention_fwd(q, k, v, kind, ints, kv_end, key_len, scale)  # noqa: E731
+    bwd = lambda dout, q, k, v, out, lse: ops.attention_bwd(  # noqa: E731
+        dout, q, k, v, out, lse, kind, ints, kv_end, key_len, scale)
+    dout = torch.zeros_like(out) if dout is None else dout.contiguous()
+    dq, dk, dv = bwd(dout, q, k, v, out, lse)
+    if dlse is not None:
+        dq_lse, dk_lse = lse_grads(fwd, bwd, q, k, lse, dlse, scale)
+        dq, dk = dq + dq_lse, dk + dk_lse
     return dq, dk, dv, None, None, None, None, None
 
 

@@ -8,7 +8,7 @@ import torch
 
 from fastar import _backend
 from fastar.ops._checks import FLOATS, check_same_device, check_tensor
-from fastar.ops._registry import Decline, kernel, op
+from fastar.ops._registry import Decline, first_order_only, kernel, lse_grads, op
 from fastar.reference import multi_axis as reference
 from fastar.torch import multi_axis as torch_impl
 
@@ -68,8 +68,8 @@ def multi_axis_attention(q, k, v, block_size, *, image_size=None, scale=None, re
     [0, heads/2) attend inside each block_size x block_size block, heads [heads/2, heads) among the pixels
     (y % b, x % b) = const of the whole image; H, W multiples of block_size. float32, bfloat16, float16 (float32
     accumulation) or float64. scale defaults to 1/sqrt(D). Returns out in q's layout (contiguous), and with
-    return_lse also the logsumexp (B, H, W, heads) (or (B, H*W, heads)) float32, not differentiable.
-    Differentiable in q, k and v.
+    return_lse also the logsumexp (B, H, W, heads) (or (B, H*W, heads)) float32.
+    Differentiable in q, k and v, out and lse (as attention's), once (no double backward: it raises).
     """
     name = "multi_axis_attention"
     q5, k5, v5 = _image_layout(name, q, k, v, image_size)
@@ -95,12 +95,18 @@ def _setup_context(ctx, inputs, output):
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.args = block_size, scale
-    ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)  # an unused out or lse gets None, not zeros
 
 
-def _backward(ops, ctx, dout, _dlse):
+def _backward(ops, ctx, dout, dlse):
+    first_order_only("multi_axis_attention")
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = ops.multi_axis_attention_bwd(dout, q, k, v, out, lse, *ctx.args)
+    fwd = lambda q, k, v: ops.multi_axis_attention_fwd(q, k, v, *ctx.args)  # noqa: E731
+    bwd = lambda dout, q, k, v, out, lse: ops.multi_axis_attention_bwd(dout, q, k, v, out, lse, *ctx.args)  # noqa
+    dq, dk, dv = bwd(torch.zeros_like(out) if dout is None else dout, q, k, v, out, lse)
+    if dlse is not None:
+        dq_lse, dk_lse = lse_grads(fwd, bwd, q, k, lse, dlse, ctx.args[1])
+        dq, dk = dq + dq_lse, dk + dk_lse
     return dq, dk, dv, None, None
 
 

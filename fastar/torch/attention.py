@@ -7,7 +7,8 @@ from fastar.reference import attention as reference
 
 def attention(q, k, v, mask=None, *, scale=None, return_lse=False):
     """SDPA of q (B, H, Lq, D) over k, v (B, Hk, Lk, D); mask a fastar.ops.AttentionMask or None (full).
-    SDPA returns no logsumexp: with return_lse it comes from the reference (tests only, never timed)."""
+    SDPA returns no logsumexp: with return_lse it comes from the reference, differentiable (tests only, never
+    timed)."""
     Lq, Lk = q.shape[2], k.shape[2]
     kw = dict(scale=scale, enable_gqa=q.shape[1] != k.shape[1])
     padded = mask is not None and mask.key_len is not None
@@ -20,7 +21,7 @@ def attention(q, k, v, mask=None, *, scale=None, return_lse=False):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=vis, **kw)
     if not return_lse:
         return out
-    _, lse = reference.attention(q.detach(), k.detach(), v.detach(), mask, scale=scale, return_lse=True)
+    _, lse = reference.attention(q, k, v, mask, scale=scale, return_lse=True)
     return out, lse
 
 

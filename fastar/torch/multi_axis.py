@@ -25,7 +25,7 @@ def _unpartition(x, B, H, W, b, axis):
 
 def multi_axis_attention(q, k, v, block_size, *, image_size=None, scale=None, return_lse=False):
     """Same signature as fastar.ops.multi_axis_attention. SDPA returns no logsumexp: with return_lse it comes from
-    the reference (tests only, never timed)."""
+    the reference, differentiable (tests only, never timed)."""
     flat = q.dim() == 4
     q5, k5, v5 = (t.unflatten(1, tuple(image_size)) for t in (q, k, v)) if flat else (q, k, v)
     B, H, W, n, _ = q5.shape
@@ -41,6 +41,5 @@ def multi_axis_attention(q, k, v, block_size, *, image_size=None, scale=None, re
         out = out.flatten(1, 2)
     if not return_lse:
         return out
-    _, lse = reference.multi_axis_attention(q.detach(), k.detach(), v.detach(), block_size, image_size=image_size,
-                                            scale=scale, return_lse=True)
+    _, lse = reference.multi_axis_attention(q, k, v, block_size, image_size=image_size, scale=scale, return_lse=True)
     return out, lse
