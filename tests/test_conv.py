@@ -210,3 +210,23 @@ def test_dvae_decoder(monkeypatch):
         ref64 = copy.deepcopy(dvae.decoder).double()(z.double())
         ref32 = dvae.decoder(z)
     assert_close("dvae_decode", out, ref64, ref32)
+
+
+def test_weight_transform_follows_a_restrided_weight():
+    """The cache key holds the strides: a square weight's .data re-pointed at its transpose (same storage, pointer,
+    version and shape) gets a new transform (the stale one gave errors of ~17)."""
+    x, w = randn(1, 4, 6, 6, seed=13), torch.nn.Parameter(randn(4, 4, 3, 3, seed=14))
+    with torch.no_grad():
+        fastar.ops.conv3x3(x, w)
+        w.data = w.data.transpose(0, 1)
+        assert_close("conv3x3", fastar.ops.conv3x3(x, w), F.conv2d(x.double(), w.double(), padding=1),
+                     F.conv2d(x, w, padding=1))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "reference"])
+def test_zero_input_channels_give_the_bias(backend):
+    """A sum over no input channels is the bias on every backend (F.conv2d returned (B, 0, H, W))."""
+    x, w, b = torch.zeros(1, 0, 4, 4), torch.zeros(3, 0, 3, 3), torch.tensor([1.0, 2.0, 3.0])
+    with fastar.use_backend(backend):
+        out = fastar.ops.conv3x3(x, w, b)
+    assert torch.equal(out, b[None, :, None, None].expand(1, 3, 4, 4))

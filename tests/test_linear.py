@@ -214,3 +214,12 @@ def test_weight_grad_declines_and_bad_inputs():
     with pytest.raises(RuntimeError, match="linear_weight_grad: x must have a unit stride in one dim"):
         ns.linear_weight_grad(g[:3], randn(9, 8, seed=2)[::3, ::2])  # strides (24, 2)
     torch.library.opcheck(ns.linear_weight_grad.default, (g, x))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "reference"])
+def test_weight_grad_of_zero_width(backend):
+    """A zero-width x or grad gives the empty (N, K) gradient on every backend (the reference's reshape(-1, 0)
+    failed)."""
+    with fastar.use_backend(backend):
+        assert fastar.ops.linear_weight_grad(torch.ones(5, 3), torch.ones(5, 0)).shape == (3, 0)
+        assert fastar.ops.linear_weight_grad(torch.ones(5, 0), torch.ones(5, 4)).shape == (0, 4)

@@ -342,3 +342,41 @@ def test_next_input_refuses_a_batch_mismatch():
     h = torch.randn(f.shape[0] + 1, f.shape[1], patch_nums[0], patch_nums[0])
     with pytest.raises(ValueError, match="h_BChw .* and f_hat .* must have the same batch"):
         ops.get_next_autoregressive_input(0, len(patch_nums), f.clone(), h, w, b, patch_nums)
+
+
+def test_devices_are_checked_before_the_kernels():
+    """A map or Phi on the meta device beside CPU tensors sent the call to the fake kernel (uninitialized memory,
+    f_hat not updated): now an error naming the tensor."""
+    f, codebook, phi_weight, phi_bias, patch_nums, _ = make("odd")
+    f_hat, h = torch.zeros_like(f), torch.zeros(f.shape[0], f.shape[1], patch_nums[0], patch_nums[0])
+    with pytest.raises(ValueError, match="h_BChw is on meta but f_hat is on cpu"):
+        ops.get_next_autoregressive_input(0, len(patch_nums), f_hat, h.to("meta"), phi_weight, phi_bias, patch_nums)
+    ms_h = [torch.zeros(f.shape[0], f.shape[1], pn, pn) for pn in patch_nums]
+    with pytest.raises(ValueError, match=r"ms_h_BChw\[0\] is on cpu but phi_weight is on meta"):
+        ops.embed_to_fhat(ms_h, phi_weight.to("meta"), phi_bias.to("meta"), patch_nums)
+
+
+def test_meta_inputs_give_meta_results():
+    """Shapes on the meta device (the index check and the reference's NaN fix-up read values: .item() failed)."""
+    f, codebook, phi_weight, phi_bias, patch_nums, ms_idx_Bl = (t.to("meta") if isinstance(t, torch.Tensor) else
+                                                                 [i.to("meta") for i in t] if isinstance(t, list)
+                                                                 else t for t in make("odd"))
+    assert ops.vq_nearest(f.permute(0, 2, 3, 1), codebook).shape == f.permute(0, 2, 3, 1).shape[:-1]
+    idx = ops.f_to_idxBl_or_fhat(f, codebook, phi_weight, phi_bias, patch_nums)
+    assert [tuple(i.shape) for i in idx] == [tuple(i.shape) for i in ms_idx_Bl]
+    assert ops.idxBl_to_fhat(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, last_one=True).shape == f.shape
+    L = sum(pn * pn for pn in patch_nums[1:])
+    assert ops.idxBl_to_var_input(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums).shape == (f.shape[0], L,
+                                                                                                  f.shape[1])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch", "reference"])
+def test_msq_forward_mixed_float_dtypes(backend):
+    """Phi in float64 beside float32 maps: every backend computes in f's float32 (the torch and reference
+    formulations failed in conv2d on the dtype mismatch)."""
+    f, codebook, phi_weight, phi_bias, patch_nums, _ = make("odd")
+    with fastar.use_backend(backend):
+        f_hat, _, loss = ops.msq_forward(f, codebook, phi_weight.double(), phi_bias, patch_nums)
+    want, _, want_loss = ref.msq_forward(f, codebook, phi_weight, phi_bias, patch_nums)
+    assert f_hat.dtype == torch.float32
+    torch.testing.assert_close(f_hat, want, rtol=1e-4, atol=1e-5)

@@ -221,3 +221,33 @@ def test_a_bad_later_layer_is_refused_before_any_cache_is_written():
     with pytest.raises(RuntimeError, match=r"layers\[1\]\[0\]"):
         fastar.ops.transformer_decode(torch.randn(1, 1, C), layers, ks, vs, 0, [None, None], heads=heads)
     assert all(not t.any() for t in ks + vs)
+
+
+def test_devices_are_checked_before_the_kernel():
+    """One weight or cache on the meta device (a model built there, one weight never loaded) sent the call to the
+    fake kernel, which returned uninitialized memory and wrote no cache: now an error naming the tensor."""
+    C, heads, D = 32, 4, 8
+    layers = [[t.float() for t in w] for w in stack(1, C, 64, seed=1)]
+    ks, vs = [torch.zeros(1, heads, 6, D)], [torch.zeros(1, heads, 6, D)]
+    x = torch.randn(1, 1, C)
+    bad = [list(layers[0])]
+    bad[0][2] = bad[0][2].to("meta")
+    with pytest.raises(ValueError, match=r"layers\[0\]\[2\] \(attn.qkv.weight\) is on meta but x is on cpu"):
+        fastar.ops.transformer_decode(x, bad, ks, vs, 0, [None], heads=heads)
+    with pytest.raises(ValueError, match=r"k_caches\[0\] is on meta but x is on cpu"):
+        fastar.ops.transformer_decode(x, layers, [ks[0].to("meta")], vs, 0, [None], heads=heads)
+
+
+def test_any_weight_layout():
+    """Weights of any strides (a transposed copy's transpose), as fastar.ops.linear and the reference take them;
+    the kernel refused them with 'must be contiguous on cpu, got cpu'."""
+    C, heads = 32, 4
+    layers = [[t.float() for t in w] for w in stack(1, C, 64, seed=1)]
+    strided = [[t.t().contiguous().t() if t.dim() == 2 else t for t in layers[0]]]
+    assert not strided[0][2].is_contiguous()
+    caches = [[torch.zeros(1, heads, 6, C // heads)] for _ in range(4)]
+    x = torch.randn(1, 1, C)
+    want = fastar.ops.transformer_decode(x, layers, caches[0], caches[1], 0, [None], heads=heads)
+    got = fastar.ops.transformer_decode(x, strided, caches[2], caches[3], 0, [None], heads=heads)
+    assert fastar.last_backend("transformer_decode") == "cpu"
+    assert torch.equal(got, want) and torch.equal(caches[2][0], caches[0][0])

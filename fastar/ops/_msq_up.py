@@ -1,6 +1,7 @@
 """msq_up, the fused codebook gather + bicubic upsample of VAR's quantizer: its fake and its hand-written
 backward (the kernel has no backward of its own; the Phi convs after it are torch's and differentiate as usual)."""
 import torch
+import torch.nn.functional as F
 
 from fastar.ops._registry import kernel
 
@@ -11,6 +12,10 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(idx)
 
 
+def _bicubic_up(H):
+    return lambda x: F.interpolate(x, size=(H, H), mode="bicubic", align_corners=False)
+
+
 def _backward(_ops, ctx, grad):
     """The adjoint of gather + bicubic-up: torch's bicubic backward per scale, then a scatter-add into the codes."""
     (idx,) = ctx.saved_tensors
@@ -19,8 +24,8 @@ def _backward(_ops, ctx, grad):
     rows = []
     for s, pn in enumerate(ctx.patch_nums):
         g = grad[s * B:(s + 1) * B]  # (B, C, H, H)
-        if pn != H:
-            g = torch.ops.aten.upsample_bicubic2d_backward(g, [H, H], [B, C, pn, pn], False)
+        if pn != H:  # through vjp, not aten's backward op: its meta fails on a symbolic B (torch.compile dynamic)
+            g = torch.func.vjp(_bicubic_up(H), g.new_zeros(B, C, pn, pn))[1](g)[0]
         rows.append(g.permute(0, 2, 3, 1).reshape(B, pn * pn, C))
     rows = torch.cat(rows, 1)  # (B, L, C)
     if idx is None:

@@ -8,11 +8,14 @@ _PREPARED = {}  # (kind, id(weight)) -> (weak reference to weight, its key, the 
 
 def prepared(kind, weight, make):
     """make(weight), made once per parameter version at inference (key: data pointer, version counter, dtype, device,
-    shape; load_state_dict and optimizer steps bump the version, writes through .data do not: such code must not run
-    between calls) and dropped with the weight; under autograd per call, through the parameter."""
-    if torch.is_grad_enabled() and weight.requires_grad:
+    shape, strides, offset; load_state_dict and optimizer steps bump the version, writes through .data do not: such
+    code must not run between calls) and dropped with the weight; under autograd per call, through the parameter;
+    under torch.compile per call too (the graph holds no cache)."""
+    if torch.is_grad_enabled() and weight.requires_grad or torch.compiler.is_compiling():
         return make(weight)
-    slot, key = (kind, id(weight)), (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape)
+    slot = (kind, id(weight))
+    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, weight.shape, weight.stride(),
+           weight.storage_offset())
     hit = _PREPARED.get(slot)
     if hit is None or hit[0]() is not weight or hit[1] != key:
         ref = weakref.ref(weight, lambda _, slot=slot: _PREPARED.pop(slot, None))  # dropped with the parameter

@@ -99,13 +99,19 @@ def cpu_kernel_decline(name, device, dtype, *, gpu_path):
     return None
 
 
+def autograd_decline(name, *tensors, path="its torch formulation"):
+    """The Decline of a kernel without a backward when autograd would need a gradient of any of `tensors` (None
+    entries allowed): its result would silently carry no gradient. None otherwise."""
+    if wants_grad(*tensors):
+        return Decline(f"{name} has no backward (an inference kernel); under autograd {path} runs")
+    return None
+
+
 def cpu_inference_decline(name, device, dtype, tensors, *, gpu_path, autograd_path):
     """cpu_kernel_decline for a kernel without a backward (mlp, gelu_with_derivative, linear_weight_grad): also when
     autograd would need a gradient of `tensors` (None entries allowed)."""
     declined = cpu_kernel_decline(name, device, dtype, gpu_path=gpu_path)
-    if declined is None and wants_grad(*tensors):
-        return Decline(f"{name} has no backward (an inference kernel); under autograd {autograd_path} runs")
-    return declined
+    return declined or autograd_decline(name, *tensors, path=autograd_path)
 
 
 OPS = {}  # name -> public op: every op on compiled kernels (cpu, cuda, simt), what `fastar selftest` must cover

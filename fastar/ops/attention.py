@@ -9,7 +9,7 @@ import torch
 
 from fastar import _backend
 from fastar.ops._checks import FLOATS, check_choice, check_int, check_same_device, check_tensor
-from fastar.ops._registry import Decline, first_order_only, kernel, lse_grads, op
+from fastar.ops._registry import Decline, autograd_decline, first_order_only, kernel, lse_grads, op
 from fastar.reference import attention as reference
 from fastar.torch import attention as torch_impl
 
@@ -165,7 +165,8 @@ def attention_decode(q, k_cache, v_cache, cache_len, mask=None, *, scale=None, r
     queries are the last Lq of them); k_cache, v_cache (B, Hk, Lmax, D), read in place. mask: an AttentionMask,
     None = full. Under a DALL-E mask (row / column / conv) a query reads only the keys it sees: the text, then its
     row window, its column (strided) or its conv window's rows, never the hidden keys of the prefix.
-    Splits the keys across threads when B * H is small. Not differentiable (inference).
+    Splits the keys across threads when B * H is small. The kernels have no backward (inference): under autograd
+    (an input requiring grad) the torch formulation runs.
     """
     name = "attention_decode"
     declined = _check_qkv(name, q, k_cache, v_cache)
@@ -179,6 +180,7 @@ def attention_decode(q, k_cache, v_cache, cache_len, mask=None, *, scale=None, r
                          f"so cache_len must be >= {q.shape[2]}, got {cache_len}")
     B, _, Lq, _ = q.shape
     kind, ints, kv_end, key_len = (mask or _FULL).op_args(name, B, Lq, cache_len, q.device)
+    declined = declined or autograd_decline(name, q, k_cache, v_cache)
     return q.device, declined or _lse_if(return_lse, lambda ops: ops.attention_decode(
         q, k_cache, v_cache, cache_len, kind, ints, kv_end, key_len, _scale(q, scale)))
 

@@ -7,7 +7,7 @@ import torch
 from fastar import _backend
 from fastar.ops import _cuda_graph
 from fastar.ops._checks import check_generator, check_tensor
-from fastar.ops._registry import kernel, op
+from fastar.ops._registry import Decline, autograd_decline, first_order_only, kernel, op, wants_grad
 from fastar.reference import diffusion as reference
 
 
@@ -57,12 +57,14 @@ def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, gen
     accumulation (each product's result rounded to bfloat16 where oneDNN runs it: build_info()["cpu_bf16_gemm"]),
     on CPUs with AMX-BF16 or AVX512-BF16 (fastar.build_info()["cpu_bf16"]); elsewhere bf16 products
     are emulated and slower than float32, so the cpu backend declines it with an error. Error against float64:
-    tests/test_diffusion.py::test_diffusion_sample_bf16 (README: about 1e-2 of the tokens' scale at 100 steps).
+    tests/test_diffusion.py::test_diffusion_sample_bf16 (within the tolerance rule of a bfloat16 reference run).
     cuda_graph: on the cuda backend, the call is captured as a CUDA graph on first use and replayed after (one
     graph launch instead of num_steps x ~40 kernel launches; fastar/ops/_cuda_graph.py): one capture per z shape,
     weights storage, num_steps, temperature, cfg and generator; the draws are the eager call's. Other backends run
     eagerly. Needs z on a CUDA device.
     Returns the tokens (N, C), or the conditional half (N/2, C) when cfg != 1 (what sample_tokens keeps).
+    The kernels have no backward (inference): the weights are read as constants, and a z that requires grad (under
+    grad mode) runs the official loop, differentiable.
     """
     op = "diffusion_sample"
     check_tensor(op, "z", z, dim=2, dtypes=(torch.float32, torch.float64))
@@ -91,6 +93,7 @@ def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, gen
     if cuda_graph and z.device.type != "cuda":
         raise ValueError(f"{op}: cuda_graph=True captures the CUDA kernels, but z is on {z.device}")
     ws, schedule = list(w.values()), _schedule(num_steps)
+    declined = autograd_decline(op, z, path="the official loop")  # the weights are read as constants (detached)
 
     def run(ops):
         def call(z_):
@@ -100,7 +103,7 @@ def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, gen
         key = (tuple(z.shape), z.device, num_steps, float(temperature), float(cfg), id(generator), bf16,
                tuple(t.data_ptr() for t in ws))
         return _cuda_graph.run(key, call, [z], generator, keep=ws)
-    return z.device, run
+    return z.device, declined or run
 
 
 @functools.lru_cache(maxsize=8)
@@ -114,6 +117,7 @@ def _loss_setup_context(ctx, inputs, output):
 
 
 def _loss_backward(ops, ctx, grad_loss, _grad_grad_output):
+    first_order_only("diffusion_loss")  # the loss's curvature in model_output is not in the saved gradient
     (grad_output,) = ctx.saved_tensors
     return grad_loss[:, None] * grad_output, None, None, None, None
 
@@ -133,7 +137,8 @@ def diffusion_loss(x_start, z, head, *, t, noise):
     head: a SimpleMLPAdaLN (forward(x_t, t, z) -> (N, 2C)); gradients reach its parameters and z through autograd.
     The head runs as its module; the loss terms and their gradient run as one fused pass (csrc/cpu/diffusion_loss.cpp,
     csrc/kernels/diffusion/diffusion_loss.cu).
-    Returns the loss (N,).
+    Returns the loss (N,). Differentiable once (double backward raises). A noise that requires grad (the official
+    code draws it) runs the torch formulation: the fused gradient leaves out the loss's direct term in noise.
     """
     op = "diffusion_loss"
     check_tensor(op, "x_start", x_start, dim=2, dtypes=(torch.float32, torch.float64))
@@ -158,4 +163,7 @@ def diffusion_loss(x_start, z, head, *, t, noise):
         table = _loss_table(x_start.device)
         model_output = head(reference.q_sample(x_start, t, noise, table), t, z)
         return ops.diffusion_loss(model_output, x_start, noise, t, table)[0]
+    if wants_grad(noise):
+        return x_start.device, Decline("the fused loss has no gradient for noise; under autograd its torch "
+                                       "formulation runs")
     return x_start.device, run

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from fastar.ops import _msq_up  # noqa: F401  (the msq_up kernel's fake and backward)
 from fastar.ops._checks import FLOATS, check_choice, check_same_device, check_tensor
-from fastar.ops._registry import Decline, kernel, op
+from fastar.ops._registry import Decline, autograd_decline, kernel, op
 from fastar.reference import quantize as reference
 from fastar.torch import quantize as torch_impl
 
@@ -20,7 +20,8 @@ def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", r
     metric "l2": squared Euclidean distance, as VAR's quantizer; "cosine": both sides L2-normalized first
     (LlamaGen). Returns int64 indices of shape x.shape[:-1], and with return_distance the float32 squared
     distances too. Ties go to the lowest index (as torch.argmin); a NaN distance never wins, so a vector
-    with a NaN gets index 0 and distance NaN. Never builds the N x K distance matrix.
+    with a NaN gets index 0 and distance NaN. Never builds the N x K distance matrix. The distance has no backward
+    in the kernels: when it is asked for under autograd (x or codebook requiring grad), the torch formulation runs.
     """
     name = "vq_nearest"
     check_tensor(name, "x", x, min_dim=1)
@@ -36,7 +37,7 @@ def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", r
         idx, dist = ops.vq_nearest(x.reshape(-1, x.shape[-1]), codebook, metric)
         idx, dist = idx.view(x.shape[:-1]), dist.view(x.shape[:-1])
         return (idx, dist) if return_distance else idx
-    return x.device, run
+    return x.device, (return_distance and autograd_decline(name, x, codebook)) or run
 
 
 @kernel("vq_nearest")
@@ -104,7 +105,7 @@ def _check_idx(op, ms_idx_Bl, patch_nums, V):
         check_tensor(op, f"ms_idx_Bl[{si}]", idx, dim=2, dtypes=(torch.int64,))
         if tuple(idx.shape) != (B, pn * pn):
             raise ValueError(f"{op}: ms_idx_Bl[{si}] must be (B={B}, {pn * pn}), got {tuple(idx.shape)}")
-        if idx.numel() and (idx.min() < 0 or idx.max() >= V):
+        if idx.numel() and idx.device.type != "meta" and (idx.min() < 0 or idx.max() >= V):
             raise IndexError(f"{op}: ms_idx_Bl[{si}] holds an index outside [0, {V}) (the codebook size)")
 
 
@@ -171,15 +172,17 @@ def _msq_add_down(f_hat, h, patch_nums):
 @op(reference=reference.f_to_idxBl_or_fhat, torch=torch_impl.f_to_idxBl_or_fhat)
 def f_to_idxBl_or_fhat(f_BChw, codebook, phi_weight, phi_bias, patch_nums, *, to_fhat=False, resi_ratio=0.5):
     """Encode f_BChw (B, C, H, W): per scale, indices (B, pn^2) int64, or the cumulative f_hat (B, C, H, W)
-    float32 after that scale when to_fhat. As VectorQuantizer2.f_to_idxBl_or_fhat."""
-    _check_encode("f_to_idxBl_or_fhat", f_BChw, codebook, phi_weight, phi_bias, patch_nums)
+    float32 after that scale when to_fhat. As VectorQuantizer2.f_to_idxBl_or_fhat. The f_hats carry gradients to
+    codebook and Phi as VAR's loop does (not to f): under autograd they come from the torch formulation."""
+    name = "f_to_idxBl_or_fhat"
+    _check_encode(name, f_BChw, codebook, phi_weight, phi_bias, patch_nums)
 
     def run(ops):
         phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
         with torch.no_grad():
             steps = _residual_steps(ops, f_BChw, codebook.to(torch.float32), phi, patch_nums)
             return [f_hat + h if to_fhat else idx_Bl for idx_Bl, f_hat, h in steps]
-    return f_BChw.device, run
+    return f_BChw.device, (to_fhat and autograd_decline(name, codebook, phi_weight, phi_bias)) or run
 
 
 def _accumulate(ops, src, idx, patch_nums, phi, last_one):
@@ -207,7 +210,7 @@ def idxBl_to_fhat(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, *, last
         phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
         idx = torch.cat([i.contiguous() for i in ms_idx_Bl], 1)  # (B, L)
         return _accumulate(ops, codebook.to(torch.float32).contiguous(), idx, patch_nums, phi, last_one)
-    return codebook.device, run
+    return codebook.device, autograd_decline(name, codebook, phi_weight, phi_bias) or run
 
 
 def _rows(h_BChw):
@@ -227,12 +230,13 @@ def embed_to_fhat(ms_h_BChw, phi_weight, phi_bias, patch_nums, *, last_one=False
         _check_map(name, f"ms_h_BChw[{si}]", h, C=phi_weight.shape[1])
         if h.shape[-1] != pn or h.shape[0] != ms_h_BChw[0].shape[0]:
             raise ValueError(f"{name}: ms_h_BChw[{si}] must be (B, C, {pn}, {pn}), got {tuple(h.shape)}")
+        check_same_device(name, phi_weight=phi_weight, **{f"ms_h_BChw[{si}]": h})
 
     def run(ops):
         phi = _phi_folded(phi_weight, phi_bias, resi_ratio, torch.float32)
         src = torch.cat([_rows(h) for h in ms_h_BChw], 1)  # (B, L, C)
         return _accumulate(ops, src, None, patch_nums, phi, last_one)
-    return ms_h_BChw[0].device, run
+    return ms_h_BChw[0].device, autograd_decline(name, *ms_h_BChw, phi_weight, phi_bias) or run
 
 
 @op(reference=reference.idxBl_to_var_input, torch=torch_impl.idxBl_to_var_input)
@@ -251,7 +255,7 @@ def idxBl_to_var_input(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, *,
         idx = torch.cat([i.contiguous() for i in ms_idx_Bl[:-1]], 1)  # (B, L - pn_SN^2)
         hs = _up_phi(ops, codebook.to(torch.float32).contiguous(), idx, patch_nums[:-1], range(SN - 1), SN, H, phi)
         return ops.msq_add_down(torch.zeros_like(hs[0]), hs, list(patch_nums[1:]))
-    return codebook.device, run
+    return codebook.device, autograd_decline(name, codebook, phi_weight, phi_bias) or run
 
 
 @op(reference=reference.get_next_autoregressive_input, torch=torch_impl.get_next_autoregressive_input)
@@ -264,6 +268,7 @@ def get_next_autoregressive_input(si, SN, f_hat, h_BChw, phi_weight, phi_bias, p
     check_tensor(name, "f_hat", f_hat, dim=4, dtypes=(torch.float32, torch.float64))
     _check_msq(name, None, phi_weight, phi_bias, patch_nums, C=f_hat.shape[1], H=f_hat.shape[2])
     _check_map(name, "h_BChw", h_BChw, C=f_hat.shape[1])
+    check_same_device(name, f_hat=f_hat, h_BChw=h_BChw, phi_weight=phi_weight)
     if h_BChw.shape[0] != f_hat.shape[0]:
         raise ValueError(f"{name}: h_BChw {tuple(h_BChw.shape)} and f_hat {tuple(f_hat.shape)} must have the same "
                          f"batch")
@@ -272,6 +277,9 @@ def get_next_autoregressive_input(si, SN, f_hat, h_BChw, phi_weight, phi_bias, p
                          f"si={si}, SN={SN}, {len(patch_nums)} patch_nums, h_BChw {tuple(h_BChw.shape)}")
     if f_hat.dtype == torch.float64:
         return f_hat.device, Decline("the kernels update a float32 f_hat in place, got float64")
+    declined = autograd_decline(name, f_hat, h_BChw, phi_weight, phi_bias)
+    if declined:
+        return f_hat.device, declined
     return f_hat.device, lambda ops: _next_input(ops, si, SN, f_hat, h_BChw, phi_weight, phi_bias, patch_nums,
                                                  resi_ratio)
 

@@ -3,8 +3,8 @@ levels') decoding a few new tokens against per-layer KV caches in one call: the 
 attention_decode, so that a decode step is one call instead of ~15 Python-dispatched torch ops per layer."""
 import torch
 
-from fastar.ops._checks import check_choice, check_tensor
-from fastar.ops._registry import Decline, kernel, op
+from fastar.ops._checks import check_choice, check_same_device, check_tensor
+from fastar.ops._registry import Decline, autograd_decline, kernel, op
 from fastar.ops.attention import AttentionMask, max_head_dim
 from fastar.reference import transformer_decode as reference
 from fastar.reference.transformer_decode import BLOCKS
@@ -35,7 +35,8 @@ def transformer_decode(x, layers, k_caches, v_caches, cache_len, masks, *, heads
     values are written at positions cache_len .. cache_len + L - 1 and its queries attend to the first cache_len + L.
     masks: per layer an AttentionMask (or None = full) without key_len, not block_causal. rope (llama only): (L,
     C / heads / 2, 2) [cos, sin] of the new positions, turning interleaved pairs of q and k; None: no rotation.
-    Not differentiable (inference). The fastar backends run every product on fastar.ops.linear's kernel (made for a
+    The kernel has no backward (inference): under autograd (an input requiring grad) the torch formulation runs,
+    differentiable. The fastar backends run every product on fastar.ops.linear's kernel (made for a
     few rows: the caller routes larger L * B elsewhere) and every attention on attention_decode's.
     """
     name = "transformer_decode"
@@ -50,12 +51,16 @@ def transformer_decode(x, layers, k_caches, v_caches, cache_len, masks, *, heads
         if len(w) != len(names):
             raise ValueError(f"{name}: layers[{i}] must hold the {len(names)} tensors {names} of a {block} block, got "
                              f"{len(w)}")
+        # here, not only in C++: one meta tensor would send the call to the fake kernel, whose result is garbage
+        check_same_device(name, x=x, **{f"layers[{i}][{j}] ({names[j]})": t for j, t in enumerate(w)},
+                          **{f"k_caches[{i}]": k_caches[i], f"v_caches[{i}]": v_caches[i]})
     B, L, C = x.shape
     if not isinstance(heads, int) or heads < 1 or C % heads:
         raise ValueError(f"{name}: heads must be a positive int dividing C = {C}, got {heads!r}")
     check_choice(name, "approximate", approximate, ("none", "tanh"))
     if rope is not None:
         check_tensor(name, "rope", rope, dim=3, dtypes=(x.dtype,))
+        check_same_device(name, x=x, rope=rope)
         if block != "llama" or tuple(rope.shape) != (L, C // heads // 2, 2) or (C // heads) % 2:
             raise ValueError(f"{name}: rope must be (L, D / 2, 2) = ({L}, {C // heads // 2}, 2) with llama blocks, "
                              f"got {tuple(rope.shape)} with {block}")
@@ -73,6 +78,9 @@ def transformer_decode(x, layers, k_caches, v_caches, cache_len, masks, *, heads
     top = max_head_dim(x.device)  # attention_decode's: wider heads run the torch formulation
     if C // heads > top:
         return x.device, Decline(f"the kernel takes head dims up to {top}, got {C // heads}")
-    flat = [t for w in layers for t in w]
+    flat = [t.contiguous() for w in layers for t in w]  # the kernel reads weights row-major (free when they are)
+    declined = autograd_decline(name, x, *flat, *k_caches, *v_caches, rope)
+    if declined:
+        return x.device, declined
     return x.device, lambda ops: ops.transformer_decode(x, flat, list(k_caches), list(v_caches), cache_len, kinds,
                                                         ints, heads, float(eps), approximate, block, rope)

@@ -8,4 +8,5 @@ def linear(x, weight, bias=None):
 
 
 def linear_weight_grad(grad, x):
-    return grad.reshape(-1, grad.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+    rows = x.shape[:-1].numel()  # not reshape(-1, 0), which a zero-width x cannot take
+    return grad.reshape(rows, grad.shape[-1]).t() @ x.reshape(rows, x.shape[-1])

@@ -41,7 +41,7 @@ def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, *, metric: str = "l2", r
     d_NK = vq_distances(x, codebook, metric=metric)
     idx_N = d_NK.argmin(1)  # VAR's search; torch.argmin picks a NaN, which must never win: those rows again
     nan_N = d_NK.gather(1, idx_N[:, None])[:, 0].isnan()
-    if nan_N.any():
+    if nan_N.device.type != "meta" and nan_N.any():
         idx_N[nan_N] = d_NK[nan_N].nan_to_num(nan=torch.inf, posinf=torch.inf).argmin(1)
     idx = idx_N.view(x.shape[:-1])
     if not return_distance:
@@ -128,7 +128,7 @@ def idxBl_to_var_input(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, *,
     next_scales = []
     for si in range(SN - 1):
         h_BChw = embed(ms_idx_Bl[si], codebook, patch_nums[si])
-        f_hat.add_(_up_phi(h_BChw, si, SN, H, phi_weight, phi_bias, resi_ratio))
+        f_hat = f_hat + _up_phi(h_BChw, si, SN, H, phi_weight, phi_bias, resi_ratio)  # not in place: differentiable
         pn_next = patch_nums[si + 1]
         next_scales.append(area_down(f_hat, pn_next).reshape(B, C, pn_next * pn_next).transpose(1, 2))
     return torch.cat(next_scales, dim=1) if next_scales else codebook.new_zeros(B, 0, C)
@@ -148,7 +148,10 @@ def get_next_autoregressive_input(si, SN, f_hat, h_BChw, phi_weight, phi_bias, p
 def msq_forward(f_BChw, codebook, phi_weight, phi_bias, patch_nums, *, beta=0.25, resi_ratio=0.5):
     """VAR's quantizer training forward: (f_hat (B, C, H, W) with the straight-through gradient, codebook hits
     per scale (SN, V) float32, mean_vq_loss = mean over scales of beta MSE(f_hat.detach(), f) + MSE(f_hat,
-    f.detach())). Gradients reach f (commitment and straight-through), the codebook and the Phi convs."""
+    f.detach())). Gradients reach f (commitment and straight-through), the codebook and the Phi convs. Computes in
+    float64 when f_BChw is float64, else in float32 (every tensor taken there, differentiably)."""
+    dtype = torch.float64 if f_BChw.dtype == torch.float64 else torch.float32
+    f_BChw, codebook, phi_weight, phi_bias = (t.to(dtype) for t in (f_BChw, codebook, phi_weight, phi_bias))
     B, C, H, W = f_BChw.shape
     SN, V = len(patch_nums), codebook.shape[0]
     f_no_grad = f_BChw.detach()
