@@ -8,25 +8,26 @@ the same arguments on fastar.torch or fastar.reference, whose functions have the
 active backend's kernel does not take the inputs, the body returns Decline(reason) instead of run: the op
 runs its torch formulation, warns once, and fastar.last_backend says "torch".
 
-A new kernel family in a few lines (HiT's multi-axis attention here; MAR's diffusion_sample alike):
+A new kernel family in a few lines (fastar/ops/multi_axis.py, HiT's multi-axis attention, reduced to its frame;
+MAR's diffusion_sample alike):
 
-    # fastar/ops/multi_axis.py
     import torch
     from fastar.ops._checks import check_tensor
     from fastar.ops._registry import kernel, op
     from fastar.reference import multi_axis as reference
     from fastar.torch import multi_axis as torch_impl
 
-    @kernel("multi_axis_attention_fwd")  # schema in csrc/torch; this is its fake, for torch.compile / opcheck
-    def _multi_axis_attention_fwd(q, k, v, block, dilation):
-        return torch.empty_like(q)
+    @kernel("multi_axis_attention_fwd")  # schema in csrc/torch/ops.h; this is its fake, for torch.compile / opcheck
+    def _multi_axis_attention_fwd(q, k, v, block_size, scale):
+        return torch.empty_like(q), q.new_empty(q.shape[:4], dtype=torch.float32)  # out, lse
 
     @op(reference=reference.multi_axis_attention, torch=torch_impl.multi_axis_attention)
-    def multi_axis_attention(q, k, v, *, block, dilation):
-        \"\"\"HiT's regional (block x block) and dilated heads over q, k, v (B, H, h, w, D).\"\"\"
+    def multi_axis_attention(q, k, v, block_size, *, scale=None):
+        \"\"\"HiT's regional and dilated heads over q, k, v (B, H, W, heads, D).\"\"\"
         for name, t in (("q", q), ("k", k), ("v", v)):
             check_tensor("multi_axis_attention", name, t, dim=5)
-        return q.device, lambda ops: ops.multi_axis_attention_fwd(q, k, v, block, dilation)
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        return q.device, lambda ops: ops.multi_axis_attention_fwd(q, k, v, block_size, scale)[0]
 
 A differentiable kernel names its formula: @kernel("name", backward=fn, setup_context=fn), where
 backward(ops, ctx, *grads) gets the namespace its forward ran in (attention_fwd calls ops.attention_bwd).

@@ -140,7 +140,7 @@ def attention(q, k, v, mask=None, *, scale=None, return_lse=False):
     on CUDA) runs fastar's kernel; a wider head runs the torch backend (SDPA) with a warning, and
     fastar.last_backend("attention") says "torch". mask: an AttentionMask, None = full.
     scale defaults to 1/sqrt(D). Returns out (B, H, Lq, D) like q, and with return_lse also the
-    logsumexp (B, H, Lq) float32 (-inf on rows that see no key, whose out is 0).
+    logsumexp (B, H, Lq) float32, float64 for float64 inputs (-inf on rows that see no key, whose out is 0).
     Differentiable in q, k and v through dedicated backward kernels, out and lse (a used lse costs one more
     forward and backward: _registry.lse_grads); once (no double backward: it raises).
     Non-finite inputs: a NaN in q or k reaches exactly the rows that see it (out and lse NaN), never a row that
