@@ -4,8 +4,8 @@
     python -m fastar sample fractalgen --ckpt runs/fractalgen-digits/ckpt.pt --classes 0 1 2 3   # `fastar train`
 
 Without --ckpt the weights are random (the named model's official shapes), and it says so. Per-model defaults of
---num-iter, --cfg, --temperature are the README's evaluation flags, and for a `fastar train` checkpoint those its
-samples.png used; the progress bar counts the top level's steps.
+--num-iter, --cfg, --temperature are LTH14/fractalgen's README evaluation flags, and for a `fastar train` checkpoint
+those its samples.png used; the progress bar counts the top level's steps.
 """
 import argparse
 
@@ -57,13 +57,13 @@ def main(argv=None):
     p.add_argument("--classes", type=int, nargs="+",
                    help="one image per class (default: ImageNet's 207 360 387 974, or 0-9 of a smaller model)")
     p.add_argument("--num-iter", type=positive_ints, help="steps per transformer level, comma-separated (AR levels "
-                   "take one per patch; default: the README's for --model, or the checkpoint's)")
+                   "take one per patch; default: the upstream README's for --model, or the checkpoint's)")
     p.add_argument("--cfg", type=finite_float, help="classifier-free guidance at the end of the linear schedule "
-                   "(default: the README's for --model, or the checkpoint's)")
+                   "(default: the upstream README's for --model, or the checkpoint's)")
     p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"],
                    help="guidance ramped linearly over the generated tokens, or constant")
     p.add_argument("--temperature", type=positive_float, help="multiplies the pixel logits (> 1 sharpens), as "
-                   "officially (default: the README's for --model, or the checkpoint's)")
+                   "officially (default: the upstream README's for --model, or the checkpoint's)")
     p.add_argument("--filter-threshold", type=unit_float, default=1e-4,
                    help="CFG leaves values below this probability")
     p.add_argument("--bf16-weights", action="store_true", help="decode steps of up to 8 rows (--bs 4 with CFG) read "
