@@ -75,6 +75,10 @@ MODELS = {
 
 
 class FractalGen(nn.Module):
+    """One level of FractalGen (LTH14/fractalgen models/fractalgen.py, same module names): its AR or MAR `generator`
+    over the level's patches and `next_fractal`, the next level (a FractalGen) or PixelLoss at the last. forward:
+    the loss of images (B, 3, H, W), ImageNet-normalized; generate: images (B, 3, H, W) in [0, 1]."""
+
     def __init__(self, cfg: FractalGenConfig, fractal_level=0):
         super().__init__()
         self.cfg, self.fractal_level = cfg, fractal_level
@@ -182,6 +186,7 @@ class FractalGen(nn.Module):
 
 
 def bits_per_dim(nll_nats):
+    """A negative log-likelihood in nats per dim (FractalGen's eval loss) in bits per dim: / ln 2."""
     return nll_nats / math.log(2)
 
 

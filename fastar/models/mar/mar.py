@@ -65,6 +65,10 @@ SIZES = {"base": MARConfig(), "large": MARConfig(width=1024, depth=16, num_heads
 
 
 class MAR(nn.Module):
+    """MAR (LTH14/mar models/mar.py, same module names): the masked encoder / decoder over the class buffer and the
+    (img_size / vae_stride)^2 latent tokens, and the DiffLoss head per token. forward: the training loss of scaled
+    latents (B, vae_embed_dim, h, w); sample_tokens: latents of that shape."""
+
     def __init__(self, cfg: MARConfig = MARConfig()):
         super().__init__()
         self.cfg = cfg
