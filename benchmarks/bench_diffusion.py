@@ -19,6 +19,10 @@ from fastar.reference import diffusion as ref
 WIDTH, DEPTH, Z, C = 1024, 6, 768, 16  # MAR-B's released head (d6 w1024) on its 768-wide decoder
 ROWS, CFG = 512, 2.9
 STEPS = int(os.environ.get("FASTAR_BENCH_DIFFUSION_STEPS", 100))
+# the baselines: the torch backend of diffusion_sample / diffusion_loss is the reference run in float32, i.e. the
+# official DiffLoss loop and loss terms
+OFFICIAL_LOOP = "official loop (torch backend: fastar.reference.diffusion_sample), float32"
+OFFICIAL_LOSS = "official formulation (torch backend: fastar.reference.diffusion_loss), float32"
 
 
 def head(seed=0):
@@ -42,13 +46,13 @@ def test_diffusion_sample(benchmark, steps, peak_gflops):
     def run(fn):
         return lambda: fn(z, w, num_steps=steps, cfg=CFG, generator=torch.Generator().manual_seed(2))
 
-    contenders = {"official loop (reference, float32)": run(ref.diffusion_sample)}
+    contenders = {OFFICIAL_LOOP: run(ref.diffusion_sample)}
     # Agreement on the first 2 steps only: one more full run of each would double the benchmark's time.
     ours = fastar.ops.diffusion_sample(z, w, num_steps=2, cfg=CFG, generator=torch.Generator().manual_seed(2))
     max_diff = (ref.diffusion_sample(z, w, num_steps=2, cfg=CFG, generator=torch.Generator().manual_seed(2))
                 - ours).abs().max().item()
     f = gflop(ROWS, steps)
-    compare(benchmark, run(fastar.ops.diffusion_sample), contenders, baseline="official loop (reference, float32)",
+    compare(benchmark, run(fastar.ops.diffusion_sample), contenders, baseline=OFFICIAL_LOOP,
             rounds=2, warmup=0, op="diffusion_sample", max_abs_diff=max_diff, max_abs=ours.abs().max().item(),
             gflop=f, fma_floor_ms=f / peak_gflops * 1e3)
 
@@ -68,7 +72,7 @@ def test_diffusion_sample_bf16(benchmark, steps, bf16_row, bf16_peak_gflops):
             out[name] = fn(z, w, num_steps=steps, cfg=CFG, generator=torch.Generator().manual_seed(2), **kw)
         return call
 
-    base = "official loop (reference, float32)"
+    base = OFFICIAL_LOOP
     contenders = {base: run(base, ref.diffusion_sample), "fastar fp32": run("fastar fp32", fastar.ops.diffusion_sample)}
     f = gflop(ROWS, steps)  # the share of the bf16 dot-product peak where it is measured (AVX512-BF16)
     peak = dict(gflop=f, fma_floor_ms=f / bf16_peak_gflops * 1e3, peak="bf16") if bf16_peak_gflops else {}
@@ -112,6 +116,5 @@ def test_diffusion_loss(benchmark):
     with torch.no_grad():  # per-row losses of both
         max_diff = (fastar.ops.diffusion_loss(x, z, net, t=t, noise=noise)
                     - ref.diffusion_loss(x, z, net, t=t, noise=noise)).abs().max().item()
-    compare(benchmark, ours, {"official formulation (reference, float32)": theirs},
-            baseline="official formulation (reference, float32)", rounds=3, warmup=1, op="diffusion_loss",
+    compare(benchmark, ours, {OFFICIAL_LOSS: theirs}, baseline=OFFICIAL_LOSS, rounds=3, warmup=1, op="diffusion_loss",
             max_abs_diff=max_diff)

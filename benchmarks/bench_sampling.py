@@ -20,6 +20,13 @@ CASES = {  # name: (rows, V, kwargs)
 }
 
 
+def official_label(kw):
+    """The official formulation's steps that run for the filters in kw (fastar.torch.sampling.sample_categorical)."""
+    steps = (["softmax + threshold mask"] if kw.get("min_prob", 0) > 0 else []) + (
+        ["topk"] if kw.get("top_k", 0) > 0 else []) + (["sort + cumsum"] if kw.get("top_p", 1) < 1 else [])
+    return f"official ({' + '.join(steps + ['softmax + multinomial'])})"
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_sample_categorical(benchmark, case):
     rows, V, kw = CASES[case]
@@ -29,6 +36,6 @@ def test_sample_categorical(benchmark, case):
     def run(fn):
         return lambda: fn(logits, generator=torch.Generator().manual_seed(1), **kw)
 
-    name = "official (topk + sort + cumsum + multinomial)"
+    name = official_label(kw)
     compare(benchmark, run(fastar.ops.sample_categorical), {name: run(official.sample_categorical)},
             baseline=name, rounds=7, op="sample_categorical")

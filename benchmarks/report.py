@@ -76,8 +76,9 @@ def render(data):
         f"- fastar {m.get('version')}, backends {m.get('backends')}, CPU ISA in use "
         f"{isa_in_use(m.get('build', {}))}, torch {m.get('torch')}; {data.get('datetime', '')}",
         "- times are min / median ms over interleaved rounds in one process; ratio = min(contender) / min(fastar)"
-        " (> 1: fastar is faster); the baseline is what users run today (the torch backend: the official code's "
-        "formulation). Ratios compare within one run, and across runs only on the same CPU.", "",
+        " (> 1: fastar is faster); each section names its baseline, what users run today (normally the torch "
+        "backend, fastar/torch/, or the official code's formulation). Ratios compare within one run, and across "
+        "runs only on the same CPU.", "",
     ]
     for b in data["benchmarks"]:
         e = b["extra_info"]
@@ -160,7 +161,7 @@ def plot(data, path):
     ax.set_xscale("log")
     ax.set_xlabel("speed-up of fastar (min time of contender / min time of fastar)")
     ax.bar_label(bars, [f"{r:.2f}x" for r in ratios], fontsize=7, padding=2)
-    ax.set_title("fastar vs the torch backend (what users run) and peers: one run, CPU")
+    ax.set_title("fastar vs each benchmark's baseline (what users run) and peers: one run, CPU")
     if stacks:
         ax = axes[1, 0]
         colors = {}

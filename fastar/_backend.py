@@ -45,7 +45,12 @@ _warned = set()
 
 
 def build_info() -> dict:
-    """What the compiled extension contains: version, cuda, cuda_archs, cpu_isa, compiler."""
+    """What the compiled extension contains and what it chose on this CPU (csrc/torch/module.cpp): version, cuda
+    (bool), cuda_archs, cpu_isa (the CPU kernels' ISA), cpu_isa_avx2_families (on Zen 4, whose AVX-512 runs on
+    256-bit datapaths, the kernel families that run their AVX2 code under cpu_isa avx512, comma-separated; ''
+    elsewhere), cpu_bf16 ('amx-bf16', 'avx512-bf16', or '' where bf16 GEMMs would be emulated: the CPU lacks both,
+    or the GEMM library's ISA cap excludes them), cpu_vendor ('intel', 'amd' or 'other'), cpu_bf16_gemm and
+    cpu_fp32_gemm (the GEMM library, 'mkl' or 'onednn'), compiler. {'error': ...} when fastar._C is not available."""
     if _C is None:
         return {"error": f"fastar._C is not available: {_C_error}"}
     return dict(_C.build_info())
@@ -80,7 +85,10 @@ def cpu_cache_info() -> dict:
     page fault and the OS's zeroing of every page, so the blocks of freed outputs (at least 4 MB, on transparent
     huge pages) are kept for the next call of that size. {'blocks', 'bytes': what it holds now, 'limit_bytes',
     'hits', 'misses': outputs served from it and freshly mapped, 'live_bytes': of its blocks in use, 'peak_bytes':
-    the limit raised by cpu_cache_all_tensors(keep_peak=True), 0 if none}. Used by the tiny-sequence attention."""
+    the limit raised by cpu_cache_all_tensors(keep_peak=True), 0 if none}. Used by the tiny-sequence attention's
+    outputs and gradients, and, through cpu_cache_all_tensors, by every large CPU tensor inside VAR's VQVAE decoder
+    fast path, HiT's generator at inference, fastar.models.layers.decode_weights and each cpu_cache_step (the
+    trainers' steps)."""
     return dict(_require_C("cpu_cache_info").cpu_cache_info())
 
 
@@ -105,7 +113,7 @@ def _check_min_mb(name, min_mb):
 
 
 @contextlib.contextmanager
-def cpu_cache_all_tensors(keep_peak: bool = False, *, min_mb: int = 32):
+def cpu_cache_all_tensors(keep_peak: bool = False, *, min_mb: int | None = None):
     """Within it every CPU tensor torch allocates (not only fastar's kernels' outputs) of at least 4 MB comes from
     the CPU cache, smaller ones from torch's allocator as before: for models whose layers allocate large
     activations, where each fresh one costs page faults and zeroing (VAR's VQVAE decoder at B 4: ~170 MB per
@@ -119,9 +127,14 @@ def cpu_cache_all_tensors(keep_peak: bool = False, *, min_mb: int = 32):
     freed, as torch's CUDA caching allocator keeps what it reserved. The process then holds a step's peak of such
     tensors between steps (VAR-d16 at B 4: ~1.5 GB) until empty_cpu_cache() or set_cpu_cache_limit(). Its blocks
     are on 4 KB pages: VAR-d16's steps ran slower on warm 2 MB ones than on torch's allocator.
-    fastar.cpu_cache_step(device) is this for the cpu backend only."""
+    min_mb applies with keep_peak=True only (outside keep_peak scopes the threshold is the cache's 4 MB): given
+    without it, a ValueError. fastar.cpu_cache_step(device) is this for the cpu backend only."""
     if not isinstance(keep_peak, bool):
         raise TypeError(f"cpu_cache_all_tensors: keep_peak must be a bool, got {type(keep_peak).__name__}")
+    if min_mb is not None and not keep_peak:
+        raise ValueError(f"cpu_cache_all_tensors: min_mb applies with keep_peak=True only (without it tensors of 4 MB "
+                         f"and more come from the cache), got min_mb={min_mb!r} and keep_peak=False")
+    min_mb = 32 if min_mb is None else min_mb
     _check_min_mb("cpu_cache_all_tensors", min_mb)
     _require_C("cpu_cache_all_tensors").cpu_cache_all_tensors(True, keep_peak, min_mb << 20)
     try:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv (CPU torch 2.13.0 and what the tests and benchmarks use) and builds fastar into it, with the
-# simt test backend. Idempotent: a second run only rebuilds what changed. Called by test.sh and bench.sh.
+# Creates .venv (torch==2.13.0 from pip's configured index, the CPU wheel on this project's machines, and what the
+# tests and benchmarks use) and builds fastar into it, with the simt test backend. Idempotent: a second run only
+# rebuilds what changed. Called by test.sh and bench.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD

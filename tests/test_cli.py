@@ -31,7 +31,7 @@ def test_help_lists_every_command_and_exits_0(capsys):
 BAD_COUNTS = [("var", "--var-steps", "0"), ("var", "--bs", "-1"), ("var", "--ckpt-every", "0"),
               ("var", "--threads", "0"), ("mar", "--mar-steps", "-1"), ("mar", "--mar-warmup", "-1"),
               ("hit", "--steps", "0"), ("fractalgen", "--steps", "-5"), ("fractalgen", "--warmup", "-1"),
-              ("dalle", "--dalle-steps", "0"), ("dalle", "--width", "0")]
+              ("dalle", "--dalle-steps", "0"), ("dalle", "--depth", "0")]
 
 
 @pytest.mark.parametrize("model,option,value", BAD_COUNTS)
@@ -40,6 +40,67 @@ def test_train_refuses_bad_counts(capsys, tmp_path, model, option, value):
     err = capsys.readouterr().err
     assert f"argument {option}: must be an int >= " in err and value in err
     assert not any(tmp_path.iterdir()), "nothing written before the refusal"
+
+
+# numbers the models (or the optimizers) would refuse only later, some after training: argparse or one p.error
+# right after parsing refuses them, before any model is built (torch.nn.Module.__init__ raises in the test)
+BAD_VALUES = [("sample", "mar", "--num-steps", "1"), ("sample", "mar", "--num-steps", "2000"),
+              ("sample", "mar", "--temperature", "0"), ("sample", "mar", "--cfg", "nan"),
+              ("sample", "fractalgen", "--num-iter", "0,0"), ("sample", "fractalgen", "--num-iter", "8,x"),
+              ("sample", "fractalgen", "--temperature", "-1"), ("sample", "fractalgen", "--filter-threshold", "2"),
+              ("sample", "var", "--top-k", "-1"), ("sample", "var", "--top-p", "2"), ("sample", "var", "--cfg", "inf"),
+              ("sample", "dalle", "--temperature", "0"), ("sample", "dalle", "--top-k", "-1"),
+              ("sample", "dalle", "--top-p", "1.5"), ("sample", "dalle", "--prefix-from", "-1"),
+              ("train", "mar", "--num-steps", "1"), ("train", "mar", "--image-size", "15"),
+              ("train", "mar", "--width", "100"), ("train", "mar", "--mar-lr", "-1"), ("train", "mar", "--cfg", "nan"),
+              ("train", "var", "--var-lr", "-1"), ("train", "var", "--image-size", "16"),
+              ("train", "fractalgen", "--num-iter", "0,0"), ("train", "fractalgen", "--num-iter", "4"),
+              ("train", "fractalgen", "--widths", "30,32,32"), ("train", "fractalgen", "--temperature", "0"),
+              ("train", "hit", "--ema", "1.5"), ("train", "hit", "--r1", "-1"), ("train", "hit", "--lr", "0"),
+              ("train", "dalle", "--width", "0"), ("train", "dalle", "--width", "100"),
+              ("train", "dalle", "--text-len", "2"), ("train", "dalle", "--text-len", "300"),
+              ("train", "dalle", "--top-k", "-1")]
+
+
+@pytest.mark.parametrize("command,model,option,value", BAD_VALUES)
+def test_bad_values_are_refused_before_any_model_is_built(capsys, monkeypatch, tmp_path, command, model, option,
+                                                          value):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built before the refusal")
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", no_model)
+    out = ["--out", str(tmp_path if command == "train" else tmp_path / "x.png")]
+    assert run([command, model, option, value] + out) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"python -m fastar {command} {model}: error: ") and option in line and value in line, line
+    assert not any(tmp_path.iterdir()), "nothing written before the refusal"
+
+
+def test_help_gives_every_option_a_help_and_its_default(capsys, monkeypatch):
+    """Each train / sample parser: HelpFormatter (defaults shown, None left out), a help text on every option."""
+    import argparse
+    from fastar.models.cli import HelpFormatter
+    parsers = []
+
+    def keep(self, *args, **kwargs):
+        parsers.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", keep)
+    for key in COMMANDS:
+        if key[0] in ("train", "sample"):
+            assert run(list(key)) == 0
+            p = parsers[-1]
+            assert p.formatter_class is HelpFormatter, key
+            assert not [a.dest for a in p._actions if not a.help], key
+            text = p.format_help()
+            assert "(default: None)" not in text and "(default: False)" not in text, key
+            assert "--bs" not in text or "(default: " in text, key
+    monkeypatch.undo()
+    assert run(["sample", "mar", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: the checkpoint's: 1000 for a `fastar train mar` ckpt.pt" in text
+    assert "100 for MAR-B/L/H" in text
 
 
 def test_batches_refuse_a_batch_larger_than_a_process_share():

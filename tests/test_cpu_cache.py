@@ -201,6 +201,10 @@ def test_keep_peak_min_mb():
         with fastar.cpu_cache_step(torch.device("cpu")):
             e = x[:1024] * 2
             assert live() == base
+    # outside keep_peak scopes the cache's 4 MB threshold holds: a min_mb there would be ignored, so it is refused
+    with pytest.raises(ValueError, match="min_mb applies with keep_peak=True only .* got min_mb=4 and keep_peak=False"):
+        with fastar.cpu_cache_all_tensors(min_mb=4):
+            pass
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match=f"cpu_cache_all_tensors: min_mb must be an int >= 1, got {bad!r}"):
             with fastar.cpu_cache_all_tensors(keep_peak=True, min_mb=bad):

@@ -8,8 +8,8 @@ sampler (torch.multinomial) against the patched one (fastar.ops.sample_categoric
 torch.multinomial draws from the global generator): every pixel must be equal.
 time: fractalmar_in64 built by the official builder with main_fractalgen.py's call (num_conds 5), official
 multinomial; interleaved rounds (official, patched, ...) in one process, wall and CPU time with the load average.
-Knobs (environment): B (1), NUM_ITER ("64,16", the README's), ROUNDS (2), THREADS (torch threads, 1), LINEAR (1:
-also the opt-in nn.Linear row, fastar.patch.fractalgen's linear=, which needs the model; 0 by default).
+Knobs (environment): B (1), NUM_ITER ("64,16", the upstream README's), ROUNDS (2), THREADS (torch threads, 1),
+LINEAR (1: also the opt-in nn.Linear row, fastar.patch.fractalgen's linear=, which needs the model; 0 by default).
 The official code calls .cuda(): here it is the identity (tools/official.py). The official code is read from
 OFFICIAL_REPO, never copied into fastar."""
 import os

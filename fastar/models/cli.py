@@ -1,6 +1,8 @@
-"""What the models' command lines share: argparse types for counts, checks of the output paths made before any
-work, and reading a checkpoint with errors that name the option and the file."""
+"""What the models' command lines share: argparse types for counts and numbers, a --help formatter that shows
+defaults, checks of the output paths made before any work, and reading a checkpoint with errors that name the
+option and the file."""
 import argparse
+import math
 import os
 
 import torch
@@ -21,6 +23,80 @@ def nonneg_int(text):
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be an int >= 0, got {n}")
     return n
+
+
+def int_in(low, high):
+    """argparse type: an int in [low, high] (diffusion steps: 2 to the chain's 1000; text positions)."""
+    def parse(text):
+        n = int(text)
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"must be an int in [{low}, {high}], got {n}")
+        return n
+    parse.__name__ = f"int in [{low}, {high}]"  # argparse's "invalid ... value" names it
+    return parse
+
+
+def multiple_of(k):
+    """argparse type: a positive multiple of k (widths of heads of 32, image sizes of a tokenizer's stride)."""
+    def parse(text):
+        n = int(text)
+        if n < k or n % k:
+            raise argparse.ArgumentTypeError(f"must be a positive multiple of {k}, got {n}")
+        return n
+    parse.__name__ = f"multiple of {k}"
+    return parse
+
+
+def finite_float(text):
+    """argparse type: a finite float (guidance scales; nan and inf are refused, as the models refuse them)."""
+    x = float(text)
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return x
+
+
+def positive_float(text):
+    """argparse type: a finite float > 0 (temperatures, learning rates)."""
+    x = finite_float(text)
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return x
+
+
+def nonneg_float(text):
+    """argparse type: a finite float >= 0 (loss weights, 0 = off)."""
+    x = finite_float(text)
+    if x < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return x
+
+
+def unit_float(text):
+    """argparse type: a float in [0, 1] (top-p, probability thresholds, EMA decays)."""
+    x = float(text)
+    if not 0 <= x <= 1:  # nan fails too
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return x
+
+
+def positive_ints(text):
+    """argparse type: comma-separated ints >= 1, as a list (steps per level, widths per level)."""
+    try:
+        ns = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated ints >= 1, got {text!r}") from None
+    if any(n < 1 for n in ns):
+        raise argparse.ArgumentTypeError(f"must be comma-separated ints >= 1, got {text!r}")
+    return ns
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each option's default, except None (the help says what then applies) and store_true's False."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def check_out_file(p, path, option="--out"):

@@ -133,22 +133,30 @@ def _encode_declines(self, f_BChw, to_fhat, v_patch_nums=None):
 
 
 def f_to_idxBl_or_fhat(self, f_BChw, to_fhat, v_patch_nums=None):
+    """VectorQuantizer2.f_to_idxBl_or_fhat on fastar.ops.f_to_idxBl_or_fhat: f_BChw (B, C, H, W) -> per scale the
+    indices (B, pn^2) int64, or the cumulative f_hat (B, C, H, W) after that scale when to_fhat."""
     codebook, w, b, pns = _quant_args(self)
     return fastar.ops.f_to_idxBl_or_fhat(f_BChw, codebook, w, b, tuple(v_patch_nums or pns), to_fhat=to_fhat,
                                          resi_ratio=abs(self.quant_resi_ratio))
 
 
 def idxBl_to_var_input(self, gt_ms_idx_Bl):
+    """VectorQuantizer2.idxBl_to_var_input on fastar.ops.idxBl_to_var_input: per-scale indices (B, pn^2) -> VAR's
+    teacher-forcing input (B, L - 1, C)."""
     return fastar.ops.idxBl_to_var_input(gt_ms_idx_Bl, *_quant_args(self), resi_ratio=abs(self.quant_resi_ratio))
 
 
 def get_next_autoregressive_input(self, si, SN, f_hat, h_BChw):
+    """VectorQuantizer2.get_next_autoregressive_input on fastar.ops.get_next_autoregressive_input: f_hat += Phi(up(
+    h_BChw)) in place; returns (f_hat, the next scale's input (B, C, pn', pn')), or (f_hat, f_hat) at the last."""
     codebook, w, b, pns = _quant_args(self)
     return fastar.ops.get_next_autoregressive_input(si, SN, f_hat, h_BChw, w, b, pns,
                                                     resi_ratio=abs(self.quant_resi_ratio))
 
 
 def embed_to_fhat(self, ms_h_BChw, all_to_max_scale=True, last_one=False):
+    """VectorQuantizer2.embed_to_fhat (all_to_max_scale only) on fastar.ops.embed_to_fhat: per-scale code maps
+    (B, C, pn, pn) -> the cumulative f_hat (B, C, H, W) after each scale, or the last one only."""
     codebook, w, b, pns = _quant_args(self)
     return fastar.ops.embed_to_fhat(ms_h_BChw, w, b, pns, last_one=last_one, resi_ratio=abs(self.quant_resi_ratio))
 

@@ -123,6 +123,10 @@ class Block(nn.Module):
 
 
 class DALLE(nn.Module):
+    """DALL-E's transformer (Ramesh et al. 2021; see the module docstring): embeddings of text (B, text_len)
+    and image tokens (B, grid^2), blocks with row / column / conv masks, and the text and image heads. forward:
+    teacher-forced logits; generate: image tokens (B, grid^2) sampled one per step on KV caches."""
+
     def __init__(self, cfg: DALLEConfig = DALLEConfig()):
         super().__init__()
         if cfg.width % cfg.heads:
@@ -152,6 +156,7 @@ class DALLE(nn.Module):
     # ---- inputs ----
 
     def check_text(self, text_BT):
+        """Raises a ValueError naming the problem unless text_BT is (B, text_len) int64 ids in [0, text_vocab)."""
         T, V = self.cfg.text_len, self.cfg.text_vocab
         if text_BT.dim() != 2 or text_BT.dtype != torch.long:
             raise ValueError(f"DALLE: text must be (B, text_len) int64, got {text_BT.dtype} {tuple(text_BT.shape)}")
@@ -160,6 +165,8 @@ class DALLE(nn.Module):
         check_values("DALLE", text_BT, 0, V - 1, f"text token ids must be in [0, {V})")
 
     def check_image(self, image_BN, max_len, batch=None):
+        """Raises a ValueError unless image_BN is (B, n) int64 ids in [0, image_vocab) with n <= max_len and, when
+        given, B == batch."""
         N = self.cfg.grid ** 2
         if image_BN.dim() != 2 or image_BN.dtype != torch.long:
             raise ValueError(f"DALLE: image tokens must be (B, n) int64, got {image_BN.dtype} "

@@ -12,7 +12,8 @@ import argparse
 import torch
 from tqdm import tqdm
 
-from fastar.models.cli import check_out_file, positive_int, read_checkpoint, wrong_checkpoint
+from fastar.models.cli import (HelpFormatter, check_out_file, nonneg_int, positive_float, positive_int,
+                               read_checkpoint, unit_float, wrong_checkpoint)
 from fastar.models.dalle.dalle import DALLE, DALLEConfig
 from fastar.models.dalle.dvae import DVAE, DVAEConfig
 from fastar.models.dalle.text import TextTokenizer
@@ -38,25 +39,30 @@ def load(ckpt, texts):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastar sample dalle", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fastar sample dalle", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--ckpt", help="a `fastar train dalle` ckpt.pt")
     p.add_argument("--text", nargs="+", default=["a handwritten seven"], help="captions, one row of images each")
     p.add_argument("--n", type=positive_int, default=8, help="images per caption")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=32)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--prefix-from", type=int, help="index of a digits image whose top rows are given")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="divides the image-token logits")
+    p.add_argument("--top-k", type=nonneg_int, default=32, help="keep the k largest logits (0 = off)")
+    p.add_argument("--top-p", type=unit_float, default=1.0, help="nucleus mass (1 = off, 0 = the argmax)")
+    p.add_argument("--prefix-from", type=nonneg_int, help="index of a digits image whose top rows are given")
     p.add_argument("--prefix-rows", type=positive_int, default=3, help="token rows given with --prefix-from")
     p.add_argument("--bf16-weights", action="store_true", help="decode steps of up to 8 images (--n <= 8) read "
                    "bfloat16 copies of the weights (half the bytes; a sampling mode with its own tokens)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="dalle.png")
+    p.add_argument("--seed", type=int, default=0, help="the draws, and the random weights without --ckpt")
+    p.add_argument("--out", default="dalle.png", help="the grid's image file (its folder must exist)")
     args = p.parse_args(argv)
     check_out_file(p, args.out)
 
     with seeded(args.seed):
         dvae, dalle, tok, what = load(args.ckpt, args.text)
     print(f"sampling with {what}")
+    try:
+        text_ids = [tok.encode([text] * args.n) for text in args.text]
+    except ValueError as e:  # a caption longer than the model's text_len
+        p.error(f"--text: {e}")
     dvae.eval(), dalle.eval()
     g = dalle.cfg.grid
     prefix = None
@@ -70,9 +76,9 @@ def main(argv=None):
         prefix = dvae.img_to_tokens(image).flatten(1)[:, :args.prefix_rows * g].expand(args.n, -1)
     gen = torch.Generator().manual_seed(args.seed)
     rows = []
-    for text in tqdm(args.text, desc="sample dalle"):
+    for ids in tqdm(text_ids, desc="sample dalle"):
         with decode_weights(dalle, torch.bfloat16 if args.bf16_weights else torch.float32):
-            tokens = dalle.generate(tok.encode([text] * args.n), image_prefix=prefix, temperature=args.temperature,
+            tokens = dalle.generate(ids, image_prefix=prefix, temperature=args.temperature,
                                     top_k=args.top_k, top_p=args.top_p, generator=gen, progress=True)
         rows.append(dvae.tokens_to_img(tokens.view(-1, g, g)))
     save_grid(torch.cat(rows), args.out, nrow=args.n)

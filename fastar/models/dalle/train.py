@@ -16,9 +16,9 @@ import torch
 
 from fastar.models.dalle.dalle import DALLE, DALLEConfig, loss as dalle_loss_of
 from fastar.models.dalle.dvae import DVAE, DVAEConfig, beta_schedule, tau_schedule
-from fastar.models.dalle.text import TextTokenizer
+from fastar.models.dalle.text import MAX_TEXT_LEN, TextTokenizer
 from fastar.models.var.sample import save_grid
-from fastar.models.cli import positive_int
+from fastar.models.cli import HelpFormatter, int_in, multiple_of, nonneg_int, positive_float, positive_int
 from fastar.models.var.train import add_run_args, digits, fit, end_run, start_run
 
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -37,26 +37,33 @@ def tiny_dalle(text_vocab, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastar train dalle", description=__doc__.split("\n")[0])
-    p.add_argument("--width", type=positive_int, default=128, help="transformer width (heads of 32)")
+    p = argparse.ArgumentParser(prog="python -m fastar train dalle", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--width", type=multiple_of(32), default=128, help="transformer width (heads of 32)")
     p.add_argument("--depth", type=positive_int, default=4, help="transformer layers (row, column, row, conv)")
-    p.add_argument("--text-len", type=positive_int, default=8, help="text positions (at most 256)")
+    p.add_argument("--text-len", type=int_in(1, MAX_TEXT_LEN), default=8,
+                   help="text positions (at least the longest caption's tokens: 8 at --text-vocab 64, 6 at 128)")
     p.add_argument("--text-vocab", type=positive_int, default=64, help="BPE vocabulary size")
     p.add_argument("--bs", type=positive_int, default=32, help="batch size per process")
-    p.add_argument("--dvae-steps", type=positive_int, default=300)
-    p.add_argument("--dalle-steps", type=positive_int, default=400)
-    p.add_argument("--dvae-lr", type=float, default=2e-3)
-    p.add_argument("--dalle-lr", type=float, default=1e-3)
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of samples.png")
-    p.add_argument("--top-k", type=int, default=32)
+    p.add_argument("--dvae-steps", type=positive_int, default=300, help="stage 1: dVAE steps")
+    p.add_argument("--dalle-steps", type=positive_int, default=400, help="stage 2: transformer steps")
+    p.add_argument("--dvae-lr", type=positive_float, default=2e-3, help="AdamW learning rate of the dVAE")
+    p.add_argument("--dalle-lr", type=positive_float, default=1e-3, help="AdamW learning rate of the transformer")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature of samples.png")
+    p.add_argument("--top-k", type=nonneg_int, default=32, help="top-k of samples.png (0 = off)")
     add_run_args(p, "runs/dalle-digits")
     args = p.parse_args(argv)
+    # the tokenizer first: a --text-len too short for its captions is refused before any training
+    captions = [caption(c, t) for c in range(10) for t in range(len(TEMPLATES))]
+    tokenizer = TextTokenizer.train(captions, args.text_vocab, args.text_len)
+    longest = max(len(enc.ids) for enc in tokenizer.tokenizer.encode_batch(captions))
+    if longest > args.text_len:
+        p.error(f"--text-len {args.text_len}: the longest caption takes {longest} tokens at --text-vocab "
+                f"{args.text_vocab}")
 
     rank, world = start_run(args)
     images, labels = digits(32)
     images = (images + 1) / 2  # (N, 3, 32, 32) in [0, 1]: the dVAE's map_pixels input
-    tokenizer = TextTokenizer.train([caption(c, t) for c in range(10) for t in range(len(TEMPLATES))],
-                                    args.text_vocab, args.text_len)
     dvae = DVAE(TINY_DVAE)
     dalle = DALLE(tiny_dalle(tokenizer.vocab_size, args))
 

@@ -60,7 +60,8 @@ class FractalGenConfig:
 _IN64 = dict(img_size_list=(64, 4, 1), embed_dim_list=(1024, 512, 128), num_blocks_list=(32, 8, 3),
              num_heads_list=(16, 8, 4), r_weight=5.0)
 _IN256 = dict(generator_type_list=("mar", "mar", "mar", "ar"), guiding_pixel=True, num_conds=5, r_weight=5.0)
-# The README's training flags (num_conds, guiding_pixel, r_weight), which the released checkpoints were built with.
+# LTH14/fractalgen's README training flags (num_conds, guiding_pixel, r_weight), which the released checkpoints
+# were built with.
 MODELS = {
     "fractalar_in64": FractalGenConfig(generator_type_list=("ar", "ar", "ar"), num_conds=1, **_IN64),
     "fractalmar_in64": FractalGenConfig(generator_type_list=("mar", "mar", "ar"), num_conds=5, **_IN64),
@@ -74,6 +75,10 @@ MODELS = {
 
 
 class FractalGen(nn.Module):
+    """One level of FractalGen (LTH14/fractalgen models/fractalgen.py, same module names): its AR or MAR `generator`
+    over the level's patches and `next_fractal`, the next level (a FractalGen) or PixelLoss at the last. forward:
+    the loss of images (B, 3, H, W), ImageNet-normalized; generate: images (B, 3, H, W) in [0, 1]."""
+
     def __init__(self, cfg: FractalGenConfig, fractal_level=0):
         super().__init__()
         self.cfg, self.fractal_level = cfg, fractal_level
@@ -181,6 +186,7 @@ class FractalGen(nn.Module):
 
 
 def bits_per_dim(nll_nats):
+    """A negative log-likelihood in nats per dim (FractalGen's eval loss) in bits per dim: / ln 2."""
     return nll_nats / math.log(2)
 
 
@@ -196,7 +202,7 @@ def build(name, **overrides) -> FractalGen:
 def _builder(name):
     def make(**overrides):
         return build(name, **overrides)
-    make.__name__, make.__doc__ = name, f"{name} with the README's flags ({MODELS[name]})."
+    make.__name__, make.__doc__ = name, f"{name} with LTH14/fractalgen's README flags ({MODELS[name]})."
     return make
 
 

@@ -4,15 +4,16 @@
     python -m fastar sample fractalgen --ckpt runs/fractalgen-digits/ckpt.pt --classes 0 1 2 3   # `fastar train`
 
 Without --ckpt the weights are random (the named model's official shapes), and it says so. Per-model defaults of
---num-iter, --cfg, --temperature are the README's evaluation flags, and for a `fastar train` checkpoint those its
-samples.png used; the progress bar counts the top level's steps.
+--num-iter, --cfg, --temperature are LTH14/fractalgen's README evaluation flags, and for a `fastar train` checkpoint
+those its samples.png used; the progress bar counts the top level's steps.
 """
 import argparse
 
 import torch
 from tqdm import tqdm
 
-from fastar.models.cli import load_state, read_checkpoint, wrong_checkpoint
+from fastar.models.cli import (HelpFormatter, finite_float, load_state, positive_float, positive_ints,
+                               read_checkpoint, unit_float, wrong_checkpoint)
 from fastar.models.fractalgen.fractalgen import MODELS, PRECISIONS, FractalGen, FractalGenConfig, build
 from fastar.models.layers import decode_weights
 from fastar.models.var.sample import fill_defaults, parse_grid_args, pick_classes, save_grid, seeded
@@ -48,16 +49,23 @@ def load(name, ckpt):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastar sample fractalgen", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="fractalmar_in64", choices=list(MODELS))
+    p = argparse.ArgumentParser(prog="python -m fastar sample fractalgen", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--model", default="fractalmar_in64", choices=list(MODELS),
+                   help="the official model whose shapes --ckpt holds (random weights without it)")
     p.add_argument("--ckpt", help="an official checkpoint-*.pth of --model, or a `fastar train fractalgen` ckpt.pt")
     p.add_argument("--classes", type=int, nargs="+",
                    help="one image per class (default: ImageNet's 207 360 387 974, or 0-9 of a smaller model)")
-    p.add_argument("--num-iter", help="steps per transformer level, comma-separated (AR levels take one per patch)")
-    p.add_argument("--cfg", type=float, help="classifier-free guidance at the end of the linear schedule")
-    p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"])
-    p.add_argument("--temperature", type=float, help="multiplies the pixel logits (> 1 sharpens), as officially")
-    p.add_argument("--filter-threshold", type=float, default=1e-4, help="CFG leaves values below this probability")
+    p.add_argument("--num-iter", type=positive_ints, help="steps per transformer level, comma-separated (AR levels "
+                   "take one per patch; default: the upstream README's for --model, or the checkpoint's)")
+    p.add_argument("--cfg", type=finite_float, help="classifier-free guidance at the end of the linear schedule "
+                   "(default: the upstream README's for --model, or the checkpoint's)")
+    p.add_argument("--cfg-schedule", default="linear", choices=["linear", "constant"],
+                   help="guidance ramped linearly over the generated tokens, or constant")
+    p.add_argument("--temperature", type=positive_float, help="multiplies the pixel logits (> 1 sharpens), as "
+                   "officially (default: the upstream README's for --model, or the checkpoint's)")
+    p.add_argument("--filter-threshold", type=unit_float, default=1e-4,
+                   help="CFG leaves values below this probability")
     p.add_argument("--bf16-weights", action="store_true", help="decode steps of up to 8 rows (--bs 4 with CFG) read "
                    "bfloat16 copies of the weights (half the bytes; a sampling mode with its own draws)")
     args = parse_grid_args(p, argv, PRECISIONS, "the transformer levels' products on bfloat16 operands (float32 "
@@ -66,10 +74,11 @@ def main(argv=None):
         model, what, defaults = load(args.model, args.ckpt)
     model.eval()
     fill_defaults(args, defaults)
-    try:
-        num_iter = [int(n) for n in str(args.num_iter).split(",")]
-    except ValueError:
-        p.error(f"--num-iter must be comma-separated ints, one per transformer level, got {args.num_iter!r}")
+    num_iter = args.num_iter if isinstance(args.num_iter, list) else positive_ints(args.num_iter)  # a default: str
+    levels = model.num_fractal_levels - 1
+    if len(num_iter) < levels:
+        p.error(f"--num-iter needs a step count for each of the model's {levels} transformer levels, got "
+                f"{','.join(map(str, num_iter))}")
     cfg, temperature = args.cfg, args.temperature
     print(f"sampling with {what}: num_iter {num_iter}, cfg {cfg} ({args.cfg_schedule}), temperature {temperature}")
     args.classes = pick_classes(p, args.classes, model.num_classes)

@@ -22,10 +22,12 @@ import torch
 from fastar.models.fractalgen.fractalgen import FractalGen, FractalGenConfig, bits_per_dim
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD
 from fastar.models.var.sample import save_grid
-from fastar.models.cli import nonneg_int, positive_int
+from fastar.models.cli import (HelpFormatter, finite_float, nonneg_int, positive_float, positive_int,
+                               positive_ints)
 from fastar.models.var.train import add_run_args, digits, fit, end_run, start_run
 
 HELD_OUT = 197  # the last digits: the NLL set
+HEADS = (4, 2, 2)  # per level: level 0, level 1, PixelLoss
 
 
 @torch.no_grad()
@@ -39,24 +41,34 @@ def nll_bits_per_dim(model, images, passes, seed):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastar train fractalgen", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fastar train fractalgen", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--generators", default="mar,mar", choices=["mar,mar", "ar,ar"], metavar="{mar,mar | ar,ar}",
                    help="the two transformer levels")
-    p.add_argument("--widths", default="64,32,32", help="level 0, level 1, PixelLoss widths")
+    p.add_argument("--widths", type=positive_ints, default="64,32,32",
+                   help=f"level 0, level 1, PixelLoss widths, each a multiple of 4 x its heads {HEADS} (the AR "
+                        "levels' 2D RoPE turns a quarter of a head's channels per axis)")
     p.add_argument("--bs", type=positive_int, default=32, help="images per process")
-    p.add_argument("--steps", type=positive_int, default=800)
-    p.add_argument("--lr", type=float, default=6e-3)
+    p.add_argument("--steps", type=positive_int, default=800, help="training steps")
+    p.add_argument("--lr", type=positive_float, default=6e-3, help="AdamW peak learning rate")
     p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"),
                    help="cosine: down to 0 at the last step, after --warmup (the official trainers' schedule)")
     p.add_argument("--warmup", type=nonneg_int, default=40, help="linear warmup steps of the learning rate")
     p.add_argument("--nll-passes", type=positive_int, default=2, help="forward passes averaged for the NLL estimate")
-    p.add_argument("--num-iter", default="16,4", help="sampling steps per level for samples.png (a token a step)")
-    p.add_argument("--temperature", type=float, default=2.0,
+    p.add_argument("--num-iter", type=positive_ints, default="16,4",
+                   help="sampling steps of the two transformer levels for samples.png (a token a step)")
+    p.add_argument("--temperature", type=positive_float, default=2.0,
                    help="PixelLoss's temperature for samples.png, multiplying the logits as officially (> 1 sharpens)")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (linear schedule)")
+    p.add_argument("--cfg", type=finite_float, default=3.0, help="classifier-free guidance scale (linear schedule)")
     p.add_argument("--num-samples", type=positive_int, default=20, help="images in samples.png (classes 0..9 in turn)")
     add_run_args(p, "runs/fractalgen-digits")
     args = p.parse_args(argv)
+    if len(args.widths) != 3 or any(w % (4 * h) for w, h in zip(args.widths, HEADS)):
+        p.error(f"--widths must be 3 ints, multiples of {tuple(4 * h for h in HEADS)}, got "
+                f"{','.join(map(str, args.widths))}")
+    if len(args.num_iter) != 2:
+        p.error(f"--num-iter must be 2 step counts, one per transformer level, got "
+                f"{','.join(map(str, args.num_iter))}")
     args.fractalgen_steps, args.fractalgen_lr = args.steps, args.lr  # the names fit() reads
     args.fractalgen_lr_schedule, args.fractalgen_warmup = args.lr_schedule, args.warmup
 
@@ -65,14 +77,15 @@ def main(argv=None):
     mean, std = torch.tensor(PIX_MEAN)[:, None, None], torch.tensor(PIX_STD)[:, None, None]
     x = ((x + 1) / 2 - mean) / std  # [-1, 1] -> ImageNet-normalized, as the official data loader
     train_x, train_y, val_x = x[:-HELD_OUT], labels[:-HELD_OUT], x[-HELD_OUT:]
-    widths = tuple(int(w) for w in args.widths.split(","))
-    cfg = FractalGenConfig((8, 2, 1), widths, (2, 2, 1), (4, 2, 2), tuple(args.generators.split(",")), class_num=10,
+    cfg = FractalGenConfig((8, 2, 1), tuple(args.widths), (2, 2, 1), HEADS, tuple(args.generators.split(",")),
+                           class_num=10,
                            num_conds=5 if args.generators == "mar,mar" else 1, r_weight=5.0, proj_dropout=0.0)
     model = FractalGen(cfg).train()
 
     def save():
         torch.save({"fractalgen_cfg": dataclasses.asdict(cfg), "model": model.state_dict(),
-                    "sample_flags": {"num_iter": args.num_iter, "cfg": args.cfg, "temperature": args.temperature}},
+                    "sample_flags": {"num_iter": ",".join(map(str, args.num_iter)), "cfg": args.cfg,
+                                     "temperature": args.temperature}},
                    os.path.join(args.out, "ckpt.pt"))
 
     before = nll_bits_per_dim(model, val_x, args.nll_passes, args.seed)
@@ -82,7 +95,7 @@ def main(argv=None):
     if rank == 0:
         print(f"train loss {first:.4f} -> {last:.4f}; held-out NLL {before:.3f} -> {after:.3f} bits/dim")
         model.eval()
-        img = model.generate(torch.arange(args.num_samples) % 10, num_iter_list=[int(n) for n in args.num_iter.split(",")],
+        img = model.generate(torch.arange(args.num_samples) % 10, num_iter_list=args.num_iter,
                              cfg=args.cfg, temperature=args.temperature,
                              generator=torch.Generator().manual_seed(args.seed))
         save_grid(img, os.path.join(args.out, "samples.png"), nrow=10)

@@ -53,6 +53,10 @@ class ResBlock(nn.Module):
 
 
 class StyleGANDiscriminator(nn.Module):
+    """HiT's discriminator (hit-gan models/discriminators.py, StyleGANDiscriminator): a stem conv, residual blocks
+    halving resolution -> 4 with blur downsampling, a conv and two dense layers; images (B, 3, R, R) in [-1, 1] ->
+    logits (B,). Channels per resolution as officially, capped at max_channels."""
+
     def __init__(self, resolution, channel_multiplier=1, max_channels=512):
         super().__init__()
         if resolution not in CHANNELS or resolution < 8:

@@ -339,6 +339,11 @@ class Stage(nn.Module):
 
 
 class HiTGenerator(nn.Module):
+    """HiT's generator (hit-gan models/generators.py, HiTGenerator): latents z (B, latent_dim) -> a Dense to 8 x 8,
+    then stages from 8 px, each after the first doubling the side, up to output_size: cross-attention to the latents,
+    then num_layers multi-axis attention blocks (MLP-only where block_sizes is None). forward: images (B, 3, S, S);
+    sample: clipped to [-1, 1]."""
+
     def __init__(self, cfg: HiTConfig):
         super().__init__()
         n = len(cfg.channels)

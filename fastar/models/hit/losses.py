@@ -6,10 +6,12 @@ import torch.nn.functional as F
 
 
 def d_loss(real_logits, fake_logits):
+    """The discriminator's non-saturating logistic loss: mean softplus(-real) + mean softplus(fake) (a scalar)."""
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 
 
 def g_loss(fake_logits):
+    """The generator's non-saturating logistic loss: mean softplus(-D(fake)) (a scalar)."""
     return F.softplus(-fake_logits).mean()
 
 

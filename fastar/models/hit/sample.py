@@ -10,21 +10,23 @@ import argparse
 
 import torch
 
-from fastar.models.cli import check_out_file, positive_int, read_checkpoint, wrong_checkpoint
+from fastar.models.cli import HelpFormatter, check_out_file, positive_int, read_checkpoint, wrong_checkpoint
 from fastar.models.hit.generator import CONFIGS, HiTConfig, HiTGenerator
 from fastar.models.var.sample import save_grid, seeded
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastar sample hit", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fastar sample hit", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--ckpt", help="a `fastar train hit` ckpt.pt")
-    p.add_argument("--size", type=int, default=256, choices=sorted(CONFIGS), help="config without --ckpt")
+    p.add_argument("--size", type=int, default=256, choices=sorted(CONFIGS),
+                   help="the official config's output size, without --ckpt")
     p.add_argument("--n", type=positive_int, default=16, help="images")
-    p.add_argument("--nrow", type=positive_int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nrow", type=positive_int, default=8, help="images per row of the grid")
+    p.add_argument("--seed", type=int, default=0, help="the latents, and the random weights without --ckpt")
     p.add_argument("--running-stats", action="store_true",
                    help="BatchNorm on its running statistics (eval mode) instead of the batch's own")
-    p.add_argument("--out", default="hit_samples.png")
+    p.add_argument("--out", default="hit_samples.png", help="the grid's image file (its folder must exist)")
     args = p.parse_args(argv)
     check_out_file(p, args.out)
 

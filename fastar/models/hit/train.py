@@ -25,7 +25,7 @@ from fastar.models.hit.discriminator import StyleGANDiscriminator
 from fastar.models.hit.generator import TINY, HiTGenerator
 from fastar.models.hit.losses import consistency, d_loss, ema_update, g_loss, r1_penalty
 from fastar.models.var.sample import save_grid
-from fastar.models.cli import positive_int
+from fastar.models.cli import HelpFormatter, nonneg_float, positive_float, positive_int, unit_float
 from fastar.models.var.train import add_run_args, batches, digits, end_run, start_run
 
 
@@ -66,15 +66,18 @@ def sample_grid(G, z, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastar train hit", description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=positive_int, default=400)
+    p = argparse.ArgumentParser(prog="python -m fastar train hit", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--steps", type=positive_int, default=400, help="training steps (one G and one D update each)")
     p.add_argument("--bs", type=positive_int, default=8,
                    help="batch size per process (on digits, 400 steps of 8 drew recognisable digits where 200 of 16, "
                         "the same time, drew blobs)")
-    p.add_argument("--lr", type=float, default=5e-4, help="Adam lr of G and D (the official runs: 1e-4 or 5e-5)")
-    p.add_argument("--r1", type=float, default=1.0, help="R1 weight (official: 10, for 128-256 px and 10^5 steps)")
-    p.add_argument("--consistency", type=float, default=0.0, help="bCR weight (official faces: 10; 0 = off)")
-    p.add_argument("--ema", type=float, default=0.95,
+    p.add_argument("--lr", type=positive_float, default=5e-4,
+                   help="Adam lr of G and D (the official runs: 1e-4 or 5e-5)")
+    p.add_argument("--r1", type=nonneg_float, default=1.0,
+                   help="R1 weight (official: 10, for 128-256 px and 10^5 steps; 0 = off)")
+    p.add_argument("--consistency", type=nonneg_float, default=0.0, help="bCR weight (official faces: 10; 0 = off)")
+    p.add_argument("--ema", type=unit_float, default=0.95,
                    help="EMA decay (official: 0.999, for runs of 10^5 steps; at lr 5e-4 G's weights turn over within "
                         "~100 steps, and 0.99 averaged them into one z-blind image)")
     p.add_argument("--d-channels", type=positive_int, default=32, help="cap on the discriminator's channels")

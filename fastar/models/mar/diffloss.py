@@ -100,6 +100,10 @@ def head_loss(target, z, net, t, noise, mask=None):
 
 
 class DiffLoss(nn.Module):
+    """MAR's diffusion head (models/diffloss.py, same module names): SimpleMLPAdaLN `net` predicting eps and the
+    learned variance of a token (N, target_channels) given its condition z (N, z_channels); forward is the training
+    loss (fastar.ops.diffusion_loss), sample the num_sampling_steps respaced chain (fastar.ops.diffusion_sample)."""
+
     def __init__(self, target_channels, z_channels, depth, width, num_sampling_steps=100):
         super().__init__()
         self.in_channels = target_channels

@@ -65,6 +65,10 @@ SIZES = {"base": MARConfig(), "large": MARConfig(width=1024, depth=16, num_heads
 
 
 class MAR(nn.Module):
+    """MAR (LTH14/mar models/mar.py, same module names): the masked encoder / decoder over the class buffer and the
+    (img_size / vae_stride)^2 latent tokens, and the DiffLoss head per token. forward: the training loss of scaled
+    latents (B, vae_embed_dim, h, w); sample_tokens: latents of that shape."""
+
     def __init__(self, cfg: MARConfig = MARConfig()):
         super().__init__()
         self.cfg = cfg
@@ -167,7 +171,8 @@ class MAR(nn.Module):
                       generator=None, progress=False, precision="fp32"):
         """Official sampling: cosine mask schedule over a random order per image, Muse's linear CFG ramp.
         Orders come from `generator` (torch.randperm) where the official code uses numpy's global RNG.
-        Returns latents (B, 16, 16, 16) (before the VAE's 1 / 0.2325 scale).
+        Returns latents (B, vae_embed_dim, img_size / vae_stride, img_size / vae_stride), (B, 16, 16, 16) for the
+        released 256 px models (before the VAE's 1 / latent_scale, 0.2325 for KL-16).
         precision: "fp32", or "bf16": the transformer's products on bfloat16 operands (layers.bf16_products; its
         attention then runs on bfloat16 q, k, v) and the head's GEMMs in bfloat16 (diffusion_sample's bf16 mode);
         the residual stream, LayerNorms, the DDPM update and the tokens stay float32. The official code samples

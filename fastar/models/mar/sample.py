@@ -11,8 +11,10 @@ import argparse
 
 import torch
 
-from fastar.models.cli import load_state, positive_int, read_checkpoint, wrong_checkpoint
+from fastar.models.cli import (HelpFormatter, finite_float, int_in, load_state, positive_float, positive_int,
+                               read_checkpoint, wrong_checkpoint)
 from fastar.models.mar.mar import MAR, PRECISIONS, MARConfig, mar
+from fastar.reference.diffusion import NUM_TIMESTEPS
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
 from fastar.models.var.sample import fill_defaults, parse_grid_args, pick_classes, save_grid, seeded
 
@@ -65,7 +67,8 @@ def generate(vae, model, labels, *, num_iter, cfg, temperature, seed, bs, cfg_sc
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastar sample mar", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fastar sample mar", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--size", default="base", choices=("base", "large", "huge"), help="MAR size without --ckpt "
                    "or with an official one")
     p.add_argument("--ckpt", help="official checkpoint-last.pth or a `fastar train mar` ckpt.pt")
@@ -74,13 +77,17 @@ def main(argv=None):
                    help="one image per class (default: ImageNet's 207 360 387 974, or 0-9 of a smaller model)")
     p.add_argument("--num-iter", type=positive_int, help="autoregressive steps (default 64, the official evaluation "
                    "256, or what a `fastar train` checkpoint's samples.png used)")
-    p.add_argument("--num-steps", type=positive_int, help="diffusion steps per token (default: the model's, 100)")
-    p.add_argument("--cfg", type=float, help="classifier-free guidance (default MAR-B's 2.9, L 3.0, H 3.2, or the "
-                   "checkpoint's)")
-    p.add_argument("--cfg-schedule", default="linear", choices=("linear", "constant"))
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--num-steps", type=int_in(2, NUM_TIMESTEPS), help="diffusion steps per token, the "
+                   f"{NUM_TIMESTEPS}-step chain respaced (default: the checkpoint's: {NUM_TIMESTEPS} for a `fastar "
+                   "train mar` ckpt.pt unless its --num-steps said otherwise, 100 for MAR-B/L/H and random weights)")
+    p.add_argument("--cfg", type=finite_float, help="classifier-free guidance (default 2.9, MAR-B's, at every "
+                   "--size (the official L: 3.0, H: 3.2), or the checkpoint's)")
+    p.add_argument("--cfg-schedule", default="linear", choices=("linear", "constant"),
+                   help="guidance ramped linearly over the revealed tokens (Muse's, as officially), or constant")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="scales the diffusion head's noise")
     args = parse_grid_args(p, argv, PRECISIONS, "the transformer's products and the diffusion head's GEMMs on "
-                           "bfloat16 operands (float32 accumulation)", "images per sample_tokens call (2x rows with CFG)")
+                           "bfloat16 operands (float32 accumulation)",
+                           "images per sample_tokens call (2x rows with CFG)")
     with seeded(args.seed):
         vae, model, what, defaults = load(args.ckpt, args.vae_ckpt, args.size)
     fill_defaults(args, defaults)

@@ -26,7 +26,9 @@ from fastar.models.mar.mar import MAR, MARConfig
 from fastar.models.mar.sample import generate
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
 from fastar.models.var.sample import save_grid
-from fastar.models.cli import nonneg_int, positive_int
+from fastar.models.cli import (HelpFormatter, finite_float, int_in, multiple_of, nonneg_int, positive_float,
+                               positive_int)
+from fastar.reference.diffusion import NUM_TIMESTEPS
 from fastar.models.var.train import add_run_args, digits, fit, end_run, start_run
 
 TINY_VAE = KLConfig(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1)  # 16 px -> 8x8 latents, 64 tokens
@@ -39,29 +41,34 @@ CFG = 1.5
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastar train mar", description=__doc__.split("\n")[0])
-    p.add_argument("--width", type=positive_int, default=96, help="MAR encoder / decoder width")
+    p = argparse.ArgumentParser(prog="python -m fastar train mar", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--width", type=multiple_of(32), default=96, help="MAR encoder / decoder width (heads of 32)")
     p.add_argument("--depth", type=positive_int, default=2, help="encoder depth = decoder depth")
-    p.add_argument("--image-size", type=positive_int, default=16)
+    stride = 2 ** (len(TINY_VAE.ch_mult) - 1)
+    p.add_argument("--image-size", type=multiple_of(stride), default=16,
+                   help=f"digits resized to this side (a multiple of the VAE's stride {stride}: one token per "
+                        f"{stride} x {stride} pixels)")
     p.add_argument("--bs", type=positive_int, default=32, help="batch size per process")
-    p.add_argument("--vae-steps", type=positive_int, default=150)
-    p.add_argument("--mar-steps", type=positive_int, default=900)
-    p.add_argument("--vae-lr", type=float, default=2e-3)
-    p.add_argument("--mar-lr", type=float, default=MAR_LR)
-    p.add_argument("--mar-lr-schedule", default="cosine", choices=("constant", "cosine"))
+    p.add_argument("--vae-steps", type=positive_int, default=150, help="stage 1: KL VAE steps")
+    p.add_argument("--mar-steps", type=positive_int, default=900, help="stage 2: MAR steps")
+    p.add_argument("--vae-lr", type=positive_float, default=2e-3, help="AdamW learning rate of the VAE")
+    p.add_argument("--mar-lr", type=positive_float, default=MAR_LR, help="AdamW peak learning rate of MAR")
+    p.add_argument("--mar-lr-schedule", default="cosine", choices=("constant", "cosine"),
+                   help="cosine: down to 0 at the last step, after --mar-warmup (util/lr_sched.py)")
     p.add_argument("--mar-warmup", type=nonneg_int, default=20, help="linear warmup steps of the MAR learning rate")
     p.add_argument("--diffusion-batch-mul", type=positive_int, default=DIFFUSION_BATCH_MUL,
                    help="(t, noise) draws per token for the head's loss (official: 4)")
     p.add_argument("--num-iter", type=positive_int, default=8, help="autoregressive steps of the final samples")
-    p.add_argument("--num-steps", type=positive_int, default=1000, help="diffusion steps per token of the final "
-                   "samples (and the checkpoint's default): 1000 = the training chain, unrespaced")
-    p.add_argument("--cfg", type=float, default=CFG, help="guidance of the final samples")
+    p.add_argument("--num-steps", type=int_in(2, NUM_TIMESTEPS), default=NUM_TIMESTEPS, help="diffusion steps per "
+                   f"token of the final samples (and the checkpoint's default): {NUM_TIMESTEPS} = the training "
+                   "chain, unrespaced")
+    p.add_argument("--cfg", type=finite_float, default=CFG, help="guidance of the final samples")
     add_run_args(p, "runs/mar-digits")
     args = p.parse_args(argv)
     rank, world = start_run(args)
     images, labels = digits(args.image_size)
     vae = AutoencoderKL(TINY_VAE)
-    stride = 2 ** (len(TINY_VAE.ch_mult) - 1)
     mar_cfg = MARConfig(width=args.width, depth=args.depth, num_heads=args.width // 32, diffloss_d=2,
                         diffloss_w=args.width, img_size=args.image_size, vae_stride=stride,
                         vae_embed_dim=TINY_VAE.embed_dim, buffer_size=4, class_num=10,

@@ -25,6 +25,10 @@ class PhiPartiallyShared(nn.Module):
 
 
 class VectorQuantizer2(nn.Module):
+    """VAR's multi-scale residual quantizer (models/quant.py, same names and methods): a (vocab_size, Cvae) codebook,
+    the Phi convolutions quant_resi, and the per-scale loops on fastar.ops' quantizer ops; f_BChw (B, Cvae, h, w)
+    with h = w = v_patch_nums[-1]."""
+
     def __init__(self, vocab_size, Cvae, v_patch_nums, beta=0.25, quant_resi=0.5, share_quant_resi=4):
         super().__init__()
         self.vocab_size, self.Cvae, self.v_patch_nums, self.beta = vocab_size, Cvae, tuple(v_patch_nums), beta

@@ -16,7 +16,8 @@ from PIL import Image
 from tqdm import tqdm
 
 import fastar
-from fastar.models.cli import check_out_file, load_state, positive_int, read_checkpoint, wrong_checkpoint
+from fastar.models.cli import (HelpFormatter, check_out_file, finite_float, load_state, nonneg_int, positive_int,
+                               read_checkpoint, unit_float, wrong_checkpoint)
 from fastar.models.var.build import PATCH_NUMS, build_vae_var
 from fastar.models.var.var import PRECISIONS, VAR, VARConfig
 from fastar.models.var.vqvae import VQVAE, VQVAEConfig
@@ -35,12 +36,13 @@ def parse_grid_args(p, argv, precisions, precision_help, bs_help):
     """Adds the options every class-conditional sample CLI takes (the seed, the precision, whose bf16 mode does
     `precision_help`, images per batch, the grid's columns and its file), parses argv, and declines a bf16 mode up
     front (SystemExit, before any loading) on a CPU without bf16 GEMM instructions."""
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the random weights without --ckpt, and the draws (batch i: seed + i)")
     p.add_argument("--precision", choices=precisions, default="fp32",
                    help=f"bf16: {precision_help}; needs AMX-BF16 or AVX512-BF16 on a CPU, declined without them")
     p.add_argument("--bs", type=positive_int, default=4, help=bs_help)
-    p.add_argument("--nrow", type=positive_int, default=8)
-    p.add_argument("--out", default="grid.png")
+    p.add_argument("--nrow", type=positive_int, default=8, help="images per row of the grid")
+    p.add_argument("--out", default="grid.png", help="the grid's image file (its folder must exist)")
     args = p.parse_args(argv)
     check_out_file(p, args.out)
     if args.precision == "bf16":
@@ -131,16 +133,19 @@ def load(ckpt, vae_ckpt, depth):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastar sample var", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fastar sample var", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--depth", type=positive_int, default=16, help="VAR depth when no --ckpt is given")
     p.add_argument("--ckpt", help="official var_d*.pth or a `fastar train var` ckpt.pt")
     p.add_argument("--vae-ckpt", help="official vae_ch160v4096z32.pth (with an official --ckpt)")
     p.add_argument("--classes", type=int, nargs="+",
                    help="one image per class (default: ImageNet's 207 360 387 974, or 0-9 of a smaller model)")
-    p.add_argument("--cfg", type=float, help="classifier-free guidance at the last scale (default 4, or what a "
+    p.add_argument("--cfg", type=finite_float, help="classifier-free guidance at the last scale (default 4, or what a "
                    "`fastar train` checkpoint's samples.png used)")
-    p.add_argument("--top-k", type=int, help="default 900, or the checkpoint's")
-    p.add_argument("--top-p", type=float, help="default 0.95, or the checkpoint's")
+    p.add_argument("--top-k", type=nonneg_int, help="keep the k largest logits, 0 = off (default 900, or the "
+                   "checkpoint's)")
+    p.add_argument("--top-p", type=unit_float, help="nucleus mass in [0, 1], 0 = off as officially (default 0.95, or "
+                   "the checkpoint's)")
     p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax code mixtures (smoother images)")
     args = parse_grid_args(p, argv, PRECISIONS, "the transformer's attention and FFN (float32 accumulation) and the "
                            "VQVAE decoder in bfloat16", "images per forward pass (2x with CFG)")

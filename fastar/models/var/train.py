@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import fastar
-from fastar.models.cli import positive_int
+from fastar.models.cli import HelpFormatter, positive_float, positive_int
 from fastar.models.var.build import build_vae_var
 from fastar.models.var.sample import save_grid
 from fastar.models.var.vqvae import VQVAEConfig
@@ -130,10 +130,10 @@ def fit(name, model, loss_fn, n, args, rank, world, save):
 def add_run_args(p, out):
     """The options every digits trainer takes: checkpoints, seed, threads, output folder."""
     p.add_argument("--ckpt-every", type=positive_int, default=100, help="steps between checkpoints")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="initial weights, batch order and draws")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads per process: the tiny ops are too small to split, more threads mostly wait")
-    p.add_argument("--out", default=out)
+    p.add_argument("--out", default=out, help="folder for ckpt.pt and samples.png (made if missing)")
 
 
 def start_run(args):
@@ -159,14 +159,17 @@ def end_run(world):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fastar train var", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fastar train var", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--depth", type=positive_int, default=2, help="VAR depth: width 64*depth, depth heads")
-    p.add_argument("--image-size", type=positive_int, default=32)
+    size = 4 * TINY_PATCH_NUMS[-1]  # the tokenizer halves twice, to the last scale's 8 x 8
+    p.add_argument("--image-size", type=int, default=size, choices=(size,),
+                   help=f"digits resized to this side; the tokenizer's scales {TINY_PATCH_NUMS} take {size} only")
     p.add_argument("--bs", type=positive_int, default=32, help="batch size per process")
-    p.add_argument("--vae-steps", type=positive_int, default=150)
-    p.add_argument("--var-steps", type=positive_int, default=500)
-    p.add_argument("--vae-lr", type=float, default=2e-3)
-    p.add_argument("--var-lr", type=float, default=1e-3)
+    p.add_argument("--vae-steps", type=positive_int, default=150, help="stage 1: tokenizer (VQVAE) steps")
+    p.add_argument("--var-steps", type=positive_int, default=500, help="stage 2: VAR steps")
+    p.add_argument("--vae-lr", type=positive_float, default=2e-3, help="AdamW learning rate of the VQVAE")
+    p.add_argument("--var-lr", type=positive_float, default=1e-3, help="AdamW learning rate of VAR")
     add_run_args(p, "runs/var-digits")
     args = p.parse_args(argv)
     rank, world = start_run(args)

@@ -40,6 +40,10 @@ class VARConfig:
 
 
 class VAR(nn.Module):
+    """VAR's class-conditional next-scale transformer (FoundationVision/VAR models/var.py, same module names): forward
+    gives teacher-forced logits (B, L, V) over the L = sum(pn^2) tokens of all scales; autoregressive_infer_cfg
+    samples images (B, 3, H, W) scale by scale through `vae` (a VQVAE) and its quantizer."""
+
     def __init__(self, vae, cfg: VARConfig):
         super().__init__()
         self.cfg = cfg

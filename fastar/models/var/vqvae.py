@@ -26,6 +26,10 @@ class VQVAEConfig:
 
 
 class VQVAE(nn.Module):
+    """VAR's multi-scale VQVAE (FoundationVision/VAR models/vqvae.py, same module names): encoder, quant_conv,
+    VectorQuantizer2, post_quant_conv, decoder. Images (B, 3, H, W) in [-1, 1] <-> per-scale indices (B, pn^2) of one
+    shared codebook; the latent map is H / 2^(len(ch_mult) - 1) wide (16 x 16 at 256 px)."""
+
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
         self.cfg, self.Cvae, self.vocab_size = cfg, cfg.z_channels, cfg.vocab_size
