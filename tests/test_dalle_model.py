@@ -276,7 +276,8 @@ def test_bad_inputs_are_named():
         model.generate(text, image_prefix=torch.cat([image, image[:, :1]], 1))
     with pytest.raises(ValueError, match="Encoder: x must be a floating-point \\(B, 3, H, W\\)"):
         Encoder(TINY_DVAE)(torch.rand(1, 1, 16, 16))
-    with pytest.raises(ValueError, match="Decoder: z must be a floating-point \\(B, 32, H, W\\) tensor, got torch.int64"):
+    with pytest.raises(ValueError, match="Decoder: z must be a floating-point \\(B, 32, H, W\\) tensor, got "
+                                         "torch.int64"):
         Decoder(TINY_DVAE)(torch.zeros(1, 32, 4, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="decode_tokens: idx must be in \\[0, 32\\)"):
         Decoder(TINY_DVAE).decode_tokens(torch.full((1, 4, 4), 32))
