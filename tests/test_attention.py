@@ -1,4 +1,5 @@
 """attention / attention_decode on every backend against the float64 reference, forward and the three gradients."""
+import warnings
 
 import pytest
 import torch
@@ -108,6 +109,22 @@ def test_attention_wide_head(attn_backend):
     with pytest.warns(UserWarning, match=f"the {attn_backend} kernel takes head dims up to 128, got 640; running "
                                          f"the torch backend"):
         check(q, k, v, None, "torch", device=backend_device(attn_backend))
+
+
+def test_attention_float64_off_the_cpu(attn_backend):
+    """float64 (gradcheck's dtype): the CPU kernels take it; simt and CUDA have no float64 tiles, so the op runs
+    the torch backend and says so (the simt kernel raised)."""
+    q, k, v = (randn(1, 2, 9, 16, dtype=torch.float64, seed=s) for s in (4, 5, 6))
+    mask, dev = AttentionMask.causal(), backend_device(attn_backend)
+    fastar._backend._warned.clear()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        out = fastar.ops.attention(q.to(dev), k.to(dev), v.to(dev), mask).cpu()
+    ran = fastar.last_backend("attention")
+    assert ran == ("cpu" if attn_backend == "cpu" else "torch")
+    assert (ran == "torch") == any(f"the {attn_backend} kernel takes float32, bfloat16 and float16, got float64"
+                                   in str(w.message) for w in said)
+    torch.testing.assert_close(out, ref.attention(q, k, v, mask), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("patch_nums", [VAR_PATCH_NUMS, VAR_PATCH_NUMS + (20, 24, 32)], ids=["L680", "L2240"])

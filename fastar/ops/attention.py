@@ -122,6 +122,8 @@ def _check_qkv(op, q, k, v):
     top = MAX_HEAD_DIM.get(backend, MAX_HEAD_DIM["reference"])
     if qs[3] > top:  # VAR's VQVAE has one head of 640 channels, wider than the CUDA kernels' tiles
         return Decline(f"the {backend} kernel takes head dims up to {top}, got {qs[3]}")
+    if q.dtype == torch.float64 and backend in ("cuda", "simt"):  # as multi_axis_attention's: no float64 tiles
+        return Decline(f"the {backend} kernel takes float32, bfloat16 and float16, got float64")
     return None
 
 
