@@ -6,6 +6,7 @@ simt is skipped when fastar._simt is not built, unless FASTAR_REQUIRE_SIMT=1 (CI
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -153,6 +154,31 @@ def sanitized(values, chosen=None, unpack=False):
     value is a tuple of several arguments."""
     return [pytest.param(*(v if unpack else (v,)), marks=pytest.mark.sanitize) if chosen is None or v in chosen
             else v for v in values]
+
+
+def deterministic_alerts(op, run):
+    """Whether calling `run` alerts torch.use_deterministic_algorithms(True) in the name of fastar::`op`: it must then
+    raise, and warn under warn_only (the setting before is restored); another error propagates."""
+    name, before = f"fastar::{op} ", (torch.are_deterministic_algorithms_enabled(),
+                                      torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.use_deterministic_algorithms(True)
+        try:
+            run()
+            raised = False
+        except RuntimeError as e:
+            if name not in str(e):
+                raise
+            raised = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    warned = any(name in str(w.message) for w in caught)
+    assert raised == warned, f"fastar::{op}: raised {raised} but warned {warned} under warn_only"
+    return raised
 
 
 def run_with_cpu_isa(isa, code):

@@ -5,7 +5,7 @@ import torch
 
 import fastar
 from fastar.reference import multi_axis as ref
-from tests.conftest import backend_device, sanitized
+from tests.conftest import backend_device, deterministic_alerts, sanitized
 from tests.tolerance import assert_close
 
 # (B, H, W, heads, heads_kv, D, b): HiT's 16 x 16 stage in small (multi-query), b = 1, one block (b = H = W),
@@ -171,6 +171,17 @@ def test_multi_axis_attention_lse_gradient(ma_backend, hk):
     scale = max(a.abs().max().item() for a in g64)
     for a, a64, a32 in zip(got, g64, g32):
         assert_close("multi_axis_attention_bwd", a, a64, a32, scale=scale)
+
+
+def test_multi_axis_attention_backward_alerts_deterministic_algorithms(ma_backend):
+    """dq is added by fp32 atomics across key tiles, in an order a GPU does not fix: the cuda backward alerts
+    torch.use_deterministic_algorithms (raises, or warns with warn_only); the forward does not, nor cpu or simt."""
+    q, k, v = (t.to(backend_device(ma_backend)).requires_grad_()
+               for t in qkv(1, 12, 12, 2, 1, 32, torch.float32, seed=18))
+
+    def backward():
+        torch.autograd.grad(fastar.ops.multi_axis_attention(q, k, v, 1).sum(), (q, k, v))
+    assert deterministic_alerts("multi_axis_attention_bwd", backward) == (ma_backend == "cuda")
 
 
 def test_multi_axis_attention_double_backward_raises():
