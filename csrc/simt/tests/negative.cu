@@ -1,8 +1,8 @@
-// Kernels with planted bugs the emulator must report (not hang on), each followed by a correct
-// launch that must still work. Argument: race | uninit | block_chain | cp_async_early | cp_async_unpublished | exit | two_sites | one_line | helper | shfl |
-// shfl_outside | misaligned | cp_async_misaligned | dyn_smem_oob | static_smem_oob | global_oob | smem_limit | smem_attribute. The pytest checks the
-// reported file:line against the SITE markers below. global_oob is only reported by ASan (which aborts), like the
-// shared-memory overflows under ASan.
+// Kernels with planted bugs the emulator must report (not hang on), each followed by a correct launch that must still
+// work. Argument: race | uninit | block_chain | cp_async_early | cp_async_unpublished | exit | two_sites | one_line |
+// helper | shfl | shfl_outside | misaligned | cp_async_misaligned | dyn_smem_oob | static_smem_oob | global_oob |
+// smem_limit | smem_attribute. The pytest checks the reported file:line against the SITE markers below. global_oob is
+// only reported by ASan (which aborts), like the shared-memory overflows under ASan.
 #include <string>
 
 #include "check.h"
