@@ -11,7 +11,7 @@ import torch
 import fastar
 from fastar.ops import AttentionMask
 from fastar.reference import attention as ref
-from tests.conftest import backend_device, sanitized
+from tests.conftest import backend_device, deterministic_alerts, sanitized
 from tests.tolerance import assert_close
 
 pytestmark = pytest.mark.parametrize("backend", ["simt", "cuda"], indirect=True)
@@ -140,3 +140,14 @@ def test_empty(backend, shape):
     assert (out == 0).all() and (lse == -math.inf).all()
     grads = torch.autograd.grad(out.sum(), (q, k, v))
     assert all(g.shape == t.shape and (g == 0).all() for g, t in zip(grads, (q, k, v)))
+
+
+def test_backward_alerts_deterministic_algorithms(backend):
+    """dq is added by fp32 atomics across key blocks, in an order a GPU does not fix: the cuda backward alerts
+    torch.use_deterministic_algorithms (raises, or warns with warn_only); the forward does not, nor the tiny kernel
+    (Lk <= 32: no atomics) or the simt build (one block order per schedule)."""
+    def backward(L):
+        q, k, v = (t.requires_grad_() for t in _inputs(1, 2, 2, L, L, 32, torch.float32, backend_device(backend), L))
+        torch.autograd.grad(fastar.ops.attention(q, k, v, AttentionMask.causal()).sum(), (q, k, v))
+    assert deterministic_alerts("attention_bwd", lambda: backward(200)) == (backend == "cuda")
+    assert not deterministic_alerts("attention_bwd", lambda: backward(20))

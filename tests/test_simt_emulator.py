@@ -1,11 +1,11 @@
 """The SIMT emulator (csrc/simt/) on its own test programs (csrc/simt/tests/*.cu).
 
-Each program is compiled with g++ under the emulator and runs under the forward, reverse and
-shuffled schedules: correct kernels must print bit-identical digests, the planted race and the
-read of uninitialised shared memory must print different results, and each planted barrier / warp /
-memory bug must be reported with its file:line (the `// SITE:<name>` markers in negative.cu). Binaries are cached in the temp dir,
-keyed by a hash of the sources and flags, so reruns are fast. nvcc compiles every program for
-sm_80 and sm_90 where it is installed.
+Each program is compiled with g++ under the emulator and runs under the forward, reverse and shuffled schedules:
+correct kernels must print bit-identical digests, the planted race, the read of uninitialised shared memory and a
+block reading another block's writes must print different results, and each planted barrier / warp / memory bug must
+be reported with its file:line (the `// SITE:<name>` markers in negative.cu). Binaries are cached in the temp dir,
+keyed by a hash of the sources and flags, so reruns are fast. nvcc compiles every program for sm_80 and sm_90 where
+it is installed.
 """
 import hashlib
 import os
@@ -113,6 +113,15 @@ def test_order_dependent_bug_changes_with_schedule(mode):
     results = {sched: run(build(NEGATIVE), mode, env=env).stdout for sched, env in SCHEDULES.items()
                if sched != "threads2"}
     assert len(set(results.values())) > 1, results
+
+
+def test_blocks_run_in_schedule_order():
+    # block b reads what block b - 1 wrote (a GPU runs blocks in no set order): the chain of 64 blocks ends at 64
+    # forward only, also on one OS thread
+    results = {sched: run(build(NEGATIVE), "block_chain", env=env).stdout for sched, env in SCHEDULES.items()
+               if sched != "threads2"}
+    assert results["fwd"].startswith("block_chain result 64\n"), results
+    assert all(results[sched] != results["fwd"] for sched in ("rev", "shuffle1", "shuffle2")), results
 
 
 def site_lines(marker):

@@ -17,6 +17,14 @@
 
 namespace simt::detail {
 
+// The next value of a splitmix64 sequence: cheap, and no instrumented library code.
+inline uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
 // Where a thread waits. pc (the return address of the call) tells apart two barriers on one line or the inlined
 // copies of one helper; without it (warp collectives) file:line decides.
 struct Site {
@@ -176,12 +184,7 @@ struct Worker {
     std::free(static_smem);
   }
 
-  uint64_t next_random() {  // splitmix64: cheap, and no instrumented library code
-    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
+  uint64_t next_random() { return splitmix64(rng); }
 
   void push(int id) { queue[(head + count++) % 1024] = id; }
 

@@ -10,7 +10,7 @@
 
 namespace simt {
 
-// Order in which ready CUDA threads run; results that change with it reveal a race.
+// Order in which blocks and the ready CUDA threads of a block run; results that change with it reveal a race.
 enum class Schedule { fwd, rev, shuffle };
 
 struct Config {

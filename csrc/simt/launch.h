@@ -86,6 +86,15 @@ inline unsigned char fill_byte(const Config& cfg) {
   return static_cast<unsigned char>((cfg.seed * 0x9e3779b97f4a7c15ull) >> 56 | 1);
 }
 
+// A seeded permutation of the blocks [0, total) (Fisher-Yates), the order they run in when shuffled.
+inline std::vector<uint64_t> shuffled_blocks(uint64_t total, uint64_t seed) {
+  std::vector<uint64_t> order(total);
+  for (uint64_t b = 0; b < total; ++b) order[b] = b;
+  uint64_t state = seed ^ 0x6a09e667f3bcc909ull;  // a sequence apart from the blocks' own thread shuffles
+  for (uint64_t i = total; i > 1; --i) std::swap(order[i - 1], order[splitmix64(state) % i]);
+  return order;
+}
+
 inline cudaError_t run_launch(const LaunchSite& at, const void* kernel, dim3 grid, dim3 block, size_t smem,
                               void (*body)(const void*), const void* bound) {
   const std::string where = std::string("invalid launch of ") + at.kernel + " at " + at.site.str() + ": ";
@@ -95,6 +104,14 @@ inline cudaError_t run_launch(const LaunchSite& at, const void* kernel, dim3 gri
   if (!smem_why.empty()) return report(cudaErrorInvalidValue, where + smem_why);
   LaunchInfo info{grid, block, smem, cfg.schedule, cfg.seed, size_t(cfg.stack_kb) * 1024, body, bound, fill_byte(cfg)};
   uint64_t total = uint64_t(grid.x) * grid.y * grid.z;
+  // Blocks start in the schedule's order (index order forward, reversed in reverse), as a GPU sets none: a result
+  // that depends on it (a block reading what another wrote, fp32 atomics added across blocks) changes with the
+  // schedule, on one OS thread too.
+  const std::vector<uint64_t> shuffled =
+      cfg.schedule == Schedule::shuffle ? shuffled_blocks(total, cfg.seed) : std::vector<uint64_t>();
+  auto block_at = [&](uint64_t k) {
+    return cfg.schedule == Schedule::fwd ? k : cfg.schedule == Schedule::rev ? total - 1 - k : shuffled[k];
+  };
   std::atomic<uint64_t> next{0};
   std::atomic<bool> failed{false};
   std::string error;
@@ -104,7 +121,9 @@ inline cudaError_t run_launch(const LaunchSite& at, const void* kernel, dim3 gri
     tl_worker = w.get();
     init_thread_context(w->sched);
     // relaxed: a stronger order would hide cross-block races from TSan
-    for (uint64_t b; !failed.load(std::memory_order_relaxed) && (b = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
+    for (uint64_t k; !failed.load(std::memory_order_relaxed) &&
+                     (k = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
+      const uint64_t b = block_at(k);
       uint3 idx{unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y))};
       if (w->run_block(info, idx) || failed.exchange(true)) continue;
       char where[96];

@@ -167,6 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_device(
   p.dout = dout_c.data_ptr(), p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
   p.dkv_float = grouped;
   const bool tiny = kernels::attention_tiny_takes(p);
+  if (!tiny) alert_not_deterministic("fastar::attention_bwd (dq is added by fp32 atomics across key blocks)");
   const at::Tensor ws = workspace(tiny ? kernels::attention_tiny_bwd_workspace_bytes(p)
                                        : kernels::attention_bwd_workspace_bytes(p), q);
   p.workspace = ws.data_ptr();

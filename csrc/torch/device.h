@@ -3,6 +3,7 @@
 //   simt (fastar._simt, FASTAR_SIMT_BUILD): TORCH_LIBRARY_IMPL(fastar_simt, CPU), the same kernels on CPU tensors
 //   under the emulator, whose launch errors carry its report (barrier divergence, deadlock, file:line).
 #pragma once
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <cuda_runtime_api.h>
 
@@ -76,6 +77,15 @@ inline kernels::Dtype kernel_dtype(at::ScalarType t) {
     case at::kDouble: return kernels::Dtype::f64;
     default: return kernels::Dtype::f32;
   }
+}
+
+// For kernels whose result depends on the order blocks run in (fp32 atomics added across blocks): on the CUDA build,
+// an error (or with warn_only a warning) under torch.use_deterministic_algorithms(True), naming `what`; the simt
+// build runs blocks in one order per schedule, reproducibly.
+inline void alert_not_deterministic([[maybe_unused]] const char* what) {
+#ifndef FASTAR_SIMT_BUILD
+  at::globalContext().alertNotDeterministic(what);
+#endif
 }
 
 // Raises (RuntimeError in Python) when a kernel launch failed, with the emulator's report under simt.

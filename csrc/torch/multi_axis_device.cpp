@@ -65,6 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_axis_attention_bwd_device(
   check_multi_axis(op, q_in, k_in, v_in, block_size, kDeviceType, false);
   check_multi_axis_bwd(dout, q_in, out, lse);
   check_head_dim(op, q_in.size(4));
+  alert_not_deterministic("fastar::multi_axis_attention_bwd (dq is added by fp32 atomics across key tiles)");
   DeviceScope scope(q_in);
   const at::Tensor q = heads_aligned(q_in), k = heads_aligned(k_in), v = heads_aligned(v_in);
   const at::Tensor dout_c = heads_aligned(dout.to(q.scalar_type())), lse_c = lse.to(at::kFloat).contiguous();

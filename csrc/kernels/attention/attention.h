@@ -1,6 +1,8 @@
 // Attention on the GPU: the boundary between the torch glue and the kernels (no torch types here).
 // One forward kernel serves training, inference and KV-cache decode (split over keys when the
-// queries alone cannot fill the GPU); the backward is FlashAttention-2's, dq by fp32 atomics.
+// queries alone cannot fill the GPU); the backward is FlashAttention-2's, dq by fp32 atomics across key blocks, so
+// dq's last bits follow the order blocks run in (not bit-reproducible run to run on a GPU; the torch glue alerts
+// torch.use_deterministic_algorithms).
 #pragma once
 #include <cuda_runtime_api.h>
 

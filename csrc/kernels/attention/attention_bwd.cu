@@ -3,8 +3,10 @@
 //   dV = P^T dO,  dP = dO V^T,  dS = scale P * (dP - delta),  dK = dS^T Q,  dQ = dS K.
 // A block owns 64 keys of one query head (16 per warp, as rows of S^T = K Q^T, so dK and dV stay in
 // registers) and walks the query tiles the mask shows, loading the next one by cp.async while the current one is
-// computed (two stages where shared memory allows, else one refilled during dQ); dQ is added to an fp32 buffer with atomics (one add per
-// element per key block, in key-block order under the emulator) and converted to the output type at the end.
+// computed (two stages where shared memory allows, else one refilled during dQ); dQ is added to an fp32 buffer with
+// atomics (one add per element per key block, in the order blocks run: dQ is not bit-reproducible on a GPU, and its
+// last bits differ between the emulator's schedules where three blocks or more add to it) and converted to the output
+// type at the end.
 #include <string>
 
 #include "kernels/attention/flash_tile.cuh"

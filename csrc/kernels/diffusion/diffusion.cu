@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kThreads) silu_cond_kernel(const DiffusionPara
 
 __global__ void __launch_bounds__(kThreads) input_ln_kernel(const DiffusionParams p, const float* ln_w,
                                                             const float* ln_b) {
-  __shared__ float red[kThreads];
+  STATIC_SHARED(float[kThreads], red);
   const int64_t r = blockIdx.x;
   const float* xr = p.x + (r % p.M) * p.C;
   float* hid = p.hid + r * p.W;
@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(kThreads) bias_silu_kernel(const DiffusionPara
 
 __global__ void __launch_bounds__(kThreads) residual_ln_kernel(const DiffusionParams p, int b, const float* bias,
                                                                const float* ln_w, const float* ln_b) {
-  __shared__ float red[kThreads];
+  STATIC_SHARED(float[kThreads], red);
   const int64_t r = blockIdx.x;
   float *hid = p.hid + r * p.W, *h = p.h + r * p.W;
   const float *gate = p.mod + r * p.A + (3 * b + 2) * p.W, *bgate = p.ada_b + (3 * b + 2) * p.W;

@@ -5,7 +5,8 @@
 //   m' = max(m, rowmax S), P = exp(scale (S - m')), l' = l e^{scale (m - m')} + rowsum P, O' = O e^{...} + P V.
 // Backward: a block owns 64 keys (16 per warp, as rows of S^T = K Q^T) and walks the group's queries 32 at a time,
 //   P^T = exp(scale S^T - lse), dS^T = scale P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q, dQ += dS K,
-// dQ by fp32 atomics (one add per element per key tile, in key-tile order under the emulator).
+// dQ by fp32 atomics (one add per element per key tile, in the order blocks run: dQ is not bit-reproducible on a GPU,
+// and its last bits differ between the emulator's schedules where three key tiles or more add to it).
 #include "kernels/attention/flash_tile.cuh"
 #include "kernels/multi_axis/capabilities.h"
 #include "kernels/multi_axis/multi_axis.h"

@@ -1,7 +1,8 @@
 // HiT's multi-axis attention on the GPU: the boundary between the torch glue and the kernels (no torch types).
 // Tokens are read in place from the image layout (kernels/multi_axis/geometry.h); the head dims are attention's
 // (kernels/attention/capabilities.h). The forward is FlashAttention-2 over each group's tokens; the backward owns
-// key tiles, adds dq with fp32 atomics and writes dk, dv per query head, summed by the glue.
+// key tiles, adds dq with fp32 atomics (its last bits follow the order blocks run in: not bit-reproducible on a GPU;
+// the torch glue alerts torch.use_deterministic_algorithms) and writes dk, dv per query head, summed by the glue.
 #pragma once
 #include <cuda_runtime_api.h>
 

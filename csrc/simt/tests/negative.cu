@@ -1,8 +1,8 @@
-// Kernels with planted bugs the emulator must report (not hang on), each followed by a correct
-// launch that must still work. Argument: race | uninit | cp_async_early | cp_async_unpublished | exit | two_sites | one_line | helper | shfl |
-// shfl_outside | misaligned | cp_async_misaligned | dyn_smem_oob | static_smem_oob | global_oob | smem_limit | smem_attribute. The pytest checks the
-// reported file:line against the SITE markers below. global_oob is only reported by ASan (which aborts), like the
-// shared-memory overflows under ASan.
+// Kernels with planted bugs the emulator must report (not hang on), each followed by a correct launch that must still
+// work. Argument: race | uninit | block_chain | cp_async_early | cp_async_unpublished | exit | two_sites | one_line |
+// helper | shfl | shfl_outside | misaligned | cp_async_misaligned | dyn_smem_oob | static_smem_oob | global_oob |
+// smem_limit | smem_attribute. The pytest checks the reported file:line against the SITE markers below. global_oob is
+// only reported by ASan (which aborts), like the shared-memory overflows under ASan.
 #include <string>
 
 #include "check.h"
@@ -27,6 +27,12 @@ __global__ void max_of_uninitialised(int* out) {
     for (int i = 1; i < 64; ++i) m = max(m, s[i]);  // SITE:uninit
     out[blockIdx.x] = m;
   }
+}
+
+// Block b reads what block b - 1 wrote in the same launch: a GPU runs blocks in no set order, the emulator in the
+// schedule's, so the end of the chain is the block count forward only.
+__global__ void chain_across_blocks(int* chain) {
+  if (threadIdx.x == 0) chain[blockIdx.x + 1] = chain[blockIdx.x] + 1;  // SITE:block_chain
 }
 
 // Two-stage cp.async pipelines over `tiles` tiles of 64 int4, summing one int of each 16 bytes. The first reads its
@@ -164,6 +170,13 @@ int main(int argc, char** argv) {
     CHECK_CUDA(cudaGetLastError());
     auto v = out.download();
     std::printf("uninit result %d %d\n", v[0], v[1]);
+    return finish(Digest{});
+  }
+  if (!std::strcmp(mode, "block_chain")) {
+    DeviceBuffer<int> chain(65);
+    LAUNCH(chain_across_blocks, 64, 32)(chain.ptr);
+    CHECK_CUDA(cudaGetLastError());
+    std::printf("block_chain result %d\n", chain.download()[64]);
     return finish(Digest{});
   }
   if (!std::strncmp(mode, "cp_async_", 9) && std::strcmp(mode, "cp_async_misaligned")) {
