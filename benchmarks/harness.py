@@ -1,9 +1,10 @@
 """The one benchmark runner: contenders alternate inside one pytest-benchmark test, same inputs, same process.
 
 pytest-benchmark times `fastar` (its stats, --benchmark-compare and --benchmark-json work as usual); the other
-contenders, and the parts of fastar's work timed alone (e.g. its Phi convolutions), run, timed by us, in the
-untimed setup slot before each of its rounds, in a rotating order, so that the machine's noise falls on all of
-them alike. Their min and median, the ratios min(contender) / min(fastar) and each part's share of fastar's
+contenders, and the parts of fastar's work timed alone (e.g. its Phi convolutions), run, timed by us, in a rotating
+order, after fastar in even rounds and before it in odd ones (in the untimed setup slot of its rounds), so that
+the machine's noise falls on all of them alike and a single round's cold start (first calls of a code path, pages
+of new buffers) falls on fastar, not on the baseline. Their min and median, the ratios min(contender) / min(fastar) and each part's share of fastar's
 time go into extra_info, which benchmarks/report.py renders. Timings are never asserted.
 
 An op faster than ROUND_S is timed as a loop of n calls per round, the same n for every contender, and each time is
@@ -89,14 +90,21 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
     timed = {name: looped(fn, n) for name, fn in others_fns.items()}
     names = list(timed)
     times = {name: [] for name in names}
-    turn = iter(range(10**9))
+    turn, round_no = iter(range(10**9)), iter(range(10**9))
 
     def others():
         k = next(turn)
         for name in names[k % len(names):] + names[: k % len(names)]:
             times[name].append(_seconds(timed[name]))
 
-    benchmark.pedantic(fastar_fn, setup=others, rounds=rounds, iterations=1, warmup_rounds=0)
+    def setup():  # rounds 0, 2, ...: fastar first, its contenders in the next setup; odd rounds: fastar last
+        if next(round_no) % 2:
+            others()
+            others()
+
+    benchmark.pedantic(fastar_fn, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
+    if rounds % 2:
+        others()  # the last round's, fastar first
     mine = benchmark.stats.stats
     extra = benchmark.extra_info
     extra.update(info)

@@ -84,8 +84,9 @@ def render(data):
         e = b["extra_info"]
         lines += [f"## {b['group']}", "", f"fastar backend: **{e.get('backend')}**; baseline: **{e['baseline']}**"
                   f" ({e['baseline']} / fastar = **{e[e['baseline']]['ratio']:.2f}x**)", ""]
-        if e.get("rounds") == 1:
-            lines += ["Single run: one round per contender (too long to repeat here); expect 10-20% noise.", ""]
+        if e.get("rounds", 3) <= 2:
+            lines += [("Single run: one round" if e["rounds"] == 1 else "Two rounds") + " per contender (too long to "
+                      "repeat here); expect 10-20% noise.", ""]
         if e.get("calls_per_round", 1) > 1:
             lines += [f"Each round is a loop of {e['calls_per_round']} calls (the op is under "
                       "2 ms); times are per call.", ""]
@@ -96,10 +97,13 @@ def render(data):
         if not isinstance(e.get("agreement", {}), dict):
             raise TypeError(f"{b['group']}: extra_info['agreement'] must be a {{contender: share}} dict, got "
                             f"{e['agreement']!r}")
+        diffs = e.get("max_abs_diff", {})  # a single figure is the baseline's
+        diffs = {e["baseline"]: diffs} if isinstance(diffs, (int, float)) else diffs
         for name in e["contenders"]:
             agree = e.get("agreement", {}).get(name)
-            lines.append(f"| {name} | {_fmt_ms(e[name])} | {e[name]['ratio']:.2f}x | "
-                         f"{'' if agree is None else f'{agree:.4%}'} |")
+            cell = (f"{agree:.4%}" if agree is not None else
+                    f"max abs diff {diffs[name]:.2g}" if isinstance(diffs.get(name), (int, float)) else "")
+            lines.append(f"| {name} | {_fmt_ms(e[name])} | {e[name]['ratio']:.2f}x | {cell} |")
         lines.append("")
         if e.get("note"):
             lines += [e["note"], ""]

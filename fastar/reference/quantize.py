@@ -109,8 +109,9 @@ def embed_to_fhat(ms_h_BChw, phi_weight, phi_bias, patch_nums, *, last_one=False
     out = []
     for si, h_BChw in enumerate(ms_h_BChw):
         f_hat.add_(_up_phi(h_BChw, si, SN, H, phi_weight, phi_bias, resi_ratio))
-        out.append(f_hat.clone())
-    return out[-1] if last_one else out
+        if not last_one:  # VAR's all_to_max_scale loop keeps no copies
+            out.append(f_hat.clone())
+    return f_hat if last_one else out
 
 
 def idxBl_to_fhat(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums, *, last_one=False, resi_ratio=0.5):

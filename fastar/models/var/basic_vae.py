@@ -84,8 +84,8 @@ class ResnetBlock(nn.Module):
 
     def forward(self, x):
         fast = fast_path(x)
-        h = _conv(self.conv1, _norm_silu(self.norm1, x, fast))
-        h = _conv(self.conv2, self.dropout(_norm_silu(self.norm2, h, fast)))
+        h = _conv(self.conv1, _norm_silu(self.norm1, x))
+        h = _conv(self.conv2, self.dropout(_norm_silu(self.norm2, h)))
         return _residual(self.nin_shortcut(x), h, fast)
 
 
@@ -187,7 +187,7 @@ def _decode(dec, z):
         h = _level(level, h)
         if hasattr(level, "upsample"):
             h = level.upsample(h)
-    return _conv(dec.conv_out, _norm_silu(dec.norm_out, h, fast_path(z)))
+    return _conv(dec.conv_out, _norm_silu(dec.norm_out, h))
 
 
 def _conv(conv, x):
@@ -195,9 +195,10 @@ def _conv(conv, x):
     return conv3x3(x, conv.weight, conv.bias)
 
 
-def _norm_silu(norm, x, fast):
-    """silu(norm(x)); on the fast path in place at inference (norm's output is fresh and no backward needs it)."""
-    return F.silu(norm(x), inplace=fast and not torch.is_grad_enabled())
+def _norm_silu(norm, x):
+    """silu(norm(x)), in place at inference (norm's output is fresh and no backward needs it), as the official
+    ResnetBlock's F.silu(..., inplace=True) on every backend."""
+    return F.silu(norm(x), inplace=not torch.is_grad_enabled())
 
 
 def _residual(shortcut, h, fast):
