@@ -98,6 +98,8 @@ def test_help_gives_every_option_a_help_and_its_default(capsys, monkeypatch):
             text = p.format_help()
             assert "(default: None)" not in text and "(default: False)" not in text, key
             assert "--bs" not in text or "(default: " in text, key
+            clips = key[0] == "train" and key[1] != "hit"  # fit's gradient norm clip; HiT's loop has none
+            assert ("clips the gradients' total norm at 2.0" in " ".join(text.split())) == clips, key
     monkeypatch.undo()
     assert run(["sample", "mar", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
