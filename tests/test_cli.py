@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fastar.__main__ import COMMANDS, main
-from fastar.models.cli import load_state, read_checkpoint
+from fastar.models.cli import (check_out_dir, load_state, read_checkpoint, run_state, save_checkpoint,
+                               warn_unfinished)
 from fastar.models.var.sample import IMAGENET_CLASSES, pick_classes
 from fastar.models.var.train import batches
 
@@ -59,7 +60,8 @@ BAD_VALUES = [("sample", "mar", "--num-steps", "1"), ("sample", "mar", "--num-st
               ("train", "hit", "--ema", "1.5"), ("train", "hit", "--r1", "-1"), ("train", "hit", "--lr", "0"),
               ("train", "dalle", "--width", "0"), ("train", "dalle", "--width", "100"),
               ("train", "dalle", "--text-len", "2"), ("train", "dalle", "--text-len", "300"),
-              ("train", "dalle", "--top-k", "-1")]
+              ("train", "dalle", "--top-k", "-1"), ("train", "fractalgen", "--warmup", "800"),
+              ("train", "mar", "--mar-warmup", "900")]
 
 
 @pytest.mark.parametrize("command,model,option,value", BAD_VALUES)
@@ -96,6 +98,8 @@ def test_help_gives_every_option_a_help_and_its_default(capsys, monkeypatch):
             text = p.format_help()
             assert "(default: None)" not in text and "(default: False)" not in text, key
             assert "--bs" not in text or "(default: " in text, key
+            clips = key[0] == "train" and key[1] != "hit"  # fit's gradient norm clip; HiT's loop has none
+            assert ("clips the gradients' total norm at 2.0" in " ".join(text.split())) == clips, key
     monkeypatch.undo()
     assert run(["sample", "mar", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
@@ -112,10 +116,91 @@ def test_batches_refuse_a_batch_larger_than_a_process_share():
         next(batches(10, 6, 4, 0, 1, 2))
 
 
+def test_batches_give_every_rank_the_same_share():
+    """1797 digits over 2 ranks: --bs 899 passed on rank 0 (899 images) and failed on rank 1 (898), whose exit left
+    rank 0 in a gloo traceback; with 9 images and --bs 2 rank 0 took 5 and 2 batches an epoch, rank 1 4 and 2, but
+    with --bs 5 rank 0 took one batch an epoch and rank 1 none. Now n // world each; one process: the whole order."""
+    for rank in (0, 1):
+        with pytest.raises(SystemExit, match=r"--bs 899: .* 1 to 898 images"):
+            next(batches(1797, 899, 1, 0, rank, 2))
+    ranks = [list(batches(9, 2, 6, 0, rank, 2)) for rank in (0, 1)]
+    epoch = [torch.randperm(9, generator=torch.Generator().manual_seed(0))[rank::2][:4] for rank in (0, 1)]
+    for rank in (0, 1):  # 2 batches an epoch on each, from its first 4 indices
+        assert [s for s, _ in ranks[rank]] == list(range(6))
+        assert torch.equal(torch.cat([b for _, b in ranks[rank][:2]]), epoch[rank])
+    g = torch.Generator().manual_seed(3)
+    order = torch.cat([torch.randperm(10, generator=g)[:9] for _ in range(2)])  # one process: 3 batches of 3 an epoch
+    assert torch.equal(torch.cat([b for _, b in batches(10, 3, 6, 3, 0, 1)]), order)
+
+
 def test_train_refuses_an_out_that_is_a_file(tmp_path):
     f = tmp_path / "a_file"
     f.write_text("")
     assert "is a file" in str(run(["train", "hit", "--steps", "1", "--out", str(f)]))
+
+
+@pytest.mark.parametrize("model", ["var", "mar", "fractalgen", "hit", "dalle"])
+def test_train_refuses_an_unusable_out_before_the_process_group(monkeypatch, model):
+    """A folder that cannot be made (/proc/x: once os.makedirs' traceback) or written into (/proc; once torch's
+    traceback at the first checkpoint, after training): one line naming --out, before torchrun's process group."""
+    def no_group(*args, **kwargs):
+        raise AssertionError("init_process_group before --out was checked")
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", no_group)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for out in ("/proc/fastar_out", "/proc"):
+        msg = str(run(["train", model, "--out", out]))
+        assert msg.startswith(f"--out {out}: cannot make or write this folder (") and "\n" not in msg, msg
+
+
+def test_check_out_dir_makes_and_probes_the_folder(tmp_path, monkeypatch):
+    check_out_dir(str(tmp_path / "a" / "b"))
+    assert (tmp_path / "a" / "b").is_dir() and not any((tmp_path / "a" / "b").iterdir()), "the probe file is gone"
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.NamedTemporaryFile", read_only)
+    with pytest.raises(SystemExit, match=r"^--out .*a/b: cannot make or write this folder \(Permission denied\)$"):
+        check_out_dir(str(tmp_path / "a" / "b"))
+
+
+def test_save_checkpoint_writes_whole_files_and_the_same_bytes(tmp_path, monkeypatch):
+    """Written under its own name in a fresh folder, then os.replace'd: the archive inside is named after the file
+    (ckpt/...), two saves give the same bytes, nothing is left beside it, and a save that fails midway leaves the
+    previous checkpoint as it was."""
+    import zipfile
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"w": torch.arange(4.0), **run_state("var", 3, 3)}, str(path))
+    first = path.read_bytes()
+    save_checkpoint({"w": torch.arange(4.0), **run_state("var", 3, 3)}, str(path))
+    assert path.read_bytes() == first and [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    assert all(n.startswith("ckpt/") for n in zipfile.ZipFile(path).namelist())
+    real_save = torch.save
+
+    def dies_midway(obj, f):
+        real_save(obj, f)
+        with open(f, "r+b") as h:
+            h.truncate(100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"w": torch.zeros(4)}, str(path))
+    assert path.read_bytes() == first and [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_run_state_and_the_unfinished_warning(tmp_path, capsys):
+    assert run_state("vae", 100, 150, last_stage=False) == {"stage": "vae", "step": 100, "steps": 150,
+                                                            "finished": False}
+    assert run_state("vae", 150, 150, last_stage=False)["finished"] is False
+    assert run_state("var", 500, 500)["finished"] is True
+    warn_unfinished(run_state("var", 500, 500), "c.pt")
+    warn_unfinished({}, "c.pt")  # a checkpoint from before run_state: unknown, no warning
+    assert capsys.readouterr().err == ""
+    warn_unfinished(run_state("var", 100, 500), "c.pt")
+    assert capsys.readouterr().err == ("warning: --ckpt c.pt was written mid-run (stage var, step 100 of 500): not the "
+                                       "run's final weights\n")
 
 
 @pytest.mark.parametrize("model", ["var", "mar", "fractalgen", "hit", "dalle"])
@@ -145,6 +230,44 @@ def test_sample_refuses_other_files_as_checkpoints(tmp_path):
                 msg = str(run(["sample", model, "--ckpt", str(path), "--out", str(tmp_path / "x.png")]))
                 assert msg.startswith(f"--ckpt {path} is not a `fastar train {model}` ckpt.pt"), msg
                 assert names[0] in msg
+
+
+def test_train_checkpoints_that_do_not_fit_their_model_are_refused_in_one_line(tmp_path):
+    """An unknown config field, a refused value or missing weights in a `fastar train` checkpoint: one line naming
+    --ckpt (once 13-73 line tracebacks from the config, the model or load_state_dict)."""
+    from fastar.models.hit.generator import TINY
+    from dataclasses import asdict
+    unknown = {"var": {"vae_cfg": {"bogus": 1}, "var_cfg": {}, "vae": {}, "var": {}},
+               "mar": {"vae_cfg": {"embed_dim": 4, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1},
+                       "mar_cfg": {"width": 64, "num_heads": 3}, "vae": {}, "mar": {}},  # a refused value
+               "fractalgen": {"fractalgen_cfg": {"widths": [1]}, "model": {}},
+               "hit": {"cfg": {**asdict(TINY), "bogus": 1}, "G_ema": {}},
+               "dalle": {"dvae_cfg": {"bogus": 1}, "dalle_cfg": {}, "dvae": {}, "dalle": {}, "tokenizer": ""}}
+    for model, sd in unknown.items():
+        path = tmp_path / f"{model}.pt"
+        torch.save(sd, path)
+        msg = str(run(["sample", model, "--ckpt", str(path), "--out", str(tmp_path / "x.png")]))
+        assert msg.startswith(f"--ckpt {path}: its config is refused: ") and "\n" not in msg, msg
+    path = tmp_path / "hit_weights.pt"
+    torch.save({"cfg": asdict(TINY), "G_ema": {}}, path)  # missing weights, and no "step" (once a KeyError)
+    msg = str(run(["sample", "hit", "--ckpt", str(path), "--out", str(tmp_path / "x.png")]))
+    assert msg.startswith(f"--ckpt {path} does not fit its cfg's HiT generator: ") and "keys missing" in msg, msg
+    torch.save({"var_cfg": {}}, path)
+    msg = str(run(["sample", "var", "--ckpt", str(path), "--out", str(tmp_path / "x.png")]))
+    assert msg.startswith(f"--ckpt {path} is not a whole `fastar train var` ckpt.pt"), msg
+
+
+def test_read_checkpoint_names_folders_empty_and_truncated_files(tmp_path):
+    assert str(run(["sample", "var", "--ckpt", str(tmp_path)])).startswith(f"--ckpt {tmp_path} is a folder: ")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    whole = tmp_path / "whole.pt"
+    torch.save({"w": torch.zeros(100)}, whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[:300])
+    for path in (empty, cut):
+        with pytest.raises(SystemExit, match=r"^--ckpt .*: empty or truncated \(not a whole torch file\)$"):
+            read_checkpoint(str(path))
 
 
 def test_read_checkpoint_and_load_state_name_what_does_not_fit(tmp_path):

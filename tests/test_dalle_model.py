@@ -14,7 +14,7 @@ from fastar.models import layers
 from fastar.models.dalle import dvae as dvae_module
 from fastar.models.layers import Linear
 from tests.conftest import backend_device
-from tests.test_var_model import run_cli
+from tests.test_var_model import assert_finished, run_cli
 from tests.tolerance import assert_close
 
 TINY = DALLEConfig(width=64, depth=4, heads=2, text_vocab=40, text_len=6, image_vocab=32, grid=4, conv_kernel=3)
@@ -288,6 +288,7 @@ def test_train_then_sample_cli(tmp_path, torchrun):
     out = run_cli(tmp_path, "train", "dalle", "--dvae-steps", "3", "--dalle-steps", "3", "--bs", "8", "--out", "run",
                   torchrun=torchrun)
     assert "dalle loss" in out and (tmp_path / "run" / "samples.png").exists()
+    assert_finished(tmp_path / "run" / "ckpt.pt", "dalle", 3)
     if not torchrun:
         out = run_cli(tmp_path, "sample", "dalle", "--ckpt", "run/ckpt.pt", "--text", "a handwritten seven", "--n", "2",
                       "--prefix-from", "3", "--out", "g.png")

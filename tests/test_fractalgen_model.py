@@ -11,7 +11,7 @@ from fastar.models.fractalgen import sample as fractalgen_sample
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD
 from fastar.models.layers import Linear
 from tests.conftest import backend_device
-from tests.test_var_model import run_cli
+from tests.test_var_model import assert_finished, run_cli
 from tests.tolerance import assert_close
 
 DATA = Path(__file__).parent / "data"
@@ -302,16 +302,23 @@ def test_bad_inputs_are_named():
 
 
 @pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
-def test_train_then_sample_cli(tmp_path, torchrun):
-    out = run_cli(tmp_path, "train", "fractalgen", "--steps", "3", "--bs", "8", "--nll-passes", "1",
+def test_train_then_sample_cli(tmp_path, torchrun, capsys):
+    from fastar.__main__ import main as fastar_main
+    out = run_cli(tmp_path, "train", "fractalgen", "--steps", "3", "--warmup", "1", "--bs", "8", "--nll-passes", "1",
                   "--num-samples", "2", "--num-iter", "2,2", "--cfg", "2.5", "--temperature", "1.5", "--out", "run",
                   torchrun=torchrun)
     assert "NLL" in out and "bits/dim" in out and (tmp_path / "run" / "samples.png").exists()
+    assert_finished(tmp_path / "run" / "ckpt.pt", "fractalgen", 3)
     if not torchrun:  # the checkpoint's samples.png settings are the sample CLI's defaults
         out = run_cli(tmp_path, "sample", "fractalgen", "--ckpt", "run/ckpt.pt", "--classes", "0", "1",
                       "--bf16-weights", "--out", "g.png")
         assert "fastar train fractalgen checkpoint" in out and (tmp_path / "g.png").exists()
         assert "num_iter [2, 2], cfg 2.5 (linear), temperature 1.5" in out
+        with pytest.raises(SystemExit):  # 3 entries for 2 levels: once the third silently dropped
+            fastar_main(["sample", "fractalgen", "--ckpt", str(tmp_path / "run" / "ckpt.pt"), "--num-iter", "2,2,2",
+                         "--out", str(tmp_path / "x.png")])
+        assert "--num-iter needs one step count for each of the model's 2 transformer levels, got 2,2,2" in \
+            capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["ar", "mar", "mar+guiding pixel"])

@@ -19,7 +19,7 @@ from fastar.models.hit.losses import diff_augment
 from fastar.models.hit.train import gan_step
 from fastar.models.layers import linear_add
 from tests.conftest import backend_device
-from tests.test_var_model import run_cli
+from tests.test_var_model import assert_finished, run_cli
 from tests.tolerance import assert_close
 
 
@@ -220,14 +220,30 @@ def test_ddp_step_averages_the_one_process_gradients(tmp_path):
 
 
 @pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
-def test_train_then_sample_cli(tmp_path, torchrun):
+def test_train_then_sample_cli(tmp_path, torchrun, capsys):
+    """Also: an earlier run's step grids in --out are removed (only those: samples_<step>.png), and `sample` warns
+    about a checkpoint written mid-run."""
+    from fastar.__main__ import main as fastar_main
+    (tmp_path / "run").mkdir()
+    for name in ("samples_00300.png", "samples_keep.png", "notes.txt"):
+        (tmp_path / "run" / name).write_text("an earlier run's")
     out = run_cli(tmp_path, "train", "hit", "--steps", "2", "--bs", "4", "--ckpt-every", "1", "--threads", "1",
                   "--out", "run", torchrun=torchrun)
     assert "d loss" in out and (tmp_path / "run" / "samples.png").exists()
     assert (tmp_path / "run" / "samples_00001.png").exists() and (tmp_path / "run" / "ckpt.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["ckpt.pt", "notes.txt", "samples.png",
+                                                                   "samples_00001.png", "samples_00002.png",
+                                                                   "samples_keep.png"]
+    assert_finished(tmp_path / "run" / "ckpt.pt", "hit", 2)
     if not torchrun:
         out = run_cli(tmp_path, "sample", "hit", "--ckpt", "run/ckpt.pt", "--n", "4", "--out", "g.png")
         assert "fastar train hit checkpoint" in out and (tmp_path / "g.png").exists()
+        sd = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+        torch.save({**sd, "step": 1, "finished": False}, tmp_path / "mid.pt")
+        capsys.readouterr()
+        fastar_main(["sample", "hit", "--ckpt", str(tmp_path / "mid.pt"), "--n", "2", "--out", str(tmp_path / "m.png")])
+        assert capsys.readouterr().err.startswith(f"warning: --ckpt {tmp_path / 'mid.pt'} was written mid-run "
+                                                  "(stage hit, step 1 of 2)")
 
 
 def test_forward_without_autograd_takes_the_cpu_cache():

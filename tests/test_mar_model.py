@@ -13,7 +13,7 @@ from fastar.models.fractalgen.blocks import Block
 from fastar.models.layers import Linear
 from fastar.models.mar import MAR, AutoencoderKL, KLConfig, mar, mar_base, mar_large
 from fastar.models.mar import sample as mar_sample
-from tests.test_var_model import DATA, kinds, official_keys, run_cli
+from tests.test_var_model import DATA, assert_finished, kinds, official_keys, run_cli
 from tests.tolerance import assert_close
 
 MAR_KEYS, KL_KEYS = "mar-base-state-dict-keys.txt", "kl16-vae-state-dict-keys.txt"
@@ -271,8 +271,9 @@ def test_lr_schedule():
 @pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
 def test_train_then_sample_cli(tmp_path, torchrun):
     out = run_cli(tmp_path, "train", "mar", "--vae-steps", "3", "--mar-steps", "3", "--bs", "8", "--width", "32",
-                  "--num-iter", "2", "--num-steps", "3", "--out", "run", torchrun=torchrun)
+                  "--num-iter", "2", "--num-steps", "3", "--mar-warmup", "1", "--out", "run", torchrun=torchrun)
     assert "mar loss" in out and (tmp_path / "run" / "samples.png").exists()
+    assert_finished(tmp_path / "run" / "ckpt.pt", "mar", 3)
     if not torchrun:  # sampling from a checkpoint is the same however it was trained: once is enough
         out = run_cli(tmp_path, "sample", "mar", "--ckpt", "run/ckpt.pt", "--classes", "0", "1", "2", "--num-steps",
                       "3", "--out", "g.png")

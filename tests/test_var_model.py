@@ -235,11 +235,18 @@ def run_cli(tmp_path, *args, torchrun=False):
     return res.stdout
 
 
+def assert_finished(path, stage, steps):
+    """The last checkpoint of a `fastar train` run records its run as finished (cli.run_state)."""
+    sd = torch.load(path, weights_only=True)
+    assert (sd["stage"], sd["step"], sd["steps"], sd["finished"]) == (stage, steps, steps, True)
+
+
 @pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
 def test_train_then_sample_cli(tmp_path, torchrun):
     out = run_cli(tmp_path, "train", "var", "--vae-steps", "3", "--var-steps", "3", "--bs", "8", "--out", "run",
                   torchrun=torchrun)
     assert "var loss" in out and (tmp_path / "run" / "samples.png").exists()
+    assert_finished(tmp_path / "run" / "ckpt.pt", "var", 3)
     if not torchrun:  # sampling from a checkpoint is the same however it was trained: once is enough
         out = run_cli(tmp_path, "sample", "var", "--ckpt", "run/ckpt.pt", "--classes", "0", "1", "2", "--out", "g.png")
         assert "fastar train var checkpoint" in out and (tmp_path / "g.png").exists()
@@ -269,38 +276,70 @@ def test_save_grid_enlarges_small_images_pixel_for_pixel(tmp_path):
 
 
 def _fit_rank(rank, folder):
-    """One process of test_fit_under_ddp_draws_apart_and_stays_in_sync (module level: spawned by pickle)."""
+    """One process of the ddp_runs fixture (module level: spawned by pickle): fit on a toy model, and a training
+    forward of VAR's quantizer on this rank's own latents."""
     import argparse
 
     import torch.distributed as dist
 
+    from fastar.models.var.quant import VectorQuantizer2
     from fastar.models.var.train import fit
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
     torch.manual_seed(0)  # as start_run: the same weights, and until fit the same generator state, everywhere
     model, x = torch.nn.Linear(4, 1), torch.randn(16, 4)
     start = [p.detach().clone() for p in model.parameters()]
     args = argparse.Namespace(toy_steps=3, toy_lr=0.1, bs=4, seed=0, ckpt_every=100)
-    draws = []
+    draws, losses = [], []
 
     def loss_fn(m, idx):
         draws.append(torch.rand(()))  # what a trainer's masks, noise and label drops draw from
-        return m(x[idx] * (1 + draws[-1])).square().mean()
+        losses.append(m(x[idx] * (1 + draws[-1])).square().mean())
+        return losses[-1]
 
-    fit("toy", model, loss_fn, len(x), args, rank, 2, lambda: None)
-    torch.save({"draws": torch.stack(draws), "start": start, "end": [p.detach() for p in model.parameters()]},
-               f"{folder}/rank{rank}.pt")
+    first_last = fit("toy", model, loss_fn, len(x), args, rank, 2, lambda state: None)
+    quant = VectorQuantizer2(8, 4, (1, 2)).train()
+    f_BChw = torch.randn(2, 4, 2, 2, generator=torch.Generator().manual_seed(rank))
+    own_hits = fastar.ops.msq_forward(f_BChw, *quant._args(), beta=quant.beta, resi_ratio=quant.resi_ratio)[1]
+    quant(f_BChw)
+    torch.save({"draws": torch.stack(draws), "start": start, "end": [p.detach() for p in model.parameters()],
+                "losses": torch.stack(losses).detach(), "first_last": first_last, "own_hits": own_hits,
+                "ema_hits": quant.ema_vocab_hit_SV}, f"{folder}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_fit_under_ddp_draws_apart_and_stays_in_sync(tmp_path):
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    """What _fit_rank saved on each of 2 gloo processes (one spawn for the tests below)."""
+    import torch.multiprocessing as mp
+    folder = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_fit_rank, args=(str(folder),), nprocs=2)
+    return [torch.load(folder / f"rank{r}.pt") for r in (0, 1)]
+
+
+def test_fit_under_ddp_draws_apart_and_stays_in_sync(ddp_runs):
     """Under DDP each process draws its own random numbers in training (the official trainers seed seed + rank),
     while the weights stay equal across processes and move."""
-    import torch.multiprocessing as mp
-    mp.spawn(_fit_rank, args=(str(tmp_path),), nprocs=2)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    r0, r1 = ddp_runs
     assert len(r0["draws"]) == 3 and not torch.equal(r0["draws"], r1["draws"])
     for a, b, s in zip(r0["end"], r1["end"], r0["start"]):
         assert torch.equal(a, b) and not torch.equal(a, s)
+
+
+def test_fit_reports_its_first_and_last_steps_averaged_over_the_processes(ddp_runs):
+    """3 steps: the first and the last step's loss (k = 3 // 2, where k = min(20, 3) once averaged all three into
+    both), the mean of the two processes' (once rank 0's alone)."""
+    r0, r1 = ddp_runs
+    want = [(r0["losses"][i] + r1["losses"][i]).item() / 2 for i in (0, -1)]
+    assert r0["first_last"] == r1["first_last"] and r0["first_last"] == pytest.approx(want, rel=1e-6)
+    assert r0["losses"][0] != r1["losses"][0]
+
+
+def test_quantizer_codebook_hits_are_every_process_under_ddp(ddp_runs):
+    """ema_vocab_hit_SV counts the hits of every process, as VAR all-reduces them (once each rank its own)."""
+    r0, r1 = ddp_runs
+    assert not torch.equal(r0["own_hits"], r1["own_hits"])
+    for r in (r0, r1):
+        assert torch.equal(r["ema_hits"], 0.01 * (r0["own_hits"] + r1["own_hits"]))
 
 
 def test_autoregressive_infer_cfg_refuses_labels_past_the_null_class():

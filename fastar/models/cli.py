@@ -1,9 +1,12 @@
 """What the models' command lines share: argparse types for counts and numbers, a --help formatter that shows
-defaults, checks of the output paths made before any work, and reading a checkpoint with errors that name the
-option and the file."""
+defaults, checks of the output paths made before any work, writing a checkpoint whole, and reading one with errors
+that name the option and the file."""
 import argparse
 import math
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 
 import torch
 from PIL import Image
@@ -113,15 +116,62 @@ def check_out_file(p, path, option="--out"):
         p.error(f"{option} {path}: {ext or 'no extension'} is not an image format PIL writes (e.g. .png)")
 
 
+def check_out_dir(path, option="--out"):
+    """Makes the folder `path` for a trainer's outputs, or SystemExit naming the option: a file in the way, a folder
+    that cannot be made (/proc/x) or written into (probed with a file), found before any training, not at the first
+    checkpoint."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SystemExit(f"{option} {path} is a file: give a folder for the checkpoint and samples.png")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as e:
+        raise SystemExit(f"{option} {path}: cannot make or write this folder ({e.strerror or e})") from None
+
+
+def check_warmup(p, warmup, steps, warmup_option="--warmup", steps_option="--steps"):
+    """Exits through p.error when the learning-rate warmup takes the whole run (the schedule after it never runs)."""
+    if warmup >= steps:
+        p.error(f"{warmup_option} {warmup} must be less than {steps_option} {steps}: the learning rate would never "
+                f"leave its warmup (give a smaller {warmup_option}, e.g. 0)")
+
+
+def run_state(stage, step, steps, last_stage=True):
+    """The keys a `fastar train` checkpoint records of its run: stage, step (done) of steps, and whether the run had
+    finished (the last stage's last step); `sample` warns when it had not (warn_unfinished)."""
+    return {"stage": stage, "step": step, "steps": steps, "finished": last_stage and step == steps}
+
+
+def save_checkpoint(ckpt, path):
+    """torch.save(ckpt, path) written whole or not at all: saved under the same name in a fresh folder beside path,
+    then os.replace'd over it (a run killed mid-save leaves the previous checkpoint; the archive inside keeps the
+    file's name, so a run writes the same bytes every time)."""
+    folder = tempfile.mkdtemp(dir=os.path.dirname(path) or ".", prefix=".saving-")
+    tmp = os.path.join(folder, os.path.basename(path))
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        os.rmdir(folder)
+
+
 def read_checkpoint(path, option="--ckpt"):
     """The dict torch.load reads from `path` on the CPU (weights only; argparse.Namespace allowed, which official
-    checkpoints pickle as their args), or SystemExit naming the option: no such file, not a torch file, no dict."""
+    checkpoints pickle as their args), or SystemExit naming the option: no such file, a folder, an empty or
+    truncated file, not a torch file, no dict."""
+    if os.path.isdir(path):
+        raise SystemExit(f"{option} {path} is a folder: give the checkpoint file, e.g. {os.path.join(path, 'ckpt.pt')}")
     if not os.path.isfile(path):
         raise SystemExit(f"{option} {path}: no such file")
     torch.serialization.add_safe_globals([argparse.Namespace])
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, pickle and weights-only refusals alike
+        if isinstance(e, EOFError) or "central directory" in str(e):  # no bytes, or a zip cut short
+            raise SystemExit(f"{option} {path}: empty or truncated (not a whole torch file)") from None
         raise SystemExit(f"{option} {path}: not a torch checkpoint ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
     if not isinstance(sd, dict):
@@ -150,3 +200,21 @@ def load_state(model, state, path, what, option="--ckpt"):
                f"{len(shaped)} of other shapes (e.g. {shaped[0]}: {tuple(state[shaped[0]].shape)}, "
                f"not {tuple(own[shaped[0]].shape)})" if shaped else ""]
         raise SystemExit(f"{option} {path} does not fit {what}: {'; '.join(w for w in why if w)}") from None
+
+
+@contextmanager
+def checkpoint_config(path, option="--ckpt"):
+    """Around building models from a checkpoint's configs: their TypeError (an unknown or missing field) or
+    ValueError (a refused value) becomes one SystemExit naming the option and the file."""
+    try:
+        yield
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"{option} {path}: its config is refused: {e}") from None
+
+
+def warn_unfinished(sd, path, option="--ckpt"):
+    """One line on stderr when a `fastar train` checkpoint was written before its run finished (run_state's keys;
+    checkpoints from before them say nothing)."""
+    if sd.get("finished") is False:
+        print(f"warning: {option} {path} was written mid-run (stage {sd.get('stage')}, step {sd.get('step')} of "
+              f"{sd.get('steps')}): not the run's final weights", file=sys.stderr)

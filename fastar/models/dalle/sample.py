@@ -12,8 +12,9 @@ import argparse
 import torch
 from tqdm import tqdm
 
-from fastar.models.cli import (HelpFormatter, check_out_file, nonneg_int, positive_float, positive_int,
-                               read_checkpoint, unit_float, wrong_checkpoint)
+from fastar.models.cli import (HelpFormatter, check_out_file, checkpoint_config, load_state, nonneg_int,
+                               positive_float, positive_int, read_checkpoint, unit_float, warn_unfinished,
+                               wrong_checkpoint)
 from fastar.models.dalle.dalle import DALLE, DALLEConfig
 from fastar.models.dalle.dvae import DVAE, DVAEConfig
 from fastar.models.dalle.text import TextTokenizer
@@ -32,9 +33,11 @@ def load(ckpt, texts):
     sd = read_checkpoint(ckpt)
     if not {"dvae_cfg", "dalle_cfg", "dvae", "dalle", "tokenizer"} <= set(sd):
         raise wrong_checkpoint(ckpt, "a `fastar train dalle` ckpt.pt", sd)
-    dvae, dalle = DVAE(DVAEConfig(**sd["dvae_cfg"])), DALLE(DALLEConfig(**sd["dalle_cfg"]))
-    dvae.load_state_dict(sd["dvae"])
-    dalle.load_state_dict(sd["dalle"])
+    with checkpoint_config(ckpt):
+        dvae, dalle = DVAE(DVAEConfig(**sd["dvae_cfg"])), DALLE(DALLEConfig(**sd["dalle_cfg"]))
+    load_state(dvae, sd["dvae"], ckpt, "its dvae_cfg's dVAE")
+    load_state(dalle, sd["dalle"], ckpt, "its dalle_cfg's DALL-E")
+    warn_unfinished(sd, ckpt)
     return dvae, dalle, TextTokenizer.from_str(sd["tokenizer"], dalle.cfg.text_len), f"{ckpt} (fastar train dalle)"
 
 

@@ -5,8 +5,9 @@
 
 Stage 1 trains the dVAE (gumbel-softmax relaxation, logit-Laplace loss, KL to the uniform prior, tau and beta
 annealed over the run); stage 2 trains a BPE tokenizer on the captions and the transformer on (caption, argmax
-tokens) pairs. Writes ckpt.pt (models, configs, tokenizer; `python -m fastar sample dalle --ckpt` reads it) and
-samples.png: two rows, column c captioned "a handwritten <c>" (zero ... nine).
+tokens) pairs. Writes ckpt.pt (models, configs, tokenizer, for sampling: no optimizer state, no resuming; `python -m
+fastar sample dalle --ckpt` reads it) and samples.png: two rows, column c captioned "a handwritten <c>" (zero ...
+nine).
 """
 import argparse
 import os
@@ -18,7 +19,8 @@ from fastar.models.dalle.dalle import DALLE, DALLEConfig, loss as dalle_loss_of
 from fastar.models.dalle.dvae import DVAE, DVAEConfig, beta_schedule, tau_schedule
 from fastar.models.dalle.text import MAX_TEXT_LEN, TextTokenizer
 from fastar.models.var.sample import save_grid
-from fastar.models.cli import HelpFormatter, int_in, multiple_of, nonneg_int, positive_float, positive_int
+from fastar.models.cli import (HelpFormatter, int_in, multiple_of, nonneg_int, positive_float, positive_int,
+                               save_checkpoint)
 from fastar.models.var.train import add_run_args, digits, fit, end_run, start_run
 
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -67,9 +69,10 @@ def main(argv=None):
     dvae = DVAE(TINY_DVAE)
     dalle = DALLE(tiny_dalle(tokenizer.vocab_size, args))
 
-    def save():
-        torch.save({"dvae_cfg": asdict(dvae.cfg), "dalle_cfg": asdict(dalle.cfg), "dvae": dvae.state_dict(),
-                    "dalle": dalle.state_dict(), "tokenizer": tokenizer.to_str()}, os.path.join(args.out, "ckpt.pt"))
+    def save(state):
+        save_checkpoint({"dvae_cfg": asdict(dvae.cfg), "dalle_cfg": asdict(dalle.cfg), "dvae": dvae.state_dict(),
+                         "dalle": dalle.state_dict(), "tokenizer": tokenizer.to_str(), **state},
+                        os.path.join(args.out, "ckpt.pt"))
 
     # stage 1: the dVAE, tau 1 -> 1/16 over the run, beta 0 -> 6.6 over its first third
     step = iter(range(10**9))
@@ -79,7 +82,7 @@ def main(argv=None):
         s = next(step)
         return model(images[idx], tau_schedule(s, args.dvae_steps), beta_schedule(s, args.dvae_steps // 3), gen)[0]
 
-    first, last = fit("dvae", dvae, dvae_loss, len(images), args, rank, world, save)
+    first, last = fit("dvae", dvae, dvae_loss, len(images), args, rank, world, save, last_stage=False)
     if rank == 0:
         print(f"dvae loss {first:.4f} -> {last:.4f}")
     dvae.eval().requires_grad_(False)

@@ -12,8 +12,8 @@ import argparse
 import torch
 from tqdm import tqdm
 
-from fastar.models.cli import (HelpFormatter, finite_float, load_state, positive_float, positive_ints,
-                               read_checkpoint, unit_float, wrong_checkpoint)
+from fastar.models.cli import (HelpFormatter, checkpoint_config, finite_float, load_state, positive_float,
+                               positive_ints, read_checkpoint, unit_float, warn_unfinished, wrong_checkpoint)
 from fastar.models.fractalgen.fractalgen import MODELS, PRECISIONS, FractalGen, FractalGenConfig, build
 from fastar.models.layers import decode_weights
 from fastar.models.var.sample import fill_defaults, parse_grid_args, pick_classes, save_grid, seeded
@@ -34,9 +34,13 @@ def load(name, ckpt):
         return build(name), f"RANDOM weights (no --ckpt): {name}, untrained", README_FLAGS[name]
     sd = read_checkpoint(ckpt)  # the official checkpoints pickle their args (an argparse.Namespace)
     if "fractalgen_cfg" in sd:
-        cfg = FractalGenConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sd["fractalgen_cfg"].items()})
-        model = FractalGen(cfg)
-        model.load_state_dict(sd["model"])
+        if "model" not in sd:
+            raise wrong_checkpoint(ckpt, "a whole `fastar train fractalgen` ckpt.pt", sd)
+        with checkpoint_config(ckpt):
+            model = FractalGen(FractalGenConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                   for k, v in sd["fractalgen_cfg"].items()}))
+        load_state(model, sd["model"], ckpt, "its fractalgen_cfg's FractalGen")
+        warn_unfinished(sd, ckpt)
         levels = model.num_fractal_levels - 1  # checkpoints from before sample_flags: a short default
         flags = sd.get("sample_flags", {"num_iter": ",".join(["4"] * levels), "cfg": 2.0, "temperature": 1.0})
         return model, f"{ckpt} (fastar train fractalgen checkpoint)", flags
@@ -76,8 +80,8 @@ def main(argv=None):
     fill_defaults(args, defaults)
     num_iter = args.num_iter if isinstance(args.num_iter, list) else positive_ints(args.num_iter)  # a default: str
     levels = model.num_fractal_levels - 1
-    if len(num_iter) < levels:
-        p.error(f"--num-iter needs a step count for each of the model's {levels} transformer levels, got "
+    if len(num_iter) != levels:
+        p.error(f"--num-iter needs one step count for each of the model's {levels} transformer levels, got "
                 f"{','.join(map(str, num_iter))}")
     cfg, temperature = args.cfg, args.temperature
     print(f"sampling with {what}: num_iter {num_iter}, cfg {cfg} ({args.cfg_schedule}), temperature {temperature}")

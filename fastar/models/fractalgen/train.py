@@ -6,7 +6,8 @@
 Levels: 16 patches of 2x2, then 4 pixels, then R, G, B (MAR, MAR, PixelLoss by default; --generators ar,ar for
 FractalAR), trained as the official main_fractalgen.py does: one loss at the pixel level, R weighted by r_weight.
 Reports the held-out NLL in bits/dim (eval mode: unconditional, random-order masks) before and after; writes ckpt.pt
-(`python -m fastar sample fractalgen --ckpt` reads it) and samples.png (a patch or pixel a step, cfg 3, temperature
+(weights and config, for sampling: no optimizer state, no resuming; `python -m fastar sample fractalgen --ckpt` reads
+it) and samples.png (a patch or pixel a step, cfg 3, temperature
 2: the per-pixel R distribution of so small and short a run is wide, and at temperature 1 its draws are noise).
 The digits stay at their own 8 x 8: resized to 16 x 16 (4x the pixels, each step 4x the work) the same minute of
 training gave blobs; at 8 x 8, 800 steps (~70 s in one process on a Zen 4) give digits a person can name. The
@@ -22,8 +23,8 @@ import torch
 from fastar.models.fractalgen.fractalgen import FractalGen, FractalGenConfig, bits_per_dim
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD
 from fastar.models.var.sample import save_grid
-from fastar.models.cli import (HelpFormatter, finite_float, nonneg_int, positive_float, positive_int,
-                               positive_ints)
+from fastar.models.cli import (HelpFormatter, check_warmup, finite_float, nonneg_int, positive_float, positive_int,
+                               positive_ints, save_checkpoint)
 from fastar.models.var.train import add_run_args, digits, fit, end_run, start_run
 
 HELD_OUT = 197  # the last digits: the NLL set
@@ -69,6 +70,7 @@ def main(argv=None):
     if len(args.num_iter) != 2:
         p.error(f"--num-iter must be 2 step counts, one per transformer level, got "
                 f"{','.join(map(str, args.num_iter))}")
+    check_warmup(p, args.warmup, args.steps)
     args.fractalgen_steps, args.fractalgen_lr = args.steps, args.lr  # the names fit() reads
     args.fractalgen_lr_schedule, args.fractalgen_warmup = args.lr_schedule, args.warmup
 
@@ -82,11 +84,11 @@ def main(argv=None):
                            num_conds=5 if args.generators == "mar,mar" else 1, r_weight=5.0, proj_dropout=0.0)
     model = FractalGen(cfg).train()
 
-    def save():
-        torch.save({"fractalgen_cfg": dataclasses.asdict(cfg), "model": model.state_dict(),
-                    "sample_flags": {"num_iter": ",".join(map(str, args.num_iter)), "cfg": args.cfg,
-                                     "temperature": args.temperature}},
-                   os.path.join(args.out, "ckpt.pt"))
+    def save(state):
+        save_checkpoint({"fractalgen_cfg": dataclasses.asdict(cfg), "model": model.state_dict(),
+                         "sample_flags": {"num_iter": ",".join(map(str, args.num_iter)), "cfg": args.cfg,
+                                          "temperature": args.temperature}, **state},
+                        os.path.join(args.out, "ckpt.pt"))
 
     before = nll_bits_per_dim(model, val_x, args.nll_passes, args.seed)
     first, last = fit("fractalgen", model, lambda m, idx: m(train_x[idx], train_y[idx]), len(train_x), args, rank,

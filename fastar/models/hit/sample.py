@@ -10,7 +10,8 @@ import argparse
 
 import torch
 
-from fastar.models.cli import HelpFormatter, check_out_file, positive_int, read_checkpoint, wrong_checkpoint
+from fastar.models.cli import (HelpFormatter, check_out_file, checkpoint_config, load_state, positive_int,
+                               read_checkpoint, warn_unfinished, wrong_checkpoint)
 from fastar.models.hit.generator import CONFIGS, HiTConfig, HiTGenerator
 from fastar.models.var.sample import save_grid, seeded
 
@@ -38,10 +39,11 @@ def main(argv=None):
         sd = read_checkpoint(args.ckpt)
         if "cfg" not in sd or "G_ema" not in sd:
             raise wrong_checkpoint(args.ckpt, "a `fastar train hit` ckpt.pt", sd)
-        cfg = HiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sd["cfg"].items()})
-        G = HiTGenerator(cfg)
-        G.load_state_dict(sd["G_ema"])
-        print(f"{args.ckpt} (fastar train hit checkpoint, EMA generator, step {sd['step']})")
+        with checkpoint_config(args.ckpt):
+            G = HiTGenerator(HiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sd["cfg"].items()}))
+        load_state(G, sd["G_ema"], args.ckpt, "its cfg's HiT generator")
+        warn_unfinished(sd, args.ckpt)
+        print(f"{args.ckpt} (fastar train hit checkpoint, EMA generator, step {sd.get('step', 'unknown')})")
     z = torch.randn(args.n, G.cfg.latent_dim, generator=torch.Generator().manual_seed(args.seed))
     save_grid((G.sample(z, batch_stats=not args.running_stats) + 1) / 2, args.out, nrow=args.nrow)
     print(f"wrote {args.out}")

@@ -1,19 +1,23 @@
 """Train a tiny HiT GAN on scikit-learn's digits (1797 8x8 images, upsampled to 32 x 32), on the CPU, in minutes.
 
     python -m fastar train hit --steps 300 --out runs/hit-digits
-    torchrun --nproc_per_node 2 -m fastar train hit ...      # DDP (gloo on CPU)
+    torchrun --nproc_per_node 2 -m fastar train hit ...      # DDP (gloo on CPU); BatchNorm statistics per process
 
 The official recipe (google-research/hit-gan): G and D updated simultaneously from one generator forward, Adam
 (0.0, 0.99), non-saturating logistic loss, R1 = 10 on reals every step, optional bCR (--consistency), an EMA
 generator (from step 10, BatchNorm statistics included; decay 0.999 officially, 0.95 by default here for runs of a
 few hundred steps). Digits-scale departures: R1 = 1 by default, and G's output mean starts at the data's
-(HiTGenerator.start_at_mean). Writes ckpt.pt (G, EMA G, D and the
-configs; `python -m fastar sample hit --ckpt` reads it), samples_<step>.png at every checkpoint (the EMA
-generator on fixed latents, BatchNorm on batch statistics, so the runs show it improving) and samples.png.
+(HiTGenerator.start_at_mean). Under torchrun G's BatchNorm normalizes each process's batch by that batch's own
+statistics (no SyncBatchNorm), and its running statistics are rank 0's (DDP broadcasts rank 0's buffers each
+forward): a 2-process run is not one run at twice the batch. Writes ckpt.pt (G, EMA G, D and the configs, for
+sampling: no optimizer state, no resuming; `python -m fastar sample hit --ckpt` reads it), samples_<step>.png at
+every checkpoint (the EMA generator on fixed latents, BatchNorm on batch statistics, so the runs show it improving;
+those of an earlier run in --out are removed first) and samples.png.
 """
 import argparse
 import copy
 import os
+import re
 from dataclasses import asdict
 
 import torch
@@ -25,8 +29,11 @@ from fastar.models.hit.discriminator import StyleGANDiscriminator
 from fastar.models.hit.generator import TINY, HiTGenerator
 from fastar.models.hit.losses import consistency, d_loss, ema_update, g_loss, r1_penalty
 from fastar.models.var.sample import save_grid
-from fastar.models.cli import HelpFormatter, nonneg_float, positive_float, positive_int, unit_float
-from fastar.models.var.train import add_run_args, batches, digits, end_run, start_run
+from fastar.models.cli import (HelpFormatter, nonneg_float, positive_float, positive_int, run_state, save_checkpoint,
+                               unit_float)
+from fastar.models.var.train import add_run_args, batches, digits, end_run, mean_over_ranks, start_run
+
+STEP_SAMPLES = re.compile(r"samples_\d+\.png")  # the grids save() writes, samples_<step>.png
 
 
 def module(m):
@@ -70,8 +77,8 @@ def main(argv=None):
                                 formatter_class=HelpFormatter)
     p.add_argument("--steps", type=positive_int, default=400, help="training steps (one G and one D update each)")
     p.add_argument("--bs", type=positive_int, default=8,
-                   help="batch size per process (on digits, 400 steps of 8 drew recognisable digits where 200 of 16, "
-                        "the same time, drew blobs)")
+                   help="batch size per process, BatchNorm's batch under torchrun (no SyncBatchNorm; on digits, 400 "
+                        "steps of 8 drew recognisable digits where 200 of 16, the same time, drew blobs)")
     p.add_argument("--lr", type=positive_float, default=5e-4,
                    help="Adam lr of G and D (the official runs: 1e-4 or 5e-5)")
     p.add_argument("--r1", type=nonneg_float, default=1.0,
@@ -81,10 +88,14 @@ def main(argv=None):
                    help="EMA decay (official: 0.999, for runs of 10^5 steps; at lr 5e-4 G's weights turn over within "
                         "~100 steps, and 0.99 averaged them into one z-blind image)")
     p.add_argument("--d-channels", type=positive_int, default=32, help="cap on the discriminator's channels")
-    add_run_args(p, "runs/hit-digits")
+    add_run_args(p, "runs/hit-digits", clips=False)
     args = p.parse_args(argv)
 
     rank, world = start_run(args)
+    if rank == 0:  # an earlier run's step grids would pass for this run's
+        for name in os.listdir(args.out):
+            if STEP_SAMPLES.fullmatch(name):
+                os.remove(os.path.join(args.out, name))
     images, _ = digits(TINY.output_size)
     G, D = HiTGenerator(TINY), StyleGANDiscriminator(TINY.output_size, max_channels=args.d_channels)
     G.start_at_mean(images.mean().item())
@@ -96,9 +107,9 @@ def main(argv=None):
     noise = torch.Generator().manual_seed(args.seed * 1000 + rank)
 
     def save(step):
-        torch.save({"cfg": asdict(TINY), "d_channels": args.d_channels, "G": G.state_dict(),
-                    "G_ema": G_ema.state_dict(), "D": D.state_dict(), "step": step},
-                   os.path.join(args.out, "ckpt.pt"))
+        save_checkpoint({"cfg": asdict(TINY), "d_channels": args.d_channels, "G": G.state_dict(),
+                         "G_ema": G_ema.state_dict(), "D": D.state_dict(), **run_state("hit", step, args.steps)},
+                        os.path.join(args.out, "ckpt.pt"))
         sample_grid(G_ema, z_fixed, os.path.join(args.out, f"samples_{step:05d}.png"))
 
     bar = tqdm(batches(len(images), args.bs, args.steps, args.seed, rank, world), total=args.steps,
@@ -113,7 +124,8 @@ def main(argv=None):
             save(step + 1)
     if fastar.backends()["cpu"]:
         fastar.empty_cpu_cache()  # the steps' blocks back to the OS
+    ld, lg = mean_over_ranks([ld, lg], world)
     if rank == 0:
         sample_grid(G_ema, z_fixed, os.path.join(args.out, "samples.png"))
-        print(f"d loss {ld:.4f} g loss {lg:.4f}; wrote {args.out}/ckpt.pt and {args.out}/samples.png")
+        print(f"last step's d loss {ld:.4f} g loss {lg:.4f}; wrote {args.out}/ckpt.pt and {args.out}/samples.png")
     end_run(world)

@@ -11,8 +11,8 @@ import argparse
 
 import torch
 
-from fastar.models.cli import (HelpFormatter, finite_float, int_in, load_state, positive_float, positive_int,
-                               read_checkpoint, wrong_checkpoint)
+from fastar.models.cli import (HelpFormatter, checkpoint_config, finite_float, int_in, load_state, positive_float,
+                               positive_int, read_checkpoint, warn_unfinished, wrong_checkpoint)
 from fastar.models.mar.mar import MAR, PRECISIONS, MARConfig, mar
 from fastar.reference.diffusion import NUM_TIMESTEPS
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
@@ -31,10 +31,13 @@ def load(ckpt, vae_ckpt, size):
                 OFFICIAL_FLAGS)
     sd = read_checkpoint(ckpt)
     if "mar_cfg" in sd:
-        cfg = sd["mar_cfg"]
-        vae, model = AutoencoderKL(KLConfig(**sd["vae_cfg"])), MAR(MARConfig(**cfg))
-        vae.load_state_dict(sd["vae"])
-        model.load_state_dict(sd["mar"])
+        if not {"vae_cfg", "vae", "mar"} <= set(sd):
+            raise wrong_checkpoint(ckpt, "a whole `fastar train mar` ckpt.pt", sd)
+        with checkpoint_config(ckpt):
+            vae, model = AutoencoderKL(KLConfig(**sd["vae_cfg"])), MAR(MARConfig(**sd["mar_cfg"]))
+        load_state(vae, sd["vae"], ckpt, "its vae_cfg's KL VAE")
+        load_state(model, sd["mar"], ckpt, "its mar_cfg's MAR")
+        warn_unfinished(sd, ckpt)
         return vae, model, f"{ckpt} (fastar train mar checkpoint)", {**OFFICIAL_FLAGS, **sd.get("sample_flags", {})}
     state = sd.get("model_ema", sd.get("model", sd))
     if not isinstance(state, dict) or "z_proj.weight" not in state:

@@ -7,7 +7,8 @@ Stage 1 trains the KL VAE (L2 reconstruction + a small KL weight, as LDM's KL au
 sets its latent scale to 1 / std of the posterior samples (what 0.2325 is for KL-16); stage 2 freezes it and trains
 MAR on posterior samples times that scale (mask ratio, label dropout, diffusion_batch_mul as the official trainer),
 its learning rate on the official cosine schedule after a warmup (util/lr_sched.py).
-Writes ckpt.pt (both models with their configs; `python -m fastar sample mar --ckpt` reads it) and samples.png.
+Writes ckpt.pt (both models with their configs, for sampling: no optimizer state, no resuming; `python -m fastar
+sample mar --ckpt` reads it) and samples.png.
 
 The samples run the head on the unrespaced 1000-step chain (--num-steps). On MAR's cosine chain the first sampling
 step (t = 999, alphas_cumprod 2.4e-9) multiplies the head's eps error by sqrt(alphas_cumprod of the next step /
@@ -26,8 +27,8 @@ from fastar.models.mar.mar import MAR, MARConfig
 from fastar.models.mar.sample import generate
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
 from fastar.models.var.sample import save_grid
-from fastar.models.cli import (HelpFormatter, finite_float, int_in, multiple_of, nonneg_int, positive_float,
-                               positive_int)
+from fastar.models.cli import (HelpFormatter, check_warmup, finite_float, int_in, multiple_of, nonneg_int,
+                               positive_float, positive_int, save_checkpoint)
 from fastar.reference.diffusion import NUM_TIMESTEPS
 from fastar.models.var.train import add_run_args, digits, fit, end_run, start_run
 
@@ -66,6 +67,7 @@ def main(argv=None):
     p.add_argument("--cfg", type=finite_float, default=CFG, help="guidance of the final samples")
     add_run_args(p, "runs/mar-digits")
     args = p.parse_args(argv)
+    check_warmup(p, args.mar_warmup, args.mar_steps, "--mar-warmup", "--mar-steps")
     rank, world = start_run(args)
     images, labels = digits(args.image_size)
     vae = AutoencoderKL(TINY_VAE)
@@ -75,10 +77,11 @@ def main(argv=None):
                         num_sampling_steps=args.num_steps, diffusion_batch_mul=args.diffusion_batch_mul)
     model = MAR(mar_cfg)
 
-    def save():
-        torch.save({"vae_cfg": dataclasses.asdict(vae.cfg), "mar_cfg": dataclasses.asdict(model.cfg),
-                    "sample_flags": {"num_iter": args.num_iter, "cfg": args.cfg},  # samples.png's, for `fastar sample`
-                    "vae": vae.state_dict(), "mar": model.state_dict()}, os.path.join(args.out, "ckpt.pt"))
+    def save(state):
+        save_checkpoint({"vae_cfg": dataclasses.asdict(vae.cfg), "mar_cfg": dataclasses.asdict(model.cfg),
+                         "sample_flags": {"num_iter": args.num_iter, "cfg": args.cfg},  # samples.png's, for sampling
+                         "vae": vae.state_dict(), "mar": model.state_dict(), **state},
+                        os.path.join(args.out, "ckpt.pt"))
 
     # stage 1: the tokenizer
     vae.train().requires_grad_(True)
@@ -87,7 +90,7 @@ def main(argv=None):
         rec, kl = m(images[idx])
         return F.mse_loss(rec, images[idx]) + KL_WEIGHT * kl.mean() / images[idx][0].numel()
 
-    first, last = fit("vae", vae, vae_loss, len(images), args, rank, world, save)
+    first, last = fit("vae", vae, vae_loss, len(images), args, rank, world, save, last_stage=False)
     if rank == 0:
         print(f"vae loss {first:.4f} -> {last:.4f}")
     vae.eval().requires_grad_(False)

@@ -5,6 +5,7 @@ and methods; the residual loops themselves are fastar.ops' multi-scale quantizat
 as stacked weights and pick Phi_k per scale with fastar.ops.phi_index.
 """
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 import fastar
@@ -44,10 +45,14 @@ class VectorQuantizer2(nn.Module):
 
     # ===================== VAE training =====================
     def forward(self, f_BChw):
-        """(f_hat with the straight-through gradient, % of the codebook hit at each scale, vq loss)."""
+        """(f_hat with the straight-through gradient, % of the codebook hit at each scale (by every process when
+        training under torch.distributed), vq loss)."""
         f_hat, hits_SV, vq_loss = fastar.ops.msq_forward(f_BChw, *self._args(), beta=self.beta,
                                                          resi_ratio=self.resi_ratio)
         if self.training:
+            if dist.is_available() and dist.is_initialized():  # every process's hits, as VAR all-reduces them
+                hits_SV = hits_SV.clone()
+                dist.all_reduce(hits_SV)
             self.ema_vocab_hit_SV.mul_(0.99).add_(hits_SV, alpha=0.01)
         return f_hat, (hits_SV > 0).float().mean(1).mul(100).tolist(), vq_loss
 

@@ -16,8 +16,8 @@ from PIL import Image
 from tqdm import tqdm
 
 import fastar
-from fastar.models.cli import (HelpFormatter, check_out_file, finite_float, load_state, nonneg_int, positive_int,
-                               read_checkpoint, unit_float, wrong_checkpoint)
+from fastar.models.cli import (HelpFormatter, check_out_file, checkpoint_config, finite_float, load_state, nonneg_int,
+                               positive_int, read_checkpoint, unit_float, warn_unfinished, wrong_checkpoint)
 from fastar.models.var.build import PATCH_NUMS, build_vae_var
 from fastar.models.var.var import PRECISIONS, VAR, VARConfig
 from fastar.models.var.vqvae import VQVAE, VQVAEConfig
@@ -112,10 +112,14 @@ def load(ckpt, vae_ckpt, depth):
                 OFFICIAL_FLAGS)
     sd = read_checkpoint(ckpt)
     if "var_cfg" in sd:
-        vae = VQVAE(VQVAEConfig(**sd["vae_cfg"])).eval().requires_grad_(False)
-        var = VAR(vae, VARConfig(**sd["var_cfg"]))
-        vae.load_state_dict(sd["vae"])
-        var.load_state_dict(sd["var"])
+        if not {"vae_cfg", "vae", "var"} <= set(sd):
+            raise wrong_checkpoint(ckpt, "a whole `fastar train var` ckpt.pt", sd)
+        with checkpoint_config(ckpt):
+            vae = VQVAE(VQVAEConfig(**sd["vae_cfg"])).eval().requires_grad_(False)
+            var = VAR(vae, VARConfig(**sd["var_cfg"]))
+        load_state(vae, sd["vae"], ckpt, "its vae_cfg's VQVAE")
+        load_state(var, sd["var"], ckpt, "its var_cfg's VAR")
+        warn_unfinished(sd, ckpt)
         return vae, var, f"{ckpt} (fastar train var checkpoint)", {**OFFICIAL_FLAGS, **sd.get("sample_flags", {})}
     if "pos_1LC" not in sd or "pos_start" not in sd:
         raise wrong_checkpoint(ckpt, "a `fastar train var` ckpt.pt nor an official var_d*.pth", sd)

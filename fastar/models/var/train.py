@@ -5,7 +5,8 @@
 
 Stage 1 trains the VQVAE (L2 reconstruction + the quantizer's VQ loss), since no released tokenizer fits 32 px
 digits; stage 2 freezes it and trains VAR on its tokens, teacher-forced, as FoundationVision/VAR's trainer does.
-Writes ckpt.pt (both models with their configs; `python -m fastar sample var --ckpt` reads it) and samples.png.
+Writes ckpt.pt (both models with their configs, for sampling: no optimizer state, no resuming; `python -m fastar
+sample var --ckpt` reads it) and samples.png.
 The defaults (150 tokenizer steps, 500 VAR steps: ~100 s under torchrun on 2 Zen 4 cores) give digits that follow
 their class; 200 VAR steps gave blurred shapes that did not.
 """
@@ -24,7 +25,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import fastar
-from fastar.models.cli import HelpFormatter, positive_float, positive_int
+from fastar.models.cli import (HelpFormatter, check_out_dir, positive_float, positive_int, run_state,
+                               save_checkpoint)
 from fastar.models.var.build import build_vae_var
 from fastar.models.var.sample import save_grid
 from fastar.models.var.vqvae import VQVAEConfig
@@ -35,6 +37,7 @@ TINY_VAE = VQVAEConfig(vocab_size=256, z_channels=16, ch=32, ch_mult=(1, 1, 2), 
                        v_patch_nums=TINY_PATCH_NUMS)
 SAMPLE_FLAGS = {"cfg": 2.0, "top_k": 50, "top_p": 0.95}  # samples.png's; saved in ckpt.pt for `fastar sample var`
 NO_DECAY = ("pos_start", "pos_1LC", "lvl_embed", "scale_mul", "ada_gss")  # as VAR's optimizer: embeddings, scales
+GRAD_CLIP = 2.0  # fit's gradient norm clip, as VAR's trainer (tclip 2)
 
 
 def digits(image_size):
@@ -55,15 +58,17 @@ def digits(image_size):
 
 
 def batches(n, bs, steps, seed, rank, world):
-    """`steps` index batches; each process takes its share of one shuffled order per epoch."""
-    share = len(range(rank, n, world))
+    """`steps` index batches; each process takes its share of one shuffled order per epoch: n // world indices,
+    every rank as many (the rest of the order unused), so every rank takes the same --bs and as many batches an
+    epoch. One process: the whole order."""
+    share = n // world
     if not 1 <= bs <= share:
         raise SystemExit(f"--bs {bs}: a batch per process must hold 1 to {share} images (the {n} training images "
                          f"split over {world} process{'es' if world > 1 else ''})")
     g, step = torch.Generator().manual_seed(seed), 0
     while True:
-        perm = torch.randperm(n, generator=g)[rank::world]
-        for i in range(0, len(perm) - bs + 1, bs):
+        perm = torch.randperm(n, generator=g)[rank::world][:share]
+        for i in range(0, share - bs + 1, bs):
             if step == steps:
                 return
             yield step, perm[i:i + bs]
@@ -92,12 +97,22 @@ def lr_at(step, steps, lr, schedule, warmup):
     return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def fit(name, model, loss_fn, n, args, rank, world, save):
+def mean_over_ranks(values, world):
+    """The floats `values` averaged over the processes (one all_reduce under torchrun; one process: as they are)."""
+    if world == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / world).tolist()
+
+
+def fit(name, model, loss_fn, n, args, rank, world, save, last_stage=True):
     """Optimizes loss_fn(idx) over `args.<name>_steps` batches at `args.<name>_lr` (scheduled by
-    `args.<name>_lr_schedule` and `args.<name>_warmup` where the trainer has them: lr_at), calling save() every
-    args.ckpt_every steps and at the end (on rank 0); returns the mean loss of the first and of the last 20 steps.
-    Each step runs in fastar.cpu_cache_step (its tensors of 32 MB and more from the CPU cache, warm after the first
-    step), whose blocks go back to the OS at the end."""
+    `args.<name>_lr_schedule` and `args.<name>_warmup` where the trainer has them: lr_at), gradient norm clipped at
+    GRAD_CLIP, calling save(run_state(...)) every args.ckpt_every steps and at the end (on rank 0); returns the mean
+    loss of the first and of the last k = 20 steps (fewer in a short run: the two windows never overlap), averaged
+    over the processes. Each step runs in fastar.cpu_cache_step (its tensors of 32 MB and more from the CPU cache,
+    warm after the first step), whose blocks go back to the OS at the end."""
     lr, schedule = getattr(args, f"{name}_lr"), getattr(args, f"{name}_lr_schedule", "constant")
     warmup = getattr(args, f"{name}_warmup", 0)
     opt = adamw(model, lr)
@@ -115,20 +130,23 @@ def fit(name, model, loss_fn, n, args, rank, world, save):
             loss = loss_fn(ddp, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             opt.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if rank == 0 and ((step + 1) % args.ckpt_every == 0 or step + 1 == steps):
-            save()
+            save(run_state(name, step + 1, steps, last_stage))
     if fastar.backends()["cpu"]:
         fastar.empty_cpu_cache()
-    k = min(20, len(losses))
-    return sum(losses[:k]) / k, sum(losses[-k:]) / k
+    k = max(1, min(20, len(losses) // 2))
+    return mean_over_ranks([sum(losses[:k]) / k, sum(losses[-k:]) / k], world)
 
 
-def add_run_args(p, out):
-    """The options every digits trainer takes: checkpoints, seed, threads, output folder."""
+def add_run_args(p, out, clips=True):
+    """The options every digits trainer takes: checkpoints, seed, threads, output folder; `clips`: the --help says
+    that fit clips the gradient norm."""
+    if clips:
+        p.epilog = f"Every step clips the gradients' total norm at {GRAD_CLIP}, as VAR's trainer."
     p.add_argument("--ckpt-every", type=positive_int, default=100, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0, help="initial weights, batch order and draws")
     p.add_argument("--threads", type=positive_int, default=1,
@@ -137,16 +155,15 @@ def add_run_args(p, out):
 
 
 def start_run(args):
-    """Threads, the process group under torchrun (gloo), the seed (the same initial weights on every process) and
-    the output folder; returns (rank, world)."""
+    """The output folder (made and probed on every process before the process group, so that a refused --out ends
+    each at once), threads, the process group under torchrun (gloo) and the seed (the same initial weights on every
+    process); returns (rank, world)."""
+    check_out_dir(args.out)
     torch.set_num_threads(args.threads)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         dist.init_process_group("gloo")
     torch.manual_seed(args.seed)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise SystemExit(f"--out {args.out} is a file: give a folder for the checkpoint and samples.png")
-    os.makedirs(args.out, exist_ok=True)
     return (dist.get_rank() if world > 1 else 0), world
 
 
@@ -177,9 +194,9 @@ def main(argv=None):
     vae, var = build_vae_var(depth=args.depth, patch_nums=TINY_PATCH_NUMS, vae_cfg=TINY_VAE, init_adaln_gamma=1e-3,
                              num_classes=10)
 
-    def save():
-        torch.save({"vae_cfg": asdict(vae.cfg), "var_cfg": asdict(var.cfg), "sample_flags": SAMPLE_FLAGS,
-                    "vae": vae.state_dict(), "var": var.state_dict()}, os.path.join(args.out, "ckpt.pt"))
+    def save(state):
+        save_checkpoint({"vae_cfg": asdict(vae.cfg), "var_cfg": asdict(var.cfg), "sample_flags": SAMPLE_FLAGS,
+                         "vae": vae.state_dict(), "var": var.state_dict(), **state}, os.path.join(args.out, "ckpt.pt"))
 
     # stage 1: the tokenizer
     vae.train().requires_grad_(True)
@@ -188,7 +205,7 @@ def main(argv=None):
         rec, _, vq_loss = model(images[idx])
         return F.mse_loss(rec, images[idx]) + vq_loss
 
-    first, last = fit("vae", vae, vae_loss, len(images), args, rank, world, save)
+    first, last = fit("vae", vae, vae_loss, len(images), args, rank, world, save, last_stage=False)
     if rank == 0:
         print(f"vae loss {first:.4f} -> {last:.4f}")
     vae.eval().requires_grad_(False)
