@@ -12,31 +12,35 @@ import torch
 from PIL import Image
 
 
-def positive_int(text):
-    """argparse type: an int >= 1 (steps, batch sizes, widths, image counts)."""
-    n = int(text)  # a ValueError: argparse says "invalid positive_int value"
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {n}")
-    return n
+def number(kind, *, low=None, high=None, above=None, name=None):
+    """argparse type: a finite `kind` (int or float) with low <= x <= high and x > above, where given; nan and inf
+    are refused, as the models refuse them. name: what argparse's "invalid ... value" calls it."""
+    what = "an int" if kind is int else "a number"
+    bound = (f"in [{low}, {high}]" if low is not None and high is not None else f">= {low}" if low is not None
+             else f"<= {high}" if high is not None else f"> {above}" if above is not None else "")
+
+    def parse(text):
+        x = kind(text)  # a ValueError: argparse says "invalid <name> value"
+        if not math.isfinite(x):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if (low is not None and x < low) or (high is not None and x > high) or (above is not None and x <= above):
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text}")
+        return x
+    parse.__name__ = name or f"{what} {bound}"
+    return parse
 
 
-def nonneg_int(text):
-    """argparse type: an int >= 0 (warmup steps)."""
-    n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {n}")
-    return n
+positive_int = number(int, low=1, name="positive_int")  # steps, batch sizes, widths, image counts
+nonneg_int = number(int, low=0, name="nonneg_int")  # warmup steps
+finite_float = number(float, name="finite_float")  # guidance scales
+positive_float = number(float, above=0, name="positive_float")  # temperatures, learning rates
+nonneg_float = number(float, low=0, name="nonneg_float")  # loss weights, 0 = off
+unit_float = number(float, low=0, high=1, name="unit_float")  # top-p, probability thresholds, EMA decays
 
 
 def int_in(low, high):
     """argparse type: an int in [low, high] (diffusion steps: 2 to the chain's 1000; text positions)."""
-    def parse(text):
-        n = int(text)
-        if not low <= n <= high:
-            raise argparse.ArgumentTypeError(f"must be an int in [{low}, {high}], got {n}")
-        return n
-    parse.__name__ = f"int in [{low}, {high}]"  # argparse's "invalid ... value" names it
-    return parse
+    return number(int, low=low, high=high)
 
 
 def multiple_of(k):
@@ -48,38 +52,6 @@ def multiple_of(k):
         return n
     parse.__name__ = f"multiple of {k}"
     return parse
-
-
-def finite_float(text):
-    """argparse type: a finite float (guidance scales; nan and inf are refused, as the models refuse them)."""
-    x = float(text)
-    if not math.isfinite(x):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return x
-
-
-def positive_float(text):
-    """argparse type: a finite float > 0 (temperatures, learning rates)."""
-    x = finite_float(text)
-    if x <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return x
-
-
-def nonneg_float(text):
-    """argparse type: a finite float >= 0 (loss weights, 0 = off)."""
-    x = finite_float(text)
-    if x < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return x
-
-
-def unit_float(text):
-    """argparse type: a float in [0, 1] (top-p, probability thresholds, EMA decays)."""
-    x = float(text)
-    if not 0 <= x <= 1:  # nan fails too
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
-    return x
 
 
 def positive_ints(text):
