@@ -86,7 +86,12 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
             fn()
     # Without a warm-up there is no cheap first guess: long model runs pass warmup=0 and keep one call per round.
     n = 1 if warm_s is None or warm_s >= ROUND_S else calls_per_round(fastar_fn)
-    fastar_fn = looped(fastar_fn, n)
+    ran = {}  # the backend of fastar's own calls (the contenders after it run the op on theirs)
+
+    def fastar_round(run=looped(fastar_fn, n)):
+        run()
+        ran["backend"] = fastar.last_backend(op) if op else None
+    fastar_fn = fastar_round
     timed = {name: looped(fn, n) for name, fn in others_fns.items()}
     names = list(timed)
     times = {name: [] for name in names}
@@ -108,7 +113,7 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
     mine = benchmark.stats.stats
     extra = benchmark.extra_info
     extra.update(info)
-    extra["backend"] = fastar.last_backend(op) if op else None
+    extra["backend"] = ran.get("backend")
     extra["op"] = op
     extra["rounds"] = rounds
     extra["calls_per_round"] = n

@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TIMED_BY=bench
 source scripts/timing.sh
 export FASTAR_BENCH_DIFFUSION_STEPS=${FASTAR_BENCH_DIFFUSION_STEPS:-10}  # ratio per step; 100 = MAR's sampler
-export FASTAR_BENCH_VAR_TRAIN_B=${FASTAR_BENCH_VAR_TRAIN_B:-2}  # d16 training step: ~22 s a step at B 2, ~44 s at 4
+export FASTAR_BENCH_VAR_TRAIN_B=${FASTAR_BENCH_VAR_TRAIN_B:-2}  # d16 step: ~35 s a round of its 3 contenders at B 2
 export FASTAR_BENCH_VAR_DECODE_ROUNDS=${FASTAR_BENCH_VAR_DECODE_ROUNDS:-1}  # VQVAE decode B 4: ~15 s a round
 export FASTAR_BENCH_DALLE=${FASTAR_BENCH_DALLE:-12,512,256,32,512}  # sample the image's second half: ~35 s a run
 R=benchmarks/results
