@@ -43,6 +43,14 @@ BACKENDS = ("cpu", "simt", "cuda")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def pytest_configure(config):
+    """An op that runs its torch formulation instead of the kernel a test meant (a decline: under autograd, another
+    dtype, a wide head) warns "fastar.ops.<op>: ..."; here that warning is an error unless the test expects it
+    (pytest.warns) or says so (a filterwarnings mark), so that no test checks the torch formulation unawares (one
+    did: a decode after its inputs were made to require grad)."""
+    config.addinivalue_line("filterwarnings", "error:fastar.ops:UserWarning")
+
+
 def backend_device(backend):
     return "cuda" if backend == "cuda" else "cpu"
 

@@ -171,7 +171,9 @@ def test_attention_strided_rows(attn_backend, dtype, kind):
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, D), row stride 3 H D
     check(q, k, v, make_mask(kind, L), attn_backend)
     dev = backend_device(attn_backend)
+    q, k, v = (t.detach() for t in (q, k, v))  # check() made them require grad: the decode kernel runs without
     out = fastar.ops.attention_decode(q[:, :, -20:].to(dev), k.to(dev), v.to(dev), 60)
+    assert fastar.last_backend("attention_decode") == attn_backend
     out64 = ref.attention(q[:, :, -20:].double(), k[:, :, :60].double(), v[:, :, :60].double())
     assert_close("attention", out.cpu(), out64, ref.attention(q[:, :, -20:], k[:, :, :60], v[:, :, :60]))
 

@@ -66,16 +66,18 @@ def test_model_breakdown_gives_shares_and_times():
 
 
 def test_op_breakdown_sorts_a_step_by_kind_of_op():
-    """harness.op_breakdown: the self CPU time of a call's ops by kind; the GEMMs of a product dominate it, a
-    convolution is a convolution, the kinds add up to the total."""
+    """harness.op_breakdown: the self CPU time of a call's ops by kind (a product is a GEMM, a convolution a
+    convolution), largest first, the kinds adding up to the total. No time is compared with another: under load
+    the profiler's shares swing (GEMMs > the rest failed once in a loaded suite)."""
     import torch
     import torch.nn.functional as F
     from benchmarks.harness import op_breakdown
     a, x, w = torch.randn(512, 512), torch.randn(1, 8, 32, 32), torch.randn(8, 8, 3, 3)
     parts = op_breakdown(lambda: (torch.mm(a, a), F.conv2d(x, w), torch.relu(a)))
-    assert parts["GEMMs"] > parts["other"] and parts["convolutions"] > 0 and "attention" not in parts
-    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
-    assert list(parts)[-1] == "total" and list(parts)[0] == "GEMMs"
+    assert parts["GEMMs"] > 0 and parts["convolutions"] > 0 and parts["other"] > 0 and "attention" not in parts
+    kinds = [v for k, v in parts.items() if k != "total"]
+    assert kinds == sorted(kinds, reverse=True) and list(parts)[-1] == "total"
+    assert parts["total"] == pytest.approx(sum(kinds))
 
 
 def test_history_appends_each_run_once(tmp_path):

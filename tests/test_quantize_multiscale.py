@@ -356,6 +356,7 @@ def test_devices_are_checked_before_the_kernels():
         ops.embed_to_fhat(ms_h, phi_weight.to("meta"), phi_bias.to("meta"), patch_nums)
 
 
+@pytest.mark.filterwarnings("ignore:fastar.ops")  # meta tensors run the torch backend, as it says
 def test_meta_inputs_give_meta_results():
     """Shapes on the meta device (the index check and the reference's NaN fix-up read values: .item() failed)."""
     f, codebook, phi_weight, phi_bias, patch_nums, ms_idx_Bl = (t.to("meta") if isinstance(t, torch.Tensor) else
