@@ -4,8 +4,9 @@ pytest-benchmark times `fastar` (its stats, --benchmark-compare and --benchmark-
 contenders, and the parts of fastar's work timed alone (e.g. its Phi convolutions), run, timed by us, in a rotating
 order, after fastar in even rounds and before it in odd ones (in the untimed setup slot of its rounds), so that
 the machine's noise falls on all of them alike and a single round's cold start (first calls of a code path, pages
-of new buffers) falls on fastar, not on the baseline. Their min and median, the ratios min(contender) / min(fastar) and each part's share of fastar's
-time go into extra_info, which benchmarks/report.py renders. Timings are never asserted.
+of new buffers) falls on fastar, not on the baseline. Their min and median, the ratios min(contender) / min(fastar)
+and each part's share of fastar's time go into extra_info, which benchmarks/report.py renders. Timings are never
+asserted.
 
 An op faster than ROUND_S is timed as a loop of n calls per round, the same n for every contender, and each time is
 per call (extra_info "calls_per_round"): a single call of tens of microseconds measures the cold start of its code
