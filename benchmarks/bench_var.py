@@ -187,8 +187,12 @@ def test_vqvae(benchmark, d16, direction):
     with torch.no_grad():
         ms_idx_Bl = vae.img_to_idxBl(img)
     fn = {"encode": lambda: vae.img_to_idxBl(img), "decode": lambda: vae.idxBl_to_img(ms_idx_Bl, last_one=True)}
+    outs = {}  # each contender's last result, compared after the rounds
+
+    def kept(label):
+        return lambda: outs.__setitem__(label, fn[direction]())
     stages = DecoderStages(vae.decoder) if direction == "decode" else None
-    timed = (lambda label: stages.timed(label, fn[direction])) if stages else (lambda _: fn[direction])
+    timed = (lambda label: stages.timed(label, kept(label))) if stages else kept
     load = os.getloadavg()
     with torch.no_grad():  # decode: no warm-up round (the fixture built oneDNN's primitives)
         if direction == "decode":  # but its blocks in fastar's CPU cache, which the training step's end emptied,
@@ -198,6 +202,12 @@ def test_vqvae(benchmark, d16, direction):
                 rounds=3 if direction == "encode" else DECODE_ROUNDS, warmup=1 if direction == "encode" else 0,
                 op="f_to_idxBl_or_fhat" if direction == "encode" else "idxBl_to_fhat")
     benchmark.extra_info["load_average"] = {"before": load, "after": os.getloadavg()}
+    if direction == "encode":  # the share of tokens equal to fastar's, every scale
+        benchmark.extra_info["agreement"] = {name: torch.cat([(a == b).flatten() for a, b in zip(
+            outs["fastar"], outs[name])]).float().mean().item() for name in outs if name != "fastar"}
+    else:
+        benchmark.extra_info["max_abs_diff"] = {name: (outs["fastar"] - outs[name]).abs().max().item()
+                                                for name in outs if name != "fastar"}
     if stages:
         benchmark.extra_info["breakdown"] = stages.ms
         stages.remove()
