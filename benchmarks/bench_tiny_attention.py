@@ -1,7 +1,9 @@
 """attention on FractalGen's tiny sequences at huge batch, forward and forward + backward, float32: a level-1 MAR
 level (65536 x 8 heads x L 22 x D 64, bidirectional) and PixelLoss (262144 x 4 heads x L 4 x D 32, causal).
-Baseline: the official manual attention (models/pixelloss.py scaled_dot_product_attention: fp32 matmul, an
-explicit zero / -inf bias added, softmax, dropout(p=0, train=True), matmul); peer: SDPA (the torch backend).
+Baseline: FractalGen's own manual attention of each level: PixelLoss's (models/pixelloss.py
+scaled_dot_product_attention: fp32 matmul, an explicit zero / -inf bias added, softmax, dropout(p=0, train=True),
+matmul) and the MAR level's (models/mar.py Attention: fp32 matmul times scale, the row max subtracted, softmax,
+matmul; no bias); peer: SDPA (the torch backend).
 
 fastar's outputs and gradients (>= 4 MB) come from its CPU output block cache (fastar.cpu_cache_info): the blocks of
 the previous call's freed outputs, where torch's allocator maps fresh pages that the OS faults in and zeroes on each
@@ -25,14 +27,19 @@ CASES = {  # name: (B, H, L, D, causal)
     "FractalGen level 1 (MAR)": (65536 // DIV, 8, 22, 64, False),
     "FractalGen PixelLoss": (262144 // DIV, 4, 4, 32, True),
 }
-BASELINE = "official manual attention (matmul + -inf bias + softmax)"
+BASELINE = "official manual attention (FractalGen's, per level)"
 FRESH = "fastar, fresh output pages (cache emptied)"
 
 
 def official_attention(query, key, value, is_causal):
-    """FractalGen's attention as its models/pixelloss.py writes it (CPU tensors instead of .cuda())."""
+    """FractalGen's attention as its models/pixelloss.py writes it (causal, PixelLoss; CPU tensors instead of
+    .cuda()), or as its models/mar.py does (bidirectional, the MAR levels)."""
     L, S = query.size(-2), key.size(-2)
     scale_factor = 1 / math.sqrt(query.size(-1))
+    if not is_causal:  # mar.py: no bias, the row max subtracted before the softmax
+        attn = query @ key.transpose(-2, -1) * scale_factor
+        attn = attn - torch.max(attn, dim=-1, keepdim=True)[0]
+        return attn.softmax(dim=-1) @ value
     attn_bias = torch.zeros(L, S, dtype=query.dtype)
     if is_causal:
         attn_bias.masked_fill_(torch.ones(L, S, dtype=torch.bool).tril(diagonal=0).logical_not(), float("-inf"))
