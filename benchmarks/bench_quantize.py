@@ -132,11 +132,14 @@ def test_msq(benchmark, schedule, step):
     ms_idx_Bl = fastar.ops.f_to_idxBl_or_fhat(f, codebook, w, b, patch_nums)
     ours = _steps(fastar.ops, f, codebook, w, b, patch_nums, ms_idx_Bl)[step]
     theirs = _steps(torch_impl.quantize, f, codebook, w, b, patch_nums, ms_idx_Bl)[step]
-    agreement = {}
+    agreement, diffs = {}, {}
     if step == "encode":  # identical indices: the fraction of equal ones
         same = sum(int((x == y).sum()) for x, y in zip(ours(), theirs()))
         agreement[BASELINE] = same / sum(i.numel() for i in ms_idx_Bl)
+    else:  # maps: the largest difference over every one returned
+        maps = zip(*(r if isinstance(r, list) else [r] for r in (ours(), theirs())))
+        diffs[BASELINE] = max((x - y).abs().max().item() for x, y in maps)
     extra = compare(benchmark, ours, {BASELINE: theirs}, baseline=BASELINE,
                     parts={"Phi convs (torch's, not fused by design)": _phi_convs(step, f, w, b, patch_nums)},
-                    op=MSQ_STEPS[step], shape=schedule, agreement=agreement)
+                    op=MSQ_STEPS[step], shape=schedule, agreement=agreement, max_abs_diff=diffs)
     extra["phi_conv_share"] = extra["Phi convs (torch's, not fused by design)"]["ratio"]
