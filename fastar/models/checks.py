@@ -1,4 +1,6 @@
 """Argument checks the models' public calls share: each error names the call, the argument and what was wrong."""
+import math
+
 import torch
 
 
@@ -34,7 +36,6 @@ def check_values(op, x, low, high, must):
 def check_number(op, name, value, *, low=None, high=None, above=None):
     """value a finite real number (NaN and inf refused: they turn filters off or draw nothing), >= low, <= high,
     > above."""
-    import math
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{op}: {name} must be a finite number, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high) or (above is not None and

@@ -51,9 +51,12 @@ def transformer_decode(x, layers, k_caches, v_caches, cache_len, masks, *, heads
         if len(w) != len(names):
             raise ValueError(f"{name}: layers[{i}] must hold the {len(names)} tensors {names} of a {block} block, got "
                              f"{len(w)}")
-        # here, not only in C++: one meta tensor would send the call to the fake kernel, whose result is garbage
-        check_same_device(name, x=x, **{f"layers[{i}][{j}] ({names[j]})": t for j, t in enumerate(w)},
-                          **{f"k_caches[{i}]": k_caches[i], f"v_caches[{i}]": v_caches[i]})
+    # here, not only in C++: one meta tensor would send the call to the fake kernel, whose result is garbage; the
+    # named check only when a device differs (a decode step is this op's hot path)
+    if any(t.device != x.device for ts in (*layers, k_caches, v_caches) for t in ts):
+        for i, w in enumerate(layers):
+            check_same_device(name, x=x, **{f"layers[{i}][{j}] ({names[j]})": t for j, t in enumerate(w)},
+                              **{f"k_caches[{i}]": k_caches[i], f"v_caches[{i}]": v_caches[i]})
     B, L, C = x.shape
     if not isinstance(heads, int) or heads < 1 or C % heads:
         raise ValueError(f"{name}: heads must be a positive int dividing C = {C}, got {heads!r}")

@@ -58,8 +58,6 @@ def main(argv=None):
     p.add_argument("--model", default="fractalmar_in64", choices=list(MODELS),
                    help="the official model whose shapes --ckpt holds (random weights without it)")
     p.add_argument("--ckpt", help="an official checkpoint-*.pth of --model, or a `fastar train fractalgen` ckpt.pt")
-    p.add_argument("--classes", type=int, nargs="+",
-                   help="one image per class (default: ImageNet's 207 360 387 974, or 0-9 of a smaller model)")
     p.add_argument("--num-iter", type=positive_ints, help="steps per transformer level, comma-separated (AR levels "
                    "take one per patch; default: the upstream README's for --model, or the checkpoint's)")
     p.add_argument("--cfg", type=finite_float, help="classifier-free guidance at the end of the linear schedule "

@@ -76,8 +76,6 @@ def main(argv=None):
                    "or with an official one")
     p.add_argument("--ckpt", help="official checkpoint-last.pth or a `fastar train mar` ckpt.pt")
     p.add_argument("--vae-ckpt", help="the KL-16 VAE's kl16.ckpt (with an official --ckpt)")
-    p.add_argument("--classes", type=int, nargs="+",
-                   help="one image per class (default: ImageNet's 207 360 387 974, or 0-9 of a smaller model)")
     p.add_argument("--num-iter", type=positive_int, help="autoregressive steps (default 64, the official evaluation "
                    "256, or what a `fastar train` checkpoint's samples.png used)")
     p.add_argument("--num-steps", type=int_in(2, NUM_TIMESTEPS), help="diffusion steps per token, the "

@@ -33,9 +33,11 @@ def seeded(seed):
 
 
 def parse_grid_args(p, argv, precisions, precision_help, bs_help):
-    """Adds the options every class-conditional sample CLI takes (the seed, the precision, whose bf16 mode does
-    `precision_help`, images per batch, the grid's columns and its file), parses argv, and declines a bf16 mode up
-    front (SystemExit, before any loading) on a CPU without bf16 GEMM instructions."""
+    """Adds the options every class-conditional sample CLI takes (the classes, the seed, the precision, whose bf16
+    mode does `precision_help`, images per batch, the grid's columns and its file), parses argv, and declines a bf16
+    mode up front (SystemExit, before any loading) on a CPU without bf16 GEMM instructions."""
+    p.add_argument("--classes", type=int, nargs="+",
+                   help="one image per class (default: ImageNet's 207 360 387 974, or 0-9 of a smaller model)")
     p.add_argument("--seed", type=int, default=0,
                    help="the random weights without --ckpt, and the draws (batch i: seed + i)")
     p.add_argument("--precision", choices=precisions, default="fp32",
@@ -142,8 +144,6 @@ def main(argv=None):
     p.add_argument("--depth", type=positive_int, default=16, help="VAR depth when no --ckpt is given")
     p.add_argument("--ckpt", help="official var_d*.pth or a `fastar train var` ckpt.pt")
     p.add_argument("--vae-ckpt", help="official vae_ch160v4096z32.pth (with an official --ckpt)")
-    p.add_argument("--classes", type=int, nargs="+",
-                   help="one image per class (default: ImageNet's 207 360 387 974, or 0-9 of a smaller model)")
     p.add_argument("--cfg", type=finite_float, help="classifier-free guidance at the last scale (default 4, or what a "
                    "`fastar train` checkpoint's samples.png used)")
     p.add_argument("--top-k", type=nonneg_int, help="keep the k largest logits, 0 = off (default 900, or the "
