@@ -1,7 +1,7 @@
 """Train a tiny dVAE + DALL-E on scikit-learn's digits with captions ("a handwritten seven"), on the CPU, in minutes.
 
     python -m fastar train dalle --out runs/dalle-digits
-    torchrun --nproc_per_node 2 -m fastar train dalle ...      # DDP (gloo on CPU)
+    torchrun --nproc_per_node 2 -m fastar train dalle ...      # DDP (gloo on CPU); --fsdp: FSDP
 
 Stage 1 trains the dVAE (gumbel-softmax relaxation, logit-Laplace loss, KL to the uniform prior, tau and beta
 annealed over the run); stage 2 trains a BPE tokenizer on the captions and the transformer on (caption, argmax

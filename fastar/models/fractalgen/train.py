@@ -1,7 +1,7 @@
 """Train a tiny 3-level FractalGen on scikit-learn's digits (1797 8x8 images, 10 classes), on the CPU.
 
     python -m fastar train fractalgen --steps 800 --out runs/fractalgen-digits
-    torchrun --nproc_per_node 2 -m fastar train fractalgen ...      # DDP (gloo on CPU)
+    torchrun --nproc_per_node 2 -m fastar train fractalgen ...      # DDP (gloo on CPU); --fsdp: FSDP
 
 Levels: 16 patches of 2x2, then 4 pixels, then R, G, B (MAR, MAR, PixelLoss by default; --generators ar,ar for
 FractalAR), trained as the official main_fractalgen.py does: one loss at the pixel level, R weighted by r_weight.

@@ -88,7 +88,7 @@ def main(argv=None):
                    help="EMA decay (official: 0.999, for runs of 10^5 steps; at lr 5e-4 G's weights turn over within "
                         "~100 steps, and 0.99 averaged them into one z-blind image)")
     p.add_argument("--d-channels", type=positive_int, default=32, help="cap on the discriminator's channels")
-    add_run_args(p, "runs/hit-digits", clips=False)
+    add_run_args(p, "runs/hit-digits", clips=False, fsdp=False)
     args = p.parse_args(argv)
 
     rank, world = start_run(args)

@@ -1,7 +1,7 @@
 """Train a tiny KL VAE + MAR on scikit-learn's digits (1797 8x8 images, 10 classes), on the CPU, in minutes.
 
     python -m fastar train mar --out runs/mar-digits
-    torchrun --nproc_per_node 2 -m fastar train mar ...      # DDP (gloo on CPU)
+    torchrun --nproc_per_node 2 -m fastar train mar ...      # DDP (gloo on CPU); --fsdp: FSDP
 
 Stage 1 trains the KL VAE (L2 reconstruction + a small KL weight, as LDM's KL autoencoders) on 16 px digits, and
 sets its latent scale to 1 / std of the posterior samples (what 0.2325 is for KL-16); stage 2 freezes it and trains

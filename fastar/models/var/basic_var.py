@@ -147,7 +147,13 @@ class AdaLNSelfAttn(nn.Module):
             return self.ada_gss + cond_BD_or_gss
         return self.ada_lin(cond_BD_or_gss).view(-1, 1, 6, self.C)
 
-    def forward(self, x_BLC, ada_B16C, mask=None, cache=None):
+    def forward(self, x_BLC, ada_B16C=None, mask=None, cache=None, *, cond_BD_or_gss=None):
+        """ada_B16C: the block's AdaLN parameters from ada() (sampling computes them once per condition), or
+        cond_BD_or_gss, from which the block computes them here (training: where FSDP has gathered its weights)."""
+        if (ada_B16C is None) == (cond_BD_or_gss is None):
+            raise TypeError("AdaLNSelfAttn.forward: give one of ada_B16C and cond_BD_or_gss")
+        if ada_B16C is None:
+            ada_B16C = self.ada(cond_BD_or_gss)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16C.unbind(2)  # each (B, 1, C)
         dtype = self.ffn.fc1.weight.dtype  # the GEMMs' operands: bfloat16 in bf16 sampling, where x stays float32
         h_BLC = self.attn(modulate(self.ln_wo_grad(x_BLC), scale1, shift1).to(dtype), mask, cache)

@@ -1,7 +1,7 @@
 """Train a tiny VQVAE + VAR on scikit-learn's digits (1797 8x8 images, 10 classes), on the CPU, in minutes.
 
     python -m fastar train var --depth 2 --out runs/var-digits
-    torchrun --nproc_per_node 2 -m fastar train var ...      # DDP (gloo on CPU)
+    torchrun --nproc_per_node 2 -m fastar train var ...      # DDP (gloo on CPU); --fsdp: FSDP
 
 Stage 1 trains the VQVAE (L2 reconstruction + the quantizer's VQ loss), since no released tokenizer fits 32 px
 digits; stage 2 freezes it and trains VAR on its tokens, teacher-forced, as FoundationVision/VAR's trainer does.
@@ -11,9 +11,11 @@ The defaults (150 tokenizer steps, 500 VAR steps: ~100 s under torchrun on 2 Zen
 their class; 200 VAR steps gave blurred shapes that did not.
 """
 import argparse
+import copy
 import importlib.util
 import math
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from tqdm import tqdm
 import fastar
 from fastar.models.cli import (HelpFormatter, check_out_dir, positive_float, positive_int, run_state,
                                save_checkpoint)
+from fastar.models.fsdp import full_state_dict, shard
 from fastar.models.var.build import build_vae_var
 from fastar.models.var.sample import save_grid
 from fastar.models.var.vqvae import VQVAEConfig
@@ -112,11 +115,16 @@ def fit(name, model, loss_fn, n, args, rank, world, save, last_stage=True):
     GRAD_CLIP, calling save(run_state(...)) every args.ckpt_every steps and at the end (on rank 0); returns the mean
     loss of the first and of the last k = 20 steps (fewer in a short run: the two windows never overlap), averaged
     over the processes. Each step runs in fastar.cpu_cache_step (its tensors of 32 MB and more from the CPU cache,
-    warm after the first step), whose blocks go back to the OS at the end."""
+    warm after the first step), whose blocks go back to the OS at the end.
+    Under torchrun the model trains in DDP, or with args.fsdp in FSDP: a sharded copy trains (fsdp.shard), and
+    `model` takes its whole weights at every checkpoint and at the end, on every process."""
     lr, schedule = getattr(args, f"{name}_lr"), getattr(args, f"{name}_lr_schedule", "constant")
     warmup = getattr(args, f"{name}_warmup", 0)
-    opt = adamw(model, lr)
-    ddp = DDP(model) if world > 1 else model
+    fsdp = getattr(args, "fsdp", False)
+    if fsdp:  # the losses here read the outputs (fastar.ops.linear's are views of its GEMM's) without writing them
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    run = shard(copy.deepcopy(model)) if fsdp else DDP(model) if world > 1 else model
+    opt = adamw(run if fsdp else model, lr)
     if world > 1:  # each process its own draws from here (masks, noise, label drops), as the official trainers seed
         torch.manual_seed(args.seed + rank)  # seed + rank; the weights were made alike, and DDP broadcasts rank 0's
     losses, steps = [], getattr(args, f"{name}_steps")
@@ -127,26 +135,33 @@ def fit(name, model, loss_fn, n, args, rank, world, save, last_stage=True):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, schedule, warmup)
         with fastar.cpu_cache_step(device):
-            loss = loss_fn(ddp, idx)
+            loss = loss_fn(run, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            torch.nn.utils.clip_grad_norm_(run.parameters(), GRAD_CLIP)
             opt.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if rank == 0 and ((step + 1) % args.ckpt_every == 0 or step + 1 == steps):
-            save(run_state(name, step + 1, steps, last_stage))
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == steps:
+            if fsdp:  # a collective: every process gathers, and every `model` holds the weights
+                model.load_state_dict(full_state_dict(run))
+            if rank == 0:
+                save(run_state(name, step + 1, steps, last_stage))
     if fastar.backends()["cpu"]:
         fastar.empty_cpu_cache()
     k = max(1, min(20, len(losses) // 2))
     return mean_over_ranks([sum(losses[:k]) / k, sum(losses[-k:]) / k], world)
 
 
-def add_run_args(p, out, clips=True):
+def add_run_args(p, out, clips=True, fsdp=True):
     """The options every digits trainer takes: checkpoints, seed, threads, output folder; `clips`: the --help says
-    that fit clips the gradient norm."""
+    that fit clips the gradient norm; `fsdp`: --fsdp (the trainers that train through fit)."""
     if clips:
         p.epilog = f"Every step clips the gradients' total norm at {GRAD_CLIP}, as VAR's trainer."
+    if fsdp:
+        p.add_argument("--fsdp", action="store_true",
+                       help="under torchrun: FSDP (fastar.models.fsdp, each block sharded) instead of DDP, "
+                            "the same weights")
     p.add_argument("--ckpt-every", type=positive_int, default=100, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0, help="initial weights, batch order and draws")
     p.add_argument("--threads", type=positive_int, default=1,
@@ -158,9 +173,11 @@ def start_run(args):
     """The output folder (made and probed on every process before the process group, so that a refused --out ends
     each at once), threads, the process group under torchrun (gloo) and the seed (the same initial weights on every
     process); returns (rank, world)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if getattr(args, "fsdp", False) and world == 1:
+        raise SystemExit("--fsdp shards over processes: run under torchrun --nproc_per_node N, N >= 2")
     check_out_dir(args.out)
     torch.set_num_threads(args.threads)
-    world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         dist.init_process_group("gloo")
     torch.manual_seed(args.seed)

@@ -120,7 +120,7 @@ class VAR(nn.Module):
         cond_BD_or_gss = self.shared_ada_lin(cond_BD)
         mask = fastar.ops.AttentionMask.block_causal([pn * pn for pn in self.patch_nums])
         for b in self.blocks:
-            x_BLC = b(x_BLC, b.ada(cond_BD_or_gss), mask)
+            x_BLC = b(x_BLC, mask=mask, cond_BD_or_gss=cond_BD_or_gss)
         return self.get_logits(x_BLC, self.head_nm.ada(cond_BD))
 
     @torch.no_grad()
