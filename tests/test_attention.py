@@ -388,6 +388,7 @@ def test_attention_bad_input(make, error, match):
 @pytest.mark.parametrize("mask, match", [
     (AttentionMask.block_causal([1, 4, 9]), "seg_lens sum to 14 but there are 8 keys"),
     (AttentionMask.causal(key_len=torch.tensor([3, 4])), r"mask.key_len must have shape \(1,\)"),
+    (AttentionMask.causal(key_len=torch.tensor([3], device="meta")), "mask.key_len is on the meta device"),
     ("causal", "mask must be a fastar.ops.AttentionMask"),
 ])
 def test_attention_bad_mask(mask, match):

@@ -369,6 +369,9 @@ def test_meta_inputs_give_meta_results():
     L = sum(pn * pn for pn in patch_nums[1:])
     assert ops.idxBl_to_var_input(ms_idx_Bl, codebook, phi_weight, phi_bias, patch_nums).shape == (f.shape[0], L,
                                                                                                   f.shape[1])
+    f_hat, hits, loss = ops.msq_forward(f, codebook, phi_weight, phi_bias, patch_nums)  # bincount has no meta kernel
+    assert (f_hat.shape, hits.shape, loss.shape, hits.device.type) == (f.shape, (len(patch_nums), codebook.shape[0]),
+                                                                       (), "meta")
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch", "reference"])

@@ -82,6 +82,8 @@ class AttentionMask:
         if self.key_len is not None:
             if self.key_len.shape != (B,):
                 raise ValueError(f"{op}: mask.key_len must have shape ({B},), got {tuple(self.key_len.shape)}")
+            if self.key_len.device.type == "meta" and device.type != "meta":
+                raise ValueError(f"{op}: mask.key_len is on the meta device (no values), q on {device}")
             key_len = self.key_len.to(device=device, dtype=torch.int32).contiguous()
         return reference.KINDS[self.kind], [self.text_len, self.grid, self.conv_kernel], kv_end, key_len
 

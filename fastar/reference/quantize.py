@@ -163,7 +163,8 @@ def msq_forward(f_BChw, codebook, phi_weight, phi_bias, patch_nums, *, beta=0.25
     for si, pn in enumerate(patch_nums):
         z_NC = area_down(f_rest, pn).permute(0, 2, 3, 1).reshape(-1, C).detach()
         idx_Bl = vq_nearest(z_NC, codebook.detach()).view(B, pn * pn)
-        hits_SV[si] = idx_Bl.reshape(-1).bincount(minlength=V).float()
+        if not f_BChw.is_meta:  # bincount has no meta kernel: meta inputs give meta results
+            hits_SV[si] = idx_Bl.reshape(-1).bincount(minlength=V).float()
         h_BChw = _up_phi(embed(idx_Bl, codebook, pn), si, SN, H, phi_weight, phi_bias, resi_ratio)
         f_hat = f_hat + h_BChw
         f_rest = f_rest - h_BChw.detach()
