@@ -41,6 +41,13 @@ def kept(outs, label, fn):
     return run
 
 
+def max_abs_diff(a, b):
+    """The largest |a - b| of two results: tensors, or lists of them (a step's maps, a layer stack's outputs)."""
+    pairs = zip(a, b) if isinstance(a, (list, tuple)) else [(a, b)]
+    with torch.no_grad():
+        return max((x - y).abs().max().item() for x, y in pairs)  # torch promotes a bfloat16 result to the other's
+
+
 def error_note(outs, ref64, baseline, what):
     """Each kept result's max error against float64 over the baseline's (the tolerance rule's ratio)."""
     ref_err = (outs[baseline] - ref64).abs().max().item()
