@@ -124,11 +124,11 @@ def test_hit_gan_step(benchmark):
     opts = [torch.optim.SGD(m.parameters(), lr=0.0) for m in (G, D)]  # the same weights every round
 
     def step():
-        gan_step(G, D, real, z, *opts, r1=10.0)
+        return dict(zip(("D loss", "G loss"), gan_step(G, D, real, z, *opts, r1=10.0)))
 
     # One untimed step each: oneDNN builds its convolution primitives, and fastar's training cache its blocks, on
     # first use.
     baseline = {BASELINE: on("torch", step)}
     compare(benchmark, step, baseline, baseline=BASELINE, rounds=ROUNDS, warmup=1, op="multi_axis_attention")
-    step_breakdowns(benchmark, step, baseline)
+    step_breakdowns(benchmark, step, baseline, params=[*G.parameters(), *D.parameters()])
     fastar.empty_cpu_cache()  # gan_step's blocks (fastar.cpu_cache_step)
