@@ -22,7 +22,7 @@ import torch
 
 import fastar
 from benchmarks.bench_var import Breakdown, on
-from benchmarks.harness import compare, step_breakdowns
+from benchmarks.harness import compare, step_agreement, step_breakdowns, step_figures
 from fastar.models.fractalgen import build
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD
 
@@ -121,15 +121,35 @@ def test_fractalmar_in64_train_step(benchmark, model):
         with fastar.cpu_cache_step(torch.device("cpu")):  # fastar's training step; the torch backend's: a no-op
             model.zero_grad(set_to_none=True)
             torch.manual_seed(0)  # the same masks for both contenders
-            model(x, labels).backward()
+            loss = model(x, labels)
+            loss.backward()
+            return loss.detach()
 
     step()  # oneDNN's primitives, first-touch pages, autograd's buffers: not a cost of either contender (bench_mar's)
     baseline = {SAME_MODEL: on("torch", step)}
     baseline[SAME_MODEL]()
     compare(benchmark, step, baseline, baseline=SAME_MODEL, rounds=1, warmup=0, op="attention")
     step_breakdowns(benchmark, step, baseline)
+    with no_dropout(model):  # fastar's dropout masks are Philox draws, not torch's: the check steps run without
+        params, steps = list(model.parameters()), {"fastar": step, **baseline}
+        step_agreement(benchmark, {name: step_figures(fn(), params) for name, fn in steps.items()},
+                       "one more step of each after the timed rounds with dropout p 0, same inputs and seed")
     model.zero_grad(set_to_none=True)
     fastar.empty_cpu_cache()
+
+
+@contextlib.contextmanager
+def no_dropout(model):
+    """model's dropout probabilities 0 inside (its masks then draw nothing), restored after."""
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    ps = [m.p for m in drops]
+    for m in drops:
+        m.p = 0.0
+    try:
+        yield
+    finally:
+        for m, p in zip(drops, ps):
+            m.p = p
 
 
 @pytest.fixture(scope="module")
