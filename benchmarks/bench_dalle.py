@@ -100,10 +100,12 @@ def test_dalle_train_step(benchmark, model):
     def step():
         with fastar.cpu_cache_step(torch.device("cpu")):  # fastar's training step; the torch backend's: a no-op
             model.zero_grad(set_to_none=True)
-            dalle_module.loss(model, text(B_TRAIN), image)[0].backward()
+            loss = dalle_module.loss(model, text(B_TRAIN), image)[0]
+            loss.backward()
+            return loss.detach()
 
     baseline = {BASELINE: on("torch", step)}
     compare(benchmark, step, baseline, baseline=BASELINE, rounds=2, warmup=1, op="attention", shape=SHAPE)
-    step_breakdowns(benchmark, step, baseline)
+    step_breakdowns(benchmark, step, baseline, params=list(model.parameters()))
     model.zero_grad(set_to_none=True)
     fastar.empty_cpu_cache()

@@ -6,7 +6,9 @@ primitives and first-touch pages; 1.17x cold against 1.37x warm in two runs of 2
 Sampling baseline, "official formulation": the torch backend (use_backend("torch"): SDPA where the official code
 writes float32 q k^T + softmax) with PixelLoss recomputing its 4 tokens for each of R, G, B as the official code does
 (kv_cache=False). "torch backend" is the same model as fastar's (PixelLoss decoding against a KV cache) on the torch
-backend: the kernels' share of the gain. Training baseline: the torch backend (the same computation).
+backend: the kernels' share of the gain. Training baseline: the torch backend (the same computation; each level
+below the top reseeds torch's RNG, so both draw the same masks and rows, and one more step of each with dropout p 0
+compares their losses and gradient norms).
 
 Random weights, official widths. The full shape (B 4, blocks 32,8,3) is ~20 TFLOP per sampling run, many minutes
 here, so the default is B 1 with 4 and 2 blocks at levels 0 and 1 (~1 TFLOP): about 2 minutes for the file on a
@@ -22,7 +24,7 @@ import torch
 
 import fastar
 from benchmarks.bench_var import Breakdown, on
-from benchmarks.harness import compare, step_breakdowns
+from benchmarks.harness import compare, step_agreement, step_breakdowns, step_figures
 from fastar.models.fractalgen import build
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD
 
@@ -121,15 +123,51 @@ def test_fractalmar_in64_train_step(benchmark, model):
         with fastar.cpu_cache_step(torch.device("cpu")):  # fastar's training step; the torch backend's: a no-op
             model.zero_grad(set_to_none=True)
             torch.manual_seed(0)  # the same masks for both contenders
-            model(x, labels).backward()
+            loss = model(x, labels)
+            loss.backward()
+            return loss.detach()
 
+    # Each level below the top draws its masks (and PixelLoss its jitter) from a seed of its own: the dropouts above
+    # it draw one seed per call on fastar, a mask on torch, and would leave the two contenders other masks to draw,
+    # other work (2878 against 2763 PixelLoss rows at B 2)
+    rows, below = {}, [level for _, level in levels(model)[1:]]
+    hooks = [level.register_forward_pre_hook(partial(reseed, rows, i + 1)) for i, level in enumerate(below)]
     step()  # oneDNN's primitives, first-touch pages, autograd's buffers: not a cost of either contender (bench_mar's)
     baseline = {SAME_MODEL: on("torch", step)}
     baseline[SAME_MODEL]()
     compare(benchmark, step, baseline, baseline=SAME_MODEL, rounds=1, warmup=0, op="attention")
     step_breakdowns(benchmark, step, baseline)
+    for h in hooks:
+        h.remove()
+    benchmark.extra_info["rows_per_level"] = rows  # the same for both contenders: asserted
+    with no_dropout(model):  # fastar's dropout masks are Philox draws, not torch's: the check steps run without
+        params, steps = list(model.parameters()), {"fastar": step, **baseline}
+        step_agreement(benchmark, {name: step_figures(fn(), params) for name, fn in steps.items()},
+                       "one more step of each after the timed rounds with dropout p 0, same inputs and seed")
     model.zero_grad(set_to_none=True)
     fastar.empty_cpu_cache()
+
+
+def reseed(rows, level, module, args):
+    """A forward pre-hook: seeds torch's RNG with the level's number, and checks that every contender gives the level
+    the same rows (rows[level], its first call's count)."""
+    torch.manual_seed(level)
+    n = args[0].shape[0]
+    assert rows.setdefault(level, n) == n, f"level {level}: {n} rows, the first step's {rows[level]}"
+
+
+@contextlib.contextmanager
+def no_dropout(model):
+    """model's dropout probabilities 0 inside (its masks then draw nothing), restored after."""
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    ps = [m.p for m in drops]
+    for m in drops:
+        m.p = 0.0
+    try:
+        yield
+    finally:
+        for m, p in zip(drops, ps):
+            m.p = p
 
 
 @pytest.fixture(scope="module")

@@ -47,10 +47,12 @@ PARTS = (("multi-axis attention", fastar.ops, "multi_axis_attention"), ("cross-a
 
 
 class Breakdown(bench_var.Breakdown):
-    """ms per part of the generator's forward, per contender: multi-axis self-attention, cross-attention, fastar's MLP
-    kernel (the narrow stages' MLP blocks whole: GEMMs, GELU and residual), the linear layers (F.linear, the models' Linear, and the GEMMs the generator calls itself without autograd:
-    torch.addmm, addmm_, and on oneDNN linear, linear_add, linear_gelu) and the rest (BatchNorm statistics, GELU, residual adds, the pixel shuffle); VAR's timing, HiT's parts. Each part is
-    also a profiler range, so other_top_ops can name what the rest is made of."""
+    """ms per part of the generator's forward, per contender: multi-axis self-attention, cross-attention, fastar's
+    MLP kernel (the narrow stages' MLP blocks whole: GEMMs, GELU and residual), the linear layers (F.linear, the
+    models' Linear, and the GEMMs the generator calls itself without autograd: torch.addmm, addmm_, and on oneDNN
+    linear, linear_add, linear_gelu) and the rest (BatchNorm statistics, GELU, residual adds, the pixel shuffle);
+    VAR's timing, HiT's parts. Each part is also a profiler range, so other_top_ops can name what the rest is made
+    of."""
 
     def __init__(self, monkeypatch):
         super().__init__(monkeypatch, PARTS)
@@ -118,17 +120,19 @@ def test_hit_generator_forward(benchmark, monkeypatch):
 def test_hit_gan_step(benchmark):
     torch.manual_seed(0)
     G, D = HiTGenerator(CONFIGS[STEP_SIZE]).train(), StyleGANDiscriminator(STEP_SIZE, max_channels=D_CHANNELS).train()
-    benchmark.group = f"HiT-{STEP_SIZE} G + D training step (NS loss + R1, D <= {D_CHANNELS} channels) B={B_STEP} float32"
+    benchmark.group = (f"HiT-{STEP_SIZE} G + D training step (NS loss + R1, D <= {D_CHANNELS} channels) B={B_STEP} "
+                       "float32")
     g = torch.Generator().manual_seed(1)
-    real, z = torch.rand(B_STEP, 3, STEP_SIZE, STEP_SIZE, generator=g) * 2 - 1, torch.randn(B_STEP, G.cfg.latent_dim, generator=g)
+    real = torch.rand(B_STEP, 3, STEP_SIZE, STEP_SIZE, generator=g) * 2 - 1
+    z = torch.randn(B_STEP, G.cfg.latent_dim, generator=g)
     opts = [torch.optim.SGD(m.parameters(), lr=0.0) for m in (G, D)]  # the same weights every round
 
     def step():
-        gan_step(G, D, real, z, *opts, r1=10.0)
+        return dict(zip(("D loss", "G loss"), gan_step(G, D, real, z, *opts, r1=10.0)))
 
     # One untimed step each: oneDNN builds its convolution primitives, and fastar's training cache its blocks, on
     # first use.
     baseline = {BASELINE: on("torch", step)}
     compare(benchmark, step, baseline, baseline=BASELINE, rounds=ROUNDS, warmup=1, op="multi_axis_attention")
-    step_breakdowns(benchmark, step, baseline)
+    step_breakdowns(benchmark, step, baseline, params=[*G.parameters(), *D.parameters()])
     fastar.empty_cpu_cache()  # gan_step's blocks (fastar.cpu_cache_step)

@@ -100,13 +100,15 @@ def test_mar_base_train_step(benchmark):
     def step():
         with fastar.cpu_cache_step(torch.device("cpu")):  # fastar's training step; the torch backend's: a no-op
             model.zero_grad(set_to_none=True)
-            model(latents, labels, generator=torch.Generator().manual_seed(4)).backward()
+            loss = model(latents, labels, generator=torch.Generator().manual_seed(4))
+            loss.backward()
+            return loss.detach()
 
     step()  # oneDNN's primitives, first-touch pages, autograd's buffers: not a cost of either contender
     baseline = {BASELINE: on("torch", step)}
     baseline[BASELINE]()
     compare(benchmark, step, baseline, baseline=BASELINE, rounds=1, warmup=0, op="diffusion_loss")
-    step_breakdowns(benchmark, step, baseline)
+    step_breakdowns(benchmark, step, baseline, params=list(model.parameters()))
     model.zero_grad(set_to_none=True)
     fastar.empty_cpu_cache()
 

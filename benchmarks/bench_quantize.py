@@ -87,10 +87,12 @@ def _quantizer(patch_nums, B, C=32, V=4096):
 
 
 def _steps(impl, f, codebook, w, b, patch_nums, ms_idx_Bl):
-    """The timed functions of one implementation (fastar.ops or fastar.torch.quantize)."""
+    """The timed functions of one implementation (fastar.ops or fastar.torch.quantize). The inference steps update
+    the f_hat each sampler allocates: fastar's VAR a channels_last one (the layout its ops update in place), the
+    official autoregressive_infer_cfg an NCHW one (sos.new_zeros)."""
     SN = len(patch_nums)
     ms_h_BChw = [ref.embed(i, codebook, pn) for i, pn in zip(ms_idx_Bl, patch_nums)]
-    zeros = torch.zeros_like(f, memory_format=torch.channels_last)
+    zeros = torch.zeros_like(f, memory_format=torch.channels_last if impl is fastar.ops else torch.contiguous_format)
 
     def infer():
         f_hat = zeros.clone()

@@ -160,18 +160,21 @@ def test_var_d16_train_step(benchmark, d16):
 
     def plain_step():
         var.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # every contender draws the same label drops and drop-path masks (torch RNG on both)
         x_BLCv = vae.quantize.idxBl_to_var_input(ms_idx_Bl)
         logits_BLV = var(label_B, x_BLCv)
-        F.cross_entropy(logits_BLV.flatten(0, 1), gt_BL.flatten()).backward()
+        loss = F.cross_entropy(logits_BLV.flatten(0, 1), gt_BL.flatten())
+        loss.backward()
+        return loss.detach()
 
     def step():
         with fastar.cpu_cache_step(torch.device("cpu")):  # fastar's training step; the torch backend's: a no-op
-            plain_step()
+            return plain_step()
 
     baselines = contenders(lambda _: step)
     compare(benchmark, step, {**baselines, NO_STEP_CACHE: plain_step}, baseline=BASELINE,
             rounds=TRAIN_ROUNDS, warmup=1, op="attention")  # a warm step: fastar's first fills its CPU cache
-    step_breakdowns(benchmark, step, {BASELINE: baselines[BASELINE]})
+    step_breakdowns(benchmark, step, {BASELINE: baselines[BASELINE]}, params=list(var.parameters()))
     var.zero_grad(set_to_none=True)
     fastar.empty_cpu_cache()  # the step's blocks of 32 MB and more (none at B 2, ~1.5 GB at B 4)
 

@@ -13,7 +13,8 @@ per call (extra_info "calls_per_round"): a single call of tens of microseconds m
 path and of the thread pool more than the op (VAR's first decode scales).
 
 The models' training rows add where each contender's step goes (step_breakdowns: GEMMs, attention, convolutions,
-the rest), from one more, profiled step of each after the timed rounds.
+the rest), from one more, profiled step of each after the timed rounds, and compare those steps' losses and gradient
+norms (step_agreement), where the steps draw alike.
 """
 import statistics
 import time
@@ -39,6 +40,13 @@ def kept(outs, label, fn):
         with torch.no_grad():
             outs[label] = fn()
     return run
+
+
+def max_abs_diff(a, b):
+    """The largest |a - b| of two results: tensors, or lists of them (a step's maps, a layer stack's outputs)."""
+    pairs = zip(a, b) if isinstance(a, (list, tuple)) else [(a, b)]
+    with torch.no_grad():
+        return max((x - y).abs().max().item() for x, y in pairs)  # torch promotes a bfloat16 result to the other's
 
 
 def error_note(outs, ref64, baseline, what):
@@ -152,8 +160,36 @@ def op_breakdown(fn):
     return out
 
 
-def step_breakdowns(benchmark, fastar_fn, contenders):
+def step_figures(losses, params):
+    """{figure: value} of a training step, to compare across contenders: its loss (a number or a tensor), or its
+    losses ({name: loss}), and the norm of params' gradients."""
+    losses = losses if isinstance(losses, dict) else {"loss": losses}
+    norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float64) for p in params if p.grad is not None]
+    return {**{k: float(v) for k, v in losses.items()}, "gradient norm": torch.stack(norms).norm().item()}
+
+
+def step_agreement(benchmark, figures, how):
+    """A training row's agreement: extra_info["max_abs_diff"] {contender: the largest difference of its figures
+    (step_figures, {name: figures} with fastar's) from fastar's}, and a note with how the steps ran and the values."""
+    mine = figures["fastar"]
+    benchmark.extra_info["max_abs_diff"] = {name: max(abs(v - mine[k]) for k, v in f.items())
+                                            for name, f in figures.items() if name != "fastar"}
+    text = (f"Agreement ({how}): max abs diff over the {' and the '.join(mine)}; " + "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v:.7g}" for k, v in f.items()) for name, f in figures.items()))
+    note = benchmark.extra_info.get("note")
+    benchmark.extra_info["note"] = f"{note} {text}" if note else text
+
+
+def step_breakdowns(benchmark, fastar_fn, contenders, params=None):
     """extra_info["breakdown"] of a training row: op_breakdown of one more step of fastar's and of each contender
-    ({name: fn}), after the timed rounds."""
-    benchmark.extra_info["breakdown"] = {name: op_breakdown(fn) for name, fn in {"fastar": fastar_fn,
-                                                                                   **contenders}.items()}
+    ({name: fn}), after the timed rounds. With params, those steps are also the row's agreement (step_agreement):
+    each fn returns its loss(es), and draws what the others draw."""
+    figures, breakdown = {}, {}
+    for name, fn in {"fastar": fastar_fn, **contenders}.items():
+        out = []
+        breakdown[name] = op_breakdown(lambda fn=fn, out=out: out.append(fn()))
+        if params is not None:
+            figures[name] = step_figures(out[0], params)
+    benchmark.extra_info["breakdown"] = breakdown
+    if params is not None:
+        step_agreement(benchmark, figures, "the profiled step of each after the timed rounds, same inputs and seeds")

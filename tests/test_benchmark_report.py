@@ -80,6 +80,30 @@ def test_op_breakdown_sorts_a_step_by_kind_of_op():
     assert parts["total"] == pytest.approx(sum(kinds))
 
 
+def test_step_agreement_compares_losses_and_gradient_norms():
+    """harness.step_figures / step_agreement: a training row's max abs diff is the largest difference of a
+    contender's loss(es) and gradient norm from fastar's; the note names them with their values; max_abs_diff
+    compares tensors or lists of them."""
+    import torch
+    from types import SimpleNamespace
+    from benchmarks.harness import max_abs_diff, step_agreement, step_figures
+    w = torch.nn.Parameter(torch.zeros(2))
+    w.grad = torch.tensor([3.0, 4.0])
+    figures = {"fastar": step_figures(torch.tensor(2.0), [w, torch.nn.Parameter(torch.zeros(1))]),
+               "torch backend": step_figures({"loss": 2.5}, [w])}
+    assert figures["fastar"] == {"loss": 2.0, "gradient norm": 5.0}
+    bench = SimpleNamespace(extra_info={"note": "first"})
+    step_agreement(bench, figures, "one step each")
+    assert bench.extra_info["max_abs_diff"] == {"torch backend": 0.5}
+    assert bench.extra_info["note"].startswith(
+        "first Agreement (one step each): max abs diff over the loss and the gradient norm; fastar: loss 2, gradient "
+        "norm 5; torch backend: loss 2.5")
+    run = run_json()
+    run["benchmarks"][0]["extra_info"]["max_abs_diff"] = bench.extra_info["max_abs_diff"]
+    assert "| torch backend | 300 / 310 | 3.00x | max abs diff 0.5 |" in report.render(run)
+    assert max_abs_diff([torch.ones(2), torch.zeros(1)], [torch.ones(2), torch.ones(1)]) == 1.0
+
+
 def test_history_appends_each_run_once(tmp_path):
     path = tmp_path / "runs.jsonl"
     report.append_history(run_json(), path)
