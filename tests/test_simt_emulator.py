@@ -3,10 +3,10 @@
 Each program is compiled with g++ under the emulator and runs under the forward, reverse and shuffled schedules:
 correct kernels must print bit-identical digests, the planted race, the read of uninitialised shared memory and a
 block reading another block's writes must print different results, and each planted barrier / warp / memory bug must
-be reported with its file:line (the `// SITE:<name>` markers in negative.cu). Under ThreadSanitizer (csrc/simt/tsan.h)
-each race of races.cu must be reported at its SITE line and its fixed version must run clean. Binaries are cached in the temp dir,
-keyed by a hash of the sources and flags, so reruns are fast. nvcc compiles every program for sm_80 and sm_90 where
-it is installed.
+be reported with its file:line (the `// SITE:<name>` markers in negative.cu). Under ThreadSanitizer
+(csrc/simt/tsan.h) each race of races.cu must be reported at its SITE line and its fixed version must run clean.
+Binaries are cached in the temp dir, keyed by a hash of the sources and flags, so reruns are fast. nvcc compiles
+every program for sm_80 and sm_90 where it is installed.
 """
 import hashlib
 import os

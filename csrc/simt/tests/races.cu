@@ -1,9 +1,9 @@
 // Data races only a ThreadSanitizer build of the emulator reports (csrc/simt/tsan.h), each beside its fix, which
-// must run clean. Argument: <kind>_race | <kind>_fixed (and warp_shfl), kind: warp (a lane reads what another lane of its warp wrote:
-// no __syncwarp; a shuffle is no fix, it orders no memory), block (a warp overwrites what another warp still reads
-// after the same __syncthreads), grid (blocks add to one global without atomics), cp_async (a thread reads another's
-// cp.async destination after its own wait, without the __syncthreads after the other's). The pytest checks the
-// reported file:line against the SITE markers.
+// must run clean. Argument: <kind>_race | <kind>_fixed (and warp_shfl); kinds: warp (a lane reads what another lane
+// of its warp wrote: no __syncwarp; a shuffle is no fix, it orders no memory), block (a warp overwrites what another
+// warp still reads after the same __syncthreads), grid (blocks add to one global without atomics), cp_async (a thread
+// reads another's cp.async destination after its own wait, without the __syncthreads after the other's). The pytest
+// checks the reported file:line against the SITE markers.
 #include <string>
 
 #include "check.h"
