@@ -27,12 +27,9 @@
 
 #ifdef SIMT_TSAN
 #include <sanitizer/tsan_interface.h>
-extern "C" {  // exported by the TSan runtime, not declared by its header (g++ has __tsan_read_range built in)
+extern "C" {  // exported by the TSan runtime, not declared by its header
 void __tsan_ignore_thread_begin(void);
 void __tsan_ignore_thread_end(void);
-#ifdef __clang__
-void __tsan_read_range(void* addr, long size);
-#endif
 }
 #endif
 
@@ -55,8 +52,6 @@ struct TsanUnignore {
 #define SIMT_TSAN_UNIGNORE ::simt::detail::TsanUnignore simt_tsan_unignore_
 inline void tsan_release(const void* p) { __tsan_release(const_cast<void*>(p)); }
 inline void tsan_acquire(const void* p) { __tsan_acquire(const_cast<void*>(p)); }
-// An access the emulator makes for the calling thread elsewhere (outside ignore regions).
-inline void tsan_read(const void* p, size_t n) { __tsan_read_range(const_cast<void*>(p), long(n)); }
 // Gives [p, p + n) (page-aligned) fresh zero pages, and TSan fresh shadow for them.
 inline void tsan_fresh_pages(void* p, size_t n) {
   if (mmap(p, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
