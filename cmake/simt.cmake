@@ -1,7 +1,8 @@
 # fastar._simt: the same csrc/kernels sources compiled by the host compiler under the CPU emulator
 # (csrc/simt/simt.h), registered as torch.ops.fastar_simt.* for CPU tensors. Test infrastructure only.
 option(FASTAR_SIMT_SANITIZE "Build fastar._simt with AddressSanitizer and UndefinedBehaviorSanitizer" OFF)
-message(STATUS "fastar: simt backend ${FASTAR_SIMT} (sanitized: ${FASTAR_SIMT_SANITIZE})")
+option(FASTAR_SIMT_TSAN "Build fastar._simt with ThreadSanitizer (csrc/simt/tsan.h: races between CUDA threads)" OFF)
+message(STATUS "fastar: simt backend ${FASTAR_SIMT} (sanitized: ${FASTAR_SIMT_SANITIZE}, tsan: ${FASTAR_SIMT_TSAN})")
 
 if(FASTAR_SIMT)
   find_path(FASTAR_CUDA_INCLUDE cuda_runtime_api.h
@@ -30,6 +31,9 @@ if(FASTAR_SIMT)
     # every frame's file:line inlined ones included, as -O2 -g, at 40% of the compile time.
     target_compile_options(_simt PRIVATE -O1 -g1 -fsanitize=address,undefined -fno-omit-frame-pointer)
     target_link_options(_simt PRIVATE -fsanitize=address,undefined)
+  elseif(FASTAR_SIMT_TSAN)
+    target_compile_options(_simt PRIVATE -O1 -g1 -fsanitize=thread)
+    target_link_options(_simt PRIVATE -fsanitize=thread)
   endif()
   set_target_properties(_simt PROPERTIES LIBRARY_OUTPUT_DIRECTORY "${FASTAR_OUTPUT_DIR}")
 endif()

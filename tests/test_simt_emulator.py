@@ -3,9 +3,10 @@
 Each program is compiled with g++ under the emulator and runs under the forward, reverse and shuffled schedules:
 correct kernels must print bit-identical digests, the planted race, the read of uninitialised shared memory and a
 block reading another block's writes must print different results, and each planted barrier / warp / memory bug must
-be reported with its file:line (the `// SITE:<name>` markers in negative.cu). Binaries are cached in the temp dir,
-keyed by a hash of the sources and flags, so reruns are fast. nvcc compiles every program for sm_80 and sm_90 where
-it is installed.
+be reported with its file:line (the `// SITE:<name>` markers in negative.cu). Under ThreadSanitizer
+(csrc/simt/tsan.h) each race of races.cu must be reported at its SITE line and its fixed version must run clean.
+Binaries are cached in the temp dir, keyed by a hash of the sources and flags, so reruns are fast. nvcc compiles
+every program for sm_80 and sm_90 where it is installed.
 """
 import hashlib
 import os
@@ -26,6 +27,7 @@ TESTS = CSRC / "simt" / "tests"
 CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
 CORRECT = ("reduce", "matmul", "mma", "features")
 NEGATIVE = "negative"
+RACES = "races"  # only built with TSan
 BENCH = "bench"  # timings for csrc/simt/README.md; here only run small, for its argmin check
 SCHEDULES = {  # name: environment
     "fwd": {"SIMT_SCHED": "fwd"},
@@ -35,6 +37,7 @@ SCHEDULES = {  # name: environment
     "threads2": {"SIMT_SCHED": "fwd", "SIMT_THREADS": "2"},
 }
 SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer")
+TSAN = ("-fsanitize=thread",)
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or shutil.which("g++") is None or not (CUDA_INCLUDE / "cuda_fp16.h").exists(),
@@ -55,10 +58,10 @@ BUILD_DIR = Path(tempfile.gettempdir()) / f"fastar-simt-{_sources_hash()}"
 
 
 @lru_cache(maxsize=None)
-def build(name, sanitize=False):
-    """Path of the emulator binary of tests/<name>.cu, compiled on first use."""
-    flags = ["-O1", "-g", *SANITIZE] if sanitize else ["-O2"]
-    out = BUILD_DIR / (name + ("-asan" if sanitize else ""))
+def build(name, sanitize=False, tsan=False):
+    """Path of the emulator binary of tests/<name>.cu, compiled on first use (ASan + UBSan, or TSan)."""
+    flags = ["-O1", "-g", *SANITIZE] if sanitize else ["-O1", "-g", *TSAN] if tsan else ["-O2"]
+    out = BUILD_DIR / (name + ("-asan" if sanitize else "-tsan" if tsan else ""))
     if not out.exists():
         BUILD_DIR.mkdir(exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
@@ -73,6 +76,7 @@ def build(name, sanitize=False):
 def build_all():
     """Compiles all programs two at a time (the test machines have 2 cores)."""
     jobs = [(n, False) for n in (*CORRECT, NEGATIVE, BENCH)] + [(n, True) for n in (*CORRECT, NEGATIVE)]
+    jobs += [(n, False, True) for n in (RACES, "features")]
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda job: build(*job), jobs))
 
@@ -124,8 +128,8 @@ def test_blocks_run_in_schedule_order():
     assert all(results[sched] != results["fwd"] for sched in ("rev", "shuffle1", "shuffle2")), results
 
 
-def site_lines(marker):
-    lines = (TESTS / f"{NEGATIVE}.cu").read_text().splitlines()
+def site_lines(marker, program=NEGATIVE):
+    lines = (TESTS / f"{program}.cu").read_text().splitlines()
     return [i + 1 for i, line in enumerate(lines) if line.rstrip().endswith(f"// SITE:{marker}")]
 
 
@@ -185,12 +189,46 @@ def test_asan_reports_cp_async_destination_read_too_early(mode):
         assert f"{NEGATIVE}.cu:{line}" in proc.stderr, proc.stderr
 
 
+TSAN_REPORT = "WARNING: ThreadSanitizer: data race"
+
+
+@pytest.mark.parametrize("mode, marker", [
+    ("warp_race", "warp"),  # lanes of one warp, no __syncwarp
+    ("warp_shfl", "warp"),  # a shuffle synchronises the lanes but orders no memory (PTX: only bar.warp.sync does)
+    ("block_race", "block"),  # warps between two __syncthreads, in an order the schedule happens to keep
+    ("grid_race", "grid"),  # blocks of one launch: a non-atomic += on one global
+    ("cp_async_race", "cp_async"),  # another thread's cp.async lands at its wait; no __syncthreads after it
+])
+def test_tsan_reports_race(mode, marker):
+    (line,) = site_lines(marker, RACES)
+    for sched in ("fwd", "rev", "shuffle1"):
+        proc = run(build(RACES, tsan=True), mode, env=SCHEDULES[sched])
+        assert proc.returncode != 0 and TSAN_REPORT in proc.stderr, (sched, proc.stderr)
+        assert f"{RACES}.cu:{line}" in proc.stderr, (sched, proc.stderr)
+
+
+@pytest.mark.parametrize("mode", ["warp_fixed", "block_fixed", "grid_fixed", "cp_async_fixed"])
+def test_tsan_clean_when_fixed(mode):
+    # __syncwarp, __syncthreads, atomicAdd (and the launch boundary before the grid's reader), __syncthreads
+    for sched in ("fwd", "rev", "shuffle1", "threads2"):
+        proc = run(build(RACES, tsan=True), mode, env=SCHEDULES[sched])
+        assert proc.returncode == 0 and "ThreadSanitizer" not in proc.stderr, (sched, proc.stderr)
+
+
+def test_tsan_clean_on_correct_kernels():
+    # features.cu: dynamic and static shared memory, several OS threads, a cp.async pipeline. (reduce, matmul and mma
+    # use plain __shared__, thread-local storage kept across blocks: TSan sees the blocks race on it.)
+    for sched in ("fwd", "shuffle1", "threads2"):
+        proc = run(build("features", tsan=True), env=SCHEDULES[sched])
+        assert proc.returncode == 0 and "ThreadSanitizer" not in proc.stderr, (sched, proc.stderr)
+
+
 NVCC = shutil.which("nvcc") or next((p for p in ["/usr/local/cuda/bin/nvcc"] if Path(p).exists()), None)
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("name", (*CORRECT, NEGATIVE, BENCH))
+@pytest.mark.parametrize("name", (*CORRECT, NEGATIVE, BENCH, RACES))
 def test_nvcc_compiles(name, arch, tmp_path):
     obj = tmp_path / f"{name}.o"
     subprocess.run([NVCC, f"-arch={arch}", "-std=c++17", f"-I{CSRC}", "-c", str(TESTS / f"{name}.cu"), "-o", str(obj)],

@@ -21,20 +21,27 @@ inline bool in_shared(const Worker& w, const void* p, size_t bytes) {
 // `bytes` (4, 8 or 16) to shared dst from global src, both aligned to `bytes`; only the first src_bytes are read,
 // the rest are zeros (cp.async's src-size: 0 for a row past the end).
 inline void cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes, Site site) {
+  SIMT_TSAN_IGNORE;  // TSan sees the source read now, the destination written at the wait (land_copies)
   check_aligned(dst, bytes, site);
   if (src_bytes) check_aligned(src, bytes, site);
   Worker& w = worker();
   if (!in_shared(w, dst, bytes))
     w.fail([&] { return "cp.async at " + site.str() + " by " + lane_str(w.current) + ": destination not in shared memory"; });
   AsyncCopy c{dst, bytes, src_bytes, w.current->commits, {}};
-  std::memcpy(c.data, src, src_bytes);
+  {
+    SIMT_TSAN_UNIGNORE;
+    std::memcpy(c.data, src, src_bytes);
+  }
   poison(dst, bytes, false);  // a second copy to a destination in flight
   std::memset(dst, w.launch->fill, bytes);
   poison(dst, bytes, true);
   w.current->copies.push_back(c);
 }
 
-inline void cp_async_commit() { ++worker().current->commits; }
+inline void cp_async_commit() {
+  SIMT_TSAN_IGNORE;
+  ++worker().current->commits;
+}
 
 inline void cp_async_wait(int newest_in_flight) {
   Fiber& f = *worker().current;

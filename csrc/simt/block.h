@@ -121,8 +121,9 @@ inline void poison(void* p, size_t n, bool on) {
 }
 
 // Completes the thread's copies of commit groups before `group` (all when group exceeds its commits): their
-// destinations, filled and poisoned since the copy was issued, get the data.
+// destinations, filled and poisoned since the copy was issued, get the data (for TSan: written by the thread now).
 inline void land_copies(Fiber& f, int group) {
+  SIMT_TSAN_IGNORE;
   size_t kept = 0;
   for (AsyncCopy& c : f.copies) {
     if (c.group >= group) {
@@ -130,7 +131,14 @@ inline void land_copies(Fiber& f, int group) {
       continue;
     }
     poison(c.dst, c.bytes, false);
-    std::memcpy(c.dst, c.data, c.src_bytes);
+#ifdef SIMT_TSAN
+    unsigned char data[sizeof c.data];  // read here: the copy's record is the emulator's
+    std::memcpy(data, c.data, sizeof data);
+    SIMT_TSAN_UNIGNORE;
+#else
+    const unsigned char* data = c.data;
+#endif
+    std::memcpy(c.dst, data, c.src_bytes);
     std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
   }
   f.copies.resize(kept);
@@ -174,14 +182,35 @@ struct Worker {
   StaticVar vars[kMaxStaticVars];
   bool failed = false;
   std::string error;
+#ifdef SIMT_TSAN
+  TsanState tsan;
+#endif
 
   static constexpr size_t kStaticCap = kStaticSmemMax + kMaxStaticVars * (kGuard + 128);
 
   ~Worker() {
     for (int i = 0; i < allocated; ++i) fibers[i].stack.release();
     poison(smem, smem_cap, false), poison(static_smem, kStaticCap, false);
-    std::free(smem);
-    std::free(static_smem);
+    free_shared(smem, smem_cap);
+    free_shared(static_smem, kStaticCap);
+  }
+
+  // Shared memory areas: from the heap, or under TSan whole pages, which get fresh shadow for every block.
+  static unsigned char* alloc_shared(size_t bytes) {
+#ifdef SIMT_TSAN
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? nullptr : static_cast<unsigned char*>(p);
+#else
+    return static_cast<unsigned char*>(std::aligned_alloc(128, bytes));
+#endif
+  }
+  static void free_shared(unsigned char* p, size_t bytes) {
+#ifdef SIMT_TSAN
+    if (p) munmap(p, bytes);
+#else
+    (void)bytes;
+    std::free(p);
+#endif
   }
 
   uint64_t next_random() { return splitmix64(rng); }
@@ -210,18 +239,24 @@ struct Worker {
 
   // The current fiber stops running (its state says why) and the next ready one, or the
   // scheduler, takes over. Returns when the fiber is resumed.
-  void suspend(bool exiting = false) {
+  void suspend() {
     Fiber* me = current;
+    switch_context(me->ctx, *next_context());
+  }
+
+  // The next ready fiber, now current, or the scheduler.
+  Context* next_context() {
     Fiber* next = pop();
-    Context* to = &sched;
-    if (next) next->state = State::running, current = next, to = &next->ctx;
-    switch_context(me->ctx, *to, exiting);
+    if (!next) return &sched;
+    next->state = State::running, current = next;
+    return &next->ctx;
   }
 
   // Abandons the block. The message is built by a callable so that no string temporaries are
   // alive on the fiber stack, which is never unwound (they would leak).
   template <class F>
   [[noreturn]] void fail(F&& make_message) {
+    SIMT_TSAN_IGNORE;
     failed = true;
     error = make_message();
     switch_context(current->ctx, sched, true);
@@ -248,16 +283,24 @@ struct Worker {
 
 // Fresh shared memory for a block: the dynamic area refilled and guarded, the static area emptied.
 inline void Worker::prepare_shared(size_t dynamic_bytes) {
+#ifdef SIMT_TSAN
+  constexpr size_t kRound = 4096;  // whole pages, remapped below
+#else
+  constexpr size_t kRound = 128;
+#endif
   if (dynamic_bytes + kGuard > smem_cap) {
     poison(smem, smem_cap, false);
-    std::free(smem);
-    smem_cap = (dynamic_bytes + kGuard + 127) / 128 * 128;
-    smem = static_cast<unsigned char*>(std::aligned_alloc(128, smem_cap));
+    free_shared(smem, smem_cap);
+    smem_cap = (dynamic_bytes + kGuard + kRound - 1) / kRound * kRound;
+    smem = alloc_shared(smem_cap);
   }
+  if (!static_smem) static_smem = alloc_shared(kStaticCap);
+#ifdef SIMT_TSAN
+  tsan_fresh_pages(smem, smem_cap), tsan_fresh_pages(static_smem, kStaticCap);
+#endif
   poison(smem, smem_cap, false);
   fill_with_guard(smem, dynamic_bytes, launch->fill);
   poison(smem + dynamic_bytes + kGuard, smem_cap - dynamic_bytes - kGuard, true);
-  if (!static_smem) static_smem = static_cast<unsigned char*>(std::aligned_alloc(128, kStaticCap));
   if (static_used) poison(static_smem, static_used, false);
   static_used = static_bytes = 0, nvars = 0;
 }
@@ -265,6 +308,7 @@ inline void Worker::prepare_shared(size_t dynamic_bytes) {
 // The block's STATIC_SHARED variable declared at `site`: placed (filled, guarded) by the first thread that reaches
 // the declaration, the same address for the others.
 inline void* Worker::static_shared(size_t bytes, size_t align, const char* name, Site site) {
+  SIMT_TSAN_IGNORE;
   for (int i = 0; i < nvars; ++i)
     if (vars[i].site == site && !std::strcmp(vars[i].name, name)) return static_smem + vars[i].offset;
   align = align < 16 ? 16 : align;
@@ -318,6 +362,9 @@ inline bool Worker::resolve() {
     return false;
   }
   barrier_result = count_pred, at_barrier = 0;
+#ifdef SIMT_TSAN
+  ++tsan.barriers;
+#endif
   wake(0, n, State::barrier);
   return true;
 }
@@ -349,6 +396,7 @@ inline std::string Worker::describe_waiters() const {
 }
 
 inline bool Worker::run_block(const LaunchInfo& l, uint3 bidx) {
+  SIMT_TSAN_IGNORE;
   launch = &l, block_idx = bidx;
   n = int(l.block.x * l.block.y * l.block.z);
   if (!ensure_fibers(l.stack_bytes)) {
@@ -374,11 +422,19 @@ inline bool Worker::run_block(const LaunchInfo& l, uint3 bidx) {
     prepare_context(f.ctx, f.stack, fiber_entry);
   }
   wake(0, n, State::ready);
+#ifdef SIMT_TSAN
+  tsan.begin_block();
+#endif
   while (Fiber* f = pop()) {
     f->state = State::running, current = f;
     switch_context(sched, f->ctx);
     if (failed || !resolve()) break;
   }
+#ifdef SIMT_TSAN
+  for (int i = 0; i < n; ++i)  // (the fibers of an abandoned block's threads, still in an ignore region, leak)
+    if (fibers[i].state == State::exited) tsan.retire(fibers[i].ctx.tsan);
+  tsan.end_block();
+#endif
   if (!failed && !shared_guards_intact()) failed = true;
   return !failed;
 }
@@ -390,17 +446,25 @@ inline bool Worker::run_block(const LaunchInfo& l, uint3 bidx) {
   w.launch->body(w.launch->bound);
   Fiber* me = w.current;
   land_copies(*me, INT_MAX);  // copies never waited for still land (the hardware completes them)
-  int lane = me->id & 31;
-  Warp& warp = w.warps[me->id >> 5];
-  me->state = State::exited, ++w.exited;
-  warp.exited |= 1u << lane;
-  for (int o = 0; o < warp.nops; ++o)
-    if (warp.ops[o].mask >> lane & 1)
-      w.fail([&] {
-        return "thread " + std::to_string(me->id) + " (warp " + std::to_string(me->id >> 5) + " lane " +
-               std::to_string(lane) + ") exited while its warp waits for it; " + w.describe_waiters();
-      });
-  w.suspend(true);
+#ifdef SIMT_TSAN
+  tsan_release(w.launch);  // acquired by the host when the launch returns
+#endif
+  Context* next;
+  {
+    SIMT_TSAN_IGNORE;
+    int lane = me->id & 31;
+    Warp& warp = w.warps[me->id >> 5];
+    me->state = State::exited, ++w.exited;
+    warp.exited |= 1u << lane;
+    for (int o = 0; o < warp.nops; ++o)
+      if (warp.ops[o].mask >> lane & 1)
+        w.fail([&] {
+          return "thread " + std::to_string(me->id) + " (warp " + std::to_string(me->id >> 5) + " lane " +
+                 std::to_string(lane) + ") exited while its warp waits for it; " + w.describe_waiters();
+        });
+    next = w.next_context();
+  }
+  switch_context(me->ctx, *next, true);  // outside the ignore region: TSan destroys an exited thread's fiber
   __builtin_unreachable();
 }
 

@@ -1,6 +1,6 @@
 // Fibers for the SIMT emulator: one per CUDA thread, all fibers of a block on one OS thread.
 // x86-64 uses a hand-written switch (~14 ns); ucontext is ~20x slower (a syscall per swap) and
-// is the fallback elsewhere or with -DSIMT_UCONTEXT. ASan is told about every switch.
+// is the fallback elsewhere or with -DSIMT_UCONTEXT. ASan and TSan (tsan.h) are told about every switch.
 #pragma once
 #include <pthread.h>
 #include <sys/mman.h>
@@ -27,6 +27,8 @@
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
+
+#include "tsan.h"
 
 #ifndef SIMT_UCONTEXT
 // simt_switch(save_sp, new_sp): push the SysV callee-saved registers, swap stacks, pop, ret.
@@ -70,6 +72,9 @@ struct Context {
   void* fake_stack = nullptr;       // ASan's per-fiber fake-stack handle
   const void* stack_lo = nullptr;   // usable stack bounds, for ASan
   size_t stack_size = 0;
+#ifdef SIMT_TSAN
+  void* tsan = nullptr;             // TSan's fiber (a CUDA thread) or the OS thread's own state (a scheduler)
+#endif
 };
 
 // Records the bounds of the calling OS thread's stack so ASan can follow switches back to it.
@@ -83,6 +88,9 @@ inline void init_thread_context(Context& c) {
   }
   c.stack_lo = lo;
   c.stack_size = size;
+#ifdef SIMT_TSAN
+  c.tsan = __tsan_get_current_fiber();
+#endif
 }
 
 // A fiber stack with a PROT_NONE guard page below it, so an overflow faults instead of
@@ -117,6 +125,12 @@ inline void prepare_context(Context& c, Stack& s, void (*entry)()) {
   // A reused stack still carries the poison of the frames of an abandoned block.
   __asan_unpoison_memory_region(s.lo(), s.size());
 #endif
+#ifdef SIMT_TSAN
+  // A new CUDA thread: a stack without the accesses of the thread that used it in an earlier block, a TSan fiber
+  // that starts from its creator's clock (the launch's host side, never an earlier block's threads).
+  tsan_fresh_pages(s.lo(), s.size());
+  c.tsan = __tsan_create_fiber(0);
+#endif
 #ifdef SIMT_UCONTEXT
   getcontext(&c.uc);
   c.uc.uc_stack.ss_sp = s.lo();
@@ -141,6 +155,14 @@ inline void switch_context(Context& from, Context& to, bool from_exits = false) 
   __sanitizer_start_switch_fiber(from_exits ? nullptr : &from.fake_stack, to.stack_lo, to.stack_size);
 #endif
   (void)from_exits;
+#ifdef SIMT_TSAN
+  void* to_fiber;
+  {
+    TsanIgnore ignore;  // an exiting thread reads nothing after its last release (fiber_entry)
+    to_fiber = to.tsan;
+  }
+  __tsan_switch_to_fiber(to_fiber, __tsan_switch_to_fiber_no_sync);  // no order between CUDA threads from a switch
+#endif
 #ifdef SIMT_UCONTEXT
   swapcontext(&from.uc, &to.uc);
 #else

@@ -120,6 +120,9 @@ inline cudaError_t run_launch(const LaunchSite& at, const void* kernel, dim3 gri
     Worker* outer = tl_worker;  // launches from inside a kernel are not supported; keep the host's
     tl_worker = w.get();
     init_thread_context(w->sched);
+#ifdef SIMT_TSAN
+    w->tsan.max_finished = TsanState::kLiveFibers / size_t(cfg.os_threads);
+#endif
     // relaxed: a stronger order would hide cross-block races from TSan
     for (uint64_t k; !failed.load(std::memory_order_relaxed) &&
                      (k = next.fetch_add(1, std::memory_order_relaxed)) < total;) {
@@ -130,6 +133,12 @@ inline cudaError_t run_launch(const LaunchSite& at, const void* kernel, dim3 gri
       std::snprintf(where, sizeof where, ", block (%u,%u,%u): ", idx.x, idx.y, idx.z);
       error = std::string("kernel ") + at.kernel + " launched at " + at.site.str() + where + w->error;
     }
+#ifdef SIMT_TSAN
+    // Every CUDA thread's work happens-before the launch returns (fiber_entry released it); acquired once this OS
+    // thread runs no more blocks of the launch, whose threads would otherwise inherit it from their creator.
+    tsan_acquire(&info);
+    w->tsan.end_launch();
+#endif
     tl_worker = outer;
     give_worker(std::move(w));
   };

@@ -85,6 +85,10 @@ inline void ldmatrix_fn(Fiber* lanes, unsigned) {
 }
 
 inline void ldmatrix_x4(uint32_t r[4], const void* row, bool trans, Site site) {
+#ifdef SIMT_TSAN
+  // The last lane reads every row (in an ignore region): TSan sees each lane read its own 16 bytes here.
+  (void)static_cast<const volatile uint64_t*>(row)[0], (void)static_cast<const volatile uint64_t*>(row)[1];
+#endif
   LdmatrixArgs args{row, {}, trans};
   warp_collective(0xffffffffu, trans ? "ldmatrix.x4.trans" : "ldmatrix.x4", site, &args, ldmatrix_fn);
   std::memcpy(r, args.r, sizeof args.r);

@@ -10,11 +10,19 @@ namespace simt::detail {
 inline Worker& worker() { return *tl_worker; }
 
 inline int syncthreads_impl(int pred, Site site) {
+  SIMT_TSAN_IGNORE;
   Worker& w = worker();
   Fiber* me = w.current;
   me->state = State::barrier, me->site = site, me->pred = pred;
   ++w.at_barrier;
+#ifdef SIMT_TSAN
+  const unsigned generation = w.tsan.barriers;
+  tsan_release(w.tsan.barrier(generation));
+#endif
   w.suspend();
+#ifdef SIMT_TSAN
+  tsan_acquire(w.tsan.barrier(generation));
+#endif
   return w.barrier_result;
 }
 
@@ -23,8 +31,10 @@ inline std::string lane_str(const Fiber* f) {
          std::to_string(f->id & 31) + ")";
 }
 
-// check_site: lanes of one rendezvous must be at the same statement (not so for __syncwarp).
-inline void warp_collective(unsigned mask, const char* kind, Site site, void* data, WarpFn fn, bool check_site = true) {
+// A warp barrier (__syncwarp) may be reached from different statements, and is the one collective that orders the
+// memory accesses of its lanes (for TSan: each lane's arrival happens-before every lane's leaving).
+inline void warp_collective(unsigned mask, const char* kind, Site site, void* data, WarpFn fn, bool barrier = false) {
+  SIMT_TSAN_IGNORE;
   Worker& w = worker();
   Fiber* me = w.current;
   int lane = me->id & 31;
@@ -47,7 +57,7 @@ inline void warp_collective(unsigned mask, const char* kind, Site site, void* da
   WarpOp* op = nullptr;
   for (int o = 0; o < warp.nops; ++o) {
     WarpOp& x = warp.ops[o];
-    if (x.mask == mask && (x.kind == kind || !std::strcmp(x.kind, kind)) && (!check_site || x.site == site)) {
+    if (x.mask == mask && (x.kind == kind || !std::strcmp(x.kind, kind)) && (barrier || x.site == site)) {
       op = &x;
     } else if (x.mask & mask) {
       w.fail([&] {
@@ -62,12 +72,28 @@ inline void warp_collective(unsigned mask, const char* kind, Site site, void* da
     *op = WarpOp{mask, 0, kind, site};
   }
   op->arrived |= 1u << lane;
+#ifdef SIMT_TSAN
+  // The last lane to arrive acquires every lane's arrival, then hands its clock to each waiting lane's inbox; nothing
+  // else is released to an inbox before its lane, suspended until then, acquires it.
+  if (barrier) tsan_release(w.tsan.arrival(me->id));
+#endif
   if (op->arrived != op->mask) {
     me->state = State::warp, me->site = site;
     w.suspend();
+#ifdef SIMT_TSAN
+    if (barrier) tsan_acquire(w.tsan.inbox(me->id));
+#endif
     return;
   }
   Fiber* lanes = me - lane;
+#ifdef SIMT_TSAN
+  if (barrier) {
+    for (int l = 0; l < 32; ++l)
+      if (mask >> l & 1) tsan_acquire(w.tsan.arrival(lanes[l].id));
+    for (int l = 0; l < 32; ++l)
+      if (l != lane && (mask >> l & 1)) tsan_release(w.tsan.inbox(lanes[l].id));
+  }
+#endif
   fn(lanes, mask);
   *op = warp.ops[--warp.nops];
   bool rev = w.launch->schedule == Schedule::rev;
@@ -100,6 +126,7 @@ void shfl_fn(Fiber* lanes, unsigned mask) {
 template <class T>
 T shfl(unsigned mask, T v, int src, const char* kind, Site site) {
   static_assert(std::is_trivially_copyable<T>::value, "shuffled types must be trivially copyable");
+  SIMT_TSAN_IGNORE;
   src &= 31;
   Worker& w = worker();
   // CUDA leaves the value undefined; returning the caller's own would hide the bug. (Lanes past blockDim in a
@@ -145,6 +172,7 @@ inline void ballot_fn(Fiber* lanes, unsigned mask) {
 }
 
 inline unsigned ballot(unsigned mask, int pred, const char* kind, Site site) {
+  SIMT_TSAN_IGNORE;
   BallotArgs args{pred, 0};
   warp_collective(mask, kind, site, &args, ballot_fn);
   return args.result & mask;
@@ -209,7 +237,7 @@ inline int __all_sync(unsigned mask, int pred, SIMT_SITE_PARAMS) {
 }
 inline void __syncwarp(unsigned mask = 0xffffffffu, SIMT_SITE_PARAMS) {
   ::simt::detail::warp_collective(mask, "__syncwarp", SIMT_SITE, nullptr, [](::simt::detail::Fiber*, unsigned) {},
-                                  false);
+                                  true);
 }
 // Not-exited lanes: the emulator runs every lane diverged, so convergence is not modelled.
 inline unsigned __activemask() {
