@@ -4,20 +4,7 @@
 # (build/simt-sanitized, compiled through ccache); the regular build is untouched. Extra arguments go to pytest.
 #   tools/simt_sanitized_tests.sh [pytest args]   (env: PYTHON, default .venv/bin/python; MAX_JOBS, build jobs,
 #                                                  default 2; JOBS, pytest-xdist workers, default 2)
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-$ROOT/.venv/bin/python}
-BUILD=$ROOT/build/simt-sanitized
-start=$SECONDS
-source "$ROOT/scripts/ccache_env.sh"
-
-mkdir -p "$BUILD"
-cmake -S "$ROOT" -B "$BUILD" -G Ninja -DPython_EXECUTABLE="$PY" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DFASTAR_CUDA=off -DFASTAR_SIMT=ON -DFASTAR_SIMT_SANITIZE=ON -DFASTAR_OUTPUT_DIR="$BUILD/fastar" \
-  ${CMAKE_CXX_COMPILER_LAUNCHER:+-DCMAKE_CXX_COMPILER_LAUNCHER=$CMAKE_CXX_COMPILER_LAUNCHER} > "$BUILD.log"
-cmake --build "$BUILD" --target _simt -j "${MAX_JOBS:-2}" >> "$BUILD.log"
-SO=$(ls "$BUILD"/fastar/_simt*.so)
-echo "simt_sanitized_tests: built $SO in $((SECONDS - start)) s"
+source "$(dirname "$0")/simt_sanitizer_build.sh" simt-sanitized FASTAR_SIMT_SANITIZE simt_sanitized_tests
 
 # python itself is not instrumented, so the ASan runtime must be loaded first; CPython's arenas look like leaks.
 # libstdc++ too: ASan resolves its __cxa_throw interceptor at start-up, and python does not link libstdc++.

@@ -6,20 +6,7 @@
 # (all 230 tests take ~45 min on 2 cores: one per test function, ~37, took 9.5 min).
 #   tools/simt_tsan_check.sh [pytest args]   (env: PYTHON, default .venv/bin/python; MAX_JOBS, build jobs, default 2;
 #                                             JOBS, pytest-xdist workers, default 2)
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PYTHON:-$ROOT/.venv/bin/python}
-BUILD=$ROOT/build/simt-tsan
-start=$SECONDS
-source "$ROOT/scripts/ccache_env.sh"
-
-mkdir -p "$BUILD"
-cmake -S "$ROOT" -B "$BUILD" -G Ninja -DPython_EXECUTABLE="$PY" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DFASTAR_CUDA=off -DFASTAR_SIMT=ON -DFASTAR_SIMT_TSAN=ON -DFASTAR_OUTPUT_DIR="$BUILD/fastar" \
-  ${CMAKE_CXX_COMPILER_LAUNCHER:+-DCMAKE_CXX_COMPILER_LAUNCHER=$CMAKE_CXX_COMPILER_LAUNCHER} > "$BUILD.log"
-cmake --build "$BUILD" --target _simt -j "${MAX_JOBS:-2}" >> "$BUILD.log"
-SO=$(ls "$BUILD"/fastar/_simt*.so)
-echo "simt_tsan_check: built $SO in $((SECONDS - start)) s"
+source "$(dirname "$0")/simt_sanitizer_build.sh" simt-tsan FASTAR_SIMT_TSAN simt_tsan_check
 
 # As tools/simt_sanitized_tests.sh: python is not instrumented, so the TSan runtime is preloaded (tests/conftest.py
 # loads $FASTAR_SANITIZED_SIMT and drops LD_PRELOAD in the pytest-xdist workers). Only the kernels and the emulator
