@@ -99,6 +99,7 @@ with torch.no_grad():
     out, expected = var.eval()(labels, x), plain.eval()(labels, x)
 same = all(torch.equal(v, plain.state_dict()[k]) for k, v in full_state_dict(var).items())
 print("recipe", dist.get_rank(), same, (out - expected).abs().max().item(), flush=True)
+dist.barrier()
 dist.destroy_process_group()
 """
 

@@ -196,6 +196,9 @@ else:
     gan_step(G, D, real, z, *opts, r1=10.0)
 if sys.argv[1] == "one" or dist.get_rank() == 0:
     torch.save([p.grad for m in (G, D) for p in m.parameters()], sys.argv[2])
+if sys.argv[1] == "ddp":
+    dist.barrier()
+    dist.destroy_process_group()
 """
 
 
