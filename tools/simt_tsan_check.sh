@@ -3,7 +3,7 @@
 # fastar._simt built under ThreadSanitizer (csrc/simt/tsan.h: every CUDA thread a TSan fiber, ordered only as CUDA
 # orders them), in its own build dir (build/simt-tsan, through ccache). Fails on any TSan report, which is written
 # to build/simt-tsan/reports/. Extra arguments go to pytest; test ids or paths among them replace `tests`
-# (all 230 tests take ~45 min on 2 cores: one per test function, ~37, took 9.5 min).
+# (all 232 tests took 67 min on 2 cores: one per test function, ~37, took 9.5 min).
 #   tools/simt_tsan_check.sh [pytest args]   (env: PYTHON, default .venv/bin/python; MAX_JOBS, build jobs, default 2;
 #                                             JOBS, pytest-xdist workers, default 2)
 source "$(dirname "$0")/simt_sanitizer_build.sh" simt-tsan FASTAR_SIMT_TSAN simt_tsan_check
