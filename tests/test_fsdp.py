@@ -88,6 +88,7 @@ for name, model in (("var-d30", var), ("dalle-12b", dalle)):
 # the README's recipe on a small VAR: built on meta, sharded, materialized, rank 0's weights broadcast into it
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from fastar.models.fsdp import full_state_dict
+from fastar.models.var.train import end_run
 torch.manual_seed(0)
 _, plain = build_vae_var(depth=2, num_classes=10)
 _, var = build_vae_var(depth=2, num_classes=10, device="meta")
@@ -101,8 +102,7 @@ with torch.no_grad():
 same = all(torch.equal(v, plain.state_dict()[k]) for k, v in full_state_dict(var).items())
 out.write(f"recipe {dist.get_rank()} {same} {(logits - expected).abs().max().item()}\\n")
 out.close()
-dist.barrier()
-dist.destroy_process_group()
+end_run(2)  # a barrier, then leave the group, as the trainers do
 """
 
 

@@ -183,6 +183,7 @@ import sys, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from fastar.models.hit import HiTGenerator, StyleGANDiscriminator
 from fastar.models.hit.train import TINY, gan_step
+from fastar.models.var.train import end_run
 torch.manual_seed(0)
 G, D = HiTGenerator(TINY).eval(), StyleGANDiscriminator(32, max_channels=16)  # eval: batch-independent fakes
 g = torch.Generator().manual_seed(1)
@@ -196,9 +197,7 @@ else:
     gan_step(G, D, real, z, *opts, r1=10.0)
 if sys.argv[1] == "one" or dist.get_rank() == 0:
     torch.save([p.grad for m in (G, D) for p in m.parameters()], sys.argv[2])
-if sys.argv[1] == "ddp":
-    dist.barrier()
-    dist.destroy_process_group()
+end_run(2 if sys.argv[1] == "ddp" else 1)  # under DDP: a barrier, then leave the group
 """
 
 
