@@ -843,10 +843,23 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, N, C)))
 
 
+class Mlp(nn.Module):
+    """timm 0.9's layers.mlp.Mlp contract (fc1, act, drop1, norm, fc2, drop2, called in that order)."""
+
+    def __init__(self, dim=64, hidden=256, drop=0.0):
+        super().__init__()
+        self.fc1, self.act, self.drop1 = nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(drop)
+        self.norm, self.fc2, self.drop2 = nn.Identity(), nn.Linear(hidden, dim), nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
+
+
 @pytest.fixture
 def official_mar(monkeypatch):
     mods = {}
-    for name, cls in (("models.diffloss", DiffLoss), ("timm.models.vision_transformer", Attention)):
+    for name, cls in (("models.diffloss", DiffLoss), ("timm.models.vision_transformer", Attention),
+                      ("timm.layers.mlp", Mlp)):
         mod = types.ModuleType(name)
         setattr(mod, cls.__name__, type(cls.__name__, (cls,), {"__module__": name}))
         monkeypatch.setitem(sys.modules, name, mod)
@@ -887,6 +900,37 @@ def test_timm_attention_patched_equals_official(official_mar):
     assert_close("attention", got, ref64, ref32)
     with pytest.raises(ValueError, match="no module of model is one of .*models.diffloss.DiffLoss"):
         fastar.patch.mar(block, attention=False)
+
+
+def test_timm_mlp_row_fuses_the_gelu_on_a_model_only(official_mar, monkeypatch):
+    """linear=True with a model (MAR's and FractalGen's): timm's Mlp runs fc1 and its GELU as one oneDNN product (no
+    aten gelu) and fc2, within the tolerance rule of the float64 Mlp, with the unpatched gradients under autograd;
+    another activation declines (named in report); undo restores; never without a model."""
+    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
+    torch.manual_seed(12)
+    mlp = official_mar.Mlp().eval()
+    x = torch.randn(2, 30, 64)
+    with torch.no_grad():
+        ref64, ref32 = copy.deepcopy(mlp).double()(x.double()), mlp(x)
+    x.requires_grad_()
+    mlp(x).sum().backward()
+    grad, x.grad = x.grad, None
+    assert [r.cls for r in fastar.patch.mar(mlp, linear=True)] == ["Linear", "Mlp"]
+    with torch.no_grad(), Ops() as ops:
+        got = mlp(x)
+    assert ops.counts["mkldnn::_linear_pointwise"] == 2 and "aten::gelu" not in ops.names
+    assert_close("linear", got, ref64, ref32)
+    assert {name: s for name, row, s in fastar.patch.report(mlp) if row.cls == "Mlp"} == {"": "applied"}
+    mlp(x).sum().backward()
+    assert torch.allclose(grad, x.grad, rtol=1e-4, atol=1e-6)
+    mlp.act = nn.SiLU()
+    mlp(x.detach())
+    assert "SiLU" in {name: s for name, row, s in fastar.patch.report(mlp) if row.cls == "Mlp"}[""]
+    fastar.patch.undo(mlp)
+    assert "forward" not in vars(mlp)
+    assert [r.cls for r in fastar.patch.fractalgen(mlp, linear=True)] == ["Linear", "Mlp"]
+    fastar.patch.undo(mlp)
+    assert not any(r.cls == "Mlp" for r in fastar.patch.mar(linear=True))
 
 
 def test_diffloss_forward_patched_equals_official(official_mar):

@@ -9,7 +9,8 @@ torch.multinomial draws from the global generator): every pixel must be equal.
 time: fractalmar_in64 built by the official builder with main_fractalgen.py's call (num_conds 5), official
 multinomial; interleaved rounds (official, patched, ...) in one process, wall and CPU time with the load average.
 Knobs (environment): B (1), NUM_ITER ("64,16", the upstream README's), ROUNDS (2), THREADS (torch threads, 1),
-LINEAR (1: also the opt-in nn.Linear row, fastar.patch.fractalgen's linear=, which needs the model; 0 by default).
+LINEAR (1: also the opt-in linear group, fastar.patch.fractalgen's linear=: nn.Linear and timm's Mlp; needs the
+model; 0 by default).
 The official code calls .cuda(): here it is the identity (tools/official.py). The official code is read from
 OFFICIAL_REPO, never copied into fastar."""
 import os
@@ -44,7 +45,7 @@ def statuses_patched(model):
 
 
 def patch(model):
-    """The classes' rows, and with LINEAR the model's nn.Linear layers."""
+    """The classes' rows, and with LINEAR the model's linear group (nn.Linear, timm's Mlp)."""
     fastar.patch.fractalgen()
     if LINEAR:
         fastar.patch.fractalgen(model, attention=False, sampling=False, linear=True)
@@ -79,7 +80,7 @@ def timing(fractalgen):
                                        guiding_pixel=False, num_conds=5, r_weight=5.0, grad_checkpointing=False).eval()
     labels = torch.tensor([207, 360, 387, 974]).repeat(B)[:B]
     print(f"fractalmar_in64 (official code, random weights), B {B}, num_iter {num_iter}, cfg 6.5 linear, "
-          f"temperature 1.02, float32{', nn.Linear row on' if LINEAR else ''}")
+          f"temperature 1.02, float32{', linear group on' if LINEAR else ''}")
     rounds(lambda r: sample(model, labels, 5, num_iter, r + 1), lambda: patch(model), n_rounds)
     print(f"rows (patched): {statuses_patched(model)}")
 

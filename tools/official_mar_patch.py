@@ -20,7 +20,8 @@ Each comparison prints its largest difference relative to the largest official v
 time: DiffLoss.sample at MAR-B's head shapes (ROWS 512 = 256 tokens with cfg, 100 steps, cfg 2.9), then MAR-B
 sample_tokens (B 1, NUM_ITER 4, cfg 2.9 linear), interleaved rounds in one process (tools/official.py).
 Knobs (environment): ROWS (512), B (1), NUM_ITER (4), ROUNDS (2), THREADS (torch threads, 1), MODEL (1: also time
-MAR-B), LINEAR (1: also the opt-in nn.Linear row, fastar.patch.mar's linear=; 0 by default).
+MAR-B), LINEAR (1: also the opt-in linear group, fastar.patch.mar's linear=: nn.Linear and timm's Mlp; 0 by
+default).
 """
 import os
 import sys
@@ -161,7 +162,7 @@ def timing(diffloss_mod, mar_mod):
         num_iter, bsz = int(os.environ.get("NUM_ITER", "4")), int(os.environ.get("B", "1"))
         model = official_mar_base(mar_mod)
         print(f"MAR-B sample_tokens (official code, random weights), B {bsz}, num_iter {num_iter}, cfg 2.9 linear, "
-              f"patched rows: head, loss, attention{', linear' if LINEAR else ''}")
+              f"patched rows: head, loss, attention{', linear (nn.Linear, timm Mlp)' if LINEAR else ''}")
         rounds(lambda r: sample_tokens(model, r, num_iter, bsz), lambda: fastar.patch.mar(model, linear=LINEAR), n)
 
 

@@ -36,14 +36,21 @@ def var(model=None, *, attention=True, quantizer=True, sampling=True, decoder=Tr
                  model, caller="fastar.patch.var")
 
 
+def _linear_rows(model, wanted):
+    """The linear group of MAR and FractalGen, whose blocks' MLPs are timm's Mlp."""
+    rows = _linear.rows(model, wanted)
+    return rows + ([_linear.MLP_ROW] if rows else [])
+
+
 def mar(model=None, *, attention=True, head=True, loss=True, linear=False):
     """Patch LTH14/mar: `model` (a MAR, or any module holding its DiffLoss / timm blocks) in place, or without it
     the classes of models.diffloss and timm.models.vision_transformer already imported. Groups: head
     (DiffLoss.sample as one fastar.ops.diffusion_sample), loss (DiffLoss.forward, the training loss, through
     fastar.ops.diffusion_loss), attention (the timm Attention of the encoder and decoder blocks), linear (off unless
-    asked; with a model only: its nn.Linear layers, fastar.patch.linear). Returns the rows applied."""
+    asked; with a model only: its nn.Linear layers, fastar.patch.linear, and timm's Mlp, fc1 and its GELU as one
+    oneDNN product). Returns the rows applied."""
     groups = {"attention": attention, "head": head, "loss": loss}
-    return apply([r for r in MAR_ROWS if groups[r.group]] + _linear.rows(model, linear), model,
+    return apply([r for r in MAR_ROWS if groups[r.group]] + _linear_rows(model, linear), model,
                  caller="fastar.patch.mar")
 
 
@@ -53,7 +60,7 @@ def fractalgen(model=None, *, attention=True, sampling=True, linear=False):
     AR level, causal with RoPE in training and over its KV cache in sampling, of the MAR levels and of PixelLoss,
     through fastar.ops.attention / attention_decode), sampling (PixelLoss.sample's categorical draws through
     fastar.ops.sample_categorical), linear (off unless asked; with a model only: its nn.Linear layers,
-    fastar.patch.linear). Returns the rows applied."""
+    fastar.patch.linear, and timm's Mlp as in mar()). Returns the rows applied."""
     groups = {"attention": attention, "sampling": sampling}
-    return apply([r for r in FRACTALGEN_ROWS if groups[r.group]] + _linear.rows(model, linear), model,
+    return apply([r for r in FRACTALGEN_ROWS if groups[r.group]] + _linear_rows(model, linear), model,
                  caller="fastar.patch.fractalgen")
