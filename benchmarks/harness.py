@@ -138,7 +138,7 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
 
 # The kinds of op a training step's time is split into (op_breakdown): the first kind a fragment of which the op's
 # lower-cased name holds; the rest is "other" (normalization, elementwise, the optimizer, autograd and Python).
-OP_KINDS = (("GEMMs", ("linear", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+OP_KINDS = (("GEMMs", ("linear", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "fastar::blas::")),
             ("attention", ("attention",)),
             ("convolutions", ("conv", "blur_pool")))
 

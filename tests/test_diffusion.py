@@ -100,7 +100,8 @@ def onednn_takes_f32_matmul():
 def test_diffusion_sample_rows_over_threads(monkeypatch, capfd, library):
     """Enough rows (N W^2 >= 2^22 multiply-adds per GEMM) for the CPU loop to split its row passes over the threads
     and let the GEMMs thread (smaller heads run on the calling thread, on MKL): same result as the reference, on both
-    float32 GEMM libraries whatever this CPU's default (FASTAR_FP32_GEMM; oneDNN's log shows which one ran)."""
+    float32 GEMM libraries whatever this CPU's default (FASTAR_FP32_GEMM; oneDNN's log shows which one ran). The
+    profiler sees the loop's 3 D + 2 GEMMs a step as fastar::blas::mm_f32 (benchmarks/bench_mar.py's head split)."""
     N, threads = 2 * 2000, torch.get_num_threads()
     z = torch.randn(N, Z, generator=torch.Generator().manual_seed(3))
     monkeypatch.setenv("FASTAR_FP32_GEMM", library)
@@ -109,13 +110,14 @@ def test_diffusion_sample_rows_over_threads(monkeypatch, capfd, library):
     torch.set_num_threads(2)
     capfd.readouterr()
     try:
-        with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+        with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON), torch.profiler.profile() as prof:
             out, ref64, ref32 = sample_all(z, make_head(), seed=7, num_steps=3, cfg=2.0)
     finally:
         torch.set_num_threads(threads)
     assert fastar.last_backend("diffusion_sample") == "cpu"
     assert ("exec,cpu,matmul" in capfd.readouterr().out) == (ran == "onednn")
     assert_close("diffusion_sample", out, ref64, ref32)
+    assert sum(e.count for e in prof.key_averages() if e.key == "fastar::blas::mm_f32") == 3 * (3 * DEPTH + 2)
 
 
 # one_schedule: the kernel takes the temperature as a per-step noise scale, 0 on every call's last step, with no branch

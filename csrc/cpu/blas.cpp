@@ -7,6 +7,7 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/ones.h>
+#include <ATen/record_function.h>
 #include <c10/util/Exception.h>
 #include <dlfcn.h>
 #include <torch/headeronly/version.h>
@@ -116,6 +117,7 @@ const char* bf16_gemm_library() {
 
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A, int lda,
                const uint16_t* B, int ldb, float beta, float* C, int ldc) {
+  RECORD_FUNCTION("fastar::blas::gemm_bf16", std::vector<c10::IValue>());
   if (std::strcmp(bf16_gemm_library(), "mkl") == 0) {
     const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
     gemm_bf16_symbol()(&tb, &ta, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
@@ -164,6 +166,7 @@ const char* fp32_gemm_library() {
 }
 
 void mm_f32(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  RECORD_FUNCTION("fastar::blas::mm_f32", std::vector<c10::IValue>({a, b}));
   if (std::strcmp(fp32_gemm_library(), "onednn") == 0) {
     mkldnn_matmul_symbol()(a, b, out, 0.f, 1.f);
   } else {

@@ -16,7 +16,8 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, 
           T* C, int ldc);
 
 // Row-major C (M, N) float32 = alpha op(A) op(B) + beta C with A, B bfloat16 (raw uint16 bits), products
-// accumulated in float32, by bf16_gemm_library().
+// accumulated in float32, by bf16_gemm_library(). torch.profiler sees it as "fastar::blas::gemm_bf16" (mm_f32:
+// "fastar::blas::mm_f32"), so a breakdown can count the GEMMs inside fastar's ops.
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A, int lda,
                const uint16_t* B, int ldb, float beta, float* C, int ldc);
 
