@@ -28,7 +28,8 @@ TRAIN_B = int(os.environ.get("FASTAR_BENCH_MAR_TRAIN_B", "1"))
 CFG = 2.9
 LABELS = torch.tensor([207, 360, 387, 974]).repeat(B)[:B]
 BASELINE = "torch backend"
-GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "fastar::blas::mm_f32", "fastar::blas::gemm_bf16")  # blas.h
+GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise", "fastar::blas::mm_f32",
+         "fastar::blas::gemm_bf16")  # the last two: csrc/cpu/blas.h
 
 
 def on(backend, fn):

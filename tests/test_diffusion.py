@@ -100,8 +100,9 @@ def onednn_takes_f32_matmul():
 def test_diffusion_sample_rows_over_threads(monkeypatch, capfd, library):
     """Enough rows (N W^2 >= 2^22 multiply-adds per GEMM) for the CPU loop to split its row passes over the threads
     and let the GEMMs thread (smaller heads run on the calling thread, on MKL): same result as the reference, on both
-    float32 GEMM libraries whatever this CPU's default (FASTAR_FP32_GEMM; oneDNN's log shows which one ran). The
-    profiler sees the loop's 3 D + 2 GEMMs a step as fastar::blas::mm_f32 (benchmarks/bench_mar.py's head split)."""
+    float32 GEMM libraries whatever this CPU's default (FASTAR_FP32_GEMM; oneDNN's log shows which one ran: its
+    inner product on weights reordered once a call). The profiler sees the loop's 3 D + 2 GEMMs a step as
+    fastar::blas::mm_f32 (benchmarks/bench_mar.py's head split)."""
     N, threads = 2 * 2000, torch.get_num_threads()
     z = torch.randn(N, Z, generator=torch.Generator().manual_seed(3))
     monkeypatch.setenv("FASTAR_FP32_GEMM", library)
@@ -115,9 +116,11 @@ def test_diffusion_sample_rows_over_threads(monkeypatch, capfd, library):
     finally:
         torch.set_num_threads(threads)
     assert fastar.last_backend("diffusion_sample") == "cpu"
-    assert ("exec,cpu,matmul" in capfd.readouterr().out) == (ran == "onednn")
+    assert ("exec,cpu,inner_product" in capfd.readouterr().out) == (ran == "onednn")  # blas::PackedWeight
     assert_close("diffusion_sample", out, ref64, ref32)
-    assert sum(e.count for e in prof.key_averages() if e.key == "fastar::blas::mm_f32") == 3 * (3 * DEPTH + 2)
+    events = {e.key: e.count for e in prof.key_averages()}
+    assert events["fastar::blas::mm_f32"] == 3 * (3 * DEPTH + 2)
+    assert events.get("mkldnn::_reorder_linear_weight", 0) == (3 * DEPTH + 2 if ran == "onednn" else 0)  # once a call
 
 
 # one_schedule: the kernel takes the temperature as a per-step noise scale, 0 on every call's last step, with no branch

@@ -3,6 +3,7 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
@@ -173,6 +174,28 @@ void mm_f32(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
     at::Tensor o = out;
     at::mm_out(o, a, b);
   }
+}
+
+bool PackedWeight::packs() { return std::strcmp(fp32_gemm_library(), "onednn") == 0; }
+
+// Boxed calls: the ops' C++ signatures are torch's internals; their schemas are stable.
+static at::Tensor call_boxed(const c10::OperatorHandle& op, torch::jit::Stack stack) {
+  op.callBoxed(&stack);
+  return stack.at(0).toTensor();
+}
+
+PackedWeight::PackedWeight(const at::Tensor& w) {
+  TORCH_CHECK(packs(), "PackedWeight: oneDNN does not run float32 products here (fp32_gemm_library() is ",
+              fp32_gemm_library(), ")");
+  static const auto reorder = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
+  packed_ = call_boxed(reorder, {w.contiguous(), c10::IValue()});
+}
+
+at::Tensor PackedWeight::mm(const at::Tensor& a) const {
+  RECORD_FUNCTION("fastar::blas::mm_f32", std::vector<c10::IValue>({a}));
+  static const auto linear = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+  return call_boxed(linear, {a, packed_, c10::IValue(), std::string("none"), c10::List<std::optional<at::Scalar>>(),
+                             c10::IValue()});
 }
 
 SerialScope::SerialScope() : previous_(set_threads_local() ? set_threads_local()(1) : 0) {}
