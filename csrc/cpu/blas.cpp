@@ -176,7 +176,11 @@ void mm_f32(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   }
 }
 
-bool PackedWeight::packs() { return std::strcmp(fp32_gemm_library(), "onednn") == 0; }
+bool PackedWeight::packs() {
+  static const bool ops = c10::Dispatcher::singleton().findSchema({"mkldnn::_reorder_linear_weight", ""}) &&
+                          c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+  return ops && std::strcmp(fp32_gemm_library(), "onednn") == 0;
+}
 
 // Boxed calls: the ops' C++ signatures are torch's internals; their schemas are stable.
 static at::Tensor call_boxed(const c10::OperatorHandle& op, torch::jit::Stack stack) {
