@@ -398,16 +398,21 @@ def test_linear_row_runs_onednn_in_inference_on_a_model_only(official, monkeypat
     assert not any(r.group == "linear" for r in fastar.patch.var(linear=True))
 
 
+def onednn_case(cls, seed, monkeypatch):
+    """cls() in eval mode with float32 products on oneDNN, an input (2, 30, 64), and the module's float64 and float32
+    outputs before any patch."""
+    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
+    torch.manual_seed(seed)
+    module, x = cls().eval(), torch.randn(2, 30, 64)
+    with torch.no_grad():
+        return module, x, copy.deepcopy(module).double()(x.double()), module(x)
+
+
 def test_ffn_row_fuses_the_gelu_on_a_model_only(official, monkeypatch):
     """linear=True with a model: VAR's FFN runs fc1 and its tanh GELU as one oneDNN product (no aten gelu) and fc2,
     within the tolerance rule of the float64 FFN, F.linear and F.gelu under autograd with the unpatched gradients;
     another activation declines (named in report); never without a model."""
-    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
-    torch.manual_seed(5)
-    ffn = official.FFN().eval()
-    x = torch.randn(2, 30, 64)
-    with torch.no_grad():
-        ref64, ref32 = copy.deepcopy(ffn).double()(x.double()), ffn(x)
+    ffn, x, ref64, ref32 = onednn_case(official.FFN, 5, monkeypatch)
     rows = fastar.patch.var(ffn, linear=True)
     assert [r.cls for r in rows if r.group == "linear"] == ["Linear", "FFN"]
     with torch.no_grad(), Ops() as ops:
@@ -906,12 +911,7 @@ def test_timm_mlp_row_fuses_the_gelu_on_a_model_only(official_mar, monkeypatch):
     """linear=True with a model (MAR's and FractalGen's): timm's Mlp runs fc1 and its GELU as one oneDNN product (no
     aten gelu) and fc2, within the tolerance rule of the float64 Mlp, with the unpatched gradients under autograd;
     another activation declines (named in report); undo restores; never without a model."""
-    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
-    torch.manual_seed(12)
-    mlp = official_mar.Mlp().eval()
-    x = torch.randn(2, 30, 64)
-    with torch.no_grad():
-        ref64, ref32 = copy.deepcopy(mlp).double()(x.double()), mlp(x)
+    mlp, x, ref64, ref32 = onednn_case(official_mar.Mlp, 12, monkeypatch)
     x.requires_grad_()
     mlp(x).sum().backward()
     grad, x.grad = x.grad, None
