@@ -3,8 +3,9 @@
 // embedding once per step and per call (one row, shared by all rows); each block's adaLN modulation is one GEMM run
 // just before the block (one GEMM of all blocks' measured slower: its 42 MB output at MAR-B's 512 rows left the
 // cache before the blocks read it). The GEMMs write into buffers allocated before the loop (float32 on oneDNN:
-// into fresh outputs, from weights reordered once a call, blas::PackedWeight: MAR-B's head at 24 / 128 / 512 rows,
-// 100 steps, Zen 4, 2 threads, 1.21x / 1.09x / 1.03x the plain-weight products), without their bias; one fused
+// into fresh outputs, from weights reordered once a call, blas::PackedWeight: a diagnostic A/B against the
+// plain-weight build, MAR-B's head at 24 / 128 / 512 rows, 100 steps, Zen 4, 2 threads: 1.21x / 1.09x / 1.03x;
+// benchmarks/bench_diffusion.py times 24 and 512 rows against the official loop), without their bias; one fused
 // pass per row between them (cpu/diffusion_isa.h, at the CPU's vector width) adds the bias and does SiLU, the
 // gated residual, the next LayerNorm + modulation, or the DDPM update. The noise is drawn by torch's generator in
 // the official order.

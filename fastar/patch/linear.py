@@ -26,8 +26,8 @@ ROW = Row("linear", "torch.nn.modules.linear", "Linear", "forward", linear_forwa
 
 def mlp_forward(self, x):
     """timm's Mlp.forward(x): fc1 and its GELU as one oneDNN product with the GELU in the epilogue (no second pass
-    over the hidden activations: MAR-B's decoder MLP, 2560 rows, 145 -> 118 ms on a Zen 4, 2 threads), then drop1,
-    norm, fc2 (fastar.models.layers.linear) and drop2 as timm calls them."""
+    over the hidden activations; tools/official_mar_patch.py times it in MAR-B's sample_tokens against the official
+    code, README), then drop1, norm, fc2 (fastar.models.layers.linear) and drop2 as timm calls them."""
     h = linear_gelu(x, self.fc1.weight, self.fc1.bias, approximate=self.act.approximate)
     return self.drop2(linear(self.norm(self.drop1(h)), self.fc2.weight, self.fc2.bias))
 
