@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import fastar
 from benchmarks.bench_var import Breakdown
-from benchmarks.harness import compare, save_samples, step_breakdowns
+from benchmarks.harness import compare, op_kind, save_samples, step_breakdowns
 from fastar.models.mar import AutoencoderKL, mar
 from fastar.models.mar.sample import generate
 
@@ -28,8 +28,6 @@ TRAIN_B = int(os.environ.get("FASTAR_BENCH_MAR_TRAIN_B", "1"))
 CFG = 2.9
 LABELS = torch.tensor([207, 360, 387, 974]).repeat(B)[:B]
 BASELINE = "torch backend"
-GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise", "fastar::blas::mm_f32",
-         "fastar::blas::gemm_bf16")  # the last two: csrc/cpu/blas.h
 
 
 def on(backend, fn):
@@ -47,7 +45,7 @@ def head_gemm_share(model, backend):
         t0 = time.perf_counter()
         model.diffloss.sample(z, 1.0, CFG, generator=torch.Generator().manual_seed(1))
         wall = time.perf_counter() - t0
-    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in GEMMS) / 1e6 / wall
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if op_kind(e.key) == "GEMMs") / 1e6 / wall
 
 
 def test_mar_base_sample(benchmark, monkeypatch):

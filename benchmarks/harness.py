@@ -143,6 +143,12 @@ OP_KINDS = (("GEMMs", ("linear", "aten::mm", "aten::addmm", "aten::bmm", "aten::
             ("convolutions", ("conv", "blur_pool")))
 
 
+def op_kind(name):
+    """The OP_KINDS kind of a profiler event named `name`, or "other"."""
+    name = name.lower()
+    return next((kind for kind, fragments in OP_KINDS if any(f in name for f in fragments)), "other")
+
+
 def op_breakdown(fn):
     """{kind: ms, "other": ms, "total": ms}, largest first: the self CPU time of the ops of one call of fn under
     torch.profiler, by OP_KINDS (the form the report's "Where ...'s time goes" line renders as shares). The
@@ -152,9 +158,7 @@ def op_breakdown(fn):
         fn()
     ms = dict.fromkeys([kind for kind, _ in OP_KINDS] + ["other"], 0.0)
     for e in prof.key_averages():
-        name = e.key.lower()
-        kind = next((k for k, fragments in OP_KINDS if any(f in name for f in fragments)), "other")
-        ms[kind] += e.self_cpu_time_total / 1e3
+        ms[op_kind(e.key)] += e.self_cpu_time_total / 1e3
     out = dict(sorted(((k, v) for k, v in ms.items() if v > 0), key=lambda kv: -kv[1]))
     out["total"] = sum(ms.values())
     return out
