@@ -15,6 +15,7 @@ import copy
 import importlib.util
 import math
 import os
+import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -186,10 +187,17 @@ def start_run(args):
 
 def end_run(world):
     """Under torchrun: waits for every rank (rank 0 draws samples.png while the others are done), then leaves the
-    process group, so that no rank tears its group down while another still runs."""
+    process group, so that no rank tears its group down while another still runs, and ends the process (os._exit
+    after flushing stdout and stderr): the DDP / FSDP modules still hold the gloo group, whose worker threads were
+    torn down at interpreter exit and aborted a rank now and then ('terminate called without an active exception',
+    rank 1 of two, after a barrier and destroy_process_group: CI, 2026-12-06; pytorch/pytorch#179291). The call is
+    the last of every trainer and test script that makes it."""
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main(argv=None):
