@@ -34,14 +34,18 @@ def _on(backend, fn):
     return run
 
 
-def attention_contenders(B, H, L, D, causal, dtype=torch.bfloat16):
-    """{name: fn} for forward + backward of one attention call."""
+def attention_contenders(B, H, L, D, causal, backward=True, dtype=torch.bfloat16):
+    """{name: fn} for forward + backward of one attention call, or (backward=False) its forward alone without
+    autograd: the two rows tell the forward kernel's time from the backward's."""
     q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
     dout = torch.randn(B, H, L, D, device="cuda", dtype=dtype)
     mask = AttentionMask.causal() if causal else AttentionMask.full()
 
     def fwd_bwd(attn):
         def run():
+            if not backward:
+                with torch.no_grad():
+                    return attn(q, k, v)
             out = attn(q, k, v)
             torch.autograd.grad(out, (q, k, v), dout)
         return run
@@ -146,13 +150,17 @@ def diffusion_contenders(N=128, depth=6, width=1024, C=16, Z=768, steps=100):
 
 
 def main(quick=False):
-    cases = [("attention fwd+bwd causal B8 H16 L1024 D64 bf16", lambda: attention_contenders(8, 16, 1024, 64, True)),
+    cases = [("attention fwd causal B8 H16 L1024 D64 bf16",
+              lambda: attention_contenders(8, 16, 1024, 64, True, backward=False)),
+             ("attention fwd+bwd causal B8 H16 L1024 D64 bf16", lambda: attention_contenders(8, 16, 1024, 64, True)),
              ("vq_nearest N65536 V4096 D32 fp32", lambda: vq_contenders(65536, 4096, 32)),
              ("linear decode step DALL-E 48 layers 1 row fp32", lambda: linear_contenders(1)),
              ("transformer_decode DALL-E 12 blocks B1 fp32", decode_step_contenders),
              ("diffusion_sample MAR-B head 100 steps 128 rows cfg fp32", diffusion_contenders)]
     if not quick:
-        cases += [("attention fwd+bwd full B4 H16 L2240 D128 bf16", lambda: attention_contenders(4, 16, 2240, 128, False)),
+        cases += [("attention fwd full B4 H16 L2240 D128 bf16",
+                   lambda: attention_contenders(4, 16, 2240, 128, False, backward=False)),
+                  ("attention fwd+bwd full B4 H16 L2240 D128 bf16", lambda: attention_contenders(4, 16, 2240, 128, False)),
                   ("vq_nearest N262144 V16384 D64 fp32", lambda: vq_contenders(262144, 16384, 64)),
                   ("linear decode step DALL-E 48 layers 4 rows fp32", lambda: linear_contenders(4))]
     print(f"selftest --bench on {torch.cuda.get_device_name()}: median ms by CUDA events (ratio: time / fastar's)")

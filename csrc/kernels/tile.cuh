@@ -94,8 +94,15 @@ __device__ __forceinline__ void load_a_frag(uint32_t (&af)[4], const T* a, int l
   else ldmatrix_x4(af, a + (l.lo + l.r) * lda + k0 + l.hi);
 }
 
-// acc (16 x 8*NT) += A[:, k0:k0+16] (fragment af) B[k0:k0+16, :]: B(k, n) = b[n * ldb + k], or b[k * ldb + n]
-// when kBTrans.
+// bf <- the B fragments of column blocks nt and nt + 1 (bf, bf + 2) for rows [k0, k0 + 16) of B: B(k, n) =
+// b[n * ldb + k], or b[k * ldb + n] when kBTrans.
+template <bool kBTrans, class T>
+__device__ __forceinline__ void load_b_frags(uint32_t (&bf)[4], const T* b, int ldb, int k0, int nt, LdsmLane l) {
+  if constexpr (kBTrans) ldmatrix_x4_trans(bf, b + (k0 + l.lo + l.r) * ldb + 8 * nt + l.hi);
+  else ldmatrix_x4(bf, b + (8 * nt + l.hi + l.r) * ldb + k0 + l.lo);
+}
+
+// acc (16 x 8*NT) += A[:, k0:k0+16] (fragment af) B[k0:k0+16, :] (B as in load_b_frags).
 template <class T, int NT, bool kBTrans>
 __device__ __forceinline__ void mma_k16(float (&acc)[NT][4], const uint32_t (&af)[4], const T* b, int ldb, int k0,
                                         LdsmLane l) {
@@ -103,19 +110,40 @@ __device__ __forceinline__ void mma_k16(float (&acc)[NT][4], const uint32_t (&af
 #pragma unroll
   for (int nt = 0; nt < NT; nt += 2) {
     uint32_t bf[4];
-    if constexpr (kBTrans) ldmatrix_x4_trans(bf, b + (k0 + l.lo + l.r) * ldb + 8 * nt + l.hi);
-    else ldmatrix_x4(bf, b + (8 * nt + l.hi + l.r) * ldb + k0 + l.lo);
+    load_b_frags<kBTrans>(bf, b, ldb, k0, nt, l);
     mma<T>(acc[nt], af, bf);
     mma<T>(acc[nt + 1], af, bf + 2);
   }
 }
 
-// acc (16 x 8*NT) += A (16 x K) B (K x 8*NT) for 16-bit types, A already in registers as K/16 fragments.
+// acc[m] (16 x 8*NT) += A_m (16 x K) B (K x 8*NT) for MT row tiles A_m of 16-bit types, each already in registers
+// as K/16 fragments: each B fragment loaded by ldmatrix feeds the mma of all MT tiles (FlashAttention-2's 32 or
+// more rows per warp: MT times fewer shared-memory reads of B per product).
+template <class T, int MT, int NT, int K, bool kBTrans>
+__device__ __forceinline__ void warp_gemm_a_frags(float (&acc)[MT][NT][4], const uint32_t (&af)[MT][K / 16][4],
+                                                  const T* b, int ldb, int lane) {
+  static_assert(NT % 2 == 0, "ldmatrix.x4 loads two 8-column blocks of B");
+  const LdsmLane l(lane);
+#pragma unroll
+  for (int kc = 0; kc < K / 16; ++kc)
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2) {
+      uint32_t bf[4];
+      load_b_frags<kBTrans>(bf, b, ldb, 16 * kc, nt, l);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        mma<T>(acc[m][nt], af[m][kc], bf);
+        mma<T>(acc[m][nt + 1], af[m][kc], bf + 2);
+      }
+    }
+}
+
+// The same for one row tile: acc (16 x 8*NT) += A (16 x K) B (K x 8*NT).
 template <class T, int NT, int K, bool kBTrans>
 __device__ __forceinline__ void warp_gemm_a_frags(float (&acc)[NT][4], const uint32_t (&af)[K / 16][4], const T* b,
                                                   int ldb, int lane) {
-#pragma unroll
-  for (int kc = 0; kc < K / 16; ++kc) mma_k16<T, NT, kBTrans>(acc, af[kc], b, ldb, 16 * kc, LdsmLane(lane));
+  warp_gemm_a_frags<T, 1, NT, K, kBTrans>(reinterpret_cast<float(&)[1][NT][4]>(acc),
+                                          reinterpret_cast<const uint32_t(&)[1][K / 16][4]>(af), b, ldb, lane);
 }
 
 // acc (16 x 8*NT) += A (16 x K) B (K x 8*NT), both operands in shared memory, one warp:
