@@ -1,5 +1,7 @@
 """fastar.models.layers.Linear: nn.Linear whose float32 CPU inference runs on oneDNN where that is the faster GEMM
 (CPUs not made by Intel), and F.linear everywhere else; checked by the ops it dispatches and against float64."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn as nn
@@ -120,6 +122,38 @@ def test_double_backward(monkeypatch):
         got = penalty(linear)
     assert "mkldnn::_linear_pointwise" in ops.names
     assert torch.allclose(got, penalty(F.linear), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv3x3"])
+def test_input_grads_only_skips_the_weight_gradients(monkeypatch, layer):
+    """R1's first backward, the gradient at the input only, inside fastar.ops.input_grads_only(): the layer's
+    backward computes no weight or bias gradient (torch's own layers skip them; a Python autograd.Function computed
+    them for nothing), and the input gradient and the penalty's weight gradients are those without it, bit for bit;
+    an autograd.grad of the weight inside it raises."""
+    monkeypatch.setenv("FASTAR_FP32_GEMM", "onednn")
+    torch.manual_seed(0)
+    if layer == "linear":
+        x, w, b = torch.randn(5, 12), torch.randn(7, 12), torch.randn(7)
+        fn, weight_op = linear, "aten::mm"  # d x and d w are both products; d b a sum
+    else:
+        x, w, b = torch.randn(1, 3, 6, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
+        fn, weight_op = fastar.ops.conv3x3, "aten::convolution_backward"  # d x is the kernel on the adjoint
+    for t in (x, w, b):
+        t.requires_grad_()
+
+    def r1(skip):
+        y = torch.tanh(fn(x, w, b))
+        with Ops() as ops, fastar.ops.input_grads_only() if skip else contextlib.nullcontext():
+            (dx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+        return [dx, *torch.autograd.grad(dx.square().sum(), (w, b))], ops.counts
+
+    (got, ran_skip), (want, ran_all) = r1(True), r1(False)
+    for g, v in zip(got, want):
+        assert torch.equal(g, v)
+    bias_sum = "aten::sum.dim_IntList"
+    assert ran_skip.get(weight_op, 0) == ran_all[weight_op] - 1 and bias_sum in ran_all and bias_sum not in ran_skip
+    with fastar.ops.input_grads_only(), pytest.raises(RuntimeError, match="not have been used in the graph"):
+        torch.autograd.grad(fn(x, w, b).sum(), w)
 
 
 def test_var_qkv_projection_runs_onednn(monkeypatch):

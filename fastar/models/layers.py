@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import fastar.ops
 from fastar import _backend
 from fastar.ops._registry import wants_grad as _wants_grad
+from fastar.ops._registry import weight_grad_needed
 
 
 def rng_device(generator):
@@ -67,7 +68,7 @@ class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
+        need_x, need_w, need_b = ctx.needs_input_grad[0], weight_grad_needed(ctx, 1), weight_grad_needed(ctx, 2)
         g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # (rows, N), (rows, K)
         graph = torch.is_grad_enabled()
         dx = dw = db = None

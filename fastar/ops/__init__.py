@@ -1,4 +1,5 @@
 """fastar's public ops: argument checks, dtype policy, dispatch to torch.ops.fastar.* (see fastar._backend)."""
+from fastar.ops._registry import input_grads_only
 from fastar.ops.attention import AttentionMask, attention, attention_decode, max_head_dim
 from fastar.ops.blur_pool import blur_pool
 from fastar.ops.conv import conv3x3
@@ -15,4 +16,5 @@ from fastar.ops.quantize import (embed_to_fhat, f_to_idxBl_or_fhat, get_next_aut
 __all__ = ["AttentionMask", "attention", "attention_decode", "max_head_dim", "vq_nearest", "f_to_idxBl_or_fhat", "idxBl_to_fhat",
            "embed_to_fhat", "idxBl_to_var_input", "get_next_autoregressive_input", "msq_forward", "phi_index",
            "diffusion_sample", "sample_categorical", "multi_axis_attention", "diffusion_loss", "dropout", "linear",
-           "transformer_decode", "conv3x3", "mlp", "gelu_with_derivative", "linear_weight_grad", "blur_pool"]
+           "transformer_decode", "conv3x3", "mlp", "gelu_with_derivative", "linear_weight_grad", "blur_pool",
+           "input_grads_only"]

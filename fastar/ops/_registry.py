@@ -32,6 +32,7 @@ MAR's diffusion_sample alike):
 A differentiable kernel names its formula: @kernel("name", backward=fn, setup_context=fn), where
 backward(ops, ctx, *grads) gets the namespace its forward ran in (attention_fwd calls ops.attention_bwd).
 """
+import contextlib
 import dataclasses
 import functools
 
@@ -66,6 +67,31 @@ class Decline:
 def wants_grad(*tensors):
     """Whether autograd would need a gradient of any of `tensors` here (None entries allowed)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+_input_grads_only = 0  # depth of input_grads_only(): a global, since CUDA's backward runs on the engine's threads
+
+
+@contextlib.contextmanager
+def input_grads_only():
+    """Within it, the backward of fastar's ops with weights (conv3x3, the models' Linear) returns no gradient for
+    their weights and biases: for a torch.autograd.grad(outputs, inputs) whose inputs are activations, as R1's
+    penalty (HiT's discriminator at the reals). A Python autograd.Function's needs_input_grad says which inputs
+    require grad, not which the graph task reaches, so that backward computed every weight's gradient and autograd
+    dropped it; torch's own backward ops skip them. Not for a backward() or an autograd.grad of weights: it would
+    leave out these ops' share of their gradients."""
+    global _input_grads_only
+    _input_grads_only += 1
+    try:
+        yield
+    finally:
+        _input_grads_only -= 1
+
+
+def weight_grad_needed(ctx, i):
+    """Whether the backward of ctx computes the gradient of its input i, a weight or a bias: needs_input_grad[i],
+    and never within input_grads_only()."""
+    return ctx.needs_input_grad[i] and not _input_grads_only
 
 
 def first_order_only(name):

@@ -8,7 +8,7 @@ import torch
 
 from fastar.ops._checks import check_same_device, check_tensor
 from fastar.ops._prepared import prepared
-from fastar.ops._registry import cpu_kernel_decline, kernel, op, wants_grad
+from fastar.ops._registry import cpu_kernel_decline, kernel, op, wants_grad, weight_grad_needed
 from fastar.reference import conv as reference
 from fastar.torch import conv as torch_impl
 
@@ -95,11 +95,11 @@ class _Conv3x3(torch.autograd.Function):
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dx = _Conv3x3.apply(grad, weight, None, ctx.ops, not ctx.adjoint_of)
-        if ctx.needs_input_grad[1]:
+        if weight_grad_needed(ctx, 1):
             w = adjoint(weight) if ctx.adjoint_of else weight
             dw = torch.ops.aten.convolution_backward(grad, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                                                      [False, True, False])[1]
             dw = adjoint(dw) if ctx.adjoint_of else dw
-        if ctx.needs_input_grad[2]:
+        if weight_grad_needed(ctx, 2):
             db = grad.sum((0, 2, 3))
         return dx, dw, db, None, None

@@ -4,6 +4,8 @@ DiffAugment's color, translation and cutout policies, and the EMA generator."""
 import torch
 import torch.nn.functional as F
 
+import fastar.ops
+
 
 def d_loss(real_logits, fake_logits):
     """The discriminator's non-saturating logistic loss: mean softplus(-real) + mean softplus(fake) (a scalar)."""
@@ -16,8 +18,10 @@ def g_loss(fake_logits):
 
 
 def r1_penalty(real_logits, real, weight=10.0):
-    """weight * mean over the batch of |dD(x)/dx|^2; real must require grad; differentiable (create_graph)."""
-    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    """weight * mean over the batch of |dD(x)/dx|^2; real must require grad; differentiable (create_graph). The
+    gradient is taken at the reals only: fastar's ops skip their weights' gradients in it (input_grads_only)."""
+    with fastar.ops.input_grads_only():
+        (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
     return weight * grad.square().flatten(1).sum(1).mean()
 
 
