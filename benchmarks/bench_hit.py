@@ -1,17 +1,18 @@
-"""HiT end to end on the CPU: the HiT-256 generator forward and one simultaneous G + D training step of HiT-128
-(non-saturating loss + R1, the official recipe; the StyleGAN2 discriminator capped at 64 channels, so that its
-convolutions leave the generator a visible share on 2 cores; on fastar's side its blurs run fastar.ops.blur_pool
-and its 3x3 convolutions on 16 x 16 maps and up fastar.ops.conv3x3, both under R1's double backward)
-on fastar's kernels against the same model on the torch backend (use_backend("torch"): partition + SDPA for
-the multi-axis attention, SDPA for the cross-attention, depthwise F.conv2d for the blurs, F.conv2d, i.e. what a
-PyTorch port runs), random weights, float32,
+"""HiT end to end on the CPU: the HiT-256 generator forward and one simultaneous G + D training step of HiT-256
+(non-saturating loss + R1, the official recipe, the official ImageNet discriminator: 64 channels at 256 px up to 512
+from 32 px down; on fastar's side its blurs run fastar.ops.blur_pool and its 3x3 convolutions on 16 x 16 maps and up
+fastar.ops.conv3x3, both under R1's double backward, whose first backward skips their weight gradients,
+fastar.ops.input_grads_only) on fastar's kernels against the same model on the torch backend (use_backend("torch"):
+partition + SDPA for the multi-axis attention, SDPA for the cross-attention, depthwise F.conv2d for the blurs,
+F.conv2d, i.e. what a PyTorch port runs), random weights, float32,
 with where the time goes: the timed parts (the two attention ops, the GEMMs) and the top ops of the rest, by self
 CPU time in one profiled forward. Three interleaved rounds (single rounds vary 10-20% on a shared 2-core machine),
 after one warm-up each.
 
 Knobs (environment): FASTAR_BENCH_HIT_GEN_B (2; 8 is the issue's shape) and FASTAR_BENCH_HIT_STEP_B (1) size the
-batches, FASTAR_BENCH_HIT_SIZE (256) and FASTAR_BENCH_HIT_STEP_SIZE (128) the configs,
-FASTAR_BENCH_HIT_D_CHANNELS (64) the discriminator's cap (512: the official width)."""
+batches, FASTAR_BENCH_HIT_SIZE (256) and FASTAR_BENCH_HIT_STEP_SIZE (256) the configs,
+FASTAR_BENCH_HIT_D_CHANNELS (512, the official width) the discriminator's cap (64 at 128 px: the step of the main
+runs before 2026-12-06 afternoon, where the generator's share of the step is larger)."""
 import os
 from collections import defaultdict
 from contextlib import contextmanager
@@ -26,8 +27,8 @@ from fastar.models.hit import CONFIGS, HiTGenerator, StyleGANDiscriminator, gene
 from fastar.models.hit.train import gan_step
 
 SIZE = int(os.environ.get("FASTAR_BENCH_HIT_SIZE", "256"))
-STEP_SIZE = int(os.environ.get("FASTAR_BENCH_HIT_STEP_SIZE", "128"))
-D_CHANNELS = int(os.environ.get("FASTAR_BENCH_HIT_D_CHANNELS", "64"))
+STEP_SIZE = int(os.environ.get("FASTAR_BENCH_HIT_STEP_SIZE", "256"))
+D_CHANNELS = int(os.environ.get("FASTAR_BENCH_HIT_D_CHANNELS", "512"))
 B_GEN, B_STEP = int(os.environ.get("FASTAR_BENCH_HIT_GEN_B", "2")), int(os.environ.get("FASTAR_BENCH_HIT_STEP_B", "1"))
 BASELINE = "torch backend"
 
