@@ -9,7 +9,7 @@ with where the time goes: the timed parts (the two attention ops, the GEMMs) and
 CPU time in one profiled forward. Three interleaved rounds (single rounds vary 10-20% on a shared 2-core machine),
 after one warm-up each.
 
-Knobs (environment): FASTAR_BENCH_HIT_GEN_B (2; 8 is the issue's shape) and FASTAR_BENCH_HIT_STEP_B (1) size the
+Knobs (environment): FASTAR_BENCH_HIT_GEN_B (8, the issue's shape) and FASTAR_BENCH_HIT_STEP_B (1) size the
 batches, FASTAR_BENCH_HIT_SIZE (256) and FASTAR_BENCH_HIT_STEP_SIZE (256) the configs,
 FASTAR_BENCH_HIT_D_CHANNELS (512, the official width) the discriminator's cap (64 at 128 px: the step of the main
 runs before 2026-12-06 afternoon, where the generator's share of the step is larger)."""
@@ -29,7 +29,7 @@ from fastar.models.hit.train import gan_step
 SIZE = int(os.environ.get("FASTAR_BENCH_HIT_SIZE", "256"))
 STEP_SIZE = int(os.environ.get("FASTAR_BENCH_HIT_STEP_SIZE", "256"))
 D_CHANNELS = int(os.environ.get("FASTAR_BENCH_HIT_D_CHANNELS", "512"))
-B_GEN, B_STEP = int(os.environ.get("FASTAR_BENCH_HIT_GEN_B", "2")), int(os.environ.get("FASTAR_BENCH_HIT_STEP_B", "1"))
+B_GEN, B_STEP = int(os.environ.get("FASTAR_BENCH_HIT_GEN_B", "8")), int(os.environ.get("FASTAR_BENCH_HIT_STEP_B", "1"))
 BASELINE = "torch backend"
 
 
