@@ -41,7 +41,7 @@ def attention_contenders(B, H, L, D, causal, backward=True, dtype=torch.bfloat16
     dout = torch.randn(B, H, L, D, device="cuda", dtype=dtype)
     mask = AttentionMask.causal() if causal else AttentionMask.full()
 
-    def fwd_bwd(attn):
+    def timed(attn):
         def run():
             if not backward:
                 with torch.no_grad():
@@ -50,16 +50,16 @@ def attention_contenders(B, H, L, D, causal, backward=True, dtype=torch.bfloat16
             torch.autograd.grad(out, (q, k, v), dout)
         return run
 
-    out = {"fastar cuda": _on("cuda", fwd_bwd(lambda q, k, v: fastar.ops.attention(q, k, v, mask))),
-           "torch (SDPA)": _on("torch", fwd_bwd(lambda q, k, v: fastar.ops.attention(q, k, v, mask)))}
+    out = {"fastar cuda": _on("cuda", timed(lambda q, k, v: fastar.ops.attention(q, k, v, mask))),
+           "torch (SDPA)": _on("torch", timed(lambda q, k, v: fastar.ops.attention(q, k, v, mask)))}
     if importlib.util.find_spec("torch.nn.attention.flex_attention"):
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         block = create_block_mask(lambda b, h, i, j: i >= j, None, None, L, L) if causal else None
         compiled = torch.compile(flex_attention)
-        out["flex_attention"] = fwd_bwd(lambda q, k, v: compiled(q, k, v, block_mask=block))
+        out["flex_attention"] = timed(lambda q, k, v: compiled(q, k, v, block_mask=block))
     if importlib.util.find_spec("flash_attn"):
         from flash_attn import flash_attn_func
-        out["flash-attn"] = fwd_bwd(lambda q, k, v: flash_attn_func(
+        out["flash-attn"] = timed(lambda q, k, v: flash_attn_func(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal).transpose(1, 2))
     return out
 
@@ -160,7 +160,8 @@ def main(quick=False):
     if not quick:
         cases += [("attention fwd full B4 H16 L2240 D128 bf16",
                    lambda: attention_contenders(4, 16, 2240, 128, False, backward=False)),
-                  ("attention fwd+bwd full B4 H16 L2240 D128 bf16", lambda: attention_contenders(4, 16, 2240, 128, False)),
+                  ("attention fwd+bwd full B4 H16 L2240 D128 bf16",
+                   lambda: attention_contenders(4, 16, 2240, 128, False)),
                   ("vq_nearest N262144 V16384 D64 fp32", lambda: vq_contenders(262144, 16384, 64)),
                   ("linear decode step DALL-E 48 layers 4 rows fp32", lambda: linear_contenders(4))]
     print(f"selftest --bench on {torch.cuda.get_device_name()}: median ms by CUDA events (ratio: time / fastar's)")

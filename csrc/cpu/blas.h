@@ -42,7 +42,8 @@ const char* fp32_gemm_library();
 // mkldnn::_reorder_linear_weight), for products repeated over many calls (the diffusion head's steps): mm(a) is
 // a (M, K) w^T through oneDNN's inner product on it (mkldnn::_linear_pointwise), a new tensor. In a diagnostic run
 // at 1024 x 3072 on a Zen 4 (2 threads): 218-226 GFLOP/s from 24 to 512 rows, where mm_f32 on the plain weight ran
-// 122 (24 rows), 190 (100) and 215 (512). Only where fp32_gemm_library() is "onednn" and torch registers those ops (packs()).
+// 122 (24 rows), 190 (100) and 215 (512). Only where fp32_gemm_library() is "onednn" and torch registers those
+// ops (packs()).
 class PackedWeight {
  public:
   static bool packs();

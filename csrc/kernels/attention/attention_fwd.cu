@@ -44,6 +44,7 @@ bool vector_operands(const AttentionParams& p) {
 }
 
 struct Plan {
+  bool vector;  // vector_operands: the kernel's plain variant, else kAnyRows
   int tile_q, n_qt, n_kt, splits, kt_per_split;
   size_t accum_offset, lse_offset, bytes;  // workspace: tile flags, then split partials (splits > 1)
 };
@@ -51,11 +52,11 @@ struct Plan {
 Plan plan(const AttentionParams& p) {
   Plan s{};
   int tile_k = 64;  // an unsupported (dtype, D) is refused by the launcher
-  s.tile_q = 64;
+  s.vector = vector_operands(p), s.tile_q = 64;
   dispatch(p.dtype, p.D, [&](auto spec) {
     using T = typename decltype(spec)::Elem;
     constexpr int D = decltype(spec)::kDim;
-    s.tile_q = vector_operands(p) ? kTileQ<T, D, false> : kTileQ<T, D, true>, tile_k = kTileK<D>;
+    s.tile_q = s.vector ? kTileQ<T, D, false> : kTileQ<T, D, true>, tile_k = kTileK<D>;
     return cudaSuccess;
   });
   s.n_qt = cdiv(p.Lq, s.tile_q), s.n_kt = cdiv(p.Lk, tile_k);
@@ -297,9 +298,8 @@ cudaError_t attention_fwd_launch(const AttentionParams& p, cudaStream_t stream) 
       if (cudaError_t e = attention_tile_flags_launch(p.mask, p.Lq, p.Lk, s.tile_q, kTileK<D>, flags, stream))
         return e;
     const dim3 grid(p.B * p.H, s.n_qt, s.splits);
-    const bool vector = vector_operands(p);
-    const auto kernel = vector ? attention_fwd_kernel<T, D, false> : attention_fwd_kernel<T, D, true>;
-    const size_t smem = vector ? fwd_smem<T, D, false>(kStages<T, D>) : fwd_smem<T, D, true>(kStages<T, D>);
+    const auto kernel = s.vector ? attention_fwd_kernel<T, D, false> : attention_fwd_kernel<T, D, true>;
+    const size_t smem = s.vector ? fwd_smem<T, D, false>(kStages<T, D>) : fwd_smem<T, D, true>(kStages<T, D>);
     if (cudaError_t e = launch_with_smem(kernel, grid, kThreads, smem, stream, p,
                                          static_cast<const uint8_t*>(flags), s.kt_per_split, out_accum, lse_accum))
       return e;
