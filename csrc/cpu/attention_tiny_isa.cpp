@@ -15,6 +15,7 @@
 // streaming stores.
 #include "cpu/attention_tiny_isa.h"
 #include "cpu/isa_math.h"
+#include "cpu/line_prefetch.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -186,8 +187,8 @@ struct NoHook {
 };
 
 // C (M, C vectors at column 0) = A B, in blocks of R rows, then the last rows in blocks of R / 2, R / 4, ... (a
-// single row's C accumulators wait on the FMA latency); hook() after each block (LinePrefetch below: the next
-// sequence's lines, a few at a time).
+// single row's C accumulators wait on the FMA latency); hook() after each block (cpu/line_prefetch.h: the
+// next sequence's lines, a few at a time).
 template <class T, int R, int C, bool Stream, class Hook>
 inline void product_columns(const T* A, int64_t am, int64_t ak, int M, int K, const T* B, int64_t ldb, T* Cm,
                             int64_t ldc, Hook& hook) {
@@ -412,52 +413,6 @@ void lse_base2(const T* lse, int n, T* lse2) {
 
 // ---- sequences ----
 
-// The next sequence's operands, read and written, prefetched a few cache lines per call between the register blocks
-// of this sequence's products, so that their misses overlap its arithmetic. The hardware prefetchers stop at every
-// 4 KB page, and a sequence's operands span several (level 1: 5.5 KB each); prefetching a whole sequence at once
-// stalled the loads behind it (20% slower). bench_tiny_attention's level-1 forward (AMD Zen 4, 2 threads): 15.9 ->
-// 11.7 ms.
-struct LinePrefetch {
-  static constexpr int kMaxStreams = 8;  // the backward's 7: q, dO, k, v read; dq, dk, dv written
-  struct Stream {
-    const char* p;
-    int64_t stride;  // bytes between rows
-    int rows, lines;  // rows, cache lines per row
-    bool write;
-  };
-  Stream s[kMaxStreams];
-  int n = 0;
-  int per = 0;     // lines per call; 0 on a task's first sequence, which counts the calls
-  int calls = 0, total = 0;
-  int i = 0, r = 0, c = 0;  // next line: stream, row, line
-
-  template <class T>
-  void add(const T* p, int64_t row_stride, int rows, int row_len, bool write) {
-    const int lines = (row_len * int(sizeof(T)) + 63) / 64;
-    s[n++] = {reinterpret_cast<const char*>(p), row_stride * int64_t(sizeof(T)), rows, lines, write};
-    total += rows * lines;
-  }
-  void step(int m) {
-    for (; m > 0 && i < n; --m) {
-      const char* line = s[i].p + r * s[i].stride + c * 64;
-      if (s[i].write) __builtin_prefetch(line, 1, 3);
-      else __builtin_prefetch(line, 0, 3);
-      if (++c == s[i].lines) {
-        c = 0;
-        if (++r == s[i].rows) r = 0, ++i;
-      }
-    }
-  }
-  void operator()() { ++calls, step(per); }
-  // The lines not yet prefetched, then the next sequence's streams from empty (set by add); per from this
-  // sequence's calls.
-  void next() {
-    step(total);
-    if (per == 0 && calls > 0) per = (total + calls - 1) / calls;
-    n = total = calls = i = r = c = 0;
-  }
-};
-
 // f(bh, Q, K, V, pf) for every sequence bh in [bh0, bh1), with set_bias(b) called for its batch row b when the mask
 // changes; prefetch(pf, bh, Q, K, V) adds the streams of a sequence to pf, called for the next sequence before f.
 template <class T, class SetBias, class Prefetch, class F>
@@ -466,7 +421,7 @@ void each_sequence(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDim
   const int64_t group = d.H / d.Hk;
   int64_t b = bh0 / d.H, h = bh0 % d.H;  // then stepped: a division per sequence costs ~5% at PixelLoss's shape
   set_bias(b);
-  LinePrefetch pf;
+  LinePrefetch<> pf;
   for (int64_t bh = bh0; bh < bh1; ++bh) {
     const int64_t hn = h + 1 == d.H ? 0 : h + 1, bn = hn == 0 ? b + 1 : b;
     if (bh + 1 < bh1) prefetch(pf, bh + 1, q.at(bn, hn), k.at(bn, hn / group), v.at(bn, hn / group));
@@ -492,7 +447,7 @@ void forward_rows(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims
   const Block blk = block_of<T>(d.Lq, d.Lk);
   auto set_bias = [&](int64_t b) { mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias); };
   each_sequence(q, k, v, d, mask, bh0, bh1, set_bias, NoPrefetch(), [&](int64_t bh, const T* Q, const T* K,
-                                                                         const T* V, LinePrefetch&) {
+                                                                         const T* V, LinePrefetch<>&) {
     dots<T>(Q, q.sl, d.Lq, K, k.sl, d.Lk, D, blk, T(scale * kLog2e), w.bias, w.s);  // S = scale log2(e) Q K^T
     softmax<T, G>(w.s, blk, d.Lq, lse + bh * d.Lq, w.row_a, w.row_b);                // P, lse
     product(w.s, blk.LP, 1, d.Lq, d.Lk, V, v.sl, D, out + bh * d.Lq * D, D);  // O = P V
@@ -507,7 +462,7 @@ void backward_rows(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout
   for (int i = d.Lq; i < blk.rows + kLanes<T>; ++i) w.row_a[i] = __builtin_inf();  // padding rows: P 0
   auto set_bias = [&](int64_t b) { mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias); };
   each_sequence(q, k, v, d, mask, bh0, bh1, set_bias, NoPrefetch(), [&](int64_t bh, const T* Q, const T* K,
-                                                                         const T* V, LinePrefetch&) {
+                                                                         const T* V, LinePrefetch<>&) {
     const T* dO = dout + bh * d.Lq * D;
     lse_base2(lse + bh * d.Lq, d.Lq, w.row_a);
     dots<T>(Q, q.sl, d.Lq, K, k.sl, d.Lk, D, blk, T(scale * kLog2e), w.bias, w.s);  // S (base 2)
@@ -565,13 +520,13 @@ void forward_lanes(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDim
   auto set_bias = [&](int64_t b) { mask_bias_columns(mask, b, Lq, Lk, LQ, w.bias); };
   const bool nt = streams<T, 1>({out}, D, d.B * d.H * Lq * D);
   const bool far = past_caches<T>(d, Lq + 2 * Lk);
-  auto prefetch = [&](LinePrefetch& pf, int64_t bh, const T* Q, const T* K, const T* V) {
+  auto prefetch = [&](LinePrefetch<>& pf, int64_t bh, const T* Q, const T* K, const T* V) {
     if (!far) return;
     pf.add(Q, q.sl, Lq, D, false), pf.add(K, k.sl, Lk, D, false), pf.add(V, v.sl, Lk, D, false);
     if (!nt) pf.add(out + bh * Lq * D, D, Lq, D, true);
   };
   each_sequence(q, k, v, d, mask, bh0, bh1, set_bias, prefetch, [&](int64_t bh, const T* Q, const T* K, const T* V,
-                                                                    LinePrefetch& pf) {
+                                                                    LinePrefetch<>& pf) {
     transpose(Q, q.sl, Lq, D, T(scale * kLog2e), w.qt, LQ);  // Qt = scale log2(e) Q^T
     product(K, k.sl, 1, Lk, D, w.qt, LQ, LQ, w.s, LQ, pf);    // S^T = K Qt
     softmax_columns(w.s, w.bias, Lk, LQ, Lq, lse + bh * Lq);   // P^T, lse
@@ -590,7 +545,7 @@ void backward_lanes(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dou
   auto set_bias = [&](int64_t b) { mask_bias_columns(mask, b, Lq, Lk, LQ, w.bias); };
   const bool nt = streams<T, 3>({dq, dk, dv}, D, d.B * d.H * std::max(Lq, Lk) * D);
   const bool far = past_caches<T>(d, 2 * Lq + 2 * Lk);
-  auto prefetch = [&](LinePrefetch& pf, int64_t bh, const T* Q, const T* K, const T* V) {
+  auto prefetch = [&](LinePrefetch<>& pf, int64_t bh, const T* Q, const T* K, const T* V) {
     if (!far) return;
     pf.add(Q, q.sl, Lq, D, false), pf.add(dout + bh * Lq * D, D, Lq, D, false);
     pf.add(K, k.sl, Lk, D, false), pf.add(V, v.sl, Lk, D, false);
@@ -600,7 +555,7 @@ void backward_lanes(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dou
     }
   };
   each_sequence(q, k, v, d, mask, bh0, bh1, set_bias, prefetch, [&](int64_t bh, const T* Q, const T* K, const T* V,
-                                                                    LinePrefetch& pf) {
+                                                                    LinePrefetch<>& pf) {
     const T* dO = dout + bh * Lq * D;
     lse_base2(lse + bh * Lq, Lq, w.row_a);
     transpose(Q, q.sl, Lq, D, T(scale * kLog2e), w.qt, LQ);           // Qt

@@ -27,6 +27,8 @@ struct MultiAxisItems {
   int kv_heads, kv0, q_per_kv, q0;
   const int *group_y, *group_x;   // (groups,)
   const int *token_y, *token_x;   // (n,)
+  int token_rows, token_cols, token_step;  // the same tokens as a grid (geometry.h's token_grid)
+  bool prefetch;                            // the next item's rows, while an item computes (operands past the caches)
   int64_t items() const { return B * groups * kv_heads; }
 };
 

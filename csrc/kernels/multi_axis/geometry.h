@@ -22,6 +22,10 @@ struct MultiAxisGeometry {
     y = block / gw * b + offset / b;
     x = block % gw * b + offset % b;
   }
+  // The tokens of a group of axis form a rows x cols grid of pixels `step` apart, token t at (t / cols, t % cols).
+  FASTAR_HOST_DEVICE void token_grid(int axis, int& rows, int& cols, int& step) const {
+    rows = axis == 0 ? b : H / b, cols = axis == 0 ? b : W / b, step = axis == 0 ? 1 : b;
+  }
 };
 
 }  // namespace fastar::kernels
