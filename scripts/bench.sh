@@ -16,6 +16,7 @@ export FASTAR_BENCH_DIFFUSION_STEPS=${FASTAR_BENCH_DIFFUSION_STEPS:-10}  # ratio
 export FASTAR_BENCH_VAR_TRAIN_B=${FASTAR_BENCH_VAR_TRAIN_B:-2}  # d16 step: ~35 s a round of its 3 contenders at B 2
 export FASTAR_BENCH_VAR_DECODE_ROUNDS=${FASTAR_BENCH_VAR_DECODE_ROUNDS:-1}  # VQVAE decode B 4: ~15 s a round
 export FASTAR_BENCH_DALLE=${FASTAR_BENCH_DALLE:-12,512,256,32,512}  # sample the image's second half: ~35 s a run
+export FASTAR_BENCH_VAR_CACHE_COLUMN=${FASTAR_BENCH_VAR_CACHE_COLUMN:-0}  # d16 step without cpu_cache_step: ~25 s
 R=benchmarks/results
 PY=.venv/bin/python
 
