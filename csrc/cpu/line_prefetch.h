@@ -35,7 +35,7 @@ struct LinePrefetch {
   void add(const T* p, int64_t row_stride, int rows, int row_len, bool write, int count1 = 1, int64_t stride1 = 0,
            int count2 = 1, int64_t stride2 = 0) {
     const int lines = (row_len * int(sizeof(T)) + 63) / 64;
-    if (n == kMaxStreams || rows <= 0 || count1 <= 0 || count2 <= 0 || lines <= 0) return;  // (none: not fetched)
+    if (n == kMaxStreams || rows <= 0 || count1 <= 0 || count2 <= 0 || lines <= 0) return;  // a 9th, or empty: no
     const int64_t e = sizeof(T), s0 = row_stride * e, s1 = stride1 * e, s2 = stride2 * e;
     s[n] = {reinterpret_cast<const char*>(p), {rows, count1, count2},
             {s0, s1 - (rows - 1) * s0, s2 - (count1 - 1) * s1 - (rows - 1) * s0}, lines, write};
