@@ -46,8 +46,8 @@ at::Tensor operand(const at::Tensor& t, at::ScalarType dtype) {
 at::ScalarType compute_dtype(const at::Tensor& q) { return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // Operands read (q, k, v) of this size and more are prefetched item by item (cpu/multi_axis_isa.cpp); smaller ones
-// come from L2 / L3, where the prefetch instructions only cost (Zen 4, 2 threads, one process interleaved: HiT-256's
-// 16 x 16 stage, 5 MB at B 8, 8% slower with them; 32 x 32, 13 MB, 4% faster).
+// come from L2 / L3, where the prefetch instructions only cost (Zen 4, 2 threads, diagnostic A/B in one process:
+// HiT-256's 16 x 16 stage, 5 MB at B 8, 8% slower with them; 32 x 32, 13 MB, 4% faster).
 constexpr int64_t kPrefetchBytes = int64_t(8) << 20;
 
 // The items of one axis and the pixel tables they read: token t of group g at pixel(axis, g, 0) + pixel(axis, 0, t)

@@ -17,9 +17,9 @@ namespace {
 
 // The next item's lines, into L2 (cpu/line_prefetch.h), a few after each product tile of this item. Asked for at
 // once into L1 as before, they came no sooner than the item's gathers then fetched them (switched off: the same
-// time); spread into L1, no faster either. Spread into L2 (Zen 4, HiT-256's stages at B 8, builds before and after
-// run in turn): the 64 x 64 forward 20.0-23.4 -> 17.6-20.5 ms on one thread, ~10% on two; the backward 33.6-37.5
-// -> 30.2-31.8 ms at 64 x 64, 10.9-12.4 -> 9.5-10.1 ms at 32 x 32, two threads.
+// time); spread into L1, no faster either. Spread into L2 (diagnostic runs, Zen 4, HiT-256's stages at B 8, builds
+// before and after in turn): the 64 x 64 forward 20.0-23.4 -> 17.6-20.5 ms on one thread, ~10% on two; forward +
+// backward 33.6-37.5 -> 30.2-31.8 ms at 64 x 64, 10.9-12.4 -> 9.5-10.1 ms at 32 x 32, two threads.
 using ItemPrefetch = LinePrefetch<2>;
 
 // Accumulator registers of a product tile: AVX-512 has 32 vector registers, SSE2 and AVX2 16 (one tile of R rows x
