@@ -7,6 +7,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/layer_norm.h>
@@ -124,6 +125,10 @@ inline at::Tensor transformer_decode(const DecodeOps& ops, const at::Tensor& x_i
               x_in.device(), " with llama blocks, got ", rotary ? rope->sizes() : at::IntArrayRef{});
   const double scale = 1.0 / std::sqrt(double(D));
   const std::optional<at::Tensor> none;
+  // Below autograd: the op has no backward (fastar/ops/transformer_decode.py declines under autograd), so the inner
+  // kernels skip their autograd layer, which for fastar's own ops is Python (torch.library.register_autograd): 48
+  // round trips into Python per DALL-E decode step otherwise.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   at::Tensor x = x_in.contiguous();
   for (int64_t i = 0; i < layers; ++i) {  // every layer checked before any cache is written
     check_decode_layer(weights.data() + n * i, i, x, llama);
