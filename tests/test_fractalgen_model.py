@@ -1,5 +1,5 @@
 """FractalGen models (issue 12): official keys and parameter counts, KV-cache decoding, seeded sampling and a training
-step on fastar's kernels against the reference ops, bad inputs, and the CLI (one process and torchrun DDP)."""
+step on fastar's kernels against the reference ops, bad inputs, and the CLI (torchrun DDP: tests/test_fsdp.py)."""
 from pathlib import Path
 
 import pytest
@@ -303,24 +303,22 @@ def test_bad_inputs_are_named():
         FractalGenConfig((8, 4, 1), (32, 16), (2, 1, 1), (2, 2, 2), ("mar", "mar"))
 
 
-@pytest.mark.parametrize("torchrun", [False, True], ids=["1 process", "torchrun DDP 2 processes"])
-def test_train_then_sample_cli(tmp_path, torchrun, capsys):
+def test_train_then_sample_cli(tmp_path, capsys):
     from fastar.__main__ import main as fastar_main
     out = run_cli(tmp_path, "train", "fractalgen", "--steps", "3", "--warmup", "1", "--bs", "8", "--nll-passes", "1",
-                  "--num-samples", "2", "--num-iter", "2,2", "--cfg", "2.5", "--temperature", "1.5", "--out", "run",
-                  torchrun=torchrun)
+                  "--num-samples", "2", "--num-iter", "2,2", "--cfg", "2.5", "--temperature", "1.5", "--out", "run")
     assert "NLL" in out and "bits/dim" in out and (tmp_path / "run" / "samples.png").exists()
     assert_finished(tmp_path / "run" / "ckpt.pt", "fractalgen", 3)
-    if not torchrun:  # the checkpoint's samples.png settings are the sample CLI's defaults
-        out = run_cli(tmp_path, "sample", "fractalgen", "--ckpt", "run/ckpt.pt", "--classes", "0", "1",
-                      "--bf16-weights", "--out", "g.png")
-        assert "fastar train fractalgen checkpoint" in out and (tmp_path / "g.png").exists()
-        assert "num_iter [2, 2], cfg 2.5 (linear), temperature 1.5" in out
-        with pytest.raises(SystemExit):  # 3 entries for 2 levels: once the third silently dropped
-            fastar_main(["sample", "fractalgen", "--ckpt", str(tmp_path / "run" / "ckpt.pt"), "--num-iter", "2,2,2",
-                         "--out", str(tmp_path / "x.png")])
-        assert "--num-iter needs one step count for each of the model's 2 transformer levels, got 2,2,2" in \
-            capsys.readouterr().err
+    # the checkpoint's samples.png settings are the sample CLI's defaults (below)
+    out = run_cli(tmp_path, "sample", "fractalgen", "--ckpt", "run/ckpt.pt", "--classes", "0", "1",
+                  "--bf16-weights", "--out", "g.png")
+    assert "fastar train fractalgen checkpoint" in out and (tmp_path / "g.png").exists()
+    assert "num_iter [2, 2], cfg 2.5 (linear), temperature 1.5" in out
+    with pytest.raises(SystemExit):  # 3 entries for 2 levels: once the third silently dropped
+        fastar_main(["sample", "fractalgen", "--ckpt", str(tmp_path / "run" / "ckpt.pt"), "--num-iter", "2,2,2",
+                     "--out", str(tmp_path / "x.png")])
+    assert "--num-iter needs one step count for each of the model's 2 transformer levels, got 2,2,2" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["ar", "mar", "mar+guiding pixel"])

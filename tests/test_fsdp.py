@@ -9,13 +9,16 @@ import pytest
 import torch
 
 from fastar.models.fsdp import shard, units
-from tests.test_var_model import run_cli
+from tests.test_var_model import assert_finished, run_cli
 
 # Two steps of each stage; the flags each trainer needs for so short a run, and small samples.png work.
 RUNS = {"var": ["--vae-steps", "2", "--var-steps", "2"],
         "dalle": ["--dvae-steps", "2", "--dalle-steps", "2"],
         "mar": ["--vae-steps", "2", "--mar-steps", "2", "--mar-warmup", "1", "--num-steps", "2", "--num-iter", "1"],
         "fractalgen": ["--steps", "2", "--warmup", "1", "--nll-passes", "1", "--num-samples", "2"]}
+# What each trainer prints of its loss, and the stage its last checkpoint ends.
+LOGS = {"var": ("var loss", "var"), "dalle": ("dalle loss", "dalle"), "mar": ("mar loss", "mar"),
+        "fractalgen": ("bits/dim", "fractalgen")}
 
 
 @pytest.mark.parametrize("model", RUNS)
@@ -24,10 +27,15 @@ def test_fsdp_trains_the_weights_ddp_trains(tmp_path, model):
     distance within 1e-4 of the weights' norm. One step of these runs moves the weights by 0.5-4% of their norm;
     what FSDP changes is the rounding (gathered weights, reduce-scatter, the sharded gradient norm), 1e-8 to 2e-5
     in trials, the most in weights whose gradient is only rounding (a convolution's bias before a GroupNorm, the key
-    bias of attention): Adam moves them by ~lr whatever the size of their gradient."""
+    bias of attention): Adam moves them by ~lr whatever the size of their gradient. The DDP run is also the
+    trainer's torchrun test (2 gloo processes; the models' test files run the CLI in one process): it logs its loss,
+    writes samples.png and a checkpoint of a finished run."""
     for mode in ("ddp", "fsdp"):
-        run_cli(tmp_path, "train", model, *RUNS[model], "--bs", "8", "--out", mode,
-                *(["--fsdp"] if mode == "fsdp" else []), torchrun=True)
+        out = run_cli(tmp_path, "train", model, *RUNS[model], "--bs", "8", "--out", mode,
+                      *(["--fsdp"] if mode == "fsdp" else []), torchrun=True)
+        logged, stage = LOGS[model]
+        assert logged in out and (tmp_path / mode / "samples.png").exists(), (mode, out[-2000:])
+        assert_finished(tmp_path / mode / "ckpt.pt", stage, 2)
     ddp, fsdp = (torch.load(tmp_path / m / "ckpt.pt", weights_only=True) for m in ("ddp", "fsdp"))
     models = [key for key, value in ddp.items() if isinstance(value, dict) and value
               and all(isinstance(t, torch.Tensor) for t in value.values())]
