@@ -1,7 +1,8 @@
 """transformer_decode (a stack of pre-norm blocks decoding new tokens on KV caches, one call) on every backend:
 against the float64 reference within the tolerance rule (its output and the cache entries it writes), DALL-E's row /
 column / conv masks and causal / full, one or a few new tokens, float64, bfloat16 product weights; bit for bit the
-DALL-E model's module-by-module decode step; the torch backend; opcheck; bad inputs named."""
+DALL-E model's module-by-module decode step; the caches' version counts; the torch backend; opcheck; bad inputs
+named."""
 import pytest
 import torch
 
@@ -123,6 +124,25 @@ def test_bfloat16_product_weights(backend):
 def test_head_dim_past_the_vector_width(backend):
     """Head dim 24 (off the 16-float vectors), 2 heads, F 40."""
     check(run(backend, DALLE_MASKS[:2], 2, 1, 8, torch.float32, heads=2, C=48, F=40))
+
+
+def test_cache_writes_count_as_in_place_changes(backend):
+    """The kernels run below autograd (no Python round trip per product), the cache writes not: every cache's version
+    advances, so a backward that saved a cache before a decode step is refused, not silently wrong."""
+    dev = backend_device(backend)
+    masks, heads, C, F = DALLE_MASKS[:2], 4, 32, 64
+    layers = [[t.to(dev, torch.float32) for t in w] for w in stack(len(masks), C, F, seed=1)]
+    ks, vs = ([randn(1, heads, TEXT + GRID * GRID, C // heads, seed=s + i, dtype=torch.float32).to(dev)
+               for i in range(len(masks))] for s in (3, 40))
+    w = randn(C // heads, seed=7, dtype=torch.float32).to(dev).requires_grad_()
+    saved = (ks[0] * w).sum()  # autograd saves ks[0] for w's gradient
+    before = [t._version for t in ks + vs]
+    with torch.no_grad():
+        fastar.ops.transformer_decode(randn(1, 1, C, seed=2, dtype=torch.float32).to(dev), layers, ks, vs, 5, masks,
+                                      heads=heads)
+    assert all(t._version > v for t, v in zip(ks + vs, before))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.backward()
 
 
 def test_torch_backend_runs_the_reference_loop():

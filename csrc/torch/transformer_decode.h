@@ -125,10 +125,14 @@ inline at::Tensor transformer_decode(const DecodeOps& ops, const at::Tensor& x_i
               x_in.device(), " with llama blocks, got ", rotary ? rope->sizes() : at::IntArrayRef{});
   const double scale = 1.0 / std::sqrt(double(D));
   const std::optional<at::Tensor> none;
-  // Below autograd: the op has no backward (fastar/ops/transformer_decode.py declines under autograd), so the inner
-  // kernels skip their autograd layer, which for fastar's own ops is Python (torch.library.register_autograd): 48
-  // round trips into Python per DALL-E decode step otherwise.
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  // fastar's kernels below autograd: the op has no backward (fastar/ops/transformer_decode.py declines under
+  // autograd), and their autograd layer is Python (torch.library.register_autograd): 48 round trips into Python per
+  // DALL-E decode step otherwise. Only those calls: the caches' copy_ keeps its autograd layer, which counts the
+  // caches' versions (a tensor saved for a backward and then overwritten here must still be caught).
+  auto linear = [&](const at::Tensor& a, const at::Tensor& w, const std::optional<at::Tensor>& b) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return ops.linear.call(a, w, b);
+  };
   at::Tensor x = x_in.contiguous();
   for (int64_t i = 0; i < layers; ++i) {  // every layer checked before any cache is written
     check_decode_layer(weights.data() + n * i, i, x, llama);
@@ -148,26 +152,29 @@ inline at::Tensor transformer_decode(const DecodeOps& ops, const at::Tensor& x_i
     const at::Tensor &kc = k_caches[i], &vc = v_caches[i];
     // attention: the normed x's q, k, v (B, L, heads, D); k, v into the caches, q (B, heads, L, D) to the kernel
     at::Tensor h = llama ? rms_norm(x, w[0], eps) : at::layer_norm(x, {C}, w[0], w[1], eps);
-    const at::Tensor qkv = ops.linear.call(h.view({R, C}), w[llama ? 1 : 2], llama ? none : w[3])
+    const at::Tensor qkv = linear(h.view({R, C}), w[llama ? 1 : 2], llama ? none : w[3])
                                .view({B, L, 3, heads, D});
     at::Tensor q = qkv.select(2, 0), k = qkv.select(2, 1);
     if (rotary) q = rotate(q, *rope), k = rotate(k, *rope);
     kc.narrow(2, cache_len, L).copy_(k.transpose(1, 2));
     vc.narrow(2, cache_len, L).copy_(qkv.select(2, 2).transpose(1, 2));
-    const at::Tensor o = std::get<0>(ops.attention_decode.call(q.transpose(1, 2).contiguous(), kc, vc,
-                                                               cache_len + L, mask_kinds[i], mask_ints.slice(3 * i, 3),
-                                                               std::nullopt, std::nullopt, scale));
+    const at::Tensor o = [&] {
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      return std::get<0>(ops.attention_decode.call(q.transpose(1, 2).contiguous(), kc, vc, cache_len + L,
+                                                   mask_kinds[i], mask_ints.slice(3 * i, 3), std::nullopt,
+                                                   std::nullopt, scale));
+    }();
     const at::Tensor o2 = o.transpose(1, 2).reshape({R, C});
-    x = at::add(x, (llama ? ops.linear.call(o2, w[2], none) : ops.linear.call(o2, w[4], w[5])).view({B, L, C}));
+    x = at::add(x, (llama ? linear(o2, w[2], none) : linear(o2, w[4], w[5])).view({B, L, C}));
     // MLP
     if (llama) {
       h = rms_norm(x, w[3], eps).view({R, C});
-      h = at::mul(at::silu(ops.linear.call(h, w[4], none)), ops.linear.call(h, w[5], none));
-      x = at::add(x, ops.linear.call(h, w[6], none).view({B, L, C}));
+      h = at::mul(at::silu(linear(h, w[4], none)), linear(h, w[5], none));
+      x = at::add(x, linear(h, w[6], none).view({B, L, C}));
     } else {
       h = at::layer_norm(x, {C}, w[6], w[7], eps);
-      h = at::gelu(ops.linear.call(h.view({R, C}), w[8], w[9]), approximate);
-      x = at::add(x, ops.linear.call(h, w[10], w[11]).view({B, L, C}));
+      h = at::gelu(linear(h.view({R, C}), w[8], w[9]), approximate);
+      x = at::add(x, linear(h, w[10], w[11]).view({B, L, C}));
     }
   }
   return x;
