@@ -6,8 +6,8 @@ fastar.ops.input_grads_only) on fastar's kernels against the same model on the t
 partition + SDPA for the multi-axis attention, SDPA for the cross-attention, depthwise F.conv2d for the blurs,
 F.conv2d, i.e. what a PyTorch port runs), random weights, float32,
 with where the time goes: the timed parts (the two attention ops, the GEMMs) and the top ops of the rest, by self
-CPU time in one profiled forward. Three interleaved rounds (single rounds vary 10-20% on a shared 2-core machine),
-after one warm-up each.
+CPU time in one profiled forward. Three interleaved rounds (single rounds vary 10-20% on a shared 2-core machine;
+the main command runs one, FASTAR_BENCH_HIT_ROUNDS), after one warm-up each.
 
 Knobs (environment): FASTAR_BENCH_HIT_GEN_B (8, the issue's shape) and FASTAR_BENCH_HIT_STEP_B (1) size the
 batches, FASTAR_BENCH_HIT_SIZE (256) and FASTAR_BENCH_HIT_STEP_SIZE (256) the configs,
@@ -40,7 +40,7 @@ def on(backend, fn):
     return run
 
 
-ROUNDS, WARMUP = 3, 1
+ROUNDS, WARMUP = int(os.environ.get("FASTAR_BENCH_HIT_ROUNDS", "3")), 1
 PARTS = (("multi-axis attention", fastar.ops, "multi_axis_attention"), ("cross-attention", fastar.ops, "attention"),
          ("MLP kernel", fastar.ops, "mlp"),
          *bench_var.LINEAR_PARTS, ("linear layers", torch, "addmm"), ("linear layers", torch.Tensor, "addmm_"),

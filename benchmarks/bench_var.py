@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import fastar
-from benchmarks.harness import compare, save_samples, step_breakdowns
+from benchmarks.harness import compare, recorded, save_samples, step_breakdowns
 from fastar.models.layers import Linear
 from fastar.models.var import build_vae_var
 from fastar.models.var import basic_var
@@ -41,6 +41,7 @@ ORACLE = os.environ.get("FASTAR_BENCH_VAR_ORACLE") == "1"
 CACHE_COLUMN = os.environ.get("FASTAR_BENCH_VAR_CACHE_COLUMN", "1") == "1"
 CLASSES = torch.tensor([207, 360, 387, 974]).repeat(B_SAMPLE)[:B_SAMPLE]
 BASELINE = "torch backend"
+FP32_SAMPLES = {}  # fastar's float32 sampling run (images, maps), which the bf16 row compares with
 NO_STEP_CACHE = "fastar, torch's allocator (no cpu_cache_step)"  # the training step's cache share
 
 
@@ -89,7 +90,8 @@ def test_var_d16_sample(benchmark, d16, monkeypatch):
         return run
 
     compare(benchmark, sample("fastar"), contenders(sample), baseline=BASELINE, rounds=ROUNDS, warmup=0,
-            op="attention_decode")
+            op="attention_decode", record="var sampling")
+    FP32_SAMPLES.update(images=images["fastar"], maps=last["fastar"])  # the bf16 row's float32 reference
     # the fraction of tokens equal to fastar's (1.0: identical at every scale), and the first scale that differs:
     # random weights give near-uniform distributions, where a last-bit difference in a logit can move one draw
     agree, notes = {}, []
@@ -152,6 +154,42 @@ class Breakdown:
             self._spent = None
 
 
+# decode first: right after the sampling row, whose runs decoded at its batch on both backends (fastar's blocks
+# in its CPU cache, the torch backend's pages), as a decoder in use is; the training step's end empties that cache
+@pytest.mark.parametrize("direction", ["decode", "encode"])
+def test_vqvae(benchmark, d16, direction):
+    """Encode: image -> tokens of every scale; decode: the last scale's tokens -> image (the decoder's fast path:
+    the upsamples as phase convs, in place elementwise; basic_vae.py). Decode records its time per decoder stage."""
+    vae, _ = d16
+    B = B_VQVAE[direction]
+    benchmark.group = f"VQVAE {direction} B={B} 256px float32"
+    img = torch.rand(B, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        ms_idx_Bl = vae.img_to_idxBl(img)
+    fn = {"encode": lambda: vae.img_to_idxBl(img), "decode": lambda: vae.idxBl_to_img(ms_idx_Bl, last_one=True)}
+    outs = {}  # each contender's last result, compared after the rounds
+
+    def kept(label):
+        return lambda: outs.__setitem__(label, fn[direction]())
+    stages = DecoderStages(vae.decoder) if direction == "decode" else None
+    timed = (lambda label: stages.timed(label, kept(label))) if stages else kept
+    load = os.getloadavg()
+    with torch.no_grad():  # decode: no warm-up round (the fixture and the sampling row warmed the decoder)
+        compare(benchmark, timed("fastar"), contenders(timed), baseline=BASELINE,
+                rounds=3 if direction == "encode" else DECODE_ROUNDS, warmup=1 if direction == "encode" else 0,
+                op="f_to_idxBl_or_fhat" if direction == "encode" else "idxBl_to_fhat")
+    benchmark.extra_info["load_average"] = {"before": load, "after": os.getloadavg()}
+    if direction == "encode":  # the share of tokens equal to fastar's, every scale
+        benchmark.extra_info["agreement"] = {name: torch.cat([(a == b).flatten() for a, b in zip(
+            outs["fastar"], outs[name])]).float().mean().item() for name in outs if name != "fastar"}
+    else:
+        benchmark.extra_info["max_abs_diff"] = {name: (outs["fastar"] - outs[name]).abs().max().item()
+                                                for name in outs if name != "fastar"}
+    if stages:
+        benchmark.extra_info["breakdown"] = stages.ms
+        stages.remove()
+
+
 def test_var_d16_train_step(benchmark, d16):
     vae, var = d16
     var.train()
@@ -181,43 +219,6 @@ def test_var_d16_train_step(benchmark, d16):
     step_breakdowns(benchmark, step, {BASELINE: baselines[BASELINE]}, params=list(var.parameters()))
     var.zero_grad(set_to_none=True)
     fastar.empty_cpu_cache()  # the step's blocks of 32 MB and more (none at B 2, ~1.5 GB at B 4)
-
-
-@pytest.mark.parametrize("direction", ["encode", "decode"])
-def test_vqvae(benchmark, d16, direction):
-    """Encode: image -> tokens of every scale; decode: the last scale's tokens -> image (the decoder's fast path:
-    the upsamples as phase convs, in place elementwise; basic_vae.py). Decode records its time per decoder stage."""
-    vae, _ = d16
-    B = B_VQVAE[direction]
-    benchmark.group = f"VQVAE {direction} B={B} 256px float32"
-    img = torch.rand(B, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    with torch.no_grad():
-        ms_idx_Bl = vae.img_to_idxBl(img)
-    fn = {"encode": lambda: vae.img_to_idxBl(img), "decode": lambda: vae.idxBl_to_img(ms_idx_Bl, last_one=True)}
-    outs = {}  # each contender's last result, compared after the rounds
-
-    def kept(label):
-        return lambda: outs.__setitem__(label, fn[direction]())
-    stages = DecoderStages(vae.decoder) if direction == "decode" else None
-    timed = (lambda label: stages.timed(label, kept(label))) if stages else kept
-    load = os.getloadavg()
-    with torch.no_grad():  # decode: no warm-up round (the fixture built oneDNN's primitives)
-        if direction == "decode":  # but its blocks in fastar's CPU cache, which the training step's end emptied,
-            fn[direction]()        # and the torch backend's first pages, alike
-            on("torch", fn[direction])()
-        compare(benchmark, timed("fastar"), contenders(timed), baseline=BASELINE,
-                rounds=3 if direction == "encode" else DECODE_ROUNDS, warmup=1 if direction == "encode" else 0,
-                op="f_to_idxBl_or_fhat" if direction == "encode" else "idxBl_to_fhat")
-    benchmark.extra_info["load_average"] = {"before": load, "after": os.getloadavg()}
-    if direction == "encode":  # the share of tokens equal to fastar's, every scale
-        benchmark.extra_info["agreement"] = {name: torch.cat([(a == b).flatten() for a, b in zip(
-            outs["fastar"], outs[name])]).float().mean().item() for name in outs if name != "fastar"}
-    else:
-        benchmark.extra_info["max_abs_diff"] = {name: (outs["fastar"] - outs[name]).abs().max().item()
-                                                for name in outs if name != "fastar"}
-    if stages:
-        benchmark.extra_info["breakdown"] = stages.ms
-        stages.remove()
 
 
 class DecoderStages:
@@ -288,9 +289,14 @@ def test_var_d16_sample_bf16(benchmark, request, bf16_row):
         return run
 
     base = f"{BASELINE}, float32"
-    contenders = {base: on("torch", sample(base, "fp32")), "fastar fp32": sample("fastar fp32", "fp32")}
+    # the float32 runs: the float32 row's, where it ran in this process (the same inputs), else timed here
+    measured = recorded("var sampling", **{base: BASELINE, "fastar fp32": "fastar"})
+    if measured:
+        images["fastar fp32"], maps["fastar fp32"] = FP32_SAMPLES["images"], FP32_SAMPLES["maps"]
+    contenders = {} if measured else {base: on("torch", sample(base, "fp32")),
+                                      "fastar fp32": sample("fastar fp32", "fp32")}
     compare(benchmark, sample("fastar", "bf16"), contenders, baseline=base, rounds=ROUNDS, warmup=0,
-            op="attention_decode")
+            op="attention_decode", measured=measured)
     hook.remove()
     per_scale = [(a == b).float().mean().item() for a, b in zip(maps["fastar"], maps["fastar fp32"])]
     sizes = [pn * pn for pn in var.patch_nums]

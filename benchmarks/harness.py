@@ -16,6 +16,7 @@ The models' training rows add where each contender's step goes (step_breakdowns:
 the rest), from one more, profiled step of each after the timed rounds, and compare those steps' losses and gradient
 norms (step_agreement), where the steps draw alike.
 """
+import os
 import statistics
 import time
 from pathlib import Path
@@ -63,6 +64,10 @@ def _seconds(fn):
 
 
 ROUND_S = 2e-3  # rounds of ops faster than this loop over calls
+# A row's budget in seconds (FASTAR_BENCH_ROW_S; the main command's is 4): where its warm-up gives the length of
+# a round of all its contenders, it runs at most as many rounds as fit, and at least MIN_ROUNDS.
+ROW_S = float(os.environ.get("FASTAR_BENCH_ROW_S", "inf"))
+MIN_ROUNDS = 3
 MAX_CALLS = 1000
 
 
@@ -82,19 +87,35 @@ def looped(fn, n):
     return run
 
 
-def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7, warmup=1, op=None, **info):
+RECORDED = {}  # key -> {contender: [seconds of each round]}: the rounds of a row that a later row reuses (record=)
+
+
+def recorded(key, **renamed):
+    """The rounds that compare(record=key) kept in this process, as compare's `measured` ({new name: rounds} for
+    renamed {new name: recorded name}), or None where that row did not run (a later row then times them itself)."""
+    runs = RECORDED.get(key)
+    return runs and {new: runs[old] for new, old in renamed.items()}
+
+
+def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7, warmup=1, op=None, measured=None,
+            record=None, **info):
     """Times fastar_fn against contenders ({name: fn}; `baseline` names the one users run today, the headline
-    ratio) and the parts ({name: fn}, pieces of fastar's own work); returns extra_info."""
-    if baseline not in contenders:
-        raise ValueError(f"compare: baseline {baseline!r} is not among the contenders {list(contenders)}")
+    ratio) and the parts ({name: fn}, pieces of fastar's own work); returns extra_info. measured: contenders timed
+    by an earlier row of this process ({name: its rounds' seconds}, from recorded()), not run again: a bf16 mode's
+    row against the float32 row's runs, the same inputs (single-call model rows only). record: a key under which
+    this row's rounds (fastar's and the contenders') are kept for such a row."""
+    measured = measured or {}
+    if baseline not in {**contenders, **measured}:
+        raise ValueError(f"compare: baseline {baseline!r} is not among the contenders {[*contenders, *measured]}")
     others_fns = {**contenders, **(parts or {})}
-    warm_s = None
+    warm_s = round_s = None
     for _ in range(warmup):
         warm_s = _seconds(fastar_fn)
-        for fn in others_fns.values():
-            fn()
+        round_s = warm_s + sum(_seconds(fn) for fn in others_fns.values())
     # Without a warm-up there is no cheap first guess: long model runs pass warmup=0 and keep one call per round.
     n = 1 if warm_s is None or warm_s >= ROUND_S else calls_per_round(fastar_fn)
+    if round_s and rounds > MIN_ROUNDS and rounds * n * round_s > ROW_S:  # the row's budget bounds its rounds
+        rounds = max(MIN_ROUNDS, int(ROW_S / (n * round_s)))
     ran = {}  # the backend of fastar's own calls (the contenders after it run the op on theirs)
 
     def fastar_round(run=looped(fastar_fn, n)):
@@ -108,7 +129,8 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
 
     def others():
         k = next(turn)
-        for name in names[k % len(names):] + names[: k % len(names)]:
+        k %= max(len(names), 1)  # (none where every contender is measured)
+        for name in names[k:] + names[:k]:
             times[name].append(_seconds(timed[name]))
 
     def setup():  # rounds 0, 2, ...: fastar first, its contenders in the next setup; odd rounds: fastar last
@@ -119,7 +141,12 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
     benchmark.pedantic(fastar_fn, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
     if rounds % 2:
         others()  # the last round's, fastar first
+    if measured and n != 1:
+        raise ValueError(f"compare: measured contenders are single calls, this row loops {n} calls a round")
+    times.update(measured)
     mine = benchmark.stats.stats
+    if record:
+        RECORDED[record] = {"fastar": list(mine.data), **times}
     extra = benchmark.extra_info
     extra.update(info)
     extra["backend"] = ran.get("backend")
@@ -131,7 +158,9 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
         extra[name] = {"min_ms": min(ts) * 1e3 / n, "median_ms": statistics.median(ts) * 1e3 / n,
                        "ratio": min(ts) / mine.min}
     extra["baseline"] = baseline
-    extra["contenders"] = list(contenders)
+    extra["contenders"] = [*contenders, *measured]
+    if measured:
+        extra["timed_by_an_earlier_row"] = list(measured)
     extra["parts"] = list(parts or {})  # a part's share of fastar's time is its ratio
     return extra
 

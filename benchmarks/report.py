@@ -87,6 +87,9 @@ def render(data):
         if e.get("rounds", 3) <= 2:
             lines += [("Single run: one round" if e["rounds"] == 1 else "Two rounds") + " per contender (too long to "
                       "repeat here); expect 10-20% noise.", ""]
+        if e.get("timed_by_an_earlier_row"):
+            lines += [f"Not run again here: {', '.join(e['timed_by_an_earlier_row'])}, as timed by the float32 row of "
+                      "this run (the same process and inputs).", ""]
         if e.get("calls_per_round", 1) > 1:
             lines += [f"Each round is a loop of {e['calls_per_round']} calls (the op is under "
                       "2 ms); times are per call.", ""]

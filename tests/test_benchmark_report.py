@@ -154,3 +154,72 @@ def test_digits_picture_stacks_every_models_grid(tmp_path):
     (tmp_path / "hit-digits" / "samples.png").unlink()
     with pytest.raises(SystemExit, match="hit-digits"):
         digits.montage(tmp_path, out)
+
+
+class FakeBenchmark:
+    """pytest-benchmark's pedantic() and stats, enough for harness.compare: runs setup and fn `rounds` times."""
+
+    def __init__(self):
+        self.extra_info = {}
+
+    def pedantic(self, fn, setup, rounds, iterations, warmup_rounds):
+        import statistics
+        import time
+        from types import SimpleNamespace
+        data = []
+        for _ in range(rounds):
+            setup()
+            t0 = time.perf_counter()
+            fn()
+            data.append(time.perf_counter() - t0)
+        self.stats = SimpleNamespace(stats=SimpleNamespace(data=data, min=min(data), median=statistics.median(data)))
+
+
+def test_a_later_row_reuses_the_recorded_runs_instead_of_running_them(monkeypatch):
+    """harness.compare(record=key) keeps a row's rounds; recorded(key, new=old) gives them renamed, and a later row
+    that passes them as `measured` does not run those contenders again, lists them with ratios against its own
+    fastar time, and the report says they were not run again. A row never recorded gives None; a looped row (an op
+    under 2 ms) refuses measured rounds."""
+    from benchmarks import harness
+    monkeypatch.setattr(harness, "RECORDED", {})
+    calls = {"torch": 0}
+
+    def torch_run():
+        calls["torch"] += 1
+    first = FakeBenchmark()
+    harness.compare(first, lambda: None, {"torch backend": torch_run}, baseline="torch backend", rounds=1, warmup=0,
+                    record="sampling")
+    assert calls["torch"] == 1 and set(harness.RECORDED["sampling"]) == {"fastar", "torch backend"}
+    measured = harness.recorded("sampling", **{"torch backend, float32": "torch backend", "fastar fp32": "fastar"})
+    assert measured == {"torch backend, float32": harness.RECORDED["sampling"]["torch backend"],
+                        "fastar fp32": first.stats.stats.data}
+    assert harness.recorded("never ran", x="fastar") is None
+    bf16 = FakeBenchmark()
+    e = harness.compare(bf16, lambda: None, {}, baseline="torch backend, float32", rounds=1, warmup=0,
+                        measured={"torch backend, float32": [2.0], "fastar fp32": [1.0]})
+    assert calls["torch"] == 1  # not run again
+    assert e["contenders"] == ["torch backend, float32", "fastar fp32"]
+    assert e["torch backend, float32"]["ratio"] == 2.0 / bf16.stats.stats.min
+    assert e["timed_by_an_earlier_row"] == ["torch backend, float32", "fastar fp32"]
+    run = run_json()
+    run["benchmarks"][0]["extra_info"]["timed_by_an_earlier_row"] = ["torch backend"]
+    assert "Not run again here: torch backend, as timed by the float32 row of this run" in report.render(run)
+    with pytest.raises(ValueError, match="single calls"):
+        harness.compare(FakeBenchmark(), lambda: None, {}, baseline="x", rounds=1, warmup=1, measured={"x": [1.0]})
+
+
+def test_a_row_budget_bounds_the_rounds_after_the_warm_up(monkeypatch):
+    """FASTAR_BENCH_ROW_S: a row whose warm-up shows that its rounds would pass the budget runs as many as fit, at
+    least MIN_ROUNDS; without the budget (inf) or without a warm-up, the rounds asked for."""
+    import time
+    from benchmarks import harness
+
+    def slow():
+        time.sleep(0.01)
+    monkeypatch.setattr(harness, "ROW_S", 0.05)
+    assert harness.compare(FakeBenchmark(), slow, {"b": slow}, baseline="b", rounds=7)["rounds"] == harness.MIN_ROUNDS
+    assert harness.compare(FakeBenchmark(), slow, {"b": slow}, baseline="b", rounds=7, warmup=0)["rounds"] == 7
+    monkeypatch.setattr(harness, "ROW_S", 1.0)  # 7 rounds of ~20 ms fit
+    assert harness.compare(FakeBenchmark(), slow, {"b": slow}, baseline="b", rounds=7)["rounds"] == 7
+    monkeypatch.setattr(harness, "ROW_S", float("inf"))
+    assert harness.compare(FakeBenchmark(), slow, {"b": slow}, baseline="b", rounds=7)["rounds"] == 7
