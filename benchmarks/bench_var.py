@@ -190,6 +190,46 @@ def test_vqvae(benchmark, d16, direction):
         stages.remove()
 
 
+def test_var_d16_sample_bf16(benchmark, request, bf16_row):
+    """precision="bf16" sampling on fastar's kernels against the float32 official formulation (the torch backend),
+    with fastar's float32 sampling as a second contender and as the reference of the agreement (the torch backend
+    draws its own way): tokens per scale and image PSNR. Declined, not timed, on a CPU without bf16 GEMM
+    instructions (the emulated path would be slower than float32: not the mode); FASTAR_EMULATED_BF16=1 times it
+    anyway, and the group says so."""
+    benchmark.group = bf16_row(f"VAR-d{DEPTH} sampling B={B_SAMPLE} 256px cfg=4 top-k 900 top-p 0.95 bf16",
+                               f"VAR-d{DEPTH} sampling")
+    vae, var = request.getfixturevalue("d16")  # built only when the row runs
+    var.eval()
+    maps, images, current = {}, {}, []
+    hook = vae.quantize.embedding.register_forward_hook(lambda m, args, out: current.append(args[0].clone()))
+
+    def sample(name, precision):
+        def run():
+            current.clear()
+            images[name] = var.autoregressive_infer_cfg(B_SAMPLE, CLASSES, g_seed=0, cfg=4.0, top_k=900, top_p=0.95,
+                                                        precision=precision)
+            maps[name] = list(current)
+        return run
+
+    base = f"{BASELINE}, float32"
+    # the float32 runs: the float32 row's, where it ran in this process (the same inputs), else timed here
+    measured = recorded("var sampling", **{base: BASELINE, "fastar fp32": "fastar"})
+    if measured:
+        images["fastar fp32"], maps["fastar fp32"] = FP32_SAMPLES["images"], FP32_SAMPLES["maps"]
+    contenders = {} if measured else {base: on("torch", sample(base, "fp32")),
+                                      "fastar fp32": sample("fastar fp32", "fp32")}
+    compare(benchmark, sample("fastar", "bf16"), contenders, baseline=base, rounds=ROUNDS, warmup=0,
+            op="attention_decode", measured=measured)
+    hook.remove()
+    per_scale = [(a == b).float().mean().item() for a, b in zip(maps["fastar"], maps["fastar fp32"])]
+    sizes = [pn * pn for pn in var.patch_nums]
+    mse = (images["fastar"] - images["fastar fp32"]).pow(2).flatten(1).mean(1)
+    psnr = (10 * torch.log10(1 / mse)).mean().item()  # inf where an image's tokens all agree
+    benchmark.extra_info["agreement"] = {"fastar fp32": sum(a * n for a, n in zip(per_scale, sizes)) / sum(sizes)}
+    benchmark.extra_info["note"] = (f"bf16 vs fastar fp32, same seed: tokens agree per scale "
+                                    f"{' '.join(f'{a:.3f}' for a in per_scale)}; image PSNR {psnr:.1f} dB")
+
+
 def test_var_d16_train_step(benchmark, d16):
     vae, var = d16
     var.train()
@@ -265,43 +305,3 @@ class DecoderStages:
     def remove(self):
         for h in self._handles:
             h.remove()
-
-
-def test_var_d16_sample_bf16(benchmark, request, bf16_row):
-    """precision="bf16" sampling on fastar's kernels against the float32 official formulation (the torch backend),
-    with fastar's float32 sampling as a second contender and as the reference of the agreement (the torch backend
-    draws its own way): tokens per scale and image PSNR. Declined, not timed, on a CPU without bf16 GEMM
-    instructions (the emulated path would be slower than float32: not the mode); FASTAR_EMULATED_BF16=1 times it
-    anyway, and the group says so."""
-    benchmark.group = bf16_row(f"VAR-d{DEPTH} sampling B={B_SAMPLE} 256px cfg=4 top-k 900 top-p 0.95 bf16",
-                               f"VAR-d{DEPTH} sampling")
-    vae, var = request.getfixturevalue("d16")  # built only when the row runs
-    var.eval()
-    maps, images, current = {}, {}, []
-    hook = vae.quantize.embedding.register_forward_hook(lambda m, args, out: current.append(args[0].clone()))
-
-    def sample(name, precision):
-        def run():
-            current.clear()
-            images[name] = var.autoregressive_infer_cfg(B_SAMPLE, CLASSES, g_seed=0, cfg=4.0, top_k=900, top_p=0.95,
-                                                        precision=precision)
-            maps[name] = list(current)
-        return run
-
-    base = f"{BASELINE}, float32"
-    # the float32 runs: the float32 row's, where it ran in this process (the same inputs), else timed here
-    measured = recorded("var sampling", **{base: BASELINE, "fastar fp32": "fastar"})
-    if measured:
-        images["fastar fp32"], maps["fastar fp32"] = FP32_SAMPLES["images"], FP32_SAMPLES["maps"]
-    contenders = {} if measured else {base: on("torch", sample(base, "fp32")),
-                                      "fastar fp32": sample("fastar fp32", "fp32")}
-    compare(benchmark, sample("fastar", "bf16"), contenders, baseline=base, rounds=ROUNDS, warmup=0,
-            op="attention_decode", measured=measured)
-    hook.remove()
-    per_scale = [(a == b).float().mean().item() for a, b in zip(maps["fastar"], maps["fastar fp32"])]
-    sizes = [pn * pn for pn in var.patch_nums]
-    mse = (images["fastar"] - images["fastar fp32"]).pow(2).flatten(1).mean(1)
-    psnr = (10 * torch.log10(1 / mse)).mean().item()  # inf where an image's tokens all agree
-    benchmark.extra_info["agreement"] = {"fastar fp32": sum(a * n for a, n in zip(per_scale, sizes)) / sum(sizes)}
-    benchmark.extra_info["note"] = (f"bf16 vs fastar fp32, same seed: tokens agree per scale "
-                                    f"{' '.join(f'{a:.3f}' for a in per_scale)}; image PSNR {psnr:.1f} dB")
