@@ -1,6 +1,6 @@
 """The CUDA attention kernels (csrc/kernels/attention/) on what only they have: their tile sizes (64 queries x 32 or
-64 keys forward, 64 keys x 32 or 64 queries backward), head dims 32 / 64 / 128, the split-key merge, grouped heads
-summed in fp32, KV caches read through their strides. Runs on simt (the kernels under the CPU emulator, every
+64 keys forward, 64 or 128 keys x 16 to 64 queries backward), head dims 32 / 64 / 128, the split-key merge, grouped
+heads summed in fp32, KV caches read through their strides. Runs on simt (the kernels under the CPU emulator, every
 call repeated in reversed and shuffled thread order) and on cuda when a GPU is present."""
 import dataclasses
 import math

@@ -63,7 +63,7 @@ def test_attention_uses_tensor_cores_for_16_bit_types():
     attention = ROOT / "csrc" / "kernels" / "attention"
     # the backward's names carry its query tile: <T, D, kM>
     for cu, kernel, arch, tile64, tile128 in (("attention_fwd.cu", "attention_fwd_kernel", 80, ", false", ", true"),
-                                              ("attention_bwd.cu", "attention_bwd_kernel", 90, ", 64", ", 32")):
+                                              ("attention_bwd.cu", "attention_bwd_kernel", 90, ", 32", ", 32")):
         for dtype in ("__nv_bfloat16", "__half"):
             assert sass.has_instruction(attention / cu, f"{kernel}<{dtype}, 64{tile64}>", arch, "HMMA"), (kernel, dtype)
             assert sass.has_instruction(attention / cu, f"{kernel}<{dtype}, 128{tile128}>", arch, "LDSM"), (kernel, dtype)

@@ -94,6 +94,16 @@ __device__ __forceinline__ void load_a_frag(uint32_t (&af)[4], const T* a, int l
   else ldmatrix_x4(af, a + (l.lo + l.r) * lda + k0 + l.hi);
 }
 
+// af[m] <- the A fragments of rows [16m, 16m + 16) of A (16 MT x 16 KC), A(m, k) = a[m * lda + k]: the operand of
+// warp_gemm_a_frags.
+template <int MT, int KC, class T>
+__device__ __forceinline__ void load_a_frags(uint32_t (&af)[MT][KC][4], const T* a, int lda, int lane) {
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) load_a_frag<false>(af[m][kc], a + 16 * m * lda, lda, 16 * kc, LdsmLane(lane));
+}
+
 // bf <- the B fragments of column blocks nt and nt + 1 (bf, bf + 2) for rows [k0, k0 + 16) of B: B(k, n) =
 // b[n * ldb + k], or b[k * ldb + n] when kBTrans.
 template <bool kBTrans, class T>
@@ -201,6 +211,28 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   uint32_t r;
   memcpy(&r, pair, sizeof r);
   return r;
+}
+
+// Element i (0: the low half) of a pack2 register, as a float.
+template <class T>
+__device__ __forceinline__ float unpack(uint32_t r, int i) {
+  T pair[2];
+  memcpy(static_cast<void*>(pair), &r, sizeof r);
+  return to_float(pair[i]);
+}
+
+// Hides how the registers of af were computed from the optimizer, so that it keeps them for a later unpack rather
+// than the twice as many floats they were packed from (ptxas otherwise rounds those again, and spills).
+template <int N>
+__device__ __forceinline__ void keep_packed(uint32_t (&af)[N][4]) {
+#ifdef __CUDA_ARCH__
+#pragma unroll
+  for (int k = 0; k < N; ++k)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(af[k][i]));
+#else
+  (void)af;  // the emulator has no register allocation to steer
+#endif
 }
 
 // The C fragments of a 16 x 8*NT result, rounded to T, as the A fragments of the same 16 x 8*NT matrix:

@@ -146,11 +146,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_fwd_kernel(const Attent
   if constexpr (!kF32<T>) {
     cp_async_wait<1>();  // Q landed, the first K/V tile may be in flight
     __syncthreads();
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int kc = 0; kc < D / 16; ++kc)
-        load_a_frag<false>(qf[mt][kc], q_w + 16 * mt * S, S, 16 * kc, LdsmLane(lane));
+    load_a_frags(qf, q_w, S, lane);
   }
 
   float o[MT][D / 8][4] = {};
