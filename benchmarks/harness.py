@@ -10,7 +10,9 @@ asserted.
 
 An op faster than ROUND_S is timed as a loop of n calls per round, the same n for every contender, and each time is
 per call (extra_info "calls_per_round"): a single call of tens of microseconds measures the cold start of its code
-path and of the thread pool more than the op (VAR's first decode scales).
+path and of the thread pool more than the op (VAR's first decode scales). A row's budget (ROW_S) bounds its rounds
+where its warm-up gives their length. A bf16 mode's row reuses its float32 row's runs (record= / measured=) instead
+of running the same float32 contenders again.
 
 The models' training rows add where each contender's step goes (step_breakdowns: GEMMs, attention, convolutions,
 the rest), from one more, profiled step of each after the timed rounds, and compare those steps' losses and gradient
