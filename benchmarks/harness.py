@@ -116,6 +116,8 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
         round_s = warm_s + sum(_seconds(fn) for fn in others_fns.values())
     # Without a warm-up there is no cheap first guess: long model runs pass warmup=0 and keep one call per round.
     n = 1 if warm_s is None or warm_s >= ROUND_S else calls_per_round(fastar_fn)
+    if measured and n != 1:
+        raise ValueError(f"compare: measured contenders are single calls, this row loops {n} calls a round")
     if round_s and rounds > MIN_ROUNDS and rounds * n * round_s > ROW_S:  # the row's budget bounds its rounds
         rounds = max(MIN_ROUNDS, int(ROW_S / (n * round_s)))
     ran = {}  # the backend of fastar's own calls (the contenders after it run the op on theirs)
@@ -143,8 +145,6 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
     benchmark.pedantic(fastar_fn, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
     if rounds % 2:
         others()  # the last round's, fastar first
-    if measured and n != 1:
-        raise ValueError(f"compare: measured contenders are single calls, this row loops {n} calls a round")
     times.update(measured)
     mine = benchmark.stats.stats
     if record:
