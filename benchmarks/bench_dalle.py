@@ -99,6 +99,7 @@ def test_dalle_decode_step(benchmark, model):
             baseline=BASELINE, rounds=15, op="transformer_decode", shape=SHAPE, bitwise_equal_to_blocks=same)
 
 
+@pytest.mark.train_step("DALL-E")
 def test_dalle_train_step(benchmark, model):
     model.train()
     benchmark.group = f"DALL-E training step (forward + backward) B={B_TRAIN} {SHAPE}"

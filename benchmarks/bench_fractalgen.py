@@ -120,6 +120,7 @@ def test_fractalmar_in64_sample_bf16(benchmark, model, monkeypatch, bf16_row):
     benchmark.extra_info["agreement"] = {"fastar fp32": (last["fastar"] == last["fastar fp32"]).float().mean().item()}
 
 
+@pytest.mark.train_step("fractalmar_in64")
 def test_fractalmar_in64_train_step(benchmark, model):
     model.train()
     benchmark.group = f"{SHAPE} training step (forward + backward) B={B_TRAIN} float32"

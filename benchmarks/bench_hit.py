@@ -17,6 +17,7 @@ import os
 from collections import defaultdict
 from contextlib import contextmanager
 
+import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -118,6 +119,7 @@ def test_hit_generator_forward(benchmark, monkeypatch):
     fastar.empty_cpu_cache()  # the forward's blocks (HiTGenerator.forward without autograd: the CPU cache)
 
 
+@pytest.mark.train_step("HiT G + D")
 def test_hit_gan_step(benchmark):
     torch.manual_seed(0)
     G, D = HiTGenerator(CONFIGS[STEP_SIZE]).train(), StyleGANDiscriminator(STEP_SIZE, max_channels=D_CHANNELS).train()

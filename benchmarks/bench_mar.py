@@ -81,6 +81,7 @@ def test_mar_base_sample(benchmark, monkeypatch):
     save_samples(last["fastar"], "mar_b_random_weights")
 
 
+@pytest.mark.train_step("MAR-B")
 def test_mar_base_train_step(benchmark):
     """One MAR-B training step (forward + backward; mask ratio, orders, label dropout and diffusion_batch_mul 4 from
     one seed, so both contenders draw the same masks) on random latents, against the torch backend (the official

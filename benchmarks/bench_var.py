@@ -1,11 +1,11 @@
 """VAR end to end on the CPU: the same model on fastar's kernels against the torch backend (use_backend("torch"):
 SDPA, VAR's quantizer loop, i.e. what the official code runs), in one run: VAR-d16 sampling (B = 4, 256 px,
 CFG, float32) with where its time goes, one training step (B = 8), and the VQVAE's encode (B = 1) and decode
-(B = 4, with its time per decoder stage).
+(at the sampling batch, with its time per decoder stage).
 Random weights: the work is that of the released models. A d16 sampling run takes about a minute here, so each
 contender runs once (no warm-up round; the report says so): ~10 minutes for the file.
 
-Knobs (environment): FASTAR_BENCH_VAR_DEPTH (16), FASTAR_BENCH_VAR_B (4, the sampling batch) and
+Knobs (environment): FASTAR_BENCH_VAR_DEPTH (16), FASTAR_BENCH_VAR_B (4, the sampling and decode batch) and
 FASTAR_BENCH_VAR_TRAIN_B (8, the training step's batch; the main command runs 2) size a quick check,
 FASTAR_BENCH_VAR_DECODE_ROUNDS (2; the main command runs 1) the VQVAE decode's rounds;
 FASTAR_BENCH_VAR_TRAIN_ROUNDS (1) the training step's interleaved rounds (more than 1: after a warm-up round of each,
@@ -35,7 +35,7 @@ DEPTH = int(os.environ.get("FASTAR_BENCH_VAR_DEPTH", "16"))
 B_SAMPLE, ROUNDS = int(os.environ.get("FASTAR_BENCH_VAR_B", "4")), 1
 B_TRAIN = int(os.environ.get("FASTAR_BENCH_VAR_TRAIN_B", "8"))
 TRAIN_ROUNDS = int(os.environ.get("FASTAR_BENCH_VAR_TRAIN_ROUNDS", "1"))
-B_VQVAE = {"encode": 1, "decode": 4}  # decode: issue 17's batch; a B = 4 decode takes ~10 s here
+B_VQVAE = {"encode": 1, "decode": B_SAMPLE}  # decode: the sampling row's batch, which warms it; 4: issue 17's
 DECODE_ROUNDS = int(os.environ.get("FASTAR_BENCH_VAR_DECODE_ROUNDS", "2"))
 ORACLE = os.environ.get("FASTAR_BENCH_VAR_ORACLE") == "1"
 CACHE_COLUMN = os.environ.get("FASTAR_BENCH_VAR_CACHE_COLUMN", "1") == "1"
@@ -230,6 +230,7 @@ def test_var_d16_sample_bf16(benchmark, request, bf16_row):
                                     f"{' '.join(f'{a:.3f}' for a in per_scale)}; image PSNR {psnr:.1f} dB")
 
 
+@pytest.mark.train_step("VAR-d16")
 def test_var_d16_train_step(benchmark, d16):
     vae, var = d16
     var.train()

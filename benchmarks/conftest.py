@@ -40,6 +40,18 @@ def decline(pytestconfig):
     return record
 
 
+@pytest.fixture(autouse=True)
+def train_step_row(request, decline):
+    """A model's training-step row (@pytest.mark.train_step("what it trains")) is declined where
+    FASTAR_BENCH_TRAIN_STEPS=0: the main command's lean profile (benchmarks/main_profile.py), on CPUs too slow for
+    them in its budget."""
+    mark = request.node.get_closest_marker("train_step")
+    if mark and os.environ.get("FASTAR_BENCH_TRAIN_STEPS", "1") == "0":
+        decline(f"{mark.args[0]} training step", "FASTAR_BENCH_TRAIN_STEPS=0 (the main command's lean profile, "
+                f"{os.environ.get('FASTAR_MAIN_PROFILE_REASON', 'set by hand')}): `pytest benchmarks -m train_step "
+                "--benchmark-only` runs these rows")
+
+
 @pytest.fixture
 def bf16_row(decline):
     """bf16_row(group, what) -> the group of a bf16 mode's row: declined (decline) on a CPU without bf16 GEMM
@@ -72,3 +84,6 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu, "cores": os.cpu_count(),
         "fp32_peak": config.fastar_peak, "bf16_peak": config.fastar_bf16_peak,
     }
+    if os.environ.get("FASTAR_MAIN_PROFILE"):  # set by the main command (benchmarks/main_profile.py)
+        machine_info["fastar"]["main_profile"] = {"profile": os.environ["FASTAR_MAIN_PROFILE"],
+                                                  "reason": os.environ.get("FASTAR_MAIN_PROFILE_REASON", "")}

@@ -80,6 +80,10 @@ def render(data):
         "backend, fastar/torch/, or the official code's formulation). Ratios compare within one run, and across "
         "runs only on the same CPU.", "",
     ]
+    if m.get("main_profile"):
+        p = m["main_profile"]
+        lines[-1:-1] = [f"- the main command's **{p['profile']}** profile ({p['reason']}): its knobs and their shapes "
+                        "in benchmarks/main_profile.py; each section's title gives the shape it ran"]
     for b in data["benchmarks"]:
         e = b["extra_info"]
         lines += [f"## {b['group']}", "", f"fastar backend: **{e.get('backend')}**; baseline: **{e['baseline']}**"
@@ -127,7 +131,7 @@ def history_rows(data):
         e = b["extra_info"]
         yield {"date": data.get("datetime"), "cpu": m.get("cpu"), "cpu_isa": m.get("build", {}).get("cpu_isa"),
                "fp32_peak": m.get("fp32_peak"), "bf16_peak": m.get("bf16_peak"), "threads": m.get("threads"),
-               "torch": m.get("torch"),
+               "torch": m.get("torch"), "main_profile": m.get("main_profile", {}).get("profile"),
                "fastar": m.get("version"), "group": b["group"], "op": e.get("op"), "shape": e.get("shape"),
                "backend": e.get("backend"), "baseline": e["baseline"], "rounds": e.get("rounds"),
                "fastar_ms": e["fastar"]["min_ms"],

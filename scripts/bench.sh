@@ -4,26 +4,21 @@
 # five in benchmarks/results/history/digits.png, which README.md shows: commit it with the run's history). The
 # VAR-d16 and MAR-B benchmarks save the images their fastar run sampled with random weights (speed, not learning) as
 # benchmarks/results/{var_d16,mar_b}_random_weights.png: no second sampling run. Prints each part's time; budget:
-# ~20 min on a 2-core AVX2-only machine, which is why the long benchmarks run narrowed here (the knobs below; set
-# them, e.g. FASTAR_BENCH_DIFFUSION_STEPS=100 FASTAR_BENCH_VAR_TRAIN_B=8 FASTAR_BENCH_VAR_DECODE_ROUNDS=2
-# FASTAR_BENCH_DALLE=12,512,256,32,1024 FASTAR_BENCH_HIT_ROUNDS=3 FASTAR_BENCH_ROW_S=inf, for the full shapes and
-# rounds) and every model benchmark is a single run (the report says so); a bf16 row reuses its float32 row's runs.
+# ~20 min on a 2-core AVX2-only machine, which is why the long benchmarks run narrowed here: the knobs of the
+# profile benchmarks/main_profile.py picks by the CPU's measured FMA peak ("full", or "lean" on slow CPUs; set
+# FASTAR_MAIN_PROFILE to force one, or a knob to keep its value; unset, the files run the full shapes and rounds).
+# Every model benchmark is a single run (the report says so); a bf16 row reuses its float32 row's runs.
 # Extra arguments go to the benchmarks' pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TIMED_BY=bench
 source scripts/timing.sh
-export FASTAR_BENCH_DIFFUSION_STEPS=${FASTAR_BENCH_DIFFUSION_STEPS:-10}  # ratio per step; 100 = MAR's sampler
-export FASTAR_BENCH_VAR_TRAIN_B=${FASTAR_BENCH_VAR_TRAIN_B:-2}  # d16 step: ~35 s a round of its 3 contenders at B 2
-export FASTAR_BENCH_VAR_DECODE_ROUNDS=${FASTAR_BENCH_VAR_DECODE_ROUNDS:-1}  # VQVAE decode B 4: ~15 s a round
-export FASTAR_BENCH_DALLE=${FASTAR_BENCH_DALLE:-12,512,256,32,512}  # sample the image's second half: ~35 s a run
-export FASTAR_BENCH_VAR_CACHE_COLUMN=${FASTAR_BENCH_VAR_CACHE_COLUMN:-0}  # d16 step without cpu_cache_step: ~25 s
-export FASTAR_BENCH_HIT_ROUNDS=${FASTAR_BENCH_HIT_ROUNDS:-1}  # HiT's two rows, 3 rounds alone: ~25 s more
-export FASTAR_BENCH_ROW_S=${FASTAR_BENCH_ROW_S:-4}  # the op rows' rounds within ~4 s each, at least 3 (harness.py)
 R=benchmarks/results
 PY=.venv/bin/python
 
 timed setup bash scripts/setup.sh
+PROFILE=$($PY -m benchmarks.main_profile)  # the profile's knobs as exports; prints which profile and why
+eval "$PROFILE"
 mkdir -p $R
 timed benchmarks $PY -m pytest benchmarks --benchmark-only --benchmark-json=$R/latest.json \
   --benchmark-columns=min,median,rounds -p no:cacheprovider --durations=25 "$@"

@@ -223,3 +223,29 @@ def test_a_row_budget_bounds_the_rounds_after_the_warm_up(monkeypatch):
     assert harness.compare(FakeBenchmark(), slow, {"b": slow}, baseline="b", rounds=7)["rounds"] == 7
     monkeypatch.setattr(harness, "ROW_S", float("inf"))
     assert harness.compare(FakeBenchmark(), slow, {"b": slow}, baseline="b", rounds=7)["rounds"] == 7
+
+
+def test_the_main_command_goes_lean_below_the_peak_and_keeps_the_knobs_a_user_set():
+    """benchmarks/main_profile.py: lean below LEAN_BELOW_GFLOPS, full at or above, FASTAR_MAIN_PROFILE forces one
+    (any other value is an error naming it); its exports survive the shell (the reason has spaces and '<'), keep a
+    knob the environment set, and the report and history name the profile."""
+    import subprocess
+
+    from benchmarks import main_profile as mp
+    below, at = mp.LEAN_BELOW_GFLOPS - 1, mp.LEAN_BELOW_GFLOPS
+    assert mp.choose({}, below)[0] == "lean" and mp.choose({}, at)[0] == "full"
+    assert mp.choose({"FASTAR_MAIN_PROFILE": "full"}, below) == ("full", "set by FASTAR_MAIN_PROFILE")
+    with pytest.raises(ValueError, match="FASTAR_MAIN_PROFILE must be 'full' or 'lean'.*'fast'"):
+        mp.choose({"FASTAR_MAIN_PROFILE": "fast"}, below)
+    profile, reason = mp.choose({}, below)
+    script = "\n".join(mp.exports({"FASTAR_BENCH_ROW_S": "inf"}, profile, reason))
+    knobs = [k for k in mp.KNOBS if k != "FASTAR_BENCH_ROW_S"]
+    out = subprocess.run(["bash", "-c", script + "\n" + "".join(f'echo "${k}"\n' for k in [*knobs, "FASTAR_BENCH_ROW_S",
+                         "FASTAR_MAIN_PROFILE", "FASTAR_MAIN_PROFILE_REASON"])], env={"FASTAR_BENCH_ROW_S": "inf"},
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == [mp.KNOBS[k][1] for k in knobs] + ["inf", "lean", reason]
+    assert any(full != lean for full, lean, _ in mp.KNOBS.values())  # lean narrows something
+    run = run_json()
+    run["machine_info"]["fastar"]["main_profile"] = {"profile": "lean", "reason": reason}
+    assert f"the main command's **lean** profile ({reason})" in report.render(run)
+    assert next(report.history_rows(run))["main_profile"] == "lean"
