@@ -7,8 +7,9 @@ a Zen 3 (AVX2 only) ~180-205 and ~18 min; a Zen 1 (two 128-bit FMA units a core)
 full profile would take an estimated 30-40 min. The lean profile declines the five models' training-step rows
 (`pytest benchmarks -m train_step --benchmark-only` runs them), narrows the sampling rows (smaller batch, fewer
 iterations) and gives each op row less time. The digits trainings keep their length in both: their pictures are
-what a person judges (0.6x their steps gave visibly worse VAR digits). FASTAR_MAIN_PROFILE=full|lean forces a
-profile; a knob already set in the environment is kept in either.
+what a person judges (0.6x VAR's steps, or half the batch for MAR, DALL-E or FractalGen, gave visibly worse digits:
+README, Time). FASTAR_MAIN_PROFILE=full|lean forces a profile; a knob already set in the environment is kept in
+either.
 """
 import os
 import shlex
