@@ -137,6 +137,28 @@ def test_teacher_forcing_input(backend, case):
         assert_close("idxBl_to_var_input", out.cpu(), r64, r32)
 
 
+@pytest.mark.sanitize
+@pytest.mark.parametrize("n_phi", [1, 2])
+def test_decode_empty_batch_scales_sharing_a_phi(backend, n_phi):
+    """B = 0 with runs of scales sharing a Phi (one conv per run, split per scale): still one map per scale. The
+    split by the batch size B = 0 gave one map per run (idxBl_to_fhat / embed_to_fhat returned too few maps, and
+    idxBl_to_var_input raised in msq_add_down)."""
+    patch_nums, C, V = (1, 2, 2, 3, 4), 3, 7
+    g = torch.Generator().manual_seed(5)
+    codebook = torch.randn(V, C, generator=g)
+    w, b = torch.randn(n_phi, C, C, 3, 3, generator=g) / 5, torch.randn(n_phi, C, generator=g)
+    ms_idx_Bl = [torch.zeros(0, pn * pn, dtype=torch.long) for pn in patch_nums]
+    dev = backend_device(backend)
+    args = (to(dev, *ms_idx_Bl), *to(dev, codebook, w, b), patch_nums)
+    for out in (ops.idxBl_to_fhat(*args),
+                ops.embed_to_fhat([ref.embed(i, codebook, pn).to(dev) for i, pn in zip(ms_idx_Bl, patch_nums)],
+                                  *to(dev, w, b), patch_nums)):
+        assert [tuple(f.shape) for f in out] == [(0, C, 4, 4)] * len(patch_nums)
+    assert fastar.last_backend("embed_to_fhat") == backend
+    want = ref.idxBl_to_var_input(ms_idx_Bl, codebook, w, b, patch_nums)
+    assert ops.idxBl_to_var_input(*args).shape == want.shape == (0, 4 + 4 + 9 + 16, C)
+
+
 @pytest.mark.parametrize("case", sanitized(["256px", "512px", "odd"], SMALL))
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 def test_inference_steps(backend, case, layout):

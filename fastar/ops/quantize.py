@@ -132,8 +132,8 @@ def _up_phi(ops, src, idx, patch_nums, scales, SN, H, phi, *, summed=False):
         up_run = up[s * B:(s + n) * B]  # (n * B, C, H, H)
         if summed:
             hs.append(F.conv2d(up_run.view(n, B, *up.shape[1:]).sum(0), w[k], b[k] * n, padding=1))
-        else:
-            hs += F.conv2d(up_run, w[k], b[k], padding=1).split(B)
+        else:  # unbind, not split(B): an empty batch (B = 0) still gives one map per scale
+            hs += F.conv2d(up_run, w[k], b[k], padding=1).unflatten(0, (n, B)).unbind(0)
         s += n
     return [h.contiguous(memory_format=CL) for h in hs]  # no-op on the conv's own channels_last output
 
