@@ -132,6 +132,19 @@ def test_ties_at_the_top_p_cut(backend):
     assert counts[4] == 0 and (counts[:4] > 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_signed_zeros_tie_at_the_cuts(backend, dtype):
+    """-0 and +0 are one logit: top_k=2 over [1, -0, 0] keeps all three tokens, and the top-p cut inside that tie
+    group keeps both zeros. The CUDA kernel's order keys once set -0 below +0 and dropped it."""
+    for row, kw in (([1.0, -0.0, 0.0], dict(top_k=2)), ([-0.0, 0.0, 1.0], dict(top_k=2)),
+                    ([0.0, -0.0, -5.0], dict(top_p=0.3)), ([-0.0, 0.0, -5.0], dict(top_p=0.3))):
+        logits = torch.tensor(row, dtype=dtype).expand(2000, 3).contiguous().to(backend_device(backend))
+        out, race = draw(logits, seed=3, **kw)
+        assert fastar.last_backend("sample_categorical") == backend
+        expected = ref.sample_from_races(logits.cpu(), race.cpu(), **kw)
+        assert torch.equal(out.cpu(), expected), f"{row} {kw}: counts {torch.bincount(out.cpu(), minlength=3)}"
+
+
 def test_all_mass_on_one_token(backend):
     assert (counts_of(backend, [0.0, -torch.inf, -torch.inf, 50.0 - 1e4]) == torch.tensor([4000, 0, 0, 0])).all()
     assert (counts_of(backend, [-3.0, 9.0, 1.0], top_p=0.0) == torch.tensor([0, 4000, 0])).all()  # top_p 0: argmax

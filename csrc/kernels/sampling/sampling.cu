@@ -16,9 +16,10 @@ namespace {
 constexpr int kWarps = 4;  // rows per block
 constexpr unsigned kFull = 0xffffffffu;
 
-// The float order as unsigned order (negatives flipped): the key space the top-k and top-p searches bisect.
+// The float order as unsigned order (negatives flipped): the key space the top-k and top-p searches bisect. -0 and
+// +0 are one logit (equal as floats: ties at a cut stay together), so -0 takes +0's key.
 __device__ __forceinline__ unsigned order_key(float x) {
-  const unsigned b = __float_as_uint(x);
+  const unsigned b = x == 0.f ? 0u : __float_as_uint(x);
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
