@@ -223,6 +223,18 @@ def test_leading_dims_strided_rows_and_out():
         torch.ops.fastar.mlp.out(base[:20], *ws, None, out=base[10:])
 
 
+def test_no_rows_with_strided_x_or_out():
+    """Zero rows of a strided x, residual or out (an empty view counts as contiguous whatever its strides): an empty
+    result, not the kernel's refusal of a non-unit column stride."""
+    C, hidden = 6, 10
+    ws = weights(C, hidden, C)
+    x = torch.empty(0, 2 * C)[:, ::2]
+    y = fastar.ops.mlp(x, *ws)
+    assert y.shape == (0, C) and fastar.last_backend("mlp") == "cpu"
+    out = torch.empty(2, 0, 2 * C)[..., ::2]
+    assert fastar.ops.mlp(torch.empty(2, 0, C), *ws, x.view(2, 0, C), out=out) is out
+
+
 def test_declines_run_the_torch_formulation():
     """float64, autograd and backends without the kernel run the torch ops (a one-time warning each), gradients
     included; the reference and torch backends run their formulation silently."""
