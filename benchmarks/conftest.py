@@ -1,13 +1,23 @@
 """Machine facts every benchmark report carries: fastar's build, CPU, threads, and the measured fp32 FMA peak of
 the instruction set the kernels run (and the bfloat16 dot-product peak on AVX512-BF16 CPUs)."""
+import getpass
 import os
 import platform
+import tempfile
 
 import pytest
 import torch
 
 import fastar
 from benchmarks import fma_peak
+
+
+# torch's inductor cache does not key its CPU kernels by ATEN_CPU_CAPABILITY: a cache filled in a run held to AVX2
+# (README, Time) gave the compiled flex_attention contender wrong results in a later run without it (max abs diff
+# 2.66 on VAR-d16's attention row, 2026-12-06; a fresh cache was right). A held run keeps its own cache.
+if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{os.environ['ATEN_CPU_CAPABILITY']}")
 
 
 @pytest.fixture(scope="session")
