@@ -1,5 +1,5 @@
 """The main command's profile: the knobs that narrow its benchmarks to its ~20-minute budget (scripts/bench.sh runs
-`eval "$(python -m benchmarks.main_profile)"` before them).
+`python -m benchmarks.main_profile` before them and evaluates the `export` lines it prints).
 
 "full" where the float32 FMA peak of the ISA fastar's kernels run (benchmarks/fma_peak.py, 2 threads) reaches
 LEAN_BELOW_GFLOPS; "lean" below it. The CPUs seen: an AMD Zen 4 measures ~235 GFLOP/s and takes ~15-16 min in full,
