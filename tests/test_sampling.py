@@ -135,10 +135,11 @@ def test_ties_at_the_top_p_cut(backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_signed_zeros_tie_at_the_cuts(backend, dtype):
     """-0 and +0 are one logit: top_k=2 over [1, -0, 0] keeps all three tokens, and the top-p cut inside that tie
-    group keeps both zeros. The CUDA kernel's order keys once set -0 below +0 and dropped it."""
+    group keeps both zeros. The CUDA kernel's order keys once set -0 below +0 and dropped it. 64 rows: a dropped
+    token that the reference draws in none of them has odds under 0.79^64 ~ 3e-7."""
     for row, kw in (([1.0, -0.0, 0.0], dict(top_k=2)), ([-0.0, 0.0, 1.0], dict(top_k=2)),
                     ([0.0, -0.0, -5.0], dict(top_p=0.3)), ([-0.0, 0.0, -5.0], dict(top_p=0.3))):
-        logits = torch.tensor(row, dtype=dtype).expand(2000, 3).contiguous().to(backend_device(backend))
+        logits = torch.tensor(row, dtype=dtype).expand(64, 3).contiguous().to(backend_device(backend))
         out, race = draw(logits, seed=3, **kw)
         assert fastar.last_backend("sample_categorical") == backend
         expected = ref.sample_from_races(logits.cpu(), race.cpu(), **kw)
