@@ -225,6 +225,9 @@ def test_multi_axis_blocks_roundtrip():
 
 @pytest.mark.parametrize("make, error, match", [
     (lambda: (*qkv(1, 6, 8, 2, 1, 8, torch.float32), 4), ValueError, "image 6 x 8 must be a nonzero multiple of block_size"),
+    (lambda: (*qkv(1, 4, 4, 2, 1, 8, torch.float32), True), TypeError, "block_size must be an int, got the bool True"),
+    (lambda: (*qkv(1, 4, 4, 2, 1, 8, torch.float32), 2.0), TypeError, "block_size must be an int, got float"),
+    (lambda: (*qkv(1, 4, 4, 2, 1, 8, torch.float32), 0), ValueError, "block_size must be >= 1, got 0"),
     (lambda: (*qkv(1, 4, 4, 3, 1, 8, torch.float32), 2), ValueError, "even number of heads"),
     (lambda: (*qkv(1, 4, 4, 6, 3, 8, torch.float32), 2), ValueError, "1 head .multi-query. or an even divisor"),
     (lambda: (qkv(1, 4, 4, 2, 1, 8, torch.float32)[0].half(), *qkv(1, 4, 4, 2, 1, 8, torch.float32)[1:], 2),

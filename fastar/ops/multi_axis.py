@@ -7,7 +7,7 @@ import math
 import torch
 
 from fastar import _backend
-from fastar.ops._checks import FLOATS, check_same_device, check_tensor
+from fastar.ops._checks import FLOATS, check_int, check_same_device, check_tensor
 from fastar.ops._registry import Decline, first_order_only, kernel, lse_grads, op
 from fastar.reference import multi_axis as reference
 from fastar.torch import multi_axis as torch_impl
@@ -42,6 +42,8 @@ def _image_layout(op, q, k, v, image_size):
 
 
 def _check(op, q, k, v, block_size):
+    """Raises an error naming what is wrong with q, k, v (B, H, W, heads, D) or block_size; returns block_size as an
+    int."""
     B, H, W, heads, D = q.shape
     if k.shape != v.shape:
         raise ValueError(f"{op}: k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
@@ -54,8 +56,10 @@ def _check(op, q, k, v, block_size):
         raise ValueError(f"{op}: k needs 1 head (multi-query) or an even divisor of q's {heads} heads, got {hk}")
     if D < 1:
         raise ValueError(f"{op}: head dim (last dim) must be at least 1, got {D}")
-    if not isinstance(block_size, int) or block_size < 1 or H < 1 or W < 1 or H % block_size or W % block_size:
+    block_size = check_int(op, "block_size", block_size, low=1)  # a bool (True: 1) is refused, not taken
+    if H < 1 or W < 1 or H % block_size or W % block_size:
         raise ValueError(f"{op}: the image {H} x {W} must be a nonzero multiple of block_size, got {block_size!r}")
+    return block_size
 
 
 @op(reference=reference.multi_axis_attention, torch=torch_impl.multi_axis_attention)
@@ -73,7 +77,7 @@ def multi_axis_attention(q, k, v, block_size, *, image_size=None, scale=None, re
     """
     name = "multi_axis_attention"
     q5, k5, v5 = _image_layout(name, q, k, v, image_size)
-    _check(name, q5, k5, v5, block_size)
+    block_size = _check(name, q5, k5, v5, block_size)
     declined = None
     backend = _backend.active(q.device)
     if backend in ("cuda", "simt") and q5.shape[4] not in DEVICE_HEAD_DIMS:
