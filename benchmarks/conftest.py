@@ -33,7 +33,7 @@ def bf16_peak_gflops(pytestconfig):
 
 def pytest_configure(config):
     info = fastar.build_info()
-    config.fastar_peak = fma_peak.measure(info.get("cpu_isa", "base"), torch.get_num_threads())
+    config.fastar_peak = fma_peak.kernels_peak(info, torch.get_num_threads())
     bf16 = fma_peak.bf16_isa(info)
     config.fastar_bf16_peak = fma_peak.measure(bf16, torch.get_num_threads()) if bf16 else None
     config.fastar_declined = []

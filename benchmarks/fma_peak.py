@@ -22,6 +22,12 @@ def compile_for(isa, out, *extra):
                     str(out)], check=True)
 
 
+def kernels_peak(build_info, threads):
+    """measure() of the ISA fastar's CPU kernels run (build_info()["cpu_isa"]): the float32 peak every report and
+    the main command's profile give."""
+    return measure(build_info.get("cpu_isa", "base"), threads)
+
+
 def measure(isa, threads, rounds=3):
     """Best of `rounds`: {"gflops" summed over threads, "isa", "floats" per vector, "chains" per thread,
     "threads"}."""

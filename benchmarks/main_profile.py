@@ -57,7 +57,7 @@ def measured_peak():
     import torch
 
     from benchmarks import fma_peak
-    return fma_peak.measure(fastar.build_info().get("cpu_isa", "base"), torch.get_num_threads())["gflops"]
+    return fma_peak.kernels_peak(fastar.build_info(), torch.get_num_threads())["gflops"]
 
 
 def exports(env, profile, reason):

@@ -85,9 +85,8 @@ def mlp(x, w1, b1, w2, b2, residual=None, out=None, *, softmax_group=0):
         return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
     def run(ops):
-        if x.numel() == 0:  # no rows: an empty view may keep any strides (is_contiguous() holds), the kernel's
-            y = x.new_empty(*x.shape[:-1], w2.shape[0])  # checks refuse a non-unit column stride
-            return y if out is None else out
+        if x.numel() == 0:  # no rows: an empty view may keep any strides (is_contiguous() holds), which the
+            return x.new_empty(*x.shape[:-1], w2.shape[0]) if out is None else out  # kernel's checks refuse
         args = (rows(x), w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(),
                 None if residual is None else rows(residual), softmax_group)
         if out is None:
