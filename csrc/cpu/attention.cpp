@@ -540,21 +540,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
                                                              const MaskParams& mask, double scale) {
   const auto dt = compute_dtype(q);
   const at::Tensor qc = operand(q, dt), kc = operand(k, dt), vc = operand(v, dt);
-  const at::Tensor dOc = dout.to(dt).contiguous(), lsec = lse.to(dt).contiguous();
+  const at::Tensor dOc = dout.to(dt).contiguous();
   const Dims d = dims(q, k, k.size(2));
   at::Tensor dq, dk, dv;  // (B, H, Lq, D); (B, H, Lk, D) per query head
   const int64_t c = query_chunk(mask, d), chunks = c > 0 ? d.Lq / c : 0;
   const bool tiny = c > 0 || attention_tiny_takes(d.Lq, d.Lk, d.D);
   if (c > 0) {  // the forward's query chunks; each chunk's key gradients summed into its head's
     std::tie(dq, dk, dv) = attention_tiny_bwd(dOc.view({d.B, d.H * chunks, c, d.D}),
-                                              qc.reshape({d.B, d.H * chunks, c, d.D}), kc, vc,
-                                              lsec.view({d.B, d.H * chunks, c}), mask, scale);
+                                              qc.reshape({d.B, d.H * chunks, c, d.D}), kc, vc, mask, scale);
     dq = dq.view({d.B, d.H, d.Lq, d.D});
     // one sum per key head over its query heads' chunks (head h = hk * group + g, chunk-major within it)
     dk = dk.view({d.B, d.Hk, d.H / d.Hk * chunks, d.Lk, d.D}).sum(2);
     dv = dv.view({d.B, d.Hk, d.H / d.Hk * chunks, d.Lk, d.D}).sum(2);
   } else if (tiny) {
-    std::tie(dq, dk, dv) = attention_tiny_bwd(dOc, qc, kc, vc, lsec, mask, scale);
+    std::tie(dq, dk, dv) = attention_tiny_bwd(dOc, qc, kc, vc, mask, scale);
   } else if (d.Lk == 0 || qc.numel() == 0) {  // nothing for backward() to write
     dq = at::zeros(qc.sizes(), qc.options());
     dk = at::zeros({d.B, d.H, d.Lk, d.D}, qc.options());
@@ -566,6 +565,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& d
   }
   if (!tiny && dq.numel() > 0 && d.Lk > 0) {
     const at::Tensor outc = out.to(dt).contiguous();  // (B, H, Lq, D), as dout
+    const at::Tensor lsec = lse.to(dt).contiguous();  // the tiny kernels make P again without it
     AT_DISPATCH_FLOATING_TYPES(dt, "attention_bwd", [&] {
       auto run = [&](const auto& plan) {
         backward<scalar_t>(heads<scalar_t>(qc), heads<scalar_t>(kc), heads<scalar_t>(vc), heads<scalar_t>(dOc),

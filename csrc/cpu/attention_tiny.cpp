@@ -63,7 +63,6 @@ std::tuple<at::Tensor, at::Tensor> attention_tiny_fwd(const at::Tensor& q, const
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_tiny_bwd(const at::Tensor& dout, const at::Tensor& q,
                                                                   const at::Tensor& k, const at::Tensor& v,
-                                                                  const at::Tensor& lse,
                                                                   const kernels::MaskParams& mask, double scale) {
   const TinyDims d = dims(q, k);
   const auto grads = empty_huge_parts({{d.B, d.H, d.Lq, d.D}, {d.B, d.H, d.Lk, d.D}, {d.B, d.H, d.Lk, d.D}},
@@ -71,10 +70,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_tiny_bwd(const at::Tens
   const at::Tensor &dq = grads[0], &dk = grads[1], &dv = grads[2];  // (B, H, Lq, D); (B, H, Lk, D) per query head
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "attention_tiny_bwd", [&] {
     const auto q_ = heads<scalar_t>(q), k_ = heads<scalar_t>(k), v_ = heads<scalar_t>(v);
-    const scalar_t *dO = dout.data_ptr<scalar_t>(), *l = lse.data_ptr<scalar_t>();
+    const scalar_t* dO = dout.data_ptr<scalar_t>();
     scalar_t *dq_ = dq.data_ptr<scalar_t>(), *dk_ = dk.data_ptr<scalar_t>(), *dv_ = dv.data_ptr<scalar_t>();
     at::parallel_for(0, d.B * d.H, kGrain, [&](int64_t bh0, int64_t bh1) {
-      micro<scalar_t>().backward(q_, k_, v_, dO, l, d, mask, scalar_t(scale), bh0, bh1, dq_, dk_, dv_);
+      micro<scalar_t>().backward(q_, k_, v_, dO, d, mask, scalar_t(scale), bh0, bh1, dq_, dk_, dv_);
     });
   });
   return {dq, dk, dv};

@@ -23,11 +23,10 @@ int64_t attention_tiny_query_chunk(int64_t Lq, int64_t Lk, int64_t D);
 std::tuple<at::Tensor, at::Tensor> attention_tiny_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                       const kernels::MaskParams& mask, double scale);
 
-// dout (B, H, Lq, D) and the forward's lse (B, H, Lq), contiguous, in the compute dtype
-// -> dq (B, H, Lq, D), dk and dv (B, H, Lk, D) per query head (the caller sums heads sharing a key head).
+// dout (B, H, Lq, D), contiguous, in the compute dtype -> dq (B, H, Lq, D), dk and dv (B, H, Lk, D) per query
+// head (the caller sums heads sharing a key head). P is made again by the forward's softmax: no lse.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_tiny_bwd(const at::Tensor& dout, const at::Tensor& q,
                                                                   const at::Tensor& k, const at::Tensor& v,
-                                                                  const at::Tensor& lse,
                                                                   const kernels::MaskParams& mask, double scale);
 
 }  // namespace fastar::cpu

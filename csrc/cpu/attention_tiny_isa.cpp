@@ -62,13 +62,6 @@ inline vec<T> run_sum(vec<T> v) {
   return v;
 }
 
-// The vector whose lane p is x[p / G]: a value per query row spread over its G key slots.
-template <class T, int G>
-inline vec<T> spread(const T* x) {
-  if constexpr (G >= kLanes<T>) return splat(x[0]);
-  else return __builtin_shuffle(load(x), pattern<T>([](int p) { return p / G; }));
-}
-
 // ---- the score block ----
 
 struct Block {
@@ -93,7 +86,7 @@ template <class T>
 inline vec<T> masked(vec<T> score, vec<T> bias) { return bias == T(0) ? score : bias; }
 
 // Scratch of a task: the mask as a bias (0 / -inf) of the score block, the scores (then P), dP (then dS),
-// and values per query row (the softmax's max and sum; the backward's lse in base 2), padded for vector loads.
+// and values per query row (the softmax's max and sum), padded for vector loads.
 template <class T>
 struct Scratch {
   alignas(64) T bias[kTinyMaxLen * kTinyMaxLen];
@@ -290,7 +283,8 @@ inline vec<T> lse_of(vec<T> m, vec<T> l) {
 }
 
 // s (the block's scores, base 2, masked) <- P = softmax of each row; lse (Lq,) <- each row's logsumexp (-inf where a
-// row sees no key: its P is 0). m, l: scratch for the rows' max and sum when rows span whole vectors.
+// row sees no key: its P is 0), unless nullptr (the backward, which makes P again). m, l: scratch for the rows' max
+// and sum when rows span whole vectors.
 template <class T, int G>
 void softmax(T* s, const Block& blk, int Lq, T* lse, T* m, T* l) {
   constexpr int W = kLanes<T>, R = W / G;
@@ -300,6 +294,7 @@ void softmax(T* s, const Block& blk, int Lq, T* lse, T* m, T* l) {
       const vec<T> x = load(s + t * W), mx = run_max<T, G>(x);
       const vec<T> p = exp2_vec(x - (mx == -inf ? splat(T(0)) : mx)), sum = run_sum<T, G>(p);
       store(s + t * W, p * (sum == 0 ? splat(T(0)) : T(1) / sum));
+      if (lse == nullptr) continue;
       const vec<T> y = lse_of<T>(mx, sum);
       for (int r = 0; r < R && t * R + r < Lq; ++r) lse[t * R + r] = y[r * G];
     }
@@ -322,37 +317,35 @@ void softmax(T* s, const Block& blk, int Lq, T* lse, T* m, T* l) {
       for (int u = 0; u < n; ++u) store(row + u * W, load(row + u * W) * inv);
       m[i] = mx[0], l[i] = sum[0];
     }
-    for (int i = 0; i < Lq; i += W) {  // the logs a vector of rows at a time
+    for (int i = 0; lse != nullptr && i < Lq; i += W) {  // the logs a vector of rows at a time
       const vec<T> y = lse_of<T>(load(m + i), load(l + i));
       for (int p = 0; p < W && i + p < Lq; ++p) lse[i + p] = y[p];
     }
   }
 }
 
-// s (scores, base 2) <- P = exp2(s - lse2), ds (dP) <- dS = scale P (dP - delta), delta = rowsum(P dP) (the
-// products of dP, so that a single key gives dS = 0 exactly); lse2 per row, +inf where a row saw no key.
+// ds (dP) <- dS = scale P (dP - delta), delta = rowsum(P dP) (the products of dP, so that a single key gives dS = 0
+// exactly), p: P as the forward's softmax made it. Not P = exp2(s - lse log2(e)): lse, a natural log of base-2 scores,
+// is rounded twice on the way back, ~2 ulps of |s| off, and every P with it (a single key's P of 1 came out
+// 1 - 1e-4 at |s| ~ 700; its dS, 0 in the reference, then ~1e-4 dP: gradients tens of times past the
+// tolerance).
 template <class T, int G>
-void softmax_grad(T* s, T* ds, const T* lse2, const Block& blk, T scale) {
-  constexpr int W = kLanes<T>, R = W / G;
+void softmax_grad(const T* p, T* ds, const Block& blk, T scale) {
+  constexpr int W = kLanes<T>;
   if constexpr (G < W) {
     for (int t = 0; t < blk.vecs; ++t) {
-      const vec<T> p = exp2_vec(load(s + t * W) - spread<T, G>(lse2 + t * R)), dp = load(ds + t * W);
-      store(s + t * W, p);
-      store(ds + t * W, scale * p * (dp - run_sum<T, G>(p * dp)));
+      const vec<T> x = load(p + t * W), dp = load(ds + t * W);
+      store(ds + t * W, scale * x * (dp - run_sum<T, G>(x * dp)));
     }
   } else {
     const int n = blk.LP / W;
     for (int i = 0; i < blk.rows; ++i) {
-      T *p = s + i * blk.LP, *dp = ds + i * blk.LP;
-      const vec<T> sub = splat(lse2[i]);
+      const T* pr = p + i * blk.LP;
+      T* dp = ds + i * blk.LP;
       vec<T> pdp = splat(T(0));
-      for (int u = 0; u < n; ++u) {
-        const vec<T> x = exp2_vec(load(p + u * W) - sub);
-        store(p + u * W, x);
-        pdp += x * load(dp + u * W);
-      }
+      for (int u = 0; u < n; ++u) pdp += load(pr + u * W) * load(dp + u * W);
       const vec<T> delta = run_sum<T, W>(pdp);
-      for (int u = 0; u < n; ++u) store(dp + u * W, scale * load(p + u * W) * (load(dp + u * W) - delta));
+      for (int u = 0; u < n; ++u) store(dp + u * W, scale * load(pr + u * W) * (load(dp + u * W) - delta));
     }
   }
 }
@@ -361,7 +354,7 @@ void softmax_grad(T* s, T* ds, const T* lse2, const Block& blk, T scale) {
 // bias (Lk, LQ) the mask; every reduction runs down the columns, lane by lane.
 
 // s <- P^T = the softmax of each column of s masked by bias; lse (Lq,) <- each query's logsumexp (-inf where it sees
-// no key: its P is 0).
+// no key: its P is 0), unless nullptr (the backward).
 template <class T>
 void softmax_columns(T* s, const T* bias, int Lk, int LQ, int Lq, T* lse) {
   constexpr int W = kLanes<T>;
@@ -382,33 +375,22 @@ void softmax_columns(T* s, const T* bias, int Lk, int LQ, int Lq, T* lse) {
     }
     const vec<T> inv = sum == 0 ? splat(T(0)) : T(1) / sum;
     for (int j = 0; j < Lk; ++j) store(s + j * LQ + c, load(s + j * LQ + c) * inv);
+    if (lse == nullptr) continue;
     const vec<T> y = lse_of<T>(mx, sum);
     for (int p = 0; p < W && c + p < Lq; ++p) lse[c + p] = y[p];
   }
 }
 
-// s (S^T, base 2) <- P^T = exp2(masked(s, bias) - lse2), ds (dP^T) <- dS^T = scale P (dP - delta), delta = the column
-// sums of P dP; lse2 (LQ,) per query, +inf where a query saw no key (and on the padding lanes).
+// ds (dP^T) <- dS^T = scale P (dP - delta), delta = the column sums of P dP, p: P^T as softmax_columns made it
+// (softmax_grad says why not from lse).
 template <class T>
-void softmax_grad_columns(T* s, T* ds, const T* bias, const T* lse2, int Lk, int LQ, T scale) {
+void softmax_grad_columns(const T* p, T* ds, int Lk, int LQ, T scale) {
   constexpr int W = kLanes<T>;
   for (int c = 0; c < LQ; c += W) {
-    const vec<T> sub = load(lse2 + c);
     vec<T> pdp = splat(T(0));
-    for (int j = 0; j < Lk; ++j) {
-      const vec<T> p = exp2_vec(masked<T>(load(s + j * LQ + c), load(bias + j * LQ + c)) - sub);
-      store(s + j * LQ + c, p);
-      pdp += p * load(ds + j * LQ + c);
-    }
-    for (int j = 0; j < Lk; ++j)
-      store(ds + j * LQ + c, scale * load(s + j * LQ + c) * (load(ds + j * LQ + c) - pdp));
+    for (int j = 0; j < Lk; ++j) pdp += load(p + j * LQ + c) * load(ds + j * LQ + c);
+    for (int j = 0; j < Lk; ++j) store(ds + j * LQ + c, scale * load(p + j * LQ + c) * (load(ds + j * LQ + c) - pdp));
   }
-}
-
-// lse2 (n,) <- a sequence's lse (n,) in base 2, +inf where a query saw no key (its P = exp2(-inf) = 0).
-template <class T>
-void lse_base2(const T* lse, int n, T* lse2) {
-  for (int i = 0; i < n; ++i) lse2[i] = lse[i] == -__builtin_inf() ? T(__builtin_inf()) : T(lse[i] * kLog2e);
 }
 
 // ---- sequences ----
@@ -455,19 +437,18 @@ void forward_rows(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims
 }
 
 template <class T, int G>
-void backward_rows(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const T* lse, const TinyDims& d,
+void backward_rows(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const TinyDims& d,
                    const MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq, T* dk, T* dv, Scratch<T>& w) {
   const int D = d.D;
   const Block blk = block_of<T>(d.Lq, d.Lk);
-  for (int i = d.Lq; i < blk.rows + kLanes<T>; ++i) w.row_a[i] = __builtin_inf();  // padding rows: P 0
   auto set_bias = [&](int64_t b) { mask_bias(mask, b, d.Lq, d.Lk, blk, w.bias); };
   each_sequence(q, k, v, d, mask, bh0, bh1, set_bias, NoPrefetch(), [&](int64_t bh, const T* Q, const T* K,
                                                                          const T* V, LinePrefetch<>&) {
     const T* dO = dout + bh * d.Lq * D;
-    lse_base2(lse + bh * d.Lq, d.Lq, w.row_a);
     dots<T>(Q, q.sl, d.Lq, K, k.sl, d.Lk, D, blk, T(scale * kLog2e), w.bias, w.s);  // S (base 2)
     dots<T>(dO, D, d.Lq, V, v.sl, d.Lk, D, blk, T(1), nullptr, w.ds);                // dP = dO V^T
-    softmax_grad<T, G>(w.s, w.ds, w.row_a, blk, scale);                               // P, dS
+    softmax<T, G>(w.s, blk, d.Lq, nullptr, w.row_a, w.row_b);                         // P, as the forward's
+    softmax_grad<T, G>(w.s, w.ds, blk, scale);                                        // dS
     product(w.ds, blk.LP, 1, d.Lq, d.Lk, K, k.sl, D, dq + bh * d.Lq * D, D);  // dQ = dS K
     product(w.ds, 1, blk.LP, d.Lk, d.Lq, Q, q.sl, D, dk + bh * d.Lk * D, D);  // dK = dS^T Q
     product(w.s, 1, blk.LP, d.Lk, d.Lq, dO, D, D, dv + bh * d.Lk * D, D);     // dV = P^T dO
@@ -538,10 +519,9 @@ void forward_lanes(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDim
 }
 
 template <class T>
-void backward_lanes(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const T* lse, const TinyDims& d,
+void backward_lanes(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const TinyDims& d,
                     const MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq, T* dk, T* dv, Scratch<T>& w) {
   const int D = d.D, Lq = d.Lq, Lk = d.Lk, LQ = lanes_of<T>(Lq);
-  for (int i = Lq; i < LQ; ++i) w.row_a[i] = __builtin_inf();  // padding lanes: P 0
   auto set_bias = [&](int64_t b) { mask_bias_columns(mask, b, Lq, Lk, LQ, w.bias); };
   const bool nt = streams<T, 3>({dq, dk, dv}, D, d.B * d.H * std::max(Lq, Lk) * D);
   const bool far = past_caches<T>(d, 2 * Lq + 2 * Lk);
@@ -557,12 +537,12 @@ void backward_lanes(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dou
   each_sequence(q, k, v, d, mask, bh0, bh1, set_bias, prefetch, [&](int64_t bh, const T* Q, const T* K, const T* V,
                                                                     LinePrefetch<>& pf) {
     const T* dO = dout + bh * Lq * D;
-    lse_base2(lse + bh * Lq, Lq, w.row_a);
     transpose(Q, q.sl, Lq, D, T(scale * kLog2e), w.qt, LQ);           // Qt
     transpose(dO, D, Lq, D, T(1), w.dot, LQ);                           // dO^T
     product(K, k.sl, 1, Lk, D, w.qt, LQ, LQ, w.s, LQ, pf);             // S^T = K Qt (base 2)
     product(V, v.sl, 1, Lk, D, w.dot, LQ, LQ, w.ds, LQ, pf);           // dP^T = V dO^T
-    softmax_grad_columns(w.s, w.ds, w.bias, w.row_a, Lk, LQ, scale);    // P^T, dS^T
+    softmax_columns(w.s, w.bias, Lk, LQ, Lq, static_cast<T*>(nullptr));  // P^T, as the forward's
+    softmax_grad_columns(w.s, w.ds, Lk, LQ, scale);                       // dS^T
     T *dQ = dq + bh * Lq * D, *dK = dk + bh * Lk * D, *dV = dv + bh * Lk * D;
     if (nt) {
       product<T, true>(w.ds, 1, LQ, Lq, Lk, K, k.sl, D, dQ, D, pf);  // dQ = dS K
@@ -600,13 +580,13 @@ void forward_fn(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& 
 }
 
 template <class T>
-void backward_fn(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const T* lse, const TinyDims& d,
+void backward_fn(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const TinyDims& d,
                  const MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq, T* dk, T* dv) {
   Scratch<T>& w = scratch<T>();
-  if (query_lanes<T>(d.Lq)) return backward_lanes<T>(q, k, v, dout, lse, d, mask, scale, bh0, bh1, dq, dk, dv, w);
+  if (query_lanes<T>(d.Lq)) return backward_lanes<T>(q, k, v, dout, d, mask, scale, bh0, bh1, dq, dk, dv, w);
   const Block blk = block_of<T>(d.Lq, d.Lk);
   with_pow2<T>(blk.LP < kLanes<T> ? blk.LP : kLanes<T>, [&](auto G) {
-    backward_rows<T, decltype(G)::value>(q, k, v, dout, lse, d, mask, scale, bh0, bh1, dq, dk, dv, w);
+    backward_rows<T, decltype(G)::value>(q, k, v, dout, d, mask, scale, bh0, bh1, dq, dk, dv, w);
   });
 }
 

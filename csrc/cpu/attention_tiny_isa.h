@@ -31,9 +31,9 @@ struct AttentionTinyKernels {
   // sees no key).
   void (*forward)(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const TinyDims& d,
                   const kernels::MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* out, T* lse);
-  // FlashAttention-2's backward per sequence from the forward's lse (B, H, Lq); dout, dq (B, H, Lq, D) and dk, dv
-  // (B, H, Lk, D) per query head, contiguous.
-  void (*backward)(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const T* lse, const TinyDims& d,
+  // FlashAttention-2's backward per sequence, its P made again by the forward's softmax rather than from lse (exact
+  // where a row's P is); dout, dq (B, H, Lq, D) and dk, dv (B, H, Lk, D) per query head, contiguous.
+  void (*backward)(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const T* dout, const TinyDims& d,
                    const kernels::MaskParams& mask, T scale, int64_t bh0, int64_t bh1, T* dq, T* dk, T* dv);
 };
 
