@@ -35,11 +35,12 @@ def ran(layer, x):
     return out, ops.names
 
 
-def test_default_library_follows_the_vendor(monkeypatch):
+def test_default_library_follows_the_kernels_gemm(monkeypatch):
+    """The models' Linear layers take the kernels' float32 GEMM library: oneDNN on non-Intel CPUs where its matmul
+    takes float32 (AVX-512), MKL on Intel and on AVX2-only CPUs (where it was faster: AMD Zen 3); the rule itself:
+    test_diffusion.py::test_gemm_library_choice."""
     monkeypatch.delenv("FASTAR_FP32_GEMM", raising=False)
-    vendor = fastar.build_info()["cpu_vendor"]
-    want = "mkl" if vendor == "intel" or not torch.backends.mkldnn.is_available() else "onednn"
-    assert _backend.fp32_linear_library() == want
+    assert _backend.fp32_linear_library() == fastar.build_info()["cpu_fp32_gemm"]
     monkeypatch.setenv("FASTAR_FP32_GEMM", "openblas")
     with pytest.raises(ValueError, match="FASTAR_FP32_GEMM must be one of \\('mkl', 'onednn'\\), got 'openblas'"):
         _backend.fp32_linear_library()

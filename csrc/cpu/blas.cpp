@@ -163,6 +163,8 @@ const char* fp32_gemm_library() {
     if (std::strcmp(want, "onednn") == 0) return onednn ? "onednn" : "mkl";  // the models' Linear layers take it
     TORCH_CHECK(false, "FASTAR_FP32_GEMM must be mkl or onednn, got ", want);
   }
+  // oneDNN where it has AVX-512 (its matmul takes float32 only there) and MKL's sgemm would take its AVX2 path
+  // (non-Intel CPUs); MKL's AVX2 sgemm on AVX2-only CPUs (fastar._backend.fp32_linear_library follows this).
   return onednn && std::strcmp(cpu_vendor(), "intel") != 0 ? "onednn" : "mkl";
 }
 
