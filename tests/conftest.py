@@ -197,3 +197,27 @@ def run_with_cpu_isa(isa, code):
     if "this CPU does not support it" in r.stderr:
         pytest.skip(f"this CPU lacks {isa}")
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def bf16_emulated(monkeypatch, op, call):
+    """call()'s result on a CPU without bf16 GEMM instructions (simulated: build_info()["cpu_bf16"] empty, kernels
+    avx2; FASTAR_EMULATED_BF16 unset), asserting that the bf16 mode ran with a warning naming `op`, the cost and the
+    instructions it lacks (fastar.check_bf16_gemm)."""
+    monkeypatch.delenv("FASTAR_EMULATED_BF16", raising=False)
+    info = fastar.build_info()
+    monkeypatch.setattr(fastar._backend, "build_info", lambda: {**info, "cpu_bf16": "", "cpu_isa": "avx2"})
+    with pytest.warns(UserWarning, match=rf"^{op}: precision='bf16' runs with emulated bf16 GEMMs here, slower than "
+                                         r"precision='fp32' .*AMX-BF16 or AVX512-BF16.*\(kernels run avx2\)"):
+        return call()
+
+
+class _Loading(Exception):
+    pass
+
+
+def sample_cli_warns_before_loading(monkeypatch, module, name):
+    """`python -m fastar sample <name> --precision bf16` on a CPU without bf16 GEMM instructions (simulated) warns
+    before it loads anything: module.load is made to stop the run."""
+    monkeypatch.setattr(module, "load", lambda *a, **kw: (_ for _ in ()).throw(_Loading()))
+    with pytest.raises(_Loading):
+        bf16_emulated(monkeypatch, f"python -m fastar sample {name}", lambda: module.main(["--precision", "bf16"]))

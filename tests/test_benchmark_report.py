@@ -226,18 +226,21 @@ def test_a_row_budget_bounds_the_rounds_after_the_warm_up(monkeypatch):
 
 
 def test_the_main_command_goes_lean_below_the_peak_and_keeps_the_knobs_a_user_set():
-    """benchmarks/main_profile.py: lean below LEAN_BELOW_GFLOPS, full at or above, FASTAR_MAIN_PROFILE forces one
+    """benchmarks/main_profile.py: lean below LEAN_BELOW_GFLOPS or below AVX-512 (AVX2-only CPUs), full at or above
+    it on AVX-512, FASTAR_MAIN_PROFILE forces one
     (any other value is an error naming it); its exports survive the shell (the reason has spaces and '<'), keep a
     knob the environment set, and the report and history name the profile."""
     import subprocess
 
     from benchmarks import main_profile as mp
     below, at = mp.LEAN_BELOW_GFLOPS - 1, mp.LEAN_BELOW_GFLOPS
-    assert mp.choose({}, below)[0] == "lean" and mp.choose({}, at)[0] == "full"
-    assert mp.choose({"FASTAR_MAIN_PROFILE": "full"}, below) == ("full", "set by FASTAR_MAIN_PROFILE")
+    assert mp.choose({}, below, "avx512")[0] == "lean" and mp.choose({}, at, "avx512")[0] == "full"
+    assert mp.choose({}, 2 * at, "avx2") == ("lean", f"kernels run avx2, not avx512 (float32 FMA peak {2 * at:.0f} "
+                                                     "GFLOP/s)")
+    assert mp.choose({"FASTAR_MAIN_PROFILE": "full"}, below, "avx2") == ("full", "set by FASTAR_MAIN_PROFILE")
     with pytest.raises(ValueError, match="FASTAR_MAIN_PROFILE must be 'full' or 'lean'.*'fast'"):
-        mp.choose({"FASTAR_MAIN_PROFILE": "fast"}, below)
-    profile, reason = mp.choose({}, below)
+        mp.choose({"FASTAR_MAIN_PROFILE": "fast"}, below, "avx512")
+    profile, reason = mp.choose({}, below, "avx512")
     script = "\n".join(mp.exports({"FASTAR_BENCH_ROW_S": "inf"}, profile, reason))
     knobs = [k for k in mp.KNOBS if k != "FASTAR_BENCH_ROW_S"]
     out = subprocess.run(["bash", "-c", script + "\n" + "".join(f'echo "${k}"\n' for k in [*knobs, "FASTAR_BENCH_ROW_S",

@@ -1,5 +1,6 @@
 """diffusion_sample (MAR's diffusion-head p_sample_loop) on every backend against the float64 reference."""
 import os
+import warnings
 
 import pytest
 import torch
@@ -245,16 +246,17 @@ def test_diffusion_sample_bf16(monkeypatch, N, cfg, library):
 
 
 def test_gemm_library_choice(monkeypatch):
-    """bf16 and float32 GEMMs on MKL on Intel CPUs, on oneDNN on the others (float32: where torch has it, as the
-    models' Linear layers); FASTAR_BF16_GEMM / FASTAR_FP32_GEMM pick one, and a wrong name is an error."""
+    """bf16 and float32 GEMMs on MKL on Intel CPUs, on oneDNN on the others (float32: where oneDNN's matmul takes
+    it, AVX-512; the models' Linear layers too); FASTAR_BF16_GEMM / FASTAR_FP32_GEMM pick one, and a wrong name is
+    an error."""
     monkeypatch.delenv("FASTAR_BF16_GEMM", raising=False)
     monkeypatch.delenv("FASTAR_FP32_GEMM", raising=False)
     vendor = next((ln.split(":")[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("vendor_id")), "")
     info = fastar.build_info()
     assert info["cpu_bf16_gemm"] == ("mkl" if vendor == "GenuineIntel" else "onednn")
-    fp32 = "mkl" if vendor == "GenuineIntel" or not torch.backends.mkldnn.is_available() else "onednn"
+    fp32 = "onednn" if vendor != "GenuineIntel" and onednn_takes_f32_matmul() else "mkl"
+    assert info["cpu_fp32_gemm"] == fp32  # mm_f32 (oneDNN's matmul)
     assert fastar._backend.fp32_linear_library() == fp32  # the models' Linear layers (oneDNN's inner product)
-    assert info["cpu_fp32_gemm"] == (fp32 if onednn_takes_f32_matmul() else "mkl")  # mm_f32 (oneDNN's matmul)
     for var in ("FASTAR_BF16_GEMM", "FASTAR_FP32_GEMM"):
         monkeypatch.setenv(var, "openblas")
         with pytest.raises(RuntimeError, match=f"{var} must be mkl or onednn, got openblas"):
@@ -262,17 +264,24 @@ def test_gemm_library_choice(monkeypatch):
         monkeypatch.delenv(var)
 
 
-def test_diffusion_sample_bf16_declined_without_bf16_instructions(monkeypatch):
+def test_diffusion_sample_bf16_warns_without_bf16_instructions(monkeypatch):
     """On any CPU: the GEMM libraries capped at AVX2 (as on an AVX2-only CPU) leave no bf16 instructions, and the
-    mode is declined, naming them."""
-    monkeypatch.delenv("FASTAR_EMULATED_BF16", raising=False)
+    mode runs (its GEMMs emulated: the same draws as with the warning silenced) and warns, naming them."""
+    z, head = torch.randn(2, Z), {k: v.float() for k, v in make_head().items()}
+    def sample():
+        return fastar.ops.diffusion_sample(z, head, generator=torch.Generator().manual_seed(3), precision="bf16")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
     monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
     assert fastar.build_info()["cpu_bf16"] == ""
-    with pytest.raises(RuntimeError, match="needs AMX-BF16 or AVX512-BF16 instructions, which .* may not use under "
-                                           "(ONEDNN_MAX_CPU_ISA=avx2|MKL_ENABLE_INSTRUCTIONS=AVX2)"):
-        fastar.ops.diffusion_sample(torch.randn(2, Z), {k: v.float() for k, v in make_head().items()},
-                                    precision="bf16")
+    monkeypatch.setenv("FASTAR_EMULATED_BF16", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        silenced = sample()
+    monkeypatch.delenv("FASTAR_EMULATED_BF16")
+    with pytest.warns(UserWarning, match="diffusion_sample: precision='bf16' runs with emulated bf16 GEMMs here, slower "
+                      "than precision='fp32' .*AMX-BF16 or AVX512-BF16 instructions, which .* may not use under "
+                      "(ONEDNN_MAX_CPU_ISA=avx2|MKL_ENABLE_INSTRUCTIONS=AVX2)"):
+        assert torch.equal(sample(), silenced)
     with pytest.raises(ValueError, match="precision must be"):
         fastar.ops.diffusion_sample(torch.randn(2, Z), {k: v.float() for k, v in make_head().items()},
                                     precision="fp16")

@@ -10,7 +10,7 @@ from fastar.models.fractalgen import MODELS, FractalGen, FractalGenConfig, build
 from fastar.models.fractalgen import sample as fractalgen_sample
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD
 from fastar.models.layers import Linear
-from tests.conftest import backend_device
+from tests.conftest import backend_device, bf16_emulated, sample_cli_warns_before_loading
 from tests.test_var_model import assert_finished, run_cli
 from tests.tolerance import assert_close
 
@@ -327,8 +327,8 @@ def test_bf16_generate(kind, monkeypatch):
     PixelLoss's in float32; the images stay float32 in [0, 1] and agree with the fp32 run's on at least 80% of the
     pixel values (measured: all of them on these tiny models; a draw diverges once a logit moves across it). AR
     levels at 2 images with CFG decode 4 rows a step through transformer_decode's float32 weights, so their images
-    are the fp32 ones. The weight copies are dropped after; declined without bf16 instructions (simulated); an
-    unknown precision is refused."""
+    are the fp32 ones. The weight copies are dropped after; without bf16 instructions (simulated) the same
+    images, with a warning, and the CLI warns before loading; an unknown precision is refused."""
     monkeypatch.setenv("FASTAR_EMULATED_BF16", "1")  # the mode's numerics on any CPU
     model, labels = tiny(kind).eval(), torch.tensor([3, 7])
     seen = set()
@@ -350,13 +350,8 @@ def test_bf16_generate(kind, monkeypatch):
         assert out16.dtype == torch.float32 and 0 <= out16.min() and out16.max() <= 1
         assert (out16 == out32).float().mean() >= 0.8
     assert all(m.product_weight is None for m in model.modules() if isinstance(m, Linear))
-    monkeypatch.delenv("FASTAR_EMULATED_BF16")
-    info = fastar.build_info()
-    monkeypatch.setattr(fastar._backend, "build_info", lambda: {**info, "cpu_bf16": "", "cpu_isa": "avx2"})
-    with pytest.raises(RuntimeError, match=r"FractalGen.generate: precision='bf16' needs AMX-BF16 or AVX512-BF16"):
-        generate("bf16")
-    with pytest.raises(SystemExit, match="sample fractalgen: precision='bf16' needs AMX-BF16 or AVX512-BF16"):
-        fractalgen_sample.main(["--precision", "bf16"])
+    assert torch.equal(bf16_emulated(monkeypatch, "FractalGen.generate", lambda: generate("bf16")), out16)
+    sample_cli_warns_before_loading(monkeypatch, fractalgen_sample, "fractalgen")
     with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
         generate("fp16")
 

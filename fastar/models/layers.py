@@ -258,7 +258,7 @@ def bf16_products(*modules):
     accumulation, the result in bfloat16 (autocast's rule for linear layers, which the official MAR and FractalGen
     code samples under on GPUs); what follows a product sees bfloat16 (fastar.ops.attention of q, k, v) or promotes
     to float32 (the residual adds, LayerNorm on the float32 stream). A sampling mode with its own results: callers
-    check fastar.check_bf16_gemm first (on a CPU without bf16 instructions it would be slower than float32)."""
+    call fastar.check_bf16_gemm first (on a CPU without bf16 instructions it is slower than float32: it warns)."""
     with _weight_copies("bf16_products", modules, "product_weight", torch.bfloat16, packed=False):
         yield
 

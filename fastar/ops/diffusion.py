@@ -55,8 +55,9 @@ def diffusion_sample(z, weights, *, num_steps=100, temperature=1.0, cfg=1.0, gen
     generator: the torch.Generator the noise is drawn from, in the official order (x_T, then (N, C) per step).
     precision: "fp32", or "bf16": the per-step GEMMs (adaLN, block MLPs, output) on bfloat16 operands with float32
     accumulation (each product's result rounded to bfloat16 where oneDNN runs it: build_info()["cpu_bf16_gemm"]),
-    on CPUs with AMX-BF16 or AVX512-BF16 (fastar.build_info()["cpu_bf16"]); elsewhere bf16 products
-    are emulated and slower than float32, so the cpu backend declines it with an error. Error against float64:
+    fast on CPUs with AMX-BF16 or AVX512-BF16 (fastar.build_info()["cpu_bf16"]); elsewhere the bf16 products are
+    emulated, the same numerics and slower than float32, and the cpu backend warns so (fastar.check_bf16_gemm).
+    Error against float64:
     tests/test_diffusion.py::test_diffusion_sample_bf16 (within the tolerance rule of a bfloat16 reference run).
     cuda_graph: on the cuda backend, the call is captured as a CUDA graph on first use and replayed after (one
     graph launch instead of num_steps x ~40 kernel launches; fastar/ops/_cuda_graph.py): one capture per z shape,

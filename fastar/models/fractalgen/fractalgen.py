@@ -158,7 +158,8 @@ class FractalGen(nn.Module):
         float32 accumulation, autocast's bfloat16 result; their attention then runs on bfloat16 queries against
         float32 KV caches) as the official code samples under autocast on GPUs; PixelLoss, the residual streams and
         every draw stay float32. Decode steps of a few rows (AR levels) keep transformer_decode's float32 weights
-        (see decode_weights for those). On a CPU it needs AMX-BF16 or AVX512-BF16 (fastar.check_bf16_gemm)."""
+        (see decode_weights for those). On a CPU without AMX-BF16 or AVX512-BF16 it runs slower than fp32 and warns
+        (fastar.check_bf16_gemm)."""
         op = "FractalGen.generate"
         check_labels(op, labels, None, self.num_classes)
         if len(labels) == 0:

@@ -176,7 +176,8 @@ class MAR(nn.Module):
         precision: "fp32", or "bf16": the transformer's products on bfloat16 operands (layers.bf16_products; its
         attention then runs on bfloat16 q, k, v) and the head's GEMMs in bfloat16 (diffusion_sample's bf16 mode);
         the residual stream, LayerNorms, the DDPM update and the tokens stay float32. The official code samples
-        under fp16 autocast on GPUs. On a CPU it needs AMX-BF16 or AVX512-BF16 (fastar.check_bf16_gemm).
+        under fp16 autocast on GPUs. On a CPU without AMX-BF16 or AVX512-BF16 it runs slower than fp32 and warns
+        (fastar.check_bf16_gemm).
         Agreement with fp32: tests/test_mar_model.py and benchmarks/bench_mar.py."""
         if cfg_schedule not in ("linear", "constant"):
             raise ValueError(f"sample_tokens: cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")

@@ -2,7 +2,7 @@
 
     python -m fastar sample mar --size base --ckpt mar_base/checkpoint-last.pth --vae-ckpt kl16.ckpt \\
         --classes 207 360 387 974 --num-iter 64 --cfg 2.9 --out grid.png
-    python -m fastar sample mar --precision bf16 ...   # bf16 products (CPUs with AMX-BF16 / AVX512-BF16)
+    python -m fastar sample mar --precision bf16 ...   # bf16 products (fast with AMX-BF16 / AVX512-BF16)
     python -m fastar sample mar --ckpt runs/mar-digits/ckpt.pt --classes 0 1 2 3   # from `fastar train mar`
 
 Without --ckpt the weights are random (MAR-{size} and the KL-16 VAE, untrained), and it says so.

@@ -137,8 +137,8 @@ class VAR(nn.Module):
         their GEMM operands in bfloat16 with float32 accumulation, the KV cache and fastar's attention in bfloat16,
         the VQVAE decoder under bfloat16 autocast (its convolutions and attention); the residual stream, LayerNorm,
         AdaLN, the head (logits) and the quantizer stay float32.
-        On a CPU it needs AMX-BF16 or AVX512-BF16 and is declined without them (fastar.check_bf16_gemm). Agreement
-        with fp32: tests/test_var_bf16.py and the README.
+        On a CPU without AMX-BF16 or AVX512-BF16 it runs slower than fp32 (emulated bf16 GEMMs) and warns
+        (fastar.check_bf16_gemm). Agreement with fp32: tests/test_var_bf16.py and the README.
         """
         op = "VAR.autoregressive_infer_cfg"
         if precision not in PRECISIONS:
