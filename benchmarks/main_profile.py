@@ -1,10 +1,11 @@
 """The main command's profile: the knobs that narrow its benchmarks to its ~20-minute budget (scripts/bench.sh runs
 `python -m benchmarks.main_profile` before them and evaluates the `export` lines it prints).
 
-"full" where the float32 FMA peak of the ISA fastar's kernels run (benchmarks/fma_peak.py, 2 threads) reaches
-LEAN_BELOW_GFLOPS; "lean" below it. The CPUs seen: an AMD Zen 4 measures ~235 GFLOP/s and takes ~15-16 min in full,
-a Zen 3 (AVX2 only) ~180-205 and ~18 min; a Zen 1 (two 128-bit FMA units a core) would measure ~80-100, where the
-full profile would take an estimated 30-40 min. The lean profile declines the five models' training-step rows
+"full" where fastar's kernels run AVX-512 and the float32 FMA peak of that ISA (benchmarks/fma_peak.py, 2 threads)
+reaches LEAN_BELOW_GFLOPS; "lean" on the AVX2-only CPUs the budget is set for, and below the peak. The CPUs seen: an
+AMD Zen 4 measures ~235 GFLOP/s and takes ~15-16 min in full; a Zen 3 (AVX2 only) measures ~180-205 yet took 21.5 min
+in full (2026-12-07: its bf16 rows declined, its trainings 1.5x the Zen 4's); a Zen 1 (two 128-bit FMA units a core)
+would measure ~80-100, where the full profile would take an estimated 30-40 min. The lean profile declines the five models' training-step rows
 (`pytest benchmarks -m train_step --benchmark-only` runs them), narrows the sampling rows (smaller batch, fewer
 iterations) and gives each op row less time. The digits trainings keep their length in both: their pictures are
 what a person judges (0.6x VAR's steps, or half the batch for MAR, DALL-E or FractalGen, gave visibly worse digits:
@@ -37,19 +38,22 @@ KNOBS = {
 }
 
 
-def choose(env, peak=None):
-    """(profile, reason) from FASTAR_MAIN_PROFILE in env, else from the float32 FMA peak in GFLOP/s (measured here
-    when None)."""
+def choose(env, peak=None, isa=None):
+    """(profile, reason) from FASTAR_MAIN_PROFILE in env, else from the ISA fastar's kernels run and its float32 FMA
+    peak in GFLOP/s (both measured here when peak is None)."""
     forced = env.get("FASTAR_MAIN_PROFILE", "")
     if forced:
         if forced not in ("full", "lean"):
             raise ValueError(f"FASTAR_MAIN_PROFILE must be 'full' or 'lean' (or unset: chosen by the FMA peak), "
                              f"got {forced!r}")
         return forced, "set by FASTAR_MAIN_PROFILE"
-    peak = measured_peak() if peak is None else peak
+    if peak is None:
+        peak, isa = measured_peak()
+    if isa != "avx512":
+        return "lean", f"kernels run {isa}, not avx512 (float32 FMA peak {peak:.0f} GFLOP/s)"
     if peak < LEAN_BELOW_GFLOPS:
         return "lean", f"float32 FMA peak {peak:.0f} GFLOP/s < {LEAN_BELOW_GFLOPS:.0f}"
-    return "full", f"float32 FMA peak {peak:.0f} GFLOP/s >= {LEAN_BELOW_GFLOPS:.0f}"
+    return "full", f"kernels run avx512, float32 FMA peak {peak:.0f} GFLOP/s >= {LEAN_BELOW_GFLOPS:.0f}"
 
 
 def measured_peak():
@@ -57,7 +61,8 @@ def measured_peak():
     import torch
 
     from benchmarks import fma_peak
-    return fma_peak.kernels_peak(fastar.build_info(), torch.get_num_threads())["gflops"]
+    info = fastar.build_info()
+    return fma_peak.kernels_peak(info, torch.get_num_threads())["gflops"], info["cpu_isa"]
 
 
 def exports(env, profile, reason):
