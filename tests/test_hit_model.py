@@ -172,9 +172,9 @@ def test_training_step_matches_reference_ops(backend):
     # Per network, all its gradients at once: a bias before a BatchNorm has a gradient that cancels to 0, so both
     # the floor and the reference error are the network's. D's output bias apart: its gradient is the sum of the
     # loss's derivatives by each logit (the non-saturating loss's: under 1/B a row, real and fake terms of opposite
-    # signs, bCR's pairs cancelling), a scalar of ~1e-2 whose float32 rounding is ulps of those terms, not of the
-    # network's gradients (~1e-2): the float32 reference landed 3.4e-10 from float64, this CPU's fastar 5.9e-8
-    # (AMD Zen 3, models' Linear on MKL), the torch backend 1.3e-8. Its floor is relative to 1, its terms' size.
+    # signs, bCR's pairs cancelling): terms up to 1/B = 0.25 summing to ~1e-2, whose float32 rounding is ulps of the
+    # terms, not of the result: the float32 reference landed 3.4e-10 from float64, this CPU's fastar 5.9e-8 (AMD
+    # Zen 3, models' Linear on MKL), the torch backend 1.3e-8. Its floor is relative to 1, its terms' size.
     out_bias = "D.out.bias"
     for net in "GD":
         names = [n for n in grads if n[0] == net and n != out_bias]
