@@ -6,8 +6,8 @@
 # benchmarks/results/{var_d16,mar_b}_random_weights.png: no second sampling run. Prints each part's time; budget:
 # ~20 min on a 2-core AVX2-only machine, which is why the long benchmarks run narrowed here: the knobs of the
 # profile benchmarks/main_profile.py picks by the kernels' ISA and the measured FMA peak ("full" on AVX-512, "lean"
-# on AVX2-only or slow CPUs; set
-# FASTAR_MAIN_PROFILE to force one, or a knob to keep its value; unset, the files run the full shapes and rounds).
+# on AVX2-only or slow CPUs; set FASTAR_MAIN_PROFILE to force one, or a knob to keep its value; unset, the files
+# run the full shapes and rounds).
 # Every model benchmark is a single run (the report says so); a bf16 row reuses its float32 row's runs.
 # Extra arguments go to the benchmarks' pytest.
 set -euo pipefail
