@@ -3,14 +3,14 @@
 
 "full" where fastar's kernels run AVX-512 and the float32 FMA peak of that ISA (benchmarks/fma_peak.py, 2 threads)
 reaches LEAN_BELOW_GFLOPS; "lean" on the AVX2-only CPUs the budget is set for, and below the peak. The CPUs seen: an
-AMD Zen 4 measures ~235 GFLOP/s and takes ~15-16 min in full; a Zen 3 (AVX2 only) measures ~180-205 yet took 21.5 min
-in full (2026-12-07: its bf16 rows declined, its trainings 1.5x the Zen 4's); a Zen 1 (two 128-bit FMA units a core)
-would measure ~80-100, where the full profile would take an estimated 30-40 min. The lean profile declines the five models' training-step rows
-(`pytest benchmarks -m train_step --benchmark-only` runs them), narrows the sampling rows (smaller batch, fewer
-iterations) and gives each op row less time. The digits trainings keep their length in both: their pictures are
-what a person judges (0.6x VAR's steps, or half the batch for MAR, DALL-E or FractalGen, gave visibly worse digits:
-README, Time). FASTAR_MAIN_PROFILE=full|lean forces a profile; a knob already set in the environment is kept in
-either.
+AMD Zen 4 measures ~235 GFLOP/s and takes ~15-16 min in full; a Zen 3 (AVX2 only) measures ~180-205 yet took 21.3 min
+in full and 14.8 in lean (2026-12-07: its trainings 1.4-1.5x the Zen 4's); a Zen 1 (two 128-bit FMA units a core)
+would measure ~80-100, where the full profile would take an estimated 30-40 min. The lean profile declines the five
+models' training-step rows (`pytest benchmarks -m train_step --benchmark-only` runs them), narrows the sampling rows
+(smaller batch, fewer iterations) and gives each op row less time. The digits trainings keep their length in both:
+their pictures are what a person judges (0.6x VAR's steps, or half the batch for MAR, DALL-E or FractalGen, gave
+visibly worse digits: README, Time). FASTAR_MAIN_PROFILE=full|lean forces a profile; a knob already set in the
+environment is kept in either.
 """
 import os
 import shlex
@@ -44,7 +44,7 @@ def choose(env, peak=None, isa=None):
     forced = env.get("FASTAR_MAIN_PROFILE", "")
     if forced:
         if forced not in ("full", "lean"):
-            raise ValueError(f"FASTAR_MAIN_PROFILE must be 'full' or 'lean' (or unset: chosen by the FMA peak), "
+            raise ValueError(f"FASTAR_MAIN_PROFILE must be 'full' or 'lean' (or unset: chosen by the ISA and the FMA peak), "
                              f"got {forced!r}")
         return forced, "set by FASTAR_MAIN_PROFILE"
     if peak is None:
