@@ -60,9 +60,9 @@ def bf16_gemm_emulated(device) -> str:
     """'' where bfloat16 GEMMs on `device` run on bf16 instructions (CUDA devices: tensor cores; a CPU with AMX-BF16
     or AVX512-BF16 that the bf16 GEMM library may use, build_info()["cpu_bf16"]), else why they do not: there the
     library emulates them, the same numerics, slower than float32. device: a torch.device or its name."""
-    if torch.device(device).type != "cpu" or build_info().get("cpu_bf16"):
-        return ""
     info = build_info()
+    if torch.device(device).type != "cpu" or info.get("cpu_bf16"):
+        return ""
     cap = "ONEDNN_MAX_CPU_ISA" if info.get("cpu_bf16_gemm") == "onednn" else "MKL_ENABLE_INSTRUCTIONS"
     lacks = (f"which {info.get('cpu_bf16_gemm')} (the bf16 GEMM library) may not use under {cap}={os.environ[cap]}"
              if os.environ.get(cap) else "which this CPU lacks")
