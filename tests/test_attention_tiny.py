@@ -135,12 +135,14 @@ def test_tiny_query_chunks(attn_backend, dtype, Lq, Lk, D, H, Hk):
     assert (out[1] == 0).all() and (lse[1] == -torch.inf).all()
 
 
-@pytest.mark.parametrize("Lq,Lk", [(3, 1), (3, 4), (22, 1), (22, 4), (64, 4)])
+@pytest.mark.parametrize("Lq,Lk", [(3, 1), (3, 4), (22, 1), (22, 4), (64, 4), (64, 1), (200, 1)])
 def test_tiny_saturated_rows(attn_backend, Lq, Lk):
     """Scores in the hundreds (q, k ~ N(0, 3^2), D 32, scale 1): each row's softmax is nearly one-hot, and a single
     key's P is exactly 1 in the reference, its dq and dk exactly 0. P made from lse (a natural log of base-2 scores,
     rounded twice on the way back) was ~2 ulps of |s| off, and these gradients up to 35x past the tolerance; the
-    backward makes P as the forward did. Lq 3, 22, 64: the row layout, the query-lane layout, query chunks."""
+    backward makes P as the forward did. Lq 3, 22, 64: the row layout, the query-lane layout, query chunks; Lq 64 and
+    200 on one key: simt's flash backward, whose delta = rowsum(dO O) is summed as its dP = dO V^T (a shuffle tree's
+    sum left dq and dk up to 6x past the tolerance)."""
     q = randn(2, 2, Lq, 32, dtype=torch.float32, seed=64) * 3
     k, v = randn(2, 2, Lk, 32, dtype=torch.float32, seed=65) * 3, randn(2, 2, Lk, 32, dtype=torch.float32, seed=66)
     check(q, k, v, make_mask("full", Lk), attn_backend, scale=1.0)

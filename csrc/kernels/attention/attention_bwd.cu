@@ -72,23 +72,24 @@ Plan plan(const AttentionBwdParams& p) {
   return s;
 }
 
-// One warp per row of (B*H*Lq): delta = sum_d dO * O, and zeroes the row of dq_accum.
+// One thread per row of (B*H*Lq): delta = sum_d dO O, as the float32 warp_gemm sums dP = dO V^T (one running
+// sum from 0, d ascending, the same `+= a * b`, which nvcc contracts to the same FMAs and the emulator to none): a
+// row whose O is one key's v (a single visible key, or a softmax one-hot to the last bit) gets delta == dP bit for
+// bit, so dS = P (dP - delta) is 0 there as in the reference (a shuffle tree's sum left dq and dk of a lone key up to
+// 6x past the tolerance). Then the block's threads zero its rows of dq_accum.
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads) attention_bwd_prep_kernel(const AttentionBwdParams p, float* delta,
                                                                       float* dq_accum) {
-  const int64_t rows = int64_t(p.B) * p.H * p.Lq, row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= rows) return;
-  const T* o = static_cast<const T*>(p.out) + row * D;
-  const T* dout = static_cast<const T*>(p.dout) + row * D;
-  float sum = 0.f;
-  for (int c = lane; c < D; c += 32) {
-    sum += to_float(o[c]) * to_float(dout[c]);
-    dq_accum[row * D + c] = 0.f;
+  const int64_t rows = int64_t(p.B) * p.H * p.Lq, first = int64_t(blockIdx.x) * kThreads, row = first + threadIdx.x;
+  if (row < rows) {
+    const T* o = static_cast<const T*>(p.out) + row * D;
+    const T* dout = static_cast<const T*>(p.dout) + row * D;
+    float sum = 0.f;
+    for (int c = 0; c < D; ++c) sum += to_float(o[c]) * to_float(dout[c]);
+    delta[row] = sum;
   }
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-  if (lane == 0) delta[row] = sum;
+  const int64_t n = (rows - first < kThreads ? rows - first : kThreads) * D;
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) dq_accum[first * D + i] = 0.f;
 }
 
 // Grid (B * H, key tiles). flags: (n_qt, n_kt) tile kinds for (kM, tile_k) tiles, or nullptr for the full mask.
@@ -322,7 +323,7 @@ cudaError_t attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t strea
       if (cudaError_t e = attention_tile_flags_launch(p.mask, p.Lq, p.Lk, s.tile_q, tile_k(kF32<T>, D), ws, stream))
         return e;
     if (rows > 0) {
-      LAUNCH((attention_bwd_prep_kernel<T, D>), unsigned((rows + kWarps - 1) / kWarps), kThreads, 0,
+      LAUNCH((attention_bwd_prep_kernel<T, D>), unsigned((rows + kThreads - 1) / kThreads), kThreads, 0,
              stream)(p, delta, dq_accum);
       if (cudaError_t e = cudaGetLastError()) return e;
     }
