@@ -630,6 +630,22 @@ def test_sampler_patched_gives_the_official_tokens(official, backend, top_k, top
     assert all(torch.equal(a, b) for a, b in zip(again, want))
 
 
+def test_sampler_patched_raises_on_nan_logits_as_the_official(official):
+    """A NaN in the logits: the official torch.multinomial raises, and so does the patched sampler (its kernel's -1
+    would embed the last token of the codebook)."""
+    torch.manual_seed(17)
+    var = official.VAR()
+    with torch.no_grad():
+        var.head.bias[5] = torch.nan
+    with pytest.raises(RuntimeError, match="probability tensor contains"):
+        infer(var, 0, 900, 0.96)
+    fastar.patch.var(var)
+    with pytest.raises(RuntimeError, match="no token to draw"):
+        infer(var, 0, 900, 0.96)
+    assert sampler_status(var) == {"sample_with_top_k_top_p_": "applied"}
+    fastar.patch.undo(var)
+
+
 def test_sampler_class_patch_and_undo(official):
     original = official.var.sample_with_top_k_top_p_
     rows = fastar.patch.var(attention=False, quantizer=False, decoder=False)

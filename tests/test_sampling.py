@@ -165,10 +165,27 @@ def test_min_prob_drops_light_tokens(backend):
     assert counts_of(backend, row, min_prob=1e-3)[2] > 0
 
 
-def test_rows_without_a_finite_logit(backend):
-    logits = torch.tensor([[-torch.inf, -torch.inf], [0.0, 1.0]]).to(backend_device(backend))
-    out = fastar.ops.sample_categorical(logits)
-    assert out[0].item() == -1 and out[1].item() in (0, 1)
+@pytest.mark.parametrize("bad", [[-torch.inf, -torch.inf], [torch.nan, 0.0], [torch.inf, 0.0]],
+                         ids=["no finite logit", "NaN", "+inf"])
+def test_rows_without_a_token_raise(backend, bad):
+    """The kernels draw -1 on such a row (sample_from_races' contract); the op raises, as torch.multinomial, rather
+    than return an index that would pick the last token. Rows with some -inf logits (masked tokens) draw. On a GPU
+    the op's check is a device-side assert, which would end the process's CUDA context: there the kernel's -1."""
+    device = backend_device(backend)
+    masked = torch.tensor([[-torch.inf, 1.0], [0.0, -torch.inf]], device=device)
+    assert fastar.ops.sample_categorical(masked).tolist() == [1, 0]
+    logits = torch.tensor([bad, [0.0, 1.0]], device=device)
+    race = torch.ones(2, 2, device=device)
+    assert ref.sample_from_races(logits.cpu(), race.cpu()).tolist()[0] == -1
+    kernels = torch.ops.fastar_simt if backend == "simt" else torch.ops.fastar
+    assert kernels.sample_categorical(logits, race, 1.0, 0, 1.0, 0.0)[0].item() == -1
+    if device == "cuda":
+        return
+    for name in (backend, "reference"):
+        with fastar.use_backend(name), pytest.raises(RuntimeError, match="no token to draw"):
+            fastar.ops.sample_categorical(logits)
+    with fastar.use_backend("torch"), pytest.raises(RuntimeError, match="probability tensor contains"):
+        fastar.ops.sample_categorical(logits)  # what the official code runs
 
 
 @pytest.mark.parametrize("shape", [(0, 5), (2, 0, 5), (0, 1)], ids=str)

@@ -28,8 +28,9 @@ def sample_categorical(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=
       top_p     keep the smallest set of largest logits holding top_p of what survived the above, ties at the cut
                 included (1: off; 0: the argmax).
     The largest logit always stays. temperature > 0 divides the logits (FractalGen multiplies: pass 1 / its
-    temperature); temperature -> 0 is the argmax, uniform over tied maxima. Rows with a NaN logit or without a finite
-    one get -1 (torch.multinomial raises on them).
+    temperature); temperature -> 0 is the argmax, uniform over tied maxima. A row with a NaN or +inf logit, or
+    without a finite one, raises RuntimeError as torch.multinomial does (on a GPU a device-side assert, so no host
+    sync; the kernels draw -1 there, which as an index would be the last token).
     generator: the draw is torch.multinomial's for one sample, an exponential race (the kept token with the largest
     p / q, q ~ Exp(1) one per token), with q drawn from the generator as torch.multinomial draws it for float32
     probabilities: one seed gives the official code's token (VAR's, FractalGen's torch.multinomial) up to the last
@@ -57,6 +58,6 @@ def sample_categorical(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=
         # random_), take float32 Exp(1) draws
         cpu = logits.device.type == "cpu" and ops is torch.ops.fastar and not torch.compiler.is_compiling()
         race = (reference.race_bits if cpu else reference.races)(logits, generator)
-        return ops.sample_categorical(rows, race, float(temperature), top_k, float(top_p), float(min_prob)
-                                      ).view(logits.shape[:-1])
+        return reference.require_drawn(ops.sample_categorical(rows, race, float(temperature), top_k, float(top_p),
+                                                              float(min_prob)).view(logits.shape[:-1]))
     return logits.device, run

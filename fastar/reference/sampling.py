@@ -8,8 +8,9 @@ The filters, on x = logits of a row (V tokens), p = softmax(x / temperature):
             >= top_p (VAR's ascending `cumsum <= 1 - top_p`, with ties at the cut kept whole);
 and the largest x always stays. The draw is the kept token with the largest p / q, q ~ Exp(1) one per token
 (argmax of log p + Gumbel noise), the first on ties: torch.multinomial's algorithm for one sample, with its draws
-of q, so one seed gives the token torch.multinomial draws from the same probabilities. A row with a NaN logit or
-no finite logit gets -1.
+of q, so one seed gives the token torch.multinomial draws from the same probabilities. A row with a NaN or +inf
+logit, or no finite one, draws -1 (sample_from_races, as the kernels), and sample_categorical raises on it
+(require_drawn), as torch.multinomial does.
 """
 import math
 
@@ -77,7 +78,16 @@ def sample_from_races(logits, race, *, temperature=1.0, top_k=0, top_p=1.0, min_
     return idx.reshape(logits.shape[:-1])
 
 
+def require_drawn(ids: torch.Tensor) -> torch.Tensor:
+    """ids, raising where a row drew -1 (a NaN or +inf logit, or none finite): torch.multinomial raises on such rows,
+    and a -1 would index the last token of a codebook or a vocabulary. torch._assert_async: a RuntimeError on the
+    CPU, a device-side assert on a GPU (no host sync, as torch.multinomial's own check there)."""
+    torch._assert_async((ids >= 0).all(), "sample_categorical: a row of logits has a NaN or +inf, or no finite "
+                        "value: no token to draw (torch.multinomial raises on such rows too)")
+    return ids
+
+
 def sample_categorical(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_prob=0.0, generator=None):
     """fastar.ops.sample_categorical in float64 (see the module docstring)."""
-    return sample_from_races(logits, races(logits, generator), temperature=temperature, top_k=top_k, top_p=top_p,
-                             min_prob=min_prob)
+    return require_drawn(sample_from_races(logits, races(logits, generator), temperature=temperature, top_k=top_k,
+                                           top_p=top_p, min_prob=min_prob))
