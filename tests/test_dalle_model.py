@@ -274,6 +274,10 @@ def test_bad_inputs_are_named():
         model(text, image[:, :9])
     with pytest.raises(ValueError, match="got 17 image tokens, the 4 x 4 grid takes at most 16"):
         model.generate(text, image_prefix=torch.cat([image, image[:, :1]], 1))
+    with pytest.raises(ValueError, match="text must be \\(B, text_len\\) int64, got torch.float32"):
+        model.generate(text.float())  # the text named, not the default image prefix made from it
+    with pytest.raises(TypeError, match="text must be a \\(B, text_len\\) int64 tensor, got list"):
+        model.generate(text.tolist())
     with pytest.raises(ValueError, match="Encoder: x must be a floating-point \\(B, 3, H, W\\)"):
         Encoder(TINY_DVAE)(torch.rand(1, 1, 16, 16))
     with pytest.raises(ValueError, match="Decoder: z must be a floating-point \\(B, 32, H, W\\) tensor, got "

@@ -158,6 +158,8 @@ class DALLE(nn.Module):
     def check_text(self, text_BT):
         """Raises a ValueError naming the problem unless text_BT is (B, text_len) int64 ids in [0, text_vocab)."""
         T, V = self.cfg.text_len, self.cfg.text_vocab
+        if not isinstance(text_BT, torch.Tensor):
+            raise TypeError(f"DALLE: text must be a (B, text_len) int64 tensor, got {type(text_BT).__name__}")
         if text_BT.dim() != 2 or text_BT.dtype != torch.long:
             raise ValueError(f"DALLE: text must be (B, text_len) int64, got {text_BT.dtype} {tuple(text_BT.shape)}")
         if text_BT.shape[1] != T:
@@ -215,6 +217,7 @@ class DALLE(nn.Module):
                  progress=False):
         """Image tokens (B, N) after text_BT, one per step on the KV caches; image_prefix (B, m): given first
         tokens (e.g. the top rows of an image), kept. progress: a bar over the tokens (tqdm, left off when done)."""
+        self.check_text(text_BT)  # first: the default prefix takes its batch and device
         B, T, N, W = text_BT.shape[0], self.cfg.text_len, self.cfg.grid ** 2, self.cfg.grid
         prefix = text_BT.new_zeros(B, 0) if image_prefix is None else image_prefix
         self.check_image(prefix, N, batch=B)
