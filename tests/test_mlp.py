@@ -149,6 +149,22 @@ def test_gelu_with_derivative_over_its_whole_range(approximate):
         assert rel < 2e-5, f"relative error {rel:.2e} in the negative tail"
 
 
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_at_infinities_and_huge_inputs(approximate):
+    """Non-finite and huge x as the float64 reference: gelu(+inf) = inf (v - v erfc / 2 gave inf - inf 0, NaN, in
+    mlp too), the tanh derivative past |x| ~ 1e13 is 1 or 0 (its overflowed polynomial times exp's 0 gave NaN);
+    -inf and NaN give NaN, as torch's."""
+    inf, nan = float("inf"), float("nan")
+    x = torch.tensor([inf, -inf, nan, 1e13, -1e13, 1e19, -1e19, 1e30, -1e30, 3e38, -3e38, 20.0, -20.0])
+    for out, want in zip(fastar.ops.gelu_with_derivative(x, approximate), gelu_reference(x.double(), approximate)):
+        torch.testing.assert_close(out, want.float(), rtol=1e-6, atol=0, equal_nan=True)
+    if approximate == "none":  # mlp's GELU of a pre-activation b1 (an inf x would meet the padded units' 0 weights)
+        one = torch.ones(1, 1)
+        for b1 in x[:, None]:
+            out = fastar.ops.mlp(torch.zeros(1, 1), one, b1, one, torch.zeros(1))
+            torch.testing.assert_close(out[0], F.gelu(b1.double()).float(), rtol=1e-6, atol=0, equal_nan=True)
+
+
 def test_gelu_with_derivative_declines_run_the_torch_formulation():
     """float64, bfloat16, autograd and backends without the kernel run torch's gelu and gelu_backward (a one-time
     warning each); the reference and torch backends run their formulation silently."""

@@ -54,10 +54,7 @@ inline void gelu_vectors(float* h) {
   for (int u = 0; u < N; ++u) v[u] = load(h + u * L);
   half_erfc<N>(v, e, z2);
 #pragma GCC unroll 8
-  for (int u = 0; u < N; ++u) {
-    const vec<float> ve = v[u] * e[u];  // v erfc(z) / 2
-    store(h + u * L, v[u] < 0.f ? ve : v[u] - ve);
-  }
+  for (int u = 0; u < N; ++u) store(h + u * L, v[u] * (v[u] < 0.f ? e[u] : 1.f - e[u]));  // v Phi(v): inf at +inf
 }
 
 // n a multiple of L.
@@ -92,14 +89,17 @@ inline void gelu_with_derivative_vectors(const float* x, float* y, float* d) {
     for (int u = 0; u < N; ++u) {
       const vec<float> r = 1.f / (w[u] + 1.f), s = b[u] < 0.f ? w[u] * r : r;
       store(y + u * L, v[u] * s);
-      store(d + u * L, s + (2.f * k0) * v[u] * (a[u] * (3.f * k1) + 1.f) * (w[u] * r * r));
+      // w = 0 where |u| is past exp's range: there the term is 0 (v 0: NaN for an infinite v, as torch's), not
+      // v's overflowed polynomial times 0 (NaN from |v| ~ 1e13)
+      const vec<float> t = (2.f * k0) * v[u] * (a[u] * (3.f * k1) + 1.f) * (w[u] * r * r);
+      store(d + u * L, s + (w[u] > 0.f ? t : v[u] * 0.f));
     }
   } else {
     half_erfc<N>(v, a, b);  // a: erfc(z) / 2, b: v^2 / 2
 #pragma GCC unroll 8
     for (int u = 0; u < N; ++u) {
-      const vec<float> ve = v[u] * a[u], cdf = v[u] < 0.f ? a[u] : 1.f - a[u];  // Phi(v)
-      store(y + u * L, v[u] < 0.f ? ve : v[u] - ve);
+      const vec<float> cdf = v[u] < 0.f ? a[u] : 1.f - a[u];  // Phi(v)
+      store(y + u * L, v[u] * cdf);
       store(d + u * L, cdf + v[u] * exp_vec(-b[u]) * 0.3989422804014327f);
     }
   }
