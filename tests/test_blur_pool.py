@@ -53,6 +53,20 @@ def test_gradcheck_to_second_order(backend):
     assert fastar.last_backend("blur_pool") == backend
 
 
+@pytest.mark.parametrize("H", [8, 7])
+def test_non_finite_reach_the_outputs_that_read_them(backend, H):
+    """A NaN or inf in the first row or column reaches only the outputs (input gradients) that read it, as the
+    reference's: the CPU kernel once padded with the first row times a zero tap, a NaN in the last output row (even
+    H) and NaN for inf at the borders."""
+    dev = backend_device(backend)
+    for bad in (float("nan"), float("inf")):
+        x, g = randn(1, 1, H, 6, seed=4).float(), randn(1, 1, H // 2, 3, seed=5).float()
+        x[0, 0, 0, 0], x[0, 0, :, 5], g[0, 0, 0, 0], g[0, 0, :, 2] = bad, bad, bad, bad
+        y, gx, _ = forward_and_grads(x.to(dev), g.to(dev), torch.zeros_like(x).to(dev))
+        for got, want in zip((y, gx), (ref.blur_pool(x.double()), ref.blur_pool_backward(g.double(), H, 6))):
+            torch.testing.assert_close(got.cpu().double(), want, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
 def test_references_agree():
     """The taps by slicing (the oracle) and the official depthwise F.conv2d (the torch backend), float64; the
     oracle's adjoint is autograd's gradient of the official formulation."""

@@ -28,16 +28,15 @@ void forward(const T* x, T* y, int64_t planes, int64_t H, int64_t W) {
   at::parallel_for(0, planes * Ho, std::max<int64_t>(1, 16384 / (4 * W)), [&](int64_t r0, int64_t r1) {
     std::vector<A> buf(W + 2, A(0));
     A* t = buf.data() + 1;  // t[-1] = t[W] = 0: the horizontal padding
+    const std::vector<T> zero(W, T(0));  // the vertical padding: a row of zeros (not a row times 0: NaN for inf)
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t p = r / Ho, i = r % Ho;
       const T* xp = x + p * H * W;
       const T* rows[4];
-      A taps[4] = {o, n, n, o};
+      const A taps[4] = {o, n, n, o};
       for (int a = 0; a < 4; ++a) {
         const int64_t h = 2 * i + a - 1;
-        const bool in = h >= 0 && h < H;
-        rows[a] = xp + (in ? h : 0) * W;
-        if (!in) taps[a] = A(0);
+        rows[a] = h >= 0 && h < H ? xp + h * W : zero.data();
       }
       for (int64_t w = 0; w < W; ++w)
         t[w] = taps[0] * A(rows[0][w]) + taps[1] * A(rows[1][w]) + taps[2] * A(rows[2][w]) +
@@ -59,17 +58,16 @@ void backward(const T* g, T* gx, int64_t planes, int64_t H, int64_t W) {
   at::parallel_for(0, planes * H, std::max<int64_t>(1, 16384 / (2 * W)), [&](int64_t r0, int64_t r1) {
     std::vector<A> buf(Wo + 2, A(0));
     A* v = buf.data() + 1;  // v[-1] = v[Wo] = 0
+    const std::vector<T> zero(Wo, T(0));  // a missing gradient row (a row times 0 would read NaN for inf)
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t p = r / H, h = r % H, m = h / 2;
       const T* gp = g + p * Ho * Wo;
       // (output row, tap) pairs: even h = 2m: (m, f[1]), (m - 1, f[3]); odd h = 2m + 1: (m + 1, f[0]), (m, f[2])
       const int64_t i0 = h % 2 ? m + 1 : m, i1 = h % 2 ? m : m - 1;
       const A f0 = h % 2 ? o : n, f1 = h % 2 ? n : o;
-      const bool in0 = i0 >= 0 && i0 < Ho, in1 = i1 >= 0 && i1 < Ho;
-      const T* g0 = gp + (in0 ? i0 : 0) * Wo;
-      const T* g1 = gp + (in1 ? i1 : 0) * Wo;
-      const A t0 = in0 ? f0 : A(0), t1 = in1 ? f1 : A(0);
-      for (int64_t j = 0; j < Wo; ++j) v[j] = t0 * A(g0[j]) + t1 * A(g1[j]);
+      const T* g0 = i0 >= 0 && i0 < Ho ? gp + i0 * Wo : zero.data();
+      const T* g1 = i1 >= 0 && i1 < Ho ? gp + i1 * Wo : zero.data();
+      for (int64_t j = 0; j < Wo; ++j) v[j] = f0 * A(g0[j]) + f1 * A(g1[j]);
       T* out = gx + r * W;
       for (int64_t k = 0; 2 * k < W; ++k) {
         out[2 * k] = T(n * v[k] + o * v[k - 1]);  // column 2k: (k, f[1]), (k - 1, f[3])
