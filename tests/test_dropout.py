@@ -65,6 +65,18 @@ def test_float64_and_backward(backend):
     assert torch.autograd.gradcheck(lambda t: ops.dropout(t, 123, 0.4), (x,))
 
 
+@pytest.mark.parametrize("p", [0.5, 1.0])
+def test_dropped_nan_and_inf_stay_nan(backend, dtype, p):
+    """A dropped NaN or inf is NaN, as torch's x * mask (the kernels once wrote 0 there, hiding the NaN); a kept one
+    is NaN or inf; the other rows are the reference's."""
+    x = torch.randn(3, 70, generator=torch.Generator().manual_seed(4)).to(dtype)
+    x[0], x[1] = float("nan"), float("inf")
+    out = fastar.ops.dropout(x.to(backend_device(backend)), p, generator=torch.Generator().manual_seed(2)).cpu()
+    assert out[0].isnan().all() and (out[1].isnan() | (out[1] == float("inf"))).all() and out[1].isnan().any()
+    want = ref.dropout_with_seed(x, ref.draw_seed(torch.Generator().manual_seed(2)), p)
+    torch.testing.assert_close(out, want, rtol=0, atol=0, equal_nan=True)
+
+
 def test_keep_rate_and_scale():
     """A million elements: the kept fraction within 6 sigma of 1 - p, each kept one x / (1 - p), the rest 0."""
     n, p = 1 << 20, 0.3

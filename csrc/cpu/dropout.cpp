@@ -24,7 +24,7 @@ void run(const T* x, T* out, int64_t n, uint64_t seed, uint32_t threshold, S sca
       kernels::philox4x32(uint64_t(c), seed, w);
       const int64_t e0 = 4 * c;
       for (int j = 0; j < 4 && e0 + j < n; ++j)
-        out[e0 + j] = (w[j] >> 8) >= threshold ? T(S(x[e0 + j]) * scale) : T(0);
+        out[e0 + j] = T(S(x[e0 + j]) * ((w[j] >> 8) >= threshold ? scale : S(0)));  // times 0: NaN, inf stay NaN
     }
   });
 }

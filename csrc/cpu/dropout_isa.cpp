@@ -61,13 +61,13 @@ void f32(const float* x, float* out, int64_t n, int64_t c0, int64_t c1, uint64_t
     philox_block(uint64_t(c), seed, w);
     const float* xb = x + 4 * c;
     float* ob = out + 4 * c;
-    for (int e = 0; e < 4 * kBlock; ++e) ob[e] = (w[e] >> 8) >= threshold ? xb[e] * scale : 0.f;
+    for (int e = 0; e < 4 * kBlock; ++e) ob[e] = xb[e] * ((w[e] >> 8) >= threshold ? scale : 0.f);
   }
   for (; c < c1; ++c) {  // the tail: the scalar generator
     uint32_t t[4];
     kernels::philox4x32(uint64_t(c), seed, t);
     for (int j = 0; j < 4 && 4 * c + j < n; ++j)
-      out[4 * c + j] = (t[j] >> 8) >= threshold ? x[4 * c + j] * scale : 0.f;
+      out[4 * c + j] = x[4 * c + j] * ((t[j] >> 8) >= threshold ? scale : 0.f);
   }
 }
 

@@ -2,8 +2,9 @@
 
 Element e of x (its contiguous order) is kept when (w >> 8) >= round(p 2^24), w being word e % 4 of Philox's output
 for counter e // 4 under key seed (its low and high 32 bits); a kept element is multiplied by 1 / (1 - p) (rounded to
-float32 for the 16- and 32-bit dtypes, the product rounded once to x's dtype), a dropped one is 0. One seed gives one
-mask on every device and backend that runs the kernels; the op is linear in x, so its backward is itself.
+float32 for the 16- and 32-bit dtypes, the product rounded once to x's dtype), a dropped one by 0 (a NaN or inf stays
+NaN, as torch's x * mask). One seed gives one mask on every device and backend that runs the kernels; the op is linear
+in x, so its backward is itself.
 """
 import torch
 
@@ -44,9 +45,9 @@ def dropout_with_seed(x: torch.Tensor, seed: int, p: float) -> torch.Tensor:
     keep = keep_mask(x.numel(), seed, p, x.device).view(x.shape)
     scale = 1.0 / (1.0 - p) if p < 1 else 0.0
     if x.dtype == torch.float64:
-        return torch.where(keep, x * scale, 0.0)
+        return x * (keep.to(x.dtype) * scale)
     s = torch.tensor(scale, dtype=torch.float32).item()  # the float32 scale the kernels use
-    return torch.where(keep, x.float() * s, 0.0).to(x.dtype)
+    return (x.float() * (keep.float() * s)).to(x.dtype)
 
 
 def dropout(x, p=0.5, *, training=True, generator=None):

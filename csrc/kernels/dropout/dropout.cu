@@ -9,13 +9,14 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// A dropped element is multiplied by 0, not replaced by it: NaN and inf stay NaN, as torch's x * mask.
 template <class T>
 __device__ __forceinline__ T kept(T v, bool keep, double scale) {
-  return keep ? from_float<T>(to_float(v) * float(scale)) : from_float<T>(0.f);
+  return from_float<T>(to_float(v) * (keep ? float(scale) : 0.f));
 }
 template <>
 __device__ __forceinline__ double kept<double>(double v, bool keep, double scale) {
-  return keep ? v * scale : 0.0;
+  return v * (keep ? scale : 0.0);
 }
 
 template <class T>

@@ -8,7 +8,8 @@
 
 namespace fastar::kernels {
 
-// out[e] = x[e] * scale where element e is kept (kernels/dropout/philox.h), else 0; x and out contiguous, n elements.
+// out[e] = x[e] * scale where element e is kept (kernels/dropout/philox.h), else x[e] * 0 (NaN for NaN and inf, as
+// torch's dropout); x and out contiguous, n elements.
 struct DropoutParams {
   const void* x;       // (n,) of dtype
   void* out;           // (n,) of dtype
