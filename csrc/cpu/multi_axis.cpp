@@ -116,14 +116,13 @@ void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int6
 // dilated pass adds to what the regional pass wrote.
 template <class T>
 void backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-              const at::Tensor& lse, int64_t block_size, T scale, const at::Tensor& dq, const at::Tensor& dk,
-              const at::Tensor& dv) {
+              int64_t block_size, T scale, const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv) {
   const Axis regional(q, k, block_size, 0), dilated(q, k, block_size, 1);
   for (const Axis* axis : {&regional, &dilated}) {
     const bool accumulate_kv = axis == &dilated && k.size(3) == 1;
     for_items<T>({axis}, [&](const Axis& a, int64_t i0, int64_t i1, void* s) {
-      micro<T>().backward(a.items, cimage<T>(q), cimage<T>(k), cimage<T>(v), cimage<T>(dout), cimage<T>(lse), scale,
-                          i0, i1, image<T>(dq), image<T>(dk), image<T>(dv), accumulate_kv, s);
+      micro<T>().backward(a.items, cimage<T>(q), cimage<T>(k), cimage<T>(v), cimage<T>(dout), scale, i0, i1,
+                          image<T>(dq), image<T>(dk), image<T>(dv), accumulate_kv, s);
     });
   }
 }
@@ -144,20 +143,20 @@ std::tuple<at::Tensor, at::Tensor> multi_axis_attention_fwd(const at::Tensor& q,
   return {out.to(q.scalar_type()), lse};
 }
 
-// out is not read: the kernel takes rowsum(dout * out) as sum_j P dP, from the scores it recomputes anyway.
+// out and lse are not read: the kernel makes P again from the scores as the forward does (its max and sum), and
+// rowsum(dout * out) as sum_j P dP.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_axis_attention_bwd(const at::Tensor& dout, const at::Tensor& q,
                                                                         const at::Tensor& k, const at::Tensor& v,
                                                                         const at::Tensor& out, const at::Tensor& lse,
                                                                         int64_t block_size, double scale) {
   const auto dt = compute_dtype(q);
   const at::Tensor qc = operand(q, dt), kc = operand(k, dt), vc = operand(v, dt), dOc = operand(dout, dt);
-  const at::Tensor lsec = lse.to(dt);
   at::Tensor dq = at::empty(q.sizes(), q.options().dtype(dt));  // (B, H, W, heads, D)
   at::Tensor dk = at::empty(k.sizes(), dq.options());          // (B, H, W, heads_kv, D)
   at::Tensor dv = at::empty(v.sizes(), dq.options());
   if (dq.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(dt, "multi_axis_attention_bwd", [&] {
-      backward<scalar_t>(dOc, qc, kc, vc, lsec, block_size, scalar_t(scale), dq, dk, dv);
+      backward<scalar_t>(dOc, qc, kc, vc, block_size, scalar_t(scale), dq, dk, dv);
     });
   }
   return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type())};

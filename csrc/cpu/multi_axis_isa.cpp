@@ -243,7 +243,6 @@ struct Work {
   T *mx, *l;             // per row of a chunk (C rounded up to whole vectors): max of its base-2 scores, 1 / l
   const T **kr, **vr, **qr, **dor;  // image rows of K, V (n,); of Q, dO (rows,): row r = head r / n, token r % n
   T **outr, **lser;                 // image rows of out (or dq), lse (rows,) written by the forward
-  const T** lsein;                  // image rows of lse (rows,) read by the backward
   T **dkr, **dvr;                   // image rows of dk, dv (n,)
   const T **qgr, **dogr, **kgr, **vgr, **ktr, **vtr;  // rows of qg, dog (rows,), kg, vg (n,), kt, vt (D,)
   T **sr, **dsr, **ogr, **dkgr, **dvgr;              // rows of s, ds, og (C,), dkg, dvg (n,)
@@ -264,7 +263,7 @@ struct Work {
     mx = cv.take<T>(padded<T>(C)), l = cv.take<T>(padded<T>(C));
     kr = cv.take<const T*>(n), vr = cv.take<const T*>(n), qr = cv.take<const T*>(rows);
     dor = cv.take<const T*>(rows), outr = cv.take<T*>(rows), lser = cv.take<T*>(rows);
-    lsein = cv.take<const T*>(rows), dkr = cv.take<T*>(n), dvr = cv.take<T*>(n);
+    dkr = cv.take<T*>(n), dvr = cv.take<T*>(n);
     qgr = cv.take<const T*>(rows), dogr = cv.take<const T*>(rows), kgr = cv.take<const T*>(n);
     vgr = cv.take<const T*>(n), ktr = cv.take<const T*>(D), vtr = cv.take<const T*>(D);
     sr = cv.take<T*>(C), dsr = cv.take<T*>(C), ogr = cv.take<T*>(C), dkgr = cv.take<T*>(n), dvgr = cv.take<T*>(n);
@@ -378,9 +377,8 @@ void forward(const MultiAxisItems& it, MultiAxisImage<const T> q, MultiAxisImage
 
 template <class T>
 void backward(const MultiAxisItems& it, MultiAxisImage<const T> q, MultiAxisImage<const T> k,
-              MultiAxisImage<const T> v, MultiAxisImage<const T> dout, MultiAxisImage<const T> lse, T scale,
-              int64_t i0, int64_t i1, MultiAxisImage<T> dq, MultiAxisImage<T> dk, MultiAxisImage<T> dv,
-              bool accumulate_kv, void* scratch) {
+              MultiAxisImage<const T> v, MultiAxisImage<const T> dout, T scale, int64_t i0, int64_t i1,
+              MultiAxisImage<T> dq, MultiAxisImage<T> dk, MultiAxisImage<T> dv, bool accumulate_kv, void* scratch) {
   constexpr int W = kLanes<T>;
   Work<T> w(it, scratch);
   const int n = w.n, D = w.D, LP = w.LP;
@@ -398,7 +396,7 @@ void backward(const MultiAxisItems& it, MultiAxisImage<const T> q, MultiAxisImag
       for (int j = 0; j < it.q_per_kv; ++j) {
         const int r = j * n + t, h = p.h0 + j;
         w.qr[r] = q.at(p.b, y, x, h), w.dor[r] = dout.at(p.b, y, x, h);
-        w.outr[r] = dq.at(p.b, y, x, h), w.lsein[r] = lse.at(p.b, y, x, h);
+        w.outr[r] = dq.at(p.b, y, x, h);
       }
     }
     transpose(w.kr, n, D, LP, w.kt);
@@ -411,11 +409,18 @@ void backward(const MultiAxisItems& it, MultiAxisImage<const T> q, MultiAxisImag
       product<T>(w.qgr + r0, 1, rc, D, w.ktr, LP, T(scale * kLog2e), w.sr, false, pf);  // S = scale log2(e) Q K^T
       product<T>(w.dogr + r0, 1, rc, D, w.vtr, LP, T(1), w.dsr, false, pf);             // dP = dO V^T
       for (int r = 0; r < rc; ++r) {
-        // P = exp(S - lse); delta = rowsum(dO * out) = sum_j P dP; dS = P (dP - delta)
-        T *pr = w.sr[r], *dr = w.dsr[r];
-        exp2_row(pr, n, LP, T(*w.lsein[r0 + r] * kLog2e));
+        // P as the forward makes it (the same scores, max and sum), not exp(S - lse): lse, a natural log of base-2
+        // scores, rounds twice on the way back, ~2 ulps of |S| in P (a one-hot row's gradients went to 1e6 at
+        // |S| ~ 1e6, inf past 1e19, where the reference's are 0); delta = rowsum(dO * out) = sum_j P dP;
+        // dS = P (dP - delta)
+        T *pr = w.sr[r], *dr = w.dsr[r], m;
+        const vec<T> inv_l = splat(T(1) / softmax_row(pr, n, LP, m));
         vec<T> pdp = splat(T(0));
-        for (int j = 0; j < LP; j += W) pdp += load(pr + j) * load(dr + j);
+        for (int j = 0; j < LP; j += W) {
+          const vec<T> pj = load(pr + j) * inv_l;
+          store(pr + j, pj);
+          pdp += pj * load(dr + j);
+        }
         const vec<T> delta = splat(hsum<T>(pdp));
         for (int j = 0; j < LP; j += W) store(dr + j, load(pr + j) * (load(dr + j) - delta));
       }

@@ -40,12 +40,13 @@ struct MultiAxisKernels {
   void (*forward)(const MultiAxisItems& it, MultiAxisImage<const T> q, MultiAxisImage<const T> k,
                   MultiAxisImage<const T> v, T scale, int64_t i0, int64_t i1, MultiAxisImage<T> out,
                   MultiAxisImage<T> lse, void* scratch);
-  // FlashAttention-2's backward of items [i0, i1) from the forward's lse: dq written; dk, dv written, or added to
-  // when accumulate_kv (the second axis of a multi-query K/V, whose key head the first axis wrote).
+  // FlashAttention-2's backward of items [i0, i1), P made again as the forward makes it (not from lse): dq written;
+  // dk, dv written, or added to when accumulate_kv (the second axis of a multi-query K/V, whose key head the first
+  // axis wrote).
   void (*backward)(const MultiAxisItems& it, MultiAxisImage<const T> q, MultiAxisImage<const T> k,
-                   MultiAxisImage<const T> v, MultiAxisImage<const T> dout, MultiAxisImage<const T> lse, T scale,
-                   int64_t i0, int64_t i1, MultiAxisImage<T> dq, MultiAxisImage<T> dk, MultiAxisImage<T> dv,
-                   bool accumulate_kv, void* scratch);
+                   MultiAxisImage<const T> v, MultiAxisImage<const T> dout, T scale, int64_t i0, int64_t i1,
+                   MultiAxisImage<T> dq, MultiAxisImage<T> dk, MultiAxisImage<T> dv, bool accumulate_kv,
+                   void* scratch);
 };
 
 struct MultiAxisIsa {

@@ -1,6 +1,6 @@
 // CUDA (and simt) registrations of the multi_axis family: shared checks, then the params struct of the kernels.
-// The glue does the element-wise parts of the backward (delta, the fp32 dq buffer, the sum of dk and dv over the
-// query heads of each key head) in ATen.
+// The glue does the element-wise parts of the backward (the fp32 dq buffer, the sum of dk and dv over the query heads
+// of each key head) in ATen; delta is the launch's (kernels/multi_axis/multi_axis.cu).
 #include "kernels/multi_axis/capabilities.h"
 #include "kernels/multi_axis/multi_axis.h"
 #include "torch/device.h"
@@ -69,14 +69,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> multi_axis_attention_bwd_device(
   DeviceScope scope(q_in);
   const at::Tensor q = heads_aligned(q_in), k = heads_aligned(k_in), v = heads_aligned(v_in);
   const at::Tensor dout_c = heads_aligned(dout.to(q.scalar_type())), lse_c = lse.to(at::kFloat).contiguous();
-  const at::Tensor delta = (dout_c.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();  // (B, H, W, heads)
+  const at::Tensor out_c = out.to(q.scalar_type()).contiguous();
   const auto f32 = q.options().dtype(at::kFloat);
+  at::Tensor delta = at::empty(q.sizes().slice(0, 4), f32);  // (B, H, W, heads): rowsum(dout * out), by the launch
   at::Tensor dq = at::zeros(q.sizes(), f32);   // (B, H, W, heads, D), added to by the kernel
   at::Tensor dk = at::empty(q.sizes(), f32);   // (B, H, W, heads, D) per query head
   at::Tensor dv = at::empty(q.sizes(), f32);
   kernels::MultiAxisBwdParams p{};
   static_cast<kernels::MultiAxisParams&>(p) = params(q, k, v, block_size, scale);
-  p.lse = lse_c.data_ptr<float>(), p.dout = dout_c.data_ptr(), p.delta = delta.data_ptr<float>();
+  p.out = out_c.data_ptr(), p.lse = lse_c.data_ptr<float>(), p.dout = dout_c.data_ptr();
+  p.delta = delta.data_ptr<float>();
   for (int i = 0; i < 4; ++i) p.dout_strides[i] = dout_c.stride(i);
   p.dq = dq.data_ptr<float>(), p.dk = dk.data_ptr<float>(), p.dv = dv.data_ptr<float>();
   check_launch(kernels::multi_axis_attention_bwd_launch(p, scope.stream()), op);

@@ -4,7 +4,8 @@
 // Forward (FlashAttention-2): 64 queries per block, 16 per warp, over 64-key tiles with an online softmax,
 //   m' = max(m, rowmax S), P = exp(scale (S - m')), l' = l e^{scale (m - m')} + rowsum P, O' = O e^{...} + P V.
 // Backward: a block owns 64 keys (16 per warp, as rows of S^T = K Q^T) and walks the group's queries 32 at a time,
-//   P^T = exp(scale S^T - lse), dS^T = scale P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q, dQ += dS K,
+//   P^T = exp(scale S^T - lse) (the difference in lse's units), dS^T = scale P^T (dP^T - delta), dV += P^T dO,
+//   dK += dS^T Q, dQ += dS K,
 // dQ by fp32 atomics (one add per element per key tile, in the order blocks run: dQ is not bit-reproducible on a GPU,
 // and its last bits differ between the emulator's schedules where three key tiles or more add to it).
 #include "kernels/attention/flash_tile.cuh"
@@ -123,7 +124,7 @@ __global__ void __launch_bounds__(kThreads, 1) multi_axis_attention_fwd_kernel(c
 #pragma unroll
       for (int c = 0; c < 2; ++c)
         static_cast<T*>(p.out)[row * D + 8 * dt + 2 * t + c] = from_float<T>(o[dt][2 * r + c] / sum);
-    if (t == 0) p.lse[row] = m[r] * p.scale + logf(sum);
+    if (t == 0) p.lse[row] = __fmul_rn(m[r], p.scale) + logf(sum);  // the backward's rounding of scale S (no FMA)
   }
 }
 
@@ -135,6 +136,24 @@ constexpr size_t bwd_smem() {  // k, v (64 x D); q, dO (32 x D); dS^T and for fl
          2 * kTileQ * sizeof(float);
 }
 
+// One thread per row (b, y, x, head): delta = sum_d dO out, as the float32 warp_gemm sums dP^T = V dO^T (one running
+// sum from 0, d ascending, the same `+= a * b`: the same FMAs under nvcc, none under the emulator), so that a row
+// whose out is one key's v (a softmax one-hot to the last bit) has delta == dP bit for bit and dS = 0 there, as the
+// reference's; torch's sum(-1) left dk of such rows ~1e-7 |dO| |v| |q| off.
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) multi_axis_attention_delta_kernel(const MultiAxisBwdParams p) {
+  const int64_t rows = int64_t(p.B) * p.geo.H * p.geo.W * p.heads, row = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (row >= rows) return;
+  const int64_t h = row % p.heads, x = row / p.heads % p.geo.W, y = row / p.heads / p.geo.W % p.geo.H,
+                b = row / p.heads / p.geo.W / p.geo.H;
+  const T* o = static_cast<const T*>(p.out) + row * D;
+  const T* dout = static_cast<const T*>(p.dout) +
+                  (b * p.dout_strides[0] + y * p.dout_strides[1] + x * p.dout_strides[2] + h * p.dout_strides[3]);
+  float sum = 0.f;
+  for (int c = 0; c < D; ++c) sum += to_float(o[c]) * to_float(dout[c]);
+  p.delta[row] = sum;
+}
+
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads, 1) multi_axis_attention_bwd_kernel(const MultiAxisBwdParams p) {
   constexpr int S = kStride<T, D>, SM = kStride<T, kTileQ>;
@@ -144,13 +163,12 @@ __global__ void __launch_bounds__(kThreads, 1) multi_axis_attention_bwd_kernel(c
   T* do_s = q_s + kTileQ * S;     // (32, S)
   T* dst_s = do_s + kTileQ * S;   // (64, SM): dS^T, keys x queries, the A operand of dQ for every warp
   T* pt_s = dst_s + kTile * SM;   // (64, SM), float32 only: P^T
-  float* lse_s = reinterpret_cast<float*>(pt_s + (kF32<T> ? kTile * SM : 0));  // (32,): lse log2(e), +inf past n
+  float* lse_s = reinterpret_cast<float*>(pt_s + (kF32<T> ? kTile * SM : 0));  // (32,): lse, +inf past n
   float* delta_s = lse_s + kTileQ;                                              // (32,)
   Work w;
   if (!w.init(p)) return;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
   const int k0 = w.tile * kTile, hk = w.kv_head(p);
-  const float scale_log2 = p.scale * kLog2e;
   load_group<T, kTile, D>(k_s, w, p, p.k, p.k_strides, hk, k0, tid);
   load_group<T, kTile, D>(v_s, w, p, p.v, p.v_strides, hk, k0, tid);
   float dk[D / 8][4] = {}, dv[D / 8][4] = {};
@@ -161,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, 1) multi_axis_attention_bwd_kernel(c
     for (int i = tid; i < kTileQ; i += kThreads) {
       const bool in = q0 + i < w.n;
       const int64_t row = in ? w.row(p, w.h, q0 + i) : 0;
-      lse_s[i] = in ? p.lse[row] * kLog2e : INFINITY;
+      lse_s[i] = in ? p.lse[row] : INFINITY;
       delta_s[i] = in ? p.delta[row] : 0.f;
     }
     __syncthreads();
@@ -176,7 +194,9 @@ __global__ void __launch_bounds__(kThreads, 1) multi_axis_attention_bwd_kernel(c
         const int kl = warp * 16 + g + 8 * (i >> 1), ql = 8 * nt + 2 * t + (i & 1);
         float& pr = st[nt][i];   // S^T becomes P^T: 0 past n, both ways
         float& ds = dpt[nt][i];  // dP^T becomes dS^T
-        pr = k0 + kl < w.n ? exp2f(pr * scale_log2 - lse_s[ql]) : 0.f;
+        // P = e^(scale S - lse), the difference taken in lse's units (scale S rounded as the forward rounds it):
+        // exp2(S scale log2(e) - lse log2(e)) rounds both terms apart, ~ulps of |S|, which at |S| ~ 1e19 made P inf
+        pr = k0 + kl < w.n ? exp2f((__fmul_rn(pr, p.scale) - lse_s[ql]) * kLog2e) : 0.f;
         ds = p.scale * pr * (ds - delta_s[ql]);
         dst_s[kl * SM + ql] = from_float<T>(ds);
         if constexpr (kF32<T>) pt_s[kl * SM + ql] = pr;
@@ -280,6 +300,10 @@ cudaError_t multi_axis_attention_bwd_launch(const MultiAxisBwdParams& p, cudaStr
   return launch(p, [&](auto spec) {
     using T = typename decltype(spec)::Elem;
     constexpr int D = decltype(spec)::kDim;
+    const int64_t rows = int64_t(p.B) * p.geo.H * p.geo.W * p.heads;
+    LAUNCH((multi_axis_attention_delta_kernel<T, D>), unsigned((rows + kThreads - 1) / kThreads), kThreads, 0,
+           stream)(p);
+    if (cudaError_t e = cudaGetLastError()) return e;
     return launch_with_smem(multi_axis_attention_bwd_kernel<T, D>, grid(p), kThreads, bwd_smem<T, D>(), stream, p);
   });
 }

@@ -32,7 +32,7 @@ struct MultiAxisParams {
 struct MultiAxisBwdParams : MultiAxisParams {
   const void* dout;         // (B, H, W, heads, D) of dtype, laid out like q
   int64_t dout_strides[4];  // as q_strides
-  const float* delta;  // (B, H, W, heads) contiguous: rowsum(dout * out)
+  float* delta;        // (B, H, W, heads) contiguous fp32 workspace: the launch writes rowsum(dout * out) into it
   float* dq;           // (B, H, W, heads, D) contiguous fp32, zeroed by the caller: the kernel adds to it
   float* dk;           // (B, H, W, heads, D) contiguous fp32 per query head: the caller sums each key head's
   float* dv;           // same as dk
