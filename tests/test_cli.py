@@ -1,12 +1,13 @@
 """The command lines' input checks: bad counts, output paths and checkpoints are refused before any work, with a
 message that names the option (argparse's exit 2, or a SystemExit naming the file)."""
+import argparse
 import importlib
 
 import pytest
 import torch
 
 from fastar.__main__ import COMMANDS, main
-from fastar.models.cli import (check_out_dir, load_state, read_checkpoint, run_state, save_checkpoint,
+from fastar.models.cli import (check_out_dir, check_out_file, load_state, read_checkpoint, run_state, save_checkpoint,
                                warn_unfinished)
 from fastar.models.var.sample import IMAGENET_CLASSES, pick_classes
 from fastar.models.var.train import batches
@@ -211,6 +212,19 @@ def test_sample_refuses_an_unwritable_out_before_sampling(capsys, tmp_path, mode
     assert "is a folder" in capsys.readouterr().err
     assert run(["sample", model, "--out", str(tmp_path / "x.notanimage")]) == 2
     assert "not an image format" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["var", "mar", "fractalgen", "hit", "dalle"])
+def test_sample_refuses_a_folder_it_cannot_write_into_before_sampling(capsys, monkeypatch, tmp_path, model):
+    """/proc: once the whole sampling ran, then PIL's FileNotFoundError traceback; the probe leaves nothing."""
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built before the refusal")
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", no_model)
+    assert run(["sample", model, "--out", "/proc/x.png"]) == 2
+    assert "--out /proc/x.png: cannot write into its folder /proc (" in capsys.readouterr().err
+    check_out_file(argparse.ArgumentParser(), str(tmp_path / "x.png"))
+    assert not any(tmp_path.iterdir())
 
 
 def test_sample_refuses_other_files_as_checkpoints(tmp_path):

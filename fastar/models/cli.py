@@ -75,8 +75,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def check_out_file(p, path, option="--out"):
-    """Exits through p.error unless `path` can take an image: its folder exists, it is no folder itself, and PIL
-    knows its extension (checked before sampling, not after)."""
+    """Exits through p.error unless `path` can take an image: its folder exists and can be written into (probed with
+    a file), it is no folder itself nor a file it may not write, and PIL knows its extension (checked before
+    sampling, not after)."""
     folder = os.path.dirname(path) or "."
     if os.path.isdir(path):
         p.error(f"{option} {path} is a folder: give an image file, e.g. {os.path.join(path, 'grid.png')}")
@@ -86,6 +87,13 @@ def check_out_file(p, path, option="--out"):
     ext = os.path.splitext(path)[1].lower()
     if ext not in Image.registered_extensions():
         p.error(f"{option} {path}: {ext or 'no extension'} is not an image format PIL writes (e.g. .png)")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as e:
+        p.error(f"{option} {path}: cannot write into its folder {folder} ({e.strerror or e})")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        p.error(f"{option} {path}: the file exists and cannot be written")
 
 
 def check_out_dir(path, option="--out"):
