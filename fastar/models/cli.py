@@ -36,6 +36,8 @@ finite_float = number(float, name="finite_float")  # guidance scales
 positive_float = number(float, above=0, name="positive_float")  # temperatures, learning rates
 nonneg_float = number(float, low=0, name="nonneg_float")  # loss weights, 0 = off
 unit_float = number(float, low=0, high=1, name="unit_float")  # top-p, probability thresholds, EMA decays
+# seeds: torch's generators take 64 bits, and the CLIs seed with seed + batch or seed * 1000 + rank (numpy's range)
+seed = number(int, low=0, high=2**32 - 1, name="seed")
 
 
 def int_in(low, high):

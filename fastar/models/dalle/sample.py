@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from fastar.models.cli import (HelpFormatter, check_out_file, checkpoint_config, load_state, nonneg_int,
-                               positive_float, positive_int, read_checkpoint, unit_float, warn_unfinished,
+                               positive_float, positive_int, read_checkpoint, seed, unit_float, warn_unfinished,
                                wrong_checkpoint)
 from fastar.models.dalle.dalle import DALLE, DALLEConfig
 from fastar.models.dalle.dvae import DVAE, DVAEConfig
@@ -54,7 +54,7 @@ def main(argv=None):
     p.add_argument("--prefix-rows", type=positive_int, default=3, help="token rows given with --prefix-from")
     p.add_argument("--bf16-weights", action="store_true", help="decode steps of up to 8 images (--n <= 8) read "
                    "bfloat16 copies of the weights (half the bytes; a sampling mode with its own tokens)")
-    p.add_argument("--seed", type=int, default=0, help="the draws, and the random weights without --ckpt")
+    p.add_argument("--seed", type=seed, default=0, help="the draws, and the random weights without --ckpt")
     p.add_argument("--out", default="dalle.png", help="the grid's image file (its folder must exist)")
     args = p.parse_args(argv)
     check_out_file(p, args.out)

@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from fastar.models.cli import (HelpFormatter, check_out_file, checkpoint_config, load_state, positive_int,
-                               read_checkpoint, warn_unfinished, wrong_checkpoint)
+                               read_checkpoint, seed, warn_unfinished, wrong_checkpoint)
 from fastar.models.hit.generator import CONFIGS, HiTConfig, HiTGenerator
 from fastar.models.var.sample import save_grid, seeded
 
@@ -24,7 +24,7 @@ def main(argv=None):
                    help="the official config's output size, without --ckpt")
     p.add_argument("--n", type=positive_int, default=16, help="images")
     p.add_argument("--nrow", type=positive_int, default=8, help="images per row of the grid")
-    p.add_argument("--seed", type=int, default=0, help="the latents, and the random weights without --ckpt")
+    p.add_argument("--seed", type=seed, default=0, help="the latents, and the random weights without --ckpt")
     p.add_argument("--running-stats", action="store_true",
                    help="BatchNorm on its running statistics (eval mode) instead of the batch's own")
     p.add_argument("--out", default="hit_samples.png", help="the grid's image file (its folder must exist)")

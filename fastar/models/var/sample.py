@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 import fastar
 from fastar.models.cli import (HelpFormatter, check_out_file, checkpoint_config, finite_float, load_state, nonneg_int,
-                               positive_int, read_checkpoint, unit_float, warn_unfinished, wrong_checkpoint)
+                               positive_int, read_checkpoint, seed, unit_float, warn_unfinished,
+                               wrong_checkpoint)
 from fastar.models.var.build import PATCH_NUMS, build_vae_var
 from fastar.models.var.var import PRECISIONS, VAR, VARConfig
 from fastar.models.var.vqvae import VQVAE, VQVAEConfig
@@ -38,7 +39,7 @@ def parse_grid_args(p, argv, precisions, precision_help, bs_help):
     (before any loading) that a bf16 mode is slower than fp32 on a CPU without bf16 GEMM instructions."""
     p.add_argument("--classes", type=int, nargs="+",
                    help="one image per class (default: ImageNet's 207 360 387 974, or 0-9 of a smaller model)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=seed, default=0,
                    help="the random weights without --ckpt, and the draws (batch i: seed + i)")
     p.add_argument("--precision", choices=precisions, default="fp32",
                    help=f"bf16: {precision_help}; fast with AMX-BF16 or AVX512-BF16 on a CPU, slower than fp32 "

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import fastar
 from fastar.models.cli import (HelpFormatter, check_out_dir, positive_float, positive_int, run_state,
-                               save_checkpoint)
+                               save_checkpoint, seed)
 from fastar.models.fsdp import full_state_dict, shard
 from fastar.models.var.build import build_vae_var
 from fastar.models.var.sample import save_grid
@@ -164,7 +164,7 @@ def add_run_args(p, out, clips=True, fsdp=True):
                        help="under torchrun: FSDP (fastar.models.fsdp, each block sharded) instead of DDP, "
                             "the same weights")
     p.add_argument("--ckpt-every", type=positive_int, default=100, help="steps between checkpoints")
-    p.add_argument("--seed", type=int, default=0, help="initial weights, batch order and draws")
+    p.add_argument("--seed", type=seed, default=0, help="initial weights, batch order and draws")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads per process: the tiny ops are too small to split, more threads mostly wait")
     p.add_argument("--out", default=out, help="folder for ckpt.pt and samples.png (made if missing)")
