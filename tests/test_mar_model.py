@@ -367,3 +367,21 @@ def test_sample_tokens_keeps_the_guided_pairs_at_a_cfg_within_rounding_of_1():
 def test_generator_must_be_a_generator():
     with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got 5"):
         tiny_mar().sample_tokens(1, num_iter=1, generator=5)
+
+
+def test_sample_cli_names_an_official_vae_ckpt_that_does_not_fit(tmp_path, monkeypatch):
+    """--vae-ckpt of another model beside an official MAR checkpoint: once load_state_dict's traceback listing every
+    key of the KL VAE (its keys are filtered, as kl16.ckpt carries LPIPS and discriminator weights too)."""
+    model = tiny_mar()
+    monkeypatch.setattr(mar_sample, "mar", lambda size: tiny_mar())
+    monkeypatch.setattr(mar_sample, "AutoencoderKL", lambda: AutoencoderKL(TINY_KL))
+    torch.save({"model_ema": model.state_dict()}, tmp_path / "checkpoint-last.pth")
+    torch.save({"model": {"encoder.conv_in.weight": torch.zeros(3), "loss.logvar": torch.zeros(())}},
+               tmp_path / "other.ckpt")
+    with pytest.raises(SystemExit, match=r"^--vae-ckpt .*other.ckpt does not fit the KL-16 VAE: \d+ keys missing "
+                                         r"\(e.g. .*\); 1 of other shapes \(e.g. encoder.conv_in.weight: \(3,\)"):
+        mar_sample.load(str(tmp_path / "checkpoint-last.pth"), str(tmp_path / "other.ckpt"), "base")
+    vae = AutoencoderKL(TINY_KL)
+    torch.save({"model": {**vae.state_dict(), "loss.logvar": torch.zeros(())}}, tmp_path / "kl.ckpt")
+    loaded = mar_sample.load(str(tmp_path / "checkpoint-last.pth"), str(tmp_path / "kl.ckpt"), "base")[0]
+    assert all(torch.equal(v, vae.state_dict()[k]) for k, v in loaded.state_dict().items())

@@ -50,7 +50,8 @@ def load(ckpt, vae_ckpt, size):
     vae_sd = read_checkpoint(vae_ckpt, "--vae-ckpt")
     vae_sd = vae_sd.get("model", vae_sd)
     # kl16.ckpt also carries its training loss's weights (LPIPS, discriminator): only the autoencoder's are read.
-    vae.load_state_dict({k: v for k, v in vae_sd.items() if k in vae.state_dict()})
+    load_state(vae, {k: v for k, v in vae_sd.items() if k in vae.state_dict()}, vae_ckpt, "the KL-16 VAE",
+               "--vae-ckpt")
     return vae, model, f"{ckpt} + {vae_ckpt}", OFFICIAL_FLAGS
 
 
