@@ -230,6 +230,23 @@ def test_sample_refuses_a_folder_it_cannot_write_into_before_sampling(capsys, mo
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("model,official", [("var", "var_d*.pth"), ("mar", "checkpoint-last.pth")])
+def test_sample_refuses_a_vae_ckpt_it_would_not_read(monkeypatch, tmp_path, model, official):
+    """--vae-ckpt without --ckpt, or beside a `fastar train` ckpt.pt (its own VAE): once silently unread."""
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built before the refusal")
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", no_model)
+    path = tmp_path / "ckpt.pt"
+    torch.save({f"{model}_cfg": {}, "vae_cfg": {}, "vae": {}, model: {}}, path)
+    out = ["--vae-ckpt", "vae.pt", "--out", str(tmp_path / "x.png")]
+    assert run(["sample", model, "--ckpt", str(path)] + out) == (
+        f"--vae-ckpt vae.pt goes with an official --ckpt ({official}): --ckpt {path} is a `fastar train {model}` "
+        "ckpt.pt, which holds its own VAE")
+    assert run(["sample", model] + out) == (f"--vae-ckpt vae.pt goes with an official --ckpt ({official}): without "
+                                            "--ckpt the weights are random")
+
+
 def test_sample_refuses_other_files_as_checkpoints(tmp_path):
     """A missing file, a file torch cannot read, and each model's checkpoint given to another model's sampler: one
     line naming the option and the file (once KeyErrors from deep inside, or a dump of every key)."""

@@ -184,6 +184,15 @@ def load_state(model, state, path, what, option="--ckpt"):
         raise SystemExit(f"{option} {path} does not fit {what}: {'; '.join(w for w in why if w)}") from None
 
 
+def refuse_vae_ckpt(vae_ckpt, ckpt, model, official):
+    """SystemExit when --vae-ckpt is given where it would go unread: without --ckpt (random weights) or beside a
+    `fastar train` checkpoint (which holds its own VAE); it belongs to an `official` checkpoint."""
+    if vae_ckpt is not None:
+        raise SystemExit(f"--vae-ckpt {vae_ckpt} goes with an official --ckpt ({official}): " + (
+            "without --ckpt the weights are random" if ckpt is None else
+            f"--ckpt {ckpt} is a `fastar train {model}` ckpt.pt, which holds its own VAE"))
+
+
 @contextmanager
 def checkpoint_config(path, option="--ckpt"):
     """Around building models from a checkpoint's configs: their TypeError (an unknown or missing field) or

@@ -12,7 +12,8 @@ import argparse
 import torch
 
 from fastar.models.cli import (HelpFormatter, checkpoint_config, finite_float, int_in, load_state, positive_float,
-                               positive_int, read_checkpoint, warn_unfinished, wrong_checkpoint)
+                               positive_int, read_checkpoint, refuse_vae_ckpt, warn_unfinished,
+                               wrong_checkpoint)
 from fastar.models.mar.mar import MAR, PRECISIONS, MARConfig, mar
 from fastar.reference.diffusion import NUM_TIMESTEPS
 from fastar.models.mar.vae import AutoencoderKL, KLConfig
@@ -27,10 +28,12 @@ def load(ckpt, vae_ckpt, size):
     an official checkpoint-last.pth (its EMA weights, as the official evaluation samples; the KL-16 VAE then comes
     from vae_ckpt)."""
     if ckpt is None:
+        refuse_vae_ckpt(vae_ckpt, ckpt, "mar", "checkpoint-last.pth")
         return (AutoencoderKL(), mar(size), f"RANDOM weights (no --ckpt): MAR-{size} and the KL-16 VAE, untrained",
                 OFFICIAL_FLAGS)
     sd = read_checkpoint(ckpt)
     if "mar_cfg" in sd:
+        refuse_vae_ckpt(vae_ckpt, ckpt, "mar", "checkpoint-last.pth")
         if not {"vae_cfg", "vae", "mar"} <= set(sd):
             raise wrong_checkpoint(ckpt, "a whole `fastar train mar` ckpt.pt", sd)
         with checkpoint_config(ckpt):

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 import fastar
 from fastar.models.cli import (HelpFormatter, check_out_file, checkpoint_config, finite_float, load_state, nonneg_int,
-                               positive_int, read_checkpoint, seed, unit_float, warn_unfinished,
-                               wrong_checkpoint)
+                               positive_int, read_checkpoint, refuse_vae_ckpt, seed, unit_float,
+                               warn_unfinished, wrong_checkpoint)
 from fastar.models.var.build import PATCH_NUMS, build_vae_var
 from fastar.models.var.var import PRECISIONS, VAR, VARConfig
 from fastar.models.var.vqvae import VQVAE, VQVAEConfig
@@ -108,11 +108,13 @@ def load(ckpt, vae_ckpt, depth):
     an official var_d*.pth state dict (depth, shared AdaLN and resolution are read off its keys; the official VAE
     then comes from vae_ckpt)."""
     if ckpt is None:
+        refuse_vae_ckpt(vae_ckpt, ckpt, "var", "var_d*.pth")
         vae, var = build_vae_var(depth=depth)
         return (vae, var, f"RANDOM weights (no --ckpt): VAR-d{depth} and the released VQVAE config, untrained",
                 OFFICIAL_FLAGS)
     sd = read_checkpoint(ckpt)
     if "var_cfg" in sd:
+        refuse_vae_ckpt(vae_ckpt, ckpt, "var", "var_d*.pth")
         if not {"vae_cfg", "vae", "var"} <= set(sd):
             raise wrong_checkpoint(ckpt, "a whole `fastar train var` ckpt.pt", sd)
         with checkpoint_config(ckpt):
