@@ -338,8 +338,14 @@ def test_forward_and_config_refuse_what_they_cannot_train():
     model, latents = tiny_mar(), torch.randn(2, 16, 4, 4)
     with pytest.raises(ValueError, match="one entry per image"):
         model(latents, torch.tensor([3]))
-    with pytest.raises(ValueError, match=r"latents_BChw must be \(B >= 1, 16, 4, 4\), got \(2, 16, 2, 8\)"):
+    with pytest.raises(ValueError, match=r"latents_BChw must be \(B >= 1, 16, 4, 4\) .*, got torch.float32 "
+                                         r"\(2, 16, 2, 8\)"):
         model(latents.reshape(2, 16, 2, 8), torch.tensor([3, 4]))
+    # float64 or integer latents, or a list: once oneDNN's dtype mismatch, an AttributeError on .shape
+    for bad, got in [(latents.double(), "torch.float64 \\(2, 16, 4, 4\\)"), (latents.long(), "torch.int64"),
+                     (latents.tolist(), "list")]:
+        with pytest.raises(ValueError, match=f"latents_BChw .* of the model's torch.float32, got {got}"):
+            model(bad, torch.tensor([3, 4]))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 10\)"):
         model(latents, torch.tensor([3, 10]))
     with pytest.raises(ValueError, match="img_size 100 must be a positive multiple of vae_stride 16"):

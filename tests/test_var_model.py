@@ -376,6 +376,11 @@ def test_forward_and_sampling_refuse_bad_arguments():
         var(labels[:1], x)
     with pytest.raises(ValueError, match=r"x_BLCv_wo_first_l must be \(B, L - 1, Cvae\)"):
         var(labels, x[:, 1:])
+    # a float64 x or a list: once oneDNN's "mat1 and mat2 must have the same dtype", an AttributeError on .shape
+    with pytest.raises(ValueError, match=r"x_BLCv_wo_first_l .* of the model's torch.float32, got torch.float64 \("):
+        var(labels, x.double())
+    with pytest.raises(ValueError, match=r"x_BLCv_wo_first_l .* of the model's torch.float32, got list$"):
+        var(labels, x.tolist())
     with pytest.raises(TypeError, match="labels must be a 1-D int64 tensor"):
         var(labels.float(), x)
     for kw, match in [(dict(top_p=float("nan")), "top_p must be a finite number"),

@@ -139,11 +139,14 @@ class MAR(nn.Module):
         """Training loss of (already scaled) latents (B, C, h, w) and labels (B,): one mask ratio per batch from the
         truncated normal, a random order per image, the class dropped with label_drop_prob, and the head's loss
         on every token repeated diffusion_batch_mul times, averaged over the masked ones."""
-        B, L, device = latents_BChw.shape[0], self.seq_len, latents_BChw.device
+        x, L, dtype = latents_BChw, self.seq_len, self.z_proj.weight.dtype
         h = math.isqrt(L)
-        if latents_BChw.dim() != 4 or B == 0 or tuple(latents_BChw.shape[1:]) != (self.token_embed_dim, h, h):
-            raise ValueError(f"MAR.forward: latents_BChw must be (B >= 1, {self.token_embed_dim}, {h}, {h}), got "
-                             f"{tuple(latents_BChw.shape)}")
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] == 0 \
+                or tuple(x.shape[1:]) != (self.token_embed_dim, h, h) or x.dtype != dtype:
+            raise ValueError(f"MAR.forward: latents_BChw must be (B >= 1, {self.token_embed_dim}, {h}, {h}) of the "
+                             f"model's {dtype}, got "
+                             + (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__))
+        B, device = x.shape[0], x.device
         check_labels("MAR.forward", labels_B, B, self.class_emb.num_embeddings)
         x_BLT = latents_BChw.flatten(2).transpose(1, 2)  # patchify, patch_size 1
         class_embedding = self.class_emb(labels_B)

@@ -106,10 +106,13 @@ class VAR(nn.Module):
     def forward(self, label_B, x_BLCv_wo_first_l):
         """Teacher-forced logits (B, L, V): label_B (B,) int64; x_BLCv_wo_first_l (B, L-1, Cvae) the VQVAE's
         idxBl_to_var_input. In training, labels are replaced by the null class with probability cond_drop_rate."""
-        B = x_BLCv_wo_first_l.shape[0]
-        if x_BLCv_wo_first_l.dim() != 3 or tuple(x_BLCv_wo_first_l.shape[1:]) != (self.L - 1, self.Cvae):
+        x, dtype = x_BLCv_wo_first_l, self.word_embed.weight.dtype
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or tuple(x.shape[1:]) != (self.L - 1, self.Cvae) \
+                or x.dtype != dtype:
             raise ValueError(f"VAR.forward: x_BLCv_wo_first_l must be (B, L - 1, Cvae) = (B, {self.L - 1}, "
-                             f"{self.Cvae}), got {tuple(x_BLCv_wo_first_l.shape)}")
+                             f"{self.Cvae}) of the model's {dtype}, got "
+                             + (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__))
+        B = x.shape[0]
         check_labels("VAR.forward", label_B, B, self.num_classes, null_class=True)
         if self.training:
             drop = torch.rand(B, device=label_B.device) < self.cfg.cond_drop_rate
