@@ -385,7 +385,10 @@ def test_forward_and_sampling_refuse_bad_arguments():
         var(labels.float(), x)
     for kw, match in [(dict(top_p=float("nan")), "top_p must be a finite number"),
                       (dict(top_p=-0.5), "top_p must be >= 0.0"), (dict(cfg=float("nan")), "cfg must be a finite"),
-                      (dict(top_k=-1), "top_k must be an int >= 0"), (dict(B=-1), "B must be an int >= 0")]:
+                      (dict(top_k=-1), "top_k must be an int >= 0"), (dict(B=-1), "B must be an int >= 0"),
+                      # once torch's "manual_seed expected a long" or "Overflow when unpacking long long"
+                      (dict(g_seed=1.5), r"g_seed must be None or an int in \[-2\*\*63, 2\*\*64\), got 1.5"),
+                      (dict(g_seed="7"), "g_seed must be None or an int"), (dict(g_seed=2**64), "g_seed")]:
         with pytest.raises(ValueError, match=match):
             var.autoregressive_infer_cfg(**{"B": 1, "label_B": 1, **kw})
     with pytest.raises(ValueError, match="must be patch_nums"):

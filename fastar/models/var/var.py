@@ -150,6 +150,9 @@ class VAR(nn.Module):
         check_number(op, "cfg", cfg)
         check_count(op, "top_k", top_k, low=0)
         check_number(op, "top_p", top_p, low=0.0, high=1.0)  # 0: off, as officially
+        if g_seed is not None and (isinstance(g_seed, bool) or not isinstance(g_seed, int)
+                                   or not -2**63 <= g_seed < 2**64):  # the seeds torch's generators take
+            raise ValueError(f"{op}: g_seed must be None or an int in [-2**63, 2**64), got {g_seed!r}")
         device, SN = self.lvl_1L.device, len(self.patch_nums)
         if precision == "bf16":
             fastar.check_bf16_gemm("VAR.autoregressive_infer_cfg", device)
