@@ -267,9 +267,14 @@ def test_save_grid_enlarges_small_images_pixel_for_pixel(tmp_path):
     assert (grid[:, :, :2] == 1).all() and (grid[:, 28:, 22:] == 1).all()  # padding and the empty fourth cell
     save_grid(img, tmp_path / "big.png", min_cell=8)  # already 8 tall: unchanged
     assert Image.open(tmp_path / "big.png").size == (3 * (6 + 2) + 2, 8 + 4)
-    for bad, match in [(img[0], "img_B3HW"), (img[:0], "img_B3HW"), (img[:, :1], "img_B3HW")]:
+    # NaN (MAR at --cfg 1e300 or --temperature 1e308): once written as black pixels with numpy's cast warning
+    nan = img.clone()
+    nan[1, 0, 2, 3] = float("nan")
+    for bad, match in [(img[0], "img_B3HW"), (img[:0], "img_B3HW"), (img[:, :1], "img_B3HW"),
+                       (nan, r"images \[1\] of 3 hold NaN or inf .*x.png not written")]:
         with pytest.raises(ValueError, match=match):
             save_grid(bad, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
 
 
 def _fit_rank(rank, folder):

@@ -81,12 +81,17 @@ def fill_defaults(args, defaults):
 def save_grid(img_B3HW, path, nrow=8, pad=2, min_cell=64):
     """Images in [0, 1] tiled row-major, nrow per row, with `pad` white pixels between them, saved as a PNG. Images
     smaller than `min_cell` pixels are enlarged by a whole factor (nearest neighbour: each pixel a square, nothing
-    smoothed) so that an 8 x 8 digit is judged at 64 x 64, not at the size of a letter."""
+    smoothed) so that an 8 x 8 digit is judged at 64 x 64, not at the size of a letter. Images with NaN or inf are
+    refused, nothing written."""
     if img_B3HW.dim() != 4 or img_B3HW.shape[1] != 3 or img_B3HW.shape[0] == 0:
         raise ValueError(f"save_grid: img_B3HW must be (B >= 1, 3, H, W), got {tuple(img_B3HW.shape)}")
     if nrow < 1 or pad < 0 or min_cell < 1:
         raise ValueError(f"save_grid: nrow >= 1, pad >= 0 and min_cell >= 1 expected, got {nrow}, {pad}, {min_cell}")
     img_B3HW = img_B3HW.float().cpu()
+    bad = (~img_B3HW.isfinite()).flatten(1).any(1).nonzero().flatten().tolist()
+    if bad:  # clamp keeps NaN and the uint8 cast made it black: a grid that looks drawn
+        raise ValueError(f"save_grid: images {bad[:8]}{' ...' if len(bad) > 8 else ''} of {len(img_B3HW)} hold NaN "
+                         f"or inf (the sampling overflowed: a huge guidance or temperature?); {path} not written")
     scale = -(-min_cell // max(img_B3HW.shape[-2:]))
     if scale > 1:
         img_B3HW = img_B3HW.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
