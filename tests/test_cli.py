@@ -65,7 +65,8 @@ BAD_VALUES = [("sample", "mar", "--num-steps", "1"), ("sample", "mar", "--num-st
               ("train", "mar", "--mar-warmup", "900"),
               # torch's generators take 64 bits: once an OverflowError traceback, after loading
               ("sample", "hit", "--seed", "99999999999999999999999"), ("sample", "dalle", "--seed", "-1"),
-              ("sample", "var", "--seed", "4294967296"), ("train", "hit", "--seed", "99999999999999999999999")]
+              ("sample", "var", "--seed", "4294967296"), ("train", "hit", "--seed", "99999999999999999999999"),
+              ("sample", "dalle", "--prefix-rows", "5")]  # without --prefix-from: once unread
 
 
 @pytest.mark.parametrize("command,model,option,value", BAD_VALUES)

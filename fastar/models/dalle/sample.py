@@ -51,13 +51,16 @@ def main(argv=None):
     p.add_argument("--top-k", type=nonneg_int, default=32, help="keep the k largest logits (0 = off)")
     p.add_argument("--top-p", type=unit_float, default=1.0, help="nucleus mass (1 = off, 0 = the argmax)")
     p.add_argument("--prefix-from", type=nonneg_int, help="index of a digits image whose top rows are given")
-    p.add_argument("--prefix-rows", type=positive_int, default=3, help="token rows given with --prefix-from")
+    p.add_argument("--prefix-rows", type=positive_int, help="token rows given with --prefix-from (default 3)")
     p.add_argument("--bf16-weights", action="store_true", help="decode steps of up to 8 images (--n <= 8) read "
                    "bfloat16 copies of the weights (half the bytes; a sampling mode with its own tokens)")
     p.add_argument("--seed", type=seed, default=0, help="the draws, and the random weights without --ckpt")
     p.add_argument("--out", default="dalle.png", help="the grid's image file (its folder must exist)")
     args = p.parse_args(argv)
     check_out_file(p, args.out)
+    if args.prefix_rows is not None and args.prefix_from is None:
+        p.error(f"--prefix-rows {args.prefix_rows} needs --prefix-from (the image whose rows are given)")
+    args.prefix_rows = 3 if args.prefix_rows is None else args.prefix_rows
 
     with seeded(args.seed):
         dvae, dalle, tok, what = load(args.ckpt, args.text)
