@@ -67,17 +67,23 @@ def test_attention_row_that_sees_no_key_with_nan_elsewhere(attn_backend):
     assert out[0, 0, 6:].isnan().all() and out[0, 0, 5].isfinite().all()  # query 5 sees key 0 only
 
 
-def test_sample_categorical_nan_row_draws_minus_one(backend):
-    """A row with a NaN logit draws -1, as one with no finite logit (the reference's rule; torch.multinomial raises).
-    A max that dropped the NaN once drew a token from the row's other logits."""
+def test_sample_categorical_nan_row_draws_minus_one_in_the_kernels(backend):
+    """A row with a NaN logit draws -1 in the kernels, as one with no finite logit (the reference's rule; a max that
+    dropped the NaN once drew a token from the row's other logits), the other rows their clean draws; the op then
+    raises, as torch.multinomial (tests/test_sampling.py: test_rows_without_a_token_raise)."""
     dev = backend_device(backend)
     logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0))
     bad = logits.clone()
     bad[1, 7], bad[2] = NAN, -INF
-    draw = lambda x: fastar.ops.sample_categorical(x.to(dev), top_k=50, generator=torch.Generator(dev).manual_seed(1))
-    clean, got = draw(logits).cpu(), draw(bad).cpu()
+    race = torch.empty(4, 300).exponential_(generator=torch.Generator().manual_seed(1)).to(dev)
+    kernels = torch.ops.fastar_simt if backend == "simt" else torch.ops.fastar
+    draw = lambda x: kernels.sample_categorical(x.to(dev), race, 1.0, 50, 1.0, 0.0).cpu()  # noqa: E731
+    clean, got = draw(logits), draw(bad)
     assert got[1] == -1 and got[2] == -1
     assert got[0] == clean[0] and got[3] == clean[3]
+    if dev != "cuda":  # on a GPU the op's check is a device-side assert, which would end the CUDA context
+        with pytest.raises(RuntimeError, match="no token to draw"):
+            fastar.ops.sample_categorical(bad.to(dev), top_k=50)
 
 
 def test_vq_nearest_nonfinite_rows(backend):
