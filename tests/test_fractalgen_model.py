@@ -381,6 +381,8 @@ def test_generate_refuses_bad_arguments():
                       (dict(labels=torch.tensor([], dtype=torch.long)), "at least one label")]:
         with pytest.raises(ValueError, match=match):
             model.generate(**{"labels": labels, "num_iter_list": [2, 2], **kw})
+    with pytest.raises(TypeError, match="progress must be None or a callable .* got int"):  # once "not callable"
+        model.generate(labels, num_iter_list=[2, 2], progress=3)
 
 
 def test_generate_takes_a_guidance_below_one():

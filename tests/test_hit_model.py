@@ -290,6 +290,16 @@ def test_sample_cli_random_weights_follow_the_seed(tmp_path):
     assert torch.equal(torch.get_rng_state(), state)
 
 
+@pytest.mark.parametrize("kw,match", [
+    (dict(latent_dim=0), "HiTConfig: latent_dim must be an int >= 1, got 0"),
+    (dict(heads=(8, 2, 3)), r"HiTConfig: heads\[2\] = 3 must divide channels\[2\] = 16"),
+    (dict(channels=(256, 64)), "one entry per stage"), (dict(num_layers=(1, -1, 1)), r"num_layers\[1\] must be")])
+def test_config_refuses_what_no_generator_builds(kw, match):
+    """Once taken, then failing inside a layer's constructor or at the first forward (latent_dim 0 built)."""
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(TINY, **kw)
+
+
 def test_generator_refuses_bad_latents():
     G = HiTGenerator(TINY)
     d = TINY.latent_dim

@@ -80,6 +80,10 @@ def test_build_vae_var_takes_the_official_call():
 @pytest.mark.parametrize("kwargs,match", [
     ({"attn_l2_norm": False}, "attn_l2_norm=False is not supported"),
     ({"V": 64, "vae_cfg": TINY_VAE}, r"either as vae_cfg or as V/Cvae/ch/share_quant_resi.*\['vocab_size'\]"),
+    # once taken: a 0-side scale, scales past the latent's side, no null-class-only model
+    ({"patch_nums": (1, 2, 0)}, r"patch_nums must be a non-empty tuple of positive ints, none above the last"),
+    ({"patch_nums": (2, 1)}, r"none above the last \(the VQVAE latent's side\), got \(2, 1\)"),
+    ({"num_classes": 0}, "VARConfig: num_classes must be an int >= 1, got 0"),
 ])
 def test_build_vae_var_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

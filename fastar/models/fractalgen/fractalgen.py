@@ -161,6 +161,9 @@ class FractalGen(nn.Module):
         (see decode_weights for those). On a CPU without AMX-BF16 or AVX512-BF16 it runs slower than fp32 and warns
         (fastar.check_bf16_gemm)."""
         op = "FractalGen.generate"
+        if progress is not None and not callable(progress):
+            raise TypeError(f"{op}: progress must be None or a callable wrapping the top level's steps (e.g. tqdm), "
+                            f"got {type(progress).__name__}")
         check_labels(op, labels, None, self.num_classes)
         if len(labels) == 0:
             raise ValueError(f"{op}: labels must hold at least one label")

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 import fastar
 from fastar import _backend
+from fastar.models.checks import check_count
 from fastar.models.layers import Linear, linear, linear_add, linear_gelu, onednn_declines, onednn_inference
 
 
@@ -44,6 +45,22 @@ class HiTConfig:
     heads: tuple = (16, 8, 4, 4, 4, 4)
     block_sizes: tuple = (4, 4, 8, 8, None, None)  # None: MLP-only stage (no self-attention)
     multi_query: bool = True  # the official attn_type="multi_query"
+
+    def __post_init__(self):
+        check_count("HiTConfig", "latent_dim", self.latent_dim)
+        n = len(self.channels)
+        if n < 1 or not len(self.num_layers) == len(self.heads) == len(self.block_sizes) == n:
+            raise ValueError(f"HiTConfig: num_layers, channels, heads and block_sizes need one entry per stage (>= 1), "
+                             f"got {len(self.num_layers)}, {n}, {len(self.heads)}, {len(self.block_sizes)}")
+        for i in range(n):
+            check_count("HiTConfig", f"channels[{i}]", self.channels[i])
+            check_count("HiTConfig", f"heads[{i}]", self.heads[i])
+            check_count("HiTConfig", f"num_layers[{i}]", self.num_layers[i], low=0)
+            if self.block_sizes[i] is not None:
+                check_count("HiTConfig", f"block_sizes[{i}]", self.block_sizes[i])
+            if self.channels[i] % self.heads[i]:
+                raise ValueError(f"HiTConfig: heads[{i}] = {self.heads[i]} must divide channels[{i}] = "
+                                 f"{self.channels[i]}")
 
 
 # The one configuration per output size of the official code (HiTGenerator.__init__).

@@ -34,6 +34,18 @@ class VARConfig:
     drop_path_rate: float = -1.0  # stochastic depth of the last block; < 0: 0.1*depth/24 as the released models
     shared_aln: bool = False  # one AdaLN projection shared by all blocks (VAR-d36-s)
 
+    def __post_init__(self):
+        for name in ("depth", "vocab_size", "Cvae", "num_classes"):
+            check_count("VARConfig", name, getattr(self, name))
+        pns = self.patch_nums
+        if not isinstance(pns, (list, tuple)) or not pns or any(
+                isinstance(pn, bool) or not isinstance(pn, int) or pn < 1 for pn in pns) or max(pns) > pns[-1]:
+            raise ValueError(f"VARConfig: patch_nums must be a non-empty tuple of positive ints, none above the last "
+                             f"(the VQVAE latent's side), got {pns!r}")
+        check_number("VARConfig", "mlp_ratio", self.mlp_ratio, above=0)
+        check_number("VARConfig", "norm_eps", self.norm_eps, above=0)
+        check_number("VARConfig", "cond_drop_rate", self.cond_drop_rate, low=0, high=1)
+
     @property
     def C(self):
         return 64 * self.depth
