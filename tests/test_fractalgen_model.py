@@ -383,6 +383,8 @@ def test_generate_refuses_bad_arguments():
             model.generate(**{"labels": labels, "num_iter_list": [2, 2], **kw})
     with pytest.raises(TypeError, match="progress must be None or a callable .* got int"):  # once "not callable"
         model.generate(labels, num_iter_list=[2, 2], progress=3)
+    with pytest.raises(ValueError, match="FractalGen.generate: labels are on meta, the model on cpu"):
+        model.generate(labels.to("meta"), num_iter_list=[2, 2])
 
 
 def test_generate_takes_a_guidance_below_one():

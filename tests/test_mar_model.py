@@ -348,6 +348,11 @@ def test_forward_and_config_refuse_what_they_cannot_train():
             model(bad, torch.tensor([3, 4]))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 10\)"):
         model(latents, torch.tensor([3, 10]))
+    meta = torch.tensor([3, 4], device="meta")  # another device than the model's: once an error from inside
+    with pytest.raises(ValueError, match="MAR.forward: labels are on meta, the model on cpu"):
+        model(latents, meta)
+    with pytest.raises(ValueError, match="MAR.sample_tokens: labels are on meta, the model on cpu"):
+        model.sample_tokens(2, num_iter=1, labels=meta)
     with pytest.raises(ValueError, match="img_size 100 must be a positive multiple of vae_stride 16"):
         mar("base", img_size=100)
     with pytest.raises(ValueError, match="num_heads 4 must divide width 30"):

@@ -383,6 +383,11 @@ def test_forward_and_sampling_refuse_bad_arguments():
     assert var(labels, x).shape == (2, var.L, var.head.out_features)
     with pytest.raises(ValueError, match="one entry per image"):
         var(labels[:1], x)
+    meta = labels.to("meta")  # another device than the model's: sampling once failed in sample_categorical
+    with pytest.raises(ValueError, match="VAR.forward: labels are on meta, the model on cpu"):
+        var(meta, x)
+    with pytest.raises(ValueError, match="VAR.autoregressive_infer_cfg: labels are on meta, the model on cpu"):
+        var.autoregressive_infer_cfg(2, meta)
     with pytest.raises(ValueError, match=r"x_BLCv_wo_first_l must be \(B, L - 1, Cvae\)"):
         var(labels, x[:, 1:])
     # a float64 x or a list: once oneDNN's "mat1 and mat2 must have the same dtype", an AttributeError on .shape

@@ -4,13 +4,16 @@ import math
 import torch
 
 
-def check_labels(op, labels, batch, num_classes, *, null_class=False):
+def check_labels(op, labels, batch, num_classes, *, null_class=False, device=None):
     """labels: a 1-D int64 tensor of `batch` entries (None: any) in [0, num_classes), or up to num_classes itself
-    with null_class (the unconditional class of a model that embeds it as one more class)."""
+    with null_class (the unconditional class of a model that embeds it as one more class); on `device` (the
+    model's) when given."""
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
         raise TypeError(f"{op}: labels must be a 1-D int64 tensor, got "
                         f"{labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__}"
                         + (f" of shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else ""))
+    if device is not None and labels.device != device:
+        raise ValueError(f"{op}: labels are on {labels.device}, the model on {device}")
     if batch is not None and len(labels) != batch:
         raise ValueError(f"{op}: labels must have one entry per image ({batch}), got {len(labels)}")
     top = num_classes + null_class

@@ -113,7 +113,7 @@ class FractalGen(nn.Module):
                              f"{tuple(imgs.shape) if isinstance(imgs, torch.Tensor) else type(imgs).__name__}")
         if not imgs.is_floating_point():
             raise TypeError(f"FractalGen: imgs must be floating point (ImageNet-normalized), got {imgs.dtype}")
-        check_labels("FractalGen", labels, imgs.shape[0], self.num_classes)
+        check_labels("FractalGen", labels, imgs.shape[0], self.num_classes, device=self.class_emb.weight.device)
         mean, std = imgs.new_tensor(PIX_MEAN)[:, None, None], imgs.new_tensor(PIX_STD)[:, None, None]
         check_values("FractalGen", imgs.detach() * std + mean, -0.5 / 255, 255.5 / 255,  # PixelLoss's 0..255
                      "imgs must be ImageNet-normalized pixels of [0, 1] (shown un-normalized)")
@@ -164,7 +164,7 @@ class FractalGen(nn.Module):
         if progress is not None and not callable(progress):
             raise TypeError(f"{op}: progress must be None or a callable wrapping the top level's steps (e.g. tqdm), "
                             f"got {type(progress).__name__}")
-        check_labels(op, labels, None, self.num_classes)
+        check_labels(op, labels, None, self.num_classes, device=self.class_emb.weight.device)
         if len(labels) == 0:
             raise ValueError(f"{op}: labels must hold at least one label")
         check_choice(op, "precision", precision, PRECISIONS)

@@ -147,7 +147,7 @@ class MAR(nn.Module):
                              f"model's {dtype}, got "
                              + (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__))
         B, device = x.shape[0], x.device
-        check_labels("MAR.forward", labels_B, B, self.class_emb.num_embeddings)
+        check_labels("MAR.forward", labels_B, B, self.class_emb.num_embeddings, device=self.class_emb.weight.device)
         x_BLT = latents_BChw.flatten(2).transpose(1, 2)  # patchify, patch_size 1
         class_embedding = self.class_emb(labels_B)
         drop = (torch.rand(B, generator=generator, device=rng_device(generator)) < self.cfg.label_drop_prob
@@ -189,7 +189,8 @@ class MAR(nn.Module):
         check_number("MAR.sample_tokens", "cfg", cfg)
         check_number("MAR.sample_tokens", "temperature", temperature, above=0)
         if labels is not None:
-            check_labels("MAR.sample_tokens", labels, bsz, self.class_emb.num_embeddings)
+            check_labels("MAR.sample_tokens", labels, bsz, self.class_emb.num_embeddings,
+                         device=self.class_emb.weight.device)
         if precision not in PRECISIONS:
             raise ValueError(f"sample_tokens: precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "bf16":

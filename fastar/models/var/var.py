@@ -125,7 +125,7 @@ class VAR(nn.Module):
                              f"{self.Cvae}) of the model's {dtype}, got "
                              + (f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__))
         B = x.shape[0]
-        check_labels("VAR.forward", label_B, B, self.num_classes, null_class=True)
+        check_labels("VAR.forward", label_B, B, self.num_classes, null_class=True, device=self.class_emb.weight.device)
         if self.training:
             drop = torch.rand(B, device=label_B.device) < self.cfg.cond_drop_rate
             label_B = torch.where(drop, self.num_classes, label_B)
@@ -173,7 +173,7 @@ class VAR(nn.Module):
             label_B = torch.randint(self.num_classes, (B,), generator=rng, device=device)
         elif isinstance(label_B, int):
             label_B = torch.full((B,), self.num_classes if label_B < 0 else label_B, device=device)
-        check_labels("VAR.autoregressive_infer_cfg", label_B, B, self.num_classes, null_class=True)
+        check_labels("VAR.autoregressive_infer_cfg", label_B, B, self.num_classes, null_class=True, device=device)
         vae, quant = self.vae_proxy[0], self.vae_proxy[0].quantize
 
         sos = cond_BD = self.class_emb(torch.cat((label_B, torch.full_like(label_B, self.num_classes))))  # (2B, C)
