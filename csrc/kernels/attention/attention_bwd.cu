@@ -72,22 +72,13 @@ Plan plan(const AttentionBwdParams& p) {
   return s;
 }
 
-// One thread per row of (B*H*Lq): delta = sum_d dO O, as the float32 warp_gemm sums dP = dO V^T (one running
-// sum from 0, d ascending, the same `+= a * b`, which nvcc contracts to the same FMAs and the emulator to none): a
-// row whose O is one key's v (a single visible key, or a softmax one-hot to the last bit) gets delta == dP bit for
-// bit, so dS = P (dP - delta) is 0 there as in the reference (a shuffle tree's sum left dq and dk of a lone key up to
-// 6x past the tolerance). Then the block's threads zero its rows of dq_accum.
+// One thread per row of (B*H*Lq): delta (delta_row); then the block's threads zero its rows of dq_accum.
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads) attention_bwd_prep_kernel(const AttentionBwdParams p, float* delta,
                                                                       float* dq_accum) {
   const int64_t rows = int64_t(p.B) * p.H * p.Lq, first = int64_t(blockIdx.x) * kThreads, row = first + threadIdx.x;
-  if (row < rows) {
-    const T* o = static_cast<const T*>(p.out) + row * D;
-    const T* dout = static_cast<const T*>(p.dout) + row * D;
-    float sum = 0.f;
-    for (int c = 0; c < D; ++c) sum += to_float(o[c]) * to_float(dout[c]);
-    delta[row] = sum;
-  }
+  if (row < rows)
+    delta[row] = delta_row<T, D>(static_cast<const T*>(p.out) + row * D, static_cast<const T*>(p.dout) + row * D);
   const int64_t n = (rows - first < kThreads ? rows - first : kThreads) * D;
   for (int64_t i = threadIdx.x; i < n; i += kThreads) dq_accum[first * D + i] = 0.f;
 }

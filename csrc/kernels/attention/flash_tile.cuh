@@ -24,6 +24,17 @@ __device__ __forceinline__ const T* head_base(const void* p, const int64_t (&s)[
   return static_cast<const T*>(p) + b * s[0] + h * s[1];
 }
 
+// FlashAttention-2's delta = rowsum(dO * O) of one row, summed as the float32 warp_gemm sums dP = dO V^T (one running
+// sum from 0, d ascending, the same `+= a * b`: the same FMAs under nvcc, none under the emulator): where O is one
+// key's v (a single visible key, a softmax one-hot to the last bit) delta == dP bit for bit, so dS = P (dP - delta) is
+// 0 there, as the reference's (a shuffle tree's or torch's sum left dq and dk of such rows past the tolerance).
+template <class T, int D>
+__device__ __forceinline__ float delta_row(const T* out, const T* dout) {
+  float sum = 0.f;
+  for (int c = 0; c < D; ++c) sum += to_float(out[c]) * to_float(dout[c]);
+  return sum;
+}
+
 template <class T, int D>
 struct Spec {
   using Elem = T;

@@ -136,22 +136,16 @@ constexpr size_t bwd_smem() {  // k, v (64 x D); q, dO (32 x D); dS^T and for fl
          2 * kTileQ * sizeof(float);
 }
 
-// One thread per row (b, y, x, head): delta = sum_d dO out, as the float32 warp_gemm sums dP^T = V dO^T (one running
-// sum from 0, d ascending, the same `+= a * b`: the same FMAs under nvcc, none under the emulator), so that a row
-// whose out is one key's v (a softmax one-hot to the last bit) has delta == dP bit for bit and dS = 0 there, as the
-// reference's; torch's sum(-1) left dk of such rows ~1e-7 |dO| |v| |q| off.
+// One thread per row (b, y, x, head): delta (attention's delta_row), dout read through its strides.
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads) multi_axis_attention_delta_kernel(const MultiAxisBwdParams p) {
   const int64_t rows = int64_t(p.B) * p.geo.H * p.geo.W * p.heads, row = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (row >= rows) return;
   const int64_t h = row % p.heads, x = row / p.heads % p.geo.W, y = row / p.heads / p.geo.W % p.geo.H,
                 b = row / p.heads / p.geo.W / p.geo.H;
-  const T* o = static_cast<const T*>(p.out) + row * D;
   const T* dout = static_cast<const T*>(p.dout) +
                   (b * p.dout_strides[0] + y * p.dout_strides[1] + x * p.dout_strides[2] + h * p.dout_strides[3]);
-  float sum = 0.f;
-  for (int c = 0; c < D; ++c) sum += to_float(o[c]) * to_float(dout[c]);
-  p.delta[row] = sum;
+  p.delta[row] = delta_row<T, D>(static_cast<const T*>(p.out) + row * D, dout);
 }
 
 template <class T, int D>
