@@ -327,3 +327,44 @@ def test_pick_classes(capsys):
     with pytest.raises(SystemExit):
         pick_classes(parser, [3, 10, -1], 10)
     assert "--classes must be in [0, 10) for this model, got [10, -1]" in capsys.readouterr().err
+
+
+def test_sample_refuses_a_size_option_its_checkpoint_decides(tmp_path):
+    """--depth, --size, --model given beside a --ckpt that holds another value (or a `fastar train` ckpt.pt, which
+    holds its own config): refused in one line (they were silently superseded); the same value is accepted."""
+    from dataclasses import asdict
+    from fastar.models.hit.generator import TINY
+    from fastar.models.var import VARConfig, VQVAEConfig
+    vae_cfg = VQVAEConfig(vocab_size=16, z_channels=8, ch=32, ch_mult=(1, 1), num_res_blocks=1, v_patch_nums=(1, 2))
+    var_cfg = VARConfig(depth=2, patch_nums=(1, 2), vocab_size=16, Cvae=8, num_classes=10)
+    ckpts = {"var": {"vae_cfg": asdict(vae_cfg), "var_cfg": asdict(var_cfg), "vae": {}, "var": {}},
+             "official_var": {"pos_1LC": torch.zeros(1, 5, 128), "pos_start": torch.zeros(1, 1, 128)},
+             "hit": {"cfg": asdict(TINY), "G_ema": {}}, "mar": {"mar_cfg": {}}, "fractalgen": {"fractalgen_cfg": {}}}
+    for name, sd in ckpts.items():
+        torch.save(sd, tmp_path / f"{name}.pt")
+    out = ["--out", str(tmp_path / "x.png")]
+    cases = [("var", "var", "--depth", "3", "(2)", "2"), ("var", "official_var", "--depth", "16", "(2)", "2"),
+             ("hit", "hit", "--size", "256", f"({TINY.output_size})", None),
+             ("mar", "mar", "--size", "base", "(a `fastar train` ckpt.pt: its own config)", None),
+             ("fractalgen", "fractalgen", "--model", "fractalmar_in64", "(a `fastar train` ckpt.pt: its own config)",
+              None)]
+    for model, name, option, value, held, same in cases:
+        path = tmp_path / f"{name}.pt"
+        assert run(["sample", model, "--ckpt", str(path), option, value] + out) == (
+            f"{option} {value} is not what --ckpt {path} holds {held}: the checkpoint decides it; leave {option} out")
+        if same is not None:  # the checkpoint's own value passes the check (then fails on what else it lacks)
+            msg = str(run(["sample", model, "--ckpt", str(path), option, same] + out))
+            assert "the checkpoint decides it" not in msg and msg.startswith(("--ckpt", "an official")), msg
+
+
+def test_name_overflow_names_the_flags_of_a_sampling_that_overflowed():
+    """sample_categorical's RuntimeError on a row with no token (e.g. cfg 1e30 made the logits inf - inf) becomes a
+    SystemExit naming the flags; other RuntimeErrors pass unchanged."""
+    import fastar
+    from fastar.models.cli import name_overflow
+    with pytest.raises(SystemExit, match=r"past float32 at --cfg 1e\+30, --top-k 3 \(too large a guidance"):
+        with name_overflow(cfg=1e30, top_k=3):
+            fastar.ops.sample_categorical(torch.tensor([[float("nan"), 0.0]]))
+    with pytest.raises(RuntimeError, match="other"):
+        with name_overflow(cfg=1.0):
+            raise RuntimeError("other")

@@ -134,13 +134,16 @@ def test_attn_block_gradients_have_their_parameters_strides():
 
 def test_tokenizers_refuse_maps_of_other_channels():
     """An image of 4 channels, an int image, a latent of other channels: the call and argument named (torch's
-    convolutions said 'expected input to have 3 channels' or a GroupNorm message)."""
+    convolutions said 'expected input to have 3 channels' or a GroupNorm message); an image of another side than
+    the latent's (the encoder floored a 5 x 5 one to the 4 x 4 model's latent unsaid)."""
     from fastar.models.mar import AutoencoderKL, KLConfig
     from fastar.models.var import VQVAE, VQVAEConfig
     vae = VQVAE(VQVAEConfig(vocab_size=16, z_channels=8, ch=32, ch_mult=(1, 1), num_res_blocks=1, v_patch_nums=(1, 2)))
     kl = AutoencoderKL(KLConfig(embed_dim=4, ch=32, ch_mult=(1, 1), num_res_blocks=1))
     for call, match in [(lambda: vae.img_to_idxBl(torch.rand(1, 4, 8, 8)), r"VQVAE.img_to_idxBl: img_B3HW must be"),
                         (lambda: vae.img_to_idxBl(torch.zeros(1, 3, 8, 8, dtype=torch.uint8)), "floating-point"),
+                        (lambda: vae.img_to_idxBl(torch.rand(1, 3, 5, 5)), r"must be 4 x 4 .* got \(5, 5\)"),
+                        (lambda: vae(torch.rand(1, 3, 8, 8)), r"VQVAE.forward: img_B3HW must be 4 x 4"),
                         (lambda: vae.fhat_to_img(torch.rand(1, 3, 4, 4)), r"f_hat_BChw must be .* \(B, 8, H, W\)"),
                         (lambda: kl.encode(torch.rand(3, 8, 8)), r"AutoencoderKL.encode: x_B3HW must be"),
                         (lambda: kl.decode(torch.rand(1, 16, 4, 4)), r"AutoencoderKL.decode: z_BChw .* \(B, 4")]:

@@ -193,6 +193,29 @@ def refuse_vae_ckpt(vae_ckpt, ckpt, model, official):
             f"--ckpt {ckpt} is a `fastar train {model}` ckpt.pt, which holds its own VAE"))
 
 
+def refuse_superseded(option, given, held, ckpt):
+    """SystemExit when an option given on the command line (`given`, None when left out) is one the checkpoint
+    decides and it holds another value (`held`; None: a `fastar train` ckpt.pt, whose own config decides it)."""
+    if given is not None and given != held:
+        raise SystemExit(f"{option} {given} is not what --ckpt {ckpt} holds " + (
+            "(a `fastar train` ckpt.pt: its own config)" if held is None else f"({held})") +
+            f": the checkpoint decides it; leave {option} out")
+
+
+@contextmanager
+def name_overflow(**flags):
+    """Around a sample CLI's sampling: sample_categorical's RuntimeError on a row with no token to draw (logits
+    with NaN or +inf) becomes one SystemExit naming the flags that scale the logits, {name: value}."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "no token to draw" not in str(e):
+            raise
+        shown = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in flags.items())
+        raise SystemExit(f"sampling stopped: the logits hold NaN or inf, past float32 at {shown} (too large a "
+                         "guidance, too small a temperature), or from a checkpoint's NaN weights") from None
+
+
 @contextmanager
 def checkpoint_config(path, option="--ckpt"):
     """Around building models from a checkpoint's configs: their TypeError (an unknown or missing field) or

@@ -12,7 +12,7 @@ import argparse
 import torch
 from tqdm import tqdm
 
-from fastar.models.cli import (HelpFormatter, check_out_file, checkpoint_config, load_state, nonneg_int,
+from fastar.models.cli import (HelpFormatter, check_out_file, checkpoint_config, load_state, name_overflow, nonneg_int,
                                positive_float, positive_int, read_checkpoint, seed, unit_float, warn_unfinished,
                                wrong_checkpoint)
 from fastar.models.dalle.dalle import DALLE, DALLEConfig
@@ -83,7 +83,8 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(args.seed)
     rows = []
     for ids in tqdm(text_ids, desc="sample dalle"):
-        with decode_weights(dalle, torch.bfloat16 if args.bf16_weights else torch.float32):
+        with (decode_weights(dalle, torch.bfloat16 if args.bf16_weights else torch.float32),
+              name_overflow(temperature=args.temperature)):
             tokens = dalle.generate(ids, image_prefix=prefix, temperature=args.temperature,
                                     top_k=args.top_k, top_p=args.top_p, generator=gen, progress=True)
         rows.append(dvae.tokens_to_img(tokens.view(-1, g, g)))

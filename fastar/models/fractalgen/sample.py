@@ -12,8 +12,9 @@ import argparse
 import torch
 from tqdm import tqdm
 
-from fastar.models.cli import (HelpFormatter, checkpoint_config, finite_float, load_state, positive_float,
-                               positive_ints, read_checkpoint, unit_float, warn_unfinished, wrong_checkpoint)
+from fastar.models.cli import (HelpFormatter, checkpoint_config, finite_float, load_state, name_overflow,
+                               positive_float, positive_ints, read_checkpoint, refuse_superseded, unit_float,
+                               warn_unfinished, wrong_checkpoint)
 from fastar.models.fractalgen.fractalgen import MODELS, PRECISIONS, FractalGen, FractalGenConfig, build
 from fastar.models.layers import decode_weights
 from fastar.models.var.sample import fill_defaults, parse_grid_args, pick_classes, save_grid, seeded
@@ -29,11 +30,13 @@ README_FLAGS = {name: dict(zip(("num_iter", "cfg", "temperature"), flags)) for n
 def load(name, ckpt):
     """(model, what was loaded, its sampling defaults (fill_defaults)). ckpt: a `fastar train fractalgen` checkpoint
     (what its samples.png used) or an official checkpoint-*.pth ({'model': state_dict, 'args': ...}) of the model
-    `name` (the README's flags)."""
+    `name` (the README's flags; default fractalmar_in64; None with a `fastar train` checkpoint, which holds its own)."""
     if ckpt is None:
+        name = name or "fractalmar_in64"
         return build(name), f"RANDOM weights (no --ckpt): {name}, untrained", README_FLAGS[name]
     sd = read_checkpoint(ckpt)  # the official checkpoints pickle their args (an argparse.Namespace)
     if "fractalgen_cfg" in sd:
+        refuse_superseded("--model", name, None, ckpt)
         if "model" not in sd:
             raise wrong_checkpoint(ckpt, "a whole `fastar train fractalgen` ckpt.pt", sd)
         with checkpoint_config(ckpt):
@@ -47,6 +50,7 @@ def load(name, ckpt):
     state = sd.get("model", sd)
     if not isinstance(state, dict) or "class_emb.weight" not in state:
         raise wrong_checkpoint(ckpt, "a `fastar train fractalgen` ckpt.pt nor an official FractalGen checkpoint", sd)
+    name = name or "fractalmar_in64"
     model = build(name)
     load_state(model, state, ckpt, f"{name} (--model)")
     return model, f"{ckpt} ({name})", README_FLAGS[name]
@@ -55,8 +59,8 @@ def load(name, ckpt):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar sample fractalgen", description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--model", default="fractalmar_in64", choices=list(MODELS),
-                   help="the official model whose shapes --ckpt holds (random weights without it)")
+    p.add_argument("--model", choices=list(MODELS), help="the official model whose shapes --ckpt holds (random "
+                   "weights without it; default fractalmar_in64; a `fastar train fractalgen` ckpt.pt holds its own)")
     p.add_argument("--ckpt", help="an official checkpoint-*.pth of --model, or a `fastar train fractalgen` ckpt.pt")
     p.add_argument("--num-iter", type=positive_ints, help="steps per transformer level, comma-separated (AR levels "
                    "take one per patch; default: the upstream README's for --model, or the checkpoint's)")
@@ -88,7 +92,8 @@ def main(argv=None):
     out = []
     for i, label_B in enumerate(labels.split(args.bs)):
         progress = lambda steps: tqdm(steps, desc=f"sample fractalgen batch {i + 1}")  # noqa: E731
-        with decode_weights(model, torch.bfloat16 if args.bf16_weights else torch.float32):
+        with (decode_weights(model, torch.bfloat16 if args.bf16_weights else torch.float32),
+              name_overflow(cfg=cfg, temperature=temperature)):
             out.append(model.generate(label_B, num_iter_list=num_iter, cfg=cfg, cfg_schedule=args.cfg_schedule,
                                       temperature=temperature, filter_threshold=args.filter_threshold,
                                       generator=torch.Generator().manual_seed(args.seed + i), progress=progress,

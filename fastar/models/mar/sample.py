@@ -12,7 +12,7 @@ import argparse
 import torch
 
 from fastar.models.cli import (HelpFormatter, checkpoint_config, finite_float, int_in, load_state, positive_float,
-                               positive_int, read_checkpoint, refuse_vae_ckpt, warn_unfinished,
+                               positive_int, read_checkpoint, refuse_superseded, refuse_vae_ckpt, warn_unfinished,
                                wrong_checkpoint)
 from fastar.models.mar.mar import MAR, PRECISIONS, MARConfig, mar
 from fastar.reference.diffusion import NUM_TIMESTEPS
@@ -23,17 +23,19 @@ from fastar.models.var.sample import fill_defaults, parse_grid_args, pick_classe
 OFFICIAL_FLAGS = {"num_iter": 64, "cfg": 2.9}  # a quicker num_iter than the official evaluation's 256; MAR-B's cfg
 
 
-def load(ckpt, vae_ckpt, size):
+def load(ckpt, vae_ckpt, size=None):
     """(vae, mar, what was loaded, its sampling defaults (fill_defaults)). ckpt: a `fastar train mar` checkpoint, or
     an official checkpoint-last.pth (its EMA weights, as the official evaluation samples; the KL-16 VAE then comes
-    from vae_ckpt)."""
+    from vae_ckpt). size: of random weights or an official ckpt (default "base"); None with a `fastar train` one."""
     if ckpt is None:
         refuse_vae_ckpt(vae_ckpt, ckpt, "mar", "checkpoint-last.pth")
+        size = size or "base"
         return (AutoencoderKL(), mar(size), f"RANDOM weights (no --ckpt): MAR-{size} and the KL-16 VAE, untrained",
                 OFFICIAL_FLAGS)
     sd = read_checkpoint(ckpt)
     if "mar_cfg" in sd:
         refuse_vae_ckpt(vae_ckpt, ckpt, "mar", "checkpoint-last.pth")
+        refuse_superseded("--size", size, None, ckpt)
         if not {"vae_cfg", "vae", "mar"} <= set(sd):
             raise wrong_checkpoint(ckpt, "a whole `fastar train mar` ckpt.pt", sd)
         with checkpoint_config(ckpt):
@@ -47,6 +49,7 @@ def load(ckpt, vae_ckpt, size):
         raise wrong_checkpoint(ckpt, "a `fastar train mar` ckpt.pt nor an official MAR checkpoint-last.pth", sd)
     if vae_ckpt is None:
         raise SystemExit("an official MAR checkpoint needs --vae-ckpt (kl16.ckpt)")
+    size = size or "base"
     model = mar(size)
     load_state(model, state, ckpt, f"MAR-{size} (--size)")
     vae = AutoencoderKL()
@@ -76,8 +79,8 @@ def generate(vae, model, labels, *, num_iter, cfg, temperature, seed, bs, cfg_sc
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar sample mar", description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--size", default="base", choices=("base", "large", "huge"), help="MAR size without --ckpt "
-                   "or with an official one")
+    p.add_argument("--size", choices=("base", "large", "huge"), help="MAR size without --ckpt or with an "
+                   "official one (default base; a `fastar train mar` ckpt.pt holds its own)")
     p.add_argument("--ckpt", help="official checkpoint-last.pth or a `fastar train mar` ckpt.pt")
     p.add_argument("--vae-ckpt", help="the KL-16 VAE's kl16.ckpt (with an official --ckpt)")
     p.add_argument("--num-iter", type=positive_int, help="autoregressive steps (default 64, the official evaluation "

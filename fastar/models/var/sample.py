@@ -16,9 +16,9 @@ from PIL import Image
 from tqdm import tqdm
 
 import fastar
-from fastar.models.cli import (HelpFormatter, check_out_file, checkpoint_config, finite_float, load_state, nonneg_int,
-                               positive_int, read_checkpoint, refuse_vae_ckpt, seed, unit_float,
-                               warn_unfinished, wrong_checkpoint)
+from fastar.models.cli import (HelpFormatter, check_out_file, checkpoint_config, finite_float, load_state,
+                               name_overflow, nonneg_int, positive_int, read_checkpoint, refuse_superseded,
+                               refuse_vae_ckpt, seed, unit_float, warn_unfinished, wrong_checkpoint)
 from fastar.models.var.build import PATCH_NUMS, build_vae_var
 from fastar.models.var.var import PRECISIONS, VAR, VARConfig
 from fastar.models.var.vqvae import VQVAE, VQVAEConfig
@@ -108,12 +108,13 @@ def save_grid(img_B3HW, path, nrow=8, pad=2, min_cell=64):
 OFFICIAL_FLAGS = {"cfg": 4.0, "top_k": 900, "top_p": 0.95}  # VAR's demo sampling of the released models
 
 
-def load(ckpt, vae_ckpt, depth):
+def load(ckpt, vae_ckpt, depth=None):
     """(vae, var, what was loaded, its sampling defaults (fill_defaults)). ckpt: a `fastar train var` checkpoint or
     an official var_d*.pth state dict (depth, shared AdaLN and resolution are read off its keys; the official VAE
-    then comes from vae_ckpt)."""
+    then comes from vae_ckpt). depth: random weights' (default 16); with a ckpt it must be the ckpt's, or None."""
     if ckpt is None:
         refuse_vae_ckpt(vae_ckpt, ckpt, "var", "var_d*.pth")
+        depth = 16 if depth is None else depth
         vae, var = build_vae_var(depth=depth)
         return (vae, var, f"RANDOM weights (no --ckpt): VAR-d{depth} and the released VQVAE config, untrained",
                 OFFICIAL_FLAGS)
@@ -125,12 +126,14 @@ def load(ckpt, vae_ckpt, depth):
         with checkpoint_config(ckpt):
             vae = VQVAE(VQVAEConfig(**sd["vae_cfg"])).eval().requires_grad_(False)
             var = VAR(vae, VARConfig(**sd["var_cfg"]))
+        refuse_superseded("--depth", depth, var.cfg.depth, ckpt)
         load_state(vae, sd["vae"], ckpt, "its vae_cfg's VQVAE")
         load_state(var, sd["var"], ckpt, "its var_cfg's VAR")
         warn_unfinished(sd, ckpt)
         return vae, var, f"{ckpt} (fastar train var checkpoint)", {**OFFICIAL_FLAGS, **sd.get("sample_flags", {})}
     if "pos_1LC" not in sd or "pos_start" not in sd:
         raise wrong_checkpoint(ckpt, "a `fastar train var` ckpt.pt nor an official var_d*.pth", sd)
+    refuse_superseded("--depth", depth, sd["pos_start"].shape[-1] // 64, ckpt)
     if vae_ckpt is None:
         raise SystemExit("an official VAR checkpoint needs --vae-ckpt (vae_ch160v4096z32.pth)")
     L = sd["pos_1LC"].shape[1]
@@ -147,7 +150,8 @@ def load(ckpt, vae_ckpt, depth):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fastar sample var", description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("--depth", type=positive_int, default=16, help="VAR depth when no --ckpt is given")
+    p.add_argument("--depth", type=positive_int, help="VAR depth when no --ckpt is given (default 16; with "
+                   "--ckpt, the checkpoint's)")
     p.add_argument("--ckpt", help="official var_d*.pth or a `fastar train var` ckpt.pt")
     p.add_argument("--vae-ckpt", help="official vae_ch160v4096z32.pth (with an official --ckpt)")
     p.add_argument("--cfg", type=finite_float, help="classifier-free guidance at the last scale (default 4, or what a "
@@ -167,9 +171,10 @@ def main(argv=None):
     args.classes = pick_classes(p, args.classes, var.num_classes)
     labels = torch.tensor(args.classes)
     out = []
-    for i, label_B in enumerate(tqdm(labels.split(args.bs), desc="sample var")):
-        out.append(var.autoregressive_infer_cfg(len(label_B), label_B, g_seed=args.seed + i, cfg=args.cfg,
-                                                top_k=args.top_k, top_p=args.top_p, more_smooth=args.more_smooth,
-                                                precision=args.precision, progress=True))
+    with name_overflow(cfg=args.cfg):
+        for i, label_B in enumerate(tqdm(labels.split(args.bs), desc="sample var")):
+            out.append(var.autoregressive_infer_cfg(len(label_B), label_B, g_seed=args.seed + i, cfg=args.cfg,
+                                                    top_k=args.top_k, top_p=args.top_p, more_smooth=args.more_smooth,
+                                                    precision=args.precision, progress=True))
     save_grid(torch.cat(out), args.out, nrow=args.nrow)
     print(f"wrote {args.out}: {len(labels)} images, classes {args.classes}")

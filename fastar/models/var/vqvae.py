@@ -42,10 +42,19 @@ class VQVAE(nn.Module):
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, 1, 1)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, 1, 1)
 
+    def check_images(self, op, img_B3HW):
+        """Images (B, 3, S, S) with S = v_patch_nums[-1] * downsample: the encoder floors odd sides (a 17 x 17 image
+        would lose its last row and column unsaid) and the quantizer's last scale is the latent map."""
+        check_maps(op, "img_B3HW", img_B3HW, 3)
+        side = self.cfg.v_patch_nums[-1] * self.downsample
+        if img_B3HW.shape[-2:] != (side, side):
+            raise ValueError(f"{op}: img_B3HW must be {side} x {side} (v_patch_nums[-1] {self.cfg.v_patch_nums[-1]} x "
+                             f"the encoder's downsampling {self.downsample}), got {tuple(img_B3HW.shape[-2:])}")
+
     # ===================== VAE training =====================
     def forward(self, img_B3HW):
         """(reconstruction, per-scale codebook usage in %, vq loss)."""
-        check_maps("VQVAE.forward", "img_B3HW", img_B3HW, 3)
+        self.check_images("VQVAE.forward", img_B3HW)
         f_hat, usages, vq_loss = self.quantize(self.quant_conv(self.encoder(img_B3HW)))
         return self.decoder(self.post_quant_conv(f_hat.contiguous())), usages, vq_loss
 
@@ -57,7 +66,7 @@ class VQVAE(nn.Module):
 
     def img_to_idxBl(self, img_B3HW):
         """Token indices of every scale: [(B, pn*pn) int64 for pn in v_patch_nums]."""
-        check_maps("VQVAE.img_to_idxBl", "img_B3HW", img_B3HW, 3)
+        self.check_images("VQVAE.img_to_idxBl", img_B3HW)
         return self.quantize.f_to_idxBl_or_fhat(self.quant_conv(self.encoder(img_B3HW)), to_fhat=False)
 
     def idxBl_to_img(self, ms_idx_Bl, last_one=False):
