@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import fastar
-from benchmarks.bench_var import BASELINE, LINEAR_PARTS, Breakdown, on
-from benchmarks.harness import compare, recorded, step_breakdowns
+from benchmarks.bench_var import BASELINE, LINEAR_PARTS, Breakdown
+from benchmarks.harness import compare, on, recorded, step_breakdowns
 from fastar.models.dalle import DALLE, DALLEConfig
 from fastar.models.dalle import dalle as dalle_module
 from fastar.models.layers import Linear, decode_weights

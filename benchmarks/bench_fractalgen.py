@@ -23,8 +23,8 @@ import pytest
 import torch
 
 import fastar
-from benchmarks.bench_var import Breakdown, on
-from benchmarks.harness import compare, recorded, step_agreement, step_breakdowns, step_figures
+from benchmarks.bench_var import Breakdown
+from benchmarks.harness import compare, on, recorded, step_agreement, step_breakdowns, step_figures
 from fastar.models.fractalgen import build
 from fastar.models.fractalgen.pixelloss import PIX_MEAN, PIX_STD
 

@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import fastar
 from benchmarks import bench_var
-from benchmarks.harness import compare, step_breakdowns
+from benchmarks.harness import compare, on, step_breakdowns
 from fastar.models.hit import CONFIGS, HiTGenerator, StyleGANDiscriminator, generator
 from fastar.models.hit.train import gan_step
 
@@ -32,13 +32,6 @@ STEP_SIZE = int(os.environ.get("FASTAR_BENCH_HIT_STEP_SIZE", "256"))
 D_CHANNELS = int(os.environ.get("FASTAR_BENCH_HIT_D_CHANNELS", "512"))
 B_GEN, B_STEP = int(os.environ.get("FASTAR_BENCH_HIT_GEN_B", "8")), int(os.environ.get("FASTAR_BENCH_HIT_STEP_B", "1"))
 BASELINE = "torch backend"
-
-
-def on(backend, fn):
-    def run():
-        with fastar.use_backend(backend):
-            return fn()
-    return run
 
 
 ROUNDS, WARMUP = int(os.environ.get("FASTAR_BENCH_HIT_ROUNDS", "3")), 1

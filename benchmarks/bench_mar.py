@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import fastar
 from benchmarks.bench_var import Breakdown
-from benchmarks.harness import compare, op_kind, save_samples, step_breakdowns
+from benchmarks.harness import compare, on, op_kind, save_samples, step_breakdowns
 from fastar.models.mar import AutoencoderKL, mar
 from fastar.models.mar.sample import generate
 
@@ -28,13 +28,6 @@ TRAIN_B = int(os.environ.get("FASTAR_BENCH_MAR_TRAIN_B", "1"))
 CFG = 2.9
 LABELS = torch.tensor([207, 360, 387, 974]).repeat(B)[:B]
 BASELINE = "torch backend"
-
-
-def on(backend, fn):
-    def run():
-        with fastar.use_backend(backend):
-            return fn()
-    return run
 
 
 def head_gemm_share(model, backend):

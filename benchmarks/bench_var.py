@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import fastar
-from benchmarks.harness import compare, recorded, save_samples, step_breakdowns
+from benchmarks.harness import compare, on, recorded, save_samples, step_breakdowns
 from fastar.models.layers import Linear
 from fastar.models.var import build_vae_var
 from fastar.models.var import basic_var
@@ -54,13 +54,6 @@ def d16():
             with fastar.use_backend(backend):
                 vae.fhat_to_img(torch.zeros(B_SAMPLE, vae.Cvae, 16, 16))
     return vae, var
-
-
-def on(backend, fn):
-    def run():
-        with fastar.use_backend(backend):
-            return fn()
-    return run
 
 
 def contenders(make):

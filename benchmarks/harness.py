@@ -28,6 +28,14 @@ import torch
 import fastar
 
 
+def on(backend, fn):
+    """fn run under fastar.use_backend(backend): a contender of the same model on another backend."""
+    def run():
+        with fastar.use_backend(backend):
+            return fn()
+    return run
+
+
 def save_samples(img_B3HW, name, nrow=8):
     """The images a model benchmark's fastar run sampled (random weights: they show speed, not learning) as
     benchmarks/results/<name>.png, so that the main command needs no second sampling run to show them."""
