@@ -17,8 +17,12 @@ of running the same float32 contenders again.
 The models' training rows add where each contender's step goes (step_breakdowns: GEMMs, attention, convolutions,
 the rest), from one more, profiled step of each after the timed rounds, and compare those steps' losses and gradient
 norms (step_agreement), where the steps draw alike.
+
+Each row also says how much CPU time other processes took while its rounds ran (cpu_load, from /proc/stat and
+this process's rusage): past the cores this process's threads leave free, the report marks its ratios unreliable.
 """
 import os
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -65,6 +69,40 @@ def error_note(outs, ref64, baseline, what):
     ref_err = (outs[baseline] - ref64).abs().max().item()
     return f"max error against float64 over {what}: " + ", ".join(
         f"{k} {(v - ref64).abs().max().item() / ref_err:.2f}x" for k, v in outs.items())
+
+
+def cpu_snapshot():
+    """(wall s, this process's CPU s with its waited-for children, every CPU's busy s and steal s since boot from
+    /proc/stat's first line (None without it))."""
+    own = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return time.perf_counter(), own, None, None
+    hz = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal ...: busy is user + nice + system + irq + softirq
+    busy = (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]) / hz
+    return time.perf_counter(), own, busy, (ticks[7] if len(ticks) > 7 else 0) / hz
+
+
+def cpu_load(start, end, threads=None, cpus=None):
+    """What other processes took between two cpu_snapshot()s, in cores: {"other_cores", "steal_cores", "cpus",
+    "threads", "contended"}; contended when they took more than 0.3 core past the cores this process's `threads`
+    (torch's) leave free of the `cpus` it may run on, or the hypervisor stole more than 0.1 core. None without
+    /proc/stat."""
+    (w0, own0, busy0, steal0), (w1, own1, busy1, steal1) = start, end
+    if busy0 is None or busy1 is None or w1 <= w0:
+        return None
+    threads = torch.get_num_threads() if threads is None else threads
+    cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
+    wall = w1 - w0
+    other = max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
+    steal = (steal1 - steal0) / wall
+    free = max(0, cpus - threads)
+    return {"other_cores": other, "steal_cores": steal, "cpus": cpus, "threads": threads,
+            "contended": other > free + 0.3 or steal > 0.1}
 
 
 def _seconds(fn):
@@ -150,9 +188,11 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
             others()
             others()
 
+    start = cpu_snapshot()  # after the warm-up: a compile's worker processes are not the machine's noise
     benchmark.pedantic(fastar_fn, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
     if rounds % 2:
         others()  # the last round's, fastar first
+    load = cpu_load(start, cpu_snapshot())
     times.update(measured)
     mine = benchmark.stats.stats
     if record:
@@ -163,6 +203,7 @@ def compare(benchmark, fastar_fn, contenders, *, baseline, parts=None, rounds=7,
     extra["op"] = op
     extra["rounds"] = rounds
     extra["calls_per_round"] = n
+    extra["cpu_load"] = load
     extra["fastar"] = {"min_ms": mine.min * 1e3 / n, "median_ms": mine.median * 1e3 / n}
     for name, ts in times.items():
         extra[name] = {"min_ms": min(ts) * 1e3 / n, "median_ms": statistics.median(ts) * 1e3 / n,

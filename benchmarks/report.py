@@ -66,6 +66,13 @@ def isa_in_use(build):
     return f"{isa} ({families.replace(',', ', ')} on AVX2)" if families else f"{isa}"
 
 
+def contended_note(load):
+    """The line of a row whose rounds other processes (or the hypervisor) took CPU time from (harness.cpu_load)."""
+    return (f"**Measured under load**: other processes took {load['other_cores']:.2f} of the {load['cpus']} cores "
+            f"this process may run on (its {load['threads']} threads leave {max(0, load['cpus'] - load['threads'])} "
+            f"free), the hypervisor stole {load['steal_cores']:.2f}, while its rounds ran: its ratios are not reliable.")
+
+
 def render(data):
     m = data["machine_info"].get("fastar", {})
     lines = [
@@ -80,6 +87,10 @@ def render(data):
         "backend, fastar/torch/, or the official code's formulation). Ratios compare within one run, and across "
         "runs only on the same CPU.", "",
     ]
+    contended = [b["group"] for b in data["benchmarks"] if (b["extra_info"].get("cpu_load") or {}).get("contended")]
+    if contended:
+        lines[-1:-1] = [f"- **{len(contended)} of {len(data['benchmarks'])} rows ran while other processes took CPU "
+                        "time from them** (their sections say how much): rerun those alone before quoting them"]
     if m.get("main_profile"):
         p = m["main_profile"]
         lines[-1:-1] = [f"- the main command's **{p['profile']}** profile ({p['reason']}): its knobs and their shapes "
@@ -91,6 +102,8 @@ def render(data):
         if e.get("rounds", 3) <= 2:
             lines += [("Single run: one round" if e["rounds"] == 1 else "Two rounds") + " per contender (too long to "
                       "repeat here); expect 10-20% noise.", ""]
+        if (load := e.get("cpu_load")) and load["contended"]:
+            lines += [contended_note(load), ""]
         if e.get("timed_by_an_earlier_row"):
             lines += [f"Not run again here: {', '.join(e['timed_by_an_earlier_row'])}, as timed by the float32 row of "
                       "this run (the same process and inputs).", ""]
@@ -134,6 +147,7 @@ def history_rows(data):
                "torch": m.get("torch"), "main_profile": m.get("main_profile", {}).get("profile"),
                "fastar": m.get("version"), "group": b["group"], "op": e.get("op"), "shape": e.get("shape"),
                "backend": e.get("backend"), "baseline": e["baseline"], "rounds": e.get("rounds"),
+               "other_cores": (e.get("cpu_load") or {}).get("other_cores"),
                "fastar_ms": e["fastar"]["min_ms"],
                "contenders": {n: {"min_ms": e[n]["min_ms"], "ratio": e[n]["ratio"]} for n in e["contenders"]}}
 
@@ -156,7 +170,9 @@ def plot(data, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(b["group"], name, b["extra_info"][name]["ratio"], name == b["extra_info"]["baseline"])
+    def label(b):  # a row measured under load says so beside its bars
+        return b["group"] + (" [UNDER LOAD]" if (b["extra_info"].get("cpu_load") or {}).get("contended") else "")
+    rows = [(label(b), name, b["extra_info"][name]["ratio"], name == b["extra_info"]["baseline"])
             for b in data["benchmarks"] for name in b["extra_info"]["contenders"]]
     stacks = [(b["group"], who, shares) for b in data["benchmarks"] for who, shares in
               breakdowns(b["extra_info"]).items()]

@@ -252,3 +252,45 @@ def test_the_main_command_goes_lean_below_the_peak_and_keeps_the_knobs_a_user_se
     run["machine_info"]["fastar"]["main_profile"] = {"profile": "lean", "reason": reason}
     assert f"the main command's **lean** profile ({reason})" in report.render(run)
     assert next(report.history_rows(run))["main_profile"] == "lean"
+
+
+def test_cpu_load_says_what_other_processes_took():
+    """harness.cpu_load from two cpu_snapshot()s: every CPU's busy seconds less this process's, per second of wall
+    time; contended past 0.3 core beyond the cores this process's threads leave free, or a steal past 0.1 core."""
+    from benchmarks import harness
+    start, end = (0.0, 1.0, 10.0, 0.0), (2.0, 4.8, 15.0, 0.0)  # 5 busy s, 3.8 of them this process's, in 2 s
+    load = harness.cpu_load(start, end, threads=2, cpus=2)
+    assert load["other_cores"] == pytest.approx(0.6) and load["contended"]
+    assert not harness.cpu_load(start, end, threads=2, cpus=16)["contended"]  # 14 cores left free
+    assert not harness.cpu_load(start, (2.0, 6.0, 15.0, 0.0), threads=2, cpus=2)["contended"]  # 0 cores other
+    stolen = harness.cpu_load(start, (2.0, 6.0, 15.0, 0.4), threads=2, cpus=2)
+    assert stolen["steal_cores"] == pytest.approx(0.2) and stolen["contended"]
+    assert harness.cpu_load((0.0, 1.0, None, None), end) is None  # no /proc/stat
+
+
+def test_a_row_run_beside_a_busy_process_is_reported_under_load():
+    """compare's rounds beside a process that spins a core: its cpu_load counts that core (this process sleeps),
+    and the report marks the row, in its section, the header and the plot's label."""
+    import subprocess
+    import sys
+    import time
+    from benchmarks import harness
+    if harness.cpu_snapshot()[2] is None:
+        pytest.skip("no /proc/stat on this system: cpu_load has nothing to read")
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 30: pass"])
+    try:
+        time.sleep(0.3)  # the interpreter started and spins
+        e = harness.compare(FakeBenchmark(), lambda: time.sleep(0.2), {"torch backend": lambda: time.sleep(0.2)},
+                            baseline="torch backend", rounds=3, warmup=0)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert e["cpu_load"]["other_cores"] > 0.5, e["cpu_load"]
+    run = run_json()
+    run["benchmarks"][0]["extra_info"]["cpu_load"] = {**e["cpu_load"], "contended": True}
+    md = report.render(run)
+    assert "**Measured under load**: other processes took" in md and "its ratios are not reliable" in md
+    assert "**1 of 1 rows ran while other processes took CPU time from them**" in md
+    quiet = run_json()
+    quiet["benchmarks"][0]["extra_info"]["cpu_load"] = {**e["cpu_load"], "contended": False}
+    assert "under load" not in report.render(quiet).lower()
