@@ -70,7 +70,8 @@ def contended_note(load):
     """The line of a row whose rounds other processes (or the hypervisor) took CPU time from (harness.cpu_load)."""
     return (f"**Measured under load**: other processes took {load['other_cores']:.2f} of the {load['cpus']} cores "
             f"this process may run on (its {load['threads']} threads leave {max(0, load['cpus'] - load['threads'])} "
-            f"free), the hypervisor stole {load['steal_cores']:.2f}, while its rounds ran: its ratios are not reliable.")
+            f"free), the hypervisor stole {load['steal_cores']:.2f}, while its rounds ran: its ratios are not "
+            "reliable.")
 
 
 def render(data):
