@@ -66,6 +66,13 @@ def isa_in_use(build):
     return f"{isa} ({families.replace(',', ', ')} on AVX2)" if families else f"{isa}"
 
 
+def contended(extra):
+    """A row's cpu_load (harness.cpu_load) where other processes or the hypervisor took CPU time from its rounds,
+    else None."""
+    load = extra.get("cpu_load")
+    return load if load and load["contended"] else None
+
+
 def contended_note(load):
     """The line of a row whose rounds other processes (or the hypervisor) took CPU time from (harness.cpu_load)."""
     return (f"**Measured under load**: other processes took {load['other_cores']:.2f} of the {load['cpus']} cores "
@@ -88,9 +95,9 @@ def render(data):
         "backend, fastar/torch/, or the official code's formulation). Ratios compare within one run, and across "
         "runs only on the same CPU.", "",
     ]
-    contended = [b["group"] for b in data["benchmarks"] if (b["extra_info"].get("cpu_load") or {}).get("contended")]
-    if contended:
-        lines[-1:-1] = [f"- **{len(contended)} of {len(data['benchmarks'])} rows ran while other processes took CPU "
+    loaded = [b["group"] for b in data["benchmarks"] if contended(b["extra_info"])]
+    if loaded:
+        lines[-1:-1] = [f"- **{len(loaded)} of {len(data['benchmarks'])} rows ran while other processes took CPU "
                         "time from them** (their sections say how much): rerun those alone before quoting them"]
     if m.get("main_profile"):
         p = m["main_profile"]
@@ -103,7 +110,7 @@ def render(data):
         if e.get("rounds", 3) <= 2:
             lines += [("Single run: one round" if e["rounds"] == 1 else "Two rounds") + " per contender (too long to "
                       "repeat here); expect 10-20% noise.", ""]
-        if (load := e.get("cpu_load")) and load["contended"]:
+        if load := contended(e):
             lines += [contended_note(load), ""]
         if e.get("timed_by_an_earlier_row"):
             lines += [f"Not run again here: {', '.join(e['timed_by_an_earlier_row'])}, as timed by the float32 row of "
@@ -172,7 +179,7 @@ def plot(data, path):
     import matplotlib.pyplot as plt
 
     def label(b):  # a row measured under load says so beside its bars
-        return b["group"] + (" [UNDER LOAD]" if (b["extra_info"].get("cpu_load") or {}).get("contended") else "")
+        return b["group"] + (" [UNDER LOAD]" if contended(b["extra_info"]) else "")
     rows = [(label(b), name, b["extra_info"][name]["ratio"], name == b["extra_info"]["baseline"])
             for b in data["benchmarks"] for name in b["extra_info"]["contenders"]]
     stacks = [(b["group"], who, shares) for b in data["benchmarks"] for who, shares in
