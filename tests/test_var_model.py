@@ -228,6 +228,38 @@ def test_training_step_matches_reference_ops(backend):
         assert_close("var_grads", g, grads["reference", torch.float64][n], grads["reference", torch.float32][n])
 
 
+def test_stochastic_depth_runs_a_branch_on_its_kept_samples_only(backend, monkeypatch):
+    """A branch stochastic depth drops for some samples runs on the others alone on fastar's backends: the
+    attention kernel sees fewer batch rows, and the step's gradients equal the float64 reference ops' (which run
+    every sample and multiply the dropped ones by 0) within the tolerance rule, with the same masks drawn."""
+    from fastar.models.var import basic_var
+    dev = backend_device(backend)
+    torch.manual_seed(0)
+    vae, var = build_vae_var(depth=3, patch_nums=TINY_PN, vae_cfg=TINY_VAE, init_adaln_gamma=0.1, num_classes=10,
+                             drop_path_rate=0.5)  # blocks' rates 0, 0.25, 0.5
+    vae, var = vae.to(dev), var.to(dev).train()
+    label_B, ms_idx_Bl, x_BLCv = teacher_inputs(vae, B=4)
+    rows, attention = [], basic_var.attention
+    monkeypatch.setattr(basic_var, "attention", lambda q, *a, **kw: rows.append(q.shape[0]) or attention(q, *a, **kw))
+    grads, losses = {}, {}
+    for name, dtype in ((backend, torch.float32), ("reference", torch.float32), ("reference", torch.float64)):
+        with fastar.use_backend(name):
+            var.to(dtype).zero_grad(set_to_none=True)
+            torch.manual_seed(0)  # the same label dropout and stochastic depth masks
+            logits = var(label_B, x_BLCv.to(dtype))
+            loss = F.cross_entropy(logits.flatten(0, 1), torch.cat(ms_idx_Bl, 1).flatten())
+            loss.backward()
+            grads[name, dtype] = {n: p.grad.cpu() for n, p in var.named_parameters()}
+            losses[name, dtype] = loss.item()
+        if name == backend:
+            assert rows == [4, 2, 3], rows  # the seed keeps 2 of 4 samples in block 1's branch, 3 in block 2's
+        rows.clear()
+    var.float()
+    assert losses[backend, torch.float32] == pytest.approx(losses["reference", torch.float64], rel=1e-5)
+    for n, g in grads[backend, torch.float32].items():
+        assert_close("var_grads", g, grads["reference", torch.float64][n], grads["reference", torch.float32][n])
+
+
 def run_cli(tmp_path, *args, torchrun=False):
     # --standalone: a free port for the rendezvous, not torchrun's fixed 29500 (another job may hold it)
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]

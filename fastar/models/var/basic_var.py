@@ -3,6 +3,7 @@
 Module names equal the official checkpoint's keys (attn.mat_qkv, attn.q_bias, attn.zero_k_bias, ffn.fc1, ada_lin.1).
 Every attention of the VAR models goes through `attention` / `attention_decode` below, i.e. through fastar.ops.
 """
+import dataclasses
 import math
 
 import torch
@@ -156,21 +157,58 @@ class AdaLNSelfAttn(nn.Module):
             ada_B16C = self.ada(cond_BD_or_gss)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16C.unbind(2)  # each (B, 1, C)
         dtype = self.ffn.fc1.weight.dtype  # the GEMMs' operands: bfloat16 in bf16 sampling, where x stays float32
-        h_BLC = self.attn(modulate(self.ln_wo_grad(x_BLC), scale1, shift1).to(dtype), mask, cache)
-        x_BLC = self._residual(x_BLC, h_BLC, gamma1)
-        return self._residual(x_BLC, self.ffn(modulate(self.ln_wo_grad(x_BLC), scale2, shift2).to(dtype)), gamma2)
 
-    def _residual(self, x_BLC, h_BLC, gamma_B1C):
-        """x + drop_path(gamma h): stochastic depth (training only) drops branches per sample and rescales the kept
-        ones. One pass over x and h, the factors multiplied on the small (B, 1, C) tensor; on the torch and reference
-        backends the official code's three passes (h gamma, times the kept samples' factor, plus x)."""
-        if self.training and self.drop_path > 0:
-            keep = torch.empty(h_BLC.shape[0], 1, 1, device=h_BLC.device).bernoulli_(1 - self.drop_path)
-            keep = keep / (1 - self.drop_path)
-            if not fast_path(x_BLC):
-                return x_BLC + h_BLC * gamma_B1C * keep
-            gamma_B1C = gamma_B1C * keep
-        return mul_add(h_BLC, gamma_B1C, x_BLC)
+        def attn(x, scale, shift, m):
+            return self.attn(modulate(self.ln_wo_grad(x), scale, shift).to(dtype), m, cache)
+
+        def ffn(x, scale, shift, _):
+            return self.ffn(modulate(self.ln_wo_grad(x), scale, shift).to(dtype))
+        x_BLC = self._residual(attn, x_BLC, gamma1, scale1, shift1, mask)
+        return self._residual(ffn, x_BLC, gamma2, scale2, shift2, mask)
+
+    def _residual(self, branch, x_BLC, gamma_B1C, scale_B1C, shift_B1C, mask):
+        """x + drop_path(gamma branch(x, scale, shift, mask)): stochastic depth (training only) drops branches per
+        sample and rescales the kept ones. On fastar's backends one pass over x and h, the factors multiplied on the
+        small (B, 1, C) tensor, and a branch some samples drop runs on the kept samples only (_kept_only); on the
+        torch and reference backends the official code's order: the branch on every sample, then the draw, then
+        its three passes (h gamma, times the kept samples' factor, plus x). The branches draw no random numbers, so
+        drawing before or after them gives the same masks."""
+        if not (self.training and self.drop_path > 0):
+            return mul_add(branch(x_BLC, scale_B1C, shift_B1C, mask), gamma_B1C, x_BLC)
+        if not fast_path(x_BLC):
+            h_BLC = branch(x_BLC, scale_B1C, shift_B1C, mask)
+            return x_BLC + h_BLC * gamma_B1C * self._keep(x_BLC)
+        keep = self._keep(x_BLC)
+        kept = _kept_only(keep)
+        if kept is None:
+            return mul_add(branch(x_BLC, scale_B1C, shift_B1C, mask), gamma_B1C * keep, x_BLC)
+
+        def sub(t):  # the kept samples' rows of a per-sample tensor ((1, 1, C) ones are shared)
+            return t if t.shape[0] == 1 else t.index_select(0, kept)
+        if mask is not None and mask.key_len is not None:
+            mask = dataclasses.replace(mask, key_len=mask.key_len.index_select(0, kept.to(mask.key_len.device)))
+        x_kept = x_BLC.index_select(0, kept)
+        h_kept = branch(x_kept, sub(scale_B1C), sub(shift_B1C), mask)
+        return x_BLC.index_copy(0, kept, mul_add(h_kept, sub(gamma_B1C * keep), x_kept))
+
+    def _keep(self, x_BLC):
+        """Stochastic depth's (B, 1, 1) factors: 0 for a dropped sample, 1 / (1 - drop_path) for a kept one."""
+        keep = torch.empty(x_BLC.shape[0], 1, 1, device=x_BLC.device).bernoulli_(1 - self.drop_path)
+        return keep / (1 - self.drop_path)
+
+
+def _kept_only(keep):
+    """The indices of the kept samples where a branch should run on them alone: some but not all dropped, on a
+    CPU or CUDA device outside torch.compile and CUDA graph capture (reading the mask is a host sync). A fully
+    dropped branch still runs on every sample, times 0, so that every parameter gets its (zero) gradient (DDP
+    expects one each step). None otherwise. VAR-d16's B 8 training step drops 8.5 sample-branches of its 240
+    with a nonzero rate on average (11 in bench_var.py's seeded step), each about 1/8 of its block's half."""
+    if torch.compiler.is_compiling() or keep.device.type not in ("cpu", "cuda"):
+        return None
+    if keep.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    kept = keep.view(-1).nonzero().view(-1)
+    return kept if 0 < kept.numel() < keep.shape[0] else None
 
 
 def modulate(x_BLC, scale_B1C, shift_B1C):
