@@ -3,9 +3,10 @@
 
 "full" where fastar's kernels run AVX-512 and the float32 FMA peak of that ISA (benchmarks/fma_peak.py, 2 threads)
 reaches LEAN_BELOW_GFLOPS; "lean" on the AVX2-only CPUs the budget is set for, and below the peak. The CPUs seen: an
-AMD Zen 4 measures ~235 GFLOP/s and takes ~15-16 min in full; a Zen 3 (AVX2 only) measures ~180-205 yet took 21.3 min
-in full and 14.8 in lean (2026-12-07: its trainings 1.4-1.5x the Zen 4's); a Zen 1 (two 128-bit FMA units a core)
-would measure ~80-100, where the full profile would take an estimated 30-40 min. The lean profile declines the five
+AMD Zen 5 (full-width AVX-512) measures ~519 GFLOP/s; a Zen 4 ~235 and takes ~15-16 min in full; a Zen 3 (AVX2
+only) measures ~180-205 yet took 21.3 min in full and 14.8 in lean (2026-12-07: its trainings 1.4-1.5x the Zen 4's);
+a Zen 1 (two 128-bit FMA units a core) would measure ~80-100, where the full profile would take an estimated 30-40
+min. The lean profile declines the five
 models' training-step rows (`pytest benchmarks -m train_step --benchmark-only` runs them), narrows the sampling rows
 (smaller batch, fewer iterations) and gives each op row less time. The digits trainings keep their length in both:
 their pictures are what a person judges (0.6x VAR's steps, or half the batch for MAR, DALL-E or FractalGen, gave

@@ -181,7 +181,9 @@ def fp32_linear_library() -> str:
     the one the kernels' float32 GEMMs take (build_info()["cpu_fp32_gemm"]): "mkl" (F.linear) on Intel CPUs and on
     AVX2-only ones; "onednn" on the others with AVX-512 (oneDNN's AVX-512 kernels, where MKL's sgemm takes its AVX2
     path). On an AVX2-only AMD Zen 3, MAR's head forward + backward (1024 rows) took 1.49 s on MKL, 1.70 s on
-    oneDNN. FASTAR_FP32_GEMM=mkl|onednn picks one."""
+    oneDNN. On an AMD Zen 5, whose AVX-512 units are full width (518.8 GFLOP/s on 2 threads), MKL's F.linear ran
+    MAR's, VAR's and the head's shapes at 178-198 GFLOP/s, oneDNN at 364-472 (one GEMM each, 2026-12-07).
+    FASTAR_FP32_GEMM=mkl|onednn picks one."""
     want = os.environ.get("FASTAR_FP32_GEMM")
     if want is not None:
         if want not in FP32_LINEAR_LIBRARIES:
