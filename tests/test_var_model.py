@@ -211,21 +211,35 @@ def test_training_step_matches_reference_ops(backend):
     parameter gradient against the float64 reference ops within the tolerance rule (var_grads)."""
     dev = backend_device(backend)
     vae, var = (m.to(dev) for m in tiny())
-    label_B, ms_idx_Bl, x_BLCv = teacher_inputs(vae)
     var.train()
-    grads = {}
+
+    def ran_the_backend():
+        assert fastar.last_backend("attention") == backend
+    step_against_reference(var, backend, *teacher_inputs(vae), ran_the_backend)
+
+
+def step_against_reference(var, backend, label_B, ms_idx_Bl, x_BLCv, after_backend):
+    """One seeded training step of var on `backend` in float32, then on the reference ops in float32 and float64
+    (the same label dropout and stochastic-depth masks); after_backend() runs right after the backend's step.
+    Asserts every parameter gradient against the float64 reference within the tolerance rule (var_grads); returns
+    the losses, keyed (backend name, dtype)."""
+    dev = next(var.parameters()).device
+    grads, losses = {}, {}
     for name, dtype in ((backend, torch.float32), ("reference", torch.float32), ("reference", torch.float64)):
         with fastar.use_backend(name):
             var.to(dtype).zero_grad(set_to_none=True)
-            torch.manual_seed(0)  # the same label dropout
+            torch.manual_seed(0)
             logits = var(label_B.to(dev), x_BLCv.to(dev, dtype))
-            F.cross_entropy(logits.flatten(0, 1), torch.cat(ms_idx_Bl, 1).flatten().to(dev)).backward()
+            loss = F.cross_entropy(logits.flatten(0, 1), torch.cat(ms_idx_Bl, 1).flatten().to(dev))
+            loss.backward()
             grads[name, dtype] = {n: p.grad.cpu() for n, p in var.named_parameters()}
+            losses[name, dtype] = loss.item()
         if name == backend:
-            assert fastar.last_backend("attention") == backend
+            after_backend()
     var.float()
     for n, g in grads[backend, torch.float32].items():
         assert_close("var_grads", g, grads["reference", torch.float64][n], grads["reference", torch.float32][n])
+    return losses
 
 
 def test_stochastic_depth_runs_a_branch_on_its_kept_samples_only(backend, monkeypatch):
@@ -238,26 +252,13 @@ def test_stochastic_depth_runs_a_branch_on_its_kept_samples_only(backend, monkey
     vae, var = build_vae_var(depth=3, patch_nums=TINY_PN, vae_cfg=TINY_VAE, init_adaln_gamma=0.1, num_classes=10,
                              drop_path_rate=0.5)  # blocks' rates 0, 0.25, 0.5
     vae, var = vae.to(dev), var.to(dev).train()
-    label_B, ms_idx_Bl, x_BLCv = teacher_inputs(vae, B=4)
     rows, attention = [], basic_var.attention
     monkeypatch.setattr(basic_var, "attention", lambda q, *a, **kw: rows.append(q.shape[0]) or attention(q, *a, **kw))
-    grads, losses = {}, {}
-    for name, dtype in ((backend, torch.float32), ("reference", torch.float32), ("reference", torch.float64)):
-        with fastar.use_backend(name):
-            var.to(dtype).zero_grad(set_to_none=True)
-            torch.manual_seed(0)  # the same label dropout and stochastic depth masks
-            logits = var(label_B, x_BLCv.to(dtype))
-            loss = F.cross_entropy(logits.flatten(0, 1), torch.cat(ms_idx_Bl, 1).flatten())
-            loss.backward()
-            grads[name, dtype] = {n: p.grad.cpu() for n, p in var.named_parameters()}
-            losses[name, dtype] = loss.item()
-        if name == backend:
-            assert rows == [4, 2, 3], rows  # the seed keeps 2 of 4 samples in block 1's branch, 3 in block 2's
-        rows.clear()
-    var.float()
+
+    def ran_kept_rows():
+        assert rows == [4, 2, 3], rows  # the seed keeps 2 of 4 samples in block 1's branch, 3 in block 2's
+    losses = step_against_reference(var, backend, *teacher_inputs(vae, B=4), ran_kept_rows)
     assert losses[backend, torch.float32] == pytest.approx(losses["reference", torch.float64], rel=1e-5)
-    for n, g in grads[backend, torch.float32].items():
-        assert_close("var_grads", g, grads["reference", torch.float64][n], grads["reference", torch.float32][n])
 
 
 def run_cli(tmp_path, *args, torchrun=False):
