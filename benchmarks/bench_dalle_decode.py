@@ -3,6 +3,9 @@ Baseline: SDPA over the same cache prefix with the new token's dense mask row (t
 DALLE-pytorch's static-mask layers run; extra column: the float64-capable reference. For column layers also
 OpenAI's transpose trick: the image cache kept column-major so a column is contiguous keys (text and column then
 two spans, masked as a row-like window of the transposed grid by slicing), against the direct strided column.
+Caches of bfloat16 and float16 (DALL-E ran in float16): fastar reads them in place, half the bytes of float32. Their
+baseline is SDPA on the float32 caches (the float32 model's; on the CPU faster than SDPA on 16-bit ones, also timed),
+so their ratio counts the storage and the kernel together.
 Shapes: FASTAR_BENCH_DALLE_DECODE="B,H,D" (default 4,16,64)."""
 import itertools
 import os
@@ -17,6 +20,8 @@ from fastar.ops import AttentionMask
 from fastar.reference import attention as ref
 
 BASELINE = "SDPA over the prefix, dense mask row (torch backend)"
+BASELINE_FP32 = "SDPA over the prefix, dense mask row, float32 caches (torch backend)"
+CACHES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 B, H, D = (int(x) for x in os.environ.get("FASTAR_BENCH_DALLE_DECODE", "4,16,64").split(","))
 TEXT, GRID = 256, 32
 # The new token (the cache holds everything before it): row 20, column 17 of the image, and the image's last token
@@ -40,24 +45,29 @@ def rotating(fn, layers):
     return lambda: fn(*next(turn))
 
 
+@pytest.mark.parametrize("cache", list(CACHES))
 @pytest.mark.parametrize("where", list(POSITIONS))
 @pytest.mark.parametrize("kind", ["row", "conv", "column"])
-def test_dalle_decode(benchmark, kind, where, peak_gflops):
+def test_dalle_decode(benchmark, kind, where, cache, peak_gflops):
     row, col = POSITIONS[where]
     position = TEXT + row * GRID + col
-    benchmark.group = (f"attention_decode DALL-E {kind} B={B} H={H} D={D} {TEXT}+{GRID * GRID} cache, one token "
-                       f"({where}), {LAYERS} layers' caches in turn")
-    q, layers = caches()
+    dtype = CACHES[cache]
+    benchmark.group = (f"attention_decode DALL-E {kind} B={B} H={H} D={D} {TEXT}+{GRID * GRID} {cache} cache, one "
+                       f"token ({where}), {LAYERS} layers' caches in turn")
+    q32, layers32 = caches()
+    q, layers = q32.to(dtype), [tuple(c.to(dtype) for c in kv) for kv in layers32]
     mask = AttentionMask.dalle(kind, TEXT, GRID)
     cache_len = position + 1
-    funcs = {
-        BASELINE: lambda k, v: torch_impl.attention.attention_decode(q, k, v, cache_len, mask),
-        "reference": lambda k, v: ref.attention_decode(q, k, v, cache_len, mask),
-    }
+    sdpa = lambda q: lambda k, v: torch_impl.attention.attention_decode(q, k, v, cache_len, mask)  # noqa: E731
+    if dtype == torch.float32:
+        funcs = {BASELINE: sdpa(q), "reference": lambda k, v: ref.attention_decode(q, k, v, cache_len, mask)}
+        inputs, baseline = {name: layers for name in funcs}, BASELINE
+    else:
+        funcs = {BASELINE_FP32: sdpa(q32), f"SDPA on the {cache} caches (torch backend)": sdpa(q)}
+        inputs, baseline = dict(zip(funcs, (layers32, layers))), BASELINE_FP32
     fastar_fn = lambda k, v: fastar.ops.attention_decode(q, k, v, cache_len, mask)  # noqa: E731
-    ours = fastar_fn(*layers[0])
-    inputs = {name: layers for name in funcs}
-    if kind == "column":  # the transpose trick: column col's keys contiguous in a column-major image cache
+    ours = fastar_fn(*layers[0]).float()
+    if kind == "column" and dtype == torch.float32:  # the transpose trick: column col's keys contiguous
         transposed_layers = [tuple(torch.cat([c[:, :, :TEXT], c[:, :, TEXT:].unflatten(2, (GRID, GRID))
                                               .transpose(2, 3).flatten(2, 3)], 2).contiguous() for c in kv)
                              for kv in layers]
@@ -70,12 +80,17 @@ def test_dalle_decode(benchmark, kind, where, peak_gflops):
         name = "fastar transpose trick (column-major cache)"
         funcs[name], inputs[name] = transposed, transposed_layers
     contenders = {name: rotating(fn, inputs[name]) for name, fn in funcs.items()}
-    max_diff = {name: (fn(*inputs[name][0]) - ours).abs().max().item() for name, fn in funcs.items()}
-    assert max(max_diff.values()) < 1e-4, f"a contender computes something else: max abs diffs {max_diff}"
+    max_diff = {name: (fn(*inputs[name][0]).float() - ours).abs().max().item() for name, fn in funcs.items()}
+    if dtype == torch.float32:
+        assert max(max_diff.values()) < 1e-4, f"a contender computes something else: max abs diffs {max_diff}"
+    else:  # ours, from the 16-bit cache in float32, within twice SDPA-on-16-bit's distance from the float32 result
+        truth = sdpa(q32)(*layers32[0])
+        bound = 2 * (sdpa(q)(*layers[0]).float() - truth).abs().max().item()
+        assert (ours - truth).abs().max().item() <= bound, f"the 16-bit decode is off: {max_diff}, bound {bound}"
     visible = int(ref.dense_mask(mask, 1, cache_len).sum())
     f = 4 * B * H * visible * D
     # 50 rounds of a millisecond: the min finds a quiet moment on a loaded machine
     compare(benchmark, rotating(fastar_fn, layers), contenders,
-            baseline=BASELINE, op="attention_decode", rounds=50, shape=f"{kind} B={B} H={H} D={D} {where}",
-            max_abs_diff=max_diff, visible_keys=visible, cached_keys=cache_len, gflop=f / 1e9,
-            fma_floor_ms=f / peak_gflops / 1e6)
+            baseline=baseline, op="attention_decode", rounds=50,
+            shape=f"{kind} B={B} H={H} D={D} {where} {cache} cache", max_abs_diff=max_diff, visible_keys=visible,
+            cached_keys=cache_len, cache_dtype=cache, gflop=f / 1e9, fma_floor_ms=f / peak_gflops / 1e6)

@@ -7,7 +7,7 @@ import torch
 import fastar
 from fastar.ops import AttentionMask
 from fastar.reference import attention as ref
-from tests.conftest import backend_device, sanitized
+from tests.conftest import backend_device, run_with_cpu_isa, sanitized
 from tests.tolerance import assert_close
 
 KINDS = ("causal", "row", "column", "conv")
@@ -151,3 +151,55 @@ def test_attention_copy_counter_sees_the_forward_pad(backend):
     before = fastar._backend._simt.attention_operand_copies()
     fastar.ops.attention(q, k, v)
     assert fastar._backend._simt.attention_operand_copies() >= before + 3
+
+
+HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+# A one-key decode returns its value row exactly (softmax of one score is 1): q and k zero, every 16-bit pattern in v.
+EVERY_HALF = """
+import torch, fastar
+dtype = getattr(torch, {name!r})
+v = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype).reshape(1, 1024, 1, 64).to({dev!r})
+out = fastar.ops.attention_decode(torch.zeros_like(v), torch.zeros_like(v), v, 1, None)
+assert fastar.last_backend("attention_decode") == {backend!r}
+wrong = ~((out == v) | (out.isnan() & v.isnan()))
+assert not wrong.any(), f"{{int(wrong.sum())}} values changed, e.g. {{v[wrong][:4].tolist()}} -> {{out[wrong][:4].tolist()}}"
+"""
+
+
+@pytest.mark.parametrize("name", HALF_DTYPES)
+def test_attention_decode_every_16_bit_value(backend, name):
+    """Every bfloat16 / float16 bit pattern (subnormals, infinities, NaN) read from a cache comes out as it was: the
+    CPU span kernel widens 16-bit caches as it loads them (float16 by the conversion instruction on AVX-512 and
+    F16C, by integer operations on SSE2)."""
+    exec(EVERY_HALF.format(name=name, dev=str(backend_device(backend)), backend=backend), {})
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+@pytest.mark.parametrize("name", HALF_DTYPES)
+def test_attention_decode_every_16_bit_value_per_isa(isa, name):
+    """The same through the AVX2 (F16C) and SSE2 (integer) widening of the span kernel."""
+    run_with_cpu_isa(isa, EVERY_HALF.format(name=name, dev="cpu", backend="cpu"))
+
+
+@pytest.mark.parametrize("kind", ["row", "conv", "causal"])
+@pytest.mark.parametrize("name", HALF_DTYPES)
+def test_attention_decode_reads_16_bit_caches_in_place(name, kind):
+    """On the CPU a token's decode reads a bfloat16 / float16 cache in place (half the bytes of float32): no
+    conversion of the cache runs (torch's profiler sees no copy of its shape), and the result matches the float64
+    reference by the rule of the 16-bit reference."""
+    dtype, (B, H, D, text_len, grid) = HALF_DTYPES[name], (2, 4, 64, 9, 6)
+    L = text_len + grid * grid
+    k_cache, v_cache = (randn(B, H, L + 5, D, dtype=dtype, seed=s) for s in (21, 22))
+    q = randn(B, H, 1, D, dtype=dtype, seed=23)
+    mask = make_mask(kind, text_len, grid, 3)
+    p = L - 8  # a token of the image's last rows
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        out = fastar.ops.attention_decode(q, k_cache, v_cache, p + 1, mask)
+    assert fastar.last_backend("attention_decode") == "cpu"
+    copies = [(e.name, e.input_shapes) for e in prof.events() if e.name in ("aten::_to_copy", "aten::copy_")
+              and any(len(s) == 4 and s[2] >= p for s in e.input_shapes)]
+    assert not copies, f"the decode copied its cache: {copies}"
+    k, v = k_cache[:, :, :p + 1], v_cache[:, :, :p + 1]
+    full = ref.attention(torch.cat([k[:, :, :p], q], 2).double(), k.double(), v.double(), mask)[:, :, -1:]
+    full_lp = ref.attention(torch.cat([k[:, :, :p], q], 2), k, v, mask)[:, :, -1:]
+    assert_close("attention", out, full, full_lp)

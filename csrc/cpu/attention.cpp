@@ -56,8 +56,15 @@ struct Heads {
 };
 
 template <class T>
+T* data_of(const at::Tensor& t) {  // T: a compute dtype, or the bits of a bfloat16 / float16 cache
+  if constexpr (std::is_same_v<T, Bf16>) return reinterpret_cast<Bf16*>(t.data_ptr<at::BFloat16>());
+  else if constexpr (std::is_same_v<T, F16>) return reinterpret_cast<F16*>(t.data_ptr<at::Half>());
+  else return t.data_ptr<T>();
+}
+
+template <class T>
 Heads<T> heads(const at::Tensor& t) {  // a single row's stride is arbitrary: D is a valid one
-  return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.size(2) == 1 ? t.size(3) : t.stride(2)};
+  return {data_of<T>(t), t.stride(0), t.stride(1), t.size(2) == 1 ? t.size(3) : t.stride(2)};
 }
 
 // The compute dtype of the inputs, read in place when each row is unit-stride and rows do not overlap (a cache
@@ -434,21 +441,29 @@ const AttentionDecodeKernels<T>& decode_micro() {
 // values once per lane, one query at a time once per query): they go span by span (VAR's first scales, one token).
 bool few_queries(int64_t Lq, int block) { return Lq * 4 <= block; }
 
-// out (B, H, Lq, D), lse (B, H, Lq) of every (b, h, query row >= row0) from the keys of its spans, read in place:
-// the decode micro-kernel's one-query path (scores, softmax and P V in one pass over the spans).
-template <class T>
-void decode_spans(Heads<T> q, Heads<T> k, Heads<T> v, const MaskParams& mask, const Dims& d, T scale, T* out,
+// The span kernel of compute dtype T for caches stored as S (T, or bfloat16 / float16 under float32).
+template <class T, class S>
+auto spans_kernel() {
+  if constexpr (std::is_same_v<S, Bf16>) return isa().attention_decode->bf16_spans;
+  else if constexpr (std::is_same_v<S, F16>) return isa().attention_decode->f16_spans;
+  else return decode_micro<T>().spans;
+}
+
+// out (B, H, Lq, D), lse (B, H, Lq) of every (b, h, query row >= row0) from the keys of its spans, read in place
+// in their storage S: the decode micro-kernel's one-query path (scores, softmax and P V in one pass over the spans).
+template <class T, class S = T>
+void decode_spans(Heads<T> q, Heads<S> k, Heads<S> v, const MaskParams& mask, const Dims& d, T scale, T* out,
                   T* lse, int64_t row0 = 0) {
   const int64_t group = d.H / d.Hk, rows = d.Lq - row0;
-  const auto& kern = decode_micro<T>();
+  const auto kernel = spans_kernel<T, S>();
   const int64_t items = d.B * d.H * rows;
   at::parallel_for(0, items, grain(items, 2 * d.Lk * d.D), [&](int64_t begin, int64_t end) {
     std::vector<Span> spans;
-    std::vector<T> scores(d.Lk + kern.block);
+    std::vector<T> scores(d.Lk + decode_micro<T>().block);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t r = row0 + item % rows, bh = item / rows, b = bh / d.H, h = bh % d.H;
       query_spans(mask, int(b), int(r), int(d.Lq), int(d.Lk), spans);
-      kern.spans(q.at(b, h) + r * q.sl, spans.data(), int(spans.size()), k.at(b, h / group), k.sl,
+      kernel(q.at(b, h) + r * q.sl, spans.data(), int(spans.size()), k.at(b, h / group), k.sl,
                  v.at(b, h / group), v.sl, int(d.D), scale, out + (bh * d.Lq + r) * d.D, lse + bh * d.Lq + r,
                  scores.data());
     }
@@ -523,15 +538,27 @@ std::tuple<at::Tensor, at::Tensor> attention_decode(const at::Tensor& q, const a
     auto [out, lse] = run_forward(q, k, v, cache_len, mask, scale);
     return {out, lse.to(lse_dtype)};
   }
-  const at::Tensor qc = operand(q, dt).contiguous(), kc = operand(k, dt), vc = operand(v, dt);
+  // Span by span, bfloat16 and float16 caches are read in place, widened as they are loaded (half the bytes of
+  // float32; only q, a few rows, is converted); the other paths above compute on float32 copies.
+  const auto cache = q.scalar_type();
+  const bool half = cache == at::kBFloat16 || cache == at::kHalf;
+  const at::Tensor qc = operand(q, dt).contiguous(), kc = operand(k, half ? cache : dt),
+                   vc = operand(v, half ? cache : dt);
   at::Tensor out = at::empty(qc.sizes(), qc.options());       // (B, H, Lq, D)
   at::Tensor lse = at::empty(qc.sizes().slice(0, 3), qc.options());  // (B, H, Lq)
-  if (out.numel() > 0)
+  if (out.numel() == 0) return {out.to(cache), lse.to(lse_dtype)};
+  if (cache == at::kBFloat16)
+    decode_spans<float, Bf16>(heads<float>(qc), heads<Bf16>(kc), heads<Bf16>(vc), mask, d, float(scale),
+                              out.data_ptr<float>(), lse.data_ptr<float>());
+  else if (cache == at::kHalf)
+    decode_spans<float, F16>(heads<float>(qc), heads<F16>(kc), heads<F16>(vc), mask, d, float(scale),
+                             out.data_ptr<float>(), lse.data_ptr<float>());
+  else
     AT_DISPATCH_FLOATING_TYPES(dt, "attention_decode", [&] {
       decode_spans<scalar_t>(heads<scalar_t>(qc), heads<scalar_t>(kc), heads<scalar_t>(vc), mask, d,
                              scalar_t(scale), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
     });
-  return {out.to(q.scalar_type()), lse.to(lse_dtype)};
+  return {out.to(cache), lse.to(lse_dtype)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(const at::Tensor& dout, const at::Tensor& q,

@@ -205,6 +205,7 @@ void forward(TinyHeads<T> q, TinyHeads<T> k, TinyHeads<T> v, const DecodeDims& d
 }
 
 // ---- one query against spans of keys (DALL-E's masks) ----
+// K and V are read in their storage S: T itself, or (T float) bfloat16 / float16, widened as they are loaded.
 
 constexpr int kAheadRows = 16;  // rows of K prefetched ahead of the scores: 4 KB at DALL-E's head dim 64 in float32
 
@@ -212,14 +213,16 @@ constexpr int kAheadRows = 16;  // rows of K prefetched ahead of the scores: 4 K
 // prefetchers stop at each 4 KB page (16 rows here) and at each span's start (a conv layer's are a few keys long).
 // bench_dalle_decode's calls (12 layers' caches in turn), interleaved in one process on an AMD Zen 5, 2 threads:
 // row layer at row 20 0.163 -> 0.151 ms, conv layer's last token 0.192 -> 0.156 ms (16 rows; 32 and 64 no better).
-template <class T>
+// V is left to the hardware prefetchers in the values pass: prefetching its rows beside the scores' (as it was)
+// measured 3-10% slower there, in 600 calls interleaved per variant (same CPU, the kernel alone).
+template <class S>
 struct KeysAhead {
   const Span* spans;
   int count, i = 0, j = 0, lines;
-  const T* K;
+  const S* K;
   int64_t ldk;
-  KeysAhead(const Span* spans_, int count_, const T* K_, int64_t ldk_, int D)
-      : spans(spans_), count(count_), lines((D * int(sizeof(T)) + 63) / 64), K(K_), ldk(ldk_) {
+  KeysAhead(const Span* spans_, int count_, const S* K_, int64_t ldk_, int D)
+      : spans(spans_), count(count_), lines((D * int(sizeof(S)) + 63) / 64), K(K_), ldk(ldk_) {
     next(kAheadRows);
   }
   void next(int rows) {  // prefetch the next `rows` rows not yet asked for
@@ -233,44 +236,39 @@ struct KeysAhead {
 
 // s[j] = scale q . K[j * ldk, + D) for j < n: W keys at a time, one accumulator each along D folded by one transposing
 // sum into a vector of W scores (a last group of more than W / 2 keys repeats key n - 1 past n, those lanes dropped;
-// fewer keys go one by one, each folded by a horizontal sum: VAR's first scale has 1 key, its second 5).
-// The rows of V the values pass reads next are prefetched beside (V, ldv; null: none): both streams in flight; so
-// are the rows of K `ahead` names, kAheadRows keys past those being scored, across the spans.
-template <class T>
-void span_scores(const T* q, const T* K, int64_t ldk, int n, int D, T scale, T* s, const T* V, int64_t ldv,
-                 KeysAhead<T>& ahead) {
+// fewer keys go one by one, each folded by a horizontal sum: VAR's first scale has 1 key, its second 5). The rows of
+// K `ahead` names, kAheadRows keys past those being scored, are prefetched across the spans.
+template <class T, class S>
+void span_scores(const T* q, const S* K, int64_t ldk, int n, int D, T scale, T* s, KeysAhead<S>& ahead) {
   constexpr int W = kLanes<T>;
   const int Dv = D / W * W;
   const int grouped = n % W > W / 2 ? n : n / W * W;
   for (int j = grouped; j < n; ++j) {
-    const T* row = K + int64_t(j) * ldk;
+    const S* row = K + int64_t(j) * ldk;
     ahead.next(1);
     vec<T> acc = splat(T(0));
-    for (int d = 0; d < Dv; d += W) acc += load(q + d) * load(row + d);
+    for (int d = 0; d < Dv; d += W) acc += load(q + d) * load_widened(row + d);
     T r = hsum<T>(acc);
-    for (int d = Dv; d < D; ++d) r += q[d] * row[d];
+    for (int d = Dv; d < D; ++d) r += q[d] * widened(row[d]);
     s[j] = r * scale;
   }
   for (int j = 0; j < grouped; j += W) {
-    const T* rows[W];
+    const S* rows[W];
 #pragma GCC unroll 16
     for (int i = 0; i < W; ++i) rows[i] = K + int64_t(j + i < grouped ? j + i : grouped - 1) * ldk;
     ahead.next(W);
-    if (V != nullptr)
-      for (int i = 0; i < W && j + i < grouped; ++i)
-        for (int c = 0; c < D; c += 64 / int(sizeof(T))) __builtin_prefetch(V + int64_t(j + i) * ldv + c, 0, 3);
     vec<T> acc[W];
 #pragma GCC unroll 16
     for (int i = 0; i < W; ++i) acc[i] = splat(T(0));
     for (int d = 0; d < Dv; d += W) {
       const vec<T> qd = load(q + d);
 #pragma GCC unroll 16
-      for (int i = 0; i < W; ++i) acc[i] += qd * load(rows[i] + d);
+      for (int i = 0; i < W; ++i) acc[i] += qd * load_widened(rows[i] + d);
     }
     transposing_sum<T>(acc);
     vec<T> r = acc[0];
     for (int i = 0; Dv < D && i < W; ++i)  // head dims that are not a multiple of W: the last columns
-      for (int d = Dv; d < D; ++d) r[i] += q[d] * rows[i][d];
+      for (int d = Dv; d < D; ++d) r[i] += q[d] * widened(rows[i][d]);
     r *= scale;
     if (grouped - j >= W) store(s + j, r);
     else
@@ -279,33 +277,33 @@ void span_scores(const T* q, const T* K, int64_t ldk, int n, int D, T scale, T* 
 }
 
 // o[c0 + NC W vectors) = (first ? 0 : o) + sum over j < n of p[j] V[j * ldv + c0, ...).
-template <class T, int NC>
-void span_values(const T* p, const T* V, int64_t ldv, int n, int c0, bool first, T* o) {
+template <class T, int NC, class S>
+void span_values(const T* p, const S* V, int64_t ldv, int n, int c0, bool first, T* o) {
   constexpr int W = kLanes<T>;
   vec<T> acc[NC];
 #pragma GCC unroll 16
   for (int c = 0; c < NC; ++c) acc[c] = first ? splat(T(0)) : load(o + c0 + c * W);
   for (int j = 0; j < n; ++j) {
     const vec<T> pj = splat(p[j]);
-    const T* v = V + j * ldv + c0;
+    const S* v = V + j * ldv + c0;
 #pragma GCC unroll 16
-    for (int c = 0; c < NC; ++c) acc[c] += pj * load(v + c * W);
+    for (int c = 0; c < NC; ++c) acc[c] += pj * load_widened(v + c * W);
   }
 #pragma GCC unroll 16
   for (int c = 0; c < NC; ++c) store(o + c0 + c * W, acc[c]);
 }
 
 // Scores of every span into one row (base 2), one softmax over it, then out = P V span by span.
-template <class T>
-void attend_spans(const T* q, const Span* spans, int count, const T* K, int64_t ldk, const T* V, int64_t ldv, int D,
+template <class T, class S>
+void attend_spans(const T* q, const Span* spans, int count, const S* K, int64_t ldk, const S* V, int64_t ldv, int D,
                   T scale, T* out, T* lse, T* s) {
   constexpr int W = kLanes<T>;
   const T neg_inf = -__builtin_inf();
   int n = 0;
-  KeysAhead<T> ahead(spans, count, K, ldk, D);
+  KeysAhead<S> ahead(spans, count, K, ldk, D);
   for (int i = 0; i < count; ++i) {
     span_scores(q, K + spans[i].k0 * ldk, spans[i].stride * ldk, spans[i].n, D, scale * T(1.4426950408889634),
-                s + n, V + spans[i].k0 * ldv, spans[i].stride * ldv, ahead);
+                s + n, ahead);
     n += spans[i].n;
   }
   if (n == 0) {
@@ -330,13 +328,13 @@ void attend_spans(const T* q, const Span* spans, int count, const T* K, int64_t 
   int off = 0;
   for (int i = 0; i < count; ++i) {
     const Span& sp = spans[i];
-    const T* Vs = V + sp.k0 * ldv;
+    const S* Vs = V + sp.k0 * ldv;
     const int64_t ld = sp.stride * ldv;
     in_tiles<kAccumulators>(Dv, [&](auto nc, int c) {
       span_values<T, decltype(nc)::value>(s + off, Vs, ld, sp.n, c * W, i == 0, out);
     });
     for (int c = Dv * W; c < D; ++c)
-      for (int j = 0; j < sp.n; ++j) out[c] += s[off + j] * Vs[j * ld + c];
+      for (int j = 0; j < sp.n; ++j) out[c] += s[off + j] * widened(Vs[j * ld + c]);
     off += sp.n;
   }
   for (int c = 0; c < D; ++c) out[c] *= inv;
@@ -344,10 +342,11 @@ void attend_spans(const T* q, const Span* spans, int count, const T* K, int64_t 
 }
 
 template <class T>
-constexpr AttentionDecodeKernels<T> kernels() { return {kBlock<T>, forward<T>, attend_spans<T>}; }
+constexpr AttentionDecodeKernels<T> kernels() { return {kBlock<T>, forward<T>, attend_spans<T, T>}; }
 
 }  // namespace
 
-extern const AttentionDecodeIsa kAttentionDecode = {kernels<float>(), kernels<double>()};
+extern const AttentionDecodeIsa kAttentionDecode = {kernels<float>(), kernels<double>(), attend_spans<float, Bf16>,
+                                                    attend_spans<float, F16>};
 
 }  // namespace fastar::cpu::FASTAR_ISA

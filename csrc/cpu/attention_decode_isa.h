@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "cpu/attention_tiny_isa.h"
+#include "cpu/half_bits.h"
 #include "kernels/attention/mask.h"
 
 namespace fastar::cpu {
@@ -51,9 +52,17 @@ struct AttentionDecodeKernels {
                 T scale, T* out, T* lse, T* scores);
 };
 
+// AttentionDecodeKernels::spans of float32 queries against caches of storage S (bfloat16 or float16: their bits),
+// read in place and widened to float32 as they are loaded: half the bytes of a float32 cache.
+template <class S>
+using SpansOf = void (*)(const float* q, const Span* spans, int count, const S* K, int64_t ldk, const S* V,
+                         int64_t ldv, int D, float scale, float* out, float* lse, float* scores);
+
 struct AttentionDecodeIsa {
   AttentionDecodeKernels<float> f32;
   AttentionDecodeKernels<double> f64;  // float64 inputs (gradcheck); exact exp
+  SpansOf<Bf16> bf16_spans;
+  SpansOf<F16> f16_spans;
 };
 
 }  // namespace fastar::cpu

@@ -39,7 +39,8 @@ static const Isa* supported_isa(const char* name) {
   __builtin_cpu_init();
   const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
-  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                        __builtin_cpu_supports("f16c");  // every AVX2 CPU has F16C (the build's -mf16c)
   for (const Isa* cand : {&avx512::kIsa, &avx2::kIsa, &base::kIsa}) {
     if (std::strcmp(name, cand->name) != 0) continue;
     if ((cand == &avx512::kIsa && !has_avx512) || (cand == &avx2::kIsa && !has_avx2)) return nullptr;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/half_bits.h"
 #include "cpu/isa_vec.h"
 
 #if defined(__SSE2__)
@@ -41,6 +42,65 @@ inline void stream_fence() {
 #if defined(__SSE2__)
   _mm_sfence();
 #endif
+}
+
+// kLanes<float> values of float32 storage, or of bfloat16 / float16 (cpu/half_bits.h), widened to float32 exactly;
+// float64 as it is. load_widened and widened name one read of every storage a kernel templated on it takes.
+inline vec<float> load_widened(const float* p) { return load(p); }
+inline vec<double> load_widened(const double* p) { return load(p); }
+inline float widened(float v) { return v; }
+inline double widened(double v) { return v; }
+
+typedef uint16_t half_lanes __attribute__((vector_size(kVectorBytes / 2), aligned(2)));
+typedef uint32_t word_lanes __attribute__((vector_size(kVectorBytes)));
+
+// bfloat16: the bits shifted into the high half. (GCC builds the generic widening of 16 lanes from two 8-lane
+// halves, which made the span decode's loads twice the cost of float32's: the intrinsics take one instruction.)
+inline vec<float> load_widened(const Bf16* p) {
+#if defined(__AVX512F__)
+  return (vec<float>)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16);
+#elif defined(__AVX2__)
+  return (vec<float>)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16);
+#else
+  const word_lanes w = __builtin_convertvector(*reinterpret_cast<const half_lanes*>(p), word_lanes) << 16;
+  return reinterpret_cast<const vec<float>&>(w);
+#endif
+}
+inline float widened(Bf16 v) {
+  const uint32_t w = uint32_t(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &w, 4);
+  return f;
+}
+
+// float16: the conversion instruction (AVX-512F; F16C, which the avx2 build requires); SSE2 by integer operations:
+// exponent and mantissa moved into float32's places and rebiased (+112 exponents; infinity and NaN +112 more, the
+// payload kept); a subnormal (exponent 0) as 2^-14 (1 + m / 1024) - 2^-14 = m 2^-24, which a flush-to-zero mode
+// leaves exact (no subnormal operand).
+inline word_lanes f16_to_f32_bits(word_lanes h) {
+  const word_lanes sign = (h & 0x8000u) << 16, magnitude = (h & 0x7fffu) << 13, exponent = magnitude & 0x0f800000u;
+  word_lanes w = magnitude + 0x38000000u;  // (127 - 15) << 23
+  w = exponent == 0x0f800000u ? w + 0x38000000u : w;
+  const word_lanes up = w + 0x00800000u;  // a subnormal's mantissa under exponent -14, then 2^-14 taken off
+  const vec<float> normalized = reinterpret_cast<const vec<float>&>(up) - 0x1p-14f;
+  w = exponent == 0u ? reinterpret_cast<const word_lanes&>(normalized) : w;
+  return w | sign;
+}
+inline vec<float> load_widened(const F16* p) {
+#if defined(__AVX512F__)
+  return (vec<float>)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+#elif defined(__F16C__)
+  return (vec<float>)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
+#else
+  const word_lanes w = f16_to_f32_bits(__builtin_convertvector(*reinterpret_cast<const half_lanes*>(p), word_lanes));
+  return reinterpret_cast<const vec<float>&>(w);
+#endif
+}
+inline float widened(F16 v) {
+  word_lanes h{};
+  h[0] = v.bits;
+  const word_lanes w = f16_to_f32_bits(h);
+  return reinterpret_cast<const vec<float>&>(w)[0];
 }
 
 // v - 0, not v + 0: the subtraction is exact for every v (-0 included), so it folds away and leaves one broadcast

@@ -59,7 +59,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::opti
     });
   };
   if (weight.scalar_type() == at::kBFloat16)
-    run(isa().linear->rows_bf16, reinterpret_cast<const uint16_t*>(weight.data_ptr()));
+    run(isa().linear->rows_bf16, reinterpret_cast<const Bf16*>(weight.data_ptr()));
   else
     run(isa().linear->rows, weight.data_ptr<float>());
   return y;

@@ -2,7 +2,7 @@
 // (decode: the weights' bytes are the cost, so the loop is a plain forward stream the prefetchers follow).
 #include "cpu/linear_isa.h"
 
-#include "cpu/isa_vec.h"
+#include "cpu/isa_math.h"
 
 namespace fastar::cpu::FASTAR_ISA {
 namespace {
@@ -19,23 +19,6 @@ inline float hsum(vec<float> v) {
   return a[0];
 }
 
-inline vec<float> load(const float* p) { return *reinterpret_cast<const vec<float>*>(p); }
-
-// L bfloat16 values -> float32: the bits shifted into the high half (exact).
-typedef uint16_t bf16_lanes __attribute__((vector_size(kVectorBytes / 2), aligned(2)));
-inline vec<float> load(const uint16_t* p) {
-  const vec<uint32_t> wide = __builtin_convertvector(*reinterpret_cast<const bf16_lanes*>(p), vec<uint32_t>) << 16;
-  return reinterpret_cast<const vec<float>&>(wide);
-}
-
-inline float widen(float v) { return v; }
-inline float widen(uint16_t v) {
-  const uint32_t bits = uint32_t(v) << 16;
-  float f;
-  __builtin_memcpy(&f, &bits, 4);
-  return f;
-}
-
 // y[m, n + r] for the M rows of x and R weight rows from wr (= w + n K), U vectors of k per step: M x R x U
 // independent FMA chains; each weight vector feeds M products and each x vector R. Every output sums its k in the
 // same order whatever R, so the float32 and bfloat16 paths of bfloat16-exact weights agree bit for bit.
@@ -47,7 +30,7 @@ inline void dot_rows(const float* x, int64_t ldx, const W* wr, int64_t K, const 
   for (int64_t k = 0; k < Kv; k += U * L) {
     vec<float> wv[R][U];
     for (int r = 0; r < R; ++r)
-      for (int u = 0; u < U; ++u) wv[r][u] = load(wr + r * K + k + u * L);
+      for (int u = 0; u < U; ++u) wv[r][u] = load_widened(wr + r * K + k + u * L);
     for (int m = 0; m < M; ++m)
       for (int u = 0; u < U; ++u) {
         const vec<float> xv = load(x + m * ldx + k + u * L);
@@ -59,7 +42,7 @@ inline void dot_rows(const float* x, int64_t ldx, const W* wr, int64_t K, const 
       vec<float> a = acc[m][r][0];
       for (int u = 1; u < U; ++u) a += acc[m][r][u];
       float s = hsum(a);
-      for (int64_t k = Kv; k < K; ++k) s += x[m * ldx + k] * widen(wr[r * K + k]);
+      for (int64_t k = Kv; k < K; ++k) s += x[m * ldx + k] * widened(wr[r * K + k]);
       y[m * ldy + n + r] = b ? s + b[n + r] : s;
     }
 }
@@ -95,6 +78,6 @@ void rows(const float* x, int64_t ldx, int M, const W* w, int64_t K, const float
 
 }  // namespace
 
-extern const LinearIsa kLinear{rows<float>, rows<uint16_t>};
+extern const LinearIsa kLinear{rows<float>, rows<Bf16>};
 
 }  // namespace fastar::cpu::FASTAR_ISA
