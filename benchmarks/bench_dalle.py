@@ -55,31 +55,35 @@ class DalleBreakdown(Breakdown):
                             self._timed("token sampling", dalle_module.sample_categorical))
 
 
-@pytest.mark.parametrize("weights", ["float32", "bfloat16"])
+@pytest.mark.parametrize("weights", ["float32", "bfloat16", "bfloat16, bfloat16 caches"])
 def test_dalle_sample(benchmark, model, monkeypatch, weights):
     """weights bfloat16: fastar's decode steps read bfloat16 copies of the weights (layers.decode_weights, a
-    sampling mode with its own tokens), against the same float32 baseline and fastar in float32."""
+    sampling mode with its own tokens), against the same float32 baseline and fastar in float32; with bfloat16
+    caches also the KV caches (generate(cache_dtype=torch.bfloat16)): half the bytes of each step's attention."""
     model.eval()
-    mode = ", fastar's decode steps on bfloat16 weights" if weights == "bfloat16" else ""
+    caches = torch.bfloat16 if "caches" in weights else None
+    mode = f", fastar's decode steps on {weights} weights" if weights != "float32" else ""
+    if caches is not None:
+        mode = ", fastar's decode steps on bfloat16 weights and KV caches"
     benchmark.group = f"DALL-E sampling B=1 {SHAPE}: text prefill + {STEPS} image tokens on the KV caches{mode}"
     prefix = torch.zeros(1, GRID * GRID - STEPS, dtype=torch.long)  # given tokens: only the last STEPS are sampled
     parts, last = DalleBreakdown(monkeypatch), {}
 
-    def sample(name, dtype=torch.float32):  # dtype None: no decode copies (the torch backend never reads them)
-        def run():
+    def sample(name, dtype=torch.float32, cache_dtype=None):  # dtype None: no decode copies (the torch backend never
+        def run():                                            # reads them)
             with parts.recording(name), torch.no_grad(), (decode_weights(model, dtype) if dtype else nullcontext()):
                 last[name] = model.generate(text(1), image_prefix=prefix if STEPS < GRID * GRID else None, top_k=64,
-                                            generator=torch.Generator().manual_seed(0))
+                                            generator=torch.Generator().manual_seed(0), cache_dtype=cache_dtype)
         return run
 
     others, measured = {BASELINE: on("torch", sample(BASELINE, None))}, None
-    if weights == "bfloat16":  # its float32 runs: the float32 row's in this process (the same inputs), else here
+    if weights != "float32":  # its float32 runs: the float32 row's in this process (the same inputs), else here
         measured = recorded("dalle sampling", **{BASELINE: BASELINE, "fastar float32": "fastar"})
         others = {} if measured else {**others, "fastar float32": sample("fastar float32")}
         last.update(FP32_SAMPLES if measured else {})
-    compare(benchmark, sample("fastar", getattr(torch, weights)), others, baseline=BASELINE, rounds=1, warmup=0,
-            op="attention_decode", shape=SHAPE, sampled_tokens=STEPS, weights=weights, measured=measured,
-            record="dalle sampling" if weights == "float32" else None)
+    compare(benchmark, sample("fastar", getattr(torch, weights.split(",")[0]), caches), others, baseline=BASELINE,
+            rounds=1, warmup=0, op="attention_decode", shape=SHAPE, sampled_tokens=STEPS, weights=weights,
+            measured=measured, record="dalle sampling" if weights == "float32" else None)
     if weights == "float32":
         FP32_SAMPLES.update({BASELINE: last[BASELINE], "fastar float32": last["fastar"]})
     # share of the sampled tokens equal to each contender's (same seed): a {contender: share} table, as every benchmark

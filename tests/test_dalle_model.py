@@ -234,6 +234,27 @@ def test_sampling_on_bfloat16_decode_weights(monkeypatch):
     assert torch.equal(got, want) and "decode_weight" not in vars(model.to_image_logits)
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_sampling_on_16_bit_caches(backend, monkeypatch, cache_dtype):
+    """generate(cache_dtype=...): every layer's KV caches are 16-bit under the float32 model (the prefill writes
+    them, each decode step's transformer_decode reads them), and fastar ops sample the tokens the reference ops
+    (attention in float64 on the same 16-bit values) do."""
+    dev = backend_device(backend)
+    torch.manual_seed(0)
+    model = DALLE(TINY).eval().to(dev)
+    text, image = (t.to(dev) for t in tiny_inputs())
+    seen, stack = [], fastar.ops.transformer_decode
+    monkeypatch.setattr(fastar.ops, "transformer_decode", lambda x, ws, kc, vc, *a, **k: seen.append(
+        {c.dtype for c in (*kc, *vc)} | {x.dtype}) or stack(x, ws, kc, vc, *a, **k))
+    tokens = sample(model, text, image_prefix=image[:, :5], cache_dtype=cache_dtype)
+    assert seen == [{cache_dtype, torch.float32}] * 10  # the 10 decode steps after the prefill of 5
+    assert fastar.last_backend("attention_decode") == backend
+    with fastar.use_backend("reference"):
+        assert torch.equal(tokens, sample(model, text, image_prefix=image[:, :5], cache_dtype=cache_dtype))
+    with pytest.raises(ValueError, match="DALLE.generate: cache_dtype must be None, the model's torch.float32 or"):
+        sample(model, text, cache_dtype=torch.float64)
+
+
 def test_training_step_gradients_match_float64_reference(backend):
     dev = backend_device(backend)
     torch.manual_seed(0)

@@ -43,8 +43,10 @@ def rope_table(L, D, seed):
     return torch.stack([angles.cos(), angles.sin()], -1)
 
 
-def run(backend, masks, B, L, cache_len, dtype, *, heads=4, C=32, F=64, weights=None, block="gpt2", rope=False):
-    """(fastar's x, k caches, v caches), (the float64 reference's), (the reference's in dtype)."""
+def run(backend, masks, B, L, cache_len, dtype, *, heads=4, C=32, F=64, weights=None, block="gpt2", rope=False,
+        caches_dtype=None):
+    """(fastar's x, k caches, v caches), (the float64 reference's), (the reference's in dtype). caches_dtype: 16-bit
+    caches for fastar and the reference in dtype; the float64 reference starts from the same rounded entries."""
     dev = backend_device(backend)
     n, Lmax, D = len(masks), TEXT + GRID * GRID, C // heads
     layers, prods = stack(n, C, F, seed=1, block=block), products(block)
@@ -54,8 +56,8 @@ def run(backend, masks, B, L, cache_len, dtype, *, heads=4, C=32, F=64, weights=
     results = []
     for where, dt, fn in ((dev, dtype, fastar.ops.transformer_decode), ("cpu", torch.float64, ref.transformer_decode),
                           ("cpu", dtype, ref.transformer_decode)):
-        ks = [k.to(where, dt) for k, _ in caches]
-        vs = [v.to(where, dt) for _, v in caches]
+        cdt = caches_dtype or dt
+        ks, vs = ([c[i].to(cdt).to(where, dt if dt == torch.float64 else cdt) for c in caches] for i in (0, 1))
         ws = [[t.to(where, weights if weights is not None and j in prods and where == dev else dt)
                for j, t in enumerate(w)] for w in layers]
         if weights is not None and where != dev:  # the references read the same rounded product weights
@@ -119,6 +121,14 @@ def test_llama_float64_and_bfloat16_weights():
 def test_bfloat16_product_weights(backend):
     """float32 x with the four products' weights in bfloat16 (decode_weights): the products of the widened weights."""
     check(run(backend, DALLE_MASKS, 2, 1, 10, torch.float32, weights=torch.bfloat16))
+
+
+@pytest.mark.parametrize("caches_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_16_bit_caches(backend, caches_dtype):
+    """float32 x over bfloat16 / float16 caches (DALL-E's generate(cache_dtype=...)): this step's keys and values are
+    written rounded, the queries meet them in the caches' dtype; against the reference doing the same."""
+    check(run(backend, DALLE_MASKS, 2, 1, 10, torch.float32, caches_dtype=caches_dtype))
+    check(run(backend, OTHER_MASKS, 1, 3, 5, torch.float32, caches_dtype=caches_dtype))
 
 
 def test_head_dim_past_the_vector_width(backend):
@@ -222,6 +232,11 @@ def test_bad_inputs_name_the_argument():
         td(x, layers, ks, [ks[0], torch.zeros(1, 2, 19, 16)], 5, masks, heads=4)
     with pytest.raises(ValueError, match="block must be one of"):
         td(x, layers, ks, ks, 5, masks, heads=4, block="t5")
+    with pytest.raises(TypeError, match=r"k_caches\[0\] and v_caches\[0\] must both be torch.float32 as x \(or both "
+                                        r"bfloat16, or both float16\), got torch.bfloat16 and torch.float16"):
+        td(x, layers, [k.bfloat16() for k in ks], [k.half() for k in ks], 5, masks, heads=4)
+    with pytest.raises(TypeError, match=r"k_caches\[1\] and v_caches\[1\] must both be torch.float32 as x"):
+        td(x, layers, [ks[0], ks[1].double()], [ks[0], ks[1].double()], 5, masks, heads=4)
     with pytest.raises(ValueError, match=r"layers\[0\] must hold the 7 tensors .* of a llama block, got 12"):
         td(x, layers, ks, ks, 5, masks, heads=4, block="llama")
     llama = [[t.float() for t in w] for w in stack(2, C, 64, seed=1, block="llama")]

@@ -94,7 +94,7 @@ struct DecodeOps {
 };
 
 // x (B, L, C) contiguous; weights per layer as `block` orders them (gpt2: 12, llama: 7); k_caches, v_caches
-// (B, heads, Lmax, C / heads) per layer, positions cache_len .. cache_len + L - 1 written; mask_kinds one per layer,
+// (B, heads, Lmax, C / heads) per layer, x's dtype or (float32 x) bfloat16 / float16, positions cache_len .. cache_len + L - 1 written; mask_kinds one per layer,
 // mask_ints three per layer (text_len, grid, conv_kernel); rope (L, D / 2, 2) for llama blocks (or none)
 // -> x after the stack (B, L, C).
 inline at::Tensor transformer_decode(const DecodeOps& ops, const at::Tensor& x_in, at::TensorList weights,
@@ -140,9 +140,11 @@ inline at::Tensor transformer_decode(const DecodeOps& ops, const at::Tensor& x_i
     TORCH_CHECK(kc.dim() == 4 && kc.size(0) == B && kc.size(1) == heads && kc.size(3) == D && kc.sizes() == vc.sizes(),
                 op, ": k_caches[", i, "] and v_caches[", i, "] must be (", B, ", ", heads, ", Lmax, ", D, "), got ",
                 kc.sizes(), " and ", vc.sizes());
-    TORCH_CHECK(kc.scalar_type() == x.scalar_type() && vc.scalar_type() == x.scalar_type() &&
-                    kc.device() == x.device() && vc.device() == x.device(),
-                op, ": k_caches[", i, "] and v_caches[", i, "] must be ", x.scalar_type(), " on ", x.device(),
+    const auto c = kc.scalar_type();
+    TORCH_CHECK((c == x.scalar_type() || (x.scalar_type() == at::kFloat && (c == at::kBFloat16 || c == at::kHalf))) &&
+                    vc.scalar_type() == c && kc.device() == x.device() && vc.device() == x.device(),
+                op, ": k_caches[", i, "] and v_caches[", i, "] must be ", x.scalar_type(),
+                x.scalar_type() == at::kFloat ? " (or both bfloat16, or both float16)" : "", " on ", x.device(),
                 " as x, got ", kc.scalar_type(), " on ", kc.device(), " and ", vc.scalar_type(), " on ", vc.device());
     TORCH_CHECK(cache_len + L <= kc.size(2), op, ": cache_len + L = ", cache_len + L, " exceeds the ", kc.size(2),
                 " positions of layer ", i, "'s caches");
@@ -160,9 +162,11 @@ inline at::Tensor transformer_decode(const DecodeOps& ops, const at::Tensor& x_i
     vc.narrow(2, cache_len, L).copy_(qkv.select(2, 2).transpose(1, 2));
     const at::Tensor o = [&] {
       const at::AutoDispatchBelowADInplaceOrView below_autograd;
-      return std::get<0>(ops.attention_decode.call(q.transpose(1, 2).contiguous(), kc, vc, cache_len + L,
-                                                   mask_kinds[i], mask_ints.slice(3 * i, 3), std::nullopt,
-                                                   std::nullopt, scale));
+      // 16-bit caches: the queries in the caches' dtype (a few rows), the output back in x's
+      return std::get<0>(ops.attention_decode.call(q.transpose(1, 2).to(kc.scalar_type()).contiguous(), kc, vc,
+                                                   cache_len + L, mask_kinds[i], mask_ints.slice(3 * i, 3),
+                                                   std::nullopt, std::nullopt, scale))
+          .to(x.scalar_type());
     }();
     const at::Tensor o2 = o.transpose(1, 2).reshape({R, C});
     x = at::add(x, (llama ? linear(o2, w[2], none) : linear(o2, w[4], w[5])).view({B, L, C}));

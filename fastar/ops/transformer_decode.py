@@ -31,8 +31,10 @@ def transformer_decode(x, layers, k_caches, v_caches, cache_len, masks, *, heads
     layers: per layer the tensors of reference.BLOCKS[block] in that order (gpt2: ln_1 weight and bias, qkv (3C, C)
     and bias, proj (C, C) and bias, ln_2, fc1 (F, C) and bias, fc2 (C, F) and bias; llama: attention_norm, wqkv,
     wo, ffn_norm, w1 (F, C), w3 (F, C), w2 (C, F)); the products' weights may be bfloat16 under a float32 x
-    (fastar.ops.linear's rule). k_caches, v_caches: per layer (B, heads, Lmax, C / heads) like x; this step's keys and
-    values are written at positions cache_len .. cache_len + L - 1 and its queries attend to the first cache_len + L.
+    (fastar.ops.linear's rule). k_caches, v_caches: per layer (B, heads, Lmax, C / heads) like x, or bfloat16 /
+    float16 under a float32 x (half the bytes each step reads: the queries go to attention_decode in the caches'
+    dtype, its output comes back in x's); this step's keys and values are written at positions cache_len ..
+    cache_len + L - 1 and its queries attend to the first cache_len + L.
     masks: per layer an AttentionMask (or None = full) without key_len, not block_causal. rope (llama only): (L,
     C / heads / 2, 2) [cos, sin] of the new positions, turning interleaved pairs of q and k; None: no rotation.
     The kernel has no backward (inference): under autograd (an input requiring grad) the torch formulation runs,
@@ -57,6 +59,13 @@ def transformer_decode(x, layers, k_caches, v_caches, cache_len, masks, *, heads
         for i, w in enumerate(layers):
             check_same_device(name, x=x, **{f"layers[{i}][{j}] ({names[j]})": t for j, t in enumerate(w)},
                               **{f"k_caches[{i}]": k_caches[i], f"v_caches[{i}]": v_caches[i]})
+    if any(c.dtype != x.dtype for c in (*k_caches, *v_caches)):
+        for i, (kc, vc) in enumerate(zip(k_caches, v_caches)):
+            ok = (kc.dtype == x.dtype or (x.dtype == torch.float32 and kc.dtype in (torch.bfloat16, torch.float16)))
+            if not ok or vc.dtype != kc.dtype:
+                raise TypeError(f"{name}: k_caches[{i}] and v_caches[{i}] must both be {x.dtype} as x"
+                                f"{' (or both bfloat16, or both float16)' if x.dtype == torch.float32 else ''}, got "
+                                f"{kc.dtype} and {vc.dtype}")
     B, L, C = x.shape
     if not isinstance(heads, int) or heads < 1 or C % heads:
         raise ValueError(f"{name}: heads must be a positive int dividing C = {C}, got {heads!r}")

@@ -46,7 +46,8 @@ def decode_loop(linear, attention_decode, x, layers, k_caches, v_caches, cache_l
             q, k = rotate(q, rope), rotate(k, rope)
         k_cache[:, :, cache_len:cache_len + L] = k.transpose(1, 2)
         v_cache[:, :, cache_len:cache_len + L] = v.transpose(1, 2)
-        o = attention_decode(q.transpose(1, 2), k_cache, v_cache, cache_len + L, mask)
+        # 16-bit caches under a float32 x: the queries in the caches' dtype, the output back in x's
+        o = attention_decode(q.transpose(1, 2).to(k_cache.dtype), k_cache, v_cache, cache_len + L, mask).to(x.dtype)
         x = x + linear(o.transpose(1, 2).reshape(B, L, C), proj_w, proj_b)
         if llama:
             h = rms_norm(x, norm2, eps)

@@ -50,10 +50,11 @@ def layer_kind(i, depth):
 
 
 class KVCache:
-    """Preallocated (B, H, L, D) keys and values of one layer, filled position by position."""
+    """Preallocated (B, H, L, D) keys and values of one layer, filled position by position; dtype: like's, or
+    bfloat16 / float16 (half the bytes each decode step reads)."""
 
-    def __init__(self, B, H, L, D, like):
-        self.k, self.v = like.new_empty(B, H, L, D), like.new_empty(B, H, L, D)
+    def __init__(self, B, H, L, D, like, dtype=None):
+        self.k, self.v = (like.new_empty(B, H, L, D, dtype=dtype or like.dtype) for _ in range(2))
         self.len = 0
 
 
@@ -73,7 +74,8 @@ class Attention(nn.Module):
             cache.k[:, :, cache.len:cache.len + L] = k
             cache.v[:, :, cache.len:cache.len + L] = v
             cache.len += L
-            o = fastar.ops.attention_decode(q.contiguous(), cache.k, cache.v, cache.len, self.mask)
+            o = fastar.ops.attention_decode(q.to(cache.k.dtype).contiguous(), cache.k, cache.v, cache.len,
+                                            self.mask).to(x_BLC.dtype)
         return self.proj(o.transpose(1, 2).reshape(B, L, C))
 
 
@@ -214,15 +216,22 @@ class DALLE(nn.Module):
 
     @torch.no_grad()
     def generate(self, text_BT, *, image_prefix=None, temperature=1.0, top_k=0, top_p=1.0, generator=None,
-                 progress=False):
+                 progress=False, cache_dtype=None):
         """Image tokens (B, N) after text_BT, one per step on the KV caches; image_prefix (B, m): given first
-        tokens (e.g. the top rows of an image), kept. progress: a bar over the tokens (tqdm, left off when done)."""
+        tokens (e.g. the top rows of an image), kept. progress: a bar over the tokens (tqdm, left off when done).
+        cache_dtype: torch.bfloat16 or torch.float16 keeps the KV caches in 16 bits under a float32 model (DALL-E
+        ran in float16): each step reads half the bytes; the queries meet them rounded to that dtype. None: the
+        model's dtype."""
         self.check_text(text_BT)  # first: the default prefix takes its batch and device
         B, T, N, W = text_BT.shape[0], self.cfg.text_len, self.cfg.grid ** 2, self.cfg.grid
         prefix = text_BT.new_zeros(B, 0) if image_prefix is None else image_prefix
         self.check_image(prefix, N, batch=B)
         C, H = self.cfg.width, self.cfg.heads
-        caches = [KVCache(B, H, T + N, C // H, self.bos) for _ in self.blocks]
+        if cache_dtype not in (None, self.bos.dtype) and not (
+                self.bos.dtype == torch.float32 and cache_dtype in (torch.bfloat16, torch.float16)):
+            raise ValueError(f"DALLE.generate: cache_dtype must be None, the model's {self.bos.dtype} or (float32 "
+                             f"model) torch.bfloat16 / torch.float16, got {cache_dtype}")
+        caches = [KVCache(B, H, T + N, C // H, self.bos, cache_dtype) for _ in self.blocks]
         x = torch.cat([self.embed_text(text_BT), self.embed_image(prefix)], 1)  # prefill: text and the prefix
         tokens = [prefix]
         stack = layers.decode_stack(self.blocks, x.new_empty(B, 1, C))  # the decode steps in one call each, or None

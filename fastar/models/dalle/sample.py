@@ -54,6 +54,8 @@ def main(argv=None):
     p.add_argument("--prefix-rows", type=positive_int, help="token rows given with --prefix-from (default 3)")
     p.add_argument("--bf16-weights", action="store_true", help="decode steps of up to 8 images (--n <= 8) read "
                    "bfloat16 copies of the weights (half the bytes; a sampling mode with its own tokens)")
+    p.add_argument("--cache-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="the KV caches' dtype: 16 bits halve the bytes each step reads (DALL-E ran in float16)")
     p.add_argument("--seed", type=seed, default=0, help="the draws, and the random weights without --ckpt")
     p.add_argument("--out", default="dalle.png", help="the grid's image file (its folder must exist)")
     args = p.parse_args(argv)
@@ -86,7 +88,8 @@ def main(argv=None):
         with (decode_weights(dalle, torch.bfloat16 if args.bf16_weights else torch.float32),
               name_overflow(temperature=args.temperature)):
             tokens = dalle.generate(ids, image_prefix=prefix, temperature=args.temperature,
-                                    top_k=args.top_k, top_p=args.top_p, generator=gen, progress=True)
+                                    top_k=args.top_k, top_p=args.top_p, generator=gen, progress=True,
+                                    cache_dtype=getattr(torch, args.cache_dtype))
         rows.append(dvae.tokens_to_img(tokens.view(-1, g, g)))
     save_grid(torch.cat(rows), args.out, nrow=args.n)
     print(f"wrote {args.out}: {len(args.text)} captions x {args.n} images")
