@@ -169,8 +169,10 @@ def attention_decode(q, k_cache, v_cache, cache_len, mask=None, *, scale=None, r
     queries are the last Lq of them); k_cache, v_cache (B, Hk, Lmax, D), read in place. mask: an AttentionMask,
     None = full. Under a DALL-E mask (row / column / conv) a query reads only the keys it sees: the text, then its
     row window, its column (strided) or its conv window's rows, never the hidden keys of the prefix.
-    Splits the keys across threads when B * H is small. The kernels have no backward (inference): under autograd
-    (an input requiring grad) the torch formulation runs.
+    Splits the keys across threads when B * H is small. bfloat16 / float16 caches: on the CPU a few queries
+    (a token's step) read them in place, widened to float32 as they are loaded (half the bytes of float32); the
+    device kernels take them natively. The kernels have no backward (inference): under autograd (an input
+    requiring grad) the torch formulation runs.
     """
     name = "attention_decode"
     declined = _check_qkv(name, q, k_cache, v_cache)
