@@ -315,7 +315,8 @@ def test_train_then_sample_cli(tmp_path):
     out = run_cli(tmp_path, "sample", "dalle", "--ckpt", "run/ckpt.pt", "--text", "a handwritten seven", "--n", "2",
                   "--prefix-from", "3", "--out", "g.png")
     assert "fastar train dalle" in out and (tmp_path / "g.png").exists()
-    run_cli(tmp_path, "sample", "dalle", "--ckpt", "run/ckpt.pt", "--n", "2", "--bf16-weights", "--out", "b.png")
+    run_cli(tmp_path, "sample", "dalle", "--ckpt", "run/ckpt.pt", "--n", "2", "--bf16-weights", "--cache-dtype",
+            "bfloat16", "--out", "b.png")
     assert (tmp_path / "b.png").exists()
 
 
