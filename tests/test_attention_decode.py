@@ -119,10 +119,11 @@ def cache_view(B, Hk, L, D, dtype, seed, offset, row_pad):
 # one the kernels are built for; storage offsets and row paddings (elements) that misalign rows.
 @pytest.mark.parametrize("D", [40, 72, 80, 96, 17, 64])
 @pytest.mark.parametrize("offset, row_pad", [(0, 0), (1, 0), (0, 3), (8, 8)])
-@pytest.mark.parametrize("backend", ["simt", "cuda"], indirect=True)
+@pytest.mark.parametrize("backend", ["cpu", "simt", "cuda"], indirect=True)
 def test_attention_decode_reads_the_cache_in_place(backend, dtype, D, offset, row_pad):
     """Any head dim up to the kernels' and any row alignment: the decode reads the cache where it is (no padded or
-    aligned copy: the glue's copy counter stays put) and matches the float64 reference."""
+    aligned copy: the device glue's copy counter stays put; the CPU's 16-bit reads:
+    test_attention_decode_reads_16_bit_caches_in_place) and matches the float64 reference."""
     B, H, Hk, Lmax, cache_len, Lq = 2, 4, 2, 80, 70, 2  # cache_len > 32: the tiled kernel, not the tiny one
     dev = backend_device(backend)
     q = randn(B, H, Lq, D, dtype=dtype, seed=11)
