@@ -163,7 +163,8 @@ v = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype).r
 out = fastar.ops.attention_decode(torch.zeros_like(v), torch.zeros_like(v), v, 1, None)
 assert fastar.last_backend("attention_decode") == {backend!r}
 wrong = ~((out == v) | (out.isnan() & v.isnan()))
-assert not wrong.any(), f"{{int(wrong.sum())}} values changed, e.g. {{v[wrong][:4].tolist()}} -> {{out[wrong][:4].tolist()}}"
+assert not wrong.any(), (f"{{int(wrong.sum())}} values changed, e.g. {{v[wrong][:4].tolist()}} -> "
+                        f"{{out[wrong][:4].tolist()}}")
 """
 
 

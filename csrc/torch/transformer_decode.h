@@ -94,8 +94,9 @@ struct DecodeOps {
 };
 
 // x (B, L, C) contiguous; weights per layer as `block` orders them (gpt2: 12, llama: 7); k_caches, v_caches
-// (B, heads, Lmax, C / heads) per layer, x's dtype or (float32 x) bfloat16 / float16, positions cache_len .. cache_len + L - 1 written; mask_kinds one per layer,
-// mask_ints three per layer (text_len, grid, conv_kernel); rope (L, D / 2, 2) for llama blocks (or none)
+// (B, heads, Lmax, C / heads) per layer, x's dtype or (float32 x) bfloat16 / float16, positions cache_len ..
+// cache_len + L - 1 written; mask_kinds one per layer, mask_ints three per layer (text_len, grid, conv_kernel); rope
+// (L, D / 2, 2) for llama blocks (or none)
 // -> x after the stack (B, L, C).
 inline at::Tensor transformer_decode(const DecodeOps& ops, const at::Tensor& x_in, at::TensorList weights,
                                      at::TensorList k_caches, at::TensorList v_caches, int64_t cache_len,
