@@ -463,9 +463,8 @@ void decode_spans(Heads<T> q, Heads<S> k, Heads<S> v, const MaskParams& mask, co
     for (int64_t item = begin; item < end; ++item) {
       const int64_t r = row0 + item % rows, bh = item / rows, b = bh / d.H, h = bh % d.H;
       query_spans(mask, int(b), int(r), int(d.Lq), int(d.Lk), spans);
-      kernel(q.at(b, h) + r * q.sl, spans.data(), int(spans.size()), k.at(b, h / group), k.sl,
-                 v.at(b, h / group), v.sl, int(d.D), scale, out + (bh * d.Lq + r) * d.D, lse + bh * d.Lq + r,
-                 scores.data());
+      kernel(q.at(b, h) + r * q.sl, spans.data(), int(spans.size()), k.at(b, h / group), k.sl, v.at(b, h / group),
+             v.sl, int(d.D), scale, out + (bh * d.Lq + r) * d.D, lse + bh * d.Lq + r, scores.data());
     }
   });
 }
