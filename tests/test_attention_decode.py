@@ -80,13 +80,13 @@ def test_attention_decode_dalle_head_dims(backend, dtype, kind, D):
 
 
 @pytest.mark.parametrize("kind", sanitized(KINDS))
-def test_attention_decode_padded_text(backend, kind):
+def test_attention_decode_padded_text(backend, dtype, kind):
     """Batch rows whose valid keys end early (key_len): a padded text, and a row cut inside the image."""
     text_len, grid = 12, 8
     key_len = torch.tensor([9, 40, 76])
     positions = [3, 11, 12, 20, 39, 40, 41, 75]
     for Lq in (1, 2):
-        check_positions(backend, kind, torch.float32, text_len, grid, 3, positions, Lq, key_len=key_len, B=3)
+        check_positions(backend, kind, dtype, text_len, grid, 3, positions, Lq, key_len=key_len, B=3)
 
 
 def test_attention_decode_full_mask_is_the_unmasked_decode():
