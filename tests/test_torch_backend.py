@@ -61,7 +61,7 @@ def test_attention_decode(torch_backend, dtype, shape):
 @pytest.mark.parametrize("kind", decode_tests.KINDS)
 def test_attention_decode_masks(torch_backend, kind, Lq):
     decode_tests.test_attention_decode_every_position_reduced_grid(torch_backend, torch.float32, kind, Lq)
-    decode_tests.test_attention_decode_padded_text(torch_backend, kind)
+    decode_tests.test_attention_decode_padded_text(torch_backend, torch.float32, kind)
 
 
 @dtypes
