@@ -62,15 +62,15 @@ def test_dalle_sample(benchmark, model, monkeypatch, weights):
     caches also the KV caches (generate(cache_dtype=torch.bfloat16)): half the bytes of each step's attention."""
     model.eval()
     caches = torch.bfloat16 if "caches" in weights else None
-    mode = f", fastar's decode steps on {weights} weights" if weights != "float32" else ""
-    if caches is not None:
-        mode = ", fastar's decode steps on bfloat16 weights and KV caches"
+    mode = {"float32": "", "bfloat16": ", fastar's decode steps on bfloat16 weights"}.get(
+        weights, ", fastar's decode steps on bfloat16 weights and KV caches")
     benchmark.group = f"DALL-E sampling B=1 {SHAPE}: text prefill + {STEPS} image tokens on the KV caches{mode}"
     prefix = torch.zeros(1, GRID * GRID - STEPS, dtype=torch.long)  # given tokens: only the last STEPS are sampled
     parts, last = DalleBreakdown(monkeypatch), {}
 
-    def sample(name, dtype=torch.float32, cache_dtype=None):  # dtype None: no decode copies (the torch backend never
-        def run():                                            # reads them)
+    def sample(name, dtype=torch.float32, cache_dtype=None):
+        """dtype: the decode copies' (None: none, which the torch backend never reads)."""
+        def run():
             with parts.recording(name), torch.no_grad(), (decode_weights(model, dtype) if dtype else nullcontext()):
                 last[name] = model.generate(text(1), image_prefix=prefix if STEPS < GRID * GRID else None, top_k=64,
                                             generator=torch.Generator().manual_seed(0), cache_dtype=cache_dtype)
